@@ -1,0 +1,72 @@
+"""The one `fabricsim` command.
+
+Each subcommand lives beside the code it drives, in a module exposing `add_parser(subparsers)`, which
+registers the subcommand and sets `func` (taking the parsed namespace, returning an exit status). This file
+only assembles them and turns user mistakes (`FabricsimError`) into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hwmodels.errors import FabricsimError
+
+from . import __version__
+
+# Modules that contribute subcommands, in the order `fabricsim --help` lists them.
+_COMMAND_MODULES = (
+    "simcore.cli",
+    "hwmodels.cli",
+    "simcore.sweep_cli",
+    "validate.cli",
+)
+
+EPILOG = """examples:
+  fabricsim simulate examples/h2d_fanout.yaml
+  fabricsim simulate examples/h2d_fanout.yaml --json --trace trace.json
+  fabricsim topo show hgx-h200-8
+  fabricsim topo import topo_m.txt --gpu H100
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fabricsim",
+        description="Simulate weight and KV-cache movement across GPU machines, and check it against real GPUs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fabricsim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # A layer that is not built yet (or whose optional deps are absent) simply adds no commands.
+            if exc.name and name.startswith(exc.name):
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FabricsimError as exc:
+        print(f"fabricsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fabricsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Topology presets: the machines people actually run, by name and as functions for notebooks.
+
+Numbers are datasheet values scaled by the efficiencies in `specs.py` (public nvbandwidth /
+p2pBandwidthLatencyTest results on HGX H100: ~55 GB/s pinned H2D/D2H per GPU, ~390 GB/s NVLink P2P one way).
+A preset loads its bundled calibration profile (fitted by `validate` on the device machines) when one
+exists; pass `calibration=None` for datasheet-only behaviour or a path/profile to use another.
+
+Layout assumptions, stated because they decide contention:
+- `hgx-*-8`: two CPU sockets; four PCIe Gen5 switches, two GPUs and two RDMA NICs behind each, each switch
+  with one Gen5 x16 uplink to its socket (so two GPUs share 55 GB/s to host memory; `uplink_lanes` changes it);
+  all eight GPUs on one NVSwitch fabric (non-blocking).
+- `h200-2`: two H200 on one socket, each on its own Gen5 x16 root port, joined by an NVLink bridge (18 links).
+- `pcie-4gpu`: four H100 PCIe cards on one socket's root ports, no NVLink: peer copies cross the root complex
+  and share the GPUs' PCIe links with host traffic.
+- clusters: N HGX nodes, one 400 Gb/s NIC per GPU (GPUDirect RDMA), rail-optimised (NIC k of every node on
+  rail switch k, rails joined by a non-blocking spine) or leaf-spine (`nodes_per_leaf` nodes per leaf,
+  `spines` spines, optional oversubscription).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from .calibration import CalibrationProfile, bundled_profile_path, load_profile
+from .errors import TopologyError
+from .specs import (
+    HostDRAMSpec,
+    NetSwitchSpec,
+    NICSpec,
+    NVLinkSpec,
+    NVMeSpec,
+    NVSwitchSpec,
+    PCIeSpec,
+    SocketLinkSpec,
+    gpu_model,
+)
+from .topology import Topology
+
+CalibrationArg = str | Path | CalibrationProfile | None
+
+# Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists.
+DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8"}
+
+
+def _host(t: Topology, p: str, socket: int, dram: HostDRAMSpec) -> str:
+    host, cpu = f"{p}host{socket}", f"{p}cpu{socket}"
+    t.add_component(host, "host", spec=dram)
+    t.add_component(cpu, "cpu")
+    t.add_link(host, cpu, "dram", dram.Bps, 0.1e-6)
+    return cpu
+
+
+def _nvme(t: Topology, p: str, idx: int, cpu: str, spec: NVMeSpec | None = None) -> None:
+    spec = spec or NVMeSpec()
+    name = f"{p}nvme{idx}"
+    t.add_component(name, "nvme", spec=spec)
+    t.add_link(name, cpu, "nvme", spec.read_GBps * 1e9, spec.latency_s, Bps_reverse=spec.write_GBps * 1e9)
+
+
+def add_memory_caps(t: Topology) -> None:
+    """HBM and socket DRAM as caps drawn by every copy that reads or writes them (twice for a local copy)."""
+    for n, kind in list(t.graph.nodes(data="kind")):
+        if kind not in ("gpu", "host"):
+            continue
+        spec = t.graph.nodes[n]["spec"]
+        edges = [e for nb in t.graph.neighbors(n) for e in ((n, nb), (nb, n))]
+        Bps = spec.hbm_Bps if kind == "gpu" else spec.Bps
+        t.add_cap(f"{n}.{'hbm' if kind == 'gpu' else 'dram'}", Bps, edges=edges, endpoints=[n], local_copy_coeff=2.0)
+
+
+def _hgx_node(t: Topology, p: str, model: str, n_gpus: int, uplink_lanes: int, nics: bool) -> None:
+    spec = gpu_model(model)
+    pcie, nvl = PCIeSpec(5, 16), NVLinkSpec(4, 18)
+    uplink = PCIeSpec(5, uplink_lanes)
+    cpus = [_host(t, p, s, HostDRAMSpec()) for s in (0, 1)]
+    t.add_link(cpus[0], cpus[1], "socket", SocketLinkSpec().Bps, SocketLinkSpec().latency_s)
+    nvsw = f"{p}nvswitch"
+    t.add_component(nvsw, "nvswitch", spec=NVSwitchSpec())
+    n_switches = max(1, (n_gpus + 1) // 2)
+    for s in range(n_switches):
+        sw = f"{p}pcisw{s}"
+        t.add_component(sw, "pcie-switch")
+        t.add_link(sw, cpus[0 if s < n_switches / 2 else 1], "pcie", uplink.Bps, uplink.latency_s)
+    for g in range(n_gpus):
+        gpu = f"{p}gpu{g}"
+        t.add_component(gpu, "gpu", spec=spec)
+        t.add_link(gpu, f"{p}pcisw{g // 2}", "pcie", pcie.Bps, pcie.latency_s)
+        t.add_link(gpu, nvsw, "nvlink", nvl.Bps, nvl.latency_s / 2)
+        if nics:
+            nic = NICSpec()
+            t.add_component(f"{p}nic{g}", "nic", spec=nic)
+            t.add_link(f"{p}nic{g}", f"{p}pcisw{g // 2}", "pcie", pcie.Bps, pcie.latency_s)
+    for i, cpu in enumerate(cpus):
+        _nvme(t, p, i, cpu)
+
+
+def hgx(model: str = "H200", gpus: int = 8, *, uplink_lanes: int = 16, name: str | None = None) -> Topology:
+    """One HGX baseboard: `gpus` SXM GPUs on NVSwitch, two sockets, PCIe switches shared by GPU pairs."""
+    if not 1 <= gpus <= 8:
+        raise TopologyError(f"an HGX board holds 1..8 GPUs, not {gpus}")
+    t = Topology(name or f"hgx-{model.lower()}-{gpus}", aliases={"host": "host0"})
+    _hgx_node(t, "", model, gpus, uplink_lanes, nics=True)
+    add_memory_caps(t)
+    t.validate()
+    return t
+
+
+def hgx_h100(gpus: int = 8) -> Topology:
+    return hgx("H100", gpus)
+
+
+def hgx_h200(gpus: int = 8) -> Topology:
+    return hgx("H200", gpus)
+
+
+def _pcie_box(name: str, model: str, n_gpus: int, nvlink_pairs: bool) -> Topology:
+    t = Topology(name, aliases={"host": "host0"})
+    cpu = _host(t, "", 0, HostDRAMSpec())
+    spec, pcie = gpu_model(model), PCIeSpec(5, 16)
+    for g in range(n_gpus):
+        t.add_component(f"gpu{g}", "gpu", spec=spec)
+        t.add_link(f"gpu{g}", cpu, "pcie", pcie.Bps, pcie.latency_s)
+    if nvlink_pairs:
+        nvl = NVLinkSpec(4, 18)
+        for g in range(0, n_gpus - 1, 2):
+            t.add_link(f"gpu{g}", f"gpu{g + 1}", "nvlink", nvl.Bps, nvl.latency_s)
+    _nvme(t, "", 0, cpu)
+    add_memory_caps(t)
+    t.validate()
+    return t
+
+
+def h100_1() -> Topology:
+    """One H100 SXM on a Gen5 x16 root port of one socket (the `nvidia-h100-x1` device machine)."""
+    return _pcie_box("h100-1", "H100", 1, nvlink_pairs=False)
+
+
+def h200_2() -> Topology:
+    """Two H200 joined by NVLink, each on its own Gen5 x16 root port (the `nvidia-h200-x2` device machine)."""
+    return _pcie_box("h200-2", "H200", 2, nvlink_pairs=True)
+
+
+def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
+    """Four PCIe GPUs without NVLink: peer copies go through the host's root complex."""
+    return _pcie_box("pcie-4gpu", model, 4, nvlink_pairs=False)
+
+
+def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
+            nic_Gbps: float = 400.0, nodes_per_leaf: int = 4, spines: int = 2, oversubscription: float = 1.0,
+            name: str | None = None) -> Topology:
+    """N HGX nodes with one RDMA NIC per GPU on a rail-optimised or leaf-spine network.
+
+    Endpoints are `nodeK.gpuN`, `nodeK.host0`, ...; `nodeK.host` aliases `nodeK.host0`.
+    """
+    if nodes < 1:
+        raise TopologyError(f"a cluster needs at least one node, not {nodes}")
+    if fabric not in ("rail", "leaf-spine"):
+        raise TopologyError(f"unknown cluster fabric '{fabric}' (known: rail, leaf-spine)")
+    if oversubscription < 1:
+        raise TopologyError(f"oversubscription must be >= 1, got {oversubscription}")
+    t = Topology(name or f"cluster-{nodes}x{gpus_per_node}-{fabric}")
+    nic = NICSpec(Gbps=nic_Gbps)
+    sw = NetSwitchSpec(port_Gbps=nic_Gbps)
+    for k in range(nodes):
+        _hgx_node(t, f"node{k}.", model, gpus_per_node, 16, nics=True)
+        t.aliases[f"node{k}.host"] = f"node{k}.host0"
+    if fabric == "rail":
+        for r in range(gpus_per_node):
+            t.add_component(f"rail{r}", "net-switch", spec=sw)
+            for k in range(nodes):
+                t.add_link(f"node{k}.nic{r}", f"rail{r}", "net", nic.Bps, nic.latency_s / 2 + sw.latency_s)
+        if gpus_per_node > 1:
+            t.add_component("spine", "net-switch", spec=sw)
+            for r in range(gpus_per_node):
+                t.add_link(f"rail{r}", "spine", "net", nodes * nic.Bps / oversubscription, sw.latency_s)
+    else:
+        n_leaves = -(-nodes // nodes_per_leaf)
+        for s in range(spines):
+            t.add_component(f"spine{s}", "net-switch", spec=sw)
+        for leaf in range(n_leaves):
+            t.add_component(f"leaf{leaf}", "net-switch", spec=sw)
+            members = range(leaf * nodes_per_leaf, min(nodes, (leaf + 1) * nodes_per_leaf))
+            for k in members:
+                for g in range(gpus_per_node):
+                    t.add_link(f"node{k}.nic{g}", f"leaf{leaf}", "net", nic.Bps, nic.latency_s / 2 + sw.latency_s)
+            uplink = len(members) * gpus_per_node * nic.Bps / spines / oversubscription
+            for s in range(spines):
+                t.add_link(f"leaf{leaf}", f"spine{s}", "net", uplink, sw.latency_s)
+    add_memory_caps(t)
+    t.validate()
+    return t
+
+
+PRESETS: dict[str, Callable[[], Topology]] = {
+    "h100-1": h100_1,
+    "h200-2": h200_2,
+    "hgx-h100-8": hgx_h100,
+    "hgx-h200-8": hgx_h200,
+    "pcie-4gpu": pcie_4gpu,
+}
+
+_CLUSTER_RE = re.compile(r"^cluster-(\d+)x(\d+)(?:-(rail|leaf-spine))?(?:-(h100|h200))?$")
+
+
+def names() -> list[str]:
+    return [*PRESETS, "cluster-NxG[-rail|-leaf-spine][-h100|-h200]"]
+
+
+def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
+    """A preset by name, with its calibration: 'default' (the bundled profile, if any), None, a path or a profile."""
+    if name in PRESETS:
+        topo = PRESETS[name]()
+    else:
+        m = _CLUSTER_RE.match(name)
+        if not m:
+            raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
+        topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+    return apply_calibration(topo, calibration, preset=name)
+
+
+def apply_calibration(topo: Topology, calibration: CalibrationArg | str, preset: str | None = None) -> Topology:
+    if calibration is None:
+        return topo
+    if isinstance(calibration, CalibrationProfile):
+        return topo.with_calibration(calibration)
+    if calibration == "default":
+        bundled = DEFAULT_PROFILES.get(preset or topo.name)
+        if bundled is None or not bundled_profile_path(bundled).exists():
+            return topo
+        return topo.with_calibration(load_profile(bundled_profile_path(bundled)))
+    return topo.with_calibration(load_profile(calibration))

@@ -1,0 +1,211 @@
+"""Component specifications: what each piece of hardware can do, as frozen dataclasses.
+
+Defaults come from vendor datasheets; where a datasheet figure is known to be unreachable in practice the
+docstring says what public measurements show instead. A calibration profile (see `calibration.py`) replaces
+these numbers with ones fitted on a real machine, so the datasheet values only matter for machines nobody
+has measured yet.
+
+Units: bytes, seconds, bytes per second unless the name says otherwise (`_GBps` = 1e9 bytes/s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import TopologyError
+
+GB = 1e9
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One GPU: HBM, SMs, copy engines and dense peak throughput per dtype (TFLOP/s, no sparsity).
+
+    H100 SXM5 and H200 SXM datasheets: 3.35 / 4.8 TB/s HBM, 989 TFLOP/s bf16 dense, 1979 fp8. Measured on the
+    device machines of this project: D2D copy ~3.0 TB/s (H100) and ~4.3 TB/s (H200) counting read+write, so
+    the usable HBM rate is ~90% of the datasheet figure; `hbm_efficiency` carries that.
+    """
+
+    model: str
+    hbm_bytes: int
+    hbm_GBps: float
+    sms: int
+    copy_engines: int
+    peak_tflops: dict[str, float] = field(default_factory=dict)
+    hbm_efficiency: float = 0.9
+
+    @property
+    def hbm_Bps(self) -> float:
+        """Usable HBM bandwidth (read + write bytes per second)."""
+        return self.hbm_GBps * GB * self.hbm_efficiency
+
+    def flops_per_s(self, dtype: str) -> float:
+        try:
+            return self.peak_tflops[dtype] * 1e12
+        except KeyError:
+            known = ", ".join(sorted(self.peak_tflops))
+            raise TopologyError(f"GPU {self.model} has no peak FLOP/s for dtype '{dtype}' (known: {known})") from None
+
+
+_HOPPER_TFLOPS = {"fp64": 67.0, "fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp16": 989.0, "fp8": 1979.0,
+                  "int8": 1979.0}
+
+GPU_MODELS: dict[str, GPUSpec] = {
+    "H100": GPUSpec("H100", 80 * GiB, 3350.0, 132, 3, dict(_HOPPER_TFLOPS)),
+    "H200": GPUSpec("H200", 141 * 10**9, 4800.0, 132, 3, dict(_HOPPER_TFLOPS)),
+    "H100-PCIE": GPUSpec("H100-PCIE", 80 * GiB, 2000.0, 114, 2,
+                         {k: v * 756 / 989 for k, v in _HOPPER_TFLOPS.items()}),
+    "A100": GPUSpec("A100", 80 * GiB, 2039.0, 108, 3,
+                    {"fp64": 19.5, "fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0, "int8": 624.0}),
+    "L40S": GPUSpec("L40S", 48 * GiB, 864.0, 142, 2,
+                    {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0, "fp16": 362.0, "fp8": 733.0, "int8": 733.0}),
+}
+
+
+def gpu_model(name: str) -> GPUSpec:
+    """Look a GPU model up by a loose name ('H100', 'NVIDIA H100 80GB HBM3', 'h200')."""
+    upper = name.upper().replace(" ", "-")
+    if "H100" in upper and "PCIE" in upper:
+        return GPU_MODELS["H100-PCIE"]
+    for key, spec in GPU_MODELS.items():
+        if key in upper:
+            return spec
+    raise TopologyError(f"unknown GPU model '{name}' (known: {', '.join(GPU_MODELS)})")
+
+
+# PCIe: per-lane signalling rate (GT/s) and line encoding per generation.
+_PCIE_GTPS = {3: (8.0, 128 / 130), 4: (16.0, 128 / 130), 5: (32.0, 128 / 130), 6: (64.0, 242 / 256)}
+
+
+@dataclass(frozen=True)
+class PCIeSpec:
+    """A PCIe link. Bandwidth per direction = lanes x GT/s x encoding / 8, less TLP/DLLP overhead.
+
+    Gen5 x16 raw is 63 GB/s per direction; public nvbandwidth runs on HGX H100 measure ~55 GB/s pinned H2D/D2H,
+    i.e. ~87% protocol efficiency, which is the default `efficiency`.
+    """
+
+    gen: int = 5
+    lanes: int = 16
+    latency_s: float = 1.0e-6
+    efficiency: float = 0.87
+
+    def __post_init__(self) -> None:
+        if self.gen not in _PCIE_GTPS:
+            raise TopologyError(f"unknown PCIe generation {self.gen} (known: {sorted(_PCIE_GTPS)})")
+        if self.lanes not in (1, 2, 4, 8, 16, 32):
+            raise TopologyError(f"PCIe width x{self.lanes} is not a valid link width")
+
+    @property
+    def raw_Bps(self) -> float:
+        gtps, enc = _PCIE_GTPS[self.gen]
+        return self.lanes * gtps * 1e9 * enc / 8
+
+    @property
+    def Bps(self) -> float:
+        return self.raw_Bps * self.efficiency
+
+
+# NVLink: GB/s per link per direction by generation (NVLink 3: 25, NVLink 4: 25 with 18 links on H100).
+_NVLINK_GBPS_PER_LINK = {2: 25.0, 3: 25.0, 4: 25.0, 5: 50.0}
+
+
+@dataclass(frozen=True)
+class NVLinkSpec:
+    """NVLink bundle between a GPU and an NVSwitch (or a peer GPU).
+
+    NVLink 4 on H100/H200: 18 links x 25 GB/s = 450 GB/s per direction. Public p2pBandwidthLatencyTest and
+    nvbandwidth runs on HGX H100 reach ~390 GB/s one way (~87%) and 2-3 us write latency.
+    """
+
+    gen: int = 4
+    links: int = 18
+    latency_s: float = 2.5e-6
+    efficiency: float = 0.87
+
+    def __post_init__(self) -> None:
+        if self.gen not in _NVLINK_GBPS_PER_LINK:
+            raise TopologyError(f"unknown NVLink generation {self.gen} (known: {sorted(_NVLINK_GBPS_PER_LINK)})")
+        if self.links <= 0:
+            raise TopologyError(f"NVLink bundle needs at least one link, got {self.links}")
+
+    @property
+    def raw_Bps(self) -> float:
+        return self.links * _NVLINK_GBPS_PER_LINK[self.gen] * 1e9
+
+    @property
+    def Bps(self) -> float:
+        return self.raw_Bps * self.efficiency
+
+
+@dataclass(frozen=True)
+class NVSwitchSpec:
+    """The NVSwitch fabric of one HGX baseboard, modelled as a non-blocking crossbar (it is, for 8 GPUs)."""
+
+    gen: int = 3
+    latency_s: float = 0.5e-6
+
+
+@dataclass(frozen=True)
+class HostDRAMSpec:
+    """One CPU socket's DRAM. Read and write share the channels, so it is one cap drawn by both directions.
+
+    8 channels of DDR5-4800 (Sapphire Rapids): 307 GB/s peak; STREAM-like copies reach ~70-80%.
+    """
+
+    bytes: int = 1024 * GiB
+    GBps: float = 307.0
+    efficiency: float = 0.75
+
+    @property
+    def Bps(self) -> float:
+        return self.GBps * GB * self.efficiency
+
+
+@dataclass(frozen=True)
+class SocketLinkSpec:
+    """Cross-socket link (UPI / Infinity Fabric): Sapphire Rapids has 4 UPI 2.0 links at 16 GT/s, ~64 GB/s/dir."""
+
+    GBps: float = 64.0
+    latency_s: float = 0.3e-6
+
+    @property
+    def Bps(self) -> float:
+        return self.GBps * GB
+
+
+@dataclass(frozen=True)
+class NICSpec:
+    """RDMA NIC. ConnectX-7: 400 Gb/s = 50 GB/s per direction; GPUDirect RDMA reads/writes HBM over PCIe."""
+
+    Gbps: float = 400.0
+    gpudirect: bool = True
+    latency_s: float = 2.0e-6
+    efficiency: float = 0.92
+
+    @property
+    def Bps(self) -> float:
+        return self.Gbps / 8 * 1e9 * self.efficiency
+
+
+@dataclass(frozen=True)
+class NVMeSpec:
+    """NVMe SSD (PCIe Gen4 x4 class): ~7 GB/s sequential read, ~5 GB/s write, ~80 us access latency."""
+
+    read_GBps: float = 7.0
+    write_GBps: float = 5.0
+    latency_s: float = 80e-6
+    capacity_bytes: int = 4 * 10**12
+
+
+@dataclass(frozen=True)
+class NetSwitchSpec:
+    """An Ethernet/InfiniBand switch port: line rate per port and per-hop latency (Quantum-2: 400 Gb/s)."""
+
+    port_Gbps: float = 400.0
+    latency_s: float = 0.6e-6
+
+    @property
+    def Bps(self) -> float:
+        return self.port_Gbps / 8 * 1e9

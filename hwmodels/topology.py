@@ -1,0 +1,342 @@
+"""`Topology`: the graph of components and links of one machine or cluster, and how copies travel on it.
+
+The graph is undirected for structure (a PCIe or NVLink link is full duplex) but every link has a capacity
+per direction, and the simulator sees *directed* resources: `"a->b"` for each link direction, plus named
+shared caps (HBM ports, socket DRAM, the host's aggregate PCIe ceilings, calibrated duplex limits). A
+`Path` lists the resources a copy draws on with a coefficient each (a local HBM copy reads and writes the
+same HBM, so it draws twice), the fixed latency, an optional per-flow rate cap and the engine queue the copy
+waits in when its path class is serialised.
+
+Routing is shortest "time to move 1 MB" over switches and CPUs only: endpoints (GPU HBM, host DRAM, NVMe) are never
+transit nodes, so peer traffic between GPUs without NVLink naturally goes up through the PCIe root complex
+and shares those links with host traffic. Explicit `pin_route` overrides routing where hardware does
+something else (e.g. staging through host memory).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .calibration import PATH_CLASSES, CalibrationProfile, CapSpec, PathParams
+from .errors import CalibrationError, TopologyError
+from .specs import GPUSpec
+
+ENDPOINT_KINDS = ("gpu", "host", "nvme")
+TRANSIT_KINDS = ("cpu", "pcie-switch", "nvswitch", "nic", "net-switch")
+COMPONENT_KINDS = ENDPOINT_KINDS + TRANSIT_KINDS
+LINK_KINDS = ("pcie", "nvlink", "dram", "socket", "net", "nvme")
+
+
+@dataclass(frozen=True)
+class Path:
+    """How one copy from `src` to `dst` travels."""
+
+    src: str
+    dst: str
+    path_class: str
+    nodes: tuple[str, ...]
+    resources: tuple[tuple[str, float], ...]
+    latency_s: float
+    rate_cap_Bps: float | None
+    engine: str | None
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        return tuple(r for r, _ in self.resources if "->" in r)
+
+
+@dataclass
+class _Cap:
+    name: str
+    Bps: float
+    edges: frozenset[tuple[str, str]] = frozenset()
+    classes: frozenset[str] = frozenset()
+    endpoints: frozenset[str] = frozenset()
+    local_copy_coeff: float = 0.0  # how much a local (src == dst) copy at this endpoint draws
+
+    def coefficient(self, path_class: str, src: str, dst: str, directed: list[tuple[str, str]]) -> float:
+        if self.classes and path_class not in self.classes:
+            return 0.0
+        if self.endpoints and src not in self.endpoints and dst not in self.endpoints:
+            return 0.0
+        if self.edges:
+            if src == dst:
+                return self.local_copy_coeff if src in self.endpoints else 0.0
+            return float(sum(1 for e in directed if e in self.edges))
+        return 1.0
+
+
+@dataclass
+class Topology:
+    """Components, links and shared caps of a machine; builds `Path`s for the simulator."""
+
+    name: str
+    graph: nx.Graph = field(default_factory=nx.Graph)
+    caps: dict[str, _Cap] = field(default_factory=dict)
+    path_params: dict[str, PathParams] = field(default_factory=dict)
+    calibration_id: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    _path_cache: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)
+
+    # ---- building -------------------------------------------------------------------------------------
+    def add_component(self, name: str, kind: str, **attrs: Any) -> None:
+        if kind not in COMPONENT_KINDS:
+            raise TopologyError(f"component '{name}': unknown kind '{kind}' (known: {', '.join(COMPONENT_KINDS)})")
+        if name in self.graph:
+            raise TopologyError(f"component '{name}' is defined twice")
+        if "->" in name or not name:
+            raise TopologyError(f"component name '{name}' is not allowed")
+        self.graph.add_node(name, kind=kind, **attrs)
+        self._path_cache.clear()
+
+    def add_link(self, a: str, b: str, kind: str, Bps: float, latency_s: float = 0.0,
+                 Bps_reverse: float | None = None, **attrs: Any) -> None:
+        """A full-duplex link; `Bps` a->b, `Bps_reverse` b->a (defaults to the same)."""
+        for n in (a, b):
+            if n not in self.graph:
+                raise TopologyError(f"link {a}<->{b}: unknown component '{n}'")
+        if kind not in LINK_KINDS:
+            raise TopologyError(f"link {a}<->{b}: unknown kind '{kind}' (known: {', '.join(LINK_KINDS)})")
+        rev = Bps if Bps_reverse is None else Bps_reverse
+        for what, v in (("bandwidth", Bps), ("reverse bandwidth", rev)):
+            if not v > 0:
+                raise TopologyError(f"link {a}<->{b}: {what} must be > 0, got {v}")
+        if latency_s < 0:
+            raise TopologyError(f"link {a}<->{b}: latency must be >= 0, got {latency_s}")
+        if self.graph.has_edge(a, b):
+            raise TopologyError(f"link {a}<->{b} is defined twice")
+        self.graph.add_edge(a, b, kind=kind, latency_s=float(latency_s),
+                            bw={(a, b): float(Bps), (b, a): float(rev)}, **attrs)
+        self._path_cache.clear()
+
+    def add_cap(self, name: str, Bps: float, *, edges: list[tuple[str, str]] | None = None,
+                classes: list[str] | tuple[str, ...] = (), endpoints: list[str] | tuple[str, ...] = (),
+                local_copy_coeff: float = 0.0) -> None:
+        """A shared ceiling several flows draw on (see `_Cap.coefficient` for who draws)."""
+        if not Bps > 0:
+            raise TopologyError(f"cap '{name}': bandwidth must be > 0, got {Bps}")
+        if name in self.caps:
+            raise TopologyError(f"cap '{name}' is defined twice")
+        for e in edges or ():
+            if not self.graph.has_edge(*e):
+                raise TopologyError(f"cap '{name}': no link {e[0]}<->{e[1]}")
+        for cls in classes:
+            if cls not in PATH_CLASSES:
+                raise TopologyError(f"cap '{name}': unknown path class '{cls}'")
+        self.caps[name] = _Cap(name, float(Bps), frozenset(tuple(e) for e in edges or ()), frozenset(classes),
+                               frozenset(self.resolve(x) for x in endpoints), local_copy_coeff)
+        self._path_cache.clear()
+
+    def pin_route(self, src: str, dst: str, via: list[str]) -> None:
+        """Force copies src -> dst through the listed nodes (in order), e.g. P2P staged through host DRAM."""
+        src, dst = self.resolve(src), self.resolve(dst)
+        for n in via:
+            if n not in self.graph:
+                raise TopologyError(f"pinned route {src}->{dst}: unknown component '{n}'")
+        self._pinned[(src, dst)] = tuple(via)
+        self._path_cache.clear()
+
+    # ---- queries --------------------------------------------------------------------------------------
+    def kind(self, node: str) -> str:
+        return self.graph.nodes[node]["kind"]
+
+    def endpoints(self) -> list[str]:
+        return [n for n, k in self.graph.nodes(data="kind") if k in ENDPOINT_KINDS]
+
+    def gpus(self) -> list[str]:
+        return [n for n, k in self.graph.nodes(data="kind") if k == "gpu"]
+
+    def gpu(self, name: str) -> GPUSpec:
+        node = self.resolve(name)
+        if self.kind(node) != "gpu":
+            raise TopologyError(f"'{name}' is not a GPU")
+        return self.graph.nodes[node]["spec"]
+
+    def resolve(self, endpoint: str) -> str:
+        """Canonical node name of an endpoint ('host' means 'host0'); errors list what exists."""
+        name = self.aliases.get(endpoint, endpoint)
+        if name in self.graph:
+            return name
+        eps = self.endpoints()
+        shown = ", ".join(eps[:12]) + (f", ... ({len(eps)} in all)" if len(eps) > 12 else "")
+        raise TopologyError(f"unknown endpoint '{endpoint}' in topology '{self.name}' (it has {shown})")
+
+    def resources(self) -> dict[str, float]:
+        """Every directed resource and cap with its capacity in bytes/s."""
+        out: dict[str, float] = {}
+        for a, b, d in self.graph.edges(data=True):
+            for (u, v), bw in d["bw"].items():
+                out[f"{u}->{v}"] = bw
+        for c in self.caps.values():
+            out[c.name] = c.Bps
+        return out
+
+    def classify(self, src: str, dst: str, nodes: tuple[str, ...]) -> str:
+        ks, kd = self.kind(src), self.kind(dst)
+        if "nvme" in (ks, kd):
+            return "nvme"
+        link_kinds = {self.graph.edges[a, b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
+        if "net" in link_kinds:
+            return "rdma"
+        if ks == kd == "gpu":
+            if src == dst:
+                return "d2d"
+            return "p2p-nvlink" if "nvlink" in link_kinds else "p2p-pcie"
+        if ks == "host" and kd == "gpu":
+            return "h2d"
+        if ks == "gpu" and kd == "host":
+            return "d2h"
+        return "h2h"
+
+    def _route_nodes(self, src: str, dst: str) -> tuple[str, ...]:
+        if src == dst:
+            return (src,)
+        via = self._pinned.get((src, dst))
+        if via is not None:
+            nodes: list[str] = [src]
+            for a, b in zip((src, *via), (*via, dst), strict=False):
+                nodes.extend(self._shortest(a, b)[1:])
+            return tuple(nodes)
+        return tuple(self._shortest(src, dst))
+
+    def _shortest(self, src: str, dst: str) -> list[str]:
+        g = self.graph
+
+        def weight(u: str, v: str, d: dict) -> float | None:
+            # Endpoints are never transit: a copy does not hop through another GPU's HBM or a DRAM socket.
+            if v != dst and g.nodes[v]["kind"] in ENDPOINT_KINDS:
+                return None
+            if u != src and g.nodes[u]["kind"] in ENDPOINT_KINDS:
+                return None
+            # Cost of moving a 1 MB reference chunk: prefers wide links (NVLink over PCIe) and, among equals,
+            # low latency; the epsilon prefers fewer hops.
+            return d["latency_s"] + 1e6 / min(d["bw"].values()) + 1e-9
+
+        try:
+            return nx.shortest_path(g, src, dst, weight=weight)
+        except nx.NetworkXNoPath:
+            raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{self.name}'") from None
+
+    def path(self, src: str, dst: str, nbytes: float | None = None) -> Path:
+        """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves)."""
+        s, d = self.resolve(src), self.resolve(dst)
+        key = (s, d)
+        cached = self._path_cache.get(key)
+        if cached is None:
+            cached = self._build_path(s, d)
+            self._path_cache[key] = cached
+        nodes, cls, resources, link_latency, engine = cached
+        pp = self.path_params.get(cls)
+        latency = link_latency
+        cap = None
+        if pp is not None:
+            if pp.latency_s is not None:
+                latency = pp.latency_s
+            if pp.bandwidth_Bps is not None:
+                cap = pp.bandwidth_Bps * (pp.efficiency(nbytes) if nbytes else 1.0)
+        return Path(s, d, cls, nodes, resources, latency, cap, engine)
+
+    def _build_path(self, s: str, d: str) -> tuple:
+        ks, kd = self.kind(s), self.kind(d)
+        if ks not in ENDPOINT_KINDS or kd not in ENDPOINT_KINDS:
+            bad = s if ks not in ENDPOINT_KINDS else d
+            raise TopologyError(f"'{bad}' is a {self.kind(bad)}, not an endpoint (GPU, host memory or NVMe)")
+        nodes = self._route_nodes(s, d)
+        cls = self.classify(s, d, nodes)
+        directed = list(zip(nodes, nodes[1:], strict=False))
+        resources: dict[str, float] = {}
+        for u, v in directed:
+            resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
+        for cap in self.caps.values():
+            c = cap.coefficient(cls, s, d, directed)
+            if c:
+                resources[cap.name] = resources.get(cap.name, 0.0) + c
+        if not resources:
+            raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
+        latency = sum(self.graph.edges[u, v]["latency_s"] for u, v in directed)
+        engine = None
+        pp = self.path_params.get(cls)
+        if pp is not None and pp.discipline == "fifo":
+            # The copy engine doing the DMA belongs to the GPU that issues it: the source, except for H2D.
+            owner = d if cls == "h2d" else s
+            engine = f"{owner}.ce.{cls}"
+        return nodes, cls, tuple(sorted(resources.items())), latency, engine
+
+    # ---- calibration ----------------------------------------------------------------------------------
+    def with_calibration(self, profile: CalibrationProfile) -> Topology:
+        """A copy of this topology with the profile's path parameters and caps applied."""
+        gpus = self.gpus()
+        models = {self.gpu(g).model for g in gpus}
+        if gpus and (profile.gpu_model not in models or profile.gpus > len(gpus)):
+            raise CalibrationError(
+                f"calibration '{profile.id}' was made for {profile.gpus}x {profile.gpu_model} ({profile.machine}), "
+                f"but topology '{self.name}' has {len(gpus)}x {'/'.join(sorted(models))}")
+        topo = copy.deepcopy(self)
+        topo._path_cache = {}
+        topo.path_params = dict(profile.paths)
+        topo.calibration_id = profile.id
+        for cap in profile.caps:
+            topo._add_calibrated_cap(cap)
+        return topo
+
+    def _add_calibrated_cap(self, cap: CapSpec) -> None:
+        endpoints = cap.endpoints
+        if not endpoints:
+            self.add_cap(cap.name, cap.Bps, classes=cap.classes)
+            return
+        # In a cluster a profile of one node applies to every node: 'gpu0' means each node's gpu0.
+        nodes = [n for n in self.graph if "." in n]
+        prefixes = sorted({n.split(".", 1)[0] for n in nodes}) if nodes and "gpu0" not in self.graph else [""]
+        for p in prefixes:
+            eps = [f"{p}.{e}" if p else e for e in endpoints]
+            self.add_cap(f"{p}.{cap.name}" if p else cap.name, cap.Bps, classes=cap.classes, endpoints=eps)
+
+    # ---- checking and printing ------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Structural checks: every endpoint reachable from every other, GPUs carry specs."""
+        if not self.endpoints():
+            raise TopologyError(f"topology '{self.name}' has no endpoints (GPU, host or NVMe)")
+        for g in self.gpus():
+            if not isinstance(self.graph.nodes[g].get("spec"), GPUSpec):
+                raise TopologyError(f"GPU '{g}' has no spec")
+        comps = list(nx.connected_components(self.graph))
+        if len(comps) > 1:
+            small = min(comps, key=len)
+            raise TopologyError(f"topology '{self.name}' is not connected: {sorted(small)} are cut off")
+
+    def describe(self) -> str:
+        """A human-readable table of components, links and caps (for `fabricsim topo show`)."""
+        lines = [f"topology {self.name}" + (f" (calibration {self.calibration_id})" if self.calibration_id else "")]
+        kinds: dict[str, list[str]] = {}
+        for n, k in self.graph.nodes(data="kind"):
+            kinds.setdefault(k, []).append(n)
+        lines.append("components:")
+        for k in COMPONENT_KINDS:
+            if k in kinds:
+                names = kinds[k]
+                extra = ""
+                if k == "gpu":
+                    spec = self.graph.nodes[names[0]]["spec"]
+                    extra = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s]"
+                shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
+                lines.append(f"  {k:<12} {shown}{extra}")
+        lines.append("links (GB/s per direction, latency):")
+        for a, b, d in sorted(self.graph.edges(data=True), key=lambda e: (e[0], e[1])):
+            fwd, rev = d["bw"][(a, b)], d["bw"][(b, a)]
+            bw = f"{fwd / 1e9:.1f}" if fwd == rev else f"{fwd / 1e9:.1f}/{rev / 1e9:.1f}"
+            lines.append(f"  {a:>14} <-> {b:<14} {d['kind']:<7} {bw:>8} GB/s  {d['latency_s'] * 1e6:.2f} us")
+        if self.caps:
+            lines.append("shared caps:")
+            for c in self.caps.values():
+                who = ", ".join(sorted(c.classes)) or "all classes"
+                lines.append(f"  {c.name:<24} {c.Bps / 1e9:.1f} GB/s  ({who})")
+        for cls, pp in sorted(self.path_params.items()):
+            bw = f"{pp.bandwidth_Bps / 1e9:.1f} GB/s" if pp.bandwidth_Bps else "links"
+            lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
+            lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
+        return "\n".join(lines)

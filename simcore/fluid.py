@@ -1,0 +1,234 @@
+"""Flow-level (fluid) bandwidth sharing: max-min fair rates by progressive filling, on a simpy clock.
+
+A `Flow` moves `bytes` over a route of resources, drawing `coeff x rate` on each (a local HBM copy reads and
+writes, so it draws 2x its rate on the HBM cap). Rates are weighted max-min fair with optional per-flow caps:
+the progressive-filling level rises for every unfrozen flow (rate = weight x level) until a resource is full
+or a flow hits its cap; those flows freeze and the rest go on. At every arrival and departure only the
+*connected component* of the flow-resource graph that the change touches is recomputed, because max-min
+allocations of disjoint components are independent; other flows keep their rates and finish-time events.
+
+Finish times live in one heap with lazy invalidation (each flow carries a version bumped when its rate
+changes), and a single pending simpy timeout wakes the network at the earliest finish. Floating-point dust is
+handled in two places: flows whose predicted finish lies within a relative 1e-12 of the wake-up time finish
+together, and a flow with fewer than 1e-9 of its bytes left counts as done, so ties never cause zero-time
+event loops.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+
+import simpy
+
+_TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now
+_BYTE_TOL = 1e-9   # relative: a flow with this fraction of its bytes left is done
+
+
+class Flow:
+    """One fluid flow. `res` are resource indices, `coef` their coefficients (same length)."""
+
+    __slots__ = ("key", "res", "coef", "weight", "cap", "bytes", "remaining", "rate", "t_last", "version",
+                 "done", "segments")
+
+    def __init__(self, key: object, res: Sequence[int], coef: Sequence[float], nbytes: float,
+                 weight: float = 1.0, cap: float | None = None, record: bool = False) -> None:
+        self.key = key
+        self.res = tuple(res)
+        self.coef = tuple(coef)
+        self.weight = float(weight)
+        self.cap = cap
+        self.bytes = float(nbytes)
+        self.remaining = float(nbytes)
+        self.rate = 0.0
+        self.t_last = 0.0
+        self.version = 0
+        self.done: simpy.Event | None = None
+        self.segments: list[tuple[float, float]] | None = [] if record else None
+
+
+def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float]) -> tuple[list[float], dict[int, float]]:
+    """Weighted max-min fair rates of `flows` (progressive filling); also returns each touched resource's load.
+
+    Exact for the textbook cases: at each step the level is the smallest of (residual capacity / unfrozen
+    weighted demand) over resources and (cap / weight) over capped flows; everything at that level freezes.
+    """
+    n = len(flows)
+    rates = [0.0] * n
+    rem: dict[int, float] = {}
+    demand: dict[int, float] = {}
+    users: dict[int, list[int]] = {}
+    for i, f in enumerate(flows):
+        w = f.weight
+        for r, c in zip(f.res, f.coef, strict=True):
+            if r not in rem:
+                rem[r] = capacity[r]
+                demand[r] = 0.0
+                users[r] = []
+            demand[r] += c * w
+            users[r].append(i)
+    unfrozen = set(range(n))
+    capped = [i for i, f in enumerate(flows) if f.cap is not None]
+    while unfrozen:
+        level = float("inf")
+        for r, dm in demand.items():
+            if dm > 1e-300:
+                t = rem[r] / dm
+                if t < level:
+                    level = t
+        for i in capped:
+            if i in unfrozen:
+                t = flows[i].cap / flows[i].weight
+                if t < level:
+                    level = t
+        if level == float("inf"):  # flows with no resources and no cap cannot happen (topology checks it)
+            raise ValueError("unbounded flow: no resource and no rate cap")
+        level = max(level, 0.0)
+        thresh = level * (1 + 1e-12) + 1e-300
+        freeze: set[int] = set()
+        for r, dm in demand.items():
+            if dm > 1e-300 and rem[r] / dm <= thresh:
+                freeze.update(i for i in users[r] if i in unfrozen)
+        for i in capped:
+            if i in unfrozen and flows[i].cap / flows[i].weight <= thresh:
+                freeze.add(i)
+        for i in freeze:
+            f = flows[i]
+            rate = f.weight * level
+            if f.cap is not None and rate > f.cap:
+                rate = f.cap
+            rates[i] = rate
+            for r, c in zip(f.res, f.coef, strict=True):
+                rem[r] -= c * rate
+                demand[r] -= c * f.weight
+                if rem[r] < 0.0:
+                    rem[r] = 0.0
+        unfrozen -= freeze
+    load = {r: capacity[r] - rem[r] for r in rem}
+    return rates, load
+
+
+class FluidNetwork:
+    """Active flows on shared resources, advanced by a simpy environment."""
+
+    def __init__(self, env: simpy.Environment, capacity: Sequence[float],
+                 on_load: Callable[[float, dict[int, float]], None] | None = None) -> None:
+        self.env = env
+        self.capacity = list(capacity)
+        self.on_load = on_load  # called with (now, {resource: load}) after each recomputation
+        self._on_res: list[set[Flow]] = [set() for _ in self.capacity]
+        self._heap: list[tuple[float, int, int, Flow]] = []
+        self._seq = 0
+        self._wake_at = float("inf")
+        self._active: set[Flow] = set()
+        self.events = 0  # arrivals + departures processed (for benchmarks)
+
+    def start(self, flow: Flow) -> simpy.Event:
+        """Add a flow now; the returned event fires when its last byte arrives."""
+        flow.done = self.env.event()
+        flow.t_last = self.env.now
+        if flow.remaining <= 0:
+            flow.done.succeed(flow)
+            return flow.done
+        for r in flow.res:
+            self._on_res[r].add(flow)
+        self._active.add(flow)
+        self.events += 1
+        self._recompute(self._component([flow]))
+        return flow.done
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _component(self, seeds: list[Flow]) -> list[Flow]:
+        """Active flows connected to `seeds` through shared resources (the seeds too, if still active)."""
+        seen: dict[int, Flow] = {id(f): f for f in seeds if f in self._active}
+        seen_res: set[int] = set()
+        stack = [r for f in seeds for r in f.res]
+        on_res = self._on_res
+        while stack:
+            r = stack.pop()
+            if r in seen_res:
+                continue
+            seen_res.add(r)
+            for g in on_res[r]:
+                if id(g) not in seen:
+                    seen[id(g)] = g
+                    stack.extend(g.res)
+        return list(seen.values())
+
+    def _recompute(self, flows: list[Flow]) -> None:
+        if not flows:
+            return
+        now = self.env.now
+        flows.sort(key=lambda f: f.key)  # deterministic order whatever the set iteration order
+        rates, load = max_min_rates(flows, self.capacity)
+        heap = self._heap
+        for f, rate in zip(flows, rates, strict=True):
+            if rate == f.rate and f.version:
+                continue
+            f.remaining -= f.rate * (now - f.t_last)
+            f.t_last = now
+            f.rate = rate
+            f.version += 1
+            if f.segments is not None:
+                f.segments.append((now, rate))
+            finish = now + f.remaining / rate if rate > 0 else float("inf")
+            self._seq += 1
+            heapq.heappush(heap, (finish, self._seq, f.version, f))
+        if self.on_load is not None:
+            self.on_load(now, load)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2] != heap[0][3].version:
+            heapq.heappop(heap)
+        if not heap:
+            return
+        t = heap[0][0]
+        if t < self._wake_at:
+            self._wake_at = t
+            ev = self.env.timeout(max(0.0, t - self.env.now))
+            ev.callbacks.append(self._wake)
+
+    def _wake(self, _ev: simpy.Event) -> None:
+        now = self.env.now
+        if now < self._wake_at:  # a stale wake-up: a later recomputation moved the earliest finish
+            return
+        self._wake_at = float("inf")
+        horizon = now + _TIME_TOL * max(1.0, now)
+        finished: dict[int, Flow] = {}
+        heap = self._heap
+        while heap and heap[0][0] <= horizon:
+            _, _, version, f = heapq.heappop(heap)
+            if version == f.version and f in self._active:
+                finished[id(f)] = f
+        if finished:
+            # Dust: neighbours whose leftover bytes are within tolerance finish now as well.
+            for g in self._component(list(finished.values())):
+                if id(g) not in finished and g.remaining - g.rate * (now - g.t_last) <= _BYTE_TOL * g.bytes:
+                    finished[id(g)] = g
+            done = sorted(finished.values(), key=lambda f: f.key)
+            emptied: set[int] = set()
+            for f in done:
+                self._active.discard(f)
+                for r in f.res:
+                    self._on_res[r].discard(f)
+                    if not self._on_res[r]:
+                        emptied.add(r)
+                f.remaining = 0.0
+                f.rate = 0.0
+                f.t_last = now
+                f.version += 1
+                if f.segments is not None:
+                    f.segments.append((now, 0.0))
+                self.events += 1
+            if self.on_load is not None and emptied:
+                self.on_load(now, dict.fromkeys(emptied, 0.0))
+            self._recompute(self._component(done))
+            for f in done:
+                f.done.succeed(f)
+        self._schedule()

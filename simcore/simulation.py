@@ -1,0 +1,239 @@
+"""`Simulation`: transfers, compute tasks and software delays on a topology, run on a simpy clock.
+
+Two ways to describe work, freely mixed:
+- declarative: `sim.transfer("t2", "gpu0", "gpu1", 256 << 20, start=1e-3, after=["t1"])` before `run()`;
+- procedural: `sim.process(gen)` where the generator does `yield sim.transfer(...)` and reacts to what
+  happened (bucketed pipelines, retries, serving loops).
+
+Every transfer asks the topology for its `Path`, waits for its dependencies and start time, queues on its
+engine if the path class is serialised (FIFO copy engine), pays the path latency plus any fixed mechanism
+cost, then becomes a fluid flow whose rate the `FluidNetwork` shares max-min fairly. A lone transfer therefore
+takes exactly latency + bytes / bandwidth. Compute tasks are roofline-costed and their HBM traffic is a flow
+on the same HBM cap that copies draw on, so a memory-bound kernel and a copy slow each other down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from typing import Any
+
+import simpy
+
+from hwmodels.errors import TopologyError
+from hwmodels.topology import Topology
+
+from .errors import ScenarioError
+from .fluid import Flow, FluidNetwork
+from .memory import MemoryPool
+from .records import Record, Result
+
+Dep = str | simpy.Event
+
+
+class Simulation:
+    """A run of transfers and tasks on one topology. Deterministic: same calls, same result."""
+
+    def __init__(self, topology: Topology, *, record_load: bool = True, record_rates: bool = False) -> None:
+        self.topology = topology
+        self.env = simpy.Environment()
+        caps = topology.resources()
+        self._res_names = list(caps)
+        self._res_index = {name: i for i, name in enumerate(self._res_names)}
+        self._load: dict[str, list[tuple[float, float]]] = {}
+        self.net = FluidNetwork(self.env, [caps[n] for n in self._res_names],
+                                on_load=self._on_load if record_load else None)
+        self._record_rates = record_rates
+        self._done: dict[str, simpy.Event] = {}
+        self._records: dict[str, Record] = {}
+        self._flows: dict[str, Flow] = {}
+        self._engines: dict[str, simpy.Resource] = {}
+        self._memory: dict[str, MemoryPool] = {}
+        self._seq = 0
+
+    # ---- describing work -------------------------------------------------------------------------------
+    def transfer(self, id: str | None, src: str, dst: str, nbytes: float, *, start: float = 0.0,
+                 after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
+                 fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None) -> simpy.Event:
+        """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands."""
+        rid = self._new_id(id, "t")
+        if not nbytes >= 0:
+            raise ScenarioError(f"transfer '{rid}': bytes must be >= 0, got {nbytes}")
+        if rate_cap_Bps is not None and not rate_cap_Bps > 0:
+            raise ScenarioError(f"transfer '{rid}': rate cap must be > 0, got {rate_cap_Bps}")
+        if not weight > 0:
+            raise ScenarioError(f"transfer '{rid}': weight must be > 0, got {weight}")
+        if fixed_cost_s < 0:
+            raise ScenarioError(f"transfer '{rid}': fixed cost must be >= 0, got {fixed_cost_s}")
+        try:
+            path = self.topology.path(src, dst, nbytes)
+        except TopologyError as exc:
+            raise ScenarioError(f"transfer '{rid}': {exc}") from None
+        cap = path.rate_cap_Bps
+        if rate_cap_Bps is not None:
+            cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
+        res = [self._res_index[r] for r, _ in path.resources]
+        coef = [c for _, c in path.resources]
+        flow = Flow(self._seq, res, coef, nbytes, weight, cap, record=self._record_rates)
+        rec = Record(rid, "transfer", path.src, path.dst, float(nbytes), float("nan"), path_class=path.path_class,
+                     route=path.nodes, engine=engine or path.engine, tag=tag)
+        deps = self._deps(rid, after)
+        self._flows[rid] = flow
+        lat = path.latency_s + fixed_cost_s
+        return self._launch(rec, self._run_flow(rec, deps, start, lat, flow, rec.engine))
+
+    def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
+             start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
+        """A kernel on `gpu`, roofline-costed: max(flops / peak[dtype], hbm_bytes / HBM bandwidth).
+
+        Its HBM traffic is a flow on the GPU's HBM cap, capped at the rate the roofline allows, so copies to or
+        from that GPU and this kernel share HBM bandwidth.
+        """
+        rid = self._new_id(id, "k")
+        if flops < 0 or hbm_bytes < 0:
+            raise ScenarioError(f"task '{rid}': flops and bytes must be >= 0")
+        try:
+            node = self.topology.resolve(gpu)
+            spec = self.topology.gpu(node)
+            peak = spec.flops_per_s(dtype)
+        except TopologyError as exc:
+            raise ScenarioError(f"task '{rid}': {exc}") from None
+        t_compute = flops / peak
+        rec = Record(rid, "task", node, node, float(hbm_bytes), float("nan"), tag=tag, flops=float(flops))
+        deps = self._deps(rid, after)
+        hbm = f"{node}.hbm"
+        if hbm_bytes > 0 and hbm in self._res_index:
+            t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]
+            cap = hbm_bytes / max(t_compute, t_mem)
+            flow = Flow(self._seq, [self._res_index[hbm]], [1.0], hbm_bytes, 1.0, cap, record=self._record_rates)
+            self._flows[rid] = flow
+            return self._launch(rec, self._run_flow(rec, deps, start, 0.0, flow, None))
+        return self._launch(rec, self._run_delay(rec, deps, start, t_compute))
+
+    def delay(self, id: str | None, seconds: float, *, start: float = 0.0, after: Iterable[Dep] = (),
+              tag: str | None = None, where: str = "") -> simpy.Event:
+        """A software overhead (IPC handle open, Python bookkeeping): takes time, uses no resource."""
+        rid = self._new_id(id, "d")
+        if not seconds >= 0:
+            raise ScenarioError(f"delay '{rid}': seconds must be >= 0, got {seconds}")
+        rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
+        return self._launch(rec, self._run_delay(rec, self._deps(rid, after), start, seconds))
+
+    def memory(self, device: str) -> MemoryPool:
+        """The memory pool of a GPU (HBM) or host socket (DRAM), created on first use."""
+        node = self.topology.resolve(device)
+        pool = self._memory.get(node)
+        if pool is None:
+            spec = self.topology.graph.nodes[node].get("spec")
+            capacity = getattr(spec, "hbm_bytes", None) or getattr(spec, "bytes", None)
+            if capacity is None:
+                raise ScenarioError(f"'{device}' has no memory to account")
+            pool = MemoryPool(node, capacity, clock=lambda: self.env.now)
+            self._memory[node] = pool
+        return pool
+
+    def process(self, generator: Generator[Any, Any, Any]) -> simpy.Process:
+        """Run a procedure (a generator yielding simpy events, e.g. `sim.transfer(...)`)."""
+        return self.env.process(generator)
+
+    def done(self, id: str) -> simpy.Event:
+        """The completion event of an earlier transfer/task/delay."""
+        try:
+            return self._done[id]
+        except KeyError:
+            raise ScenarioError(f"unknown transfer or task '{id}'") from None
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    # ---- running ---------------------------------------------------------------------------------------
+    def run(self, until: float | None = None) -> Result:
+        """Run until every transfer and task has finished (or `until`), and return the records."""
+        self.env.run(until=until)
+        return self.result()
+
+    def result(self) -> Result:
+        caps = {n: self.net.capacity[i] for i, n in enumerate(self._res_names)}
+        return Result(
+            topology=self.topology.name, calibration_id=self.topology.calibration_id,
+            records=list(self._records.values()), capacity=caps, load=self._load,
+            memory_peaks={d: p.peak_bytes for d, p in self._memory.items()}, events=self.net.events,
+        )
+
+    def rate_segments(self, id: str) -> list[tuple[float, float]]:
+        """(time, rate) steps of one flow; needs `record_rates=True` (used by invariant tests)."""
+        segs = self._flows[id].segments
+        if segs is None:
+            raise ScenarioError("rate segments were not recorded: create the Simulation with record_rates=True")
+        return segs
+
+    # ---- internals -------------------------------------------------------------------------------------
+    def _new_id(self, id: str | None, prefix: str) -> str:
+        self._seq += 1
+        rid = f"{prefix}{self._seq}" if id is None else str(id)
+        if rid in self._records:
+            raise ScenarioError(f"duplicate id '{rid}'")
+        return rid
+
+    def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
+        deps = []
+        for a in after:
+            if isinstance(a, simpy.Event):
+                deps.append(a)
+            elif a in self._done:
+                deps.append(self._done[a])
+            else:
+                raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
+        return deps
+
+    def _launch(self, rec: Record, gen: Generator) -> simpy.Event:
+        self._records[rec.id] = rec
+        proc = self.env.process(gen)
+        self._done[rec.id] = proc
+        return proc
+
+    def _release(self, rec: Record, deps: list[simpy.Event], start: float) -> Generator:
+        pending = [d for d in deps if not d.processed]
+        if pending:
+            yield self.env.all_of(pending)
+        if start > self.env.now:
+            yield self.env.timeout(start - self.env.now)
+        rec.start_s = self.env.now
+
+    def _run_flow(self, rec: Record, deps: list[simpy.Event], start: float, latency: float, flow: Flow,
+                  engine: str | None) -> Generator:
+        yield from self._release(rec, deps, start)
+        req = None
+        if engine is not None:
+            queue = self._engines.get(engine)
+            if queue is None:
+                queue = self._engines[engine] = simpy.Resource(self.env, capacity=1)
+            req = queue.request()
+            yield req
+        rec.begin_s = self.env.now
+        if latency > 0:
+            yield self.env.timeout(latency)
+        yield self.net.start(flow)
+        if req is not None:
+            self._engines[engine].release(req)
+        rec.finish_s = self.env.now
+        return rec
+
+    def _run_delay(self, rec: Record, deps: list[simpy.Event], start: float, seconds: float) -> Generator:
+        yield from self._release(rec, deps, start)
+        rec.begin_s = self.env.now
+        if seconds > 0:
+            yield self.env.timeout(seconds)
+        rec.finish_s = self.env.now
+        return rec
+
+    def _on_load(self, now: float, load: dict[int, float]) -> None:
+        names = self._res_names
+        for r, v in load.items():
+            series = self._load.setdefault(names[r], [])
+            if series and series[-1][0] == now:
+                series[-1] = (now, v)
+                if len(series) > 1 and series[-2][1] == v:
+                    series.pop()
+            elif not series or series[-1][1] != v:
+                series.append((now, v))
