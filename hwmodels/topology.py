@@ -169,7 +169,7 @@ class Topology:
     def resources(self) -> dict[str, float]:
         """Every directed resource and cap with its capacity in bytes/s."""
         out: dict[str, float] = {}
-        for a, b, d in self.graph.edges(data=True):
+        for _a, _b, d in self.graph.edges(data=True):
             for (u, v), bw in d["bw"].items():
                 out[f"{u}->{v}"] = bw
         for c in self.caps.values():

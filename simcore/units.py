@@ -26,7 +26,8 @@ def parse_bytes(value: object, where: str = "size") -> int:
             raise ScenarioError(f"{where}: cannot read size {value!r} (write e.g. 1GiB, 256MiB, 4096)")
         unit = m[2].lower()
         if unit not in _BYTE_UNITS:
-            raise ScenarioError(f"{where}: unknown unit '{m[2]}' in {value!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+            raise ScenarioError(
+                f"{where}: unknown unit '{m[2]}' in {value!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
         n = float(m[1]) * _BYTE_UNITS[unit]
     else:
         raise ScenarioError(f"{where}: expected a size, got {value!r}")
