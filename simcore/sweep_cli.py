@@ -1,0 +1,182 @@
+"""`fabricsim sweep`, `fabricsim results ls|show` and `fabricsim plot`: studies from the command line.
+
+Store location: ``--store DIR``, else ``$FABRICSIM_STORE``, else ``./results``. Plots go to
+``./plots/STUDY/`` and traces to ``./traces/`` unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import pandas as pd
+
+from .store import CorruptResultsWarning, ResultsStore, StoreError, param_columns
+from .study import load_study
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `sweep`, `results` and `plot`."""
+    store_help = "results store directory (default: $FABRICSIM_STORE or ./results)"
+
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a study's grid into the results store",
+        description="Run every point of a study (studies/NAME.py or a path) into the results store.",
+    )
+    p.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
+    p.add_argument("--backend", default="local", help="local (process pool, default) or ray")
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--resume", action="store_true", help="skip points already in the store")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume, run failed points again")
+    p.add_argument("--limit", type=int, default=None, help="run at most N (remaining) points")
+    p.add_argument("--trace", metavar="POINT_ID", default=None,
+                   help="re-run one point (id or unique prefix) and write its Perfetto trace; stores nothing")
+    p.add_argument("--trace-dir", default="traces", help="where --trace writes (default: ./traces)")
+    p.add_argument("--store", default=None, help=store_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+    r = subparsers.add_parser("results", help="list and show the results store")
+    rsub = r.add_subparsers(dest="results_command", metavar="ACTION")
+    ls = rsub.add_parser("ls", help="one line per study and source")
+    ls.add_argument("--store", default=None, help=store_help)
+    ls.set_defaults(func=_cmd_results_ls)
+    show = rsub.add_parser("show", help="a study's points as a table (one column per metric)")
+    show.add_argument("study", help="study name")
+    show.add_argument("--source", default=None, help="sim or hw (default: both)")
+    show.add_argument("--metric", action="append", default=None, help="only this metric (repeatable)")
+    show.add_argument("--failed", action="store_true", help="list failed points and their errors")
+    show.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    show.add_argument("--store", default=None, help=store_help)
+    show.set_defaults(func=_cmd_results_show)
+    r.set_defaults(func=lambda args: (r.print_help(), 2)[1])
+
+    pl = subparsers.add_parser("plot", help="draw a study's standard figures (PNG + SVG)")
+    pl.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
+    pl.add_argument("--out", default=None, help="output directory (default: ./plots/STUDY)")
+    pl.add_argument("--store", default=None, help=store_help)
+    pl.set_defaults(func=_cmd_plot)
+
+
+@contextmanager
+def _report_corrupt_files() -> Iterator[None]:
+    """Skipped corrupted files become one warning line each on stderr (the rest is still shown)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptResultsWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, CorruptResultsWarning):
+            print(f"fabricsim: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep, trace_point
+
+    if args.trace:
+        path, outcome = trace_point(args.study, args.trace, args.trace_dir)
+        assert outcome.metrics is not None
+        for metric, (value, unit) in outcome.metrics.items():
+            print(f"{metric} = {value:.6g} {unit}".rstrip())
+        print(f"trace: {path} (open in the Perfetto UI)")
+        return 0
+    # `kill PID` should save finished points like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = run_sweep(args.study, store=args.store, backend=args.backend, workers=args.workers,
+                           address=args.address, resume=args.resume, retry_failed=args.retry_failed,
+                           limit=args.limit, progress=not args.quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    store = ResultsStore(args.store)
+    line = f"{report.study}: ran {report.ran} points"
+    extras = []
+    if report.failed:
+        extras.append(f"{report.failed} failed")
+    if report.skipped:
+        extras.append(f"{report.skipped} already in the store")
+    if extras:
+        line += f" ({', '.join(extras)})"
+    if report.ran:
+        line += f" in {report.wall_s:.1f}s, {report.points_per_s:.1f} points/s"
+    print(line)
+    print(f"results: {store.root / report.study}/   (fabricsim results show {report.study}; "
+          f"fabricsim plot {report.study})")
+    return 1 if report.failed else 0
+
+
+def _cmd_results_ls(args: argparse.Namespace) -> int:
+    store = ResultsStore(args.store)
+    with _report_corrupt_files():
+        summary = store.summary()
+    if summary.empty:
+        print(f"no results in {store.root}")
+        return 0
+    summary["last"] = summary["last"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    print(summary.to_string(index=False))
+    return 0
+
+
+def _cmd_results_show(args: argparse.Namespace) -> int:
+    store = ResultsStore(args.store)
+    with _report_corrupt_files():
+        df = store.load(args.study, args.source)
+    if df.empty:
+        raise StoreError(f"no results for study {args.study!r} in {store.root}")
+    failed = df[df["error"].notna()]
+    if args.failed:
+        table = failed[["point_id", *param_columns(failed), "error"]].drop_duplicates()
+        _print(table, args.csv)
+        return 0
+    ok = df[df["error"].isna()]
+    if args.metric:
+        ok = ok[ok["metric"].isin(args.metric)]
+    params = [c for c in param_columns(ok) if ok[c].notna().any()]
+    index = ["point_id", *params, "topology", "source"]
+    # A conditional axis leaves other points without the parameter; show "-" so pivoting keeps them.
+    ok = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "-") for c in params})
+    ok = ok.assign(metric=[f"{m} [{u}]" if u else m for m, u in zip(ok["metric"], ok["unit"], strict=True)])
+    # Latest value per point and metric: a point run twice (without --resume) shows its newest result.
+    ok = ok.sort_values("created_at").drop_duplicates([*index, "metric"], keep="last")
+    table = ok.pivot_table(index=index, columns="metric", values="value", aggfunc="last", dropna=False)
+    table = table.dropna(how="all").reset_index()
+    table.columns.name = None
+    _print(table, args.csv)
+    if not failed.empty and not args.csv:
+        n = failed["point_id"].nunique()
+        print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed", file=sys.stderr)
+    return 0
+
+
+def _print(table: pd.DataFrame, csv: bool) -> None:
+    if csv:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(table.to_string(index=False))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_study
+
+    study = load_study(args.study)
+    store = ResultsStore(args.store)
+    out = Path(args.out) if args.out else Path("plots") / study.name
+    with _report_corrupt_files():
+        written = plot_study(study, store, out)
+    for path in written:
+        print(path)
+    return 0
