@@ -309,16 +309,29 @@ def point_id(params: Mapping[str, Any], calibration_id: str = UNCALIBRATED) -> s
 
 
 def calibration_id_of(calibration: str | Path | None) -> str:
-    """Id of a calibration profile: `uncalibrated`, or the file's stem plus a hash of its bytes (so an
-    edited profile with the same name counts as a different calibration)."""
+    """Id of the calibration a study runs under, part of every point id.
+
+    `None` -> ``uncalibrated``; ``"default"`` (each preset's bundled profile) -> ``default-`` plus a hash
+    of the bundled profile files; a path -> the file's stem plus a hash of its bytes. Hashing contents
+    means a refitted profile, even under the same name, makes new points instead of passing for old ones.
+    """
     if calibration is None:
         return UNCALIBRATED
+    if str(calibration) == "default":
+        import hwmodels
+
+        folder = Path(hwmodels.__file__).resolve().parent / "profiles"
+        digest = hashlib.sha256()
+        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if f.is_file() and f.suffix in (".json", ".yaml", ".yml"):
+                digest.update(f.name.encode() + b"\x00" + f.read_bytes())
+        return f"default-{digest.hexdigest()[:12]}"
     path = Path(calibration)
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        digest_hex = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     except OSError as exc:
         raise StudyError(f"calibration profile {path}: {exc.strerror or exc}") from None
-    return f"{path.stem}-{digest}"
+    return f"{path.stem}-{digest_hex}"
 
 
 # --------------------------------------------------------------------------------------------- studies
@@ -365,7 +378,7 @@ class Study:
     grid: Grid
     run: PointFn
     figures: Sequence[Figure | Callable[..., Any]] = ()
-    calibration: str | None = None
+    calibration: str | None = None  # None, "default" (each preset's bundled profile) or a profile path
     topology: str | None = None  # default `topology` column when no point parameter names one
     description: str = ""
     path: Path | None = None  # set by load_study: where the study came from (the runner re-loads it)

@@ -153,6 +153,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     ok = ok.sort_values("created_at").drop_duplicates([*index, "metric"], keep="last")
     table = ok.pivot_table(index=index, columns="metric", values="value", aggfunc="last", dropna=False)
     table = table.dropna(how="all").reset_index()
+    table = table.sort_values([*params, "topology", "source", "point_id"], kind="stable")
     table.columns.name = None
     _print(table, args.csv)
     if not failed.empty and not args.csv:
