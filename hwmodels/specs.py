@@ -22,7 +22,8 @@ GiB = 1 << 30
 class GPUSpec:
     """One GPU: HBM, SMs, copy engines and dense peak throughput per dtype (TFLOP/s, no sparsity).
 
-    H100 SXM5 and H200 SXM datasheets: 3.35 / 4.8 TB/s HBM, 989 TFLOP/s bf16 dense, 1979 fp8. Measured on the
+    HBM capacity is what `nvidia-smi` reports on the device machines (81559 MiB for H100 is rounded to 80 GiB;
+    143771 MiB for H200). H100 SXM5 and H200 SXM datasheets: 3.35 / 4.8 TB/s HBM, 989 TFLOP/s bf16 dense, 1979 fp8. Measured on the
     device machines of this project: D2D copy ~3.0 TB/s (H100) and ~4.3 TB/s (H200) counting read+write, so
     the usable HBM rate is ~90% of the datasheet figure; `hbm_efficiency` carries that.
     """
@@ -53,7 +54,7 @@ _HOPPER_TFLOPS = {"fp64": 67.0, "fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp1
 
 GPU_MODELS: dict[str, GPUSpec] = {
     "H100": GPUSpec("H100", 80 * GiB, 3350.0, 132, 3, dict(_HOPPER_TFLOPS)),
-    "H200": GPUSpec("H200", 141 * 10**9, 4800.0, 132, 3, dict(_HOPPER_TFLOPS)),
+    "H200": GPUSpec("H200", 143771 * 2**20, 4800.0, 132, 3, dict(_HOPPER_TFLOPS)),
     "H100-PCIE": GPUSpec("H100-PCIE", 80 * GiB, 2000.0, 114, 2,
                          {k: v * 756 / 989 for k, v in _HOPPER_TFLOPS.items()}),
     "A100": GPUSpec("A100", 80 * GiB, 2039.0, 108, 3,

@@ -174,6 +174,8 @@ class FluidNetwork:
             f.rate = rate
             f.version += 1
             if f.segments is not None:
+                if f.segments and f.segments[-1][0] == now:
+                    f.segments.pop()  # several changes at one instant: keep the last
                 f.segments.append((now, rate))
             finish = now + f.remaining / rate if rate > 0 else float("inf")
             self._seq += 1

@@ -198,7 +198,7 @@ class Simulation:
             yield self.env.all_of(pending)
         if start > self.env.now:
             yield self.env.timeout(start - self.env.now)
-        rec.start_s = self.env.now
+        rec.start_s = float(self.env.now)
 
     def _run_flow(self, rec: Record, deps: list[simpy.Event], start: float, latency: float, flow: Flow,
                   engine: str | None) -> Generator:
@@ -210,21 +210,21 @@ class Simulation:
                 queue = self._engines[engine] = simpy.Resource(self.env, capacity=1)
             req = queue.request()
             yield req
-        rec.begin_s = self.env.now
+        rec.begin_s = float(self.env.now)
         if latency > 0:
             yield self.env.timeout(latency)
         yield self.net.start(flow)
         if req is not None:
             self._engines[engine].release(req)
-        rec.finish_s = self.env.now
+        rec.finish_s = float(self.env.now)
         return rec
 
     def _run_delay(self, rec: Record, deps: list[simpy.Event], start: float, seconds: float) -> Generator:
         yield from self._release(rec, deps, start)
-        rec.begin_s = self.env.now
+        rec.begin_s = float(self.env.now)
         if seconds > 0:
             yield self.env.timeout(seconds)
-        rec.finish_s = self.env.now
+        rec.finish_s = float(self.env.now)
         return rec
 
     def _on_load(self, now: float, load: dict[int, float]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -143,35 +144,50 @@ def make_row(
     return row
 
 
-def _coerce_param(series: pd.Series) -> pd.Series:
-    """Parquet wants one type per column; conditional axes give nulls and hand-written grids mixed types."""
-    kinds = {type(v) for v in series if v is not None and not (isinstance(v, float) and pd.isna(v))}
-    if not kinds or len(kinds) == 1:
-        return series
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT
+
+
+def _param_array(values: list[Any]) -> pa.Array:
+    """One Parquet type per column, decided by the values themselves (not by whether this batch happens to
+    contain a point without the parameter), so every batch of a run stores a parameter the same way."""
+    values = [None if _is_missing(v) else v for v in values]
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int} or kinds <= {bool} or kinds <= {str} or kinds <= {float}:
+        return pa.array(values)
     if kinds <= {int, float}:
-        return series.astype("float64")
-    return series.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def _to_table(rows: pd.DataFrame) -> pa.Table:
-    missing = [c for c in CORE_COLUMNS if c not in rows.columns]
+_STRING_COLUMNS = ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
+                   "device", "versions", "error")
+
+
+def _to_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> Arrow table with the schema's column order: ids, parameters, then the rest."""
+    columns: dict[str, None] = {}
+    for r in records:
+        columns.update(dict.fromkeys(r))
+    missing = [c for c in CORE_COLUMNS if c not in columns]
     if missing:
         raise StoreError(f"rows lack results columns {missing}")
-    frame = rows.copy()
-    for col in frame.columns:
-        if col not in CORE_COLUMNS and frame[col].dtype == object:
-            frame[col] = _coerce_param(frame[col])
-    frame["value"] = frame["value"].astype("float64")
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-    for col in ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
-                "device", "versions", "error"):
-        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    params = [c for c in frame.columns if c not in CORE_COLUMNS]
-    ordered = ["study", "run_id", "point_id", *params, *CORE_COLUMNS[3:]]
+    params = [c for c in columns if c not in CORE_COLUMNS]
+    arrays: dict[str, pa.Array] = {}
     try:
-        return pa.Table.from_pandas(frame[ordered], preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise StoreError(f"rows cannot be stored as Parquet: {exc}") from None
+        for col in ["study", "run_id", "point_id", *params, *CORE_COLUMNS[3:]]:
+            vals = [r.get(col) for r in records]
+            if col in params:
+                arrays[col] = _param_array(vals)
+            elif col == "value":
+                arrays[col] = pa.array([math.nan if _is_missing(v) else float(v) for v in vals], pa.float64())
+            elif col == "created_at":
+                arrays[col] = pa.array(pd.to_datetime(pd.Series(vals), utc=True), pa.timestamp("us", tz="UTC"))
+            else:
+                arrays[col] = pa.array([None if _is_missing(v) else str(v) for v in vals], pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise StoreError(f"rows cannot be stored as Parquet: column {col!r}: {exc}") from None
+    return pa.table(arrays)
 
 
 def _publish(table: pa.Table, final: Path) -> Path:
@@ -220,17 +236,18 @@ class ResultsStore:
         part: int | None = None,
     ) -> Path:
         """Publish `rows` of one study as a new file: the whole run (`part=None`) or batch `part` of it."""
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        if frame.empty:
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
+        if not records:
             raise StoreError("refusing to write an empty results file")
-        if set(frame["study"].unique()) != {study}:
-            raise StoreError(f"rows belong to studies {sorted(frame['study'].unique())}, not only {study!r}")
-        bad = set(frame["source"].unique()) - set(SOURCES)
+        studies = {r.get("study") for r in records}
+        if studies != {study}:
+            raise StoreError(f"rows belong to studies {sorted(map(str, studies))}, not only {study!r}")
+        bad = {r.get("source") for r in records} - set(SOURCES)
         if bad:
-            raise StoreError(f"unknown source {sorted(bad)}; use one of {SOURCES}")
+            raise StoreError(f"unknown source {sorted(map(str, bad))}; use one of {SOURCES}")
         run_id = run_id or new_run_id()
         name = f"{run_id}.parquet" if part is None else f"{run_id}.part-{part:06d}.parquet"
-        return _publish(_to_table(frame), self._study_dir(study, create=True) / name)
+        return _publish(_to_table(records), self._study_dir(study, create=True) / name)
 
     def compact_run(self, study: str, run_id: str) -> Path | None:
         """Merge a run's part files into RUN_ID.parquet, then delete the parts. Safe to repeat after a
@@ -241,7 +258,12 @@ class ResultsStore:
         if not parts:
             return final if final.exists() else None
         if not final.exists():
-            table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+            tables = [pq.read_table(p) for p in parts]
+            try:
+                table = pa.concat_tables(tables, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                # Batches typed one parameter differently (e.g. ints, then strings): retype row by row.
+                table = _to_table([r for t in tables for r in t.to_pylist()])
             _publish(table, final)
         for p in parts:
             with contextlib.suppress(FileNotFoundError):

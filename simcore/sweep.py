@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import pandas as pd
-
 from hwmodels.errors import FabricsimError
 
 from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_json
@@ -225,8 +223,7 @@ class _Flusher:
     def flush(self) -> None:
         if self.pending:
             self.part += 1
-            frame = pd.DataFrame(self.pending)
-            path = self.store.write(frame, study=self.study.name, run_id=self.run_id, part=self.part)
+            path = self.store.write(self.pending, study=self.study.name, run_id=self.run_id, part=self.part)
             self.files.append(path)
             self.pending = []
             self.pending_points = 0

@@ -1,0 +1,76 @@
+"""`fabricsim topo show NAME|FILE` and `fabricsim topo import TOPO_M_TXT`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+
+from .errors import TopologyError
+from .presets import apply_calibration, get
+from .topofile import load_topology_file, topology_to_dict
+from .topology import Topology
+
+
+def load_any(ref: str, calibration: str | None = None) -> Topology:
+    """A preset name or a topology file path."""
+    if Path(ref).exists() or ref.endswith((".yaml", ".yml", ".json")):
+        return apply_calibration(load_topology_file(ref), calibration)
+    return get(ref, calibration="default" if calibration is None else calibration)
+
+
+def _show(args: argparse.Namespace) -> int:
+    topo = load_any(args.topology, args.calibration)
+    if args.yaml:
+        print(yaml.safe_dump(topology_to_dict(topo), sort_keys=False), end="")
+    else:
+        print(topo.describe())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .nvsmi import topology_from_topo_m
+
+    try:
+        text = Path(args.file).read_text()
+    except OSError as exc:
+        raise TopologyError(f"{args.file}: cannot read ({exc.strerror})") from None
+    try:
+        topo = topology_from_topo_m(text, gpu=args.gpu, name=args.name or Path(args.file).stem)
+    except TopologyError as exc:
+        raise TopologyError(f"{args.file}: {exc}") from None
+    doc = yaml.safe_dump(topology_to_dict(topo), sort_keys=False)
+    if args.out:
+        tmp = f"{args.out}.tmp"
+        Path(tmp).write_text(doc)
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}: {len(topo.gpus())} GPUs, {topo.graph.number_of_edges()} links")
+    else:
+        print(doc, end="")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    topo = sub.add_parser("topo", help="show or import machine topologies",
+                          description="Show a preset or topology file, or build one from `nvidia-smi topo -m`.")
+    tsub = topo.add_subparsers(dest="topo_command", metavar="ACTION", required=True)
+    show = tsub.add_parser("show", help="validate and print a topology (preset name or file)",
+                           epilog="examples:\n  fabricsim topo show hgx-h200-8\n  fabricsim topo show mybox.yaml\n"
+                                  "  fabricsim topo show cluster-4x8-rail --yaml > cluster.yaml",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("topology", help="preset name (h100-1, h200-2, hgx-h100-8, hgx-h200-8, pcie-4gpu, "
+                                       "cluster-NxG[-rail|-leaf-spine]) or a topology file")
+    show.add_argument("--calibration", help="calibration profile to apply")
+    show.add_argument("--yaml", action="store_true", help="print as an editable topology file")
+    show.set_defaults(func=_show)
+    imp = tsub.add_parser("import", help="build a topology file from the text of `nvidia-smi topo -m`",
+                          epilog="example:\n  nvidia-smi topo -m > topo.txt\n"
+                                 "  fabricsim topo import topo.txt --gpu H100 --out mybox.yaml",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("file", help="text file with the output of `nvidia-smi topo -m`")
+    imp.add_argument("--gpu", default="H100", help="GPU model (H100, H200, A100, ...); default H100")
+    imp.add_argument("--name", help="topology name (default: the file name)")
+    imp.add_argument("--out", help="write the topology file here instead of stdout")
+    imp.set_defaults(func=_import)

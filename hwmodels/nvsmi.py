@@ -1,0 +1,129 @@
+"""Build a `Topology` from the text of `nvidia-smi topo -m`, so users can model the box in front of them.
+
+The matrix says, for each GPU pair, how they connect: `NV#` (# NVLinks, direct or through NVSwitch),
+`PIX`/`PXB` (behind the same PCIe switch / switches), `PHB` (same host bridge), `NODE` (same NUMA node, different
+host bridges), `SYS` (across sockets). The CPU/NUMA affinity columns place each GPU on a socket. We build:
+one host+CPU per NUMA node, one PCIe switch per group of GPUs that are PIX/PXB to each other (else a root port on
+the CPU), NVLink per pair (or an NVSwitch when every pair of 3+ GPUs has the same NV#), NICs behind the switch
+of the GPU they are PIX/PXB to.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import TopologyError
+from .specs import HostDRAMSpec, NICSpec, NVLinkSpec, NVSwitchSpec, PCIeSpec, SocketLinkSpec, gpu_model
+from .topology import Topology
+
+_NV = re.compile(r"^NV(\d+)$")
+
+
+def parse_topo_matrix(text: str) -> tuple[list[str], dict[tuple[str, str], str], dict[str, int]]:
+    """Device names, the pairwise link labels, and each GPU's NUMA node."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    header_idx = next((i for i, ln in enumerate(lines) if re.search(r"\bGPU0\b", ln) and "Legend" not in ln), None)
+    if header_idx is None:
+        raise TopologyError("no 'GPU0' header found: paste the output of `nvidia-smi topo -m`")
+    header = lines[header_idx].split()
+    devs = [h for h in header if re.match(r"^(GPU|NIC|mlx)\w*\d+$", h)]
+    if not devs:
+        raise TopologyError("the topology matrix names no devices")
+    rest = header[len(devs):]
+    numa_col = None
+    joined = " ".join(rest)
+    if "NUMA Affinity" in joined:
+        # Columns after the devices: "CPU Affinity", "NUMA Affinity", ["GPU NUMA ID"]
+        numa_col = len(devs) + 1
+    labels: dict[tuple[str, str], str] = {}
+    numa: dict[str, int] = {}
+    for ln in lines[header_idx + 1:]:
+        if ln.startswith("Legend"):
+            break
+        parts = ln.split()
+        if not parts or parts[0] not in devs:
+            continue
+        row, cells = parts[0], parts[1:]
+        if len(cells) < len(devs):
+            raise TopologyError(f"row '{row}' has {len(cells)} cells, expected {len(devs)}")
+        for col, cell in zip(devs, cells[:len(devs)], strict=True):
+            labels[(row, col)] = cell
+        if numa_col is not None and len(cells) > numa_col and cells[numa_col].isdigit():
+            numa[row] = int(cells[numa_col])
+    gpus = [d for d in devs if d.startswith("GPU")]
+    missing = [g for g in gpus if (g, g) not in labels]
+    if missing:
+        raise TopologyError(f"no matrix row for {missing[0]}")
+    return devs, labels, numa
+
+
+def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -> Topology:
+    devs, labels, numa = parse_topo_matrix(text)
+    gpus = [d for d in devs if d.startswith("GPU")]
+    nics = [d for d in devs if not d.startswith("GPU")]
+    spec = gpu_model(gpu)
+    t = Topology(name, aliases={"host": "host0"})
+    sockets = sorted(set(numa.values()) or {0})
+    for s in sockets:
+        t.add_component(f"host{s}", "host", spec=HostDRAMSpec())
+        t.add_component(f"cpu{s}", "cpu")
+        t.add_link(f"host{s}", f"cpu{s}", "dram", HostDRAMSpec().Bps, 0.1e-6)
+    for a, b in zip(sockets, sockets[1:], strict=False):
+        t.add_link(f"cpu{a}", f"cpu{b}", "socket", SocketLinkSpec().Bps, SocketLinkSpec().latency_s)
+    pcie = PCIeSpec(5, 16)
+    # Group devices behind shared PCIe switches (PIX/PXB relations, transitively).
+    group: dict[str, int] = {}
+    for d in devs:
+        if d in group:
+            continue
+        group[d] = len(set(group.values()))
+        stack = [d]
+        while stack:
+            x = stack.pop()
+            for y in devs:
+                if y not in group and labels.get((x, y)) in ("PIX", "PXB"):
+                    group[y] = group[d]
+                    stack.append(y)
+    members: dict[int, list[str]] = {}
+    for d, g in group.items():
+        members.setdefault(g, []).append(d)
+    for g, ds in members.items():
+        socket = numa.get(next((x for x in ds if x in numa), ds[0]), sockets[0])
+        parent = f"cpu{socket}"
+        if len(ds) > 1:
+            parent = f"pcisw{g}"
+            t.add_component(parent, "pcie-switch")
+            t.add_link(parent, f"cpu{socket}", "pcie", pcie.Bps, pcie.latency_s)
+        for d in ds:
+            node = _node_name(d)
+            if d.startswith("GPU"):
+                t.add_component(node, "gpu", spec=spec)
+            else:
+                t.add_component(node, "nic", spec=NICSpec())
+            t.add_link(node, parent, "pcie", pcie.Bps, pcie.latency_s)
+    nv = {(a, b): int(m[1]) for (a, b), lab in labels.items()
+          if a in gpus and b in gpus and a < b and (m := _NV.match(lab))}
+    pairs = [(a, b) for i, a in enumerate(gpus) for b in gpus[i + 1:]]
+    if len(gpus) >= 3 and pairs and all(p in nv for p in pairs) and len(set(nv.values())) == 1:
+        t.add_component("nvswitch", "nvswitch", spec=NVSwitchSpec())
+        links = next(iter(nv.values()))
+        link = NVLinkSpec(4, links)
+        for g in gpus:
+            t.add_link(_node_name(g), "nvswitch", "nvlink", link.Bps, link.latency_s / 2)
+    else:
+        for (a, b), n in nv.items():
+            link = NVLinkSpec(4, n)
+            t.add_link(_node_name(a), _node_name(b), "nvlink", link.Bps, link.latency_s)
+    from .presets import add_memory_caps
+
+    add_memory_caps(t)
+    t.validate()
+    return t
+
+
+def _node_name(dev: str) -> str:
+    m = re.match(r"^GPU(\d+)$", dev)
+    if m:
+        return f"gpu{m[1]}"
+    m = re.match(r"^(?:NIC|mlx\w*_)(\d+)$", dev)
+    return f"nic{m[1]}" if m else dev.lower()

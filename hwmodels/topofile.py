@@ -1,0 +1,164 @@
+"""Topology files (YAML/JSON): describe a machine no preset covers.
+
+```yaml
+name: my-box
+components:
+  host0: {kind: host, dram_GBps: 300, dram_GiB: 1024}
+  cpu0: {kind: cpu}
+  gpu0: {kind: gpu, model: H100}
+  gpu1: {kind: gpu, model: H100}
+links:
+  - {between: [host0, cpu0], kind: dram, GBps: 230}
+  - {between: [gpu0, cpu0], kind: pcie, gen: 5, lanes: 16}
+  - {between: [gpu1, cpu0], kind: pcie, gen: 5, lanes: 16}
+  - {between: [gpu0, gpu1], kind: nvlink, gen: 4, links: 18}
+  - {between: [cpu0, sw0], kind: net, GBps: 50, reverse_GBps: 50, latency_us: 2}
+caps:
+  - {name: host-h2d, GBps: 100, classes: [h2d]}
+pinned:
+  - {src: gpu0, dst: gpu1, via: [host0]}
+aliases: {host: host0}
+```
+A link gives either `GBps` (effective, per direction) or the spec fields of its kind (PCIe gen/lanes,
+NVLink gen/links); `latency_us` overrides the kind's default latency. HBM and DRAM caps are added
+automatically, as in the presets.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import TopologyError
+from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
+from .topology import Topology
+
+
+def _num(where: str, v: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+        raise TopologyError(f"{where}: expected a number, got {v!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise TopologyError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return float(v)
+
+
+def topology_from_dict(d: Any, source: str = "topology") -> Topology:
+    if not isinstance(d, dict):
+        raise TopologyError(f"{source}: expected a mapping with 'components' and 'links'")
+    comps = d.get("components")
+    links = d.get("links")
+    if not isinstance(comps, dict) or not comps:
+        raise TopologyError(f"{source}: components: expected a non-empty mapping of name -> {{kind: ...}}")
+    if not isinstance(links, list):
+        raise TopologyError(f"{source}: links: expected a list")
+    t = Topology(str(d.get("name") or Path(source).stem), aliases=dict(d.get("aliases") or {}))
+    try:
+        for name, c in comps.items():
+            where = f"{source}: components.{name}"
+            if not isinstance(c, dict) or "kind" not in c:
+                raise TopologyError(f"{where}: expected a mapping with 'kind'")
+            kind = c["kind"]
+            attrs: dict[str, Any] = {}
+            if kind == "gpu":
+                attrs["spec"] = gpu_model(str(c.get("model", "H100")))
+            elif kind == "host":
+                attrs["spec"] = HostDRAMSpec(
+                    bytes=int(_num(f"{where}.dram_GiB", c.get("dram_GiB", 1024)) * GiB),
+                    GBps=_num(f"{where}.dram_GBps", c.get("dram_GBps", 307.0)))
+            elif kind == "nic":
+                attrs["spec"] = NICSpec(Gbps=_num(f"{where}.Gbps", c.get("Gbps", 400.0)))
+            elif kind == "nvme":
+                attrs["spec"] = NVMeSpec()
+            t.add_component(str(name), str(kind), **attrs)
+        for i, link in enumerate(links):
+            _add_link(t, link, f"{source}: links[{i}]")
+        if "host" not in t.aliases and "host0" in t.graph:
+            t.aliases["host"] = "host0"
+        from .presets import add_memory_caps
+
+        add_memory_caps(t)
+        for i, c in enumerate(d.get("caps") or []):
+            where = f"{source}: caps[{i}]"
+            if not isinstance(c, dict) or "name" not in c:
+                raise TopologyError(f"{where}: expected a mapping with 'name' and 'GBps'")
+            t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps")) * GB, classes=tuple(c.get("classes") or ()),
+                      endpoints=tuple(c.get("endpoints") or ()))
+        for i, p in enumerate(d.get("pinned") or []):
+            where = f"{source}: pinned[{i}]"
+            if not isinstance(p, dict) or not {"src", "dst", "via"} <= set(p):
+                raise TopologyError(f"{where}: expected a mapping with src, dst and via")
+            t.pin_route(p["src"], p["dst"], list(p["via"]))
+        t.validate()
+    except TopologyError as exc:
+        msg = str(exc)
+        raise TopologyError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    return t
+
+
+def _add_link(t: Topology, link: Any, where: str) -> None:
+    if not isinstance(link, dict):
+        raise TopologyError(f"{where}: expected a mapping")
+    ends = link.get("between")
+    if not isinstance(ends, list) or len(ends) != 2:
+        raise TopologyError(f"{where}.between: expected [a, b]")
+    kind = link.get("kind")
+    a, b = str(ends[0]), str(ends[1])
+    latency = None
+    if "latency_us" in link:
+        latency = _num(f"{where}.latency_us", link["latency_us"], allow_zero=True) * 1e-6
+    if "GBps" in link:
+        fwd = _num(f"{where}.GBps", link["GBps"]) * GB
+        rev = _num(f"{where}.reverse_GBps", link.get("reverse_GBps", link["GBps"])) * GB
+        t.add_link(a, b, str(kind), fwd, latency if latency is not None else 1e-6, Bps_reverse=rev)
+        return
+    if kind == "pcie":
+        spec = PCIeSpec(int(link.get("gen", 5)), int(link.get("lanes", 16)))
+        t.add_link(a, b, "pcie", spec.Bps, spec.latency_s if latency is None else latency)
+    elif kind == "nvlink":
+        spec = NVLinkSpec(int(link.get("gen", 4)), int(link.get("links", 18)))
+        t.add_link(a, b, "nvlink", spec.Bps, spec.latency_s if latency is None else latency)
+    else:
+        raise TopologyError(f"{where}: a '{kind}' link needs GBps (only pcie and nvlink links derive it from a spec)")
+
+
+def load_topology_file(path: str | Path) -> Topology:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read topology file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: malformed YAML/JSON ({str(exc).splitlines()[0]})") from None
+    return topology_from_dict(data, str(path))
+
+
+def topology_to_dict(t: Topology) -> dict[str, Any]:
+    """The file form of a topology (links as effective GB/s), so presets and imports can be saved and edited."""
+    comps: dict[str, Any] = {}
+    for n, data in t.graph.nodes(data=True):
+        c: dict[str, Any] = {"kind": data["kind"]}
+        spec = data.get("spec")
+        if data["kind"] == "gpu":
+            c["model"] = spec.model
+        elif data["kind"] == "host":
+            c["dram_GBps"] = spec.GBps
+            c["dram_GiB"] = spec.bytes // GiB
+        comps[n] = c
+    links = []
+    for a, b, d in t.graph.edges(data=True):
+        link = {"between": [a, b], "kind": d["kind"], "GBps": round(d["bw"][(a, b)] / GB, 6),
+                "latency_us": round(d["latency_s"] * 1e6, 6)}
+        if d["bw"][(b, a)] != d["bw"][(a, b)]:
+            link["reverse_GBps"] = round(d["bw"][(b, a)] / GB, 6)
+        links.append(link)
+    caps = [{"name": c.name, "GBps": c.Bps / GB, "classes": sorted(c.classes), "endpoints": sorted(c.endpoints)}
+            for c in t.caps.values() if not c.edges]  # memory caps (edge-based) are rebuilt on load
+    out: dict[str, Any] = {"name": t.name, "components": comps, "links": links}
+    if caps:
+        out["caps"] = caps
+    if t.aliases:
+        out["aliases"] = dict(t.aliases)
+    return out

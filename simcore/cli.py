@@ -1,0 +1,61 @@
+"""`fabricsim simulate FILE [--json] [--trace PATH] [--calibration PATH]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .records import Result
+from .scenario import load_scenario
+from .units import format_bytes
+
+
+def _table(result: Result) -> str:
+    rows = [f"topology {result.topology}   calibration {result.calibration_id or 'none (datasheet defaults)'}",
+            f"{'id':<14} {'src':>10} -> {'dst':<10} {'bytes':>11} {'class':<11} {'start':>11} {'finish':>11} "
+            f"{'GB/s':>8}"]
+    for r in result.transfers:
+        busy = r.finish_s - r.begin_s
+        gbps = r.bytes / busy / 1e9 if busy > 0 else 0.0
+        rows.append(f"{r.id:<14} {r.src:>10} -> {r.dst:<10} {format_bytes(r.bytes):>11} {r.path_class:<11} "
+                    f"{r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms {gbps:>8.1f}")
+    for r in result.tasks:
+        rows.append(f"{r.id:<14} {r.kind + ' on ' + r.src:>24} {'':>11} {'':<11} {r.start_s * 1e3:>9.4f}ms "
+                    f"{r.finish_s * 1e3:>9.4f}ms")
+    rows.append(f"makespan {result.makespan_s * 1e3:.4f} ms")
+    busiest = sorted(result.mean_utilisation().items(), key=lambda kv: -kv[1])[:5]
+    if busiest:
+        rows.append("busiest resources (mean utilisation over the makespan): "
+                    + ", ".join(f"{name} {u:.0%}" for name, u in busiest))
+    return "\n".join(rows)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.file)
+    result = scenario.run(calibration=args.calibration)
+    if args.trace:
+        result.write_trace(args.trace)
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(_table(result))
+        if args.trace:
+            print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate", help="simulate a scenario file (YAML/JSON)",
+        description="Simulate the transfers (and tasks) of a scenario file on its topology.",
+        epilog="examples:\n  fabricsim simulate examples/h2d_fanout.yaml\n"
+               "  fabricsim simulate examples/h2d_fanout.yaml --json\n"
+               "  fabricsim simulate scenario.yaml --trace trace.json --calibration hwmodels/profiles/h100x1.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="scenario file (format in DESIGN.md / README)")
+    p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
+    p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
+    p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
+    p.set_defaults(func=_simulate)

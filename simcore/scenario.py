@@ -1,0 +1,256 @@
+"""Scenario files (YAML or JSON, the format of DESIGN.md) -> a ready-to-run `Simulation`.
+
+```yaml
+topology: hgx-h200-8        # preset name, or a topology file path (relative to this file)
+calibration: null           # optional calibration profile path (relative to this file)
+transfers:
+  - {id: t1, src: host, dst: gpu0, bytes: 1GiB}
+  - {id: t2, src: gpu0, dst: gpu1, bytes: 256MiB, start: 0.001, after: [t1]}
+tasks:                      # optional: roofline compute tasks (an addition to DESIGN.md)
+  - {id: k1, gpu: gpu1, flops: 2e12, bytes: 8GiB, dtype: bf16, after: [t2]}
+```
+Optional per-transfer keys (additions, documented in README): `engine` (name of a FIFO queue the transfer
+waits in), `rate_cap_GBps`, `weight`, `fixed_cost_s`, `tag`. Every error names the file and the field, and
+nothing is simulated until the whole file has been checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwmodels import presets
+from hwmodels.errors import FabricsimError
+from hwmodels.topology import Topology
+
+from .errors import ScenarioError
+from .records import Result
+from .simulation import Simulation
+from .units import parse_bytes, parse_seconds
+
+_TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "name", "description"}
+_TRANSFER_KEYS = {"id", "src", "dst", "bytes", "start", "after", "engine", "rate_cap_GBps", "weight",
+                  "fixed_cost_s", "tag"}
+_TASK_KEYS = {"id", "gpu", "flops", "bytes", "dtype", "start", "after", "tag"}
+
+
+@dataclass
+class Scenario:
+    """A checked scenario: the topology reference and the work items, dependencies validated."""
+
+    source: str
+    topology: str
+    calibration: str | None
+    items: list[dict[str, Any]] = field(default_factory=list)  # in a dependency-respecting order
+    base_dir: Path = Path(".")
+
+    def load_topology(self, calibration: str | None = None) -> Topology:
+        """Resolve the topology (preset or file) with the scenario's or the given calibration."""
+        from hwmodels.topofile import load_topology_file
+
+        # A --calibration given by the caller is relative to the working directory; the scenario's own
+        # `calibration:` is relative to the scenario file.
+        cal: Any = calibration
+        if cal is None and self.calibration is not None:
+            cal = str(self.base_dir / self.calibration)
+        try:
+            ref = self.topology
+            candidate = self.base_dir / ref
+            if ref.endswith((".yaml", ".yml", ".json")) or candidate.exists():
+                if not candidate.exists():
+                    raise ScenarioError(f"{self.source}: topology: file '{ref}' not found")
+                topo = load_topology_file(candidate)
+                return presets.apply_calibration(topo, cal)
+            return presets.get(ref, calibration="default" if cal is None else cal)
+        except ScenarioError:
+            raise
+        except FabricsimError as exc:
+            raise ScenarioError(f"{self.source}: {exc}") from None
+
+    def build(self, calibration: str | None = None, **sim_kwargs: Any) -> Simulation:
+        topo = self.load_topology(calibration)
+        sim = Simulation(topo, **sim_kwargs)
+        for item in self.items:
+            where = f"{self.source}: {item['_where']}"
+            try:
+                if item["_kind"] == "transfer":
+                    sim.transfer(item["id"], item["src"], item["dst"], item["bytes"], start=item["start"],
+                                 after=item["after"], rate_cap_Bps=item.get("rate_cap_Bps"),
+                                 weight=item.get("weight", 1.0), fixed_cost_s=item.get("fixed_cost_s", 0.0),
+                                 engine=item.get("engine"), tag=item.get("tag"))
+                else:
+                    sim.task(item["id"], item["gpu"], flops=item["flops"], hbm_bytes=item["bytes"],
+                             dtype=item["dtype"], start=item["start"], after=item["after"], tag=item.get("tag"))
+            except FabricsimError as exc:
+                msg = str(exc)
+                # Drop the engine's "transfer 'id':" prefix: the location already names the item.
+                if msg.startswith(("transfer '", "task '")) and "': " in msg:
+                    msg = msg.split("': ", 1)[1]
+                raise ScenarioError(f"{where}: {msg}") from None
+        return sim
+
+    def run(self, calibration: str | None = None) -> Result:
+        return self.build(calibration).run()
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file; raises `ScenarioError` naming the file and field on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{path}: malformed YAML/JSON{where}: {problem}") from None
+    return parse_scenario(data, source=str(path), base_dir=path.parent)
+
+
+def parse_scenario(data: Any, source: str = "scenario", base_dir: Path = Path(".")) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping with 'topology' and 'transfers' at the top level")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ScenarioError(f"{source}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    topo = data.get("topology")
+    if not isinstance(topo, str) or not topo:
+        raise ScenarioError(f"{source}: topology: expected a preset name or a file path")
+    cal = data.get("calibration")
+    if cal is not None and not isinstance(cal, str):
+        raise ScenarioError(f"{source}: calibration: expected a file path or null")
+    transfers = data.get("transfers") or []
+    tasks = data.get("tasks") or []
+    if not isinstance(transfers, list):
+        raise ScenarioError(f"{source}: transfers: expected a list")
+    if not isinstance(tasks, list):
+        raise ScenarioError(f"{source}: tasks: expected a list")
+    if not transfers and not tasks:
+        raise ScenarioError(f"{source}: no transfers or tasks to simulate")
+    items = [_transfer(t, f"transfers[{i}]", source) for i, t in enumerate(transfers)]
+    items += [_task(t, f"tasks[{i}]", source) for i, t in enumerate(tasks)]
+    return Scenario(source, topo, cal, _order(items, source), base_dir)
+
+
+def _check_keys(item: Any, allowed: set[str], where: str, source: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ScenarioError(f"{source}: {where}: expected a mapping")
+    unknown = set(item) - allowed
+    if unknown:
+        raise ScenarioError(f"{source}: {where}: unknown key '{sorted(unknown)[0]}'")
+    return item
+
+
+def _common(item: dict[str, Any], where: str, source: str, default_id: str) -> dict[str, Any]:
+    rid = item.get("id", default_id)
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or str(rid) == "":
+        raise ScenarioError(f"{source}: {where}.id: expected a name")
+    after = item.get("after", [])
+    if isinstance(after, str | int):
+        after = [after]
+    if not isinstance(after, list):
+        raise ScenarioError(f"{source}: {where}.after: expected a list of ids")
+    out = {"id": str(rid), "after": [str(a) for a in after], "_where": where, "tag": item.get("tag")}
+    out["start"] = parse_seconds(item.get("start", 0.0), f"{source}: {where}.start")
+    return out
+
+
+def _transfer(item: Any, where: str, source: str) -> dict[str, Any]:
+    item = _check_keys(item, _TRANSFER_KEYS, where, source)
+    out = _common(item, where, source, f"t{where.split('[')[1][:-1]}")
+    for key in ("src", "dst"):
+        if not isinstance(item.get(key), str):
+            raise ScenarioError(f"{source}: {where}.{key}: expected an endpoint name (host, gpuN, nvmeN, nodeK.gpuN)")
+        out[key] = item[key]
+    if "bytes" not in item:
+        raise ScenarioError(f"{source}: {where}.bytes: missing")
+    out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes")
+    out["_kind"] = "transfer"
+    if "rate_cap_GBps" in item:
+        out["rate_cap_Bps"] = _positive(item["rate_cap_GBps"], f"{source}: {where}.rate_cap_GBps") * 1e9
+    if "weight" in item:
+        out["weight"] = _positive(item["weight"], f"{source}: {where}.weight")
+    if "fixed_cost_s" in item:
+        out["fixed_cost_s"] = parse_seconds(item["fixed_cost_s"], f"{source}: {where}.fixed_cost_s")
+    if "engine" in item:
+        if not isinstance(item["engine"], str):
+            raise ScenarioError(f"{source}: {where}.engine: expected a queue name")
+        out["engine"] = item["engine"]
+    return out
+
+
+def _task(item: Any, where: str, source: str) -> dict[str, Any]:
+    item = _check_keys(item, _TASK_KEYS, where, source)
+    out = _common(item, where, source, f"k{where.split('[')[1][:-1]}")
+    if not isinstance(item.get("gpu"), str):
+        raise ScenarioError(f"{source}: {where}.gpu: expected a GPU name")
+    out["gpu"] = item["gpu"]
+    flops = item.get("flops", 0.0)
+    try:
+        out["flops"] = float(flops)
+    except (TypeError, ValueError):
+        raise ScenarioError(f"{source}: {where}.flops: expected a number, got {flops!r}") from None
+    if out["flops"] < 0:
+        raise ScenarioError(f"{source}: {where}.flops: must be >= 0")
+    out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes") if "bytes" in item else 0
+    out["dtype"] = str(item.get("dtype", "bf16"))
+    out["_kind"] = "task"
+    return out
+
+
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ScenarioError(f"{where}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _order(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """Dependency order (Kahn), keeping file order among independent items; names unknown ids and cycles."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for it in items:
+        if it["id"] in by_id:
+            raise ScenarioError(f"{source}: {it['_where']}.id: duplicate id '{it['id']}'")
+        by_id[it["id"]] = it
+    for it in items:
+        for a in it["after"]:
+            if a not in by_id:
+                raise ScenarioError(f"{source}: {it['_where']}.after: unknown id '{a}'")
+            if a == it["id"]:
+                raise ScenarioError(f"{source}: {it['_where']}.after: '{a}' waits for itself")
+    indeg = {it["id"]: len(set(it["after"])) for it in items}
+    users: dict[str, list[str]] = {}
+    for it in items:
+        for a in set(it["after"]):
+            users.setdefault(a, []).append(it["id"])
+    ready = [it["id"] for it in items if indeg[it["id"]] == 0]
+    out: list[dict[str, Any]] = []
+    while ready:
+        rid = ready.pop(0)
+        out.append(by_id[rid])
+        for u in users.get(rid, []):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    if len(out) < len(items):
+        stuck = [it["id"] for it in items if indeg[it["id"]] > 0]
+        cycle = _find_cycle(stuck, by_id)
+        raise ScenarioError(f"{source}: cycle in 'after': {' -> '.join(cycle)}")
+    return out
+
+
+def _find_cycle(stuck: list[str], by_id: dict[str, dict[str, Any]]) -> list[str]:
+    stuck_set = set(stuck)
+    node = stuck[0]
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(a for a in by_id[node]["after"] if a in stuck_set)
+    return [*path[seen[node]:], node]

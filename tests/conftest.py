@@ -1,0 +1,31 @@
+"""Shared fixtures: small hand-built topologies whose answers have closed forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwmodels.specs import GPU_MODELS
+from hwmodels.topology import Topology
+
+GBps = 1e9
+
+
+def line_topology(n_links: int = 3, Bps: float = 10 * GBps, latency_s: float = 1e-6) -> Topology:
+    """gpu0 - sw0 - sw1 - ... - gpuN: endpoints hang off a chain of switches so flows share chain links.
+
+    Endpoint i is attached to switch i with a very wide link, so only the chain links (capacity `Bps`)
+    constrain anything: a flow gpuI -> gpuJ crosses chain links I..J-1.
+    """
+    t = Topology("line")
+    for i in range(n_links + 1):
+        t.add_component(f"sw{i}", "pcie-switch")
+        t.add_component(f"gpu{i}", "gpu", spec=GPU_MODELS["H100"])
+        t.add_link(f"gpu{i}", f"sw{i}", "pcie", 1e6 * GBps, 0.0)
+    for i in range(n_links):
+        t.add_link(f"sw{i}", f"sw{i + 1}", "pcie", Bps, latency_s)
+    return t
+
+
+@pytest.fixture
+def line() -> Topology:
+    return line_topology()

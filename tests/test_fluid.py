@@ -1,0 +1,141 @@
+"""The fluid engine against closed forms: lone flows, equal sharing, textbook max-min, weights and caps."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import GBps, line_topology
+
+from hwmodels import presets
+from simcore import Simulation
+from simcore.fluid import Flow, max_min_rates
+
+
+def test_lone_transfer_takes_latency_plus_bytes_over_bandwidth(line):
+    sim = Simulation(line)
+    sim.transfer("t", "gpu0", "gpu3", 3 * 2**30)
+    r = sim.run()
+    expected = 3 * 1e-6 + 3 * 2**30 / (10 * GBps)
+    assert r["t"].finish_s == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("preset,src,dst", [("h100-1", "host", "gpu0"), ("hgx-h200-8", "gpu0", "gpu5"),
+                                            ("hgx-h100-8", "gpu2", "host1"), ("pcie-4gpu", "gpu0", "gpu3"),
+                                            ("cluster-2x8", "node0.gpu1", "node1.gpu6"), ("h200-2", "gpu1", "gpu1")])
+def test_lone_transfer_on_presets_matches_path_bottleneck(preset, src, dst):
+    topo = presets.get(preset, calibration=None)
+    nbytes = 1 << 30
+    path = topo.path(src, dst, nbytes)
+    caps = topo.resources()
+    bottleneck = min(caps[r] / c for r, c in path.resources)
+    sim = Simulation(topo)
+    sim.transfer("t", src, dst, nbytes)
+    assert sim.run()["t"].finish_s == pytest.approx(path.latency_s + nbytes / bottleneck, rel=1e-12)
+
+
+def test_two_equal_transfers_on_one_link_take_twice_as_long(line):
+    sim = Simulation(line)
+    for i in range(2):
+        sim.transfer(f"t{i}", "gpu0", "gpu1", 2**30)
+    r = sim.run()
+    for i in range(2):
+        assert r[f"t{i}"].finish_s == pytest.approx(1e-6 + 2 * 2**30 / (10 * GBps), rel=1e-12)
+
+
+def test_unequal_sizes_short_flow_leaves_its_share():
+    # Sizes S and 2S on one link of capacity B: the short one ends at 2S/B, the long one at 3S/B.
+    t = line_topology(1, latency_s=0.0)
+    S, B = 1e9, 10 * GBps
+    sim = Simulation(t)
+    sim.transfer("short", "gpu0", "gpu1", S)
+    sim.transfer("long", "gpu0", "gpu1", 2 * S)
+    r = sim.run()
+    assert r["short"].finish_s == pytest.approx(2 * S / B, rel=1e-12)
+    assert r["long"].finish_s == pytest.approx(3 * S / B, rel=1e-12)
+
+
+def test_textbook_line_one_long_three_short_flows_get_half_each():
+    t = line_topology(3, latency_s=0.0)
+    sim = Simulation(t, record_rates=True)
+    sim.transfer("long", "gpu0", "gpu3", 1e9)
+    for i in range(3):
+        sim.transfer(f"s{i}", f"gpu{i}", f"gpu{i + 1}", 1e9)
+    r = sim.run()
+    for rid in ("long", "s0", "s1", "s2"):
+        assert sim.rate_segments(rid)[0][1] == pytest.approx(5 * GBps, rel=1e-12)
+        assert r[rid].finish_s == pytest.approx(1e9 / (5 * GBps), rel=1e-12)
+
+
+def test_flow_limited_elsewhere_leaves_its_share_to_others():
+    # Link A (cap 1) carries f0, f1; link B (cap 1) carries f0, f2, f3. B is the bottleneck at 1/3 for
+    # f0, f2, f3; f1 then takes the rest of A: 2/3.
+    flows = [Flow(0, [0, 1], [1, 1], 1.0), Flow(1, [0], [1], 1.0), Flow(2, [1], [1], 1.0), Flow(3, [1], [1], 1.0)]
+    rates, load = max_min_rates(flows, [1.0, 1.0])
+    assert rates == pytest.approx([1 / 3, 2 / 3, 1 / 3, 1 / 3], rel=1e-12)
+    assert load[0] == pytest.approx(1.0) and load[1] == pytest.approx(1.0)
+
+
+def test_weights_and_rate_caps():
+    flows = [Flow(0, [0], [1], 1.0, weight=1.0), Flow(1, [0], [1], 1.0, weight=3.0)]
+    rates, _ = max_min_rates(flows, [8.0])
+    assert rates == pytest.approx([2.0, 6.0])
+    capped = [Flow(0, [0], [1], 1.0, cap=1.0), Flow(1, [0], [1], 1.0), Flow(2, [0], [1], 1.0)]
+    rates, _ = max_min_rates(capped, [9.0])
+    assert rates == pytest.approx([1.0, 4.0, 4.0])
+
+
+def test_coefficients_local_copy_draws_hbm_twice():
+    topo = presets.get("h100-1", calibration=None)
+    hbm = topo.resources()["gpu0.hbm"]
+    sim = Simulation(topo)
+    sim.transfer("copy", "gpu0", "gpu0", 2**30)
+    assert sim.run()["copy"].finish_s == pytest.approx(2 * 2**30 / hbm, rel=1e-12)
+
+
+def test_many_ties_finish_together_without_event_storm(line):
+    sim = Simulation(line)
+    for i in range(50):
+        sim.transfer(f"t{i}", "gpu0", "gpu1", 1e6 / 3)
+    r = sim.run()
+    finishes = {round(x.finish_s, 15) for x in r.transfers}
+    assert len(finishes) == 1
+    assert r.events <= 2 * 50  # one arrival and one departure each, no zero-time loops
+
+
+def test_staggered_start_and_after_dependencies(line):
+    sim = Simulation(line)
+    sim.transfer("a", "gpu0", "gpu1", 1e9)
+    sim.transfer("b", "gpu1", "gpu2", 1e9, start=0.5)
+    sim.transfer("c", "gpu2", "gpu3", 1e9, after=["a", "b"])
+    r = sim.run()
+    lone = 1e-6 + 1e9 / (10 * GBps)
+    assert r["a"].finish_s == pytest.approx(lone)
+    assert r["b"].start_s == 0.5 and r["b"].finish_s == pytest.approx(0.5 + lone)
+    assert r["c"].start_s == pytest.approx(r["b"].finish_s)
+    assert r["c"].finish_s == pytest.approx(r["b"].finish_s + lone)
+
+
+def test_engine_queue_serialises_in_fifo_order(line):
+    sim = Simulation(line)
+    for i in range(3):
+        sim.transfer(f"t{i}", "gpu0", f"gpu{i + 1}", 1e9, engine="gpu0.ce0")
+    r = sim.run()
+    lone = [1e-6 * (i + 1) + 1e9 / (10 * GBps) for i in range(3)]
+    assert r["t0"].finish_s == pytest.approx(lone[0])
+    assert r["t1"].begin_s == pytest.approx(r["t0"].finish_s)
+    assert r["t1"].finish_s == pytest.approx(r["t0"].finish_s + lone[1])
+    assert r["t2"].finish_s == pytest.approx(r["t1"].finish_s + lone[2])
+
+
+def test_procedural_generator_waits_on_transfers(line):
+    sim = Simulation(line)
+    seen = []
+
+    def pipeline():
+        for i in range(3):
+            yield sim.transfer(f"chunk{i}", "gpu0", "gpu1", 1e8)
+            seen.append(sim.now)
+
+    sim.process(pipeline())
+    sim.run()
+    step = 1e-6 + 1e8 / (10 * GBps)
+    assert seen == pytest.approx([step, 2 * step, 3 * step])

@@ -1,0 +1,130 @@
+"""Scenario files and the CLI: the DESIGN.md JSON contract, and bad input as one line + exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fabricsim.cli import main
+from simcore.scenario import load_scenario
+
+GOOD = """\
+topology: hgx-h200-8
+transfers:
+  - {id: t1, src: host, dst: gpu0, bytes: 1GiB}
+  - {id: t2, src: gpu0, dst: gpu1, bytes: 256MiB, start: 0.001, after: [t1]}
+"""
+
+
+def write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_simulate_json_contract(tmp_path, capsys):
+    p = write(tmp_path, GOOD)
+    assert main(["simulate", str(p), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"makespan_s", "transfers"}
+    t1, t2 = out["transfers"]
+    assert set(t1) == {"id", "src", "dst", "bytes", "start_s", "finish_s"}
+    assert t1["bytes"] == 2**30 and t2["start_s"] == pytest.approx(t1["finish_s"])
+    assert out["makespan_s"] == pytest.approx(t2["finish_s"])
+
+
+def test_json_scenarios_and_listing_order_do_not_matter(tmp_path):
+    a = write(tmp_path, json.dumps({"topology": "h200-2", "transfers": [
+        {"id": "b", "src": "gpu0", "dst": "gpu1", "bytes": "64MiB", "after": ["a"]},
+        {"id": "a", "src": "host", "dst": "gpu0", "bytes": 4096}]}), "s.json")
+    res = load_scenario(a).run()
+    assert res["b"].start_s == pytest.approx(res["a"].finish_s)
+
+
+@pytest.mark.parametrize("preset", ["h100-1", "h200-2", "hgx-h100-8", "hgx-h200-8", "pcie-4gpu"])
+def test_simulate_answers_for_every_preset(tmp_path, capsys, preset):
+    p = write(tmp_path, f"topology: {preset}\ntransfers:\n  - {{id: a, src: host, dst: gpu0, bytes: 1GiB}}\n")
+    assert main(["simulate", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["makespan_s"] > 0
+
+
+def test_trace_flag_writes_perfetto(tmp_path, capsys):
+    p = write(tmp_path, GOOD)
+    trace = tmp_path / "t.json"
+    assert main(["simulate", str(p), "--trace", str(trace)]) == 0
+    assert "traceEvents" in json.loads(trace.read_text())
+    assert "makespan" in capsys.readouterr().out
+
+
+BAD = [
+    ("topology: dgx-9000\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1}]\n", "unknown topology preset 'dgx-9000'"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu7, bytes: 1}]\n",
+     "transfers[0]: unknown endpoint 'gpu7'"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 0}]\n", "transfers[0].bytes: size must be > 0"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: -5MiB}]\n", "transfers[0].bytes"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 3 parsecs}]\n", "unknown unit 'parsecs'"),
+    ("topology: h100-1\ntransfers:\n - {id: a, src: host, dst: gpu0, bytes: 1, after: [b]}\n"
+     " - {id: b, src: host, dst: gpu0, bytes: 1, after: [a]}\n", "cycle in 'after': a -> b -> a"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, after: [zz]}]\n", "unknown id 'zz'"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1}\n", "malformed YAML/JSON"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, colour: red}]\n", "unknown key 'colour'"),
+    ("topology: box.yaml\ntransfers: [{id: a, src: host0, dst: gpu1, bytes: 1}]\n", "no route from"),
+    ("topology: neg.yaml\ntransfers: [{id: a, src: host0, dst: gpu0, bytes: 1}]\n", "must be > 0, got -3"),
+]
+
+# gpu1 hangs off gpu0 by NVLink only: connected, but host memory cannot reach it without transiting gpu0.
+ISLAND = """\
+components: {host0: {kind: host}, cpu0: {kind: cpu}, gpu0: {kind: gpu}, gpu1: {kind: gpu}}
+links:
+  - {between: [host0, cpu0], kind: dram, GBps: 200}
+  - {between: [gpu0, cpu0], kind: pcie}
+  - {between: [gpu1, gpu0], kind: nvlink}
+"""
+NEG = """\
+components: {host0: {kind: host}, cpu0: {kind: cpu}, gpu0: {kind: gpu}}
+links:
+  - {between: [host0, cpu0], kind: dram, GBps: 200}
+  - {between: [gpu0, cpu0], kind: pcie, GBps: -3}
+"""
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, text, message):
+    write(tmp_path, ISLAND, "box.yaml")
+    write(tmp_path, NEG, "neg.yaml")
+    p = write(tmp_path, text)
+    assert main(["simulate", str(p), "--json", "--trace", str(tmp_path / "t.json")]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    err = cap.err.strip()
+    assert "\n" not in err and message in err and str(p) in err, err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_disconnected_topology_is_rejected_when_loaded(tmp_path, capsys):
+    p = write(tmp_path, ISLAND.replace("  - {between: [gpu1, gpu0], kind: nvlink}\n", ""), "box.yaml")
+    assert main(["topo", "show", str(p)]) == 2
+    assert "not connected" in capsys.readouterr().err
+
+
+def test_missing_file_and_real_process_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fabricsim.cli", "simulate", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "cannot read scenario" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_topo_show_and_import(tmp_path, capsys):
+    assert main(["topo", "show", "hgx-h200-8"]) == 0
+    assert "nvswitch" in capsys.readouterr().out
+    from test_topology import HGX_TOPO_M
+
+    txt = write(tmp_path, HGX_TOPO_M, "topo.txt")
+    out = tmp_path / "box.yaml"
+    assert main(["topo", "import", str(txt), "--gpu", "H200", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["topo", "show", str(out)]) == 0
+    assert "H200" in capsys.readouterr().out

@@ -1,0 +1,146 @@
+"""Topologies: routing (incl. P2P through the host without NVLink), presets, files, nvidia-smi import, calibration."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwmodels import presets
+from hwmodels.calibration import profile_from_dict
+from hwmodels.errors import CalibrationError, TopologyError
+from hwmodels.nvsmi import topology_from_topo_m
+from hwmodels.topofile import topology_from_dict, topology_to_dict
+from simcore import Simulation
+
+
+@pytest.mark.parametrize("name", ["h100-1", "h200-2", "hgx-h100-8", "hgx-h200-8", "pcie-4gpu", "cluster-2x8",
+                                  "cluster-4x8-leaf-spine-h200"])
+def test_presets_build_and_every_endpoint_reaches_every_gpu(name):
+    t = presets.get(name, calibration=None)
+    for src in t.endpoints():
+        for dst in t.gpus()[:3]:
+            p = t.path(src, dst)
+            assert p.resources and p.latency_s >= 0
+
+
+def test_hgx_peer_traffic_uses_nvlink_not_pcie():
+    t = presets.hgx_h200(8)
+    p = t.path("gpu0", "gpu1")
+    assert p.path_class == "p2p-nvlink" and "nvswitch" in p.nodes
+
+
+def test_pcie_box_routes_p2p_through_the_host_and_shares_its_links():
+    t = presets.pcie_4gpu()
+    p = t.path("gpu0", "gpu1")
+    assert p.path_class == "p2p-pcie" and "cpu0" in p.nodes
+    # A P2P copy into gpu1 and an H2D copy into gpu1 share the cpu0->gpu1 link: each gets half.
+    sim = Simulation(t)
+    sim.transfer("p2p", "gpu0", "gpu1", 2**30)
+    sim.transfer("h2d", "host", "gpu1", 2**30)
+    r = sim.run()
+    link = t.resources()["cpu0->gpu1"]
+    # Latencies differ by ~1 us, so both end within a few us of 2S/B, the time to push both through the link.
+    for rid in ("p2p", "h2d"):
+        assert r[rid].finish_s == pytest.approx(2 * 2**30 / link, abs=5e-6)
+
+
+def test_unknown_things_are_named():
+    with pytest.raises(TopologyError, match="unknown topology preset 'dgx-9000'"):
+        presets.get("dgx-9000")
+    with pytest.raises(TopologyError, match="unknown endpoint 'gpu9'"):
+        presets.h100_1().path("host", "gpu9")
+    with pytest.raises(TopologyError, match="not an endpoint"):
+        presets.h100_1().path("cpu0", "gpu0")
+
+
+def test_topology_file_round_trip_gives_same_paths():
+    t = presets.hgx_h100(8)
+    t2 = topology_from_dict(topology_to_dict(t), "roundtrip.yaml")
+    for s, d in [("host0", "gpu3"), ("gpu1", "gpu6"), ("gpu4", "host1"), ("gpu2", "gpu2")]:
+        a, b = t.path(s, d), t2.path(s, d)
+        assert a.nodes == b.nodes and a.latency_s == pytest.approx(b.latency_s)
+        caps, caps2 = t.resources(), t2.resources()
+        assert [caps[r] for r, _ in a.resources] == pytest.approx([caps2[r] for r, _ in b.resources])
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["links"][0].update(GBps=-5), "must be > 0"),
+    (lambda d: d["components"].update(x={"kind": "warp-drive"}), "unknown kind 'warp-drive'"),
+    (lambda d: d["links"].append({"between": ["gpu0", "nowhere"], "kind": "pcie"}), "unknown component 'nowhere'"),
+    (lambda d: d["components"].update(lonely={"kind": "gpu", "model": "H100"}), "not connected"),
+])
+def test_bad_topology_files_are_named(mutate, match):
+    d = topology_to_dict(presets.h100_1())
+    mutate(d)
+    with pytest.raises(TopologyError, match=match):
+        topology_from_dict(d, "box.yaml")
+
+
+HGX_TOPO_M = """\
+\tGPU0\tGPU1\tGPU2\tGPU3\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
+GPU0\t X \tNV18\tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
+GPU1\tNV18\t X \tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
+GPU2\tNV18\tNV18\t X \tNV18\tSYS\t48-95\t1\t\tN/A
+GPU3\tNV18\tNV18\tNV18\t X \tSYS\t48-95\t1\t\tN/A
+NIC0\tPIX\tPIX\tSYS\tSYS\t X
+
+Legend:
+
+  X    = Self
+  NV#  = Connection traversing a bonded set of # NVLinks
+"""
+
+PAIR_TOPO_M = """\
+        GPU0    GPU1    CPU Affinity    NUMA Affinity   GPU NUMA ID
+GPU0     X      NV18    0-31    0               N/A
+GPU1    NV18     X      0-31    0               N/A
+"""
+
+
+def test_nvidia_smi_import_builds_switch_and_sockets():
+    t = topology_from_topo_m(HGX_TOPO_M, gpu="H100")
+    assert sorted(t.gpus()) == ["gpu0", "gpu1", "gpu2", "gpu3"]
+    assert "nvswitch" in t.path("gpu0", "gpu3").nodes
+    assert t.path("host0", "gpu2").nodes[-2] in ("cpu1",)
+    assert "pcisw0" in t.path("gpu0", "nic0".replace("nic0", "host0")).nodes  # GPU0 sits behind the PIX switch
+    pair = topology_from_topo_m(PAIR_TOPO_M, gpu="H200")
+    assert pair.path("gpu0", "gpu1").nodes == ("gpu0", "gpu1")
+
+
+def test_nvidia_smi_import_rejects_garbage():
+    with pytest.raises(TopologyError, match="GPU0"):
+        topology_from_topo_m("hello world")
+
+
+def _profile(**over):
+    d = {"format_version": 1, "id": "test-h100x1", "machine": "nvidia-h100-x1", "gpu_model": "H100", "gpus": 1,
+         "paths": {"h2d": {"latency_s": 8e-6, "bandwidth_Bps": 50e9, "discipline": "fifo",
+                           "size_efficiency": [[4096, 0.5], [1 << 20, 1.0]]}},
+         "caps": [{"name": "host-d2h", "Bps": 20e9, "classes": ["d2h"]}]}
+    d.update(over)
+    return d
+
+
+def test_calibration_sets_latency_cap_discipline_and_caps():
+    t = presets.h100_1().with_calibration(profile_from_dict(_profile()))
+    p = t.path("host", "gpu0", 1 << 30)
+    assert p.latency_s == 8e-6 and p.rate_cap_Bps == 50e9 and p.engine == "gpu0.ce.h2d"
+    assert t.path("host", "gpu0", 4096).rate_cap_Bps == pytest.approx(25e9)
+    sim = Simulation(t)
+    sim.transfer("a", "host", "gpu0", 1e9)
+    sim.transfer("b", "host", "gpu0", 1e9)
+    sim.transfer("c", "gpu0", "host", 1e9)
+    r = sim.run()
+    assert r["a"].finish_s == pytest.approx(8e-6 + 1e9 / 50e9)
+    assert r["b"].finish_s == pytest.approx(2 * (8e-6 + 1e9 / 50e9))  # fifo: in turn
+    assert r["c"].finish_s == pytest.approx(t.path("gpu0", "host").latency_s + 1e9 / 20e9)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"format_version": 99}, "unknown profile format_version 99"),
+    ({"gpu_model": "H200"}, "made for 1x H200"),
+    ({"paths": {"warp": {}}}, "unknown path class"),
+    ({"paths": {"h2d": {"bandwidth_Bps": -1}}}, "must be > 0"),
+])
+def test_bad_profiles_are_named(over, match):
+    with pytest.raises(CalibrationError, match=match):
+        presets.h100_1().with_calibration(profile_from_dict(_profile(**over)))
