@@ -1,0 +1,248 @@
+"""Sweep runner: backends agree, failures are data, resume after a real kill, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fabricsim.cli import main
+from simcore.store import ResultsStore
+from simcore.study import load_study
+from simcore.sweep import SweepError, check_ray_address, run_sweep, trace_point
+
+TOY = '''
+import json, time
+from simcore.study import Figure, Grid, Study
+
+def run(p, ctx=None):
+    if p.get("sleep"):
+        time.sleep(p["sleep"])
+    if p["x"] == 3 and p["k"] == "a":
+        raise ValueError("three is\\nbad")
+    if ctx is not None and ctx.trace_path is not None:
+        ctx.trace_path.write_text(json.dumps({"traceEvents": []}))
+    return {"y": (p["x"] * 2.0, "s"), "z": p["x"] ** 2}
+
+STUDY = Study(
+    name="toy",
+    grid=Grid.product(x=list(range(__N__)), k=["a", "b"], sleep=[__SLEEP__]).when(
+        lambda p: p["k"] == "b", extra=[1, 2]
+    ),
+    run=run,
+    figures=[Figure("y", x="x", y="y", hue="k")],
+)
+'''
+
+
+def toy_study(folder: Path, n: int = 12, sleep: float = 0.0) -> Path:
+    path = folder / "toy.py"
+    path.write_text(TOY.replace("__N__", str(n)).replace("__SLEEP__", repr(sleep)))
+    return path
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows minus what legitimately differs between runs (run id, wall-clock time)."""
+    out = df.drop(columns=["run_id", "created_at"]).sort_values(["point_id", "metric"])
+    return out.reset_index(drop=True)
+
+
+def test_local_pool_and_in_process_give_identical_rows(tmp_path: Path) -> None:
+    study = toy_study(tmp_path)
+    a, b = ResultsStore(tmp_path / "a"), ResultsStore(tmp_path / "b")
+    ra = run_sweep(study, store=a, workers=1, progress=False)
+    rb = run_sweep(study, store=b, workers=2, progress=False, chunk_size=2)
+    assert ra.total == rb.total == 36 and ra.ran == rb.ran == 36
+    pd.testing.assert_frame_equal(comparable(a.load("toy")), comparable(b.load("toy")))
+    assert len(a.load("toy", include_failed=False)) == 2 * 35
+    assert [p.name for p in rb.files] == [f"{rb.run_id}.parquet"]
+
+
+def test_a_failing_point_is_recorded_and_the_others_run(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s")
+    report = run_sweep(toy_study(tmp_path), store=store, workers=2, progress=False)
+    assert report.failed == 1 and report.ran == 36
+    df = store.load("toy")
+    bad = df[df["error"].notna()]
+    assert len(bad) == 1 and bad["metric"].iloc[0] == "error"
+    assert bad["error"].iloc[0] == "ValueError: three is bad"  # one line
+    assert df["point_id"].nunique() == 36
+
+
+def test_resume_limit_and_retry_failed(tmp_path: Path) -> None:
+    study, store = toy_study(tmp_path), ResultsStore(tmp_path / "s")
+    first = run_sweep(study, store=store, workers=1, limit=10, progress=False)
+    assert first.ran == 10 and first.skipped == 0
+    second = run_sweep(study, store=store, workers=2, resume=True, progress=False)
+    assert second.skipped == 10 and second.ran == 26
+    third = run_sweep(study, store=store, workers=1, resume=True, progress=False)
+    assert third.ran == 0 and third.files == []
+    retry = run_sweep(study, store=store, workers=1, resume=True, retry_failed=True, progress=False)
+    assert retry.ran == 1 and retry.failed == 1
+    df = store.load("toy", include_failed=False)
+    assert df["point_id"].nunique() == 35 and not df.duplicated(["point_id", "metric"]).any()
+
+
+def test_rows_carry_the_schema(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s")
+    run_sweep(toy_study(tmp_path), store=store, workers=1, progress=False)
+    df = store.load("toy", include_failed=False)
+    assert set(df["source"]) == {"sim"} and set(df["calibration_id"]) == {"uncalibrated"}
+    assert set(df["unit"]) == {"s", ""} and {"x", "k", "sleep", "extra"} <= set(df.columns)
+    assert json.loads(df["versions"].iloc[0])["python"]
+    assert df[df["k"] == "a"]["extra"].isna().all()  # conditional axis absent
+
+
+def _store_points(store_dir: Path) -> int:
+    if not store_dir.exists():
+        return 0
+    return ResultsStore(store_dir.parent).load("toy", columns=["point_id"])["point_id"].nunique()
+
+
+def test_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(tmp_path: Path) -> None:
+    study = toy_study(tmp_path, n=150, sleep=0.02)  # 450 points, ~5 s on 2 workers
+    killed = tmp_path / "killed"
+    env = {**os.environ, "FABRICSIM_STORE": str(killed)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((killed / "toy").glob("*.part-*.parquet")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, no chance to clean up
+        proc.wait()
+    saved = _store_points(killed / "toy")
+    assert 0 < saved < 450, "the sweep was not interrupted mid-run"
+
+    resumed = run_sweep(study, store=killed, workers=2, resume=True, progress=False)
+    assert resumed.skipped == saved and resumed.ran == 450 - saved
+    clean = tmp_path / "clean"
+    run_sweep(study, store=clean, workers=2, progress=False)
+    pd.testing.assert_frame_equal(comparable(ResultsStore(killed).load("toy")),
+                                  comparable(ResultsStore(clean).load("toy")))
+
+
+def test_trace_point_writes_a_trace_and_stores_nothing(tmp_path: Path) -> None:
+    study = load_study(toy_study(tmp_path))
+    pid = study.points()[5][0]
+    path, outcome = trace_point(study, pid[:6], tmp_path / "traces")
+    assert path == tmp_path / "traces" / f"toy-{pid}.json" and json.loads(path.read_text()) == {"traceEvents": []}
+    assert outcome.metrics is not None and "y" in outcome.metrics
+    with pytest.raises(SweepError, match="no point with id"):
+        trace_point(study, "zzzz", tmp_path)
+    with pytest.raises(SweepError, match="ambiguous"):
+        trace_point(study, "", tmp_path)
+
+
+def test_example_fanout_runs_and_traces(tmp_path: Path) -> None:
+    study = load_study("example_fanout")
+    store = ResultsStore(tmp_path)
+    report = run_sweep(study, store=store, workers=1, limit=12, progress=False)
+    assert report.ran == 12 and report.failed == 0
+    df = store.load("example_fanout")
+    bw = df[df["metric"] == "per_gpu_GBps"]
+    assert (bw["value"] > 0).all() and set(bw["unit"]) == {"GB/s"}
+    assert df["calibration_id"].iloc[0].startswith("default-")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("from simcore.study import Study\ndef f(p):\n    return {'a': 1}\nSTUDY = Study(name='s', run=f)\n", "grid"),
+        ("from simcore.study import Study, Grid\nSTUDY = Study(name='s', grid=Grid.product(a=[1]))\n", "run"),
+        ("from simcore.study import Study, Grid\nSTUDY = Study(name='s', grid=Grid.product(a=[]), run=print)\n",
+         "grid is empty"),
+        ("pass\n", "defines no STUDY"),
+    ],
+)
+def test_bad_study_files_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, body: str,
+                                              match: str) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(body)
+    code, out, err = _cli(capsys, "sweep", str(path), "--store", str(tmp_path / "s"))
+    assert code == 2 and out == ""
+    assert err.startswith("fabricsim: error:") and match in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_backend_and_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study = str(toy_study(tmp_path))
+    for args, match in ((["--backend", "dask"], "unknown backend 'dask'"), (["--workers", "0"], "--workers"),
+                        (["--limit", "-1"], "--limit")):
+        code, _, err = _cli(capsys, "sweep", study, "--store", str(tmp_path / "s"), *args)
+        assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_unreachable_ray_address_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--backend", "ray", "--address",
+                        f"127.0.0.1:{port}", "--store", str(tmp_path / "s"))
+    assert code == 2 and "unreachable" in err and err.count("\n") == 1
+    assert time.monotonic() - t0 < 60  # generous: the point is "not Ray's minutes of retries"
+    with pytest.raises(SweepError, match="HOST:PORT"):
+        check_ray_address("nonsense")
+
+
+def test_unknown_trace_point_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--trace", "ffff0000")
+    assert code == 2 and "no point with id" in err
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = str(toy_study(tmp_path))
+    code, out, _ = _cli(capsys, "sweep", study, "--workers", "2")
+    assert code == 1  # one point failed: the exit status says so
+    assert "ran 36 points (1 failed)" in out and "results/toy" in out
+    code, out, _ = _cli(capsys, "sweep", study, "--resume")
+    assert code == 0 and "ran 0 points (36 already in the store)" in out
+
+    code, out, _ = _cli(capsys, "results", "ls")
+    assert code == 0 and "toy" in out and "36" in out
+    code, out, err = _cli(capsys, "results", "show", "toy", "--metric", "y")
+    assert code == 0 and "y [s]" in out and "1 failed point" in err
+    assert len(out.strip().splitlines()) == 1 + 35
+    code, out, _ = _cli(capsys, "results", "show", "toy", "--failed")
+    assert "ValueError: three is bad" in out
+    code, out, _ = _cli(capsys, "results", "show", "toy", "--csv")
+    assert out.splitlines()[0].startswith("point_id,")
+    code, _, err = _cli(capsys, "results", "show", "nope")
+    assert code == 2 and "no results for study 'nope'" in err
+
+    code, out, _ = _cli(capsys, "plot", study)
+    assert code == 0
+    assert (tmp_path / "plots" / "toy" / "y.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "toy" / "y.svg").read_text().lstrip().startswith("<?xml")
+
+    pid = load_study(study).points()[0][0]
+    code, out, _ = _cli(capsys, "sweep", study, "--trace", pid)
+    assert code == 0 and (tmp_path / "traces" / f"toy-{pid}.json").exists() and "y = 0 s" in out
