@@ -1,0 +1,171 @@
+"""Bucket pack / unpack: many tensors of mixed shapes and dtypes to one byte bucket and back, one launch.
+
+Bucketed weight sync sends parameters in a few large buffers instead of hundreds of small ones. Packing
+with one `copy_` per tensor costs a launch per tensor (microseconds each, and thousands of them); here one
+launch moves every tensor. The host builds a table (source address, size, offset in the bucket) and the
+prefix sum of each tensor's chunk count; every program binary-searches that prefix sum for its tensor and
+copies one chunk. Tensors start at 16-byte-aligned bucket offsets, so a layout whose tensors all have
+4-byte-multiple sizes and 16-byte-aligned addresses moves 16-byte vectors; otherwise it falls back to
+bytes (the table of one launch shares one word size).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels._runtime import device_context, launch_device, triton_modules
+from kernels.errors import KernelInputError
+
+ALIGN = 16
+CHUNK_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class BucketEntry:
+    """Where one tensor lives in a bucket."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int  # bytes from the bucket's start, a multiple of ALIGN
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class BucketLayout:
+    """The placement of a list of tensors in one byte bucket."""
+
+    entries: tuple[BucketEntry, ...]
+    nbytes: int
+
+    @classmethod
+    def of(cls, tensors: Sequence[torch.Tensor]) -> BucketLayout:
+        """Place `tensors` back to back at ALIGN-byte boundaries."""
+        entries = []
+        off = 0
+        for t in tensors:
+            nb = t.numel() * t.element_size()
+            entries.append(BucketEntry(tuple(t.shape), t.dtype, off, nb))
+            off += (nb + ALIGN - 1) // ALIGN * ALIGN
+        return cls(tuple(entries), off)
+
+    def views(self, bucket: torch.Tensor) -> list[torch.Tensor]:
+        """Typed views of each tensor inside `bucket` (no copy)."""
+        return [
+            bucket[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape) for e in self.entries
+        ]
+
+
+def pack_ref(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: BucketLayout) -> torch.Tensor:
+    """Torch reference of `pack`: one `copy_` per tensor."""
+    _check(tensors, bucket, layout)
+    for t, v in zip(tensors, layout.views(bucket), strict=True):
+        v.copy_(t)
+    return bucket
+
+
+def unpack_ref(bucket: torch.Tensor, layout: BucketLayout, outs: Sequence[torch.Tensor]) -> None:
+    """Torch reference of `unpack`: one `copy_` per tensor."""
+    _check(outs, bucket, layout)
+    for o, v in zip(outs, layout.views(bucket), strict=True):
+        o.copy_(v)
+
+
+def pack(
+    tensors: Sequence[torch.Tensor], bucket: torch.Tensor | None = None, layout: BucketLayout | None = None
+) -> tuple[torch.Tensor, BucketLayout]:
+    """Copy `tensors` into one uint8 bucket in a single launch; returns (bucket, layout)."""
+    layout = layout if layout is not None else BucketLayout.of(tensors)
+    if bucket is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+        bucket = torch.empty(layout.nbytes, dtype=torch.uint8, device=device)
+    _check(tensors, bucket, layout)
+    _launch(bucket, layout, tensors, to_bucket=True)
+    return bucket, layout
+
+
+def unpack(bucket: torch.Tensor, layout: BucketLayout, outs: Sequence[torch.Tensor]) -> None:
+    """Copy each tensor of `bucket` into `outs` (same shapes and dtypes) in a single launch."""
+    _check(outs, bucket, layout)
+    _launch(bucket, layout, outs, to_bucket=False)
+
+
+def _check(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: BucketLayout) -> None:
+    if len(tensors) != len(layout.entries):
+        raise KernelInputError(f"layout has {len(layout.entries)} tensors, got {len(tensors)}")
+    if bucket.dtype != torch.uint8 or bucket.dim() != 1 or bucket.numel() < layout.nbytes:
+        raise KernelInputError(f"bucket must be a 1-D uint8 tensor of at least {layout.nbytes} bytes")
+    for i, (t, e) in enumerate(zip(tensors, layout.entries, strict=True)):
+        if tuple(t.shape) != e.shape or t.dtype != e.dtype or not t.is_contiguous():
+            raise KernelInputError(f"tensor {i}: expected contiguous {e.dtype}{list(e.shape)}, got "
+                                   f"{t.dtype}{list(t.shape)}")
+
+
+def _launch(bucket: torch.Tensor, layout: BucketLayout, tensors: Sequence[torch.Tensor], to_bucket: bool) -> None:
+    live = [(t, e) for t, e in zip(tensors, layout.entries, strict=True) if e.nbytes]
+    if not live:
+        return
+    prefer = bucket.device if bucket.device.type == "cuda" else None
+    run_on = launch_device([bucket, *(t for t, _ in live)], prefer)
+    addrs = [t.data_ptr() for t, _ in live]
+    word4 = all(a % 16 == 0 for a in addrs) and all(e.nbytes % 4 == 0 for _, e in live) \
+        and bucket.data_ptr() % 16 == 0
+    word = 4 if word4 else 1
+    chunk = CHUNK_BYTES // word
+    counts = [(e.nbytes // word + chunk - 1) // chunk for _, e in live]
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    # Tensor addresses travel as offsets from the bucket in units of `unit` bytes (16 when aligned): the
+    # kernel multiplies them back, so Triton knows each address is 16-byte aligned (vector accesses).
+    unit = 16 if word4 else 1
+    anchor = bucket.data_ptr()
+    table = torch.tensor(
+        [[(a - anchor) // unit, e.offset // unit, e.nbytes // word] for a, (_, e) in zip(addrs, live, strict=True)],
+        dtype=torch.int64,
+    ).to(run_on)
+    starts = torch.tensor(prefix, dtype=torch.int64).to(run_on)
+    words = bucket[: bucket.numel() // 4 * 4].view(torch.int32) if word4 else bucket
+    with device_context(run_on):
+        _kernel()[(prefix[-1],)](
+            table, starts, len(live), words, TO_BUCKET=to_bucket, UNIT=unit // word, CHUNK=chunk, num_warps=8
+        )
+
+
+@functools.cache
+def _kernel():
+    triton, tl = triton_modules()
+
+    @triton.jit
+    def bucket_copy(table, starts, n_tensors, bucket, TO_BUCKET: tl.constexpr, UNIT: tl.constexpr,
+                    CHUNK: tl.constexpr):
+        pid = tl.program_id(0).to(tl.int64)
+        lo = 0
+        hi = n_tensors
+        while hi - lo > 1:  # find the tensor t with starts[t] <= pid < starts[t + 1]
+            mid = (lo + hi) // 2
+            if tl.load(starts + mid) <= pid:
+                lo = mid
+            else:
+                hi = mid
+        chunk = pid - tl.load(starts + lo)
+        tptr = bucket + tl.load(table + lo * 3) * UNIT
+        bptr = bucket + tl.load(table + lo * 3 + 1) * UNIT
+        n = tl.load(table + lo * 3 + 2)
+        offs = chunk * CHUNK + tl.arange(0, CHUNK)
+        if (chunk + 1) * CHUNK <= n:
+            if TO_BUCKET:
+                tl.store(bptr + offs, tl.load(tptr + offs))
+            else:
+                tl.store(tptr + offs, tl.load(bptr + offs))
+        else:
+            m = offs < n
+            if TO_BUCKET:
+                tl.store(bptr + offs, tl.load(tptr + offs, mask=m), mask=m)
+            else:
+                tl.store(tptr + offs, tl.load(bptr + offs, mask=m), mask=m)
+
+    return bucket_copy
