@@ -144,7 +144,8 @@ class FluidNetwork:
     # -- internals --------------------------------------------------------------------------------------
     def _component(self, seeds: list[Flow]) -> list[Flow]:
         """Active flows connected to `seeds` through shared resources (the seeds too, if still active)."""
-        seen: dict[int, Flow] = {id(f): f for f in seeds if f in self._active}
+        active = self._active
+        seen: set[Flow] = {f for f in seeds if f in active}
         seen_res: set[int] = set()
         stack = [r for f in seeds for r in f.res]
         on_res = self._on_res
@@ -154,10 +155,10 @@ class FluidNetwork:
                 continue
             seen_res.add(r)
             for g in on_res[r]:
-                if id(g) not in seen:
-                    seen[id(g)] = g
+                if g not in seen:
+                    seen.add(g)
                     stack.extend(g.res)
-        return list(seen.values())
+        return list(seen)
 
     def _recompute(self, flows: list[Flow]) -> None:
         if not flows:
@@ -209,8 +210,11 @@ class FluidNetwork:
             if version == f.version and f in self._active:
                 finished[id(f)] = f
         if finished:
-            # Dust: neighbours whose leftover bytes are within tolerance finish now as well.
-            for g in self._component(list(finished.values())):
+            # One search serves both steps: neighbours whose leftover bytes are within tolerance finish now
+            # too (dust), and the rest of the component gets new rates. Recomputing the remainder as one set is
+            # exact even if the departures split it into several components.
+            component = self._component(list(finished.values()))
+            for g in component:
                 if id(g) not in finished and g.remaining - g.rate * (now - g.t_last) <= _BYTE_TOL * g.bytes:
                     finished[id(g)] = g
             done = sorted(finished.values(), key=lambda f: f.key)
@@ -230,7 +234,7 @@ class FluidNetwork:
                 self.events += 1
             if self.on_load is not None and emptied:
                 self.on_load(now, dict.fromkeys(emptied, 0.0))
-            self._recompute(self._component(done))
+            self._recompute([g for g in component if id(g) not in finished])
             for f in done:
                 f.done.succeed(f)
         self._schedule()

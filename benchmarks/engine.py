@@ -1,0 +1,91 @@
+"""Engine throughput: flow arrivals + departures per second, and wall time, for two standard workloads.
+
+(a) 10^4 transfers on hgx-h200-8 with 64 workers each keeping one transfer in flight (so up to 64 active);
+(b) 10^5 transfers on a 64-GPU cluster (8 nodes x 8, rail-optimised) with 64 workers.
+Each worker picks a random source and destination among the endpoints and a log-uniform size (64 KiB..256 MiB)
+with a fixed seed, so every run simulates the same thing. Results go to benchmarks/results/engine-<host>.json.
+
+    python benchmarks/engine.py            # both cases
+    python benchmarks/engine.py --quick    # (a) only, 2,000 transfers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hwmodels import presets
+from simcore import Simulation
+
+
+def workload(sim: Simulation, endpoints: list[str], n_transfers: int, workers: int, seed: int) -> None:
+    rng = random.Random(seed)
+    per_worker = [n_transfers // workers + (1 if w < n_transfers % workers else 0) for w in range(workers)]
+
+    def worker(w: int, count: int):
+        for i in range(count):
+            src, dst = rng.choice(endpoints), rng.choice(endpoints)
+            size = int(2 ** rng.uniform(16, 28))
+            yield sim.transfer(f"w{w}.{i}", src, dst, size, tag="bench")
+
+    for w, count in enumerate(per_worker):
+        sim.process(worker(w, count))
+
+
+def run_case(name: str, topology: str, n_transfers: int, workers: int = 64, seed: int = 1) -> dict:
+    topo = presets.get(topology, calibration=None)
+    endpoints = [e for e in topo.endpoints() if e.split(".")[-1].startswith(("gpu", "host"))]
+    sim = Simulation(topo, record_load=False)
+    workload(sim, endpoints, n_transfers, workers, seed)
+    t0 = time.perf_counter()
+    res = sim.run()
+    wall = time.perf_counter() - t0
+    events = res.events
+    print(f"{name}: {n_transfers} transfers on {topology}, {workers} in flight: {wall:.2f} s wall, "
+          f"{events} flow events, {events / wall:,.0f} events/s, simulated makespan {res.makespan_s:.3f} s")
+    return {"case": name, "topology": topology, "transfers": n_transfers, "max_active": workers,
+            "wall_s": wall, "flow_events": events, "events_per_s": events / wall, "makespan_s": res.makespan_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    cases = [run_case("a", "hgx-h200-8", 2_000 if args.quick else 10_000)]
+    if not args.quick:
+        cases.append(run_case("b", "cluster-8x8-rail", 100_000))
+    doc = {
+        "benchmark": "engine", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+                    "python": sys.version.split()[0], "platform": platform.platform()},
+        "note": "single process, one core", "cases": cases,
+    }
+    out = Path(args.out or Path(__file__).with_name("results") / f"engine-{'quick' if args.quick else 'full'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
