@@ -60,7 +60,6 @@ def parse_topo_matrix(text: str) -> tuple[list[str], dict[tuple[str, str], str],
 def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -> Topology:
     devs, labels, numa = parse_topo_matrix(text)
     gpus = [d for d in devs if d.startswith("GPU")]
-    nics = [d for d in devs if not d.startswith("GPU")]
     spec = gpu_model(gpu)
     t = Topology(name, aliases={"host": "host0"})
     sockets = sorted(set(numa.values()) or {0})

@@ -22,10 +22,11 @@ GiB = 1 << 30
 class GPUSpec:
     """One GPU: HBM, SMs, copy engines and dense peak throughput per dtype (TFLOP/s, no sparsity).
 
-    HBM capacity is what `nvidia-smi` reports on the device machines (81559 MiB for H100 is rounded to 80 GiB;
-    143771 MiB for H200). H100 SXM5 and H200 SXM datasheets: 3.35 / 4.8 TB/s HBM, 989 TFLOP/s bf16 dense, 1979 fp8. Measured on the
-    device machines of this project: D2D copy ~3.0 TB/s (H100) and ~4.3 TB/s (H200) counting read+write, so
-    the usable HBM rate is ~90% of the datasheet figure; `hbm_efficiency` carries that.
+    HBM capacity is what `nvidia-smi` reports on the lent device machines (81559 MiB on H100, rounded to
+    80 GiB; 143771 MiB on H200). Datasheets (H100 SXM5, H200 SXM): 3.35 / 4.8 TB/s HBM, 989 TFLOP/s bf16
+    dense, 1979 fp8. Large device-to-device copies reach about 90% of the HBM figure counting bytes read
+    plus written (public nvbandwidth results; our own measurements live in the calibration profiles), so
+    `hbm_efficiency` defaults to 0.9.
     """
 
     model: str

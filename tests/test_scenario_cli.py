@@ -60,17 +60,20 @@ def test_trace_flag_writes_perfetto(tmp_path, capsys):
 
 
 BAD = [
-    ("topology: dgx-9000\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1}]\n", "unknown topology preset 'dgx-9000'"),
+    ("topology: dgx-9000\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1}]\n",
+     "unknown topology preset 'dgx-9000'"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu7, bytes: 1}]\n",
      "transfers[0]: unknown endpoint 'gpu7'"),
-    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 0}]\n", "transfers[0].bytes: size must be > 0"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 0}]\n",
+     "transfers[0].bytes: size must be > 0"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: -5MiB}]\n", "transfers[0].bytes"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 3 parsecs}]\n", "unknown unit 'parsecs'"),
     ("topology: h100-1\ntransfers:\n - {id: a, src: host, dst: gpu0, bytes: 1, after: [b]}\n"
      " - {id: b, src: host, dst: gpu0, bytes: 1, after: [a]}\n", "cycle in 'after': a -> b -> a"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, after: [zz]}]\n", "unknown id 'zz'"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1}\n", "malformed YAML/JSON"),
-    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, colour: red}]\n", "unknown key 'colour'"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, colour: red}]\n",
+     "unknown key 'colour'"),
     ("topology: box.yaml\ntransfers: [{id: a, src: host0, dst: gpu1, bytes: 1}]\n", "no route from"),
     ("topology: neg.yaml\ntransfers: [{id: a, src: host0, dst: gpu0, bytes: 1}]\n", "must be > 0, got -3"),
 ]
