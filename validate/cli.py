@@ -1,0 +1,83 @@
+"""`fabricsim validate | calibrate | report`: measure real GPUs, fit a profile, compare the simulator with them.
+
+Imports are lazy: `validate` must run on the GPU image, which has torch but not simpy, so only the
+measuring modules load for it; `calibrate` and `report` (CPU side) load the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("validate", help="measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)",
+                              description="Measure copy, P2P, concurrency, NCCL and CUDA IPC timings on the GPUs "
+                                          "of this machine (methodology: MEASURING.md) into one output folder.")
+    p.add_argument("--suite", choices=("quick", "full"), default="full")
+    p.add_argument("--out", default="validate-out", help="output folder (must not exist or be empty)")
+    p.add_argument("--kind", default="", help="machine kind label recorded with the results")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new cases after this many seconds (skipped cases are listed)")
+    p.set_defaults(func=_cmd_validate)
+
+    c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
+                              description="Fit latency, bandwidth, size efficiency, shared caps and engine "
+                                          "discipline per path class from the calibration subset of MEASURED.")
+    c.add_argument("measured", help="measured.json or a validate output folder")
+    c.add_argument("profile", help="profile file to write (JSON)")
+    c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
+    c.set_defaults(func=_cmd_calibrate)
+
+    r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
+                              description="Simulate every measured case with PROFILE, write error tables "
+                                          "(calibration vs held-out), a predicted-vs-measured plot, and store "
+                                          "measured and simulated rows in the results store.")
+    r.add_argument("measured", help="measured.json or a validate output folder")
+    r.add_argument("--profile", default=None, help="profile (default: the preset's bundled profile)")
+    r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
+    r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
+    r.add_argument("--no-store", action="store_true", help="do not write rows to the results store")
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .measure import run_validate
+
+    out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
+    if out is None:
+        print("fabricsim validate: no CUDA GPU visible (torch missing or no device): nothing to do")
+        return 0
+    print(f"measurements written to {out}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_file
+
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id)
+    print(f"profile {profile.id} written to {args.profile}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_file
+
+    summary = report_file(args.measured, profile=args.profile, out=args.out, store=None if args.no_store
+                          else (args.store or ""))
+    print(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point without the rest of the CLI (used on the GPU image: `python3 -m validate validate ...`)."""
+    from hwmodels.errors import FabricsimError
+
+    parser = argparse.ArgumentParser(prog="python -m validate")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FabricsimError as exc:
+        print(f"fabricsim: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,170 @@
+"""The measurement file: what a validate run found, case by case, with the machine it ran on.
+
+One JSON document (`measured.json`)::
+
+    {"format": "fabricsim-measurements", "format_version": 1, "created_at": ..., "suite": "full",
+     "machine": {"kind", "preset", "gpu_model", "gpus", "device_layer", ...facts},
+     "settings": {"reps", "warmup", "CUDA_DEVICE_MAX_CONNECTIONS", ...},
+     "cases": [{"id", "group", "pattern", "split", "params", "xfers", "kernels", "op", "bytes", "note",
+                "measured": {...}, "scenario": {...} | null}],
+     "skipped": [{"id", "reason"}]}
+
+`measured` holds medians: `makespan_s` for every copy/NCCL case, `finish_s` (per copy, on GPU 0's clock
+from the common start) for copy cases, `open_s`/`close_s` for IPC cases. Reading checks everything
+`calibrate` and `report` rely on and names the first thing that is wrong, so a truncated or hand-edited
+file fails with a one-line error rather than a traceback deep in a fit. Imports neither torch nor simpy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .cases import CALIBRATION, HELD_OUT, Case, Kernel, Xfer
+from .errors import MeasurementError
+
+FORMAT = "fabricsim-measurements"
+FORMAT_VERSION = 1
+GROUPS = ("copies", "nccl", "ipc")
+
+
+def write_json_atomic(path: str | Path, doc: Any) -> None:
+    """Write JSON under a temporary name, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def case_to_dict(case: Case) -> dict[str, Any]:
+    return {
+        "id": case.id, "group": case.group, "pattern": case.pattern, "split": case.split, "op": case.op,
+        "bytes": case.bytes, "note": case.note, "params": dict(case.params),
+        "xfers": [{"id": x.id, "src": x.src, "dst": x.dst, "bytes": x.bytes, "mech": x.mech} for x in case.xfers],
+        "kernels": [{"id": k.id, "gpu": k.gpu, "bytes": k.bytes} for k in case.kernels],
+    }
+
+
+def case_from_dict(d: dict[str, Any]) -> Case:
+    return Case(
+        id=d["id"], group=d["group"], pattern=d["pattern"], split=d["split"], op=d.get("op", ""),
+        bytes=int(d.get("bytes", 0)), note=d.get("note", ""), params=dict(d.get("params") or {}),
+        xfers=tuple(Xfer(x["id"], x["src"], x["dst"], int(x["bytes"]), x.get("mech", "ce")) for x in d["xfers"]),
+        kernels=tuple(Kernel(k["id"], k["gpu"], int(k["bytes"])) for k in d.get("kernels") or ()),
+    )
+
+
+class Measurements:
+    """A loaded, checked measurement document."""
+
+    def __init__(self, doc: dict[str, Any], source: str = "measurements") -> None:
+        self.doc = doc
+        self.source = source
+        self.cases = [case_from_dict(c) for c in doc["cases"]]
+        self.measured = {c["id"]: c["measured"] for c in doc["cases"]}
+
+    @property
+    def machine(self) -> dict[str, Any]:
+        return self.doc["machine"]
+
+    @property
+    def preset(self) -> str | None:
+        return self.machine.get("preset")
+
+    def split(self, which: str) -> list[Case]:
+        return [c for c in self.cases if c.split == which]
+
+
+def _fail(where: str, what: str) -> MeasurementError:
+    return MeasurementError(f"{where}: {what}")
+
+
+def _positive(where: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        raise _fail(where, f"expected a positive number, got {v!r}")
+
+
+def check_document(doc: Any, source: str) -> Measurements:
+    """Validate a parsed document; every error names the file and the field."""
+    if not isinstance(doc, dict):
+        raise _fail(source, "expected a JSON object at the top level")
+    if doc.get("format") != FORMAT:
+        raise _fail(source, f"not a fabricsim measurement file (format is {doc.get('format')!r}, expected {FORMAT!r})")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise _fail(source, f"unknown measurement format_version {doc.get('format_version')!r} "
+                            f"(this fabricsim reads version {FORMAT_VERSION})")
+    machine = doc.get("machine")
+    if not isinstance(machine, dict):
+        raise _fail(source, "missing 'machine'")
+    for key in ("gpu_model", "gpus"):
+        if key not in machine:
+            raise _fail(f"{source}: machine", f"missing field '{key}'")
+    cases = doc.get("cases")
+    if not isinstance(cases, list):
+        raise _fail(source, "missing 'cases' list")
+    seen: set[str] = set()
+    for i, c in enumerate(cases):
+        where = f"{source}: cases[{i}]"
+        if not isinstance(c, dict):
+            raise _fail(where, "expected an object")
+        for key in ("id", "group", "pattern", "split", "xfers", "measured"):
+            if key not in c:
+                raise _fail(where, f"missing field '{key}'")
+        where = f"{source}: case '{c['id']}'"
+        if c["id"] in seen:
+            raise _fail(where, "duplicate id")
+        seen.add(c["id"])
+        if c["group"] not in GROUPS:
+            raise _fail(where, f"unknown group {c['group']!r} (known: {', '.join(GROUPS)})")
+        if c["split"] not in (CALIBRATION, HELD_OUT):
+            raise _fail(where, f"split must be '{CALIBRATION}' or '{HELD_OUT}', got {c['split']!r}")
+        m = c["measured"]
+        if not isinstance(m, dict):
+            raise _fail(where, "'measured' must be an object")
+        if c["group"] == "ipc":
+            for key in ("open_s", "close_s"):
+                _positive(f"{where}.measured.{key}", m.get(key))
+            continue
+        _positive(f"{where}.measured.makespan_s", m.get("makespan_s"))
+        if c["group"] == "copies":
+            for j, x in enumerate(c["xfers"]):
+                for key in ("id", "src", "dst", "bytes"):
+                    if key not in x:
+                        raise _fail(f"{where}.xfers[{j}]", f"missing field '{key}'")
+            fin = m.get("finish_s")
+            if not isinstance(fin, dict):
+                raise _fail(where, "measured.finish_s missing")
+            for x in c["xfers"]:
+                _positive(f"{where}.measured.finish_s.{x['id']}", fin.get(x["id"]))
+    try:
+        return Measurements(doc, source)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(source, f"malformed case entry ({type(exc).__name__}: {exc})") from None
+
+
+def load_measurements(path: str | Path) -> Measurements:
+    """Read `measured.json` (or a validate output folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "measured.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MeasurementError(f"{path}: cannot read measurements ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "malformed"
+        raise MeasurementError(f"{path}: {hint} JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
+    return check_document(doc, str(path))
