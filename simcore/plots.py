@@ -68,7 +68,8 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             if not sim.empty:
                 ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **_SIM_STYLE)
             if not hw.empty:
-                ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=hw["std"].fillna(0).to_numpy(),
+                spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
+                ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,
                             color=colours[hue], label=f"{label} measured".strip(), **_HW_STYLE)
         if spec.logx:
             ax.set_xscale("log")

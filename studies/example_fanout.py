@@ -6,13 +6,21 @@ at the same time, and from what size on is a copy bandwidth-bound rather than la
 plots have something to work on before the bigger weight-sync and KV studies.
 
 Run it:  fabricsim sweep example_fanout && fabricsim plot example_fanout
+Measured points (real H100 and H200 runs of examples/measure_h2d_fanout.py) join the predictions with
+    python studies/example_fanout.py examples/data/h2d_fanout_*.json
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
 from hwmodels import presets
 from simcore import Simulation
-from simcore.study import Figure, Grid, PointContext, Study
+from simcore.store import ResultsStore, StoreError, make_row
+from simcore.study import Figure, Grid, PointContext, Study, point_id
 
 GPUS = {"h100-1": 1, "h200-2": 2, "hgx-h200-8": 8}
 SIZES = [1024 * 4**k for k in range(1, 11)]  # 4 KiB, 16 KiB, ..., 1 GiB
@@ -65,3 +73,39 @@ STUDY = Study(
                where={"direction": "d2h", "size_bytes": SIZES[-1]}, title="GPU→host aggregate bandwidth, 1 GiB each"),
     ],
 )
+
+
+def measured_rows(path: str | Path) -> list[dict]:
+    """Rows (`source="hw"`) from a file written by examples/measure_h2d_fanout.py on a real machine.
+
+    The run id is derived from the file's bytes, so importing the same measurements twice is refused by the
+    store (it never overwrites) instead of counting them twice.
+    """
+    raw = Path(path).read_bytes()
+    doc = json.loads(raw)
+    run_id = "hw-" + hashlib.sha256(raw).hexdigest()[:12]
+    created = datetime.fromisoformat(doc["created_at"])
+    versions = json.dumps({"torch": doc.get("torch"), "cuda": doc.get("cuda")}, sort_keys=True)
+    rows = []
+    for rec in doc["records"]:
+        params = {k: rec[k] for k in ("topology", "direction", "fanout", "size_bytes")}
+        rows.append(make_row(study=STUDY.name, run_id=run_id, point_id=point_id(params, "measured"), params=params,
+                             metric=rec["metric"], value=rec["value"], unit=rec["unit"], source="hw",
+                             calibration_id="", device=doc["device"], versions=versions, created_at=created))
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Import measured fan-out results into the results store.")
+    ap.add_argument("files", nargs="+", help="JSON files from examples/measure_h2d_fanout.py")
+    ap.add_argument("--store", default=None, help="results store (default: $FABRICSIM_STORE or ./results)")
+    args = ap.parse_args()
+    store = ResultsStore(args.store)
+    for f in args.files:
+        rows = measured_rows(f)
+        try:
+            print(store.write(rows, study=STUDY.name, run_id=rows[0]["run_id"]))
+        except StoreError as exc:
+            print(f"{f}: {exc}")
