@@ -1,0 +1,351 @@
+"""Placement and resharding: which trainer GPU holds which slice of each tensor, which slice each rollout GPU
+needs, and therefore which bytes go from which trainer GPU to which rollout GPU.
+
+Trainer layouts:
+- `FSDPLayout`: FSDP2 / ZeRO-3 style, every tensor split along dim 0 into N near-equal row blocks, one per GPU.
+- `MegatronLayout`: TP x PP x DP ranks (TP fastest, then DP, then PP, Megatron's default order); column-parallel
+  weights split on dim 0, row-parallel on dim 1, norms and routers replicated; layers spread over PP stages
+  (embedding on the first, final norm and LM head on the last); with EP > 1 routed experts are spread whole over
+  EP ranks of a stage (expert-TP 1) and replicated over the remaining expert-DP ranks.
+Rollout layout (`RolloutLayout`): engines of TP degree k on a list of GPUs (vLLM / SGLang conventions: GQA KV
+heads split when k divides them, otherwise each rank keeps the one KV head it serves), optionally with routed
+experts spread whole over the engine's ranks (expert parallel).
+
+The plan (`reshard`) is exact to the element: shards are boxes (one interval per dim), the bytes moved from a
+trainer shard to a rollout shard are the size of the boxes' intersection, and when the trainer holds replicas
+the source replica rotates with the engine index to spread the load. Tensors with the same shape and sharding
+are grouped so trillion-parameter models (70k tensors) plan in well under a second.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InfeasibleError, PlacementError
+from .models import ModelConfig, TensorSpec
+
+Interval = tuple[int, int]
+
+# Which dim tensor parallelism splits (Megatron / vLLM conventions); anything not listed is replicated.
+_COLUMN = re.compile(
+    r"(q_proj|k_proj|v_proj|gate_proj|up_proj|q_b_proj|kv_b_proj|embed_tokens|lm_head)\.(weight|bias)$")
+_ROW = re.compile(r"(o_proj|down_proj)\.weight$")
+_KV = re.compile(r"(k_proj|v_proj)\.(weight|bias)$")
+_INDEX = re.compile(r"\.\d+\.")
+
+
+def tp_split_dim(name: str) -> int | None:
+    """0 for column-parallel (and vocab-parallel) tensors, 1 for row-parallel, None for replicated ones."""
+    if _COLUMN.search(name):
+        return 0
+    if _ROW.search(name):
+        return 1
+    return None
+
+
+def even_intervals(n: int, parts: int) -> list[Interval]:
+    """Split [0, n) into `parts` near-equal contiguous blocks (the first n % parts get one more)."""
+    base, extra = divmod(n, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + base + (1 if i < extra else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def chunk_intervals(n: int, parts: int) -> list[Interval]:
+    """FSDP2's split: blocks of ceil(n / parts) rows, the last ones short or empty (torch.chunk semantics)."""
+    size = -(-n // parts)
+    return [(min(i * size, n), min((i + 1) * size, n)) for i in range(parts)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A box of a tensor: the interval `span` along `dim` (None = the whole tensor)."""
+
+    dim: int | None
+    span: Interval | None
+
+    def numel(self, shape: tuple[int, ...]) -> int:
+        n = 1
+        for d, s in enumerate(shape):
+            n *= (self.span[1] - self.span[0]) if d == self.dim and self.span is not None else s
+        return n
+
+
+def overlap_numel(shape: tuple[int, ...], a: Shard, b: Shard) -> int:
+    """Elements two shards of the same tensor share."""
+    n = 1
+    for d, s in enumerate(shape):
+        lo, hi = 0, s
+        for sh in (a, b):
+            if sh.dim == d and sh.span is not None:
+                lo, hi = max(lo, sh.span[0]), min(hi, sh.span[1])
+        if hi <= lo:
+            return 0
+        n *= hi - lo
+    return n
+
+
+# ---- trainer layouts ---------------------------------------------------------------------------------------
+class TrainerLayout:
+    """Where the trainer keeps each tensor: `holders(t)` lists, per replica, [(gpu, shard), ...]."""
+
+    gpus: list[str]
+
+    def holders(self, t: TensorSpec, model: ModelConfig) -> list[list[tuple[str, Shard]]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def check(self, model: ModelConfig) -> None:
+        """Raise `PlacementError` if the layout cannot hold this model."""
+
+    def group_key(self, t: TensorSpec, model: ModelConfig) -> tuple:
+        """Everything `holders` depends on besides the tensor's kind and shape (so plans can be shared)."""
+        return ()
+
+    def describe(self) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class FSDPLayout(TrainerLayout):
+    """FSDP2 / ZeRO-3: every tensor split on dim 0 over all GPUs; one replica."""
+
+    gpus: list[str]
+
+    def __post_init__(self) -> None:
+        if not self.gpus:
+            raise PlacementError("an FSDP layout needs at least one GPU")
+        if len(set(self.gpus)) != len(self.gpus):
+            raise PlacementError("an FSDP layout lists a GPU twice")
+
+    def holders(self, t: TensorSpec, model: ModelConfig) -> list[list[tuple[str, Shard]]]:
+        spans = chunk_intervals(t.shape[0], len(self.gpus))
+        return [[(g, Shard(0, s)) for g, s in zip(self.gpus, spans, strict=True) if s[1] > s[0]]]
+
+    def describe(self) -> str:
+        return f"fsdp{len(self.gpus)}"
+
+
+@dataclass
+class MegatronLayout(TrainerLayout):
+    """Megatron-Core TP x PP x DP (EP inside the TP x DP ranks of a stage, expert-TP 1 when EP > 1)."""
+
+    gpus: list[str]
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    dp: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.gpus)
+        for what, v in (("TP", self.tp), ("PP", self.pp), ("EP", self.ep)):
+            if v < 1:
+                raise PlacementError(f"Megatron {what} degree must be >= 1, got {v}")
+        if n % (self.tp * self.pp):
+            raise PlacementError(f"Megatron layout: {n} GPUs is not a multiple of TP x PP = {self.tp}x{self.pp}")
+        self.dp = n // (self.tp * self.pp)
+        if (self.tp * self.dp) % self.ep:
+            raise PlacementError(f"Megatron layout: EP {self.ep} does not divide TP x DP = {self.tp * self.dp}")
+
+    def check(self, model: ModelConfig) -> None:
+        _check_tp(model, self.tp, "Megatron TP")
+        if self.pp > model.num_layers:
+            raise PlacementError(f"Megatron PP {self.pp} exceeds the {model.num_layers} layers of {model.name}")
+        if self.ep > 1 and (not model.is_moe or model.num_experts % self.ep):
+            raise PlacementError(f"Megatron EP {self.ep} does not divide the {model.num_experts} experts of "
+                                 f"{model.name}")
+
+    def _stage(self, t: TensorSpec, model: ModelConfig) -> int:
+        layer = t.layer
+        if layer is None:
+            return 0 if "embed_tokens" in t.name else self.pp - 1
+        bounds = even_intervals(model.num_layers, self.pp)
+        return next(s for s, (lo, hi) in enumerate(bounds) if lo <= layer < hi)
+
+    def _rank(self, stage: int, d: int, t: int) -> str:
+        return self.gpus[stage * self.tp * self.dp + d * self.tp + t]
+
+    def group_key(self, t: TensorSpec, model: ModelConfig) -> tuple:
+        e = t.expert
+        return (self._stage(t, model), None if e is None or self.ep == 1 else e // (model.num_experts // self.ep))
+
+    def holders(self, t: TensorSpec, model: ModelConfig) -> list[list[tuple[str, Shard]]]:
+        s = self._stage(t, model)
+        e = t.expert
+        if e is not None and self.ep > 1:
+            per = model.num_experts // self.ep
+            r = e // per
+            replicas = (self.tp * self.dp) // self.ep
+            stage0 = s * self.tp * self.dp
+            return [[(self.gpus[stage0 + k * self.ep + r], Shard(None, None))] for k in range(replicas)]
+        dim = tp_split_dim(t.name)
+        if dim is None:
+            return [[(self._rank(s, d, 0), Shard(None, None))] for d in range(self.dp)]
+        spans = even_intervals(t.shape[dim], self.tp)
+        return [[(self._rank(s, d, k), Shard(dim, spans[k])) for k in range(self.tp)] for d in range(self.dp)]
+
+    def describe(self) -> str:
+        return f"megatron-tp{self.tp}-pp{self.pp}-ep{self.ep}-dp{self.dp}"
+
+
+def _check_tp(model: ModelConfig, tp: int, what: str) -> None:
+    if model.num_heads % tp:
+        raise PlacementError(f"{what} {tp} does not divide the {model.num_heads} attention heads of {model.name}")
+    if not model.is_mla and model.num_kv_heads % tp and tp % model.num_kv_heads:
+        raise PlacementError(f"{what} {tp} and the {model.num_kv_heads} KV heads of {model.name}: neither divides "
+                             "the other")
+    if model.intermediate_size % tp:
+        raise PlacementError(f"{what} {tp} does not divide intermediate size {model.intermediate_size}")
+    if model.is_moe and model.moe_intermediate_size % tp:
+        raise PlacementError(f"{what} {tp} does not divide MoE intermediate size {model.moe_intermediate_size}")
+
+
+# ---- rollout layout ----------------------------------------------------------------------------------------
+@dataclass
+class RolloutLayout:
+    """Inference engines of TP degree `tp` on `gpus` (consecutive groups of `tp` form one engine)."""
+
+    gpus: list[str]
+    tp: int = 1
+    expert_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise PlacementError(f"rollout TP degree must be >= 1, got {self.tp}")
+        if not self.gpus or len(self.gpus) % self.tp:
+            raise PlacementError(f"rollout layout: {len(self.gpus)} GPUs is not a multiple of TP {self.tp}")
+        if len(set(self.gpus)) != len(self.gpus):
+            raise PlacementError("a rollout layout lists a GPU twice")
+
+    @property
+    def engines(self) -> list[list[str]]:
+        return [self.gpus[i:i + self.tp] for i in range(0, len(self.gpus), self.tp)]
+
+    def check(self, model: ModelConfig) -> None:
+        _check_tp(model, self.tp, "rollout TP")
+        if self.expert_parallel and (not model.is_moe or model.num_experts % self.tp):
+            raise PlacementError(f"rollout expert parallelism over {self.tp} ranks does not divide the "
+                                 f"{model.num_experts} experts of {model.name}")
+
+    def group_key(self, t: TensorSpec, model: ModelConfig) -> tuple:
+        e = t.expert
+        return (None if e is None or not self.expert_parallel else e * self.tp // model.num_experts,)
+
+    def shard(self, t: TensorSpec, model: ModelConfig, rank: int) -> Shard | None:
+        """The slice rank `rank` of an engine keeps (None: this rank keeps nothing of `t`)."""
+        k = self.tp
+        if k == 1:
+            return Shard(None, None)
+        e = t.expert
+        if e is not None and self.expert_parallel:
+            return Shard(None, None) if e * k // model.num_experts == rank else None
+        dim = tp_split_dim(t.name)
+        if dim is None:
+            return Shard(None, None)
+        if _KV.search(t.name) and not model.is_mla and model.num_kv_heads < k:
+            head = rank * model.num_kv_heads // k
+            return Shard(0, (head * model.head_dim, (head + 1) * model.head_dim))
+        return Shard(dim, even_intervals(t.shape[dim], k)[rank])
+
+    def describe(self) -> str:
+        return f"{len(self.engines)}x tp{self.tp}" + ("-ep" if self.expert_parallel else "")
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------
+@dataclass
+class ReshardPlan:
+    """Bytes from each trainer GPU to each rollout GPU (`matrix[i, j]`), and what each side holds.
+
+    `pieces` (only with `detail=True`): (tensor, trainer GPU, rollout GPU, bytes) for every non-empty overlap.
+    """
+
+    model: ModelConfig
+    trainer_gpus: list[str]
+    rollout_gpus: list[str]
+    matrix: np.ndarray
+    need_bytes: np.ndarray          # per rollout GPU: bytes of its own shards
+    held_bytes: np.ndarray          # per trainer GPU: bytes of its shards (all replicas)
+    tensors_per_rollout: np.ndarray  # per rollout GPU: how many tensors it keeps a slice of
+    pieces: list[tuple[str, str, str, float]] | None = None
+
+    @property
+    def total_bytes(self) -> float:
+        return float(self.matrix.sum())
+
+    def sources(self, rollout_gpu: str) -> dict[str, float]:
+        j = self.rollout_gpus.index(rollout_gpu)
+        return {g: float(b) for g, b in zip(self.trainer_gpus, self.matrix[:, j], strict=True) if b > 0}
+
+
+def reshard(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout, *, detail: bool = False) -> ReshardPlan:
+    """Which bytes of every tensor go from which trainer GPU to which rollout GPU (see the module docstring).
+
+    Every rollout GPU receives each element of its shards exactly once, from one replica of the trainer's
+    shards; `detail=True` also lists the per-tensor pieces (for tests and small models).
+    """
+    trainer.check(model)
+    rollout.check(model)
+    t_index = {g: i for i, g in enumerate(trainer.gpus)}
+    r_index = {g: j for j, g in enumerate(rollout.gpus)}
+    matrix = np.zeros((len(trainer.gpus), len(rollout.gpus)))
+    need = np.zeros(len(rollout.gpus))
+    held = np.zeros(len(trainer.gpus))
+    count = np.zeros(len(rollout.gpus), dtype=np.int64)
+    pieces: list[tuple[str, str, str, float]] | None = [] if detail else None
+    engines = rollout.engines
+    # Group tensors with identical shape and sharding: their plans are the same, times a multiplicity.
+    # Sharding depends on the tensor's kind (its name without indices), shape and the layouts' group keys; the
+    # plan of one representative serves the whole group.
+    groups: dict[tuple, list[TensorSpec]] = defaultdict(list)
+    for t in model.tensors():
+        kind = _INDEX.sub(".", t.name)
+        groups[(kind, t.shape, t.dtype, trainer.group_key(t, model), rollout.group_key(t, model))].append(t)
+    plans = []
+    for members in groups.values():
+        t = members[0]
+        holders = tuple(tuple(r) for r in trainer.holders(t, model))
+        rshards = tuple(rollout.shard(t, model, k) for k in range(rollout.tp))
+        plans.append(((t.shape, t.dtype, holders, rshards), members))
+    for (shape, _dtype, holders, rshards), members in plans:
+        eb = members[0].nbytes / members[0].numel
+        mult = len(members)
+        for replica in holders:
+            for g, sh in replica:
+                held[t_index[g]] += sh.numel(shape) * eb * mult
+        for e, engine in enumerate(engines):
+            replica = holders[e % len(holders)]
+            for k, rgpu in enumerate(engine):
+                want = rshards[k]
+                if want is None:
+                    continue
+                j = r_index[rgpu]
+                need[j] += want.numel(shape) * eb * mult
+                count[j] += mult
+                for g, sh in replica:
+                    n = overlap_numel(shape, sh, want)
+                    if n:
+                        matrix[t_index[g], j] += n * eb * mult
+                        if pieces is not None:
+                            pieces.extend((t.name, g, rgpu, n * eb) for t in members)
+    return ReshardPlan(model, list(trainer.gpus), list(rollout.gpus), matrix, need, held, count, pieces)
+
+
+def check_fits(plan: ReshardPlan, capacity_bytes: dict[str, float], *, reserve_fraction: float = 0.0,
+               resident_bytes: dict[str, float] | None = None) -> None:
+    """Raise `InfeasibleError` naming the GPU when its rollout weights (plus `resident_bytes` already there, plus
+    `reserve_fraction` of HBM kept for KV cache and activations) exceed its capacity."""
+    resident = resident_bytes or {}
+    for g, nbytes in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
+        cap = capacity_bytes[g]
+        used = nbytes + resident.get(g, 0.0) + reserve_fraction * cap
+        if used > cap:
+            raise InfeasibleError(
+                f"rollout layout does not fit on {g}: {nbytes / 2**30:.1f} GiB of {plan.model.name} weights"
+                f"{f' + {resident[g] / 2**30:.1f} GiB resident' if resident.get(g) else ''}"
+                f"{f' + {reserve_fraction:.0%} reserve' if reserve_fraction else ''} > {cap / 2**30:.1f} GiB HBM")
