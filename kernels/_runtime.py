@@ -67,18 +67,9 @@ def enable_peer_access(device: int, peer: int) -> None:
         return
     if not torch.cuda.can_device_access_peer(device, peer):
         raise PeerAccessError(f"cuda:{device} cannot access cuda:{peer} (no peer access between them)")
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        cudart = None
-    if cudart is not None:
-        with torch.cuda.device(device):
-            (err,) = cudart.cudaDeviceEnablePeerAccess(peer, 0)
-        ok = (cudart.cudaError_t.cudaSuccess, cudart.cudaError_t.cudaErrorPeerAccessAlreadyEnabled)
-        if err not in ok:
-            raise PeerAccessError(f"cudaDeviceEnablePeerAccess({device} -> {peer}) failed: {err}")
-        return
-    # Without cuda-python, PyTorch's own cross-device copy enables peer access between the two devices.
+    # PyTorch enables peer access (cudaDeviceEnablePeerAccess, in the source device's context, towards the
+    # destination) on a cross-device copy; a copy each way turns it on in both directions, for the whole
+    # context, so Triton kernels on `device` may then address `peer`'s memory.
     a = torch.zeros(1, device=f"cuda:{device}")
     b = torch.zeros(1, device=f"cuda:{peer}")
     a.copy_(b)

@@ -143,8 +143,8 @@ def _kernel():
     def bucket_copy(table, starts, n_tensors, bucket, TO_BUCKET: tl.constexpr, UNIT: tl.constexpr,
                     CHUNK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
-        lo = 0
-        hi = n_tensors
+        lo = pid * 0  # int64 loop-carried values even when Triton specialises n_tensors == 1 to a constant
+        hi = pid * 0 + n_tensors
         while hi - lo > 1:  # find the tensor t with starts[t] <= pid < starts[t + 1]
             mid = (lo + hi) // 2
             if tl.load(starts + mid) <= pid:

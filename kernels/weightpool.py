@@ -248,6 +248,8 @@ class WeightPool:
                 for name, t in tensors.items():
                     if name not in views:
                         raise KernelInputError(f"pool has no tensor named {name!r}")
+                    if t.shape != views[name].shape or t.dtype != views[name].dtype:
+                        raise KernelInputError(f"{name!r} must be {views[name].dtype}{list(views[name].shape)}")
                     views[name].copy_(t, non_blocking=True)
             if fill is not None:
                 fill(views)
@@ -336,6 +338,10 @@ class PoolReader:
             raise PoolGoneError(f"the pool's writer (pid {handle.writer_pid}) has exited")
         dev = torch.device("cuda", handle.device) if device is None else (
             torch.device("cuda", device) if isinstance(device, int) else torch.device(device))
+        if dev.type != "cuda":
+            raise KernelInputError(f"a pool reader runs on a CUDA device, got {dev}")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         if dev.index != handle.device and not torch.cuda.can_device_access_peer(dev.index, handle.device):
             raise PeerAccessError(f"cuda:{dev.index} cannot access the pool's GPU cuda:{handle.device}")
         fn, args = handle.rebuild
