@@ -1,0 +1,116 @@
+"""KV-cache sizing beyond `ModelConfig.kv_bytes_per_token`: per layer, per page, per GPU under tensor parallelism.
+
+`models.py` says how many KV bytes one token adds to the whole model. Serving needs more: paged caches
+allocate and move *pages* (`page_tokens` tokens of one layer), tensor parallelism splits GQA/MHA KV heads
+across GPUs but replicates MLA's single latent "head" on every rank, and quantised caches (fp8, int4) often
+carry one scale per group of elements. `KVLayout` holds those choices and answers every size question the
+serving loop and the policies ask, so no policy does its own arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import WorkloadError
+from .models import ModelConfig, dtype_bytes
+
+
+class KVConfigError(WorkloadError):
+    """A KV layout or budget that cannot exist: page size < 1 token, a budget below one page, bad TP degree."""
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """How one model's KV cache is laid out: dtype, page size in tokens, tensor-parallel degree.
+
+    quant_group: elements sharing one bf16 scale (0 = no scales, as for bf16 or per-tensor fp8).
+    """
+
+    model: ModelConfig
+    kv_dtype: str = "bf16"
+    page_tokens: int = 16
+    tp: int = 1
+    quant_group: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
+            raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
+        if self.tp < 1:
+            raise KVConfigError(f"tensor-parallel degree must be >= 1, got {self.tp}")
+        if self.quant_group < 0:
+            raise KVConfigError(f"quant_group must be >= 0, got {self.quant_group}")
+        dtype_bytes(self.kv_dtype)
+
+    @property
+    def kind(self) -> str:
+        m = self.model
+        if m.is_mla:
+            return "mla"
+        return "mha" if m.num_kv_heads == m.num_heads else "gqa"
+
+    @property
+    def elements_per_token_per_layer(self) -> int:
+        """K and V heads x head_dim (MHA/GQA), or the latent plus the shared RoPE key (MLA)."""
+        m = self.model
+        if m.is_mla:
+            return m.kv_lora_rank + m.qk_rope_head_dim
+        return 2 * m.num_kv_heads * m.head_dim
+
+    @property
+    def bytes_per_element(self) -> float:
+        scale = 2.0 / self.quant_group if self.quant_group else 0.0
+        return dtype_bytes(self.kv_dtype) + scale
+
+    @property
+    def bytes_per_token_per_layer(self) -> float:
+        return self.elements_per_token_per_layer * self.bytes_per_element
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Whole model, one token (equals `ModelConfig.kv_bytes_per_token` when there are no scales)."""
+        return self.model.num_layers * self.bytes_per_token_per_layer
+
+    @property
+    def gpu_share(self) -> float:
+        """Fraction of a token's KV each TP rank holds: KV heads split across ranks (replicated once there are
+        more ranks than KV heads); MLA's latent is one shared head, so every rank holds all of it."""
+        if self.model.is_mla:
+            return 1.0
+        kv = self.model.num_kv_heads
+        return max(1, kv // self.tp) / kv
+
+    @property
+    def bytes_per_token_per_gpu(self) -> float:
+        return self.bytes_per_token * self.gpu_share
+
+    @property
+    def page_bytes(self) -> float:
+        """One page of one layer on one GPU: the unit a paged cache allocates and copies."""
+        return self.page_tokens * self.bytes_per_token_per_layer * self.gpu_share
+
+    def pages(self, tokens: int) -> int:
+        """Pages per layer that `tokens` tokens occupy (a partly filled last page still takes a page)."""
+        return -(-int(tokens) // self.page_tokens) if tokens > 0 else 0
+
+    def bytes(self, tokens: float, *, paged: bool = True) -> float:
+        """KV bytes of `tokens` tokens over all layers and all TP ranks, rounded up to whole pages if `paged`."""
+        t = self.pages(math.ceil(tokens)) * self.page_tokens if paged else tokens
+        return t * self.bytes_per_token * self.gpu_share * self.tp
+
+    def bytes_per_gpu(self, tokens: float, *, paged: bool = True) -> float:
+        return self.bytes(tokens, paged=paged) / self.tp
+
+    def page_copies(self, tokens: float, layers: int | None = None) -> int:
+        """Page copies one GPU issues to move `tokens` tokens of `layers` layers (all layers by default)."""
+        return self.pages(math.ceil(tokens)) * (self.model.num_layers if layers is None else layers)
+
+    def budget_pages(self, budget_bytes_per_gpu: float) -> int:
+        """How many tokens' worth of pages (all layers) fit a per-GPU budget; raises when not even one page."""
+        per_page_all_layers = self.page_bytes * self.model.num_layers
+        if not budget_bytes_per_gpu >= per_page_all_layers:
+            raise KVConfigError(
+                f"KV budget of {budget_bytes_per_gpu / 2**20:.3f} MiB per GPU is smaller than one page "
+                f"({self.page_tokens} tokens x {self.model.num_layers} layers = "
+                f"{per_page_all_layers / 2**20:.3f} MiB for {self.model.name}, {self.kv_dtype}, tp={self.tp})")
+        return int(budget_bytes_per_gpu // per_page_all_layers)
