@@ -86,9 +86,9 @@ def quantize(
             programs = max(1, (n + TENSOR_BLOCK - 1) // TENSOR_BLOCK)
             partial = torch.empty(programs, dtype=torch.float32, device=run_on)
             k["amax"][(programs,)](xi, partial, n, BLOCK=TENSOR_BLOCK, num_warps=8)
-            pblock = _next_pow2(programs)
-            k["quant_tensor"][(programs,)](xi, qo, partial, scales, n, programs, BLOCK=TENSOR_BLOCK,
-                                           PBLOCK=min(pblock, 4096), num_warps=8)
+            # one small reduction on the device (no host sync) so each program reads one amax, not all partials
+            amax = partial.amax(dim=0, keepdim=True)
+            k["quant_tensor"][(programs,)](xi, qo, amax, scales, n, BLOCK=TENSOR_BLOCK, num_warps=8)
         elif n:
             bs = _next_pow2(block_size)
             rows = max(1, 4096 // bs)
