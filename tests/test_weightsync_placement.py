@@ -121,3 +121,18 @@ def test_layout_that_does_not_fit_is_infeasible() -> None:
         check_fits(plan, dict.fromkeys(plan.rollout_gpus, 141 * 2**30))
     small = reshard(models.get("Llama-3-8B"), FSDPLayout(gpus(8)), RolloutLayout(gpus(8), tp=4))
     check_fits(small, dict.fromkeys(small.rollout_gpus, 141 * 2**30), reserve_fraction=0.5)
+
+
+@pytest.mark.parametrize(("model", "trainer", "rollout"), [
+    (models.get("Llama-3-8B"), FSDPLayout(gpus(4)), RolloutLayout(gpus(4, 4), tp=2)),
+    (TINY_MOE, MegatronLayout(gpus(8), tp=2, pp=2, ep=2), RolloutLayout(gpus(8), tp=4, expert_parallel=True)),
+    (TINY_MLA, FSDPLayout(gpus(3)), RolloutLayout(gpus(4), tp=2)),
+], ids=["llama-fsdp", "moe-megatron", "mla-fsdp"])
+def test_assembled_plan_conserves_and_balances(model, trainer, rollout) -> None:
+    from simcore.workloads.placement import assembled_plan
+    plan, full = reshard(model, trainer, rollout), assembled_plan(model, trainer, rollout)
+    np.testing.assert_allclose(full.send.sum(axis=0), plan.need_bytes)
+    assert full.unique.sum() == pytest.approx(model.weight_bytes())  # every tensor assigned exactly once
+    assert np.all(np.diag(full.fetch) == 0)
+    # What a GPU fetches plus what it holds of its assigned tensors is the assigned tensors, whole.
+    assert full.fetch.sum() <= model.weight_bytes()

@@ -300,21 +300,7 @@ def reshard(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout, 
     pieces: list[tuple[str, str, str, float]] | None = [] if detail else None
     engines = rollout.engines
     # Group tensors with identical shape and sharding: their plans are the same, times a multiplicity.
-    # Sharding depends on the tensor's kind (its name without indices), shape and the layouts' group keys; the
-    # plan of one representative serves the whole group.
-    groups: dict[tuple, list[TensorSpec]] = defaultdict(list)
-    for t in model.tensors():
-        kind = _INDEX.sub(".", t.name)
-        groups[(kind, t.shape, t.dtype, trainer.group_key(t, model), rollout.group_key(t, model))].append(t)
-    plans = []
-    for members in groups.values():
-        t = members[0]
-        holders = tuple(tuple(r) for r in trainer.holders(t, model))
-        rshards = tuple(rollout.shard(t, model, k) for k in range(rollout.tp))
-        plans.append(((t.shape, t.dtype, holders, rshards), members))
-    for (shape, _dtype, holders, rshards), members in plans:
-        eb = members[0].nbytes / members[0].numel
-        mult = len(members)
+    for (shape, holders, rshards, eb, _nbytes), mult, members in _groups(model, trainer, rollout, keep=detail):
         for replica in holders:
             for g, sh in replica:
                 held[t_index[g]] += sh.numel(shape) * eb * mult
@@ -334,6 +320,69 @@ def reshard(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout, 
                         if pieces is not None:
                             pieces.extend((t.name, g, rgpu, n * eb) for t in members)
     return ReshardPlan(model, list(trainer.gpus), list(rollout.gpus), matrix, need, held, count, pieces)
+
+
+@dataclass
+class AssembledPlan:
+    """A full-tensor schedule: each tensor is assigned to one trainer GPU holding a shard of it (round robin over
+    all holders of all replicas), which fetches the other shards of that replica (`fetch[k, i]`: bytes GPU i
+    fetches from GPU k), then sends each rollout GPU its whole slice (`send[i, j]`). This is what strategies that
+    transform tensors before sending (fp8 with block scales, fused QKV, expert stacking) must do, as Perplexity's
+    RDMA schedule does with `full_tensor()`. `unique[i]`: bytes of the tensors GPU i is responsible for.
+    """
+
+    trainer_gpus: list[str]
+    rollout_gpus: list[str]
+    fetch: np.ndarray
+    send: np.ndarray
+    unique: np.ndarray
+
+
+def assembled_plan(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout) -> AssembledPlan:
+    """The full-tensor schedule of `AssembledPlan` (bytes conserved as in `reshard`: column sums of `send` are
+    what each rollout GPU keeps)."""
+    trainer.check(model)
+    rollout.check(model)
+    t_index = {g: i for i, g in enumerate(trainer.gpus)}
+    r_index = {g: j for j, g in enumerate(rollout.gpus)}
+    n, r = len(trainer.gpus), len(rollout.gpus)
+    fetch, send, unique = np.zeros((n, n)), np.zeros((n, r)), np.zeros(n)
+    offset = 0  # rotates the first slot from group to group so big singleton tensors spread out
+    for (shape, holders, rshards, eb, nbytes), m, _ in _groups(model, trainer, rollout):
+        slots = [(rep, g) for rep in holders for g, _ in rep]
+        for s, (rep, g) in enumerate(slots):
+            c = m // len(slots) + (1 if (s - offset) % len(slots) < m % len(slots) else 0)
+            if not c:
+                continue
+            i = t_index[g]
+            unique[i] += nbytes * c
+            for g2, sh in rep:
+                if g2 != g:
+                    fetch[t_index[g2], i] += sh.numel(shape) * eb * c
+            for engine in rollout.engines:
+                for k, rgpu in enumerate(engine):
+                    if rshards[k] is not None:
+                        send[i, r_index[rgpu]] += rshards[k].numel(shape) * eb * c
+        offset += m
+    return AssembledPlan(list(trainer.gpus), list(rollout.gpus), fetch, send, unique)
+
+
+def _groups(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout,
+            keep: bool = False) -> list[tuple[tuple, int, list[TensorSpec]]]:
+    """((shape, holders, rollout shards, bytes/element, tensor bytes), multiplicity, members if `keep`) per group
+    of tensors sharing kind (name without indices), shape and the layouts' group keys: the plan of one
+    representative serves the whole group, which is what keeps 70k-tensor models fast."""
+    groups: dict[tuple, list[TensorSpec]] = defaultdict(list)
+    for t in model.tensors():
+        kind = _INDEX.sub(".", t.name)
+        groups[(kind, t.shape, t.dtype, trainer.group_key(t, model), rollout.group_key(t, model))].append(t)
+    out = []
+    for members in groups.values():
+        t = members[0]
+        holders = tuple(tuple(r) for r in trainer.holders(t, model))
+        rshards = tuple(rollout.shard(t, model, k) for k in range(rollout.tp))
+        out.append(((t.shape, holders, rshards, t.nbytes / t.numel, t.nbytes), len(members), members if keep else []))
+    return out
 
 
 def check_fits(plan: ReshardPlan, capacity_bytes: dict[str, float], *, reserve_fraction: float = 0.0,
