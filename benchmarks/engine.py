@@ -1,7 +1,9 @@
 """Engine throughput: flow arrivals + departures per second, and wall time, for two standard workloads.
 
 (a) 10^4 transfers on hgx-h200-8 with 64 workers each keeping one transfer in flight (so up to 64 active);
-(b) 10^5 transfers on a 64-GPU cluster (8 nodes x 8, rail-optimised) with 64 workers.
+(b) 10^5 transfers on a 64-GPU cluster (8 nodes x 8, rail-optimised) with 64 workers;
+(scaling) 2,000 transfers on hgx-h200-8 with 8, 16, 32, 64 and 128 in flight: microseconds per event against
+the number of active flows, to check that cost grows no faster than events x active flows.
 Each worker picks a random source and destination among the endpoints and a log-uniform size (64 KiB..256 MiB)
 with a fixed seed, so every run simulates the same thing. Results go to benchmarks/results/engine-<host>.json.
 
@@ -63,11 +65,17 @@ def main() -> None:
     cases = [run_case("a", "hgx-h200-8", 2_000 if args.quick else 10_000)]
     if not args.quick:
         cases.append(run_case("b", "cluster-8x8-rail", 100_000))
+        for workers in (8, 16, 32, 64, 128):
+            c = run_case(f"scaling-{workers}", "hgx-h200-8", 2_000, workers=workers)
+            c["us_per_event"] = c["wall_s"] / c["flow_events"] * 1e6
+            c["us_per_event_per_active_flow"] = c["us_per_event"] / workers
+            cases.append(c)
     doc = {
         "benchmark": "engine", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
                     "python": sys.version.split()[0], "platform": platform.platform()},
-        "note": "single process, one core", "cases": cases,
+        "note": "single process, one core; other work shared the machine (see load average)",
+        "load_average_1m_at_end": os.getloadavg()[0], "cases": cases,
     }
     out = Path(args.out or Path(__file__).with_name("results") / f"engine-{'quick' if args.quick else 'full'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
