@@ -36,6 +36,14 @@ from .cases import Case, Xfer  # noqa: E402
 
 GATE_CYCLES = 4_000_000  # ~2 ms at boost clock: longer than enqueueing any case
 L2_FLUSH_BYTES = 256 << 20
+CHILD_TIMEOUT_S = 150.0  # a hung NCCL or IPC child must not take the whole run down with it
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a fact we cannot read is recorded as such
+        return f"unavailable: {type(exc).__name__}"
 
 
 def _ev() -> torch.cuda.Event:
@@ -84,7 +92,7 @@ class TorchDevice:
             triton_v = triton.__version__
         except ImportError:
             triton_v = "absent"
-        peer = {f"{a}->{b}": torch.cuda.can_device_access_peer(a, b)
+        peer = {f"{a}->{b}": _try(lambda a=a, b=b: torch.cuda.can_device_access_peer(a, b))
                 for a in range(self.n) for b in range(self.n) if a != b}
         return {
             "gpus": self.n,
@@ -93,7 +101,7 @@ class TorchDevice:
             "sms": props.multi_processor_count,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if self.n else "",
+            "nccl": _try(lambda: ".".join(map(str, torch.cuda.nccl.version()))),
             "triton": triton_v,
             "peer_access": peer,
             "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"),
@@ -233,11 +241,25 @@ class TorchDevice:
         if self.n < 2 or not cases:
             return {}
         specs = [(c.id, c.op, c.bytes) for c in cases]
+        ctx = mp.get_context("spawn")
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "nccl.json")
             port = _free_port()
-            torch.multiprocessing.spawn(_nccl_worker, args=(self.n, specs, reps, warmup, port, path),
-                                        nprocs=self.n, join=True)
+            procs = [ctx.Process(target=_nccl_worker, args=(r, self.n, specs, reps, warmup, port, path))
+                     for r in range(self.n)]
+            for p in procs:
+                p.start()
+            deadline = time.monotonic() + CHILD_TIMEOUT_S
+            for p in procs:
+                p.join(timeout=max(1.0, deadline - time.monotonic()))
+            hung = [p for p in procs if p.is_alive()]
+            for p in hung:
+                p.kill()
+                p.join(timeout=10)
+            if hung:
+                raise TimeoutError(f"NCCL workers still running after {CHILD_TIMEOUT_S} s; killed")
+            if any(p.exitcode for p in procs):
+                raise RuntimeError(f"NCCL worker exit codes {[p.exitcode for p in procs]}")
             with open(path) as fh:
                 return json.load(fh)
 
@@ -253,13 +275,13 @@ class TorchDevice:
         proc.start()
         out: dict[str, dict[str, list[float]]] = {}
         try:
-            parent.recv()  # child ready (torch imported, CUDA up)
+            _recv(parent)  # child ready (torch imported, CUDA up)
             for c in cases:
                 t = torch.randint(0, 256, (c.bytes,), dtype=torch.uint8, device="cuda:0")
                 torch.cuda.synchronize()
                 _fn, args = reduce_tensor(t)
                 parent.send((args, reps))
-                out[c.id] = parent.recv()
+                out[c.id] = _recv(parent)
                 del t
             parent.send(None)
         finally:
@@ -267,6 +289,12 @@ class TorchDevice:
             if proc.is_alive():
                 proc.kill()
         return out
+
+
+def _recv(conn: Any) -> Any:
+    if not conn.poll(CHILD_TIMEOUT_S):
+        raise TimeoutError(f"IPC child gave no answer in {CHILD_TIMEOUT_S} s")
+    return conn.recv()
 
 
 def _free_port() -> int:

@@ -1,0 +1,284 @@
+"""`fabricsim calibrate MEASURED PROFILE`: fit a calibration profile from the calibration subset only.
+
+What is fitted, in order, each step on the cases that expose exactly that mechanism:
+
+1. per path class (lone copy-engine copies, pinned host memory): latency = time of the smallest copy less
+   its bytes at full rate; bandwidth = largest size over its time less latency; a size-efficiency point
+   at every calibration size so that latency + bytes / (bandwidth x efficiency) reproduces it;
+2. engine discipline per class: two equal copies of one class on one GPU are simulated both ways and the
+   discipline whose per-copy finish times are closer wins (fair sharing finishes both together; FIFO one
+   after the other);
+3. shared caps, each only where the profile so far predicts the case faster than measured (by > 3%), its
+   capacity found by bisection on the simulated makespan: the host's aggregate per direction (every GPU
+   at once), a per-GPU duplex cap (H2D and D2H together on one GPU), a host duplex cap (every GPU, both
+   directions);
+4. NCCL: a fixed cost and a rate cap on the ring transfers, from broadcast at the calibration sizes;
+5. CUDA IPC: open and close cost as a + b x bytes.
+
+Held-out cases are never read. The profile records what it was fitted on, from which file, and the
+machine facts (provenance), so a report can say exactly what was predicted and what was fitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hwmodels.calibration import CalibrationProfile, CapSpec, PathParams
+from hwmodels.errors import CalibrationError
+from hwmodels.topology import Topology
+
+from .cases import CALIBRATION, Case
+from .measure import PROFILE_FOR
+from .measurements import Measurements, load_measurements
+from .simulate import base_topology, simulate_case
+
+SLOWER_BY = 0.03
+CAP_MIN_BYTES = 64 << 20  # a cap is added only where the model so far is this much faster than measured
+
+
+def _lone_ce(case: Case) -> bool:
+    return case.group == "copies" and len(case.xfers) == 1 and not case.kernels and case.xfers[0].mech == "ce"
+
+
+def fit_path(points: list[tuple[int, float]]) -> PathParams:
+    """Latency, bandwidth and size efficiency from (bytes, seconds) of lone copies of one class."""
+    by_size: dict[int, list[float]] = {}
+    for s, t in points:
+        by_size.setdefault(int(s), []).append(float(t))
+    pts = sorted((s, statistics.median(ts)) for s, ts in by_size.items())
+    if len(pts) < 2:
+        raise CalibrationError(f"need lone copies at two sizes or more to fit a path class, got {len(pts)}")
+    (s0, t0), (s1, t1) = pts[0], pts[-1]
+    bw = s1 / t1
+    lat = 0.0
+    for _ in range(3):  # latency and bandwidth refer to each other; three rounds converge
+        lat = max(0.0, t0 - s0 / bw)
+        bw = s1 / max(t1 - lat, 1e-12)
+    eff = []
+    for s, t in pts:
+        e = s / (max(t - lat, 1e-12) * bw)
+        eff.append((float(s), float(min(1.0, max(1e-3, e)))))
+    return PathParams(latency_s=lat, bandwidth_Bps=bw, size_efficiency=tuple(eff), discipline="fair")
+
+
+def _profile(base: CalibrationProfile, **kw: Any) -> CalibrationProfile:
+    return replace(base, **kw)
+
+
+def _err_finish(case: Case, m: dict[str, Any], topo: Topology) -> float:
+    pred = simulate_case(case, topo)
+    meas = m["finish_s"]
+    return statistics.fmean(abs(pred.finish_s[i] / meas[i] - 1) for i in meas)
+
+
+def _bisect_cap(case: Case, measured_s: float, make: Callable[[float], Topology], hi: float) -> float:
+    """Largest cap (bytes/s) for which the simulated makespan still reaches the measured one."""
+    lo = hi / 100
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if simulate_case(case, make(mid)).makespan_s > measured_s:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: str = "") -> CalibrationProfile:
+    """Fit a profile on `m`'s calibration cases (see the module docstring for what and how)."""
+    base_topo = base_topology(m)
+    cal = m.split(CALIBRATION)
+    meas = m.measured
+    notes: list[str] = []
+    name = PROFILE_FOR.get(m.preset or "", m.preset or "custom")
+    date = str(m.doc.get("created_at", ""))[:10].replace("-", "")
+    profile = CalibrationProfile(
+        id=profile_id or f"{name}-{date or 'undated'}", machine=str(m.machine.get("kind") or m.preset),
+        gpu_model=str(m.machine["gpu_model"]), gpus=int(m.machine["gpus"]),
+    )
+
+    # 1. path classes from lone copy-engine copies
+    by_class: dict[str, list[tuple[int, float]]] = {}
+    for c in cal:
+        if _lone_ce(c):
+            x = c.xfers[0]
+            cls = base_topo.path(x.src, x.dst, x.bytes).path_class
+            by_class.setdefault(cls, []).append((x.bytes, meas[c.id]["makespan_s"]))
+    if not by_class:
+        raise CalibrationError(f"{m.source}: no lone copy-engine copies in the calibration subset")
+    paths = {cls: fit_path(pts) for cls, pts in sorted(by_class.items())}
+    for cls, pp in paths.items():
+        route_cap = _route_capacity(base_topo, cls, by_class[cls])
+        if route_cap is not None and pp.bandwidth_Bps > route_cap * 1.01:
+            notes.append(f"{cls}: measured {pp.bandwidth_Bps / 1e9:.1f} GB/s for one copy exceeds the preset's "
+                         f"route capacity {route_cap / 1e9:.1f} GB/s; the preset's link is the binding limit")
+    profile = _profile(profile, paths=paths)
+
+    # 2. engine discipline, from two equal copies of one class on one GPU
+    for c in cal:
+        if c.group != "copies" or len(c.xfers) < 2 or c.kernels:
+            continue
+        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
+        issuers = {x.issuer for x in c.xfers}
+        if len(classes) != 1 or len(issuers) != 1:
+            continue
+        cls = classes.pop()
+        if cls not in paths:
+            continue
+        errs = {}
+        for disc in ("fair", "fifo"):
+            trial = _profile(profile, paths={**profile.paths, cls: replace(paths[cls], discipline=disc)})
+            errs[disc] = _err_finish(c, meas[c.id], base_topo.with_calibration(trial))
+        best = min(errs, key=errs.get)
+        paths[cls] = replace(paths[cls], discipline=best)
+        profile = _profile(profile, paths=dict(paths))
+        notes.append(f"{cls}: discipline {best} (per-copy finish error fair {errs['fair']:.1%}, "
+                     f"fifo {errs['fifo']:.1%}; case {c.id})")
+
+    # 3. shared caps, where the model so far is faster than measured
+    gpus = base_topo.gpus()
+    for c in cal:
+        if c.group != "copies" or c.kernels or len(c.xfers) < 2:
+            continue
+        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
+        issuers = {x.issuer for x in c.xfers}
+        if len(issuers) == 1 and len(classes) == 1:
+            continue  # an engine case: discipline, not a cap
+        if min(x.bytes for x in c.xfers) < CAP_MIN_BYTES:
+            continue  # caps are about bandwidth: fit them where latency does not matter
+        kind = _cap_kind(classes, issuers, gpus)
+        if kind is None:
+            continue
+        what, spec_of = kind
+        if any(cap.name == spec_of(1.0)[0].name for cap in profile.caps):
+            continue
+        measured = meas[c.id]["makespan_s"]
+        topo_now = base_topo.with_calibration(profile)
+        predicted = simulate_case(c, topo_now).makespan_s
+        if predicted >= measured * (1 - SLOWER_BY):
+            notes.append(f"{what}: no cap needed (case {c.id}: predicted {predicted * 1e3:.3f} ms, "
+                         f"measured {measured * 1e3:.3f} ms)")
+            continue
+        total = sum(x.bytes for x in c.xfers)
+
+        def make(bps: float, spec_of: Callable = spec_of, before: CalibrationProfile = profile) -> Topology:
+            return base_topo.with_calibration(_profile(before, caps=before.caps + tuple(spec_of(bps))))
+
+        bps = _bisect_cap(c, measured, make, hi=2 * total / predicted)
+        profile = _profile(profile, caps=profile.caps + tuple(spec_of(bps)))
+        notes.append(f"{what}: cap {bps / 1e9:.1f} GB/s (case {c.id})")
+
+    # 4. NCCL ring transfers: fixed cost and rate cap from broadcast
+    prov: dict[str, Any] = {}
+    bc = [c for c in cal if c.group == "nccl" and c.op == "broadcast"]
+    if len(bc) >= 2:
+        topo_now = base_topo.with_calibration(profile)
+        fixed, b = _fit_nccl(bc, meas, topo_now)
+        prov["collectives"] = {"nccl": {"fixed_cost_s": fixed, "rate_cap_Bps": b,
+                                        "fitted_on": [c.id for c in bc]}}
+        notes.append(f"nccl: fixed cost {fixed * 1e6:.1f} us, ring transfer rate cap {b / 1e9:.1f} GB/s")
+
+    # 5. CUDA IPC software costs
+    ipc = [c for c in cal if c.group == "ipc"]
+    if len(ipc) >= 2:
+        costs = {}
+        for key in ("open_s", "close_s"):
+            a, b = _linear_fit(sorted((c.bytes, meas[c.id][key]) for c in ipc), rate=False)
+            costs[key.replace("_s", "")] = {"fixed_s": a, "per_byte_s": b}
+        prov["software_costs"] = {"cuda_ipc": costs}
+
+    facts = {k: m.machine.get(k) for k in ("kind", "preset", "gpu_name", "gpus", "torch", "cuda", "nccl", "triton",
+                                           "CUDA_DEVICE_MAX_CONNECTIONS")}
+    prov.update({
+        "fitted_by": "fabricsim calibrate",
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "measured_at": m.doc.get("created_at"),
+        "measurements": Path(m.source).name,
+        "measurements_sha256": source_sha256,
+        "machine": facts,
+        "calibration_cases": sorted(c.id for c in cal),
+        "held_out_cases": len(m.cases) - len(cal),
+        "notes": notes,
+    })
+    return _profile(profile, provenance=prov)
+
+
+def _cap_kind(classes: set[str], issuers: set[str],
+              all_gpus: list[str]) -> tuple[str, Callable[[float], list[CapSpec]]] | None:
+    """Which shared cap a concurrency case can reveal, and how to build it for a capacity."""
+    if classes == {"p2p-nvlink"}:
+        return "NVLink duplex", lambda bps: [CapSpec("nvlink-duplex", bps, ("p2p-nvlink",))]
+    if not classes <= {"h2d", "d2h"}:
+        return None
+    cls = tuple(sorted(classes))
+    if len(issuers) == 1:
+        # Fitted on one GPU, applied to every GPU of the machine (the same hardware behind each).
+        return "per-GPU duplex", lambda bps: [CapSpec(f"{g}.pcie-duplex", bps, cls, (g,)) for g in all_gpus]
+    if len(cls) == 1:
+        return f"host aggregate {cls[0]}", lambda bps: [CapSpec(f"host-{cls[0]}", bps, cls)]
+    return "host duplex", lambda bps: [CapSpec("host-duplex", bps, cls)]
+
+
+def _fit_nccl(cases: list[Case], meas: dict[str, Any], topo: Topology) -> tuple[float, float]:
+    """Fixed cost and rate cap of NCCL's ring transfers minimising the relative error of simulated times."""
+    from scipy.optimize import least_squares
+
+    pts = sorted((c.bytes, meas[c.id]["makespan_s"]) for c in cases)
+    a0, b0 = _linear_fit(pts)
+    b0 = b0 if math.isfinite(b0) else pts[-1][0] / pts[-1][1]
+
+    def resid(v: Any) -> list[float]:
+        nccl = {"fixed_cost_s": math.exp(v[0]), "rate_cap_Bps": math.exp(v[1])}
+        return [simulate_case(c, topo, nccl).makespan_s / meas[c.id]["makespan_s"] - 1 for c in cases]
+
+    fit = least_squares(resid, [math.log(max(a0, 1e-7)), math.log(b0)], x_scale=1.0, diff_step=1e-4)
+    return math.exp(fit.x[0]), math.exp(fit.x[1])
+
+
+def _linear_fit(pts: list[tuple[int, float]], rate: bool = True) -> tuple[float, float]:
+    """t = a + s / b (rate=True) or t = a + b * s, least squares weighted by 1/t (relative error)."""
+    xs = [float(s) for s, _ in pts]
+    ys = [float(t) for _, t in pts]
+    ws = [1.0 / (y * y) for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs, strict=True)) / sw
+    my = sum(w * y for w, y in zip(ws, ys, strict=True)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs, strict=True))
+    sxy = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys, strict=True))
+    slope = sxy / sxx if sxx > 0 else 0.0
+    a = max(0.0, my - slope * mx)
+    if rate:
+        return a, (1.0 / slope if slope > 0 else float("inf"))
+    return a, slope
+
+
+def _route_capacity(topo: Topology, cls: str, pts: list[tuple[int, float]]) -> float | None:
+    """The narrowest resource (capacity / coefficient) a lone copy of this class crosses in the preset."""
+    caps = topo.resources()
+    for src in topo.endpoints():
+        for dst in topo.endpoints():
+            try:
+                p = topo.path(src, dst)
+            except Exception:  # noqa: BLE001 - unreachable pairs simply do not qualify
+                continue
+            if p.path_class == cls:
+                return min(caps[r] / c for r, c in p.resources)
+    return None
+
+
+def calibrate_file(measured: str | Path, out: str | Path, *, profile_id: str | None = None) -> CalibrationProfile:
+    """Load, fit, write the profile atomically; returns it."""
+    m = load_measurements(measured)
+    path = Path(m.source)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    profile = calibrate(m, profile_id=profile_id, source_sha256=sha)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(out)
+    return profile

@@ -1,0 +1,78 @@
+"""Simulate a measured case on a topology: the one place calibrate and report turn cases into predictions.
+
+A case is simulated from its scenario (the DESIGN.md file validate wrote beside the measurement), on a
+topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL
+transfers (tag `nccl-*`) additionally pay the collective's fitted fixed cost and rate cap, which a profile
+keeps under `provenance["collectives"]["nccl"]` (the profile format has no field for collectives yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hwmodels import presets
+from hwmodels.calibration import CalibrationProfile
+from hwmodels.errors import CalibrationError
+from hwmodels.topology import Topology
+from simcore.scenario import parse_scenario
+from simcore.simulation import Simulation
+
+from .cases import Case, to_scenario
+from .measurements import Measurements
+
+
+@dataclass(frozen=True)
+class Prediction:
+    makespan_s: float
+    finish_s: dict[str, float]
+
+
+def base_topology(m: Measurements) -> Topology:
+    """The uncalibrated preset of the measured machine."""
+    if not m.preset:
+        raise CalibrationError(f"{m.source}: no preset matches this machine ({m.machine.get('gpus')}x "
+                               f"{m.machine.get('gpu_model')}); add one to hwmodels.presets first")
+    return presets.get(m.preset, calibration=None)
+
+
+def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> None:
+    """A profile for another machine kind must not be applied to these measurements."""
+    model, gpus = m.machine.get("gpu_model"), m.machine.get("gpus")
+    if profile.gpu_model != model or profile.gpus != gpus:
+        raise CalibrationError(
+            f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} ({profile.machine}), "
+            f"but {m.source} was measured on {gpus}x {model}")
+
+
+def nccl_params(profile: CalibrationProfile | None) -> dict[str, float]:
+    if profile is None:
+        return {}
+    return dict((profile.provenance.get("collectives") or {}).get("nccl") or {})
+
+
+def simulate_case(case: Case, topo: Topology, nccl: dict[str, float] | None = None) -> Prediction:
+    """Predicted makespan and per-transfer finish times of `case` on `topo` (start at 0, like the gate)."""
+    scen = to_scenario(case, topo.name, len(topo.gpus()))
+    if scen is None:
+        raise CalibrationError(f"case '{case.id}' moves no bytes; it cannot be simulated")
+    return simulate_scenario(scen, topo, nccl)
+
+
+def simulate_scenario(scen: dict[str, Any], topo: Topology, nccl: dict[str, float] | None = None) -> Prediction:
+    parsed = parse_scenario(scen, source=str(scen.get("name", "case")))
+    sim = Simulation(topo, record_load=False)
+    nccl = nccl or {}
+    for it in parsed.items:
+        if it["_kind"] == "transfer":
+            fixed, cap = it.get("fixed_cost_s", 0.0), it.get("rate_cap_Bps")
+            if str(it.get("tag") or "").startswith("nccl-") and nccl:
+                fixed += nccl.get("fixed_cost_s", 0.0)
+                cap = nccl.get("rate_cap_Bps", cap)
+            sim.transfer(it["id"], it["src"], it["dst"], it["bytes"], start=it["start"], after=it["after"],
+                         rate_cap_Bps=cap, fixed_cost_s=fixed, tag=it.get("tag"))
+        else:
+            sim.task(it["id"], it["gpu"], flops=it["flops"], hbm_bytes=it["bytes"], dtype=it["dtype"],
+                     start=it["start"], after=it["after"], tag=it.get("tag"))
+    res = sim.run()
+    return Prediction(res.makespan_s, {r.id: r.finish_s for r in res.records})
