@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from .errors import WorkloadError
 from .models import ModelConfig, dtype_bytes
@@ -49,7 +50,7 @@ class KVLayout:
             return "mla"
         return "mha" if m.num_kv_heads == m.num_heads else "gqa"
 
-    @property
+    @cached_property
     def elements_per_token_per_layer(self) -> int:
         """K and V heads x head_dim (MHA/GQA), or the latent plus the shared RoPE key (MLA)."""
         m = self.model
@@ -57,21 +58,21 @@ class KVLayout:
             return m.kv_lora_rank + m.qk_rope_head_dim
         return 2 * m.num_kv_heads * m.head_dim
 
-    @property
+    @cached_property
     def bytes_per_element(self) -> float:
         scale = 2.0 / self.quant_group if self.quant_group else 0.0
         return dtype_bytes(self.kv_dtype) + scale
 
-    @property
+    @cached_property
     def bytes_per_token_per_layer(self) -> float:
         return self.elements_per_token_per_layer * self.bytes_per_element
 
-    @property
+    @cached_property
     def bytes_per_token(self) -> float:
         """Whole model, one token (equals `ModelConfig.kv_bytes_per_token` when there are no scales)."""
         return self.model.num_layers * self.bytes_per_token_per_layer
 
-    @property
+    @cached_property
     def gpu_share(self) -> float:
         """Fraction of a token's KV each TP rank holds: KV heads split across ranks (replicated once there are
         more ranks than KV heads); MLA's latent is one shared head, so every rank holds all of it."""
@@ -80,11 +81,11 @@ class KVLayout:
         kv = self.model.num_kv_heads
         return max(1, kv // self.tp) / kv
 
-    @property
+    @cached_property
     def bytes_per_token_per_gpu(self) -> float:
         return self.bytes_per_token * self.gpu_share
 
-    @property
+    @cached_property
     def page_bytes(self) -> float:
         """One page of one layer on one GPU: the unit a paged cache allocates and copies."""
         return self.page_tokens * self.bytes_per_token_per_layer * self.gpu_share
@@ -95,11 +96,12 @@ class KVLayout:
 
     def bytes(self, tokens: float, *, paged: bool = True) -> float:
         """KV bytes of `tokens` tokens over all layers and all TP ranks, rounded up to whole pages if `paged`."""
-        t = self.pages(math.ceil(tokens)) * self.page_tokens if paged else tokens
-        return t * self.bytes_per_token * self.gpu_share * self.tp
+        return self.bytes_per_gpu(tokens, paged=paged) * self.tp
 
     def bytes_per_gpu(self, tokens: float, *, paged: bool = True) -> float:
-        return self.bytes(tokens, paged=paged) / self.tp
+        if paged and tokens > 0:
+            tokens = -(-math.ceil(tokens) // self.page_tokens) * self.page_tokens
+        return max(0.0, tokens) * self.bytes_per_token_per_gpu
 
     def page_copies(self, tokens: float, layers: int | None = None) -> int:
         """Page copies one GPU issues to move `tokens` tokens of `layers` layers (all layers by default)."""

@@ -78,6 +78,7 @@ class ServingConfig:
     gpu_memory_utilization: float = 0.9
     activation_reserve_bytes: float = 2 * GiB
     preemption: str = "recompute"
+    admission_watermark: float = 0.01
     mechanism: str = "ce-batched"
     layer_groups: int = 4
     copy_launch_s: float = 2e-6
@@ -98,6 +99,8 @@ class ServingConfig:
         for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups"):
             if getattr(self, what) < 1:
                 raise ServingError(f"{what} must be >= 1, got {getattr(self, what)}")
+        if not 0 <= self.admission_watermark < 1:
+            raise ServingError(f"admission_watermark must be in [0, 1), got {self.admission_watermark}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ServingError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_budget_bytes is not None and not self.kv_budget_bytes > 0:
@@ -176,7 +179,7 @@ class Instance:
         self._order = 0
         self.steps = 0
         self.kv_read_bytes = 0.0
-        self.kv_alloc = 0
+        self.kv_alloc: int | None = None
         self.background: list[simpy.Event] = []
 
     # ---- queue ------------------------------------------------------------------------------------------
@@ -202,7 +205,9 @@ class Instance:
     def used_bytes(self, extra: dict[int, int] | None = None) -> float:
         """Per-GPU KV bytes of running (and handed-off) sequences; `extra` adds tokens to some sequences."""
         extra = extra or {}
-        return (sum(self.policy.hbm_bytes(s, s.kv_tokens + extra.get(id(s), 0)) for s in self.running)
+        # A sequence still prefilling holds pages for its whole prompt from admission on (as vLLM allocates).
+        return (sum(self.policy.hbm_bytes(s, max(s.kv_tokens + extra.get(id(s), 0),
+                                                 s.prefill_target if s.prefilling else 0)) for s in self.running)
                 + sum(self.policy.hbm_bytes(s, s.kv_tokens) for s in self.handoff) + self.policy.shared_bytes())
 
     # ---- the loop ---------------------------------------------------------------------------------------
@@ -225,7 +230,9 @@ class Instance:
             from_swap = bool(self.swapped)
             seq = self.swapped[0] if from_swap else self.waiting[0]
             target = seq.kv_tokens if from_swap else seq.prefill_target
-            if self.running and self.used_bytes() + self.policy.hbm_bytes(seq, target) > self.budget:
+            # A watermark of free memory keeps a just-admitted sequence from being preempted at the next step.
+            limit = self.budget * (1 - self.cfg.admission_watermark)
+            if self.running and self.used_bytes() + self.policy.hbm_bytes(seq, target) > limit:
                 return
             (self.swapped if from_swap else self.waiting).popleft()
             self._order += 1
@@ -328,9 +335,11 @@ class Instance:
                 hi = mid - 1
         k = lo
         arrival = None
-        if (len(self.running) < self.cfg.max_batch_seqs and not self.waiting and not self.swapped
-                and self.next_arrival < len(self.arrivals)):
-            arrival = self.arrivals[self.next_arrival]
+        if len(self.running) < self.cfg.max_batch_seqs and not self.waiting and not self.swapped:
+            if self.role == "decode":  # new work comes through idle prefill instances: after the next arrival
+                arrival = self.system.next_arrival_s()
+            elif self.next_arrival < len(self.arrivals):
+                arrival = self.arrivals[self.next_arrival]
         t = self.sim.now
         fixed = self._fixed_step_s()
         bound0 = None
@@ -350,7 +359,8 @@ class Instance:
         pure_decode = all(it.new == 1 and not it.seq.prefilling for it in items)
         k = 1
         work = self._work(items)
-        if (pure_decode and self.cfg.coalesce and self.policy.coalescible and self.role == "colocated"):
+        if (pure_decode and self.cfg.coalesce and self.policy.coalescible
+                and (self.role == "colocated" or (self.role == "decode" and self.system.prefill_idle()))):
             w1 = self._work(items, 1.0)
             k = self._run_length(items, work, w1)
             if k > 1:
@@ -498,7 +508,7 @@ class Instance:
         if used == self.kv_alloc:
             return
         for pool in self.pools:
-            if self.kv_alloc:
+            if self.kv_alloc is not None:
                 pool.free(f"kv.i{self.idx}")
             pool.alloc(used, f"kv.i{self.idx}")
         self.kv_alloc = used
@@ -584,6 +594,15 @@ class ServingSystem:
             self.in_system[-1] = (now, self._n)
         else:
             self.in_system.append((now, self._n))
+
+    def next_arrival_s(self) -> float | None:
+        """When the next request reaches any entry instance (None when all have arrived)."""
+        times = [i.arrivals[i.next_arrival] for i in self.entry if i.next_arrival < len(i.arrivals)]
+        return min(times) if times else None
+
+    def prefill_idle(self) -> bool:
+        """No prefill instance holds work that could reach a decode instance before the next arrival."""
+        return all(not (i.running or i.waiting or i.swapped or i.handoff) for i in self.entry if i.role == "prefill")
 
     def departed(self, s: Seq) -> None:
         self._count(-1)
