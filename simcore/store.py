@@ -350,6 +350,10 @@ class ResultsStore:
             df = df[df["source"] == source]
         if not include_failed and "error" in df.columns:
             df = df[df["error"].isna()]
+        for col in _STRING_COLUMNS:
+            # One dtype whatever mix of files was read (an all-null column comes back typed differently).
+            if col in df.columns:
+                df[col] = df[col].astype(object).where(df[col].notna(), None)
         params = [c for c in df.columns if c not in CORE_COLUMNS]
         ordered = [c for c in ("study", "run_id", "point_id") if c in df.columns] + params
         ordered += [c for c in CORE_COLUMNS[3:] if c in df.columns]

@@ -322,7 +322,11 @@ def _iter_ray(study: Study, chunks: list[list[tuple[str, Point]]], workers: int,
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                          logging_level="ERROR")
         except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
-            raise SweepError(f"could not start or join Ray ({type(exc).__name__}: {exc})") from None
+            hint = ""
+            if address and "RAY_AUTH_MODE" not in os.environ:
+                hint = "; if the cluster uses token authentication, set RAY_AUTH_MODE=token"
+            text = " ".join(str(exc).split())
+            raise SweepError(f"could not start or join Ray ({type(exc).__name__}: {text}){hint}") from None
         started_here = True
     try:
         task = ray.remote(num_cpus=1)(_run_chunk_from_source)
