@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from matplotlib.figure import Figure as MplFigure
 
 from .store import ResultsStore, StoreError
 from .study import Figure, Study, StudyError
+
+
+class FigureSkipped(UserWarning):
+    """A declared figure had no rows to draw and was left out."""
+
 
 _SIM_STYLE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
 _HW_STYLE = {"marker": "s", "markersize": 6, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
@@ -115,7 +121,12 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path) -> list[P
     written: list[Path] = []
     for spec in study.figures:
         if isinstance(spec, Figure):
-            fig, name = draw_figure(spec, df, study.name), spec.name
+            try:
+                fig, name = draw_figure(spec, df, study.name), spec.name
+            except StoreError as exc:
+                # A figure of metrics not run yet (say, measured only) must not hide the others.
+                warnings.warn(f"skipped: {exc}", FigureSkipped, stacklevel=2)
+                continue
         elif callable(spec):
             fn: Callable[..., Any] = spec
             fig, name = fn(df), getattr(fn, "__name__", "figure")
@@ -124,4 +135,6 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path) -> list[P
         else:
             raise StudyError(f"study {study.name!r}: figures must be Figure(...) or functions, got {spec!r}")
         written += save_figure(fig, out, name)
+    if not written:
+        raise StoreError(f"study {study.name!r}: none of its figures has rows to draw")
     return written

@@ -68,12 +68,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 @contextmanager
 def _report_corrupt_files() -> Iterator[None]:
-    """Skipped corrupted files become one warning line each on stderr (the rest is still shown)."""
+    """Skipped corrupted files and figures become one warning line each on stderr (the rest is shown)."""
+    from .plots import FigureSkipped
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptResultsWarning)
+        warnings.simplefilter("always", FigureSkipped)
         yield
     for w in caught:
-        if issubclass(w.category, CorruptResultsWarning):
+        if issubclass(w.category, CorruptResultsWarning | FigureSkipped):
             print(f"fabricsim: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
