@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
+    load_before = os.getloadavg()[0]  # the 2-core dev machine is shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp:
         if args.study:
             study = load_study(args.study)
@@ -94,7 +95,8 @@ def main() -> None:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/sweep.py " + " ".join(sys.argv[1:]),
         "machine": {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "platform": platform.platform()},
+                    "python": sys.version.split()[0], "platform": platform.platform(),
+                    "loadavg_1min_before": round(load_before, 2)},
         "study": study.name,
         "grid_points": n,
         "pool": pool,
