@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fabricsim.cli import main
 from simcore.store import (
@@ -224,3 +226,32 @@ def test_no_warning_for_clean_store(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         store.load()
     assert len(os.listdir(tmp_path / "a")) == 1
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=8),
+                    st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), scalars, max_size=3), min_size=1, max_size=6),
+       st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=6, max_size=6))
+def test_any_parameter_mix_round_trips_values(tmp_path_factory: pytest.TempPathFactory, params: list[dict],
+                                               values: list[float]) -> None:
+    """Whatever types a parameter takes across points, every row comes back with its value and its
+    parameters equal (as text when the column had to hold mixed kinds)."""
+    store = ResultsStore(tmp_path_factory.mktemp("prop"))
+    rows = [make_row(study="p", run_id="r", point_id=f"p{i}", params=p, metric="m", value=values[i])
+            for i, p in enumerate(params)]
+    store.write(rows, study="p", run_id="r")
+    df = store.load("p", strict=True).set_index("point_id")
+    for i, p in enumerate(params):
+        got = df.loc[f"p{i}"]
+        assert got["value"] == values[i]
+        for k, v in p.items():
+            stored = got[k]
+            if v is None:
+                assert pd.isna(stored)
+            elif isinstance(stored, str) and not isinstance(v, str):
+                assert stored == str(v)
+            else:
+                assert stored == v

@@ -246,3 +246,18 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     pid = load_study(study).points()[0][0]
     code, out, _ = _cli(capsys, "sweep", study, "--trace", pid)
     assert code == 0 and (tmp_path / "traces" / f"toy-{pid}.json").exists() and "y = 0 s" in out
+
+
+def test_concurrent_sweeps_into_one_store_keep_every_row(tmp_path: Path) -> None:
+    study = toy_study(tmp_path, n=40, sleep=0.002)  # 120 points each
+    env = {**os.environ, "FABRICSIM_STORE": str(tmp_path / "s")}
+    procs = [subprocess.Popen([sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "1",
+                               "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    for p in procs:
+        p.wait(timeout=300)
+        assert p.returncode == 1, p.stderr.read().decode() if p.stderr else ""  # 1: the toy's failing point
+    df = ResultsStore(tmp_path / "s").load("toy", strict=True)
+    assert df["run_id"].nunique() == 3
+    per_run = df.groupby("run_id")["point_id"].nunique()
+    assert (per_run == 120).all() and len(df) == 3 * (119 * 2 + 1)
