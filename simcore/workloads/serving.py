@@ -180,7 +180,7 @@ class Instance:
         self.steps = 0
         self.kv_read_bytes = 0.0
         self.kv_alloc: int | None = None
-        self.background: list[simpy.Event] = []
+        self._base: dict[int, Any] = {}
 
     # ---- queue ------------------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -306,7 +306,11 @@ class Instance:
         """Per-GPU work of a step in which every item's context is `offset` tokens further on."""
         tp = self.cfg.tp
         tokens = sum(it.new for it in items)
-        base = decode_work(self.model, DecodeBatch(batch=max(1, tokens), context=0, kv_dtype=self.cfg.kv_dtype), tp)
+        base = self._base.get(tokens)
+        if base is None:  # weights read (MoE: experts the tokens touch) and dense FLOPs depend on the count only
+            base = decode_work(self.model, DecodeBatch(batch=max(1, tokens), context=0, kv_dtype=self.cfg.kv_dtype),
+                               tp)
+            self._base[tokens] = base
         attn = sum(it.new * self.model.attention_flops_per_token(it.ctx + offset + (it.new + 1) / 2)
                    for it in items)
         work = StepWork(flops=base.flops + attn / tp, hbm_bytes=base.weight_bytes)
@@ -340,20 +344,38 @@ class Instance:
                 arrival = self.system.next_arrival_s()
             elif self.next_arrival < len(self.arrivals):
                 arrival = self.arrivals[self.next_arrival]
-        t = self.sim.now
-        fixed = self._fixed_step_s()
-        bound0 = None
-        for j in range(k):
-            wj = _lerp(w0, w1, j)
-            dt, bound = self._roofline_s(wj)
-            if bound0 is None:
-                bound0 = bound
-            elif bound != bound0:
-                return j
-            t += dt + fixed
-            if arrival is not None and t >= arrival:
-                return j + 1
-        return k
+        # Step j takes max(c0 + j dc, m0 + j dm) + e0 + j de + fixed: linear on each side of the roofline.
+        c0, dc = w0.flops / self.peak_flops, (w1.flops - w0.flops) / self.peak_flops
+        m0, dm = w0.hbm_bytes / self.hbm_Bps, (w1.hbm_bytes - w0.hbm_bytes) / self.hbm_Bps
+        e0, de = w0.extra_s + self._fixed_step_s(), w1.extra_s - w0.extra_s
+        compute_bound = c0 >= m0
+        if k > 1 and ((c0 + (k - 1) * dc >= m0 + (k - 1) * dm) != compute_bound):
+            lo, hi = 1, k - 1  # first step on the other side of the roofline: the run ends before it
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if (c0 + mid * dc >= m0 + mid * dm) != compute_bound:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            k = lo
+        if arrival is None:
+            return k
+        a, b = (c0, dc) if compute_bound else (m0, dm)
+
+        def elapsed(n: int) -> float:
+            return n * (a + e0) + n * (n - 1) / 2 * (b + de)
+
+        wait = arrival - self.sim.now
+        if elapsed(k) < wait:
+            return k
+        lo, hi = 1, k  # fewest steps that reach the arrival
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if elapsed(mid) >= wait:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _step(self, items: list[StepItem]) -> Generator:
         pure_decode = all(it.new == 1 and not it.seq.prefilling for it in items)
@@ -512,14 +534,6 @@ class Instance:
                 pool.free(f"kv.i{self.idx}")
             pool.alloc(used, f"kv.i{self.idx}")
         self.kv_alloc = used
-
-
-def _lerp(w0: StepWork, w1: StepWork, j: float) -> StepWork:
-    def f(a: float, b: float) -> float:
-        return a + j * (b - a)
-
-    return StepWork(flops=f(w0.flops, w1.flops), hbm_bytes=f(w0.hbm_bytes, w1.hbm_bytes),
-                    kv_read_bytes=f(w0.kv_read_bytes, w1.kv_read_bytes), extra_s=f(w0.extra_s, w1.extra_s))
 
 
 def _run_sum(w0: StepWork, w1: StepWork, k: int) -> StepWork:

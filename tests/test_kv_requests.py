@@ -1,0 +1,78 @@
+"""Request arrivals and traces: reproducible Poisson streams, and clear errors for malformed traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simcore.workloads.requests import Request, RequestError, load_trace, poisson_requests, write_trace
+
+
+def test_same_seed_same_requests():
+    a = poisson_requests(5.0, 200, prompt_tokens=100, output_tokens=50, seed=3, output_dist="geometric")
+    b = poisson_requests(5.0, 200, prompt_tokens=100, output_tokens=50, seed=3, output_dist="geometric")
+    c = poisson_requests(5.0, 200, prompt_tokens=100, output_tokens=50, seed=4, output_dist="geometric")
+    assert a == b
+    assert a != c
+
+
+def test_poisson_rate_and_lengths():
+    reqs = poisson_requests(10.0, 20_000, prompt_tokens=64, output_tokens=40, seed=1, output_dist="geometric",
+                            prompt_dist="uniform")
+    gaps = np.diff([0.0] + [r.arrival_s for r in reqs])
+    assert gaps.mean() == pytest.approx(0.1, rel=0.03)
+    assert gaps.std() == pytest.approx(0.1, rel=0.03)  # exponential: std == mean
+    assert np.mean([r.output_tokens for r in reqs]) == pytest.approx(40, rel=0.03)
+    assert np.mean([r.prompt_tokens for r in reqs]) == pytest.approx(64, rel=0.03)
+    assert min(r.output_tokens for r in reqs) >= 1
+
+
+def test_offline_batch_and_prefixes():
+    reqs = poisson_requests(float("inf"), 8, prompt_tokens=10, output_tokens=5, prefix_tokens=100, prefixes=2)
+    assert {r.arrival_s for r in reqs} == {0.0}
+    assert all(r.prompt_tokens == 101 and r.prefix_tokens == 100 for r in reqs)
+    assert {r.prefix_id for r in reqs} <= {"p0", "p1"}
+
+
+def test_trace_round_trip(tmp_path):
+    reqs = poisson_requests(2.0, 20, prompt_tokens=30, output_tokens=7, seed=0, prefix_tokens=10)
+    path = tmp_path / "t.csv"
+    write_trace(reqs, path)
+    back = load_trace(path)
+    assert [(r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_id, r.prefix_tokens) for r in back] == [
+        (r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_id, r.prefix_tokens) for r in reqs]
+
+
+def test_trace_minimal_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s, prompt_tokens, output_tokens\n0.5, 10, 3\n0.1, 20, 4\n")
+    reqs = load_trace(path)
+    assert [r.arrival_s for r in reqs] == [0.1, 0.5]
+    assert reqs[0].prefix_id is None
+
+
+@pytest.mark.parametrize("text, match", [
+    ("arrival_s,prompt_tokens\n0,10\n", "missing column.*output_tokens"),
+    ("prompt_tokens,output_tokens\n10,3\n", "missing column.*arrival_s"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n-1,10,3\n", "line 3.*arrival_s must be .*>= 0"),
+    ("arrival_s,prompt_tokens,output_tokens\nsoon,10,3\n", "line 2.*arrival_s.*not a number"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10.5,3\n", "line 2.*prompt_tokens.*whole number"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,0\n", "line 2.*output_tokens must be >= 1"),
+    ("arrival_s,prompt_tokens,output_tokens\n", "no requests"),
+])
+def test_bad_traces(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(RequestError, match=match):
+        load_trace(path)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(RequestError, match="rate"):
+        poisson_requests(0, 10, prompt_tokens=1, output_tokens=1)
+    with pytest.raises(RequestError, match="distribution"):
+        poisson_requests(1, 10, prompt_tokens=1, output_tokens=1, output_dist="zipf")
+    with pytest.raises(RequestError, match="arrival_s"):
+        Request(0, -0.1, 1, 1)
+    with pytest.raises(RequestError, match="does-not-exist"):
+        load_trace(tmp_path / "does-not-exist.csv")
