@@ -131,3 +131,14 @@ def test_topo_show_and_import(tmp_path, capsys):
     capsys.readouterr()
     assert main(["topo", "show", str(out)]) == 0
     assert "H200" in capsys.readouterr().out
+
+
+def test_simulate_on_a_cluster_preset(tmp_path, capsys):
+    p = write(tmp_path, "topology: cluster-2x8-rail\ntransfers:\n"
+                        "  - {id: a, src: node0.gpu0, dst: node1.gpu0, bytes: 1GiB}\n"
+                        "  - {id: b, src: node1.host, dst: node1.gpu3, bytes: 1GiB}\n")
+    assert main(["simulate", str(p), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a = out["transfers"][0]
+    # One 400 Gb/s NIC (92% efficient) is the bottleneck of a cross-node GPU-to-GPU copy.
+    assert a["finish_s"] == pytest.approx(2**30 / (400e9 / 8 * 0.92), rel=1e-3)
