@@ -67,7 +67,7 @@ def open_device() -> DeviceLayer | None:
 
 def reps_for(nbytes: int, suite: str) -> tuple[int, int]:
     """(repetitions, warm-ups): many for latency-bound sizes, few where one copy takes milliseconds."""
-    reps = 21 if nbytes <= (1 << 20) else 11 if nbytes <= (64 << 20) else 5
+    reps = 21 if nbytes <= (1 << 20) else 11 if nbytes <= (64 << 20) else 9
     if suite == "quick":
         reps = max(3, reps // 2)
     return reps, 2
@@ -88,7 +88,15 @@ def _summarise_copies(case: Case, samples: list[dict[str, dict[str, float]]]) ->
     if alone:
         finish = {ids[0]: own[ids[0]]}
     q = sorted(spans)
+    # Equal copies are served in an order that changes from one repetition to the next, so per-copy
+    # medians mix positions; the k-th earliest finish of each repetition (an order statistic) does not.
+    ranked = [sorted(s["finish_s"][i] for i in ids) for s in samples]
+    ranked_own = [sorted(s["own_s"][i] for i in ids) for s in samples]
     return {"reps": len(samples), "makespan_s": makespan, "finish_s": finish, "own_s": own,
+            "finish_sorted_s": [_median([r[k] for r in ranked]) for k in range(len(ids))],
+            "own_sorted_s": [_median([r[k] for r in ranked_own]) for k in range(len(ids))],
+            "raw_finish_s": {i: [s["finish_s"][i] for s in samples] for i in ids},
+            "raw_own_s": {i: [s["own_s"][i] for s in samples] for i in ids},
             "spread_s": q[-1] - q[0], "makespan_common_clock_s": _median(spans)}
 
 

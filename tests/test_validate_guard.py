@@ -1,0 +1,47 @@
+"""CI guard: the committed measurements, re-simulated with the committed profiles, stay within the bound.
+
+For every machine folder `validate/data/<machine>/` (measured.json, report/summary.json) the bundled profile
+`hwmodels/profiles/<machine>.json` is applied to every measured case; the held-out makespan error of the
+modelled patterns must stay within the `ci_bound` the report documented (docs/validation.md quotes it). A
+change to the engine, the presets or a profile that makes the simulator worse at predicting real hardware
+fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hwmodels.calibration import bundled_profile_path, load_profile
+from validate.cases import HELD_OUT
+from validate.measurements import load_measurements
+from validate.report import compare, load_summary, summarise
+
+DATA = Path(__file__).resolve().parents[1] / "validate" / "data"
+MACHINES = sorted(p.name for p in DATA.glob("*") if (p / "measured.json").exists()) if DATA.exists() else []
+
+
+def test_some_machine_is_committed() -> None:
+    assert MACHINES, "no committed measurements under validate/data/"
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_held_out_error_within_documented_bound(machine: str) -> None:
+    m = load_measurements(DATA / machine / "measured.json")
+    profile = load_profile(bundled_profile_path(machine))
+    bound = load_summary(DATA / machine / "report" / "summary.json")["ci_bound"]
+    df, _ = compare(m, profile)
+    held = summarise(df)[HELD_OUT]["modelled"]
+    assert held["n"] > 0
+    assert held["median"] <= bound["median"], f"{machine}: held-out median {held['median']:.3f} > {bound}"
+    assert held["p90"] <= bound["p90"], f"{machine}: held-out p90 {held['p90']:.3f} > {bound}"
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_preset_loads_the_committed_profile(machine: str) -> None:
+    from hwmodels import presets
+
+    m = load_measurements(DATA / machine / "measured.json")
+    topo = presets.get(m.preset)
+    assert topo.calibration_id == load_profile(bundled_profile_path(machine)).id
