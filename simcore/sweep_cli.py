@@ -138,7 +138,8 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     with _report_corrupt_files():
         df = store.load(args.study, args.source)
     if df.empty:
-        raise StoreError(f"no results for study {args.study!r} in {store.root}")
+        which = f"{args.source} " if args.source else ""
+        raise StoreError(f"no {which}results for study {args.study!r} in {store.root}")
     failed = df[df["error"].notna()]
     if args.failed:
         table = failed[["point_id", *param_columns(failed), "error"]].drop_duplicates()
@@ -147,6 +148,10 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     ok = df[df["error"].isna()]
     if args.metric:
         ok = ok[ok["metric"].isin(args.metric)]
+    if ok.empty:
+        raise StoreError(f"study {args.study!r} has no successful rows"
+                         + (f" of metric {', '.join(args.metric)}" if args.metric else "")
+                         + (f"; {failed['point_id'].nunique()} failed point(s): use --failed" if len(failed) else ""))
     params = [c for c in param_columns(ok) if ok[c].notna().any()]
     index = ["point_id", *params, "topology", "source"]
     # A conditional axis leaves other points without the parameter; show "-" so pivoting keeps them.
