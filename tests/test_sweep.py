@@ -154,6 +154,9 @@ def test_example_fanout_runs_and_traces(tmp_path: Path) -> None:
     bw = df[df["metric"] == "per_gpu_GBps"]
     assert (bw["value"] > 0).all() and set(bw["unit"]) == {"GB/s"}
     assert df["calibration_id"].iloc[0].startswith("default-")
+    path, _ = trace_point(study, df["point_id"].iloc[0], tmp_path / "traces")
+    events = json.loads(path.read_text())["traceEvents"]
+    assert any(e.get("ph") == "X" and e.get("cat") == "transfer" for e in events)  # Perfetto slices
 
 
 # ---------------------------------------------------------------------------------------------- bad input
