@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import CalibrationError
+from .fileio import atomic_write_text, read_yaml
 
 FORMAT_VERSION = 1
 PATH_CLASSES = ("d2d", "h2d", "d2h", "p2p-nvlink", "p2p-pcie", "h2h", "rdma", "nvme")
@@ -87,10 +86,7 @@ class CalibrationProfile:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so an interrupted run leaves no half profile."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def _num(where: str, value: Any, *, positive: bool = True) -> float:
@@ -156,16 +152,7 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
 
 def load_profile(path: str | Path) -> CalibrationProfile:
     """Read a profile file (JSON or YAML) with errors that name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read calibration profile ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
-    return profile_from_dict(data, where=str(path))
+    return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
 
 
 def bundled_profile_path(name: str) -> Path:

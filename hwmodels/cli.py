@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import yaml
 
 from .errors import TopologyError
+from .fileio import atomic_write_text
 from .presets import apply_calibration, get
 from .topofile import load_topology_file, topology_to_dict
 from .topology import Topology
@@ -43,9 +43,7 @@ def _import(args: argparse.Namespace) -> int:
         raise TopologyError(f"{args.file}: {exc}") from None
     doc = yaml.safe_dump(topology_to_dict(topo), sort_keys=False)
     if args.out:
-        tmp = f"{args.out}.tmp"
-        Path(tmp).write_text(doc)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, doc)
         print(f"wrote {args.out}: {len(topo.gpus())} GPUs, {topo.graph.number_of_edges()} links")
     else:
         print(doc, end="")

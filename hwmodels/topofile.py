@@ -30,9 +30,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import TopologyError
+from .fileio import read_yaml
 from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
 from .topology import Topology
 
@@ -125,14 +124,7 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
 
 
 def load_topology_file(path: str | Path) -> Topology:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read topology file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path}: malformed YAML/JSON ({str(exc).splitlines()[0]})") from None
-    return topology_from_dict(data, str(path))
+    return topology_from_dict(read_yaml(path, TopologyError, "topology file"), str(path))
 
 
 def topology_to_dict(t: Topology) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hwmodels import presets
 from hwmodels.errors import FabricsimError
+from hwmodels.fileio import read_yaml
 from hwmodels.topology import Topology
 
 from .errors import ScenarioError
@@ -99,17 +98,7 @@ class Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file; raises `ScenarioError` naming the file and field on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{path}: malformed YAML/JSON{where}: {problem}") from None
+    data = read_yaml(path, ScenarioError, "scenario")
     return parse_scenario(data, source=str(path), base_dir=path.parent)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hwmodels.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .records import Record, Result
@@ -68,10 +69,7 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
 
 def write_perfetto(result: Result, path: str | os.PathLike) -> None:
     """Write the trace atomically (temp file + rename)."""
-    path = Path(path)
     doc = {"traceEvents": trace_events(result), "displayTimeUnit": "ns",
            "otherData": {"topology": result.topology, "calibration": result.calibration_id or "none",
                          "makespan_s": result.makespan_s}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(doc))

@@ -1,0 +1,42 @@
+"""Reading and writing the project's small structured files (scenarios, topologies, profiles, results).
+
+Two rules every layer follows, kept here once: a file is written to a temporary name and renamed into
+place, so an interrupted run never leaves a partial file; and a file that cannot be read or parsed raises the
+caller's typed error with the path and one line saying why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
+    """Parse a YAML (or JSON) file; raise `error` naming the path (and line) when it cannot be read or parsed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{path}: malformed YAML/JSON{where}: {problem}") from None
