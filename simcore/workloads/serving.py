@@ -181,6 +181,7 @@ class Instance:
         self.kv_read_bytes = 0.0
         self.kv_alloc: int | None = None
         self._base: dict[int, Any] = {}
+        self.max_running = 0
 
     # ---- queue ------------------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -240,6 +241,7 @@ class Instance:
             if math.isnan(seq.admitted_s):
                 seq.admitted_s = self.sim.now
             self.running.append(seq)
+            self.max_running = max(self.max_running, len(self.running))
             if from_swap:
                 if seq.swapped_bytes > 0:
                     yield self.move_all("h2d", seq.swapped_bytes, self.layout.page_copies(seq.kv_tokens), "kv-swap-in")
@@ -762,6 +764,7 @@ class ServingResult:
             "kv_bytes_read_per_token": (kv_read / toks, "B/token"),
             "preemptions": (float(self.system.preemptions), "count"),
             "steps": (float(sum(i.steps for i in self.system.instances)), "count"),
+            "max_batch": (float(max(i.max_running for i in self.system.instances)), "sequences"),
         }
 
 
