@@ -90,7 +90,7 @@ def _hgx_node(t: Topology, p: str, model: str, n_gpus: int, uplink_lanes: int, n
         t.add_link(gpu, nvsw, "nvlink", nvl.Bps, nvl.latency_s / 2)
         if nics:
             nic = NICSpec()
-            t.add_component(f"{p}nic{g}", "nic", spec=nic)
+            t.add_component(f"{p}nic{g}", "nic", spec=nic, gpu=gpu)  # GPUDirect pairing, see Topology._shortest
             t.add_link(f"{p}nic{g}", f"{p}pcisw{g // 2}", "pcie", pcie.Bps, pcie.latency_s)
     for i, cpu in enumerate(cpus):
         _nvme(t, p, i, cpu)

@@ -207,11 +207,22 @@ class Topology:
     def _shortest(self, src: str, dst: str) -> list[str]:
         g = self.graph
 
+        # A NIC paired with a GPU (its `gpu` attribute) carries that GPU's RDMA traffic only: on the machine of a
+        # GPU endpoint, no other GPU's NIC is transit (two GPUs behind one PCIe switch must not share one NIC).
+        gpu_ends = [n for n in (src, dst) if g.nodes[n]["kind"] == "gpu"]
+
+        def foreign_nic(n: str) -> bool:
+            own = g.nodes[n].get("gpu")
+            return own is not None and any(own != e and own.rpartition(".")[0] == e.rpartition(".")[0]
+                                           for e in gpu_ends)
+
         def weight(u: str, v: str, d: dict) -> float | None:
             # Endpoints are never transit: a copy does not hop through another GPU's HBM or a DRAM socket.
             if v != dst and g.nodes[v]["kind"] in ENDPOINT_KINDS:
                 return None
             if u != src and g.nodes[u]["kind"] in ENDPOINT_KINDS:
+                return None
+            if foreign_nic(v) or foreign_nic(u):
                 return None
             # Cost of moving a 1 MB reference chunk: prefers wide links (NVLink over PCIe) and, among equals,
             # low latency; the epsilon prefers fewer hops.
