@@ -72,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default=None, help="study file to sweep (default: 1,000 fan-out points)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each mode; the median by wall time is kept")
     ap.add_argument("--label", default=socket.gethostname().split(".")[0])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -85,8 +86,14 @@ def main() -> None:
             path.write_text(BENCH_STUDY)
             study = load_study(path)
         n = len(study.points())
-        pool = _measure(study, args.workers, Path(tmp) / "pool")
-        serial = _measure(study, 1, Path(tmp) / "serial")
+        # Median of repeats by wall time: the dev machine is shared, single runs wobble.
+        pools = sorted((_measure(study, args.workers, Path(tmp) / f"pool{i}") for i in range(args.repeat)),
+                       key=lambda r: r["wall_s"])
+        serials = sorted((_measure(study, 1, Path(tmp) / f"serial{i}") for i in range(args.repeat)),
+                         key=lambda r: r["wall_s"])
+        pool, serial = pools[len(pools) // 2], serials[len(serials) // 2]
+        pool["wall_s_all"] = [r["wall_s"] for r in pools]
+        serial["wall_s_all"] = [r["wall_s"] for r in serials]
     print(f"{study.name}: {n} points, {args.workers} workers: {pool['wall_s']:.2f} s wall, "
           f"{pool['points_per_s']:.0f} points/s, runner overhead {pool['overhead_per_point_ms']:.2f} ms/point "
           f"(serial: {serial['wall_s']:.2f} s, {serial['overhead_per_point_ms']:.2f} ms/point)")
@@ -99,6 +106,7 @@ def main() -> None:
                     "loadavg_1min_before": round(load_before, 2)},
         "study": study.name,
         "grid_points": n,
+        "repeats": args.repeat,
         "pool": pool,
         "serial": serial,
         "target_overhead_per_point_ms": 5.0,
