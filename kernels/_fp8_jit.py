@@ -90,9 +90,21 @@ def quant_block(x, q, scales, n, nscales, block_size, ROWS: tl.constexpr, BS: tl
 
 
 @triton.jit
-def dequant(q, scales, out, n, block_size, BLOCK: tl.constexpr):
+def dequant(q, scales, out, n, BLOCK: tl.constexpr):
+    # one scale for the whole tensor
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    s = tl.load(scales + offs // block_size, mask=m, other=1.0)
-    v = e4m3_bits_to_f32(tl.load(q + offs, mask=m, other=0)) * s
+    v = e4m3_bits_to_f32(tl.load(q + offs, mask=m, other=0)) * tl.load(scales)
+    tl.store(out + offs, f32_to_bf16_bits(v), mask=m)
+
+
+@triton.jit
+def dequant_block(q, scales, out, n, nscales, block_size, ROWS: tl.constexpr, BS: tl.constexpr):
+    # a tile of ROWS scale blocks: one scale load per row instead of one gather per element
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BS)
+    offs = rows[:, None] * block_size + cols[None, :]
+    m = (cols[None, :] < block_size) & (offs < n) & (rows[:, None] < nscales)
+    s = tl.load(scales + rows, mask=rows < nscales, other=1.0)
+    v = e4m3_bits_to_f32(tl.load(q + offs, mask=m, other=0)) * s[:, None]
     tl.store(out + offs, f32_to_bf16_bits(v), mask=m)

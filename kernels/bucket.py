@@ -4,9 +4,10 @@ Bucketed weight sync sends parameters in a few large buffers instead of hundreds
 with one `copy_` per tensor costs a launch per tensor (microseconds each, and thousands of them); here one
 launch moves every tensor. The host builds a table (source address, size, offset in the bucket) and the
 prefix sum of each tensor's chunk count; every program binary-searches that prefix sum for its tensor and
-copies one chunk. Tensors start at 16-byte-aligned bucket offsets, so a layout whose tensors all have
-4-byte-multiple sizes and 16-byte-aligned addresses moves 16-byte vectors; otherwise it falls back to
-bytes (the table of one launch shares one word size).
+copies one chunk. Tensors start at 16-byte-aligned bucket offsets, so when every tensor address is
+16-byte aligned (the allocators' default) bodies move as 16-byte vectors and each tensor's last 1-3
+bytes (odd-sized bf16 tensors, say) are copied bytewise by its last program; a misaligned view anywhere
+in the list makes the whole launch bytewise.
 """
 
 from __future__ import annotations
@@ -111,11 +112,12 @@ def _launch(bucket: torch.Tensor, layout: BucketLayout, tensors: Sequence[torch.
     prefer = bucket.device if bucket.device.type == "cuda" else None
     run_on = launch_device([bucket, *(t for t, _ in live)], prefer)
     addrs = [t.data_ptr() for t, _ in live]
-    word4 = all(a % 16 == 0 for a in addrs) and all(e.nbytes % 4 == 0 for _, e in live) \
-        and bucket.data_ptr() % 16 == 0
+    # Word path when every address is 16-byte aligned (the allocators' default; bucket offsets always
+    # are): int32 words for each tensor's body, its last 1-3 bytes copied byte by byte.
+    word4 = all(a % 16 == 0 for a in [*addrs, bucket.data_ptr()])
     word = 4 if word4 else 1
     chunk = CHUNK_BYTES // word
-    counts = [(e.nbytes // word + chunk - 1) // chunk for _, e in live]
+    counts = [max(1, (e.nbytes // word + chunk - 1) // chunk) for _, e in live]
     prefix = [0]
     for c in counts:
         prefix.append(prefix[-1] + c)
@@ -124,14 +126,15 @@ def _launch(bucket: torch.Tensor, layout: BucketLayout, tensors: Sequence[torch.
     unit = 16 if word4 else 1
     anchor = bucket.data_ptr()
     table = torch.tensor(
-        [[(a - anchor) // unit, e.offset // unit, e.nbytes // word] for a, (_, e) in zip(addrs, live, strict=True)],
+        [[(a - anchor) // unit, e.offset // unit, e.nbytes] for a, (_, e) in zip(addrs, live, strict=True)],
         dtype=torch.int64,
     ).to(run_on)
     starts = torch.tensor(prefix, dtype=torch.int64).to(run_on)
     words = bucket[: bucket.numel() // 4 * 4].view(torch.int32) if word4 else bucket
     with device_context(run_on):
         _kernel()[(prefix[-1],)](
-            table, starts, len(live), words, TO_BUCKET=to_bucket, UNIT=unit // word, CHUNK=chunk, num_warps=8
+            table, starts, len(live), words, bucket, TO_BUCKET=to_bucket, UNIT=unit // word, WORD=word,
+            CHUNK=chunk, num_warps=8,
         )
 
 
@@ -140,8 +143,8 @@ def _kernel():
     triton, tl = triton_modules()
 
     @triton.jit
-    def bucket_copy(table, starts, n_tensors, bucket, TO_BUCKET: tl.constexpr, UNIT: tl.constexpr,
-                    CHUNK: tl.constexpr):
+    def bucket_copy(table, starts, n_tensors, bucket, bucket_bytes, TO_BUCKET: tl.constexpr, UNIT: tl.constexpr,
+                    WORD: tl.constexpr, CHUNK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         lo = pid * 0  # int64 loop-carried values even when Triton specialises n_tensors == 1 to a constant
         hi = pid * 0 + n_tensors
@@ -152,9 +155,12 @@ def _kernel():
             else:
                 hi = mid
         chunk = pid - tl.load(starts + lo)
-        tptr = bucket + tl.load(table + lo * 3) * UNIT
-        bptr = bucket + tl.load(table + lo * 3 + 1) * UNIT
-        n = tl.load(table + lo * 3 + 2)
+        t_off = tl.load(table + lo * 3)
+        b_off = tl.load(table + lo * 3 + 1)
+        nbytes = tl.load(table + lo * 3 + 2)
+        tptr = bucket + t_off * UNIT
+        bptr = bucket + b_off * UNIT
+        n = nbytes // WORD
         offs = chunk * CHUNK + tl.arange(0, CHUNK)
         if (chunk + 1) * CHUNK <= n:
             if TO_BUCKET:
@@ -167,5 +173,15 @@ def _kernel():
                 tl.store(bptr + offs, tl.load(tptr + offs, mask=m), mask=m)
             else:
                 tl.store(tptr + offs, tl.load(bptr + offs, mask=m), mask=m)
+        if WORD > 1:  # noqa: SIM102 - a compile-time branch around a run-time one
+            if (chunk + 1) * CHUNK >= n:  # the tensor's last program copies its last nbytes % WORD bytes
+                tb = bucket_bytes + t_off * (UNIT * WORD)
+                bb = bucket_bytes + b_off * (UNIT * WORD)
+                o = n * WORD + tl.arange(0, WORD)
+                mb = o < nbytes
+                if TO_BUCKET:
+                    tl.store(bb + o, tl.load(tb + o, mask=mb), mask=mb)
+                else:
+                    tl.store(tb + o, tl.load(bb + o, mask=mb), mask=mb)
 
     return bucket_copy

@@ -32,8 +32,8 @@ def quantize_ref(x: torch.Tensor, block_size: int | None = None) -> tuple[torch.
     flat = x.reshape(-1).float()
     if block_size is None:
         amax = flat.abs().max() if flat.numel() else torch.zeros((), device=x.device)
-        scales = _scale(amax.reshape(1))
-        inv = 1.0 / scales
+        scales = _scale(amax.reshape(1).float())
+        inv = _reciprocal(scales)
         q = (flat * inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         return q.reshape(x.shape), scales
     nb = (flat.numel() + block_size - 1) // block_size
@@ -41,7 +41,7 @@ def quantize_ref(x: torch.Tensor, block_size: int | None = None) -> tuple[torch.
     padded[: flat.numel()] = flat
     blocks = padded.reshape(nb, block_size)
     scales = _scale(blocks.abs().amax(dim=1)) if nb else torch.ones(0, device=x.device)
-    inv = 1.0 / scales
+    inv = _reciprocal(scales)
     q = (blocks * inv[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q.reshape(-1)[: flat.numel()].reshape(x.shape), scales
 
@@ -54,7 +54,13 @@ def dequantize_ref(q: torch.Tensor, scales: torch.Tensor, block_size: int | None
 
 
 def _scale(amax: torch.Tensor) -> torch.Tensor:
-    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).float()
+    # Tensor-by-tensor division: IEEE division on every device (PyTorch divides a CUDA tensor by a Python
+    # scalar as a multiplication by its reciprocal, which can differ in the last bit).
+    return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax)).float()
+
+
+def _reciprocal(scales: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(scales) / scales
 
 
 def quantize(
@@ -113,12 +119,17 @@ def dequantize(
     if n == 0:
         return out
     run_on = launch_device([q, out, scales], out.device if out.device.type == "cuda" else None)
+    qi, oi = q.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.int16)
+    k = _kernels()
     with device_context(run_on):
-        grid = ((n + TENSOR_BLOCK - 1) // TENSOR_BLOCK,)
-        _kernels()["dequant"][grid](
-            q.reshape(-1).view(torch.uint8), scales, out.reshape(-1).view(torch.int16), n,
-            block_size if block_size is not None else n, BLOCK=TENSOR_BLOCK, num_warps=8,
-        )
+        if block_size is None:
+            k["dequant"][((n + TENSOR_BLOCK - 1) // TENSOR_BLOCK,)](qi, scales, oi, n, BLOCK=TENSOR_BLOCK,
+                                                                   num_warps=8)
+        else:
+            bs = _next_pow2(block_size)
+            rows = max(1, 4096 // bs)
+            k["dequant_block"][((nscales + rows - 1) // rows,)](qi, scales, oi, n, nscales, block_size, ROWS=rows,
+                                                                BS=bs, num_warps=8)
     return out
 
 
@@ -136,4 +147,5 @@ def _kernels() -> dict:
         "quant_tensor": _fp8_jit.quant_tensor,
         "quant_block": _fp8_jit.quant_block,
         "dequant": _fp8_jit.dequant,
+        "dequant_block": _fp8_jit.dequant_block,
     }

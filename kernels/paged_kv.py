@@ -19,7 +19,8 @@ import torch
 from kernels._runtime import device_context, launch_device, triton_modules
 from kernels.errors import KernelInputError
 
-CHUNK_BYTES = 8192  # bytes one program moves per page: small pages take one program each
+CHUNK_BYTES = 8192  # bytes per tile (2048 int32 words: 16 bytes x 2 per thread of 8 warps, unrolled x4)
+TILES_PER_PROGRAM = 4  # up to 32 KiB per program, as in bulk_copy: enough bytes in flight per program
 
 KVCache = torch.Tensor | Sequence[torch.Tensor]
 
@@ -129,12 +130,14 @@ def _launch(
     page_words = page_bytes // word
     chunk_words = min(CHUNK_BYTES // word, _next_pow2(page_words))
     chunks = (page_words + chunk_words - 1) // chunk_words
-    grid = (n_pages * chunks, len(ps))
+    tiles = min(TILES_PER_PROGRAM, chunks)
+    groups = (chunks + tiles - 1) // tiles
+    grid = (n_pages * groups, len(ps))
     buf_words = buf.reshape(-1).view(torch.uint8).view(torch.int32 if word == 4 else torch.uint8)
     with device_context(run_on):
         _kernel()[grid](
-            plane_tab, table, buf_words, n_pages, chunks, page_words, block_stride // unit,
-            GATHER=gather, UNIT=unit // word, CHUNK=chunk_words, num_warps=4,
+            plane_tab, table, buf_words, n_pages, groups, page_words, block_stride // unit,
+            GATHER=gather, UNIT=unit // word, CHUNK=chunk_words, TILES=tiles, num_warps=8,
         )
 
 
@@ -148,27 +151,29 @@ def _kernel():
 
     @triton.jit
     def page_copy(
-        plane_tab, table, buf, n_pages, chunks, page_words, block_stride,
-        GATHER: tl.constexpr, UNIT: tl.constexpr, CHUNK: tl.constexpr,
+        plane_tab, table, buf, n_pages, groups, page_words, block_stride,
+        GATHER: tl.constexpr, UNIT: tl.constexpr, CHUNK: tl.constexpr, TILES: tl.constexpr,
     ):
         pid = tl.program_id(0)
         plane = tl.program_id(1)
-        page = pid // chunks
-        chunk = pid % chunks
+        page = pid // groups
+        group = pid % groups
         block = tl.load(table + page).to(tl.int64)
         pages_off = buf + (tl.load(plane_tab + plane) + block * block_stride) * UNIT
         buf_off = buf + (plane.to(tl.int64) * n_pages + page) * page_words
-        offs = chunk * CHUNK + tl.arange(0, CHUNK)
-        if (chunk + 1) * CHUNK <= page_words:
-            if GATHER:
-                tl.store(buf_off + offs, tl.load(pages_off + offs))
+        for i in tl.static_range(TILES):
+            chunk = group * TILES + i
+            offs = chunk * CHUNK + tl.arange(0, CHUNK)
+            if (chunk + 1) * CHUNK <= page_words:  # full chunk: unmasked, keeps 16-byte vectors
+                if GATHER:
+                    tl.store(buf_off + offs, tl.load(pages_off + offs))
+                else:
+                    tl.store(pages_off + offs, tl.load(buf_off + offs))
             else:
-                tl.store(pages_off + offs, tl.load(buf_off + offs))
-        else:
-            m = offs < page_words
-            if GATHER:
-                tl.store(buf_off + offs, tl.load(pages_off + offs, mask=m), mask=m)
-            else:
-                tl.store(pages_off + offs, tl.load(buf_off + offs, mask=m), mask=m)
+                m = offs < page_words
+                if GATHER:
+                    tl.store(buf_off + offs, tl.load(pages_off + offs, mask=m), mask=m)
+                else:
+                    tl.store(pages_off + offs, tl.load(buf_off + offs, mask=m), mask=m)
 
     return page_copy

@@ -32,6 +32,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernels.errors import PoolError
+
 HEAD, SEQ0, SEQ1 = 0, 1, 2
 N_WORDS = 3
 
@@ -114,7 +116,7 @@ def publish(double: bool) -> Generator[Op, Any, int]:
         return version
     version = words[SEQ0] + 2
     if words[SEQ0] & 1:
-        raise RuntimeError("publish found the seqlock odd: an earlier publish did not finish")
+        raise PoolError("publish found the seqlock odd: an earlier publish did not finish (close the pool)")
     yield Store(SEQ0, version - 1)
     yield WriteSlot(0, version)
     yield Store(SEQ0, version)

@@ -212,6 +212,7 @@ class WeightPool:
         self._header = header
         self._store = _store_word_fn()
         self._closed = False
+        self.last_flip_ns = 0  # host clock (perf_counter_ns) when the last publish's flip was enqueued
         _LOCAL_POOLS[id(self)] = self.mem
 
     def views(self, slot: int = 0) -> dict[str, torch.Tensor]:
@@ -230,61 +231,58 @@ class WeightPool:
         """Write a new version and make it visible; returns the new version (even).
 
         Either copy `tensors` (name -> tensor, any subset) into the slot, or call `fill(views)`, which must
-        enqueue its writes on the current stream (this method makes the pool's stream current).
+        enqueue its writes on the current stream (the pool's stream is current while it runs).
         In double-buffered mode the slot filled is the idle one: it holds the version before last, so
-        `fill` should overwrite what it wants to publish.
+        `fill` should overwrite everything it wants to publish.
         """
-        self._check_open()
-
-        def execute(op: seqlock.Op) -> Any:
-            if isinstance(op, seqlock.Load):
-                return tuple(self._words)
-            if isinstance(op, seqlock.Store):
-                self._store_word(op.index, op.value)
-                return None
-            assert isinstance(op, seqlock.WriteSlot)
-            views = self.views(op.slot)
-            if tensors is not None:
-                for name, t in tensors.items():
-                    if name not in views:
-                        raise KernelInputError(f"pool has no tensor named {name!r}")
-                    if t.shape != views[name].shape or t.dtype != views[name].dtype:
-                        raise KernelInputError(f"{name!r} must be {views[name].dtype}{list(views[name].shape)}")
-                    views[name].copy_(t, non_blocking=True)
+        tensors = dict(tensors or {})
+        for name, t in tensors.items():  # checked before the seqlock goes odd
+            spec = self.layout.spec(name)
+            if tuple(t.shape) != spec.shape or str(t.dtype) != spec.dtype:
+                raise KernelInputError(f"{name!r} must be {spec.dtype}{list(spec.shape)}")
+        with self.writing() as views:
+            for name, t in tensors.items():
+                views[name].copy_(t, non_blocking=True)
             if fill is not None:
                 fill(views)
-            return None
-
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            version = seqlock.run(seqlock.publish(self.double), execute)
-        self.stream.synchronize()
-        return version
+        return self.version()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[dict[str, torch.Tensor]]:
         """Publish in place: yields the slot's views; the new version is published when the block exits.
 
-        The caller's writes must be enqueued on the current stream (the pool's, inside the block).
+        The caller's writes must be enqueued on the current stream (the pool's, inside the block). If the
+        block raises, the version is not published and the pool stays marked as being written (readers
+        retry, later publishes are refused): close it.
         """
         self._check_open()
         gen = seqlock.publish(self.double)
+        pending: list[tuple[int, int]] = []
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             op = next(gen)
             with contextlib.suppress(StopIteration):
                 while True:
+                    if isinstance(op, seqlock.Store):
+                        pending.append((op.index, op.value))  # consecutive stores: one launch
+                        op = gen.send(None)
+                        continue
+                    self._flush(pending)
                     if isinstance(op, seqlock.Load):
                         op = gen.send(tuple(self._words))
-                        continue
-                    if isinstance(op, seqlock.Store):
-                        self._store_word(op.index, op.value)
                     else:
                         yield self.views(op.slot)
-                    op = gen.send(None)
+                        op = gen.send(None)
+            self._flush(pending)
+            self.last_flip_ns = time.perf_counter_ns()
         self.stream.synchronize()
 
-    def _store_word(self, index: int, value: int) -> None:
-        self._store(self._header, index, value)
-        self._words[index] = value
+    def _flush(self, pending: list[tuple[int, int]]) -> None:
+        """Store the pending control words, in order, with system-scope release stores (one launch)."""
+        while pending:
+            batch, pending[:] = pending[:2], pending[2:]
+            self._store(self._header, batch)
+            for index, value in batch:
+                self._words[index] = value
 
     def export(self) -> PoolHandle:
         """The IPC handle readers open (picklable; valid while this writer keeps the pool open)."""
@@ -297,7 +295,7 @@ class WeightPool:
         """Mark the pool closed: readers get `PoolGoneError` from their next operation."""
         if not self._closed:
             self._closed = True
-            self._store(self._header, W_STATE, STATE_CLOSED)
+            self._store(self._header, [(W_STATE, STATE_CLOSED)])
             torch.cuda.synchronize(self.device)
             _LOCAL_POOLS.pop(id(self), None)
 
@@ -318,7 +316,6 @@ class PoolReader:
         self.stream = torch.cuda.Stream(mem.device)
         self.control = _ControlWords(mem, self.stream)
         self.stats = ReadStats()
-        self._slot_guess = 0
 
     @classmethod
     def open(
@@ -435,18 +432,21 @@ class PoolReader:
         raise PoolTimeoutError(f"no consistent read after {self.stats.attempts} attempts")
 
     def _attempt(self, pairs: list[tuple[torch.Tensor, int, int]]) -> seqlock.ReadAttempt:
+        # Single-slot mode always copies slot 0, so load, copy and load are enqueued together and
+        # synchronised once. Double-buffered mode must know the slot first: one extra synchronisation.
+        pipelined = not self.double
         loads: list[torch.Tensor] = []
 
         def execute(op: seqlock.Op) -> Any:
             if isinstance(op, seqlock.Load):
                 buf = self.control.enqueue(len(loads))
                 loads.append(buf)
-                if len(loads) == 2:
-                    self.stream.synchronize()
-                    words = [tuple(b.tolist()) for b in loads]
-                    self._check_state(words[1])
-                    return words[1]
-                return _Deferred(loads, 0)
+                if pipelined and len(loads) == 1:
+                    return _Deferred(loads, 0)
+                self.stream.synchronize()
+                words = tuple(buf.tolist())
+                self._check_state(words)
+                return words
             assert isinstance(op, seqlock.CopySlot)
             base = HEADER_BYTES + op.slot * self.layout.slot_bytes
             with torch.cuda.stream(self.stream):
@@ -456,11 +456,9 @@ class PoolReader:
                                                            non_blocking=True)
             return None
 
+        proto = seqlock.read_attempt_pipelined(False, 0) if pipelined else seqlock.read_attempt(True)
         with torch.cuda.device(self.mem.device):
-            result = seqlock.run(seqlock.read_attempt_pipelined(self.double, self._slot_guess), execute)
-        if self.double and result.version is None:
-            self._slot_guess = self.control.bufs[0].tolist()[seqlock.HEAD] & 1
-        return result
+            return seqlock.run(proto, execute)
 
     def _check_state(self, words: Sequence[int]) -> None:
         if words[W_STATE] != STATE_OPEN:
@@ -500,17 +498,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _store_word_fn() -> Callable[[torch.Tensor, int, int], None]:
-    """Store a control word with a system-scope release (Triton), or a plain fill where Triton is missing."""
+def _store_word_fn() -> Callable[[torch.Tensor, list[tuple[int, int]]], None]:
+    """Store 1-2 control words in order with system-scope release (Triton), or plain fills without Triton."""
     try:
         from kernels import _control_jit
     except ImportError:
-        def fill(header: torch.Tensor, index: int, value: int) -> None:
-            header[index].fill_(value)
+        def fill(header: torch.Tensor, batch: list[tuple[int, int]]) -> None:
+            for index, value in batch:
+                header[index].fill_(value)
 
         return fill
 
-    def store(header: torch.Tensor, index: int, value: int) -> None:
-        _control_jit.store_word[(1,)](header, index, value)
+    def store(header: torch.Tensor, batch: list[tuple[int, int]]) -> None:
+        (i0, v0), (i1, v1) = batch[0], batch[-1]
+        _control_jit.store_words[(1,)](header, i0, v0, i1, v1, TWO=len(batch) == 2)
 
     return store

@@ -45,7 +45,8 @@ def test_pack_unpack_match_reference(sizes: list[tuple[int, int]], seed: int) ->
 
 
 def test_word_path_with_large_tensor() -> None:
-    ts = _tensors([(40_000, 3), (12, 3), (1, 4), (5000, 1)], 3)
+    # bf16 of 8193 elements: exactly one full chunk of words plus a 2-byte tail; 3 uint8 bytes: tail only
+    ts = _tensors([(40_000, 3), (12, 3), (1, 4), (5000, 1), (8193, 1), (3, 0), (16_385, 1)], 3)
     bucket, layout = pack(ts)
     assert all(e.offset % 16 == 0 for e in layout.entries)
     outs = [poison(torch.empty_like(t)) for t in ts]

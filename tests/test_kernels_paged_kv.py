@@ -14,7 +14,8 @@ CASES = [  # layers, blocks, page tokens, heads, head_dim, pages gathered, dtype
     (1, 5, 16, 2, 8, 3, torch.float16),
     (3, 9, 1, 1, 1, 9, torch.uint8),
     (2, 4, 4, 1, 4, 0, torch.float32),  # empty block table
-    (1, 3, 32, 4, 64, 1, torch.bfloat16),  # a page larger than one chunk
+    (1, 3, 32, 4, 64, 1, torch.bfloat16),  # a page of two chunks
+    (1, 3, 100, 4, 64, 2, torch.bfloat16),  # seven chunks: two programs per page, the last partly idle
 ]
 
 

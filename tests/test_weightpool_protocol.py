@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import seqlock
+from kernels.errors import PoolError
 from kernels.seqlock import InMemoryBackend, Interleaving, publish, published_version, read_attempt
 
 N = 6
@@ -158,5 +159,5 @@ def test_pipelined_wrong_slot_guess_is_a_retry() -> None:
 def test_publish_refuses_an_unfinished_seqlock() -> None:
     mem = InMemoryBackend(N, pattern)
     mem.words[seqlock.SEQ0] = 3
-    with pytest.raises(RuntimeError):
+    with pytest.raises(PoolError):
         seqlock.run(publish(False), mem.execute)
