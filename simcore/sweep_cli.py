@@ -17,7 +17,7 @@ from types import FrameType
 
 import pandas as pd
 
-from .store import CorruptResultsWarning, ResultsStore, StoreError, param_columns
+from .store import CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
 from .study import load_study
 
 
@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--source", default=None, help="sim or hw (default: both)")
     show.add_argument("--metric", action="append", default=None, help="only this metric (repeatable)")
     show.add_argument("--failed", action="store_true", help="list failed points and their errors")
+    show.add_argument("--compare", action="store_true",
+                      help="predicted (sim) beside measured (hw) for the same scenario, with relative error")
     show.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
     show.add_argument("--store", default=None, help=store_help)
     show.set_defaults(func=_cmd_results_show)
@@ -148,6 +150,12 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     ok = df[df["error"].isna()]
     if args.metric:
         ok = ok[ok["metric"].isin(args.metric)]
+    if args.compare:
+        table = compare(ok)
+        if table.empty:
+            raise StoreError(f"study {args.study!r} has no scenario with both simulated and measured rows")
+        _print(table.drop(columns=["study"]), args.csv)
+        return 0
     if ok.empty:
         raise StoreError(f"study {args.study!r} has no successful rows"
                          + (f" of metric {', '.join(args.metric)}" if args.metric else "")

@@ -264,3 +264,33 @@ def test_concurrent_sweeps_into_one_store_keep_every_row(tmp_path: Path) -> None
     assert df["run_id"].nunique() == 3
     per_run = df.groupby("run_id")["point_id"].nunique()
     assert (per_run == 120).all() and len(df) == 3 * (119 * 2 + 1)
+
+
+def test_inline_study_runs_on_the_pool(tmp_path: Path) -> None:
+    # A study built in a notebook (lambdas, no file) still runs in parallel: workers are forked.
+    from simcore.study import Grid, Study
+
+    study = Study(name="inline", grid=Grid.product(x=list(range(20))), run=lambda p: {"y": p["x"] + 0.5})
+    report = run_sweep(study, store=tmp_path, workers=2, progress=False, chunk_size=3)
+    assert report.ran == 20 and report.failed == 0
+    df = ResultsStore(tmp_path).load("inline")
+    assert sorted(df["value"]) == [x + 0.5 for x in range(20)]
+    with pytest.raises(SweepError, match="needs a study file"):
+        run_sweep(study, store=tmp_path / "r", backend="ray", progress=False)
+
+
+def test_results_show_compare(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from simcore.store import make_row
+
+    store = ResultsStore(tmp_path)
+    run_sweep(toy_study(tmp_path), store=store, workers=1, progress=False)
+    hw = [make_row(study="toy", run_id="hw1", point_id="m", params={"x": 2, "k": "a", "sleep": 0.0},
+                   metric="y", value=5.0, unit="s", source="hw", device="GPU")]
+    store.write(hw, study="toy", run_id="hw1")
+    code, out, _ = _cli(capsys, "results", "show", "toy", "--compare", "--csv", "--store", str(tmp_path))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "predicted" in lines[0] and "rel_error" in lines[0]
+    row = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+    assert float(row["predicted"]) == 4.0 and float(row["measured"]) == 5.0
+    assert float(row["rel_error"]) == pytest.approx(-0.2)
