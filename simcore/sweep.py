@@ -369,6 +369,8 @@ def run_sweep(
     """
     if backend not in BACKENDS:
         raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if address and backend != "ray":
+        raise SweepError("--address is for the Ray backend; add --backend ray")
     if isinstance(study, str | Path):
         study = load_study(study)
     if not isinstance(store, ResultsStore):

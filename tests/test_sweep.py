@@ -191,7 +191,7 @@ def test_bad_study_files_give_one_line_errors(tmp_path: Path, capsys: pytest.Cap
 def test_unknown_backend_and_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     study = str(toy_study(tmp_path))
     for args, match in ((["--backend", "dask"], "unknown backend 'dask'"), (["--workers", "0"], "--workers"),
-                        (["--limit", "-1"], "--limit")):
+                        (["--limit", "-1"], "--limit"), (["--address", "h:1"], "add --backend ray")):
         code, _, err = _cli(capsys, "sweep", study, "--store", str(tmp_path / "s"), *args)
         assert code == 2 and match in err and err.count("\n") == 1
 
