@@ -304,17 +304,17 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
 
 def _iter_ray(study: Study, chunks: list[list[tuple[str, Point]]], workers: int,
               address: str | None) -> Batches:
+    if study.path is None:
+        raise SweepError("the Ray backend needs a study file (studies/NAME.py), not an inline Study")
+    if address:
+        check_ray_address(address)
     try:
         import ray
     except ModuleNotFoundError:
         raise SweepError("the Ray backend needs ray: pip install 'fabricsim[ray]'") from None
-    if study.path is None:
-        raise SweepError("the Ray backend needs a study file (studies/NAME.py), not an inline Study")
     source = Path(study.path).read_text()
     started_here = False
     if not ray.is_initialized():
-        if address:
-            check_ray_address(address)
         try:
             if address:
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR")
