@@ -294,3 +294,32 @@ def test_results_show_compare(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     row = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
     assert float(row["predicted"]) == 4.0 and float(row["measured"]) == 5.0
     assert float(row["rel_error"]) == pytest.approx(-0.2)
+
+
+def test_sigterm_saves_finished_points_and_exits_130(tmp_path: Path) -> None:
+    study = toy_study(tmp_path, n=150, sleep=0.02)
+    store_dir = tmp_path / "s"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--store", str(store_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list((store_dir / "toy").glob("*.part-*.parquet")) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.terminate()  # SIGTERM to the sweep only, as `kill PID` would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert "pt/s" in err and "ETA" in err  # the progress line (plain text when not a terminal)
+    files = list((store_dir / "toy").iterdir())
+    assert len(files) == 1 and ".part-" not in files[0].name  # flushed and compacted
+    assert 0 < ResultsStore(store_dir).load("toy")["point_id"].nunique() < 450
+
+
+def test_progress_line_shows_rate_eta_and_failures(tmp_path: Path) -> None:
+    import io
+
+    buf = io.StringIO()
+    run_sweep(toy_study(tmp_path), store=tmp_path / "s", workers=1, stream=buf)
+    last = buf.getvalue().strip().splitlines()[-1]
+    assert last.startswith("toy [" + "#" * 24 + "] 36/36") and "pt/s" in last and "failed 1" in last
