@@ -1,0 +1,18 @@
+"""`delta`: send only the values that changed, on top of any transport (`delta:rdma-p2p`, `delta:nccl-broadcast`).
+
+RL fine-tuning with small learning rates changes few bf16 values per step (most updates round away), so a delta
+of (value, index) pairs or a bitmap plus values can be far smaller than the weights. The costs: the sender
+keeps the previous version (one more copy of its shards) and runs a diff kernel over old and new weights; the
+receiver runs a scatter kernel instead of a plain copy. The changed fraction is a parameter, not a claim: it
+depends on learning rate, optimizer and step, and must come from the user's own runs.
+"""
+
+from __future__ import annotations
+
+from .base import Strategy, delta_encoding
+
+
+def delta(inner: Strategy, changed_fraction: float = 0.1) -> Strategy:
+    """`inner` with delta encoding added to its transforms (a new instance; `inner` is unchanged)."""
+    wrapped = type(inner)(inner.knobs, transforms=(*inner.transforms, delta_encoding(changed_fraction)))
+    return wrapped

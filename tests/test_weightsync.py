@@ -1,0 +1,235 @@
+"""Weight-sync strategies: physics bounds, closed forms, byte accounting, memory, version semantics, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwmodels import presets
+from simcore import Simulation
+from simcore.workloads import models
+from simcore.workloads.decode import DecodeBatch, decode_work, path_bandwidth_Bps
+from simcore.workloads.errors import UnknownStrategyError, WorkloadError
+from simcore.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
+from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+from simcore.workloads.weightsync.base import coarsen, delta_encoding
+from simcore.workloads.weightsync.collectives import (
+    ring_bottleneck_Bps,
+    ring_broadcast,
+    ring_broadcast_time,
+    ring_order,
+)
+from simcore.workloads.weightsync.shared_pool import PoolProtocolError, VersionedWeightPool
+
+HGX = presets.get("hgx-h200-8", calibration=None)
+CLUSTER = presets.get("cluster-4x8", calibration=None)
+G = [f"gpu{i}" for i in range(8)]
+STRATEGIES = ["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "shared-pool:zero-copy",
+              "shared-pool:pull-on-publish", "delta:rdma-p2p", "delta:nccl-broadcast"]
+
+
+def setups() -> dict[str, SyncSetup]:
+    llama, qwen = models.get("Llama-3-8B"), models.get("Qwen3-30B-A3B")
+    tr = [f"node{n}.gpu{i}" for n in range(2) for i in range(8)]
+    ro = [f"node{n}.gpu{i}" for n in range(2, 4) for i in range(8)]
+    return {
+        "colocated": SyncSetup(HGX, llama, FSDPLayout(G), RolloutLayout(G, tp=2)),
+        "split": SyncSetup(HGX, qwen, MegatronLayout(G[:4], tp=2, ep=2), RolloutLayout(G[4:], tp=4)),
+        "split-fp8": SyncSetup(HGX, llama, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1), rollout_dtype="fp8"),
+        "cluster": SyncSetup(CLUSTER, llama, FSDPLayout(tr), RolloutLayout(ro, tp=8)),
+    }
+
+
+SETUPS = setups()
+
+
+def ingress_bound_s(setup: SyncSetup, ratio: float) -> float:
+    """Bytes each rollout GPU must receive from elsewhere, over the fastest path into it: no strategy can beat it."""
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    topo = setup.topology
+    bound = 0.0
+    for j, r in enumerate(plan.rollout_gpus):
+        local = sum(float(plan.matrix[i, j]) for i, t in enumerate(plan.trainer_gpus)
+                    if topo.resolve(t) == topo.resolve(r))
+        remote = (float(plan.need_bytes[j]) - local) * ratio
+        best = max(path_bandwidth_Bps(topo, t, r) for t in plan.trainer_gpus if topo.resolve(t) != topo.resolve(r))
+        bound = max(bound, remote / best)
+    return bound
+
+
+@pytest.mark.parametrize("case", list(SETUPS))
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_no_strategy_beats_bytes_over_bottleneck(case: str, name: str) -> None:
+    setup = SETUPS[case]
+    strategy = get(name)
+    res = simulate_sync(setup, strategy)
+    if not res.feasible:
+        assert res.reason  # infeasible configurations say why, and nothing ran
+        assert math.isnan(res.sync_s)
+        return
+    ratio = setup.rollout_ratio
+    for t in strategy.transforms:
+        ratio *= t.ratio
+    if name == "shared-pool:zero-copy":
+        # Nothing moves at sync time; the weights cross the peer path at every decode step instead.
+        plan = reshard(setup.model, setup.trainer, setup.rollout)
+        w = decode_work(setup.model, setup.decode, setup.rollout.tp).weight_bytes
+        remote = max((float(plan.need_bytes[j]) - sum(float(plan.matrix[i, j]) for i, t in enumerate(plan.trainer_gpus)
+                                                     if t == r)) / float(plan.need_bytes[j]) * w
+                     for j, r in enumerate(plan.rollout_gpus))
+        assert res.decode_step_s >= remote / path_bandwidth_Bps(setup.topology, "gpu0", "gpu1") * (1 - 1e-9)
+        return
+    assert res.sync_s >= ingress_bound_s(setup, ratio) * (1 - 1e-9)
+    assert res.stall_s <= res.sync_s + 1e-12
+
+
+@pytest.mark.parametrize(("n", "chunks", "explicit"), [(3, 4, True), (8, 16, True), (8, 64, False), (5, 1, True)])
+def test_ring_broadcast_closed_form(n: int, chunks: int, explicit: bool) -> None:
+    ring = ring_order(HGX, G[:n])
+    S = 256 << 20
+    sim = Simulation(HGX)
+    ring_broadcast(sim, ring, S, chunk_bytes=S / chunks, name="b", explicit=explicit)
+    B = ring_bottleneck_Bps(HGX, ring)
+    lat = HGX.path("gpu0", "gpu1").latency_s
+    expected = S / B * (1 + (n - 2) / chunks) + lat * ((chunks + n - 2) if explicit else (n - 1))
+    assert sim.run().makespan_s == pytest.approx(expected, rel=1e-9)
+    assert ring_broadcast_time(S, n, chunks, B, lat, explicit) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ring_broadcast_coarsened_repeats_pay_each_fill() -> None:
+    ring = ring_order(HGX, G)
+    S, chunk = 1 << 30, 1 << 20
+    B, lat = ring_bottleneck_Bps(HGX, ring), HGX.path("gpu0", "gpu1").latency_s
+    one = ring_broadcast_time(S / 4, 8, 256, B, lat, explicit=False)
+    sim = Simulation(HGX)
+    ring_broadcast(sim, ring, S, chunk_bytes=chunk, name="b", repeats=4)
+    assert sim.run().makespan_s == pytest.approx(4 * one, rel=1e-9)
+
+
+def test_zero_copy_decode_is_weight_bytes_over_peer_bandwidth() -> None:
+    setup = SyncSetup(HGX, models.get("Llama-3-70B"), FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=4),
+                      decode=DecodeBatch(batch=1, context=1))
+    zc = simulate_sync(setup, get("shared-pool:zero-copy"))
+    w = decode_work(setup.model, setup.decode, 4).weight_bytes
+    peer = path_bandwidth_Bps(HGX, "gpu0", "gpu4")
+    latency = HGX.path("gpu0", "gpu4").latency_s
+    assert zc.decode_step_s == pytest.approx(w / peer + latency, rel=1e-6)
+    assert zc.decode_step_s > 5 * zc.decode_step_local_s  # NVLink ~390 GB/s vs HBM ~4.3 TB/s
+    assert zc.stall_s == 0.0 and zc.rollout_weight_bytes == 0.0
+
+
+def test_pull_and_rdma_move_exactly_what_the_plan_says() -> None:
+    setup = SETUPS["cluster"]
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    pull = simulate_sync(setup, get("shared-pool:pull-on-publish"))
+    assert sum(pull.bytes_by_class.values()) == pytest.approx(plan.total_bytes, rel=1e-9)
+    assert set(pull.bytes_by_class) == {"rdma"}
+    rdma = simulate_sync(setup, get("rdma-p2p"), keep_result=True)
+    writes = sum(r.bytes for r in rdma.sim_result.transfers if r.tag == "rdma-write")
+    assert writes == pytest.approx(plan.total_bytes, rel=1e-9)
+
+
+def test_fp8_and_delta_shrink_the_wire() -> None:
+    setup = SETUPS["split-fp8"]
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    res = simulate_sync(setup, get("rdma-p2p"), keep_result=True)
+    writes = sum(r.bytes for r in res.sim_result.transfers if r.tag == "rdma-write")
+    assert writes == pytest.approx(plan.total_bytes * (0.5 + 2 / 128**2), rel=1e-9)
+    full = simulate_sync(SETUPS["split"], get("rdma-p2p"))
+    delta = simulate_sync(SETUPS["split"], get("delta:rdma-p2p", changed_fraction=0.05))
+    assert delta.sync_s < full.sync_s
+    assert delta_encoding(0.01).ratio == pytest.approx(0.01 * 3)  # (bf16 value + int32 index) / bf16
+    assert delta_encoding(0.05).ratio == pytest.approx(0.05 + 1 / 16)  # a bitmap plus values is smaller here
+    assert delta_encoding(0.95).ratio == 1.0  # dense beats any encoding when nearly all values change
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_measured_peak_memory_within_the_precheck(name: str) -> None:
+    for setup in (SETUPS["colocated"], SETUPS["split"]):
+        res = simulate_sync(setup, get(name))
+        if res.feasible:
+            strategy = get(name)
+            plan = reshard(setup.model, setup.trainer, setup.rollout)
+            extra = strategy.extra_memory(setup, plan)
+            keep = sum(t.sender_state for t in strategy.transforms)
+            bound = max((extra.get(g, 0.0) + keep * float(b))
+                        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True))
+            bound = max([bound, *extra.values()])
+            assert res.peak_extra_bytes <= bound + 1
+
+
+def test_infeasible_configurations_are_reported_not_run() -> None:
+    cluster = SETUPS["cluster"]
+    ipc = simulate_sync(cluster, get("cuda-ipc-buckets"))
+    assert not ipc.feasible and "shares no node" in ipc.reason
+    zc = simulate_sync(cluster, get("shared-pool:zero-copy"))
+    assert not zc.feasible and "rdma" in zc.reason
+    big = SyncSetup(HGX, models.get("Llama-3-405B"), FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=4))
+    res = simulate_sync(big, get("rdma-p2p"))
+    assert not res.feasible and "does not fit" in res.reason
+    huge_bucket = simulate_sync(SETUPS["split"], get("nccl-broadcast", bucket_bytes=200 * 2**30))
+    assert not huge_bucket.feasible and "HBM" in huge_bucket.reason
+    assert huge_bucket.metrics()["feasible"] == (0.0, "")
+
+
+def test_bad_input_raises_typed_errors() -> None:
+    with pytest.raises(UnknownStrategyError, match="unknown weight-sync strategy 'carrier-pigeon'.*rdma-p2p"):
+        get("carrier-pigeon")
+    with pytest.raises(UnknownStrategyError, match="inner"):
+        get("delta")
+    with pytest.raises(WorkloadError, match="unknown knob"):
+        get("rdma-p2p", bucket_bytes=1)
+    with pytest.raises(WorkloadError, match="mode"):
+        get("shared-pool:telepathy")
+    with pytest.raises(WorkloadError, match="changed fraction"):
+        get("delta:rdma-p2p", changed_fraction=2.0)
+
+
+def test_blocking_strategies_stall_and_pull_mode_is_stale_instead() -> None:
+    setup = SETUPS["split"]
+    nccl = simulate_sync(setup, get("nccl-broadcast"))
+    pull = simulate_sync(setup, get("shared-pool:pull-on-publish"))
+    assert 0 < nccl.stall_s <= nccl.sync_s and nccl.staleness_versions == 0
+    assert pull.stall_s == pytest.approx(20e-6) and pull.staleness_versions == 1
+    assert pull.stale_fraction == pytest.approx(pull.sync_s / setup.train_step_s)
+
+
+def test_coarsen_keeps_bytes_and_bucket_count() -> None:
+    parts = coarsen(10.5e9, 1e9, 4)
+    assert sum(b for b, _ in parts) == pytest.approx(10.5e9)
+    assert sum(m for _, m in parts) == 11 and len(parts) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.sampled_from(["write", "publish", "acquire", "release"]), max_size=60))
+def test_versioned_pool_never_serves_a_torn_version(ops: list[str]) -> None:
+    pool = VersionedWeightPool()
+    held: list[tuple[int, int]] = []
+    for op in ops:
+        if op == "write":
+            if pool.can_begin_write():
+                slot = pool.begin_write()
+                assert all(s != slot for _, s in held)  # never a slot a reader holds
+            else:
+                with pytest.raises(PoolProtocolError):
+                    pool.begin_write()
+        elif op == "publish":
+            if pool.writing is None:
+                with pytest.raises(PoolProtocolError):
+                    pool.publish()
+            else:
+                v = pool.publish()
+                assert v == pool.version
+        elif op == "acquire":
+            version, slot = pool.acquire()
+            assert pool.slot_data[slot] == version == pool.version  # complete, latest
+            held.append((version, slot))
+        elif held:
+            version, slot = held.pop(0)
+            assert pool.slot_data[slot] == version  # unchanged while held
+            pool.release(slot)
+    for version, slot in held:
+        assert pool.slot_data[slot] == version
