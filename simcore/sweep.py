@@ -111,6 +111,8 @@ def _init_worker(study_or_source: Study | tuple[str, str]) -> None:
     global _WORKER_STUDY
     # Ctrl-C goes to the whole process group; the driver decides what to do, workers just finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI turns SIGTERM into KeyboardInterrupt in the driver; forked workers must not inherit that.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if isinstance(study_or_source, Study):
         _WORKER_STUDY = study_or_source
     else:
