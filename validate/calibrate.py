@@ -37,7 +37,7 @@ from hwmodels.topology import Topology
 from .cases import CALIBRATION, Case
 from .measure import PROFILE_FOR
 from .measurements import Measurements, load_measurements
-from .simulate import base_topology, simulate_case
+from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
 SLOWER_BY = 0.03
 CAP_MIN_BYTES = 64 << 20  # a cap is added only where the model so far is this much faster than measured
@@ -72,10 +72,17 @@ def _profile(base: CalibrationProfile, **kw: Any) -> CalibrationProfile:
     return replace(base, **kw)
 
 
-def _err_finish(case: Case, m: dict[str, Any], topo: Topology) -> float:
-    pred = simulate_case(case, topo)
-    meas = m["finish_s"]
-    return statistics.fmean(abs(pred.finish_s[i] / meas[i] - 1) for i in meas)
+def _err_order(case: Case, m: dict[str, Any], topo: Topology) -> float:
+    """Mean relative error of the k-th earliest finish and of the k-th shortest service time.
+
+    Finish times alone cannot tell FIFO from fair when measured order varies; service times (own-stream
+    durations: a queued copy's clock starts when its engine takes it) can.
+    """
+    fin_p, own_p = predicted_order(simulate_case(case, topo))
+    fin_m, own_m = measured_order(case, m)
+    errs = [abs(p / q - 1) for p, q in zip(fin_p, fin_m, strict=True)]
+    errs += [abs(p / q - 1) for p, q in zip(own_p, own_m, strict=True)]
+    return statistics.fmean(errs)
 
 
 def _bisect_cap(case: Case, measured_s: float, make: Callable[[float], Topology], hi: float) -> float:
@@ -134,11 +141,11 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         errs = {}
         for disc in ("fair", "fifo"):
             trial = _profile(profile, paths={**profile.paths, cls: replace(paths[cls], discipline=disc)})
-            errs[disc] = _err_finish(c, meas[c.id], base_topo.with_calibration(trial))
+            errs[disc] = _err_order(c, meas[c.id], base_topo.with_calibration(trial))
         best = min(errs, key=errs.get)
         paths[cls] = replace(paths[cls], discipline=best)
         profile = _profile(profile, paths=dict(paths))
-        notes.append(f"{cls}: discipline {best} (per-copy finish error fair {errs['fair']:.1%}, "
+        notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
                      f"fifo {errs['fifo']:.1%}; case {c.id})")
 
     # 3. shared caps, where the model so far is faster than measured
@@ -158,7 +165,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         what, spec_of = kind
         if any(cap.name == spec_of(1.0)[0].name for cap in profile.caps):
             continue
-        measured = meas[c.id]["makespan_s"]
+        measured = measured_makespan(c, meas[c.id])
         topo_now = base_topo.with_calibration(profile)
         predicted = simulate_case(c, topo_now).makespan_s
         if predicted >= measured * (1 - SLOWER_BY):

@@ -165,6 +165,7 @@ def load_measurements(path: str | Path) -> Measurements:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "malformed"
+        # A document cut short (a copy interrupted mid-way) does not end with its closing brace.
+        hint = "truncated" if not text.rstrip().endswith("}") else "malformed"
         raise MeasurementError(f"{path}: {hint} JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
     return check_document(doc, str(path))
