@@ -210,7 +210,7 @@ def _paged_case(b: Bench, n_gpu: int, ceilings: dict, total: int, tokens: int) -
 
 
 def bench_bucket(b: Bench, n_gpu: int, ceilings: dict) -> None:
-    from kernels.bucket import BucketLayout, pack, unpack
+    from kernels.bucket import BucketLayout, BucketPlan, pack, unpack
 
     if b.time_left() < 0:
         b.skipped.append("bucket")
@@ -230,7 +230,9 @@ def bench_bucket(b: Bench, n_gpu: int, ceilings: dict) -> None:
         for v, t in zip(views, ts, strict=True):
             v.copy_(t)
 
+    pack_plan, unpack_plan = BucketPlan.build(ts, bucket, layout), BucketPlan.build(outs, bucket, layout)
     cases = [("pack", "d2d", lambda: pack(ts, bucket, layout)), ("unpack", "d2d", lambda: unpack(bucket, layout, outs)),
+             ("pack_plan", "d2d", pack_plan.pack), ("unpack_plan", "d2d", unpack_plan.unpack),
              ("copy_engine_per_tensor_pack", "d2d", loop_pack),
              ("pack", "d2h", lambda: pack(ts, host, layout)), ("unpack", "h2d", lambda: unpack(host, layout, outs))]
     for kernel, path, fn in cases:

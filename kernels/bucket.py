@@ -78,20 +78,85 @@ def unpack_ref(bucket: torch.Tensor, layout: BucketLayout, outs: Sequence[torch.
 def pack(
     tensors: Sequence[torch.Tensor], bucket: torch.Tensor | None = None, layout: BucketLayout | None = None
 ) -> tuple[torch.Tensor, BucketLayout]:
-    """Copy `tensors` into one uint8 bucket in a single launch; returns (bucket, layout)."""
+    """Copy `tensors` into one uint8 bucket in a single launch; returns (bucket, layout).
+
+    Builds a `BucketPlan` each call (host work linear in the number of tensors); to pack the same tensors
+    repeatedly, build the plan once and call `plan.pack()`.
+    """
     layout = layout if layout is not None else BucketLayout.of(tensors)
     if bucket is None:
         device = tensors[0].device if tensors else torch.device("cpu")
         bucket = torch.empty(layout.nbytes, dtype=torch.uint8, device=device)
-    _check(tensors, bucket, layout)
-    _launch(bucket, layout, tensors, to_bucket=True)
+    BucketPlan.build(tensors, bucket, layout).pack()
     return bucket, layout
 
 
 def unpack(bucket: torch.Tensor, layout: BucketLayout, outs: Sequence[torch.Tensor]) -> None:
     """Copy each tensor of `bucket` into `outs` (same shapes and dtypes) in a single launch."""
-    _check(outs, bucket, layout)
-    _launch(bucket, layout, outs, to_bucket=False)
+    BucketPlan.build(outs, bucket, layout).unpack()
+
+
+class BucketPlan:
+    """One bucket and its tensors with the launch table already on the device: pack/unpack = one launch.
+
+    Bucketed weight sync packs the same parameters into the same buffers every step; the per-tensor host
+    work (checks, addresses, the table and its upload) is done once here instead of every call.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: BucketLayout) -> None:
+        self.tensors, self.bucket, self.layout = list(tensors), bucket, layout
+        live = [(t, e) for t, e in zip(tensors, layout.entries, strict=True) if e.nbytes]
+        self.n_live = len(live)
+        if not live:
+            return
+        prefer = bucket.device if bucket.device.type == "cuda" else None
+        self.run_on = launch_device([bucket, *(t for t, _ in live)], prefer)
+        addrs = [t.data_ptr() for t, _ in live]
+        # Word path when every address is 16-byte aligned (the allocators' default; bucket offsets always
+        # are): int32 words for each tensor's body, its last 1-3 bytes copied byte by byte.
+        word4 = all(a % 16 == 0 for a in [*addrs, bucket.data_ptr()])
+        self.word = 4 if word4 else 1
+        self.chunk = CHUNK_BYTES // self.word
+        counts = [max(1, (e.nbytes // self.word + self.chunk - 1) // self.chunk) for _, e in live]
+        prefix = [0]
+        for c in counts:
+            prefix.append(prefix[-1] + c)
+        # Tensor addresses travel as offsets from the bucket in units of `unit` bytes (16 when aligned):
+        # the kernel multiplies them back, so Triton knows each address is 16-byte aligned (vector access).
+        self.unit = 16 if word4 else 1
+        anchor = bucket.data_ptr()
+        self.table = torch.tensor(
+            [[(a - anchor) // self.unit, e.offset // self.unit, e.nbytes] for a, (_, e) in zip(addrs, live,
+                                                                                              strict=True)],
+            dtype=torch.int64,
+        ).to(self.run_on)
+        self.starts = torch.tensor(prefix, dtype=torch.int64).to(self.run_on)
+        self.programs = prefix[-1]
+        self.words = bucket[: bucket.numel() // 4 * 4].view(torch.int32) if word4 else bucket
+
+    @classmethod
+    def build(cls, tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: BucketLayout) -> BucketPlan:
+        """Check `tensors` and `bucket` against `layout` and prepare the launch."""
+        _check(tensors, bucket, layout)
+        return cls(tensors, bucket, layout)
+
+    def pack(self) -> torch.Tensor:
+        """Copy the plan's tensors into its bucket (one launch); returns the bucket."""
+        self._run(True)
+        return self.bucket
+
+    def unpack(self) -> None:
+        """Copy the plan's bucket into its tensors (one launch)."""
+        self._run(False)
+
+    def _run(self, to_bucket: bool) -> None:
+        if not self.n_live:
+            return
+        with device_context(self.run_on):
+            _kernel()[(self.programs,)](
+                self.table, self.starts, self.n_live, self.words, self.bucket, TO_BUCKET=to_bucket,
+                UNIT=self.unit // self.word, WORD=self.word, CHUNK=self.chunk, num_warps=8,
+            )
 
 
 def _check(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: BucketLayout) -> None:
@@ -103,39 +168,6 @@ def _check(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: Bucket
         if tuple(t.shape) != e.shape or t.dtype != e.dtype or not t.is_contiguous():
             raise KernelInputError(f"tensor {i}: expected contiguous {e.dtype}{list(e.shape)}, got "
                                    f"{t.dtype}{list(t.shape)}")
-
-
-def _launch(bucket: torch.Tensor, layout: BucketLayout, tensors: Sequence[torch.Tensor], to_bucket: bool) -> None:
-    live = [(t, e) for t, e in zip(tensors, layout.entries, strict=True) if e.nbytes]
-    if not live:
-        return
-    prefer = bucket.device if bucket.device.type == "cuda" else None
-    run_on = launch_device([bucket, *(t for t, _ in live)], prefer)
-    addrs = [t.data_ptr() for t, _ in live]
-    # Word path when every address is 16-byte aligned (the allocators' default; bucket offsets always
-    # are): int32 words for each tensor's body, its last 1-3 bytes copied byte by byte.
-    word4 = all(a % 16 == 0 for a in [*addrs, bucket.data_ptr()])
-    word = 4 if word4 else 1
-    chunk = CHUNK_BYTES // word
-    counts = [max(1, (e.nbytes // word + chunk - 1) // chunk) for _, e in live]
-    prefix = [0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
-    # Tensor addresses travel as offsets from the bucket in units of `unit` bytes (16 when aligned): the
-    # kernel multiplies them back, so Triton knows each address is 16-byte aligned (vector accesses).
-    unit = 16 if word4 else 1
-    anchor = bucket.data_ptr()
-    table = torch.tensor(
-        [[(a - anchor) // unit, e.offset // unit, e.nbytes] for a, (_, e) in zip(addrs, live, strict=True)],
-        dtype=torch.int64,
-    ).to(run_on)
-    starts = torch.tensor(prefix, dtype=torch.int64).to(run_on)
-    words = bucket[: bucket.numel() // 4 * 4].view(torch.int32) if word4 else bucket
-    with device_context(run_on):
-        _kernel()[(prefix[-1],)](
-            table, starts, len(live), words, bucket, TO_BUCKET=to_bucket, UNIT=unit // word, WORD=word,
-            CHUNK=chunk, num_warps=8,
-        )
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from _gpu import DEVICE, gpu, poison
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.bucket import BucketLayout, pack, pack_ref, unpack, unpack_ref
+from kernels.bucket import BucketLayout, BucketPlan, pack, pack_ref, unpack, unpack_ref
 from kernels.errors import KernelInputError
 
 DTYPES = [torch.uint8, torch.bfloat16, torch.float16, torch.float32, torch.int64]
@@ -52,6 +52,20 @@ def test_word_path_with_large_tensor() -> None:
     outs = [poison(torch.empty_like(t)) for t in ts]
     unpack(bucket, layout, outs)
     assert all(torch.equal(o.view(torch.uint8), t.view(torch.uint8)) for o, t in zip(outs, ts, strict=True))
+
+
+def test_plan_packs_and_unpacks_repeatedly() -> None:
+    ts = _tensors([(3000, 1), (5, 4), (777, 2)], 11)
+    layout = BucketLayout.of(ts)
+    bucket = poison(torch.empty(layout.nbytes, dtype=torch.uint8, device=DEVICE))
+    outs = [poison(torch.empty_like(t)) for t in ts]
+    to_bucket, from_bucket = BucketPlan.build(ts, bucket, layout), BucketPlan.build(outs, bucket, layout)
+    for step in range(2):  # new values each step, same plan
+        for t in ts:
+            t.view(torch.uint8).add_(step + 1)
+        to_bucket.pack()
+        from_bucket.unpack()
+        assert all(torch.equal(o.view(torch.uint8), t.view(torch.uint8)) for o, t in zip(outs, ts, strict=True))
 
 
 def test_layout_mismatch_is_a_typed_error() -> None:
