@@ -35,7 +35,7 @@ from hwmodels.errors import CalibrationError
 from hwmodels.topology import Topology
 
 from .cases import CALIBRATION, Case
-from .measure import PROFILE_FOR
+from .measure import IPC_CLOSE_TIMING, PROFILE_FOR
 from .measurements import Measurements, load_measurements
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
@@ -195,7 +195,12 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     ipc = [c for c in cal if c.group == "ipc"]
     if len(ipc) >= 2:
         costs = {}
-        for key in ("open_s", "close_s"):
+        keys = ["open_s"]
+        if (m.doc.get("settings") or {}).get("ipc_close_timing") == IPC_CLOSE_TIMING:
+            keys.append("close_s")
+        else:
+            notes.append("cuda ipc: close not fitted (this file timed close with a garbage collection inside)")
+        for key in keys:
             a, b = _linear_fit(sorted((c.bytes, meas[c.id][key]) for c in ipc), rate=False)
             costs[key.replace("_s", "")] = {"fixed_s": a, "per_byte_s": b}
         prov["software_costs"] = {"cuda_ipc": costs}

@@ -29,6 +29,8 @@ from .measurements import FORMAT, FORMAT_VERSION, case_to_dict, check_document, 
 PRESET_FOR = {("H100", 1): "h100-1", ("H200", 2): "h200-2", ("H200", 8): "hgx-h200-8", ("H100", 8): "hgx-h100-8"}
 PROFILE_FOR = {"h100-1": "h100x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8"}
 GROUP_ORDER = {"copies": 0, "nccl": 1, "ipc": 2}
+# How IPC close is timed; files without this setting timed it with a garbage collection inside (not comparable).
+IPC_CLOSE_TIMING = "unmap-only"
 
 
 class DeviceLayer(Protocol):
@@ -182,6 +184,7 @@ def measure(device: DeviceLayer, suite: str = "full", *, kind: str = "", budget_
         "suite": suite, "machine": machine, "cases": done, "skipped": skipped,
         "settings": {"CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"),
                      "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE"), "statistic": "median",
+                     "ipc_close_timing": IPC_CLOSE_TIMING,
                      "warmup": 2, "wall_s": time.monotonic() - t0, "budget_s": budget_s},
     }
     check_document(doc, "measurements")
