@@ -123,10 +123,12 @@ def _launch(
     # multiplies them back, so Triton knows every address is 16-byte aligned and emits vector accesses.
     unit = 16 if aligned else 1
     anchor = buf.data_ptr()
-    plane_tab = torch.tensor([(a - anchor) // unit for a in bases], dtype=torch.int64).to(run_on)
-    table = table.to(run_on)
-    if table.numel() and (int(table.min()) < 0 or int(table.max()) >= num_blocks):
+    plane_tab = _plane_table(tuple((a - anchor) // unit for a in bases), run_on)
+    if table.device.type == "cpu" and table.numel() and (int(table.min()) < 0 or int(table.max()) >= num_blocks):
         raise KernelInputError(f"block_table entries must lie in [0, {num_blocks})")
+    # A device-resident table is not checked on the host (that would synchronise every call); the kernel
+    # skips entries outside [0, num_blocks) instead of touching memory outside the cache.
+    table = table.to(run_on)
     page_words = page_bytes // word
     chunk_words = min(CHUNK_BYTES // word, _next_pow2(page_words))
     chunks = (page_words + chunk_words - 1) // chunk_words
@@ -136,9 +138,15 @@ def _launch(
     buf_words = buf.reshape(-1).view(torch.uint8).view(torch.int32 if word == 4 else torch.uint8)
     with device_context(run_on):
         _kernel()[grid](
-            plane_tab, table, buf_words, n_pages, groups, page_words, block_stride // unit,
+            plane_tab, table, buf_words, n_pages, groups, page_words, block_stride // unit, num_blocks,
             GATHER=gather, UNIT=unit // word, CHUNK=chunk_words, TILES=tiles, num_warps=8,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _plane_table(offsets: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The plane offsets on the device, uploaded once per distinct cache/buffer placement."""
+    return torch.tensor(offsets, dtype=torch.int64).to(device)
 
 
 def _next_pow2(n: int) -> int:
@@ -151,7 +159,7 @@ def _kernel():
 
     @triton.jit
     def page_copy(
-        plane_tab, table, buf, n_pages, groups, page_words, block_stride,
+        plane_tab, table, buf, n_pages, groups, page_words, block_stride, num_blocks,
         GATHER: tl.constexpr, UNIT: tl.constexpr, CHUNK: tl.constexpr, TILES: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -159,21 +167,22 @@ def _kernel():
         page = pid // groups
         group = pid % groups
         block = tl.load(table + page).to(tl.int64)
-        pages_off = buf + (tl.load(plane_tab + plane) + block * block_stride) * UNIT
-        buf_off = buf + (plane.to(tl.int64) * n_pages + page) * page_words
-        for i in tl.static_range(TILES):
-            chunk = group * TILES + i
-            offs = chunk * CHUNK + tl.arange(0, CHUNK)
-            if (chunk + 1) * CHUNK <= page_words:  # full chunk: unmasked, keeps 16-byte vectors
-                if GATHER:
-                    tl.store(buf_off + offs, tl.load(pages_off + offs))
+        if (block >= 0) & (block < num_blocks):  # an out-of-range entry copies nothing
+            pages_off = buf + (tl.load(plane_tab + plane) + block * block_stride) * UNIT
+            buf_off = buf + (plane.to(tl.int64) * n_pages + page) * page_words
+            for i in tl.static_range(TILES):
+                chunk = group * TILES + i
+                offs = chunk * CHUNK + tl.arange(0, CHUNK)
+                if (chunk + 1) * CHUNK <= page_words:  # full chunk: unmasked, keeps 16-byte vectors
+                    if GATHER:
+                        tl.store(buf_off + offs, tl.load(pages_off + offs))
+                    else:
+                        tl.store(pages_off + offs, tl.load(buf_off + offs))
                 else:
-                    tl.store(pages_off + offs, tl.load(buf_off + offs))
-            else:
-                m = offs < page_words
-                if GATHER:
-                    tl.store(buf_off + offs, tl.load(pages_off + offs, mask=m), mask=m)
-                else:
-                    tl.store(pages_off + offs, tl.load(buf_off + offs, mask=m), mask=m)
+                    m = offs < page_words
+                    if GATHER:
+                        tl.store(buf_off + offs, tl.load(pages_off + offs, mask=m), mask=m)
+                    else:
+                        tl.store(pages_off + offs, tl.load(buf_off + offs, mask=m), mask=m)
 
     return page_copy

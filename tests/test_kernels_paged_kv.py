@@ -57,10 +57,20 @@ def test_round_trip_with_int32_table() -> None:
     assert torch.equal(other[:, :, table.long()], kv[:, :, table.long()])
 
 
+@gpu
+@pytest.mark.gpu
+def test_out_of_range_device_entries_touch_nothing() -> None:
+    kv = torch.randn(1, 2, 4, 2, 1, 4, device="cuda:0")
+    out = poison(torch.empty(1, 2, 2, 2, 1, 4, device="cuda:0"))
+    gather_pages(kv, torch.tensor([2, 9], device="cuda:0"), out)  # 9 is out of range: its page is skipped
+    assert torch.equal(out[:, :, 0], kv[:, :, 2])
+    assert bool((out[:, :, 1].view(torch.uint8) == 0xA5).all())
+
+
 def test_bad_inputs_are_typed_errors() -> None:
     kv = torch.zeros(1, 2, 4, 2, 1, 4, device=DEVICE)
     with pytest.raises(KernelInputError):
-        gather_pages(kv, torch.tensor([4], device=DEVICE))
+        gather_pages(kv, torch.tensor([4]))  # a host table is checked on the host
     with pytest.raises(KernelInputError):
         gather_pages(kv, torch.tensor([0], device=DEVICE), out=torch.empty(3, device=DEVICE))
     with pytest.raises(KernelInputError):
