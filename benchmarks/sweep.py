@@ -5,15 +5,21 @@ Records wall time, points/s and the runner's own cost per point, simulation excl
 - ``overhead_per_point_ms`` (the pool, ``--workers N``): (wall × workers − Σ time inside point functions)
   / points — everything the runner adds: process start-up, messaging, row building, Parquet flushes,
   compaction, and idle workers at the tail;
-- ``serial_overhead_per_point_ms`` (``workers=1``, in this process): (wall − Σ point time) / points — the
-  bookkeeping alone (rows, Parquet, progress), with no inter-process messaging.
+- ``serial`` (``workers=1``, in this process): (wall − Σ point time) / points — the bookkeeping alone
+  (rows, Parquet, progress), with no inter-process messaging.
 
-The default study is 1,000 points of ``studies/example_fanout.py``'s point function on hgx-h200-8
-(2 directions × 5 fan-outs × 100 sizes, 4 KiB..1 GiB); ``--study PATH`` runs another study file instead
-(e.g. the weight-sync study). Results go to benchmarks/results/sweep-<label>.json.
+Workloads (``--workload``):
 
-    python benchmarks/sweep.py                  # 2 workers (this repo's CI machine has 2 cores)
-    python benchmarks/sweep.py --workers 4 --label h100-host
+- ``weightsync`` (default): 1,000 weight-sync simulations on one 8-GPU node — seeded random points over
+  topology (hgx-h200-8, hgx-h100-8), model (Llama-3-8B, Qwen3-30B-A3B), strategy (5), trainer/rollout
+  split, rollout TP, rollout dtype and KV reserve; tens of ms per point;
+- ``fanout``: 1,000 points of ``studies/example_fanout.py``'s point function on hgx-h200-8 (2 directions
+  × 5 fan-outs × 100 sizes); a few ms per point, so the runner's share is most visible.
+
+``--study PATH`` runs any study file instead. Results go to benchmarks/results/sweep-<label>.json.
+
+    python benchmarks/sweep.py                                   # weightsync, 2 workers, 1 run
+    python benchmarks/sweep.py --workload fanout --repeat 3 --serial --label fanout-cpu2
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,19 +42,57 @@ from simcore.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BENCH_STUDY = f'''
+FANOUT_STUDY = f'''
 import numpy as np
 from simcore.study import Grid, Study, load_study
 
 _fanout = load_study({str(ROOT / "studies" / "example_fanout.py")!r})
 SIZES = sorted({{int(s) for s in np.logspace(12, 30, 100, base=2)}})
 STUDY = Study(
-    name="bench_sweep",
+    name="bench_fanout",
     grid=Grid.product(topology=["hgx-h200-8"], direction=["h2d", "d2h"], fanout=[1, 2, 4, 6, 8], size_bytes=SIZES),
     run=_fanout.run,
     calibration=_fanout.calibration,
 )
 '''
+
+WEIGHTSYNC_STUDY = '''
+from hwmodels import presets
+from simcore.study import Grid, Study, Uniform
+from simcore.workloads import models
+from simcore.workloads.placement import FSDPLayout, RolloutLayout
+from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+
+
+def run(p):
+    gpus = [f"gpu{i}" for i in range(8)]
+    setup = SyncSetup(presets.get(p["topology"]), models.get(p["model"]), FSDPLayout(gpus[: p["trainer_gpus"]]),
+                      RolloutLayout(gpus[p["trainer_gpus"]:], tp=p["rollout_tp"]),
+                      rollout_dtype=None if p["rollout_dtype"] == "bf16" else p["rollout_dtype"],
+                      kv_reserve_fraction=p["kv_reserve"])
+    result = simulate_sync(setup, get(p["strategy"]))
+    return {"feasible": float(result.feasible), "sync_s": (result.sync_s, "s")}
+
+
+STUDY = Study(
+    name="bench_weightsync",
+    grid=Grid.random(
+        1000, seed=0, topology=["hgx-h200-8", "hgx-h100-8"], model=["Llama-3-8B", "Qwen3-30B-A3B"],
+        strategy=["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "shared-pool:zero-copy"],
+        trainer_gpus=[2, 4, 6], rollout_tp=[1, 2], rollout_dtype=["bf16", "fp8"], kv_reserve=Uniform(0.0, 0.9),
+    ),
+    run=run,
+    calibration="default",
+)
+'''
+WORKLOADS = {"fanout": FANOUT_STUDY, "weightsync": WEIGHTSYNC_STUDY}
+
+
+def _median_of(repeat: int, run: Callable[[int], dict]) -> dict:
+    runs = sorted((run(i) for i in range(repeat)), key=lambda r: r["wall_s"])
+    best = runs[len(runs) // 2]
+    best["wall_s_all"] = [r["wall_s"] for r in runs]
+    return best
 
 
 def _measure(study: Study, workers: int, store_root: Path) -> dict:
@@ -55,7 +100,8 @@ def _measure(study: Study, workers: int, store_root: Path) -> dict:
     report = run_sweep(study, store=ResultsStore(store_root), workers=workers, progress=False)
     wall = time.perf_counter() - t0
     rows = len(ResultsStore(store_root).load(study.name))
-    assert report.failed == 0, f"{report.failed} points failed"
+    if report.failed:
+        raise SystemExit(f"{report.failed} points failed; fix the workload before timing it")
     return {
         "workers": workers,
         "points": report.ran,
@@ -70,10 +116,12 @@ def _measure(study: Study, workers: int, store_root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default=None, help="study file to sweep (default: 1,000 fan-out points)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="weightsync")
+    ap.add_argument("--study", default=None, help="a study file to sweep instead of --workload")
+    ap.add_argument("--serial", action="store_true", help="also measure workers=1 in this process")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each mode; the median by wall time is kept")
-    ap.add_argument("--label", default=socket.gethostname().split(".")[0])
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each mode; the median by wall time is kept")
+    ap.add_argument("--label", default=None, help="results file label (default: WORKLOAD-HOST)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -82,21 +130,19 @@ def main() -> None:
         if args.study:
             study = load_study(args.study)
         else:
-            path = Path(tmp) / "bench_sweep.py"
-            path.write_text(BENCH_STUDY)
+            path = Path(tmp) / f"bench_{args.workload}.py"
+            path.write_text(WORKLOADS[args.workload])
             study = load_study(path)
         n = len(study.points())
         # Median of repeats by wall time: the dev machine is shared, single runs wobble.
-        pools = sorted((_measure(study, args.workers, Path(tmp) / f"pool{i}") for i in range(args.repeat)),
-                       key=lambda r: r["wall_s"])
-        serials = sorted((_measure(study, 1, Path(tmp) / f"serial{i}") for i in range(args.repeat)),
-                         key=lambda r: r["wall_s"])
-        pool, serial = pools[len(pools) // 2], serials[len(serials) // 2]
-        pool["wall_s_all"] = [r["wall_s"] for r in pools]
-        serial["wall_s_all"] = [r["wall_s"] for r in serials]
-    print(f"{study.name}: {n} points, {args.workers} workers: {pool['wall_s']:.2f} s wall, "
-          f"{pool['points_per_s']:.0f} points/s, runner overhead {pool['overhead_per_point_ms']:.2f} ms/point "
-          f"(serial: {serial['wall_s']:.2f} s, {serial['overhead_per_point_ms']:.2f} ms/point)")
+        pool = _median_of(args.repeat, lambda i: _measure(study, args.workers, Path(tmp) / f"pool{i}"))
+        serial = (_median_of(args.repeat, lambda i: _measure(study, 1, Path(tmp) / f"serial{i}"))
+                  if args.serial else None)
+    line = (f"{study.name}: {n} points, {args.workers} workers: {pool['wall_s']:.2f} s wall, "
+            f"{pool['points_per_s']:.0f} points/s, runner overhead {pool['overhead_per_point_ms']:.2f} ms/point")
+    if serial:
+        line += f" (serial: {serial['wall_s']:.2f} s, {serial['overhead_per_point_ms']:.2f} ms/point)"
+    print(line)
     doc = {
         "benchmark": "sweep",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -112,7 +158,8 @@ def main() -> None:
         "target_overhead_per_point_ms": 5.0,
         "note": "pool timings share the cores with whatever else runs; point time grows under contention",
     }
-    out = Path(args.out or Path(__file__).with_name("results") / f"sweep-{args.label}.json")
+    label = args.label or f"{args.workload}-{socket.gethostname().split('.')[0]}"
+    out = Path(args.out or Path(__file__).with_name("results") / f"sweep-{label}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(out.name + ".tmp")
     tmp_out.write_text(json.dumps(doc, indent=2) + "\n")

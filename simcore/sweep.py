@@ -260,7 +260,34 @@ def _iter_serial(study: Study, chunks: list[list[tuple[str, Point]]]) -> Batches
         yield [evaluate_point(study, pid, params) for pid, params in chunk]
 
 
-def _iter_local(study: Study, chunks: list[list[tuple[str, Point]]], workers: int) -> Batches:
+class _ChunkSizer:
+    """Sizes the next chunk of points so that one chunk takes about `target_s` of worker time.
+
+    Cheap points (ms) travel 16 at a time, amortising inter-process messaging; expensive ones (100s of ms)
+    one at a time, so workers finish together and a kill loses little. The first chunks are single points
+    while the point cost is still unknown.
+    """
+
+    def __init__(self, fixed: int | None, target_s: float = 0.05, max_size: int = 16) -> None:
+        self.fixed = fixed
+        self.target_s = target_s
+        self.max_size = max_size
+        self.mean_s: float | None = None
+
+    def observe(self, outcomes: Sequence[PointOutcome]) -> None:
+        for o in outcomes:
+            self.mean_s = o.elapsed_s if self.mean_s is None else 0.8 * self.mean_s + 0.2 * o.elapsed_s
+
+    def next_size(self) -> int:
+        if self.fixed:
+            return self.fixed
+        if self.mean_s is None:
+            return 1
+        return max(1, min(self.max_size, int(self.target_s / max(self.mean_s, 1e-6))))
+
+
+def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
+                chunk_size: int | None) -> Batches:
     methods = mp.get_all_start_methods()
     if "fork" in methods and sys.platform.startswith("linux"):
         # Fork: workers inherit the loaded study (even one defined in a notebook) and start in ms.
@@ -273,16 +300,28 @@ def _iter_local(study: Study, chunks: list[list[tuple[str, Point]]], workers: in
         initarg = (str(study.path), Path(study.path).read_text())
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                   initargs=(initarg,))
+    sizer = _ChunkSizer(chunk_size)
+    # A bounded window of chunks in flight (two per worker keeps every worker busy) rather than the whole
+    # grid queued up front: chunk sizes can follow the measured point cost, and a kill loses little.
+    pending: set[cf.Future] = set()
+    nxt = 0
     try:
-        futures = [pool.submit(_run_chunk_in_worker, c) for c in chunks]
-        for fut in cf.as_completed(futures):
-            try:
-                yield fut.result()
-            except cf.process.BrokenProcessPool:
-                raise SweepError(
-                    "a worker process died (crash or out of memory); finished points are saved — "
-                    "rerun with --resume"
-                ) from None
+        while pending or nxt < len(points):
+            while nxt < len(points) and len(pending) < 2 * workers:
+                size = sizer.next_size()
+                pending.add(pool.submit(_run_chunk_in_worker, list(points[nxt : nxt + size])))
+                nxt += size
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    outcomes = fut.result()
+                except cf.process.BrokenProcessPool:
+                    raise SweepError(
+                        "a worker process died (crash or out of memory); finished points are saved — "
+                        "rerun with --resume"
+                    ) from None
+                sizer.observe(outcomes)
+                yield outcomes
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -402,14 +441,13 @@ def run_sweep(
     t0 = time.perf_counter()
     if points:
         size = chunk_size or _auto_chunk(len(points), workers)
-        chunks = list(_chunks(points, size))
         batches: Batches
         if backend == "ray":
-            batches = _iter_ray(study, chunks, workers, address)
+            batches = _iter_ray(study, list(_chunks(points, size)), workers, address)
         elif workers == 1:
-            batches = _iter_serial(study, chunks)
+            batches = _iter_serial(study, list(_chunks(points, size)))
         else:
-            batches = _iter_local(study, chunks, min(workers, len(chunks)))
+            batches = _iter_local(study, points, min(workers, len(points)), chunk_size)
         try:
             for outcomes in batches:
                 for outcome in outcomes:
