@@ -155,7 +155,8 @@ def _truth(d2h_discipline: str, host_cap: float) -> CalibrationProfile:
                "p2p-nvlink": PathParams(9e-6, 350e9, eff, "fifo")},
         caps=(CapSpec("host-h2d", host_cap, ("h2d",)),
               *(CapSpec(f"gpu{g}.pcie-duplex", 70e9, ("d2h", "h2d"), (f"gpu{g}",)) for g in (0, 1))),
-        provenance={"collectives": {"nccl": {"fixed_cost_s": 12e-6, "rate_cap_Bps": 300e9}}},
+        provenance={"collectives": {"nccl": {"fixed_cost_s": 12e-6, "rate_cap_Bps": 300e9, "per_op": {
+            "all_gather": {"fixed_cost_s": 20e-6, "rate_cap_Bps": 280e9}}}}},
     )
 
 
@@ -178,6 +179,9 @@ def test_calibration_recovers_known_parameters(d2h_discipline: str, host_cap: fl
     nccl = got.provenance["collectives"]["nccl"]
     assert nccl["fixed_cost_s"] == pytest.approx(12e-6, rel=0.05)
     assert nccl["rate_cap_Bps"] == pytest.approx(300e9, rel=0.02)
+    assert nccl["per_op"]["all_gather"]["fixed_cost_s"] == pytest.approx(20e-6, rel=0.05)
+    assert nccl["per_op"]["all_gather"]["rate_cap_Bps"] == pytest.approx(280e9, rel=0.02)
+    assert nccl["per_op"]["all_reduce"]["rate_cap_Bps"] == pytest.approx(300e9, rel=0.02)  # same as the truth's
     assert got.provenance["held_out_cases"] > 0
     assert all(cid in {c.id for c in m.split(CALIBRATION)} for cid in got.provenance["calibration_cases"])
     # and the fitted profile predicts the held-out cases as well as the truth does

@@ -34,7 +34,7 @@ from hwmodels.calibration import CalibrationProfile, CapSpec, PathParams
 from hwmodels.errors import CalibrationError
 from hwmodels.topology import Topology
 
-from .cases import CALIBRATION, Case
+from .cases import CALIBRATION, NCCL_OPS, Case, nccl_transfers
 from .measure import IPC_CLOSE_TIMING, PROFILE_FOR
 from .measurements import Measurements, load_measurements
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
@@ -187,9 +187,17 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     if len(bc) >= 2:
         topo_now = base_topo.with_calibration(profile)
         fixed, b = _fit_nccl(bc, meas, topo_now)
-        prov["collectives"] = {"nccl": {"fixed_cost_s": fixed, "rate_cap_Bps": b,
-                                        "fitted_on": [c.id for c in bc]}}
-        notes.append(f"nccl: fixed cost {fixed * 1e6:.1f} us, ring transfer rate cap {b / 1e9:.1f} GB/s")
+        nccl: dict[str, Any] = {"fixed_cost_s": fixed, "rate_cap_Bps": b, "fitted_on": [c.id for c in bc]}
+        notes.append(f"nccl broadcast: fixed cost {fixed * 1e6:.1f} us, ring transfer rate cap {b / 1e9:.1f} GB/s "
+                     "(used for every collective not calibrated on its own)")
+        for op in NCCL_OPS[1:]:
+            oc = [c for c in cal if c.group == "nccl" and c.op == op]
+            if len(oc) >= 2:
+                f_op, b_op = _fit_nccl(oc, meas, topo_now)
+                nccl.setdefault("per_op", {})[op] = {"fixed_cost_s": f_op, "rate_cap_Bps": b_op,
+                                                     "fitted_on": [c.id for c in oc]}
+                notes.append(f"nccl {op}: fixed cost {f_op * 1e6:.1f} us, rate cap {b_op / 1e9:.1f} GB/s")
+        prov["collectives"] = {"nccl": nccl}
 
     # 5. CUDA IPC software costs
     ipc = [c for c in cal if c.group == "ipc"]
@@ -241,12 +249,19 @@ def _fit_nccl(cases: list[Case], meas: dict[str, Any], topo: Topology) -> tuple[
     """Fixed cost and rate cap of NCCL's ring transfers minimising the relative error of simulated times."""
     from scipy.optimize import least_squares
 
-    pts = sorted((c.bytes, meas[c.id]["makespan_s"]) for c in cases)
+    n = len(topo.gpus())
+    # Start from what one ring transfer carries, and below the path's own cap: above it the cap does not
+    # bind, the residual is flat in it and the solver would never move.
+    pts = sorted((max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n)), meas[c.id]["makespan_s"])
+                 for c in cases)
     a0, b0 = _linear_fit(pts)
     b0 = b0 if math.isfinite(b0) else pts[-1][0] / pts[-1][1]
+    path = topo.path("gpu0", "gpu1", pts[-1][0])
+    if path.rate_cap_Bps is not None:
+        b0 = min(b0, 0.95 * path.rate_cap_Bps)
 
     def resid(v: Any) -> list[float]:
-        nccl = {"fixed_cost_s": math.exp(v[0]), "rate_cap_Bps": math.exp(v[1])}
+        nccl = {"fixed_cost_s": math.exp(v[0]), "rate_cap_Bps": math.exp(v[1])}  # applies to every op here
         return [simulate_case(c, topo, nccl).makespan_s / meas[c.id]["makespan_s"] - 1 for c in cases]
 
     fit = least_squares(resid, [math.log(max(a0, 1e-7)), math.log(b0)], x_scale=1.0, diff_step=1e-4)

@@ -182,12 +182,13 @@ def build_cases(n_gpus: int, suite: str = "full", *, sm_copies: bool = True) -> 
         conc("pcie-beside-nvlink-out", "pcie+nvlink", HELD_OUT, [(g0, "host", S), (g0, g1, 4 * S)])
         conc("p2p-beside-kernel", "copy+kernel", HELD_OUT, [(g0, g1, 2 * S)], (Kernel("k0", g1, 2 * S),))
 
-    # NCCL collectives (one process per GPU): broadcast calibrates at alternate sizes.
+    # NCCL collectives (one process per GPU): each calibrates at alternate sizes (NCCL tunes channels and
+    # protocol per collective, so one collective's rate does not carry over to another).
     if n_gpus > 1:
         nsizes = _sizes(suite, NCCL_SIZES)
         for op in NCCL_OPS:
             for i, n in enumerate(nsizes):
-                split = _size_split(i, len(nsizes)) if op == "broadcast" else HELD_OUT
+                split = _size_split(i, len(nsizes))
                 cases.append(Case(f"nccl-{op}-{_label(n)}", "nccl", f"nccl-{op}", split, op=op, bytes=n,
                                   params={"bytes": n, "gpus": n_gpus}))
 

@@ -2,8 +2,9 @@
 
 A case is simulated from its scenario (the DESIGN.md file validate wrote beside the measurement), on a
 topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL
-transfers (tag `nccl-*`) additionally pay the collective's fitted fixed cost and rate cap, which a profile
-keeps under `provenance["collectives"]["nccl"]` (the profile format has no field for collectives yet).
+transfers (tag `nccl-OP`) additionally pay the collective's fitted fixed cost and rate cap, which a profile
+keeps under `provenance["collectives"]["nccl"]` — `per_op[OP]` where that collective was calibrated, else
+the broadcast fit (the profile format has no field for collectives yet).
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> None:
             f"but {m.source} was measured on {gpus}x {model}")
 
 
-def nccl_params(profile: CalibrationProfile | None) -> dict[str, float]:
+def nccl_params(profile: CalibrationProfile | None) -> dict[str, Any]:
     if profile is None:
         return {}
     return dict((profile.provenance.get("collectives") or {}).get("nccl") or {})
 
 
-def simulate_case(case: Case, topo: Topology, nccl: dict[str, float] | None = None) -> Prediction:
+def simulate_case(case: Case, topo: Topology, nccl: dict[str, Any] | None = None) -> Prediction:
     """Predicted makespan and per-transfer finish times of `case` on `topo` (start at 0, like the gate)."""
     scen = to_scenario(case, topo.name, len(topo.gpus()))
     if scen is None:
@@ -60,18 +61,20 @@ def simulate_case(case: Case, topo: Topology, nccl: dict[str, float] | None = No
     return simulate_scenario(scen, topo, nccl)
 
 
-def simulate_scenario(scen: dict[str, Any], topo: Topology, nccl: dict[str, float] | None = None) -> Prediction:
+def simulate_scenario(scen: dict[str, Any], topo: Topology, nccl: dict[str, Any] | None = None) -> Prediction:
     parsed = parse_scenario(scen, source=str(scen.get("name", "case")))
     sim = Simulation(topo, record_load=False)
     nccl = nccl or {}
     for it in parsed.items:
         if it["_kind"] == "transfer":
             fixed, cap = it.get("fixed_cost_s", 0.0), it.get("rate_cap_Bps")
-            if str(it.get("tag") or "").startswith("nccl-") and nccl:
+            tag = str(it.get("tag") or "")
+            if tag.startswith("nccl-") and nccl:
+                params = (nccl.get("per_op") or {}).get(tag[5:]) or nccl
                 # One kernel launch per collective: only the first ring phase pays the fixed cost.
                 if not it["after"]:
-                    fixed += nccl.get("fixed_cost_s", 0.0)
-                cap = nccl.get("rate_cap_Bps", cap)
+                    fixed += params.get("fixed_cost_s", 0.0)
+                cap = params.get("rate_cap_Bps", cap)
             sim.transfer(it["id"], it["src"], it["dst"], it["bytes"], start=it["start"], after=it["after"],
                          rate_cap_Bps=cap, fixed_cost_s=fixed, tag=it.get("tag"))
         else:
