@@ -182,6 +182,8 @@ class Instance:
         self.kv_alloc: int | None = None
         self._base: dict[int, Any] = {}
         self.max_running = 0
+        self.decode_s = 0.0  # time in steps that only decode (no prefill chunk), and the tokens they made
+        self.decode_tokens = 0
 
     # ---- queue ------------------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -392,8 +394,12 @@ class Instance:
         self.steps += k
         self.kv_read_bytes += work.kv_read_bytes * self.cfg.tp
         done, pushed = self._issue(work, items)
+        t0 = self.sim.now
         yield done
         now = self.sim.now
+        if pure_decode:
+            self.decode_s += now - t0
+            self.decode_tokens += k * len(items)
         finished_prefill = []
         for it in items:
             s = it.seq
@@ -408,15 +414,16 @@ class Instance:
             else:
                 s.kv_tokens += k
                 s.generated += k
-            if s.generated >= s.req.output_tokens:
-                self._finish(s)
+        self.policy.after_step(items)  # before finishing, so a policy sees what the step made (a cached prefix)
+        for it in items:
+            if it.seq.generated >= it.seq.req.output_tokens:
+                self._finish(it.seq)
         if self.role == "prefill":
             for s in finished_prefill:
                 if s in self.running:
                     self.running.remove(s)
                     self.handoff.append(s)
                     self.sim.process(self._hand_off(s, pushed))
-        self.policy.after_step(items)
         self._record_memory()
 
     def _finish(self, s: Seq) -> None:
@@ -753,6 +760,9 @@ class ServingResult:
             "tpot_p99_s": (_percentile(tpot, 99), "s"),
             "response_mean_s": (float(self.response_s.mean()), "s"),
             "throughput_tok_s": (toks / self.span_s, "tokens/s"),
+            # decode-only steps: tokens per second of decode time, summed over instances
+            "decode_tok_s": (sum(i.decode_tokens / i.decode_s for i in self.system.instances if i.decode_s > 0),
+                             "tokens/s"),
             "makespan_s": (self.span_s, "s"),
             "hbm_occupancy_mean": (mean_occ, "fraction"),
             "hbm_occupancy_peak": (peak_occ, "fraction"),

@@ -100,7 +100,8 @@ class AsyncCompression(KVPolicy):
     def after_step(self, items: list[StepItem]) -> None:
         for it in items:
             s = it.seq
-            if s.compressing or s.prefilling or s.kv_tokens < self.trigger or s not in self.instance.running:
+            if (s.compressing or s.prefilling or s.kv_tokens < self.trigger or s not in self.instance.running
+                    or s.generated >= s.req.output_tokens):
                 continue
             n = s.kv_tokens - self.window - s.compressed_src
             if n < self.layout.page_tokens:
