@@ -127,12 +127,16 @@ def test_layout_that_does_not_fit_is_infeasible() -> None:
     (models.get("Llama-3-8B"), FSDPLayout(gpus(4)), RolloutLayout(gpus(4, 4), tp=2)),
     (TINY_MOE, MegatronLayout(gpus(8), tp=2, pp=2, ep=2), RolloutLayout(gpus(8), tp=4, expert_parallel=True)),
     (TINY_MLA, FSDPLayout(gpus(3)), RolloutLayout(gpus(4), tp=2)),
-], ids=["llama-fsdp", "moe-megatron", "mla-fsdp"])
+    (models.get("Llama-3-8B"), FSDPLayout(gpus(16)), RolloutLayout(gpus(16, 16), tp=1)),
+], ids=["llama-fsdp", "moe-megatron", "mla-fsdp", "llama-16-engines"])
 def test_assembled_plan_conserves_and_balances(model, trainer, rollout) -> None:
+    """Column sums are what each rollout GPU keeps; no trainer GPU sends more than twice the mean."""
     from simcore.workloads.placement import assembled_plan
     plan, full = reshard(model, trainer, rollout), assembled_plan(model, trainer, rollout)
     np.testing.assert_allclose(full.send.sum(axis=0), plan.need_bytes)
-    assert full.unique.sum() == pytest.approx(model.weight_bytes())  # every tensor assigned exactly once
+    # Every tensor is assembled at least once, at most once per engine.
+    assert model.weight_bytes() * (1 - 1e-12) <= full.unique.sum() <= len(rollout.engines) * model.weight_bytes()
     assert np.all(np.diag(full.fetch) == 0)
-    # What a GPU fetches plus what it holds of its assigned tensors is the assigned tensors, whole.
-    assert full.fetch.sum() <= model.weight_bytes()
+    assert full.fetch.sum() <= full.unique.sum()
+    out = full.send.sum(axis=1)
+    assert out.max() <= 2 * out.mean()

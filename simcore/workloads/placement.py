@@ -328,7 +328,7 @@ class AssembledPlan:
     all holders of all replicas), which fetches the other shards of that replica (`fetch[k, i]`: bytes GPU i
     fetches from GPU k), then sends each rollout GPU its whole slice (`send[i, j]`). This is what strategies that
     transform tensors before sending (fp8 with block scales, fused QKV, expert stacking) must do, as Perplexity's
-    RDMA schedule does with `full_tensor()`. `unique[i]`: bytes of the tensors GPU i is responsible for.
+    RDMA schedule does with `full_tensor()`. `unique[i]`: bytes of the tensors GPU i assembles.
     """
 
     trainer_gpus: list[str]
@@ -340,28 +340,44 @@ class AssembledPlan:
 
 def assembled_plan(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout) -> AssembledPlan:
     """The full-tensor schedule of `AssembledPlan` (bytes conserved as in `reshard`: column sums of `send` are
-    what each rollout GPU keeps)."""
+    what each rollout GPU keeps).
+
+    Members of a group are dealt round robin over the holder slots, starting where the previous group stopped.
+    A group with fewer members than slots (an embedding, an LM head) is dealt again for every engine from a
+    shifted start, so its copies leave from different GPUs (each of which assembles the tensor): otherwise the
+    one GPU holding a 1 GB LM head would send it to every engine alone.
+    """
     trainer.check(model)
     rollout.check(model)
     t_index = {g: i for i, g in enumerate(trainer.gpus)}
     r_index = {g: j for j, g in enumerate(rollout.gpus)}
     n, r = len(trainer.gpus), len(rollout.gpus)
     fetch, send, unique = np.zeros((n, n)), np.zeros((n, r)), np.zeros(n)
-    offset = 0  # rotates the first slot from group to group so big singleton tensors spread out
+    engines = rollout.engines
+    offset = 0
     for (shape, holders, rshards, eb, nbytes), m, _ in _groups(model, trainer, rollout):
         slots = [(rep, g) for rep in holders for g, _ in rep]
+        h = len(slots)
+
+        def dealt(residue: int, m: int = m, h: int = h) -> int:
+            """How many of the m members u have (u mod h) == residue."""
+            return m // h + (1 if residue < m % h else 0)
+
+        shifts = range(len(engines)) if m < h else [0] * len(engines)
         for s, (rep, g) in enumerate(slots):
-            c = m // len(slots) + (1 if (s - offset) % len(slots) < m % len(slots) else 0)
-            if not c:
-                continue
             i = t_index[g]
-            unique[i] += nbytes * c
+            residues = {(s - offset - e) % h for e in set(shifts)}
+            assembled = sum(dealt(x) for x in residues)
+            if not assembled:
+                continue
+            unique[i] += nbytes * assembled
             for g2, sh in rep:
                 if g2 != g:
-                    fetch[t_index[g2], i] += sh.numel(shape) * eb * c
-            for engine in rollout.engines:
+                    fetch[t_index[g2], i] += sh.numel(shape) * eb * assembled
+            for e, engine in zip(shifts, engines, strict=True):
+                c = dealt((s - offset - e) % h)
                 for k, rgpu in enumerate(engine):
-                    if rshards[k] is not None:
+                    if c and rshards[k] is not None:
                         send[i, r_index[rgpu]] += rshards[k].numel(shape) * eb * c
         offset += m
     return AssembledPlan(list(trainer.gpus), list(rollout.gpus), fetch, send, unique)

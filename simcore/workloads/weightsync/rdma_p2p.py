@@ -14,7 +14,7 @@ barrier tells the controller all writes landed.
 Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
 GPU (Perplexity bounds temporary memory with a watermark; its value is not published); `write_overhead_s` 2 us
 per RDMA work request, posted per tensor slice (ibv_post_send plus completion handling, ~1-3 us);
-`barrier_s` 1 ms for the controller's completion round (one RPC); `outstanding` 2 copies in flight per GPU and
+`barrier_s` 1 ms for the controller's completion round (one RPC); `outstanding` 16 copies in flight per GPU and
 stage, issued in a rotated order (GPU i starts with peer i), as all-to-all schedules do to avoid incast.
 """
 
@@ -38,7 +38,7 @@ class RdmaP2PKnobs(Knobs):
     watermark_bytes: float = 4 * GiB
     write_overhead_s: float = 2e-6
     barrier_s: float = 1e-3
-    outstanding: int = 2
+    outstanding: int = 16
     max_sim_tasks: int = 4
 
 

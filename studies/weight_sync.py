@@ -1,0 +1,121 @@
+"""Weight sync: how long each strategy takes to get new weights from trainer GPUs to rollout GPUs, and what it
+costs generation — strategies x models x machine layouts.
+
+Layouts (trainer FSDP / ZeRO-3 over its GPUs; rollout engines of the smallest TP degree whose weights take at most
+half of a GPU's HBM):
+- `colocated`: hgx-h200-8, trainer and engines on the same 8 GPUs;
+- `split-4+4`: hgx-h200-8, trainer on gpu0-3, engines on gpu4-7 (NVLink between them);
+- `nodes-2+2`: cluster-4x8 (H100 nodes, 400 Gb/s NIC per GPU), trainer on nodes 0-1, engines on nodes 2-3.
+
+Metrics per point: sync time, generation stall, bytes per link class, peak extra memory and headroom, decode-step
+time under the strategy, staleness; infeasible configurations report `feasible = 0` and their memory numbers.
+Points with `decode_steps` add `gen_time_s` = stall + decode_steps x decode step: the time the rollout side spends
+per training step, which is where zero-copy wins (few steps) or loses (many).
+
+Run it:  fabricsim sweep weight_sync && fabricsim plot weight_sync   (about two minutes on two cores)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from matplotlib.figure import Figure as MplFigure
+
+from hwmodels import presets
+from simcore.study import Figure, Grid, PointContext, Study
+from simcore.workloads import models
+from simcore.workloads.placement import FSDPLayout, RolloutLayout
+from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+
+LAYOUTS = {
+    "colocated": ("hgx-h200-8", [f"gpu{i}" for i in range(8)], [f"gpu{i}" for i in range(8)]),
+    "split-4+4": ("hgx-h200-8", [f"gpu{i}" for i in range(4)], [f"gpu{i}" for i in range(4, 8)]),
+    "nodes-2+2": ("cluster-4x8", [f"node{n}.gpu{i}" for n in (0, 1) for i in range(8)],
+                  [f"node{n}.gpu{i}" for n in (2, 3) for i in range(8)]),
+}
+MODELS = ["Llama-3-8B", "Qwen3-30B-A3B", "Llama-3-70B", "Qwen3-235B-A22B"]
+STRATEGIES = ["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "shared-pool:zero-copy",
+              "shared-pool:pull-on-publish", "delta:rdma-p2p"]
+DECODE_STEPS = [1, 10, 100, 1000, 10000]
+ZC_STRATEGIES = ["cuda-ipc-buckets", "rdma-p2p", "shared-pool:zero-copy", "shared-pool:pull-on-publish"]
+
+
+def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_gpus: int) -> int:
+    """Smallest TP degree (power of two dividing the rollout GPUs and the heads) whose weights fit in half of HBM."""
+    tp = 1
+    while tp < n_gpus and (model.weight_bytes() / tp > 0.5 * hbm_bytes or model.num_heads % tp):
+        tp *= 2
+    return tp
+
+
+@lru_cache(maxsize=64)
+def _sync(layout: str, model_name: str, strategy: str, calibration: str | None):
+    """One simulated sync (cached: the decode-steps points of a configuration share it)."""
+    topo_name, trainer, rollout = LAYOUTS[layout]
+    topo = presets.get(topo_name, calibration=calibration)
+    model = models.get(model_name)
+    tp = rollout_tp(model, topo.gpu(rollout[0]).hbm_bytes, len(rollout))
+    setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
+    return simulate_sync(setup, get(strategy)), tp
+
+
+def run_point(point: dict, ctx: PointContext | None = None) -> dict:
+    calibration = ctx.calibration if ctx is not None else "default"
+    res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration)
+    out: dict = {**res.metrics(), "rollout_tp": (float(tp), "")}
+    steps = point.get("decode_steps")
+    if steps is not None and res.feasible:
+        out["gen_time_s"] = (res.stall_s + steps * res.decode_step_s, "s")
+    if ctx is not None and ctx.trace_path is not None and res.feasible:
+        topo_name, trainer, rollout = LAYOUTS[point["layout"]]
+        topo = presets.get(topo_name, calibration=calibration)
+        model = models.get(point["model"])
+        setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
+        simulate_sync(setup, get(point["strategy"]), keep_result=True).sim_result.write_trace(str(ctx.trace_path))
+    return out
+
+
+def sync_time_bars(df) -> MplFigure:
+    """Sync time per strategy and model, one panel per layout (infeasible configurations left out)."""
+    rows = df[(df["metric"] == "sync_s") & (df["source"] == "sim")]
+    if "decode_steps" in rows.columns:
+        rows = rows[rows["decode_steps"].isna()]
+    layouts = [lay for lay in LAYOUTS if lay in set(rows["layout"])]
+    fig = MplFigure(figsize=(5.2 * len(layouts), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(layouts), squeeze=False).ravel()
+    for ax, lay in zip(axes, layouts, strict=True):
+        panel = rows[rows["layout"] == lay]
+        present = [m for m in MODELS if m in set(panel["model"])]
+        width = 0.8 / max(1, len(STRATEGIES))
+        for k, strat in enumerate(STRATEGIES):
+            vals = [panel[(panel["model"] == m) & (panel["strategy"] == strat)]["value"].mean() for m in present]
+            ax.bar([i + k * width for i in range(len(present))], vals, width, label=strat, color=f"C{k}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(present))], present, rotation=20, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("sync time [s]")
+        ax.set_title(lay, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Weight sync time per strategy and model (missing bar = infeasible)")
+    return fig
+
+
+GRID = (Grid.product(layout=list(LAYOUTS), model=MODELS, strategy=STRATEGIES)
+        + Grid.product(layout=["colocated", "split-4+4"], model=MODELS[:3], strategy=ZC_STRATEGIES,
+                       decode_steps=DECODE_STEPS))
+
+STUDY = Study(
+    name="weight_sync",
+    description=__doc__.splitlines()[0],
+    grid=GRID,
+    run=run_point,
+    calibration="default",
+    figures=[
+        sync_time_bars,
+        Figure("zero_copy_win_lose", x="decode_steps", y="gen_time_s", hue="strategy", facet="model", logx=True,
+               logy=True, where={"layout": "split-4+4"},
+               title="Rollout time per training step (stall + decode steps), split 4+4 on HGX H200"),
+        Figure("stall", x="model", y="stall_s", hue="strategy", facet="layout", logy=True,
+               title="Generation stall per sync"),
+    ],
+)
