@@ -117,7 +117,9 @@ def test_copy_mechanisms_and_page_size():
     """Per-page copies are latency-bound for small pages; an SM gather or batching is not."""
     reqs = _offline(8, 2048)
 
-    def tpot(mechanism, page, topo="h100-1"):
+    bare = presets.get("h100-1", calibration=None)
+
+    def tpot(mechanism, page, topo=bare):
         return serve(topo, reqs, "host-offload", model=MODEL, mechanism=mechanism, page_tokens=page,
                      token_budget=8 * 2048 + 8, max_batch_seqs=8).tpot_s[0]
 
