@@ -57,8 +57,10 @@ MISSING = {
                    "real arbitration between SM traffic and copy engines is not fair.",
     "nccl-all_gather": "NCCL's efficiency differs by collective (channels, chunk pipelining, protocol): on two "
                        "GPUs all-gather reaches a bus bandwidth of ~285 GB/s against ~370 GB/s for broadcast, "
-                       "but the model has one NCCL rate cap, fitted on broadcast. Next model change: one rate cap "
-                       "and fixed cost per collective, each fitted on alternate sizes of that collective.",
+                       "but a profile fitted on broadcast alone has one NCCL rate cap. calibrate now fits a rate cap "
+                       "and fixed cost per collective wherever that collective has calibration sizes (the case "
+                       "list calibrates every collective at alternate sizes from now on); measurements taken "
+                       "before hold all-gather and all-reduce out entirely.",
     "nccl-all_reduce": "as for all-gather, one NCCL rate cap fitted on broadcast does not carry over: all-reduce "
                        "adds the reduction and NCCL tunes channels and protocol (LL/LL128/Simple) per collective "
                        "and size; the model sees two ring phases of plain transfers.",
