@@ -7,7 +7,10 @@ One module per kernel, each with a plain torch reference beside it:
 - `kernels.bucket`: pack/unpack a list of tensors into one byte bucket, one launch each;
 - `kernels.fp8_cast`: bf16 -> fp8 e4m3 with per-tensor or per-block scales, and back;
 - `kernels.seqlock`: the pool's versioning protocol, pure Python (tested on the CPU);
-- `kernels.weightpool`: `WeightPool` / `PoolReader` over CUDA IPC.
+- `kernels.weightpool`: `WeightPool` / `PoolReader` over CUDA IPC;
+- `kernels.weightpool_torture`: the multi-process torture test of the pool (`python -m ...`).
+
+docs/kernels.md has the measured numbers.
 
 Importing this package imports neither torch nor Triton: each module imports torch at its top and Triton
 only when a kernel is first launched, so the torch references work where Triton is missing.
@@ -15,4 +18,4 @@ only when a kernel is first launched, so the torch references work where Triton 
 
 from __future__ import annotations
 
-__all__ = ["bucket", "bulk_copy", "fp8_cast", "paged_kv", "seqlock", "weightpool"]
+__all__ = ["bucket", "bulk_copy", "fp8_cast", "paged_kv", "seqlock", "weightpool", "weightpool_torture"]

@@ -20,7 +20,8 @@ Memory ordering across processes and GPUs — what makes the backend correct:
   so a publish that returned is visible to every reader.
 - Reader. A read is three operations on one reader stream: copy the control words to pinned host memory
   (copy engine, served by the owner's L2, not a stale cache), copy the payload slot, copy the control
-  words again; then one synchronisation. Stream order makes the payload reads happen after the first
+  words again; then one synchronisation (double-buffered mode synchronises after the first copy too,
+  to learn which slot to read). Stream order makes the payload reads happen after the first
   control-word read and before the second, which is all the seqlock needs. (Control words are read by
   DMA after kernel boundaries, never from a cached line inside a running kernel, so no `ld.acquire`
   is needed on this side; a reader kernel polling in a loop would need `ld.volatile`/`ld.acquire.sys`.)
