@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from _gpu import AWKWARD_SIZES, DEVICE, HAS_CUDA, gpu, multigpu, poison
 
 from kernels.bulk_copy import bulk_copy, copy_ref
-from kernels.errors import KernelInputError
+from kernels.errors import KernelInputError, TritonUnavailableError
 
 
 def _rand(n: int, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
@@ -37,6 +39,24 @@ def test_misaligned_views_fall_back_to_bytes(shift: int) -> None:
 def test_size_mismatch_is_a_typed_error() -> None:
     with pytest.raises(KernelInputError):
         bulk_copy(torch.empty(3, device=DEVICE), torch.empty(4, device=DEVICE))
+
+
+def test_missing_triton_is_a_typed_error_and_the_reference_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import _runtime
+    from kernels import bulk_copy as module
+
+    src = _rand(10, torch.uint8, DEVICE, 2)
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    _runtime.triton_modules.cache_clear()
+    module._kernel.cache_clear()
+    try:
+        with pytest.raises(TritonUnavailableError):
+            bulk_copy(torch.empty_like(src), src)
+        assert torch.equal(copy_ref(torch.empty_like(src), src), src)
+    finally:
+        _runtime.triton_modules.cache_clear()
+        module._kernel.cache_clear()
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="interpreter-only check")
