@@ -436,6 +436,7 @@ class Instance:
     def _hand_off(self, s: Seq, pushed: simpy.Event | None) -> Generator:
         if pushed is not None:
             yield pushed
+        s.kv_ready_s = self.sim.now
         self.handoff.remove(s)
         self._record_memory()
         self.notify()
@@ -744,6 +745,18 @@ class ServingResult:
             out[r.tag or ""] = out.get(r.tag or "", 0.0) + r.bytes
         return out
 
+    def _handoff_metrics(self) -> dict[str, tuple[float, str]]:
+        h = self.kv_handoff_s()
+        if not len(h):
+            return {}
+        return {"kv_handoff_mean_s": (float(h.mean()), "s"),
+                "kv_handoff_frac": (float(h.mean() / self.response_s.mean()), "fraction")}
+
+    def kv_handoff_s(self) -> np.ndarray:
+        """pd-disaggregation: per request, how long after its first token its KV had fully reached the decode
+        side (the part of the layer-by-layer transfer that prefill did not hide)."""
+        return np.array([s.kv_ready_s - s.first_token_s for s in self.seqs if not math.isnan(s.kv_ready_s)])
+
     def metrics(self) -> dict[str, tuple[float, str]]:
         """The standard metrics, as {name: (value, unit)} (what studies return)."""
         ttft, tpot = self.ttft_s, self.tpot_s
@@ -775,6 +788,7 @@ class ServingResult:
             "preemptions": (float(self.system.preemptions), "count"),
             "steps": (float(sum(i.steps for i in self.system.instances)), "count"),
             "max_batch": (float(max(i.max_running for i in self.system.instances)), "sequences"),
+            **self._handoff_metrics(),
         }
 
 

@@ -41,6 +41,7 @@ class Seq:
     admitted_s: float = float("nan")
     first_token_s: float = float("nan")
     finish_s: float = float("nan")
+    kv_ready_s: float = float("nan")  # pd-disaggregation: when the last of its KV reached the decode side
     preemptions: int = 0
     swapped_bytes: float = 0.0  # per GPU, while swapped out
     order: int = 0              # admission order (preemption victims are the latest admitted)
