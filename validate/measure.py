@@ -120,7 +120,8 @@ def measure(device: DeviceLayer, suite: str = "full", *, kind: str = "", budget_
         skipped.append({"id": "sm-*", "reason": f"SM-driven copies skipped: {sm_note}"})
     if n < 2:
         skipped.append({"id": "p2p-*, nccl-*", "reason": f"needs two or more GPUs; this machine has {n}"})
-    skipped.append({"id": "weightpool", "reason": "WeightPool publish/observe latency is not measured yet"})
+    skipped.append({"id": "weightpool", "reason": "WeightPool publish/observe latency is measured by "
+                    "benchmarks/kernels.py (benchmarks/results/kernels-*/kernels-bench.csv), not here"})
     done: list[dict[str, Any]] = []
 
     def over_budget() -> bool:
