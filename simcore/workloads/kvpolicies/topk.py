@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import check_fraction, check_positive
-from .base import KVPolicy, Seq, StepItem, StepWork
+from .base import KVPolicy, Seq, StepWork
 
 
 class TopKPaging(KVPolicy):
@@ -65,9 +65,6 @@ class TopKPaging(KVPolicy):
             work.fetch_bytes += nbytes
             work.fetch_copies += max(1, round(pages * self.stable * self._heads_per_gpu() * lay.model.num_layers))
             work.kv_read_bytes += nbytes
-
-    def after_step(self, items: list[StepItem]) -> None:
-        return None
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, "stable_fraction": self.stable, "topk_pages": self.topk_pages,
