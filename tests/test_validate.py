@@ -258,3 +258,21 @@ def test_report_republishes_atomically(tmp_path: Path, fake_measured: Path) -> N
     report(m, p, tmp_path / "r", store=None)
     assert (tmp_path / "r" / "summary.json").read_text() == first
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r"]
+
+
+def test_measuring_code_runs_without_the_simulator(tmp_path: Path) -> None:
+    """The GPU image has torch but not simpy: `python -m validate validate` must never import the simulator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['simpy'] = None\n"
+        "import validate.measure_torch, validate.cli\n"
+        "from validate.measure import run_validate\n"
+        "from validate.device_fake import FakeDevice\n"
+        f"run_validate({str(tmp_path / 'v')!r}, 'quick', FakeDevice(2), verbose=False)\n"
+        "assert not any(m == 'simcore' or m.startswith('simcore.') for m in sys.modules), 'simcore imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "v" / "measured.json").exists()

@@ -121,7 +121,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         raise CalibrationError(f"{m.source}: no lone copy-engine copies in the calibration subset")
     paths = {cls: fit_path(pts) for cls, pts in sorted(by_class.items())}
     for cls, pp in paths.items():
-        route_cap = _route_capacity(base_topo, cls, by_class[cls])
+        route_cap = _route_capacity(base_topo, cls)
         if route_cap is not None and pp.bandwidth_Bps > route_cap * 1.01:
             notes.append(f"{cls}: measured {pp.bandwidth_Bps / 1e9:.1f} GB/s for one copy exceeds the preset's "
                          f"route capacity {route_cap / 1e9:.1f} GB/s; the preset's link is the binding limit")
@@ -285,7 +285,7 @@ def _linear_fit(pts: list[tuple[int, float]], rate: bool = True) -> tuple[float,
     return a, slope
 
 
-def _route_capacity(topo: Topology, cls: str, pts: list[tuple[int, float]]) -> float | None:
+def _route_capacity(topo: Topology, cls: str) -> float | None:
     """The narrowest resource (capacity / coefficient) a lone copy of this class crosses in the preset."""
     caps = topo.resources()
     for src in topo.endpoints():

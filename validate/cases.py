@@ -23,7 +23,6 @@ COPY_SIZES = tuple(4 * KiB * 4**i for i in range(10))  # 4 KiB .. 1 GiB, powers 
 NCCL_SIZES = tuple(MiB * 4**i for i in range(7))  # 1 MiB .. 4 GiB
 IPC_SIZES = tuple(MiB * 4**i for i in range(6))  # 1 MiB .. 1 GiB
 CONC_BYTES = 256 * MiB
-MECHS = ("ce", "pageable", "sm")  # copy engine (pinned host), copy engine from/to pageable host, SM-driven kernel
 SUITES = ("quick", "full")
 CALIBRATION, HELD_OUT = "calibration", "held-out"
 NCCL_OPS = ("broadcast", "all_gather", "all_reduce")
@@ -31,7 +30,8 @@ NCCL_OPS = ("broadcast", "all_gather", "all_reduce")
 
 @dataclass(frozen=True)
 class Xfer:
-    """One copy: `src`/`dst` are 'host' or 'gpuN'; `mech` says which hardware does it."""
+    """One copy: `src`/`dst` are 'host' or 'gpuN'; `mech` says which hardware does it: 'ce' (copy engine,
+    pinned host memory), 'pageable' (copy engine from/to pageable host memory), 'sm' (Triton bulk copy)."""
 
     id: str
     src: str
@@ -72,11 +72,6 @@ class Case:
     bytes: int = 0  # nccl / ipc: the size measured
     note: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def gpus_used(self) -> set[str]:
-        out = {e for x in self.xfers for e in (x.src, x.dst) if e.startswith("gpu")}
-        return out | {k.gpu for k in self.kernels}
 
 
 def _size_split(i: int, n: int) -> str:
