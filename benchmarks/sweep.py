@@ -1,12 +1,14 @@
 """Sweep runner speed: a 1,000-point sweep of single-node simulations with the local backend.
 
-Records wall time, points/s and the runner's own cost per point, simulation excluded:
+Records wall time, points/s and the runner's own cost per point, simulation excluded, two ways:
 
-- ``overhead_per_point_ms`` (the pool, ``--workers N``): (wall × workers − Σ time inside point functions)
-  / points — everything the runner adds: process start-up, messaging, row building, Parquet flushes,
-  compaction, and idle workers at the tail;
-- ``serial`` (``workers=1``, in this process): (wall − Σ point time) / points — the bookkeeping alone
-  (rows, Parquet, progress), with no inter-process messaging.
+- ``runner_cpu_per_point_ms``: CPU time of the driver plus the pool workers' CPU time outside point
+  functions, per point — what the runner itself burns (process start-up, messaging, row building, Parquet
+  flushes, compaction). It does not depend on other jobs sharing the machine;
+- ``overhead_per_point_ms``: (wall × workers − Σ wall time inside point functions) / points — the same plus
+  idle workers (tail, waiting for the driver) and time spent waiting for a CPU when the machine is shared.
+
+``--serial`` also measures ``workers=1`` (in this process: no inter-process messaging).
 
 Workloads (``--workload``):
 
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import sys
 import tempfile
@@ -95,13 +98,22 @@ def _median_of(repeat: int, run: Callable[[int], dict]) -> dict:
     return best
 
 
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its finished child processes (the pool workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
 def _measure(study: Study, workers: int, store_root: Path) -> dict:
+    self0, kids0 = _cpu_s()
     t0 = time.perf_counter()
     report = run_sweep(study, store=ResultsStore(store_root), workers=workers, progress=False)
     wall = time.perf_counter() - t0
+    self1, kids1 = _cpu_s()  # the pool is shut down and its workers reaped by now
     rows = len(ResultsStore(store_root).load(study.name))
     if report.failed:
         raise SystemExit(f"{report.failed} points failed; fix the workload before timing it")
+    runner_cpu = (self1 - self0) + (kids1 - kids0) - report.point_cpu_s
     return {
         "workers": workers,
         "points": report.ran,
@@ -110,7 +122,10 @@ def _measure(study: Study, workers: int, store_root: Path) -> dict:
         "points_per_s": round(report.ran / wall, 1),
         "sum_point_s": round(report.point_s, 3),
         "mean_point_ms": round(1e3 * report.point_s / report.ran, 3),
+        # Wall-based: includes waiting for a CPU when other jobs share the machine.
         "overhead_per_point_ms": round(1e3 * max(0.0, wall * workers - report.point_s) / report.ran, 3),
+        # CPU-based: what the runner itself burns (driver + workers outside point functions); load-independent.
+        "runner_cpu_per_point_ms": round(1e3 * max(0.0, runner_cpu) / report.ran, 3),
     }
 
 
@@ -139,7 +154,8 @@ def main() -> None:
         serial = (_median_of(args.repeat, lambda i: _measure(study, 1, Path(tmp) / f"serial{i}"))
                   if args.serial else None)
     line = (f"{study.name}: {n} points, {args.workers} workers: {pool['wall_s']:.2f} s wall, "
-            f"{pool['points_per_s']:.0f} points/s, runner overhead {pool['overhead_per_point_ms']:.2f} ms/point")
+            f"{pool['points_per_s']:.0f} points/s, runner overhead {pool['overhead_per_point_ms']:.2f} ms/point "
+            f"wall-based, {pool['runner_cpu_per_point_ms']:.2f} ms/point CPU")
     if serial:
         line += f" (serial: {serial['wall_s']:.2f} s, {serial['overhead_per_point_ms']:.2f} ms/point)"
     print(line)

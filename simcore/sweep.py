@@ -56,6 +56,7 @@ class PointOutcome:
     metrics: dict[str, tuple[float, str]] | None
     error: str | None
     elapsed_s: float
+    cpu_s: float = 0.0  # CPU time of the worker inside the point function
 
 
 @dataclass
@@ -72,6 +73,7 @@ class SweepReport:
     failed: int = 0
     wall_s: float = 0.0
     point_s: float = 0.0  # summed time inside point functions
+    point_cpu_s: float = 0.0  # summed CPU time inside point functions
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -92,7 +94,7 @@ class SweepReport:
 def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | None = None) -> PointOutcome:
     """Run one point; any exception becomes the outcome's error (one line)."""
     ctx = PointContext(study=study.name, point_id=pid, calibration=study.calibration, trace_path=trace_path)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         metrics = study.evaluate(params, ctx)
         error = None
@@ -100,7 +102,7 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
         metrics = None
         text = " ".join(str(exc).split()) or "(no message)"
         error = f"{type(exc).__name__}: {text}"[:1000]
-    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0)
+    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0)
 
 
 # Worker-side state: the study each worker process runs (set once per process by the pool initializer).
@@ -455,6 +457,7 @@ def run_sweep(
                     report.ran += 1
                     report.failed += outcome.error is not None
                     report.point_s += outcome.elapsed_s
+                    report.point_cpu_s += outcome.cpu_s
                 flusher.maybe_flush()
                 bar.update(report.ran, report.failed)
         finally:

@@ -323,3 +323,20 @@ def test_progress_line_shows_rate_eta_and_failures(tmp_path: Path) -> None:
     run_sweep(toy_study(tmp_path), store=tmp_path / "s", workers=1, stream=buf)
     last = buf.getvalue().strip().splitlines()[-1]
     assert last.startswith("toy [" + "#" * 24 + "] 36/36") and "pt/s" in last and "failed 1" in last
+
+
+def test_chunk_sizer_follows_point_cost() -> None:
+    from simcore.sweep import PointOutcome, _ChunkSizer
+
+    def outcomes(seconds: float, n: int = 20) -> list[PointOutcome]:
+        return [PointOutcome("p", {}, {"m": (1.0, "")}, None, seconds)] * n
+
+    sizer = _ChunkSizer(None)
+    assert sizer.next_size() == 1  # cost unknown yet
+    sizer.observe(outcomes(0.001))
+    assert sizer.next_size() == 16  # cheap points travel in batches (capped)
+    sizer.observe(outcomes(0.2, 40))
+    assert sizer.next_size() == 1  # expensive points one by one
+    sizer.observe(outcomes(0.01, 40))
+    assert sizer.next_size() == 5
+    assert _ChunkSizer(3).next_size() == 3
