@@ -402,11 +402,13 @@ def _groups(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout,
 
 
 def check_fits(plan: ReshardPlan, capacity_bytes: dict[str, float], *, reserve_fraction: float = 0.0,
-               resident_bytes: dict[str, float] | None = None) -> None:
+               resident_bytes: dict[str, float] | None = None, bytes_ratio: float = 1.0) -> None:
     """Raise `InfeasibleError` naming the GPU when its rollout weights (plus `resident_bytes` already there, plus
-    `reserve_fraction` of HBM kept for KV cache and activations) exceed its capacity."""
+    `reserve_fraction` of HBM kept for KV cache and activations) exceed its capacity. `bytes_ratio` scales the
+    plan's (trainer-dtype) bytes to the engines' dtype (0.5 for fp8 engines of a bf16 model)."""
     resident = resident_bytes or {}
-    for g, nbytes in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
+    for g, raw in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
+        nbytes = raw * bytes_ratio
         cap = capacity_bytes[g]
         used = nbytes + resident.get(g, 0.0) + reserve_fraction * cap
         if used > cap:

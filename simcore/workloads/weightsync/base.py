@@ -337,10 +337,11 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
                       extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
                       decode_step_local_s=local_step)
     try:
-        check_fits(plan, {g: setup.hbm_bytes(g) for g in plan.rollout_gpus},
-                   reserve_fraction=setup.kv_reserve_fraction,
-                   resident_bytes={g: resident.get(g, 0.0) - resident_roll.get(g, 0.0)
-                                   - setup.kv_reserve_fraction * setup.hbm_bytes(g) for g in plan.rollout_gpus})
+        if resident_roll:  # zero-copy engines keep no weights of their own
+            check_fits(plan, {g: setup.hbm_bytes(g) for g in plan.rollout_gpus},
+                       reserve_fraction=setup.kv_reserve_fraction, bytes_ratio=setup.rollout_ratio,
+                       resident_bytes={g: resident.get(g, 0.0) - resident_roll.get(g, 0.0)
+                                       - setup.kv_reserve_fraction * setup.hbm_bytes(g) for g in plan.rollout_gpus})
         strategy.check(setup, plan)
         for g in sorted(set(resident) | set(extra)):
             need = resident.get(g, 0.0) + extra.get(g, 0.0)
