@@ -23,5 +23,6 @@ def test_prefix_sharing_point_runs():
 
 def test_kv_offload_point_runs():
     study = load_study("kv_offload")
-    m = study.evaluate({"topology": "h100-1", "context": 4096, "policy": "hbm-only", "page_tokens": 16})
+    m = study.evaluate({"topology": "h100-1", "context": 4096, "policy": "hbm-only", "page_tokens": 16,
+                        "mechanism": "ce-batched"})
     assert m["feasible"][0] == 1.0 and m["throughput_tok_s"][0] > 0
