@@ -1,0 +1,50 @@
+"""`fabricsim serve` (module simcore.workloads.serve_cli): runs, prints JSON, and reports bad input in one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from hwmodels.errors import FabricsimError
+from simcore.workloads import serve_cli
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", *argv])
+    return args.func(args)
+
+
+def test_serve_json(capsys):
+    assert _run(["--requests", "20", "--rate", "5", "--prompt-tokens", "100", "--output-tokens", "10",
+                 "--policy", "host-offload", "--param", "prefetch_depth=2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ttft_p50_s"] > 0 and out["kv_bytes_moved_per_token"] > 0
+
+
+def test_serve_trace(tmp_path, capsys):
+    trace = tmp_path / "r.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n0,300,5,a,200\n0.5,300,5,a,200\n")
+    assert _run(["--trace", str(trace), "--policy", "prefix-sharing"]) == 0
+    assert "throughput_tok_s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--policy", "nope"], "unknown KV policy"),
+    (["--param", "depth"], "KEY=VALUE"),
+    (["--page-tokens", "0"], "page size"),
+    (["--kv-budget", "1KiB"], "smaller than one page"),
+])
+def test_serve_bad_input(argv, match):
+    with pytest.raises(FabricsimError, match=match):
+        _run(["--requests", "2", *argv])
+
+
+def test_serve_bad_trace(tmp_path):
+    trace = tmp_path / "r.csv"
+    trace.write_text("arrival_s,prompt_tokens\n0,300\n")
+    with pytest.raises(FabricsimError, match="missing column.*output_tokens"):
+        _run(["--trace", str(trace)])
