@@ -233,3 +233,15 @@ def test_versioned_pool_never_serves_a_torn_version(ops: list[str]) -> None:
             pool.release(slot)
     for version, slot in held:
         assert pool.slot_data[slot] == version
+
+
+def test_docs_python_blocks_run() -> None:
+    """docs/weight_sync.md's examples are executed, so they cannot rot."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "weight_sync.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/weight_sync.md block {i + 1}", "exec"), {"__name__": "docs"})
