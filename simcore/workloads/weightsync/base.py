@@ -18,6 +18,7 @@ Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x1
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field, fields
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 import simpy
 
 from hwmodels.topology import Topology
-from simcore import Simulation
+from simcore import ScenarioError, Simulation
 
 from ..decode import DecodeBatch, step_cost
 from ..errors import InfeasibleError, WorkloadError
@@ -183,9 +184,9 @@ class SyncContext:
             self.sim.memory(gpu).alloc(int(nbytes), tag)
 
     def free(self, gpu: str, tag: str) -> None:
-        pool = self.sim.memory(gpu)
-        if tag in pool._allocs:
-            pool.free(tag)
+        """Release an allocation made with `alloc` (a zero-byte request allocated nothing: nothing to free)."""
+        with contextlib.suppress(ScenarioError):
+            self.sim.memory(gpu).free(tag)
 
     def mark_live_write(self) -> None:
         """Call when the first byte lands in the engines' live weights (generation must stop from here)."""
