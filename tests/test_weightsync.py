@@ -245,3 +245,33 @@ def test_docs_python_blocks_run() -> None:
     assert blocks
     for i, block in enumerate(blocks):
         exec(compile(block, f"docs/weight_sync.md block {i + 1}", "exec"), {"__name__": "docs"})
+
+
+def _sync_cli(argv: list[str]) -> int:
+    import argparse
+
+    from simcore.workloads.weightsync import cli
+
+    parser = argparse.ArgumentParser(prog="fabricsim")
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sync", *argv])
+    return args.func(args)
+
+
+def test_cli_json_and_errors(capsys) -> None:
+    import json
+
+    from simcore.workloads.weightsync.cli import parse_gpus
+
+    assert parse_gpus("gpu0-2,node1.gpu7") == ["gpu0", "gpu1", "gpu2", "node1.gpu7"]
+    assert _sync_cli(["Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--json",
+                      "--knob", "task_bytes=5e8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] and out["metrics"]["sync_s"] > 0
+    assert _sync_cli(["Llama-3-8B", "cuda-ipc-buckets", "--topology", "cluster-2x8", "--trainer", "node0.gpu0-7",
+                      "--rollout", "node1.gpu0-7"]) == 0
+    assert "infeasible" in capsys.readouterr().out
+    with pytest.raises(WorkloadError, match="backwards"):
+        parse_gpus("gpu3-1")
+    with pytest.raises(UnknownStrategyError):
+        _sync_cli(["Llama-3-8B", "teleport"])
