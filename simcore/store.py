@@ -258,7 +258,13 @@ class ResultsStore:
         if not parts:
             return final if final.exists() else None
         if not final.exists():
-            tables = [pq.read_table(p) for p in parts]
+            try:
+                tables = [pq.read_table(p) for p in parts]
+            except (OSError, pa.ArrowException) as exc:
+                # Leave the parts alone: readers still get every readable row, and the bad file is named.
+                warnings.warn(f"run {run_id} left as parts, not compacted: {exc}", CorruptResultsWarning,
+                              stacklevel=2)
+                return None
             try:
                 table = pa.concat_tables(tables, promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError):

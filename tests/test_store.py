@@ -255,3 +255,13 @@ def test_any_parameter_mix_round_trips_values(tmp_path_factory: pytest.TempPathF
                 assert stored == str(v)
             else:
                 assert stored == v
+
+
+def test_a_corrupt_part_leaves_the_run_uncompacted_and_readable(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.write(_rows("a", "r1", 3), study="a", run_id="r1", part=1)
+    (tmp_path / "a" / "r1.part-000002.parquet").write_bytes(b"garbage")
+    with pytest.warns(CorruptResultsWarning, match="left as parts"):
+        assert store.compact_run("a", "r1") is None
+    with pytest.warns(CorruptResultsWarning, match="part-000002"):
+        assert len(store.load("a")) == 3
