@@ -156,3 +156,13 @@ def test_bad_configurations_raise_clear_errors():
         serve("h100-1", reqs, tp=2)
     with pytest.raises(InfeasibleError, match="weights"):
         serve("h100-1", reqs, model="Llama-3-70B")
+
+
+def test_hbm_timeline():
+    reqs = poisson_requests(20, 30, prompt_tokens=500, output_tokens=30, seed=0)
+    res = serve("h100-1", reqs, model=MODEL)
+    tl = res.hbm_timeline()
+    assert set(tl.columns) == {"t_s", "gpu", "used_bytes", "kv_bytes", "capacity_bytes"}
+    assert tl["t_s"].is_monotonic_increasing
+    assert tl["kv_bytes"].max() > 0 and tl["kv_bytes"].iloc[-1] == 0  # everything freed at the end
+    assert (tl["used_bytes"] <= tl["capacity_bytes"]).all()

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import simpy
 
 from hwmodels import presets
@@ -727,6 +728,17 @@ class ServingResult:
                 means.append(area / end / pool.capacity_bytes if end > 0 else 0.0)
                 peaks.append(pool.peak_bytes / pool.capacity_bytes)
         return float(np.mean(means)), float(np.max(peaks))
+
+    def hbm_timeline(self) -> pd.DataFrame:
+        """HBM occupancy over time: one row per change, columns t_s, gpu, used_bytes, kv_bytes, capacity_bytes
+        (used = weights + KV; a step-wise series, each value holding until the next row of the same GPU)."""
+        rows = []
+        for inst in self.system.instances:
+            for pool in inst.pools:
+                for t, used in pool.timeline:
+                    rows.append((t, pool.device, used, max(0.0, used - inst.weight_bytes_per_gpu),
+                                 pool.capacity_bytes))
+        return pd.DataFrame(rows, columns=["t_s", "gpu", "used_bytes", "kv_bytes", "capacity_bytes"])
 
     def time_in_system(self, t0: float, t1: float) -> float:
         """Time-averaged number of requests in the system over [t0, t1] (from the loop's own counter)."""
