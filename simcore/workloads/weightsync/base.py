@@ -121,6 +121,7 @@ class SyncResult:
     rollout_weight_bytes: float = 0.0      # per rollout GPU (max) resident under this strategy
     decode_step_s: float = math.nan
     decode_step_local_s: float = math.nan
+    decode_step_during_sync_s: float = math.nan  # asynchronous modes: a step that shares links and HBM with the sync
     staleness_versions: float = 0.0
     stale_fraction: float = 0.0
     flow_events: int = 0
@@ -135,6 +136,7 @@ class SyncResult:
             "rollout_weights_GiB": (self.rollout_weight_bytes / 2**30, "GiB"),
             "decode_step_ms": (self.decode_step_s * 1e3, "ms"),
             "decode_step_local_ms": (self.decode_step_local_s * 1e3, "ms"),
+            "decode_step_during_sync_ms": (self.decode_step_during_sync_s * 1e3, "ms"),
         }
         if self.feasible:
             out.update({
@@ -157,6 +159,7 @@ class SyncContext:
         self.plan = plan
         self.transforms = transforms
         self.first_live_write_s: float | None = None
+        self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._assembled: AssembledPlan | None = None
         self._seq = 0
 
@@ -380,6 +383,8 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
     base.peak_extra_bytes = float(max(peaks.values(), default=0))
     base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
     base.flow_events = res.events
+    if ctx.concurrent_steps_s:
+        base.decode_step_during_sync_s = max(ctx.concurrent_steps_s)
     if keep_result:
         base.sim_result = res
     return base

@@ -21,7 +21,8 @@ Default costs: `publish_s` 5 us (a 4-byte peer store, 2-3 us NVLink write latenc
 `observe_s` 3 us (one peer read of the counter); readers notice at the next step boundary, on average half a
 decode step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight
 addresses keep one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and
-stalls generation for it).
+stalls generation for it). With `measure_contention` a decode step runs beside each reader's pull, reported as
+`decode_step_during_sync_ms`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from simcore import Simulation
 
-from ..decode import decode_work
+from ..decode import decode_work, schedule_decode_step
 from ..errors import InfeasibleError, WorkloadError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, local_decode_step
 from .registry import register
@@ -105,6 +106,7 @@ class SharedPoolKnobs(Knobs):
     observe_s: float = 3e-6
     flip_s: float = 20e-6
     flip_copy: bool = False
+    measure_contention: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -184,6 +186,14 @@ class SharedPool(Strategy):
             return  # zero-copy readers hold the slot for as long as they generate on this version
         pulls = [sim.transfer(ctx.name(f"pull.{r}"), t, r, float(plan.matrix[i, j]), tag="pull")
                  for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+        if k.measure_contention:
+            # The reader keeps generating on version v while it pulls: one decode step alongside the pull shows
+            # how much the pull's HBM traffic slows generation.
+            setup = ctx.setup
+            model = setup.model.with_dtype(setup.wire_dtype)
+            began = sim.now
+            step = schedule_decode_step(sim, r, model, setup.decode, tp=setup.rollout.tp, id=ctx.name(f"step.{r}"))
+            step.callbacks.append(lambda _ev: ctx.concurrent_steps_s.append(sim.now - began))
         ctx.alloc(r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio, "inactive-buffer")
         if pulls:
             yield sim.env.all_of(pulls)
