@@ -101,9 +101,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     # `kill PID` should save finished points like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        report = run_sweep(args.study, store=args.store, backend=args.backend, workers=args.workers,
-                           address=args.address, resume=args.resume, retry_failed=args.retry_failed,
-                           limit=args.limit, progress=not args.quiet)
+        with _report_corrupt_files():
+            report = run_sweep(args.study, store=args.store, backend=args.backend, workers=args.workers,
+                               address=args.address, resume=args.resume, retry_failed=args.retry_failed,
+                               limit=args.limit, progress=not args.quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
     store = ResultsStore(args.store)
