@@ -510,10 +510,13 @@ class Instance:
         owner = dst if topo.kind(topo.resolve(src)) == "host" else src
         engine = f"{topo.resolve(owner)}.ce.{path.path_class}"
         n = max(1.0, float(copies))
+        # A calibrated latency was measured around real cudaMemcpyAsync calls, so it already holds the launch.
+        pp = topo.path_params.get(path.path_class)
+        launch = 0.0 if pp is not None and pp.latency_s is not None else cfg.copy_launch_s
         if cfg.mechanism == "ce-per-page":
-            fixed = cfg.copy_launch_s + (n - 1) * (path.latency_s + cfg.copy_launch_s)
+            fixed = launch + (n - 1) * (path.latency_s + launch)
         elif cfg.mechanism == "ce-batched":
-            fixed = cfg.copy_launch_s
+            fixed = launch
         else:
             gather = cfg.gather_sms * cfg.gather_Bps_per_sm
             cap = gather if cap is None else min(cap, gather)

@@ -15,6 +15,7 @@ HBM bandwidth with them; when it finishes, the sequence's footprint and reads sh
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import check_fraction, check_positive
@@ -116,7 +117,7 @@ class AsyncCompression(KVPolicy):
 
     def _done(self, s: Seq, n: int, epoch: int) -> None:
         s.compressing = False
-        if s.preemptions == epoch and s.finish_s != s.finish_s:  # still the same, unfinished life
+        if s.preemptions == epoch and math.isnan(s.finish_s):  # not preempted or finished meanwhile
             s.compressed_src += n
             self.instance._record_memory()
 
