@@ -20,6 +20,8 @@ from . import __version__
 _COMMAND_MODULES = (
     "simcore.cli",
     "hwmodels.cli",
+    "simcore.workloads.weightsync.cli",
+    "simcore.workloads.serve_cli",
     "simcore.sweep_cli",
     "validate.cli",
 )
@@ -29,6 +31,8 @@ EPILOG = """examples:
   fabricsim simulate examples/h2d_fanout.yaml --json --trace trace.json
   fabricsim topo show hgx-h200-8
   fabricsim topo import topo_m.txt --gpu H100
+  fabricsim sweep weight_sync && fabricsim plot weight_sync
+  fabricsim results show weight_sync --metric sync_latency_s
 """
 
 
