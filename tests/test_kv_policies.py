@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from simcore.workloads.kvpolicies import StepItem, make_policy, names
 from simcore.workloads.kvpolicies.base import Seq
 from simcore.workloads.kvpolicies.prefix import _Entry, prefix_read_factor
+from simcore.workloads.kvsize import KVLayout
 from simcore.workloads.models import get
 from simcore.workloads.requests import Request, poisson_requests
 from simcore.workloads.serving import ServingConfig, ServingSystem, serve
@@ -132,3 +133,12 @@ def test_async_compression_shrinks_long_contexts():
     read_b, read_c = base.metrics()["kv_bytes_read_per_token"][0], comp.metrics()["kv_bytes_read_per_token"][0]
     assert read_c < 0.5 * read_b
     assert all(s.compressed_src > 0 for s in comp.seqs)
+
+
+def test_host_memory_is_accounted():
+    reqs = poisson_requests(float("inf"), 8, prompt_tokens=3000, output_tokens=8, seed=0)
+    off = serve("h100-1", reqs, "host-offload", model=MODEL, token_budget=8 * 3000 + 8)  # one prefill step
+    expected = 8 * KVLayout(MODEL).bytes_per_gpu(3000 + 7)  # every sequence's pages, at their longest
+    assert off.host_kv_peak() == pytest.approx(expected, rel=0.01)
+    assert off.system.sim.memory("host0").timeline[-1][1] == 0  # all freed at the end
+    assert serve("h100-1", reqs, "hbm-only", model=MODEL).host_kv_peak() == 0

@@ -30,6 +30,7 @@ import simpy
 
 from hwmodels.specs import GPUSpec
 from hwmodels.topology import Topology
+from simcore.simulation import Simulation
 
 from .errors import WorkloadError
 from .models import ModelConfig, dtype_bytes
@@ -126,9 +127,10 @@ def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None 
     return min(bw, path.rate_cap_Bps) if path.rate_cap_Bps else bw
 
 
-def schedule_decode_step(sim, gpu: str, model: ModelConfig, batch: DecodeBatch, *, tp: int = 1,
-                         weights_at: str | None = None, kv_at: str | None = None, after: Iterable = (),
-                         id: str | None = None, compute_dtype: str = "bf16") -> simpy.Event:
+def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: DecodeBatch, *, tp: int = 1,
+                         weights_at: str | None = None, kv_at: str | None = None,
+                         after: Iterable[str | simpy.Event] = (), id: str | None = None,
+                         compute_dtype: str = "bf16") -> simpy.Event:
     """Issue one decode step of `gpu` on a `Simulation`; returns an event that fires when it ends.
 
     Local bytes and FLOPs become one roofline task; weights at `weights_at` and KV at `kv_at` (endpoints other

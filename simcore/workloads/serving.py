@@ -181,6 +181,8 @@ class Instance:
         self.steps = 0
         self.kv_read_bytes = 0.0
         self.kv_alloc: int | None = None
+        self.host_alloc: int | None = None
+        self.host_pools = [self.sim.memory(h) for h in self.hosts]
         self._base: dict[int, Any] = {}
         self.max_running = 0
         self.decode_s = 0.0  # time in steps that only decode (no prefill chunk), and the tokens they made
@@ -294,6 +296,7 @@ class Instance:
             self._record_memory()
             yield self.move_all("d2h", nbytes, self.layout.page_copies(seq.kv_tokens), "kv-swap-out")
             self.swapped.appendleft(seq)
+            self._record_memory()
         else:
             self.policy.release(seq)
             if not seq.prefilling:
@@ -539,15 +542,29 @@ class Instance:
                for g in self.gpus]
         return self.sim.env.all_of(evs)
 
+    def host_bytes(self) -> float:
+        """Per-GPU KV bytes this instance keeps in host memory (offloaded, swapped out, evicted prefixes)."""
+        return (sum(self.policy.host_bytes(s, s.kv_tokens) for s in self.running)
+                + sum(s.swapped_bytes for s in self.swapped) + self.policy.host_shared_bytes())
+
     def _record_memory(self) -> None:
+        """Keep the HBM and host-DRAM pools' allocations in step (their timelines are the occupancy record);
+        host memory that runs out raises `OutOfMemory` naming the socket."""
         used = int(self.used_bytes() + self.policy.reserved_bytes())
-        if used == self.kv_alloc:
-            return
-        for pool in self.pools:
-            if self.kv_alloc is not None:
-                pool.free(f"kv.i{self.idx}")
-            pool.alloc(used, f"kv.i{self.idx}")
-        self.kv_alloc = used
+        if used != self.kv_alloc:
+            for pool in self.pools:
+                if self.kv_alloc is not None:
+                    pool.free(f"kv.i{self.idx}")
+                pool.alloc(used, f"kv.i{self.idx}")
+            self.kv_alloc = used
+        host = int(self.host_bytes())
+        if host != self.host_alloc:
+            for k, pool in enumerate(self.host_pools):
+                tag = f"kv.i{self.idx}.g{k}"
+                if self.host_alloc is not None:
+                    pool.free(tag)
+                pool.alloc(host, tag)
+            self.host_alloc = host
 
 
 def _run_sum(w0: StepWork, w1: StepWork, k: int) -> StepWork:
@@ -743,6 +760,13 @@ class ServingResult:
                                  pool.capacity_bytes))
         return pd.DataFrame(rows, columns=["t_s", "gpu", "used_bytes", "kv_bytes", "capacity_bytes"])
 
+    def host_kv_peak(self) -> float:
+        """Peak bytes of KV held in host DRAM, over all host sockets together."""
+        peak = 0.0
+        for pool in {id(p): p for i in self.system.instances for p in i.host_pools}.values():
+            peak = max(peak, pool.peak_bytes)
+        return peak
+
     def time_in_system(self, t0: float, t1: float) -> float:
         """Time-averaged number of requests in the system over [t0, t1] (from the loop's own counter)."""
         area = 0.0
@@ -803,6 +827,7 @@ class ServingResult:
             "preemptions": (float(self.system.preemptions), "count"),
             "steps": (float(sum(i.steps for i in self.system.instances)), "count"),
             "max_batch": (float(max(i.max_running for i in self.system.instances)), "sequences"),
+            "host_kv_peak_bytes": (self.host_kv_peak(), "B"),
             **self._handoff_metrics(),
         }
 

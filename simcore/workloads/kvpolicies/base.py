@@ -126,6 +126,14 @@ class KVPolicy:
     def hbm_bytes(self, seq: Seq, kv_tokens: int) -> float:
         return self.layout.bytes_per_gpu(self.own_tokens(seq, kv_tokens))
 
+    def host_bytes(self, seq: Seq, kv_tokens: int) -> float:
+        """Per-GPU bytes of this running sequence's KV kept in host memory."""
+        return 0.0
+
+    def host_shared_bytes(self) -> float:
+        """Per-GPU bytes of shared KV (evicted prefixes) the policy keeps in host memory."""
+        return 0.0
+
     def on_admit(self, seq: Seq) -> tuple[int, float]:
         """(prompt tokens the sequence need not prefill, per-GPU bytes to fetch from host before it runs)."""
         return 0, 0.0

@@ -30,6 +30,9 @@ class HostOffload(KVPolicy):
     def hbm_bytes(self, seq: Seq, kv_tokens: int) -> float:
         return self.layout.bytes_per_gpu(kv_tokens) * self._buffer_fraction()
 
+    def host_bytes(self, seq: Seq, kv_tokens: int) -> float:
+        return self.layout.bytes_per_gpu(kv_tokens)
+
     def add_seq_work(self, work: StepWork, seq: Seq, ctx: float, new: int) -> None:
         lay = self.layout
         fetch = lay.bytes_per_gpu(ctx, paged=False)

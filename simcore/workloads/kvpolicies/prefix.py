@@ -51,6 +51,9 @@ class PrefixSharing(KVPolicy):
     def shared_bytes(self) -> float:
         return sum(self._bytes(e.tokens) for e in self.cache.values() if e.where == "hbm")
 
+    def host_shared_bytes(self) -> float:
+        return sum(self._bytes(e.tokens) for e in self.cache.values() if e.where == "host")
+
     def _make_room(self, nbytes: float) -> bool:
         """Evict unreferenced prefixes (LRU first) to host until `nbytes` more fit the cache."""
         while self.shared_bytes() + nbytes > self.capacity:

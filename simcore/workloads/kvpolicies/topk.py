@@ -37,6 +37,11 @@ class TopKPaging(KVPolicy):
         full = lay.bytes_per_gpu(kv_tokens)
         return (1 - self.stable) * full + self.stable * min(full, lay.bytes_per_gpu(self._resident_tokens(kv_tokens)))
 
+    def host_bytes(self, seq: Seq, kv_tokens: int) -> float:
+        lay = self.layout
+        spilled = lay.bytes_per_gpu(kv_tokens) - lay.bytes_per_gpu(self._resident_tokens(kv_tokens))
+        return self.stable * max(0.0, spilled)
+
     def read_bytes(self, seq: Seq, ctx: float) -> float:
         lay = self.layout
         return ((1 - self.stable) * lay.bytes_per_gpu(ctx, paged=False)

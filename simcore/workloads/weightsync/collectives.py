@@ -18,10 +18,13 @@ from collections.abc import Iterable, Sequence
 
 import simpy
 
+from hwmodels.topology import Topology
+from simcore.simulation import Simulation
+
 from ..decode import path_bandwidth_Bps
 
 
-def ring_order(topo, gpus: Sequence[str], first: str | None = None) -> list[str]:
+def ring_order(topo: Topology, gpus: Sequence[str], first: str | None = None) -> list[str]:
     """A ring through `gpus` that crosses each node boundary once (sorted by node, then GPU index), starting at
     `first` (the broadcast root) when given."""
     def key(g: str) -> tuple:
@@ -36,11 +39,11 @@ def ring_order(topo, gpus: Sequence[str], first: str | None = None) -> list[str]
     return ring
 
 
-def ring_bottleneck_Bps(topo, ring: Sequence[str]) -> float:
+def ring_bottleneck_Bps(topo: Topology, ring: Sequence[str]) -> float:
     return min(path_bandwidth_Bps(topo, a, b) for a, b in zip(ring, ring[1:], strict=False))
 
 
-def ring_broadcast(sim, ring: Sequence[str], nbytes: float, *, chunk_bytes: float, after: Iterable = (),
+def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk_bytes: float, after: Iterable = (),
                    name: str, tag: str = "broadcast", repeats: int = 1, max_explicit_flows: int = 256,
                    explicit: bool | None = None) -> simpy.Event:
     """Broadcast `nbytes` from `ring[0]` along the ring; the event fires when the last GPU has it all.
@@ -101,8 +104,8 @@ def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_
     return t + latency_s * ((chunks + n - 2) if explicit else (n - 1))
 
 
-def gather(sim, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str, tag: str = "gather",
-           fixed_cost_s: float = 0.0) -> simpy.Event:
+def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str,
+           tag: str = "gather", fixed_cost_s: float = 0.0) -> simpy.Event:
     """Every source sends its bytes to `dst` at once (a local source's part is already there)."""
     after = list(after)
     here = sim.topology.resolve(dst)
@@ -111,7 +114,7 @@ def gather(sim, sources: dict[str, float], dst: str, *, after: Iterable = (), na
     return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
 
 
-def ring_allgather(sim, ring: Sequence[str], missing: dict[str, float], *, after: Iterable = (), name: str,
+def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, float], *, after: Iterable = (), name: str,
                    tag: str = "allgather") -> simpy.Event:
     """Ring all-gather in its bandwidth form: every GPU receives the bytes it lacks from its ring predecessor,
     all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently)."""

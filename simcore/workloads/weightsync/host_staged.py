@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from hwmodels.topology import Topology
+
 from ..errors import InfeasibleError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen
 from .collectives import ring_broadcast, ring_order
@@ -41,7 +43,7 @@ class HostStagedKnobs(Knobs):
     max_sim_rounds: int = 12
 
 
-def nearest_host(topo, gpu: str) -> str:
+def nearest_host(topo: Topology, gpu: str) -> str:
     """The host socket of `gpu`'s node reached in the fewest hops (NUMA-local pinned memory)."""
     node = gpu.rpartition(".")[0]
     prefix = f"{node}." if node else ""
