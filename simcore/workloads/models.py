@@ -244,10 +244,6 @@ class ModelConfig:
         return out
 
     # ---- sizes (closed forms, so big models need not enumerate tensors) ----------------------------------
-    def _layer_params(self, layer: int) -> int:
-        return sum(t.numel for t in self.layer_tensors(layer)) if not self.is_moe_layer(layer) else (
-            self._moe_layer_params())
-
     def _moe_layer_params(self) -> int:
         """One MoE layer without enumerating its (up to 1152) expert tensors."""
         h = self.hidden_size
