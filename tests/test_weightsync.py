@@ -275,3 +275,24 @@ def test_cli_json_and_errors(capsys) -> None:
         parse_gpus("gpu3-1")
     with pytest.raises(UnknownStrategyError):
         _sync_cli(["Llama-3-8B", "teleport"])
+
+
+def test_nccl_broadcast_strategy_matches_its_closed_form() -> None:
+    """One trainer GPU (nothing to gather), seven TP-1 engines: per bucket a pipelined ring broadcast, then the
+    per-tensor load cost and a local copy into the live weights (HBM read + write)."""
+    model = models.get("Llama-3-8B")
+    setup = SyncSetup(HGX, model, FSDPLayout(["gpu0"]), RolloutLayout(G[1:], tp=1))
+    strategy = get("nccl-broadcast")
+    k = strategy.knobs
+    res = simulate_sync(setup, strategy)
+    S = model.weight_bytes()
+    B = path_bandwidth_Bps(HGX, "gpu0", "gpu1")
+    lat = HGX.path("gpu0", "gpu1").latency_s
+    hbm = HGX.gpu("gpu1").hbm_Bps
+    n_tensors = len(model.tensors())
+    expected = 0.0
+    for nbytes, m in coarsen(S, k.bucket_bytes, k.max_sim_buckets):
+        assert m == 1
+        expected += (nbytes / B + 6 * min(k.chunk_bytes, nbytes) / B + 7 * lat
+                     + n_tensors * nbytes / S * k.per_tensor_s + 2 * nbytes / hbm)
+    assert res.sync_s == pytest.approx(expected, rel=1e-9)
