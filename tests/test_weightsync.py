@@ -296,3 +296,19 @@ def test_nccl_broadcast_strategy_matches_its_closed_form() -> None:
         expected += (nbytes / B + 6 * min(k.chunk_bytes, nbytes) / B + 7 * lat
                      + n_tensors * nbytes / S * k.per_tensor_s + 2 * nbytes / hbm)
     assert res.sync_s == pytest.approx(expected, rel=1e-9)
+
+
+def test_pull_on_publish_closed_form() -> None:
+    """Symmetric split 4+4 (FSDP-4 -> four TP-1 engines): publish, observe, every reader pulls all its weights
+    from the four trainer GPUs at its NVLink ingress rate, waits half a decode step for the boundary, flips."""
+    model = models.get("Llama-3-8B")
+    setup = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    strategy = get("shared-pool:pull-on-publish", measure_contention=False)
+    k = strategy.knobs
+    res = simulate_sync(setup, strategy)
+    B = path_bandwidth_Bps(HGX, "gpu0", "gpu4")
+    lat = HGX.path("gpu0", "gpu4").latency_s
+    pull = model.weight_bytes() / B + lat
+    expected = k.publish_s + k.observe_s + pull + res.decode_step_local_s / 2 + k.flip_s
+    assert res.sync_s == pytest.approx(expected, rel=1e-6)
+    assert res.stall_s == k.flip_s
