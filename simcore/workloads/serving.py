@@ -761,11 +761,9 @@ class ServingResult:
         return pd.DataFrame(rows, columns=["t_s", "gpu", "used_bytes", "kv_bytes", "capacity_bytes"])
 
     def host_kv_peak(self) -> float:
-        """Peak bytes of KV held in host DRAM, over all host sockets together."""
-        peak = 0.0
-        for pool in {id(p): p for i in self.system.instances for p in i.host_pools}.values():
-            peak = max(peak, pool.peak_bytes)
-        return peak
+        """Bytes of KV held in host DRAM at peak: each host socket's peak, summed over the sockets used."""
+        pools = {id(p): p for i in self.system.instances for p in i.host_pools}.values()
+        return float(sum(p.peak_bytes for p in pools))
 
     def time_in_system(self, t0: float, t1: float) -> float:
         """Time-averaged number of requests in the system over [t0, t1] (from the loop's own counter)."""
