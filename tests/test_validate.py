@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from hwmodels.calibration import CalibrationProfile, CapSpec, PathParams
 from hwmodels.errors import CalibrationError
@@ -276,3 +278,33 @@ def test_measuring_code_runs_without_the_simulator(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "v" / "measured.json").exists()
+
+
+# Rates stay under the preset's links (PCIe 54.8 GB/s, NVLink 391 GB/s): above them a profile cannot raise
+# a ceiling, so the rate is not identifiable. No shrinking: each example simulates a whole case list.
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(h2d_GBps=st.floats(20, 50), lat_us=st.floats(2, 15), p2p_GBps=st.floats(150, 380),
+       disc=st.tuples(*[st.sampled_from(["fair", "fifo"])] * 4), host_share=st.floats(0.55, 1.2))
+def test_calibration_round_trip_property(h2d_GBps: float, lat_us: float, p2p_GBps: float,
+                                         disc: tuple[str, ...], host_share: float) -> None:
+    """Any profile of this shape, simulated and re-fitted, comes back: rates, latencies, disciplines, caps."""
+    classes = ("h2d", "d2h", "d2d", "p2p-nvlink")
+    rates = {"h2d": h2d_GBps * 1e9, "d2h": 0.95 * h2d_GBps * 1e9, "d2d": 1.8e12, "p2p-nvlink": p2p_GBps * 1e9}
+    host_cap = host_share * 2 * rates["h2d"]
+    caps = (CapSpec("host-h2d", host_cap, ("h2d",)),) if host_share < 0.95 else ()
+    truth = CalibrationProfile(
+        id="truth", machine="synthetic", gpu_model="H200", gpus=2,
+        paths={c: PathParams(lat_us * 1e-6 * (1 + 0.1 * i), rates[c], (), d)
+               for i, (c, d) in enumerate(zip(classes, disc, strict=True))},
+        caps=caps)
+    got = calibrate(Measurements(synthetic_document("h200-2", truth, "quick"), "synthetic.json"))
+    for c in classes:
+        assert got.paths[c].discipline == truth.paths[c].discipline, c
+        assert got.paths[c].bandwidth_Bps == pytest.approx(rates[c], rel=0.01), c
+        assert got.paths[c].latency_s == pytest.approx(truth.paths[c].latency_s, rel=0.03), c
+    fitted = {c.name: c.Bps for c in got.caps}
+    if caps:
+        assert fitted["host-h2d"] == pytest.approx(host_cap, rel=0.01)
+    else:
+        assert "host-h2d" not in fitted

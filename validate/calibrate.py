@@ -5,13 +5,13 @@ What is fitted, in order, each step on the cases that expose exactly that mechan
 1. per path class (lone copy-engine copies, pinned host memory): latency = time of the smallest copy less
    its bytes at full rate; bandwidth = largest size over its time less latency; a size-efficiency point
    at every calibration size so that latency + bytes / (bandwidth x efficiency) reproduces it;
-2. engine discipline per class: two equal copies of one class on one GPU are simulated both ways and the
-   discipline whose per-copy finish times are closer wins (fair sharing finishes both together; FIFO one
-   after the other);
-3. shared caps, each only where the profile so far predicts the case faster than measured (by > 3%), its
+2. shared caps, each only where the profile so far predicts the case faster than measured (by > 3%), its
    capacity found by bisection on the simulated makespan: the host's aggregate per direction (every GPU
    at once), a per-GPU duplex cap (H2D and D2H together on one GPU), a host duplex cap (every GPU, both
-   directions);
+   directions), an NVLink duplex cap;
+3. engine discipline per class: two equal copies of one class on one GPU are simulated both ways, with the
+   caps, and the discipline whose finish and service times (by rank) are closer wins (fair sharing
+   finishes both together; FIFO one after the other);
 4. NCCL: a fixed cost and a rate cap on the ring transfers, from broadcast at the calibration sizes;
 5. CUDA IPC: open and close cost as a + b x bytes.
 
@@ -127,28 +127,8 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
                          f"route capacity {route_cap / 1e9:.1f} GB/s; the preset's link is the binding limit")
     profile = _profile(profile, paths=paths)
 
-    # 2. engine discipline, from two equal copies of one class on one GPU
-    for c in cal:
-        if c.group != "copies" or len(c.xfers) < 2 or c.kernels:
-            continue
-        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
-        issuers = {x.issuer for x in c.xfers}
-        if len(classes) != 1 or len(issuers) != 1:
-            continue
-        cls = classes.pop()
-        if cls not in paths:
-            continue
-        errs = {}
-        for disc in ("fair", "fifo"):
-            trial = _profile(profile, paths={**profile.paths, cls: replace(paths[cls], discipline=disc)})
-            errs[disc] = _err_order(c, meas[c.id], base_topo.with_calibration(trial))
-        best = min(errs, key=errs.get)
-        paths[cls] = replace(paths[cls], discipline=best)
-        profile = _profile(profile, paths=dict(paths))
-        notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
-                     f"fifo {errs['fifo']:.1%}; case {c.id})")
-
-    # 3. shared caps, where the model so far is faster than measured
+    # 2. shared caps, where the model so far is faster than measured. Every cap case puts at most one
+    # copy on each engine, so caps do not depend on the discipline; the discipline cases do feel the caps.
     gpus = base_topo.gpus()
     for c in cal:
         if c.group != "copies" or c.kernels or len(c.xfers) < 2:
@@ -180,6 +160,27 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         bps = _bisect_cap(c, measured, make, hi=2 * total / predicted)
         profile = _profile(profile, caps=profile.caps + tuple(spec_of(bps)))
         notes.append(f"{what}: cap {bps / 1e9:.1f} GB/s (case {c.id})")
+
+    # 3. engine discipline, from two equal copies of one class on one GPU
+    for c in cal:
+        if c.group != "copies" or len(c.xfers) < 2 or c.kernels:
+            continue
+        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
+        issuers = {x.issuer for x in c.xfers}
+        if len(classes) != 1 or len(issuers) != 1:
+            continue
+        cls = classes.pop()
+        if cls not in paths:
+            continue
+        errs = {}
+        for disc in ("fair", "fifo"):
+            trial = _profile(profile, paths={**profile.paths, cls: replace(paths[cls], discipline=disc)})
+            errs[disc] = _err_order(c, meas[c.id], base_topo.with_calibration(trial))
+        best = min(errs, key=errs.get)
+        paths[cls] = replace(paths[cls], discipline=best)
+        profile = _profile(profile, paths=dict(paths))
+        notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
+                     f"fifo {errs['fifo']:.1%}; case {c.id})")
 
     # 4. NCCL ring transfers: fixed cost and rate cap from broadcast
     prov: dict[str, Any] = {}
