@@ -66,6 +66,10 @@ MISSING = {
                        "and size; the model sees two ring phases of plain transfers.",
     "engine": "copies of one class from one GPU: the fitted discipline (fair or FIFO) is one of two extremes; "
               "hardware spreads streams over several copy engines in ways neither captures exactly.",
+    "duplex": "H2D and D2H together on one GPU: one per-GPU duplex cap, fitted on one copy each way, shared "
+              "max-min fairly; with several copies each way the hardware's split between the directions differs.",
+    "nccl-broadcast": "NCCL switches protocol (LL/LL128/Simple) and channel count with size; two parameters "
+                      "(fixed cost, rate cap) fitted over 1 MiB..4 GiB miss the mid sizes.",
 }
 
 
@@ -99,7 +103,7 @@ def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame,
         pred = simulate_case(c, topo, nccl)
         nbytes = c.bytes or max(x.bytes for x in c.xfers)
         rows.append({"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
-                     "modelled": _modelled(c.pattern), "measured_s": measured_s,
+                     "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
                      "predicted_s": pred.makespan_s, "error": pred.makespan_s / measured_s - 1})
         if c.group == "copies" and len(meas["finish_s"]) > 1:
             # k-th earliest measured against k-th earliest predicted (see simulate.measured_order)
@@ -110,6 +114,14 @@ def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame,
                               "modelled": _modelled(c.pattern), "measured_s": t_meas,
                               "predicted_s": t_pred, "error": t_pred / t_meas - 1})
     return pd.DataFrame(rows), pd.DataFrame(frows)
+
+
+def _spread(meas: dict[str, Any]) -> float:
+    """How much the repetitions of a case disagreed: (slowest - fastest) / median makespan."""
+    if "spread_s" in meas:
+        return float(meas["spread_s"] / meas["makespan_s"])
+    runs = meas.get("all_s")
+    return float((max(runs) - min(runs)) / meas["makespan_s"]) if runs else float("nan")
 
 
 def _stats(err: pd.Series) -> dict[str, float]:
@@ -144,6 +156,7 @@ def pattern_table(df: pd.DataFrame, fdf: pd.DataFrame) -> pd.DataFrame:
         rows.append({"pattern": pattern, "split": split, "cases": s["n"], "modelled": bool(d["modelled"].iloc[0]),
                      "makespan abs(err) median": s["median"], "makespan abs(err) p90": s["p90"],
                      "signed median": float(d["error"].median()),
+                     "rep. spread median": float(d["spread"].median()),
                      "finish abs(err) median": fs["median"], "finish abs(err) p90": fs["p90"]})
     return pd.DataFrame(rows)
 
@@ -208,12 +221,16 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
     table = pattern_table(df, fdf)
     for split in (CALIBRATION, HELD_OUT):
         lines += [f"## Per pattern, {split}", "", _md_table(table[table["split"] == split].drop(columns="split")), ""]
-    misses = table[(table["split"] == HELD_OUT) & (table["makespan abs(err) median"] > AIM_P90)]
+    misses = table[(table["split"] == HELD_OUT) & (table["makespan abs(err) median"] > AIM_MEDIAN)]
     if not misses.empty:
-        lines += ["## Where the model misses (held-out median abs(err) > 15%)", ""]
+        lines += ["## Where the model misses (held-out median abs(err) > 5%)", "",
+                  "*rep. spread* is how much the repetitions of a case disagreed ((slowest - fastest) / median); "
+                  "an error inside it is not a model miss the data can show.", ""]
         for _, r in misses.iterrows():
-            lines.append(f"- **{r['pattern']}** ({_pct(r['signed median'])} signed median): "
-                         f"{_missing_for(r['pattern'])}")
+            spread = r["rep. spread median"]
+            why = (f"within the repetitions' spread ({_pct(spread)}) of these cases"
+                   if r["modelled"] and r["makespan abs(err) median"] <= spread else _missing_for(r["pattern"]))
+            lines.append(f"- **{r['pattern']}** ({_pct(r['signed median'])} signed median, {r['cases']} cases): {why}")
         lines.append("")
     ipc = [c for c in m.cases if c.group == "ipc"]
     if ipc:
