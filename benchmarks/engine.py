@@ -5,7 +5,7 @@
 (scaling) 2,000 transfers on hgx-h200-8 with 8, 16, 32, 64 and 128 in flight: microseconds per event against
 the number of active flows, to check that cost grows no faster than events x active flows.
 Each worker picks a random source and destination among the endpoints and a log-uniform size (64 KiB..256 MiB)
-with a fixed seed, so every run simulates the same thing. Results go to benchmarks/results/engine-<host>.json.
+with a fixed seed, so every run simulates the same thing. Results go to benchmarks/results/engine-full.json (or engine-quick.json).
 
     python benchmarks/engine.py            # both cases
     python benchmarks/engine.py --quick    # (a) only, 2,000 transfers
@@ -14,15 +14,13 @@ with a fixed seed, so every run simulates the same thing. Results go to benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
-import socket
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _record import machine_facts, write_result
 
 from hwmodels import presets
 from simcore import Simulation
@@ -72,27 +70,12 @@ def main() -> None:
             cases.append(c)
     doc = {
         "benchmark": "engine", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "platform": platform.platform()},
+        "machine": machine_facts(),
         "note": "single process, one core; other work shared the machine (see load average)",
         "load_average_1m_at_end": os.getloadavg()[0], "cases": cases,
     }
     out = Path(args.out or Path(__file__).with_name("results") / f"engine-{'quick' if args.quick else 'full'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    write_result(out, doc)
 
 
 if __name__ == "__main__":

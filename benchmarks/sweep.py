@@ -27,9 +27,7 @@ Workloads (``--workload``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import socket
 import sys
@@ -38,6 +36,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _record import machine_facts, write_result
 
 from simcore.store import ResultsStore
 from simcore.study import Study, load_study
@@ -163,9 +163,7 @@ def main() -> None:
         "benchmark": "sweep",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/sweep.py " + " ".join(sys.argv[1:]),
-        "machine": {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "platform": platform.platform(),
-                    "loadavg_1min_before": round(load_before, 2)},
+        "machine": {**machine_facts(), "loadavg_1min_before": round(load_before, 2)},
         "study": study.name,
         "grid_points": n,
         "repeats": args.repeat,
@@ -176,21 +174,7 @@ def main() -> None:
     }
     label = args.label or f"{args.workload}-{socket.gethostname().split('.')[0]}"
     out = Path(args.out or Path(__file__).with_name("results") / f"sweep-{label}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp_out.replace(out)
-    print(f"wrote {out}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    write_result(out, doc)
 
 
 if __name__ == "__main__":

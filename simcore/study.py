@@ -55,6 +55,8 @@ from typing import Any
 
 from hwmodels.errors import FabricsimError
 
+from .store import CORE_COLUMNS
+
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
 MetricValue = float | int | tuple[float, str]
@@ -62,21 +64,7 @@ PointFn = Callable[..., Mapping[str, MetricValue]]
 
 # Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
 # collide. A parameter named `topology` is the exception: it fills the `topology` column.
-RESERVED_COLUMNS = (
-    "study",
-    "run_id",
-    "point_id",
-    "metric",
-    "value",
-    "unit",
-    "source",
-    "topology",
-    "calibration_id",
-    "device",
-    "versions",
-    "created_at",
-    "error",
-)
+RESERVED_COLUMNS = CORE_COLUMNS
 UNCALIBRATED = "uncalibrated"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -1,0 +1,34 @@
+"""What every CPU benchmark here records beside its numbers, and how it writes them (atomically, as JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+
+from hwmodels.fileio import atomic_write_text
+
+
+def machine_facts() -> dict:
+    """Host, CPU model, cores, Python and platform: enough to tell which machine a number came from."""
+    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def write_result(out: Path, doc: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
