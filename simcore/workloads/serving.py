@@ -331,10 +331,6 @@ class Instance:
         ar = 2 * self.model.num_layers * self.cfg.allreduce_latency_s if self.cfg.tp > 1 else 0.0
         return self.cfg.step_overhead_s + ar
 
-    def _roofline_s(self, w: StepWork) -> tuple[float, bool]:
-        tc, tm = w.flops / self.peak_flops, w.hbm_bytes / self.hbm_Bps
-        return max(tc, tm) + w.extra_s, tc >= tm
-
     def _run_length(self, items: list[StepItem], w0: StepWork, w1: StepWork) -> int:
         """How many decode steps of this unchanged batch can run as one (see module docstring)."""
         k = min(it.seq.remaining_output for it in items)
