@@ -19,7 +19,8 @@ cost, rate `gather_sms x gather_Bps_per_sm`, and the overlapping compute loses t
 Aggregation keeps runs fast without changing answers: work is per layer group and per GPU, not per page or
 per layer; and while a batch only decodes and nothing can change it, consecutive decode steps are merged into
 one run (cut where a sequence finishes, memory would overflow, an admissible request arrives, or the roofline
-bound changes side), which is exact because those steps' work is linear in the step index.
+bound changes side), which is exact because those steps' work is linear in the step index (with TP, the
+run's end is found with the ring all-reduce at its lone-flow rate, exact when the ring's hops share no link).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from hwmodels.topology import Topology
 from simcore import Simulation
 from simcore.records import Result
 
-from .decode import DecodeBatch, decode_work
+from .decode import DecodeBatch, decode_work, path_bandwidth_Bps
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
 from .kvsize import KVConfigError, KVLayout
@@ -156,6 +157,10 @@ class Instance:
                     f"tp={self.cfg.tp}) "
                     f"leave no KV memory on a {spec.model} ({spec.hbm_bytes / GiB:.0f} GiB)")
         self.layout.budget_pages(budget)
+        if self.cfg.tp > 1:  # the TP ring's hop: GPU i -> GPU i+1
+            topo = self.sim.topology
+            self.ring_latency_s = topo.path(self.gpus[0], self.gpus[1]).latency_s
+            self.ring_Bps = path_bandwidth_Bps(topo, self.gpus[0], self.gpus[1])
         if budget + self.weight_bytes_per_gpu > spec.hbm_bytes:
             raise InfeasibleError(f"KV budget {budget / GiB:.1f} GiB + weights "
                                   f"{self.weight_bytes_per_gpu / GiB:.1f} GiB per GPU exceed the "
@@ -327,9 +332,18 @@ class Instance:
         self.policy.add_batch_work(work, [StepItem(it.seq, it.ctx + offset, it.new) for it in items])
         return work
 
-    def _fixed_step_s(self) -> float:
-        ar = 2 * self.model.num_layers * self.cfg.allreduce_latency_s if self.cfg.tp > 1 else 0.0
-        return self.cfg.step_overhead_s + ar
+    def _ring_bytes(self, tokens: float, layers: float) -> float:
+        """Bytes each GPU sends in the ring all-reduces (two per layer) of `tokens` tokens' activations (bf16)."""
+        tp = self.cfg.tp
+        return 2.0 * (tp - 1) / tp * tokens * self.model.hidden_size * 2.0 * 2 * layers
+
+    def _fixed_step_s(self, tokens: int) -> float:
+        """Per-step time outside the roofline task: overhead, and with TP the all-reduce ring after it."""
+        t = self.cfg.step_overhead_s
+        if self.cfg.tp > 1:
+            t += (2 * self.model.num_layers * self.cfg.allreduce_latency_s + self.ring_latency_s
+                  + self._ring_bytes(tokens, self.model.num_layers) / self.ring_Bps)
+        return t
 
     def _run_length(self, items: list[StepItem], w0: StepWork, w1: StepWork) -> int:
         """How many decode steps of this unchanged batch can run as one (see module docstring)."""
@@ -351,7 +365,7 @@ class Instance:
         # Step j takes max(c0 + j dc, m0 + j dm) + e0 + j de + fixed: linear on each side of the roofline.
         c0, dc = w0.flops / self.peak_flops, (w1.flops - w0.flops) / self.peak_flops
         m0, dm = w0.hbm_bytes / self.hbm_Bps, (w1.hbm_bytes - w0.hbm_bytes) / self.hbm_Bps
-        e0, de = w0.extra_s + self._fixed_step_s(), w1.extra_s - w0.extra_s
+        e0, de = w0.extra_s + self._fixed_step_s(len(items)), w1.extra_s - w0.extra_s
         compute_bound = c0 >= m0
         if k > 1 and ((c0 + (k - 1) * dc >= m0 + (k - 1) * dm) != compute_bound):
             lo, hi = 1, k - 1  # first step on the other side of the roofline: the run ends before it
@@ -453,8 +467,7 @@ class Instance:
         flops = w.flops
         if cfg.mechanism == "sm-gather" and w.fetch_bytes > 0:
             flops *= self.gpu_spec.sms / max(1, self.gpu_spec.sms - cfg.gather_sms)
-        tokens = sum(it.new for it in items)
-        act_bytes = tokens * self.model.hidden_size * 2.0 * steps
+        tokens = sum(it.new for it in items) * steps
         layers = self.model.num_layers / G
         start: list[simpy.Event] = []
         if cfg.step_overhead_s > 0:
@@ -483,10 +496,11 @@ class Instance:
                     pushes.append(self.move(gpu, dst.gpus[i % len(dst.gpus)], nbytes / G,
                                             nbytes / G / self.layout.page_bytes, [c], "kv-push"))
             if tp > 1:
+                # A merged run of `steps` decode steps pays every step's all-reduce latencies and path latency.
+                fixed = 2 * layers * cfg.allreduce_latency_s * steps + (steps - 1) * self.ring_latency_s
                 ring = [sim.transfer(None, self.gpus[i], self.gpus[(i + 1) % tp],
-                                     2.0 * (tp - 1) / tp * act_bytes * 2 * layers,
-                                     after=[computes[i][-1]],
-                                     fixed_cost_s=2 * layers * cfg.allreduce_latency_s * steps, tag="tp-allreduce")
+                                     self._ring_bytes(tokens / steps, layers) * steps,
+                                     after=[computes[i][-1]], fixed_cost_s=fixed, tag="tp-allreduce")
                         for i in range(tp)]
                 prev = [ring] * tp
             else:
