@@ -28,14 +28,15 @@ _BYTE_TOL = 1e-9   # relative: a flow with this fraction of its bytes left is do
 class Flow:
     """One fluid flow. `res` are resource indices, `coef` their coefficients (same length)."""
 
-    __slots__ = ("key", "res", "coef", "weight", "cap", "bytes", "remaining", "rate", "t_last", "version",
-                 "done", "segments")
+    __slots__ = ("key", "res", "coef", "pairs", "weight", "cap", "bytes", "remaining", "rate", "t_last",
+                 "version", "done", "segments")
 
     def __init__(self, key: object, res: Sequence[int], coef: Sequence[float], nbytes: float,
                  weight: float = 1.0, cap: float | None = None, record: bool = False) -> None:
         self.key = key
         self.res = tuple(res)
         self.coef = tuple(coef)
+        self.pairs = tuple(zip(self.res, self.coef, strict=True))
         self.weight = float(weight)
         self.cap = cap
         self.bytes = float(nbytes)
@@ -63,11 +64,12 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     rem: dict[int, float] = {}
     demand: dict[int, float] = {}
     users: dict[int, list[int]] = {}
+    pairs: list[tuple[tuple[int, float], ...]] = []  # each flow's (resource, coeff) that can bind
     for i, f in enumerate(flows):
         w = f.weight
-        for r, c in zip(f.res, f.coef, strict=True):
-            if binding is not None and not binding[r]:
-                continue
+        fp = f.pairs if binding is None else tuple(rc for rc in f.pairs if binding[rc[0]])
+        pairs.append(fp)
+        for r, c in fp:
             if r in rem:
                 demand[r] += c * w
                 users[r].append(i)
@@ -118,9 +120,7 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
             if f.cap is not None and rate > f.cap:
                 rate = f.cap
             rates[i] = rate
-            for r, c in zip(f.res, f.coef, strict=True):
-                if r not in rem:
-                    continue
+            for r, c in pairs[i]:
                 x = rem[r] - c * rate
                 rem[r] = x if x > 0.0 else 0.0
                 demand[r] -= c * w
@@ -173,11 +173,11 @@ class FluidNetwork:
             flow.done.succeed(flow)
             return flow.done
         cap = self.capacity
-        ub = min((cap[r] / c for r, c in zip(flow.res, flow.coef, strict=True)), default=float("inf"))
+        ub = min((cap[r] / c for r, c in flow.pairs), default=float("inf"))
         if flow.cap is not None:
             ub = min(ub, flow.cap)
         self._ub[flow] = ub
-        for r, c in zip(flow.res, flow.coef, strict=True):
+        for r, c in flow.pairs:
             self._on_res[r].add(flow)
             self._sum_ub[r] += c * ub
             self._binding[r] = self._sum_ub[r] >= cap[r] * (1 - 1e-9)
@@ -227,7 +227,7 @@ class FluidNetwork:
     def _set_rate(self, f: Flow, rate: float, now: float, changed: set[int]) -> None:
         load = self._load
         delta = rate - f.rate
-        for r, c in zip(f.res, f.coef, strict=True):
+        for r, c in f.pairs:
             load[r] += c * delta
             changed.add(r)
         f.remaining -= f.rate * (now - f.t_last)
@@ -304,7 +304,7 @@ class FluidNetwork:
             f.remaining = 0.0
             self._active.discard(f)
             ub = self._ub.pop(f)
-            for r, c in zip(f.res, f.coef, strict=True):
+            for r, c in f.pairs:
                 self._on_res[r].discard(f)
                 self._sum_ub[r] = self._sum_ub[r] - c * ub if self._on_res[r] else 0.0
                 self._binding[r] = self._sum_ub[r] >= cap[r] * (1 - 1e-9)
