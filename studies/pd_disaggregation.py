@@ -8,7 +8,8 @@ decode GPUs on the other), or plain PCIe peer copies through the root complex?
 
 Machines: `hgx-h100-8` (NVLink), `cluster-2x8` (H100 nodes, 400 Gb/s RDMA NIC per GPU), `pcie-4gpu` (H100
 PCIe cards, no NVLink: note the PCIe card's lower HBM bandwidth and FLOP/s also change the decode and
-prefill times). Requests: Poisson at 16/s, prompts uniform on 1..4095 tokens, outputs geometric with mean 128.
+prefill times). Requests: Poisson at 16/s or 32/s, prompts uniform on 1..4095 tokens, outputs geometric with
+mean 128.
 
 Run it:  fabricsim sweep pd_disaggregation && fabricsim plot pd_disaggregation
 """
@@ -21,7 +22,7 @@ from simcore.workloads.serving import ServingConfig, serve
 
 LINKS = {"nvlink": "hgx-h100-8", "rdma": "cluster-2x8", "pcie": "pcie-4gpu"}
 SPLITS = {"colocated": (0, 4), "1:3": (1, 3), "2:2": (2, 2), "3:1": (3, 1)}
-RATE_PER_S, REQUESTS = 16.0, 400
+REQUESTS = 400
 
 
 def _gpus(link: str, prefill: int, decode: int) -> tuple[str, ...]:
@@ -31,7 +32,7 @@ def _gpus(link: str, prefill: int, decode: int) -> tuple[str, ...]:
 
 
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
-    reqs = poisson_requests(RATE_PER_S, REQUESTS, prompt_tokens=2048, output_tokens=128, prompt_dist="uniform",
+    reqs = poisson_requests(point["rate"], REQUESTS, prompt_tokens=2048, output_tokens=128, prompt_dist="uniform",
                             output_dist="geometric", seed=point["seed"])
     prefill, decode = SPLITS[point["split"]]
     if prefill == 0:
@@ -49,14 +50,16 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
 STUDY = Study(
     name="pd_disaggregation",
     description=__doc__.splitlines()[0],
-    grid=Grid.product(link=list(LINKS), split=list(SPLITS), seed=[0]),
+    grid=Grid.product(link=list(LINKS), split=list(SPLITS), rate=[16.0, 32.0], seed=[0]),
     run=run_point,
     calibration="default",
     figures=[
-        Figure("ttft", x="split", y="ttft_p99_s", hue="link", logy=True, title="p99 time to first token"),
-        Figure("tpot", x="split", y="tpot_p99_s", hue="link", title="p99 time per output token"),
-        Figure("handoff", x="split", y="kv_handoff_frac", hue="link", logy=True,
+        Figure("ttft", x="split", y="ttft_p99_s", hue="link", facet="rate", logy=True,
+               title="p99 time to first token"),
+        Figure("tpot", x="split", y="tpot_p99_s", hue="link", facet="rate", title="p99 time per output token"),
+        Figure("handoff", x="split", y="kv_handoff_frac", hue="link", facet="rate", logy=True,
                title="Exposed KV transfer time / mean request latency"),
-        Figure("throughput", x="split", y="throughput_tok_s", hue="link", title="Output tokens per second"),
+        Figure("throughput", x="split", y="throughput_tok_s", hue="link", facet="rate",
+               title="Output tokens per second"),
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 from simcore.study import load_study
 
 
-@pytest.mark.parametrize("name, points", [("kv_offload", 48), ("prefix_sharing", 27), ("pd_disaggregation", 12)])
+@pytest.mark.parametrize("name, points", [("kv_offload", 48), ("prefix_sharing", 27), ("pd_disaggregation", 24)])
 def test_study_grid(name, points):
     study = load_study(name)
     assert len(study.points()) == points
