@@ -6,6 +6,25 @@ copies, and whether copies of that class share bandwidth fairly or run one after
 It can also add shared caps (e.g. the host's aggregate H2D ceiling, which does not scale with GPU count).
 Profiles are versioned JSON/YAML files written by `validate` and loaded by a topology; the engine never
 sees them, only the topology they configure.
+
+Format version 1, top-level fields (the optional ones may be absent; older version-1 files lack them):
+
+- `id`, `machine`, `gpu_model`, `gpus`, `format_version` (= 1): what the profile is and what it fits;
+- `paths`: {path class: {latency_s, bandwidth_Bps, size_efficiency, discipline}} (see `PathParams`);
+- `caps`: [{name, Bps, classes, endpoints}] shared ceilings (see `CapSpec`);
+- `links` (optional): {link kind: Bps}, the fitted capacity per direction of the widest links of that kind
+  (`pcie`, `nvlink`, ...). A per-flow rate in `paths` can only lower what a copy reaches; this field raises
+  (or lowers) the links themselves, for when one copy measurably runs faster than the datasheet link.
+  Links of that kind narrower than the widest (another generation or width) are scaled by the same ratio;
+- `collectives` (optional): {collective: {bus_Bps, fixed_s, size_efficiency, fitted_on}}: NCCL's fitted bus
+  bandwidth (the ceiling on each ring transfer's rate, which for ring algorithms is what nccl-tests calls
+  busbw), fixed cost per call and size-efficiency curve, per collective (`broadcast`, `all_gather`, ...);
+  see `CollectiveParams`;
+- `software_costs` (optional): {mechanism: {operation: {fixed_s, per_byte_s}}}, e.g. CUDA IPC handle
+  `open`/`close` cost as fixed + per-byte of the allocation; see `SoftwareCost`;
+- `provenance`: free-form record of where the fit came from (machine facts, cases, notes). Files written
+  before `collectives`/`software_costs` existed kept them at `provenance.collectives.nccl` and
+  `provenance.software_costs`; those are still read (into the proper fields) when the fields are absent.
 """
 
 from __future__ import annotations
@@ -22,6 +41,9 @@ from .fileio import atomic_write_text, read_yaml
 FORMAT_VERSION = 1
 PATH_CLASSES = ("d2d", "h2d", "d2h", "p2p-nvlink", "p2p-pcie", "h2h", "rdma", "nvme")
 DISCIPLINES = ("fair", "fifo")
+# Same names as hwmodels.topology.LINK_KINDS (topology imports this module, not the other way round).
+LINK_KINDS = ("pcie", "nvlink", "dram", "socket", "net", "nvme")
+COLLECTIVES = ("broadcast", "all_gather", "all_reduce", "reduce_scatter", "reduce", "all_to_all")
 
 
 @dataclass(frozen=True)
@@ -41,19 +63,23 @@ class PathParams:
     discipline: str = "fair"
 
     def efficiency(self, nbytes: float) -> float:
-        pts = self.size_efficiency
-        if not pts or nbytes <= 0:
-            return 1.0
-        if nbytes <= pts[0][0]:
-            return pts[0][1]
-        if nbytes >= pts[-1][0]:
-            return pts[-1][1]
-        x = math.log(nbytes)
-        for (b0, e0), (b1, e1) in zip(pts, pts[1:], strict=False):
-            if b0 <= nbytes <= b1:
-                w = (x - math.log(b0)) / (math.log(b1) - math.log(b0))
-                return e0 + w * (e1 - e0)
+        return interpolate_efficiency(self.size_efficiency, nbytes)
+
+
+def interpolate_efficiency(pts: tuple[tuple[float, float], ...], nbytes: float) -> float:
+    """The factor at `nbytes` from sorted (bytes, factor) points, linear in log(bytes), flat beyond the ends."""
+    if not pts or nbytes <= 0:
+        return 1.0
+    if nbytes <= pts[0][0]:
+        return pts[0][1]
+    if nbytes >= pts[-1][0]:
         return pts[-1][1]
+    x = math.log(nbytes)
+    for (b0, e0), (b1, e1) in zip(pts, pts[1:], strict=False):
+        if b0 <= nbytes <= b1:
+            w = (x - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return e0 + w * (e1 - e0)
+    return pts[-1][1]
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,41 @@ class CapSpec:
 
 
 @dataclass(frozen=True)
+class CollectiveParams:
+    """One collective's fitted behaviour on this machine.
+
+    bus_Bps: ceiling on the rate of each transfer of the collective's ring schedule. For ring algorithms each
+    ring link carries the bytes nccl-tests divides by time to get "busbw", so this is the bus bandwidth the
+    collective reaches at large sizes (NCCL tunes channels and protocol per collective, hence per name).
+    fixed_s: cost of one call before any byte moves (launch, handshakes, protocol start-up).
+    size_efficiency: (bytes one ring transfer carries, factor) points; bus_Bps is scaled by the factor,
+    interpolated in log(bytes) — NCCL changes protocol and channel count with size, so mid sizes reach less
+    than the large-size bus bandwidth beyond what the fixed cost explains.
+    fitted_on: the measured cases it came from; a collective that borrows another's fit says so here.
+    """
+
+    bus_Bps: float
+    fixed_s: float = 0.0
+    size_efficiency: tuple[tuple[float, float], ...] = ()
+    fitted_on: tuple[str, ...] = ()
+
+    def rate_cap(self, transfer_bytes: float) -> float:
+        """The ceiling on one ring transfer of `transfer_bytes`."""
+        return self.bus_Bps * interpolate_efficiency(self.size_efficiency, transfer_bytes)
+
+
+@dataclass(frozen=True)
+class SoftwareCost:
+    """A software operation's cost against the size it works on: fixed_s + per_byte_s x bytes."""
+
+    fixed_s: float
+    per_byte_s: float = 0.0
+
+    def cost(self, nbytes: float) -> float:
+        return self.fixed_s + self.per_byte_s * nbytes
+
+
+@dataclass(frozen=True)
 class CalibrationProfile:
     id: str
     machine: str
@@ -76,12 +137,26 @@ class CalibrationProfile:
     caps: tuple[CapSpec, ...] = ()
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    links: dict[str, float] = field(default_factory=dict)
+    collectives: dict[str, CollectiveParams] = field(default_factory=dict)
+    software_costs: dict[str, dict[str, SoftwareCost]] = field(default_factory=dict)
+
+    def collective(self, name: str) -> CollectiveParams | None:
+        """The fitted parameters of collective `name`, or None where the profile has none."""
+        return self.collectives.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["caps"] = [asdict(c) for c in self.caps]
         for p in d["paths"].values():
             p["size_efficiency"] = [list(x) for x in p["size_efficiency"]]
+        for c in d["collectives"].values():
+            c["fitted_on"] = list(c["fitted_on"])
+            c["size_efficiency"] = [list(x) for x in c["size_efficiency"]]
+        # Optional fields stay out of the file when empty, so a profile without them reads as before.
+        for key in ("links", "collectives", "software_costs"):
+            if not d[key]:
+                del d[key]
         return d
 
     def save(self, path: str | Path) -> None:
@@ -90,7 +165,7 @@ class CalibrationProfile:
 
 
 def _num(where: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise CalibrationError(f"{where}: expected a number, got {value!r}")
     if positive and value <= 0:
         raise CalibrationError(f"{where}: must be > 0, got {value!r}")
@@ -120,13 +195,7 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
             raise CalibrationError(f"{w}.discipline: '{disc}' is not one of {', '.join(DISCIPLINES)}")
         lat = p.get("latency_s")
         bw = p.get("bandwidth_Bps")
-        eff = []
-        for i, pt in enumerate(p.get("size_efficiency") or []):
-            if not isinstance(pt, list | tuple) or len(pt) != 2:
-                raise CalibrationError(f"{w}.size_efficiency[{i}]: expected [bytes, factor]")
-            eff.append((_num(f"{w}.size_efficiency[{i}]", pt[0]), _num(f"{w}.size_efficiency[{i}]", pt[1])))
-        if eff != sorted(eff):
-            raise CalibrationError(f"{w}.size_efficiency: points must be sorted by size")
+        eff = _efficiency_points(p.get("size_efficiency"), f"{w}.size_efficiency")
         paths[cls] = PathParams(
             latency_s=None if lat is None else _num(f"{w}.latency_s", lat, positive=False),
             bandwidth_Bps=None if bw is None else _num(f"{w}.bandwidth_Bps", bw),
@@ -143,16 +212,121 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
                 raise CalibrationError(f"{w}.classes: unknown path class '{cls}'")
         caps.append(CapSpec(str(c["name"]), _num(f"{w}.Bps", c["Bps"]), tuple(c.get("classes") or ()),
                             tuple(c.get("endpoints") or ())))
+    provenance = d.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise CalibrationError(f"{where}: provenance: expected a mapping")
     return CalibrationProfile(
         id=str(d["id"]), machine=str(d["machine"]), gpu_model=str(d["gpu_model"]),
         gpus=int(_num(f"{where}: gpus", d["gpus"])), paths=paths, caps=tuple(caps),
-        provenance=dict(d.get("provenance") or {}), format_version=FORMAT_VERSION,
+        provenance=dict(provenance), format_version=FORMAT_VERSION,
+        links=_links(d.get("links"), where),
+        collectives=_collectives(d["collectives"] if "collectives" in d else _legacy_nccl(provenance), where,
+                                 "collectives" if "collectives" in d else "provenance.collectives.nccl"),
+        software_costs=_software_costs(d["software_costs"] if "software_costs" in d
+                                       else provenance.get("software_costs"), where,
+                                       "software_costs" if "software_costs" in d else "provenance.software_costs"),
     )
 
 
+def _efficiency_points(value: Any, w: str) -> tuple[tuple[float, float], ...]:
+    if value is not None and not isinstance(value, list | tuple):
+        raise CalibrationError(f"{w}: expected a list of [bytes, factor]")
+    eff = []
+    for i, pt in enumerate(value or []):
+        if not isinstance(pt, list | tuple) or len(pt) != 2:
+            raise CalibrationError(f"{w}[{i}]: expected [bytes, factor]")
+        eff.append((_num(f"{w}[{i}]", pt[0]), _num(f"{w}[{i}]", pt[1])))
+    if eff != sorted(eff):
+        raise CalibrationError(f"{w}: points must be sorted by size")
+    return tuple(eff)
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CalibrationError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _links(value: Any, where: str) -> dict[str, float]:
+    out = {}
+    for kind, bps in _mapping(f"{where}: links", value).items():
+        if kind not in LINK_KINDS:
+            raise CalibrationError(f"{where}: links.{kind}: unknown link kind (known: {', '.join(LINK_KINDS)})")
+        out[str(kind)] = _num(f"{where}: links.{kind}", bps)
+    return out
+
+
+def _collectives(value: Any, where: str, field_name: str) -> dict[str, CollectiveParams]:
+    out = {}
+    for name, c in _mapping(f"{where}: {field_name}", value).items():
+        w = f"{where}: {field_name}.{name}"
+        if name not in COLLECTIVES:
+            raise CalibrationError(f"{w}: unknown collective (known: {', '.join(COLLECTIVES)})")
+        if not isinstance(c, dict) or "bus_Bps" not in c:
+            raise CalibrationError(f"{w}: expected a mapping with 'bus_Bps' (and optionally 'fixed_s')")
+        fitted_on = c.get("fitted_on") or ()
+        if not isinstance(fitted_on, list | tuple) or not all(isinstance(x, str) for x in fitted_on):
+            raise CalibrationError(f"{w}.fitted_on: expected a list of case ids")
+        out[str(name)] = CollectiveParams(_num(f"{w}.bus_Bps", c["bus_Bps"]),
+                                          _num(f"{w}.fixed_s", c.get("fixed_s", 0.0), positive=False),
+                                          _efficiency_points(c.get("size_efficiency"), f"{w}.size_efficiency"),
+                                          tuple(fitted_on))
+        if out[name].fixed_s < 0:
+            raise CalibrationError(f"{w}.fixed_s: must be >= 0, got {out[name].fixed_s!r}")
+    return out
+
+
+def _legacy_nccl(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """Version-1 files written before `collectives` existed: provenance.collectives.nccl held a broadcast fit
+    ({fixed_cost_s, rate_cap_Bps, fitted_on}) used for every collective, plus per_op overrides."""
+    old = provenance.get("collectives")
+    nccl = old.get("nccl") if isinstance(old, dict) else None
+    if not isinstance(nccl, dict) or "rate_cap_Bps" not in nccl:
+        return None
+    base = {"bus_Bps": nccl["rate_cap_Bps"], "fixed_s": nccl.get("fixed_cost_s", 0.0),
+            "fitted_on": list(nccl.get("fitted_on") or ())}
+    out = {op: dict(base) for op in ("broadcast", "all_gather", "all_reduce")}
+    for op, p in (nccl.get("per_op") or {}).items():
+        out[op] = {"bus_Bps": p.get("rate_cap_Bps"), "fixed_s": p.get("fixed_cost_s", 0.0),
+                   "fitted_on": list(p.get("fitted_on") or ())}
+    return out
+
+
+def _software_costs(value: Any, where: str, field_name: str) -> dict[str, dict[str, SoftwareCost]]:
+    out: dict[str, dict[str, SoftwareCost]] = {}
+    for mech, ops in _mapping(f"{where}: {field_name}", value).items():
+        out[str(mech)] = {}
+        for op, c in _mapping(f"{where}: {field_name}.{mech}", ops).items():
+            w = f"{where}: {field_name}.{mech}.{op}"
+            if not isinstance(c, dict) or "fixed_s" not in c:
+                raise CalibrationError(f"{w}: expected a mapping with 'fixed_s' (and optionally 'per_byte_s')")
+            fixed = _num(f"{w}.fixed_s", c["fixed_s"], positive=False)
+            per_byte = _num(f"{w}.per_byte_s", c.get("per_byte_s", 0.0), positive=False)
+            if fixed < 0 or per_byte < 0:
+                raise CalibrationError(f"{w}: costs must be >= 0, got fixed_s={fixed!r}, per_byte_s={per_byte!r}")
+            out[str(mech)][str(op)] = SoftwareCost(fixed, per_byte)
+    return out
+
+
 def load_profile(path: str | Path) -> CalibrationProfile:
-    """Read a profile file (JSON or YAML) with errors that name the file."""
-    return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
+    """Read a profile file (JSON or YAML) with errors that name the file.
+
+    JSON is parsed as JSON: a YAML 1.1 parser reads numbers such as `8e-06` (no decimal point, as Python's
+    json writes them) as strings."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read calibration profile ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    return profile_from_dict(doc, where=str(path))
 
 
 def bundled_profile_path(name: str) -> Path:

@@ -280,7 +280,7 @@ class Topology:
 
     # ---- calibration ----------------------------------------------------------------------------------
     def with_calibration(self, profile: CalibrationProfile) -> Topology:
-        """A copy of this topology with the profile's path parameters and caps applied."""
+        """A copy of this topology with the profile's link capacities, path parameters and caps applied."""
         gpus = self.gpus()
         models = {self.gpu(g).model for g in gpus}
         if gpus and (profile.gpu_model not in models or profile.gpus > len(gpus)):
@@ -291,9 +291,21 @@ class Topology:
         topo._path_cache = {}
         topo.path_params = dict(profile.paths)
         topo.calibration_id = profile.id
+        for kind, bps in profile.links.items():
+            topo._set_link_capacity(kind, bps)
         for cap in profile.caps:
             topo._add_calibrated_cap(cap)
         return topo
+
+    def _set_link_capacity(self, kind: str, Bps: float) -> None:
+        """The widest links of `kind` get `Bps` per direction; narrower ones of that kind (another generation
+        or width) scale by the same ratio, so the profile's measured efficiency carries over to them."""
+        edges = [d for _a, _b, d in self.graph.edges(data=True) if d["kind"] == kind]
+        if not edges:
+            return  # a kind this topology does not have (a one-GPU box has no NVLink): nothing to raise
+        widest = max(max(d["bw"].values()) for d in edges)
+        for d in edges:
+            d["bw"] = {k: v * Bps / widest for k, v in d["bw"].items()}
 
     def _add_calibrated_cap(self, cap: CapSpec) -> None:
         endpoints = cap.endpoints

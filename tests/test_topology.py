@@ -135,11 +135,81 @@ def test_calibration_sets_latency_cap_discipline_and_caps():
     assert r["c"].finish_s == pytest.approx(t.path("gpu0", "host").latency_s + 1e9 / 20e9)
 
 
+def test_calibrated_link_capacity_raises_every_link_of_its_kind():
+    base = presets.get("h200-2", calibration=None)
+    pcie = base.resources()["cpu0->gpu0"]
+    prof = profile_from_dict({**_profile(gpu_model="H200", gpus=2, paths={}, caps=[]),
+                              "links": {"pcie": pcie * 1.02, "nvlink": 400e9, "net": 1e9}})
+    t = base.with_calibration(prof)
+    res = t.resources()
+    for a, b in (("cpu0", "gpu0"), ("gpu0", "cpu0"), ("cpu0", "gpu1"), ("gpu1", "cpu0")):
+        assert res[f"{a}->{b}"] == pytest.approx(pcie * 1.02)
+    assert res["gpu0->gpu1"] == res["gpu1->gpu0"] == pytest.approx(400e9)
+    assert res["host0->cpu0"] == base.resources()["host0->cpu0"]  # other kinds untouched; 'net' absent: ignored
+    assert base.resources()["cpu0->gpu0"] == pcie  # the preset itself is not changed
+    sim = Simulation(t)
+    sim.transfer("a", "host", "gpu0", 1e9)
+    assert sim.run()["a"].finish_s == pytest.approx(t.path("host", "gpu0").latency_s + 1e9 / (pcie * 1.02))
+
+
+def test_calibrated_link_capacity_scales_narrower_links_of_the_kind():
+    base = presets.get("hgx-h200-8", calibration=None)
+    res = base.resources()
+    pcie = [(k, v) for k, v in res.items() if "->" in k and base.graph.edges[tuple(k.split("->"))]["kind"] == "pcie"]
+    widest = max(v for _, v in pcie)
+    prof = profile_from_dict({**_profile(gpu_model="H200", gpus=8, paths={}, caps=[]), "links": {"pcie": widest * 1.1}})
+    got = base.with_calibration(prof).resources()
+    for k, v in pcie:
+        assert got[k] == pytest.approx(v * 1.1)
+
+
+def test_profile_optional_fields_round_trip_and_legacy_files_still_read(tmp_path):
+    from hwmodels.calibration import CollectiveParams, SoftwareCost, load_profile
+
+    d = {**_profile(), "links": {"pcie": 56e9},
+         "collectives": {"broadcast": {"bus_Bps": 370e9, "fixed_s": 1e-5, "size_efficiency": [[1 << 20, 0.5],
+                                                                                              [1 << 30, 1.0]],
+                                       "fitted_on": ["nccl-broadcast-1M"]}},
+         "software_costs": {"cuda_ipc": {"open": {"fixed_s": 3e-4, "per_byte_s": 1e-13}}}}
+    p = profile_from_dict(d)
+    assert p.links == {"pcie": 56e9}
+    assert p.collective("broadcast") == CollectiveParams(370e9, 1e-5, ((1 << 20, 0.5), (1 << 30, 1.0)),
+                                                         ("nccl-broadcast-1M",))
+    assert p.collective("broadcast").rate_cap(1 << 25) == pytest.approx(370e9 * 0.75)
+    assert p.collective("all_gather") is None
+    assert p.software_costs["cuda_ipc"]["open"] == SoftwareCost(3e-4, 1e-13)
+    p.save(tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json") == p
+    # version 1 without the optional fields: empty, and not written back
+    plain = profile_from_dict(_profile())
+    assert not plain.links and not plain.collectives and not plain.software_costs
+    assert not {"links", "collectives", "software_costs"} & set(plain.to_dict())
+    # files written before the fields existed kept NCCL and IPC fits under provenance
+    legacy = profile_from_dict({**_profile(), "provenance": {
+        "collectives": {"nccl": {"fixed_cost_s": 2e-5, "rate_cap_Bps": 380e9, "fitted_on": ["b1"],
+                                 "per_op": {"all_gather": {"fixed_cost_s": 3e-5, "rate_cap_Bps": 280e9}}}},
+        "software_costs": {"cuda_ipc": {"open": {"fixed_s": 4e-4, "per_byte_s": 0.0}}}}})
+    assert legacy.collective("broadcast") == CollectiveParams(380e9, 2e-5, (), ("b1",))
+    assert legacy.collective("all_reduce").bus_Bps == 380e9
+    assert legacy.collective("all_gather") == CollectiveParams(280e9, 3e-5)
+    assert legacy.software_costs["cuda_ipc"]["open"].cost(1 << 30) == 4e-4
+
+
 @pytest.mark.parametrize("over,match", [
     ({"format_version": 99}, "unknown profile format_version 99"),
     ({"gpu_model": "H200"}, "made for 1x H200"),
     ({"paths": {"warp": {}}}, "unknown path class"),
     ({"paths": {"h2d": {"bandwidth_Bps": -1}}}, "must be > 0"),
+    ({"links": {"warp": 1e9}}, r"links\.warp: unknown link kind"),
+    ({"links": {"pcie": 0}}, r"links\.pcie: must be > 0"),
+    ({"links": {"pcie": float("inf")}}, r"links\.pcie: expected a number"),
+    ({"links": [1e9]}, "links: expected a mapping"),
+    ({"collectives": {"gossip": {"bus_Bps": 1e9}}}, r"collectives\.gossip: unknown collective"),
+    ({"collectives": {"broadcast": {"fixed_s": 1e-5}}}, r"collectives\.broadcast: expected a mapping with 'bus_Bps'"),
+    ({"collectives": {"broadcast": {"bus_Bps": 1e9, "fixed_s": -1}}}, r"broadcast\.fixed_s: must be >= 0"),
+    ({"collectives": {"broadcast": {"bus_Bps": 1e9, "size_efficiency": [[2, 1], [1, 1]]}}}, "sorted by size"),
+    ({"software_costs": {"cuda_ipc": {"open": {"per_byte_s": 1e-13}}}}, r"cuda_ipc\.open: expected a mapping"),
+    ({"software_costs": {"cuda_ipc": {"open": {"fixed_s": -1e-3}}}}, "costs must be >= 0"),
 ])
 def test_bad_profiles_are_named(over, match):
     with pytest.raises(CalibrationError, match=match):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hwmodels.calibration import CalibrationProfile, CapSpec, PathParams
+from hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams
 from hwmodels.errors import CalibrationError
 from simcore.scenario import load_scenario, parse_scenario
 from validate import cli
@@ -19,7 +19,7 @@ from validate.cases import CALIBRATION, HELD_OUT, build_cases, nccl_transfers, t
 from validate.device_fake import FakeDevice
 from validate.errors import MeasurementError, ValidateRunError
 from validate.measure import run_validate
-from validate.measurements import Measurements, load_measurements
+from validate.measurements import Measurements, load_measurements, with_split
 from validate.report import compare, report, summarise
 from validate.synthetic import synthetic_document
 
@@ -157,8 +157,9 @@ def _truth(d2h_discipline: str, host_cap: float) -> CalibrationProfile:
                "p2p-nvlink": PathParams(9e-6, 350e9, eff, "fifo")},
         caps=(CapSpec("host-h2d", host_cap, ("h2d",)),
               *(CapSpec(f"gpu{g}.pcie-duplex", 70e9, ("d2h", "h2d"), (f"gpu{g}",)) for g in (0, 1))),
-        provenance={"collectives": {"nccl": {"fixed_cost_s": 12e-6, "rate_cap_Bps": 300e9, "per_op": {
-            "all_gather": {"fixed_cost_s": 20e-6, "rate_cap_Bps": 280e9}}}}},
+        collectives={"broadcast": CollectiveParams(300e9, 12e-6),
+                     "all_gather": CollectiveParams(280e9, 20e-6, ((2 * MiB, 1.0), (32 * MiB, 0.8), (GiB, 1.0))),
+                     "all_reduce": CollectiveParams(300e9, 12e-6)},
     )
 
 
@@ -178,17 +179,71 @@ def test_calibration_recovers_known_parameters(d2h_discipline: str, host_cap: fl
     assert caps["host-h2d"].Bps == pytest.approx(host_cap, rel=0.01)
     assert caps["gpu1.pcie-duplex"].Bps == pytest.approx(70e9, rel=0.01)
     assert set(caps["gpu0.pcie-duplex"].classes) == {"h2d", "d2h"}
-    nccl = got.provenance["collectives"]["nccl"]
-    assert nccl["fixed_cost_s"] == pytest.approx(12e-6, rel=0.05)
-    assert nccl["rate_cap_Bps"] == pytest.approx(300e9, rel=0.02)
-    assert nccl["per_op"]["all_gather"]["fixed_cost_s"] == pytest.approx(20e-6, rel=0.05)
-    assert nccl["per_op"]["all_gather"]["rate_cap_Bps"] == pytest.approx(280e9, rel=0.02)
-    assert nccl["per_op"]["all_reduce"]["rate_cap_Bps"] == pytest.approx(300e9, rel=0.02)  # same as the truth's
+    for op, want in truth.collectives.items():
+        fit = got.collective(op)
+        assert fit.fixed_s == pytest.approx(want.fixed_s, rel=0.05), op
+        assert fit.bus_Bps == pytest.approx(want.bus_Bps, rel=0.01), op
+        assert fit.fitted_on and all(cid.startswith(f"nccl-{op}-") for cid in fit.fitted_on), op
+        for ring_bytes, _ in fit.size_efficiency:  # at every calibration size: all-gather's mid-size dip too
+            assert fit.rate_cap(ring_bytes) == pytest.approx(want.rate_cap(ring_bytes), rel=0.01), (op, ring_bytes)
+    assert got.software_costs["cuda_ipc"]["open"].fixed_s == pytest.approx(40e-6, rel=1e-3)
+    assert got.software_costs["cuda_ipc"]["open"].per_byte_s == pytest.approx(1e-14, rel=1e-3)
+    assert not got.links  # the truth's rates are under the preset's links: nothing to raise
     assert got.provenance["held_out_cases"] > 0
     assert all(cid in {c.id for c in m.split(CALIBRATION)} for cid in got.provenance["calibration_cases"])
     # and the fitted profile predicts the held-out cases as well as the truth does
     df, _ = compare(m, got)
     assert summarise(df)[HELD_OUT]["modelled"]["p90"] < 0.01
+
+
+def test_calibration_raises_links_that_one_copy_outruns() -> None:
+    """Synthetic data from links wider than the preset's (one copy faster than the datasheet link): the fitted
+    profile's `links` recovers those capacities, and re-simulating with it reproduces the measurements."""
+    base = __import__("hwmodels.presets", fromlist=["get"]).get("h200-2", calibration=None).resources()
+    pcie, nvlink = base["cpu0->gpu0"] * 1.03, base["gpu0->gpu1"] * 1.02
+    truth = CalibrationProfile(
+        id="truth", machine="synthetic", gpu_model="H200", gpus=2, links={"pcie": pcie, "nvlink": nvlink},
+        paths={"h2d": PathParams(6e-6, None, (), "fifo"), "d2h": PathParams(6e-6, 0.99 * pcie, (), "fifo"),
+               "d2d": PathParams(5e-6, 1.9e12, (), "fifo"), "p2p-nvlink": PathParams(6e-6, None, (), "fifo")},
+        collectives={"broadcast": CollectiveParams(0.95 * nvlink, 15e-6)})
+    doc = synthetic_document("h200-2", truth, "quick")
+    for c in doc["cases"]:
+        if c["op"] == "all_gather":
+            c["split"] = HELD_OUT
+    m = Measurements(doc, "synthetic.json")
+    got = calibrate(m, split="file")
+    assert got.links["pcie"] == pytest.approx(pcie, rel=1e-3)
+    assert got.links["nvlink"] == pytest.approx(nvlink, rel=1e-3)
+    assert got.paths["d2h"].bandwidth_Bps == pytest.approx(0.99 * pcie, rel=1e-3)
+    assert any(n.startswith("links.pcie:") for n in got.provenance["notes"])
+    df, _ = compare(m, got)
+    big = df[(df["group"] == "copies") & (df["bytes"] >= 64 * MiB)]
+    assert big["error"].abs().max() < 0.005
+    # all-gather has no calibration sizes of its own here: it borrows broadcast's fit, and fitted_on says so
+    assert got.collective("all_gather") == got.collective("broadcast")
+    assert all(cid.startswith("nccl-broadcast-") for cid in got.collective("all_gather").fitted_on)
+    assert got.collective("broadcast").bus_Bps == pytest.approx(0.95 * nvlink, rel=1e-3)
+
+
+def test_current_split_replaces_the_file_split_and_says_which(fake_measured: Path) -> None:
+    m = load_measurements(fake_measured)
+    doc = json.loads((fake_measured / "measured.json").read_text())
+    moved = [c for c in doc["cases"] if c["group"] == "nccl" and c["split"] == CALIBRATION]
+    for c in moved:
+        c["split"] = HELD_OUT  # as files measured before every collective calibrated at alternate sizes
+    old = Measurements(doc, "old.json")
+    now, changed = with_split(old, "current")
+    assert sorted(changed) == sorted(c["id"] for c in moved) and changed
+    assert [c.split for c in now.cases] == [c.split for c in m.cases]
+    assert with_split(old, "file") == (old, [])
+    assert all(c.split == HELD_OUT for c in old.cases if c.id in changed)  # the original is untouched
+    got = calibrate(old)  # default: today's split
+    assert got.provenance["split"] == "current" and sorted(got.provenance["split_changed_from_file"]) == sorted(
+        changed)
+    assert set(changed) <= set(got.provenance["calibration_cases"])
+    assert not set(changed) & set(calibrate(old, split="file").provenance["calibration_cases"])
+    with pytest.raises(MeasurementError, match="unknown split"):
+        with_split(old, "random")
 
 
 def test_calibration_never_reads_held_out_cases() -> None:
@@ -280,8 +335,9 @@ def test_measuring_code_runs_without_the_simulator(tmp_path: Path) -> None:
     assert (tmp_path / "v" / "measured.json").exists()
 
 
-# Rates stay under the preset's links (PCIe 54.8 GB/s, NVLink 391 GB/s): above them a profile cannot raise
-# a ceiling, so the rate is not identifiable. No shrinking: each example simulates a whole case list.
+# Rates stay under the preset's links (PCIe 54.8 GB/s, NVLink 391 GB/s): above them calibrate raises the links
+# instead (test_calibration_raises_links_that_one_copy_outruns). No shrinking: each example simulates a whole
+# case list.
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(h2d_GBps=st.floats(20, 50), lat_us=st.floats(2, 15), p2p_GBps=st.floats(150, 380),
@@ -299,6 +355,7 @@ def test_calibration_round_trip_property(h2d_GBps: float, lat_us: float, p2p_GBp
                for i, (c, d) in enumerate(zip(classes, disc, strict=True))},
         caps=caps)
     got = calibrate(Measurements(synthetic_document("h200-2", truth, "quick"), "synthetic.json"))
+    assert not got.links  # every rate is under the preset's links: per-flow caps, not wider links
     for c in classes:
         assert got.paths[c].discipline == truth.paths[c].discipline, c
         assert got.paths[c].bandwidth_Bps == pytest.approx(rates[c], rel=0.01), c

@@ -5,6 +5,9 @@ What is fitted, in order, each step on the cases that expose exactly that mechan
 1. per path class (lone copy-engine copies, pinned host memory): latency = time of the smallest copy less
    its bytes at full rate; bandwidth = largest size over its time less latency; a size-efficiency point
    at every calibration size so that latency + bytes / (bandwidth x efficiency) reproduces it;
+   link capacities: where one copy of a class runs faster than the preset's narrowest link on its route,
+   that link kind's capacity is raised to the best such rate (`links`); a slower copy only sets its
+   class's per-flow rate (one copy measures its DMA engine, not the link, so it cannot lower a link);
 2. shared caps, each only where the profile so far predicts the case faster than measured (by > 3%), its
    capacity found by bisection on the simulated makespan: the host's aggregate per direction (every GPU
    at once), a per-GPU duplex cap (H2D and D2H together on one GPU), a host duplex cap (every GPU, both
@@ -12,11 +15,15 @@ What is fitted, in order, each step on the cases that expose exactly that mechan
 3. engine discipline per class: two equal copies of one class on one GPU are simulated both ways, with the
    caps, and the discipline whose finish and service times (by rank) are closer wins (fair sharing
    finishes both together; FIFO one after the other);
-4. NCCL: a fixed cost and a rate cap on the ring transfers, from broadcast at the calibration sizes;
-5. CUDA IPC: open and close cost as a + b x bytes.
+4. NCCL, per collective with two calibration sizes or more: a fixed cost, a bus-bandwidth ceiling on its
+   ring transfers and a size-efficiency point at every calibration size (`collectives`, `fit_collective`);
+   a collective without its own sizes borrows broadcast's fit, and its `fitted_on` says so;
+5. CUDA IPC: open and close cost as a + b x bytes (`software_costs`).
 
-Held-out cases are never read. The profile records what it was fitted on, from which file, and the
-machine facts (provenance), so a report can say exactly what was predicted and what was fitted.
+Held-out cases are never read. The split is today's case list's by default (`split="current"`, see
+`validate.measurements.with_split`); `split="file"` keeps the one recorded at measuring time. The
+profile records what it was fitted on, from which file, with which split, and the machine facts
+(provenance), so a report can say exactly what was predicted and what was fitted.
 """
 
 from __future__ import annotations
@@ -30,16 +37,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hwmodels.calibration import CalibrationProfile, CapSpec, PathParams
-from hwmodels.errors import CalibrationError
+from hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams, SoftwareCost
+from hwmodels.errors import CalibrationError, FabricsimError
 from hwmodels.topology import Topology
 
 from .cases import CALIBRATION, NCCL_OPS, Case, nccl_transfers
 from .measure import IPC_CLOSE_TIMING, PROFILE_FOR
-from .measurements import Measurements, load_measurements
+from .measurements import Measurements, load_measurements, with_split
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
 SLOWER_BY = 0.03
+LINK_ABOVE_BY = 0.001
+EFF_TOLERANCE = 0.001  # a lone copy this much faster than its route's narrowest link raises that link
 CAP_MIN_BYTES = 64 << 20  # a cap is added only where the model so far is this much faster than measured
 
 
@@ -97,8 +106,10 @@ def _bisect_cap(case: Case, measured_s: float, make: Callable[[float], Topology]
     return math.sqrt(lo * hi)
 
 
-def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: str = "") -> CalibrationProfile:
+def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: str = "",
+              split: str = "current") -> CalibrationProfile:
     """Fit a profile on `m`'s calibration cases (see the module docstring for what and how)."""
+    m, resplit = with_split(m, split)
     base_topo = base_topology(m)
     cal = m.split(CALIBRATION)
     meas = m.measured
@@ -120,12 +131,11 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     if not by_class:
         raise CalibrationError(f"{m.source}: no lone copy-engine copies in the calibration subset")
     paths = {cls: fit_path(pts) for cls, pts in sorted(by_class.items())}
-    for cls, pp in paths.items():
-        route_cap = _route_capacity(base_topo, cls)
-        if route_cap is not None and pp.bandwidth_Bps > route_cap * 1.01:
-            notes.append(f"{cls}: measured {pp.bandwidth_Bps / 1e9:.1f} GB/s for one copy exceeds the preset's "
-                         f"route capacity {route_cap / 1e9:.1f} GB/s; the preset's link is the binding limit")
-    profile = _profile(profile, paths=paths)
+    links = fit_links(base_topo, paths)
+    for kind, bps in sorted(links.items()):
+        notes.append(f"links.{kind}: {bps / 1e9:.1f} GB/s per direction (preset "
+                     f"{_widest_link(base_topo, kind) / 1e9:.1f} GB/s): one copy ran faster than the preset's link")
+    profile = _profile(profile, paths=paths, links=links)
 
     # 2. shared caps, where the model so far is faster than measured. Every cap case puts at most one
     # copy on each engine, so caps do not depend on the discipline; the discipline cases do feel the caps.
@@ -182,23 +192,23 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
                      f"fifo {errs['fifo']:.1%}; case {c.id})")
 
-    # 4. NCCL ring transfers: fixed cost and rate cap from broadcast
-    prov: dict[str, Any] = {}
-    bc = [c for c in cal if c.group == "nccl" and c.op == "broadcast"]
-    if len(bc) >= 2:
-        topo_now = base_topo.with_calibration(profile)
-        fixed, b = _fit_nccl(bc, meas, topo_now)
-        nccl: dict[str, Any] = {"fixed_cost_s": fixed, "rate_cap_Bps": b, "fitted_on": [c.id for c in bc]}
-        notes.append(f"nccl broadcast: fixed cost {fixed * 1e6:.1f} us, ring transfer rate cap {b / 1e9:.1f} GB/s "
-                     "(used for every collective not calibrated on its own)")
-        for op in NCCL_OPS[1:]:
-            oc = [c for c in cal if c.group == "nccl" and c.op == op]
-            if len(oc) >= 2:
-                f_op, b_op = _fit_nccl(oc, meas, topo_now)
-                nccl.setdefault("per_op", {})[op] = {"fixed_cost_s": f_op, "rate_cap_Bps": b_op,
-                                                     "fitted_on": [c.id for c in oc]}
-                notes.append(f"nccl {op}: fixed cost {f_op * 1e6:.1f} us, rate cap {b_op / 1e9:.1f} GB/s")
-        prov["collectives"] = {"nccl": nccl}
+    # 4. NCCL: fixed cost and bus-bandwidth ceiling per collective
+    collectives: dict[str, CollectiveParams] = {}
+    topo_now = base_topo.with_calibration(profile)
+    for op in NCCL_OPS:
+        oc = [c for c in cal if c.group == "nccl" and c.op == op]
+        if len(oc) >= 2:
+            cp = fit_collective(oc, meas, topo_now)
+            collectives[op] = cp
+            effs = ", ".join(f"{e:.2f}" for _, e in cp.size_efficiency)
+            notes.append(f"nccl {op}: fixed cost {cp.fixed_s * 1e6:.1f} us, bus bandwidth {cp.bus_Bps / 1e9:.1f} "
+                         f"GB/s, size efficiency {effs} ({len(oc)} calibration sizes)")
+    if "broadcast" in collectives:
+        for op in NCCL_OPS:
+            if op not in collectives and any(c.group == "nccl" and c.op == op for c in m.cases):
+                collectives[op] = collectives["broadcast"]
+                notes.append(f"nccl {op}: no calibration sizes; borrows broadcast's fit (its fitted_on says so)")
+    profile = _profile(profile, collectives=collectives)
 
     # 5. CUDA IPC software costs
     ipc = [c for c in cal if c.group == "ipc"]
@@ -211,12 +221,12 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
             notes.append("cuda ipc: close not fitted (this file timed close with a garbage collection inside)")
         for key in keys:
             a, b = _linear_fit(sorted((c.bytes, meas[c.id][key]) for c in ipc), rate=False)
-            costs[key.replace("_s", "")] = {"fixed_s": a, "per_byte_s": b}
-        prov["software_costs"] = {"cuda_ipc": costs}
+            costs[key.removesuffix("_s")] = SoftwareCost(a, max(0.0, b))
+        profile = _profile(profile, software_costs={"cuda_ipc": costs})
 
     facts = {k: m.machine.get(k) for k in ("kind", "preset", "gpu_name", "gpus", "torch", "cuda", "nccl", "triton",
                                            "CUDA_DEVICE_MAX_CONNECTIONS")}
-    prov.update({
+    prov = {
         "fitted_by": "fabricsim calibrate",
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "measured_at": m.doc.get("created_at"),
@@ -225,8 +235,10 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         "machine": facts,
         "calibration_cases": sorted(c.id for c in cal),
         "held_out_cases": len(m.cases) - len(cal),
+        "split": split,
+        "split_changed_from_file": resplit,
         "notes": notes,
-    })
+    }
     return _profile(profile, provenance=prov)
 
 
@@ -246,27 +258,59 @@ def _cap_kind(classes: set[str], issuers: set[str],
     return "host duplex", lambda bps: [CapSpec("host-duplex", bps, cls)]
 
 
-def _fit_nccl(cases: list[Case], meas: dict[str, Any], topo: Topology) -> tuple[float, float]:
-    """Fixed cost and rate cap of NCCL's ring transfers minimising the relative error of simulated times."""
-    from scipy.optimize import least_squares
+def fit_collective(cases: list[Case], meas: dict[str, Any], topo: Topology) -> CollectiveParams:
+    """One collective's fixed cost, bus bandwidth and size efficiency, the way `fit_path` fits a path class:
+    the fixed cost is the largest one all calibration sizes allow, the bus bandwidth comes from the largest
+    size (each given the other, a few rounds), then at every calibration size the efficiency that makes the
+    simulated time the measured one.
 
+    Everything is solved on the simulator (path latency, links, caps included), so the parameters mean what
+    `simulate_case` does with them; held-out sizes are predicted by interpolating the efficiency in log size.
+    """
+    op = cases[0].op
     n = len(topo.gpus())
-    # Start from what one ring transfer carries, and below the path's own cap: above it the cap does not
-    # bind, the residual is flat in it and the solver would never move.
-    pts = sorted((max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n)), meas[c.id]["makespan_s"])
-                 for c in cases)
-    a0, b0 = _linear_fit(pts)
-    b0 = b0 if math.isfinite(b0) else pts[-1][0] / pts[-1][1]
-    path = topo.path("gpu0", "gpu1", pts[-1][0])
-    if path.rate_cap_Bps is not None:
-        b0 = min(b0, 0.95 * path.rate_cap_Bps)
+    pts = sorted(cases, key=lambda c: c.bytes)
+    large = pts[-1]
 
-    def resid(v: Any) -> list[float]:
-        nccl = {"fixed_cost_s": math.exp(v[0]), "rate_cap_Bps": math.exp(v[1])}  # applies to every op here
-        return [simulate_case(c, topo, nccl).makespan_s / meas[c.id]["makespan_s"] - 1 for c in cases]
+    def ring_bytes(c: Case) -> int:
+        return max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n))
 
-    fit = least_squares(resid, [math.log(max(a0, 1e-7)), math.log(b0)], x_scale=1.0, diff_step=1e-4)
-    return math.exp(fit.x[0]), math.exp(fit.x[1])
+    def sim(c: Case, bus: float, fixed: float, eff: tuple[tuple[float, float], ...] = ()) -> float:
+        return simulate_case(c, topo, {op: CollectiveParams(bus, fixed, eff)}).makespan_s
+
+    def t(c: Case) -> float:
+        return float(meas[c.id]["makespan_s"])
+
+    def solve(f: Callable[[float], float], lo: float, hi: float) -> float:
+        """x in [lo, hi] (log-bisection) where the decreasing f(x) crosses 0; an end if it never does."""
+        if f(hi) >= 0:
+            return hi
+        if f(lo) <= 0:
+            return lo
+        for _ in range(50):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+        return math.sqrt(lo * hi)
+
+    # A ring transfer cannot outrun the links it crosses: above that the bus bandwidth would not show.
+    route = topo.path("gpu0", "gpu1")
+    link = min(topo.resources()[r] / k for r, k in route.resources)
+    bus, fixed = ring_bytes(large) / t(large), 0.0
+    for _ in range(4):  # fixed cost and bus bandwidth refer to each other; a few rounds converge
+        # The fixed cost adds once to the makespan. It is the largest one every calibration size allows: the
+        # least overhead over bytes / bus that the sizes below the largest show (the largest sets the bus
+        # bandwidth), so each size is at least fixed + bytes / bus and an efficiency <= 1 explains the rest.
+        fixed = max(0.0, min(t(c) - sim(c, bus, 0.0) for c in pts[:-1]))
+        bus = solve(lambda b, f=fixed: sim(large, b, f) - t(large), min(bus, link) / 4, min(bus * 4, link))
+    def efficiency(c: Case) -> float:
+        # Where the full bus bandwidth already gives the measured time (within 0.1%), the factor is 1: below
+        # it the path's own rate may bind for a while, and the time would not tell the factors apart.
+        if sim(c, bus, fixed) >= t(c) * (1 - EFF_TOLERANCE):
+            return 1.0
+        return solve(lambda e: sim(c, bus, fixed, ((1.0, e),)) - t(c), 1e-3, 1.0)
+
+    eff = tuple((float(ring_bytes(c)), efficiency(c)) for c in pts)
+    return CollectiveParams(bus, fixed, eff, tuple(c.id for c in cases))
 
 
 def _linear_fit(pts: list[tuple[int, float]], rate: bool = True) -> tuple[float, float]:
@@ -286,26 +330,52 @@ def _linear_fit(pts: list[tuple[int, float]], rate: bool = True) -> tuple[float,
     return a, slope
 
 
-def _route_capacity(topo: Topology, cls: str) -> float | None:
-    """The narrowest resource (capacity / coefficient) a lone copy of this class crosses in the preset."""
-    caps = topo.resources()
+def _lone_route(topo: Topology, cls: str) -> tuple[str, str] | None:
+    """One (src, dst) pair whose copy is of class `cls` on `topo`, or None."""
     for src in topo.endpoints():
         for dst in topo.endpoints():
             try:
-                p = topo.path(src, dst)
-            except Exception:  # noqa: BLE001 - unreachable pairs simply do not qualify
-                continue
-            if p.path_class == cls:
-                return min(caps[r] / c for r, c in p.resources)
+                if topo.path(src, dst).path_class == cls:
+                    return src, dst
+            except FabricsimError:
+                continue  # unreachable pairs simply do not qualify
     return None
 
 
-def calibrate_file(measured: str | Path, out: str | Path, *, profile_id: str | None = None) -> CalibrationProfile:
+def _widest_link(topo: Topology, kind: str) -> float:
+    return max(max(d["bw"].values()) for _a, _b, d in topo.graph.edges(data=True) if d["kind"] == kind)
+
+
+def fit_links(topo: Topology, paths: dict[str, PathParams]) -> dict[str, float]:
+    """Link capacities (per direction, of the widest links of each kind) that lone copies show to be higher
+    than the preset's: where a class's fitted rate exceeds the narrowest resource on its route and that
+    resource is a link, the link's kind is raised to that rate (the best over classes, scaled to the kind's
+    widest link). Rates below the preset's links set only per-flow caps (see the module docstring)."""
+    caps = topo.resources()
+    out: dict[str, float] = {}
+    for cls, pp in paths.items():
+        pair = _lone_route(topo, cls)
+        if pair is None or pp.bandwidth_Bps is None:
+            continue
+        route = topo.path(*pair)
+        res, coeff = min(route.resources, key=lambda rc: caps[rc[0]] / rc[1])
+        if "->" not in res or pp.bandwidth_Bps <= caps[res] / coeff * (1 + LINK_ABOVE_BY):
+            continue
+        u, v = res.split("->")
+        kind = topo.graph.edges[u, v]["kind"]
+        want = pp.bandwidth_Bps * coeff * _widest_link(topo, kind) / caps[res]
+        # The next resource on the route may bind once this link is raised; that is the copy's rate then.
+        out[kind] = max(out.get(kind, 0.0), want)
+    return out
+
+
+def calibrate_file(measured: str | Path, out: str | Path, *, profile_id: str | None = None,
+                   split: str = "current") -> CalibrationProfile:
     """Load, fit, write the profile atomically; returns it."""
     m = load_measurements(measured)
     path = Path(m.source)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    profile = calibrate(m, profile_id=profile_id, source_sha256=sha)
+    profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)

@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("measured", help="measured.json or a validate output folder")
     c.add_argument("profile", help="profile file to write (JSON)")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
+    c.add_argument("--split", choices=("current", "file"), default="current",
+                   help="which calibration/held-out split: today's case list (default) or the one in the file")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
@@ -38,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
     r.add_argument("--no-store", action="store_true", help="do not write rows to the results store")
+    r.add_argument("--split", choices=("current", "file"), default="current",
+                   help="which calibration/held-out split: today's case list (default) or the one in the file")
     r.set_defaults(func=_cmd_report)
 
 
@@ -55,7 +59,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate_file
 
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 
@@ -64,7 +68,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import report_file
 
     summary = report_file(args.measured, profile=args.profile, out=args.out, store=None if args.no_store
-                          else (args.store or ""))
+                          else (args.store or ""), split=args.split)
     print(summary)
     return 0
 

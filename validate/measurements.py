@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cases import CALIBRATION, HELD_OUT, Case, Kernel, Xfer
+from .cases import CALIBRATION, HELD_OUT, SUITES, Case, Kernel, Xfer, build_cases
 from .errors import MeasurementError
 
 FORMAT = "fabricsim-measurements"
@@ -84,6 +84,34 @@ class Measurements:
 
     def split(self, which: str) -> list[Case]:
         return [c for c in self.cases if c.split == which]
+
+
+SPLITS = ("current", "file")
+
+
+def with_split(m: Measurements, which: str) -> tuple[Measurements, list[str]]:
+    """The measurements with each case's split taken from `which`, and the ids whose split that changed.
+
+    'file' keeps the split recorded when the cases were measured. 'current' takes it from today's case list
+    (`validate.cases.build_cases` for the same GPU count and suite), so a file measured before the case list
+    changed is judged with today's split; cases the current list no longer has keep the file's split. This
+    re-splits *after* measuring, so a report says so (profiles and summaries record it).
+    """
+    if which not in SPLITS:
+        raise MeasurementError(f"unknown split {which!r} (known: {', '.join(SPLITS)})")
+    if which == "file":
+        return m, []
+    suite = m.doc.get("suite") if m.doc.get("suite") in SUITES else "full"
+    now = {c.id: c.split for c in build_cases(int(m.machine["gpus"]), suite)}
+    doc = dict(m.doc)
+    doc["cases"], changed = [], []
+    for c in m.doc["cases"]:
+        split = now.get(c["id"], c["split"])
+        if split != c["split"]:
+            changed.append(c["id"])
+            c = {**c, "split": split}
+        doc["cases"].append(c)
+    return Measurements(doc, m.source), changed
 
 
 def _fail(where: str, what: str) -> MeasurementError:

@@ -32,13 +32,13 @@ from hwmodels.errors import CalibrationError
 
 from .cases import CALIBRATION, HELD_OUT
 from .measure import PROFILE_FOR
-from .measurements import Measurements, load_measurements, write_json_atomic
+from .measurements import Measurements, load_measurements, with_split, write_json_atomic
 from .simulate import (
     base_topology,
     check_profile_fits,
+    collective_params,
     measured_makespan,
     measured_order,
-    nccl_params,
     predicted_order,
     simulate_case,
 )
@@ -55,21 +55,16 @@ MISSING = {
           "copy-engine copies. Next model change: an `sm` mechanism with its own per-class rate and SM share.",
     "copy+kernel": "the HBM-bound kernel is a roofline flow sharing the HBM cap max-min fairly with copies; "
                    "real arbitration between SM traffic and copy engines is not fair.",
-    "nccl-all_gather": "NCCL's efficiency differs by collective (channels, chunk pipelining, protocol): on two "
-                       "GPUs all-gather reaches a bus bandwidth of ~285 GB/s against ~370 GB/s for broadcast, "
-                       "but a profile fitted on broadcast alone has one NCCL rate cap. calibrate now fits a rate cap "
-                       "and fixed cost per collective wherever that collective has calibration sizes (the case "
-                       "list calibrates every collective at alternate sizes from now on); measurements taken "
-                       "before hold all-gather and all-reduce out entirely.",
-    "nccl-all_reduce": "as for all-gather, one NCCL rate cap fitted on broadcast does not carry over: all-reduce "
-                       "adds the reduction and NCCL tunes channels and protocol (LL/LL128/Simple) per collective "
-                       "and size; the model sees two ring phases of plain transfers.",
+    "nccl": "NCCL switches protocol (LL/LL128/Simple), chunk size and channel count with size and collective. "
+            "The profile fits per collective a fixed cost, a bus bandwidth and an efficiency at every calibration "
+            "size, interpolated in log(size) for the sizes between; where NCCL's switch falls between two "
+            "calibration sizes (a step, not a log-linear ramp) the interpolation misses the held-out size in "
+            "between. Next model change: protocol regimes (a fixed cost and a rate per protocol, NCCL's own "
+            "size thresholds), or calibrating at every size.",
     "engine": "copies of one class from one GPU: the fitted discipline (fair or FIFO) is one of two extremes; "
               "hardware spreads streams over several copy engines in ways neither captures exactly.",
     "duplex": "H2D and D2H together on one GPU: one per-GPU duplex cap, fitted on one copy each way, shared "
               "max-min fairly; with several copies each way the hardware's split between the directions differs.",
-    "nccl-broadcast": "NCCL switches protocol (LL/LL128/Simple) and channel count with size; two parameters "
-                      "(fixed cost, rate cap) fitted over 1 MiB..4 GiB miss the mid sizes.",
 }
 
 
@@ -93,14 +88,14 @@ def resolve_profile(m: Measurements, profile: str | Path | None) -> CalibrationP
 def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-case errors, per-transfer finish errors) of every simulable case."""
     topo = base_topology(m).with_calibration(profile)
-    nccl = nccl_params(profile)
+    collectives = collective_params(profile)
     rows, frows = [], []
     for c in m.cases:
         if c.group == "ipc":
             continue
         meas = m.measured[c.id]
         measured_s = measured_makespan(c, meas)
-        pred = simulate_case(c, topo, nccl)
+        pred = simulate_case(c, topo, collectives)
         nbytes = c.bytes or max(x.bytes for x in c.xfers)
         rows.append({"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
                      "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
@@ -183,6 +178,8 @@ def _missing_for(pattern: str) -> str:
         return MISSING["sm"]
     if pattern.startswith("engine"):
         return MISSING["engine"]
+    if pattern.startswith("nccl-"):
+        return MISSING["nccl"]
     return MISSING.get(pattern, "not explained yet: look at the per-transfer finish times of its cases")
 
 
@@ -194,6 +191,17 @@ def _group_rows(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _split_lines(summary: dict[str, Any]) -> list[str]:
+    moved = summary.get("split_changed_from_file") or []
+    if summary.get("split") == "file":
+        return ["Split: as recorded in the measurement file.", ""]
+    if not moved:
+        return ["Split: today's case list (`validate/cases.py`), the same as recorded in the measurement file.", ""]
+    return [f"Split: today's case list (`validate/cases.py`), applied after measuring: {len(moved)} cases differ "
+            f"from the split recorded in the file and were judged by today's: {', '.join(f'`{x}`' for x in moved)}.",
+            ""]
+
+
 def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, fdf: pd.DataFrame,
                     summary: dict[str, Any]) -> str:
     mach = m.machine
@@ -202,6 +210,7 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
              f"CUDA {mach.get('cuda')}), simulated on preset `{m.preset}` with profile `{profile.id}`.", "",
              "Error = predicted / measured - 1. *Modelled* patterns are the ones the model claims to cover; the "
              "others (SM-driven and pageable copies) are shown with the mechanism the model lacks.", "",
+             *_split_lines(summary),
              "## Headline", "",
              "| subset | cases | makespan abs(err) median | p90 | max |", "|---|---|---|---|---|"]
     for split in (CALIBRATION, HELD_OUT):
@@ -234,16 +243,16 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
         lines.append("")
     ipc = [c for c in m.cases if c.group == "ipc"]
     if ipc:
-        costs = ((profile.provenance.get("software_costs") or {}).get("cuda_ipc") or {})
+        costs = profile.software_costs.get("cuda_ipc") or {}
         lines += ["## CUDA IPC handle open/close (another process, same GPU)", "",
                   "| allocation | open measured | open fitted | close measured |", "|---|---|---|---|"]
-        op = costs.get("open", {})
+        op = costs.get("open")
         if "close" not in costs:
             lines[-2:-2] = ["Close was timed with a Python garbage collection inside the timed region in this file "
                             "(fixed before later runs), so it is shown but not fitted.", ""]
         for c in ipc:
             mm = m.measured[c.id]
-            fitted = op.get("fixed_s", float("nan")) + op.get("per_byte_s", 0.0) * c.bytes
+            fitted = op.cost(c.bytes) if op is not None else float("nan")
             lines.append(f"| {c.bytes >> 20} MiB | {mm['open_s'] * 1e6:.1f} us | {fitted * 1e6:.1f} us | "
                          f"{mm['close_s'] * 1e6:.1f} us |")
         lines.append("")
@@ -314,8 +323,13 @@ def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, f
     return ResultsStore(store or None).write(rows, study=study, run_id=run_id)
 
 
-def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store: str | Path | None = "") -> dict:
-    """Compare, write the report folder atomically, store rows (unless `store` is None); returns the summary."""
+def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store: str | Path | None = "",
+           split: str = "current") -> dict:
+    """Compare, write the report folder atomically, store rows (unless `store` is None); returns the summary.
+
+    `split` picks which split judges the cases (see `validate.measurements.with_split`); the summary records
+    it and the cases it moved, and the CI guard re-applies it."""
+    m, resplit = with_split(m, split)
     df, fdf = compare(m, profile)
     if df.empty:
         raise CalibrationError(f"{m.source}: no simulable cases")
@@ -323,6 +337,8 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     summary["ci_bound"] = ci_bound(summary)
     summary["profile"] = profile.id
     summary["machine"] = m.machine.get("kind") or m.preset
+    summary["split"] = split
+    summary["split_changed_from_file"] = resplit
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -348,12 +364,12 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
 
 
 def report_file(measured: str | Path, *, profile: str | Path | None = None, out: str | Path | None = None,
-                store: str | Path | None = "") -> str:
+                store: str | Path | None = "", split: str = "current") -> str:
     """CLI body: returns the one-paragraph summary printed on stdout."""
     m = load_measurements(measured)
     p = resolve_profile(m, profile)
     out = Path(out) if out else Path(m.source).parent / "report"
-    s = report(m, p, out, store)
+    s = report(m, p, out, store, split)
     h = s[HELD_OUT]["modelled"]
     return (f"report written to {out}: held-out (modelled) makespan abs(err) median {_pct(h['median'])}, "
             f"p90 {_pct(h['p90'])} over {h['n']} cases" + (f"; rows in {s['store_file']}" if "store_file" in s

@@ -2,9 +2,8 @@
 
 A case is simulated from its scenario (the DESIGN.md file validate wrote beside the measurement), on a
 topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL
-transfers (tag `nccl-OP`) additionally pay the collective's fitted fixed cost and rate cap, which a profile
-keeps under `provenance["collectives"]["nccl"]` — `per_op[OP]` where that collective was calibrated, else
-the broadcast fit (the profile format has no field for collectives yet).
+transfers (tag `nccl-OP`) additionally pay the collective's fitted fixed cost and bus-bandwidth ceiling,
+from the profile's `collectives[OP]` (see `hwmodels.calibration.CollectiveParams`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwmodels import presets
-from hwmodels.calibration import CalibrationProfile
+from hwmodels.calibration import CalibrationProfile, CollectiveParams
 from hwmodels.errors import CalibrationError
 from hwmodels.topology import Topology
 from simcore.scenario import parse_scenario
@@ -47,34 +46,37 @@ def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> None:
             f"but {m.source} was measured on {gpus}x {model}")
 
 
-def nccl_params(profile: CalibrationProfile | None) -> dict[str, Any]:
-    if profile is None:
-        return {}
-    return dict((profile.provenance.get("collectives") or {}).get("nccl") or {})
+Collectives = dict[str, CollectiveParams]
 
 
-def simulate_case(case: Case, topo: Topology, nccl: dict[str, Any] | None = None) -> Prediction:
+def collective_params(profile: CalibrationProfile | None) -> Collectives:
+    """The profile's fitted collectives by name (none without a profile: plain ring transfers)."""
+    return dict(profile.collectives) if profile is not None else {}
+
+
+def simulate_case(case: Case, topo: Topology, collectives: Collectives | None = None) -> Prediction:
     """Predicted makespan and per-transfer finish times of `case` on `topo` (start at 0, like the gate)."""
     scen = to_scenario(case, topo.name, len(topo.gpus()))
     if scen is None:
         raise CalibrationError(f"case '{case.id}' moves no bytes; it cannot be simulated")
-    return simulate_scenario(scen, topo, nccl)
+    return simulate_scenario(scen, topo, collectives)
 
 
-def simulate_scenario(scen: dict[str, Any], topo: Topology, nccl: dict[str, Any] | None = None) -> Prediction:
+def simulate_scenario(scen: dict[str, Any], topo: Topology, collectives: Collectives | None = None) -> Prediction:
     parsed = parse_scenario(scen, source=str(scen.get("name", "case")))
     sim = Simulation(topo, record_load=False)
-    nccl = nccl or {}
+    collectives = collectives or {}
     for it in parsed.items:
         if it["_kind"] == "transfer":
             fixed, cap = it.get("fixed_cost_s", 0.0), it.get("rate_cap_Bps")
             tag = str(it.get("tag") or "")
-            if tag.startswith("nccl-") and nccl:
-                params = (nccl.get("per_op") or {}).get(tag[5:]) or nccl
+            params = collectives.get(tag[5:]) if tag.startswith("nccl-") else None
+            if params is not None:
                 # One kernel launch per collective: only the first ring phase pays the fixed cost.
                 if not it["after"]:
-                    fixed += params.get("fixed_cost_s", 0.0)
-                cap = params.get("rate_cap_Bps", cap)
+                    fixed += params.fixed_s
+                ring = params.rate_cap(it["bytes"])
+                cap = ring if cap is None else min(cap, ring)
             sim.transfer(it["id"], it["src"], it["dst"], it["bytes"], start=it["start"], after=it["after"],
                          rate_cap_Bps=cap, fixed_cost_s=fixed, tag=it.get("tag"))
         else:

@@ -15,7 +15,7 @@ from hwmodels.calibration import CalibrationProfile
 from .cases import build_cases, to_scenario
 from .measure import PRESET_FOR
 from .measurements import FORMAT, FORMAT_VERSION, case_to_dict, check_document
-from .simulate import nccl_params, simulate_case
+from .simulate import collective_params, simulate_case
 
 
 def synthetic_document(preset: str, profile: CalibrationProfile, suite: str = "full", *, sm_copies: bool = False,
@@ -24,7 +24,7 @@ def synthetic_document(preset: str, profile: CalibrationProfile, suite: str = "f
     """A checked measurement document whose every number is what `profile` on `preset` predicts."""
     model, n = next((k for k, v in PRESET_FOR.items() if v == preset), (profile.gpu_model, profile.gpus))
     topo = presets.get(preset, calibration=profile)
-    nccl = nccl_params(profile)
+    collectives = collective_params(profile)
     cases = []
     for case in build_cases(n, suite, sm_copies=sm_copies):
         d = case_to_dict(case)
@@ -33,7 +33,7 @@ def synthetic_document(preset: str, profile: CalibrationProfile, suite: str = "f
                              "close_s": ipc_close[0] + ipc_close[1] * case.bytes}
             d["scenario"] = None
         else:
-            pred = simulate_case(case, topo, nccl)
+            pred = simulate_case(case, topo, collectives)
             d["measured"] = {"reps": 1, "makespan_s": pred.makespan_s, "finish_s": pred.finish_s}
             d["scenario"] = to_scenario(case, preset, n)
         cases.append(d)
