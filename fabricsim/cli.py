@@ -32,7 +32,7 @@ EPILOG = """examples:
   fabricsim topo show hgx-h200-8
   fabricsim topo import topo_m.txt --gpu H100
   fabricsim sweep weight_sync && fabricsim plot weight_sync
-  fabricsim results show weight_sync --metric sync_latency_s
+  fabricsim results show weight_sync --metric sync_s
 """
 
 
