@@ -311,22 +311,8 @@ def _software_costs(value: Any, where: str, field_name: str) -> dict[str, dict[s
 
 
 def load_profile(path: str | Path) -> CalibrationProfile:
-    """Read a profile file (JSON or YAML) with errors that name the file.
-
-    JSON is parsed as JSON: a YAML 1.1 parser reads numbers such as `8e-06` (no decimal point, as Python's
-    json writes them) as strings."""
-    path = Path(path)
-    if path.suffix.lower() != ".json":
-        return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read calibration profile ({exc.strerror})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-    return profile_from_dict(doc, where=str(path))
+    """Read a profile file (JSON or YAML) with errors that name the file."""
+    return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
 
 
 def bundled_profile_path(name: str) -> Path:

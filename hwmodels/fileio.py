@@ -7,6 +7,7 @@ caller's typed error with the path and one line saying why.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
-    """Parse a YAML (or JSON) file; raise `error` naming the path (and line) when it cannot be read or parsed."""
+    """Parse a YAML or JSON file; raise `error` naming the path (and line) when it cannot be read or parsed.
+
+    `.json` files go through the JSON parser: a YAML 1.1 parser reads numbers such as `8e-06` (no decimal
+    point, as Python's json writes them) as strings.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

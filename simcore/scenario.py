@@ -194,9 +194,14 @@ def _task(item: Any, where: str, source: str) -> dict[str, Any]:
 
 
 def _positive(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    """A number > 0; numeric strings count too, since YAML 1.1 reads `1e2` (no decimal point) as a string."""
+    try:
+        x = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x > 0:
         raise ScenarioError(f"{where}: expected a number > 0, got {value!r}")
-    return float(value)
+    return x
 
 
 def _order(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:

@@ -142,3 +142,12 @@ def test_simulate_on_a_cluster_preset(tmp_path, capsys):
     a = out["transfers"][0]
     # One 400 Gb/s NIC (92% efficient) is the bottleneck of a cross-node GPU-to-GPU copy.
     assert a["finish_s"] == pytest.approx(2**30 / (400e9 / 8 * 0.92), rel=1e-3)
+
+
+def test_json_numbers_without_decimal_point_are_numbers(tmp_path, capsys):
+    # Python's json writes 1e-06 and 2e1 without a decimal point; a YAML 1.1 reader would see strings.
+    p = write(tmp_path, '{"topology": "h100-1", "transfers": [{"id": "a", "src": "host", "dst": "gpu0", '
+                        '"bytes": 1e9, "start": 1e-06, "rate_cap_GBps": 2e1}]}', "s.json")
+    assert main(["simulate", str(p), "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["transfers"][0]
+    assert t["start_s"] == 1e-6 and t["finish_s"] > 1e9 / 20e9
