@@ -5,7 +5,8 @@
 (scaling) 2,000 transfers on hgx-h200-8 with 8, 16, 32, 64 and 128 in flight: microseconds per event against
 the number of active flows, to check that cost grows no faster than events x active flows.
 Each worker picks a random source and destination among the endpoints and a log-uniform size (64 KiB..256 MiB)
-with a fixed seed, so every run simulates the same thing. Results go to benchmarks/results/engine-full.json (or engine-quick.json).
+with a fixed seed, so every run simulates the same thing. Results go to
+benchmarks/results/engine-full.json (or engine-quick.json).
 
     python benchmarks/engine.py            # both cases
     python benchmarks/engine.py --quick    # (a) only, 2,000 transfers
