@@ -21,7 +21,7 @@ from typing import Any
 
 import networkx as nx
 
-from .calibration import PATH_CLASSES, CalibrationProfile, CapSpec, PathParams
+from .calibration import PATH_CLASSES, CalibrationProfile, CapSpec, CollectiveParams, PathParams
 from .errors import CalibrationError, TopologyError
 from .specs import GPUSpec
 
@@ -78,6 +78,8 @@ class Topology:
     graph: nx.Graph = field(default_factory=nx.Graph)
     caps: dict[str, _Cap] = field(default_factory=dict)
     path_params: dict[str, PathParams] = field(default_factory=dict)
+    # Fitted NCCL behaviour per collective name (from the calibration profile), for workloads that model them.
+    collectives: dict[str, CollectiveParams] = field(default_factory=dict)
     calibration_id: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
@@ -290,6 +292,7 @@ class Topology:
         topo = copy.deepcopy(self)
         topo._path_cache = {}
         topo.path_params = dict(profile.paths)
+        topo.collectives = dict(profile.collectives)
         topo.calibration_id = profile.id
         for kind, bps in profile.links.items():
             topo._set_link_capacity(kind, bps)

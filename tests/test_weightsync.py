@@ -341,3 +341,16 @@ def test_random_layouts_respect_the_bounds(n_train: int, rollout_start: int, n_r
         for t in strategy.transforms:
             ratio *= t.ratio
         assert res.sync_s >= ingress_bound_s(setup, ratio) * (1 - 1e-9)
+
+
+def test_calibrated_nccl_caps_the_ring_and_adds_the_call_cost() -> None:
+    """On h200-2 (its profile fitted NCCL broadcast) a 1 GiB broadcast follows the measured bus bandwidth."""
+    topo = presets.get("h200-2")
+    cal = topo.collectives["broadcast"]
+    S = float(1 << 30)
+    sim = Simulation(topo)
+    ring_broadcast(sim, ["gpu0", "gpu1"], S, chunk_bytes=S / 4, name="b", explicit=False)
+    res = sim.run()
+    lone = topo.path("gpu0", "gpu1").latency_s + S / min(cal.rate_cap(S), topo.resources()["gpu0->gpu1"])
+    assert res.makespan_s == pytest.approx(cal.fixed_s + lone, rel=1e-9)
+    assert topo.collectives and not presets.get("h200-2", calibration=None).collectives

@@ -9,6 +9,10 @@ latencies: the last hop starts once the first chunk has crossed n-2 hops. Two wa
   bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is; latency paid per hop).
 `ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
 512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
+
+On a calibrated topology whose profile fitted NCCL (`Topology.collectives`, written by `fabricsim calibrate`),
+each ring transfer is also capped at the collective's measured bus bandwidth for its size and every call pays
+the fitted fixed cost: measured NCCL replaces the link-only estimate wherever it exists.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     if explicit is None:
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
     B = ring_bottleneck_Bps(topo, ring)
+    cap = None
+    cal = topo.collectives.get("broadcast")
+    if cal is not None:
+        cap = cal.rate_cap(per_call)
+        B = min(B, cap)
+        after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
     lat = [topo.path(a, b).latency_s for a, b in hops]
     if explicit:
         size = nbytes / chunks
@@ -72,7 +82,7 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
                 deps = [*after] if upstream is None else [upstream]
                 if prev_hop[h] is not None:
                     deps.append(prev_hop[h])
-                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag)
+                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=cap)
                 prev_hop[h] = upstream = ev
             last = upstream
         return last
@@ -119,9 +129,13 @@ def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, floa
     """Ring all-gather in its bandwidth form: every GPU receives the bytes it lacks from its ring predecessor,
     all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently)."""
     after = list(after)
+    cal = sim.topology.collectives.get("all_gather")
+    if cal is not None and len(ring) > 1:
+        after = [sim.delay(f"{name}.nccl-call", cal.fixed_s, after=after, tag=tag)]
     events = []
     for i, g in enumerate(ring):
         b = missing.get(g, 0.0)
         if b > 0 and len(ring) > 1:
-            events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag))
+            events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag,
+                                       rate_cap_Bps=None if cal is None else cal.rate_cap(b)))
     return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
