@@ -61,25 +61,32 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     """
     n = len(flows)
     rates = [0.0] * n
-    rem: dict[int, float] = {}
-    demand: dict[int, float] = {}
-    users: dict[int, list[int]] = {}
-    pairs: list[tuple[tuple[int, float], ...]] = []  # each flow's (resource, coeff) that can bind
+    # Resources get local indices so the inner loops index lists instead of hashing into dicts.
+    local: dict[int, int] = {}
+    rem: list[float] = []
+    demand: list[float] = []
+    users: list[list[int]] = []
+    pairs: list[list[tuple[int, float]]] = []  # each flow's (local resource, coeff) that can bind
     for i, f in enumerate(flows):
         w = f.weight
-        fp = f.pairs if binding is None else tuple(rc for rc in f.pairs if binding[rc[0]])
-        pairs.append(fp)
-        for r, c in fp:
-            if r in rem:
-                demand[r] += c * w
-                users[r].append(i)
+        lp = []
+        for r, c in f.pairs:
+            if binding is not None and not binding[r]:
+                continue
+            j = local.get(r)
+            if j is None:
+                j = local[r] = len(rem)
+                rem.append(capacity[r])
+                demand.append(c * w)
+                users.append([i])
             else:
-                rem[r] = capacity[r]
-                demand[r] = c * w
-                users[r] = [i]
-    unfrozen_users = {r: len(u) for r, u in users.items()}
-    version = dict.fromkeys(rem, 0)
-    heap = [(rem[r] / dm, r, 0) for r, dm in demand.items()]
+                demand[j] += c * w
+                users[j].append(i)
+            lp.append((j, c))
+        pairs.append(lp)
+    unfrozen_users = [len(u) for u in users]
+    version = [0] * len(rem)
+    heap = [(rem[j] / demand[j], j, 0) for j in range(len(rem))]
     heapq.heapify(heap)
     caps = sorted((f.cap / f.weight, i) for i, f in enumerate(flows) if f.cap is not None)
     ci = 0
@@ -87,9 +94,10 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     left = n
     level = 0.0
     inf = float("inf")
+    heappop, heappush = heapq.heappop, heapq.heappush
     while left:
         while heap and (heap[0][2] != version[heap[0][1]] or not unfrozen_users[heap[0][1]]):
-            heapq.heappop(heap)
+            heappop(heap)
         while ci < len(caps) and frozen[caps[ci][1]]:
             ci += 1
         nxt = min(heap[0][0] if heap else inf, caps[ci][0] if ci < len(caps) else inf)
@@ -105,10 +113,10 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
                 frozen[i] = True
                 freeze.append(i)
         while heap and heap[0][0] <= thresh:
-            _, r, ver = heapq.heappop(heap)
-            if ver != version[r]:
+            _, j, ver = heappop(heap)
+            if ver != version[j]:
                 continue
-            for i in users[r]:
+            for i in users[j]:
                 if not frozen[i]:
                     frozen[i] = True
                     freeze.append(i)
@@ -120,18 +128,18 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
             if f.cap is not None and rate > f.cap:
                 rate = f.cap
             rates[i] = rate
-            for r, c in pairs[i]:
-                x = rem[r] - c * rate
-                rem[r] = x if x > 0.0 else 0.0
-                demand[r] -= c * w
-                unfrozen_users[r] -= 1
-                touched.add(r)
-        for r in touched:
-            if unfrozen_users[r]:
-                version[r] += 1
-                heapq.heappush(heap, (rem[r] / demand[r] if demand[r] > 0 else inf, r, version[r]))
+            for j, c in pairs[i]:
+                x = rem[j] - c * rate
+                rem[j] = x if x > 0.0 else 0.0
+                demand[j] -= c * w
+                unfrozen_users[j] -= 1
+                touched.add(j)
+        for j in touched:
+            if unfrozen_users[j]:
+                version[j] += 1
+                heappush(heap, (rem[j] / demand[j] if demand[j] > 0 else inf, j, version[j]))
         left -= len(freeze)
-    load = {r: capacity[r] - rem[r] for r in rem}
+    load = {r: capacity[r] - rem[j] for r, j in local.items()}
     return rates, load
 
 
