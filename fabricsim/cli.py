@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except FabricsimError as exc:
         print(f"fabricsim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A path the user gave cannot be written or read (a folder that is a file, no permission, disk full).
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fabricsim: interrupted", file=sys.stderr)
         return 130

@@ -17,10 +17,12 @@ from .specs import HostDRAMSpec, NICSpec, NVLinkSpec, NVSwitchSpec, PCIeSpec, So
 from .topology import Topology
 
 _NV = re.compile(r"^NV(\d+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def parse_topo_matrix(text: str) -> tuple[list[str], dict[tuple[str, str], str], dict[str, int]]:
     """Device names, the pairwise link labels, and each GPU's NUMA node."""
+    text = _ANSI.sub("", text)  # nvidia-smi underlines the header with terminal escape codes
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
     header_idx = next((i for i, ln in enumerate(lines) if re.search(r"\bGPU0\b", ln) and "Legend" not in ln), None)
     if header_idx is None:

@@ -145,7 +145,11 @@ def _common(item: dict[str, Any], where: str, source: str, default_id: str) -> d
         after = [after]
     if not isinstance(after, list):
         raise ScenarioError(f"{source}: {where}.after: expected a list of ids")
-    out = {"id": str(rid), "after": [str(a) for a in after], "_where": where, "tag": item.get("tag")}
+    tag = item.get("tag")
+    if tag is not None and not isinstance(tag, str | int | float):
+        raise ScenarioError(f"{source}: {where}.tag: expected a short label, got {tag!r}")
+    out = {"id": str(rid), "after": [str(a) for a in after], "_where": where,
+           "tag": None if tag is None else str(tag)}
     out["start"] = parse_seconds(item.get("start", 0.0), f"{source}: {where}.start")
     return out
 
@@ -199,8 +203,8 @@ def _positive(value: Any, where: str) -> float:
         x = float(value) if not isinstance(value, bool) else float("nan")
     except (TypeError, ValueError):
         x = float("nan")
-    if not x > 0:
-        raise ScenarioError(f"{where}: expected a number > 0, got {value!r}")
+    if not 0 < x < float("inf"):
+        raise ScenarioError(f"{where}: expected a finite number > 0, got {value!r}")
     return x
 
 

@@ -76,6 +76,9 @@ BAD = [
      "unknown key 'colour'"),
     ("topology: box.yaml\ntransfers: [{id: a, src: host0, dst: gpu1, bytes: 1}]\n", "no route from"),
     ("topology: neg.yaml\ntransfers: [{id: a, src: host0, dst: gpu0, bytes: 1}]\n", "must be > 0, got -3"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, rate_cap_GBps: .inf}]\n",
+     "rate_cap_GBps: expected a finite number > 0"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, tag: [1]}]\n", "tag: expected a short label"),
 ]
 
 # gpu1 hangs off gpu0 by NVLink only: connected, but host memory cannot reach it without transiting gpu0.
@@ -151,3 +154,11 @@ def test_json_numbers_without_decimal_point_are_numbers(tmp_path, capsys):
     assert main(["simulate", str(p), "--json"]) == 0
     t = json.loads(capsys.readouterr().out)["transfers"][0]
     assert t["start_s"] == 1e-6 and t["finish_s"] > 1e9 / 20e9
+
+
+def test_unwritable_output_path_is_one_line_exit_2(tmp_path, capsys):
+    p = write(tmp_path, GOOD)
+    blocker = write(tmp_path, "x", "afile")
+    assert main(["simulate", str(p), "--trace", str(blocker / "t.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("fabricsim: error:") and "afile" in err

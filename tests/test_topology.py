@@ -214,3 +214,18 @@ def test_profile_optional_fields_round_trip_and_legacy_files_still_read(tmp_path
 def test_bad_profiles_are_named(over, match):
     with pytest.raises(CalibrationError, match=match):
         presets.h100_1().with_calibration(profile_from_dict(_profile(**over)))
+
+
+@pytest.mark.parametrize("machine,preset,gpu", [("h100x1", "h100-1", "H100"), ("h200x2", "h200-2", "H200")])
+def test_import_of_the_measured_machines_matches_their_presets(machine, preset, gpu):
+    """The real `nvidia-smi topo -m` text (with its terminal escape codes) committed by validate."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "validate" / "data" / machine / "topo_m.txt").read_text()
+    imported = topology_from_topo_m(text, gpu=gpu)
+    ref = presets.get(preset, calibration=None)
+    assert sorted(imported.gpus()) == sorted(ref.gpus())
+    for a in ref.gpus():
+        for b in ref.gpus():
+            assert imported.path(a, b).path_class == ref.path(a, b).path_class
+        assert imported.path("host0", a).path_class == "h2d"
