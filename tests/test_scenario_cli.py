@@ -78,7 +78,8 @@ BAD = [
     ("topology: neg.yaml\ntransfers: [{id: a, src: host0, dst: gpu0, bytes: 1}]\n", "must be > 0, got -3"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, rate_cap_GBps: .inf}]\n",
      "rate_cap_GBps: expected a finite number > 0"),
-    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, tag: [1]}]\n", "tag: expected a short label"),
+    ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, tag: [1]}]\n",
+     "tag: expected a short label"),
 ]
 
 # gpu1 hangs off gpu0 by NVLink only: connected, but host memory cannot reach it without transiting gpu0.
