@@ -18,6 +18,7 @@ import yaml
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # `--trace out/t.json` in a fresh checkout just works
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)

@@ -44,9 +44,48 @@ def _num(where: str, v: Any, *, allow_zero: bool = False) -> float:
     return float(v)
 
 
+_TOP_KEYS = {"name", "components", "links", "caps", "pinned", "aliases"}
+_COMPONENT_KEYS = {"kind", "model", "dram_GBps", "dram_GiB", "Gbps"}
+_LINK_KEYS = {"between", "kind", "GBps", "reverse_GBps", "latency_us", "gen", "lanes", "links"}
+_CAP_KEYS = {"name", "GBps", "classes", "endpoints"}
+
+
+def _keys(where: str, d: dict, allowed: set[str]) -> None:
+    """Unknown keys are errors: a typo (`modle`, `latncy_us`) must not silently fall back to a default."""
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise TopologyError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _whole(where: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TopologyError(f"{where}: expected a whole number, got {v!r}")
+    return v
+
+
+def _list(where: str, v: Any) -> list:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise TopologyError(f"{where}: expected a list, got {v!r}")
+    return v
+
+
+def _located(where: str, fn: Any, *args: Any) -> Any:
+    """Call `fn`; a TopologyError that does not yet say where it happened gets `where` in front."""
+    try:
+        return fn(*args)
+    except TopologyError as exc:
+        msg = str(exc)
+        raise TopologyError(msg if msg.startswith(where.split(":")[0]) else f"{where}: {msg}") from None
+
+
 def topology_from_dict(d: Any, source: str = "topology") -> Topology:
     if not isinstance(d, dict):
         raise TopologyError(f"{source}: expected a mapping with 'components' and 'links'")
+    _keys(source, d, _TOP_KEYS)
+    if d.get("aliases") is not None and not isinstance(d["aliases"], dict):
+        raise TopologyError(f"{source}: aliases: expected a mapping of alias -> endpoint")
     comps = d.get("components")
     links = d.get("links")
     if not isinstance(comps, dict) or not comps:
@@ -59,10 +98,11 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             where = f"{source}: components.{name}"
             if not isinstance(c, dict) or "kind" not in c:
                 raise TopologyError(f"{where}: expected a mapping with 'kind'")
+            _keys(where, c, _COMPONENT_KEYS)
             kind = c["kind"]
             attrs: dict[str, Any] = {}
             if kind == "gpu":
-                attrs["spec"] = gpu_model(str(c.get("model", "H100")))
+                attrs["spec"] = _located(f"{where}.model", gpu_model, str(c.get("model", "H100")))
             elif kind == "host":
                 attrs["spec"] = HostDRAMSpec(
                     bytes=int(_num(f"{where}.dram_GiB", c.get("dram_GiB", 1024)) * GiB),
@@ -73,23 +113,25 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
         for i, link in enumerate(links):
-            _add_link(t, link, f"{source}: links[{i}]")
+            _located(f"{source}: links[{i}]", _add_link, t, link, f"{source}: links[{i}]")
         if "host" not in t.aliases and "host0" in t.graph:
             t.aliases["host"] = "host0"
         from .presets import add_memory_caps
 
         add_memory_caps(t)
-        for i, c in enumerate(d.get("caps") or []):
+        for i, c in enumerate(_list(f"{source}: caps", d.get("caps"))):
             where = f"{source}: caps[{i}]"
             if not isinstance(c, dict) or "name" not in c:
                 raise TopologyError(f"{where}: expected a mapping with 'name' and 'GBps'")
+            _keys(where, c, _CAP_KEYS)
             t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps")) * GB, classes=tuple(c.get("classes") or ()),
                       endpoints=tuple(c.get("endpoints") or ()))
-        for i, p in enumerate(d.get("pinned") or []):
+        for i, p in enumerate(_list(f"{source}: pinned", d.get("pinned"))):
             where = f"{source}: pinned[{i}]"
             if not isinstance(p, dict) or not {"src", "dst", "via"} <= set(p):
                 raise TopologyError(f"{where}: expected a mapping with src, dst and via")
-            t.pin_route(p["src"], p["dst"], list(p["via"]))
+            _keys(where, p, {"src", "dst", "via"})
+            t.pin_route(p["src"], p["dst"], _list(f"{where}.via", p["via"]))
         t.validate()
     except TopologyError as exc:
         msg = str(exc)
@@ -100,9 +142,10 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
 def _add_link(t: Topology, link: Any, where: str) -> None:
     if not isinstance(link, dict):
         raise TopologyError(f"{where}: expected a mapping")
+    _keys(where, link, _LINK_KEYS)
     ends = link.get("between")
-    if not isinstance(ends, list) or len(ends) != 2:
-        raise TopologyError(f"{where}.between: expected [a, b]")
+    if not isinstance(ends, list) or len(ends) != 2 or ends[0] == ends[1]:
+        raise TopologyError(f"{where}.between: expected [a, b] with two different components")
     kind = link.get("kind")
     a, b = str(ends[0]), str(ends[1])
     latency = None
@@ -114,10 +157,10 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
         t.add_link(a, b, str(kind), fwd, latency if latency is not None else 1e-6, Bps_reverse=rev)
         return
     if kind == "pcie":
-        spec = PCIeSpec(int(link.get("gen", 5)), int(link.get("lanes", 16)))
+        spec = PCIeSpec(_whole(f"{where}.gen", link.get("gen", 5)), _whole(f"{where}.lanes", link.get("lanes", 16)))
         t.add_link(a, b, "pcie", spec.Bps, spec.latency_s if latency is None else latency)
     elif kind == "nvlink":
-        spec = NVLinkSpec(int(link.get("gen", 4)), int(link.get("links", 18)))
+        spec = NVLinkSpec(_whole(f"{where}.gen", link.get("gen", 4)), _whole(f"{where}.links", link.get("links", 18)))
         t.add_link(a, b, "nvlink", spec.Bps, spec.latency_s if latency is None else latency)
     else:
         raise TopologyError(f"{where}: a '{kind}' link needs GBps (only pcie and nvlink links derive it from a spec)")

@@ -229,3 +229,24 @@ def test_import_of_the_measured_machines_matches_their_presets(machine, preset, 
         for b in ref.gpus():
             assert imported.path(a, b).path_class == ref.path(a, b).path_class
         assert imported.path("host0", a).path_class == "h2d"
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["components"]["gpu0"].update(modle="H200"), "components.gpu0: unknown key 'modle'"),
+    (lambda d: d["links"][0].update(latncy_us=5), r"links\[0\]: unknown key 'latncy_us'"),
+    (lambda d: d.update(capz=[]), "unknown key 'capz'"),
+    (lambda d: d["links"].append({"between": ["gpu0", "gpu0"], "kind": "pcie"}), "two different components"),
+    (lambda d: d["links"].append({"between": ["gpu0", "cpu0"], "kind": "pcie", "gen": "five"}),
+     r"links\[\d+\]\.gen: expected a whole number"),
+    (lambda d: d["links"].append({"between": ["gpu0", "nvme0"], "kind": "pcie", "gen": 9}),
+     r"links\[\d+\]: unknown PCIe generation 9"),
+    (lambda d: d["components"]["gpu0"].update(model="B900"), "components.gpu0.model: unknown GPU model 'B900'"),
+    (lambda d: d.update(aliases=["host"]), "aliases: expected a mapping"),
+    (lambda d: d.update(caps=5), "caps: expected a list"),
+    (lambda d: d.update(pinned=[{"src": "gpu0", "dst": "host0", "via": "cpu0"}]), r"pinned\[0\]\.via: expected a list"),
+])
+def test_typos_and_bad_values_in_topology_files_are_named(mutate, match):
+    d = topology_to_dict(presets.h100_1())
+    mutate(d)
+    with pytest.raises(TopologyError, match=match):
+        topology_from_dict(d, "box.yaml")

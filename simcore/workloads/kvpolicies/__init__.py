@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..errors import WorkloadError
@@ -51,14 +52,23 @@ def make_policy(name: str, **params: Any) -> KVPolicy:
     cls = reg.get(name)
     if cls is None:
         raise PolicyError(f"unknown KV policy '{name}' (known: {', '.join(reg)})")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise PolicyError(f"policy '{name}': {exc}") from None
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    bad = sorted(set(params) - set(known))
+    if bad:
+        raise PolicyError(f"policy '{name}' has no parameter {', '.join(bad)} "
+                          f"(it takes: {', '.join(known) or 'none'})")
+    return cls(**params)
+
+
+def _number(policy: str, what: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise PolicyError(f"policy '{policy}': {what} must be a number, got {value!r}")
+    return value
 
 
 def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = False) -> float:
     """A parameter that must lie in [0, 1] (or (0, 1] with `lo_open`)."""
+    value = _number(policy, what, value)
     ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
     if not ok:
         raise PolicyError(f"policy '{policy}': {what} must be in {'(0' if lo_open else '[0'}, 1], got {value}")
@@ -66,6 +76,7 @@ def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = Fals
 
 
 def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = False) -> float:
+    value = _number(policy, what, value)
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         raise PolicyError(f"policy '{policy}': {what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -26,8 +26,10 @@ from typing import Any, ClassVar
 
 import simpy
 
+from hwmodels.errors import FabricsimError
 from hwmodels.topology import Topology
 from simcore import ScenarioError, Simulation
+from simcore.units import parse_bytes
 
 from ..decode import DecodeBatch, step_cost
 from ..errors import InfeasibleError, WorkloadError
@@ -227,7 +229,46 @@ class Knobs:
         if bad:
             raise WorkloadError(f"unknown knob(s) {', '.join(bad)} for {type(self).__name__} "
                                 f"(known: {', '.join(sorted(names))})")
+        owner = type(self).__name__
+        kw = {k: _coerce_knob(owner, k, getattr(self, k), v) for k, v in kw.items()}
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
+
+
+def _coerce_knob(owner: str, name: str, default: Any, value: Any) -> Any:
+    """Check a knob against its default's type: true/false for switches, numbers (or sizes such as 512MiB for
+    *_bytes knobs) for costs and sizes, so a typo is an error instead of a silently different run."""
+    where = f"knob {name} of {owner}"
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise WorkloadError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(default, int | float):
+        if isinstance(value, bool):
+            raise WorkloadError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                if not name.endswith("bytes"):
+                    raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
+                try:
+                    value = parse_bytes(value, where)
+                except FabricsimError as exc:
+                    raise WorkloadError(str(exc)) from None
+        if not isinstance(value, int | float) or value != value:
+            raise WorkloadError(f"{where}: expected a number, got {value!r}")
+        if isinstance(default, int):
+            if value != int(value) or value < 1:
+                raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
+            return int(value)
+        if name.endswith("bytes") and not value > 0:
+            raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
+        if not value >= 0:
+            raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
+        return float(value)
+    return value
 
 
 class Strategy:
