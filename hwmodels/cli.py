@@ -22,11 +22,14 @@ def load_any(ref: str, calibration: str | None = None) -> Topology:
 
 
 def _show(args: argparse.Namespace) -> int:
-    topo = load_any(args.topology, args.calibration)
     if args.yaml:
+        # The file form is the machine's structure only: a calibration (per-path latencies, FIFO engines,
+        # fitted link rates) is applied on load with `calibration:` in a scenario or --calibration.
+        topo = load_any(args.topology, None) if Path(args.topology).exists() else get(args.topology, calibration=None)
+        print("# datasheet structure; apply a calibration profile with `calibration:` in a scenario or --calibration")
         print(yaml.safe_dump(topology_to_dict(topo), sort_keys=False), end="")
     else:
-        print(topo.describe())
+        print(load_any(args.topology, args.calibration).describe())
     return 0
 
 

@@ -14,7 +14,7 @@ from .units import format_bytes
 def _table(result: Result) -> str:
     rows = [f"topology {result.topology}   calibration {result.calibration_id or 'none (datasheet defaults)'}",
             f"{'id':<14} {'src':>10} -> {'dst':<10} {'bytes':>11} {'class':<11} {'start':>11} {'finish':>11} "
-            f"{'GB/s':>8}"]
+            f"{'GB/s*':>8}"]
     for r in result.transfers:
         busy = r.finish_s - r.begin_s
         gbps = r.bytes / busy / 1e9 if busy > 0 else 0.0
@@ -23,7 +23,8 @@ def _table(result: Result) -> str:
     for r in result.tasks:
         rows.append(f"{r.id:<14} {r.kind + ' on ' + r.src:>24} {'':>11} {'':<11} {r.start_s * 1e3:>9.4f}ms "
                     f"{r.finish_s * 1e3:>9.4f}ms")
-    rows.append(f"makespan {result.makespan_s * 1e3:.4f} ms")
+    rows.append(f"makespan {result.makespan_s * 1e3:.4f} ms   (* GB/s while moving: from the end of any engine-queue "
+                "wait to the finish)")
     busiest = sorted(result.mean_utilisation().items(), key=lambda kv: -kv[1])[:5]
     if busiest:
         rows.append("busiest resources (mean utilisation over the makespan): "

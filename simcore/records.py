@@ -64,8 +64,9 @@ class Result:
         raise KeyError(record_id)
 
     def to_dict(self) -> dict[str, Any]:
-        """The public JSON contract of `fabricsim simulate --json` (DESIGN.md)."""
-        return {
+        """The public JSON contract of `fabricsim simulate --json` (DESIGN.md), plus, only when the scenario has
+        compute tasks, a `tasks` list of {id, gpu, flops, bytes, start_s, finish_s} (a documented addition)."""
+        out: dict[str, Any] = {
             "makespan_s": self.makespan_s,
             "transfers": [
                 {"id": r.id, "src": r.src, "dst": r.dst, "bytes": int(r.bytes), "start_s": r.start_s,
@@ -73,6 +74,11 @@ class Result:
                 for r in self.transfers
             ],
         }
+        tasks = [r for r in self.records if r.kind == "task"]
+        if tasks:
+            out["tasks"] = [{"id": r.id, "gpu": r.src, "flops": r.flops, "bytes": int(r.bytes), "start_s": r.start_s,
+                             "finish_s": r.finish_s} for r in tasks]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

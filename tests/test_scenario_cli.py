@@ -163,3 +163,23 @@ def test_unwritable_output_path_is_one_line_exit_2(tmp_path, capsys):
     assert main(["simulate", str(p), "--trace", str(blocker / "t.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fabricsim: error:") and "afile" in err
+
+
+def test_json_lists_tasks_when_the_scenario_has_them(tmp_path, capsys):
+    p = write(tmp_path, "topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1GiB}]\n"
+                        "tasks: [{id: k, gpu: gpu0, flops: 1e12, bytes: 1GiB, after: [a]}]\n")
+    assert main(["simulate", str(p), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (k,) = out["tasks"]
+    assert k["start_s"] == pytest.approx(out["transfers"][0]["finish_s"])
+    assert out["makespan_s"] == pytest.approx(k["finish_s"])
+
+
+def test_topo_show_yaml_is_the_uncalibrated_structure(tmp_path, capsys):
+    assert main(["topo", "show", "h200-2", "--yaml"]) == 0
+    f = write(tmp_path, capsys.readouterr().out, "box.yaml")
+    from hwmodels import presets
+    from hwmodels.topofile import load_topology_file
+
+    loaded, ref = load_topology_file(f), presets.get("h200-2", calibration=None)
+    assert loaded.resources() == pytest.approx(ref.resources())
