@@ -21,7 +21,14 @@ from typing import Any
 
 import networkx as nx
 
-from .calibration import PATH_CLASSES, CalibrationProfile, CapSpec, CollectiveParams, PathParams
+from .calibration import (
+    PATH_CLASSES,
+    CalibrationProfile,
+    CapSpec,
+    CollectiveParams,
+    PathParams,
+    SoftwareCost,
+)
 from .errors import CalibrationError, TopologyError
 from .specs import GPUSpec
 
@@ -80,6 +87,8 @@ class Topology:
     path_params: dict[str, PathParams] = field(default_factory=dict)
     # Fitted NCCL behaviour per collective name (from the calibration profile), for workloads that model them.
     collectives: dict[str, CollectiveParams] = field(default_factory=dict)
+    # Fitted software costs per mechanism and operation (e.g. cuda_ipc open/close), from the profile.
+    software_costs: dict[str, dict[str, SoftwareCost]] = field(default_factory=dict)
     calibration_id: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
@@ -293,6 +302,7 @@ class Topology:
         topo._path_cache = {}
         topo.path_params = dict(profile.paths)
         topo.collectives = dict(profile.collectives)
+        topo.software_costs = {k: dict(v) for k, v in profile.software_costs.items()}
         topo.calibration_id = profile.id
         for kind, bps in profile.links.items():
             topo._set_link_capacity(kind, bps)

@@ -354,3 +354,16 @@ def test_calibrated_nccl_caps_the_ring_and_adds_the_call_cost() -> None:
     lone = topo.path("gpu0", "gpu1").latency_s + S / min(cal.rate_cap(S), topo.resources()["gpu0->gpu1"])
     assert res.makespan_s == pytest.approx(cal.fixed_s + lone, rel=1e-9)
     assert topo.collectives and not presets.get("h200-2", calibration=None).collectives
+
+
+def test_calibrated_ipc_costs_replace_the_estimate() -> None:
+    """h200-2's profile fitted CUDA IPC open/close: the per-bucket handle cost follows it (plus messaging)."""
+    from simcore.workloads.weightsync.cuda_ipc import CudaIpcBuckets
+
+    strat = CudaIpcBuckets()
+    cal, raw = presets.get("h200-2"), presets.get("h200-2", calibration=None)
+    fitted = cal.software_costs["cuda_ipc"]
+    b = 512 * 2**20
+    assert strat.handle_cost(cal, b) == pytest.approx(fitted["open"].cost(b) + fitted["close"].cost(b)
+                                                      + strat.knobs.ipc_message_s)
+    assert strat.handle_cost(raw, b) == strat.knobs.ipc_handle_s

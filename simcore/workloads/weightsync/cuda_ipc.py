@@ -11,11 +11,13 @@ the bucket), per-bucket handle costs, then each rollout GPU's copy of its slice 
 local copy when colocated, NVLink/PCIe peer otherwise) and its per-tensor rebuild cost. Buckets run in order
 (one buffer), as slime does.
 
-Default costs (estimates, replaceable through calibration — the project's `kernels/` weight pool measures the
-IPC path on real GPUs): `ipc_handle_s` 1 ms per bucket for serialising the handle, sending it between processes
-(Ray / ZMQ round trip, ~0.5-1 ms) and `cudaIpcOpenMemHandle` plus close (tens to hundreds of us, more for large
-mappings); `per_tensor_s` 20 us per tensor rebuilt and loaded (Python dispatch); `bucket_bytes` 512 MiB (slime's
-`--update-weight-buffer-size` default).
+Default costs: `ipc_handle_s` 1 ms per bucket (an estimate) for serialising the handle, sending it between
+processes (Ray / ZMQ round trip, ~0.5-1 ms) and `cudaIpcOpenMemHandle` plus close (tens to hundreds of us, more for
+large mappings). On a topology whose calibration profile fitted CUDA IPC (`software_costs.cuda_ipc.open` and
+`.close`, measured by `fabricsim validate`: e.g. 318 us + 0.11 ns/B open and 149 us close on the H200x2 machine),
+the handle cost per bucket is the fitted open + close for the bucket's size plus `ipc_message_s` (0.5 ms, the
+process round trip the measurement does not include) instead; `per_tensor_s` 20 us per tensor rebuilt and loaded
+(Python dispatch); `bucket_bytes` 512 MiB (slime's `--update-weight-buffer-size` default).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ MiB = 1 << 20
 class CudaIpcKnobs(Knobs):
     bucket_bytes: float = 512 * MiB
     ipc_handle_s: float = 1e-3
+    ipc_message_s: float = 0.5e-3
     per_tensor_s: float = 20e-6
     max_sim_buckets: int = 32
 
@@ -47,6 +50,13 @@ def node_of(gpu: str) -> str:
 class CudaIpcBuckets(Strategy):
     name = "cuda-ipc-buckets"
     Knobs = CudaIpcKnobs
+
+    def handle_cost(self, topo, bucket_bytes: float) -> float:
+        """Per-bucket IPC handle cost: calibrated open + close + messaging where measured, else the estimate."""
+        fitted = topo.software_costs.get("cuda_ipc", {})
+        if "open" in fitted and "close" in fitted:
+            return fitted["open"].cost(bucket_bytes) + fitted["close"].cost(bucket_bytes) + self.knobs.ipc_message_s
+        return self.knobs.ipc_handle_s
 
     def partners(self, setup: SyncSetup) -> dict[str, str]:
         """The trainer GPU whose bucket each rollout GPU maps: itself when colocated, else one on its node."""
@@ -92,7 +102,8 @@ class CudaIpcBuckets(Strategy):
                                tag="pack") for g in trainer]
             if ctx.transforms:
                 packed = [ctx.encode(g, nbytes, after=packed) for g in trainer]
-            handles = sim.delay(ctx.name(f"ipc{b}"), m * k.ipc_handle_s, after=packed, tag="ipc-handle")
+            handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
+                                after=packed, tag="ipc-handle")
             handles.callbacks.append(lambda _ev: ctx.mark_live_write())
             loads = []
             for g, src in partners.items():

@@ -17,11 +17,14 @@ Two reader modes:
   local inactive buffer while it keeps generating on version v, then flips at a step boundary. Generation
   stalls only for the flip; tokens generated during the pull are one version stale.
 
-Default costs: `publish_s` 5 us (a 4-byte peer store, 2-3 us NVLink write latency, plus a system-scope fence);
-`observe_s` 3 us (one peer read of the counter); readers notice at the next step boundary, on average half a
-decode step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight
-addresses keep one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and
-stalls generation for it). With `measure_contention` a decode step runs beside each reader's pull, reported as
+Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
+system-scope fence, 2-3 us NVLink write latency; one peer read of the counter). This project's own Python-driven
+`kernels.WeightPool` measured more on the H200x2 machine (benchmarks/results/kernels-h200-x2/, docs/kernels.md): a
+whole `publish()` with no payload 70 us median, a control-word read plus its sync 42 us; pass `publish_s=70e-6,
+observe_s=42e-6` to model that implementation. Readers notice at the next step boundary, on average half a decode
+step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight addresses keep
+one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and stalls generation
+for it). With `measure_contention` a decode step runs beside each reader's pull, reported as
 `decode_step_during_sync_ms`.
 """
 
