@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "  fabricsim simulate examples/h2d_fanout.yaml --json\n"
                "  fabricsim simulate scenario.yaml --trace trace.json --calibration hwmodels/profiles/h100x1.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="scenario file (format in DESIGN.md / README)")
+    p.add_argument("file", help="scenario file (format in README)")
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")

@@ -26,6 +26,7 @@ from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
 from .memory import MemoryPool
 from .records import Record, Result
+from .units import parse_bytes
 
 Dep = str | simpy.Event
 
@@ -51,11 +52,13 @@ class Simulation:
         self._seq = 0
 
     # ---- describing work -------------------------------------------------------------------------------
-    def transfer(self, id: str | None, src: str, dst: str, nbytes: float, *, start: float = 0.0,
+    def transfer(self, id: str | None, src: str, dst: str, nbytes: float | str, *, start: float = 0.0,
                  after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
                  fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None) -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands."""
         rid = self._new_id(id, "t")
+        if isinstance(nbytes, str):
+            nbytes = parse_bytes(nbytes, f"transfer '{rid}': bytes")
         if not nbytes >= 0:
             raise ScenarioError(f"transfer '{rid}': bytes must be >= 0, got {nbytes}")
         if rate_cap_Bps is not None and not rate_cap_Bps > 0:

@@ -119,8 +119,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if report.ran:
         line += f" in {report.wall_s:.1f}s, {report.points_per_s:.1f} points/s"
     print(line)
-    print(f"results: {store.root / report.study}/   (fabricsim results show {report.study}; "
-          f"fabricsim plot {report.study})")
+    at = f" --store {args.store}" if args.store else ""
+    hints = [f"fabricsim results show {report.study}{at}"]
+    if load_study(args.study).figures:
+        hints.append(f"fabricsim plot {report.study}{at}")
+    print(f"results: {store.root / report.study}/   ({'; '.join(hints)})")
     return 1 if report.failed else 0
 
 
@@ -175,7 +178,8 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     _print(table, args.csv)
     if not failed.empty and not args.csv:
         n = failed["point_id"].nunique()
-        print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed", file=sys.stderr)
+        at = f" --store {args.store}" if args.store else ""
+        print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
 
 

@@ -62,3 +62,16 @@ def test_doc_python_blocks_run(page: str, tmp_path: Path, monkeypatch: pytest.Mo
             exec(compile(block, f"{page} python block {i + 1}", "exec"), namespace)
         except Exception as exc:  # noqa: BLE001 - name the block that broke
             pytest.fail(f"{page} python block {i + 1} failed: {type(exc).__name__}: {exc}")
+
+
+def test_readme_topology_file_example_loads() -> None:
+    import re
+
+    import yaml
+
+    from hwmodels.topofile import topology_from_dict
+
+    (block,) = re.findall(r"```yaml\n(name: my-box.*?)```", (ROOT / "README.md").read_text(), re.S)
+    topo = topology_from_dict(yaml.safe_load(block), "README.md topology example")
+    assert topo.path("gpu0", "gpu1").path_class == "p2p-nvlink"
+    assert "host-h2d" in topo.resources()

@@ -13,7 +13,7 @@ import sys
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)",
                               description="Measure copy, P2P, concurrency, NCCL and CUDA IPC timings on the GPUs "
-                                          "of this machine (methodology: MEASURING.md) into one output folder.")
+                                          "of this machine (methodology: docs/validation.md) into one output folder.")
     p.add_argument("--suite", choices=("quick", "full"), default="full")
     p.add_argument("--out", default="validate-out", help="output folder (must not exist or be empty)")
     p.add_argument("--kind", default="", help="machine kind label recorded with the results")
