@@ -64,6 +64,9 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
     colours = {h: f"C{i % 10}" for i, h in enumerate(hues)}
     unit = next((u for u in rows["unit"].dropna().unique() if u), "")
 
+    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them.
+    categorical = not pd.api.types.is_numeric_dtype(rows[spec.x])
+    sim_style = {**_SIM_STYLE, "linestyle": "none", "markersize": 6} if categorical else _SIM_STYLE
     for ax, facet in zip(axes, facets, strict=False):
         panel = rows if facet is None else rows[rows[spec.facet] == facet]
         for hue in hues:
@@ -72,7 +75,9 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             sim = sel[sel["source"] == "sim"].groupby(spec.x)["value"].mean()
             hw = sel[sel["source"] == "hw"].groupby(spec.x)["value"].agg(["mean", "std"])
             if not sim.empty:
-                ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **_SIM_STYLE)
+                if spec.logy and (sim <= 0).all():
+                    label += " (0: below the log axis)"
+                ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **sim_style)
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
                 ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,
@@ -86,10 +91,17 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
         if facet is not None:
             ax.set_title(f"{spec.facet} = {facet}", fontsize=10)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        if categorical:
+            ax.tick_params(axis="x", labelrotation=20)
     for ax in axes[len(facets):]:
         ax.set_visible(False)
+    # One legend for all panels, beside them, so it never hides data.
+    handles: dict[str, Any] = {}
+    for ax in axes[: len(facets)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
     fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
     return fig
 

@@ -95,7 +95,7 @@ def sync_time_bars(df) -> MplFigure:
         ax.set_ylabel("sync time [s]")
         ax.set_title(lay, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="outside right upper")  # never over a bar
     fig.suptitle("Weight sync time per strategy and model (missing bar = infeasible)")
     return fig
 
