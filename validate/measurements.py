@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from hwmodels.fileio import atomic_write_text
 
 from .cases import CALIBRATION, HELD_OUT, SUITES, Case, Kernel, Xfer, build_cases
 from .errors import MeasurementError
@@ -33,18 +34,7 @@ GROUPS = ("copies", "nccl", "ipc")
 
 def write_json_atomic(path: str | Path, doc: Any) -> None:
     """Write JSON under a temporary name, fsync, rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def case_to_dict(case: Case) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Two sources, one type (`Request`):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hwmodels.errors import FabricsimError
+from hwmodels.fileio import atomic_write_text
 
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("prefix_id", "prefix_tokens")
@@ -151,14 +153,12 @@ def load_trace(path: str | Path) -> list[Request]:
 
 def write_trace(requests: Iterable[Request], path: str | Path) -> None:
     """Write requests as a trace CSV (atomically: temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*TRACE_COLUMNS, *OPTIONAL_COLUMNS])
-        for r in requests:
-            w.writerow([repr(r.arrival_s), r.prompt_tokens, r.output_tokens, r.prefix_id or "", r.prefix_tokens])
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([*TRACE_COLUMNS, *OPTIONAL_COLUMNS])
+    for r in requests:
+        w.writerow([repr(r.arrival_s), r.prompt_tokens, r.output_tokens, r.prefix_id or "", r.prefix_tokens])
+    atomic_write_text(path, buf.getvalue())
 
 
 def offered_load(requests: Sequence[Request]) -> dict[str, float]:
