@@ -28,8 +28,8 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.trace:
-        reqs = load_trace(args.trace)
+    if args.request_trace:
+        reqs = load_trace(args.request_trace)
     else:
         reqs = poisson_requests(args.rate, args.requests, prompt_tokens=args.prompt_tokens,
                                 output_tokens=args.output_tokens, prompt_dist=args.prompt_dist,
@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve", help="serve requests with a KV-cache policy and report latency, throughput and traffic",
         description="Run the serving loop (continuous batching, chunked prefill, KV policies) on a topology.",
         epilog="examples:\n  fabricsim serve --topology h100-1 --policy host-offload --param prefetch_depth=2\n"
-               "  fabricsim serve --trace requests.csv --policy prefix-sharing --json\n"
+               "  fabricsim serve --request-trace requests.csv --policy prefix-sharing --json\n"
                "trace CSV columns: arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--topology", default="h100-1", help="preset name (default h100-1)")
@@ -72,7 +72,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--policy", default="hbm-only", help=f"one of {', '.join(policy_names())}")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter (repeat)")
-    p.add_argument("--trace", metavar="CSV", help="request trace; otherwise a Poisson stream")
+    # `--trace` means an output Perfetto file everywhere else, so the request CSV is `--request-trace`;
+    # `--trace` stays accepted here for scripts written before the rename.
+    p.add_argument("--request-trace", "--trace", dest="request_trace", metavar="CSV",
+                   help="request trace CSV (arrival_s, prompt_tokens, output_tokens[, prefix_id]); "
+                        "otherwise a Poisson stream")
     p.add_argument("--rate", type=float, default=10.0, help="requests per second (Poisson)")
     p.add_argument("--requests", "-n", type=int, default=200)
     p.add_argument("--prompt-tokens", type=float, default=1024)
