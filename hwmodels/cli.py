@@ -9,27 +9,19 @@ import yaml
 
 from .errors import TopologyError
 from .fileio import atomic_write_text
-from .presets import apply_calibration, get
-from .topofile import load_topology_file, topology_to_dict
-from .topology import Topology
-
-
-def load_any(ref: str, calibration: str | None = None) -> Topology:
-    """A preset name or a topology file path."""
-    if Path(ref).exists() or ref.endswith((".yaml", ".yml", ".json")):
-        return apply_calibration(load_topology_file(ref), calibration)
-    return get(ref, calibration="default" if calibration is None else calibration)
+from .presets import load
+from .topofile import topology_to_dict
 
 
 def _show(args: argparse.Namespace) -> int:
     if args.yaml:
         # The file form is the machine's structure only: a calibration (per-path latencies, FIFO engines,
         # fitted link rates) is applied on load with `calibration:` in a scenario or --calibration.
-        topo = load_any(args.topology, None) if Path(args.topology).exists() else get(args.topology, calibration=None)
+        topo = load(args.topology, calibration=None)
         print("# datasheet structure; apply a calibration profile with `calibration:` in a scenario or --calibration")
         print(yaml.safe_dump(topology_to_dict(topo), sort_keys=False), end="")
     else:
-        print(load_any(args.topology, args.calibration).describe())
+        print(load(args.topology, "default" if args.calibration is None else args.calibration).describe())
     return 0
 
 

@@ -220,6 +220,20 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
     return apply_calibration(topo, calibration, preset=name)
 
 
+def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str | Path | None = None) -> Topology:
+    """A preset name or a topology file path (relative to `base_dir`): the one way every entry point resolves a
+    topology. 'default' calibration means the preset's bundled profile; a topology file gets none unless one
+    is named, since the file describes a machine the bundled profiles were not measured on."""
+    path = Path(base_dir or ".") / ref
+    if ref.endswith((".yaml", ".yml", ".json")) or path.exists():
+        if not path.is_file():
+            raise TopologyError(f"topology file '{path}' not found")
+        from .topofile import load_topology_file
+
+        return apply_calibration(load_topology_file(path), None if calibration == "default" else calibration)
+    return get(ref, calibration=calibration)
+
+
 def apply_calibration(topo: Topology, calibration: CalibrationArg | str, preset: str | None = None) -> Topology:
     if calibration is None:
         return topo

@@ -48,24 +48,13 @@ class Scenario:
 
     def load_topology(self, calibration: str | None = None) -> Topology:
         """Resolve the topology (preset or file) with the scenario's or the given calibration."""
-        from hwmodels.topofile import load_topology_file
-
         # A --calibration given by the caller is relative to the working directory; the scenario's own
         # `calibration:` is relative to the scenario file.
         cal: Any = calibration
         if cal is None and self.calibration is not None:
             cal = str(self.base_dir / self.calibration)
         try:
-            ref = self.topology
-            candidate = self.base_dir / ref
-            if ref.endswith((".yaml", ".yml", ".json")) or candidate.exists():
-                if not candidate.exists():
-                    raise ScenarioError(f"{self.source}: topology: file '{ref}' not found")
-                topo = load_topology_file(candidate)
-                return presets.apply_calibration(topo, cal)
-            return presets.get(ref, calibration="default" if cal is None else cal)
-        except ScenarioError:
-            raise
+            return presets.load(self.topology, "default" if cal is None else cal, base_dir=self.base_dir)
         except FabricsimError as exc:
             raise ScenarioError(f"{self.source}: {exc}") from None
 

@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 output_dist=args.output_dist, seed=args.seed, prefix_tokens=args.prefix_tokens,
                                 prefixes=args.prefixes)
     calibration = None if args.calibration == "none" else args.calibration
-    topo = presets.get(args.topology, calibration=calibration)
+    topo = presets.load(args.topology, calibration=calibration)
     cfg = ServingConfig(
         model=args.model, tp=args.tp, instances=args.instances, kv_dtype=args.kv_dtype, page_tokens=args.page_tokens,
         max_batch_seqs=args.max_batch, token_budget=args.token_budget, preemption=args.preemption,
@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "  fabricsim serve --request-trace requests.csv --policy prefix-sharing --json\n"
                "trace CSV columns: arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--topology", default="h100-1", help="preset name (default h100-1)")
+    p.add_argument("--topology", default="h100-1", help="preset name or topology file (default h100-1)")
     p.add_argument("--calibration", default="default", help="'default' (bundled profile), 'none' or a path")
     p.add_argument("--model", default="Llama-3-8B")
     p.add_argument("--tp", type=int, default=1)

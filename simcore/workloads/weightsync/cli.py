@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
-    topo = presets.get(args.topology, calibration=args.calibration or "default")
+    topo = presets.load(args.topology, calibration=args.calibration or "default")
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
@@ -112,7 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="model preset (see --list)")
     p.add_argument("strategy", nargs="?", help="strategy name, e.g. rdma-p2p, shared-pool:zero-copy, delta:rdma-p2p")
     p.add_argument("--list", action="store_true", help="list models and strategies")
-    p.add_argument("--topology", default="hgx-h200-8", help="topology preset (default hgx-h200-8)")
+    p.add_argument("--topology", default="hgx-h200-8", help="topology preset or file (default hgx-h200-8)")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (default: the preset's bundled one)")
     p.add_argument("--trainer", default="gpu0-3", help="trainer GPUs (default gpu0-3)")
     p.add_argument("--megatron", metavar="tp=T,pp=P,ep=E", help="Megatron trainer layout instead of FSDP")
