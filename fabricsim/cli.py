@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except FabricsimError as exc:
         print(f"fabricsim: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # A path the user gave cannot be written or read (a folder that is a file, no permission, disk full).
         where = f"{exc.filename}: " if exc.filename else ""
@@ -76,10 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fabricsim: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Output piped into `head` and friends: stop quietly, like other Unix tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from hwmodels import presets
@@ -12,6 +11,7 @@ from simcore.units import parse_bytes
 
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
+from .metrics_out import metric_values, print_json, print_metrics
 from .requests import load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
 
@@ -47,13 +47,11 @@ def _serve(args: argparse.Namespace) -> int:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics()
     if args.json:
-        json.dump({k: v for k, (v, _) in metrics.items()}, sys.stdout, indent=2)
-        print()
+        print_json(metric_values(metrics))
     else:
         print(f"{len(reqs)} requests on {topo.name} ({topo.calibration_id or 'uncalibrated'}), {cfg.model}, "
               f"policy {args.policy}")
-        for k, (v, unit) in metrics.items():
-            print(f"  {k:<26} {v:>14.6g} {unit}")
+        print_metrics(metrics)
     return 0
 
 

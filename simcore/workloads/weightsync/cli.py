@@ -6,9 +6,7 @@ GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
 from typing import Any
 
 from hwmodels import presets
@@ -16,6 +14,7 @@ from hwmodels import presets
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
+from ..metrics_out import metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
@@ -86,16 +85,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.trace and res.sim_result is not None:
         res.sim_result.write_trace(args.trace)
     if args.json:
-        json.dump({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
-                   "metrics": {k: v for k, (v, _u) in metrics.items()}}, sys.stdout, indent=2)
-        print()
+        print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
+                    "metrics": metric_values(metrics)})
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
     if not res.feasible:
         print(f"infeasible: {res.reason}")
-    for k, (v, unit) in metrics.items():
-        print(f"  {k:<22} {v:>12.6g} {unit}")
+    print_metrics(metrics)
     return 0
 
 
