@@ -7,8 +7,9 @@ or a flow hits its cap; those flows freeze and the rest go on. At every arrival 
 *connected component* of the flow-resource graph that the change touches is recomputed, because max-min
 allocations of disjoint components are independent; other flows keep their rates and finish-time events.
 
-Finish times live in one heap with lazy invalidation (each flow carries a version bumped when its rate
-changes), and a single pending simpy timeout wakes the network at the earliest finish. Floating-point dust is
+The per-event work (component search, the max-min solve, finish-time heap) runs compiled over persistent
+arrays in `simcore._fluidcore`; this module owns those arrays and the simpy side: one pending simpy timeout
+wakes the network at the earliest finish, and arrivals at one instant share one solve. Floating-point dust is
 handled in two places: flows whose predicted finish lies within a relative 1e-12 of the wake-up time finish
 together, and a flow with fewer than 1e-9 of its bytes left counts as done, so ties never cause zero-time
 event loops.
@@ -16,131 +17,92 @@ event loops.
 
 from __future__ import annotations
 
-import heapq
+import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
+import numpy as np
 import simpy
 
-_TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now
-_BYTE_TOL = 1e-9   # relative: a flow with this fraction of its bytes left is done
+from . import _fluidlayout as L
+
+_core: ModuleType | None = None
+
+
+def load_core() -> ModuleType:
+    """The compiled core (`simcore._fluidcore`), imported on first use rather than with `simcore`.
+
+    Importing it costs about a second (numba, and loading the cached machine code); the first import on a
+    machine compiles it, about 20 s, announced on stderr when it takes that long. A process pool should call
+    this before forking, so workers inherit the compiled code instead of each compiling it.
+    """
+    global _core
+    if _core is None:
+        notice = threading.Timer(2.0, lambda: print(
+            "fabricsim: compiling the fluid engine (once per install, about 20 s)...", file=sys.stderr, flush=True))
+        notice.daemon = True
+        notice.start()
+        try:
+            from . import _fluidcore
+        finally:
+            notice.cancel()
+        _core = _fluidcore
+    return _core
 
 
 class Flow:
-    """One fluid flow. `res` are resource indices, `coef` their coefficients (same length)."""
+    """One fluid flow. `res` are resource indices, `coef` their coefficients (same length, no repeats)."""
 
-    __slots__ = ("key", "res", "coef", "pairs", "weight", "cap", "bytes", "remaining", "rate", "t_last",
-                 "version", "done", "segments")
+    __slots__ = ("key", "res", "coef", "weight", "cap", "bytes", "remaining", "done", "segments", "slot")
 
     def __init__(self, key: object, res: Sequence[int], coef: Sequence[float], nbytes: float,
                  weight: float = 1.0, cap: float | None = None, record: bool = False) -> None:
         self.key = key
-        self.res = tuple(res)
-        self.coef = tuple(coef)
-        self.pairs = tuple(zip(self.res, self.coef, strict=True))
+        self.res = np.asarray(res, dtype=np.int64)
+        self.coef = np.asarray(coef, dtype=np.float64)
+        if len(self.res) != len(self.coef):
+            raise ValueError(f"flow {key!r}: {len(self.res)} resources but {len(self.coef)} coefficients")
         self.weight = float(weight)
         self.cap = cap
         self.bytes = float(nbytes)
-        self.remaining = float(nbytes)
-        self.rate = 0.0
-        self.t_last = 0.0
-        self.version = 0
+        self.remaining = float(nbytes)  # set to 0 when the flow finishes (the live value is in the network)
         self.done: simpy.Event | None = None
         self.segments: list[tuple[float, float]] | None = [] if record else None
+        self.slot = -1
 
 
 def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
                   binding: Sequence[bool] | None = None) -> tuple[list[float], dict[int, float]]:
-    """Weighted max-min fair rates of `flows` (progressive filling); also returns each touched resource's load.
+    """Weighted max-min fair rates of `flows`, and the load this puts on each resource they touch.
 
-    The filling level rises for all unfrozen flows (rate = weight x level); a resource saturates at level
-    residual / (sum of coeff x weight of its unfrozen flows), a capped flow at cap / weight. The smallest such
-    level freezes everything that hits it. Saturation levels sit in a heap with per-resource versions, so each
-    freeze touches only the resources of the flows it freezes: O(incidences x log resources) per call instead
-    of rescanning every resource at every level (it scales better on large components).
-    `binding`, if given, marks the resources that can bind; the others are left out (see `FluidNetwork`).
+    The same compiled solver the network uses (see `_fluidcore.max_min`), on a one-off copy of the flows;
+    for tests and notebooks. `binding`, if given, marks the resources that can bind; the others are left out.
     """
     n = len(flows)
-    rates = [0.0] * n
-    # Resources get local indices so the inner loops index lists instead of hashing into dicts.
-    local: dict[int, int] = {}
-    rem: list[float] = []
-    demand: list[float] = []
-    users: list[list[int]] = []
-    pairs: list[list[tuple[int, float]]] = []  # each flow's (local resource, coeff) that can bind
-    for i, f in enumerate(flows):
-        w = f.weight
-        lp = []
-        for r, c in f.pairs:
-            if binding is not None and not binding[r]:
-                continue
-            j = local.get(r)
-            if j is None:
-                j = local[r] = len(rem)
-                rem.append(capacity[r])
-                demand.append(c * w)
-                users.append([i])
-            else:
-                demand[j] += c * w
-                users[j].append(i)
-            lp.append((j, c))
-        pairs.append(lp)
-    unfrozen_users = [len(u) for u in users]
-    version = [0] * len(rem)
-    heap = [(rem[j] / demand[j], j, 0) for j in range(len(rem))]
-    heapq.heapify(heap)
-    caps = sorted((f.cap / f.weight, i) for i, f in enumerate(flows) if f.cap is not None)
-    ci = 0
-    frozen = [False] * n
-    left = n
-    level = 0.0
-    inf = float("inf")
-    heappop, heappush = heapq.heappop, heapq.heappush
-    while left:
-        while heap and (heap[0][2] != version[heap[0][1]] or not unfrozen_users[heap[0][1]]):
-            heappop(heap)
-        while ci < len(caps) and frozen[caps[ci][1]]:
-            ci += 1
-        nxt = min(heap[0][0] if heap else inf, caps[ci][0] if ci < len(caps) else inf)
-        if nxt == inf:
-            raise ValueError("unbounded flow: no resource and no rate cap")
-        level = max(level, nxt)  # rounding may put a level a hair below the previous one
-        thresh = level * (1 + 1e-12) + 1e-300
-        freeze: list[int] = []
-        while ci < len(caps) and caps[ci][0] <= thresh:
-            i = caps[ci][1]
-            ci += 1
-            if not frozen[i]:
-                frozen[i] = True
-                freeze.append(i)
-        while heap and heap[0][0] <= thresh:
-            _, j, ver = heappop(heap)
-            if ver != version[j]:
-                continue
-            for i in users[j]:
-                if not frozen[i]:
-                    frozen[i] = True
-                    freeze.append(i)
-        touched: set[int] = set()
-        for i in freeze:
-            f = flows[i]
-            w = f.weight
-            rate = w * level
-            if f.cap is not None and rate > f.cap:
-                rate = f.cap
-            rates[i] = rate
-            for j, c in pairs[i]:
-                x = rem[j] - c * rate
-                rem[j] = x if x > 0.0 else 0.0
-                demand[j] -= c * w
-                unfrozen_users[j] -= 1
-                touched.add(j)
-        for j in touched:
-            if unfrozen_users[j]:
-                version[j] += 1
-                heappush(heap, (rem[j] / demand[j] if demand[j] > 0 else inf, j, version[j]))
-        left -= len(freeze)
-    load = {r: capacity[r] - rem[j] for r, j in local.items()}
-    return rates, load
+    width = max((len(f.res) for f in flows), default=0)
+    fres = np.zeros((n, max(width, 1)), np.int64)
+    fcoef = np.zeros((n, max(width, 1)))
+    fn = np.zeros(n, np.int64)
+    ff = np.zeros((n, L.NFF))
+    for s, f in enumerate(flows):
+        fn[s] = len(f.res)
+        fres[s, :fn[s]] = f.res
+        fcoef[s, :fn[s]] = f.coef
+        ff[s, L.W] = f.weight
+        ff[s, L.CAP] = np.inf if f.cap is None else f.cap
+    rf = np.zeros((len(capacity), L.NRF))
+    rf[:, L.RCAP] = capacity
+    ri = np.zeros((len(capacity), L.NRI), np.int64)
+    ri[:, L.BINDING] = 1 if binding is None else np.asarray(binding, dtype=np.int64)
+    rates = np.zeros(n)
+    load_core().max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
+                        np.full(len(capacity), -1, np.int64), rates)
+    load: dict[int, float] = {}
+    for f, rate in zip(flows, rates, strict=True):
+        for r, c in zip(f.res, f.coef, strict=True):
+            load[r] = load.get(r, 0.0) + c * float(rate)
+    return rates.tolist(), load
 
 
 class FluidNetwork:
@@ -152,48 +114,66 @@ class FluidNetwork:
     enter the max-min computation, which is exact and keeps components small where a wide resource (HBM, a
     switch) touches many flows that are limited elsewhere. Resource loads are tracked incrementally from rate
     changes, for the utilisation records.
+
+    State lives in arrays (see `_fluidcore` for the layout) that grow by doubling: flow slots are reused after
+    a flow finishes, and the route width grows to the longest route seen.
     """
 
     def __init__(self, env: simpy.Environment, capacity: Sequence[float],
                  on_load: Callable[[float, dict[int, float]], None] | None = None) -> None:
+        self._c = load_core()
         self.env = env
-        self.capacity = list(capacity)
+        self.capacity = [float(c) for c in capacity]
         self.on_load = on_load  # called with (now, {resource: new load}) whenever loads change
-        self._on_res: list[set[Flow]] = [set() for _ in self.capacity]
-        self._sum_ub = [0.0] * len(self.capacity)
-        self._binding = [False] * len(self.capacity)
-        self._load = [0.0] * len(self.capacity)
-        self._ub: dict[Flow, float] = {}
-        self._heap: list[tuple[float, int, int, Flow]] = []
-        self._seq = 0
+        nr = len(self.capacity)
+        self._rf = np.zeros((nr, L.NRF))
+        self._rf[:, L.RCAP] = self.capacity
+        self._ri = np.zeros((nr, L.NRI), np.int64)
+        self._ri[:, L.HEAD] = -1
+        self._rloc = np.full(nr, -1, np.int64)
+        self._rmark = np.zeros(nr, np.int8)
+        self._rcmark = np.zeros(nr, np.int8)
+        self._rstack = np.empty(nr, np.int64)
+        self._rchanged = np.empty(nr, np.int64)
+        self._ctr = np.zeros(L.NCTR, np.int64)
+        self._hk = np.empty(64)
+        self._hi = np.empty((64, 3), np.int64)
+        self._width = 0
+        self._alloc_flows(0, 64, 4)
+        self._free: list[int] = []
+        self._next_slot = 0
+        self._flows: list[Flow | None] = [None] * len(self._fn)
+        self._recording = False  # any flow records its rate segments
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
-        self._active: set[Flow] = set()
-        self._pending: list[Flow] = []
+        self._pending: list[int] = []
         self._flush_scheduled = False
+        self._active = 0
         self.events = 0  # arrivals + departures processed (for benchmarks)
+
+    @property
+    def active(self) -> int:
+        return self._active
 
     def start(self, flow: Flow) -> simpy.Event:
         """Add a flow now; the returned event fires when its last byte arrives."""
         flow.done = self.env.event()
-        flow.t_last = self.env.now
         if flow.remaining <= 0:
             flow.done.succeed(flow)
             return flow.done
-        cap = self.capacity
-        ub = min((cap[r] / c for r, c in flow.pairs), default=float("inf"))
-        if flow.cap is not None:
-            ub = min(ub, flow.cap)
-        self._ub[flow] = ub
-        for r, c in flow.pairs:
-            self._on_res[r].add(flow)
-            self._sum_ub[r] += c * ub
-            self._binding[r] = self._sum_ub[r] >= cap[r] * (1 - 1e-9)
-        self._active.add(flow)
+        s = self._slot_for(len(flow.res))
+        self._flows[s] = flow
+        flow.slot = s
+        self._c.register(s, flow.res, flow.coef, flow.weight, np.inf if flow.cap is None else flow.cap, flow.bytes,
+                      self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf, self._ri,
+                      self._inc_next, self._inc_prev)
+        if flow.segments is not None:
+            self._recording = True
+        self._active += 1
         self.events += 1
         # Arrivals at one instant share one recomputation: a procedure that launches 64 chunks at t=0 costs
         # one max-min solve, not 64 growing ones. Until the flush (same simulated time) the flow's rate is 0.
-        self._pending.append(flow)
+        self._pending.append(s)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             ev = self.env.event()
@@ -201,81 +181,92 @@ class FluidNetwork:
             ev.succeed()
         return flow.done
 
+    # -- internals --------------------------------------------------------------------------------------
+    def _alloc_flows(self, old: int, new: int, width: int) -> None:
+        """(Re)allocate the flow arrays for `new` slots of route width `width`, keeping the first `old`."""
+        def grow(a: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+            b = np.zeros(shape, dtype)
+            if a is not None and old:
+                b[(slice(0, old),) + tuple(slice(0, m) for m in a.shape[1:])] = a[:old]
+            return b
+
+        prev = self._width
+        self._fres = grow(getattr(self, "_fres", None), (new, width), np.int64)
+        self._fcoef = grow(getattr(self, "_fcoef", None), (new, width), np.float64)
+        self._fn = grow(getattr(self, "_fn", None), (new,), np.int64)
+        self._ff = grow(getattr(self, "_ff", None), (new, L.NFF), np.float64)
+        self._fi = grow(getattr(self, "_fi", None), (new, L.NFI), np.int64)
+        self._fmark = np.zeros(new, np.int8)
+        self._comp = np.empty(new, np.int64)
+        self._finished = np.empty(new, np.int64)
+        self._fchanged = np.empty(new, np.int64)
+        self._width = width
+        self._inc_next = np.full(new * width, -1, np.int64)
+        self._inc_prev = np.full(new * width, -1, np.int64)
+        if old and width == prev:
+            self._inc_next[:old * width] = self._inc_next_old[:old * width]
+            self._inc_prev[:old * width] = self._inc_prev_old[:old * width]
+        elif old:
+            self._c.relink(self._fres, self._fn, self._fi, self._ri, self._inc_next, self._inc_prev)
+        self._inc_next_old, self._inc_prev_old = self._inc_next, self._inc_prev
+
+    def _slot_for(self, width: int) -> int:
+        """A free flow slot, growing the arrays (slots or route width) when needed."""
+        if width > self._width:
+            self._alloc_flows(len(self._fn), len(self._fn), max(width, 2 * self._width))
+        if self._free:
+            return self._free.pop()
+        if self._next_slot == len(self._fn):
+            n = len(self._fn)
+            self._alloc_flows(n, 2 * n, self._width)
+            self._flows.extend([None] * n)
+        s = self._next_slot
+        self._next_slot += 1
+        return s
+
+    def _heap_room(self) -> None:
+        """Make sure the finish heap can take one entry per active flow (one call pushes at most that many)."""
+        need = int(self._ctr[L.HSIZE]) + self._active + 1
+        if need <= self._hk.shape[0]:
+            return
+        self._c.compact_heap(self._hk, self._hi, self._fi, self._ctr)
+        need = int(self._ctr[L.HSIZE]) + self._active + 1
+        if need > len(self._hk) // 2:  # keep room to spare, so compaction stays rare
+            size = max(2 * len(self._hk), 2 * need)
+            hk, hi = np.empty(size), np.empty((size, 3), np.int64)
+            n = int(self._ctr[L.HSIZE])
+            hk[:n], hi[:n] = self._hk[:n], self._hi[:n]
+            self._hk, self._hi = hk, hi
+
     def _flush(self, _ev: simpy.Event) -> None:
         self._flush_scheduled = False
-        pending = [f for f in self._pending if f in self._active]
+        seeds = np.array(self._pending, dtype=np.int64)
         self._pending = []
-        self._recompute(self._component(pending))
+        self._heap_room()
+        nfch, nrch, t = self._c.arrive(seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
+                                 self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark,
+                                 self._rmark, self._rstack, self._comp, self._hk, self._hi, self._ctr,
+                                 self._fchanged, self._rchanged, self._rcmark)
+        self._report(nfch, nrch)
+        self._schedule(t)
 
-    @property
-    def active(self) -> int:
-        return len(self._active)
+    def _report(self, nfch: int, nrch: int) -> None:
+        """Hand rate changes to the recorders: flows' rate segments and resources' loads (when asked for)."""
+        now = self.env.now
+        if self._recording:
+            rate = self._ff[:, L.RATE]
+            for s in self._fchanged[:nfch].tolist():
+                segs = self._flows[s].segments
+                if segs is not None:
+                    if segs and segs[-1][0] == now:
+                        segs.pop()  # several changes at one instant: keep the last
+                    segs.append((now, float(rate[s])))
+        if nrch and self.on_load is not None:
+            load = self._rf[:, L.LOAD]
+            self.on_load(now, {r: max(0.0, float(load[r])) for r in self._rchanged[:nrch].tolist()})
 
-    # -- internals --------------------------------------------------------------------------------------
-    def _component(self, seeds: list[Flow]) -> list[Flow]:
-        """Active flows connected to `seeds` through binding resources (the seeds too, if still active)."""
-        active = self._active
-        binding = self._binding
-        seen: set[Flow] = {f for f in seeds if f in active}
-        seen_res: set[int] = set()
-        for f in seeds:
-            seen_res.update(r for r in f.res if binding[r])
-        stack = list(seen_res)
-        on_res = self._on_res
-        while stack:
-            for g in on_res[stack.pop()]:
-                if g not in seen:
-                    seen.add(g)
-                    for r in g.res:
-                        if binding[r] and r not in seen_res:
-                            seen_res.add(r)
-                            stack.append(r)
-        return list(seen)
-
-    def _set_rate(self, f: Flow, rate: float, now: float, changed: set[int]) -> None:
-        load = self._load
-        delta = rate - f.rate
-        for r, c in f.pairs:
-            load[r] += c * delta
-            changed.add(r)
-        f.remaining -= f.rate * (now - f.t_last)
-        f.t_last = now
-        f.rate = rate
-        f.version += 1
-        if f.segments is not None:
-            if f.segments and f.segments[-1][0] == now:
-                f.segments.pop()  # several changes at one instant: keep the last
-            f.segments.append((now, rate))
-
-    def _recompute(self, flows: list[Flow], changed: set[int] | None = None) -> None:
-        changed = set() if changed is None else changed
-        if flows:
-            now = self.env.now
-            flows.sort(key=lambda f: f.key)  # deterministic order whatever the set iteration order
-            rates, _ = max_min_rates(flows, self.capacity, self._binding)
-            heap = self._heap
-            for f, rate in zip(flows, rates, strict=True):
-                if rate == f.rate and f.version:
-                    continue
-                self._set_rate(f, rate, now, changed)
-                finish = now + f.remaining / rate if rate > 0 else float("inf")
-                self._seq += 1
-                heapq.heappush(heap, (finish, self._seq, f.version, f))
-        if changed and self.on_load is not None:
-            load, on_res = self._load, self._on_res
-            for r in changed:
-                if not on_res[r]:
-                    load[r] = 0.0  # no drift once a resource is idle
-            self.on_load(self.env.now, {r: max(0.0, load[r]) for r in changed})
-        self._schedule()
-
-    def _schedule(self) -> None:
-        heap = self._heap
-        while heap and heap[0][2] != heap[0][3].version:
-            heapq.heappop(heap)
-        if not heap:
-            return
-        t = heap[0][0]
+    def _schedule(self, t: float) -> None:
+        """Make sure a wake-up is pending at the earliest finish time `t`."""
         if t < self._wake_at:
             self._wake_at = t
             ev = self.env.timeout(max(0.0, t - self.env.now))
@@ -285,38 +276,22 @@ class FluidNetwork:
     def _wake(self, ev: simpy.Event) -> None:
         if ev is not self._wake_ev:  # a stale wake-up: a later recomputation moved the earliest finish
             return
-        now = self.env.now
         self._wake_at = float("inf")
-        horizon = now * (1 + _TIME_TOL) + 1e-18  # relative: sub-ns flows keep their exact finish times
-        finished: dict[int, Flow] = {}
-        heap = self._heap
-        while heap and heap[0][0] <= horizon:
-            _, _, version, f = heapq.heappop(heap)
-            if version == f.version and f in self._active:
-                finished[id(f)] = f
-        if not finished:
-            self._schedule()
-            return
-        # One search (before the departures change which resources bind) serves both steps: neighbours whose
-        # leftover bytes are within tolerance finish now too (dust), and the rest of the component gets new
-        # rates. Recomputing the remainder as one set is exact even if the departures split it.
-        component = self._component(list(finished.values()))
-        for g in component:
-            if id(g) not in finished and g.remaining - g.rate * (now - g.t_last) <= _BYTE_TOL * g.bytes:
-                finished[id(g)] = g
-        done = sorted(finished.values(), key=lambda f: f.key)
-        changed: set[int] = set()
-        cap = self.capacity
-        for f in done:
-            self._set_rate(f, 0.0, now, changed)
+        self._heap_room()
+        nfin, nfch, nrch, t = self._c.depart(self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi,
+                                       self._rf, self._ri, self._inc_next, self._inc_prev, self._rloc,
+                                       self._fmark, self._rmark, self._rstack, self._comp, self._hk, self._hi,
+                                       self._ctr, self._finished, self._fchanged, self._rchanged, self._rcmark)
+        self._report(nfch, nrch)
+        done = []
+        for s in self._finished[:nfin].tolist():
+            f = self._flows[s]
+            self._flows[s] = None
+            self._free.append(s)
             f.remaining = 0.0
-            self._active.discard(f)
-            ub = self._ub.pop(f)
-            for r, c in f.pairs:
-                self._on_res[r].discard(f)
-                self._sum_ub[r] = self._sum_ub[r] - c * ub if self._on_res[r] else 0.0
-                self._binding[r] = self._sum_ub[r] >= cap[r] * (1 - 1e-9)
-            self.events += 1
-        self._recompute([g for g in component if id(g) not in finished], changed)
+            done.append(f)
+        self._active -= nfin
+        self.events += nfin
+        self._schedule(t)
         for f in done:
             f.done.succeed(f)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable
 from typing import Any
 
+import numpy as np
 import simpy
 
 from hwmodels.errors import TopologyError
@@ -49,6 +50,7 @@ class Simulation:
         self._flows: dict[str, Flow] = {}
         self._engines: dict[str, simpy.Resource] = {}
         self._memory: dict[str, MemoryPool] = {}
+        self._routes: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._seq = 0
 
     # ---- describing work -------------------------------------------------------------------------------
@@ -74,8 +76,7 @@ class Simulation:
         cap = path.rate_cap_Bps
         if rate_cap_Bps is not None:
             cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
-        res = [self._res_index[r] for r, _ in path.resources]
-        coef = [c for _, c in path.resources]
+        res, coef = self._route(path.resources)
         flow = Flow(self._seq, res, coef, nbytes, weight, cap, record=self._record_rates)
         rec = Record(rid, "transfer", path.src, path.dst, float(nbytes), float("nan"), path_class=path.path_class,
                      route=path.nodes, engine=engine or path.engine, tag=tag)
@@ -177,6 +178,15 @@ class Simulation:
         if rid in self._records:
             raise ScenarioError(f"duplicate id '{rid}'")
         return rid
+
+    def _route(self, resources: tuple[tuple[str, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+        """A path's resources as (index array, coefficient array), built once per distinct path."""
+        route = self._routes.get(resources)
+        if route is None:
+            route = (np.array([self._res_index[r] for r, _ in resources], dtype=np.int64),
+                     np.array([c for _, c in resources], dtype=np.float64))
+            self._routes[resources] = route
+        return route
 
     def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
         deps = []

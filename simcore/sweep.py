@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from hwmodels.errors import FabricsimError
 
+from .fluid import load_core
 from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_json
 from .study import Point, PointContext, Study, load_study, load_study_source
 
@@ -292,7 +293,9 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
                 chunk_size: int | None) -> Batches:
     methods = mp.get_all_start_methods()
     if "fork" in methods and sys.platform.startswith("linux"):
-        # Fork: workers inherit the loaded study (even one defined in a notebook) and start in ms.
+        # Fork: workers inherit the loaded study (even one defined in a notebook) and the compiled fluid
+        # engine (loaded here first, so workers neither compile nor load it each), and start in ms.
+        load_core()
         ctx = mp.get_context("fork")
         initarg: Study | tuple[str, str] = study
     else:

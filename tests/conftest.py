@@ -29,3 +29,11 @@ def line_topology(n_links: int = 3, Bps: float = 10 * GBps, latency_s: float = 1
 @pytest.fixture
 def line() -> Topology:
     return line_topology()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load (on a fresh checkout: compile, ~20 s) the fluid engine's compiled core once, before any test runs,
+    so its one-off cost is not charged to whichever test happens to simulate first."""
+    from simcore.fluid import load_core
+
+    load_core()
