@@ -268,7 +268,7 @@ class FluidNetwork:
     def _schedule(self, t: float) -> None:
         """Make sure a wake-up is pending at the earliest finish time `t`."""
         if t < self._wake_at:
-            self._wake_at = t
+            self._wake_at = t = float(t)  # a Python float even when the core runs interpreted
             ev = self.env.timeout(max(0.0, t - self.env.now))
             ev.callbacks.append(self._wake)
             self._wake_ev = ev
