@@ -294,8 +294,7 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
     methods = mp.get_all_start_methods()
     if "fork" in methods and sys.platform.startswith("linux"):
         # Fork: workers inherit the loaded study (even one defined in a notebook) and the compiled fluid
-        # engine (loaded here first, so workers neither compile nor load it each), and start in ms.
-        load_core()
+        # engine (run_sweep loads it first, so workers neither compile nor load it each), and start in ms.
         ctx = mp.get_context("fork")
         initarg: Study | tuple[str, str] = study
     else:
@@ -438,6 +437,8 @@ def run_sweep(
     if limit is not None:
         points = points[:limit]
 
+    if points and backend != "ray":
+        load_core()  # compiled (first run on a machine) or loaded before the clock and the ETA start
     run_id = new_run_id()
     report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
                          skipped=skipped)
