@@ -323,6 +323,18 @@ def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
         ri[r, BINDING] = _binding_of(rf, r)
 
 
+@njit(I(I, I2, I1, I2, M1, I1, I), cache=True)
+def _visit_resources(s, fres, fn, ri, rmark, rstack, nvis):
+    """Queue the binding resources of flow s not seen yet; returns the new queue length."""
+    for k in range(fn[s]):
+        r = fres[s, k]
+        if ri[r, BINDING] != 0 and rmark[r] == 0:
+            rmark[r] = 1
+            rstack[nvis] = r
+            nvis += 1
+    return nvis
+
+
 @njit(I(I1, I, I1, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
 def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
     """Active flows connected to seeds[:nseeds] through binding resources, into comp; returns the count.
@@ -331,7 +343,6 @@ def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rs
     """
     K = fres.shape[1]
     nc = 0
-    sp = 0
     nvis = 0
     for q in range(nseeds):
         s = seeds[q]
@@ -339,15 +350,7 @@ def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rs
             fmark[s] = 1
             comp[nc] = s
             nc += 1
-    for q in range(nc):
-        s = comp[q]
-        for k in range(fn[s]):
-            r = fres[s, k]
-            if ri[r, BINDING] != 0 and rmark[r] == 0:
-                rmark[r] = 1
-                rstack[sp] = r
-                sp += 1
-    nvis = sp
+            nvis = _visit_resources(s, fres, fn, ri, rmark, rstack, nvis)
     top = 0
     while top < nvis:  # rstack doubles as the visit list, so every marked resource is cleared at the end
         r = rstack[top]
@@ -360,12 +363,7 @@ def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rs
                 fmark[g] = 1
                 comp[nc] = g
                 nc += 1
-                for k in range(fn[g]):
-                    r2 = fres[g, k]
-                    if ri[r2, BINDING] != 0 and rmark[r2] == 0:
-                        rmark[r2] = 1
-                        rstack[nvis] = r2
-                        nvis += 1
+                nvis = _visit_resources(g, fres, fn, ri, rmark, rstack, nvis)
     for q in range(nvis):
         rmark[rstack[q]] = 0
     return nc
