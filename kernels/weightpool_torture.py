@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-us", type=float, default=0.0, help="writer pause between publishes (x0, x1, x2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("weightpool_torture: no CUDA device: nothing to test", file=sys.stderr)
+        return 2
     modes = ["single", "double"] if args.mode == "both" else [args.mode]
     out = {m: torture(m, args.readers, args.reads, args.payload_mib, args.control_reads,
                       args.gap_us if m == "single" else 0.0) for m in modes}
