@@ -138,11 +138,19 @@ class FluidNetwork:
         self._ctr = np.zeros(L.NCTR, np.int64)
         self._hk = np.empty(64)
         self._hi = np.empty((64, 3), np.int64)
+        # flow tables start empty and grow (see _grow_flows)
+        self._fres = np.zeros((0, 0), np.int64)
+        self._fcoef = np.zeros((0, 0))
+        self._fn = np.zeros(0, np.int64)
+        self._ff = np.zeros((0, L.NFF))
+        self._fi = np.zeros((0, L.NFI), np.int64)
+        self._inc_next = np.zeros(0, np.int64)
+        self._inc_prev = np.zeros(0, np.int64)
+        self._flows: list[Flow | None] = []
         self._width = 0
-        self._alloc_flows(0, 64, 4)
+        self._grow_flows(64, 4)
         self._free: list[int] = []
         self._next_slot = 0
-        self._flows: list[Flow | None] = [None] * len(self._fn)
         self._recording = False  # any flow records its rate segments
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
@@ -182,44 +190,47 @@ class FluidNetwork:
         return flow.done
 
     # -- internals --------------------------------------------------------------------------------------
-    def _alloc_flows(self, old: int, new: int, width: int) -> None:
-        """(Re)allocate the flow arrays for `new` slots of route width `width`, keeping the first `old`."""
-        def grow(a: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-            b = np.zeros(shape, dtype)
-            if a is not None and old:
-                b[(slice(0, old),) + tuple(slice(0, m) for m in a.shape[1:])] = a[:old]
+    def _grow_flows(self, slots: int, width: int) -> None:
+        """Reallocate the flow arrays for `slots` slots of route width `width`, keeping every slot's state.
+
+        Incidences are numbered slot x width + k, so a wider route renumbers them and the per-resource flow
+        lists are rebuilt (rare: the width only grows to the longest route seen); more slots just extend them.
+        """
+        def grown(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+            b = np.zeros(shape, a.dtype)
+            b[tuple(slice(0, m) for m in a.shape)] = a
             return b
 
-        prev = self._width
-        self._fres = grow(getattr(self, "_fres", None), (new, width), np.int64)
-        self._fcoef = grow(getattr(self, "_fcoef", None), (new, width), np.float64)
-        self._fn = grow(getattr(self, "_fn", None), (new,), np.int64)
-        self._ff = grow(getattr(self, "_ff", None), (new, L.NFF), np.float64)
-        self._fi = grow(getattr(self, "_fi", None), (new, L.NFI), np.int64)
-        self._fmark = np.zeros(new, np.int8)
-        self._comp = np.empty(new, np.int64)
-        self._finished = np.empty(new, np.int64)
-        self._fchanged = np.empty(new, np.int64)
+        old_slots, old_width = self._fn.shape[0], self._width
+        self._fres = grown(self._fres, (slots, width))
+        self._fcoef = grown(self._fcoef, (slots, width))
+        self._fn = grown(self._fn, (slots,))
+        self._ff = grown(self._ff, (slots, L.NFF))
+        self._fi = grown(self._fi, (slots, L.NFI))
+        self._fmark = np.zeros(slots, np.int8)
+        self._comp = np.empty(slots, np.int64)
+        self._finished = np.empty(slots, np.int64)
+        self._fchanged = np.empty(slots, np.int64)
+        self._flows.extend([None] * (slots - old_slots))
         self._width = width
-        self._inc_next = np.full(new * width, -1, np.int64)
-        self._inc_prev = np.full(new * width, -1, np.int64)
-        if old and width == prev:
-            self._inc_next[:old * width] = self._inc_next_old[:old * width]
-            self._inc_prev[:old * width] = self._inc_prev_old[:old * width]
-        elif old:
+        if width == old_width:
+            self._inc_next = grown(self._inc_next, (slots * width,))
+            self._inc_prev = grown(self._inc_prev, (slots * width,))
+            self._inc_next[old_slots * width:] = -1
+            self._inc_prev[old_slots * width:] = -1
+        else:
+            self._inc_next = np.full(slots * width, -1, np.int64)
+            self._inc_prev = np.full(slots * width, -1, np.int64)
             self._c.relink(self._fres, self._fn, self._fi, self._ri, self._inc_next, self._inc_prev)
-        self._inc_next_old, self._inc_prev_old = self._inc_next, self._inc_prev
 
     def _slot_for(self, width: int) -> int:
         """A free flow slot, growing the arrays (slots or route width) when needed."""
         if width > self._width:
-            self._alloc_flows(len(self._fn), len(self._fn), max(width, 2 * self._width))
+            self._grow_flows(self._fn.shape[0], max(width, 2 * self._width))
         if self._free:
             return self._free.pop()
-        if self._next_slot == len(self._fn):
-            n = len(self._fn)
-            self._alloc_flows(n, 2 * n, self._width)
-            self._flows.extend([None] * n)
+        if self._next_slot == self._fn.shape[0]:
+            self._grow_flows(2 * self._fn.shape[0], self._width)
         s = self._next_slot
         self._next_slot += 1
         return s

@@ -112,3 +112,29 @@ def test_interpreted_core_gives_the_same_answers_as_compiled():
     for k in out["1"]:
         assert out["0"][k][0] == pytest.approx(out["1"][k][0], rel=1e-12, abs=1e-18), k
         assert len(out["0"][k][1]) == len(out["1"][k][1]), k
+
+
+def test_route_width_grows_while_flows_are_active():
+    """Flows on 1-resource routes are running when a 12-resource flow arrives: the wider route renumbers every
+    incidence, and the flows already running must still share their link (processor sharing: three equal
+    flows of 3, 6 and 9 B on a 1 B/s link end at 9, 15 and 18)."""
+    env = simpy.Environment()
+    caps = [1.0] + [1e30] * 11
+    net = FluidNetwork(env, caps)
+    flows = [Flow("a", [0], [1.0], 3.0), Flow("b", [0], [1.0], 6.0),
+             Flow("wide", list(range(12)), [1.0] * 12, 9.0)]
+    seen = {}
+
+    def run(f, at):
+        yield env.timeout(at)
+        yield net.start(f)
+        seen[f.key] = env.now
+
+    for f in flows:
+        env.process(run(f, 0.0 if f.key != "wide" else 1e-9))
+    env.run()
+    assert net._width >= 12
+    # a and b alone for 1e-9 s, then all three share the link equally
+    assert seen["a"] == pytest.approx(9.0, rel=1e-8)
+    assert seen["b"] == pytest.approx(15.0, rel=1e-8)
+    assert seen["wide"] == pytest.approx(18.0, rel=1e-8)
