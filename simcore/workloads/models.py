@@ -16,6 +16,7 @@ which the tests hold the generated count to (within 1%; see the note on Kimi-K2 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -55,18 +56,30 @@ class TensorSpec(NamedTuple):
     @property
     def layer(self) -> int | None:
         """Decoder layer index, or None for embeddings, final norm and LM head."""
-        m = _LAYER_RE.search(self.name)
-        return int(m[1]) if m else None
+        return _layer_of(self.name)
 
     @property
     def expert(self) -> int | None:
         """Routed-expert index, or None for everything that is not a routed expert's weight."""
-        m = _EXPERT_RE.search(self.name)
-        return int(m[1]) if m else None
+        return _expert_of(self.name)
 
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 _EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
+
+
+# Names repeat across every plan of a sweep (a 1T-parameter MoE has ~70k tensors, asked about per placement),
+# so the regex answers are memoised by name.
+@functools.lru_cache(maxsize=1 << 20)
+def _layer_of(name: str) -> int | None:
+    m = _LAYER_RE.search(name)
+    return int(m[1]) if m else None
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _expert_of(name: str) -> int | None:
+    m = _EXPERT_RE.search(name)
+    return int(m[1]) if m else None
 
 
 @dataclass(frozen=True)
@@ -232,8 +245,15 @@ class ModelConfig:
             out += self._mlp(f"{p}mlp.", self.intermediate_size)
         return [TensorSpec(n, s, self.dtype) for n, s in out]
 
-    def tensors(self) -> list[TensorSpec]:
-        """Every parameter tensor (name, shape, dtype), embeddings first, LM head last (absent when tied)."""
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        """Every parameter tensor (name, shape, dtype), embeddings first, LM head last (absent when tied).
+
+        Built once per model object (a 1T-parameter MoE has ~70k tensors and a sweep plans it per placement).
+        """
+        return self._tensors
+
+    @functools.cached_property
+    def _tensors(self) -> tuple[TensorSpec, ...]:  # cached_property writes __dict__ directly: fine when frozen
         h, V = self.hidden_size, self.vocab_size
         out = [TensorSpec("model.embed_tokens.weight", (V, h), self.dtype)]
         for i in range(self.num_layers):
@@ -241,7 +261,7 @@ class ModelConfig:
         out.append(TensorSpec("model.norm.weight", (h,), self.dtype))
         if not self.tie_embeddings:
             out.append(TensorSpec("lm_head.weight", (V, h), self.dtype))
-        return out
+        return tuple(out)
 
     # ---- sizes (closed forms, so big models need not enumerate tensors) ----------------------------------
     def _moe_layer_params(self) -> int:
@@ -357,8 +377,16 @@ def names() -> list[str]:
 
 
 def get(name: str, dtype: str = "bf16") -> ModelConfig:
-    """A preset model by name (case-insensitive); `UnknownModelError` lists the known ones."""
-    for key, cfg in HF_CONFIGS.items():
+    """A preset model by name (case-insensitive); `UnknownModelError` lists the known ones.
+
+    The same (immutable) object is returned for the same name and dtype, so what it computes once (its
+    tensor list) serves every plan of a sweep."""
+    for key in HF_CONFIGS:
         if key.lower() == name.lower():
-            return ModelConfig.from_hf(cfg, name=key, dtype=dtype)
+            return _preset(key, dtype)
     raise UnknownModelError(f"unknown model '{name}' (known: {', '.join(HF_CONFIGS)})")
+
+
+@functools.lru_cache(maxsize=64)
+def _preset(key: str, dtype: str) -> ModelConfig:
+    return ModelConfig.from_hf(HF_CONFIGS[key], name=key, dtype=dtype)

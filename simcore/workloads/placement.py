@@ -19,6 +19,7 @@ are grouped so trillion-parameter models (70k tensors) plan in well under a seco
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,6 +37,12 @@ _COLUMN = re.compile(
 _ROW = re.compile(r"(o_proj|down_proj)\.weight$")
 _KV = re.compile(r"(k_proj|v_proj)\.(weight|bias)$")
 _INDEX = re.compile(r"\.\d+\.")
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _kind(name: str) -> str:
+    """A tensor name without its layer and expert indices (memoised: the same names recur in every plan)."""
+    return _INDEX.sub(".", name)
 
 
 def tp_split_dim(name: str) -> int | None:
@@ -390,8 +397,7 @@ def _groups(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout,
     representative serves the whole group, which is what keeps 70k-tensor models fast."""
     groups: dict[tuple, list[TensorSpec]] = defaultdict(list)
     for t in model.tensors():
-        kind = _INDEX.sub(".", t.name)
-        groups[(kind, t.shape, t.dtype, trainer.group_key(t, model), rollout.group_key(t, model))].append(t)
+        groups[(_kind(t.name), t.shape, t.dtype, trainer.group_key(t, model), rollout.group_key(t, model))].append(t)
     out = []
     for members in groups.values():
         t = members[0]
