@@ -271,6 +271,17 @@ def _link(s, fres, fn, ri, inc_next, inc_prev):
         ri[r, HEAD] = e
 
 
+@njit(I(I1, F1, I), cache=True)
+def bad_route_entry(res, coef, nres):
+    """Index of the first route entry that names no resource in 0..nres-1 or has a coefficient that is not a
+    positive finite number; -1 when the route is sound. Checked before `register`, because compiled code
+    does no bounds checks: a bad index would corrupt memory rather than raise."""
+    for k in range(len(res)):
+        if res[k] < 0 or res[k] >= nres or not (0.0 < coef[k] < np.inf):
+            return k
+    return -1
+
+
 @njit(void(I, I1, F1, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
 def register(s, res, coef, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
     """Make slot s an active flow at rate 0 over route `res` (coefficients `coef`); cap is inf when none."""

@@ -59,8 +59,9 @@ class Flow:
     def __init__(self, key: object, res: Sequence[int], coef: Sequence[float], nbytes: float,
                  weight: float = 1.0, cap: float | None = None, record: bool = False) -> None:
         self.key = key
-        self.res = np.asarray(res, dtype=np.int64)
-        self.coef = np.asarray(coef, dtype=np.float64)
+        # the compiled core takes contiguous writable arrays (a cached read-only route is copied once here)
+        self.res = np.require(res, np.int64, "CW")
+        self.coef = np.require(coef, np.float64, "CW")
         if len(self.res) != len(self.coef):
             raise ValueError(f"flow {key!r}: {len(self.res)} resources but {len(self.coef)} coefficients")
         self.weight = float(weight)
@@ -72,6 +73,14 @@ class Flow:
         self.slot = -1
 
 
+def _check_route(core: ModuleType, flow: Flow, nres: int) -> None:
+    """Reject a route the compiled core cannot take safely (it does no bounds checks)."""
+    bad = core.bad_route_entry(flow.res, flow.coef, nres)
+    if bad >= 0:
+        raise ValueError(f"flow {flow.key!r}: route entry {bad} (resource {flow.res[bad]}, coefficient "
+                         f"{flow.coef[bad]}) is not a resource 0..{nres - 1} with a positive finite coefficient")
+
+
 def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
                   binding: Sequence[bool] | None = None) -> tuple[list[float], dict[int, float]]:
     """Weighted max-min fair rates of `flows`, and the load this puts on each resource they touch.
@@ -79,6 +88,9 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     The same compiled solver the network uses (see `_fluidcore.max_min`), on a one-off copy of the flows;
     for tests and notebooks. `binding`, if given, marks the resources that can bind; the others are left out.
     """
+    core = load_core()
+    for f in flows:
+        _check_route(core, f, len(capacity))
     n = len(flows)
     width = max((len(f.res) for f in flows), default=0)
     fres = np.zeros((n, max(width, 1)), np.int64)
@@ -96,12 +108,12 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     ri = np.zeros((len(capacity), L.NRI), np.int64)
     ri[:, L.BINDING] = 1 if binding is None else np.asarray(binding, dtype=np.int64)
     rates = np.zeros(n)
-    load_core().max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
+    core.max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
                         np.full(len(capacity), -1, np.int64), rates)
     load: dict[int, float] = {}
-    for f, rate in zip(flows, rates, strict=True):
-        for r, c in zip(f.res, f.coef, strict=True):
-            load[r] = load.get(r, 0.0) + c * float(rate)
+    for f, rate in zip(flows, rates.tolist(), strict=True):
+        for r, c in zip(f.res.tolist(), f.coef.tolist(), strict=True):
+            load[r] = load.get(r, 0.0) + c * rate
     return rates.tolist(), load
 
 
@@ -165,6 +177,7 @@ class FluidNetwork:
 
     def start(self, flow: Flow) -> simpy.Event:
         """Add a flow now; the returned event fires when its last byte arrives."""
+        _check_route(self._c, flow, len(self.capacity))
         flow.done = self.env.event()
         if flow.remaining <= 0:
             flow.done.succeed(flow)
@@ -293,9 +306,11 @@ class FluidNetwork:
                                        self._rf, self._ri, self._inc_next, self._inc_prev, self._rloc,
                                        self._fmark, self._rmark, self._rstack, self._comp, self._hk, self._hi,
                                        self._ctr, self._finished, self._fchanged, self._rchanged, self._rcmark)
+        # read the finished slots before `on_load` runs: a flow it starts may grow (replace) the scratch arrays
+        finished = self._finished[:nfin].tolist()
         self._report(nfch, nrch)
         done = []
-        for s in self._finished[:nfin].tolist():
+        for s in finished:
             f = self._flows[s]
             self._flows[s] = None
             self._free.append(s)
