@@ -12,7 +12,6 @@ in the list makes the whole launch bytewise.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -170,50 +169,8 @@ def _check(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: Bucket
                                    f"{t.dtype}{list(t.shape)}")
 
 
-@functools.cache
 def _kernel():
-    triton, tl = triton_modules()
+    triton_modules()  # a typed error where Triton is missing
+    from kernels import _copy_jit
 
-    @triton.jit
-    def bucket_copy(table, starts, n_tensors, bucket, bucket_bytes, TO_BUCKET: tl.constexpr, UNIT: tl.constexpr,
-                    WORD: tl.constexpr, CHUNK: tl.constexpr):
-        pid = tl.program_id(0).to(tl.int64)
-        lo = pid * 0  # int64 loop-carried values even when Triton specialises n_tensors == 1 to a constant
-        hi = pid * 0 + n_tensors
-        while hi - lo > 1:  # find the tensor t with starts[t] <= pid < starts[t + 1]
-            mid = (lo + hi) // 2
-            if tl.load(starts + mid) <= pid:
-                lo = mid
-            else:
-                hi = mid
-        chunk = pid - tl.load(starts + lo)
-        t_off = tl.load(table + lo * 3)
-        b_off = tl.load(table + lo * 3 + 1)
-        nbytes = tl.load(table + lo * 3 + 2)
-        tptr = bucket + t_off * UNIT
-        bptr = bucket + b_off * UNIT
-        n = nbytes // WORD
-        offs = chunk * CHUNK + tl.arange(0, CHUNK)
-        if (chunk + 1) * CHUNK <= n:
-            if TO_BUCKET:
-                tl.store(bptr + offs, tl.load(tptr + offs))
-            else:
-                tl.store(tptr + offs, tl.load(bptr + offs))
-        else:
-            m = offs < n
-            if TO_BUCKET:
-                tl.store(bptr + offs, tl.load(tptr + offs, mask=m), mask=m)
-            else:
-                tl.store(tptr + offs, tl.load(bptr + offs, mask=m), mask=m)
-        if WORD > 1:  # noqa: SIM102 - a compile-time branch around a run-time one
-            if (chunk + 1) * CHUNK >= n:  # the tensor's last program copies its last nbytes % WORD bytes
-                tb = bucket_bytes + t_off * (UNIT * WORD)
-                bb = bucket_bytes + b_off * (UNIT * WORD)
-                o = n * WORD + tl.arange(0, WORD)
-                mb = o < nbytes
-                if TO_BUCKET:
-                    tl.store(bb + o, tl.load(tb + o, mask=mb), mask=mb)
-                else:
-                    tl.store(tb + o, tl.load(bb + o, mask=mb), mask=mb)
-
-    return bucket_copy
+    return _copy_jit.bucket_copy

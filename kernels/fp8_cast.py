@@ -4,10 +4,11 @@ Sending weights as fp8 halves the bytes on the wire; doing the cast inside the c
 HBM. Scales follow the usual recipe: `scale = amax / 448` (448 is e4m3's largest finite value; an all-zero
 block gets scale 1), `q = e4m3(clamp(x * (1 / scale), -448, 448))`, and back `bf16(q * scale)`.
 
-The conversions are written as integer bit manipulation (round to nearest, ties to even) rather than
-Triton's `.to(float8e4nv)` / `.to(bfloat16)`, because Triton's CPU interpreter rounds those casts
-differently from the GPU and from torch; the bit-level version gives the same bits everywhere, so the
-torch references below are matched exactly, not within a tolerance.
+On a GPU the conversions are Triton's `.to(float8e4nv)` / `.to(bfloat16)`, i.e. the hardware's
+round-to-nearest-even conversions. Triton's CPU interpreter rounds those casts differently (truncation, a
+lost carry), so there the kernels use the same roundings written as integer bit operations
+(`kernels._fp8_jit`). Both give the bits torch gives, so the torch references below are matched exactly,
+not within a tolerance.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 
 import torch
 
-from kernels._runtime import device_context, launch_device, triton_modules
+from kernels._runtime import device_context, interpreting, launch_device, triton_modules
 from kernels.errors import KernelInputError
 
 FP8_MAX = 448.0
@@ -87,6 +88,7 @@ def quantize(
     xi = x.reshape(-1).view(torch.int16)
     qo = out.reshape(-1).view(torch.uint8)
     k = _kernels()
+    hw = not interpreting()  # hardware conversions on a GPU, bit-exact integer ones in the interpreter
     with device_context(run_on):
         if block_size is None:
             programs = max(1, (n + TENSOR_BLOCK - 1) // TENSOR_BLOCK)
@@ -94,12 +96,13 @@ def quantize(
             k["amax"][(programs,)](xi, partial, n, BLOCK=TENSOR_BLOCK, num_warps=8)
             # one small reduction on the device (no host sync) so each program reads one amax, not all partials
             amax = partial.amax(dim=0, keepdim=True)
-            k["quant_tensor"][(programs,)](xi, qo, amax, scales, n, BLOCK=TENSOR_BLOCK, num_warps=8)
+            k["quant_tensor"][(programs,)](xi, qo, amax, scales, n, BLOCK=TENSOR_BLOCK, HW=hw, num_warps=8)
         elif n:
             bs = _next_pow2(block_size)
             rows = max(1, 4096 // bs)
             grid = ((nscales + rows - 1) // rows,)
-            k["quant_block"][grid](xi, qo, scales, n, nscales, block_size, ROWS=rows, BS=bs, num_warps=8)
+            k["quant_block"][grid](xi, qo, scales, n, nscales, block_size, ROWS=rows, BS=bs, HW=hw,
+                                   num_warps=8)
     return out, scales
 
 
@@ -121,15 +124,16 @@ def dequantize(
     run_on = launch_device([q, out, scales], out.device if out.device.type == "cuda" else None)
     qi, oi = q.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.int16)
     k = _kernels()
+    hw = not interpreting()  # hardware conversions on a GPU, bit-exact integer ones in the interpreter
     with device_context(run_on):
         if block_size is None:
-            k["dequant"][((n + TENSOR_BLOCK - 1) // TENSOR_BLOCK,)](qi, scales, oi, n, BLOCK=TENSOR_BLOCK,
+            k["dequant"][((n + TENSOR_BLOCK - 1) // TENSOR_BLOCK,)](qi, scales, oi, n, BLOCK=TENSOR_BLOCK, HW=hw,
                                                                    num_warps=8)
         else:
             bs = _next_pow2(block_size)
             rows = max(1, 4096 // bs)
             k["dequant_block"][((nscales + rows - 1) // rows,)](qi, scales, oi, n, nscales, block_size, ROWS=rows,
-                                                                BS=bs, num_warps=8)
+                                                                BS=bs, HW=hw, num_warps=8)
     return out
 
 

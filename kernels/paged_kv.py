@@ -153,36 +153,8 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-@functools.cache
 def _kernel():
-    triton, tl = triton_modules()
+    triton_modules()  # a typed error where Triton is missing
+    from kernels import _copy_jit
 
-    @triton.jit
-    def page_copy(
-        plane_tab, table, buf, n_pages, groups, page_words, block_stride, num_blocks,
-        GATHER: tl.constexpr, UNIT: tl.constexpr, CHUNK: tl.constexpr, TILES: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        plane = tl.program_id(1)
-        page = pid // groups
-        group = pid % groups
-        block = tl.load(table + page).to(tl.int64)
-        if (block >= 0) & (block < num_blocks):  # an out-of-range entry copies nothing
-            pages_off = buf + (tl.load(plane_tab + plane) + block * block_stride) * UNIT
-            buf_off = buf + (plane.to(tl.int64) * n_pages + page) * page_words
-            for i in tl.static_range(TILES):
-                chunk = group * TILES + i
-                offs = chunk * CHUNK + tl.arange(0, CHUNK)
-                if (chunk + 1) * CHUNK <= page_words:  # full chunk: unmasked, keeps 16-byte vectors
-                    if GATHER:
-                        tl.store(buf_off + offs, tl.load(pages_off + offs))
-                    else:
-                        tl.store(pages_off + offs, tl.load(buf_off + offs))
-                else:
-                    m = offs < page_words
-                    if GATHER:
-                        tl.store(buf_off + offs, tl.load(pages_off + offs, mask=m), mask=m)
-                    else:
-                        tl.store(pages_off + offs, tl.load(buf_off + offs, mask=m), mask=m)
-
-    return page_copy
+    return _copy_jit.page_copy

@@ -237,31 +237,3 @@ class Interleaving:
                 return
             self.step(ids[choose(len(ids)) % len(ids)])
         raise RuntimeError("interleaving did not finish")
-
-
-def read_attempt_pipelined(double: bool, slot_guess: int) -> Generator[Op, Any, ReadAttempt]:
-    """A reader attempt that never looks at the first load before the second has been issued.
-
-    It copies `slot_guess` without waiting for the first load's result, so a GPU backend can enqueue
-    load, copy and load on one stream and synchronise once. The guess (the slot of the last successful
-    read, or 0) is validated afterwards with the same checks as `read_attempt`; a wrong guess is a retry.
-    """
-    if not double:
-        slot_guess = 0
-    before = yield Load()
-    yield CopySlot(slot_guess)
-    after = yield Load()
-    if double:
-        slot = before[HEAD] & 1
-        version = before[HEAD] - slot
-        if slot != slot_guess:
-            return ReadAttempt(None, "slot flipped (guess was the other slot)")
-    else:
-        slot, version = 0, before[SEQ0]
-        if version & 1:
-            return ReadAttempt(None, "writer active")
-    if before[SEQ0 + slot] != version:
-        return ReadAttempt(None, "slot already being rewritten")
-    if after[SEQ0 + slot] != version:
-        return ReadAttempt(None, "torn: slot rewritten during the copy")
-    return ReadAttempt(version)

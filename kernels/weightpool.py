@@ -1,30 +1,38 @@
 """`WeightPool`: versioned shared weights over CUDA IPC (one writer, many read-only readers).
 
-The writer (a trainer) allocates ONE flat device allocation: a 4 KiB header of int64 control words, then
+The writer (a trainer) allocates ONE flat device allocation: a 4 KiB header (the pool's identity words), then
 one payload slot (or two, double-buffered) holding every named tensor at 16-byte-aligned offsets. It
 exports an IPC handle (`export()`, picklable); readers on the same GPU or another GPU of the node open it
 (`PoolReader.open`) and get copies (`read_consistent`) or zero-copy views (`views`) of the weights.
 Versioning is the seqlock of `kernels.seqlock` (see there for the protocol and the proof that an
 accepted read is exactly one version); this module is its CUDA backend.
 
+Where the control words live. The seqlock words, the pool's state and its identity words sit in one
+shared page of pinned host memory (`kernels._hostwords`), mapped read-write by the writer (and
+registered with CUDA, so its GPU can store to it) and read-only by every reader. A reader looks at them
+with CPU loads, so a version check costs well under a microsecond and no GPU work; the pool's GPU
+allocation keeps a copy of the identity words in its first 4 KiB, checked once when a reader opens it.
+
 Memory ordering across processes and GPUs — what makes the backend correct:
 
 - Writer. All writer operations (control-word stores, the payload copies, the user's fill) run on one
   writer stream, in order. A kernel (or copy) does not start before the previous one in its stream has
-  finished, and a finished kernel's stores have been performed at the owning GPU's L2, which is the point
-  of coherence for that GPU's memory: peer GPUs (over NVLink/PCIe) and copy engines read this memory
-  through it. Control words are stored with `atom.release.sys` (Triton `tl.atomic_xchg(sem="release",
-  scope="sys")`), which is cumulative: everything earlier in the stream is visible system-wide before the
-  new word is. Hence: the odd store is visible before any payload byte of the new version, and every
-  payload byte before the even store / the flip. `publish()` synchronises its stream before returning,
-  so a publish that returned is visible to every reader.
-- Reader. A read is three operations on one reader stream: copy the control words to pinned host memory
-  (copy engine, served by the owner's L2, not a stale cache), copy the payload slot, copy the control
-  words again; then one synchronisation (double-buffered mode synchronises after the first copy too,
-  to learn which slot to read). Stream order makes the payload reads happen after the first
-  control-word read and before the second, which is all the seqlock needs. (Control words are read by
-  DMA after kernel boundaries, never from a cached line inside a running kernel, so no `ld.acquire`
-  is needed on this side; a reader kernel polling in a loop would need `ld.volatile`/`ld.acquire.sys`.)
+  finished, and a finished kernel's stores have been performed at the owning GPU's L2, the point of
+  coherence for that GPU's memory: peer GPUs and copy engines read the payload through it. Control words
+  are stored by a one-thread kernel with `atom.release.sys` (Triton `tl.atomic_xchg(sem="release",
+  scope="sys")`) followed by `fence.sc.sys`. The release is cumulative: every payload write earlier in
+  the stream is visible system-wide before the even word or the flip is. The fence orders the other way:
+  the odd word is visible to the host before any later payload write of the stream happens. `publish()`
+  synchronises its stream before returning, so a publish that returned is visible to every reader.
+- Reader. An attempt is: load the words (CPU), enqueue the payload copy on the reader's stream,
+  synchronise that stream, load the words again (CPU). The copy's reads happen after the first load (the
+  driver issues the copy after the host has enqueued it, behind a write barrier) and before the second
+  (the synchronisation returns only after the copy completed, and the CPU's later load cannot be served
+  before it). That is all the seqlock needs (proof in `kernels.seqlock`): a payload byte of a newer
+  version was written after its odd word became visible, so the second load sees that odd word or a later
+  one, and the attempt is retried. Loads of different words may be reordered with each other on weakly
+  ordered CPUs; that can only turn an accepted read into a retry, never the other way, because every
+  acceptance is decided by a load that comes after the copy.
 - Zero-copy views give no such guarantee by themselves: a kernel reading them in place must bracket its
   reads with `version()` checks (or read a double-buffered slot it knows the writer is not filling).
 
@@ -49,6 +57,7 @@ from typing import Any
 import torch
 
 from kernels import seqlock
+from kernels._hostwords import HostWords, alive
 from kernels.errors import (
     KernelInputError,
     LayoutMismatchError,
@@ -150,6 +159,7 @@ class PoolHandle:
     device: int
     writer_pid: int
     key: int  # the writer object's id, to find the pool without IPC inside the writer's own process
+    words_path: str  # the shared page of control words (kernels._hostwords)
 
 
 @dataclass
@@ -169,25 +179,6 @@ class ReadStats:
         return self.retries / self.attempts if self.attempts else 0.0
 
 
-class _ControlWords:
-    """Reads of the control words through pinned host memory, on a given stream."""
-
-    def __init__(self, mem: torch.Tensor, stream: torch.cuda.Stream) -> None:
-        self.header = mem[: N_HEADER_WORDS * 8].view(torch.int64)
-        self.stream = stream
-        self.bufs = [torch.empty(N_HEADER_WORDS, dtype=torch.int64).pin_memory() for _ in range(2)]
-
-    def enqueue(self, which: int) -> torch.Tensor:
-        with torch.cuda.stream(self.stream):
-            self.bufs[which].copy_(self.header, non_blocking=True)
-        return self.bufs[which]
-
-    def load_now(self) -> tuple[int, ...]:
-        buf = self.enqueue(0)
-        self.stream.synchronize()
-        return tuple(buf.tolist())
-
-
 class WeightPool:
     """The writer side: one flat allocation, named views, seqlock publishing, IPC export."""
 
@@ -205,13 +196,16 @@ class WeightPool:
         self.mem = torch.zeros(self.layout.total_bytes, dtype=torch.uint8, device=self.device)
         self.stream = torch.cuda.Stream(self.device)
         self._words = [0] * seqlock.N_WORDS
+        identity = {W_MAGIC: MAGIC, W_FORMAT: FORMAT_VERSION, W_FINGERPRINT: self.layout.fingerprint(),
+                    W_PID: os.getpid(), W_STATE: STATE_OPEN}
         header = self.mem[: N_HEADER_WORDS * 8].view(torch.int64)
-        header[W_MAGIC], header[W_FORMAT] = MAGIC, FORMAT_VERSION
-        header[W_FINGERPRINT], header[W_PID] = self.layout.fingerprint(), os.getpid()
-        header[W_STATE] = STATE_OPEN
+        self.words = HostWords.create(N_HEADER_WORDS)
+        for index, value in identity.items():  # before any reader can exist: plain stores will do
+            header[index] = value
+            self.words.store_now(index, value)
         torch.cuda.synchronize(self.device)
-        self._header = header
-        self._store = _store_word_fn()
+        with torch.cuda.device(self.device):
+            self._store = _store_word_fn(self.words, self.stream)
         self._closed = False
         self.last_flip_ns = 0  # host clock (perf_counter_ns) when the last publish's flip was enqueued
         _LOCAL_POOLS[id(self)] = self.mem
@@ -281,7 +275,7 @@ class WeightPool:
         """Store the pending control words, in order, with system-scope release stores (one launch)."""
         while pending:
             batch, pending[:] = pending[:2], pending[2:]
-            self._store(self._header, batch)
+            self._store(batch)
             for index, value in batch:
                 self._words[index] = value
 
@@ -290,14 +284,17 @@ class WeightPool:
         from torch.multiprocessing.reductions import reduce_tensor
 
         self._check_open()
-        return PoolHandle(self.layout, reduce_tensor(self.mem), self.device.index or 0, os.getpid(), id(self))
+        return PoolHandle(self.layout, reduce_tensor(self.mem), self.device.index or 0, os.getpid(), id(self),
+                          self.words.path)
 
     def close(self) -> None:
         """Mark the pool closed: readers get `PoolGoneError` from their next operation."""
         if not self._closed:
             self._closed = True
-            self._store(self._header, [(W_STATE, STATE_CLOSED)])
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+                self._store([(W_STATE, STATE_CLOSED)])
             torch.cuda.synchronize(self.device)
+            self.words.remove()  # readers that mapped the page still see CLOSED; new ones get PoolGoneError
             _LOCAL_POOLS.pop(id(self), None)
 
     def _check_open(self) -> None:
@@ -308,14 +305,14 @@ class WeightPool:
 class PoolReader:
     """The reader side: opens a `PoolHandle` read-only. No method of it stores to the pool."""
 
-    def __init__(self, handle: PoolHandle, mem: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, handle: PoolHandle, mem: torch.Tensor, device: torch.device, words: HostWords) -> None:
         self.layout = handle.layout
         self.double = handle.layout.double_buffered
         self.mem = mem
         self.device = device
         self.writer_pid = handle.writer_pid
         self.stream = torch.cuda.Stream(mem.device)
-        self.control = _ControlWords(mem, self.stream)
+        self.words = words
         self.stats = ReadStats()
 
     @classmethod
@@ -332,7 +329,7 @@ class PoolReader:
         """
         if expected is not None:
             handle.layout.check_expected(expected)
-        if not _alive(handle.writer_pid):
+        if not alive(handle.writer_pid):
             raise PoolGoneError(f"the pool's writer (pid {handle.writer_pid}) has exited")
         dev = torch.device("cuda", handle.device) if device is None else (
             torch.device("cuda", device) if isinstance(device, int) else torch.device(device))
@@ -349,18 +346,21 @@ class PoolReader:
             mem = local if local is not None else fn(*args)
         except (RuntimeError, OSError) as exc:
             raise PoolGoneError(f"cannot open the pool's IPC handle: {exc}") from exc
-        reader = cls(handle, mem, dev)
-        words = reader.control.load_now()
-        if words[W_MAGIC] != MAGIC or words[W_FORMAT] != FORMAT_VERSION:
-            raise LayoutMismatchError(f"not a pool of format {FORMAT_VERSION} (magic/format words differ)")
-        if words[W_FINGERPRINT] != handle.layout.fingerprint():
-            raise LayoutMismatchError("the pool's header fingerprint differs from the handle's layout")
+        reader = cls(handle, mem, dev, HostWords.attach(handle.words_path, N_HEADER_WORDS))
+        words = reader.words.load()
+        header = tuple(mem[: N_HEADER_WORDS * 8].view(torch.int64).tolist())  # the GPU copy, read once
+        for where, w in (("control page", words), ("GPU header", header)):
+            if w[W_MAGIC] != MAGIC or w[W_FORMAT] != FORMAT_VERSION:
+                raise LayoutMismatchError(f"not a pool of format {FORMAT_VERSION} (the {where}'s magic/format "
+                                          "words differ)")
+            if w[W_FINGERPRINT] != handle.layout.fingerprint():
+                raise LayoutMismatchError(f"the {where}'s layout fingerprint differs from the handle's layout")
         reader._check_state(words)
         return reader
 
     def version(self) -> int:
         """The newest completely published version."""
-        words = self.control.load_now()
+        words = self.words.load()
         self._check_state(words)
         return seqlock.published_version(words, self.double)
 
@@ -374,7 +374,7 @@ class PoolReader:
                 return v
             if time.monotonic() > deadline:
                 raise PoolTimeoutError(f"version {version} not published within {timeout} s (have {v})")
-            if not _alive(self.writer_pid):
+            if not alive(self.writer_pid):
                 raise PoolGoneError(f"the pool's writer (pid {self.writer_pid}) has exited")
             if pause:
                 time.sleep(pause)
@@ -387,7 +387,7 @@ class PoolReader:
         one version while the writer does not rewrite that slot: bracket in-place reads with `version()`.
         """
         if slot is None:
-            slot = self.control.load_now()[seqlock.HEAD] & 1 if self.double else 0
+            slot = self.words.load()[seqlock.HEAD] & 1 if self.double else 0
         if self.device.index != self.mem.device.index:
             from kernels._runtime import enable_peer_access
 
@@ -433,19 +433,10 @@ class PoolReader:
         raise PoolTimeoutError(f"no consistent read after {self.stats.attempts} attempts")
 
     def _attempt(self, pairs: list[tuple[torch.Tensor, int, int]]) -> seqlock.ReadAttempt:
-        # Single-slot mode always copies slot 0, so load, copy and load are enqueued together and
-        # synchronised once. Double-buffered mode must know the slot first: one extra synchronisation.
-        pipelined = not self.double
-        loads: list[torch.Tensor] = []
-
+        # Loads are CPU loads of the shared page; the copy is synchronised before the second load.
         def execute(op: seqlock.Op) -> Any:
             if isinstance(op, seqlock.Load):
-                buf = self.control.enqueue(len(loads))
-                loads.append(buf)
-                if pipelined and len(loads) == 1:
-                    return _Deferred(loads, 0)
-                self.stream.synchronize()
-                words = tuple(buf.tolist())
+                words = self.words.load()
                 self._check_state(words)
                 return words
             assert isinstance(op, seqlock.CopySlot)
@@ -455,11 +446,11 @@ class PoolReader:
                     if nbytes:
                         t.view(-1).view(torch.uint8).copy_(self.mem[base + off : base + off + nbytes],
                                                            non_blocking=True)
+            self.stream.synchronize()
             return None
 
-        proto = seqlock.read_attempt_pipelined(False, 0) if pipelined else seqlock.read_attempt(True)
         with torch.cuda.device(self.mem.device):
-            return seqlock.run(proto, execute)
+            return seqlock.run(seqlock.read_attempt(self.double), execute)
 
     def _check_state(self, words: Sequence[int]) -> None:
         if words[W_STATE] != STATE_OPEN:
@@ -479,39 +470,23 @@ class PoolReader:
 _LOCAL_POOLS: dict[int, torch.Tensor] = {}
 
 
-class _Deferred:
-    """The first load's words, read from pinned memory only after the stream was synchronised."""
-
-    def __init__(self, loads: list[torch.Tensor], which: int) -> None:
-        self._loads, self._which = loads, which
-
-    def __getitem__(self, index: int) -> int:
-        return int(self._loads[self._which][index])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _store_word_fn() -> Callable[[torch.Tensor, list[tuple[int, int]]], None]:
-    """Store 1-2 control words in order with system-scope release (Triton), or plain fills without Triton."""
+def _store_word_fn(words: HostWords, stream: torch.cuda.Stream) -> Callable[[list[tuple[int, int]]], None]:
+    """Store 1-2 control words in order, in stream order: a Triton kernel with system-scope release stores
+    and a fence, or (without Triton) CPU stores after synchronising the writer's stream."""
     try:
         from kernels import _control_jit
     except ImportError:
-        def fill(header: torch.Tensor, batch: list[tuple[int, int]]) -> None:
+        def store_after_sync(batch: list[tuple[int, int]]) -> None:
+            stream.synchronize()
             for index, value in batch:
-                header[index].fill_(value)
+                words.store_now(index, value)
 
-        return fill
+        return store_after_sync
 
-    def store(header: torch.Tensor, batch: list[tuple[int, int]]) -> None:
+    page = words.tensor()  # pinned and mapped for the GPU
+
+    def store(batch: list[tuple[int, int]]) -> None:
         (i0, v0), (i1, v1) = batch[0], batch[-1]
-        _control_jit.store_words[(1,)](header, i0, v0, i1, v1, TWO=len(batch) == 2)
+        _control_jit.store_words[(1,)](page, i0, v0, i1, v1, TWO=len(batch) == 2)
 
     return store

@@ -64,7 +64,11 @@ def test_errors() -> None:
     with pytest.raises(PoolGoneError):
         reader.version()
     with pytest.raises(PoolGoneError):
+        reader.read_consistent({"b": torch.empty(7, device="cuda:0")}, names=["b"])
+    with pytest.raises(PoolGoneError):
         pool.publish({})
+    with pytest.raises(PoolGoneError):
+        PoolReader.open(handle)
 
 
 def _remote_reader(handle, device, q) -> None:

@@ -83,7 +83,7 @@ def test_double_buffer_reader_survives_one_publish_during_its_copy() -> None:
     assert published_version(mem.words, True) == 4
 
 
-def _schedule_run(double: bool, schedule: list[int], publishes: int, readers: int, pipelined: bool):
+def _schedule_run(double: bool, schedule: list[int], publishes: int, readers: int):
     mem = InMemoryBackend(N, pattern)
     il = Interleaving(mem)
 
@@ -93,21 +93,19 @@ def _schedule_run(double: bool, schedule: list[int], publishes: int, readers: in
 
     il.spawn(writer())
     dsts = []
-    for k in range(readers):
+    for _ in range(readers):
         dst = [None] * N
         dsts.append(dst)
-        proto = seqlock.read_attempt_pipelined(double, k % 2) if pipelined else read_attempt(double)
-        il.spawn(proto, dst)
+        il.spawn(read_attempt(double), dst)
     it = iter(schedule)
     il.run(lambda n: next(it, 0))
     return [(il.result(k + 1), dsts[k]) for k in range(readers)]
 
 
 @settings(max_examples=300, deadline=None)
-@given(double=st.booleans(), pipelined=st.booleans(), publishes=st.integers(1, 4),
-       schedule=st.lists(st.integers(0, 3), max_size=200))
-def test_no_accepted_read_is_torn(double: bool, pipelined: bool, publishes: int, schedule: list[int]) -> None:
-    for res, dst in _schedule_run(double, schedule, publishes, 3, pipelined):
+@given(double=st.booleans(), publishes=st.integers(1, 4), schedule=st.lists(st.integers(0, 3), max_size=200))
+def test_no_accepted_read_is_torn(double: bool, publishes: int, schedule: list[int]) -> None:
+    for res, dst in _schedule_run(double, schedule, publishes, 3):
         if res.version is not None:
             assert res.version % 2 == 0
             assert _is_one_version(dst, res.version), (res, dst)
@@ -119,7 +117,7 @@ def test_random_interleavings_accept_some_and_reject_torn(double: bool) -> None:
     rng = random.Random(1)
     for _ in range(400):
         schedule = [rng.randrange(4) for _ in range(300)]
-        for res, dst in _schedule_run(double, schedule, rng.randint(1, 3), 2, False):
+        for res, dst in _schedule_run(double, schedule, rng.randint(1, 3), 2):
             one = any(_is_one_version(dst, v) for v in range(0, 20, 2))
             if res.version is None:
                 rejected += 1
@@ -144,16 +142,6 @@ def test_double_buffer_rejects_a_slot_being_rewritten() -> None:
     while r in il.runnable():
         il.step(r)
     assert il.result(r).version == 4 and _is_one_version(dst, 4)
-
-
-def test_pipelined_wrong_slot_guess_is_a_retry() -> None:
-    mem = InMemoryBackend(N, pattern)
-    seqlock.run(publish(True), mem.execute)  # head names slot 1
-    dst = [None] * N
-    res = seqlock.run(seqlock.read_attempt_pipelined(True, 0), lambda op: mem.execute(op, dst))
-    assert res.version is None
-    res = seqlock.run(seqlock.read_attempt_pipelined(True, 1), lambda op: mem.execute(op, dst))
-    assert res.version == 2 and _is_one_version(dst, 2)
 
 
 def test_publish_refuses_an_unfinished_seqlock() -> None:
