@@ -13,8 +13,14 @@ python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_kernels_*.py te
   >"$out/pytest.log" 2>&1
 echo "pytest rc=$?" >>"$out/pytest.log"
 tail -3 "$out/pytest.log"
-python3 -m kernels.weightpool_torture --readers 2 --reads 10000 --out "$out/torture.json" >"$out/torture.log" 2>&1
+# Single-slot readers need the writer to pause now and then (a back-to-back writer starves a seqlock's
+# readers): pauses of 0/100/200 us in turn. A second, short round without pauses shows the starvation.
+python3 -m kernels.weightpool_torture --readers 2 --reads 10000 --gap-us 100 --max-seconds 120 \
+  --out "$out/torture.json" >"$out/torture.log" 2>&1
 echo "torture rc=$?" >>"$out/torture.log"
+python3 -m kernels.weightpool_torture --mode single --readers 2 --reads 2000 --gap-us 0 --max-seconds 20 \
+  --control-reads 0 --out "$out/torture-single-nogap.json" >>"$out/torture.log" 2>&1
+echo "torture (single, no pauses) rc=$?" >>"$out/torture.log"
 tail -3 "$out/torture.log"
 python3 benchmarks/kernels.py --out "$out" --kind "$1" --budget-s "${2:-170}" >"$out/bench.log" 2>&1
 echo "bench rc=$?" >>"$out/bench.log"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from kernels.errors import PoolTimeoutError
 from kernels.weightpool import HEADER_BYTES, PoolHandle, PoolReader, WeightPool
 
 
@@ -29,17 +30,23 @@ def _pattern_base(n_words: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n_words, dtype=torch.int32, device=device)
 
 
-def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_reads: int, q: Any, done: Any) -> None:
+def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_reads: int, seconds: float, q: Any,
+            done: Any) -> None:
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     torch.cuda.set_device(device)
     reader = PoolReader.open(handle, device=device)
     n_words = handle.layout.slot_bytes // 4
     base = _pattern_base(n_words, torch.device("cuda", device))
     dst = torch.empty(handle.layout.slot_bytes, dtype=torch.uint8, device=f"cuda:{device}")
-    torn, versions = 0, set()
+    torn, versions, done_reads = 0, set(), 0
     t0 = time.perf_counter()
     for _ in range(reads):
-        v = reader.read_consistent(dst, timeout=60.0)
+        left = seconds - (time.perf_counter() - t0)
+        try:
+            v = reader.read_consistent(dst, timeout=max(left, 0.0))
+        except PoolTimeoutError:
+            break  # starved: report what was read
+        done_reads += 1
         diff = dst.view(torch.int32) - base
         if not bool((diff == v).all()):
             torn += 1
@@ -54,7 +61,7 @@ def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_read
         if bool((diff != diff[0]).any()):
             control_torn += 1
     q.put({
-        "rank": rank, "device": device, "pool_device": handle.device, "reads": reads, "torn": torn,
+        "rank": rank, "device": device, "pool_device": handle.device, "reads": done_reads, "torn": torn,
         "attempts": reader.stats.attempts, "retries": reader.stats.retries,
         "retry_rate": reader.stats.retry_rate, "reasons": reader.stats.reasons,
         "distinct_versions": len(versions), "seconds": elapsed, "control_reads": control_reads,
@@ -63,8 +70,14 @@ def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_read
     done.wait()
 
 
-def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads: int, gap_us: float) -> dict:
-    """Run one torture round; returns the summary (torn reads must be 0)."""
+def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads: int, gap_us: float,
+            max_seconds: float = 300.0) -> dict:
+    """Run one torture round; returns the summary (torn reads must be 0).
+
+    A seqlock lets a writer that publishes back to back starve single-slot readers (every attempt overlaps
+    a write), so readers stop after `max_seconds` and the summary says so (`complete: false`) rather than
+    hang.
+    """
     ctx = mp.get_context("spawn")
     n_gpu = torch.cuda.device_count()
     n_words = payload_mib * (1 << 20) // 4
@@ -85,7 +98,7 @@ def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads
         pool.publish(fill=fill_for(4))
     handle = pool.export()
     q, done = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_reader, args=(r, handle, r % n_gpu, reads, control_reads, q, done))
+    procs = [ctx.Process(target=_reader, args=(r, handle, r % n_gpu, reads, control_reads, max_seconds, q, done))
              for r in range(readers)]
     for p in procs:
         p.start()
@@ -93,6 +106,10 @@ def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads
     publishes = 0
     t0 = time.perf_counter()
     while len(results) < readers:
+        if time.perf_counter() - t0 > max_seconds + 120:  # readers stop at max_seconds; this is a backstop
+            for p in procs:
+                p.terminate()
+            raise RuntimeError("reader processes did not report")
         v = pool.version() + 2
         pool.publish(fill=fill_for(v))
         publishes += 1
@@ -109,7 +126,8 @@ def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads
     pool.close()
     attempts = sum(r["attempts"] for r in results)
     return {
-        "mode": mode, "gpus": n_gpu, "payload_MiB": payload_mib, "writer_publishes": publishes,
+        "mode": mode, "complete": all(r["reads"] == reads for r in results), "gpus": n_gpu,
+        "payload_MiB": payload_mib, "writer_publishes": publishes,
         "publish_rate_per_s": publishes / elapsed, "reads": sum(r["reads"] for r in results),
         "torn": sum(r["torn"] for r in results), "attempts": attempts,
         "retry_rate": (attempts - sum(r["reads"] for r in results)) / attempts if attempts else 0.0,
@@ -126,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--payload-mib", type=int, default=8)
     ap.add_argument("--control-reads", type=int, default=300)
     ap.add_argument("--gap-us", type=float, default=0.0, help="writer pause between publishes (x0, x1, x2)")
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="stop a round after this long")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -133,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     modes = ["single", "double"] if args.mode == "both" else [args.mode]
     out = {m: torture(m, args.readers, args.reads, args.payload_mib, args.control_reads,
-                      args.gap_us if m == "single" else 0.0) for m in modes}
+                      args.gap_us if m == "single" else 0.0, args.max_seconds) for m in modes}
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, args.out)
-    return 0 if all(r["torn"] == 0 for r in out.values()) else 1
+    return 0 if all(r["torn"] == 0 and r["complete"] for r in out.values()) else 1
 
 
 if __name__ == "__main__":
