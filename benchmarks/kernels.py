@@ -317,7 +317,7 @@ def bench_pool(b: Bench, n_gpu: int, sizes: list[int]) -> None:
         lat.append(time.perf_counter() - t0)
     lat.sort()
     b.add(section="weightpool", kernel="publish_empty", path="local", time_s=statistics.median(lat),
-          p99_s=lat[int(0.99 * len(lat))])
+          p99_s=lat[int(0.99 * len(lat))], store=small.store_path)
     # observe latency: a reader process on the last GPU polls version()
     ctx = mp.get_context("spawn")
     q, ready = ctx.Queue(), ctx.Event()
@@ -386,18 +386,19 @@ def _pool_read_case(b: Bench, n_gpu: int, size: int) -> None:
             def consistent(dst: torch.Tensor = dst, reader: PoolReader = reader) -> None:
                 reader.read_consistent(dst)
 
-            res = {}
             attempts0 = reader.stats.attempts
             reads0 = reader.stats.reads
-            for name, fn in (("plain_copy", plain), ("read_consistent", consistent), ("plain_copy", plain)):
-                for _ in range(3):
-                    fn()
-                ts = []
-                for _ in range(max(5, min(50, int(0.3 / max(size / 2e11, 1e-5))))):
+            for _ in range(3):
+                plain()
+                consistent()
+            # interleaved, so clock and thermal drift hit both alike; medians of each
+            ts: dict[str, list[float]] = {"plain_copy": [], "read_consistent": []}
+            for _ in range(max(10, min(100, int(0.6 / max(size / 2e11, 1e-5))))):
+                for name, fn in (("plain_copy", plain), ("read_consistent", consistent)):
                     t0 = time.perf_counter()
                     fn()
-                    ts.append(time.perf_counter() - t0)
-                res[name] = min(res.get(name, 1e9), statistics.median(ts))  # plain timed before and after
+                    ts[name].append(time.perf_counter() - t0)
+            res = {name: statistics.median(v) for name, v in ts.items()}
             path = "local" if dev == 0 else f"gpu0->gpu{dev}"
             tries = (reader.stats.attempts - attempts0) / max(1, reader.stats.reads - reads0)
             for name, t in res.items():

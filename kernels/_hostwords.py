@@ -60,6 +60,10 @@ def sweep_stale(shm_dir: str = SHM_DIR) -> int:
     return removed
 
 
+class HostRegisterError(RuntimeError):
+    """CUDA would not pin and map the page (some sandboxed runtimes refuse); the writer then stores from the CPU."""
+
+
 class HostWords:
     """`n` int64 words in a shared page; `load()` reads them all, in index order, with plain CPU loads."""
 
@@ -132,7 +136,7 @@ class HostWords:
         if not self._registered:
             rc = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), PAGE, _REGISTER_FLAGS))
             if rc != 0:
-                raise PoolGoneError(f"cudaHostRegister of the control page failed (cudaError {rc})")
+                raise HostRegisterError(f"cudaHostRegister of the control page failed (cudaError {rc})")
             self._registered = t.data_ptr()
             if self._finalizer is not None:
                 self._finalizer.detach()

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from kernels import seqlock
-from kernels._hostwords import HostWords, alive
+from kernels._hostwords import HostRegisterError, HostWords, alive
 from kernels.errors import (
     KernelInputError,
     LayoutMismatchError,
@@ -205,7 +205,7 @@ class WeightPool:
             self.words.store_now(index, value)
         torch.cuda.synchronize(self.device)
         with torch.cuda.device(self.device):
-            self._store = _store_word_fn(self.words, self.stream)
+            self.store_path, self._store = _store_word_fn(self.words, self.stream)
         self._closed = False
         self.last_flip_ns = 0  # host clock (perf_counter_ns) when the last publish's flip was enqueued
         _LOCAL_POOLS[id(self)] = self.mem
@@ -470,23 +470,28 @@ class PoolReader:
 _LOCAL_POOLS: dict[int, torch.Tensor] = {}
 
 
-def _store_word_fn(words: HostWords, stream: torch.cuda.Stream) -> Callable[[list[tuple[int, int]]], None]:
-    """Store 1-2 control words in order, in stream order: a Triton kernel with system-scope release stores
-    and a fence, or (without Triton) CPU stores after synchronising the writer's stream."""
+def _store_word_fn(words: HostWords, stream: torch.cuda.Stream) -> tuple[str, Callable[[list[tuple[int, int]]], None]]:
+    """How the writer stores 1-2 control words, in order and in stream order; returns (name, store).
+
+    Normally a one-thread Triton kernel on the writer's stream (system-scope release stores, then a fence)
+    into the page registered with CUDA. Where Triton is missing or CUDA will not register the page, CPU
+    stores after synchronising the writer's stream: as correct (the odd word is stored before any payload
+    write is enqueued, the even word after the payload finished), but every store waits for the stream.
+    """
     try:
         from kernels import _control_jit
-    except ImportError:
+
+        page = words.tensor()  # pinned and mapped for the GPU
+    except (ImportError, HostRegisterError):
         def store_after_sync(batch: list[tuple[int, int]]) -> None:
             stream.synchronize()
             for index, value in batch:
                 words.store_now(index, value)
 
-        return store_after_sync
-
-    page = words.tensor()  # pinned and mapped for the GPU
+        return "cpu-after-sync", store_after_sync
 
     def store(batch: list[tuple[int, int]]) -> None:
         (i0, v0), (i1, v1) = batch[0], batch[-1]
         _control_jit.store_words[(1,)](page, i0, v0, i1, v1, TWO=len(batch) == 2)
 
-    return store
+    return "gpu-release-store", store

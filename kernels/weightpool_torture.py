@@ -123,10 +123,11 @@ def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads
     done.set()
     for p in procs:
         p.join(timeout=30)
+    store_path = pool.store_path
     pool.close()
     attempts = sum(r["attempts"] for r in results)
     return {
-        "mode": mode, "complete": all(r["reads"] == reads for r in results), "gpus": n_gpu,
+        "mode": mode, "store": store_path, "complete": all(r["reads"] == reads for r in results), "gpus": n_gpu,
         "payload_MiB": payload_mib, "writer_publishes": publishes,
         "publish_rate_per_s": publishes / elapsed, "reads": sum(r["reads"] for r in results),
         "torn": sum(r["torn"] for r in results), "attempts": attempts,
