@@ -18,10 +18,12 @@ Two reader modes:
   stalls only for the flip; tokens generated during the pull are one version stale.
 
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
-system-scope fence, 2-3 us NVLink write latency; one peer read of the counter). This project's own Python-driven
-`kernels.WeightPool` measured more on the H200x2 machine (benchmarks/results/kernels-h200-x2/, docs/kernels.md): a
-whole `publish()` with no payload 70 us median, a control-word read plus its sync 42 us; pass `publish_s=70e-6,
-observe_s=42e-6` to model that implementation. Readers notice at the next step boundary, on average half a decode
+system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
+`kernels.WeightPool` (docs/kernels.md; benchmarks/results/kernels-h200/, kernels-h100-x1/) keeps its counters in
+shared pinned host memory: a reader process saw a publish 2.7 us (H200) / 2.9 us (H100) median after the writer
+enqueued the flip, and `version()` costs 0.3-0.7 us, so `observe_s` matches it; a whole `publish()` with no payload
+took 66 us (H200) / 96 us (H100) median, mostly kernel launches from Python and the final synchronisation: pass
+`publish_s=66e-6` to model that implementation. Readers notice at the next step boundary, on average half a decode
 step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight addresses keep
 one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and stalls generation
 for it). With `measure_contention` a decode step runs beside each reader's pull, reported as
