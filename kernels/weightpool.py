@@ -22,11 +22,14 @@ Memory ordering across processes and GPUs — what makes the backend correct:
   are stored by a one-thread kernel with `atom.release.sys` (Triton `tl.atomic_xchg(sem="release",
   scope="sys")`) followed by `fence.sc.sys`. The release is cumulative: every payload write earlier in
   the stream is visible system-wide before the even word or the flip is. The fence orders the other way:
-  the odd word is visible to the host before any later payload write of the stream happens. `publish()`
-  synchronises its stream before returning, so a publish that returned is visible to every reader.
+  the odd word is visible to the host before any later payload write of the stream happens. (The H100
+  reports no native host atomics, so the exchange to host memory is not atomic there; one writer makes
+  that irrelevant: it is a store with release semantics.) `publish()` synchronises its stream before
+  returning, so a publish that returned is visible to every reader.
 - Reader. An attempt is: load the words (CPU), enqueue the payload copy on the reader's stream,
   synchronise that stream, load the words again (CPU). The copy's reads happen after the first load (the
-  driver issues the copy after the host has enqueued it, behind a write barrier) and before the second
+  copy is only enqueued after Python has branched on the loaded value, and that control dependency
+  orders the load before the store that rings the GPU's doorbell, on Arm as on x86) and before the second
   (the synchronisation returns only after the copy completed, and the CPU's later load cannot be served
   before it). That is all the seqlock needs (proof in `kernels.seqlock`): a payload byte of a newer
   version was written after its odd word became visible, so the second load sees that odd word or a later
@@ -37,10 +40,11 @@ Memory ordering across processes and GPUs — what makes the backend correct:
   reads with `version()` checks (or read a double-buffered slot it knows the writer is not filling).
 
 Readers have no write path: `PoolReader` offers no method that stores to the pool and the ones a
-writer has raise `ReadOnlyPoolError`. Errors are typed: `PoolGoneError` (writer closed or exited, handle
-cannot be opened), `LayoutMismatchError` (the reader expected other names/shapes/dtypes, or the header's
-format or fingerprint differs from the handle's), `PeerAccessError` (reader GPU cannot address the
-pool's GPU), `PoolTimeoutError`.
+writer has raise `ReadOnlyPoolError`. Errors are typed: `PoolGoneError` (the writer closed the pool,
+exited or was collected; the handle or control page cannot be opened: readers need the writer's user and
+`/dev/shm`), `LayoutMismatchError` (the reader expected other names/shapes/dtypes, or the header's format
+or fingerprint differs from the handle's), `PeerAccessError` (reader GPU cannot address the pool's GPU),
+`PoolTimeoutError`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +62,7 @@ from typing import Any
 import torch
 
 from kernels import seqlock
-from kernels._hostwords import HostRegisterError, HostWords, alive
+from kernels._hostwords import HostRegisterError, HostWords
 from kernels.errors import (
     KernelInputError,
     LayoutMismatchError,
@@ -207,6 +212,8 @@ class WeightPool:
         with torch.cuda.device(self.device):
             self.store_path, self._store = _store_word_fn(self.words, self.stream)
         self._closed = False
+        # a pool collected without close() still tells its readers: the stream drained, CLOSED, page removed
+        self._finalizer = weakref.finalize(self, _shut_down, self.stream, self.words, id(self))
         self.last_flip_ns = 0  # host clock (perf_counter_ns) when the last publish's flip was enqueued
         _LOCAL_POOLS[id(self)] = self.mem
 
@@ -291,11 +298,7 @@ class WeightPool:
         """Mark the pool closed: readers get `PoolGoneError` from their next operation."""
         if not self._closed:
             self._closed = True
-            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-                self._store([(W_STATE, STATE_CLOSED)])
-            torch.cuda.synchronize(self.device)
-            self.words.remove()  # readers that mapped the page still see CLOSED; new ones get PoolGoneError
-            _LOCAL_POOLS.pop(id(self), None)
+            self._finalizer()  # readers that mapped the page see CLOSED; new ones get PoolGoneError
 
     def _check_open(self) -> None:
         if self._closed:
@@ -329,8 +332,7 @@ class PoolReader:
         """
         if expected is not None:
             handle.layout.check_expected(expected)
-        if not alive(handle.writer_pid):
-            raise PoolGoneError(f"the pool's writer (pid {handle.writer_pid}) has exited")
+        words = HostWords.attach(handle.words_path, N_HEADER_WORDS)  # PoolGoneError if gone or writer dead
         dev = torch.device("cuda", handle.device) if device is None else (
             torch.device("cuda", device) if isinstance(device, int) else torch.device(device))
         if dev.type != "cuda":
@@ -346,7 +348,7 @@ class PoolReader:
             mem = local if local is not None else fn(*args)
         except (RuntimeError, OSError) as exc:
             raise PoolGoneError(f"cannot open the pool's IPC handle: {exc}") from exc
-        reader = cls(handle, mem, dev, HostWords.attach(handle.words_path, N_HEADER_WORDS))
+        reader = cls(handle, mem, dev, words)
         words = reader.words.load()
         header = tuple(mem[: N_HEADER_WORDS * 8].view(torch.int64).tolist())  # the GPU copy, read once
         for where, w in (("control page", words), ("GPU header", header)):
@@ -362,6 +364,7 @@ class PoolReader:
         """The newest completely published version."""
         words = self.words.load()
         self._check_state(words)
+        self.words.check_writer()
         return seqlock.published_version(words, self.double)
 
     def wait_for(self, version: int, timeout: float = 10.0) -> int:
@@ -374,8 +377,6 @@ class PoolReader:
                 return v
             if time.monotonic() > deadline:
                 raise PoolTimeoutError(f"version {version} not published within {timeout} s (have {v})")
-            if not alive(self.writer_pid):
-                raise PoolGoneError(f"the pool's writer (pid {self.writer_pid}) has exited")
             if pause:
                 time.sleep(pause)
             pause = min(1e-3, pause * 2 if pause else 1e-6)
@@ -428,8 +429,10 @@ class PoolReader:
                 self.stats.reads += 1
                 return result.version
             self.stats.reasons[result.reason] = self.stats.reasons.get(result.reason, 0) + 1
-            if attempt % 64 == 63 and time.monotonic() > deadline:
-                break
+            if attempt % 64 == 63:
+                self.words.check_writer()  # a writer that died mid-publish leaves the seqlock odd for good
+                if time.monotonic() > deadline:
+                    break
         raise PoolTimeoutError(f"no consistent read after {self.stats.attempts} attempts")
 
     def _attempt(self, pairs: list[tuple[torch.Tensor, int, int]]) -> seqlock.ReadAttempt:
@@ -468,6 +471,19 @@ class PoolReader:
 
 
 _LOCAL_POOLS: dict[int, torch.Tensor] = {}
+
+
+def _shut_down(stream: torch.cuda.Stream, words: HostWords, key: int) -> None:
+    """Close a pool: let queued control-word stores finish, mark it CLOSED, release the page (creator only)."""
+    if not words.owned_here():
+        return  # a forked child: the pool belongs to its parent
+    _LOCAL_POOLS.pop(key, None)
+    with contextlib.suppress(Exception):  # CUDA may be shutting down, or the stream hold a failed fill
+        stream.synchronize()
+    try:
+        words.store_now(W_STATE, STATE_CLOSED)
+    finally:
+        words.remove()
 
 
 def _store_word_fn(words: HostWords, stream: torch.cuda.Stream) -> tuple[str, Callable[[list[tuple[int, int]]], None]]:

@@ -42,6 +42,8 @@ def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_read
     t0 = time.perf_counter()
     for _ in range(reads):
         left = seconds - (time.perf_counter() - t0)
+        if left <= 0:
+            break  # out of time: report what was read
         try:
             v = reader.read_consistent(dst, timeout=max(left, 0.0))
         except PoolTimeoutError:
@@ -105,24 +107,26 @@ def torture(mode: str, readers: int, reads: int, payload_mib: int, control_reads
     results: list[dict] = []
     publishes = 0
     t0 = time.perf_counter()
-    while len(results) < readers:
-        if time.perf_counter() - t0 > max_seconds + 120:  # readers stop at max_seconds; this is a backstop
-            for p in procs:
+    try:
+        while len(results) < readers:
+            if time.perf_counter() - t0 > max_seconds + 120:  # readers stop at max_seconds; this is a backstop
+                raise RuntimeError("reader processes did not report")
+            v = pool.version() + 2
+            pool.publish(fill=fill_for(v))
+            publishes += 1
+            if gap_us:
+                time.sleep(gap_us * 1e-6 * (publishes % 3))
+            while not q.empty():
+                results.append(q.get())
+            if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
+                raise RuntimeError("a reader process failed")
+        elapsed = time.perf_counter() - t0
+    finally:  # never leave readers waiting on `done` (the interpreter would join them at exit and hang)
+        done.set()
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
                 p.terminate()
-            raise RuntimeError("reader processes did not report")
-        v = pool.version() + 2
-        pool.publish(fill=fill_for(v))
-        publishes += 1
-        if gap_us:
-            time.sleep(gap_us * 1e-6 * (publishes % 3))
-        while not q.empty():
-            results.append(q.get())
-        if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
-            raise RuntimeError("a reader process failed")
-    elapsed = time.perf_counter() - t0
-    done.set()
-    for p in procs:
-        p.join(timeout=30)
     store_path = pool.store_path
     pool.close()
     attempts = sum(r["attempts"] for r in results)

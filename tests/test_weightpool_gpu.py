@@ -105,3 +105,39 @@ def test_short_torture(mode: str) -> None:
 
     res = torture(mode, readers=2, reads=300, payload_mib=2, control_reads=20, gap_us=50.0)
     assert res["torn"] == 0 and res["reads"] == 600
+
+
+def test_cpu_store_fallback_when_cuda_will_not_register_the_page(monkeypatch) -> None:
+    """Where registration fails the writer stores from the CPU after a stream sync; nothing sticky is left
+    behind for torch's next kernel launch."""
+    from kernels import _hostwords
+    from kernels.weightpool import PoolReader
+
+    monkeypatch.setattr(_hostwords, "_REGISTER_FLAGS", 0x80)  # an invalid flag: cuMemHostRegister refuses
+    for double in (False, True):
+        pool = _pool(double)
+        assert pool.store_path == "cpu-after-sync"
+        b = torch.arange(7, dtype=torch.float32, device="cuda:0")
+        assert pool.publish({"b": b}) == 2 and pool.publish({"b": b + 1}) == 4
+        reader = PoolReader.open(pool.export())
+        assert reader.version() == 4
+        dst = {"b": torch.empty_like(b)}
+        assert reader.read_consistent(dst, names=["b"]) == 4 and torch.equal(dst["b"], b + 1)
+        pool.close()
+        with pytest.raises(PoolGoneError):
+            reader.version()
+
+
+def test_a_pool_collected_without_close_is_gone_for_its_readers() -> None:
+    import gc
+
+    from kernels.weightpool import PoolReader
+
+    pool = _pool(True)
+    pool.publish({"b": torch.ones(7, device="cuda:0")})
+    reader = PoolReader.open(pool.export())
+    assert reader.version() == 2
+    del pool
+    gc.collect()
+    with pytest.raises(PoolGoneError):
+        reader.version()
