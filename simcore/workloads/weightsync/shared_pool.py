@@ -20,9 +20,9 @@ Two reader modes:
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
 `kernels.WeightPool` (docs/kernels.md; benchmarks/results/kernels-h200/, kernels-h100-x1/) keeps its counters in
-shared pinned host memory: a reader process saw a publish 2.7 us (H200) / 2.9 us (H100) median after the writer
-enqueued the flip, and `version()` costs 0.3-0.7 us, so `observe_s` matches it; a whole `publish()` with no payload
-took 66 us (H200) / 96 us (H100) median, mostly kernel launches from Python and the final synchronisation: pass
+shared pinned host memory: a reader process saw a publish 2.7 us (H200) / 3.9 us (H100) median after the writer
+enqueued the flip, and `version()` costs 0.3-1 us, so `observe_s` matches it; a whole `publish()` with no payload
+took 66 us (H200) / 76 us (H100) median, mostly kernel launches from Python and the final synchronisation: pass
 `publish_s=66e-6` to model that implementation. Readers notice at the next step boundary, on average half a decode
 step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight addresses keep
 one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and stalls generation
