@@ -12,8 +12,6 @@ import importlib
 import os
 import sys
 
-from hwmodels.errors import FabricsimError
-
 from . import __version__
 
 # Modules that contribute subcommands, in the order `fabricsim --help` lists them.
@@ -58,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C anywhere, even while the models are still being imported, ends it with 130."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("fabricsim: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
+    from hwmodels.errors import FabricsimError  # imported here: the heavy imports start inside main's guard
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -77,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fabricsim: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

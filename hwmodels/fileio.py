@@ -7,6 +7,7 @@ caller's typed error with the path and one line saying why.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -16,16 +17,29 @@ import yaml
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    """Write `text` to `path` via a temporary file in the same folder and an atomic rename.
+
+    An OS error names `path` as the user gave it (not the temporary file), with the folder at fault.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # `--trace out/t.json` in a fresh checkout just works
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # `--trace out/t.json` in a fresh checkout just works
+        except FileExistsError as exc:
+            raise NotADirectoryError(errno.ENOTDIR, f"{exc.filename} is a file, not a folder", str(path)) from None
         with open(tmp, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not land before the bytes do
         os.replace(tmp, path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.filename not in (None, str(path), str(tmp)):
+            why += f" ({exc.filename})"
+        raise type(exc)(exc.errno, why, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

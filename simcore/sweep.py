@@ -70,6 +70,7 @@ class SweepReport:
     workers: int
     total: int  # points in the grid
     skipped: int  # already in the store (resume)
+    skipped_failed: int = 0  # of those, points whose stored result is a failure (rerun by retry_failed)
     ran: int = 0
     failed: int = 0
     wall_s: float = 0.0
@@ -309,6 +310,7 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
     # grid queued up front: chunk sizes can follow the measured point cost, and a kill loses little.
     pending: set[cf.Future] = set()
     nxt = 0
+    finished = False
     try:
         while pending or nxt < len(points):
             while nxt < len(points) and len(pending) < 2 * workers:
@@ -326,7 +328,14 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
                     ) from None
                 sizer.observe(outcomes)
                 yield outcomes
+        finished = True
     finally:
+        if not finished:
+            # Stopped early (Ctrl-C, kill, a dead worker): the points already yielded are with the driver, the
+            # running chunks are dropped. Stop every worker now, including one forked by a submit that the
+            # interrupt cut short: the pool never registered it, and the interpreter would wait for it at exit.
+            for proc in mp.active_children():
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -429,11 +438,13 @@ def run_sweep(
 
     points = study.points()
     total = len(points)
-    skipped = 0
+    skipped = skipped_failed = 0
     if resume:
         done = store.done_points(study.name, study.calibration_id, include_failed=not retry_failed)
         points = [(pid, p) for pid, p in points if pid not in done]
         skipped = total - len(points)
+        if not retry_failed and skipped:
+            skipped_failed = len(done - store.done_points(study.name, study.calibration_id, include_failed=False))
     if limit is not None:
         points = points[:limit]
 
@@ -441,7 +452,7 @@ def run_sweep(
         load_core()  # compiled (first run on a machine) or loaded before the clock and the ETA start
     run_id = new_run_id()
     report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
-                         skipped=skipped)
+                         skipped=skipped, skipped_failed=skipped_failed)
     bar = Progress(len(points), study.name, stream=stream, enabled=progress)
     flusher = _Flusher(study, store, run_id, flush_points, flush_interval_s)
     t0 = time.perf_counter()
@@ -464,6 +475,8 @@ def run_sweep(
                     report.point_cpu_s += outcome.cpu_s
                 flusher.maybe_flush()
                 bar.update(report.ran, report.failed)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(report) from None  # after the finally below has saved what finished
         finally:
             # Whatever stops the loop (Ctrl-C, a dead worker), finished points are kept.
             batches.close()
@@ -475,11 +488,20 @@ def run_sweep(
     return report
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, through the CLI) stopped a sweep; `report` counts the points that were saved."""
+
+    def __init__(self, report: SweepReport) -> None:
+        super().__init__()
+        self.report = report
+
+
 def find_point(study: Study, prefix: str) -> tuple[str, Point]:
     """The point whose id starts with `prefix` (ids are printed by `fabricsim results show`)."""
     matches = [(pid, p) for pid, p in study.points() if pid.startswith(prefix)]
     if not matches:
-        raise SweepError(f"study {study.name!r} has no point with id {prefix!r}")
+        raise SweepError(f"study {study.name!r} has no point with id {prefix!r} to simulate (ids come from "
+                         "`fabricsim results show`, rows whose source is sim; measured rows have no point to trace)")
     if len(matches) > 1:
         raise SweepError(f"point id {prefix!r} is ambiguous in study {study.name!r} ({len(matches)} match)")
     return matches[0]

@@ -89,7 +89,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep, trace_point
+    from .sweep import SweepInterrupted, run_sweep, trace_point
 
     if args.trace:
         path, outcome = trace_point(args.study, args.trace, args.trace_dir)
@@ -105,6 +105,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             report = run_sweep(args.study, store=args.store, backend=args.backend, workers=args.workers,
                                address=args.address, resume=args.resume, retry_failed=args.retry_failed,
                                limit=args.limit, progress=not args.quiet)
+    except SweepInterrupted as stop:
+        at = f" --store {args.store}" if args.store else ""
+        print(f"fabricsim: interrupted: {stop.report.ran} finished points are saved; "
+              f"`fabricsim sweep {args.study}{at} --resume` runs the rest", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     store = ResultsStore(args.store)
@@ -118,6 +123,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         line += f" ({', '.join(extras)})"
     if report.ran:
         line += f" in {report.wall_s:.1f}s, {report.points_per_s:.1f} points/s"
+    if report.skipped_failed:
+        line += f"; {report.skipped_failed} of the stored points failed: --retry-failed reruns them"
     print(line)
     at = f" --store {args.store}" if args.store else ""
     hints = [f"fabricsim results show {report.study}{at}"]

@@ -163,6 +163,11 @@ def test_unwritable_output_path_is_one_line_exit_2(tmp_path, capsys):
     assert main(["simulate", str(p), "--trace", str(blocker / "t.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fabricsim: error:") and "afile" in err
+    assert err == f"fabricsim: error: {blocker / 't.json'}: {blocker} is a file, not a folder"
+    assert main(["simulate", str(p), "--trace", str(tmp_path)]) == 2  # a folder where a file name belongs
+    err = capsys.readouterr().err.strip()
+    assert err == f"fabricsim: error: {tmp_path}: is a directory: give a file name"
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]  # no temporary file named or left
 
 
 def test_json_lists_tasks_when_the_scenario_has_them(tmp_path, capsys):

@@ -309,11 +309,42 @@ def test_sigterm_saves_finished_points_and_exits_130(tmp_path: Path) -> None:
         time.sleep(0.05)
     proc.terminate()  # SIGTERM to the sweep only, as `kill PID` would
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == 130 and "interrupted" in err and "finished points are saved" in err
+    assert "--resume" in err  # says how to go on
     assert "pt/s" in err and "ETA" in err  # the progress line (plain text when not a terminal)
     files = list((store_dir / "toy").iterdir())
     assert len(files) == 1 and ".part-" not in files[0].name  # flushed and compacted
     assert 0 < ResultsStore(store_dir).load("toy")["point_id"].nunique() < 450
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 0.9, 1.5])
+def test_ctrl_c_at_any_moment_exits_promptly_and_leaves_no_worker_behind(tmp_path: Path, delay_s: float) -> None:
+    """SIGINT to the driver alone (as `timeout -s INT` sends it), early: while workers are being forked too."""
+    study = toy_study(tmp_path, n=150, sleep=0.02)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--quiet", "--store",
+         str(tmp_path / "s")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        leftover = True
+        for _ in range(100):  # the session's processes: the driver and any worker
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                leftover = False
+                break
+            time.sleep(0.05)
+        if leftover:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not leftover, "worker processes outlived the sweep"
+    assert proc.returncode in (130, 0), err  # 0: it finished before the signal landed
+    if proc.returncode == 130:
+        assert "Traceback" not in err and "interrupted" in err
 
 
 def test_progress_line_shows_rate_eta_and_failures(tmp_path: Path) -> None:
@@ -340,3 +371,15 @@ def test_chunk_sizer_follows_point_cost() -> None:
     sizer.observe(outcomes(0.01, 40))  # the running mean forgets old costs
     assert sizer.mean_s == pytest.approx(0.01, rel=1e-2) and sizer.next_size() in (4, 5)
     assert _ChunkSizer(3).next_size() == 3
+
+
+def test_resume_says_how_many_skipped_points_are_stored_failures(tmp_path: Path, capsys) -> None:
+    study = toy_study(tmp_path)
+    store = str(tmp_path / "s")
+    assert _cli(capsys, "sweep", str(study), "--workers", "1", "--quiet", "--store", store)[0] == 1  # one fails
+    code, out, _ = _cli(capsys, "sweep", str(study), "--workers", "1", "--quiet", "--store", store, "--resume")
+    assert code == 0
+    assert "ran 0 points (36 already in the store); 1 of the stored points failed: --retry-failed reruns them" in out
+    code, out, _ = _cli(capsys, "sweep", str(study), "--workers", "1", "--quiet", "--store", store, "--resume",
+                        "--retry-failed")
+    assert code == 1 and "ran 1 points (1 failed, 35 already in the store) " in out

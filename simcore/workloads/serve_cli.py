@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from hwmodels import presets
@@ -12,7 +13,7 @@ from simcore.units import parse_bytes
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
 from .metrics_out import metric_values, print_json, print_metrics
-from .requests import load_trace, poisson_requests
+from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
 
 
@@ -29,7 +30,14 @@ def _param(text: str) -> tuple[str, Any]:
 
 def _serve(args: argparse.Namespace) -> int:
     if args.request_trace:
-        reqs = load_trace(args.request_trace)
+        try:
+            reqs = load_trace(args.request_trace)
+        except RequestError as exc:
+            if Path(args.request_trace).exists():
+                raise
+            # `--trace` writes a Perfetto file in every other command; here it reads requests: say so
+            raise RequestError(f"{exc} (serve's --request-trace/--trace reads a request CSV; --perfetto PATH "
+                               "writes a Perfetto trace)") from None
     else:
         reqs = poisson_requests(args.rate, args.requests, prompt_tokens=args.prompt_tokens,
                                 output_tokens=args.output_tokens, prompt_dist=args.prompt_dist,
