@@ -303,6 +303,7 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
             raise SweepError("this platform starts workers by spawning; save the study to a file first")
         ctx = mp.get_context("spawn")
         initarg = (str(study.path), Path(study.path).read_text())
+    others = set(mp.active_children())  # the caller's own child processes, left alone below
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                   initargs=(initarg,))
     sizer = _ChunkSizer(chunk_size)
@@ -334,7 +335,7 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
             # Stopped early (Ctrl-C, kill, a dead worker): the points already yielded are with the driver, the
             # running chunks are dropped. Stop every worker now, including one forked by a submit that the
             # interrupt cut short: the pool never registered it, and the interpreter would wait for it at exit.
-            for proc in mp.active_children():
+            for proc in set(mp.active_children()) - others:
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
 
