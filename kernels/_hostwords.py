@@ -153,7 +153,7 @@ class HostWords:
         """A CPU store (the writer's path when no kernel can store; the caller orders it after GPU work)."""
         if not self.writable:
             raise KernelInputError("a reader's control page is read-only")
-        np.frombuffer(self._mm, dtype=np.int64, count=index + 1)[index] = value
+        self.words[index] = value  # the writer's view of its read-write mapping is writable
 
     def tensor(self):  # -> torch.Tensor, pinned and addressable by kernels on any GPU
         """The page as a pinned int64 CPU tensor, registered with CUDA on first use (writer only).

@@ -45,7 +45,7 @@ def _reader(rank: int, handle: PoolHandle, device: int, reads: int, control_read
         if left <= 0:
             break  # out of time: report what was read
         try:
-            v = reader.read_consistent(dst, timeout=max(left, 0.0))
+            v = reader.read_consistent(dst, timeout=left)
         except PoolTimeoutError:
             break  # starved: report what was read
         done_reads += 1
