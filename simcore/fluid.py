@@ -59,7 +59,8 @@ class Flow:
     def __init__(self, key: object, res: Sequence[int], coef: Sequence[float], nbytes: float,
                  weight: float = 1.0, cap: float | None = None, record: bool = False) -> None:
         self.key = key
-        # the compiled core takes contiguous writable arrays (a cached read-only route is copied once here)
+        # the compiled core takes contiguous writable arrays: a read-only or strided one is copied, the
+        # simulator's cached routes pass through as they are
         self.res = np.require(res, np.int64, "CW")
         self.coef = np.require(coef, np.float64, "CW")
         if len(self.res) != len(self.coef):
