@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from hwmodels.fileio import atomic_write_text
+from fabricsim.hwmodels.fileio import atomic_write_text
 
 
 def machine_facts() -> dict:

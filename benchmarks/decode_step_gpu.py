@@ -1,6 +1,6 @@
 """Time a Llama-3-8B-shaped decode step on a real GPU: every linear weight (15.0 GB bf16) read once per step.
 
-Checks the weight term of `simcore.workloads.decode` (weight bytes / HBM rate) against cuBLAS GEMMs, eager and
+Checks the weight term of `fabricsim.workloads.decode` (weight bytes / HBM rate) against cuBLAS GEMMs, eager and
 under a CUDA graph (as serving engines run decode). Needs only torch and a GPU with >= 20 GB; prints one JSON
 object. Run on a device machine:  python3 benchmarks/decode_step_gpu.py > benchmarks/results/decode-step-<gpu>.json
 Recorded: benchmarks/results/decode-step-h100-x1.json (compared with the model in docs/weight_sync.md).

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from _record import machine_facts, write_result
 
-from hwmodels import presets
-from simcore import Simulation
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
 
 
 def workload(sim: Simulation, endpoints: list[str], n_transfers: int, workers: int, seed: int) -> None:

@@ -9,7 +9,8 @@ rows count bytes read plus written. Writes `kernels-bench.json` and `kernels-ben
 with the machine's facts (GPU, driver, torch/triton versions, `nvidia-smi topo -m`).
 
 Run on a GPU machine from the repository root:
-`PYTHONPATH=. python3 benchmarks/kernels.py --out benchmarks/results/kernels-<machine> [--budget-s 170]`
+`source validate/gpu/checkout_env.sh;
+python3 benchmarks/kernels.py --out benchmarks/results/kernels-<machine> [--budget-s 170]`
 Timing: CUDA events around each operation on a non-default stream, median of repetitions after
 warm-up, random (never zero) data, buffers several times the L2.
 """
@@ -112,7 +113,7 @@ def _rand_bytes(n: int, device: str) -> torch.Tensor:
 
 def bench_bulk(b: Bench, n_gpu: int, max_bytes: int) -> dict[tuple[str, int], float]:
     """Copy engine vs bulk_copy on every path; returns the CE ceilings {(path, bytes): GB/s}."""
-    from kernels.bulk_copy import bulk_copy
+    from fabricsim.kernels.bulk_copy import bulk_copy
 
     sizes = [s for s in SIZES if s <= max_bytes]
     big = sizes[-1]
@@ -170,7 +171,7 @@ def bench_paged(b: Bench, n_gpu: int, ceilings: dict, total: int) -> None:
 
 
 def _paged_case(b: Bench, n_gpu: int, ceilings: dict, total: int, tokens: int) -> None:
-    from kernels.paged_kv import gather_pages, gather_ref, scatter_pages
+    from fabricsim.kernels.paged_kv import gather_pages, gather_ref, scatter_pages
 
     layers, heads, dim = 4, 8, 128
     page_bytes = tokens * heads * dim * 2
@@ -210,7 +211,7 @@ def _paged_case(b: Bench, n_gpu: int, ceilings: dict, total: int, tokens: int) -
 
 
 def bench_bucket(b: Bench, n_gpu: int, ceilings: dict) -> None:
-    from kernels.bucket import BucketLayout, BucketPlan, pack, unpack
+    from fabricsim.kernels.bucket import BucketLayout, BucketPlan, pack, unpack
 
     if b.time_left() < 0:
         b.skipped.append("bucket")
@@ -246,7 +247,7 @@ def bench_bucket(b: Bench, n_gpu: int, ceilings: dict) -> None:
 
 
 def bench_fp8(b: Bench, ceilings: dict, numel: int) -> None:
-    from kernels.fp8_cast import dequantize, quantize, quantize_ref
+    from fabricsim.kernels.fp8_cast import dequantize, quantize, quantize_ref
 
     if b.time_left() < 0:
         b.skipped.append("fp8")
@@ -279,7 +280,7 @@ def bench_fp8(b: Bench, ceilings: dict, numel: int) -> None:
 
 
 def _observer(handle: Any, device: int, n: int, q: Any, ready: Any) -> None:
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels.weightpool import PoolReader
 
     torch.cuda.set_device(device)
     r = PoolReader.open(handle, device=device)
@@ -301,7 +302,7 @@ def _observer(handle: Any, device: int, n: int, q: Any, ready: Any) -> None:
 def bench_pool(b: Bench, n_gpu: int, sizes: list[int]) -> None:
     import torch.multiprocessing as mp
 
-    from kernels.weightpool import WeightPool
+    from fabricsim.kernels.weightpool import WeightPool
 
     if b.time_left() < 0:
         b.skipped.append("weightpool")
@@ -352,7 +353,7 @@ def bench_pool(b: Bench, n_gpu: int, sizes: list[int]) -> None:
 
 
 def _pool_read_case(b: Bench, n_gpu: int, size: int) -> None:
-    from kernels.weightpool import PoolReader, WeightPool
+    from fabricsim.kernels.weightpool import PoolReader, WeightPool
 
     for double in (False, True):
         mode = "double" if double else "single"

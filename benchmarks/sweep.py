@@ -39,15 +39,15 @@ from pathlib import Path
 
 from _record import machine_facts, write_result
 
-from simcore.store import ResultsStore
-from simcore.study import Study, load_study
-from simcore.sweep import run_sweep
+from fabricsim.harness.store import ResultsStore
+from fabricsim.harness.study import Study, load_study
+from fabricsim.harness.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FANOUT_STUDY = f'''
 import numpy as np
-from simcore.study import Grid, Study, load_study
+from fabricsim.harness.study import Grid, Study, load_study
 
 _fanout = load_study({str(ROOT / "studies" / "example_fanout.py")!r})
 SIZES = sorted({{int(s) for s in np.logspace(12, 30, 100, base=2)}})
@@ -60,11 +60,11 @@ STUDY = Study(
 '''
 
 WEIGHTSYNC_STUDY = '''
-from hwmodels import presets
-from simcore.study import Grid, Study, Uniform
-from simcore.workloads import models
-from simcore.workloads.placement import FSDPLayout, RolloutLayout
-from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.hwmodels import presets
+from fabricsim.harness.study import Grid, Study, Uniform
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 
 
 def run(p):

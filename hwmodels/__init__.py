@@ -1,8 +1,9 @@
 """What the hardware is: component specs, topology graphs, presets, topology files and calibration profiles."""
 
+from fabricsim.errors import CalibrationError, FabricsimError, TopologyError
+
 from . import presets
 from .calibration import CalibrationProfile, load_profile
-from .errors import CalibrationError, FabricsimError, TopologyError
 from .topology import Path, Topology
 
 __all__ = ["CalibrationError", "CalibrationProfile", "FabricsimError", "Path", "Topology", "TopologyError",

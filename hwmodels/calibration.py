@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CalibrationError
+from fabricsim.errors import CalibrationError
+
 from .fileio import atomic_write_text, read_yaml
 
 FORMAT_VERSION = 1

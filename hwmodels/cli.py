@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import TopologyError
+from fabricsim.errors import TopologyError
+
 from .fileio import atomic_write_text
 from .presets import load
 from .topofile import topology_to_dict

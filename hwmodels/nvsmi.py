@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import TopologyError
+from fabricsim.errors import TopologyError
+
+from .memcaps import add_memory_caps
 from .specs import HostDRAMSpec, NICSpec, NVLinkSpec, NVSwitchSpec, PCIeSpec, SocketLinkSpec, gpu_model
 from .topology import Topology
 
@@ -115,8 +117,6 @@ def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -
         for (a, b), n in nv.items():
             link = NVLinkSpec(4, n)
             t.add_link(_node_name(a), _node_name(b), "nvlink", link.Bps, link.latency_s)
-    from .presets import add_memory_caps
-
     add_memory_caps(t)
     t.validate()
     return t

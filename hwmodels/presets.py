@@ -23,8 +23,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from fabricsim.errors import TopologyError
+
 from .calibration import CalibrationProfile, bundled_profile_path, load_profile
-from .errors import TopologyError
+from .memcaps import add_memory_caps
 from .specs import (
     HostDRAMSpec,
     NetSwitchSpec,
@@ -59,15 +61,6 @@ def _nvme(t: Topology, p: str, idx: int, cpu: str, spec: NVMeSpec | None = None)
     t.add_link(name, cpu, "nvme", spec.read_GBps * 1e9, spec.latency_s, Bps_reverse=spec.write_GBps * 1e9)
 
 
-def add_memory_caps(t: Topology) -> None:
-    """HBM and socket DRAM as caps drawn by every copy that reads or writes them (twice for a local copy)."""
-    for n, kind in list(t.graph.nodes(data="kind")):
-        if kind not in ("gpu", "host"):
-            continue
-        spec = t.graph.nodes[n]["spec"]
-        edges = [e for nb in t.graph.neighbors(n) for e in ((n, nb), (nb, n))]
-        Bps = spec.hbm_Bps if kind == "gpu" else spec.Bps
-        t.add_cap(f"{n}.{'hbm' if kind == 'gpu' else 'dram'}", Bps, edges=edges, endpoints=[n], local_copy_coeff=2.0)
 
 
 def _hgx_node(t: Topology, p: str, model: str, n_gpus: int, uplink_lanes: int, nics: bool) -> None:

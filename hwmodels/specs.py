@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import TopologyError
+from fabricsim.errors import TopologyError
 
 GB = 1e9
 GiB = 1 << 30

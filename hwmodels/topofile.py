@@ -30,8 +30,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import TopologyError
+from fabricsim.errors import TopologyError
+
 from .fileio import read_yaml
+from .memcaps import add_memory_caps
 from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
 from .topology import Topology
 
@@ -116,8 +118,6 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             _located(f"{source}: links[{i}]", _add_link, t, link, f"{source}: links[{i}]")
         if "host" not in t.aliases and "host0" in t.graph:
             t.aliases["host"] = "host0"
-        from .presets import add_memory_caps
-
         add_memory_caps(t)
         for i, c in enumerate(_list(f"{source}: caps", d.get("caps"))):
             where = f"{source}: caps[{i}]"

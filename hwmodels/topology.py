@@ -21,6 +21,8 @@ from typing import Any
 
 import networkx as nx
 
+from fabricsim.errors import CalibrationError, TopologyError
+
 from .calibration import (
     PATH_CLASSES,
     CalibrationProfile,
@@ -29,7 +31,6 @@ from .calibration import (
     PathParams,
     SoftwareCost,
 )
-from .errors import CalibrationError, TopologyError
 from .specs import GPUSpec
 
 ENDPOINT_KINDS = ("gpu", "host", "nvme")

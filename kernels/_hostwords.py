@@ -34,7 +34,7 @@ import weakref
 
 import numpy as np
 
-from kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError
+from fabricsim.kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError
 
 SHM_DIR = "/dev/shm"
 PREFIX = "fabricsim-wpool-"

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import torch
 
-from kernels.errors import KernelInputError, PeerAccessError, TritonUnavailableError
+from fabricsim.kernels.errors import KernelInputError, PeerAccessError, TritonUnavailableError
 
 
 def interpreting() -> bool:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._runtime import device_context, launch_device, triton_modules
-from kernels.errors import KernelInputError
+from fabricsim.kernels._runtime import device_context, launch_device, triton_modules
+from fabricsim.kernels.errors import KernelInputError
 
 ALIGN = 16
 CHUNK_BYTES = 16384
@@ -171,6 +171,6 @@ def _check(tensors: Sequence[torch.Tensor], bucket: torch.Tensor, layout: Bucket
 
 def _kernel():
     triton_modules()  # a typed error where Triton is missing
-    from kernels import _copy_jit
+    from fabricsim.kernels import _copy_jit
 
     return _copy_jit.bucket_copy

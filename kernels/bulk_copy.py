@@ -15,8 +15,8 @@ import functools
 
 import torch
 
-from kernels._runtime import byte_view, device_context, launch_device, triton_modules, word_dtype
-from kernels.errors import KernelInputError
+from fabricsim.kernels._runtime import byte_view, device_context, launch_device, triton_modules, word_dtype
+from fabricsim.kernels.errors import KernelInputError
 
 BLOCK = 2048  # words per tile: 8 KiB of int32 words, 8 per thread at 8 warps
 TILES_PER_PROGRAM = 4  # 32 KiB per program keeps enough loads in flight without a huge grid

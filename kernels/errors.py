@@ -1,12 +1,12 @@
 """Typed errors of the kernels layer.
 
 Every error a caller can cause (bad tensors, a pool that is gone, a reader trying to write) subclasses
-`hwmodels.errors.FabricsimError`, so the CLI reports it as one line and tests can match on the type.
+`fabricsim.errors.FabricsimError`, so the CLI reports it as one line and tests can match on the type.
 """
 
 from __future__ import annotations
 
-from hwmodels.errors import FabricsimError
+from fabricsim.errors import FabricsimError
 
 
 class KernelError(FabricsimError):

@@ -17,8 +17,8 @@ import functools
 
 import torch
 
-from kernels._runtime import device_context, interpreting, launch_device, triton_modules
-from kernels.errors import KernelInputError
+from fabricsim.kernels._runtime import device_context, interpreting, launch_device, triton_modules
+from fabricsim.kernels.errors import KernelInputError
 
 FP8_MAX = 448.0
 TENSOR_BLOCK = 4096  # elements per program in per-tensor mode
@@ -144,7 +144,7 @@ def _next_pow2(n: int) -> int:
 @functools.cache
 def _kernels() -> dict:
     triton_modules()  # a typed error where Triton is missing
-    from kernels import _fp8_jit
+    from fabricsim.kernels import _fp8_jit
 
     return {
         "amax": _fp8_jit.amax,

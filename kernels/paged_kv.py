@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels._runtime import device_context, launch_device, triton_modules
-from kernels.errors import KernelInputError
+from fabricsim.kernels._runtime import device_context, launch_device, triton_modules
+from fabricsim.kernels.errors import KernelInputError
 
 CHUNK_BYTES = 8192  # bytes per tile (2048 int32 words: 16 bytes x 2 per thread of 8 warps, unrolled x4)
 TILES_PER_PROGRAM = 4  # up to 32 KiB per program, as in bulk_copy: enough bytes in flight per program
@@ -155,6 +155,6 @@ def _next_pow2(n: int) -> int:
 
 def _kernel():
     triton_modules()  # a typed error where Triton is missing
-    from kernels import _copy_jit
+    from fabricsim.kernels import _copy_jit
 
     return _copy_jit.page_copy

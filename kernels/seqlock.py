@@ -32,7 +32,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kernels.errors import PoolError
+from fabricsim.kernels.errors import PoolError
 
 HEAD, SEQ0, SEQ1 = 0, 1, 2
 N_WORDS = 3

@@ -61,9 +61,9 @@ from typing import Any
 
 import torch
 
-from kernels import seqlock
-from kernels._hostwords import HostRegisterError, HostWords
-from kernels.errors import (
+from fabricsim.kernels import seqlock
+from fabricsim.kernels._hostwords import HostRegisterError, HostWords
+from fabricsim.kernels.errors import (
     KernelInputError,
     LayoutMismatchError,
     PeerAccessError,
@@ -394,7 +394,7 @@ class PoolReader:
         if slot is None:
             slot = self.words.load()[seqlock.HEAD] & 1 if self.double else 0
         if self.device.index != self.mem.device.index:
-            from kernels._runtime import enable_peer_access
+            from fabricsim.kernels._runtime import enable_peer_access
 
             enable_peer_access(self.device.index, self.mem.device.index)
         return _slot_views(self.mem, self.layout, slot)
@@ -499,7 +499,7 @@ def _store_word_fn(words: HostWords, stream: torch.cuda.Stream) -> tuple[str, Ca
     write is enqueued, the even word after the payload finished), but every store waits for the stream.
     """
     try:
-        from kernels import _control_jit
+        from fabricsim.kernels import _control_jit
 
         page = words.tensor()  # pinned and mapped for the GPU
     except (ImportError, HostRegisterError):

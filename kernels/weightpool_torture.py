@@ -6,7 +6,7 @@ shows as words whose `value - i` differ. Readers (separate processes, spread ove
 version (torn). A control reader copies without the protocol, to show that tearing does happen here
 and the check would catch it.
 
-Run: `python -m kernels.weightpool_torture --mode double --readers 2 --reads 10000 --out result.json`
+Run: `python -m fabricsim.kernels.weightpool_torture --mode double --readers 2 --reads 10000 --out result.json`
 (needs CUDA; prints one JSON object and writes it to --out).
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from kernels.errors import PoolTimeoutError
-from kernels.weightpool import HEADER_BYTES, PoolHandle, PoolReader, WeightPool
+from fabricsim.kernels.errors import PoolTimeoutError
+from fabricsim.kernels.weightpool import HEADER_BYTES, PoolHandle, PoolReader, WeightPool
 
 
 def _pattern_base(n_words: int, device: torch.device) -> torch.Tensor:

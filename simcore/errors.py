@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwmodels.errors import FabricsimError
+from fabricsim.errors import FabricsimError
 
 
 class ScenarioError(FabricsimError):

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwmodels import presets
-from hwmodels.errors import FabricsimError
-from hwmodels.fileio import read_yaml
-from hwmodels.topology import Topology
+from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.fileio import read_yaml
+from fabricsim.hwmodels.topology import Topology
 
 from .errors import ScenarioError
 from .records import Result

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from hwmodels.errors import TopologyError
-from hwmodels.topology import Topology
+from fabricsim.errors import TopologyError
+from fabricsim.hwmodels.topology import Topology
 
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork

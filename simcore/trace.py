@@ -12,7 +12,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from hwmodels.fileio import atomic_write_text
+from fabricsim.hwmodels.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .records import Record, Result

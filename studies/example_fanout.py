@@ -17,10 +17,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from hwmodels import presets
-from simcore import Simulation
-from simcore.store import ResultsStore, StoreError, make_row
-from simcore.study import Figure, Grid, PointContext, Study, point_id
+from fabricsim.harness.store import ResultsStore, StoreError, make_row
+from fabricsim.harness.study import Figure, Grid, PointContext, Study, point_id
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
 
 GPUS = {"h100-1": 1, "h200-2": 2, "hgx-h200-8": 8}
 SIZES = [1024 * 4**k for k in range(1, 11)]  # 4 KiB, 16 KiB, ..., 1 GiB

@@ -14,10 +14,10 @@ Run it:  fabricsim sweep kv_offload && fabricsim plot kv_offload
 
 from __future__ import annotations
 
-from simcore.study import Figure, Grid, PointContext, Study
-from simcore.workloads.errors import InfeasibleError
-from simcore.workloads.requests import Request
-from simcore.workloads.serving import ServingConfig, serve
+from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.workloads.errors import InfeasibleError
+from fabricsim.workloads.requests import Request
+from fabricsim.workloads.serving import ServingConfig, serve
 
 # One model per machine: an 8B model on one H100, a 70B model across eight H200s (TP 8).
 SETUPS = {

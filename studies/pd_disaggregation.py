@@ -16,9 +16,9 @@ Run it:  fabricsim sweep pd_disaggregation && fabricsim plot pd_disaggregation
 
 from __future__ import annotations
 
-from simcore.study import Figure, Grid, PointContext, Study
-from simcore.workloads.requests import poisson_requests
-from simcore.workloads.serving import ServingConfig, serve
+from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.workloads.requests import poisson_requests
+from fabricsim.workloads.serving import ServingConfig, serve
 
 LINKS = {"nvlink": "hgx-h100-8", "rdma": "cluster-2x8", "pcie": "pcie-4gpu"}
 SPLITS = {"colocated": (0, 4), "1:3": (1, 3), "2:2": (2, 2), "3:1": (3, 1)}

@@ -14,9 +14,9 @@ Run it:  fabricsim sweep prefix_sharing && fabricsim plot prefix_sharing
 
 from __future__ import annotations
 
-from simcore.study import Figure, Grid, PointContext, Study
-from simcore.workloads.requests import Request
-from simcore.workloads.serving import ServingConfig, serve
+from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.workloads.requests import Request
+from fabricsim.workloads.serving import ServingConfig, serve
 
 SUFFIX_TOKENS = 64
 OUTPUT_TOKENS = 128

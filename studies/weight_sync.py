@@ -21,11 +21,11 @@ from functools import lru_cache
 
 from matplotlib.figure import Figure as MplFigure
 
-from hwmodels import presets
-from simcore.study import Figure, Grid, PointContext, Study
-from simcore.workloads import models
-from simcore.workloads.placement import FSDPLayout, RolloutLayout
-from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.hwmodels import presets
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 
 LAYOUTS = {
     "colocated": ("hgx-h200-8", [f"gpu{i}" for i in range(8)], [f"gpu{i}" for i in range(8)]),

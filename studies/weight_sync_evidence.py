@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hwmodels import presets
-from hwmodels.specs import NVLinkSpec
-from simcore.study import Grid, PointContext, Study
-from simcore.workloads import models
-from simcore.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout
-from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.harness.study import Grid, PointContext, Study
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.specs import NVLinkSpec
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 
 GPUS8 = [f"gpu{i}" for i in range(8)]
 GiB = 1 << 30

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels.specs import GPU_MODELS
-from hwmodels.topology import Topology
+from fabricsim.hwmodels.specs import GPU_MODELS
+from fabricsim.hwmodels.topology import Topology
 
 GBps = 1e9
 
@@ -34,6 +34,6 @@ def line() -> Topology:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load (on a fresh checkout: compile, ~20 s) the fluid engine's compiled core once, before any test runs,
     so its one-off cost is not charged to whichever test happens to simulate first."""
-    from simcore.fluid import load_core
+    from fabricsim.simcore.fluid import load_core
 
     load_core()

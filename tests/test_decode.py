@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels import presets
-from simcore import Simulation
-from simcore.workloads import models
-from simcore.workloads.decode import (
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
+from fabricsim.workloads import models
+from fabricsim.workloads.decode import (
     DecodeBatch,
     decode_work,
     path_bandwidth_Bps,
     schedule_decode_step,
     step_cost,
 )
-from simcore.workloads.errors import WorkloadError
+from fabricsim.workloads.errors import WorkloadError
 
 TOPO = presets.get("hgx-h200-8", calibration=None)
 GPU = TOPO.gpu("gpu0")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hwmodels import presets
-from simcore import OutOfMemory, Simulation
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import OutOfMemory, Simulation
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import GBps, line_topology
 
-from hwmodels import presets
-from simcore import Simulation
-from simcore.fluid import Flow, max_min_rates
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
+from fabricsim.simcore.fluid import Flow, max_min_rates
 
 
 def test_lone_transfer_takes_latency_plus_bytes_over_bandwidth(line):

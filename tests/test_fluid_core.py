@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import simpy
 
-from simcore.fluid import Flow, FluidNetwork
+from fabricsim.simcore.fluid import Flow, FluidNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +86,8 @@ def test_reused_slot_ignores_the_previous_flows_stale_finish_entries():
 _SCENARIO = """
 import json, random, sys
 sys.path.insert(0, {root!r})
-from hwmodels import presets
-from simcore import Simulation
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
 rng = random.Random(3)
 topo = presets.get("hgx-h200-8", calibration=None)
 ends = [e for e in topo.endpoints() if e.split(".")[-1].startswith(("gpu", "host"))]

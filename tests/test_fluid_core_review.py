@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import simpy
 
-from simcore.fluid import Flow, FluidNetwork, max_min_rates
+from fabricsim.simcore.fluid import Flow, FluidNetwork, max_min_rates
 
 
 def test_flow_started_from_on_load_during_a_departure_that_grows_the_slot_table():

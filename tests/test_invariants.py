@@ -9,10 +9,10 @@ import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwmodels.presets import add_memory_caps
-from hwmodels.specs import GPU_MODELS
-from hwmodels.topology import Topology
-from simcore import Simulation
+from fabricsim.hwmodels.memcaps import add_memory_caps
+from fabricsim.hwmodels.specs import GPU_MODELS
+from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore import Simulation
 
 
 def random_topology(seed: int, n_switches: int, n_gpus: int) -> Topology:

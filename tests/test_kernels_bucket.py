@@ -8,8 +8,8 @@ from _gpu import DEVICE, gpu, poison
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.bucket import BucketLayout, BucketPlan, pack, pack_ref, unpack, unpack_ref
-from kernels.errors import KernelInputError
+from fabricsim.kernels.bucket import BucketLayout, BucketPlan, pack, pack_ref, unpack, unpack_ref
+from fabricsim.kernels.errors import KernelInputError
 
 DTYPES = [torch.uint8, torch.bfloat16, torch.float16, torch.float32, torch.int64]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from _gpu import AWKWARD_SIZES, DEVICE, HAS_CUDA, gpu, multigpu, poison
 
-from kernels.bulk_copy import bulk_copy, copy_ref
-from kernels.errors import KernelInputError, TritonUnavailableError
+from fabricsim.kernels.bulk_copy import bulk_copy, copy_ref
+from fabricsim.kernels.errors import KernelInputError, TritonUnavailableError
 
 
 def _rand(n: int, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
@@ -42,8 +42,8 @@ def test_size_mismatch_is_a_typed_error() -> None:
 
 
 def test_missing_triton_is_a_typed_error_and_the_reference_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels import _runtime
-    from kernels import bulk_copy as module
+    from fabricsim.kernels import _runtime
+    from fabricsim.kernels import bulk_copy as module
 
     src = _rand(10, torch.uint8, DEVICE, 2)
     monkeypatch.setitem(sys.modules, "triton", None)

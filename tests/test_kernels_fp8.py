@@ -6,8 +6,8 @@ import pytest
 import torch
 from _gpu import DEVICE, gpu, poison
 
-from kernels.errors import KernelInputError
-from kernels.fp8_cast import dequantize, dequantize_ref, quantize, quantize_ref
+from fabricsim.kernels.errors import KernelInputError
+from fabricsim.kernels.fp8_cast import dequantize, dequantize_ref, quantize, quantize_ref
 
 
 def _x(n: int, seed: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from _gpu import DEVICE, gpu, multigpu, poison
 
-from kernels.errors import KernelInputError
-from kernels.paged_kv import gather_pages, gather_ref, scatter_pages, scatter_ref
+from fabricsim.kernels.errors import KernelInputError
+from fabricsim.kernels.paged_kv import gather_pages, gather_ref, scatter_pages, scatter_ref
 
 CASES = [  # layers, blocks, page tokens, heads, head_dim, pages gathered, dtype
     (2, 7, 3, 2, 5, 4, torch.bfloat16),  # odd page bytes: byte path

@@ -74,8 +74,8 @@ def measure(page_bytes: int, pages: int = PAGES, seed: int = 0) -> dict[str, flo
 
 def predict(page_bytes: int, pages: int, mechanism: str) -> float:
     """fabricsim's time for the same move on the calibrated h100-1 preset, through `Instance.move`."""
-    from simcore.workloads.requests import Request
-    from simcore.workloads.serving import ServingConfig, ServingSystem
+    from fabricsim.workloads.requests import Request
+    from fabricsim.workloads.serving import ServingConfig, ServingSystem
 
     cfg = ServingConfig(model="Llama-3-8B", page_tokens=page_bytes // BYTES_PER_TOKEN_PER_LAYER,
                         mechanism=mechanism)

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simcore.workloads.kvpolicies import StepItem, make_policy, names
-from simcore.workloads.kvpolicies.base import Seq
-from simcore.workloads.kvpolicies.prefix import _Entry, prefix_read_factor
-from simcore.workloads.kvsize import KVLayout
-from simcore.workloads.models import get
-from simcore.workloads.requests import Request, poisson_requests
-from simcore.workloads.serving import ServingConfig, ServingSystem, serve
+from fabricsim.workloads.kvpolicies import StepItem, make_policy, names
+from fabricsim.workloads.kvpolicies.base import Seq
+from fabricsim.workloads.kvpolicies.prefix import _Entry, prefix_read_factor
+from fabricsim.workloads.kvsize import KVLayout
+from fabricsim.workloads.models import get
+from fabricsim.workloads.requests import Request, poisson_requests
+from fabricsim.workloads.serving import ServingConfig, ServingSystem, serve
 
 MODEL = get("Llama-3-8B")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simcore.workloads.requests import Request, RequestError, load_trace, poisson_requests, write_trace
+from fabricsim.workloads.requests import Request, RequestError, load_trace, poisson_requests, write_trace
 
 
 def test_same_seed_same_requests():

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simcore.workloads.kvsize import KVConfigError, KVLayout
-from simcore.workloads.models import ModelConfig, get
+from fabricsim.workloads.kvsize import KVConfigError, KVLayout
+from fabricsim.workloads.models import ModelConfig, get
 
 
 def test_llama3_70b_gqa_bytes_per_token():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simcore.study import load_study
+from fabricsim.harness.study import load_study
 
 
 @pytest.mark.parametrize("name, points", [("kv_offload", 48), ("prefix_sharing", 27), ("pd_disaggregation", 24)])

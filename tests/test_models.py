@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels.errors import FabricsimError
-from simcore.workloads import models
-from simcore.workloads.errors import UnknownModelError, WorkloadError
+from fabricsim.errors import FabricsimError
+from fabricsim.workloads import models
+from fabricsim.workloads.errors import UnknownModelError, WorkloadError
 
 # Kimi-K2's report says 1.04T while its released config.json gives 1.026T (the model card says "1T"); that
 # 1.3% gap is in the published numbers themselves, so it gets its own allowance, stated here.

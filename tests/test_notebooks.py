@@ -69,7 +69,7 @@ def test_readme_topology_file_example_loads() -> None:
 
     import yaml
 
-    from hwmodels.topofile import topology_from_dict
+    from fabricsim.hwmodels.topofile import topology_from_dict
 
     (block,) = re.findall(r"```yaml\n(name: my-box.*?)```", (ROOT / "README.md").read_text(), re.S)
     topo = topology_from_dict(yaml.safe_load(block), "README.md topology example")

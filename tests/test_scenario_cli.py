@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fabricsim.cli import main
-from simcore.scenario import load_scenario
+from fabricsim.simcore.scenario import load_scenario
 
 GOOD = """\
 topology: hgx-h200-8
@@ -183,8 +183,8 @@ def test_json_lists_tasks_when_the_scenario_has_them(tmp_path, capsys):
 def test_topo_show_yaml_is_the_uncalibrated_structure(tmp_path, capsys):
     assert main(["topo", "show", "h200-2", "--yaml"]) == 0
     f = write(tmp_path, capsys.readouterr().out, "box.yaml")
-    from hwmodels import presets
-    from hwmodels.topofile import load_topology_file
+    from fabricsim.hwmodels import presets
+    from fabricsim.hwmodels.topofile import load_topology_file
 
     loaded, ref = load_topology_file(f), presets.get("h200-2", calibration=None)
     assert loaded.resources() == pytest.approx(ref.resources())

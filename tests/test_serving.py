@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels import presets
-from hwmodels.calibration import CalibrationProfile, PathParams
-from simcore.workloads.decode import DecodeBatch, path_bandwidth_Bps, step_cost
-from simcore.workloads.errors import InfeasibleError
-from simcore.workloads.kvpolicies import PolicyError, make_policy
-from simcore.workloads.kvsize import KVConfigError, KVLayout
-from simcore.workloads.models import get
-from simcore.workloads.requests import Request, poisson_requests
-from simcore.workloads.serving import ServingConfig, ServingError, serve
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import CalibrationProfile, PathParams
+from fabricsim.workloads.decode import DecodeBatch, path_bandwidth_Bps, step_cost
+from fabricsim.workloads.errors import InfeasibleError
+from fabricsim.workloads.kvpolicies import PolicyError, make_policy
+from fabricsim.workloads.kvsize import KVConfigError, KVLayout
+from fabricsim.workloads.models import get
+from fabricsim.workloads.requests import Request, poisson_requests
+from fabricsim.workloads.serving import ServingConfig, ServingError, serve
 
 MODEL = get("Llama-3-8B")
 

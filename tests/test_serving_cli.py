@@ -1,4 +1,4 @@
-"""`fabricsim serve` (module simcore.workloads.serve_cli): runs, prints JSON, and reports bad input in one line."""
+"""`fabricsim serve` (module fabricsim.workloads.serve_cli): runs, prints JSON, and reports bad input in one line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hwmodels.errors import FabricsimError
-from simcore.workloads import serve_cli
+from fabricsim.errors import FabricsimError
+from fabricsim.workloads import serve_cli
 
 
 def _run(argv: list[str]) -> int:

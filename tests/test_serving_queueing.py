@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels import presets
-from simcore.workloads.decode import DecodeBatch, decode_work
-from simcore.workloads.kvsize import KVLayout
-from simcore.workloads.models import get
-from simcore.workloads.requests import poisson_requests
-from simcore.workloads.serving import serve
+from fabricsim.hwmodels import presets
+from fabricsim.workloads.decode import DecodeBatch, decode_work
+from fabricsim.workloads.kvsize import KVLayout
+from fabricsim.workloads.models import get
+from fabricsim.workloads.requests import poisson_requests
+from fabricsim.workloads.serving import serve
 
 MODEL = get("Llama-3-8B")
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fabricsim.cli import main
-from simcore.store import (
+from fabricsim.harness.store import (
     CORE_COLUMNS,
     CorruptResultsFile,
     CorruptResultsWarning,
@@ -134,7 +134,7 @@ def test_a_crash_while_writing_leaves_no_visible_file(tmp_path: Path) -> None:
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_store import _rows
-        from simcore.store import ResultsStore
+        from fabricsim.harness.store import ResultsStore
         os.fsync = lambda fd: os._exit(9)
         ResultsStore({str(tmp_path)!r}).write(_rows("a", "r1", 50), study="a", run_id="r1")
     """)

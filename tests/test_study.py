@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simcore.study import (
+from fabricsim.harness.study import (
     Choice,
     Figure,
     Grid,
@@ -185,7 +185,7 @@ def _write(tmp_path: Path, text: str, name: str = "st.py") -> Path:
 
 def test_load_study_by_path_and_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = (
-        "from simcore.study import Grid, Study, Figure\n"
+        "from fabricsim.harness.study import Grid, Study, Figure\n"
         "def f(p):\n    return {'y': p['x'] * 2}\n"
         "STUDY = Study(name='demo', grid=Grid.product(x=[1, 2]), run=f, figures=[Figure('y', x='x', y='y')])\n"
     )
@@ -203,9 +203,9 @@ def test_load_study_by_path_and_name(tmp_path: Path, monkeypatch: pytest.MonkeyP
     "body, match",
     [
         ("x = 1\n", "defines no STUDY"),
-        ("STUDY = 3\n", "must be a simcore.study.Study"),
-        ("from simcore.study import Study\nSTUDY = Study(name='a', run=print)\n", "missing 1 required.*grid"),
-        ("from simcore.study import Study, Grid\nSTUDY = Study(name='a', grid=Grid.product(a=[1]))\n",
+        ("STUDY = 3\n", "must be a fabricsim.harness.study.Study"),
+        ("from fabricsim.harness.study import Study\nSTUDY = Study(name='a', run=print)\n", "missing 1 required.*grid"),
+        ("from fabricsim.harness.study import Study, Grid\nSTUDY = Study(name='a', grid=Grid.product(a=[1]))\n",
          "missing 1 required.*run"),
         ("raise RuntimeError('boom')\n", "failed to load: RuntimeError: boom"),
         ("def (:\n", "failed to load: SyntaxError"),

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 
 from fabricsim.cli import main
-from simcore.store import ResultsStore
-from simcore.study import load_study
-from simcore.sweep import SweepError, check_ray_address, run_sweep, trace_point
+from fabricsim.harness.store import ResultsStore
+from fabricsim.harness.study import load_study
+from fabricsim.harness.sweep import SweepError, check_ray_address, run_sweep, trace_point
 
 TOY = '''
 import json, time
-from simcore.study import Figure, Grid, Study
+from fabricsim.harness.study import Figure, Grid, Study
 
 def run(p, ctx=None):
     if p.get("sleep"):
@@ -171,9 +171,11 @@ def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "body, match",
     [
-        ("from simcore.study import Study\ndef f(p):\n    return {'a': 1}\nSTUDY = Study(name='s', run=f)\n", "grid"),
-        ("from simcore.study import Study, Grid\nSTUDY = Study(name='s', grid=Grid.product(a=[1]))\n", "run"),
-        ("from simcore.study import Study, Grid\nSTUDY = Study(name='s', grid=Grid.product(a=[]), run=print)\n",
+        ("from fabricsim.harness.study import Study\n"
+         "def f(p):\n    return {'a': 1}\nSTUDY = Study(name='s', run=f)\n", "grid"),
+        ("from fabricsim.harness.study import Study, Grid\nSTUDY = Study(name='s', grid=Grid.product(a=[1]))\n", "run"),
+        ("from fabricsim.harness.study import Study, Grid\n"
+         "STUDY = Study(name='s', grid=Grid.product(a=[]), run=print)\n",
          "grid is empty"),
         ("pass\n", "defines no STUDY"),
     ],
@@ -268,7 +270,7 @@ def test_concurrent_sweeps_into_one_store_keep_every_row(tmp_path: Path) -> None
 
 def test_inline_study_runs_on_the_pool(tmp_path: Path) -> None:
     # A study built in a notebook (lambdas, no file) still runs in parallel: workers are forked.
-    from simcore.study import Grid, Study
+    from fabricsim.harness.study import Grid, Study
 
     study = Study(name="inline", grid=Grid.product(x=list(range(20))), run=lambda p: {"y": p["x"] + 0.5})
     report = run_sweep(study, store=tmp_path, workers=2, progress=False, chunk_size=3)
@@ -280,7 +282,7 @@ def test_inline_study_runs_on_the_pool(tmp_path: Path) -> None:
 
 
 def test_results_show_compare(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from simcore.store import make_row
+    from fabricsim.harness.store import make_row
 
     store = ResultsStore(tmp_path)
     run_sweep(toy_study(tmp_path), store=store, workers=1, progress=False)
@@ -357,7 +359,7 @@ def test_progress_line_shows_rate_eta_and_failures(tmp_path: Path) -> None:
 
 
 def test_chunk_sizer_follows_point_cost() -> None:
-    from simcore.sweep import PointOutcome, _ChunkSizer
+    from fabricsim.harness.sweep import PointOutcome, _ChunkSizer
 
     def outcomes(seconds: float, n: int = 20) -> list[PointOutcome]:
         return [PointOutcome("p", {}, {"m": (1.0, "")}, None, seconds)] * n

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from simcore.plots import FigureSkipped, draw_figure, plot_study
-from simcore.store import ResultsStore, StoreError, make_row
-from simcore.study import Figure, Grid, Study, StudyError, point_id
+from fabricsim.harness.plots import FigureSkipped, draw_figure, plot_study
+from fabricsim.harness.store import ResultsStore, StoreError, make_row
+from fabricsim.harness.study import Figure, Grid, Study, StudyError, point_id
 
 
 def _run(p: dict) -> dict:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simcore.store import ResultsStore
-from simcore.sweep import run_sweep
+from fabricsim.harness.store import ResultsStore
+from fabricsim.harness.sweep import run_sweep
 
 ray = pytest.importorskip("ray")
 
 STUDY = '''
-from simcore.study import Grid, Study
+from fabricsim.harness.study import Grid, Study
 
 def run(p):
     if p["n"] == 5:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels import presets
-from hwmodels.calibration import profile_from_dict
-from hwmodels.errors import CalibrationError, TopologyError
-from hwmodels.nvsmi import topology_from_topo_m
-from hwmodels.topofile import topology_from_dict, topology_to_dict
-from simcore import Simulation
+from fabricsim.errors import CalibrationError, TopologyError
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import profile_from_dict
+from fabricsim.hwmodels.nvsmi import topology_from_topo_m
+from fabricsim.hwmodels.topofile import topology_from_dict, topology_to_dict
+from fabricsim.simcore import Simulation
 
 
 @pytest.mark.parametrize("name", ["h100-1", "h200-2", "hgx-h100-8", "hgx-h200-8", "pcie-4gpu", "cluster-2x8",
@@ -164,7 +164,7 @@ def test_calibrated_link_capacity_scales_narrower_links_of_the_kind():
 
 
 def test_profile_optional_fields_round_trip_and_legacy_files_still_read(tmp_path):
-    from hwmodels.calibration import CollectiveParams, SoftwareCost, load_profile
+    from fabricsim.hwmodels.calibration import CollectiveParams, SoftwareCost, load_profile
 
     d = {**_profile(), "links": {"pcie": 56e9},
          "collectives": {"broadcast": {"bus_Bps": 370e9, "fixed_s": 1e-5, "size_efficiency": [[1 << 20, 0.5],

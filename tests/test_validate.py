@@ -10,18 +10,18 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams
-from hwmodels.errors import CalibrationError
-from simcore.scenario import load_scenario, parse_scenario
-from validate import cli
-from validate.calibrate import calibrate, fit_path
-from validate.cases import CALIBRATION, HELD_OUT, build_cases, nccl_transfers, to_scenario
-from validate.device_fake import FakeDevice
-from validate.errors import MeasurementError, ValidateRunError
-from validate.measure import run_validate
-from validate.measurements import Measurements, load_measurements, with_split
-from validate.report import compare, report, summarise
-from validate.synthetic import synthetic_document
+from fabricsim.errors import CalibrationError
+from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams
+from fabricsim.simcore.scenario import load_scenario, parse_scenario
+from fabricsim.validate import cli
+from fabricsim.validate.cases import CALIBRATION, HELD_OUT, build_cases, nccl_transfers, to_scenario
+from fabricsim.validate.errors import MeasurementError, ValidateRunError
+from fabricsim.validate.fit.calibrate import calibrate, fit_path
+from fabricsim.validate.fit.report import compare, report, summarise
+from fabricsim.validate.fit.synthetic import synthetic_document
+from fabricsim.validate.gpu.device_fake import FakeDevice
+from fabricsim.validate.gpu.measure import run_validate
+from fabricsim.validate.measurements import Measurements, load_measurements, with_split
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -100,7 +100,7 @@ def test_validate_refuses_non_empty_output(tmp_path: Path) -> None:
 
 def test_cli_without_gpu_says_nothing_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr("validate.measure.open_device", lambda: None)
+    monkeypatch.setattr("fabricsim.validate.gpu.measure.open_device", lambda: None)
     assert cli.main(["validate", "--out", str(tmp_path / "v")]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert not (tmp_path / "v").exists()
@@ -199,7 +199,7 @@ def test_calibration_recovers_known_parameters(d2h_discipline: str, host_cap: fl
 def test_calibration_raises_links_that_one_copy_outruns() -> None:
     """Synthetic data from links wider than the preset's (one copy faster than the datasheet link): the fitted
     profile's `links` recovers those capacities, and re-simulating with it reproduces the measurements."""
-    base = __import__("hwmodels.presets", fromlist=["get"]).get("h200-2", calibration=None).resources()
+    base = __import__("fabricsim.hwmodels.presets", fromlist=["get"]).get("h200-2", calibration=None).resources()
     pcie, nvlink = base["cpu0->gpu0"] * 1.03, base["gpu0->gpu1"] * 1.02
     truth = CalibrationProfile(
         id="truth", machine="synthetic", gpu_model="H200", gpus=2, links={"pcie": pcie, "nvlink": nvlink},
@@ -271,7 +271,7 @@ def test_profile_for_another_machine_is_refused(tmp_path: Path, fake_measured: P
     other = replace(calibrate(m), gpu_model="H100", gpus=1, machine="nvidia-h100-x1")
     other.save(tmp_path / "h100.json")
     with pytest.raises(CalibrationError, match="fitted on 1x H100"):
-        cli_report = __import__("validate.report", fromlist=["report_file"]).report_file
+        cli_report = __import__("fabricsim.validate.fit.report", fromlist=["report_file"]).report_file
         cli_report(fake_measured, profile=tmp_path / "h100.json", out=tmp_path / "r", store=None)
     assert not (tmp_path / "r").exists()
 
@@ -298,7 +298,7 @@ def test_calibrate_and_report_end_to_end(tmp_path: Path, fake_measured: Path) ->
         assert (tmp_path / "r" / f).exists(), f
     md = (tmp_path / "r" / "report.md").read_text()
     assert "held-out" in md and "Per pattern" in md
-    from simcore.store import ResultsStore
+    from fabricsim.harness.store import ResultsStore
 
     rows = ResultsStore(tmp_path / "store").load("validate-h200-2")
     assert set(rows["source"]) == {"hw", "sim"}
@@ -318,17 +318,18 @@ def test_report_republishes_atomically(tmp_path: Path, fake_measured: Path) -> N
 
 
 def test_measuring_code_runs_without_the_simulator(tmp_path: Path) -> None:
-    """The GPU image has torch but not simpy: `python -m validate validate` must never import the simulator."""
+    """The GPU image has torch but not simpy: `python -m fabricsim.validate validate` never imports the simulator."""
     import subprocess
     import sys
 
     code = (
         "import sys; sys.modules['simpy'] = None\n"
-        "import validate.measure_torch, validate.cli\n"
-        "from validate.measure import run_validate\n"
-        "from validate.device_fake import FakeDevice\n"
+        "import fabricsim.validate.gpu.measure_torch, fabricsim.validate.cli\n"
+        "from fabricsim.validate.gpu.measure import run_validate\n"
+        "from fabricsim.validate.gpu.device_fake import FakeDevice\n"
         f"run_validate({str(tmp_path / 'v')!r}, 'quick', FakeDevice(2), verbose=False)\n"
-        "assert not any(m == 'simcore' or m.startswith('simcore.') for m in sys.modules), 'simcore imported'\n"
+        "sim = ('fabricsim.simcore', 'fabricsim.workloads', 'fabricsim.harness')\n"
+        "assert not any(m.startswith(sim) for m in sys.modules), 'simulator imported'\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from hwmodels.calibration import bundled_profile_path, load_profile
-from validate.cases import HELD_OUT
-from validate.measurements import load_measurements, with_split
-from validate.report import compare, load_summary, summarise
+from fabricsim.hwmodels.calibration import bundled_profile_path, load_profile
+from fabricsim.validate.cases import HELD_OUT
+from fabricsim.validate.fit.report import compare, load_summary, summarise
+from fabricsim.validate.measurements import load_measurements, with_split
 
 AIM_NCCL = 0.10
 
@@ -61,7 +61,7 @@ def test_held_out_error_within_documented_bound(machine: str) -> None:
 
 @pytest.mark.parametrize("machine", MACHINES)
 def test_preset_loads_the_committed_profile(machine: str) -> None:
-    from hwmodels import presets
+    from fabricsim.hwmodels import presets
 
     m = load_measurements(DATA / machine / "measured.json")
     topo = presets.get(m.preset)

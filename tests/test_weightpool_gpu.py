@@ -6,7 +6,7 @@ import pytest
 import torch
 from _gpu import HAS_CUDA, N_GPUS
 
-from kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError, ReadOnlyPoolError
+from fabricsim.kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError, ReadOnlyPoolError
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 
@@ -14,14 +14,14 @@ SPEC = {"w": ((1000, 3), torch.bfloat16), "b": ((7,), torch.float32), "e": ((0,)
 
 
 def _pool(double: bool):
-    from kernels.weightpool import WeightPool
+    from fabricsim.kernels.weightpool import WeightPool
 
     return WeightPool(SPEC, device=0, double_buffered=double)
 
 
 @pytest.mark.parametrize("double", [False, True])
 def test_publish_then_read_in_process(double: bool) -> None:
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels.weightpool import PoolReader
 
     pool = _pool(double)
     w = torch.randn(1000, 3, device="cuda:0").to(torch.bfloat16)
@@ -47,7 +47,7 @@ def test_publish_then_read_in_process(double: bool) -> None:
 
 
 def test_errors() -> None:
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels.weightpool import PoolReader
 
     pool = _pool(False)
     handle = pool.export()
@@ -72,7 +72,7 @@ def test_errors() -> None:
 
 
 def _remote_reader(handle, device, q) -> None:
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels.weightpool import PoolReader
 
     r = PoolReader.open(handle, device=device)
     v = r.wait_for(4, timeout=30)
@@ -101,7 +101,7 @@ def test_reader_in_another_process(device: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["single", "double"])
 def test_short_torture(mode: str) -> None:
-    from kernels.weightpool_torture import torture
+    from fabricsim.kernels.weightpool_torture import torture
 
     res = torture(mode, readers=2, reads=300, payload_mib=2, control_reads=20, gap_us=50.0)
     assert res["torn"] == 0 and res["reads"] == 600
@@ -110,8 +110,8 @@ def test_short_torture(mode: str) -> None:
 def test_cpu_store_fallback_when_cuda_will_not_register_the_page(monkeypatch) -> None:
     """Where registration fails the writer stores from the CPU after a stream sync; nothing sticky is left
     behind for torch's next kernel launch."""
-    from kernels import _hostwords
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels import _hostwords
+    from fabricsim.kernels.weightpool import PoolReader
 
     monkeypatch.setattr(_hostwords, "_REGISTER_FLAGS", 0x80)  # an invalid flag: cuMemHostRegister refuses
     for double in (False, True):
@@ -131,7 +131,7 @@ def test_cpu_store_fallback_when_cuda_will_not_register_the_page(monkeypatch) ->
 def test_a_pool_collected_without_close_is_gone_for_its_readers() -> None:
     import gc
 
-    from kernels.weightpool import PoolReader
+    from fabricsim.kernels.weightpool import PoolReader
 
     pool = _pool(True)
     pool.publish({"b": torch.ones(7, device="cuda:0")})

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from kernels._hostwords import PAGE, PREFIX, HostWords, sweep_stale
-from kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError
+from fabricsim.kernels._hostwords import PAGE, PREFIX, HostWords, sweep_stale
+from fabricsim.kernels.errors import KernelInputError, LayoutMismatchError, PoolGoneError
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import seqlock
-from kernels.errors import PoolError
-from kernels.seqlock import InMemoryBackend, Interleaving, publish, published_version, read_attempt
+from fabricsim.kernels import seqlock
+from fabricsim.kernels.errors import PoolError
+from fabricsim.kernels.seqlock import InMemoryBackend, Interleaving, publish, published_version, read_attempt
 
 N = 6
 

@@ -8,21 +8,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwmodels import presets
-from simcore import Simulation
-from simcore.workloads import models
-from simcore.workloads.decode import DecodeBatch, decode_work, path_bandwidth_Bps
-from simcore.workloads.errors import UnknownStrategyError, WorkloadError
-from simcore.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
-from simcore.workloads.weightsync import SyncSetup, get, simulate_sync
-from simcore.workloads.weightsync.base import coarsen, delta_encoding
-from simcore.workloads.weightsync.collectives import (
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
+from fabricsim.workloads import models
+from fabricsim.workloads.decode import DecodeBatch, decode_work, path_bandwidth_Bps
+from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.workloads.weightsync.base import coarsen, delta_encoding
+from fabricsim.workloads.weightsync.collectives import (
     ring_bottleneck_Bps,
     ring_broadcast,
     ring_broadcast_time,
     ring_order,
 )
-from simcore.workloads.weightsync.shared_pool import PoolProtocolError, VersionedWeightPool
+from fabricsim.workloads.weightsync.shared_pool import PoolProtocolError, VersionedWeightPool
 
 HGX = presets.get("hgx-h200-8", calibration=None)
 CLUSTER = presets.get("cluster-4x8", calibration=None)
@@ -251,7 +251,7 @@ def test_docs_python_blocks_run() -> None:
 def _sync_cli(argv: list[str]) -> int:
     import argparse
 
-    from simcore.workloads.weightsync import cli
+    from fabricsim.workloads.weightsync import cli
 
     parser = argparse.ArgumentParser(prog="fabricsim")
     cli.add_parser(parser.add_subparsers())
@@ -262,7 +262,7 @@ def _sync_cli(argv: list[str]) -> int:
 def test_cli_json_and_errors(capsys) -> None:
     import json
 
-    from simcore.workloads.weightsync.cli import parse_gpus
+    from fabricsim.workloads.weightsync.cli import parse_gpus
 
     assert parse_gpus("gpu0-2,node1.gpu7") == ["gpu0", "gpu1", "gpu2", "node1.gpu7"]
     assert _sync_cli(["Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--json",
@@ -358,7 +358,7 @@ def test_calibrated_nccl_caps_the_ring_and_adds_the_call_cost() -> None:
 
 def test_calibrated_ipc_costs_replace_the_estimate() -> None:
     """h200-2's profile fitted CUDA IPC open/close: the per-bucket handle cost follows it (plus messaging)."""
-    from simcore.workloads.weightsync.cuda_ipc import CudaIpcBuckets
+    from fabricsim.workloads.weightsync.cuda_ipc import CudaIpcBuckets
 
     strat = CudaIpcBuckets()
     cal, raw = presets.get("h200-2"), presets.get("h200-2", calibration=None)

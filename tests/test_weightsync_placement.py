@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simcore.workloads import models
-from simcore.workloads.errors import InfeasibleError, PlacementError
-from simcore.workloads.placement import (
+from fabricsim.workloads import models
+from fabricsim.workloads.errors import InfeasibleError, PlacementError
+from fabricsim.workloads.placement import (
     FSDPLayout,
     MegatronLayout,
     RolloutLayout,
@@ -95,7 +95,7 @@ def test_fsdp_reshard_property(n_train: int, rtp: int, engines: int, rep: bool, 
 
 
 def test_overlap_of_row_and_column_blocks() -> None:
-    from simcore.workloads.placement import Shard
+    from fabricsim.workloads.placement import Shard
     assert overlap_numel((10, 6), Shard(0, (0, 5)), Shard(1, (0, 3))) == 15
     assert overlap_numel((10, 6), Shard(0, (0, 5)), Shard(0, (5, 10))) == 0
     assert overlap_numel((10, 6), Shard(None, None), Shard(0, (2, 4))) == 12
@@ -131,7 +131,7 @@ def test_layout_that_does_not_fit_is_infeasible() -> None:
 ], ids=["llama-fsdp", "moe-megatron", "mla-fsdp", "llama-16-engines"])
 def test_assembled_plan_conserves_and_balances(model, trainer, rollout) -> None:
     """Column sums are what each rollout GPU keeps; no trainer GPU sends more than twice the mean."""
-    from simcore.workloads.placement import assembled_plan
+    from fabricsim.workloads.placement import assembled_plan
     plan, full = reshard(model, trainer, rollout), assembled_plan(model, trainer, rollout)
     np.testing.assert_allclose(full.send.sum(axis=0), plan.need_bytes)
     # Every tensor is assembled at least once, at most once per engine.

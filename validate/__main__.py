@@ -1,4 +1,4 @@
-"""`python -m validate ...`: the validate CLI alone, for machines without the simulator (the GPU image)."""
+"""`python -m fabricsim.validate ...`: the validate CLI alone, for machines without the simulator (the GPU image)."""
 
 import sys
 

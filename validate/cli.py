@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .measure import run_validate
+    from fabricsim.validate.gpu.measure import run_validate
 
     out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
     if out is None:
@@ -57,7 +57,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate_file
+    from fabricsim.validate.fit.calibrate import calibrate_file
 
     profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
     print(f"profile {profile.id} written to {args.profile}")
@@ -65,7 +65,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import report_file
+    from fabricsim.validate.fit.report import report_file
 
     summary = report_file(args.measured, profile=args.profile, out=args.out, store=None if args.no_store
                           else (args.store or ""), split=args.split)
@@ -74,10 +74,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point without the rest of the CLI (used on the GPU image: `python3 -m validate validate ...`)."""
-    from hwmodels.errors import FabricsimError
+    """Entry point without the rest of the CLI (used on the GPU image: `python3 -m fabricsim.validate validate ...`)."""
+    from fabricsim.errors import FabricsimError
 
-    parser = argparse.ArgumentParser(prog="python -m validate")
+    parser = argparse.ArgumentParser(prog="python -m fabricsim.validate")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwmodels.errors import CalibrationError, FabricsimError
+from fabricsim.errors import CalibrationError, FabricsimError
 
 
 class MeasurementError(FabricsimError):

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hwmodels.fileio import atomic_write_text
+from fabricsim.hwmodels.fileio import atomic_write_text
 
 from .cases import CALIBRATION, HELD_OUT, SUITES, Case, Kernel, Xfer, build_cases
 from .errors import MeasurementError

@@ -1,0 +1,21 @@
+"""Typed errors shared by every layer.
+
+`FabricsimError` is the one root error: it lives at the top of the namespace (`from fabricsim import
+FabricsimError`) and imports nothing, so every layer may use it, and the CLI turns any subclass into one line
+on stderr and exit status 2. The hardware layer's two errors sit here beside it because hwmodels is the bottom
+of the stack.
+"""
+
+from __future__ import annotations
+
+
+class FabricsimError(Exception):
+    """A user mistake (bad input, impossible configuration): reported in one line, never as a traceback."""
+
+
+class TopologyError(FabricsimError):
+    """A topology, preset or topology file is invalid, or a route does not exist."""
+
+
+class CalibrationError(FabricsimError):
+    """A calibration profile is malformed, of an unknown version, or made for another machine."""

@@ -1,0 +1,152 @@
+"""Standard figures of a study: what a person looks at after a sweep.
+
+Each :class:`fabricsim.harness.study.Figure` draws one metric against one parameter, a line per value of `hue`, a
+panel per value of `facet`. Predicted (sim) values are lines; measured (hw) values of the same scenario are
+drawn beside them as open markers in the same colour (with the spread of repeats as error bars), so the
+error is visible at a glance. A study may also list plain functions `fn(df) -> matplotlib Figure` for
+anything else. Figures are written as PNG and SVG, each atomically.
+
+Only `matplotlib.figure.Figure` is used (no pyplot), so drawing never changes a notebook's backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure as MplFigure
+
+from .store import ResultsStore, StoreError
+from .study import Figure, Study, StudyError
+
+
+class FigureSkipped(UserWarning):
+    """A declared figure had no rows to draw and was left out."""
+
+
+_SIM_STYLE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
+_HW_STYLE = {"marker": "s", "markersize": 6, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
+
+
+def _sorted_values(series: pd.Series) -> list[Any]:
+    values = list(series.dropna().unique())
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigure:
+    """Draw one declared figure from a results frame (as returned by `ResultsStore.load`)."""
+    rows = df[(df["metric"] == spec.y)]
+    if "error" in rows.columns:
+        rows = rows[rows["error"].isna()]
+    for col in (spec.x, spec.hue, spec.facet, *spec.where):
+        if col is not None and col not in df.columns:
+            raise StudyError(f"figure {spec.name!r}: the results have no parameter {col!r}")
+    for col, want in spec.where.items():
+        rows = rows[rows[col] == want]
+    if rows.empty:
+        raise StoreError(f"figure {spec.name!r}: no rows of metric {spec.y!r} to draw")
+
+    facets = _sorted_values(rows[spec.facet]) if spec.facet else [None]
+    ncols = min(len(facets), 3)
+    nrows = math.ceil(len(facets) / ncols)
+    fig = MplFigure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    hues = _sorted_values(rows[spec.hue]) if spec.hue else [None]
+    colours = {h: f"C{i % 10}" for i, h in enumerate(hues)}
+    unit = next((u for u in rows["unit"].dropna().unique() if u), "")
+
+    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them.
+    categorical = not pd.api.types.is_numeric_dtype(rows[spec.x])
+    sim_style = {**_SIM_STYLE, "linestyle": "none", "markersize": 6} if categorical else _SIM_STYLE
+    for ax, facet in zip(axes, facets, strict=False):
+        panel = rows if facet is None else rows[rows[spec.facet] == facet]
+        for hue in hues:
+            sel = panel if hue is None else panel[panel[spec.hue] == hue]
+            label = "" if hue is None else f"{spec.hue}={hue}"
+            sim = sel[sel["source"] == "sim"].groupby(spec.x)["value"].mean()
+            hw = sel[sel["source"] == "hw"].groupby(spec.x)["value"].agg(["mean", "std"])
+            if not sim.empty:
+                if spec.logy and (sim <= 0).all():
+                    label += " (0: below the log axis)"
+                ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **sim_style)
+            if not hw.empty:
+                spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
+                ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,
+                            color=colours[hue], label=f"{label} measured".strip(), **_HW_STYLE)
+        if spec.logx:
+            ax.set_xscale("log")
+        if spec.logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(spec.xlabel or spec.x)
+        ax.set_ylabel(spec.ylabel or (f"{spec.y} [{unit}]" if unit else spec.y))
+        if facet is not None:
+            ax.set_title(f"{spec.facet} = {facet}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if categorical:
+            ax.tick_params(axis="x", labelrotation=20)
+    for ax in axes[len(facets):]:
+        ax.set_visible(False)
+    # One legend for all panels, beside them, so it never hides data.
+    handles: dict[str, Any] = {}
+    for ax in axes[: len(facets)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
+    fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
+    return fig
+
+
+def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
+    """PNG + SVG, each written under a temporary name and renamed, so no half-written figure is seen."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("png", "svg"):
+        final = out_dir / f"{name}.{ext}"
+        tmp = out_dir / f".tmp-{uuid.uuid4().hex}.{ext}"
+        try:
+            fig.savefig(tmp, format=ext, dpi=120)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(final)
+    return written
+
+
+def plot_study(study: Study, store: ResultsStore, out_dir: str | Path) -> list[Path]:
+    """Draw every figure a study declares from the rows in `store`; return the files written."""
+    if not study.figures:
+        raise StudyError(f"study {study.name!r} declares no figures (Study(..., figures=[Figure(...)]))")
+    df = store.load(study.name, include_failed=False)
+    if df.empty:
+        raise StoreError(f"no results for study {study.name!r} in {store.root}; run `fabricsim sweep` first")
+    out = Path(out_dir)
+    written: list[Path] = []
+    for spec in study.figures:
+        if isinstance(spec, Figure):
+            try:
+                fig, name = draw_figure(spec, df, study.name), spec.name
+            except StoreError as exc:
+                # A figure of metrics not run yet (say, measured only) must not hide the others.
+                warnings.warn(f"skipped: {exc}", FigureSkipped, stacklevel=2)
+                continue
+        elif callable(spec):
+            fn: Callable[..., Any] = spec
+            fig, name = fn(df), getattr(fn, "__name__", "figure")
+            if not isinstance(fig, MplFigure):
+                raise StudyError(f"figure function {name!r} must return a matplotlib Figure")
+        else:
+            raise StudyError(f"study {study.name!r}: figures must be Figure(...) or functions, got {spec!r}")
+        written += save_figure(fig, out, name)
+    if not written:
+        raise StoreError(f"study {study.name!r}: none of its figures has rows to draw")
+    return written

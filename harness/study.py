@@ -1,0 +1,516 @@
+"""Studies: a parameter grid plus a function from one point to metrics.
+
+A study is a plain Python file (``studies/NAME.py``) loaded by path. It defines one module-level name,
+``STUDY``, built like this::
+
+    from fabricsim.harness.study import Figure, Grid, PointContext, Study
+
+    def run_point(point: dict, ctx: PointContext | None = None) -> dict:
+        ...                                   # build a topology, run a Simulation
+        if ctx is not None and ctx.trace_path is not None:
+            result.write_trace(ctx.trace_path)  # `fabricsim sweep --trace POINT_ID` asks for this
+        return {"makespan_s": (result.makespan_s, "s"), "gpus": 8.0}
+
+    STUDY = Study(
+        name="h2d_fanout",
+        grid=Grid.product(topology=["hgx-h200-8"], size_bytes=[1 << 20, 1 << 30], fanout=[1, 2, 4, 8]),
+        run=run_point,
+        figures=[Figure("makespan", x="size_bytes", y="makespan_s", hue="fanout", logx=True)],
+    )
+
+The point function takes the point's parameters (a flat ``dict`` of JSON scalars) and, if it accepts a
+second argument, a :class:`PointContext`. It returns ``{metric: value}`` or ``{metric: (value, unit)}``
+with float-convertible values. Raising is fine: the sweep records the point as failed with the error and
+carries on. It must be deterministic and must not depend on which process runs it — the local and Ray
+backends promise identical rows.
+
+Grids compose: ``Grid.product`` (every combination), ``Grid.zipped`` (axes advanced together),
+``Grid.points`` (an explicit list), ``Grid.random`` (seeded samples); ``a * b`` is the product of two
+grids, ``a + b`` their concatenation, ``g.when(pred, **axes)`` adds axes only to the points where
+``pred(point)`` holds (conditional axes, e.g. a bucket size that only one strategy has), and
+``g.where(pred)`` drops points.
+
+Every point has a stable id: a hash of its parameters (canonical JSON, so key order does not matter, but
+``1`` and ``1.0`` differ) and of the study's calibration id. The same point run under another calibration
+profile is another point; re-running the same point is a no-op under ``--resume``.
+
+Why a module-level object rather than a registry or a config file: studies are scripts people edit; a
+plain file they can run, import in a notebook or hand to ``fabricsim sweep`` keeps one obvious way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import itertools
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fabricsim.errors import FabricsimError
+
+from .store import CORE_COLUMNS
+
+Scalar = bool | int | float | str | None
+Point = dict[str, Scalar]
+MetricValue = float | int | tuple[float, str]
+PointFn = Callable[..., Mapping[str, MetricValue]]
+
+# Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
+# collide. A parameter named `topology` is the exception: it fills the `topology` column.
+RESERVED_COLUMNS = CORE_COLUMNS
+UNCALIBRATED = "uncalibrated"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyError(FabricsimError):
+    """A study file or grid is malformed: missing STUDY, bad axes, empty grid, bad metrics."""
+
+
+# --------------------------------------------------------------------------------------------- grids
+
+
+def _check_scalar(name: str, value: Any) -> Scalar:
+    """Parameters must be JSON scalars so ids are stable and Parquet columns typed; numpy scalars convert."""
+    if hasattr(value, "item") and not isinstance(value, bool | int | float | str):
+        value = value.item()  # numpy scalar -> python
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StudyError(f"parameter {name!r} = {value!r} is not finite")
+        return value
+    raise StudyError(f"parameter {name!r} = {value!r}: values must be bool, int, float, str or None")
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> Point:
+    """Nested dicts become dotted names ({"model": {"layers": 2}} -> {"model.layers": 2})."""
+    out: Point = {}
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise StudyError(f"parameter names must be non-empty strings, got {key!r}")
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = _check_scalar(name, value)
+    return out
+
+
+def _axis_values(name: str, values: Any) -> list[Any]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise StudyError(f"axis {name!r} must be a list of values, got {values!r}")
+    return list(values)
+
+
+class Grid:
+    """An ordered, finite list of points, built lazily from composable parts.
+
+    Order matters only for `--limit N` (the first N points) and progress; ids never depend on it.
+    """
+
+    def __init__(self, generate: Callable[[], Iterator[Point]], describe: str) -> None:
+        self._generate = generate
+        self._describe = describe
+
+    def __iter__(self) -> Iterator[Point]:
+        for point in self._generate():
+            yield _flatten(point)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._generate())
+
+    def __repr__(self) -> str:
+        return f"Grid({self._describe})"
+
+    # -- constructors
+
+    @classmethod
+    def product(cls, **axes: Iterable[Any]) -> Grid:
+        """Every combination of the axes; the last axis varies fastest."""
+        names = list(axes)
+        lists = [_axis_values(n, v) for n, v in axes.items()]
+
+        def gen() -> Iterator[Point]:
+            for combo in itertools.product(*lists):
+                yield dict(zip(names, combo, strict=True))
+
+        sizes = ", ".join(f"{n}×{len(v)}" for n, v in zip(names, lists, strict=True))
+        return cls(gen, f"product({sizes})")
+
+    @classmethod
+    def zipped(cls, **axes: Iterable[Any]) -> Grid:
+        """Axes advanced together (all must have the same length): point i takes element i of each."""
+        names = list(axes)
+        lists = [_axis_values(n, v) for n, v in axes.items()]
+        lengths = {len(v) for v in lists}
+        if len(lengths) > 1:
+            detail = ", ".join(f"{n}={len(v)}" for n, v in zip(names, lists, strict=True))
+            raise StudyError(f"zipped axes must have equal lengths, got {detail}")
+
+        def gen() -> Iterator[Point]:
+            for combo in zip(*lists, strict=True):
+                yield dict(zip(names, combo, strict=True))
+
+        return cls(gen, "zipped(" + ", ".join(names) + ")")
+
+    @classmethod
+    def points(cls, points: Iterable[Mapping[str, Any]]) -> Grid:
+        """An explicit list of points."""
+        items = [dict(p) for p in points]
+        return cls(lambda: iter([dict(p) for p in items]), f"points×{len(items)}")
+
+    @classmethod
+    def random(cls, n: int, seed: int, **dists: Distribution | Sequence[Any]) -> Grid:
+        """`n` points sampled with a fixed seed: same seed, same points, on any machine.
+
+        Each axis is a :class:`Uniform`, :class:`LogUniform`, :class:`IntUniform` or a list to choose from.
+        """
+        if n < 0:
+            raise StudyError(f"random grid needs n >= 0, got {n}")
+        samplers = {name: d if isinstance(d, Distribution) else Choice(d) for name, d in dists.items()}
+
+        def gen() -> Iterator[Point]:
+            import numpy as np
+
+            rng = np.random.default_rng(seed)
+            for _ in range(n):
+                yield {name: s.sample(rng) for name, s in samplers.items()}
+
+        return cls(gen, f"random(n={n}, seed={seed}, {', '.join(samplers)})")
+
+    # -- composition
+
+    def __mul__(self, other: Grid) -> Grid:
+        """Product of two grids: every point of `self` merged with every point of `other`."""
+        if not isinstance(other, Grid):
+            return NotImplemented
+
+        def gen() -> Iterator[Point]:
+            right = list(other._generate())
+            for a in self._generate():
+                for b in right:
+                    clash = set(a) & set(b)
+                    if clash:
+                        raise StudyError(f"grid product repeats axes {sorted(clash)}")
+                    yield {**a, **b}
+
+        return Grid(gen, f"{self._describe} * {other._describe}")
+
+    def __add__(self, other: Grid) -> Grid:
+        """Concatenation: the points of `self`, then those of `other`."""
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return Grid(lambda: itertools.chain(self._generate(), other._generate()),
+                    f"{self._describe} + {other._describe}")
+
+    def when(self, predicate: Callable[[Point], bool], **axes: Iterable[Any]) -> Grid:
+        """Conditional axes: points where `predicate(point)` holds are expanded by the product of `axes`;
+        the others pass through unchanged (they have no such parameter)."""
+        extra = Grid.product(**axes)
+
+        def gen() -> Iterator[Point]:
+            rows = list(extra._generate())
+            for p in self._generate():
+                if predicate(_flatten(p)):
+                    for r in rows:
+                        yield {**p, **r}
+                else:
+                    yield p
+
+        return Grid(gen, f"{self._describe}.when({', '.join(axes)})")
+
+    def where(self, predicate: Callable[[Point], bool]) -> Grid:
+        """Keep only the points for which `predicate(point)` holds."""
+        return Grid(lambda: (p for p in self._generate() if predicate(_flatten(p))),
+                    f"{self._describe}.where(...)")
+
+
+class Distribution:
+    """A one-dimensional distribution for :meth:`Grid.random`."""
+
+    def sample(self, rng: Any) -> Scalar:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Uniform(Distribution):
+    lo: float
+    hi: float
+
+    def sample(self, rng: Any) -> float:
+        return float(rng.uniform(self.lo, self.hi))
+
+
+@dataclass(frozen=True)
+class LogUniform(Distribution):
+    """Uniform in log space: the right prior for sizes and bandwidths spanning decades."""
+
+    lo: float
+    hi: float
+
+    def sample(self, rng: Any) -> float:
+        if self.lo <= 0 or self.hi <= 0:
+            raise StudyError(f"LogUniform needs positive bounds, got ({self.lo}, {self.hi})")
+        return float(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
+
+
+@dataclass(frozen=True)
+class IntUniform(Distribution):
+    """Integers in [lo, hi], both ends included."""
+
+    lo: int
+    hi: int
+
+    def sample(self, rng: Any) -> int:
+        return int(rng.integers(self.lo, self.hi + 1))
+
+
+@dataclass(frozen=True)
+class Choice(Distribution):
+    values: Sequence[Any]
+
+    def sample(self, rng: Any) -> Scalar:
+        if not self.values:
+            raise StudyError("random choice from an empty list")
+        return _check_scalar("choice", self.values[int(rng.integers(0, len(self.values)))])
+
+
+# --------------------------------------------------------------------------------------------- ids
+
+
+def canonical_params(params: Mapping[str, Any]) -> str:
+    """The one text form of a point's parameters that ids are computed from."""
+    return json.dumps(_flatten(params), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def point_id(params: Mapping[str, Any], calibration_id: str = UNCALIBRATED) -> str:
+    """Stable id of a point: 16 hex digits of sha256(canonical params, calibration id)."""
+    text = canonical_params(params) + "\x00" + calibration_id
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def calibration_id_of(calibration: str | Path | None) -> str:
+    """Id of the calibration a study runs under, part of every point id.
+
+    `None` -> ``uncalibrated``; ``"default"`` (each preset's bundled profile) -> ``default-`` plus a hash
+    of the bundled profile files; a path -> the file's stem plus a hash of its bytes. Hashing contents
+    means a refitted profile, even under the same name, makes new points instead of passing for old ones.
+    """
+    if calibration is None:
+        return UNCALIBRATED
+    if str(calibration) == "default":
+        from fabricsim import hwmodels
+
+        folder = Path(hwmodels.__file__).resolve().parent / "profiles"
+        digest = hashlib.sha256()
+        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if f.is_file() and f.suffix in (".json", ".yaml", ".yml"):
+                digest.update(f.name.encode() + b"\x00" + f.read_bytes())
+        return f"default-{digest.hexdigest()[:12]}"
+    path = Path(calibration)
+    try:
+        digest_hex = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError as exc:
+        raise StudyError(f"calibration profile {path}: {exc.strerror or exc}") from None
+    return f"{path.stem}-{digest_hex}"
+
+
+# --------------------------------------------------------------------------------------------- studies
+
+
+@dataclass(frozen=True)
+class PointContext:
+    """What the runner tells a point function besides its parameters.
+
+    `trace_path` is set only when the user asked for a trace of this point (`sweep --trace POINT_ID`);
+    the function should then write a Perfetto trace there (e.g. ``Result.write_trace(ctx.trace_path)``).
+    """
+
+    study: str
+    point_id: str
+    calibration: str | None = None
+    trace_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A standard figure of a study: metric `y` against parameter `x`, one line per value of `hue`, one
+    panel per value of `facet`. Measured (hw) points are drawn beside the predicted (sim) lines."""
+
+    name: str
+    x: str
+    y: str
+    hue: str | None = None
+    facet: str | None = None
+    logx: bool = False
+    logy: bool = False
+    title: str | None = None
+    xlabel: str | None = None
+    ylabel: str | None = None
+    # Fix other parameters, e.g. {"topology": "h100-1"}.
+    where: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named grid plus the function that turns one point into metrics (see the module docstring)."""
+
+    name: str
+    grid: Grid
+    run: PointFn
+    figures: Sequence[Figure | Callable[..., Any]] = ()
+    calibration: str | None = None  # None, "default" (each preset's bundled profile) or a profile path
+    topology: str | None = None  # default `topology` column when no point parameter names one
+    description: str = ""
+    path: Path | None = None  # set by load_study: where the study came from (the runner re-loads it)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise StudyError(f"study name {self.name!r} must be letters, digits, '_', '-', '.' only")
+        if not isinstance(self.grid, Grid):
+            kind = type(self.grid).__name__
+            raise StudyError(f"study {self.name!r}: grid must be a fabricsim.harness.study.Grid, got {kind}")
+        if not callable(self.run):
+            raise StudyError(f"study {self.name!r}: run must be a function point -> metrics")
+
+    @property
+    def calibration_id(self) -> str:
+        return calibration_id_of(self.calibration)
+
+    @property
+    def takes_context(self) -> bool:
+        """Whether the point function accepts a second (context) argument."""
+        try:
+            params = list(inspect.signature(self.run).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+    def points(self) -> list[tuple[str, Point]]:
+        """The grid as (point id, params), duplicates dropped (first kept), in grid order.
+
+        Raises StudyError for an empty grid or a parameter that collides with a results column.
+        """
+        cal = self.calibration_id
+        seen: set[str] = set()
+        out: list[tuple[str, Point]] = []
+        for params in self.grid:
+            clash = [k for k in params if k in RESERVED_COLUMNS and k != "topology"]
+            if clash:
+                raise StudyError(
+                    f"study {self.name!r}: parameter {clash[0]!r} collides with a results column"
+                )
+            pid = point_id(params, cal)
+            if pid not in seen:
+                seen.add(pid)
+                out.append((pid, params))
+        if not out:
+            raise StudyError(f"study {self.name!r}: the grid is empty (no points to run)")
+        return out
+
+    def evaluate(self, params: Point, ctx: PointContext | None = None) -> dict[str, tuple[float, str]]:
+        """Run one point and normalise its metrics to {metric: (float value, unit)}."""
+        raw = self.run(params, ctx) if self.takes_context else self.run(params)
+        return normalise_metrics(raw)
+
+
+def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
+    """{metric: value | (value, unit)} -> {metric: (float, unit)}; anything else is a StudyError."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise StudyError(f"point function must return a non-empty dict of metrics, got {type(raw).__name__}")
+    out: dict[str, tuple[float, str]] = {}
+    for metric, value in raw.items():
+        if not isinstance(metric, str) or not metric:
+            raise StudyError(f"metric names must be non-empty strings, got {metric!r}")
+        unit = ""
+        if isinstance(value, tuple):
+            if len(value) != 2 or not isinstance(value[1], str):
+                raise StudyError(f"metric {metric!r}: expected value or (value, unit), got {value!r}")
+            value, unit = value
+        try:
+            out[metric] = (float(value), unit)
+        except (TypeError, ValueError):
+            raise StudyError(f"metric {metric!r}: value {value!r} is not a number") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def _study_dirs() -> tuple[Path, ...]:
+    """Where a study NAME is looked up: ./studies first (a user's own), then the bundled studies. Those ship as
+    the package `fabricsim.studies`; its folder is found through the import system (installed, editable or a
+    checkout) without importing it: studies are files the harness loads by path, not code it depends on."""
+    spec = importlib.util.find_spec("fabricsim.studies")
+    bundled = spec.submodule_search_locations if spec and spec.submodule_search_locations else []
+    return (Path("studies"), *(Path(p) for p in bundled))
+
+
+def resolve_study_path(spec: str | Path) -> Path:
+    """A study argument is a path to a .py file, or a NAME looked up as studies/NAME.py (in the current
+    directory, then beside the installed package)."""
+    path = Path(spec)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise StudyError(f"study file {path} does not exist")
+        return path
+    for folder in _study_dirs():
+        candidate = folder / f"{spec}.py"
+        if candidate.is_file():
+            return candidate
+    raise StudyError(
+        f"no study named {str(spec)!r} (looked for studies/{spec}.py); pass a path to a study file"
+    )
+
+
+def load_study_source(source: str, path: str | Path) -> Study:
+    """Execute a study file's text and return its STUDY (used by workers that receive the source, so a
+    remote Ray worker need not have the file)."""
+    path = Path(path)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    mod_name = f"_fabricsim_study_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{digest}"
+    if mod_name in sys.modules:
+        module = sys.modules[mod_name]
+    else:
+        spec = importlib.util.spec_from_loader(mod_name, loader=None, origin=str(path))
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        module.__file__ = str(path)
+        # Registered before exec so dataclasses and pickling by reference can find the module.
+        sys.modules[mod_name] = module
+        try:
+            exec(compile(source, str(path), "exec"), module.__dict__)
+        except FabricsimError:
+            del sys.modules[mod_name]
+            raise
+        except Exception as exc:
+            del sys.modules[mod_name]
+            raise StudyError(f"study file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    study = getattr(module, "STUDY", None)
+    if study is None:
+        raise StudyError(
+            f"study file {path} defines no STUDY (expected STUDY = Study(name=..., grid=Grid(...), run=fn))"
+        )
+    if not isinstance(study, Study):
+        kind = type(study).__name__
+        raise StudyError(f"study file {path}: STUDY must be a fabricsim.harness.study.Study, got {kind}")
+    if study.path is None:
+        object.__setattr__(study, "path", path)
+    return study
+
+
+def load_study(spec: str | Path) -> Study:
+    """Load `studies/NAME.py` or a path to a study file; StudyError says what is missing."""
+    path = resolve_study_path(spec)
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise StudyError(f"study file {path}: {exc.strerror or exc}") from None
+    return load_study_source(source, path)

@@ -1,0 +1,531 @@
+"""The sweep runner: every point of a study, in parallel, into the results store, surviving interruption.
+
+Backends:
+
+- ``local`` (default): a process pool on this machine (``workers`` processes; ``workers=1`` runs in this
+  process, which is also how a notebook runs a study defined inline);
+- ``ray``: Ray tasks on the cluster at ``address``, or on a local Ray started (and stopped) for the sweep.
+
+Both send the same chunks of points to the same function and turn outcomes into rows in this process, so
+the rows are identical for the same points (only ``run_id`` and ``created_at`` differ).
+
+Guarantees, and how:
+
+- *resume*: points whose rows are already in the store (same study, same calibration) are skipped;
+- *interruption loses at most the points in flight*: finished points are flushed to a new part file at
+  least every ``flush_interval_s`` seconds or ``flush_points`` points, each written atomically;
+- *a failing point does not stop the others*: its exception becomes an error row;
+- *no duplicates*: a point is written once per run, and resume never re-runs a written point.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from fabricsim.errors import FabricsimError
+from fabricsim.simcore.fluid import load_core
+
+from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_json
+from .study import Point, PointContext, Study, load_study, load_study_source
+
+BACKENDS = ("local", "ray")
+RAY_CONNECT_TIMEOUT_S = 3.0
+
+
+class SweepError(FabricsimError):
+    """A sweep cannot run as asked: unknown backend, unreachable Ray cluster, bad point id, ..."""
+
+
+@dataclass
+class PointOutcome:
+    """What one point produced: metrics or an error, and the time spent inside the point function."""
+
+    point_id: str
+    params: Point
+    metrics: dict[str, tuple[float, str]] | None
+    error: str | None
+    elapsed_s: float
+    cpu_s: float = 0.0  # CPU time of the worker inside the point function
+
+
+@dataclass
+class SweepReport:
+    """Counts and timings of one sweep (what the CLI prints and the benchmark records)."""
+
+    study: str
+    run_id: str
+    backend: str
+    workers: int
+    total: int  # points in the grid
+    skipped: int  # already in the store (resume)
+    skipped_failed: int = 0  # of those, points whose stored result is a failure (rerun by retry_failed)
+    ran: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    point_s: float = 0.0  # summed time inside point functions
+    point_cpu_s: float = 0.0  # summed CPU time inside point functions
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def points_per_s(self) -> float:
+        return self.ran / self.wall_s if self.wall_s > 0 else math.nan
+
+    @property
+    def overhead_per_point_s(self) -> float:
+        """Runner cost per point, simulation excluded: (wall × workers − Σ point time) / points."""
+        if not self.ran:
+            return math.nan
+        return max(0.0, self.wall_s * self.workers - self.point_s) / self.ran
+
+
+# ------------------------------------------------------------------------------------ evaluating points
+
+
+def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | None = None) -> PointOutcome:
+    """Run one point; any exception becomes the outcome's error (one line)."""
+    ctx = PointContext(study=study.name, point_id=pid, calibration=study.calibration, trace_path=trace_path)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        metrics = study.evaluate(params, ctx)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - a point's failure is data, not a crash of the sweep
+        metrics = None
+        text = " ".join(str(exc).split()) or "(no message)"
+        error = f"{type(exc).__name__}: {text}"[:1000]
+    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0)
+
+
+# Worker-side state: the study each worker process runs (set once per process by the pool initializer).
+_WORKER_STUDY: Study | None = None
+
+
+def _init_worker(study_or_source: Study | tuple[str, str]) -> None:
+    global _WORKER_STUDY
+    # Ctrl-C goes to the whole process group; the driver decides what to do, workers just finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI turns SIGTERM into KeyboardInterrupt in the driver; forked workers must not inherit that.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if isinstance(study_or_source, Study):
+        _WORKER_STUDY = study_or_source
+    else:
+        path, source = study_or_source
+        _WORKER_STUDY = load_study_source(source, path)
+
+
+def _run_chunk_in_worker(chunk: Sequence[tuple[str, Point]]) -> list[PointOutcome]:
+    assert _WORKER_STUDY is not None, "worker not initialised"
+    return [evaluate_point(_WORKER_STUDY, pid, params) for pid, params in chunk]
+
+
+def _run_chunk_from_source(path: str, source: str, chunk: Sequence[tuple[str, Point]]) -> list[PointOutcome]:
+    """Ray task body: the study travels as source text, so remote workers need only fabricsim installed."""
+    study = load_study_source(source, path)
+    return [evaluate_point(study, pid, params) for pid, params in chunk]
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+class Progress:
+    """A plain-text progress bar on stderr: done/total, rate, ETA, failures. Redrawn in place on a
+    terminal, one line every few seconds otherwise (CI logs)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.monotonic()
+        self._last = -math.inf
+
+    def update(self, done: int, failed: int, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < (0.1 if self.tty else 5.0):
+            return
+        self._last = now
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        width = 24
+        filled = int(width * done / self.total)
+        bar = "#" * filled + "." * (width - filled)
+        text = (f"{self.label} [{bar}] {done}/{self.total} {rate:.1f} pt/s "
+                f"elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta) if not final else '0s'}"
+                + (f" failed {failed}" if failed else ""))
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt_s(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# ------------------------------------------------------------------------------------ writing rows
+
+
+class _Flusher:
+    """Buffers finished points and publishes them as part files in small batches."""
+
+    def __init__(self, study: Study, store: ResultsStore, run_id: str, flush_points: int,
+                 flush_interval_s: float) -> None:
+        self.study = study
+        self.store = store
+        self.run_id = run_id
+        self.flush_points = flush_points
+        self.flush_interval_s = flush_interval_s
+        self.versions = versions_json()
+        self.calibration_id = study.calibration_id
+        self.pending: list[dict[str, Any]] = []
+        self.pending_points = 0
+        self.part = 0
+        self.last_flush = time.monotonic()
+        self.files: list[Path] = []
+
+    def add(self, outcome: PointOutcome) -> None:
+        now = datetime.now(UTC)
+        common = dict(study=self.study.name, run_id=self.run_id, point_id=outcome.point_id,
+                      params=outcome.params, source="sim", calibration_id=self.calibration_id,
+                      topology=str(outcome.params.get("topology") or self.study.topology or ""),
+                      versions=self.versions, created_at=now)
+        if outcome.error is not None:
+            self.pending.append(make_row(**common, metric=ERROR_METRIC, value=math.nan, error=outcome.error))
+        else:
+            assert outcome.metrics is not None
+            for metric, (value, unit) in outcome.metrics.items():
+                self.pending.append(make_row(**common, metric=metric, value=value, unit=unit))
+        self.pending_points += 1
+
+    def maybe_flush(self) -> None:
+        if self.pending_points >= self.flush_points or (
+            self.pending and time.monotonic() - self.last_flush >= self.flush_interval_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.part += 1
+            path = self.store.write(self.pending, study=self.study.name, run_id=self.run_id, part=self.part)
+            self.files.append(path)
+            self.pending = []
+            self.pending_points = 0
+        self.last_flush = time.monotonic()
+
+    def finish(self) -> None:
+        self.flush()
+        if self.part:
+            final = self.store.compact_run(self.study.name, self.run_id)
+            self.files = [final] if final is not None else []
+
+
+# ------------------------------------------------------------------------------------ backends
+
+
+def _chunks(points: Sequence[tuple[str, Point]], size: int) -> Iterator[list[tuple[str, Point]]]:
+    for i in range(0, len(points), size):
+        yield list(points[i : i + size])
+
+
+def _auto_chunk(n_points: int, workers: int) -> int:
+    # Big enough to amortise inter-process messaging, small enough that a kill loses little and
+    # the pool stays balanced at the tail.
+    return max(1, min(16, n_points // (workers * 8)))
+
+
+Batches = Generator[list[PointOutcome], None, None]
+
+
+def _iter_serial(study: Study, chunks: list[list[tuple[str, Point]]]) -> Batches:
+    for chunk in chunks:
+        yield [evaluate_point(study, pid, params) for pid, params in chunk]
+
+
+class _ChunkSizer:
+    """Sizes the next chunk of points so that one chunk takes about `target_s` of worker time.
+
+    Cheap points (ms) travel 16 at a time, amortising inter-process messaging; expensive ones (100s of ms)
+    one at a time, so workers finish together and a kill loses little. The first chunks are single points
+    while the point cost is still unknown.
+    """
+
+    def __init__(self, fixed: int | None, target_s: float = 0.05, max_size: int = 16) -> None:
+        self.fixed = fixed
+        self.target_s = target_s
+        self.max_size = max_size
+        self.mean_s: float | None = None
+
+    def observe(self, outcomes: Sequence[PointOutcome]) -> None:
+        for o in outcomes:
+            self.mean_s = o.elapsed_s if self.mean_s is None else 0.8 * self.mean_s + 0.2 * o.elapsed_s
+
+    def next_size(self) -> int:
+        if self.fixed:
+            return self.fixed
+        if self.mean_s is None:
+            return 1
+        return max(1, min(self.max_size, int(self.target_s / max(self.mean_s, 1e-6))))
+
+
+def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
+                chunk_size: int | None) -> Batches:
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and sys.platform.startswith("linux"):
+        # Fork: workers inherit the loaded study (even one defined in a notebook) and the compiled fluid
+        # engine (run_sweep loads it first, so workers neither compile nor load it each), and start in ms.
+        ctx = mp.get_context("fork")
+        initarg: Study | tuple[str, str] = study
+    else:
+        if study.path is None:
+            raise SweepError("this platform starts workers by spawning; save the study to a file first")
+        ctx = mp.get_context("spawn")
+        initarg = (str(study.path), Path(study.path).read_text())
+    others = set(mp.active_children())  # the caller's own child processes, left alone below
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(initarg,))
+    sizer = _ChunkSizer(chunk_size)
+    # A bounded window of chunks in flight (two per worker keeps every worker busy) rather than the whole
+    # grid queued up front: chunk sizes can follow the measured point cost, and a kill loses little.
+    pending: set[cf.Future] = set()
+    nxt = 0
+    finished = False
+    try:
+        while pending or nxt < len(points):
+            while nxt < len(points) and len(pending) < 2 * workers:
+                size = sizer.next_size()
+                pending.add(pool.submit(_run_chunk_in_worker, list(points[nxt : nxt + size])))
+                nxt += size
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    outcomes = fut.result()
+                except cf.process.BrokenProcessPool:
+                    raise SweepError(
+                        "a worker process died (crash or out of memory); finished points are saved — "
+                        "rerun with --resume"
+                    ) from None
+                sizer.observe(outcomes)
+                yield outcomes
+        finished = True
+    finally:
+        if not finished:
+            # Stopped early (Ctrl-C, kill, a dead worker): the points already yielded are with the driver, the
+            # running chunks are dropped. Stop every worker now, including one forked by a submit that the
+            # interrupt cut short: the pool never registered it, and the interpreter would wait for it at exit.
+            for proc in set(mp.active_children()) - others:
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast (seconds, not minutes) when a Ray address does not answer."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"Ray address {address!r} must look like HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        msg = f"Ray cluster at {address} is unreachable ({reason}, waited {timeout_s:g}s)"
+        raise SweepError(msg) from None
+
+
+def _iter_ray(study: Study, chunks: list[list[tuple[str, Point]]], workers: int,
+              address: str | None) -> Batches:
+    if study.path is None:
+        raise SweepError("the Ray backend needs a study file (studies/NAME.py), not an inline Study")
+    if address:
+        check_ray_address(address)
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise SweepError("the Ray backend needs ray: pip install 'fabricsim[ray]'") from None
+    source = Path(study.path).read_text()
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR")
+        except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+            hint = ""
+            if address and "RAY_AUTH_MODE" not in os.environ:
+                hint = "; if the cluster uses token authentication, set RAY_AUTH_MODE=token"
+            text = " ".join(str(exc).split())
+            raise SweepError(f"could not start or join Ray ({type(exc).__name__}: {text}){hint}") from None
+        started_here = True
+    try:
+        task = ray.remote(num_cpus=1)(_run_chunk_from_source)
+        pending = [task.remote(str(study.path), source, c) for c in chunks]
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(ready[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------ the runner
+
+
+def run_sweep(
+    study: Study | str | Path,
+    *,
+    store: ResultsStore | str | Path | None = None,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    flush_points: int = 64,
+    flush_interval_s: float = 1.0,
+    chunk_size: int | None = None,
+    stream: TextIO | None = None,
+) -> SweepReport:
+    """Run a study's points into the store and return what happened.
+
+    `resume` skips points already stored (failed ones too, unless `retry_failed`); `limit` runs at most
+    that many of the remaining points, in grid order.
+    """
+    if backend not in BACKENDS:
+        raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if address and backend != "ray":
+        raise SweepError("--address is for the Ray backend; add --backend ray")
+    if isinstance(study, str | Path):
+        study = load_study(study)
+    if not isinstance(store, ResultsStore):
+        store = ResultsStore(store)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise SweepError(f"--workers must be at least 1, got {workers}")
+    if limit is not None and limit < 0:
+        raise SweepError(f"--limit must be >= 0, got {limit}")
+
+    points = study.points()
+    total = len(points)
+    skipped = skipped_failed = 0
+    if resume:
+        done = store.done_points(study.name, study.calibration_id, include_failed=not retry_failed)
+        points = [(pid, p) for pid, p in points if pid not in done]
+        skipped = total - len(points)
+        if not retry_failed and skipped:
+            skipped_failed = len(done - store.done_points(study.name, study.calibration_id, include_failed=False))
+    if limit is not None:
+        points = points[:limit]
+
+    if points and backend != "ray":
+        load_core()  # compiled (first run on a machine) or loaded before the clock and the ETA start
+    run_id = new_run_id()
+    report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
+                         skipped=skipped, skipped_failed=skipped_failed)
+    bar = Progress(len(points), study.name, stream=stream, enabled=progress)
+    flusher = _Flusher(study, store, run_id, flush_points, flush_interval_s)
+    t0 = time.perf_counter()
+    if points:
+        size = chunk_size or _auto_chunk(len(points), workers)
+        batches: Batches
+        if backend == "ray":
+            batches = _iter_ray(study, list(_chunks(points, size)), workers, address)
+        elif workers == 1:
+            batches = _iter_serial(study, list(_chunks(points, size)))
+        else:
+            batches = _iter_local(study, points, min(workers, len(points)), chunk_size)
+        try:
+            for outcomes in batches:
+                for outcome in outcomes:
+                    flusher.add(outcome)
+                    report.ran += 1
+                    report.failed += outcome.error is not None
+                    report.point_s += outcome.elapsed_s
+                    report.point_cpu_s += outcome.cpu_s
+                flusher.maybe_flush()
+                bar.update(report.ran, report.failed)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(report) from None  # after the finally below has saved what finished
+        finally:
+            # Whatever stops the loop (Ctrl-C, a dead worker), finished points are kept.
+            batches.close()
+            flusher.finish()
+            report.files = flusher.files
+            report.wall_s = time.perf_counter() - t0
+        bar.update(report.ran, report.failed, final=True)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, through the CLI) stopped a sweep; `report` counts the points that were saved."""
+
+    def __init__(self, report: SweepReport) -> None:
+        super().__init__()
+        self.report = report
+
+
+def find_point(study: Study, prefix: str) -> tuple[str, Point]:
+    """The point whose id starts with `prefix` (ids are printed by `fabricsim results show`)."""
+    matches = [(pid, p) for pid, p in study.points() if pid.startswith(prefix)]
+    if not matches:
+        raise SweepError(f"study {study.name!r} has no point with id {prefix!r} to simulate (ids come from "
+                         "`fabricsim results show`, rows whose source is sim; measured rows have no point to trace)")
+    if len(matches) > 1:
+        raise SweepError(f"point id {prefix!r} is ambiguous in study {study.name!r} ({len(matches)} match)")
+    return matches[0]
+
+
+def trace_point(
+    study: Study | str | Path, point: str, trace_dir: str | Path = "traces"
+) -> tuple[Path, PointOutcome]:
+    """Re-run one point in this process, asking its function to write a Perfetto trace; nothing is stored."""
+    if isinstance(study, str | Path):
+        study = load_study(study)
+    pid, params = find_point(study, point)
+    trace_dir = Path(trace_dir)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    path = trace_dir / f"{study.name}-{pid}.json"
+    if not study.takes_context:
+        raise SweepError(
+            f"study {study.name!r}: its point function takes no context, so it cannot write traces"
+        )
+    outcome = evaluate_point(study, pid, params, trace_path=path)
+    if outcome.error is not None:
+        raise SweepError(f"point {pid} failed: {outcome.error}")
+    if not path.is_file():
+        raise SweepError(f"study {study.name!r}: the point function did not write ctx.trace_path ({path})")
+    return path, outcome
+

@@ -1,0 +1,380 @@
+"""`fabricsim report MEASURED [--profile P]`: simulate every measured case and say how far off the model is.
+
+Writes, into one folder published atomically (temporary name, then rename):
+- `errors.csv`: one row per case — measured and predicted makespan, relative error, split, pattern;
+- `finish_errors.csv`: one row per transfer of each concurrent case — the k-th earliest measured finish time
+  (common clock) against the k-th earliest predicted one (equal copies are served in an order that changes
+  from one repetition to the next, so copies are compared by rank, not by name);
+- `report.md`: error tables per pattern for the calibration and the held-out subsets (makespan and
+  per-transfer finish times), the CUDA IPC costs, and for every pattern that misses the aim the
+  mechanism the model lacks;
+- `pred_vs_meas.png`: predicted against measured makespan, log-log;
+- `summary.json`: the headline numbers (the CI guard compares re-simulations against its `ci_bound`).
+Measured (source=hw) and simulated (source=sim) rows go to the results store with the same schema.
+
+Error is signed `predicted / measured - 1`; tables show its absolute value's median and 90th percentile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fabricsim.errors import CalibrationError
+from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
+from fabricsim.validate.cases import CALIBRATION, HELD_OUT
+from fabricsim.validate.gpu.measure import PROFILE_FOR
+from fabricsim.validate.measurements import Measurements, load_measurements, with_split, write_json_atomic
+
+from .simulate import (
+    base_topology,
+    check_profile_fits,
+    collective_params,
+    measured_makespan,
+    measured_order,
+    predicted_order,
+    simulate_case,
+)
+
+AIM_MEDIAN, AIM_P90 = 0.05, 0.15
+# Patterns whose mechanism the model does not have: reported, but outside the aim (see MISSING).
+NOT_MODELLED_PREFIXES = ("sm-", "h2d-pageable", "d2h-pageable", "sm+ce")
+MISSING = {
+    "pageable": "pageable host memory is staged by the driver through pinned bounce buffers (a CPU memcpy "
+                "pipelined with the DMA); the model has no staging stage and predicts the pinned-memory rate. "
+                "Next model change: a pageable path class = host memcpy stage + DMA stage, pipelined in chunks.",
+    "sm": "SM-driven copies are load/store kernels whose rate depends on SMs, occupancy and the memory they "
+          "touch (pinned host over PCIe by loads/stores, peer HBM over NVLink); the model routes them like "
+          "copy-engine copies. Next model change: an `sm` mechanism with its own per-class rate and SM share.",
+    "copy+kernel": "the HBM-bound kernel is a roofline flow sharing the HBM cap max-min fairly with copies; "
+                   "real arbitration between SM traffic and copy engines is not fair.",
+    "nccl": "NCCL switches protocol (LL/LL128/Simple), chunk size and channel count with size and collective. "
+            "The profile fits per collective a fixed cost, a bus bandwidth and an efficiency at every calibration "
+            "size, interpolated in log(size) for the sizes between; where NCCL's switch falls between two "
+            "calibration sizes (a step, not a log-linear ramp) the interpolation misses the held-out size in "
+            "between. Next model change: protocol regimes (a fixed cost and a rate per protocol, NCCL's own "
+            "size thresholds), or calibrating at every size.",
+    "engine": "copies of one class from one GPU: the fitted discipline (fair or FIFO) is one of two extremes; "
+              "hardware spreads streams over several copy engines in ways neither captures exactly.",
+    "duplex": "H2D and D2H together on one GPU: one per-GPU duplex cap, fitted on one copy each way, shared "
+              "max-min fairly; with several copies each way the hardware's split between the directions differs.",
+}
+
+
+def _modelled(pattern: str) -> bool:
+    return not pattern.startswith(NOT_MODELLED_PREFIXES)
+
+
+def resolve_profile(m: Measurements, profile: str | Path | None) -> CalibrationProfile:
+    if profile is None:
+        name = PROFILE_FOR.get(m.preset or "")
+        path = bundled_profile_path(name) if name else None
+        if path is None or not path.exists():
+            raise CalibrationError(f"no bundled profile for preset '{m.preset}'; pass --profile "
+                                   "(make one with `fabricsim calibrate`)")
+        profile = path
+    p = load_profile(profile)
+    check_profile_fits(p, m)
+    return p
+
+
+def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-case errors, per-transfer finish errors) of every simulable case."""
+    topo = base_topology(m).with_calibration(profile)
+    collectives = collective_params(profile)
+    rows, frows = [], []
+    for c in m.cases:
+        if c.group == "ipc":
+            continue
+        meas = m.measured[c.id]
+        measured_s = measured_makespan(c, meas)
+        pred = simulate_case(c, topo, collectives)
+        nbytes = c.bytes or max(x.bytes for x in c.xfers)
+        rows.append({"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
+                     "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
+                     "predicted_s": pred.makespan_s, "error": pred.makespan_s / measured_s - 1})
+        if c.group == "copies" and len(meas["finish_s"]) > 1:
+            # k-th earliest measured against k-th earliest predicted (see simulate.measured_order)
+            fin_m, _ = measured_order(c, meas)
+            fin_p, _ = predicted_order(pred)
+            for k, (t_meas, t_pred) in enumerate(zip(fin_m, fin_p, strict=True)):
+                frows.append({"case": c.id, "transfer": f"rank{k}", "pattern": c.pattern, "split": c.split,
+                              "modelled": _modelled(c.pattern), "measured_s": t_meas,
+                              "predicted_s": t_pred, "error": t_pred / t_meas - 1})
+    return pd.DataFrame(rows), pd.DataFrame(frows)
+
+
+def _spread(meas: dict[str, Any]) -> float:
+    """How much the repetitions of a case disagreed: (slowest - fastest) / median makespan."""
+    if "spread_s" in meas:
+        return float(meas["spread_s"] / meas["makespan_s"])
+    runs = meas.get("all_s")
+    return float((max(runs) - min(runs)) / meas["makespan_s"]) if runs else float("nan")
+
+
+def _stats(err: pd.Series) -> dict[str, float]:
+    a = err.abs()
+    if a.empty:
+        return {"n": 0, "median": float("nan"), "p90": float("nan"), "max": float("nan")}
+    return {"n": int(a.size), "median": float(a.median()), "p90": float(np.percentile(a, 90)), "max": float(a.max())}
+
+
+def summarise(df: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in (CALIBRATION, HELD_OUT):
+        d = df[df["split"] == split]
+        out[split] = {"modelled": _stats(d[d["modelled"]]["error"]), "all": _stats(d["error"])}
+    for group, d in df[df["modelled"]].groupby("group"):
+        out[f"{group}_held_out"] = _stats(d[d["split"] == HELD_OUT]["error"])
+    big = df[(df["group"] == "nccl") & (df["bytes"] >= 64 << 20)]
+    out["nccl_ge_64MiB"] = {p: _stats(big[big["pattern"] == p]["error"]) for p in sorted(big["pattern"].unique())}
+    return out
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"
+
+
+def pattern_table(df: pd.DataFrame, fdf: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (pattern, split), d in df.groupby(["pattern", "split"], sort=True):
+        s = _stats(d["error"])
+        f = fdf[(fdf["pattern"] == pattern) & (fdf["split"] == split)] if not fdf.empty else fdf
+        fs = _stats(f["error"]) if not f.empty else _stats(pd.Series(dtype=float))
+        rows.append({"pattern": pattern, "split": split, "cases": s["n"], "modelled": bool(d["modelled"].iloc[0]),
+                     "makespan abs(err) median": s["median"], "makespan abs(err) p90": s["p90"],
+                     "signed median": float(d["error"].median()),
+                     "rep. spread median": float(d["spread"].median()),
+                     "finish abs(err) median": fs["median"], "finish abs(err) p90": fs["p90"]})
+    return pd.DataFrame(rows)
+
+
+def _md_table(t: pd.DataFrame) -> str:
+    cols = list(t.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in t.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float) and c not in ("cases",):
+                cells.append(_pct(v))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _missing_for(pattern: str) -> str:
+    if pattern.endswith("pageable"):
+        return MISSING["pageable"]
+    if pattern.startswith("sm"):
+        return MISSING["sm"]
+    if pattern.startswith("engine"):
+        return MISSING["engine"]
+    if pattern.startswith("nccl-"):
+        return MISSING["nccl"]
+    return MISSING.get(pattern, "not explained yet: look at the per-transfer finish times of its cases")
+
+
+def _group_rows(df: pd.DataFrame) -> list[str]:
+    lines = ["| group, split | cases | makespan abs(err) median | p90 | max |", "|---|---|---|---|---|"]
+    for (group, split), d in df[df["modelled"]].groupby(["group", "split"], sort=True):
+        s = _stats(d["error"])
+        lines.append(f"| {group}, {split} | {s['n']} | {_pct(s['median'])} | {_pct(s['p90'])} | {_pct(s['max'])} |")
+    return lines
+
+
+def _split_lines(summary: dict[str, Any]) -> list[str]:
+    moved = summary.get("split_changed_from_file") or []
+    if summary.get("split") == "file":
+        return ["Split: as recorded in the measurement file.", ""]
+    if not moved:
+        return ["Split: today's case list (`validate/cases.py`), the same as recorded in the measurement file.", ""]
+    return [f"Split: today's case list (`validate/cases.py`), applied after measuring: {len(moved)} cases differ "
+            f"from the split recorded in the file and were judged by today's: {', '.join(f'`{x}`' for x in moved)}.",
+            ""]
+
+
+def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, fdf: pd.DataFrame,
+                    summary: dict[str, Any]) -> str:
+    mach = m.machine
+    lines = [f"# Validation report: {mach.get('kind') or m.preset} ({mach.get('gpus')}x {mach.get('gpu_name')})", "",
+             f"Measured {m.doc.get('created_at', '')[:19]} (suite {m.doc.get('suite')}, torch {mach.get('torch')}, "
+             f"CUDA {mach.get('cuda')}), simulated on preset `{m.preset}` with profile `{profile.id}`.", "",
+             "Error = predicted / measured - 1. *Modelled* patterns are the ones the model claims to cover; the "
+             "others (SM-driven and pageable copies) are shown with the mechanism the model lacks.", "",
+             *_split_lines(summary),
+             "## Headline", "",
+             "| subset | cases | makespan abs(err) median | p90 | max |", "|---|---|---|---|---|"]
+    for split in (CALIBRATION, HELD_OUT):
+        for which in ("modelled", "all"):
+            s = summary[split][which]
+            lines.append(f"| {split}, {which} | {s['n']} | {_pct(s['median'])} | {_pct(s['p90'])} | "
+                         f"{_pct(s['max'])} |")
+    h = summary[HELD_OUT]["modelled"]
+    ok = h["n"] > 0 and h["median"] <= AIM_MEDIAN and h["p90"] <= AIM_P90
+    lines += ["", f"Aim (held-out, modelled): median ≤ {_pct(AIM_MEDIAN)}, p90 ≤ {_pct(AIM_P90)} — "
+                  f"**{'met' if ok else 'missed'}**. CI bound: median ≤ {_pct(summary['ci_bound']['median'])}, "
+                  f"p90 ≤ {_pct(summary['ci_bound']['p90'])}.", ""]
+    lines += ["By group (modelled patterns only):", "", *_group_rows(df), ""]
+    if summary["nccl_ge_64MiB"]:
+        lines += ["NCCL at ≥ 64 MiB (aim: within 10%): " + ", ".join(
+            f"{p}: max {_pct(s['max'])}" for p, s in summary["nccl_ge_64MiB"].items()), ""]
+    table = pattern_table(df, fdf)
+    for split in (CALIBRATION, HELD_OUT):
+        lines += [f"## Per pattern, {split}", "", _md_table(table[table["split"] == split].drop(columns="split")), ""]
+    misses = table[(table["split"] == HELD_OUT) & (table["makespan abs(err) median"] > AIM_MEDIAN)]
+    if not misses.empty:
+        lines += ["## Where the model misses (held-out median abs(err) > 5%)", "",
+                  "*rep. spread* is how much the repetitions of a case disagreed ((slowest - fastest) / median); "
+                  "an error inside it is not a model miss the data can show.", ""]
+        for _, r in misses.iterrows():
+            spread = r["rep. spread median"]
+            why = (f"within the repetitions' spread ({_pct(spread)}) of these cases"
+                   if r["modelled"] and r["makespan abs(err) median"] <= spread else _missing_for(r["pattern"]))
+            lines.append(f"- **{r['pattern']}** ({_pct(r['signed median'])} signed median, {r['cases']} cases): {why}")
+        lines.append("")
+    ipc = [c for c in m.cases if c.group == "ipc"]
+    if ipc:
+        costs = profile.software_costs.get("cuda_ipc") or {}
+        lines += ["## CUDA IPC handle open/close (another process, same GPU)", "",
+                  "| allocation | open measured | open fitted | close measured |", "|---|---|---|---|"]
+        op = costs.get("open")
+        if "close" not in costs:
+            lines[-2:-2] = ["Close was timed with a Python garbage collection inside the timed region in this file "
+                            "(fixed before later runs), so it is shown but not fitted.", ""]
+        for c in ipc:
+            mm = m.measured[c.id]
+            fitted = op.cost(c.bytes) if op is not None else float("nan")
+            lines.append(f"| {c.bytes >> 20} MiB | {mm['open_s'] * 1e6:.1f} us | {fitted * 1e6:.1f} us | "
+                         f"{mm['close_s'] * 1e6:.1f} us |")
+        lines.append("")
+    notes = profile.provenance.get("notes") or []
+    if notes:
+        lines += ["## What calibration fitted", ""] + [f"- {n}" for n in notes] + [""]
+    if m.doc.get("skipped"):
+        lines += ["## Not measured", ""] + [f"- `{s['id']}`: {s['reason']}" for s in m.doc["skipped"]] + [""]
+    lines += ["![predicted vs measured](pred_vs_meas.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(df: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 6.0), dpi=110)
+    styles = {(CALIBRATION, True): ("tab:blue", "o"), (HELD_OUT, True): ("tab:orange", "s"),
+              (CALIBRATION, False): ("tab:gray", "x"), (HELD_OUT, False): ("tab:red", "x")}
+    for (split, mod), (color, marker) in styles.items():
+        d = df[(df["split"] == split) & (df["modelled"] == mod)]
+        if not d.empty:
+            ax.scatter(d["measured_s"] * 1e3, d["predicted_s"] * 1e3, s=14, c=color, marker=marker,
+                       label=f"{split}{'' if mod else ' (not modelled)'} ({len(d)})", alpha=0.8)
+    lo = float(min(df["measured_s"].min(), df["predicted_s"].min()) * 1e3 / 1.5)
+    hi = float(max(df["measured_s"].max(), df["predicted_s"].max()) * 1e3 * 1.5)
+    xs = np.array([lo, hi])
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.plot(xs, xs * 1.15, "k:", lw=0.6)
+    ax.plot(xs, xs / 1.15, "k:", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured makespan (ms)")
+    ax.set_ylabel("predicted makespan (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def ci_bound(summary: dict[str, Any]) -> dict[str, float]:
+    """The held-out bound the CI guard enforces: the aim, or — where the aim is missed — today's error plus a
+    small margin, so a regression fails CI while the documented miss does not."""
+    h = summary[HELD_OUT]["modelled"]
+    return {"median": max(AIM_MEDIAN, round(h["median"] * 1.1 + 0.005, 4)),
+            "p90": max(AIM_P90, round(h["p90"] * 1.1 + 0.01, 4))}
+
+
+def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, fdf: pd.DataFrame,
+               store: str | Path | None) -> Path:
+    from fabricsim.harness.store import ResultsStore, make_row, new_run_id
+
+    study = f"validate-{m.preset}"
+    run_id = new_run_id()
+    device = str(m.machine.get("kind") or m.preset)
+    rows = []
+    for frame, metric_of in ((df, lambda r: "makespan_s"), (fdf, lambda r: f"finish_s.{r['transfer']}")):
+        for _, r in frame.iterrows():
+            params = {"topology": m.preset, "pattern": r["pattern"], "split": r["split"]}
+            for source, col, cal in (("hw", "measured_s", "measured"), ("sim", "predicted_s", profile.id)):
+                rows.append(make_row(study=study, run_id=run_id, point_id=r["case"], params=params,
+                                     metric=metric_of(r), value=r[col], unit="s", source=source,
+                                     calibration_id=cal, device=device))
+    return ResultsStore(store or None).write(rows, study=study, run_id=run_id)
+
+
+def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store: str | Path | None = "",
+           split: str = "current") -> dict:
+    """Compare, write the report folder atomically, store rows (unless `store` is None); returns the summary.
+
+    `split` picks which split judges the cases (see `validate.measurements.with_split`); the summary records
+    it and the cases it moved, and the CI guard re-applies it."""
+    m, resplit = with_split(m, split)
+    df, fdf = compare(m, profile)
+    if df.empty:
+        raise CalibrationError(f"{m.source}: no simulable cases")
+    summary = summarise(df)
+    summary["ci_bound"] = ci_bound(summary)
+    summary["profile"] = profile.id
+    summary["machine"] = m.machine.get("kind") or m.preset
+    summary["split"] = split
+    summary["split_changed_from_file"] = resplit
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        df.to_csv(tmp / "errors.csv", index=False)
+        fdf.to_csv(tmp / "finish_errors.csv", index=False)
+        (tmp / "report.md").write_text(render_markdown(m, profile, df, fdf, summary))
+        plot(df, tmp / "pred_vs_meas.png", f"{summary['machine']}: predicted vs measured ({profile.id})")
+        write_json_atomic(tmp / "summary.json", summary)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if store is not None:
+        summary["store_file"] = str(store_rows(m, profile, df, fdf, store))
+    return summary
+
+
+def report_file(measured: str | Path, *, profile: str | Path | None = None, out: str | Path | None = None,
+                store: str | Path | None = "", split: str = "current") -> str:
+    """CLI body: returns the one-paragraph summary printed on stdout."""
+    m = load_measurements(measured)
+    p = resolve_profile(m, profile)
+    out = Path(out) if out else Path(m.source).parent / "report"
+    s = report(m, p, out, store, split)
+    h = s[HELD_OUT]["modelled"]
+    return (f"report written to {out}: held-out (modelled) makespan abs(err) median {_pct(h['median'])}, "
+            f"p90 {_pct(h['p90'])} over {h['n']} cases" + (f"; rows in {s['store_file']}" if "store_file" in s
+                                                           else ""))
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

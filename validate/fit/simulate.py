@@ -1,0 +1,127 @@
+"""Simulate a measured case on a topology: the one place calibrate and report turn cases into predictions.
+
+A case is simulated from its scenario (the DESIGN.md file validate wrote beside the measurement), on a
+topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL
+transfers (tag `nccl-OP`) additionally pay the collective's fitted fixed cost and bus-bandwidth ceiling,
+from the profile's `collectives[OP]` (see `hwmodels.calibration.CollectiveParams`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fabricsim.errors import CalibrationError
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import CalibrationProfile, CollectiveParams
+from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore.scenario import parse_scenario
+from fabricsim.simcore.simulation import Simulation
+from fabricsim.validate.cases import Case, to_scenario
+from fabricsim.validate.measurements import Measurements
+
+
+@dataclass(frozen=True)
+class Prediction:
+    makespan_s: float
+    finish_s: dict[str, float]
+    begin_s: dict[str, float]  # when each copy got its engine (FIFO queues make it later than the start)
+
+
+def base_topology(m: Measurements) -> Topology:
+    """The uncalibrated preset of the measured machine."""
+    if not m.preset:
+        raise CalibrationError(f"{m.source}: no preset matches this machine ({m.machine.get('gpus')}x "
+                               f"{m.machine.get('gpu_model')}); add one to hwmodels.presets first")
+    return presets.get(m.preset, calibration=None)
+
+
+def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> None:
+    """A profile for another machine kind must not be applied to these measurements."""
+    model, gpus = m.machine.get("gpu_model"), m.machine.get("gpus")
+    if profile.gpu_model != model or profile.gpus != gpus:
+        raise CalibrationError(
+            f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} ({profile.machine}), "
+            f"but {m.source} was measured on {gpus}x {model}")
+
+
+Collectives = dict[str, CollectiveParams]
+
+
+def collective_params(profile: CalibrationProfile | None) -> Collectives:
+    """The profile's fitted collectives by name (none without a profile: plain ring transfers)."""
+    return dict(profile.collectives) if profile is not None else {}
+
+
+def simulate_case(case: Case, topo: Topology, collectives: Collectives | None = None) -> Prediction:
+    """Predicted makespan and per-transfer finish times of `case` on `topo` (start at 0, like the gate)."""
+    scen = to_scenario(case, topo.name, len(topo.gpus()))
+    if scen is None:
+        raise CalibrationError(f"case '{case.id}' moves no bytes; it cannot be simulated")
+    return simulate_scenario(scen, topo, collectives)
+
+
+def simulate_scenario(scen: dict[str, Any], topo: Topology, collectives: Collectives | None = None) -> Prediction:
+    parsed = parse_scenario(scen, source=str(scen.get("name", "case")))
+    sim = Simulation(topo, record_load=False)
+    collectives = collectives or {}
+    for it in parsed.items:
+        if it["_kind"] == "transfer":
+            fixed, cap = it.get("fixed_cost_s", 0.0), it.get("rate_cap_Bps")
+            tag = str(it.get("tag") or "")
+            params = collectives.get(tag[5:]) if tag.startswith("nccl-") else None
+            if params is not None:
+                # One kernel launch per collective: only the first ring phase pays the fixed cost.
+                if not it["after"]:
+                    fixed += params.fixed_s
+                ring = params.rate_cap(it["bytes"])
+                cap = ring if cap is None else min(cap, ring)
+            sim.transfer(it["id"], it["src"], it["dst"], it["bytes"], start=it["start"], after=it["after"],
+                         rate_cap_Bps=cap, fixed_cost_s=fixed, tag=it.get("tag"))
+        else:
+            sim.task(it["id"], it["gpu"], flops=it["flops"], hbm_bytes=it["bytes"], dtype=it["dtype"],
+                     start=it["start"], after=it["after"], tag=it.get("tag"))
+    res = sim.run()
+    return Prediction(res.makespan_s, {r.id: r.finish_s for r in res.records},
+                      {r.id: r.begin_s for r in res.records})
+
+
+def distinct_engines(case: Case) -> bool:
+    """True when no two copies of the case queue on one engine (different issuing GPU, class or mechanism)."""
+    keys = [(x.issuer, "h2d" if x.src == "host" else "d2h" if x.dst == "host" else
+             "d2d" if x.src == x.dst else "p2p", x.mech) for x in case.xfers]
+    return len(keys) == len(set(keys))
+
+
+def measured_order(case: Case, meas: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(finish times, service times) of a measured copy case, each sorted: k-th earliest first.
+
+    Where every copy has an engine of its own, each starts at the gate and its own-stream duration is its
+    finish time without the few-µs clock hop (MEASURING.md 4), so those are used. Where copies queue on one
+    engine, only the common clock shows the queueing; equal copies are then served in an order that changes
+    between repetitions, so they are compared by rank. Files measured before order statistics were recorded
+    fall back to the per-copy medians, sorted.
+    """
+    own = list(meas.get("own_sorted_s") or sorted((meas.get("own_s") or meas["finish_s"]).values()))
+    if distinct_engines(case):
+        return own, own
+    fin = meas.get("finish_sorted_s") or sorted(meas["finish_s"].values())
+    return list(fin), own
+
+
+def measured_makespan(case: Case, meas: dict[str, Any]) -> float:
+    """The measured makespan compared with predictions (see `measured_order` for which clock)."""
+    if case.group == "copies" and len(meas.get("finish_s") or {}) > 1 and distinct_engines(case):
+        raw = meas.get("raw_own_s")
+        if raw:
+            n = len(next(iter(raw.values())))
+            spans = sorted(max(v[r] for v in raw.values()) for r in range(n))
+            return float(spans[n // 2] if n % 2 else (spans[n // 2 - 1] + spans[n // 2]) / 2)
+        return max((meas.get("own_s") or meas["finish_s"]).values())
+    return meas["makespan_s"]
+
+
+def predicted_order(pred: Prediction) -> tuple[list[float], list[float]]:
+    """The simulated counterpart of `measured_order`: sorted finish times and sorted service times."""
+    ids = list(pred.finish_s)
+    return sorted(pred.finish_s[i] for i in ids), sorted(pred.finish_s[i] - pred.begin_s[i] for i in ids)

@@ -1,0 +1,174 @@
+"""Serving requests: who arrives when, with how many prompt and output tokens, sharing which prefix.
+
+Two sources, one type (`Request`):
+- `poisson_requests`: a seeded Poisson process at a rate, with token counts fixed, uniform or geometric
+  (geometric output lengths make per-request service time exponential, which queueing tests rely on);
+- `load_trace`: a CSV with columns `arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]`.
+
+`prefix_id` names a shared prefix (a system prompt): requests with the same id share their first
+`prefix_tokens` prompt tokens, which KV policies may store and read once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels.fileio import atomic_write_text
+
+TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+OPTIONAL_COLUMNS = ("prefix_id", "prefix_tokens")
+LENGTH_DISTRIBUTIONS = ("fixed", "uniform", "geometric")
+
+
+class RequestError(FabricsimError):
+    """A request list or trace is malformed (missing column, negative time, non-integer tokens, ...)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request. `prefix_tokens` of the prompt are shared with every request of the same `prefix_id`."""
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    prefix_id: str | None = None
+    prefix_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"request {self.id}"
+        if not (math.isfinite(self.arrival_s) and self.arrival_s >= 0):
+            raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {self.arrival_s}")
+        if self.prompt_tokens < 1:
+            raise RequestError(f"{where}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
+        if self.output_tokens < 1:
+            raise RequestError(f"{where}: output_tokens must be >= 1, got {self.output_tokens}")
+        if not 0 <= self.prefix_tokens <= self.prompt_tokens:
+            raise RequestError(f"{where}: prefix_tokens must be in [0, prompt_tokens={self.prompt_tokens}], "
+                               f"got {self.prefix_tokens}")
+        if self.prefix_tokens and self.prefix_id is None:
+            raise RequestError(f"{where}: prefix_tokens given without a prefix_id")
+
+
+def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str) -> np.ndarray:
+    """`n` token counts >= 1 with the given mean: fixed, uniform on [1, 2*mean-1], or geometric on {1, 2, ...}."""
+    if not mean >= 1:
+        raise RequestError(f"{what}: mean must be >= 1 token, got {mean}")
+    if dist == "fixed":
+        return np.full(n, int(round(mean)), dtype=np.int64)
+    if dist == "uniform":
+        hi = max(1, int(round(2 * mean - 1)))
+        return rng.integers(1, hi + 1, size=n)
+    if dist == "geometric":
+        return rng.geometric(1.0 / mean, size=n) if mean > 1 else np.ones(n, dtype=np.int64)
+    raise RequestError(f"{what}: unknown length distribution '{dist}' (known: {', '.join(LENGTH_DISTRIBUTIONS)})")
+
+
+def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_tokens: float, seed: int = 0,
+                     prompt_dist: str = "fixed", output_dist: str = "fixed", prefix_tokens: int = 0,
+                     prefixes: int = 1, start_s: float = 0.0) -> list[Request]:
+    """`n` requests of a Poisson process at `rate_per_s` (exponential gaps), reproducible from `seed`.
+
+    With `prefix_tokens > 0` every prompt starts with one of `prefixes` shared prefixes (chosen uniformly),
+    and prompts are at least `prefix_tokens + 1` long. `rate_per_s = inf` means everything arrives at `start_s`
+    (an offline batch).
+    """
+    if not rate_per_s > 0:
+        raise RequestError(f"arrival rate must be > 0 requests/s, got {rate_per_s}")
+    if n < 1:
+        raise RequestError(f"need at least one request, got n={n}")
+    if prefix_tokens < 0 or prefixes < 1:
+        raise RequestError(f"prefix_tokens must be >= 0 and prefixes >= 1, got {prefix_tokens}, {prefixes}")
+    rng = np.random.default_rng(seed)
+    if math.isinf(rate_per_s):
+        arrivals = np.full(n, float(start_s))
+    else:
+        arrivals = start_s + np.cumsum(rng.exponential(1.0 / rate_per_s, size=n))
+    prompts = _lengths(rng, n, prompt_tokens, prompt_dist, "prompt_tokens")
+    outputs = _lengths(rng, n, output_tokens, output_dist, "output_tokens")
+    which = rng.integers(0, prefixes, size=n) if prefix_tokens else np.zeros(n, dtype=np.int64)
+    out = []
+    for i in range(n):
+        prompt = int(prompts[i])
+        pid = None
+        if prefix_tokens:
+            prompt = max(prompt, prefix_tokens + 1)
+            pid = f"p{int(which[i])}"
+        out.append(Request(i, float(arrivals[i]), prompt, int(outputs[i]), pid, prefix_tokens))
+    return out
+
+
+def _field(row: dict[str, str], col: str, where: str, kind: type) -> float | int:
+    raw = (row.get(col) or "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(f"{where}: column '{col}' is not a number: {raw!r}") from None
+    if kind is int:
+        if not value.is_integer():
+            raise RequestError(f"{where}: column '{col}' must be a whole number of tokens, got {raw!r}")
+        return int(value)
+    return value
+
+
+def load_trace(path: str | Path) -> list[Request]:
+    """Read a request trace CSV; every error names the file, the line and the column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RequestError(f"trace {path}: {exc.strerror or exc}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    missing = [c for c in TRACE_COLUMNS if c not in header]
+    if missing:
+        raise RequestError(f"trace {path}: missing column(s) {', '.join(missing)} "
+                           f"(need {', '.join(TRACE_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}]; found {header})")
+    out = []
+    for line, row in enumerate(reader, start=2):
+        where = f"trace {path} line {line}"
+        arrival = _field(row, "arrival_s", where, float)
+        if not (math.isfinite(arrival) and arrival >= 0):
+            raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {arrival}")
+        pid = (row.get("prefix_id") or "").strip() or None
+        ptoks = _field(row, "prefix_tokens", where, int) if (row.get("prefix_tokens") or "").strip() else 0
+        try:
+            out.append(Request(len(out), arrival, _field(row, "prompt_tokens", where, int),
+                               _field(row, "output_tokens", where, int), pid, ptoks))
+        except RequestError as exc:
+            raise RequestError(f"{where}: {str(exc).split(': ', 1)[1]}") from None
+    if not out:
+        raise RequestError(f"trace {path}: no requests (only a header)")
+    return sorted(out, key=lambda r: (r.arrival_s, r.id))
+
+
+def write_trace(requests: Iterable[Request], path: str | Path) -> None:
+    """Write requests as a trace CSV (atomically: temp file + rename)."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([*TRACE_COLUMNS, *OPTIONAL_COLUMNS])
+    for r in requests:
+        w.writerow([repr(r.arrival_s), r.prompt_tokens, r.output_tokens, r.prefix_id or "", r.prefix_tokens])
+    atomic_write_text(path, buf.getvalue())
+
+
+def offered_load(requests: Sequence[Request]) -> dict[str, float]:
+    """Summary of a request list: count, span, rate and mean token counts (for reports)."""
+    n = len(requests)
+    span = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests) if n else 0.0
+    return {
+        "requests": float(n),
+        "span_s": span,
+        "rate_per_s": (n - 1) / span if span > 0 else math.inf,
+        "mean_prompt_tokens": sum(r.prompt_tokens for r in requests) / n if n else 0.0,
+        "mean_output_tokens": sum(r.output_tokens for r in requests) / n if n else 0.0,
+    }

@@ -1,0 +1,438 @@
+"""What every weight-sync strategy shares: the setup it runs on, the metrics it reports, the run loop.
+
+A strategy is a simulated *procedure* (a simpy generator) of transfers, kernels and software delays on a
+`Simulation`, from "the training step has ended" (t = 0) to "every rollout GPU can use the new version". The
+runner (`simulate_sync`) does what is common: plan the resharding, refuse infeasible configurations before
+running anything (a rollout layout that does not fit, buffers that exceed free HBM, a path the mechanism cannot
+use), account memory, run, and turn the records into metrics:
+
+- `sync_s`: training step end -> the last rollout GPU can use the new version;
+- `stall_s`: how long generation cannot run: from the first write into live rollout weights to the end for
+  blocking strategies, only the flip for double-buffered ones, nothing for zero-copy reads;
+- bytes per link class (`p2p-nvlink`, `rdma`, `h2d`, ...), peak extra memory per GPU against what is free;
+- decode-step time where the weights live under this strategy, and staleness for asynchronous modes.
+
+Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x128 block scales) and
+`DeltaEncoding` (only changed values, as values plus indices or a bitmap), each with kernel costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import simpy
+
+from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore import ScenarioError, Simulation
+from fabricsim.simcore.units import parse_bytes
+
+from ..decode import DecodeBatch, step_cost
+from ..errors import InfeasibleError, WorkloadError
+from ..models import ModelConfig, dtype_bytes
+from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
+
+
+@dataclass(frozen=True)
+class SyncSetup:
+    """One weight-sync question: this model, trained on this layout, served by these engines, on this machine.
+
+    rollout_dtype: weight dtype of the engines (None = the model's); 'fp8' adds a conversion.
+    trainer_bytes_per_param: trainer-side bytes per parameter resident on its GPUs during the sync (2 = bf16
+      parameter shards only, optimizer state offloaded to the host, as colocated verl / slime setups do).
+    kv_reserve_fraction: HBM fraction of each rollout GPU held by the engine's KV cache during the sync (0 when
+      engines release it, as colocated "sleep mode" does; vLLM's default claim is 0.9 of HBM).
+    train_step_s: training step length, for staleness of asynchronous modes.
+    """
+
+    topology: Topology
+    model: ModelConfig
+    trainer: TrainerLayout
+    rollout: RolloutLayout
+    rollout_dtype: str | None = None
+    decode: DecodeBatch = DecodeBatch()
+    trainer_bytes_per_param: float = 2.0
+    kv_reserve_fraction: float = 0.0
+    train_step_s: float = 60.0
+
+    @property
+    def wire_dtype(self) -> str:
+        return self.rollout_dtype or self.model.dtype
+
+    @property
+    def rollout_ratio(self) -> float:
+        """Rollout-side bytes per trainer-side byte (0.5 for bf16 -> fp8)."""
+        return dtype_bytes(self.wire_dtype) / dtype_bytes(self.model.dtype)
+
+    def hbm_bytes(self, gpu: str) -> int:
+        return self.topology.gpu(gpu).hbm_bytes
+
+
+# ---- transforms -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transform:
+    """A change to what travels. Per byte of trainer-side (bf16) data: `ratio` bytes travel; the encoding kernel
+    moves `encode_hbm` HBM bytes on the sender, the decoding kernel `decode_hbm` on the receiver;
+    `sender_state` bytes of extra memory per byte stay on the sender (delta's previous version)."""
+
+    name: str
+    ratio: float
+    encode_hbm: float
+    decode_hbm: float = 0.0
+    sender_state: float = 0.0
+
+
+def fp8_conversion(block: int = 128) -> Transform:
+    """bf16 -> fp8 e4m3 with one fp32 scale per `block` x `block` block (DeepSeek-V3's recipe, which vLLM and
+    SGLang load): half the bytes plus 4 / block^2 per element. The kernel reads bf16 twice (amax, then
+    scale-and-cast) and writes fp8: 2 + 2 + 1 bytes of HBM traffic per element = 2.5 per bf16 byte."""
+    return Transform("fp8", 0.5 + 2.0 / block**2, encode_hbm=2.5)
+
+
+def delta_encoding(changed_fraction: float, value_bytes: float = 2.0, index_bytes: float = 4.0) -> Transform:
+    """Only changed values travel: as (value, int32 index) pairs or as a dense bitmap plus values, whichever is
+    smaller. Encoding reads the new and the kept previous version and writes the payload and the new previous
+    version; decoding reads the payload and rewrites the changed values. RL updates with small learning rates
+    change few bf16 values per step (bf16 rounding swallows most updates), which is why this pays at all."""
+    f = changed_fraction
+    if not 0.0 <= f <= 1.0:
+        raise WorkloadError(f"changed fraction must be in [0, 1], got {f}")
+    ratio = min(1.0, f * (value_bytes + index_bytes) / value_bytes, f + 1.0 / (8 * value_bytes))
+    return Transform(f"delta{f:g}", ratio, encode_hbm=2.0 + ratio + 2 * f, decode_hbm=ratio + 2.0 * f,
+                     sender_state=1.0)
+
+
+# ---- results --------------------------------------------------------------------------------------------
+@dataclass
+class SyncResult:
+    """Metrics of one sync (see the module docstring). Infeasible configurations carry `feasible=False`, the
+    reason, and the memory figures that made them so; nothing was simulated."""
+
+    strategy: str
+    feasible: bool
+    reason: str = ""
+    sync_s: float = math.nan
+    stall_s: float = math.nan
+    bytes_by_class: dict[str, float] = field(default_factory=dict)
+    peak_extra_bytes: float = 0.0          # max over GPUs
+    extra_headroom_bytes: float = math.nan  # min over GPUs of free HBM minus the strategy's peak extra
+    rollout_weight_bytes: float = 0.0      # per rollout GPU (max) resident under this strategy
+    decode_step_s: float = math.nan
+    decode_step_local_s: float = math.nan
+    decode_step_during_sync_s: float = math.nan  # asynchronous modes: a step that shares links and HBM with the sync
+    staleness_versions: float = 0.0
+    stale_fraction: float = 0.0
+    flow_events: int = 0
+    sim_result: Any = field(default=None, repr=False)
+
+    def metrics(self) -> dict[str, tuple[float, str]]:
+        """Flat {metric: (value, unit)} for the study contract."""
+        out = {
+            "feasible": (1.0 if self.feasible else 0.0, ""),
+            "peak_extra_GiB": (self.peak_extra_bytes / 2**30, "GiB"),
+            "headroom_GiB": (self.extra_headroom_bytes / 2**30, "GiB"),
+            "rollout_weights_GiB": (self.rollout_weight_bytes / 2**30, "GiB"),
+            "decode_step_ms": (self.decode_step_s * 1e3, "ms"),
+            "decode_step_local_ms": (self.decode_step_local_s * 1e3, "ms"),
+            "decode_step_during_sync_ms": (self.decode_step_during_sync_s * 1e3, "ms"),
+        }
+        if self.feasible:
+            out.update({
+                "sync_s": (self.sync_s, "s"), "stall_s": (self.stall_s, "s"),
+                "staleness_versions": (self.staleness_versions, "versions"),
+                "stale_fraction": (self.stale_fraction, ""), "flow_events": (float(self.flow_events), ""),
+            })
+            for cls, b in sorted(self.bytes_by_class.items()):
+                out[f"GB_{cls}"] = (b / 1e9, "GB")
+        return {k: v for k, v in out.items() if not (isinstance(v[0], float) and math.isnan(v[0]))}
+
+
+# ---- the context a procedure runs in --------------------------------------------------------------------
+class SyncContext:
+    """What a running procedure sees: the simulation, the setup, the plans, memory helpers and marks."""
+
+    def __init__(self, sim: Simulation, setup: SyncSetup, plan: ReshardPlan, transforms: tuple[Transform, ...]):
+        self.sim = sim
+        self.setup = setup
+        self.plan = plan
+        self.transforms = transforms
+        self.first_live_write_s: float | None = None
+        self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
+        self._assembled: AssembledPlan | None = None
+        self._seq = 0
+
+    @property
+    def assembled(self) -> AssembledPlan:
+        if self._assembled is None:
+            s = self.setup
+            self._assembled = assembled_plan(s.model, s.trainer, s.rollout)
+        return self._assembled
+
+    @property
+    def wire_ratio(self) -> float:
+        """Bytes on the wire per trainer-side byte, after every sender-side transform."""
+        r = 1.0
+        for t in self.transforms:
+            r *= t.ratio
+        return r
+
+    def name(self, stem: str) -> str:
+        self._seq += 1
+        return f"{stem}.{self._seq}"
+
+    def alloc(self, gpu: str, nbytes: float, tag: str) -> None:
+        if nbytes > 0:
+            self.sim.memory(gpu).alloc(int(nbytes), tag)
+
+    def free(self, gpu: str, tag: str) -> None:
+        """Release an allocation made with `alloc` (a zero-byte request allocated nothing: nothing to free)."""
+        with contextlib.suppress(ScenarioError):
+            self.sim.memory(gpu).free(tag)
+
+    def mark_live_write(self) -> None:
+        """Call when the first byte lands in the engines' live weights (generation must stop from here)."""
+        if self.first_live_write_s is None:
+            self.first_live_write_s = self.sim.now
+
+    def encode(self, gpu: str, raw_bytes: float, after: Iterable = ()) -> simpy.Event:
+        """The sender-side transform kernels on `raw_bytes` of trainer-side data."""
+        hbm = sum(t.encode_hbm for t in self.transforms) * raw_bytes
+        return self.sim.task(self.name(f"encode.{gpu}"), gpu, hbm_bytes=hbm, after=tuple(after), tag="encode")
+
+    def load(self, gpu: str, raw_bytes: float, after: Iterable = (), src: str | None = None,
+             tag: str = "load") -> simpy.Event:
+        """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
+        the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel."""
+        sim, wire = self.sim, raw_bytes * self.wire_ratio
+        events = []
+        dec = sum(t.decode_hbm for t in self.transforms) * raw_bytes
+        if dec:
+            events.append(sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode"))
+        if not any(t.decode_hbm for t in self.transforms):
+            events.append(sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after),
+                                       tag=tag))
+        return sim.env.all_of(events)
+
+
+def share_of_replica(ctx: SyncContext) -> dict[str, float]:
+    """Fraction of one full copy of the model each trainer GPU holds (replicas count once in total)."""
+    held = ctx.plan.held_bytes
+    total = float(held.sum())
+    return {g: float(b) / total for g, b in zip(ctx.plan.trainer_gpus, held, strict=True)}
+
+
+# ---- strategies -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knobs:
+    """Base of every strategy's cost knobs (frozen dataclass; defaults documented where they are defined)."""
+
+    def replace(self, **kw: Any) -> Knobs:
+        names = {f.name for f in fields(self)}
+        bad = sorted(set(kw) - names)
+        if bad:
+            raise WorkloadError(f"unknown knob(s) {', '.join(bad)} for {type(self).__name__} "
+                                f"(known: {', '.join(sorted(names))})")
+        owner = type(self).__name__
+        kw = {k: _coerce_knob(owner, k, getattr(self, k), v) for k, v in kw.items()}
+        return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
+
+
+def _coerce_knob(owner: str, name: str, default: Any, value: Any) -> Any:
+    """Check a knob against its default's type: true/false for switches, numbers (or sizes such as 512MiB for
+    *_bytes knobs) for costs and sizes, so a typo is an error instead of a silently different run."""
+    where = f"knob {name} of {owner}"
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise WorkloadError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(default, int | float):
+        if isinstance(value, bool):
+            raise WorkloadError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                if not name.endswith("bytes"):
+                    raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
+                try:
+                    value = parse_bytes(value, where)
+                except FabricsimError as exc:
+                    raise WorkloadError(str(exc)) from None
+        if not isinstance(value, int | float) or value != value:
+            raise WorkloadError(f"{where}: expected a number, got {value!r}")
+        if isinstance(default, int):
+            if value != int(value) or value < 1:
+                raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
+            return int(value)
+        if name.endswith("bytes") and not value > 0:
+            raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
+        if not value >= 0:
+            raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
+        return float(value)
+    return value
+
+
+class Strategy:
+    """A weight-sync procedure. Subclasses set `name`, `Knobs`, and implement `procedure` (and, where they
+    differ from the defaults, `check`, `extra_memory`, `stall`, `decode_step`)."""
+
+    name: ClassVar[str] = ""
+    Knobs: ClassVar[type[Knobs]] = Knobs
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, knobs: Knobs | None = None, transforms: tuple[Transform, ...] = (), **kw: Any) -> None:
+        self.knobs = (knobs or self.Knobs()).replace(**kw) if kw else (knobs or self.Knobs())
+        self.transforms = tuple(transforms)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f"+{t.name}" for t in self.transforms)
+
+    # -- hooks
+    def check(self, setup: SyncSetup, plan: ReshardPlan) -> None:
+        """Raise `InfeasibleError` when the mechanism cannot work on this topology / layout."""
+
+    def extra_memory(self, setup: SyncSetup, plan: ReshardPlan) -> dict[str, float]:
+        """Peak extra bytes per GPU the procedure allocates (checked against free HBM before running)."""
+        return {}
+
+    def rollout_resident(self, setup: SyncSetup, plan: ReshardPlan) -> dict[str, float]:
+        """Bytes of live weights on each rollout GPU (zero-copy keeps none)."""
+        return {g: b * setup.rollout_ratio for g, b in zip(plan.rollout_gpus, plan.need_bytes, strict=True)}
+
+    def procedure(self, ctx: SyncContext) -> Generator:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def stall(self, ctx: SyncContext, sync_s: float) -> float:
+        if not self.blocking:
+            return 0.0
+        start = ctx.first_live_write_s if ctx.first_live_write_s is not None else sync_s
+        return sync_s - start
+
+    def decode_step(self, setup: SyncSetup, plan: ReshardPlan) -> float:
+        """Decode-step time of a rollout GPU under this strategy (default: weights in local HBM)."""
+        return local_decode_step(setup)
+
+    def staleness(self, setup: SyncSetup, sync_s: float) -> tuple[float, float]:
+        """(versions behind at worst, fraction of generation time on an old version); 0 for blocking syncs."""
+        return 0.0, 0.0
+
+
+def local_decode_step(setup: SyncSetup) -> float:
+    model = setup.model.with_dtype(setup.wire_dtype)
+    gpu = setup.topology.gpu(setup.rollout.gpus[0])
+    return step_cost(model, setup.decode, gpu, tp=setup.rollout.tp).step_s
+
+
+def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int) -> list[tuple[float, int]]:
+    """Buckets of `bucket_bytes` as at most `max_sim` simulated buckets: [(bytes, how many real buckets)].
+
+    Real buckets past `max_sim` are merged (their fixed costs are still paid per real bucket by the strategy),
+    which keeps a 2 TB model at a few hundred flows.
+    """
+    if bucket_bytes <= 0:
+        raise WorkloadError(f"bucket size must be > 0, got {bucket_bytes}")
+    real = max(1, math.ceil(total_bytes / bucket_bytes))
+    sims = min(real, max_sim)
+    base, extra = divmod(real, sims)
+    out = []
+    left = total_bytes
+    for i in range(sims):
+        m = base + (1 if i < extra else 0)
+        b = min(left, m * bucket_bytes) if i < sims - 1 else left
+        out.append((b, m))
+        left -= b
+    return out
+
+
+def effective_transforms(setup: SyncSetup, strategy: Strategy) -> tuple[Transform, ...]:
+    """The strategy's transforms plus the dtype conversion the rollout dtype asks for (done by the sender, so
+    half the bytes travel, as Perplexity's schedule does)."""
+    extra: tuple[Transform, ...] = ()
+    if setup.wire_dtype != setup.model.dtype:
+        if setup.wire_dtype != "fp8":
+            raise WorkloadError(f"only conversion to fp8 is modelled, not {setup.model.dtype} -> {setup.wire_dtype}")
+        extra = (fp8_conversion(),)
+    return tuple(strategy.transforms) + extra
+
+
+def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
+    """Plan, check feasibility, run the strategy's procedure and collect its metrics.
+
+    Infeasible configurations (see `InfeasibleError`) come back as `SyncResult(feasible=False, reason=...)`
+    without running anything; malformed input (unknown names, degrees that don't divide) raises.
+    """
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    label = strategy.label + ("+fp8" if setup.wire_dtype != setup.model.dtype else "")
+    local_step = local_decode_step(setup)
+    resident_roll = strategy.rollout_resident(setup, plan)
+    resident: dict[str, float] = {}
+    for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
+        resident[g] = resident.get(g, 0.0) + b * setup.trainer_bytes_per_param / dtype_bytes(setup.model.dtype)
+    for g, b in resident_roll.items():
+        resident[g] = resident.get(g, 0.0) + b + setup.kv_reserve_fraction * setup.hbm_bytes(g)
+    extra = dict(strategy.extra_memory(setup, plan))
+    keep = sum(t.sender_state for t in strategy.transforms)
+    if keep:  # the previous version each trainer GPU keeps to diff against
+        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
+            extra[g] = extra.get(g, 0.0) + keep * float(b)
+    headroom = min((setup.hbm_bytes(g) - resident.get(g, 0.0) - extra.get(g, 0.0)
+                    for g in set(resident) | set(extra)), default=math.nan)
+    base = SyncResult(label, False, peak_extra_bytes=max(extra.values(), default=0.0),
+                      extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
+                      decode_step_local_s=local_step)
+    try:
+        if resident_roll:  # zero-copy engines keep no weights of their own
+            check_fits(plan, {g: setup.hbm_bytes(g) for g in plan.rollout_gpus},
+                       reserve_fraction=setup.kv_reserve_fraction, bytes_ratio=setup.rollout_ratio,
+                       resident_bytes={g: resident.get(g, 0.0) - resident_roll.get(g, 0.0)
+                                       - setup.kv_reserve_fraction * setup.hbm_bytes(g) for g in plan.rollout_gpus})
+        strategy.check(setup, plan)
+        for g in sorted(set(resident) | set(extra)):
+            need = resident.get(g, 0.0) + extra.get(g, 0.0)
+            if need > setup.hbm_bytes(g):
+                raise InfeasibleError(
+                    f"{label}: {g} needs {need / 2**30:.1f} GiB ({resident.get(g, 0.0) / 2**30:.1f} resident + "
+                    f"{extra.get(g, 0.0) / 2**30:.1f} extra) of {setup.hbm_bytes(g) / 2**30:.1f} GiB HBM")
+        base.decode_step_s = strategy.decode_step(setup, plan)
+    except InfeasibleError as exc:
+        base.reason = str(exc)
+        return base
+
+    sim = Simulation(setup.topology, record_load=False)
+    for g, b in resident.items():
+        sim.memory(g).alloc(int(b), "resident")
+    if keep:
+        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
+            sim.memory(g).alloc(int(keep * float(b)), "previous-version")
+    ctx = SyncContext(sim, setup, plan, effective_transforms(setup, strategy))
+
+    def timed() -> Generator:
+        yield from strategy.procedure(ctx)
+        return sim.now
+
+    done = sim.process(timed())
+    res = sim.run()
+    if not done.processed:
+        raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
+    sync_s = float(done.value)
+    peaks = {g: sim.memory(g).peak_bytes - int(resident.get(g, 0.0)) for g in set(resident) | set(extra)}
+    base.feasible = True
+    base.sync_s = sync_s
+    base.stall_s = strategy.stall(ctx, sync_s)
+    base.bytes_by_class = {k: v for k, v in res.bytes_by_link_class().items() if v > 0}
+    base.peak_extra_bytes = float(max(peaks.values(), default=0))
+    base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
+    base.flow_events = res.events
+    if ctx.concurrent_steps_s:
+        base.decode_step_during_sync_s = max(ctx.concurrent_steps_s)
+    if keep_result:
+        base.sim_result = res
+    return base

@@ -1,0 +1,125 @@
+"""`fabricsim sync MODEL STRATEGY ...`: simulate one weight sync and print its metrics (or JSON).
+
+GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from fabricsim.hwmodels import presets
+
+from .. import models
+from ..decode import DecodeBatch
+from ..errors import WorkloadError
+from ..metrics_out import metric_values, print_json, print_metrics
+from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
+from .base import SyncSetup, simulate_sync
+from .registry import get, names
+
+_RANGE = re.compile(r"^(.*?)(\d+)-(\d+)$")
+
+
+def parse_gpus(spec: str) -> list[str]:
+    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']."""
+    out: list[str] = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        m = _RANGE.match(item)
+        if m:
+            lo, hi = int(m[2]), int(m[3])
+            if hi < lo:
+                raise WorkloadError(f"GPU range '{item}' runs backwards")
+            out += [f"{m[1]}{i}" for i in range(lo, hi + 1)]
+        else:
+            out.append(item)
+    if not out:
+        raise WorkloadError(f"empty GPU list '{spec}'")
+    return out
+
+
+def parse_knob(text: str) -> tuple[str, Any]:
+    """'bucket_bytes=1e9' -> ('bucket_bytes', 1e9); numbers and true/false are converted."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise WorkloadError(f"knob '{text}' is not KEY=VALUE")
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    try:
+        return key, int(raw)
+    except ValueError:
+        pass
+    try:
+        return key, float(raw)
+    except ValueError:
+        return key, raw
+
+
+def _trainer(args: argparse.Namespace, gpus: list[str]):
+    if args.megatron is None:
+        return FSDPLayout(gpus)
+    degrees = dict(parse_knob(kv) for kv in args.megatron.split(",") if kv)
+    bad = sorted(set(degrees) - {"tp", "pp", "ep"})
+    if bad:
+        raise WorkloadError(f"--megatron takes tp=, pp=, ep= (got {', '.join(bad)})")
+    return MegatronLayout(gpus, **{k: int(v) for k, v in degrees.items()})
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.list:
+        print("models:     " + ", ".join(models.names()))
+        print("strategies: " + ", ".join(names()))
+        return 0
+    if not args.model or not args.strategy:
+        raise WorkloadError("give MODEL and STRATEGY (or --list)")
+    topo = presets.load(args.topology, calibration=args.calibration or "default")
+    setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
+                      RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
+                      rollout_dtype="fp8" if args.fp8 else None,
+                      decode=DecodeBatch(batch=args.batch, context=args.context))
+    strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
+    res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
+    metrics = res.metrics()
+    if args.trace and res.sim_result is not None:
+        res.sim_result.write_trace(args.trace)
+    if args.json:
+        print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
+                    "metrics": metric_values(metrics)})
+        return 0
+    print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
+          f"rollout {setup.rollout.describe()}")
+    if not res.feasible:
+        print(f"infeasible: {res.reason}")
+    print_metrics(metrics)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync", help="simulate one weight sync (trainer GPUs -> rollout GPUs)",
+        description="Simulate one weight sync with a strategy and print sync time, stall, bytes, memory, decode step.",
+        epilog="examples:\n  fabricsim sync --list\n"
+               "  fabricsim sync Qwen3-30B-A3B rdma-p2p --trainer gpu0-3 --rollout gpu4-7\n"
+               "  fabricsim sync Llama-3-70B nccl-broadcast --topology cluster-4x8 "
+               "--trainer node0.gpu0-7,node1.gpu0-7 --rollout node2.gpu0-7,node3.gpu0-7 --tp 8 --json\n"
+               "  fabricsim sync Llama-3-8B host-staged --knob bucket_bytes=1e9 --knob include_d2h=false",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="model preset (see --list)")
+    p.add_argument("strategy", nargs="?", help="strategy name, e.g. rdma-p2p, shared-pool:zero-copy, delta:rdma-p2p")
+    p.add_argument("--list", action="store_true", help="list models and strategies")
+    p.add_argument("--topology", default="hgx-h200-8", help="topology preset or file (default hgx-h200-8)")
+    p.add_argument("--calibration", metavar="PATH", help="calibration profile (default: the preset's bundled one)")
+    p.add_argument("--trainer", default="gpu0-3", help="trainer GPUs (default gpu0-3)")
+    p.add_argument("--megatron", metavar="tp=T,pp=P,ep=E", help="Megatron trainer layout instead of FSDP")
+    p.add_argument("--rollout", default="gpu4-7", help="rollout GPUs (default gpu4-7)")
+    p.add_argument("--tp", type=int, default=1, help="rollout engine TP degree (default 1)")
+    p.add_argument("--ep", action="store_true", help="rollout engines spread experts over their ranks")
+    p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
+    p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
+    p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
+    p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.set_defaults(func=_run)

@@ -1,0 +1,141 @@
+"""Collective-communication building blocks as flows on a `Simulation`: pipelined ring broadcast, gathers and
+ring all-gathers. Strategies compose these; the closed forms they follow are tested.
+
+A ring broadcast of S bytes over n GPUs in c chunks on links of bandwidth B takes (S/B)(1 + (n-2)/c) plus
+latencies: the last hop starts once the first chunk has crossed n-2 hops. Two ways to simulate it:
+- explicit: one transfer per chunk per hop, chunk k on hop h after chunk k on hop h-1 and chunk k-1 on hop h
+  (exact, c(n-1) flows, latency paid per chunk and hop);
+- fluid: one flow of S bytes per hop, hop h released one chunk-time after hop h-1 and capped at the ring's
+  bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is; latency paid per hop).
+`ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
+512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
+
+On a calibrated topology whose profile fitted NCCL (`Topology.collectives`, written by `fabricsim calibrate`),
+each ring transfer is also capped at the collective's measured bus bandwidth for its size and every call pays
+the fitted fixed cost: measured NCCL replaces the link-only estimate wherever it exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import simpy
+
+from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore.simulation import Simulation
+
+from ..decode import path_bandwidth_Bps
+
+
+def ring_order(topo: Topology, gpus: Sequence[str], first: str | None = None) -> list[str]:
+    """A ring through `gpus` that crosses each node boundary once (sorted by node, then GPU index), starting at
+    `first` (the broadcast root) when given."""
+    def key(g: str) -> tuple:
+        node, _, local = g.rpartition(".")
+        digits = "".join(ch for ch in local if ch.isdigit())
+        return (node, int(digits) if digits else 0, g)
+
+    ring = sorted(dict.fromkeys(topo.resolve(g) for g in gpus), key=key)
+    if first is not None:
+        root = topo.resolve(first)
+        ring = [root] + [g for g in ring if g != root]
+    return ring
+
+
+def ring_bottleneck_Bps(topo: Topology, ring: Sequence[str]) -> float:
+    return min(path_bandwidth_Bps(topo, a, b) for a, b in zip(ring, ring[1:], strict=False))
+
+
+def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk_bytes: float, after: Iterable = (),
+                   name: str, tag: str = "broadcast", repeats: int = 1, max_explicit_flows: int = 256,
+                   explicit: bool | None = None) -> simpy.Event:
+    """Broadcast `nbytes` from `ring[0]` along the ring; the event fires when the last GPU has it all.
+
+    `repeats`: this call stands for that many back-to-back broadcasts of `nbytes / repeats` each (coarsened
+    buckets); each extra one pays its own pipeline fill and latency as a delay after the data has moved.
+    """
+    after = list(after)
+    if len(ring) < 2 or nbytes <= 0:
+        return sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
+    topo = sim.topology
+    hops = list(zip(ring, ring[1:], strict=False))
+    per_call = nbytes / repeats
+    chunks = max(1, math.ceil(per_call / chunk_bytes))
+    if explicit is None:
+        explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
+    B = ring_bottleneck_Bps(topo, ring)
+    cap = None
+    cal = topo.collectives.get("broadcast")
+    if cal is not None:
+        cap = cal.rate_cap(per_call)
+        B = min(B, cap)
+        after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
+    lat = [topo.path(a, b).latency_s for a, b in hops]
+    if explicit:
+        size = nbytes / chunks
+        prev_hop: list[simpy.Event | None] = [None] * len(hops)
+        last = None
+        for k in range(chunks):
+            upstream = None
+            for h, (a, b) in enumerate(hops):
+                deps = [*after] if upstream is None else [upstream]
+                if prev_hop[h] is not None:
+                    deps.append(prev_hop[h])
+                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=cap)
+                prev_hop[h] = upstream = ev
+            last = upstream
+        return last
+    fill = min(chunk_bytes, per_call) / B
+
+    def proc():
+        pending = [e for e in after if not getattr(e, "processed", False)]
+        if pending:
+            yield sim.env.all_of(pending)
+        events = []
+        for h, (a, b) in enumerate(hops):
+            events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, rate_cap_Bps=B, tag=tag))
+            if h < len(hops) - 1:
+                yield sim.env.timeout(fill + lat[h])
+        yield sim.env.all_of(events)
+        if repeats > 1:  # the other calls' pipeline fills and latencies
+            yield sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), tag=tag)
+
+    return sim.process(proc())
+
+
+def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,
+                        explicit: bool = True) -> float:
+    """Closed form of `ring_broadcast` on a uniform ring: (S/B)(1 + (n-2)/c) plus latencies (per chunk and hop
+    when explicit, per hop when fluid)."""
+    if n < 2:
+        return 0.0
+    t = nbytes / Bps * (1 + (n - 2) / chunks)
+    return t + latency_s * ((chunks + n - 2) if explicit else (n - 1))
+
+
+def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str,
+           tag: str = "gather", fixed_cost_s: float = 0.0) -> simpy.Event:
+    """Every source sends its bytes to `dst` at once (a local source's part is already there)."""
+    after = list(after)
+    here = sim.topology.resolve(dst)
+    events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s)
+              for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
+    return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
+
+
+def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, float], *, after: Iterable = (), name: str,
+                   tag: str = "allgather") -> simpy.Event:
+    """Ring all-gather in its bandwidth form: every GPU receives the bytes it lacks from its ring predecessor,
+    all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently)."""
+    after = list(after)
+    cal = sim.topology.collectives.get("all_gather")
+    if cal is not None and len(ring) > 1:
+        after = [sim.delay(f"{name}.nccl-call", cal.fixed_s, after=after, tag=tag)]
+    events = []
+    for i, g in enumerate(ring):
+        b = missing.get(g, 0.0)
+        if b > 0 and len(ring) > 1:
+            events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag,
+                                       rate_cap_Bps=None if cal is None else cal.rate_cap(b)))
+    return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)

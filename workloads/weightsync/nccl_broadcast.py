@@ -1,0 +1,101 @@
+"""`nccl-broadcast`: gather full tensors on one trainer rank, then NCCL-broadcast them to every rollout GPU.
+
+This is the OpenRLHF / verl path for separate rollout engines: trainer rank 0 joins a NCCL group with every
+inference worker; per bucket of parameters the trainer all-gathers the shards (FSDP `summon_full_params`,
+Megatron TP/EP gathers) so rank 0 holds full tensors, broadcasts them (ring, pipelined in NCCL chunks), and each
+engine's `load_weights` keeps its TP slice. Every rollout GPU therefore receives the *full* model, and the whole
+stream leaves through one GPU's links: one NIC across nodes, which is the choke point Perplexity and
+checkpoint-engine describe.
+
+Modelled as, per bucket: gather (every trainer GPU sends its share to the root at once), optional encode on
+the root, ring broadcast of the bucket from the root through all rollout GPUs (see `collectives`), then each
+rollout GPU copies its slice into its live weights and pays `load_weights`' per-tensor Python cost. Without
+`overlap` the next bucket's gather waits for this bucket's loads (verl and OpenRLHF issue them in order).
+
+Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS);
+`call_latency_s` 20 us per collective launch (nccl-tests small-message latency on NVLink is ~10-20 us);
+`per_tensor_s` 20 us of Python per tensor in the engine's load_weights (an estimate: one dict lookup,
+a narrow/copy_ dispatch and a weight-loader call, each a few us; calibration can replace it);
+`bucket_bytes` 512 MiB (verl's `update_weights_bucket_megabytes` default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
+from .collectives import gather, ring_broadcast, ring_order
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class NcclBroadcastKnobs(Knobs):
+    bucket_bytes: float = 512 * MiB
+    chunk_bytes: float = 512 * 1024
+    call_latency_s: float = 20e-6
+    per_tensor_s: float = 20e-6
+    overlap: bool = False
+    max_sim_buckets: int = 32
+
+
+
+
+class NcclBroadcast(Strategy):
+    name = "nccl-broadcast"
+    Knobs = NcclBroadcastKnobs
+
+    def root(self, setup: SyncSetup) -> str:
+        return setup.trainer.gpus[0]
+
+    def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
+        k = self.knobs
+        slots = 2 if k.overlap else 1
+        out = {g: slots * k.bucket_bytes for g in plan.rollout_gpus}
+        root = self.root(setup)
+        out[root] = out.get(root, 0.0) + slots * k.bucket_bytes  # gather buffer beside the broadcast buffer
+        return out
+
+    def procedure(self, ctx: SyncContext) -> Generator:
+        k, sim, setup = self.knobs, ctx.sim, ctx.setup
+        model_bytes = setup.model.weight_bytes()
+        root = self.root(setup)
+        ring = ring_order(sim.topology, [root, *setup.rollout.gpus], first=root)
+        shares = share_of_replica(ctx)
+        own = shares.get(root, 0.0)
+        others = {g: s / (1 - own) for g, s in shares.items() if g != root} if own < 1 else {}
+        need = dict(zip(ctx.plan.rollout_gpus, ctx.plan.need_bytes, strict=True))
+        ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
+        slots = 2 if k.overlap else 1
+        for s in range(slots):
+            for g in {root, *ring}:
+                ctx.alloc(g, k.bucket_bytes, f"bucket{s}")
+        loads_of: list = []
+        prev_gather = None
+        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):
+            frac = nbytes / model_bytes
+            # In order: the previous bucket's loads. Overlapped: the previous gather, and the loads of the bucket
+            # that last used this buffer slot.
+            if k.overlap:
+                after = [e for e in (prev_gather, loads_of[b - 2] if b >= 2 else None) if e is not None]
+            else:
+                after = loads_of[-1:]
+            fetch = {g: f * nbytes * (1 - own) for g, f in others.items()}
+            gathered = gather(sim, fetch, root, after=after, name=f"gather{b}", tag="gather",
+                              fixed_cost_s=m * k.call_latency_s)
+            encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
+            sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
+                                  name=f"bcast{b}", tag="broadcast", repeats=m)
+            sent.callbacks.append(lambda _ev: ctx.mark_live_write())
+            loads = []
+            for g in setup.rollout.gpus:
+                cost = sim.delay(ctx.name(f"load_weights.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
+                                 after=[sent], tag="per-tensor")
+                loads.append(ctx.load(g, need[g] * frac, after=[cost]))
+            prev_gather = gathered
+            loads_of.append(sim.env.all_of(loads))
+        yield sim.env.all_of(loads_of)
+        for s in range(slots):
+            for g in {root, *ring}:
+                ctx.free(g, f"bucket{s}")

@@ -1,0 +1,119 @@
+"""`rdma-p2p`: a static schedule of one-sided writes from every trainer GPU straight into rollout GPUs' weights —
+Perplexity's design ("Weight Transfer for RL Post-Training in under 2 seconds": Kimi-K2, 256 BF16 training GPUs
+to 128 FP8 inference GPUs in 1.3 s).
+
+A controller computes once which trainer GPU sends which parameter slice to which rollout GPU
+(`placement.assembled_plan`: every tensor assigned to one GPU holding a shard of it, round robin, so all
+trainer NICs work at once instead of one rank's). After each step every trainer GPU runs its tasks through a
+pipeline: (1) full-tensor assembly (`full_tensor()`: fetch the other shards of the tensor, over NVLink inside a
+node, RDMA across), (2) projection/quantisation kernels (fp8 with block scales, when the engines run fp8),
+(3) RDMA WRITEs of each rollout GPU's slice directly into its live weights. Stages of successive tasks overlap;
+a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot). The engine does nothing; a final
+barrier tells the controller all writes landed.
+
+Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
+GPU (Perplexity bounds temporary memory with a watermark; its value is not published); `write_overhead_s` 2 us
+per RDMA work request, posted per tensor slice (ibv_post_send plus completion handling, ~1-3 us);
+`barrier_s` 1 ms for the controller's completion round (one RPC); `outstanding` 16 copies in flight per GPU and
+stage, issued in a rotated order (GPU i starts with peer i), as all-to-all schedules do to avoid incast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import simpy
+
+from .base import Knobs, Strategy, SyncContext, SyncSetup
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class RdmaP2PKnobs(Knobs):
+    task_bytes: float = 1 * GiB
+    watermark_bytes: float = 4 * GiB
+    write_overhead_s: float = 2e-6
+    barrier_s: float = 1e-3
+    outstanding: int = 16
+    max_sim_tasks: int = 4
+
+
+class RdmaP2P(Strategy):
+    name = "rdma-p2p"
+    Knobs = RdmaP2PKnobs
+
+    def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
+        k = self.knobs
+        return dict.fromkeys(setup.trainer.gpus, float(max(k.watermark_bytes, k.task_bytes)))
+
+    def procedure(self, ctx: SyncContext) -> Generator:
+        k, sim = self.knobs, ctx.sim
+        ap = ctx.assembled
+        n_tensors = float(ctx.plan.tensors_per_rollout.sum())
+        total_send = float(ap.send.sum())
+        slots_n = max(1, int(k.watermark_bytes // k.task_bytes))
+        ends = []
+        for i, g in enumerate(ap.trainer_gpus):
+            unique = float(ap.unique[i])
+            if unique <= 0:
+                continue
+            ctx.alloc(g, max(k.watermark_bytes, k.task_bytes), "rdma-watermark")
+            real = max(1, math.ceil(unique / k.task_bytes))
+            sims = min(real, k.max_sim_tasks)
+            slots = simpy.Resource(sim.env, capacity=slots_n)
+            writes_share = float(ap.send[i].sum()) / total_send if total_send else 0.0
+            ends.append(sim.process(self._gpu(ctx, i, g, real, sims, slots, n_tensors * writes_share)))
+        yield sim.env.all_of(ends)
+        for g in ap.trainer_gpus:
+            ctx.free(g, "rdma-watermark")
+        if any(t.decode_hbm for t in ctx.transforms):  # e.g. delta: apply the received payloads in place
+            need = ctx.plan.need_bytes
+            yield sim.env.all_of([ctx.load(r, float(need[j])) for j, r in enumerate(ap.rollout_gpus)])
+        yield sim.delay(ctx.name("barrier"), k.barrier_s, tag="barrier")
+
+    def _gpu(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slots: simpy.Resource,
+             slices: float) -> Generator:
+        """One trainer GPU's pipeline: `sims` simulated tasks standing for `real` ones (fetch -> encode -> write)."""
+        k, sim, ap = self.knobs, ctx.sim, ctx.assembled
+        fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
+        write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i) if b > 0]
+        prev_fetch = prev_enc = None
+        pending = []
+        for t in range(sims):
+            frac = (real // sims + (1 if t < real % sims else 0)) / real
+            req = slots.request()
+            yield req
+            fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
+                                   [prev_fetch] if prev_fetch else [], "assemble")
+            enc_after = [fetched, *([prev_enc] if prev_enc else [])]
+            enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
+            post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
+            post.callbacks.append(lambda _ev: ctx.mark_live_write())
+            done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
+            done.callbacks.append(lambda _ev, r=req: slots.release(r))
+            prev_fetch, prev_enc = fetched, enc
+            pending.append(done)
+        yield sim.env.all_of(pending)
+
+    def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
+                tag: str) -> simpy.Event:
+        """Copies issued `outstanding` at a time, in the given (rotated) order: how a static schedule keeps every
+        NIC busy without incast (at step t GPU i talks to peer i + t)."""
+        sim = ctx.sim
+        lanes = max(1, self.knobs.outstanding)
+        tails: list = [list(after) for _ in range(lanes)]
+        ends = []
+        for n, (src, dst, b) in enumerate(copies):
+            ev = sim.transfer(ctx.name(stem), src, dst, b, after=tails[n % lanes], tag=tag)
+            tails[n % lanes] = [ev]
+            ends.append(ev)
+        return sim.env.all_of(ends) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0, after=after)
+
+
+def _rotated(row, start: int) -> list[tuple[int, float]]:
+    """(index, value) pairs of `row` starting at `start` modulo its length."""
+    n = len(row)
+    return [((start + t) % n, row[(start + t) % n]) for t in range(n)]

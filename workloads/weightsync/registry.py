@@ -1,0 +1,48 @@
+"""Strategies by name, so studies and the CLI pick them with a string ("rdma-p2p", "delta:nccl-broadcast",
+"shared-pool:zero-copy").
+
+One explicit table (the KV policies' registry has the same shape): adding a strategy means writing its module
+and adding its class here; strategy modules never import this one back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnknownStrategyError
+from .base import Strategy
+from .cuda_ipc import CudaIpcBuckets
+from .delta import delta
+from .host_staged import HostStaged
+from .nccl_broadcast import NcclBroadcast
+from .rdma_p2p import RdmaP2P
+from .shared_pool import SharedPool
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (NcclBroadcast, CudaIpcBuckets, HostStaged, RdmaP2P, SharedPool)
+}
+
+
+def names() -> list[str]:
+    """Registered names plus the mode/wrapper spellings `get` accepts."""
+    return [*STRATEGIES, "shared-pool:zero-copy", "shared-pool:pull-on-publish", "delta:<strategy>"]
+
+
+def get(spec: str, **knobs: Any) -> Strategy:
+    """A strategy instance from a name and knobs; `NAME:MODE` picks a shared-pool mode, `delta:INNER` wraps INNER.
+
+    Unknown names raise `UnknownStrategyError` listing the known ones; unknown knobs raise `WorkloadError`.
+    """
+    name, _, arg = spec.partition(":")
+    if name == "delta":
+        inner_name = arg or knobs.pop("inner", None)
+        if not inner_name:
+            raise UnknownStrategyError("delta needs an inner strategy: write 'delta:<strategy>'")
+        fraction = knobs.pop("changed_fraction", 0.1)
+        return delta(get(inner_name, **knobs), changed_fraction=fraction)
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        raise UnknownStrategyError(f"unknown weight-sync strategy '{spec}' (known: {', '.join(names())})")
+    if arg:
+        knobs = {**knobs, "mode": arg}
+    return cls(**knobs)
