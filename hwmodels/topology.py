@@ -385,3 +385,11 @@ class Topology:
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
             lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
         return "\n".join(lines)
+
+def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None = None) -> float:
+    """The rate a lone copy from `src` to `dst` reaches: its tightest resource (capacity / coefficient) or its
+    calibrated per-flow cap, whichever is lower."""
+    path = topo.path(src, dst, nbytes)
+    caps = topo.resources()
+    bw = min(caps[r] / c for r, c in path.resources)
+    return min(bw, path.rate_cap_Bps) if path.rate_cap_Bps else bw

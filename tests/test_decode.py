@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.topology import path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.workloads import models
 from fabricsim.workloads.decode import (
     DecodeBatch,
     decode_work,
-    path_bandwidth_Bps,
     schedule_decode_step,
     step_cost,
 )

@@ -7,7 +7,8 @@ import pytest
 
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import CalibrationProfile, PathParams
-from fabricsim.workloads.decode import DecodeBatch, path_bandwidth_Bps, step_cost
+from fabricsim.hwmodels.topology import path_bandwidth_Bps
+from fabricsim.workloads.decode import DecodeBatch, step_cost
 from fabricsim.workloads.errors import InfeasibleError
 from fabricsim.workloads.kvpolicies import PolicyError, make_policy
 from fabricsim.workloads.kvsize import KVConfigError, KVLayout

@@ -9,19 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.topology import path_bandwidth_Bps
 from fabricsim.simcore import Simulation
-from fabricsim.workloads import models
-from fabricsim.workloads.decode import DecodeBatch, decode_work, path_bandwidth_Bps
-from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
-from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
-from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
-from fabricsim.workloads.weightsync.base import coarsen, delta_encoding
-from fabricsim.workloads.weightsync.collectives import (
+from fabricsim.simcore.collectives import (
     ring_bottleneck_Bps,
     ring_broadcast,
     ring_broadcast_time,
     ring_order,
 )
+from fabricsim.workloads import models
+from fabricsim.workloads.decode import DecodeBatch, decode_work
+from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.workloads.weightsync.base import coarsen, delta_encoding
 from fabricsim.workloads.weightsync.shared_pool import PoolProtocolError, VersionedWeightPool
 
 HGX = presets.get("hgx-h200-8", calibration=None)

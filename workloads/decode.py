@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import simpy
 
 from fabricsim.hwmodels.specs import GPUSpec
-from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore.simulation import Simulation
 
 from .errors import WorkloadError
@@ -118,13 +117,6 @@ def step_cost(model: ModelConfig, batch: DecodeBatch, gpu: GPUSpec, *, tp: int =
                           overhead_s)
 
 
-def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None = None) -> float:
-    """The rate a lone copy from `src` to `dst` reaches: its tightest resource (capacity / coefficient) or its
-    calibrated per-flow cap, whichever is lower."""
-    path = topo.path(src, dst, nbytes)
-    caps = topo.resources()
-    bw = min(caps[r] / c for r, c in path.resources)
-    return min(bw, path.rate_cap_Bps) if path.rate_cap_Bps else bw
 
 
 def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: DecodeBatch, *, tp: int = 1,

@@ -37,11 +37,11 @@ import pandas as pd
 import simpy
 
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.topology import Topology
+from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.records import Result
 
-from .decode import DecodeBatch, decode_work, path_bandwidth_Bps
+from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
 from .kvsize import KVConfigError, KVLayout

@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from fabricsim.simcore.collectives import ring_allgather, ring_order
+
 from ..errors import InfeasibleError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen
-from .collectives import ring_allgather, ring_order
 
 MiB = 1 << 20
 

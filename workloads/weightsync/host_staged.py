@@ -22,10 +22,10 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore.collectives import ring_broadcast, ring_order
 
 from ..errors import InfeasibleError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
-from .collectives import ring_broadcast, ring_order
 
 GiB = 1 << 30
 

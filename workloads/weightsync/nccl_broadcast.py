@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from fabricsim.simcore.collectives import gather, ring_broadcast, ring_order
+
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
-from .collectives import gather, ring_broadcast, ring_order
 
 MiB = 1 << 20
 

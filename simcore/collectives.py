@@ -22,10 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import simpy
 
-from fabricsim.hwmodels.topology import Topology
+from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore.simulation import Simulation
-
-from ..decode import path_bandwidth_Bps
 
 
 def ring_order(topo: Topology, gpus: Sequence[str], first: str | None = None) -> list[str]:
