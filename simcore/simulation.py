@@ -318,9 +318,11 @@ class Simulation:
         return proc
 
     def _release(self, rec: Record, deps: list[simpy.Event], start: float) -> Generator:
-        pending = [d for d in deps if not d.processed]
-        if pending:
-            yield self.env.all_of(pending)
+        # One wait per dependency, not `all_of(deps)`: a simpy condition gathers the values of every event
+        # nested in its operands when it fires, so 512 transfers each waiting on `all_of(512 loads)` cost 512^2.
+        for d in deps:
+            if not d.processed:
+                yield d
         if start > self.env.now:
             yield self.env.timeout(start - self.env.now)
         rec.start_s = float(self.env.now)
