@@ -1,0 +1,140 @@
+"""Weight-sync wall time against cluster size: every strategy, three large MoE models, 8 ... 1,024 GPUs.
+
+Each point is one weight sync in a fresh process (so a point that runs away can be stopped), placed as in the
+`cluster_scale` study (`studies/cluster_scale.py`: half the GPUs train in bf16, half serve fp8 in
+expert-parallel engines of TP 8 or 16, on `cluster-Nx8-h200`). Recorded per point:
+the simulation's own wall time (`simulate_sync`, measured inside the child), the child's whole wall time
+(imports included), the simulated sync time, flow events, and whether the configuration is feasible (an
+infeasible answer — CUDA IPC across nodes, weights that do not fit — is an answer, and costs little).
+A point slower than `--timeout` seconds is recorded as a timeout and the larger sizes of that (model,
+strategy) are skipped.
+
+    python benchmarks/sync_scale.py            # -> benchmarks/results/sync-scale.json and .png
+    python benchmarks/sync_scale.py --quick    # one model, up to 64 GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from _record import machine_facts, write_result
+
+RESULTS = Path(__file__).with_name("results")
+MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
+STRATEGIES = ["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "shared-pool:zero-copy",
+              "shared-pool:pull-on-publish", "delta:rdma-p2p"]
+NODES = [1, 2, 4, 8, 16, 32, 64, 128]
+
+CHILD = r"""
+import json, sys, time
+from fabricsim.studies.cluster_scale import setup_of
+from fabricsim.workloads.weightsync import get, simulate_sync
+point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
+t0 = time.perf_counter()
+res = simulate_sync(setup_of(point), get(point["strategy"]))
+m = {k: v[0] for k, v in res.metrics().items()}
+print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasible, "reason": res.reason,
+                  "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events")}))
+"""
+
+
+def run_point(model: str, strategy: str, nodes: int, timeout: float) -> dict:
+    row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes}
+    t0 = time.perf_counter()
+    env = dict(os.environ, FABRICSIM_PROGRESS="0")
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes)], capture_output=True,
+                             text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        row.update(status="timeout", process_wall_s=time.perf_counter() - t0)
+        return row
+    row["process_wall_s"] = time.perf_counter() - t0
+    if out.returncode != 0:
+        row.update(status="error", error=(out.stderr.strip().splitlines() or ["?"])[-1])
+        return row
+    row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    row["status"] = "ok" if row["feasible"] else "infeasible"
+    return row
+
+
+def plot(doc: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in doc["points"]}, key=MODELS.index)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for strategy in STRATEGIES:
+            rows = [r for r in doc["points"] if r["model"] == model and r["strategy"] == strategy]
+            done = [r for r in rows if r["status"] in ("ok", "infeasible")]
+            if not done:
+                continue
+            line, = ax.plot([r["gpus"] for r in done], [r["sim_wall_s"] for r in done], "o-", label=strategy,
+                            markersize=4)
+            for r in done:
+                if r["status"] == "infeasible":
+                    ax.plot(r["gpus"], r["sim_wall_s"], "x", color=line.get_color(), markersize=7)
+            for r in rows:
+                if r["status"] == "timeout":
+                    ax.plot(r["gpus"], doc["timeout_s"], "^", color=line.get_color(), markersize=8)
+        ax.axhline(10, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("GPUs (half train, half serve)")
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("simulation wall time, s (x: infeasible answer, ^: timeout)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"fabricsim sync wall time vs cluster size ({doc['machine']['cores']}-core {doc['machine']['cpu']})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per point (default 60)")
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--strategies", nargs="*", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    models = args.models or (MODELS[:1] if args.quick else MODELS)
+    strategies = args.strategies or STRATEGIES
+    nodes_list = [n for n in NODES if n <= 8] if args.quick else NODES
+    points = []
+    for model in models:
+        for strategy in strategies:
+            stop = None
+            for nodes in nodes_list:
+                if stop is not None:
+                    points.append({"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes,
+                                   "status": "skipped", "reason": f"{stop} GPUs timed out"})
+                    continue
+                row = run_point(model, strategy, nodes, args.timeout)
+                print(f"{model:16s} {strategy:28s} {row['gpus']:5d} GPUs  {row['status']:10s} "
+                      f"sim {row.get('sim_wall_s', float('nan')):7.2f} s  process {row['process_wall_s']:6.2f} s  "
+                      f"sync {row.get('sync_s') or float('nan'):7.3f} s", flush=True)
+                points.append(row)
+                if row["status"] == "timeout":
+                    stop = row["gpus"]
+    doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": machine_facts(), "timeout_s": args.timeout,
+           "note": "one point at a time, each in a fresh process; the 2-core VM was shared with other jobs",
+           "load_average_1m_at_end": os.getloadavg()[0], "points": points}
+    out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
+    write_result(out, doc)
+    plot(doc, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

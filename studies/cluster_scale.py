@@ -1,0 +1,85 @@
+"""Cluster scale: weight-sync time of every strategy for three large MoE models on 8 ... 1,024 H200 GPUs.
+
+Placement: half the GPUs train (FSDP over `node0 ... node{N/2-1}`, bf16), half serve fp8 weights (bf16 -> fp8
+on the way, as the Kimi-K2 and Perplexity setups do) in expert-parallel engines of the smallest TP degree
+(8 or more) whose fp8 weights take at most half of a GPU's HBM: TP 8 for Qwen3-235B-A22B, 16 for DeepSeek-V3
+and Kimi-K2. On `cluster-Nx8-h200` (rail-optimised, one 400 Gb/s NIC per GPU, the datasheet fabric: no bundled
+calibration covers a cluster). A configuration that does not fit (the trainer's bf16 shards on few GPUs, an
+engine wider than the rollout half) or needs one machine (CUDA IPC, shared pools beyond one node) is answered
+"infeasible", which is itself the finding.
+
+Sizes per strategy stop where one simulation stops taking seconds on a 2-core machine (`MAX_GPUS`):
+point-to-point schedules (`rdma-p2p`, `delta:rdma-p2p`) create one flow per (trainer, peer) pair per pipeline
+task, so their flow count grows with GPUs^2 (16,128 flow events at 64 GPUs, ~4 million at 1,024), and
+`host-staged` broadcasts every rank's bucket around the whole ring (GPUs^2 hops per round). See
+`benchmarks/sync_scale.py` for the wall time of each point.
+
+Run it:  fabricsim sweep cluster_scale && fabricsim plot cluster_scale   (a few minutes on two cores)
+"""
+
+from __future__ import annotations
+
+from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.hwmodels import presets
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+
+MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
+GPUS = [8, 16, 32, 64, 128, 256, 512, 1024]
+MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 256, "rdma-p2p": 64,
+            "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 1024, "delta:rdma-p2p": 64}
+
+
+def layout(gpus: int) -> tuple[str, str, str]:
+    """(topology, trainer GPUs, rollout GPUs) for a cluster of `gpus` GPUs, half training."""
+    nodes = gpus // 8
+    if nodes == 1:
+        return "cluster-1x8-h200", "node0.gpu0-3", "node0.gpu4-7"
+    return f"cluster-{nodes}x8-h200", f"node0-{nodes // 2 - 1}.gpu0-7", f"node{nodes // 2}-{nodes - 1}.gpu0-7"
+
+
+def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_rollout: int) -> int:
+    """Smallest power-of-two TP >= 8 (capped by the rollout GPUs) whose fp8 weights fit in half of HBM."""
+    tp = 8
+    while tp < n_rollout and model.weight_bytes() * 0.5 / tp > 0.5 * hbm_bytes:
+        tp *= 2
+    return min(tp, n_rollout)
+
+
+def setup_of(point: dict) -> SyncSetup:
+    topo_name, trainer, rollout = layout(int(point["gpus"]))
+    topo = presets.get(topo_name, calibration=None)
+    model = models.get(point["model"])
+    rollout_gpus = FSDPLayout(rollout).gpus
+    tp = rollout_tp(model, topo.gpu(rollout_gpus[0]).hbm_bytes, len(rollout_gpus))
+    return SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout_gpus, tp=tp, expert_parallel=True),
+                     rollout_dtype="fp8")
+
+
+def run_point(point: dict, ctx: PointContext | None = None) -> dict:
+    setup = setup_of(point)
+    tp = setup.rollout.tp
+    res = simulate_sync(setup, get(point["strategy"]), keep_result=ctx is not None and ctx.trace_path is not None)
+    if ctx is not None and ctx.trace_path is not None and res.sim_result is not None:
+        res.sim_result.write_trace(str(ctx.trace_path))
+    return {**res.metrics(), "rollout_tp": (float(tp), "")}
+
+
+GRID = Grid.points([{"strategy": s, "model": m, "gpus": g}
+                    for s, top in MAX_GPUS.items() for m in MODELS for g in GPUS if g <= top])
+
+STUDY = Study(
+    name="cluster_scale",
+    description=__doc__.splitlines()[0],
+    grid=GRID,
+    run=run_point,
+    figures=[
+        Figure("sync_time_vs_gpus", x="gpus", y="sync_s", hue="strategy", facet="model", logx=True, logy=True,
+               xlabel="GPUs (half train, half serve)", ylabel="sync time [s]",
+               title="Weight sync time against cluster size (missing point = infeasible or beyond MAX_GPUS)"),
+        Figure("stall_vs_gpus", x="gpus", y="stall_s", hue="strategy", facet="model", logx=True, logy=True,
+               xlabel="GPUs (half train, half serve)", ylabel="generation stall [s]",
+               title="Generation stall against cluster size"),
+    ],
+)
