@@ -149,8 +149,8 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             slot_item[s] = i
             r0 = roff[iroute[i]]
             r1 = roff[iroute[i] + 1]
-            register(s, rres[r0:r1], rcoef[r0:r1], iw[i], icap[i], ibytes[i], now, fres, fcoef, fn, ff, fi, rf,
-                     ri, inc_next, inc_prev)
+            register(s, rres[r0:r1], rcoef[r0:r1], iroute[i], iw[i], icap[i], ibytes[i], now, fres, fcoef, fn, ff,
+                     fi, rf, ri, inc_next, inc_prev)
             seeds[st[S_NSEEDS]] = s
             st[S_NSEEDS] += 1
             st[S_ACTIVE] += 1

@@ -38,6 +38,7 @@ from ._fluidlayout import (
     RATE,
     RCAP,
     REM,
+    ROUTE,
     SUMUB,
     TIME_TOL,
     TLAST,
@@ -110,9 +111,11 @@ def heap_pop(hk, hi, n):
 
 
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
-@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1), cache=True)
-def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates):
-    """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc].
+@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, F1), cache=True)
+def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
+    """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc]; flow comp[i] stands for mult[i]
+    identical flows (same route, weight and cap: max-min gives them the same rate, so a class of them is
+    solved as one flow that draws mult x its rate).
 
     The filling level rises for all unfrozen flows (rate = weight x level); a resource saturates at level
     residual / (sum of coeff x weight of its unfrozen flows), a capped flow at cap / weight. The smallest such
@@ -143,7 +146,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates):
     start = np.zeros(nr + 1, np.int64)
     for ii in range(nc):
         s = comp[ii]
-        w = ff[s, W]
+        w = ff[s, W] * mult[ii]
         for k in range(fn[s]):
             j = rloc[fres[s, k]]
             if j >= 0:
@@ -226,11 +229,12 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates):
             if rate > ff[s, CAP]:
                 rate = ff[s, CAP]
             rates[ii] = rate
+            m = mult[ii]
             for k in range(fn[s]):
                 j = rloc[fres[s, k]]
                 if j < 0:
                     continue
-                c = fcoef[s, k]
+                c = fcoef[s, k] * m
                 x = rem[j] - c * rate
                 rem[j] = x if x > 0.0 else 0.0
                 demand[j] -= c * w
@@ -282,9 +286,11 @@ def bad_route_entry(res, coef, nres):
     return -1
 
 
-@njit(void(I, I1, F1, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
-def register(s, res, coef, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
-    """Make slot s an active flow at rate 0 over route `res` (coefficients `coef`); cap is inf when none."""
+@njit(void(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
+def register(s, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
+    """Make slot s an active flow at rate 0 over route `res` (coefficients `coef`); cap is inf when none.
+    `route` numbers the route (-1 if unknown): the same number must always mean the same res and coef."""
+    fi[s, ROUTE] = route
     n = len(res)
     fn[s] = n
     for k in range(n):
@@ -403,6 +409,52 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
     return nrch
 
 
+@njit(F1(I1, I, I2, F2, I1, F2, I2, F2, I2, I1), cache=True)
+def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc):
+    """Max-min rates of comp[:nc], solved over route classes: flows with the same route number, weight and cap
+    always get the same rate, so each class is solved once with its member count (on the 8-GPU star, 512
+    flows in flight use about 40 routes). Flows without a route number (-1) are classes of their own."""
+    route = np.empty(nc, np.int64)
+    for q in range(nc):
+        route[q] = fi[comp[q], ROUTE]
+    order = np.argsort(route, kind="mergesort")
+    first = np.empty(nc, np.int64)  # per class: position in comp of its first member
+    mult = np.empty(nc)
+    group = np.empty(nc, np.int64)
+    ng = 0
+    for q in order:
+        s = comp[q]
+        if ng > 0 and route[q] >= 0:
+            r = comp[first[ng - 1]]
+            if fi[r, ROUTE] == route[q] and ff[r, W] == ff[s, W] and ff[r, CAP] == ff[s, CAP]:
+                mult[ng - 1] += 1.0
+                group[q] = ng - 1
+                continue
+        first[ng] = q
+        mult[ng] = 1.0
+        group[q] = ng
+        ng += 1
+    # classes in the order their first members have in comp, so the answer does not depend on how routes are
+    # numbered (the simpy path and the compiled loop number them in different orders)
+    by_first = np.argsort(first[:ng], kind="mergesort")
+    rank = np.empty(ng, np.int64)
+    rep = np.empty(ng, np.int64)
+    rmult = np.empty(ng)
+    for k in range(ng):
+        g = by_first[k]
+        rank[g] = k
+        rep[k] = comp[first[g]]
+        rmult[k] = mult[g]
+    for q in range(nc):
+        group[q] = rank[group[q]]
+    grates = np.empty(ng)
+    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, rmult, grates)
+    rates = np.empty(nc)
+    for q in range(nc):
+        rates[q] = grates[group[q]]
+    return rates
+
+
 @njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1), cache=True)
 def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
            rcmark):
@@ -410,8 +462,7 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
     and are listed in fchanged."""
     if nc == 0:
         return nfch, nrch
-    rates = np.empty(nc)
-    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates)
+    rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc)
     for q in range(nc):
         s = comp[q]
         rate = rates[q]

@@ -5,9 +5,10 @@ owner can build the arrays without importing numba."""
 # ff columns (float64)
 W, CAP, UB, BYTES, REM, RATE, TLAST = 0, 1, 2, 3, 4, 5, 6
 NFF = 7
-# fi columns (int64). VER only ever grows, also across reuse of a slot, so old heap entries stay stale.
-ACTIVE, VER, FRESH = 0, 1, 2
-NFI = 3
+# fi columns (int64). VER only ever grows, also across reuse of a slot, so old heap entries stay stale. ROUTE
+# numbers the flow's route (-1: none given); flows with one route, weight and cap are solved as one class.
+ACTIVE, VER, FRESH, ROUTE = 0, 1, 2, 3
+NFI = 4
 # rf columns (float64)
 RCAP, SUMUB, LOAD = 0, 1, 2
 NRF = 3

@@ -111,7 +111,7 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     ri[:, L.BINDING] = 1 if binding is None else np.asarray(binding, dtype=np.int64)
     rates = np.zeros(n)
     core.max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
-                        np.full(len(capacity), -1, np.int64), rates)
+                 np.full(len(capacity), -1, np.int64), np.ones(n), rates)
     load: dict[int, float] = {}
     for f, rate in zip(flows, rates.tolist(), strict=True):
         for r, c in zip(f.res.tolist(), f.coef.tolist(), strict=True):
@@ -181,6 +181,7 @@ class FluidNetwork:
         self._recording = False  # any flow records its rate segments
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
+        self._route_numbers: dict[tuple[bytes, bytes], int] = {}
         self._pending: list[int] = []  # flows registered at this instant
         self._survivors = _NO_SLOTS  # flows that shared resources with this instant's departures
         self._flush_scheduled = False
@@ -203,7 +204,8 @@ class FluidNetwork:
         s = self._slot_for(len(flow.res))
         self._flows[s] = flow
         flow.slot = s
-        self._c.register(s, flow.res, flow.coef, flow.weight, np.inf if flow.cap is None else flow.cap, flow.bytes,
+        self._c.register(s, flow.res, flow.coef, self._route_number(flow), flow.weight,
+                         np.inf if flow.cap is None else flow.cap, flow.bytes,
                       self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf, self._ri,
                       self._inc_next, self._inc_prev)
         if flow.segments is not None:
@@ -215,6 +217,15 @@ class FluidNetwork:
         return flow.done
 
     # -- internals --------------------------------------------------------------------------------------
+    def _route_number(self, flow: Flow) -> int:
+        """One number per distinct route (resources and coefficients), so the solver can group flows by class.
+        Keyed by content, not array identity: a freed array's id can be reused by another route."""
+        key = (flow.res.tobytes(), flow.coef.tobytes())
+        number = self._route_numbers.get(key)
+        if number is None:
+            number = self._route_numbers[key] = len(self._route_numbers)
+        return number
+
     def _grow_flows(self, slots: int, width: int) -> None:
         """Reallocate the flow arrays for `slots` slots of route width `width`, keeping every slot's state.
 

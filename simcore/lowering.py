@@ -74,7 +74,7 @@ def run_compiled(sim: Simulation, work: list[Work], progress: Progress | None) -
     loop = load_loop()
     n = len(work)
     a = _ItemArrays(n)
-    routes: dict[int, int] = {}
+    routes: dict[tuple[bytes, bytes], int] = {}  # numbered by content, as FluidNetwork numbers them
     route_arrays: list[tuple[np.ndarray, np.ndarray]] = []
     engines: dict[str, int] = {}
     nsucc = np.zeros(n + 1, np.int64)
@@ -94,9 +94,10 @@ def run_compiled(sim: Simulation, work: list[Work], progress: Progress | None) -
         a.iw[i] = f.weight
         if f.cap is not None:
             a.icap[i] = f.cap
-        r = routes.get(id(f.res))
+        key = (f.res.tobytes(), f.coef.tobytes())
+        r = routes.get(key)
         if r is None:
-            r = routes[id(f.res)] = len(route_arrays)
+            r = routes[key] = len(route_arrays)
             route_arrays.append((f.res, f.coef))
         a.iroute[i] = r
     np.cumsum(nsucc, out=a.soff)

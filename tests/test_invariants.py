@@ -72,8 +72,9 @@ def test_invariants_on_random_flow_sets(seed, n_switches, flows):
     for i in range(len(flows)):
         assert math.isclose(rev[f"f{i}"].finish_s, res[f"f{i}"].finish_s, rel_tol=1e-9, abs_tol=1e-15)
 
-    # Determinism: the same input gives the identical output, bit for bit.
-    _, again = _simulate(topo, flows)
+    # Determinism: the same input gives the identical output, bit for bit (on the same loop: the compiled loop
+    # and simpy agree to 1e-9, see test_loops_agree, not to the last bit).
+    _, again = _simulate(topo, flows, record_rates=True)
     assert [r.finish_s for r in again.records] == [r.finish_s for r in res.records]
 
 
