@@ -268,9 +268,11 @@ class Simulation:
             self._go_procedural()
         order = len(self._records)
         deps_ev = self._deps(rec.id, after)
-        gen = (self._run_flow(rec, deps_ev, start, latency, flow, engine, order) if flow is not None
-               else self._run_delay(rec, deps_ev, start, latency))
-        return self._launch(rec, gen)
+        done = self.env.event()
+        self._records[rec.id] = rec
+        self._done[rec.id] = done
+        _Item(self, rec, deps_ev, start, latency, flow, engine, order, done).launch()
+        return done
 
     def _dep_indices(self, rid: str, after: list[Dep]) -> list[int] | None:
         """Dependencies as work-item indices; None if one is an event from outside the declared work."""
@@ -288,17 +290,12 @@ class Simulation:
         return out
 
     def _go_procedural(self) -> None:
-        """Launch every declared item as a simpy process, in declaration order; later items launch at once."""
+        """Launch every declared item on the simpy clock, in declaration order; later items launch at once."""
         work, self._deferred = self._deferred, None
         self._deferred_events = {}
-        if not work:
-            return
-        for order, w in enumerate(work):
-            deps = [work[j].done for j in w.deps]
-            gen = (self._run_flow(w.rec, deps, w.start, w.latency, w.flow, w.engine, order) if w.flow is not None
-                   else self._run_delay(w.rec, deps, w.start, w.latency))
-            proc = self.env.process(gen)
-            proc.callbacks.append(lambda p, done=w.done: done.succeed(p.value))
+        for order, w in enumerate(work or ()):
+            _Item(self, w.rec, [work[j].done for j in w.deps], w.start, w.latency, w.flow, w.engine, order,
+                  w.done).launch()
 
     def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
         deps = []
@@ -311,47 +308,11 @@ class Simulation:
                 raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
         return deps
 
-    def _launch(self, rec: Record, gen: Generator) -> simpy.Event:
-        self._records[rec.id] = rec
-        proc = self.env.process(gen)
-        self._done[rec.id] = proc
-        return proc
-
-    def _release(self, rec: Record, deps: list[simpy.Event], start: float) -> Generator:
-        # One wait per dependency, not `all_of(deps)`: a simpy condition gathers the values of every event
-        # nested in its operands when it fires, so 512 transfers each waiting on `all_of(512 loads)` cost 512^2.
-        for d in deps:
-            if not d.processed:
-                yield d
-        if start > self.env.now:
-            yield self.env.timeout(start - self.env.now)
-        rec.start_s = float(self.env.now)
-
-    def _run_flow(self, rec: Record, deps: list[simpy.Event], start: float, latency: float, flow: Flow,
-                  engine: str | None, order: int) -> Generator:
-        yield from self._release(rec, deps, start)
-        queue = None
-        if engine is not None:
-            queue = self._engines.get(engine)
-            if queue is None:
-                queue = self._engines[engine] = FifoEngine(self.env)
-            yield queue.request(order)
-        rec.begin_s = float(self.env.now)
-        if latency > 0:
-            yield self.env.timeout(latency)
-        yield self.net.start(flow)
-        if queue is not None:
-            queue.release()
-        rec.finish_s = float(self.env.now)
-        return rec
-
-    def _run_delay(self, rec: Record, deps: list[simpy.Event], start: float, seconds: float) -> Generator:
-        yield from self._release(rec, deps, start)
-        rec.begin_s = float(self.env.now)
-        if seconds > 0:
-            yield self.env.timeout(seconds)
-        rec.finish_s = float(self.env.now)
-        return rec
+    def _engine(self, name: str) -> FifoEngine:
+        queue = self._engines.get(name)
+        if queue is None:
+            queue = self._engines[name] = FifoEngine(self.env)
+        return queue
 
     def _on_load(self, now: float, load: dict[int, float]) -> None:
         names = self._res_names
@@ -363,3 +324,66 @@ class Simulation:
                     series.pop()
             elif not series or series[-1][1] != v:
                 series.append((now, v))
+
+
+class _Item:
+    """One transfer, task or delay on the simpy path, as a chain of event callbacks rather than a generator
+    process (a process costs two extra events and a generator per item, the larger part of a 1,024-GPU sync's
+    wall time): wait for each dependency, then the start time, then the engine, then the latency, then the
+    flow (or the delay), then fire `done` with the record. The same steps, in the same order, as the compiled
+    loop (`simcore._eventloop`)."""
+
+    __slots__ = ("sim", "rec", "deps", "start", "latency", "flow", "engine", "order", "done", "queue")
+
+    def __init__(self, sim: Simulation, rec: Record, deps: list[simpy.Event], start: float, latency: float,
+                 flow: Flow | None, engine: str | None, order: int, done: simpy.Event) -> None:
+        self.sim, self.rec, self.deps, self.start, self.latency = sim, rec, deps, start, latency
+        self.flow, self.engine, self.order, self.done = flow, engine, order, done
+        self.queue: FifoEngine | None = None
+
+    def launch(self) -> None:
+        self._wait_deps()
+
+    def _wait_deps(self, _ev: simpy.Event | None = None) -> None:
+        # one dependency at a time, not `all_of(deps)`: a simpy condition gathers the values of every event
+        # nested in its operands when it fires, so 512 transfers each waiting on `all_of(512 loads)` cost 512^2
+        deps = self.deps
+        while deps:
+            d = deps[-1]
+            if not d.processed:
+                d.callbacks.append(self._wait_deps)
+                return
+            deps.pop()
+        env = self.sim.env
+        if self.start > env.now:
+            env.timeout(self.start - env.now).callbacks.append(self._started)
+        else:
+            self._started()
+
+    def _started(self, _ev: simpy.Event | None = None) -> None:
+        self.rec.start_s = float(self.sim.env.now)
+        if self.engine is not None and self.flow is not None:
+            self.queue = self.sim._engine(self.engine)
+            self.queue.request(self.order).callbacks.append(self._begin)
+        else:
+            self._begin()
+
+    def _begin(self, _ev: simpy.Event | None = None) -> None:
+        env = self.sim.env
+        self.rec.begin_s = float(env.now)
+        if self.latency > 0:
+            env.timeout(self.latency).callbacks.append(self._run)
+        else:
+            self._run()
+
+    def _run(self, _ev: simpy.Event | None = None) -> None:
+        if self.flow is None:
+            self._finish()
+        else:
+            self.sim.net.start(self.flow).callbacks.append(self._finish)
+
+    def _finish(self, _ev: simpy.Event | None = None) -> None:
+        if self.queue is not None:
+            self.queue.release()
+        self.rec.finish_s = float(self.sim.env.now)
+        self.done.succeed(self.rec)
