@@ -40,7 +40,8 @@ from typing import Any
 from fabricsim.errors import CalibrationError, FabricsimError
 from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams, SoftwareCost
 from fabricsim.hwmodels.topology import Topology
-from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case, nccl_transfers
+from fabricsim.simcore.collectives import ring_schedule
+from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
 from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING, PROFILE_FOR
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split
 
@@ -273,7 +274,7 @@ def fit_collective(cases: list[Case], meas: dict[str, Any], topo: Topology) -> C
     large = pts[-1]
 
     def ring_bytes(c: Case) -> int:
-        return max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n))
+        return max(t["bytes"] for t in ring_schedule(c.op, c.bytes, [f"gpu{i}" for i in range(n)]))
 
     def sim(c: Case, bus: float, fixed: float, eff: tuple[tuple[float, float], ...] = ()) -> float:
         return simulate_case(c, topo, {op: CollectiveParams(bus, fixed, eff)}).makespan_s
