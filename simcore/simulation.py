@@ -26,6 +26,8 @@ from fabricsim.hwmodels.topology import Topology
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
 from .memory import MemoryPool
+from .progress import Progress
+from .progress import enabled as progress_enabled
 from .records import Record, Result
 from .units import parse_bytes
 
@@ -152,8 +154,18 @@ class Simulation:
 
     # ---- running ---------------------------------------------------------------------------------------
     def run(self, until: float | None = None) -> Result:
-        """Run until every transfer and task has finished (or `until`), and return the records."""
-        self.env.run(until=until)
+        """Run until every transfer and task has finished (or `until`), and return the records.
+
+        A run that lasts more than ~2 s of wall time shows a progress line on stderr (see `simcore.progress`).
+        """
+        progress = Progress() if progress_enabled() else None
+        self.net.on_progress = None if progress is None else progress.tick
+        try:
+            self.env.run(until=until)
+        finally:
+            if progress is not None:
+                progress.close()
+            self.net.on_progress = None
         return self.result()
 
     def result(self) -> Result:
