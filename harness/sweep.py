@@ -468,7 +468,7 @@ def run_sweep(
     run_id = new_run_id()
     report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
                          skipped=skipped, skipped_failed=skipped_failed)
-    bar = progress_bar(len(points), study.name, stream=stream, enabled=progress)
+    bar: tqdm | None = None  # drawn from the first finished batch on: a sweep that cannot start draws nothing
     flusher = _Flusher(study, store, run_id, flush_points, flush_interval_s)
     t0 = time.perf_counter()
     if points:
@@ -489,6 +489,10 @@ def run_sweep(
                     report.point_s += outcome.elapsed_s
                     report.point_cpu_s += outcome.cpu_s
                 flusher.maybe_flush()
+                if bar is None:
+                    bar = progress_bar(len(points), study.name, stream=stream, enabled=progress)
+                    if not bar.disable:  # rate and ETA count from the sweep's start, not from this batch
+                        bar.start_t = bar.last_print_t = time.time() - (time.perf_counter() - t0)
                 if report.failed:
                     bar.set_postfix_str(f"failed {report.failed}", refresh=False)
                 bar.update(len(outcomes))
@@ -500,7 +504,8 @@ def run_sweep(
             flusher.finish()
             report.files = flusher.files
             report.wall_s = time.perf_counter() - t0
-            bar.close()
+            if bar is not None:
+                bar.close()
     report.wall_s = time.perf_counter() - t0
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -436,10 +437,8 @@ def test_sigkill_of_the_sweep_takes_its_workers_with_it(tmp_path: Path) -> None:
         assert not survivors, f"workers {survivors} outlived a SIGKILLed sweep"
         proc.stdout.read()  # end of file: no process holds the pipe any more (would hang otherwise)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_interrupt_hint_keeps_the_options(tmp_path: Path) -> None:
