@@ -192,8 +192,8 @@ def _task(item: Any, where: str, source: str) -> dict[str, Any]:
         out["flops"] = float(flops)
     except (TypeError, ValueError):
         raise ScenarioError(f"{source}: {where}.flops: expected a number, got {flops!r}") from None
-    if out["flops"] < 0:
-        raise ScenarioError(f"{source}: {where}.flops: must be >= 0")
+    if not 0 <= out["flops"] < float("inf"):
+        raise ScenarioError(f"{source}: {where}.flops: expected a finite number >= 0, got {flops!r}")
     out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes") if "bytes" in item else 0
     out["dtype"] = str(item.get("dtype", "bf16"))
     out["_kind"] = "task"

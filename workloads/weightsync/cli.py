@@ -47,6 +47,16 @@ def parse_knob(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return x
+
+
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
@@ -68,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
-                      decode=DecodeBatch(batch=args.batch, context=args.context))
+                      decode=DecodeBatch(batch=args.batch, context=args.context),
+                      kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
     res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
     metrics = res.metrics()
@@ -109,6 +120,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
     p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
     p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
+    p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
+                        "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
