@@ -13,8 +13,9 @@ nvidia-smi topo -m >"$out/topo_m.txt" 2>&1
 for run in full quick full2; do
   suite=${run%2}
   start=$(date +%s%N)
-  python3 -m fabricsim.validate validate --suite "$suite" --out "/tmp/vf/$kind-$run" --kind "$kind" --budget-s 240 \
-    >"$out/log-$run.txt" 2>&1
+  # from /tmp: in the checkout, python -m would find the bare fabricsim/ folder first
+  (cd /tmp && python3 -m fabricsim.validate validate --suite "$suite" --out "/tmp/vf/$kind-$run" --kind "$kind" --budget-s 240 \
+    >"$out/log-$run.txt" 2>&1)
   rc=$?; echo "$run: exit $rc, $(( ($(date +%s%N) - start) / 1000000 )) ms wall (process start to end)" | tee -a "$out/log-$run.txt"
   [ -f "/tmp/vf/$kind-$run/measured.json" ] && cp "/tmp/vf/$kind-$run/measured.json" "$out/measured-$run.json"
 done
