@@ -39,10 +39,11 @@ from typing import Any
 
 from fabricsim.errors import CalibrationError, FabricsimError
 from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams, SoftwareCost
+from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore.collectives import ring_schedule
 from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
-from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING, PROFILE_FOR
+from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split
 
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
@@ -115,7 +116,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     cal = m.split(CALIBRATION)
     meas = m.measured
     notes: list[str] = []
-    name = PROFILE_FOR.get(m.preset or "", m.preset or "custom")
+    name = DEFAULT_PROFILES.get(m.preset or "", m.preset or "custom")
     date = str(m.doc.get("created_at", ""))[:10].replace("-", "")
     profile = CalibrationProfile(
         id=profile_id or f"{name}-{date or 'undated'}", machine=str(m.machine.get("kind") or m.preset),
