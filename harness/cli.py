@@ -38,9 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip points already in the store")
     p.add_argument("--retry-failed", action="store_true", help="with --resume, run failed points again")
     p.add_argument("--limit", type=int, default=None, help="run at most N (remaining) points")
-    p.add_argument("--trace", metavar="POINT_ID", default=None,
+    p.add_argument("--perfetto-point", metavar="POINT_ID", default=None,
                    help="re-run one point (id or unique prefix) and write its Perfetto trace; stores nothing")
-    p.add_argument("--trace-dir", default="traces", help="where --trace writes (default: ./traces)")
+    p.add_argument("--perfetto-dir", metavar="DIR", default="traces",
+                   help="where --perfetto-point writes (default: ./traces)")
     p.add_argument("--store", default=None, help=store_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
@@ -94,8 +95,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed reruns the failed points of an earlier run; it needs --resume")
-    if args.trace:
-        path, outcome = trace_point(args.study, args.trace, args.trace_dir)
+    if args.perfetto_point:
+        path, outcome = trace_point(args.study, args.perfetto_point, args.perfetto_dir)
         assert outcome.metrics is not None
         for metric, (value, unit) in outcome.metrics.items():
             print(f"{metric} = {value:.6g} {unit}".rstrip())

@@ -160,6 +160,7 @@ def _param_array(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
+_INT_AS_NULLABLE = {pa.int64(): pd.Int64Dtype()}
 _STRING_COLUMNS = ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
                    "device", "versions", "error")
 
@@ -304,7 +305,9 @@ class ResultsStore:
         try:
             schema = pq.read_schema(path)
             cols = None if columns is None else [c for c in columns if c in schema.names]
-            frame = pq.read_table(path, columns=cols).to_pandas()
+            # Whole-number parameters stay whole numbers even where some points lack them (nullable Int64), so
+            # `decode_steps` reads 100, not 100.0, in tables, CSV and DataFrames.
+            frame = pq.read_table(path, columns=cols).to_pandas(types_mapper=_INT_AS_NULLABLE.get)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowException, ValueError) as exc:

@@ -110,6 +110,7 @@ STUDY = Study(
     grid=GRID,
     run=run_point,
     calibration="default",
+    topology=lambda point: LAYOUTS[point["layout"]][0],
     figures=[
         sync_time_bars,
         Figure("zero_copy_win_lose", x="decode_steps", y="gen_time_s", hue="strategy", facet="model", logx=True,

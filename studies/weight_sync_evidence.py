@@ -65,6 +65,7 @@ def _slime(calibration):
     return setup, get("cuda-ipc-buckets")
 
 
+TOPOLOGY = {"checkpoint-engine": "hgx-h800-8", "perplexity": "cluster-6x8-rail-h200", "slime": "hgx-h100-8"}
 CASES: dict[str, tuple[Callable, float]] = {
     "checkpoint-engine GLM-4.5-Air 8xH800": (_checkpoint_engine("GLM-4.5-Air"), 3.47),
     "checkpoint-engine Qwen3-235B 8xH800": (_checkpoint_engine("Qwen3-235B-A22B"), 6.75),
@@ -91,4 +92,5 @@ STUDY = Study(
     grid=Grid.product(case=list(CASES)),
     run=run_point,
     calibration="default",
+    topology=lambda point: TOPOLOGY[point["case"].split()[0]],
 )
