@@ -44,7 +44,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
                     policy_params={"prefill_instances": prefill, "decode_instances": decode})
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
-    return res.metrics()
+    return res.metrics_with_units()
 
 
 STUDY = Study(

@@ -62,7 +62,7 @@ def _sync(layout: str, model_name: str, strategy: str, calibration: str | None):
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     calibration = ctx.calibration if ctx is not None else "default"
     res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration)
-    out: dict = {**res.metrics(), "rollout_tp": (float(tp), "")}
+    out: dict = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
     steps = point.get("decode_steps")
     if steps is not None and res.feasible:
         out["gen_time_s"] = (res.stall_s + steps * res.decode_step_s, "s")

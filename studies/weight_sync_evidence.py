@@ -80,7 +80,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     res = simulate_sync(setup, strategy, keep_result=ctx is not None and ctx.trace_path is not None)
     if res.sim_result is not None:
         res.sim_result.write_trace(str(ctx.trace_path))
-    out = {**res.metrics(), "reported_s": (reported, "s")}
+    out = {**res.metrics_with_units(), "reported_s": (reported, "s")}
     if res.feasible:
         out["predicted_over_reported"] = (res.sync_s / reported, "")
     return out

@@ -60,8 +60,8 @@ class Request:
 
 def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str) -> np.ndarray:
     """`n` token counts >= 1 with the given mean: fixed, uniform on [1, 2*mean-1], or geometric on {1, 2, ...}."""
-    if not mean >= 1:
-        raise RequestError(f"{what}: mean must be >= 1 token, got {mean}")
+    if not 1 <= mean < math.inf:
+        raise RequestError(f"{what}: mean must be a finite number >= 1 token, got {mean}")
     if dist == "fixed":
         return np.full(n, int(round(mean)), dtype=np.int64)
     if dist == "uniform":

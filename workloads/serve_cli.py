@@ -41,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                                    example="prefetch_depth=2", error=PolicyError))
     if args.perfetto:
         res.result.write_trace(args.perfetto)
-    metrics = res.metrics()
+    metrics = res.metrics_with_units()
     if args.json:
         print_json(metric_values(metrics))
     else:

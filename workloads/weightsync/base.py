@@ -33,6 +33,7 @@ from fabricsim.simcore import ScenarioError, Simulation
 from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
 from ..keyvalue import coerce_all, settings_of
+from ..metrics_out import ReportsMetrics
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
 
@@ -120,7 +121,7 @@ def delta_encoding(changed_fraction: float, value_bytes: float = 2.0, index_byte
 
 # ---- results --------------------------------------------------------------------------------------------
 @dataclass
-class SyncResult:
+class SyncResult(ReportsMetrics):
     """Metrics of one sync (see the module docstring). Infeasible configurations carry `feasible=False`, the
     reason, and the memory figures that made them so; nothing was simulated."""
 
@@ -141,8 +142,8 @@ class SyncResult:
     flow_events: int = 0
     sim_result: Any = field(default=None, repr=False)
 
-    def metrics(self) -> dict[str, tuple[float, str]]:
-        """Flat {metric: (value, unit)} for the study contract."""
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:
+        """Flat {metric: (value, unit)} for the study contract; `metrics()` gives plain values."""
         out = {
             "feasible": (1.0 if self.feasible else 0.0, ""),
             "peak_extra_GiB": (self.peak_extra_bytes / 2**30, "GiB"),
@@ -156,7 +157,7 @@ class SyncResult:
             out.update({
                 "sync_s": (self.sync_s, "s"), "stall_s": (self.stall_s, "s"),
                 "staleness_versions": (self.staleness_versions, "versions"),
-                "stale_fraction": (self.stale_fraction, ""), "flow_events": (float(self.flow_events), ""),
+                "stale_fraction": (self.stale_fraction, ""), "flow_events": (self.flow_events, "count"),
             })
             for cls, b in sorted(self.bytes_by_class.items()):
                 out[f"GB_{cls}"] = (b / 1e9, "GB")

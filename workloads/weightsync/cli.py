@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
                       kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
-    metrics = res.metrics()
+    metrics = res.metrics_with_units()
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
