@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import signal
 import sys
 import warnings
@@ -198,12 +199,44 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     table = table.dropna(how="all").reset_index()
     table = table.sort_values([*params, "topology", "source", "point_id"], kind="stable")
     table.columns.name = None
-    _print(table, args.csv)
+    if args.csv:
+        _print(table, csv=True)
+    else:
+        _print_wrapped(table, keep=["point_id"])
+    if args.metric:
+        _say_what_is_missing(df, table, args.metric)
     if not failed.empty and not args.csv:
         n = failed["point_id"].nunique()
         at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
+
+
+def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str]) -> None:
+    """Points that ran but have none of the asked metrics (an infeasible configuration reports `feasible = 0`
+    and no times) would otherwise vanish from the table without a word."""
+    good = df[df["error"].isna()]
+    missing = set(good["point_id"]) - set(table["point_id"])
+    if not missing:
+        return
+    feasible = good[(good["metric"] == "feasible") & good["point_id"].isin(missing)]
+    infeasible = feasible.loc[feasible["value"] == 0, "point_id"].nunique()
+    why = f": {infeasible} infeasible (feasible = 0; --metric feasible lists them)" if infeasible else ""
+    print(f"\n{len(missing)} of {good['point_id'].nunique()} points have no {', '.join(metrics)}{why}",
+          file=sys.stderr)
+
+
+def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
+    """A table that fits the terminal: columns with one value for every row become a header line, and what is
+    still too wide wraps into blocks that each repeat the `keep` columns (the point id)."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
+            and not str(c).endswith("]")]
+    if same:
+        print("all rows: " + ", ".join(f"{c} = {table[c].iloc[0]}" for c in same))
+        table = table.drop(columns=same)
+    text = table.set_index(keep).to_string(line_width=width, index_names=True)
+    print(text)
 
 
 def _print(table: pd.DataFrame, csv: bool) -> None:
