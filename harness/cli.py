@@ -227,16 +227,25 @@ def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[st
 
 
 def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
-    """A table that fits the terminal: columns with one value for every row become a header line, and what is
-    still too wide wraps into blocks that each repeat the `keep` columns (the point id)."""
+    """A table that fits the terminal: columns with one value in every row become one line above it, and the
+    rest wraps into blocks of columns, each block repeating the `keep` columns (the point id)."""
     width = shutil.get_terminal_size((120, 24)).columns
     same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
             and not str(c).endswith("]")]
-    if same:
-        print("all rows: " + ", ".join(f"{c} = {table[c].iloc[0]}" for c in same))
-        table = table.drop(columns=same)
-    text = table.set_index(keep).to_string(line_width=width, index_names=True)
-    print(text)
+    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
+    if said:
+        print("all rows: " + ", ".join(said))
+    table = table.drop(columns=same)
+    col_width = {c: max(len(line) for line in table[[c]].to_string(index=False).splitlines()) + 2
+                 for c in table.columns}
+    rest = [c for c in table.columns if c not in keep]
+    used = sum(col_width[c] for c in keep)
+    blocks: list[list[str]] = [[]]
+    for c in rest:
+        if blocks[-1] and used + sum(col_width[b] for b in blocks[-1]) + col_width[c] > width:
+            blocks.append([])
+        blocks[-1].append(c)
+    print("\n\n".join(table[keep + block].to_string(index=False) for block in blocks))
 
 
 def _print(table: pd.DataFrame, csv: bool) -> None:

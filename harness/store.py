@@ -420,7 +420,9 @@ def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:
     sim = ok[ok["source"] == "sim"]
     hw = ok[ok["source"] == "hw"]
     if on is None:
-        keys = [c for c in param_columns(ok) if hw[c].notna().any() and sim[c].notna().any()]
+        # Without measured rows the join is empty, but keeps the study's parameter columns, so code that selects
+        # them (a notebook run before any measurement) still runs.
+        keys = [c for c in param_columns(ok) if (hw.empty or hw[c].notna().any()) and sim[c].notna().any()]
     else:
         keys = list(on)
         unknown = [k for k in keys if k not in ok.columns]

@@ -236,7 +236,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and "toy" in out and "36" in out
     code, out, err = _cli(capsys, "results", "show", "toy", "--metric", "y")
     assert code == 0 and "y [s]" in out and "1 failed point" in err
-    assert len(out.strip().splitlines()) == 1 + 35
+    assert len(out.strip().splitlines()) == 1 + 35 + 1  # the header, the 35 good points, "all rows: ..."
     code, out, _ = _cli(capsys, "results", "show", "toy", "--failed")
     assert "ValueError: three is bad" in out
     code, out, _ = _cli(capsys, "results", "show", "toy", "--csv")
