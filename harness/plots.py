@@ -30,8 +30,14 @@ class FigureSkipped(UserWarning):
     """A declared figure had no rows to draw and was left out."""
 
 
-_SIM_STYLE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
-_HW_STYLE = {"marker": "s", "markersize": 6, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
+_SIM_STYLE = {"markersize": 5, "linewidth": 1.5, "markerfacecolor": "none", "markeredgewidth": 1.3}
+_HW_STYLE = {"marker": "s", "markersize": 7, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
+# Series that coincide must stay visible: each hue has its own colour *and* marker shape and line style (open
+# markers, so one drawn over another still shows its outline), and on a categorical axis the hues sit side by
+# side instead of on one spot.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+_LINESTYLES = ("-", "--", ":", "-.")
+_DODGE_WIDTH = 0.7  # of the space between two categories, shared by the hues
 
 
 def _sorted_values(series: pd.Series) -> list[Any]:
@@ -64,23 +70,30 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
     colours = {h: f"C{i % 10}" for i, h in enumerate(hues)}
     unit = next((u for u in rows["unit"].dropna().unique() if u), "")
 
-    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them.
+    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them,
+    # each hue shifted sideways within its category so that equal values do not hide one another.
     categorical = not pd.api.types.is_numeric_dtype(rows[spec.x])
-    sim_style = {**_SIM_STYLE, "linestyle": "none", "markersize": 6} if categorical else _SIM_STYLE
+    categories = _sorted_values(rows[spec.x]) if categorical else []
+    position = {c: i for i, c in enumerate(categories)}
     for ax, facet in zip(axes, facets, strict=False):
         panel = rows if facet is None else rows[rows[spec.facet] == facet]
-        for hue in hues:
+        for k, hue in enumerate(hues):
             sel = panel if hue is None else panel[panel[spec.hue] == hue]
             label = "" if hue is None else f"{spec.hue}={hue}"
+            style = {**_SIM_STYLE, "marker": _MARKERS[k % len(_MARKERS)],
+                     "linestyle": "none" if categorical else _LINESTYLES[k % len(_LINESTYLES)]}
+            shift = (k - (len(hues) - 1) / 2) * _DODGE_WIDTH / len(hues) if categorical else 0.0
             sim = sel[sel["source"] == "sim"].groupby(spec.x)["value"].mean()
             hw = sel[sel["source"] == "hw"].groupby(spec.x)["value"].agg(["mean", "std"])
             if not sim.empty:
                 if spec.logy and (sim <= 0).all():
                     label += " (0: below the log axis)"
-                ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **sim_style)
+                xs = [position[c] + shift for c in sim.index] if categorical else sim.index
+                ax.plot(xs, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **style)
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
-                ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,
+                xs = [position[c] + shift for c in hw.index] if categorical else hw.index
+                ax.errorbar(xs, hw["mean"].to_numpy(), yerr=spread,
                             color=colours[hue], label=f"{label} measured".strip(), **_HW_STYLE)
         if spec.logx:
             ax.set_xscale("log")
@@ -92,7 +105,11 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             ax.set_title(f"{spec.facet} = {facet}", fontsize=10)
         ax.grid(True, alpha=0.3)
         if categorical:
-            ax.tick_params(axis="x", labelrotation=20)
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories], rotation=20)
+            for edge in range(1, len(categories)):  # where one category's group of hues ends
+                ax.axvline(edge - 0.5, color="0.85", linewidth=0.8, zorder=0)
+        elif spec.logx:
+            _thin_log_ticks(ax)
     for ax in axes[len(facets):]:
         ax.set_visible(False)
     # One legend for all panels, beside them, so it never hides data.
@@ -104,6 +121,14 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
         fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
     fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
     return fig
+
+
+def _thin_log_ticks(ax: Any) -> None:
+    """At most about six labelled decades on a log x axis: a wide range (4 KiB .. 1 GiB in bytes) would
+    otherwise print a label per decade, and at a panel's width the labels run into one another."""
+    from matplotlib.ticker import LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
 
 
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:

@@ -218,6 +218,8 @@ class ResultsStore:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_root()
+        if self.root.exists() and not self.root.is_dir():  # said now, not after a sweep's first points ran
+            raise StoreError(f"{self.root}: the results store is a file, not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"

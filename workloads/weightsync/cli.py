@@ -54,7 +54,7 @@ def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
     degrees = parse_key_values([kv for kv in args.megatron.split(",") if kv.strip()], _MEGATRON, "--megatron",
-                               what="degree", example="tp=2,pp=2")
+                               what="--megatron degree", example="tp=2,pp=2")
     return MegatronLayout(gpus, **degrees)
 
 
