@@ -64,7 +64,8 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
     facets = _sorted_values(rows[spec.facet]) if spec.facet else [None]
     ncols = min(len(facets), 3)
     nrows = math.ceil(len(facets) / ncols)
-    fig = MplFigure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    # one narrow panel is still wide enough for its title and a legend row below it
+    fig = MplFigure(figsize=(max(4.8 * ncols, 7.2), 3.6 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     hues = _sorted_values(rows[spec.hue]) if spec.hue else [None]
     colours = {h: f"C{i % 10}" for i, h in enumerate(hues)}
@@ -77,10 +78,14 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
     position = {c: i for i, c in enumerate(categories)}
     for ax, facet in zip(axes, facets, strict=False):
         panel = rows if facet is None else rows[rows[spec.facet] == facet]
+        curves: dict[Any, pd.Series] = {}
         for k, hue in enumerate(hues):
             sel = panel if hue is None else panel[panel[spec.hue] == hue]
             label = "" if hue is None else f"{spec.hue}={hue}"
-            style = {**_SIM_STYLE, "marker": _MARKERS[k % len(_MARKERS)],
+            # Earlier hues are drawn bigger and wider, so a later one drawn on top leaves their outline showing.
+            behind = (len(hues) - 1 - k) / max(1, len(hues) - 1)
+            style = {**_SIM_STYLE, "marker": _MARKERS[k % len(_MARKERS)], "markersize": 4 + 5 * behind,
+                     "linewidth": 1.2 + 1.8 * behind,
                      "linestyle": "none" if categorical else _LINESTYLES[k % len(_LINESTYLES)]}
             shift = (k - (len(hues) - 1) / 2) * _DODGE_WIDTH / len(hues) if categorical else 0.0
             sim = sel[sel["source"] == "sim"].groupby(spec.x)["value"].mean()
@@ -90,11 +95,14 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
                     label += " (0: below the log axis)"
                 xs = [position[c] + shift for c in sim.index] if categorical else sim.index
                 ax.plot(xs, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **style)
+                curves[hue] = sim
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
                 xs = [position[c] + shift for c in hw.index] if categorical else hw.index
                 ax.errorbar(xs, hw["mean"].to_numpy(), yerr=spread,
                             color=colours[hue], label=f"{label} measured".strip(), **_HW_STYLE)
+        if spec.hue and not categorical:
+            _label_coinciding(ax, curves, spec.hue)
         if spec.logx:
             ax.set_xscale("log")
         if spec.logy:
@@ -109,26 +117,56 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             for edge in range(1, len(categories)):  # where one category's group of hues ends
                 ax.axvline(edge - 0.5, color="0.85", linewidth=0.8, zorder=0)
         elif spec.logx:
-            _thin_log_ticks(ax)
+            _readable_log_ticks(ax, _sorted_values(rows[spec.x]))
     for ax in axes[len(facets):]:
         ax.set_visible(False)
-    # One legend for all panels, beside them, so it never hides data.
+    # One legend for all panels, below them, so it never hides data or the title.
     handles: dict[str, Any] = {}
     for ax in axes[: len(facets)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
+        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside lower center",
+                   ncols=min(len(handles), 3), frameon=False)
     fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
     return fig
 
 
-def _thin_log_ticks(ax: Any) -> None:
-    """At most about six labelled decades on a log x axis: a wide range (4 KiB .. 1 GiB in bytes) would
-    otherwise print a label per decade, and at a panel's width the labels run into one another."""
-    from matplotlib.ticker import LogLocator
+def _readable_log_ticks(ax: Any, xs: list[Any]) -> None:
+    """Log x tick labels that never run into one another: no labels on minor ticks (over less than a decade
+    matplotlib labels them, and they collide), and with few x values, ticks at exactly those values."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    values = [float(x) for x in xs if float(x) > 0]
+    if 0 < len(values) <= 6:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=7))
+
+
+def _label_coinciding(ax: Any, curves: dict[Any, pd.Series], hue: str, rel: float = 0.01) -> None:
+    """Series that lie on one another (within `rel` at every shared x) get one direct label at their right
+    end naming all of them, so a reader knows the single visible line is several."""
+    groups: list[list[Any]] = []
+    for name, curve in curves.items():
+        for group in groups:
+            other = curves[group[0]]
+            shared = curve.index.intersection(other.index)
+            if len(shared) == len(curve) == len(other) and (
+                    (curve[shared] - other[shared]).abs() <= rel * other[shared].abs().clip(lower=1e-300)).all():
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    for group in groups:
+        if len(group) < 2:
+            continue
+        curve = curves[group[0]]
+        x_end, y_end = curve.index[-1], curve.iloc[-1]
+        ax.annotate(f"{hue} = {', '.join(str(g) for g in group)}", (x_end, y_end), xytext=(-4, -14),
+                    textcoords="offset points", ha="right", fontsize=7, color="0.25")
 
 
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
