@@ -259,6 +259,8 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
     is named, since the file describes a machine the bundled profiles were not measured on."""
     path = Path(base_dir or ".") / ref
     if ref.endswith((".yaml", ".yml", ".json")) or path.exists():
+        if path.is_dir():
+            raise TopologyError(f"topology '{path}' is a folder; give a topology file or a preset name")
         if not path.is_file():
             raise TopologyError(f"topology file '{path}' not found")
         from .topofile import load_topology_file

@@ -6,7 +6,6 @@ GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
@@ -15,10 +14,13 @@ from fabricsim.hwmodels.endpoints import expand_endpoints
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
+from ..keyvalue import Setting, parse_key_values, split_all
 from ..metrics_out import metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
+
+_MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -27,24 +29,6 @@ def parse_gpus(spec: str) -> list[str]:
         return expand_endpoints(spec)
     except TopologyError as exc:
         raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
-
-
-def parse_knob(text: str) -> tuple[str, Any]:
-    """'bucket_bytes=1e9' -> ('bucket_bytes', 1e9); numbers and true/false are converted."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise WorkloadError(f"knob '{text}' is not KEY=VALUE")
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    try:
-        return key, int(raw)
-    except ValueError:
-        pass
-    try:
-        return key, float(raw)
-    except ValueError:
-        return key, raw
 
 
 def _fraction(text: str) -> float:
@@ -60,11 +44,9 @@ def _fraction(text: str) -> float:
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
-    degrees = dict(parse_knob(kv) for kv in args.megatron.split(",") if kv)
-    bad = sorted(set(degrees) - {"tp", "pp", "ep"})
-    if bad:
-        raise WorkloadError(f"--megatron takes tp=, pp=, ep= (got {', '.join(bad)})")
-    return MegatronLayout(gpus, **{k: int(v) for k, v in degrees.items()})
+    degrees = parse_key_values([kv for kv in args.megatron.split(",") if kv.strip()], _MEGATRON, "--megatron",
+                               what="--megatron degree", example="tp=2,pp=2")
+    return MegatronLayout(gpus, **degrees)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,11 +62,11 @@ def _run(args: argparse.Namespace) -> int:
                       rollout_dtype="fp8" if args.fp8 else None,
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
-    strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
-    res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
-    metrics = res.metrics()
-    if args.trace and res.sim_result is not None:
-        res.sim_result.write_trace(args.trace)
+    strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    metrics = res.metrics_with_units()
+    if args.perfetto and res.sim_result is not None:
+        res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "metrics": metric_values(metrics)})
@@ -125,5 +107,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)
