@@ -249,7 +249,10 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
         m = _CLUSTER_RE.match(name)
         if not m:
             raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
-        topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        try:
+            topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        except TopologyError as exc:
+            raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)
 
 
