@@ -22,6 +22,8 @@ Format version 1, top-level fields (the optional ones may be absent; older versi
   see `CollectiveParams`;
 - `software_costs` (optional): {mechanism: {operation: {fixed_s, per_byte_s}}}, e.g. CUDA IPC handle
   `open`/`close` cost as fixed + per-byte of the allocation; see `SoftwareCost`;
+- `uncertainty` (optional): per group of parameters, the spread that prediction intervals sample (see
+  `hwmodels.uncertainty`); profiles without it get an a priori spread;
 - `provenance`: free-form record of where the fit came from (machine facts, cases, notes). Files written
   before `collectives`/`software_costs` existed kept them at `provenance.collectives.nccl` and
   `provenance.software_costs`; those are still read (into the proper fields) when the fields are absent.
@@ -38,6 +40,7 @@ from typing import Any
 from fabricsim.errors import CalibrationError
 
 from .fileio import atomic_write_text, read_yaml
+from .uncertainty import Uncertainty, uncertainty_from_dict
 
 FORMAT_VERSION = 1
 PATH_CLASSES = ("d2d", "h2d", "d2h", "p2p-nvlink", "p2p-pcie", "h2h", "rdma", "nvme")
@@ -141,6 +144,8 @@ class CalibrationProfile:
     links: dict[str, float] = field(default_factory=dict)
     collectives: dict[str, CollectiveParams] = field(default_factory=dict)
     software_costs: dict[str, dict[str, SoftwareCost]] = field(default_factory=dict)
+    # The spread of the fitted parameters, for prediction intervals (see hwmodels.uncertainty).
+    uncertainty: Uncertainty | None = None
 
     def collective(self, name: str) -> CollectiveParams | None:
         """The fitted parameters of collective `name`, or None where the profile has none."""
@@ -148,6 +153,7 @@ class CalibrationProfile:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["uncertainty"] = self.uncertainty.to_dict() if self.uncertainty is not None else None
         d["caps"] = [asdict(c) for c in self.caps]
         for p in d["paths"].values():
             p["size_efficiency"] = [list(x) for x in p["size_efficiency"]]
@@ -155,7 +161,7 @@ class CalibrationProfile:
             c["fitted_on"] = list(c["fitted_on"])
             c["size_efficiency"] = [list(x) for x in c["size_efficiency"]]
         # Optional fields stay out of the file when empty, so a profile without them reads as before.
-        for key in ("links", "collectives", "software_costs"):
+        for key in ("links", "collectives", "software_costs", "uncertainty"):
             if not d[key]:
                 del d[key]
         return d
@@ -226,6 +232,7 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
         software_costs=_software_costs(d["software_costs"] if "software_costs" in d
                                        else provenance.get("software_costs"), where,
                                        "software_costs" if "software_costs" in d else "provenance.software_costs"),
+        uncertainty=uncertainty_from_dict(d.get("uncertainty"), where),
     )
 
 

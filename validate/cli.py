@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
                    help="which calibration/held-out split: today's case list (default) or the one in the file")
+    c.add_argument("--base", default=None, metavar="PROFILE",
+                   help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
+                        "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
@@ -59,7 +62,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fabricsim.validate.fit.calibrate import calibrate_file
 
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 

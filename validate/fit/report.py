@@ -29,6 +29,7 @@ import pandas as pd
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
+from fabricsim.hwmodels.intervals import LEVEL, SAMPLES, predict_interval
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split, write_json_atomic
@@ -44,6 +45,7 @@ from .simulate import (
 )
 
 AIM_MEDIAN, AIM_P90 = 0.05, 0.15
+AIM_COVERAGE = (0.85, 0.95)  # share of held-out measured values inside their 90% interval
 # Patterns whose mechanism the model does not have: reported, but outside the aim (see MISSING).
 NOT_MODELLED_PREFIXES = ("sm-", "h2d-pageable", "d2h-pageable", "sm+ce")
 MISSING = {
@@ -85,8 +87,11 @@ def resolve_profile(m: Measurements, profile: str | Path | None) -> CalibrationP
     return p
 
 
-def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-case errors, per-transfer finish errors) of every simulable case."""
+def compare(m: Measurements, profile: CalibrationProfile,
+            samples: int = SAMPLES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-case errors with each prediction's interval, per-transfer finish errors) of every simulable case.
+
+    `samples`: perturbed re-simulations per case for its interval (0: no intervals)."""
     topo = base_topology(m).with_calibration(profile)
     collectives = collective_params(profile)
     rows, frows = [], []
@@ -97,9 +102,14 @@ def compare(m: Measurements, profile: CalibrationProfile) -> tuple[pd.DataFrame,
         measured_s = measured_makespan(c, meas)
         pred = simulate_case(c, topo, collectives)
         nbytes = c.bytes or max(x.bytes for x in c.xfers)
-        rows.append({"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
-                     "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
-                     "predicted_s": pred.makespan_s, "error": pred.makespan_s / measured_s - 1})
+        row = {"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
+               "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
+               "predicted_s": pred.makespan_s, "error": pred.makespan_s / measured_s - 1}
+        if samples:
+            iv = predict_interval(lambda t, c=c: simulate_case(c, t, dict(t.collectives)).makespan_s, topo,
+                                  samples=samples)
+            row.update({"lo": iv.lo, "hi": iv.hi, "level": iv.level, "inside": iv.lo <= measured_s <= iv.hi})
+        rows.append(row)
         if c.group == "copies" and len(meas["finish_s"]) > 1:
             # k-th earliest measured against k-th earliest predicted (see simulate.measured_order)
             fin_m, _ = measured_order(c, meas)
@@ -133,8 +143,20 @@ def summarise(df: pd.DataFrame) -> dict[str, Any]:
         out[split] = {"modelled": _stats(d[d["modelled"]]["error"]), "all": _stats(d["error"])}
     for group, d in df[df["modelled"]].groupby("group"):
         out[f"{group}_held_out"] = _stats(d[d["split"] == HELD_OUT]["error"])
+    out["coverage"] = coverage(df)
     big = df[(df["group"] == "nccl") & (df["bytes"] >= 64 << 20)]
     out["nccl_ge_64MiB"] = {p: _stats(big[big["pattern"] == p]["error"]) for p in sorted(big["pattern"].unique())}
+    return out
+
+
+def coverage(df: pd.DataFrame) -> dict[str, Any]:
+    """Share of measured makespans inside their predicted interval, held-out cases (modelled, and all)."""
+    if "inside" not in df:
+        return {}
+    h = df[df["split"] == HELD_OUT]
+    out: dict[str, Any] = {"level": LEVEL}
+    for which, d in (("modelled", h[h["modelled"]]), ("all", h)):
+        out[which] = {"n": int(len(d)), "inside": float(d["inside"].mean()) if len(d) else float("nan")}
     return out
 
 
@@ -211,6 +233,7 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
              "Error = predicted / measured - 1. *Modelled* patterns are the ones the model claims to cover; the "
              "others (SM-driven and pageable copies) are shown with the mechanism the model lacks.", "",
              *_split_lines(summary),
+             *([f"Note: {summary['profile_note']}.", ""] if summary.get("profile_note") else []),
              "## Headline", "",
              "| subset | cases | makespan abs(err) median | p90 | max |", "|---|---|---|---|---|"]
     for split in (CALIBRATION, HELD_OUT):
@@ -223,6 +246,15 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
     lines += ["", f"Aim (held-out, modelled): median ≤ {_pct(AIM_MEDIAN)}, p90 ≤ {_pct(AIM_P90)} — "
                   f"**{'met' if ok else 'missed'}**. CI bound: median ≤ {_pct(summary['ci_bound']['median'])}, "
                   f"p90 ≤ {_pct(summary['ci_bound']['p90'])}.", ""]
+    cov = summary.get("coverage") or {}
+    if cov:
+        lo, hi = AIM_COVERAGE
+        cm, ca = cov["modelled"], cov["all"]
+        met = lo <= cm["inside"] <= hi
+        lines += [f"Prediction intervals ({cov['level']:.0%}, sampled from the profile's parameter spreads): "
+                  f"{_pct(cm['inside'])} of {cm['n']} held-out modelled cases measured inside their interval "
+                  f"({_pct(ca['inside'])} of all {ca['n']} held-out); aim {_pct(lo)}-{_pct(hi)} — "
+                  f"**{'met' if met else 'missed'}**.", ""]
     lines += ["By group (modelled patterns only):", "", *_group_rows(df), ""]
     if summary["nccl_ge_64MiB"]:
         lines += ["NCCL at ≥ 64 MiB (aim: within 10%): " + ", ".join(
@@ -339,6 +371,7 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     summary["machine"] = m.machine.get("kind") or m.preset
     summary["split"] = split
     summary["split_changed_from_file"] = resplit
+    summary["profile_note"] = check_profile_fits(profile, m)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -368,12 +401,16 @@ def report_file(measured: str | Path, *, profile: str | Path | None = None, out:
     """CLI body: returns the one-paragraph summary printed on stdout."""
     m = load_measurements(measured)
     p = resolve_profile(m, profile)
+    note = check_profile_fits(p, m)
     out = Path(out) if out else Path(m.source).parent / "report"
     s = report(m, p, out, store, split)
     h = s[HELD_OUT]["modelled"]
-    return (f"report written to {out}: held-out (modelled) makespan abs(err) median {_pct(h['median'])}, "
-            f"p90 {_pct(h['p90'])} over {h['n']} cases" + (f"; rows in {s['store_file']}" if "store_file" in s
-                                                           else ""))
+    cov = (s.get("coverage") or {}).get("modelled") or {}
+    return ((f"note: {note}\n" if note else "")
+            + f"report written to {out}: held-out (modelled) makespan abs(err) median {_pct(h['median'])}, "
+            f"p90 {_pct(h['p90'])} over {h['n']} cases"
+            + (f"; {_pct(cov['inside'])} inside their {LEVEL:.0%} interval" if cov else "")
+            + (f"; rows in {s['store_file']}" if "store_file" in s else ""))
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
