@@ -23,6 +23,7 @@ from typing import Any
 from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import read_yaml
+from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
 from fabricsim.hwmodels.topology import Topology
 
 from .errors import ScenarioError
@@ -59,7 +60,10 @@ class Scenario:
             raise ScenarioError(f"{self.source}: {exc}") from None
 
     def build(self, calibration: str | None = None, **sim_kwargs: Any) -> Simulation:
-        topo = self.load_topology(calibration)
+        return self.build_on(self.load_topology(calibration), **sim_kwargs)
+
+    def build_on(self, topo: Topology, **sim_kwargs: Any) -> Simulation:
+        """The scenario's work on a given topology (a perturbed copy, for intervals)."""
         sim = Simulation(topo, **sim_kwargs)
         for item in self.items:
             where = f"{self.source}: {item['_where']}"
@@ -82,6 +86,11 @@ class Scenario:
 
     def run(self, calibration: str | None = None) -> Result:
         return self.build(calibration).run()
+
+    def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES) -> Interval:
+        """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals)."""
+        return predict_interval(lambda t: self.build_on(t, record_load=False).run().makespan_s,
+                                self.load_topology(calibration), samples=samples)
 
 
 def load_scenario(path: str | Path) -> Scenario:

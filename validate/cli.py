@@ -24,7 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
                               description="Fit latency, bandwidth, size efficiency, shared caps and engine "
                                           "discipline per path class from the calibration subset of MEASURED.")
-    c.add_argument("measured", help="measured.json or a validate output folder")
+    c.add_argument("measured", nargs="+",
+                   help="measured.json or a validate output folder; also nccl-tests output (all_reduce_perf, "
+                        "all_gather_perf, broadcast_perf), nvbandwidth output and the concurrent-copies JSON; several "
+                        "files of one machine are fitted together")
     c.add_argument("profile", help="profile file to write (JSON)")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
@@ -38,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Simulate every measured case with PROFILE, write error tables "
                                           "(calibration vs held-out), a predicted-vs-measured plot, and store "
                                           "measured and simulated rows in the results store.")
-    r.add_argument("measured", help="measured.json or a validate output folder")
+    r.add_argument("measured", help="measured.json, a validate output folder or another format calibrate reads")
     r.add_argument("--profile", default=None, help="profile (default: the preset's bundled profile)")
     r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")

@@ -89,8 +89,8 @@ def with_split(m: Measurements, which: str) -> tuple[Measurements, list[str]]:
     """
     if which not in SPLITS:
         raise MeasurementError(f"unknown split {which!r} (known: {', '.join(SPLITS)})")
-    if which == "file":
-        return m, []
+    if which == "file" or m.doc.get("suite") == "imported":
+        return m, []  # an imported file (validate.fit.imports) has its own split and no case list to follow
     suite = m.doc.get("suite") if m.doc.get("suite") in SUITES else "full"
     now = {c.id: c.split for c in build_cases(int(m.machine["gpus"]), suite)}
     doc = dict(m.doc)

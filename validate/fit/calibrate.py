@@ -50,8 +50,9 @@ from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
 from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
-from fabricsim.validate.measurements import Measurements, load_measurements, with_split
+from fabricsim.validate.measurements import Measurements, with_split
 
+from .imports import load_any, merge
 from .mechanisms import fit_collective, fit_path, linear_fit, lone_ce
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
@@ -120,6 +121,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     st = start_fit(m, profile_id, base)
     st.profile = fit_path_classes(st)
     st.profile = fit_shared_caps(st)
+    st.profile = transfer_host_duplex(st)
     st.profile = fit_disciplines(st)
     st.profile = fit_collectives(st)
     st.profile = fit_software_costs(st)
@@ -141,8 +143,16 @@ def start_fit(m: Measurements, profile_id: str | None, base: CalibrationProfile 
         if base.gpu_model != profile.gpu_model:
             raise CalibrationError(f"{m.source}: base profile '{base.id}' is for {base.gpu_model}, these measurements "
                                    f"are of {profile.gpu_model}")
+        caps = _caps_for(base.caps, base_topo.gpus())
+        if base.gpus != profile.gpus:
+            # A host-wide cap (no endpoints) measured with another number of GPUs says nothing of this host's.
+            dropped = [c.name for c in caps if not c.endpoints]
+            caps = tuple(c for c in caps if c.endpoints)
+            if dropped:
+                notes.append(f"base caps {', '.join(dropped)} not carried over: fitted on a host with {base.gpus} "
+                             f"GPUs, this one has {profile.gpus}")
         profile = _profile(profile, paths=dict(base.paths), links=dict(base.links),
-                           caps=_caps_for(base.caps, base_topo.gpus()), collectives=dict(base.collectives),
+                           caps=caps, collectives=dict(base.collectives),
                            software_costs={k: dict(v) for k, v in base.software_costs.items()})
         notes.append(f"derived from profile '{base.id}' ({base.gpus}x {base.gpu_model}, {base.machine}): what "
                      "these measurements do not cover is kept from it")
@@ -177,7 +187,9 @@ def fit_path_classes(st: FitState) -> CalibrationProfile:
     paths = dict(st.profile.paths)
     for cls, pts in sorted(by_class.items()):
         if len({s for s, _ in pts}) >= 2:
-            paths[cls] = fit_path(pts)
+            # sizes say nothing of the discipline: a base profile's stays unless step 3 finds cases for it
+            disc = paths[cls].discipline if cls in paths else "fair"
+            paths[cls] = replace(fit_path(pts), discipline=disc)
         elif cls in paths:
             paths[cls] = rate_from_one_size(paths[cls], pts)
             st.notes.append(f"{cls}: rate from one size ({pts[0][0] >> 20} MiB); latency and size efficiency kept "
@@ -243,6 +255,29 @@ def fit_shared_caps(st: FitState) -> CalibrationProfile:
         added |= names
         st.notes.append(f"{what}: cap {bps / 1e9:.1f} GB/s (case {c.id})")
     return profile
+
+
+def transfer_host_duplex(st: FitState) -> CalibrationProfile:
+    """Step 2b, only for a profile derived from one of another GPU count: the host's duplex ceiling (both
+    directions together), when not measured here, scaled from the base machine's. The base's ratio of duplex
+    ceiling to its one-direction aggregate (every GPU at its per-flow rate, or its aggregate cap) is applied to
+    this host's larger one-direction aggregate. A transfer, not a measurement: the notes say so."""
+    base, profile = st.base, st.profile
+    if base is None or base.gpus == profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
+        return profile
+    old = next((c for c in base.caps if c.name == "host-duplex"), None)
+    if old is None:
+        return profile
+
+    def one_way(p: CalibrationProfile, cls: str) -> float:
+        per_gpu = p.gpus * ((p.paths.get(cls) or PathParams()).bandwidth_Bps or math.inf)
+        return min([per_gpu] + [c.Bps for c in p.caps if c.name == f"host-{cls}"])
+
+    ratio = old.Bps / max(one_way(base, "h2d"), one_way(base, "d2h"))
+    bps = ratio * max(one_way(profile, "h2d"), one_way(profile, "d2h"))
+    st.notes.append(f"host duplex: cap {bps / 1e9:.1f} GB/s transferred from '{base.id}' (its duplex ceiling is "
+                    f"{ratio:.2f}x its one-direction aggregate), not measured on this host")
+    return _profile(profile, caps=profile.caps + (replace(old, Bps=bps),))
 
 
 def fit_disciplines(st: FitState) -> CalibrationProfile:
@@ -409,12 +444,13 @@ def load_base(ref: str | Path | None) -> CalibrationProfile | None:
     return load_profile(bundled if bundled.exists() else ref)
 
 
-def calibrate_file(measured: str | Path, out: str | Path, *, profile_id: str | None = None,
+def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, profile_id: str | None = None,
                    split: str = "current", base: str | Path | None = None) -> CalibrationProfile:
-    """Load, fit, write the profile atomically; returns it."""
-    m = load_measurements(measured)
-    path = Path(m.source)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    """Load (any format `validate.fit.imports` reads; several files of one machine merge), fit, write the
+    profile atomically; returns it."""
+    paths = [Path(p) for p in (measured if isinstance(measured, list) else [measured])]
+    m = merge([load_any(p) for p in paths])
+    sha = hashlib.sha256(b"".join((p / "measured.json" if p.is_dir() else p).read_bytes() for p in paths)).hexdigest()
     profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split, base=load_base(base))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

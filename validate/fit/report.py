@@ -32,8 +32,9 @@ from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_p
 from fabricsim.hwmodels.intervals import LEVEL, SAMPLES, predict_interval
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
-from fabricsim.validate.measurements import Measurements, load_measurements, with_split, write_json_atomic
+from fabricsim.validate.measurements import Measurements, with_split, write_json_atomic
 
+from .imports import load_any
 from .simulate import (
     base_topology,
     check_profile_fits,
@@ -399,7 +400,7 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
 def report_file(measured: str | Path, *, profile: str | Path | None = None, out: str | Path | None = None,
                 store: str | Path | None = "", split: str = "current") -> str:
     """CLI body: returns the one-paragraph summary printed on stdout."""
-    m = load_measurements(measured)
+    m = load_any(measured)
     p = resolve_profile(m, profile)
     note = check_profile_fits(p, m)
     out = Path(out) if out else Path(m.source).parent / "report"
