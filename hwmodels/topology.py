@@ -344,6 +344,9 @@ class Topology:
             d["bw"] = {k: v * Bps / widest for k, v in d["bw"].items()}
 
     def _add_calibrated_cap(self, cap: CapSpec) -> None:
+        # A profile's cap replaces one of the same name the topology carries (e.g. from `topo import`).
+        for name in [n for n in self.caps if n == cap.name or n.endswith(f".{cap.name}")]:
+            del self.caps[name]
         endpoints = cap.endpoints
         if not endpoints:
             self.add_cap(cap.name, cap.Bps, classes=cap.classes)

@@ -195,7 +195,10 @@ def fit_path_classes(st: FitState) -> CalibrationProfile:
             st.notes.append(f"{cls}: rate from one size ({pts[0][0] >> 20} MiB); latency and size efficiency kept "
                             f"from the base profile")
         else:
-            st.notes.append(f"{cls}: measured at one size only and no base profile: not fitted")
+            s, t = pts[0][0], statistics.median(t for _, t in pts)
+            paths[cls] = PathParams(bandwidth_Bps=s / t)
+            st.notes.append(f"{cls}: rate only, from one size ({s >> 20} MiB) and no base profile (latency from the "
+                            "preset's links, no size efficiency)")
     if not by_class and st.base is None:
         raise CalibrationError(f"{st.m.source}: no lone copy-engine copies in the calibration subset")
     fitted = {cls: pp for cls, pp in paths.items() if cls in by_class}
