@@ -7,6 +7,7 @@ Store location: ``--store DIR``, else ``$FABRICSIM_STORE``, else ``./results``. 
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import warnings
@@ -89,8 +90,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SweepInterrupted, run_sweep, trace_point
+    from .sweep import SweepError, SweepInterrupted, run_sweep, trace_point
 
+    if args.retry_failed and not args.resume:
+        raise SweepError("--retry-failed reruns the failed points of an earlier run; it needs --resume")
     if args.trace:
         path, outcome = trace_point(args.study, args.trace, args.trace_dir)
         assert outcome.metrics is not None
@@ -106,9 +109,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                address=args.address, resume=args.resume, retry_failed=args.retry_failed,
                                limit=args.limit, progress=not args.quiet)
     except SweepInterrupted as stop:
-        at = f" --store {args.store}" if args.store else ""
         print(f"fabricsim: interrupted: {stop.report.ran} finished points are saved; "
-              f"`fabricsim sweep {args.study}{at} --resume` runs the rest", file=sys.stderr)
+              f"`{_resume_command(args)}` runs the rest", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -126,12 +128,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if report.skipped_failed:
         line += f"; {report.skipped_failed} of the stored points failed: --retry-failed reruns them"
     print(line)
+    if not (store.root / report.study).is_dir():
+        return 0  # nothing ran and nothing was stored before: there is no results folder to point at
     at = f" --store {args.store}" if args.store else ""
     hints = [f"fabricsim results show {report.study}{at}"]
     if load_study(args.study).figures:
         hints.append(f"fabricsim plot {report.study}{at}")
     print(f"results: {store.root / report.study}/   ({'; '.join(hints)})")
     return 1 if report.failed else 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that goes on where an interrupted sweep stopped: the same options, plus --resume."""
+    words = ["fabricsim", "sweep", args.study]
+    for flag, value in (("--store", args.store), ("--backend", None if args.backend == "local" else args.backend),
+                        ("--address", args.address), ("--workers", args.workers)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += ["--resume"] + (["--retry-failed"] if args.retry_failed else []) + (["--quiet"] if args.quiet else [])
+    return shlex.join(words)
 
 
 def _cmd_results_ls(args: argparse.Namespace) -> int:

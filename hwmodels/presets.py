@@ -166,6 +166,12 @@ def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
     return _pcie_box("pcie-4gpu", model, 4, nvlink_pairs=False)
 
 
+# Refused before anything is built: a cluster graph costs about 0.2 ms per GPU to build on a 2-core VM, so
+# this bound keeps `fabricsim topo show cluster-NxG` under about a second, and turns cluster-100000x8 into a
+# one-line error instead of minutes of graph building.
+MAX_CLUSTER_GPUS = 4096
+
+
 def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
             nic_Gbps: float = 400.0, nodes_per_leaf: int = 4, spines: int = 2, oversubscription: float = 1.0,
             name: str | None = None) -> Topology:
@@ -175,6 +181,12 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
     """
     if nodes < 1:
         raise TopologyError(f"a cluster needs at least one node, not {nodes}")
+    if gpus_per_node < 1:
+        raise TopologyError(f"a cluster node needs at least one GPU, not {gpus_per_node}")
+    if nodes * gpus_per_node > MAX_CLUSTER_GPUS:
+        raise TopologyError(f"cluster of {nodes:,} nodes x {gpus_per_node} GPUs: {nodes * gpus_per_node:,} GPUs is "
+                            f"more than the {MAX_CLUSTER_GPUS:,} a preset builds (simulate the part of the cluster "
+                            "the question needs)")
     if fabric not in ("rail", "leaf-spine"):
         raise TopologyError(f"unknown cluster fabric '{fabric}' (known: rail, leaf-spine)")
     if oversubscription < 1:

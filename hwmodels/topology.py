@@ -24,6 +24,7 @@ import networkx as nx
 from fabricsim.errors import CalibrationError, TopologyError
 
 from .calibration import (
+    LINK_KINDS,
     PATH_CLASSES,
     CalibrationProfile,
     CapSpec,
@@ -37,7 +38,6 @@ from .uncertainty import Uncertainty
 ENDPOINT_KINDS = ("gpu", "host", "nvme")
 TRANSIT_KINDS = ("cpu", "pcie-switch", "nvswitch", "nic", "net-switch")
 COMPONENT_KINDS = ENDPOINT_KINDS + TRANSIT_KINDS
-LINK_KINDS = ("pcie", "nvlink", "dram", "socket", "net", "nvme")
 
 
 @dataclass(frozen=True)
@@ -413,3 +413,14 @@ def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None 
     caps = topo.resources()
     bw = min(caps[r] / c for r, c in path.resources)
     return min(bw, path.rate_cap_Bps) if path.rate_cap_Bps else bw
+
+
+def nearest_host(topo: Topology, gpu: str) -> str:
+    """The host socket of `gpu`'s node reached in the fewest hops: where a NUMA-aware allocator pins the
+    buffers `gpu` copies to and from (KV offload, staged weights). TopologyError when the node has none."""
+    node = gpu.rpartition(".")[0]
+    prefix = f"{node}." if node else ""
+    hosts = [e for e in topo.endpoints() if topo.kind(e) == "host" and e.startswith(prefix)]
+    if not hosts:
+        raise TopologyError(f"no host memory near {gpu} in topology '{topo.name}'")
+    return min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))

@@ -171,6 +171,8 @@ class FluidNetwork:
         self._flush_scheduled = False
         self._active = 0
         self.events = 0  # arrivals + departures processed (for benchmarks)
+        self.on_progress: Callable[[float, int, int], None] | None = None  # (now, events, active), now and then
+        self._wakes = 0
 
     @property
     def active(self) -> int:
@@ -302,6 +304,9 @@ class FluidNetwork:
         if ev is not self._wake_ev:  # a stale wake-up: a later recomputation moved the earliest finish
             return
         self._wake_at = float("inf")
+        self._wakes += 1
+        if self.on_progress is not None and not self._wakes & 255:
+            self.on_progress(self.env.now, self.events, self._active)
         self._heap_room()
         nfin, nfch, nrch, t = self._c.depart(self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi,
                                        self._rf, self._ri, self._inc_next, self._inc_prev, self._rloc,

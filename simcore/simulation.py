@@ -26,8 +26,10 @@ from fabricsim.hwmodels.topology import Topology
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
 from .memory import MemoryPool
+from .progress import Progress
+from .progress import enabled as progress_enabled
 from .records import Record, Result
-from .units import parse_bytes
+from .units import check_bytes, check_positive, check_seconds, parse_bytes
 
 Dep = str | simpy.Event
 
@@ -59,16 +61,16 @@ class Simulation:
                  fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None) -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands."""
         rid = self._new_id(id, "t")
+        where = f"transfer '{rid}'"
         if isinstance(nbytes, str):
-            nbytes = parse_bytes(nbytes, f"transfer '{rid}': bytes")
-        if not nbytes >= 0:
-            raise ScenarioError(f"transfer '{rid}': bytes must be >= 0, got {nbytes}")
-        if rate_cap_Bps is not None and not rate_cap_Bps > 0:
-            raise ScenarioError(f"transfer '{rid}': rate cap must be > 0, got {rate_cap_Bps}")
-        if not weight > 0:
-            raise ScenarioError(f"transfer '{rid}': weight must be > 0, got {weight}")
-        if fixed_cost_s < 0:
-            raise ScenarioError(f"transfer '{rid}': fixed cost must be >= 0, got {fixed_cost_s}")
+            nbytes = parse_bytes(nbytes, f"{where}: bytes")
+        else:
+            nbytes = check_bytes(_plain(nbytes), f"{where}: bytes", whole=False)
+        if rate_cap_Bps is not None:
+            rate_cap_Bps = check_positive(_plain(rate_cap_Bps), f"{where}: rate cap")
+        weight = check_positive(_plain(weight), f"{where}: weight")
+        fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
+        start = check_seconds(_plain(start), f"{where}: start")
         try:
             path = self.topology.path(src, dst, nbytes)
         except TopologyError as exc:
@@ -93,8 +95,9 @@ class Simulation:
         from that GPU and this kernel share HBM bandwidth.
         """
         rid = self._new_id(id, "k")
-        if flops < 0 or hbm_bytes < 0:
-            raise ScenarioError(f"task '{rid}': flops and bytes must be >= 0")
+        flops = _check_flops(_plain(flops), f"task '{rid}': flops")
+        hbm_bytes = check_bytes(_plain(hbm_bytes), f"task '{rid}': bytes", allow_zero=True, whole=False)
+        start = check_seconds(_plain(start), f"task '{rid}': start")
         try:
             node = self.topology.resolve(gpu)
             spec = self.topology.gpu(node)
@@ -117,8 +120,8 @@ class Simulation:
               tag: str | None = None, where: str = "") -> simpy.Event:
         """A software overhead (IPC handle open, Python bookkeeping): takes time, uses no resource."""
         rid = self._new_id(id, "d")
-        if not seconds >= 0:
-            raise ScenarioError(f"delay '{rid}': seconds must be >= 0, got {seconds}")
+        seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
+        start = check_seconds(_plain(start), f"delay '{rid}': start")
         rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
         return self._launch(rec, self._run_delay(rec, self._deps(rid, after), start, seconds))
 
@@ -152,8 +155,18 @@ class Simulation:
 
     # ---- running ---------------------------------------------------------------------------------------
     def run(self, until: float | None = None) -> Result:
-        """Run until every transfer and task has finished (or `until`), and return the records."""
-        self.env.run(until=until)
+        """Run until every transfer and task has finished (or `until`), and return the records.
+
+        A run that lasts more than ~2 s of wall time shows a progress line on stderr (see `simcore.progress`).
+        """
+        progress = Progress() if progress_enabled() else None
+        self.net.on_progress = None if progress is None else progress.tick
+        try:
+            self.env.run(until=until)
+        finally:
+            if progress is not None:
+                progress.close()
+            self.net.on_progress = None
         return self.result()
 
     def result(self) -> Result:
@@ -250,3 +263,14 @@ class Simulation:
                     series.pop()
             elif not series or series[-1][1] != v:
                 series.append((now, v))
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars as Python numbers, so the argument checks treat `np.float64(1e9)` like `1e9`."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _check_flops(flops: Any, where: str) -> float:
+    if isinstance(flops, bool) or not isinstance(flops, int | float) or not 0 <= flops < float("inf"):
+        raise ScenarioError(f"{where}: expected a finite number >= 0, got {flops!r}")
+    return float(flops)

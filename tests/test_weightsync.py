@@ -368,3 +368,29 @@ def test_calibrated_ipc_costs_replace_the_estimate() -> None:
     assert strat.handle_cost(cal, b) == pytest.approx(fitted["open"].cost(b) + fitted["close"].cost(b)
                                                       + strat.knobs.ipc_message_s)
     assert strat.handle_cost(raw, b) == strat.knobs.ipc_handle_s
+
+
+def test_the_decode_batch_kv_counts_against_hbm(capsys) -> None:
+    """Llama-3-70B at TP1 on one H200 holds its 131 GiB of weights but not the KV of 64 x 4096 tokens (80 GiB),
+    let alone 1024 x 32768 (10 TiB): such a layout cannot generate, so its sync is infeasible, and says why."""
+    import json
+
+    model = models.get("Llama-3-70B")
+    tp1 = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    res = simulate_sync(tp1, get("nccl-broadcast"))
+    assert not res.feasible and "KV cache" in res.reason and "batch 64 x 4096" in res.reason
+    tp2 = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=2))
+    assert simulate_sync(tp2, get("nccl-broadcast")).feasible
+    huge = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=2),
+                     decode=DecodeBatch(batch=1024, context=32768))
+    assert not simulate_sync(huge, get("nccl-broadcast")).feasible
+    zero_copy = simulate_sync(huge, get("shared-pool:zero-copy"))  # no local weights, still the KV
+    assert not zero_copy.feasible and "KV cache" in zero_copy.reason
+    assert _sync_cli(["Llama-3-70B", "nccl-broadcast", "--tp", "2", "--batch", "1024", "--context", "32768",
+                      "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False and "5120.0 GiB of KV cache" in out["reason"]
+    # the KV reserve held during the sync is on the CLI too
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--kv-reserve", "0.95", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False and "95% reserve" in out["reason"]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fabricsim.hwmodels.endpoints import expand_endpoints
+
 from .errors import InfeasibleError, PlacementError
 from .models import ModelConfig, TensorSpec
 
@@ -100,6 +102,11 @@ def overlap_numel(shape: tuple[int, ...], a: Shard, b: Shard) -> int:
 
 
 # ---- trainer layouts ---------------------------------------------------------------------------------------
+def _gpu_list(gpus: str | list[str]) -> list[str]:
+    """Layouts take a list of GPU names or one string with ranges (`node0-63.gpu0-7`)."""
+    return expand_endpoints(gpus) if isinstance(gpus, str) else list(gpus)
+
+
 class TrainerLayout:
     """Where the trainer keeps each tensor: `holders(t)` lists, per replica, [(gpu, shard), ...]."""
 
@@ -126,6 +133,7 @@ class FSDPLayout(TrainerLayout):
     gpus: list[str]
 
     def __post_init__(self) -> None:
+        self.gpus = _gpu_list(self.gpus)
         if not self.gpus:
             raise PlacementError("an FSDP layout needs at least one GPU")
         if len(set(self.gpus)) != len(self.gpus):
@@ -150,6 +158,7 @@ class MegatronLayout(TrainerLayout):
     dp: int = field(init=False)
 
     def __post_init__(self) -> None:
+        self.gpus = _gpu_list(self.gpus)
         n = len(self.gpus)
         for what, v in (("TP", self.tp), ("PP", self.pp), ("EP", self.ep)):
             if v < 1:
@@ -223,6 +232,7 @@ class RolloutLayout:
     expert_parallel: bool = False
 
     def __post_init__(self) -> None:
+        self.gpus = _gpu_list(self.gpus)
         if self.tp < 1:
             raise PlacementError(f"rollout TP degree must be >= 1, got {self.tp}")
         if not self.gpus or len(self.gpus) % self.tp:

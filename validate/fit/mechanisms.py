@@ -13,7 +13,8 @@ from typing import Any
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CollectiveParams, PathParams
 from fabricsim.hwmodels.topology import Topology
-from fabricsim.validate.cases import Case, nccl_transfers
+from fabricsim.simcore.collectives import ring_schedule
+from fabricsim.validate.cases import Case
 
 from .simulate import simulate_case
 
@@ -60,7 +61,7 @@ def fit_collective(cases: list[Case], meas: dict[str, Any], topo: Topology) -> C
     large = pts[-1]
 
     def ring_bytes(c: Case) -> int:
-        return max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n))
+        return max(t["bytes"] for t in ring_schedule(c.op, c.bytes, [f"gpu{i}" for i in range(n)]))
 
     def sim(c: Case, bus: float, fixed: float, eff: tuple[tuple[float, float], ...] = ()) -> float:
         return simulate_case(c, topo, {op: CollectiveParams(bus, fixed, eff)}).makespan_s

@@ -31,7 +31,7 @@ from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
 from fabricsim.simcore.units import parse_bytes
 
-from ..decode import DecodeBatch, step_cost
+from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
@@ -44,6 +44,8 @@ class SyncSetup:
     rollout_dtype: weight dtype of the engines (None = the model's); 'fp8' adds a conversion.
     trainer_bytes_per_param: trainer-side bytes per parameter resident on its GPUs during the sync (2 = bf16
       parameter shards only, optimizer state offloaded to the host, as colocated verl / slime setups do).
+    decode: the batch each engine decodes between syncs; its KV cache and working space must fit beside the
+      weights on every rollout GPU (a layout that cannot hold them cannot generate, whatever the sync costs).
     kv_reserve_fraction: HBM fraction of each rollout GPU held by the engine's KV cache during the sync (0 when
       engines release it, as colocated "sleep mode" does; vLLM's default claim is 0.9 of HBM).
     train_step_s: training step length, for staleness of asynchronous modes.
@@ -70,6 +72,16 @@ class SyncSetup:
 
     def hbm_bytes(self, gpu: str) -> int:
         return self.topology.gpu(gpu).hbm_bytes
+
+    def decode_kv_bytes(self) -> float:
+        """KV cache of the decode batch on each rollout GPU (its TP share, or the whole latent cache for MLA)."""
+        return decode_work(self.model, self.decode, self.rollout.tp).kv_bytes
+
+    def decode_workspace_bytes(self) -> float:
+        """Activations' working space of one decode step per rollout GPU: fp32 logits over the vocabulary shard
+        plus a few bf16 hidden-size buffers per sequence (small next to KV, but not nothing at large batches)."""
+        m, b, tp = self.model, self.decode.batch, self.rollout.tp
+        return b * (4.0 * m.vocab_size / tp + 2.0 * 4 * m.hidden_size + 2.0 * m.intermediate_size / tp)
 
 
 # ---- transforms -----------------------------------------------------------------------------------------
@@ -363,6 +375,23 @@ def effective_transforms(setup: SyncSetup, strategy: Strategy) -> tuple[Transfor
     return tuple(strategy.transforms) + extra
 
 
+def _check_decode_fits(setup: SyncSetup, plan: ReshardPlan, resident: dict[str, float],
+                       resident_roll: dict[str, float], label: str) -> None:
+    """Raise `InfeasibleError` when a rollout GPU cannot hold, while it decodes, what is resident on it (its
+    weights, a colocated trainer's shards) plus the decode batch's KV cache and working space."""
+    kv, work = setup.decode_kv_bytes(), setup.decode_workspace_bytes()
+    for g in sorted(set(plan.rollout_gpus)):
+        weights = resident.get(g, 0.0) - setup.kv_reserve_fraction * setup.hbm_bytes(g) if g in resident_roll \
+            else resident.get(g, 0.0)
+        need, cap = weights + kv + work, setup.hbm_bytes(g)
+        if need > cap:
+            d = setup.decode
+            raise InfeasibleError(
+                f"{label}: the decode batch does not fit on {g}: {weights / 2**30:.1f} GiB of weights + "
+                f"{kv / 2**30:.1f} GiB of KV cache (batch {d.batch} x {d.context} tokens, {d.kv_dtype}) + "
+                f"{work / 2**30:.1f} GiB of working space > {cap / 2**30:.1f} GiB HBM")
+
+
 def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
     """Plan, check feasibility, run the strategy's procedure and collect its metrics.
 
@@ -389,6 +418,7 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
                       extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
                       decode_step_local_s=local_step)
     try:
+        _check_decode_fits(setup, plan, resident, resident_roll, label)
         if resident_roll:  # zero-copy engines keep no weights of their own
             check_fits(plan, {g: setup.hbm_bytes(g) for g in plan.rollout_gpus},
                        reserve_fraction=setup.kv_reserve_fraction, bytes_ratio=setup.rollout_ratio,

@@ -1,16 +1,17 @@
 """`fabricsim sync MODEL STRATEGY ...`: simulate one weight sync and print its metrics (or JSON).
 
-GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`.
+GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`, `node0-63.gpu0-7`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import replace
 from typing import Any
 
+from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.intervals import intervals_over
 
 from .. import models
@@ -22,24 +23,14 @@ from .base import SyncSetup, simulate_sync
 from .registry import get, names
 
 SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
-_RANGE = re.compile(r"^(.*?)(\d+)-(\d+)$")
 
 
 def parse_gpus(spec: str) -> list[str]:
-    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']."""
-    out: list[str] = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        m = _RANGE.match(item)
-        if m:
-            lo, hi = int(m[2]), int(m[3])
-            if hi < lo:
-                raise WorkloadError(f"GPU range '{item}' runs backwards")
-            out += [f"{m[1]}{i}" for i in range(lo, hi + 1)]
-        else:
-            out.append(item)
-    if not out:
-        raise WorkloadError(f"empty GPU list '{spec}'")
-    return out
+    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']; 'node0-1.gpu0-7' -> 16 GPUs."""
+    try:
+        return expand_endpoints(spec)
+    except TopologyError as exc:
+        raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
 
 
 def parse_knob(text: str) -> tuple[str, Any]:
@@ -58,6 +49,16 @@ def parse_knob(text: str) -> tuple[str, Any]:
         return key, float(raw)
     except ValueError:
         return key, raw
+
+
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return x
 
 
 def _trainer(args: argparse.Namespace, gpus: list[str]):
@@ -81,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
-                      decode=DecodeBatch(batch=args.batch, context=args.context))
+                      decode=DecodeBatch(batch=args.batch, context=args.context),
+                      kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
     res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
     metrics = res.metrics()
@@ -113,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  fabricsim sync --list\n"
                "  fabricsim sync Qwen3-30B-A3B rdma-p2p --trainer gpu0-3 --rollout gpu4-7\n"
                "  fabricsim sync Llama-3-70B nccl-broadcast --topology cluster-4x8 "
-               "--trainer node0.gpu0-7,node1.gpu0-7 --rollout node2.gpu0-7,node3.gpu0-7 --tp 8 --json\n"
+               "--trainer node0-1.gpu0-7 --rollout node2-3.gpu0-7 --tp 8 --json\n"
                "  fabricsim sync Llama-3-8B host-staged --knob bucket_bytes=1e9 --knob include_d2h=false",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="model preset (see --list)")
@@ -129,6 +131,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
     p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
     p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
+    p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
+                        "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--samples", type=int, default=SYNC_SAMPLES, metavar="N",
