@@ -42,6 +42,19 @@ def _sorted_values(series: pd.Series) -> list[Any]:
         return sorted(values, key=str)
 
 
+def _band(ax: Any, sim_rows: pd.DataFrame, x: str, colour: str, categorical: bool) -> None:
+    """The prediction interval of simulated values (columns lo/hi), where the rows carry one: a shaded band
+    along a numeric x, error bars at categorical x."""
+    if "lo" not in sim_rows.columns or sim_rows["lo"].isna().all():
+        return
+    b = sim_rows.dropna(subset=["lo", "hi"]).groupby(x)[["value", "lo", "hi"]].mean()
+    if categorical:
+        ax.errorbar(b.index, b["value"].to_numpy(), yerr=[(b["value"] - b["lo"]).to_numpy(),
+                    (b["hi"] - b["value"]).to_numpy()], color=colour, linestyle="none", capsize=3, alpha=0.6)
+    else:
+        ax.fill_between(b.index, b["lo"].to_numpy(), b["hi"].to_numpy(), color=colour, alpha=0.15, linewidth=0)
+
+
 def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigure:
     """Draw one declared figure from a results frame (as returned by `ResultsStore.load`)."""
     rows = df[(df["metric"] == spec.y)]
@@ -78,6 +91,7 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
                 if spec.logy and (sim <= 0).all():
                     label += " (0: below the log axis)"
                 ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **sim_style)
+                _band(ax, sel[sel["source"] == "sim"], spec.x, colours[hue], categorical)
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
                 ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,

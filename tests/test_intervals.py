@@ -83,3 +83,20 @@ def test_profile_of_more_gpus_applies_to_fewer_with_a_note() -> None:
     assert presets.get("h200-1").calibration_id == load_profile(bundled_profile_path("h200x1")).id
     with pytest.raises(CalibrationError, match="H100"):
         presets.get("h100-1", calibration=bundled_profile_path("h200x2"))
+
+
+def test_study_rows_carry_intervals(tmp_path) -> None:
+    from fabricsim.harness.store import ResultsStore
+    from fabricsim.harness.study import StudyError, metric_intervals, normalise_metrics
+    from fabricsim.harness.sweep import run_sweep
+
+    raw = {"t": (2.0, "s", Interval(2.0, 1.5, 3.0)), "n": 4}
+    assert normalise_metrics(raw) == {"t": (2.0, "s"), "n": (4.0, "")}
+    assert metric_intervals(raw) == {"t": (1.5, 3.0, 0.9)}
+    with pytest.raises(StudyError, match="'t': the third element must be an interval"):
+        metric_intervals({"t": (1.0, "s", "wide")})
+    run_sweep("example_fanout", store=str(tmp_path), workers=1, progress=False, limit=12)
+    df = ResultsStore(str(tmp_path)).load("example_fanout")
+    ms = df[df["metric"] == "makespan_s"]
+    assert (ms["lo"] <= ms["value"]).all() and (ms["value"] <= ms["hi"]).all() and (ms["level"] == 0.9).all()
+    assert df[df["metric"] == "per_gpu_GBps"]["lo"].isna().all()  # only the metrics given one

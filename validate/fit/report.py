@@ -350,9 +350,11 @@ def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, f
         for _, r in frame.iterrows():
             params = {"topology": m.preset, "pattern": r["pattern"], "split": r["split"]}
             for source, col, cal in (("hw", "measured_s", "measured"), ("sim", "predicted_s", profile.id)):
+                band = ((r["lo"], r["hi"], r["level"]) if source == "sim" and "lo" in r and r["lo"] == r["lo"]
+                        else None)
                 rows.append(make_row(study=study, run_id=run_id, point_id=r["case"], params=params,
                                      metric=metric_of(r), value=r[col], unit="s", source=source,
-                                     calibration_id=cal, device=device))
+                                     calibration_id=cal, device=device, interval=band))
     return ResultsStore(store or None).write(rows, study=study, run_id=run_id)
 
 
