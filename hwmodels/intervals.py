@@ -98,6 +98,8 @@ def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None 
                 factors[key] = math.exp(rng.normal(0.0, unc.sigma("concurrency")))
             cap.Bps *= factors[key]
     t.path_params = {cls: _perturb_path(pp, cls, f) for cls, pp in t.path_params.items()}
+    t.mechanisms = {m: {cls: _perturb_path(pp, f"{m}:{cls}", f) for cls, pp in v.items()}
+                    for m, v in t.mechanisms.items()}
     t.collectives = {op: _perturb_collective(cp, op, f) for op, cp in t.collectives.items()}
     return t
 

@@ -94,6 +94,8 @@ class Topology:
     calibration_id: str | None = None
     # The profile's parameter spreads (None: uncalibrated), for prediction intervals (hwmodels.intervals).
     uncertainty: Uncertainty | None = None
+    # Fitted copy mechanisms besides the copy engine: {mechanism: {path class: PathParams}} (see `path`).
+    mechanisms: dict[str, dict[str, PathParams]] = field(default_factory=dict)
     # Said wherever the profile was fitted on another machine size than this topology's (see with_calibration).
     calibration_note: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
@@ -258,8 +260,13 @@ class Topology:
         except nx.NetworkXNoPath:
             raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{self.name}'") from None
 
-    def path(self, src: str, dst: str, nbytes: float | None = None) -> Path:
-        """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves)."""
+    def path(self, src: str, dst: str, nbytes: float | None = None, mechanism: str = "ce") -> Path:
+        """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves).
+
+        `mechanism`: 'ce' (copy engine, pinned memory), or one the profile fitted (`mechanisms`: 'pageable',
+        'sm'): such a copy takes the same route and shares its links, with that mechanism's latency, per-flow
+        rate and size efficiency, and queues on no copy engine (an SM copy is a kernel; a pageable copy's rate
+        is its CPU staging). A mechanism the profile lacks falls back to the copy engine's parameters."""
         s, d = self.resolve(src), self.resolve(dst)
         key = (s, d)
         cached = self._path_cache.get(key)
@@ -268,6 +275,9 @@ class Topology:
             self._path_cache[key] = cached
         nodes, cls, resources, link_latency, engine = cached
         pp = self.path_params.get(cls)
+        mech = self.mechanisms.get(mechanism, {}).get(cls) if mechanism != "ce" else None
+        if mech is not None:
+            pp, engine = mech, None
         latency = link_latency
         cap = None
         if pp is not None:
@@ -318,6 +328,7 @@ class Topology:
                 f"but topology '{self.name}' has {len(gpus)}x {'/'.join(sorted(models))}")
         topo = copy.deepcopy(self)
         topo.uncertainty = profile.uncertainty
+        topo.mechanisms = {m: dict(v) for m, v in profile.mechanisms.items()}
         topo.calibration_note = ""
         if gpus and profile.gpus != len(gpus):
             topo.calibration_note = (f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} "

@@ -6,6 +6,8 @@ multiplicative factor on them, learnt from residuals at calibration time (`valid
 - `latency.CLASS`: the fixed latency of path class CLASS (from its small copies, < 1 MiB);
 - `mid.CLASS`: its size efficiency between 1 MiB and 64 MiB;
 - `rate.CLASS`: its per-flow rate and the link direction it runs on (from copies >= 64 MiB);
+- `latency.MECH:CLASS`, `mid.MECH:CLASS`, `rate.MECH:CLASS`: the same for copies by another mechanism
+  (`pageable`, `sm`);
 - `concurrency`: every calibrated shared cap (host aggregate, duplex), from how far the per-copy finish times
   of the calibration concurrency cases stay off after the fit;
 - `collective.OP.fixed` / `.mid` / `.bus`: a collective's fixed cost, mid-size efficiency and bus bandwidth.

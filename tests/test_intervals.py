@@ -100,3 +100,30 @@ def test_study_rows_carry_intervals(tmp_path) -> None:
     ms = df[df["metric"] == "makespan_s"]
     assert (ms["lo"] <= ms["value"]).all() and (ms["value"] <= ms["hi"]).all() and (ms["level"] == 0.9).all()
     assert df[df["metric"] == "per_gpu_GBps"]["lo"].isna().all()  # only the metrics given one
+
+
+def test_a_mechanism_copy_takes_its_own_closed_form_and_shares_the_link() -> None:
+    # A lone SM copy takes latency + bytes / (rate x efficiency) of the profile's `sm` parameters for its class;
+    # beside a copy-engine copy on the same link the two share it (neither beats the link alone).
+    from fabricsim.hwmodels.calibration import PathParams
+
+    profile = load_profile(bundled_profile_path("h200x2"))
+    sm = PathParams(latency_s=7e-6, bandwidth_Bps=40e9)
+    topo = presets.get("h200-2", calibration=replace(profile, mechanisms={"sm": {"h2d": sm}}))
+    sim = Simulation(topo, record_load=False)
+    sim.transfer("a", "host", "gpu0", GiB, mechanism="sm")
+    assert sim.run().makespan_s == pytest.approx(7e-6 + GiB / 40e9, rel=1e-9)
+    both = Simulation(topo, record_load=False)
+    both.transfer("a", "host", "gpu0", GiB, mechanism="sm")
+    both.transfer("b", "host", "gpu0", GiB)
+    link = topo.graph.edges["cpu0", "gpu0"]["bw"][("cpu0", "gpu0")]
+    assert both.run().makespan_s >= 2 * GiB / link
+    # a mechanism the profile lacks falls back to the copy engine's parameters
+    assert topo.path("host", "gpu0", GiB, "pageable").rate_cap_Bps == topo.path("host", "gpu0", GiB).rate_cap_Bps
+
+
+def test_unknown_mechanism_is_a_one_line_error() -> None:
+    d = load_profile(bundled_profile_path("h200x2")).to_dict()
+    d["mechanisms"] = {"dma-magic": {}}
+    with pytest.raises(CalibrationError, match="p.json: mechanisms.dma-magic: unknown mechanism"):
+        profile_from_dict(d, "p.json")

@@ -184,6 +184,8 @@ def load_measurements(path: str | Path) -> Measurements:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         # A document cut short (a copy interrupted mid-way) does not end with its closing brace.
-        hint = "truncated" if not text.rstrip().endswith("}") else "malformed"
+        # (or ends on a brace of an inner object: then the parser fails at the very end, wanting more)
+        end = len(text.rstrip())
+        hint = "truncated" if not text.rstrip().endswith("}") or exc.pos >= end - 1 else "malformed"
         raise MeasurementError(f"{path}: {hint} JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
     return check_document(doc, str(path))

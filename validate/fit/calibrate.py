@@ -39,6 +39,7 @@ from typing import Any
 
 from fabricsim.errors import CalibrationError, FabricsimError
 from fabricsim.hwmodels.calibration import (
+    MECHANISMS,
     CalibrationProfile,
     CapSpec,
     PathParams,
@@ -53,7 +54,7 @@ from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
 from fabricsim.validate.measurements import Measurements, with_split
 
 from .imports import load_any, merge
-from .mechanisms import fit_collective, fit_path, linear_fit, lone_ce
+from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, linear_fit, lone_ce, lone_copies
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
 SLOWER_BY = 0.03
@@ -120,6 +121,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     m, resplit = with_split(m, split)
     st = start_fit(m, profile_id, base)
     st.profile = fit_path_classes(st)
+    st.profile = fit_mechanisms(st)
     st.profile = fit_shared_caps(st)
     st.profile = transfer_host_duplex(st)
     st.profile = fit_disciplines(st)
@@ -153,7 +155,8 @@ def start_fit(m: Measurements, profile_id: str | None, base: CalibrationProfile 
                              f"GPUs, this one has {profile.gpus}")
         profile = _profile(profile, paths=dict(base.paths), links=dict(base.links),
                            caps=caps, collectives=dict(base.collectives),
-                           software_costs={k: dict(v) for k, v in base.software_costs.items()})
+                           software_costs={k: dict(v) for k, v in base.software_costs.items()},
+                           mechanisms={k: dict(v) for k, v in base.mechanisms.items()})
         notes.append(f"derived from profile '{base.id}' ({base.gpus}x {base.gpu_model}, {base.machine}): what "
                      "these measurements do not cover is kept from it")
     return FitState(m, base_topo, m.split(CALIBRATION), profile, base, notes)
@@ -208,6 +211,23 @@ def fit_path_classes(st: FitState) -> CalibrationProfile:
                         f"{_widest_link(st.base_topo, kind) / 1e9:.1f} GB/s): one copy ran faster than the preset's "
                         "link")
     return _profile(st.profile, paths=paths, links=links)
+
+
+def fit_mechanisms(st: FitState) -> CalibrationProfile:
+    """Step 1b: copies by other mechanisms, per path class, fitted like a path class (`fit_path`) on their lone
+    size sweeps: pageable host memory (the driver stages it through pinned buffers: the CPU copy sets the rate,
+    and the staging adds latency) and SM-driven copies (a load/store kernel: its own latency and rate on the
+    same links). Both run on the copy engine's route and share its links (`Topology.path`)."""
+    mechanisms = {m: dict(v) for m, v in st.profile.mechanisms.items()}
+    for mech in MECHANISMS:
+        for cls, pts in sorted(lone_copies(st.cal, st.meas, st.base_topo, mech).items()):
+            if len({s for s, _ in pts}) < 2:
+                continue
+            pp = fit_path(pts, max_efficiency=MECHANISM_MAX_EFFICIENCY)
+            mechanisms.setdefault(mech, {})[cls] = pp
+            st.notes.append(f"{mech} {cls}: latency {pp.latency_s * 1e6:.1f} us, rate "
+                            f"{pp.bandwidth_Bps / 1e9:.1f} GB/s ({len({s for s, _ in pts})} sizes)")
+    return _profile(st.profile, mechanisms=mechanisms)
 
 
 def rate_from_one_size(pp: PathParams, pts: list[tuple[int, float]]) -> PathParams:

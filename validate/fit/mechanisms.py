@@ -18,6 +18,7 @@ from fabricsim.validate.cases import Case
 
 from .simulate import simulate_case
 
+MECHANISM_MAX_EFFICIENCY = 20.0  # a mechanism's mid sizes may outrun its largest (see fit_path)
 EFF_TOLERANCE = 0.001  # a collective already this close to measured at full bus bandwidth has efficiency 1
 
 
@@ -25,8 +26,22 @@ def lone_ce(case: Case) -> bool:
     return case.group == "copies" and len(case.xfers) == 1 and not case.kernels and case.xfers[0].mech == "ce"
 
 
-def fit_path(points: list[tuple[int, float]]) -> PathParams:
-    """Latency, bandwidth and size efficiency from (bytes, seconds) of lone copies of one class."""
+def lone_copies(cases: list[Case], meas: dict[str, Any], topo: Topology,
+                mech: str) -> dict[str, list[tuple[int, float]]]:
+    """(bytes, seconds) of the lone copies by mechanism `mech` among `cases`, per path class on `topo`."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for c in cases:
+        if c.group == "copies" and len(c.xfers) == 1 and not c.kernels and c.xfers[0].mech == mech:
+            x = c.xfers[0]
+            out.setdefault(topo.path(x.src, x.dst, x.bytes).path_class, []).append((x.bytes, meas[c.id]["makespan_s"]))
+    return out
+
+
+def fit_path(points: list[tuple[int, float]], max_efficiency: float = 1.0) -> PathParams:
+    """Latency, bandwidth and size efficiency from (bytes, seconds) of lone copies of one class.
+
+    `max_efficiency` above 1 lets mid sizes run faster than the largest (pageable staging: the largest copies
+    are the slowest per byte); the links still cap the rate."""
     by_size: dict[int, list[float]] = {}
     for s, t in points:
         by_size.setdefault(int(s), []).append(float(t))
@@ -42,7 +57,7 @@ def fit_path(points: list[tuple[int, float]]) -> PathParams:
     eff = []
     for s, t in pts:
         e = s / (max(t - lat, 1e-12) * bw)
-        eff.append((float(s), float(min(1.0, max(1e-3, e)))))
+        eff.append((float(s), float(min(max_efficiency, max(1e-3, e)))))
     return PathParams(latency_s=lat, bandwidth_Bps=bw, size_efficiency=tuple(eff), discipline="fair")
 
 

@@ -51,11 +51,13 @@ AIM_COVERAGE = (0.85, 0.95)  # share of held-out measured values inside their 90
 NOT_MODELLED_PREFIXES = ("sm-", "h2d-pageable", "d2h-pageable", "sm+ce")
 MISSING = {
     "pageable": "pageable host memory is staged by the driver through pinned bounce buffers (a CPU memcpy "
-                "pipelined with the DMA); the model has no staging stage and predicts the pinned-memory rate. "
-                "Next model change: a pageable path class = host memcpy stage + DMA stage, pipelined in chunks.",
+                "pipelined with the DMA); where the profile fitted the `pageable` mechanism its latency, rate and "
+                "size curve are the staging's, as one stage (the chunked pipeline and the CPU's other load are not "
+                "modelled); without it the model predicts the pinned-memory rate.",
     "sm": "SM-driven copies are load/store kernels whose rate depends on SMs, occupancy and the memory they "
-          "touch (pinned host over PCIe by loads/stores, peer HBM over NVLink); the model routes them like "
-          "copy-engine copies. Next model change: an `sm` mechanism with its own per-class rate and SM share.",
+          "touch; where the profile fitted the `sm` mechanism, each class has its own latency, rate and size "
+          "curve on the copy engine's links, at the full GPU: the SM share (a copy beside compute gets fewer "
+          "SMs) is not modelled yet, nor is an SM copy racing a copy-engine copy (`sm+ce`).",
     "copy+kernel": "the HBM-bound kernel is a roofline flow sharing the HBM cap max-min fairly with copies; "
                    "real arbitration between SM traffic and copy engines is not fair.",
     "nccl": "NCCL switches protocol (LL/LL128/Simple), chunk size and channel count with size and collective. "
@@ -71,7 +73,16 @@ MISSING = {
 }
 
 
-def _modelled(pattern: str) -> bool:
+# Lone-copy sweeps by another mechanism: modelled where the profile fitted that mechanism for the class.
+MECHANISM_PATTERNS = {"h2d-pageable": ("pageable", "h2d"), "d2h-pageable": ("pageable", "d2h"),
+                      "sm-d2d": ("sm", "d2d"), "sm-h2d": ("sm", "h2d"), "sm-d2h": ("sm", "d2h"),
+                      "sm-p2p": ("sm", "p2p-nvlink")}
+
+
+def _modelled(pattern: str, profile: CalibrationProfile | None = None) -> bool:
+    if pattern in MECHANISM_PATTERNS:
+        mech, cls = MECHANISM_PATTERNS[pattern]
+        return profile is not None and cls in profile.mechanisms.get(mech, {})
     return not pattern.startswith(NOT_MODELLED_PREFIXES)
 
 
@@ -104,7 +115,7 @@ def compare(m: Measurements, profile: CalibrationProfile,
         pred = simulate_case(c, topo, collectives)
         nbytes = c.bytes or max(x.bytes for x in c.xfers)
         row = {"case": c.id, "group": c.group, "pattern": c.pattern, "split": c.split, "bytes": nbytes,
-               "modelled": _modelled(c.pattern), "spread": _spread(meas), "measured_s": measured_s,
+               "modelled": _modelled(c.pattern, profile), "spread": _spread(meas), "measured_s": measured_s,
                "predicted_s": pred.makespan_s, "error": pred.makespan_s / measured_s - 1}
         if samples:
             iv = predict_interval(lambda t, c=c: simulate_case(c, t, dict(t.collectives)).makespan_s, topo,
@@ -117,7 +128,7 @@ def compare(m: Measurements, profile: CalibrationProfile,
             fin_p, _ = predicted_order(pred)
             for k, (t_meas, t_pred) in enumerate(zip(fin_m, fin_p, strict=True)):
                 frows.append({"case": c.id, "transfer": f"rank{k}", "pattern": c.pattern, "split": c.split,
-                              "modelled": _modelled(c.pattern), "measured_s": t_meas,
+                              "modelled": _modelled(c.pattern, profile), "measured_s": t_meas,
                               "predicted_s": t_pred, "error": t_pred / t_meas - 1})
     return pd.DataFrame(rows), pd.DataFrame(frows)
 
@@ -231,8 +242,9 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
     lines = [f"# Validation report: {mach.get('kind') or m.preset} ({mach.get('gpus')}x {mach.get('gpu_name')})", "",
              f"Measured {m.doc.get('created_at', '')[:19]} (suite {m.doc.get('suite')}, torch {mach.get('torch')}, "
              f"CUDA {mach.get('cuda')}), simulated on preset `{m.preset}` with profile `{profile.id}`.", "",
-             "Error = predicted / measured - 1. *Modelled* patterns are the ones the model claims to cover; the "
-             "others (SM-driven and pageable copies) are shown with the mechanism the model lacks.", "",
+             "Error = predicted / measured - 1. *Modelled* patterns are the ones the model claims to cover (SM-driven "
+             "and pageable copies where the profile fitted that mechanism); the others are shown with the mechanism "
+             "the model lacks.", "",
              *_split_lines(summary),
              *([f"Note: {summary['profile_note']}.", ""] if summary.get("profile_note") else []),
              "## Headline", "",

@@ -18,11 +18,11 @@ import math
 from typing import TYPE_CHECKING
 
 from fabricsim.errors import FabricsimError
-from fabricsim.hwmodels.calibration import CollectiveParams, PathParams
+from fabricsim.hwmodels.calibration import MECHANISMS, CollectiveParams, PathParams
 from fabricsim.hwmodels.uncertainty import Uncertainty, size_group, spread_from_residuals
 from fabricsim.validate.cases import NCCL_OPS, Case
 
-from .mechanisms import fit_collective, fit_path, lone_ce
+from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, lone_ce, lone_copies
 from .simulate import measured_order, predicted_order, simulate_case
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def lone_copy_time(pp: PathParams, nbytes: float) -> float:
     return (pp.latency_s or 0.0) + nbytes / ((pp.bandwidth_Bps or math.inf) * pp.efficiency(nbytes))
 
 
-def path_residuals(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+def path_residuals(points: list[tuple[int, float]], max_efficiency: float = 1.0) -> list[tuple[int, float]]:
     """(bytes, log(predicted / measured)) for each size, predicted by the path fitted on the other sizes."""
     sizes = sorted({s for s, _ in points})
     out = []
@@ -45,7 +45,7 @@ def path_residuals(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
         return out
     for s in sizes:
         rest = [(b, t) for b, t in points if b != s]
-        pp = fit_path(rest)
+        pp = fit_path(rest, max_efficiency)
         for b, t in points:
             if b == s:
                 out.append((s, math.log(lone_copy_time(pp, s) / t)))
@@ -64,6 +64,10 @@ def fit_spreads(st: FitState) -> Uncertainty:
     for cls, pts in by_class.items():
         for s, e in path_residuals(pts):
             groups.setdefault(f"{size_group(s)}.{cls}", []).append(e)
+    for mech in MECHANISMS:
+        for cls, pts in lone_copies(st.cal, st.meas, st.base_topo, mech).items():
+            for s, e in path_residuals(pts, MECHANISM_MAX_EFFICIENCY):
+                groups.setdefault(f"{size_group(s)}.{mech}:{cls}", []).append(e)
     topo = st.topo()
     for c in st.cal:
         if c.group != "copies" or len(c.xfers) < 2 or c.kernels:
