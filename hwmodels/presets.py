@@ -51,9 +51,8 @@ CalibrationArg = str | Path | CalibrationProfile | None
 # machine; the GPU side (validate/gpu) reads it from here.
 PRESET_FOR = {("H100", 1): "h100-1", ("H200", 1): "h200-1", ("H200", 2): "h200-2", ("H200", 8): "hgx-h200-8",
               ("H100", 8): "hgx-h100-8"}
-# Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists. A
-# one-GPU H200 has no profile of its own yet: the two-GPU one applies to it (same GPU, fewer of them).
-DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-1": "h200x2", "h200-2": "h200x2", "hgx-h200-8": "h200x8",
+# Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists.
+DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8",
                     "hgx-h100-8": "h100x8"}
 
 
