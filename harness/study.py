@@ -8,7 +8,7 @@ A study is a plain Python file (``studies/NAME.py``) loaded by path. It defines 
     def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         ...                                   # build a topology, run a Simulation
         if ctx is not None and ctx.trace_path is not None:
-            result.write_trace(ctx.trace_path)  # `fabricsim sweep --trace POINT_ID` asks for this
+            result.write_trace(ctx.trace_path)  # `fabricsim sweep --perfetto-point POINT_ID` asks for this
         return {"makespan_s": (result.makespan_s, "s"), "gpus": 8.0}
 
     STUDY = Study(
@@ -55,7 +55,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError
 
-from .store import CORE_COLUMNS
+from .store import CORE_COLUMNS, INTERVAL_COLUMNS, NAME_RE
 
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
@@ -64,9 +64,8 @@ PointFn = Callable[..., Mapping[str, MetricValue]]
 
 # Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
 # collide. A parameter named `topology` is the exception: it fills the `topology` column.
-RESERVED_COLUMNS = CORE_COLUMNS
+RESERVED_COLUMNS = CORE_COLUMNS + INTERVAL_COLUMNS
 UNCALIBRATED = "uncalibrated"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StudyError(FabricsimError):
@@ -329,7 +328,7 @@ def calibration_id_of(calibration: str | Path | None) -> str:
 class PointContext:
     """What the runner tells a point function besides its parameters.
 
-    `trace_path` is set only when the user asked for a trace of this point (`sweep --trace POINT_ID`);
+    `trace_path` is set only when the user asked for a trace of this point (`sweep --perfetto-point POINT_ID`);
     the function should then write a Perfetto trace there (e.g. ``Result.write_trace(ctx.trace_path)``).
     """
 
@@ -367,12 +366,14 @@ class Study:
     run: PointFn
     figures: Sequence[Figure | Callable[..., Any]] = ()
     calibration: str | None = None  # None, "default" (each preset's bundled profile) or a profile path
-    topology: str | None = None  # default `topology` column when no point parameter names one
+    # The `topology` column when no point parameter names one: a name, or a function of the point for studies
+    # whose axes pick the machine indirectly (a layout, a link kind).
+    topology: str | Callable[[Point], str] | None = None
     description: str = ""
     path: Path | None = None  # set by load_study: where the study came from (the runner re-loads it)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise StudyError(f"study name {self.name!r} must be letters, digits, '_', '-', '.' only")
         if not isinstance(self.grid, Grid):
             kind = type(self.grid).__name__
@@ -393,6 +394,14 @@ class Study:
             return False
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+    def topology_of(self, params: Point) -> str:
+        """What a point's rows carry in the `topology` column ("" when the study does not say)."""
+        if params.get("topology"):
+            return str(params["topology"])
+        if callable(self.topology):
+            return str(self.topology(params))
+        return self.topology or ""
 
     def points(self) -> list[tuple[str, Point]]:
         """The grid as (point id, params), duplicates dropped (first kept), in grid order.
@@ -418,12 +427,33 @@ class Study:
 
     def evaluate(self, params: Point, ctx: PointContext | None = None) -> dict[str, tuple[float, str]]:
         """Run one point and normalise its metrics to {metric: (float value, unit)}."""
+        return self.evaluate_with_intervals(params, ctx)[0]
+
+    def evaluate_with_intervals(self, params: Point, ctx: PointContext | None = None
+                                ) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, float, float]]]:
+        """Run one point: its metrics, and the (lo, hi, level) of those it gave an interval for."""
         raw = self.run(params, ctx) if self.takes_context else self.run(params)
-        return normalise_metrics(raw)
+        return normalise_metrics(raw), metric_intervals(raw)
+
+
+def metric_intervals(raw: Any) -> dict[str, tuple[float, float, float]]:
+    """The prediction intervals a point function gave, as (lo, hi, level) per metric: a metric's value may be
+    `(value, unit, interval)` with an interval that has `lo`, `hi`, `level` (`hwmodels.intervals.Interval`)."""
+    out = {}
+    for metric, value in raw.items() if isinstance(raw, Mapping) else ():
+        if isinstance(value, tuple) and len(value) == 3:
+            iv = value[2]
+            try:
+                out[metric] = (float(iv.lo), float(iv.hi), float(iv.level))
+            except (AttributeError, TypeError, ValueError):
+                raise StudyError(f"metric {metric!r}: the third element must be an interval (lo, hi, level), "
+                                 f"got {iv!r}") from None
+    return out
 
 
 def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
-    """{metric: value | (value, unit)} -> {metric: (float, unit)}; anything else is a StudyError."""
+    """{metric: value | (value, unit) | (value, unit, interval)} -> {metric: (float, unit)}; anything else is a
+    StudyError (intervals: `metric_intervals`)."""
     if not isinstance(raw, Mapping) or not raw:
         raise StudyError(f"point function must return a non-empty dict of metrics, got {type(raw).__name__}")
     out: dict[str, tuple[float, str]] = {}
@@ -432,9 +462,10 @@ def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
             raise StudyError(f"metric names must be non-empty strings, got {metric!r}")
         unit = ""
         if isinstance(value, tuple):
-            if len(value) != 2 or not isinstance(value[1], str):
-                raise StudyError(f"metric {metric!r}: expected value or (value, unit), got {value!r}")
-            value, unit = value
+            if len(value) not in (2, 3) or not isinstance(value[1], str):
+                raise StudyError(f"metric {metric!r}: expected value or (value, unit) (or (value, unit, interval)), "
+                                 f"got {value!r}")
+            value, unit = value[:2]
         try:
             out[metric] = (float(value), unit)
         except (TypeError, ValueError):

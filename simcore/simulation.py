@@ -37,7 +37,7 @@ from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
 from .records import Record, Result
-from .units import parse_bytes
+from .units import check_bytes, check_positive, check_seconds, parse_bytes
 
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
@@ -82,21 +82,23 @@ class Simulation:
     # ---- describing work -------------------------------------------------------------------------------
     def transfer(self, id: str | None, src: str, dst: str, nbytes: float | str, *, start: float = 0.0,
                  after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
-                 fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None) -> simpy.Event:
-        """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands."""
+                 fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None,
+                 mechanism: str = "ce") -> simpy.Event:
+        """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
+        (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`)."""
         rid = self._new_id(id, "t")
+        where = f"transfer '{rid}'"
         if isinstance(nbytes, str):
-            nbytes = parse_bytes(nbytes, f"transfer '{rid}': bytes")
-        if not nbytes >= 0:
-            raise ScenarioError(f"transfer '{rid}': bytes must be >= 0, got {nbytes}")
-        if rate_cap_Bps is not None and not rate_cap_Bps > 0:
-            raise ScenarioError(f"transfer '{rid}': rate cap must be > 0, got {rate_cap_Bps}")
-        if not weight > 0:
-            raise ScenarioError(f"transfer '{rid}': weight must be > 0, got {weight}")
-        if fixed_cost_s < 0:
-            raise ScenarioError(f"transfer '{rid}': fixed cost must be >= 0, got {fixed_cost_s}")
+            nbytes = parse_bytes(nbytes, f"{where}: bytes")
+        else:
+            nbytes = check_bytes(_plain(nbytes), f"{where}: bytes", whole=False)
+        if rate_cap_Bps is not None:
+            rate_cap_Bps = check_positive(_plain(rate_cap_Bps), f"{where}: rate cap")
+        weight = check_positive(_plain(weight), f"{where}: weight")
+        fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
+        start = check_seconds(_plain(start), f"{where}: start")
         try:
-            path = self.topology.path(src, dst, nbytes)
+            path = self.topology.path(src, dst, nbytes, mechanism)
         except TopologyError as exc:
             raise ScenarioError(f"transfer '{rid}': {exc}") from None
         cap = path.rate_cap_Bps
@@ -117,8 +119,9 @@ class Simulation:
         from that GPU and this kernel share HBM bandwidth.
         """
         rid = self._new_id(id, "k")
-        if flops < 0 or hbm_bytes < 0:
-            raise ScenarioError(f"task '{rid}': flops and bytes must be >= 0")
+        flops = _check_flops(_plain(flops), f"task '{rid}': flops")
+        hbm_bytes = check_bytes(_plain(hbm_bytes), f"task '{rid}': bytes", allow_zero=True, whole=False)
+        start = check_seconds(_plain(start), f"task '{rid}': start")
         try:
             node = self.topology.resolve(gpu)
             spec = self.topology.gpu(node)
@@ -140,8 +143,8 @@ class Simulation:
               tag: str | None = None, where: str = "") -> simpy.Event:
         """A software overhead (IPC handle open, Python bookkeeping): takes time, uses no resource."""
         rid = self._new_id(id, "d")
-        if not seconds >= 0:
-            raise ScenarioError(f"delay '{rid}': seconds must be >= 0, got {seconds}")
+        seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
+        start = check_seconds(_plain(start), f"delay '{rid}': start")
         rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
         return self._add(rec, after, start, seconds, None, None)
 
@@ -324,6 +327,17 @@ class Simulation:
                     series.pop()
             elif not series or series[-1][1] != v:
                 series.append((now, v))
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars as Python numbers, so the argument checks treat `np.float64(1e9)` like `1e9`."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _check_flops(flops: Any, where: str) -> float:
+    if isinstance(flops, bool) or not isinstance(flops, int | float) or not 0 <= flops < float("inf"):
+        raise ScenarioError(f"{where}: expected a finite number >= 0, got {flops!r}")
+    return float(flops)
 
 
 class _Item:

@@ -32,7 +32,9 @@ def test_simulate_json_contract(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     assert main(["simulate", str(p), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"makespan_s", "transfers"}
+    assert set(out) == {"makespan_s", "transfers", "makespan_interval_s"}  # the interval: a documented addition
+    iv = out["makespan_interval_s"]
+    assert iv["lo"] <= out["makespan_s"] <= iv["hi"] and iv["level"] == 0.9
     t1, t2 = out["transfers"]
     assert set(t1) == {"id", "src", "dst", "bytes", "start_s", "finish_s"}
     assert t1["bytes"] == 2**30 and t2["start_s"] == pytest.approx(t1["finish_s"])
@@ -57,7 +59,7 @@ def test_simulate_answers_for_every_preset(tmp_path, capsys, preset):
 def test_trace_flag_writes_perfetto(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     trace = tmp_path / "t.json"
-    assert main(["simulate", str(p), "--trace", str(trace)]) == 0
+    assert main(["simulate", str(p), "--perfetto", str(trace)]) == 0
     assert "traceEvents" in json.loads(trace.read_text())
     assert "makespan" in capsys.readouterr().out
 
@@ -106,7 +108,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, text, message):
     write(tmp_path, ISLAND, "box.yaml")
     write(tmp_path, NEG, "neg.yaml")
     p = write(tmp_path, text)
-    assert main(["simulate", str(p), "--json", "--trace", str(tmp_path / "t.json")]) == 2
+    assert main(["simulate", str(p), "--json", "--perfetto", str(tmp_path / "t.json")]) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
     err = cap.err.strip()
@@ -163,11 +165,11 @@ def test_json_numbers_without_decimal_point_are_numbers(tmp_path, capsys):
 def test_unwritable_output_path_is_one_line_exit_2(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     blocker = write(tmp_path, "x", "afile")
-    assert main(["simulate", str(p), "--trace", str(blocker / "t.json")]) == 2
+    assert main(["simulate", str(p), "--perfetto", str(blocker / "t.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fabricsim: error:") and "afile" in err
     assert err == f"fabricsim: error: {blocker / 't.json'}: {blocker} is a file, not a folder"
-    assert main(["simulate", str(p), "--trace", str(tmp_path)]) == 2  # a folder where a file name belongs
+    assert main(["simulate", str(p), "--perfetto", str(tmp_path)]) == 2  # a folder where a file name belongs
     err = capsys.readouterr().err.strip()
     assert err == f"fabricsim: error: {tmp_path}: is a directory: give a file name"
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]  # no temporary file named or left

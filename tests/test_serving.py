@@ -70,6 +70,9 @@ def test_same_seed_same_result():
      {"model": MODEL, "policy_params": {"prefill_instances": 1, "decode_instances": 2}}),
 ])
 def test_merged_decode_runs_are_exact(topo, policy, kw):
+    # Uncalibrated: with a fitted all-reduce size curve (hgx-h200-8 loads h200x8), one merged run's large
+    # all-reduce is cheaper per byte than k small ones, and merging is then approximate (0.7% seen), not exact.
+    topo = presets.get(topo, calibration=None)
     reqs = poisson_requests(15, 60, prompt_tokens=300, output_tokens=60, seed=2, prompt_dist="uniform",
                             output_dist="geometric")
     a = serve(topo, reqs, policy, coalesce=True, **kw)
@@ -86,7 +89,7 @@ def test_preemption_under_a_small_kv_budget(mode):
     budget = 1.5e9  # ~11 sequences of 1 000 tokens
     res = serve("h100-1", reqs, "hbm-only", model=MODEL, kv_budget_bytes=budget, preemption=mode)
     m = res.metrics()
-    assert m["preemptions"][0] > 0
+    assert m["preemptions"] > 0
     assert all(s.generated == s.req.output_tokens for s in res.seqs)
     moved = res.bytes_moved()
     if mode == "swap":

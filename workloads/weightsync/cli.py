@@ -6,19 +6,24 @@ GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.hwmodels.intervals import intervals_over
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
-from ..metrics_out import metric_values, print_json, print_metrics
+from ..keyvalue import Setting, parse_key_values, split_all
+from ..metrics_out import interval_values, metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
+
+_MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
+SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -29,32 +34,22 @@ def parse_gpus(spec: str) -> list[str]:
         raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
 
 
-def parse_knob(text: str) -> tuple[str, Any]:
-    """'bucket_bytes=1e9' -> ('bucket_bytes', 1e9); numbers and true/false are converted."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise WorkloadError(f"knob '{text}' is not KEY=VALUE")
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
+def _fraction(text: str) -> float:
     try:
-        return key, int(raw)
+        x = float(text)
     except ValueError:
-        pass
-    try:
-        return key, float(raw)
-    except ValueError:
-        return key, raw
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return x
 
 
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
-    degrees = dict(parse_knob(kv) for kv in args.megatron.split(",") if kv)
-    bad = sorted(set(degrees) - {"tp", "pp", "ep"})
-    if bad:
-        raise WorkloadError(f"--megatron takes tp=, pp=, ep= (got {', '.join(bad)})")
-    return MegatronLayout(gpus, **{k: int(v) for k, v in degrees.items()})
+    degrees = parse_key_values([kv for kv in args.megatron.split(",") if kv.strip()], _MEGATRON, "--megatron",
+                               what="--megatron degree", example="tp=2,pp=2")
+    return MegatronLayout(gpus, **degrees)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,21 +63,29 @@ def _run(args: argparse.Namespace) -> int:
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
-                      decode=DecodeBatch(batch=args.batch, context=args.context))
-    strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
-    res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
-    metrics = res.metrics()
-    if args.trace and res.sim_result is not None:
-        res.sim_result.write_trace(args.trace)
+                      decode=DecodeBatch(batch=args.batch, context=args.context),
+                      kv_reserve_fraction=args.kv_reserve)
+    strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    metrics = res.metrics_with_units()
+    intervals = {}
+    if args.samples and res.feasible:
+        # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
+        intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
+                                   samples=args.samples)
+    if args.perfetto and res.sim_result is not None:
+        res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
-                    "metrics": metric_values(metrics)})
+                    "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
+    if topo.calibration_note:
+        print(f"note: {topo.calibration_note}")
     if not res.feasible:
         print(f"infeasible: {res.reason}")
-    print_metrics(metrics)
+    print_metrics(metrics, intervals)
     return 0
 
 
@@ -109,7 +112,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
     p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
     p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
+    p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
+                        "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--samples", type=int, default=SYNC_SAMPLES, metavar="N",
+                   help=f"perturbed re-runs for the 90%% intervals (default {SYNC_SAMPLES}; 0: none)")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)
