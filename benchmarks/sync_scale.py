@@ -39,7 +39,7 @@ from fabricsim.workloads.weightsync import get, simulate_sync
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
 t0 = time.perf_counter()
 res = simulate_sync(setup_of(point), get(point["strategy"]))
-m = {k: v[0] for k, v in res.metrics().items()}
+m = res.metrics()
 print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasible, "reason": res.reason,
                   "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events")}))
 """

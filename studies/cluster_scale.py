@@ -63,7 +63,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     res = simulate_sync(setup, get(point["strategy"]), keep_result=ctx is not None and ctx.trace_path is not None)
     if ctx is not None and ctx.trace_path is not None and res.sim_result is not None:
         res.sim_result.write_trace(str(ctx.trace_path))
-    return {**res.metrics(), "rollout_tp": (float(tp), "")}
+    return {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
 
 
 GRID = Grid.points([{"strategy": s, "model": m, "gpus": g}

@@ -1,0 +1,28 @@
+"""The cluster-scale study: its grid, its placements, and one point of each kind (an answer, an infeasible one)."""
+
+from fabricsim.harness.study import load_study
+from fabricsim.studies import cluster_scale
+
+
+def test_grid_stops_each_strategy_at_its_size():
+    study = load_study("cluster_scale")
+    points = list(study.grid)
+    assert len(points) == sum(len(cluster_scale.MODELS) * sum(g <= top for g in cluster_scale.GPUS)
+                              for top in cluster_scale.MAX_GPUS.values())
+    assert max(p["gpus"] for p in points if p["strategy"] == "nccl-broadcast") == 1024
+    assert all(p["gpus"] <= cluster_scale.MAX_GPUS[p["strategy"]] for p in points)
+
+
+def test_placement_halves_the_cluster_and_widens_engines_for_big_models():
+    setup = cluster_scale.setup_of({"model": "DeepSeek-V3", "strategy": "rdma-p2p", "gpus": 64})
+    assert len(setup.trainer.gpus) == len(setup.rollout.gpus) == 32
+    assert setup.rollout.tp == 16 and setup.rollout_dtype == "fp8"
+    assert cluster_scale.setup_of({"model": "Qwen3-235B-A22B", "strategy": "rdma-p2p", "gpus": 8}).rollout.tp == 4
+
+
+def test_one_answer_and_one_infeasible_point():
+    study = load_study("cluster_scale")
+    ok = study.run({"strategy": "nccl-broadcast", "model": "Qwen3-235B-A22B", "gpus": 16})
+    assert ok["feasible"][0] == 1.0 and ok["sync_s"][0] > 0
+    ipc = study.run({"strategy": "cuda-ipc-buckets", "model": "Qwen3-235B-A22B", "gpus": 16})
+    assert ipc["feasible"][0] == 0.0  # CUDA IPC handles do not cross nodes
