@@ -11,6 +11,7 @@ strategy) are skipped.
 
     python benchmarks/sync_scale.py            # -> benchmarks/results/sync-scale.json and .png
     python benchmarks/sync_scale.py --quick    # one model, up to 64 GPUs
+    python benchmarks/sync_scale.py --replot benchmarks/results/sync-scale.json   # plot a (partial) run
 """
 
 from __future__ import annotations
@@ -107,34 +108,39 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--strategies", nargs="*", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--replot", metavar="JSON", help="only draw the plot of an earlier (maybe partial) run")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
+        return
     models = args.models or (MODELS[:1] if args.quick else MODELS)
     strategies = args.strategies or STRATEGIES
     nodes_list = [n for n in NODES if n <= 8] if args.quick else NODES
-    points = []
+    out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
+    doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": machine_facts(), "timeout_s": args.timeout, "complete": False,
+           "note": "one point at a time, each in a fresh process; the 2-core VM was shared with other jobs",
+           "points": []}
     for model in models:
         for strategy in strategies:
             stop = None
             for nodes in nodes_list:
                 if stop is not None:
-                    points.append({"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes,
-                                   "status": "skipped", "reason": f"{stop} GPUs timed out"})
-                    continue
-                row = run_point(model, strategy, nodes, args.timeout)
-                print(f"{model:16s} {strategy:28s} {row['gpus']:5d} GPUs  {row['status']:10s} "
-                      f"sim {row.get('sim_wall_s', float('nan')):7.2f} s  process {row['process_wall_s']:6.2f} s  "
-                      f"sync {row.get('sync_s') or float('nan'):7.3f} s", flush=True)
-                points.append(row)
-                if row["status"] == "timeout":
-                    stop = row["gpus"]
-    doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": machine_facts(), "timeout_s": args.timeout,
-           "note": "one point at a time, each in a fresh process; the 2-core VM was shared with other jobs",
-           "load_average_1m_at_end": os.getloadavg()[0], "points": points}
-    out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
+                    row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes,
+                           "status": "skipped", "reason": f"{stop} GPUs timed out"}
+                else:
+                    row = run_point(model, strategy, nodes, args.timeout)
+                    print(f"{model:16s} {strategy:28s} {row['gpus']:5d} GPUs  {row['status']:10s} "
+                          f"sim {row.get('sim_wall_s', float('nan')):7.2f} s  process {row['process_wall_s']:6.2f} s"
+                          f"  sync {row.get('sync_s') or float('nan'):7.3f} s", flush=True)
+                    if row["status"] == "timeout":
+                        stop = row["gpus"]
+                doc["points"].append(row)
+                doc["load_average_1m_at_end"] = os.getloadavg()[0]
+                write_result(out, doc)  # after every point: an interrupted run keeps what it measured
+    doc["complete"] = True
     write_result(out, doc)
     plot(doc, out.with_suffix(".png"))
-
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ def test_grid_stops_each_strategy_at_its_size():
                               for top in cluster_scale.MAX_GPUS.values())
     assert max(p["gpus"] for p in points if p["strategy"] == "nccl-broadcast") == 1024
     assert all(p["gpus"] <= cluster_scale.MAX_GPUS[p["strategy"]] for p in points)
+    assert study.topology_of({"gpus": 1024, "model": "Kimi-K2", "strategy": "nccl-broadcast"}) == "cluster-128x8-h200"
 
 
 def test_placement_halves_the_cluster_and_widens_engines_for_big_models():
