@@ -350,6 +350,14 @@ for cid, argv, expected in [
     case(f"cli-{cid}", argv, expected)
 
 
+# ---------------------------------------------------------------------------------------- found later
+# The next bad inputs, found by trying what the table above did not: absurd spans and ranges.
+case("serve-rate-tiny", ["serve", "-n", "3", "--rate", "1e-300"], ("arrival rate", "beyond 10^9 s"))
+case("serve-trace-far-future", ["serve", "--request-trace", "far.csv"], ("far.csv", "beyond 10^9 s"),
+     {"far.csv": "arrival_s,prompt_tokens,output_tokens\n1e12,3,3\n"})
+case("sync-huge-range", ["sync", "Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-99999999999"], "at most")
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(folder.rglob("*"))}
@@ -385,3 +393,4 @@ def test_bad_input_is_one_line_and_exit_2(cid: str, argv: list[str], files: dict
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     assert _snapshot(tmp_path) == before, "something was written"
     assert not (tmp_path / "results").exists()
+

@@ -21,6 +21,7 @@ from .registry import get, names
 
 _RANGE = re.compile(r"^(.*?)(\d+)-(\d+)$")
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
+MAX_RANGE = 1 << 20
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -32,6 +33,8 @@ def parse_gpus(spec: str) -> list[str]:
             lo, hi = int(m[2]), int(m[3])
             if hi < lo:
                 raise WorkloadError(f"GPU range '{item}' runs backwards")
+            if hi - lo >= MAX_RANGE:  # a typo, not a machine; and the list would be built before any check
+                raise WorkloadError(f"GPU range '{item}' names {hi - lo + 1} GPUs (at most {MAX_RANGE} in one range)")
             out += [f"{m[1]}{i}" for i in range(lo, hi + 1)]
         else:
             out.append(item)
