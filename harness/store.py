@@ -60,7 +60,8 @@ SOURCES = ("sim", "hw")
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A study name is also a folder name and a Parquet file prefix: letters, digits, `_`, `.`, `-`.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StoreError(FabricsimError):
@@ -227,7 +228,7 @@ class ResultsStore:
     # ------------------------------------------------------------------ writing
 
     def _study_dir(self, study: str, create: bool = False) -> Path:
-        if not isinstance(study, str) or not _NAME_RE.match(study):
+        if not isinstance(study, str) or not NAME_RE.match(study):
             raise StoreError(f"study name {study!r} must be letters, digits, '_', '-', '.' only")
         folder = self.root / study
         if create:
@@ -284,7 +285,7 @@ class ResultsStore:
     def studies(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
 
     def files(self, study: str | None = None) -> list[Path]:
         """The visible files holding rows: compacted runs, and parts of runs not yet compacted."""

@@ -55,7 +55,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError
 
-from .store import CORE_COLUMNS
+from .store import CORE_COLUMNS, NAME_RE
 
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
@@ -66,7 +66,6 @@ PointFn = Callable[..., Mapping[str, MetricValue]]
 # collide. A parameter named `topology` is the exception: it fills the `topology` column.
 RESERVED_COLUMNS = CORE_COLUMNS
 UNCALIBRATED = "uncalibrated"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StudyError(FabricsimError):
@@ -374,7 +373,7 @@ class Study:
     path: Path | None = None  # set by load_study: where the study came from (the runner re-loads it)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise StudyError(f"study name {self.name!r} must be letters, digits, '_', '-', '.' only")
         if not isinstance(self.grid, Grid):
             kind = type(self.grid).__name__

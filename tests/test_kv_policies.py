@@ -142,3 +142,30 @@ def test_host_memory_is_accounted():
     assert off.host_kv_peak() == pytest.approx(expected, rel=0.01)
     assert off.system.sim.memory("host0").timeline[-1][1] == 0  # all freed at the end
     assert serve("h100-1", reqs, "hbm-only", model=MODEL).host_kv_peak() == 0
+
+
+def test_policies_use_the_serving_instance_only_through_its_protocol() -> None:
+    """The seam is `ServingInstance`: every `instance.X` a policy touches is a member of the Protocol, and the
+    serving loop's real `Instance` has every member (so neither side reaches into the other's internals)."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from fabricsim.workloads import kvpolicies
+    from fabricsim.workloads.kvpolicies.base import ServingInstance
+    from fabricsim.workloads.requests import Request
+    from fabricsim.workloads.serving import serve
+
+    members = {n for n in dir(ServingInstance) if not n.startswith("_")} | set(
+        inspect.get_annotations(ServingInstance))
+    used = set()
+    for path in Path(kvpolicies.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute | ast.Name):
+                owner = node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id
+                if owner == "instance":
+                    used.add(node.attr)
+    assert used and used <= members, sorted(used - members)
+    res = serve("h100-1", [Request(0, 0.0, 64, 2)], "host-offload", model="Llama-3-8B")
+    inst = res.system.instances[0]
+    assert all(hasattr(inst, m) for m in members), sorted(m for m in members if not hasattr(inst, m))

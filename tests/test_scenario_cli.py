@@ -19,6 +19,9 @@ transfers:
 """
 
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
+
+
 def write(tmp_path, text, name="s.yaml"):
     p = tmp_path / name
     p.write_text(text)

@@ -29,8 +29,8 @@ import pandas as pd
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
+from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
-from fabricsim.validate.gpu.measure import PROFILE_FOR
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split, write_json_atomic
 
 from .simulate import (
@@ -74,7 +74,7 @@ def _modelled(pattern: str) -> bool:
 
 def resolve_profile(m: Measurements, profile: str | Path | None) -> CalibrationProfile:
     if profile is None:
-        name = PROFILE_FOR.get(m.preset or "")
+        name = DEFAULT_PROFILES.get(m.preset or "")
         path = bundled_profile_path(name) if name else None
         if path is None or not path.exists():
             raise CalibrationError(f"no bundled profile for preset '{m.preset}'; pass --profile "

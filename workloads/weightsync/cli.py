@@ -1,14 +1,15 @@
 """`fabricsim sync MODEL STRATEGY ...`: simulate one weight sync and print its metrics (or JSON).
 
-GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`.
+GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`, `node0-63.gpu0-7`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 
+from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
 
 from .. import models
 from ..decode import DecodeBatch
@@ -19,28 +20,15 @@ from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
 
-_RANGE = re.compile(r"^(.*?)(\d+)-(\d+)$")
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
-MAX_RANGE = 1 << 20
 
 
 def parse_gpus(spec: str) -> list[str]:
-    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']."""
-    out: list[str] = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        m = _RANGE.match(item)
-        if m:
-            lo, hi = int(m[2]), int(m[3])
-            if hi < lo:
-                raise WorkloadError(f"GPU range '{item}' runs backwards")
-            if hi - lo >= MAX_RANGE:  # a typo, not a machine; and the list would be built before any check
-                raise WorkloadError(f"GPU range '{item}' names {hi - lo + 1} GPUs (at most {MAX_RANGE} in one range)")
-            out += [f"{m[1]}{i}" for i in range(lo, hi + 1)]
-        else:
-            out.append(item)
-    if not out:
-        raise WorkloadError(f"empty GPU list '{spec}'")
-    return out
+    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']; 'node0-1.gpu0-7' -> 16 GPUs."""
+    try:
+        return expand_endpoints(spec)
+    except TopologyError as exc:
+        raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
 
 
 def _fraction(text: str) -> float:
@@ -98,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  fabricsim sync --list\n"
                "  fabricsim sync Qwen3-30B-A3B rdma-p2p --trainer gpu0-3 --rollout gpu4-7\n"
                "  fabricsim sync Llama-3-70B nccl-broadcast --topology cluster-4x8 "
-               "--trainer node0.gpu0-7,node1.gpu0-7 --rollout node2.gpu0-7,node3.gpu0-7 --tp 8 --json\n"
+               "--trainer node0-1.gpu0-7 --rollout node2-3.gpu0-7 --tp 8 --json\n"
                "  fabricsim sync Llama-3-8B host-staged --knob bucket_bytes=1e9 --knob include_d2h=false",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="model preset (see --list)")
