@@ -376,6 +376,7 @@ def test_bad_input_is_one_line_and_exit_2(cid: str, argv: list[str], files: dict
                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FABRICSIM_STORE", str(tmp_path / "results"))
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "0")  # a slow machine must not add a progress line to stderr
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
