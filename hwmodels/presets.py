@@ -51,9 +51,8 @@ CalibrationArg = str | Path | CalibrationProfile | None
 # machine; the GPU side (validate/gpu) reads it from here.
 PRESET_FOR = {("H100", 1): "h100-1", ("H200", 1): "h200-1", ("H200", 2): "h200-2", ("H200", 8): "hgx-h200-8",
               ("H100", 8): "hgx-h100-8"}
-# Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists. A
-# one-GPU H200 has no profile of its own yet: the two-GPU one applies to it (same GPU, fewer of them).
-DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-1": "h200x2", "h200-2": "h200x2", "hgx-h200-8": "h200x8",
+# Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists.
+DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8",
                     "hgx-h100-8": "h100x8"}
 
 
@@ -249,7 +248,10 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
         m = _CLUSTER_RE.match(name)
         if not m:
             raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
-        topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        try:
+            topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        except TopologyError as exc:
+            raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)
 
 

@@ -108,7 +108,8 @@ simulate("calibration-other-machine", {**scenario(extra=f"calibration: {ROOT}/hw
 simulate("transfers-mapping", {"s.yaml": "topology: h100-1\ntransfers: {a: 1}\n"},
          ("s.yaml", "transfers: expected a list"))
 simulate("transfers-string", {"s.yaml": "topology: h100-1\ntransfers: abc\n"}, ("s.yaml", "transfers: expected a list"))
-simulate("transfers-empty", {"s.yaml": "topology: h100-1\ntransfers: []\n"}, ("s.yaml", "no transfers or tasks"))
+simulate("transfers-empty", {"s.yaml": "topology: h100-1\ntransfers: []\n"},
+         ("s.yaml", "no transfers, tasks or collectives"))
 simulate("tasks-mapping", {"s.yaml": "topology: h100-1\ntasks: {a: 1}\n"}, ("s.yaml", "tasks: expected a list"))
 simulate("unknown-top-key", scenario(extra="transfer_list: []\n"), ("s.yaml", "unknown key 'transfer_list'"))
 simulate("top-is-list", {"s.yaml": "- a\n- b\n"}, ("s.yaml", "expected a mapping"))

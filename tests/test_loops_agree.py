@@ -32,8 +32,9 @@ def declare(sim: Simulation, items, gpu=lambda g: f"gpu{g}") -> None:
     for i, (kind, s, d, nbytes, start, engine, cap, weight, fixed, after) in enumerate(items):
         deps = sorted({f"i{a % i}" for a in after}) if i else []
         if kind == "transfer":
-            sim.transfer(f"i{i}", gpu(s), gpu(d), nbytes, start=start, after=deps, engine=engine, rate_cap_Bps=cap,
-                         weight=weight, fixed_cost_s=fixed)
+            # transfers move at least a byte (the API refuses 0 bytes, as scenario files do)
+            sim.transfer(f"i{i}", gpu(s), gpu(d), nbytes or 1.0, start=start, after=deps, engine=engine,
+                         rate_cap_Bps=cap, weight=weight, fixed_cost_s=fixed)
         elif kind == "task":
             sim.task(f"i{i}", gpu(d), flops=nbytes * 1e3, hbm_bytes=nbytes, start=start, after=deps)
         else:

@@ -24,19 +24,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
                               description="Fit latency, bandwidth, size efficiency, shared caps and engine "
                                           "discipline per path class from the calibration subset of MEASURED.")
-    c.add_argument("measured", help="measured.json or a validate output folder")
+    c.add_argument("measured", nargs="+",
+                   help="measured.json or a validate output folder; also nccl-tests output (all_reduce_perf, "
+                        "all_gather_perf, broadcast_perf), nvbandwidth output and the concurrent-copies JSON; several "
+                        "files of one machine are fitted together")
     c.add_argument("profile", help="profile file to write (JSON)")
     c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
                    help="which calibration/held-out split: today's case list (default) or the one in the file")
+    c.add_argument("--base", default=None, metavar="PROFILE",
+                   help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
+                        "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
                               description="Simulate every measured case with PROFILE, write error tables "
                                           "(calibration vs held-out), a predicted-vs-measured plot, and store "
                                           "measured and simulated rows in the results store.")
-    r.add_argument("measured", help="measured.json or a validate output folder")
+    r.add_argument("measured", help="measured.json, a validate output folder or another format calibrate reads")
     r.add_argument("--profile", default=None, help="profile (default: the preset's bundled profile)")
     r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
@@ -63,7 +69,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     refuse_overwrite(args.profile, args.force, "profile")
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 
