@@ -357,6 +357,13 @@ case("serve-rate-tiny", ["serve", "-n", "3", "--rate", "1e-300"], ("arrival rate
 case("serve-trace-far-future", ["serve", "--request-trace", "far.csv"], ("far.csv", "beyond 10^9 s"),
      {"far.csv": "arrival_s,prompt_tokens,output_tokens\n1e12,3,3\n"})
 case("sync-huge-range", ["sync", "Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-99999999999"], "at most")
+case("sync-samples-negative", [*SYNC, "--samples", "-1"], "--samples")
+case("sync-samples-huge", [*SYNC, "--samples", "100000000"], ("--samples", "10000"))
+case("serve-samples-negative", ["serve", "-n", "3", "--samples", "-4"], "--samples")
+case("serve-samples-word", ["serve", "-n", "3", "--samples", "few"], "--samples")
+case("validate-budget-negative", ["validate", "--budget-s", "-5", "--out", "v"], "--budget-s")
+case("validate-budget-nan", ["validate", "--budget-s", "nan", "--out", "v"], "--budget-s")
+case("topo-yaml-with-calibration", ["topo", "show", "h100-1", "--yaml", "--calibration", "x.json"], "--yaml")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -7,7 +7,19 @@ measuring modules load for it; `calibrate` and `report` (CPU side) load the simu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+
+def _seconds(text: str) -> float:
+    """`--budget-s` (argparse type): a finite number of seconds > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not 0 < x < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return x
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", choices=("quick", "full"), default="full")
     p.add_argument("--out", default="validate-out", help="output folder (must not exist or be empty)")
     p.add_argument("--kind", default="", help="machine kind label recorded with the results")
-    p.add_argument("--budget-s", type=float, default=None,
+    p.add_argument("--budget-s", type=_seconds, default=None,
                    help="stop starting new cases after this many seconds (skipped cases are listed)")
     p.set_defaults(func=_cmd_validate)
 
