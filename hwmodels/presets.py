@@ -43,7 +43,9 @@ from .topology import Topology
 CalibrationArg = str | Path | CalibrationProfile | None
 
 # Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists.
-DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8"}
+DEFAULT_PROFILES = {
+    "h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8",
+}
 
 
 def _host(t: Topology, p: str, socket: int, dram: HostDRAMSpec) -> str:
@@ -130,6 +132,11 @@ def h100_1() -> Topology:
     return _pcie_box("h100-1", "H100", 1, nvlink_pairs=False)
 
 
+def h200_1() -> Topology:
+    """One H200 SXM on a Gen5 x16 root port of one socket (the `nvidia-h200` device machine)."""
+    return _pcie_box("h200-1", "H200", 1, nvlink_pairs=False)
+
+
 def h200_2() -> Topology:
     """Two H200 joined by NVLink, each on its own Gen5 x16 root port (the `nvidia-h200-x2` device machine)."""
     return _pcie_box("h200-2", "H200", 2, nvlink_pairs=True)
@@ -188,6 +195,7 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
 
 PRESETS: dict[str, Callable[[], Topology]] = {
     "h100-1": h100_1,
+    "h200-1": h200_1,
     "h200-2": h200_2,
     "hgx-h100-8": hgx_h100,
     "hgx-h200-8": hgx_h200,

@@ -14,11 +14,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)",
                               description="Measure copy, P2P, concurrency, NCCL and CUDA IPC timings on the GPUs "
                                           "of this machine (methodology: docs/validation.md) into one output folder.")
-    p.add_argument("--suite", choices=("quick", "full"), default="full")
+    p.add_argument("--suite", choices=("quick", "full", "workloads"), default="full",
+                   help="copy/NCCL/IPC cases (quick, full) or weight-sync strategies and KV policies end to end "
+                        "(workloads; docs/validation.md)")
     p.add_argument("--out", default="validate-out", help="output folder (must not exist or be empty)")
     p.add_argument("--kind", default="", help="machine kind label recorded with the results")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds (skipped cases are listed)")
+    p.add_argument("--only", action="append", default=[],
+                   help="workloads suite: run only cases whose id starts with this (repeatable)")
     p.set_defaults(func=_cmd_validate)
 
     c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
@@ -46,9 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fabricsim.validate.gpu.measure import run_validate
+    if args.suite == "workloads":
+        from fabricsim.validate.gpu.workloads import run_workloads
 
-    out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
+        out = run_workloads(args.out, kind=args.kind, budget_s=args.budget_s, only=tuple(args.only))
+    else:
+        from fabricsim.validate.gpu.measure import run_validate
+
+        out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
     if out is None:
         print("fabricsim validate: no CUDA GPU visible (torch missing or no device): nothing to do")
         return 0

@@ -1,0 +1,23 @@
+#!/bin/bash
+# One device call for issue 14: the copy suite (the one-GPU profile: base rates, IPC open/close), then the
+# workload suite, packed under $OUT (the device tool returns at most 8 files).
+# Usage: bash validate/gpu/workloads_device_run.sh KIND [WORKLOAD_BUDGET_S] [COPY_BUDGET_S]
+set -u
+source "$(dirname "$0")/checkout_env.sh"
+export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+kind=$1
+budget=${2:-300}
+copy_budget=${3:-100}
+out=${OUT:-/tmp/workloads-out}
+mkdir -p "$out"
+{ nvidia-smi; nvidia-smi topo -m; df -h /dev/shm; free -g; git log -1 --format=%H 2>/dev/null; } >"$out/facts.txt" 2>&1
+if [ "$copy_budget" != "0" ]; then
+  timeout $((copy_budget + 120)) python3 -m fabricsim.validate validate --suite full --out "/tmp/v-$kind" \
+    --kind "$kind" --budget-s "$copy_budget" >"$out/log-copies.txt" 2>&1
+  [ -d "/tmp/v-$kind" ] && tar czf "$out/validate-$kind.tgz" -C /tmp "v-$kind"
+fi
+timeout $((budget + 150)) python3 -m fabricsim.validate validate --suite workloads --out "/tmp/w-$kind" \
+  --kind "$kind" --budget-s "$budget" 2>&1 | tee "$out/log-workloads.txt"
+[ -f "/tmp/w-$kind/workloads.json" ] && cp "/tmp/w-$kind/workloads.json" "$out/workloads-$kind.json"
+tail -3 "$out/log-copies.txt" 2>/dev/null
