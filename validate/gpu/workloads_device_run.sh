@@ -11,7 +11,11 @@ budget=${2:-300}
 copy_budget=${3:-100}
 out=${OUT:-/tmp/workloads-out}
 mkdir -p "$out"
-{ nvidia-smi; nvidia-smi topo -m; df -h /dev/shm; free -g; git log -1 --format=%H 2>/dev/null; } >"$out/facts.txt" 2>&1
+root=$(pwd)
+# Python puts the working directory first on sys.path; the checkout's root holds a bare `fabricsim/` folder
+# that would hide the namespace checkout_env.sh builds, so run Python from elsewhere.
+cd /tmp
+{ nvidia-smi; nvidia-smi topo -m; df -h /dev/shm; free -g; git -C "$root" log -1 --format=%H 2>/dev/null; } >"$out/facts.txt" 2>&1
 if [ "$copy_budget" != "0" ]; then
   timeout $((copy_budget + 120)) python3 -m fabricsim.validate validate --suite full --out "/tmp/v-$kind" \
     --kind "$kind" --budget-s "$copy_budget" >"$out/log-copies.txt" 2>&1
