@@ -66,6 +66,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from fabricsim.validate.workloads_file import is_workload_file
+
+    if is_workload_file(args.measured):  # the workload suite: software costs into an existing profile
+        from fabricsim.validate.fit.workloads_report import calibrate_workloads
+
+        print(calibrate_workloads(args.measured, args.profile))
+        return 0
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
@@ -74,6 +81,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from fabricsim.validate.workloads_file import is_workload_file
+
+    if is_workload_file(args.measured):
+        from fabricsim.validate.fit.workloads_report import report_workloads
+
+        print(report_workloads(args.measured, profile=args.profile, out=args.out,
+                               store=None if args.no_store else (args.store or "")))
+        return 0
     from fabricsim.validate.fit.report import report_file
 
     summary = report_file(args.measured, profile=args.profile, out=args.out, store=None if args.no_store

@@ -19,7 +19,6 @@ import dataclasses
 import math
 import statistics
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

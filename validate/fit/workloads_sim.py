@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabricsim.errors import CalibrationError
-from fabricsim.hwmodels.topology import Topology
+from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.validate.workload_cases import WorkloadCase, aligned, plan_buckets, tensor_list
 
@@ -78,8 +78,8 @@ def tensor_sizes(model: str) -> list[int]:
     return out
 
 
-def _groups(sizes: list[int], n: int) -> list[tuple[int, int]]:
-    """Consecutive tensors as at most `n` groups: [(tensors, bytes)]."""
+def _groups(sizes: list[int], n: int) -> list[tuple[int, list[int]]]:
+    """Consecutive tensors as at most `n` groups: [(tensors, their sizes)]."""
     if not sizes:
         return []
     n = max(1, min(n, len(sizes)))
@@ -87,7 +87,7 @@ def _groups(sizes: list[int], n: int) -> list[tuple[int, int]]:
     for k in range(n):
         part = sizes[k * len(sizes) // n: (k + 1) * len(sizes) // n]
         if part:
-            out.append((len(part), sum(part)))
+            out.append((len(part), part))
     return out
 
 
@@ -99,6 +99,7 @@ class _Twin:
         self.c = costs
         self.marks: dict[str, float] = {}
         self._n = 0
+        self._lone: dict[tuple[str, str, float], float] = {}
 
     def _id(self, stem: str) -> str:
         self._n += 1
@@ -107,22 +108,38 @@ class _Twin:
     def delay(self, s: float, after: Iterable[Any] = ()) -> Any:
         return self.sim.delay(self._id("cpu"), max(0.0, s), after=[a for a in after if a is not None], tag="software")
 
-    def copy(self, src: str, dst: str, nbytes: float, after: Iterable[Any] = (), engine: str | None = None) -> Any:
+    def copy(self, src: str, dst: str, nbytes: float, after: Iterable[Any] = (), engine: str | None = None,
+             fixed_cost_s: float = 0.0) -> Any:
         return self.sim.transfer(self._id("copy"), src, dst, nbytes, after=[a for a in after if a is not None],
-                                 tag="copy", engine=engine)
+                                 tag="copy", engine=engine, fixed_cost_s=fixed_cost_s)
+
+    def lone_s(self, src: str, dst: str, nbytes: float) -> float:
+        """A lone copy's time on this topology: path latency + bytes at the size's calibrated rate."""
+        key = (src, dst, nbytes)
+        if key not in self._lone:
+            path = self.sim.topology.path(src, dst, nbytes)
+            self._lone[key] = path.latency_s + nbytes / path_bandwidth_Bps(self.sim.topology, src, dst, nbytes)
+        return self._lone[key]
+
+    def group_copy(self, src: str, dst: str, sizes: list[int], after: Iterable[Any]) -> Any:
+        """One simulated copy for a group of per-tensor copies on one stream: its bytes, plus what running them
+        one by one costs beyond one copy of the total (each copy's latency and size efficiency)."""
+        total = float(sum(sizes))
+        extra = sum(self.lone_s(src, dst, b) for b in sizes) - self.lone_s(src, dst, total)
+        return self.copy(src, dst, total, after=after, fixed_cost_s=max(0.0, extra))
 
     def kernel(self, hbm_bytes: float, after: Iterable[Any] = ()) -> Any:
         return self.sim.task(self._id("kernel"), GPU, hbm_bytes=hbm_bytes, after=[a for a in after if a is not None],
                              tag="kernel")
 
-    def issue(self, groups: list[tuple[int, int]], per_tensor_s: float, src: str, dst: str, cpu: Any,
+    def issue(self, groups: list[tuple[int, list[int]]], per_tensor_s: float, src: str, dst: str, cpu: Any,
               stream: Any, extra_cpu_s: float = 0.0) -> tuple[Any, Any]:
         """The host issues one copy per tensor (per_tensor_s each, plus `extra_cpu_s` spread over the groups);
         each group's bytes follow its issue and the previous copy (stream order). Returns (cpu, stream)."""
         spread = extra_cpu_s / len(groups) if groups else 0.0
-        for k, nbytes in groups:
+        for k, sizes in groups:
             cpu = self.delay(k * per_tensor_s + spread, after=[cpu])
-            stream = self.copy(src, dst, nbytes, after=[cpu, stream])
+            stream = self.group_copy(src, dst, sizes, after=[cpu, stream])
         return cpu, stream
 
     def both(self, *events: Any) -> Any:
