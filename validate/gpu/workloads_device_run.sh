@@ -24,4 +24,17 @@ fi
 timeout $((budget + 150)) python3 -m fabricsim.validate validate --suite workloads --out "/tmp/w-$kind" \
   --kind "$kind" --budget-s "$budget" 2>&1 | tee "$out/log-workloads.txt"
 [ -f "/tmp/w-$kind/workloads.json" ] && cp "/tmp/w-$kind/workloads.json" "$out/workloads-$kind.json"
+if [ "${WITH_POOL_TESTS:-1}" = "1" ]; then
+  # the pool's and the relay's GPU tests, then relay torture runs (chains of 2 and 3 hops on this GPU)
+  (cd "$root" && timeout 300 python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_relay_gpu.py \
+    tests/test_weightpool_gpu.py tests/test_relay.py tests/test_pool_protocol.py) >"$out/log-tests.txt" 2>&1
+  tail -3 "$out/log-tests.txt"
+  for hops in 2 3; do
+    timeout 120 python3 -m fabricsim.kernels.relay_torture --hops $hops --seconds 10 --mib 64 --chunk-mib 8 \
+      --out "$out/relay-torture-${hops}hops.json" >/dev/null 2>>"$out/log-tests.txt"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], 'torn', \
+      d['torn_total'], {k: (v['pulls'], v['torn'], v['restarts']) for k, v in d.items() if k.startswith('hop')})" \
+      "$out/relay-torture-${hops}hops.json"
+  done
+fi
 tail -3 "$out/log-copies.txt" 2>/dev/null
