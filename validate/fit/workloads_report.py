@@ -39,14 +39,18 @@ MISSING = {
                           "another on the SMs",
     "kv-topk-fetch": "SM-driven reads of pinned host memory reach ~92% of the copy engine's rate; the twin routes "
                      "them as copy-engine copies",
-    "kv-swap": "SM-driven copies run at ~94% of the copy engine's rate (see kv-topk-fetch)",
+    "kv-swap": "SM-driven copies to and from pinned host memory run at ~90% of the copy engine's rate; the twin "
+               "routes them as copy-engine copies (no `sm` path class in the profile)",
     "kv-prefix-copy": "SM-driven HBM copies: ~92% of the copy engine at 1 GiB, launch-bound when small",
-    "pool-pull": "per-tensor host cost of read_consistent grows with the pool's tensor count",
-    "pool-zero-copy": "per-tensor host cost of building views",
+    "pool-pull": "host costs of one read_consistent per tensor, fitted on two models, do not carry over exactly to "
+                 "a third (39 large tensors)",
+    "pool-zero-copy": "PoolReader.wait_for polls with a backoff that doubles up to 1 ms: a sub-millisecond sync "
+                      "lands wherever the backoff wakes, which no fixed cost describes",
     "host-staged": "per-tensor and per-bucket host costs are hidden behind PCIe copies: weakly identified",
     "ipc-bucket": "per-bucket cost depends on more than the bucket count (mapping size, tensor count per bucket)",
     "fp8-bucket": "per-bucket cost of the cast beyond its HBM traffic",
-    "ipc-tensor-first": "handle opens per allocator segment depend on torch's allocator",
+    "ipc-tensor-first": "the fit cannot tell handle opens from per-tensor rebuilds: both calibration models have 1.5-6 "
+                        "tensors per allocator segment, Llama-3-70B 1.3, so its opens are under-charged",
     "ipc-tensor-steady": "per-tensor issue cost against copy time (overlap)",
     "noop": "one pipe round trip between two processes (tens of us): scheduler wake-up jitter, not a model term",
 }
