@@ -45,7 +45,7 @@ def test_a_chain_relays_each_version_exactly_and_a_late_hop_joins_at_the_newest(
 def test_relay_torture_no_torn_versions() -> None:
     from fabricsim.kernels.relay_torture import run
 
-    res = run(hops=2, seconds=3.0, mib=16, chunk_mib=2)
+    res = run(hops=2, seconds=3.0, mib=16, chunk_mib=2, gap_us=1000)  # back to back, a chunked copy starves
     assert res["torn_total"] == 0, res
     for h in (1, 2):
         assert res[f"hop{h}"]["pulls"] > 0 and not res[f"hop{h}"]["error"], res

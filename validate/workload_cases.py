@@ -31,6 +31,7 @@ MODELS: dict[str, tuple[str, int]] = {
     "llama8b": ("Llama-3-8B", 32),
     "qwen30b": ("Qwen3-30B-A3B", 8),
     "llama70b": ("Llama-3-70B", 4),
+    "llama8b-4l": ("Llama-3-8B", 4),  # the pool cases with several readers colocated on one GPU
 }
 CALIBRATION_MODELS = ("llama8b", "qwen30b")
 BUCKETS = {"64M": 64 * MiB, "256M": 256 * MiB, "1G": GiB}
@@ -42,6 +43,7 @@ SYNC_MECHS = ("noop", "ipc-tensor-first", "ipc-tensor-steady", "ipc-bucket", "fp
               "pool-pull", "pool-zero-copy")
 KV_MECHS = ("kv-offload-decode", "kv-prefetch-decode", "kv-topk-fetch", "kv-swap", "kv-prefix-copy")
 MULTI_GPU_MECHS = ("nccl-flat", "nccl-tensor", "nccl-bucket", "ipc-pull-readers", "relay")
+RELAY_CHUNK = 64 * MiB
 
 # KV cache geometry for the KV cases: Llama-3-8B's (32 layers, 8 KV heads of 128, bf16), 16-token pages:
 # one page of one layer's K (or V) is 32 KiB, a page across all layers and K/V 2 MiB.
@@ -112,7 +114,7 @@ def page_bytes_all_layers() -> int:
 
 def _sync_cases() -> list[WorkloadCase]:
     out = []
-    for key in MODELS:
+    for key in ("llama8b", "qwen30b", "llama70b"):
         split = CALIBRATION if key in CALIBRATION_MODELS else HELD_OUT
         for mech in SYNC_MECHS:
             if mech == "ipc-bucket":
@@ -150,7 +152,7 @@ def _kv_cases() -> list[WorkloadCase]:
 
 
 def _multi_gpu_cases(n_gpus: int) -> list[WorkloadCase]:
-    """Written for two or more GPUs (run by the multi-GPU issue): rollout GPUs 1..n-1, trainer GPU 0."""
+    """Written for two or more GPUs (run by the multi-GPU issue): the trainer on GPU 0, readers on 1..n-1."""
     out = []
     readers = n_gpus - 1
     for mech in MULTI_GPU_MECHS:
@@ -158,15 +160,26 @@ def _multi_gpu_cases(n_gpus: int) -> list[WorkloadCase]:
         if mech == "nccl-bucket":
             params["bucket_bytes"] = BUCKETS["256M"]
         if mech == "relay":
-            params["chunk_bytes"] = 64 * MiB
-        out.append(WorkloadCase(f"ws-{mech}-{readers}r-llama8b", "sync", mech, HELD_OUT, "llama8b", params,
-                                gpus=n_gpus))
+            params["chunk_bytes"] = RELAY_CHUNK
+        counts = range(1, readers + 1) if mech == "ipc-pull-readers" else (readers,)
+        for k in counts:
+            out.append(WorkloadCase(f"ws-{mech}-{k}r-llama8b", "sync", mech, HELD_OUT, "llama8b",
+                                    {**params, "readers": k}, gpus=n_gpus))
+    return out
+
+
+def _colocated_pool_cases() -> list[WorkloadCase]:
+    """The pool cases with several readers, every reader a process on the trainer's GPU (one-GPU machines)."""
+    out = [WorkloadCase(f"ws-ipc-pull-readers-{k}r-colocated", "sync", "ipc-pull-readers", HELD_OUT, "llama8b-4l",
+                        {"readers": k, "colocated": True}) for k in (1, 2, 3)]
+    out += [WorkloadCase(f"ws-relay-{k}h-colocated", "sync", "relay", HELD_OUT, "llama8b-4l",
+                         {"readers": k, "colocated": True, "chunk_bytes": RELAY_CHUNK}) for k in (1, 3)]
     return out
 
 
 def build_workload_cases(n_gpus: int = 1) -> list[WorkloadCase]:
     """Every case this machine can run: the one-GPU cases always, the multi-GPU ones from two GPUs on."""
-    cases = _sync_cases() + _kv_cases()
+    cases = _sync_cases() + _colocated_pool_cases() + _kv_cases()
     if n_gpus >= 2:
         cases += _multi_gpu_cases(n_gpus)
     return cases

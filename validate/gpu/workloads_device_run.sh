@@ -21,20 +21,24 @@ if [ "$copy_budget" != "0" ]; then
     --kind "$kind" --budget-s "$copy_budget" >"$out/log-copies.txt" 2>&1
   [ -d "/tmp/v-$kind" ] && tar czf "$out/validate-$kind.tgz" -C /tmp "v-$kind"
 fi
+only=()
+for o in ${ONLY:-}; do only+=(--only "$o"); done
 timeout $((budget + 150)) python3 -m fabricsim.validate validate --suite workloads --out "/tmp/w-$kind" \
-  --kind "$kind" --budget-s "$budget" 2>&1 | tee "$out/log-workloads.txt"
+  --kind "$kind" --budget-s "$budget" "${only[@]}" 2>&1 | tee "$out/log-workloads.txt"
 [ -f "/tmp/w-$kind/workloads.json" ] && cp "/tmp/w-$kind/workloads.json" "$out/workloads-$kind.json"
 if [ "${WITH_POOL_TESTS:-1}" = "1" ]; then
   # the pool's and the relay's GPU tests, then relay torture runs (chains of 2 and 3 hops on this GPU)
-  (cd "$root" && timeout 300 python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_relay_gpu.py \
-    tests/test_weightpool_gpu.py tests/test_relay.py) >"$out/log-tests.txt" 2>&1
+  # (from /tmp: the checkout's bare fabricsim/ folder must not shadow the namespace)
+  timeout 300 python3 -m pytest -q --noconftest -p no:cacheprovider --rootdir "$root" "$root/tests/test_relay_gpu.py" \
+    "$root/tests/test_weightpool_gpu.py" "$root/tests/test_relay.py" >"$out/log-tests.txt" 2>&1
   tail -3 "$out/log-tests.txt"
-  for hops in 2 3; do
-    timeout 120 python3 -m fabricsim.kernels.relay_torture --hops $hops --seconds 10 --mib 64 --chunk-mib 8 \
-      --out "$out/relay-torture-${hops}hops.json" >/dev/null 2>>"$out/log-tests.txt"
+  for run in "2 0" "3 0" "2 2000" "3 2000"; do
+    set -- $run
+    f="$out/relay-torture-$1hops-gap$2.json"
+    timeout 120 python3 -m fabricsim.kernels.relay_torture --hops "$1" --seconds 8 --mib 64 --chunk-mib 8 \
+      --gap-us "$2" --out "$f" >/dev/null 2>>"$out/log-tests.txt"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], 'torn', \
-      d['torn_total'], {k: (v['pulls'], v['torn'], v['restarts']) for k, v in d.items() if k.startswith('hop')})" \
-      "$out/relay-torture-${hops}hops.json"
+      d['torn_total'], {k: (v['pulls'], v['torn'], v['restarts']) for k, v in d.items() if k.startswith('hop')})" "$f"
   done
 fi
 tail -3 "$out/log-copies.txt" 2>/dev/null

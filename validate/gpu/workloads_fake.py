@@ -92,5 +92,18 @@ class FakeWorkloads:
             out[c.id] = {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times}
         return out
 
+    def run_multi(self, cases: list[WorkloadCase], reps: int,
+                  over_budget: Callable[[], bool]) -> dict[str, dict[str, Any] | str]:
+        out: dict[str, dict[str, Any] | str] = {}
+        for c in cases:
+            if over_budget():
+                out[c.id] = "time budget spent"
+                continue
+            k = int(c.params["readers"])
+            t = 2e-3 * (k if c.mech == "ipc-pull-readers" else 1.2)
+            times = self._reps(t, reps)
+            out[c.id] = {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times, "slot_bytes": 1 << 30}
+        return out
+
     def close(self) -> None:
         self.closed = True

@@ -569,6 +569,28 @@ class TorchWorkloads:
             runner.close()
         return out
 
+    def run_multi(self, cases: list[WorkloadCase], reps: int,
+                  over_budget: Callable[[], bool]) -> dict[str, dict[str, Any] | str]:
+        """Cases with several readers (`workloads_multi`); the rollout process is not needed for them."""
+        from fabricsim.validate.gpu.workloads_multi import run_multi
+        from fabricsim.validate.workload_cases import tensor_list
+
+        if self._rollout is not None:
+            self._rollout.close()
+            self._rollout = None
+        out: dict[str, dict[str, Any] | str] = {}
+        for c in cases:
+            if over_budget():
+                out[c.id] = "time budget spent"
+                continue
+            try:
+                out[c.id] = run_multi(c, tensor_list(c.model), reps)
+            except Exception as exc:  # noqa: BLE001
+                out[c.id] = f"failed: {type(exc).__name__}: {exc}"[:400]
+            gc.collect()
+            torch.cuda.empty_cache()
+        return out
+
     def close(self) -> None:
         if self._rollout is not None:
             self._rollout.close()
