@@ -205,8 +205,59 @@ def _sync_twin(case: WorkloadCase, facts: dict[str, Any], tw: _Twin) -> Generato
         else:
             cpu, stream = tw.issue(_groups(sizes, SEGMENTS * 8), c.read_per_tensor_s, GPU, GPU, None, None)
             yield tw.both(cpu, stream)
+    elif mech == "ipc-pull-readers":
+        yield from _pull_readers_twin(case, facts, tw, sizes)
+    elif mech == "relay":
+        yield from _relay_twin(case, facts, tw, sizes)
     else:
         raise CalibrationError(f"case '{case.id}': no simulated twin for mechanism '{mech}'")
+
+
+def _reader_gpus(case: WorkloadCase, facts: dict[str, Any]) -> list[str]:
+    k = int(case.params["readers"])
+    return [GPU] * k if case.params.get("colocated") else [f"gpu{d}" for d in facts.get("devices", range(1, k + 1))]
+
+
+def _pull_readers_twin(case: WorkloadCase, facts: dict[str, Any], tw: _Twin, sizes: list[int]) -> Generator:
+    """Publish, then every reader copies the whole slot at once (one flat copy: one `read_consistent` host
+    cost each); readers on one GPU queue on its copy engine, readers of one trainer GPU share its egress."""
+    c = tw.c
+    slot = float(facts.get("slot_bytes", sum(aligned(s) for s in sizes)))
+    yield tw.delay(c.publish_fixed_s + c.message_s)
+    begin = tw.sim.now
+    reads = [tw.copy(GPU, g, slot, after=[tw.delay(c.read_per_tensor_s)]) for g in _reader_gpus(case, facts)]
+    yield tw.both(*reads)
+    tw.marks["readers_s"] = tw.sim.now - begin
+
+
+def _relay_twin(case: WorkloadCase, facts: dict[str, Any], tw: _Twin, sizes: list[int]) -> Generator:
+    """A chain of hops: hop 1 copies each chunk from the trainer's pool, hop h from hop h-1 once it holds it.
+    Each chunk costs one copy issue and synchronisation on the host (the fitted `read_per_tensor_s`, the
+    nearest measured code path: the relay's own per-chunk cost is not fitted), then each hop publishes."""
+    c = tw.c
+    slot = float(facts.get("slot_bytes", sum(aligned(s) for s in sizes)))
+    chunk = float(case.params.get("chunk_bytes", 64 << 20))
+    n_chunks = max(1, math.ceil(slot / chunk))
+    groups = min(n_chunks, SEGMENTS * 8)
+    hops = _reader_gpus(case, facts)
+    yield tw.delay(c.publish_fixed_s + c.message_s)
+    begin = tw.sim.now
+    prev_hop: list[Any] = [None] * groups
+    ends = []
+    for h, g in enumerate(hops):
+        src = GPU if h == 0 else hops[h - 1]
+        last = None
+        mine = []
+        for k in range(groups):
+            lo, hi = k * n_chunks // groups, (k + 1) * n_chunks // groups
+            nbytes = min(slot, hi * chunk) - lo * chunk
+            cpu = tw.delay((hi - lo) * c.read_per_tensor_s, after=[last, prev_hop[k]])
+            last = tw.copy(src, g, nbytes, after=[cpu], fixed_cost_s=(hi - lo - 1) * tw.lone_s(src, g, 0.0))
+            mine.append(last)
+        ends.append(tw.delay(c.publish_fixed_s, after=[last]))
+        prev_hop = mine
+    yield tw.both(*ends)
+    tw.marks["readers_s"] = tw.sim.now - begin
 
 
 def _kv_twin(case: WorkloadCase, tw: _Twin, variant: str) -> Generator:
@@ -245,8 +296,8 @@ def simulate_workload(case: WorkloadCase, facts: dict[str, Any], topo: Topology,
                       variant: str = "default") -> dict[str, float]:
     """Predicted observables of one case: `time_s` always, and the parts its GPU run also timed
     (`rollout_s`, `publish_s`, `copy_s`, `decode_s`, `swap_out_s`) where the twin has them."""
-    if case.gpus != 1:
-        raise CalibrationError(f"case '{case.id}' needs {case.gpus} GPUs; its twin is not written yet")
+    if case.gpus > len(topo.gpus()):
+        raise CalibrationError(f"case '{case.id}' needs {case.gpus} GPUs; topology '{topo.name}' has fewer")
     tw = _Twin(topo, costs)
     proc = _sync_twin(case, facts, tw) if case.kind == "sync" else _kv_twin(case, tw, variant)
     total = tw.run(proc)
@@ -263,6 +314,9 @@ def measured_observables(case: WorkloadCase, measured: dict[str, Any]) -> dict[s
         if isinstance(measured.get(src), list) and measured[src]:
             xs = sorted(measured[src])
             out[key] = float(xs[len(xs) // 2])
+    if isinstance(measured.get("reader_s"), list) and measured["reader_s"]:
+        spans = sorted(max(r) for r in measured["reader_s"])
+        out["readers_s"] = float(spans[len(spans) // 2])
     for key in ("copy_s", "decode_s", "swap_out_s"):
         if f"{key[:-2]}_median_s" in measured:
             out[key] = float(measured[f"{key[:-2]}_median_s"])

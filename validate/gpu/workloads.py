@@ -104,6 +104,7 @@ def measure_workloads(device: WorkloadDevice, *, kind: str = "", budget_s: float
                        "device_layer": device.name, **{k: v for k, v in facts.items() if k != "gpus"}},
            "cases": done, "skipped": skipped,
            "settings": {"reps": REPS, "statistic": "median", "warmup": 1, "wall_s": time.monotonic() - t0,
+                        "multi_reader_checksum": "outside-timing",
                         "budget_s": budget_s,
                         "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}}
     check_workload_document(doc, "workload measurements")

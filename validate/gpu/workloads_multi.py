@@ -13,8 +13,9 @@ idle slot in place) and the readers, already attached, are told the version at o
   rank 0 broadcasts one flat buffer, one tensor at a time, or packed buckets (`BucketPlan`) unpacked by every
   receiver.
 
-Time: the trainer's wall clock from the publish (or rank 0's barrier) to the last reader's reply. Every
-reader checks its copy against the trainer's bytes (a checksum) on the last repetition.
+Time: the trainer's wall clock from the publish (or rank 0's barrier) to the last reader's reply; each reader
+also reports its own read (`reader_s`). After the timed repetitions one more version is published and every
+reader checks its copy against the trainer's bytes (a checksum), outside any timed region.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def _reader_main(conn: Any, device: int, handle: Any, mode: str, chunk_bytes: in
             else:
                 v = reader.read_consistent(dst, timeout=60.0)
                 flat = dst
-            conn.send(("ok", (time.perf_counter() - t0, v, _sum(flat))))
+            took = time.perf_counter() - t0
+            conn.send(("ok", (took, v)))  # the checksum is asked for separately, outside the timed region
+            if conn.recv() == "sum":
+                conn.send(("ok", _sum(flat)))
     except Exception as exc:  # noqa: BLE001 - reported to the trainer
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:400]))
@@ -96,10 +100,17 @@ class _Readers:
             raise RuntimeError(f"reader: {value}")
         return value
 
-    def go(self, version: int) -> list[Any]:
+    def go(self, version: int, checksum: bool = False) -> list[Any]:
+        """Tell every reader the version; their (seconds, version) answers. With `checksum` each reader then
+        also sends the sum of its copy (after the timed part)."""
         for c in self.conns:
             c.send(("go", version))
-        return [self._answer(c) for c in self.conns]
+        out = [self._answer(c) for c in self.conns]
+        for c in self.conns:
+            c.send("sum" if checksum else "skip")
+        if checksum:
+            out = [(*o, self._answer(c)) for o, c in zip(out, self.conns, strict=True)]
+        return out
 
     def close(self) -> None:
         for c in self.conns:
@@ -134,6 +145,9 @@ def run_pool_case(case: WorkloadCase, tensors: list[tuple[str, tuple[int, ...]]]
             out = readers.go(pool.version())
             times.append(time.perf_counter() - t0)
             parts.append([o[0] for o in out])
+        with pool.writing():  # one more version, untimed, whose copies every reader checksums
+            pass
+        out = readers.go(pool.version(), checksum=True)
         slot = (pool.words.load()[0] & 1)
         want = _sum(pool.mem[4096 + slot * pool.layout.slot_bytes:][: pool.layout.slot_bytes])
         bad = [k for k, o in enumerate(out) if o[1] != pool.version() or o[2] != want]
