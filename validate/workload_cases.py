@@ -9,8 +9,9 @@ model presets (`fabricsim.validate.fit.workloads_models`; a test keeps the two e
 import the simulator's workload layer.
 
 Split: software costs (per tensor, per bucket) are fitted on the `calibration` cases only: the 64 MiB and
-1 GiB buckets and every other weight-sync mechanism on Llama-3-8B and Qwen3-30B-A3B. The 256 MiB buckets,
-every case of the third model and every KV case are `held-out`: they judge the fit. Imports nothing heavy.
+1 GiB buckets and every other weight-sync mechanism (fp8 at its one bucket size, 256 MiB) on Llama-3-8B and
+Qwen3-30B-A3B. The 256 MiB IPC buckets, every case of the third model (Llama-3-70B, 4 layers), the reader
+cases and every KV case are `held-out`: they judge the fit. Imports nothing heavy.
 """
 
 from __future__ import annotations
