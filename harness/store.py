@@ -60,7 +60,8 @@ SOURCES = ("sim", "hw")
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A study name is also a folder name and a Parquet file prefix: letters, digits, `_`, `.`, `-`.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StoreError(FabricsimError):
@@ -160,6 +161,7 @@ def _param_array(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
+_INT_AS_NULLABLE = {pa.int64(): pd.Int64Dtype()}
 _STRING_COLUMNS = ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
                    "device", "versions", "error")
 
@@ -217,6 +219,8 @@ class ResultsStore:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_root()
+        if self.root.exists() and not self.root.is_dir():  # said now, not after a sweep's first points ran
+            raise StoreError(f"{self.root}: the results store is a file, not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -224,7 +228,7 @@ class ResultsStore:
     # ------------------------------------------------------------------ writing
 
     def _study_dir(self, study: str, create: bool = False) -> Path:
-        if not isinstance(study, str) or not _NAME_RE.match(study):
+        if not isinstance(study, str) or not NAME_RE.match(study):
             raise StoreError(f"study name {study!r} must be letters, digits, '_', '-', '.' only")
         folder = self.root / study
         if create:
@@ -281,7 +285,7 @@ class ResultsStore:
     def studies(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
 
     def files(self, study: str | None = None) -> list[Path]:
         """The visible files holding rows: compacted runs, and parts of runs not yet compacted."""
@@ -304,7 +308,9 @@ class ResultsStore:
         try:
             schema = pq.read_schema(path)
             cols = None if columns is None else [c for c in columns if c in schema.names]
-            frame = pq.read_table(path, columns=cols).to_pandas()
+            # Whole-number parameters stay whole numbers even where some points lack them (nullable Int64), so
+            # `decode_steps` reads 100, not 100.0, in tables, CSV and DataFrames.
+            frame = pq.read_table(path, columns=cols).to_pandas(types_mapper=_INT_AS_NULLABLE.get)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowException, ValueError) as exc:
@@ -417,7 +423,9 @@ def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:
     sim = ok[ok["source"] == "sim"]
     hw = ok[ok["source"] == "hw"]
     if on is None:
-        keys = [c for c in param_columns(ok) if hw[c].notna().any() and sim[c].notna().any()]
+        # Without measured rows the join is empty, but keeps the study's parameter columns, so code that selects
+        # them (a notebook run before any measurement) still runs.
+        keys = [c for c in param_columns(ok) if (hw.empty or hw[c].notna().any()) and sim[c].notna().any()]
     else:
         keys = list(on)
         unknown = [k for k in keys if k not in ok.columns]

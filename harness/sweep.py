@@ -21,18 +21,22 @@ Guarantees, and how:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import math
 import multiprocessing as mp
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from fabricsim.errors import FabricsimError
 from fabricsim.simcore.fluid import load_core
@@ -109,10 +113,42 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
 
 # Worker-side state: the study each worker process runs (set once per process by the pool initializer).
 _WORKER_STUDY: Study | None = None
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _init_worker(study_or_source: Study | tuple[str, str]) -> None:
+def _die_with_parent(parent_pid: int, lifeline: tuple[int, int] | None) -> None:
+    """Make this worker end when the sweep's driver ends, whatever ends it (even SIGKILL, which runs no
+    cleanup): an orphaned worker would otherwise wait on its task queue forever, holding memory and the
+    terminal's pipes (`fabricsim sweep ... | cat` would never return).
+
+    Two independent means, so that either suffices: on Linux the kernel sends SIGKILL when the parent dies
+    (PR_SET_PDEATHSIG); everywhere, a thread blocks reading a pipe whose only write end the driver holds,
+    and exits the process at end-of-file, which the kernel delivers when the driver's last copy closes."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl here: the pipe below still holds
+    if lifeline is not None:
+        read_fd, write_fd = lifeline
+        os.close(write_fd)  # this worker's inherited copy of the write end would keep the pipe open forever
+
+        def watch() -> None:
+            while os.read(read_fd, 1):
+                pass
+            os._exit(1)
+
+        threading.Thread(target=watch, name="fabricsim-lifeline", daemon=True).start()
+    if os.getppid() != parent_pid:  # the driver died before the means above were in place
+        os._exit(1)
+
+
+def _init_worker(study_or_source: Study | tuple[str, str], parent_pid: int | None = None,
+                 lifeline: tuple[int, int] | None = None) -> None:
     global _WORKER_STUDY
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, lifeline)
     # Ctrl-C goes to the whole process group; the driver decides what to do, workers just finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The CLI turns SIGTERM into KeyboardInterrupt in the driver; forked workers must not inherit that.
@@ -138,51 +174,15 @@ def _run_chunk_from_source(path: str, source: str, chunk: Sequence[tuple[str, Po
 # ------------------------------------------------------------------------------------ progress
 
 
-class Progress:
-    """A plain-text progress bar on stderr: done/total, rate, ETA, failures. Redrawn in place on a
-    terminal, one line every few seconds otherwise (CI logs)."""
-
-    def __init__(self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.total = total
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.t0 = time.monotonic()
-        self._last = -math.inf
-
-    def update(self, done: int, failed: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self._last < (0.1 if self.tty else 5.0):
-            return
-        self._last = now
-        elapsed = now - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else math.inf
-        width = 24
-        filled = int(width * done / self.total)
-        bar = "#" * filled + "." * (width - filled)
-        text = (f"{self.label} [{bar}] {done}/{self.total} {rate:.1f} pt/s "
-                f"elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta) if not final else '0s'}"
-                + (f" failed {failed}" if failed else ""))
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _fmt_s(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+def progress_bar(total: int, label: str, stream: TextIO | None = None, enabled: bool = True) -> tqdm:
+    """The sweep's progress on stderr (tqdm): done/total, rate, elapsed, ETA and, once any point failed,
+    `failed N`. Redrawn in place on a terminal; on a log file (CI) one update every few seconds."""
+    stream = stream or sys.stderr
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(total=total, desc=label, unit="pt", file=stream, disable=not (enabled and total > 0),
+                mininterval=0.1 if tty else 5.0, ascii=" #", dynamic_ncols=tty,
+                bar_format="{desc} [{bar:24}] {n_fmt}/{total_fmt} {rate_fmt} elapsed {elapsed} ETA {remaining}"
+                           "{postfix}")
 
 
 # ------------------------------------------------------------------------------------ writing rows
@@ -210,7 +210,7 @@ class _Flusher:
         now = datetime.now(UTC)
         common = dict(study=self.study.name, run_id=self.run_id, point_id=outcome.point_id,
                       params=outcome.params, source="sim", calibration_id=self.calibration_id,
-                      topology=str(outcome.params.get("topology") or self.study.topology or ""),
+                      topology=self.study.topology_of(outcome.params),
                       versions=self.versions, created_at=now)
         if outcome.error is not None:
             self.pending.append(make_row(**common, metric=ERROR_METRIC, value=math.nan, error=outcome.error))
@@ -304,8 +304,15 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
         ctx = mp.get_context("spawn")
         initarg = (str(study.path), Path(study.path).read_text())
     others = set(mp.active_children())  # the caller's own child processes, left alone below
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(initarg,))
+    # The lifeline pipe's fds travel to forked workers by inheritance; spawned ones rely on the parent-death
+    # signal alone (Linux spawns only when asked to).
+    lifeline = os.pipe() if ctx.get_start_method() == "fork" else None
+    try:
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                      initargs=(initarg, os.getpid(), lifeline))
+    except BaseException:
+        _close_lifeline(lifeline)
+        raise
     sizer = _ChunkSizer(chunk_size)
     # A bounded window of chunks in flight (two per worker keeps every worker busy) rather than the whole
     # grid queued up front: chunk sizes can follow the measured point cost, and a kill loses little.
@@ -338,6 +345,13 @@ def _iter_local(study: Study, points: Sequence[tuple[str, Point]], workers: int,
             for proc in set(mp.active_children()) - others:
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        _close_lifeline(lifeline)
+
+
+def _close_lifeline(lifeline: tuple[int, int] | None) -> None:
+    if lifeline is not None:
+        for fd in lifeline:
+            os.close(fd)
 
 
 def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
@@ -454,7 +468,7 @@ def run_sweep(
     run_id = new_run_id()
     report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
                          skipped=skipped, skipped_failed=skipped_failed)
-    bar = Progress(len(points), study.name, stream=stream, enabled=progress)
+    bar: tqdm | None = None  # drawn from the first finished batch on: a sweep that cannot start draws nothing
     flusher = _Flusher(study, store, run_id, flush_points, flush_interval_s)
     t0 = time.perf_counter()
     if points:
@@ -475,7 +489,13 @@ def run_sweep(
                     report.point_s += outcome.elapsed_s
                     report.point_cpu_s += outcome.cpu_s
                 flusher.maybe_flush()
-                bar.update(report.ran, report.failed)
+                if bar is None:
+                    bar = progress_bar(len(points), study.name, stream=stream, enabled=progress)
+                    if not bar.disable:  # rate and ETA count from the sweep's start, not from this batch
+                        bar.start_t = bar.last_print_t = time.time() - (time.perf_counter() - t0)
+                if report.failed:
+                    bar.set_postfix_str(f"failed {report.failed}", refresh=False)
+                bar.update(len(outcomes))
         except KeyboardInterrupt:
             raise SweepInterrupted(report) from None  # after the finally below has saved what finished
         finally:
@@ -484,7 +504,8 @@ def run_sweep(
             flusher.finish()
             report.files = flusher.files
             report.wall_s = time.perf_counter() - t0
-        bar.update(report.ran, report.failed, final=True)
+            if bar is not None:
+                bar.close()
     report.wall_s = time.perf_counter() - t0
     return report
 

@@ -42,7 +42,7 @@ from .fileio import atomic_write_text, read_yaml
 FORMAT_VERSION = 1
 PATH_CLASSES = ("d2d", "h2d", "d2h", "p2p-nvlink", "p2p-pcie", "h2h", "rdma", "nvme")
 DISCIPLINES = ("fair", "fifo")
-# Same names as hwmodels.topology.LINK_KINDS (topology imports this module, not the other way round).
+# Link kinds of topologies (topology imports this module, not the other way round, so the names live here).
 LINK_KINDS = ("pcie", "nvlink", "dram", "socket", "net", "nvme")
 COLLECTIVES = ("broadcast", "all_gather", "all_reduce", "reduce_scatter", "reduce", "all_to_all")
 

@@ -6,9 +6,14 @@ A preset loads its bundled calibration profile (fitted by `validate` on the devi
 exists; pass `calibration=None` for datasheet-only behaviour or a path/profile to use another.
 
 Layout assumptions, stated because they decide contention:
-- `hgx-*-8`: two CPU sockets; four PCIe Gen5 switches, two GPUs and two RDMA NICs behind each, each switch
+- `hgx-h100-8`: two CPU sockets; four PCIe Gen5 switches, two GPUs and two RDMA NICs behind each, each switch
   with one Gen5 x16 uplink to its socket (so two GPUs share 55 GB/s to host memory; `uplink_lanes` changes it);
-  all eight GPUs on one NVSwitch fabric (non-blocking).
+  all eight GPUs on one NVSwitch fabric (non-blocking crossbar: only each GPU's port limits, both ways).
+- `hgx-h200-8`: the 8x H200 machines this project measures (`nvidia-smi topo -m`: NV18 between every pair, no
+  PCIe switches, one NUMA node): one host memory (`host1` names the same memory as `host0`, for scenarios
+  written for two sockets), each GPU and NIC on its own Gen5 x16 link to the CPU, the NVSwitch fabric as above.
+  What the links alone do not say (the host's aggregate ceiling per direction, duplex limits) comes from its
+  bundled profile `h200x8` (fitted on 17 concurrent-copy cases; see its provenance).
 - `h200-2`: two H200 on one socket, each on its own Gen5 x16 root port, joined by an NVLink bridge (18 links).
 - `pcie-4gpu`: four H100 PCIe cards on one socket's root ports, no NVLink: peer copies cross the root complex
   and share the GPUs' PCIe links with host traffic.
@@ -42,10 +47,13 @@ from .topology import Topology
 
 CalibrationArg = str | Path | CalibrationProfile | None
 
+# The machines validate measures: (GPU model, GPU count) -> preset name. The one table of which preset is which
+# machine; the GPU side (validate/gpu) reads it from here.
+PRESET_FOR = {("H100", 1): "h100-1", ("H200", 1): "h200-1", ("H200", 2): "h200-2", ("H200", 8): "hgx-h200-8",
+              ("H100", 8): "hgx-h100-8"}
 # Which bundled profile each preset loads by default (hwmodels/profiles/NAME.json), when the file exists.
-DEFAULT_PROFILES = {
-    "h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8",
-}
+DEFAULT_PROFILES = {"h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8",
+                    "hgx-h100-8": "h100x8"}
 
 
 def _host(t: Topology, p: str, socket: int, dram: HostDRAMSpec) -> str:
@@ -65,38 +73,49 @@ def _nvme(t: Topology, p: str, idx: int, cpu: str, spec: NVMeSpec | None = None)
 
 
 
-def _hgx_node(t: Topology, p: str, model: str, n_gpus: int, uplink_lanes: int, nics: bool) -> None:
+def _hgx_node(t: Topology, p: str, model: str, n_gpus: int, uplink_lanes: int, nics: bool,
+              pcie_switches: bool = True) -> None:
+    """One baseboard. `pcie_switches`: GPU pairs share a switch uplink per socket (two sockets); without, every
+    GPU and NIC has its own link to the one socket's CPU (what `topo -m` shows on the 8x H200 machines)."""
     spec = gpu_model(model)
     pcie, nvl = PCIeSpec(5, 16), NVLinkSpec(4, 18)
-    uplink = PCIeSpec(5, uplink_lanes)
-    cpus = [_host(t, p, s, HostDRAMSpec()) for s in (0, 1)]
-    t.add_link(cpus[0], cpus[1], "socket", SocketLinkSpec().Bps, SocketLinkSpec().latency_s)
     nvsw = f"{p}nvswitch"
     t.add_component(nvsw, "nvswitch", spec=NVSwitchSpec())
-    n_switches = max(1, (n_gpus + 1) // 2)
-    for s in range(n_switches):
-        sw = f"{p}pcisw{s}"
-        t.add_component(sw, "pcie-switch")
-        t.add_link(sw, cpus[0 if s < n_switches / 2 else 1], "pcie", uplink.Bps, uplink.latency_s)
+    if pcie_switches:
+        uplink = PCIeSpec(5, uplink_lanes)
+        cpus = [_host(t, p, s, HostDRAMSpec()) for s in (0, 1)]
+        t.add_link(cpus[0], cpus[1], "socket", SocketLinkSpec().Bps, SocketLinkSpec().latency_s)
+        n_switches = max(1, (n_gpus + 1) // 2)
+        for s in range(n_switches):
+            sw = f"{p}pcisw{s}"
+            t.add_component(sw, "pcie-switch")
+            t.add_link(sw, cpus[0 if s < n_switches / 2 else 1], "pcie", uplink.Bps, uplink.latency_s)
+        parent = [f"{p}pcisw{g // 2}" for g in range(n_gpus)]
+    else:
+        cpus = [_host(t, p, 0, HostDRAMSpec())]
+        parent = [cpus[0]] * n_gpus
     for g in range(n_gpus):
         gpu = f"{p}gpu{g}"
         t.add_component(gpu, "gpu", spec=spec)
-        t.add_link(gpu, f"{p}pcisw{g // 2}", "pcie", pcie.Bps, pcie.latency_s)
+        t.add_link(gpu, parent[g], "pcie", pcie.Bps, pcie.latency_s)
         t.add_link(gpu, nvsw, "nvlink", nvl.Bps, nvl.latency_s / 2)
         if nics:
             nic = NICSpec()
             t.add_component(f"{p}nic{g}", "nic", spec=nic, gpu=gpu)  # GPUDirect pairing, see Topology._shortest
-            t.add_link(f"{p}nic{g}", f"{p}pcisw{g // 2}", "pcie", pcie.Bps, pcie.latency_s)
+            t.add_link(f"{p}nic{g}", parent[g], "pcie", pcie.Bps, pcie.latency_s)
     for i, cpu in enumerate(cpus):
         _nvme(t, p, i, cpu)
 
 
-def hgx(model: str = "H200", gpus: int = 8, *, uplink_lanes: int = 16, name: str | None = None) -> Topology:
-    """One HGX baseboard: `gpus` SXM GPUs on NVSwitch, two sockets, PCIe switches shared by GPU pairs."""
+def hgx(model: str = "H200", gpus: int = 8, *, uplink_lanes: int = 16, name: str | None = None,
+        pcie_switches: bool = True) -> Topology:
+    """One HGX baseboard: `gpus` SXM GPUs on NVSwitch; two sockets with PCIe switches shared by GPU pairs, or
+    (`pcie_switches=False`) one socket with a PCIe link per GPU."""
     if not 1 <= gpus <= 8:
         raise TopologyError(f"an HGX board holds 1..8 GPUs, not {gpus}")
-    t = Topology(name or f"hgx-{model.lower()}-{gpus}", aliases={"host": "host0"})
-    _hgx_node(t, "", model, gpus, uplink_lanes, nics=True)
+    aliases = {"host": "host0"} if pcie_switches else {"host": "host0", "host1": "host0"}
+    t = Topology(name or f"hgx-{model.lower()}-{gpus}", aliases=aliases)
+    _hgx_node(t, "", model, gpus, uplink_lanes, nics=True, pcie_switches=pcie_switches)
     add_memory_caps(t)
     t.validate()
     return t
@@ -107,7 +126,7 @@ def hgx_h100(gpus: int = 8) -> Topology:
 
 
 def hgx_h200(gpus: int = 8) -> Topology:
-    return hgx("H200", gpus)
+    return hgx("H200", gpus, pcie_switches=False)
 
 
 def _pcie_box(name: str, model: str, n_gpus: int, nvlink_pairs: bool) -> Topology:
@@ -147,6 +166,12 @@ def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
     return _pcie_box("pcie-4gpu", model, 4, nvlink_pairs=False)
 
 
+# Refused before anything is built: a cluster graph costs about 0.2 ms per GPU to build on a 2-core VM, so
+# this bound keeps `fabricsim topo show cluster-NxG` under about a second, and turns cluster-100000x8 into a
+# one-line error instead of minutes of graph building.
+MAX_CLUSTER_GPUS = 4096
+
+
 def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
             nic_Gbps: float = 400.0, nodes_per_leaf: int = 4, spines: int = 2, oversubscription: float = 1.0,
             name: str | None = None) -> Topology:
@@ -156,6 +181,12 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
     """
     if nodes < 1:
         raise TopologyError(f"a cluster needs at least one node, not {nodes}")
+    if gpus_per_node < 1:
+        raise TopologyError(f"a cluster node needs at least one GPU, not {gpus_per_node}")
+    if nodes * gpus_per_node > MAX_CLUSTER_GPUS:
+        raise TopologyError(f"cluster of {nodes:,} nodes x {gpus_per_node} GPUs: {nodes * gpus_per_node:,} GPUs is "
+                            f"more than the {MAX_CLUSTER_GPUS:,} a preset builds (simulate the part of the cluster "
+                            "the question needs)")
     if fabric not in ("rail", "leaf-spine"):
         raise TopologyError(f"unknown cluster fabric '{fabric}' (known: rail, leaf-spine)")
     if oversubscription < 1:
@@ -217,7 +248,10 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
         m = _CLUSTER_RE.match(name)
         if not m:
             raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
-        topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        try:
+            topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        except TopologyError as exc:
+            raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)
 
 
@@ -227,6 +261,8 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
     is named, since the file describes a machine the bundled profiles were not measured on."""
     path = Path(base_dir or ".") / ref
     if ref.endswith((".yaml", ".yml", ".json")) or path.exists():
+        if path.is_dir():
+            raise TopologyError(f"topology '{path}' is a folder; give a topology file or a preset name")
         if not path.is_file():
             raise TopologyError(f"topology file '{path}' not found")
         from .topofile import load_topology_file

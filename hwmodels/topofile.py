@@ -38,12 +38,22 @@ from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpe
 from .topology import Topology
 
 
-def _num(where: str, v: Any, *, allow_zero: bool = False) -> float:
+def _num(where: str, v: Any, *, allow_zero: bool = False, most: float = math.inf, unit: str = "") -> float:
+    """A finite number > 0 (>= 0 with `allow_zero`) and at most `most`: beyond it a value is a typo or a wrong
+    unit (a 10^300 GB/s link would make every transfer instant)."""
     if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
         raise TopologyError(f"{where}: expected a number, got {v!r}")
+    if math.isinf(v):
+        raise TopologyError(f"{where}: expected a finite number, got {v!r}")
     if v < 0 or (v == 0 and not allow_zero):
         raise TopologyError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    if v > most:
+        raise TopologyError(f"{where}: {v!r} is beyond {most:g}{unit}, more than any hardware has (check the unit)")
     return float(v)
+
+
+_MAX_GBps = 1e5  # 100 TB/s: twenty times a 2026 GPU's HBM
+_GB_PER_S = dict(most=_MAX_GBps, unit=" GB/s")
 
 
 _TOP_KEYS = {"name", "components", "links", "caps", "pinned", "aliases"}
@@ -107,10 +117,11 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
                 attrs["spec"] = _located(f"{where}.model", gpu_model, str(c.get("model", "H100")))
             elif kind == "host":
                 attrs["spec"] = HostDRAMSpec(
-                    bytes=int(_num(f"{where}.dram_GiB", c.get("dram_GiB", 1024)) * GiB),
-                    GBps=_num(f"{where}.dram_GBps", c.get("dram_GBps", 307.0)))
+                    bytes=int(_num(f"{where}.dram_GiB", c.get("dram_GiB", 1024), most=2**30, unit=" GiB") * GiB),
+                    GBps=_num(f"{where}.dram_GBps", c.get("dram_GBps", 307.0), **_GB_PER_S))
             elif kind == "nic":
-                attrs["spec"] = NICSpec(Gbps=_num(f"{where}.Gbps", c.get("Gbps", 400.0)))
+                gbits = _num(f"{where}.Gbps", c.get("Gbps", 400.0), most=8 * _MAX_GBps, unit=" Gb/s")
+                attrs["spec"] = NICSpec(Gbps=gbits)
             elif kind == "nvme":
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
@@ -124,8 +135,8 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             if not isinstance(c, dict) or "name" not in c:
                 raise TopologyError(f"{where}: expected a mapping with 'name' and 'GBps'")
             _keys(where, c, _CAP_KEYS)
-            t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps")) * GB, classes=tuple(c.get("classes") or ()),
-                      endpoints=tuple(c.get("endpoints") or ()))
+            t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps"), **_GB_PER_S) * GB,
+                      classes=tuple(c.get("classes") or ()), endpoints=tuple(c.get("endpoints") or ()))
         for i, p in enumerate(_list(f"{source}: pinned", d.get("pinned"))):
             where = f"{source}: pinned[{i}]"
             if not isinstance(p, dict) or not {"src", "dst", "via"} <= set(p):
@@ -150,10 +161,10 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
     a, b = str(ends[0]), str(ends[1])
     latency = None
     if "latency_us" in link:
-        latency = _num(f"{where}.latency_us", link["latency_us"], allow_zero=True) * 1e-6
+        latency = _num(f"{where}.latency_us", link["latency_us"], allow_zero=True, most=1e7, unit=" us") * 1e-6
     if "GBps" in link:
-        fwd = _num(f"{where}.GBps", link["GBps"]) * GB
-        rev = _num(f"{where}.reverse_GBps", link.get("reverse_GBps", link["GBps"])) * GB
+        fwd = _num(f"{where}.GBps", link["GBps"], **_GB_PER_S) * GB
+        rev = _num(f"{where}.reverse_GBps", link.get("reverse_GBps", link["GBps"]), **_GB_PER_S) * GB
         t.add_link(a, b, str(kind), fwd, latency if latency is not None else 1e-6, Bps_reverse=rev)
         return
     if kind == "pcie":

@@ -1,4 +1,4 @@
-"""`fabricsim simulate FILE [--json] [--trace PATH] [--calibration PATH]`."""
+"""`fabricsim simulate FILE [--json] [--perfetto PATH] [--calibration PATH]`."""
 
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def _table(result: Result) -> str:
 def _simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
     result = scenario.run(calibration=args.calibration)
-    if args.trace:
-        result.write_trace(args.trace)
+    if args.perfetto:
+        result.write_trace(args.perfetto)
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
     else:
         print(_table(result))
-        if args.trace:
-            print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+        if args.perfetto:
+            print(f"trace written to {args.perfetto} (open it in https://ui.perfetto.dev)")
     return 0
 
 
@@ -53,10 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Simulate the transfers (and tasks) of a scenario file on its topology.",
         epilog="examples:\n  fabricsim simulate examples/h2d_fanout.yaml\n"
                "  fabricsim simulate examples/h2d_fanout.yaml --json\n"
-               "  fabricsim simulate scenario.yaml --trace trace.json --calibration hwmodels/profiles/h100x1.json",
+               "  fabricsim simulate scenario.yaml --perfetto trace.json --calibration hwmodels/profiles/h100x1.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="scenario file (format in README)")
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
     p.set_defaults(func=_simulate)

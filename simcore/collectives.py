@@ -1,5 +1,14 @@
-"""Collective-communication building blocks as flows on a `Simulation`: pipelined ring broadcast, gathers and
-ring all-gathers. Strategies compose these; the closed forms they follow are tested.
+"""The one collective model: NCCL-style ring schedules as flows on a `Simulation`, with a machine's fitted
+collective parameters applied wherever they exist. Validate's measured NCCL cases, scenario files
+(`collectives:`), weight sync and the serving loop's tensor-parallel all-reduce all go through here.
+
+Two levels:
+- `ring_schedule` / `schedule_collective` / `collective_time`: one collective call (broadcast, all_gather,
+  all_reduce) over a ring of GPUs, as NCCL-tests measures it. Each ring transfer is capped at the profile's
+  fitted bus bandwidth for its size (`CollectiveParams.rate_cap`) and the call pays the fitted fixed cost once,
+  before its first ring phase; without a fitted collective the links alone set the rate.
+- `ring_broadcast` / `gather` / `ring_allgather`: the pipelined building blocks weight-sync strategies compose
+  for whole models (buckets, chunks), with the same fitted parameters.
 
 A ring broadcast of S bytes over n GPUs in c chunks on links of bandwidth B takes (S/B)(1 + (n-2)/c) plus
 latencies: the last hop starts once the first chunk has crossed n-2 hops. Two ways to simulate it:
@@ -9,21 +18,96 @@ latencies: the last hop starts once the first chunk has crossed n-2 hops. Two wa
   bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is; latency paid per hop).
 `ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
 512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
-
-On a calibrated topology whose profile fitted NCCL (`Topology.collectives`, written by `fabricsim calibrate`),
-each ring transfer is also capped at the collective's measured bus bandwidth for its size and every call pays
-the fitted fixed cost: measured NCCL replaces the link-only estimate wherever it exists.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import simpy
 
+from fabricsim.hwmodels.calibration import CollectiveParams
 from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore.simulation import Simulation
+
+OPS = ("broadcast", "all_gather", "all_reduce")
+
+
+def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str, Any]]:
+    """The ring schedule NCCL uses for one call, as transfers `{id, src, dst, bytes, after}` (ids local to
+    the call): what the fluid model sees of a collective.
+
+    Sizes follow NCCL-tests: `nbytes` is the buffer every rank ends up with. Ring broadcast pipelines the whole
+    buffer along the ring; ring all-gather sends (n-1)/n of it per rank over each ring link; ring all-reduce is
+    a reduce-scatter then an all-gather, each (n-1)/n of the buffer per link.
+    """
+    n = len(gpus)
+    ring = list(zip(gpus, [*gpus[1:], *gpus[:1]], strict=True))
+    if op == "broadcast":
+        return [{"id": f"r{i}", "src": a, "dst": b, "bytes": nbytes, "after": []} for i, (a, b) in enumerate(ring[:-1])]
+    share = nbytes * (n - 1) // n if isinstance(nbytes, int) else nbytes * (n - 1) / n
+    if op == "all_gather":
+        return [{"id": f"r{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
+    if op == "all_reduce":
+        rs = [{"id": f"rs{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
+        ag = [{"id": f"ag{i}", "src": a, "dst": b, "bytes": share, "after": [r["id"] for r in rs]}
+              for i, (a, b) in enumerate(ring)]
+        return rs + ag
+    raise ValueError(f"unknown collective {op!r} (known: {', '.join(OPS)})")
+
+
+def fitted(topo: Topology, op: str) -> CollectiveParams | None:
+    """The machine's fitted parameters of `op`, or None (then links alone set the rate)."""
+    return topo.collectives.get(op)
+
+
+def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str], nbytes: float, *,
+                        start: float = 0.0, after: Iterable = (), tag: str | None = None) -> simpy.Event:
+    """One collective call on `sim`: its ring transfers (named `ID.rs0`, `ID.ag1`, ...) and a zero-length
+    marker named `id` that ends when the last rank has its bytes, so later work can wait for `id`.
+
+    With fitted parameters the call pays their fixed cost once (on its first ring phase: one kernel launch per
+    call) and each ring transfer is capped at the fitted bus bandwidth for its size.
+    """
+    params = fitted(sim.topology, op)
+    tag = tag or op
+    done: dict[str, simpy.Event] = {}
+    for t in ring_schedule(op, nbytes, list(gpus)):
+        fixed, cap = 0.0, None
+        if params is not None:
+            fixed = params.fixed_s if not t["after"] else 0.0
+            cap = params.rate_cap(t["bytes"])
+        deps = [done[a] for a in t["after"]] if t["after"] else list(after)
+        done[t["id"]] = sim.transfer(f"{id}.{t['id']}", t["src"], t["dst"], t["bytes"],
+                                     start=start if not t["after"] else 0.0, after=deps, rate_cap_Bps=cap,
+                                     fixed_cost_s=fixed, tag=tag)
+    return sim.delay(id, 0.0, after=list(done.values()), tag=tag)
+
+
+def collective_time(topo: Topology, op: str, nbytes: float, gpus: Sequence[str]) -> float:
+    """Closed form of `schedule_collective` for one call alone on the machine: the fitted fixed cost plus, per
+    ring phase (the hops of a phase run at once on distinct links), the slowest hop's latency + bytes /
+    min(link rate, fitted cap). Serving uses it for the
+    tensor-parallel all-reduce of every layer, where simulating each call as flows would cost millions."""
+    gpus = list(gpus)
+    if len(gpus) < 2 or nbytes <= 0:
+        return 0.0
+    params = fitted(topo, op)
+    phases: dict[bool, list[dict[str, Any]]] = {}
+    for t in ring_schedule(op, nbytes, gpus):
+        phases.setdefault(bool(t["after"]), []).append(t)
+    total = params.fixed_s if params is not None else 0.0
+    for hops in phases.values():
+        slowest = 0.0
+        for t in hops:
+            rate = path_bandwidth_Bps(topo, t["src"], t["dst"], t["bytes"])
+            if params is not None:
+                rate = min(rate, params.rate_cap(t["bytes"]))
+            slowest = max(slowest, topo.path(t["src"], t["dst"], t["bytes"]).latency_s + t["bytes"] / rate)
+        total += slowest
+    return total
 
 
 def ring_order(topo: Topology, gpus: Sequence[str], first: str | None = None) -> list[str]:
@@ -64,7 +148,7 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
     B = ring_bottleneck_Bps(topo, ring)
     cap = None
-    cal = topo.collectives.get("broadcast")
+    cal = fitted(topo, "broadcast")
     if cal is not None:
         cap = cal.rate_cap(per_call)
         B = min(B, cap)
@@ -127,7 +211,7 @@ def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, floa
     """Ring all-gather in its bandwidth form: every GPU receives the bytes it lacks from its ring predecessor,
     all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently)."""
     after = list(after)
-    cal = sim.topology.collectives.get("all_gather")
+    cal = fitted(sim.topology, "all_gather")
     if cal is not None and len(ring) > 1:
         after = [sim.delay(f"{name}.nccl-call", cal.fixed_s, after=after, tag=tag)]
     events = []

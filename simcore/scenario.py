@@ -8,6 +8,8 @@ transfers:
   - {id: t2, src: gpu0, dst: gpu1, bytes: 256MiB, start: 0.001, after: [t1]}
 tasks:                      # optional: roofline compute tasks (an addition to DESIGN.md)
   - {id: k1, gpu: gpu1, flops: 2e12, bytes: 8GiB, dtype: bf16, after: [t2]}
+collectives:                # optional: NCCL-style collective calls (an addition; see simcore.collectives)
+  - {id: c1, op: all_reduce, gpus: [gpu0, gpu1], bytes: 1GiB, after: [k1]}
 ```
 Optional per-transfer keys (additions, documented in README): `engine` (name of a FIFO queue the transfer
 waits in), `rate_cap_GBps`, `weight`, `fixed_cost_s`, `tag`. Every error names the file and the field, and
@@ -25,15 +27,17 @@ from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.topology import Topology
 
+from .collectives import OPS, schedule_collective
 from .errors import ScenarioError
 from .records import Result
 from .simulation import Simulation
 from .units import parse_bytes, parse_seconds
 
-_TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "name", "description"}
+_TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "collectives", "name", "description"}
 _TRANSFER_KEYS = {"id", "src", "dst", "bytes", "start", "after", "engine", "rate_cap_GBps", "weight",
                   "fixed_cost_s", "tag"}
 _TASK_KEYS = {"id", "gpu", "flops", "bytes", "dtype", "start", "after", "tag"}
+_COLLECTIVE_KEYS = {"id", "op", "gpus", "bytes", "start", "after", "tag"}
 
 
 @dataclass
@@ -58,8 +62,11 @@ class Scenario:
         except FabricsimError as exc:
             raise ScenarioError(f"{self.source}: {exc}") from None
 
-    def build(self, calibration: str | None = None, **sim_kwargs: Any) -> Simulation:
-        topo = self.load_topology(calibration)
+    def build(self, calibration: str | None = None, *, topology: Topology | None = None,
+              **sim_kwargs: Any) -> Simulation:
+        """A ready-to-run Simulation of the scenario, on its own topology or on `topology` when given (validate
+        simulates measured cases on a topology it calibrates itself)."""
+        topo = topology if topology is not None else self.load_topology(calibration)
         sim = Simulation(topo, **sim_kwargs)
         for item in self.items:
             where = f"{self.source}: {item['_where']}"
@@ -69,6 +76,9 @@ class Scenario:
                                  after=item["after"], rate_cap_Bps=item.get("rate_cap_Bps"),
                                  weight=item.get("weight", 1.0), fixed_cost_s=item.get("fixed_cost_s", 0.0),
                                  engine=item.get("engine"), tag=item.get("tag"))
+                elif item["_kind"] == "collective":
+                    schedule_collective(sim, item["id"], item["op"], item["gpus"], item["bytes"],
+                                        start=item["start"], after=item["after"], tag=item.get("tag"))
                 else:
                     sim.task(item["id"], item["gpu"], flops=item["flops"], hbm_bytes=item["bytes"],
                              dtype=item["dtype"], start=item["start"], after=item["after"], tag=item.get("tag"))
@@ -105,14 +115,18 @@ def parse_scenario(data: Any, source: str = "scenario", base_dir: Path = Path(".
         raise ScenarioError(f"{source}: calibration: expected a file path or null")
     transfers = data.get("transfers") or []
     tasks = data.get("tasks") or []
+    collectives = data.get("collectives") or []
     if not isinstance(transfers, list):
         raise ScenarioError(f"{source}: transfers: expected a list")
     if not isinstance(tasks, list):
         raise ScenarioError(f"{source}: tasks: expected a list")
-    if not transfers and not tasks:
-        raise ScenarioError(f"{source}: no transfers or tasks to simulate")
+    if not isinstance(collectives, list):
+        raise ScenarioError(f"{source}: collectives: expected a list")
+    if not transfers and not tasks and not collectives:
+        raise ScenarioError(f"{source}: no transfers, tasks or collectives to simulate")
     items = [_transfer(t, f"transfers[{i}]", source) for i, t in enumerate(transfers)]
     items += [_task(t, f"tasks[{i}]", source) for i, t in enumerate(tasks)]
+    items += [_collective(t, f"collectives[{i}]", source) for i, t in enumerate(collectives)]
     return Scenario(source, topo, cal, _order(items, source), base_dir)
 
 
@@ -178,11 +192,30 @@ def _task(item: Any, where: str, source: str) -> dict[str, Any]:
         out["flops"] = float(flops)
     except (TypeError, ValueError):
         raise ScenarioError(f"{source}: {where}.flops: expected a number, got {flops!r}") from None
-    if out["flops"] < 0:
-        raise ScenarioError(f"{source}: {where}.flops: must be >= 0")
+    if not 0 <= out["flops"] < float("inf"):
+        raise ScenarioError(f"{source}: {where}.flops: expected a finite number >= 0, got {flops!r}")
     out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes") if "bytes" in item else 0
     out["dtype"] = str(item.get("dtype", "bf16"))
     out["_kind"] = "task"
+    return out
+
+
+def _collective(item: Any, where: str, source: str) -> dict[str, Any]:
+    item = _check_keys(item, _COLLECTIVE_KEYS, where, source)
+    out = _common(item, where, source, f"c{where.split('[')[1][:-1]}")
+    if item.get("op") not in OPS:
+        raise ScenarioError(f"{source}: {where}.op: expected one of {', '.join(OPS)}, got {item.get('op')!r}")
+    out["op"] = item["op"]
+    gpus = item.get("gpus")
+    if not isinstance(gpus, list) or len(gpus) < 2 or not all(isinstance(g, str) for g in gpus):
+        raise ScenarioError(f"{source}: {where}.gpus: expected a list of two or more GPU names (the ring order)")
+    if len(set(gpus)) < len(gpus):
+        raise ScenarioError(f"{source}: {where}.gpus: a GPU appears twice in the ring")
+    out["gpus"] = list(gpus)
+    if "bytes" not in item:
+        raise ScenarioError(f"{source}: {where}.bytes: missing")
+    out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes")
+    out["_kind"] = "collective"
     return out
 
 

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fabricsim.hwmodels.fileio import atomic_write_text
 
-if TYPE_CHECKING:
-    from .records import Record, Result
+
+class Traced(Protocol):
+    """What a trace is drawn from: `records.Result` has these. Typed here as a Protocol so the trace writer
+    needs nothing of the records module, which calls it (`Result.write_trace`)."""
+
+    records: list[Any]  # records.Record: id, kind, src, dst, bytes, route, engine, tag, start/begin/finish_s
+    load: dict[str, list[tuple[float, float]]]
+    topology: str
+    calibration_id: str | None
+    makespan_s: float
 
 _US = 1e6
 
 
-def _lanes(records: list[Record]) -> list[tuple[Record, int]]:
+def _lanes(records: list[Any]) -> list[tuple[Any, int]]:
     """Greedy interval partitioning: the first lane whose last slice has ended."""
     ends: list[float] = []
     out = []
@@ -36,8 +44,8 @@ def _lanes(records: list[Record]) -> list[tuple[Record, int]]:
     return out
 
 
-def trace_events(result: Result) -> list[dict[str, Any]]:
-    tracks: dict[str, list[Record]] = {}
+def trace_events(result: Traced) -> list[dict[str, Any]]:
+    tracks: dict[str, list[Any]] = {}
     for r in result.records:
         if r.kind == "transfer":
             hops = [f"{a}->{b}" for a, b in zip(r.route, r.route[1:], strict=False)] or [f"{r.src} (local copy)"]
@@ -67,7 +75,7 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
     return events
 
 
-def write_perfetto(result: Result, path: str | os.PathLike) -> None:
+def write_perfetto(result: Traced, path: str | os.PathLike) -> None:
     """Write the trace atomically (temp file + rename)."""
     doc = {"traceEvents": trace_events(result), "displayTimeUnit": "ns",
            "otherData": {"topology": result.topology, "calibration": result.calibration_id or "none",

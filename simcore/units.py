@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import ScenarioError
+
+# Beyond these a value is a typo or a wrong unit, not a workload: 1 EiB is more memory than any cluster has,
+# and 10^9 s is 31 years. Refusing them keeps results readable (no 300-digit times) and integers in int64.
+MAX_BYTES = 2**60
+MAX_SECONDS = 1e9
 
 _BYTE_UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
+_NUM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
 def parse_bytes(value: object, where: str = "size") -> int:
@@ -31,10 +37,25 @@ def parse_bytes(value: object, where: str = "size") -> int:
         n = float(m[1]) * _BYTE_UNITS[unit]
     else:
         raise ScenarioError(f"{where}: expected a size, got {value!r}")
-    if not n > 0:
-        raise ScenarioError(f"{where}: size must be > 0, got {value!r}")
+    return int(check_bytes(n, where, shown=value))
+
+
+def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool = True, shown: object = None) -> float:
+    """A byte count: finite, > 0 (or >= 0 with `allow_zero`), at most `MAX_BYTES`, and an int when `whole`
+    (files say bytes; the API also takes the fractional averages that models compute)."""
+    shown = n if shown is None else shown
+    if isinstance(n, bool) or not isinstance(n, int | float):
+        raise ScenarioError(f"{where}: expected a size, got {shown!r}")
+    if not math.isfinite(n):
+        raise ScenarioError(f"{where}: size must be a finite number, got {shown!r}")
+    if not (n >= 0 if allow_zero else n > 0):
+        raise ScenarioError(f"{where}: size must be {'>= 0' if allow_zero else '> 0'}, got {shown!r}")
+    if n > MAX_BYTES:
+        raise ScenarioError(f"{where}: size {shown!r} is beyond 1 EiB, more than any machine holds (check the unit)")
+    if not whole:
+        return n
     if n != int(n):
-        raise ScenarioError(f"{where}: size {value!r} is not a whole number of bytes")
+        raise ScenarioError(f"{where}: size {shown!r} is not a whole number of bytes")
     return int(n)
 
 
@@ -51,9 +72,26 @@ def parse_seconds(value: object, where: str = "time") -> float:
         t = float(m[1]) * _TIME_UNITS[m[2].lower()]
     else:
         raise ScenarioError(f"{where}: expected a time, got {value!r}")
-    if t < 0 or t != t:
-        raise ScenarioError(f"{where}: time must be >= 0, got {value!r}")
-    return t
+    return check_seconds(t, where, shown=value)
+
+
+def check_seconds(t: float, where: str, *, shown: object = None) -> float:
+    """A duration or start time: finite, >= 0 and at most `MAX_SECONDS`."""
+    shown = t if shown is None else shown
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        raise ScenarioError(f"{where}: expected a time, got {shown!r}")
+    if not math.isfinite(t) or t < 0:
+        raise ScenarioError(f"{where}: time must be a finite number >= 0, got {shown!r}")
+    if t > MAX_SECONDS:
+        raise ScenarioError(f"{where}: time {shown!r} is beyond 10^9 s (31 years); check the unit")
+    return float(t)
+
+
+def check_positive(x: float, where: str) -> float:
+    """A rate, weight or other factor: a finite number > 0."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not (0 < x < math.inf):
+        raise ScenarioError(f"{where}: expected a finite number > 0, got {x!r}")
+    return float(x)
 
 
 def format_bytes(n: float) -> str:

@@ -20,16 +20,13 @@ from pathlib import Path
 from fabricsim.harness.store import ResultsStore, StoreError, make_row
 from fabricsim.harness.study import Figure, Grid, PointContext, Study, point_id
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.topology import nearest_host
 from fabricsim.simcore import Simulation
 
 GPUS = {"h100-1": 1, "h200-2": 2, "hgx-h200-8": 8}
 SIZES = [1024 * 4**k for k in range(1, 11)]  # 4 KiB, 16 KiB, ..., 1 GiB
 
 
-def _nearest_host(topo, gpu: str) -> str:
-    """The host socket whose pinned memory is closest to `gpu` (what a NUMA-aware loader would use)."""
-    hosts = [e for e in topo.endpoints() if e.startswith("host")]
-    return min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))
 
 
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
@@ -38,7 +35,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     sim = Simulation(topo)
     gpus = topo.gpus()[: point["fanout"]]
     for i, gpu in enumerate(gpus):
-        host = _nearest_host(topo, gpu)
+        host = nearest_host(topo, gpu)
         src, dst = (host, gpu) if point["direction"] == "h2d" else (gpu, host)
         sim.transfer(f"copy{i}", src, dst, point["size_bytes"], tag=point["direction"])
     result = sim.run()

@@ -181,3 +181,36 @@ def test_fabricsim_runs_with_other_packages_named_kernels_and_validate(tmp_path:
     # the last line imports the stub on purpose: it must be the other package, not ours
     assert "the other kernels package" in res.stderr, res.stderr[-2000:]
     assert '"makespan_s"' in res.stdout
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_has_one_name_and_runs_the_bundled_study(tmp_path: Path) -> None:
+    """`pip install .` (not editable) run from an empty folder: the wheel installs `fabricsim` alone, ships
+    the studies and profiles, and `fabricsim sweep weight_sync` works there (it once said 'no study named')."""
+    import importlib.metadata
+
+    isolation = [] if int(importlib.metadata.version("setuptools").split(".")[0]) < 77 else ["--no-build-isolation"]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, str(ROOT), "-w", str(wheels)],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = wheels.glob("fabricsim-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    top = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("top_level.txt"))).decode().split()
+    assert top == ["fabricsim"]
+    assert {n.split("/")[0] for n in names} == {"fabricsim", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert "fabricsim/studies/weight_sync.py" in names and "fabricsim/hwmodels/profiles/h200x2.json" in names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", "import fabricsim.simcore as s; print(s.__file__)"], cwd=empty,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.startswith(str(site)), res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "fabricsim.cli", "sweep", "weight_sync", "--limit", "2"], cwd=empty,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert list((empty / "results" / "weight_sync").glob("*.parquet"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -214,7 +215,7 @@ def test_unreachable_ray_address_fails_fast(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_unknown_trace_point_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--trace", "ffff0000")
+    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--perfetto-point", "ffff0000")
     assert code == 2 and "no point with id" in err
 
 
@@ -235,7 +236,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and "toy" in out and "36" in out
     code, out, err = _cli(capsys, "results", "show", "toy", "--metric", "y")
     assert code == 0 and "y [s]" in out and "1 failed point" in err
-    assert len(out.strip().splitlines()) == 1 + 35
+    assert len(out.strip().splitlines()) == 1 + 35 + 1  # the header, the 35 good points, "all rows: ..."
     code, out, _ = _cli(capsys, "results", "show", "toy", "--failed")
     assert "ValueError: three is bad" in out
     code, out, _ = _cli(capsys, "results", "show", "toy", "--csv")
@@ -249,7 +250,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "plots" / "toy" / "y.svg").read_text().lstrip().startswith("<?xml")
 
     pid = load_study(study).points()[0][0]
-    code, out, _ = _cli(capsys, "sweep", study, "--trace", pid)
+    code, out, _ = _cli(capsys, "sweep", study, "--perfetto-point", pid)
     assert code == 0 and (tmp_path / "traces" / f"toy-{pid}.json").exists() and "y = 0 s" in out
 
 
@@ -354,8 +355,9 @@ def test_progress_line_shows_rate_eta_and_failures(tmp_path: Path) -> None:
 
     buf = io.StringIO()
     run_sweep(toy_study(tmp_path), store=tmp_path / "s", workers=1, stream=buf)
-    last = buf.getvalue().strip().splitlines()[-1]
+    last = buf.getvalue().strip().replace("\r", "\n").splitlines()[-1]
     assert last.startswith("toy [" + "#" * 24 + "] 36/36") and "pt/s" in last and "failed 1" in last
+    assert "ETA" in last
 
 
 def test_chunk_sizer_follows_point_cost() -> None:
@@ -385,3 +387,73 @@ def test_resume_says_how_many_skipped_points_are_stored_failures(tmp_path: Path,
     code, out, _ = _cli(capsys, "sweep", str(study), "--workers", "1", "--quiet", "--store", store, "--resume",
                         "--retry-failed")
     assert code == 1 and "ran 1 points (1 failed, 35 already in the store) " in out
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_the_sweep_takes_its_workers_with_it(tmp_path: Path) -> None:
+    """`kill -9` runs no cleanup in the driver: the workers must notice by themselves, and release the pipes
+    they share with the terminal so that `fabricsim sweep ... | cat` ends."""
+    study = toy_study(tmp_path, n=400, sleep=0.05)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--store", str(tmp_path / "s")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            workers = _children(proc.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the sweep never started its workers"
+        time.sleep(0.5)  # let them take work
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        survivors = [w for w in workers if _alive(w)]
+        assert not survivors, f"workers {survivors} outlived a SIGKILLed sweep"
+        proc.stdout.read()  # end of file: no process holds the pipe any more (would hang otherwise)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_interrupt_hint_keeps_the_options(tmp_path: Path) -> None:
+    from fabricsim.harness.cli import _resume_command
+    from fabricsim.harness.cli import argparse as _argparse
+
+    args = _argparse.Namespace(study="weight_sync", store="my store", backend="local", address=None, workers=3,
+                               retry_failed=False, quiet=True)
+    assert _resume_command(args) == "fabricsim sweep weight_sync --store 'my store' --workers 3 --resume --quiet"
+
+
+def test_retry_failed_without_resume_and_limit_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study = str(toy_study(tmp_path))
+    store = tmp_path / "s"
+    code, out, err = _cli(capsys, "sweep", study, "--store", str(store), "--retry-failed")
+    assert code == 2 and "--retry-failed" in err and "--resume" in err and not store.exists()
+    code, out, err = _cli(capsys, "sweep", study, "--store", str(store), "--limit", "0")
+    assert code == 0 and "ran 0 points" in out and "results:" not in out and not (store / "toy").exists()

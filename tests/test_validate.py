@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams
+from fabricsim.simcore.collectives import ring_schedule
 from fabricsim.simcore.scenario import load_scenario, parse_scenario
 from fabricsim.validate import cli
-from fabricsim.validate.cases import CALIBRATION, HELD_OUT, build_cases, nccl_transfers, to_scenario
+from fabricsim.validate.cases import CALIBRATION, HELD_OUT, build_cases, to_scenario
 from fabricsim.validate.errors import MeasurementError, ValidateRunError
 from fabricsim.validate.fit.calibrate import calibrate, fit_path
 from fabricsim.validate.fit.report import compare, report, summarise
@@ -50,11 +51,12 @@ def test_cases_cover_both_splits_and_are_valid_scenarios(n_gpus: int) -> None:
 
 def test_nccl_ring_moves_the_bytes_a_ring_must_move() -> None:
     n, size = 4, 64 * MiB
-    bc = nccl_transfers("broadcast", size, n)
+    ring = [f"gpu{i}" for i in range(n)]
+    bc = ring_schedule("broadcast", size, ring)
     assert len(bc) == n - 1 and all(t["bytes"] == size for t in bc)
-    ag = nccl_transfers("all_gather", size, n)
+    ag = ring_schedule("all_gather", size, ring)
     assert sum(t["bytes"] for t in ag) == n * size * (n - 1) // n
-    ar = nccl_transfers("all_reduce", size, n)
+    ar = ring_schedule("all_reduce", size, ring)
     assert sum(t["bytes"] for t in ar) == 2 * n * size * (n - 1) // n
     assert all(t.get("after") for t in ar if t["id"].startswith("ag"))
 

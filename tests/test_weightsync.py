@@ -173,7 +173,7 @@ def test_infeasible_configurations_are_reported_not_run() -> None:
     assert not res.feasible and "does not fit" in res.reason
     huge_bucket = simulate_sync(SETUPS["split"], get("nccl-broadcast", bucket_bytes=200 * 2**30))
     assert not huge_bucket.feasible and "HBM" in huge_bucket.reason
-    assert huge_bucket.metrics()["feasible"] == (0.0, "")
+    assert huge_bucket.metrics()["feasible"] == 0.0 and huge_bucket.units()["feasible"] == ""
 
 
 def test_bad_input_raises_typed_errors() -> None:
@@ -365,3 +365,49 @@ def test_calibrated_ipc_costs_replace_the_estimate() -> None:
     assert strat.handle_cost(cal, b) == pytest.approx(fitted["open"].cost(b) + fitted["close"].cost(b)
                                                       + strat.knobs.ipc_message_s)
     assert strat.handle_cost(raw, b) == strat.knobs.ipc_handle_s
+
+
+def test_the_decode_batch_kv_counts_against_hbm(capsys) -> None:
+    """Llama-3-70B at TP1 on one H200 holds its 131 GiB of weights but not the KV of 64 x 4096 tokens (80 GiB),
+    let alone 1024 x 32768 (10 TiB): such a layout cannot generate, so its sync is infeasible, and says why."""
+    import json
+
+    model = models.get("Llama-3-70B")
+    tp1 = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    res = simulate_sync(tp1, get("nccl-broadcast"))
+    assert not res.feasible and "KV cache" in res.reason and "batch 64 x 4096" in res.reason
+    tp2 = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=2))
+    assert simulate_sync(tp2, get("nccl-broadcast")).feasible
+    huge = SyncSetup(HGX, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=2),
+                     decode=DecodeBatch(batch=1024, context=32768))
+    assert not simulate_sync(huge, get("nccl-broadcast")).feasible
+    zero_copy = simulate_sync(huge, get("shared-pool:zero-copy"))  # no local weights, still the KV
+    assert not zero_copy.feasible and "KV cache" in zero_copy.reason
+    assert _sync_cli(["Llama-3-70B", "nccl-broadcast", "--tp", "2", "--batch", "1024", "--context", "32768",
+                      "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False and "5120.0 GiB of KV cache" in out["reason"]
+    # the KV reserve held during the sync is on the CLI too
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--kv-reserve", "0.95", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False and "95% reserve" in out["reason"]
+
+
+def test_results_give_plain_numbers_and_a_dataframe() -> None:
+    from fabricsim import FabricsimError as Root
+    from fabricsim.errors import FabricsimError as Same
+    from fabricsim.workloads.requests import poisson_requests
+    from fabricsim.workloads.serving import serve
+
+    assert Root is Same and issubclass(WorkloadError, Root)
+    sync = simulate_sync(SETUPS["split"], get("nccl-broadcast"))
+    serving = serve("h100-1", poisson_requests(10, 8, prompt_tokens=100, output_tokens=8), "hbm-only")
+    for res in (sync, serving):
+        m = res.metrics()
+        assert all(type(v) in (float, int) for v in m.values()), {k: type(v) for k, v in m.items()}
+        df = res.to_dataframe()
+        assert list(df.columns) == ["metric", "value", "unit"] and list(df["metric"]) == list(m)
+        assert res.units().keys() == m.keys()
+    assert type(sync.metrics()["flow_events"]) is int
+    assert type(serving.metrics()["host_kv_peak_bytes"]) is int and type(serving.metrics()["steps"]) is int
+    assert type(sync.metrics()["sync_s"]) is float

@@ -193,26 +193,6 @@ def build_cases(n_gpus: int, suite: str = "full", *, sm_copies: bool = True) -> 
     return cases
 
 
-def nccl_transfers(op: str, nbytes: int, n_gpus: int) -> list[dict[str, Any]]:
-    """The ring schedule NCCL uses, as transfers: what the fluid model sees of a collective.
-
-    Sizes are NCCL-tests' convention: the buffer every rank ends up with. Ring broadcast pipelines the
-    whole buffer along the ring; ring all-gather sends (n-1)/n of it per rank over each ring link; ring
-    all-reduce is a reduce-scatter then an all-gather, each (n-1)/n of the buffer per link.
-    """
-    gpus = [f"gpu{i}" for i in range(n_gpus)]
-    ring = list(zip(gpus, gpus[1:] + gpus[:1], strict=True))
-    if op == "broadcast":
-        return [{"id": f"r{i}", "src": a, "dst": b, "bytes": nbytes} for i, (a, b) in enumerate(ring[:-1])]
-    share = nbytes * (n_gpus - 1) // n_gpus
-    if op == "all_gather":
-        return [{"id": f"r{i}", "src": a, "dst": b, "bytes": share} for i, (a, b) in enumerate(ring)]
-    if op == "all_reduce":
-        rs = [{"id": f"rs{i}", "src": a, "dst": b, "bytes": share} for i, (a, b) in enumerate(ring)]
-        ag = [{"id": f"ag{i}", "src": a, "dst": b, "bytes": share, "after": [r["id"] for r in rs]}
-              for i, (a, b) in enumerate(ring)]
-        return rs + ag
-    raise ValueError(f"unknown collective {op!r}")
 
 
 def to_scenario(case: Case, topology: str, n_gpus: int) -> dict[str, Any] | None:
@@ -220,8 +200,9 @@ def to_scenario(case: Case, topology: str, n_gpus: int) -> dict[str, Any] | None
     if case.group == "ipc":
         return None
     if case.group == "nccl":
-        transfers = [{**t, "tag": f"nccl-{case.op}"} for t in nccl_transfers(case.op, case.bytes, n_gpus)]
-        return {"name": case.id, "topology": topology, "calibration": None, "transfers": transfers}
+        # The collective as one call: the engine expands it into NCCL's ring schedule (simcore.collectives).
+        call = {"id": case.id, "op": case.op, "gpus": [f"gpu{i}" for i in range(n_gpus)], "bytes": case.bytes}
+        return {"name": case.id, "topology": topology, "calibration": None, "collectives": [call]}
     transfers = [{"id": x.id, "src": x.src, "dst": x.dst, "bytes": x.bytes, "tag": x.mech} for x in case.xfers]
     out: dict[str, Any] = {"name": case.id, "topology": topology, "calibration": None, "transfers": transfers}
     if case.kernels:

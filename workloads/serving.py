@@ -37,14 +37,16 @@ import pandas as pd
 import simpy
 
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
+from fabricsim.hwmodels.topology import Topology, nearest_host, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
+from fabricsim.simcore.collectives import fitted
 from fabricsim.simcore.records import Result
 
 from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
 from .kvsize import KVConfigError, KVLayout
+from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
 from .requests import Request
@@ -65,6 +67,8 @@ class ServingConfig:
     kv_budget_bytes: KV memory per GPU; None = gpu_memory_utilization x HBM - weights - activation reserve.
     token_budget: tokens per step (decode tokens + prefill chunk), as in chunked prefill (Sarathi, vLLM).
     gpus: which GPUs the instances use, in order (default: the topology's first tp x instances GPUs).
+    allreduce_latency_s: fixed cost of one tensor-parallel all-reduce call where the topology has no fitted
+    `all_reduce` (a calibrated machine's fitted fixed cost and bus bandwidth replace it: simcore.collectives).
     """
 
     model: str | ModelConfig = "Llama-3-8B"
@@ -121,13 +125,6 @@ class ServingConfig:
         return get_model(self.model, dtype=self.weight_dtype)
 
 
-def nearest_host(topo: Topology, gpu: str) -> str:
-    """The host socket closest to `gpu` (what a NUMA-aware allocator pins KV buffers on)."""
-    prefix = gpu.rsplit(".", 1)[0] + "." if "." in gpu else ""
-    hosts = [e for e in topo.endpoints() if topo.kind(e) == "host" and e.startswith(prefix)]
-    if not hosts:
-        raise ServingError(f"no host memory reachable near {gpu} in topology '{topo.name}'")
-    return min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))
 
 
 class Instance:
@@ -161,6 +158,7 @@ class Instance:
             topo = self.sim.topology
             self.ring_latency_s = topo.path(self.gpus[0], self.gpus[1]).latency_s
             self.ring_Bps = path_bandwidth_Bps(topo, self.gpus[0], self.gpus[1])
+            self.allreduce = fitted(topo, "all_reduce")
         if budget + self.weight_bytes_per_gpu > spec.hbm_bytes:
             raise InfeasibleError(f"KV budget {budget / GiB:.1f} GiB + weights "
                                   f"{self.weight_bytes_per_gpu / GiB:.1f} GiB per GPU exceed the "
@@ -262,7 +260,7 @@ class Instance:
                     seq.prefilled = seq.kv_tokens = skip
                 if fetch > 0:
                     yield self.move_all("h2d", fetch, fetch / self.layout.page_bytes, "kv-prefix-fetch")
-            self._record_memory()
+            self.record_memory()
 
     def _plan(self) -> list[StepItem]:
         budget = self.cfg.token_budget
@@ -298,10 +296,10 @@ class Instance:
         if self.cfg.preemption == "swap" and seq.kv_tokens > 0:
             nbytes = self.policy.hbm_bytes(seq, seq.kv_tokens)
             seq.swapped_bytes = nbytes
-            self._record_memory()
+            self.record_memory()
             yield self.move_all("d2h", nbytes, self.layout.page_copies(seq.kv_tokens), "kv-swap-out")
             self.swapped.appendleft(seq)
-            self._record_memory()
+            self.record_memory()
         else:
             self.policy.release(seq)
             if not seq.prefilling:
@@ -312,7 +310,7 @@ class Instance:
             seq.shared_tokens = seq.compressed_src = 0
             seq.shared_key = None
             self.waiting.appendleft(seq)
-            self._record_memory()
+            self.record_memory()
 
     # ---- one step ---------------------------------------------------------------------------------------
     def _work(self, items: list[StepItem], offset: float = 0.0) -> StepWork:
@@ -337,12 +335,24 @@ class Instance:
         tp = self.cfg.tp
         return 2.0 * (tp - 1) / tp * tokens * self.model.hidden_size * 2.0 * 2 * layers
 
+    def _allreduce_call(self, tokens: float) -> tuple[float, float | None]:
+        """(fixed cost, rate cap of a ring transfer) of one TP all-reduce of `tokens` tokens' activations: the
+        machine's fitted `all_reduce` where it has one, else `allreduce_latency_s` and the links alone."""
+        if self.allreduce is None:
+            return self.cfg.allreduce_latency_s, None
+        # one ring phase's transfer (as validate's ring schedule has it): (tp-1)/tp of the activations; a layer
+        # makes two calls of two phases each, which is how `_ring_bytes` counts
+        call_ring_bytes = self._ring_bytes(tokens, 1) / 4
+        return self.allreduce.fixed_s, self.allreduce.rate_cap(call_ring_bytes)
+
     def _fixed_step_s(self, tokens: int) -> float:
         """Per-step time outside the roofline task: overhead, and with TP the all-reduce ring after it."""
         t = self.cfg.step_overhead_s
         if self.cfg.tp > 1:
-            t += (2 * self.model.num_layers * self.cfg.allreduce_latency_s + self.ring_latency_s
-                  + self._ring_bytes(tokens, self.model.num_layers) / self.ring_Bps)
+            fixed, cap = self._allreduce_call(tokens)
+            rate = self.ring_Bps if cap is None else min(self.ring_Bps, cap)
+            t += (2 * self.model.num_layers * fixed + self.ring_latency_s
+                  + self._ring_bytes(tokens, self.model.num_layers) / rate)
         return t
 
     def _run_length(self, items: list[StepItem], w0: StepWork, w1: StepWork) -> int:
@@ -438,7 +448,7 @@ class Instance:
                     self.running.remove(s)
                     self.handoff.append(s)
                     self.sim.process(self._hand_off(s, pushed))
-        self._record_memory()
+        self.record_memory()
 
     def _finish(self, s: Seq) -> None:
         s.finish_s = self.sim.now
@@ -452,7 +462,7 @@ class Instance:
             yield pushed
         s.kv_ready_s = self.sim.now
         self.handoff.remove(s)
-        self._record_memory()
+        self.record_memory()
         self.notify()
         s.decode_instance.submit(s)
 
@@ -497,9 +507,10 @@ class Instance:
                                             nbytes / G / self.layout.page_bytes, [c], "kv-push"))
             if tp > 1:
                 # A merged run of `steps` decode steps pays every step's all-reduce latencies and path latency.
-                fixed = 2 * layers * cfg.allreduce_latency_s * steps + (steps - 1) * self.ring_latency_s
+                call_fixed, cap = self._allreduce_call(tokens / steps)
+                fixed = 2 * layers * call_fixed * steps + (steps - 1) * self.ring_latency_s
                 ring = [sim.transfer(None, self.gpus[i], self.gpus[(i + 1) % tp],
-                                     self._ring_bytes(tokens / steps, layers) * steps,
+                                     self._ring_bytes(tokens / steps, layers) * steps, rate_cap_Bps=cap,
                                      after=[computes[i][-1]], fixed_cost_s=fixed, tag="tp-allreduce")
                         for i in range(tp)]
                 prev = [ring] * tp
@@ -546,6 +557,10 @@ class Instance:
             evs.append(self.move(src, dst, nbytes_per_gpu, copies, after, tag))
         return self.sim.env.all_of(evs)
 
+    @property
+    def layer_groups(self) -> int:
+        return self.cfg.layer_groups
+
     def run_background(self, flops: float, hbm_bytes: float, tag: str) -> simpy.Event:
         """A kernel on every GPU of the instance that runs beside the steps (e.g. compression)."""
         evs = [self.sim.task(None, g, flops=flops, hbm_bytes=hbm_bytes, dtype=self.cfg.compute_dtype, tag=tag)
@@ -557,7 +572,7 @@ class Instance:
         return (sum(self.policy.host_bytes(s, s.kv_tokens) for s in self.running)
                 + sum(s.swapped_bytes for s in self.swapped) + self.policy.host_shared_bytes())
 
-    def _record_memory(self) -> None:
+    def record_memory(self) -> None:
         """Keep the HBM and host-DRAM pools' allocations in step (their timelines are the occupancy record);
         host memory that runs out raises `OutOfMemory` naming the socket."""
         used = int(self.used_bytes() + self.policy.reserved_bytes())
@@ -699,7 +714,7 @@ def _percentile(x: Sequence[float], q: float) -> float:
 
 
 @dataclass
-class ServingResult:
+class ServingResult(ReportsMetrics):
     """What a serving run produced: per-request timings, the simulation records and derived metrics."""
 
     system: ServingSystem
@@ -804,8 +819,8 @@ class ServingResult:
         side (the part of the layer-by-layer transfer that prefill did not hide)."""
         return np.array([s.kv_ready_s - s.first_token_s for s in self.seqs if not math.isnan(s.kv_ready_s)])
 
-    def metrics(self) -> dict[str, tuple[float, str]]:
-        """The standard metrics, as {name: (value, unit)} (what studies return)."""
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:
+        """The standard metrics, as {name: (value, unit)} (what studies return); `metrics()` gives plain values."""
         ttft, tpot = self.ttft_s, self.tpot_s
         toks = self.output_tokens
         moved = self.bytes_moved()
@@ -841,4 +856,4 @@ class ServingResult:
 
 
 __all__ = ["MECHANISMS", "PREEMPTION_MODES", "Instance", "PolicyError", "ServingConfig", "ServingError",
-           "ServingResult", "ServingSystem", "nearest_host", "serve"]
+           "ServingResult", "ServingSystem", "serve"]

@@ -39,9 +39,11 @@ from typing import Any
 
 from fabricsim.errors import CalibrationError, FabricsimError
 from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams, SoftwareCost
+from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.hwmodels.topology import Topology
-from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case, nccl_transfers
-from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING, PROFILE_FOR
+from fabricsim.simcore.collectives import ring_schedule
+from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
+from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split
 
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
@@ -114,7 +116,7 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
     cal = m.split(CALIBRATION)
     meas = m.measured
     notes: list[str] = []
-    name = PROFILE_FOR.get(m.preset or "", m.preset or "custom")
+    name = DEFAULT_PROFILES.get(m.preset or "", m.preset or "custom")
     date = str(m.doc.get("created_at", ""))[:10].replace("-", "")
     profile = CalibrationProfile(
         id=profile_id or f"{name}-{date or 'undated'}", machine=str(m.machine.get("kind") or m.preset),
@@ -273,7 +275,7 @@ def fit_collective(cases: list[Case], meas: dict[str, Any], topo: Topology) -> C
     large = pts[-1]
 
     def ring_bytes(c: Case) -> int:
-        return max(t["bytes"] for t in nccl_transfers(c.op, c.bytes, n))
+        return max(t["bytes"] for t in ring_schedule(c.op, c.bytes, [f"gpu{i}" for i in range(n)]))
 
     def sim(c: Case, bus: float, fixed: float, eff: tuple[tuple[float, float], ...] = ()) -> float:
         return simulate_case(c, topo, {op: CollectiveParams(bus, fixed, eff)}).makespan_s

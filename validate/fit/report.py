@@ -29,8 +29,8 @@ import pandas as pd
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
+from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
-from fabricsim.validate.gpu.measure import PROFILE_FOR
 from fabricsim.validate.measurements import Measurements, load_measurements, with_split, write_json_atomic
 
 from .simulate import (
@@ -74,7 +74,7 @@ def _modelled(pattern: str) -> bool:
 
 def resolve_profile(m: Measurements, profile: str | Path | None) -> CalibrationProfile:
     if profile is None:
-        name = PROFILE_FOR.get(m.preset or "")
+        name = DEFAULT_PROFILES.get(m.preset or "")
         path = bundled_profile_path(name) if name else None
         if path is None or not path.exists():
             raise CalibrationError(f"no bundled profile for preset '{m.preset}'; pass --profile "
@@ -343,7 +343,10 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:  # name the user's path, not the temporary folder beside it
+            raise type(exc)(exc.errno, f"cannot write the report there ({exc.strerror})", str(out)) from None
         df.to_csv(tmp / "errors.csv", index=False)
         fdf.to_csv(tmp / "finish_errors.csv", index=False)
         (tmp / "report.md").write_text(render_markdown(m, profile, df, fdf, summary))
@@ -363,12 +366,18 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     return summary
 
 
+def default_report_dir(measured: str | Path) -> Path:
+    """Where `report` writes without --out: a `report` folder beside the measurements file."""
+    path = Path(measured)
+    return (path if path.is_dir() else path.parent) / "report"
+
+
 def report_file(measured: str | Path, *, profile: str | Path | None = None, out: str | Path | None = None,
                 store: str | Path | None = "", split: str = "current") -> str:
     """CLI body: returns the one-paragraph summary printed on stdout."""
     m = load_measurements(measured)
     p = resolve_profile(m, profile)
-    out = Path(out) if out else Path(m.source).parent / "report"
+    out = Path(out) if out else default_report_dir(measured)
     s = report(m, p, out, store, split)
     h = s[HELD_OUT]["modelled"]
     return (f"report written to {out}: held-out (modelled) makespan abs(err) median {_pct(h['median'])}, "

@@ -1,13 +1,14 @@
 """Simulate a measured case on a topology: the one place calibrate and report turn cases into predictions.
 
 A case is simulated from its scenario (the DESIGN.md file validate wrote beside the measurement), on a
-topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL
-transfers (tag `nccl-OP`) additionally pay the collective's fitted fixed cost and bus-bandwidth ceiling,
-from the profile's `collectives[OP]` (see `hwmodels.calibration.CollectiveParams`).
+topology object rather than a preset name, so calibration can try candidate profiles in memory. NCCL cases
+are scenario `collectives:` calls, simulated by the engine's one collective model (`simcore.collectives`)
+with the fitted `collectives[OP]` of the topology or of the candidate parameters passed in.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,6 @@ from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import CalibrationProfile, CollectiveParams
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore.scenario import parse_scenario
-from fabricsim.simcore.simulation import Simulation
 from fabricsim.validate.cases import Case, to_scenario
 from fabricsim.validate.measurements import Measurements
 
@@ -62,28 +62,14 @@ def simulate_case(case: Case, topo: Topology, collectives: Collectives | None = 
 
 
 def simulate_scenario(scen: dict[str, Any], topo: Topology, collectives: Collectives | None = None) -> Prediction:
-    parsed = parse_scenario(scen, source=str(scen.get("name", "case")))
-    sim = Simulation(topo, record_load=False)
-    collectives = collectives or {}
-    for it in parsed.items:
-        if it["_kind"] == "transfer":
-            fixed, cap = it.get("fixed_cost_s", 0.0), it.get("rate_cap_Bps")
-            tag = str(it.get("tag") or "")
-            params = collectives.get(tag[5:]) if tag.startswith("nccl-") else None
-            if params is not None:
-                # One kernel launch per collective: only the first ring phase pays the fixed cost.
-                if not it["after"]:
-                    fixed += params.fixed_s
-                ring = params.rate_cap(it["bytes"])
-                cap = ring if cap is None else min(cap, ring)
-            sim.transfer(it["id"], it["src"], it["dst"], it["bytes"], start=it["start"], after=it["after"],
-                         rate_cap_Bps=cap, fixed_cost_s=fixed, tag=it.get("tag"))
-        else:
-            sim.task(it["id"], it["gpu"], flops=it["flops"], hbm_bytes=it["bytes"], dtype=it["dtype"],
-                     start=it["start"], after=it["after"], tag=it.get("tag"))
+    """`collectives` replaces the topology's fitted collectives (calibrate tries candidates this way)."""
+    if collectives is not None:
+        topo = copy.copy(topo)
+        topo.collectives = dict(collectives)
+    sim = parse_scenario(scen, source=str(scen.get("name", "case"))).build(topology=topo, record_load=False)
     res = sim.run()
-    return Prediction(res.makespan_s, {r.id: r.finish_s for r in res.records},
-                      {r.id: r.begin_s for r in res.records})
+    copies = [r for r in res.records if r.kind != "delay"]  # a collective's end marker is no copy
+    return Prediction(res.makespan_s, {r.id: r.finish_s for r in copies}, {r.id: r.begin_s for r in copies})
 
 
 def distinct_engines(case: Case) -> bool:

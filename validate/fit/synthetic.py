@@ -11,8 +11,8 @@ from typing import Any
 
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import CalibrationProfile
+from fabricsim.hwmodels.presets import PRESET_FOR
 from fabricsim.validate.cases import build_cases, to_scenario
-from fabricsim.validate.gpu.measure import PRESET_FOR
 from fabricsim.validate.measurements import FORMAT, FORMAT_VERSION, case_to_dict, check_document
 
 from .simulate import collective_params, simulate_case

@@ -21,18 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from fabricsim.hwmodels.presets import PRESET_FOR
 from fabricsim.validate.cases import SUITES, Case, build_cases, to_scenario
 from fabricsim.validate.errors import ValidateRunError
 from fabricsim.validate.measurements import FORMAT, FORMAT_VERSION, case_to_dict, check_document, write_json_atomic
 
-# Machines we have presets for: (GPU model, GPU count) -> preset name.
-PRESET_FOR = {
-    ("H100", 1): "h100-1", ("H200", 1): "h200-1", ("H200", 2): "h200-2", ("H200", 8): "hgx-h200-8",
-    ("H100", 8): "hgx-h100-8",
-}
-PROFILE_FOR = {
-    "h100-1": "h100x1", "h200-1": "h200x1", "h200-2": "h200x2", "hgx-h200-8": "h200x8", "hgx-h100-8": "h100x8",
-}
 GROUP_ORDER = {"copies": 0, "nccl": 1, "ipc": 2}
 # How IPC close is timed; files without this setting timed it with a garbage collection inside (not comparable).
 IPC_CLOSE_TIMING = "unmap-only"

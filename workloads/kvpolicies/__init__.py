@@ -19,9 +19,9 @@
 
 from __future__ import annotations
 
-from .base import KVPolicy, Seq, StepItem, StepWork
+from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
 from .params import PolicyError, check_fraction, check_positive
 from .registry import POLICIES, make_policy, names
 
-__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "StepItem", "StepWork", "check_fraction",
+__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "ServingInstance", "StepItem", "StepWork", "check_fraction",
            "check_positive", "make_policy", "names"]

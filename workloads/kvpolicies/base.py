@@ -16,12 +16,15 @@ Sizes come from the instance's `KVLayout`; a policy never does its own byte arit
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..requests import Request
 
 if TYPE_CHECKING:
+    import simpy
+
     from ..kvsize import KVLayout
 
 
@@ -92,6 +95,34 @@ class StepItem:
     new: int
 
 
+
+class ServingInstance(Protocol):
+    """What a policy may use of the serving instance it is bound to: the seam between the serving loop
+    (`workloads.serving.Instance`, which satisfies it) and the policies, typed so neither reaches into the
+    other's internals."""
+
+    layout: KVLayout
+    kv_budget_total: float  # KV bytes per GPU before any policy reserve
+    running: list[Seq]      # sequences in the running batch
+
+    @property
+    def layer_groups(self) -> int:
+        """Layer groups a step's host fetches are split into (the config's `layer_groups`)."""
+        ...
+
+    def move_all(self, direction: str, nbytes_per_gpu: float, copies: float, tag: str,
+                 after: Iterable[simpy.Event] = ()) -> simpy.Event:
+        """The same copy on every GPU of the instance, to ('d2h') or from ('h2d') its nearest host."""
+        ...
+
+    def run_background(self, flops: float, hbm_bytes: float, tag: str) -> simpy.Event:
+        """A kernel on every GPU of the instance beside the decode steps (e.g. compression)."""
+        ...
+
+    def record_memory(self) -> None:
+        """Bring the instance's memory accounting up to date after the policy changed what it holds."""
+        ...
+
 class KVPolicy:
     """Base policy = `hbm-only`: every sequence's KV lives in HBM; preemption swaps or recomputes."""
 
@@ -103,11 +134,11 @@ class KVPolicy:
 
     def __init__(self, **params: Any) -> None:
         if params:
-            from . import PolicyError
+            from .params import PolicyError
 
             raise PolicyError(f"policy '{self.name}' takes no parameter(s) {', '.join(sorted(params))}")
 
-    def bind(self, instance: Any) -> None:
+    def bind(self, instance: ServingInstance) -> None:
         """Called once per serving instance before the run (a policy object serves one instance)."""
         self.instance = instance
         self.layout: KVLayout = instance.layout

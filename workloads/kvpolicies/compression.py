@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import KVPolicy, Seq, StepItem, StepWork
+from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
 from .params import check_fraction, check_positive
 
 
@@ -81,7 +81,7 @@ class AsyncCompression(KVPolicy):
         self.flops_per_token = flops_per_token
         self.jobs = 0
 
-    def bind(self, instance: Any) -> None:
+    def bind(self, instance: ServingInstance) -> None:
         super().bind(instance)
         if self.flops_per_token is None:
             # A light learned projection per cached element (order of a small MLP over K and V): 64 FLOPs each.
@@ -119,7 +119,7 @@ class AsyncCompression(KVPolicy):
         s.compressing = False
         if s.preemptions == epoch and math.isnan(s.finish_s):  # not preempted or finished meanwhile
             s.compressed_src += n
-            self.instance._record_memory()
+            self.instance.record_memory()
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, "ratio": self.ratio, "trigger_tokens": self.trigger,

@@ -24,7 +24,7 @@ class HostOffload(KVPolicy):
 
     def _buffer_fraction(self) -> float:
         """Share of a sequence's KV resident in HBM: the groups being computed and prefetched."""
-        groups = min(self.instance.cfg.layer_groups, self.layout.model.num_layers)
+        groups = min(self.instance.layer_groups, self.layout.model.num_layers)
         return min(1.0, (self.prefetch_depth + 1) / groups)
 
     def hbm_bytes(self, seq: Seq, kv_tokens: int) -> float:

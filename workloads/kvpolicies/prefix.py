@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .base import KVPolicy, Seq, StepItem, StepWork
+from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
 from .params import PolicyError, check_positive
 
 READ_MODES = ("per-batch", "per-sequence")
@@ -41,7 +41,7 @@ class PrefixSharing(KVPolicy):
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
 
-    def bind(self, instance: Any) -> None:
+    def bind(self, instance: ServingInstance) -> None:
         super().bind(instance)
         self.capacity = self.cache_fraction * instance.kv_budget_total
 

@@ -19,20 +19,21 @@ Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x1
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import simpy
 
-from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
-from fabricsim.simcore.units import parse_bytes
 
-from ..decode import DecodeBatch, step_cost
+from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
+from ..keyvalue import coerce_all, settings_of
+from ..metrics_out import ReportsMetrics
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
 
@@ -44,6 +45,8 @@ class SyncSetup:
     rollout_dtype: weight dtype of the engines (None = the model's); 'fp8' adds a conversion.
     trainer_bytes_per_param: trainer-side bytes per parameter resident on its GPUs during the sync (2 = bf16
       parameter shards only, optimizer state offloaded to the host, as colocated verl / slime setups do).
+    decode: the batch each engine decodes between syncs; its KV cache and working space must fit beside the
+      weights on every rollout GPU (a layout that cannot hold them cannot generate, whatever the sync costs).
     kv_reserve_fraction: HBM fraction of each rollout GPU held by the engine's KV cache during the sync (0 when
       engines release it, as colocated "sleep mode" does; vLLM's default claim is 0.9 of HBM).
     train_step_s: training step length, for staleness of asynchronous modes.
@@ -70,6 +73,16 @@ class SyncSetup:
 
     def hbm_bytes(self, gpu: str) -> int:
         return self.topology.gpu(gpu).hbm_bytes
+
+    def decode_kv_bytes(self) -> float:
+        """KV cache of the decode batch on each rollout GPU (its TP share, or the whole latent cache for MLA)."""
+        return decode_work(self.model, self.decode, self.rollout.tp).kv_bytes
+
+    def decode_workspace_bytes(self) -> float:
+        """Activations' working space of one decode step per rollout GPU: fp32 logits over the vocabulary shard
+        plus a few bf16 hidden-size buffers per sequence (small next to KV, but not nothing at large batches)."""
+        m, b, tp = self.model, self.decode.batch, self.rollout.tp
+        return b * (4.0 * m.vocab_size / tp + 2.0 * 4 * m.hidden_size + 2.0 * m.intermediate_size / tp)
 
 
 # ---- transforms -----------------------------------------------------------------------------------------
@@ -108,7 +121,7 @@ def delta_encoding(changed_fraction: float, value_bytes: float = 2.0, index_byte
 
 # ---- results --------------------------------------------------------------------------------------------
 @dataclass
-class SyncResult:
+class SyncResult(ReportsMetrics):
     """Metrics of one sync (see the module docstring). Infeasible configurations carry `feasible=False`, the
     reason, and the memory figures that made them so; nothing was simulated."""
 
@@ -131,8 +144,8 @@ class SyncResult:
     flow_events: int = 0
     sim_result: Any = field(default=None, repr=False)
 
-    def metrics(self) -> dict[str, tuple[float, str]]:
-        """Flat {metric: (value, unit)} for the study contract."""
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:
+        """Flat {metric: (value, unit)} for the study contract; `metrics()` gives plain values."""
         out = {
             "feasible": (1.0 if self.feasible else 0.0, ""),
             "peak_extra_GiB": (self.peak_extra_bytes / 2**30, "GiB"),
@@ -146,7 +159,7 @@ class SyncResult:
             out.update({
                 "sync_s": (self.sync_s, "s"), "stall_s": (self.stall_s, "s"),
                 "staleness_versions": (self.staleness_versions, "versions"),
-                "stale_fraction": (self.stale_fraction, ""), "flow_events": (float(self.flow_events), ""),
+                "stale_fraction": (self.stale_fraction, ""), "flow_events": (self.flow_events, "count"),
             })
             if self.strategy.startswith("shared-pool"):
                 out["read_retries"] = (self.read_retries, "")
@@ -236,51 +249,24 @@ class Knobs:
     """Base of every strategy's cost knobs (frozen dataclass; defaults documented where they are defined)."""
 
     def replace(self, **kw: Any) -> Knobs:
-        names = {f.name for f in fields(self)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise WorkloadError(f"unknown knob(s) {', '.join(bad)} for {type(self).__name__} "
-                                f"(known: {', '.join(sorted(names))})")
+        """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`), then
+        range-checked: counts >= 1, costs >= 0, sizes > 0."""
         owner = type(self).__name__
-        kw = {k: _coerce_knob(owner, k, getattr(self, k), v) for k, v in kw.items()}
-        return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
+        typed = coerce_all(kw, settings_of(type(self)), owner, noun="knob")
+        for name, value in typed.items():
+            _check_knob_range(f"{owner}: {name}", name, value)
+        return dataclasses.replace(self, **typed)
 
 
-def _coerce_knob(owner: str, name: str, default: Any, value: Any) -> Any:
-    """Check a knob against its default's type: true/false for switches, numbers (or sizes such as 512MiB for
-    *_bytes knobs) for costs and sizes, so a typo is an error instead of a silently different run."""
-    where = f"knob {name} of {owner}"
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise WorkloadError(f"{where}: expected true or false, got {value!r}")
-    if isinstance(default, int | float):
-        if isinstance(value, bool):
-            raise WorkloadError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                if not name.endswith("bytes"):
-                    raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
-                try:
-                    value = parse_bytes(value, where)
-                except FabricsimError as exc:
-                    raise WorkloadError(str(exc)) from None
-        if not isinstance(value, int | float) or value != value:
-            raise WorkloadError(f"{where}: expected a number, got {value!r}")
-        if isinstance(default, int):
-            if value != int(value) or value < 1:
-                raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
-            return int(value)
-        if name.endswith("bytes") and not value > 0:
-            raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
-        if not value >= 0:
-            raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
-        return float(value)
-    return value
+def _check_knob_range(where: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, int) and value < 1:
+        raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
+    if name.endswith("bytes") and not value > 0:
+        raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
+    if not value >= 0:
+        raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
 
 
 class Strategy:
@@ -368,6 +354,23 @@ def effective_transforms(setup: SyncSetup, strategy: Strategy) -> tuple[Transfor
     return tuple(strategy.transforms) + extra
 
 
+def _check_decode_fits(setup: SyncSetup, plan: ReshardPlan, resident: dict[str, float],
+                       resident_roll: dict[str, float], label: str) -> None:
+    """Raise `InfeasibleError` when a rollout GPU cannot hold, while it decodes, what is resident on it (its
+    weights, a colocated trainer's shards) plus the decode batch's KV cache and working space."""
+    kv, work = setup.decode_kv_bytes(), setup.decode_workspace_bytes()
+    for g in sorted(set(plan.rollout_gpus)):
+        weights = resident.get(g, 0.0) - setup.kv_reserve_fraction * setup.hbm_bytes(g) if g in resident_roll \
+            else resident.get(g, 0.0)
+        need, cap = weights + kv + work, setup.hbm_bytes(g)
+        if need > cap:
+            d = setup.decode
+            raise InfeasibleError(
+                f"{label}: the decode batch does not fit on {g}: {weights / 2**30:.1f} GiB of weights + "
+                f"{kv / 2**30:.1f} GiB of KV cache (batch {d.batch} x {d.context} tokens, {d.kv_dtype}) + "
+                f"{work / 2**30:.1f} GiB of working space > {cap / 2**30:.1f} GiB HBM")
+
+
 def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
     """Plan, check feasibility, run the strategy's procedure and collect its metrics.
 
@@ -394,6 +397,7 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
                       extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
                       decode_step_local_s=local_step)
     try:
+        _check_decode_fits(setup, plan, resident, resident_roll, label)
         if resident_roll:  # zero-copy engines keep no weights of their own
             check_fits(plan, {g: setup.hbm_bytes(g) for g in plan.rollout_gpus},
                        reserve_fraction=setup.kv_reserve_fraction, bytes_ratio=setup.rollout_ratio,

@@ -1,70 +1,52 @@
 """`fabricsim sync MODEL STRATEGY ...`: simulate one weight sync and print its metrics (or JSON).
 
-GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`.
+GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu0-7`, `node0-63.gpu0-7`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from typing import Any
 
+from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
+from ..keyvalue import Setting, parse_key_values, split_all
 from ..metrics_out import metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
 
-_RANGE = re.compile(r"^(.*?)(\d+)-(\d+)$")
+_MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
 
 
 def parse_gpus(spec: str) -> list[str]:
-    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']."""
-    out: list[str] = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        m = _RANGE.match(item)
-        if m:
-            lo, hi = int(m[2]), int(m[3])
-            if hi < lo:
-                raise WorkloadError(f"GPU range '{item}' runs backwards")
-            out += [f"{m[1]}{i}" for i in range(lo, hi + 1)]
-        else:
-            out.append(item)
-    if not out:
-        raise WorkloadError(f"empty GPU list '{spec}'")
-    return out
+    """'gpu0-3,node2.gpu4' -> ['gpu0', 'gpu1', 'gpu2', 'gpu3', 'node2.gpu4']; 'node0-1.gpu0-7' -> 16 GPUs."""
+    try:
+        return expand_endpoints(spec)
+    except TopologyError as exc:
+        raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
 
 
-def parse_knob(text: str) -> tuple[str, Any]:
-    """'bucket_bytes=1e9' -> ('bucket_bytes', 1e9); numbers and true/false are converted."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise WorkloadError(f"knob '{text}' is not KEY=VALUE")
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
+def _fraction(text: str) -> float:
     try:
-        return key, int(raw)
+        x = float(text)
     except ValueError:
-        pass
-    try:
-        return key, float(raw)
-    except ValueError:
-        return key, raw
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return x
 
 
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
-    degrees = dict(parse_knob(kv) for kv in args.megatron.split(",") if kv)
-    bad = sorted(set(degrees) - {"tp", "pp", "ep"})
-    if bad:
-        raise WorkloadError(f"--megatron takes tp=, pp=, ep= (got {', '.join(bad)})")
-    return MegatronLayout(gpus, **{k: int(v) for k, v in degrees.items()})
+    degrees = parse_key_values([kv for kv in args.megatron.split(",") if kv.strip()], _MEGATRON, "--megatron",
+                               what="--megatron degree", example="tp=2,pp=2")
+    return MegatronLayout(gpus, **degrees)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,12 +60,13 @@ def _run(args: argparse.Namespace) -> int:
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
-                      decode=DecodeBatch(batch=args.batch, context=args.context))
-    strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
-    res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
-    metrics = res.metrics()
-    if args.trace and res.sim_result is not None:
-        res.sim_result.write_trace(args.trace)
+                      decode=DecodeBatch(batch=args.batch, context=args.context),
+                      kv_reserve_fraction=args.kv_reserve)
+    strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    metrics = res.metrics_with_units()
+    if args.perfetto and res.sim_result is not None:
+        res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "metrics": metric_values(metrics)})
@@ -103,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  fabricsim sync --list\n"
                "  fabricsim sync Qwen3-30B-A3B rdma-p2p --trainer gpu0-3 --rollout gpu4-7\n"
                "  fabricsim sync Llama-3-70B nccl-broadcast --topology cluster-4x8 "
-               "--trainer node0.gpu0-7,node1.gpu0-7 --rollout node2.gpu0-7,node3.gpu0-7 --tp 8 --json\n"
+               "--trainer node0-1.gpu0-7 --rollout node2-3.gpu0-7 --tp 8 --json\n"
                "  fabricsim sync Llama-3-8B host-staged --knob bucket_bytes=1e9 --knob include_d2h=false",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="model preset (see --list)")
@@ -119,7 +102,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
     p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
     p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
+    p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
+                        "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from fabricsim.hwmodels.topology import Topology
+from fabricsim.hwmodels.topology import nearest_host
 from fabricsim.simcore.collectives import ring_broadcast, ring_order
 
 from ..errors import InfeasibleError
@@ -41,12 +41,6 @@ class HostStagedKnobs(Knobs):
     max_sim_rounds: int = 12
 
 
-def nearest_host(topo: Topology, gpu: str) -> str:
-    """The host socket of `gpu`'s node reached in the fewest hops (NUMA-local pinned memory)."""
-    node = gpu.rpartition(".")[0]
-    prefix = f"{node}." if node else ""
-    hosts = [e for e in topo.endpoints() if e.startswith(f"{prefix}host")]
-    return min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))
 
 
 class HostStaged(Strategy):

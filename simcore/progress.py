@@ -1,0 +1,47 @@
+"""A progress line on stderr for one long simulation (a 1,024-GPU sync can take a while; silence looks like a hang).
+
+Nothing is printed for runs shorter than `DELAY_S`: the line appears after that much wall time, says how many
+flow events have been processed, the simulated time reached and the flows in flight, and is cleared when the run
+ends. `FABRICSIM_PROGRESS=0` turns it off (sweep workers and scripts that parse stderr); a sweep has its own bar.
+The fluid network calls `tick` every few hundred wake-ups, so the cost is one counter test per event.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+DELAY_S = 2.0
+
+
+def enabled() -> bool:
+    return os.environ.get("FABRICSIM_PROGRESS", "1") not in ("0", "false", "no", "")
+
+
+class Progress:
+    """Shows (after `delay_s` of wall time) and updates one tqdm line; `close()` removes it."""
+
+    def __init__(self, delay_s: float | None = None) -> None:
+        self._t0 = time.monotonic()
+        self._delay = DELAY_S if delay_s is None else delay_s
+        self._bar = None
+        self._shown_events = 0
+
+    def tick(self, now_s: float, events: int, active: int) -> None:
+        if self._bar is None:
+            if time.monotonic() - self._t0 < self._delay:
+                return
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=None, initial=events, desc="fabricsim: simulating", unit=" flow events",
+                             unit_scale=True, file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True)
+            self._shown_events = events
+        self._bar.update(events - self._shown_events)
+        self._shown_events = events
+        self._bar.set_postfix_str(f"simulated {now_s:.4g} s, {active:,} in flight", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

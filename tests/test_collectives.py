@@ -1,0 +1,108 @@
+"""The one collective model (simcore.collectives): ring schedules, fitted parameters, closed forms, and its
+three consumers (scenario files / validate, weight sync's builders, the serving loop's TP all-reduce)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import CollectiveParams
+from fabricsim.simcore import Simulation
+from fabricsim.simcore.collectives import OPS, collective_time, ring_schedule, schedule_collective
+from fabricsim.simcore.errors import ScenarioError
+from fabricsim.simcore.scenario import parse_scenario
+from fabricsim.workloads.models import get
+from fabricsim.workloads.requests import Request
+from fabricsim.workloads.serving import serve
+
+MiB = 1 << 20
+
+
+def _with(topo, **params: CollectiveParams):
+    topo = copy.copy(topo)
+    topo.collectives = dict(params)
+    return topo
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("size", [4 * MiB + 3, 1 << 30])
+@pytest.mark.parametrize("fitted", [False, True])
+def test_a_lone_call_takes_its_closed_form(op: str, n: int, size: int, fitted: bool) -> None:
+    topo = presets.get("hgx-h200-8", calibration=None)
+    if fitted:  # a cap below the links, a size curve and a fixed cost: all three must show in the time
+        topo = _with(topo, **{op: CollectiveParams(bus_Bps=150e9, fixed_s=12e-6,
+                                                   size_efficiency=((1 << 20, 0.5), (1 << 28, 1.0)))})
+    gpus = [f"gpu{i}" for i in range(n)]
+    sim = Simulation(topo)
+    schedule_collective(sim, "c", op, gpus, size)
+    res = sim.run()
+    assert res.makespan_s == pytest.approx(collective_time(topo, op, size, gpus), rel=1e-9)
+    assert res["c"].finish_s == pytest.approx(res.makespan_s, rel=1e-12)
+
+
+def test_the_fitted_parameters_slow_the_call_down_as_they_say() -> None:
+    base = presets.get("hgx-h200-8", calibration=None)
+    gpus = ["gpu0", "gpu1"]
+    plain = collective_time(base, "all_reduce", 1 << 30, gpus)
+    capped = collective_time(_with(base, all_reduce=CollectiveParams(bus_Bps=100e9, fixed_s=1e-3)), "all_reduce",
+                             1 << 30, gpus)
+    share = (1 << 30) / 2
+    assert capped == pytest.approx(1e-3 + 2 * (share / 100e9) + 2 * base.path("gpu0", "gpu1").latency_s, rel=1e-9)
+    assert capped > plain
+
+
+def test_ring_schedules_conserve_what_a_ring_must_move() -> None:
+    gpus = [f"gpu{i}" for i in range(5)]
+    ar = ring_schedule("all_reduce", 10 * MiB, gpus)
+    assert sum(t["bytes"] for t in ar) == 2 * 5 * (10 * MiB * 4 // 5)
+    assert {(t["src"], t["dst"]) for t in ar} == {(a, b) for a, b in zip(gpus, gpus[1:] + gpus[:1], strict=True)}
+    with pytest.raises(ValueError, match="unknown collective"):
+        ring_schedule("all_to_some", 1, gpus)
+
+
+def test_scenario_collectives_run_through_the_model_and_can_be_waited_for() -> None:
+    scen = parse_scenario({
+        "topology": "h200-2",
+        "collectives": [{"id": "ar", "op": "all_reduce", "gpus": ["gpu0", "gpu1"], "bytes": "256MiB"}],
+        "transfers": [{"id": "after-ar", "src": "gpu0", "dst": "host", "bytes": "1MiB", "after": ["ar"]}],
+    })
+    sim = scen.build()
+    topo = sim.topology
+    assert "all_reduce" in topo.collectives  # the bundled h200x2 profile fitted it
+    res = sim.run()
+    assert res["ar"].finish_s == pytest.approx(collective_time(topo, "all_reduce", 256 * MiB, ["gpu0", "gpu1"]),
+                                               rel=1e-9)
+    assert res["after-ar"].begin_s >= res["ar"].finish_s
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"op": "gossip", "gpus": ["gpu0", "gpu1"], "bytes": 1}, "op: expected one of"),
+    ({"op": "all_reduce", "gpus": ["gpu0"], "bytes": 1}, "gpus: expected a list of two or more"),
+    ({"op": "all_reduce", "gpus": ["gpu0", "gpu0"], "bytes": 1}, "appears twice"),
+    ({"op": "all_reduce", "gpus": ["gpu0", "gpu1"]}, "bytes: missing"),
+    ({"op": "all_reduce", "gpus": ["gpu0", "gpu1"], "bytes": 1, "root": 0}, "unknown key 'root'"),
+])
+def test_bad_collective_entries_name_the_field(entry: dict, match: str) -> None:
+    with pytest.raises(ScenarioError, match=rf"s\.yaml: collectives\[0\].*{match}"):
+        parse_scenario({"topology": "h200-2", "collectives": [entry]}, source="s.yaml")
+
+
+def test_serving_tp_allreduce_uses_the_fitted_all_reduce() -> None:
+    """h200x2's profile fitted `all_reduce`: the TP-2 ring pays its fixed cost per call (2 per layer) instead of
+    the uncalibrated knob, so changing only the fitted fixed cost moves the decode step by exactly that much."""
+    model = get("Llama-3-8B")
+    reqs = [Request(i, 0.0, 512, 2) for i in range(4)]
+    base = presets.get("h200-2")
+    fitted = base.collectives["all_reduce"]
+
+    def tpot(topo) -> float:
+        res = serve(topo, reqs, "hbm-only", model=model, tp=2, token_budget=4 * 512 + 4, max_batch_seqs=4)
+        return float(res.tpot_s[0])
+
+    slower = _with(base, **{**base.collectives,
+                            "all_reduce": CollectiveParams(fitted.bus_Bps, fitted.fixed_s + 1e-4,
+                                                           fitted.size_efficiency)})
+    assert tpot(slower) - tpot(base) == pytest.approx(2 * model.num_layers * 1e-4, rel=1e-6)

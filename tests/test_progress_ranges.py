@@ -1,0 +1,62 @@
+"""Usable at scale: endpoint ranges, the progress line of long simulations, huge cluster presets refused at once."""
+
+import time
+
+import pytest
+
+from fabricsim.errors import TopologyError
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.simcore import Simulation, progress
+from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
+
+
+def test_node_and_gpu_ranges_expand_node_major():
+    assert expand_endpoints("node0-1.gpu0-1,host") == ["node0.gpu0", "node0.gpu1", "node1.gpu0", "node1.gpu1", "host"]
+    assert len(expand_endpoints("node0-63.gpu0-7")) == 512
+    assert expand_endpoints(["gpu0-1", "node3.gpu2"]) == ["gpu0", "gpu1", "node3.gpu2"]
+
+
+@pytest.mark.parametrize("spec", ["node3-1.gpu0", "gpu2-0", " , "])
+def test_bad_ranges_are_typed_errors(spec):
+    with pytest.raises(TopologyError):
+        expand_endpoints(spec)
+
+
+def test_layouts_take_range_strings():
+    assert FSDPLayout("node0-1.gpu0-3").gpus == expand_endpoints("node0.gpu0-3,node1.gpu0-3")
+    assert len(RolloutLayout("node2-3.gpu0-7", tp=8).gpus) == 16
+
+
+def test_huge_cluster_refused_in_a_second():
+    t = time.perf_counter()
+    with pytest.raises(TopologyError, match="800,000 GPUs"):
+        presets.get("cluster-100000x8")
+    assert time.perf_counter() - t < 1.0
+
+
+def _busy_sim() -> Simulation:
+    sim = Simulation(presets.hgx_h200(8), record_load=False)
+    prev = None
+    for i in range(600):
+        prev = sim.transfer(f"t{i}", f"gpu{i % 8}", f"gpu{(i + 1) % 8}", 1 << 20, after=[prev] if prev else [])
+    return sim
+
+
+@pytest.mark.parametrize("loop", ["simpy", "compiled"])
+def test_progress_line_after_delay(monkeypatch, capsys, loop):
+    from fabricsim.simcore import lowering
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(lowering, "STEPS_PER_CALL", 100)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "1")
+    res = _busy_sim().run(loop=loop)
+    assert res.makespan_s > 0
+    assert "fabricsim: simulating" in capsys.readouterr().err
+
+
+def test_progress_off(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
+    _busy_sim().run()
+    assert capsys.readouterr().err == ""
