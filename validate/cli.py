@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Fit latency, bandwidth, size efficiency, shared caps and engine "
                                           "discipline per path class from the calibration subset of MEASURED.")
     c.add_argument("measured", help="measured.json or a validate output folder")
-    c.add_argument("profile", help="profile file to write (JSON)")
+    c.add_argument("profile", help="profile file to write (JSON); for a workload measurement (workloads.json), the "
+                                   "existing profile whose software_costs the fit updates")
     c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",

@@ -22,7 +22,7 @@ import pandas as pd
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
-from fabricsim.validate.gpu.measure import PRESET_FOR, PROFILE_FOR
+from fabricsim.hwmodels.presets import DEFAULT_PROFILES, PRESET_FOR
 from fabricsim.validate.measurements import write_json_atomic
 from fabricsim.validate.workload_cases import CALIBRATION, HELD_OUT, MODELS, MULTI_GPU_MECHS
 from fabricsim.validate.workloads_file import WorkloadMeasurements, load_workloads
@@ -72,7 +72,7 @@ def resolve_profile(m: WorkloadMeasurements, profile: str | Path | None) -> Cali
     if profile is not None:
         return load_profile(profile)
     _, preset = topology_for(m, None)
-    path = bundled_profile_path(PROFILE_FOR.get(preset, preset))
+    path = bundled_profile_path(DEFAULT_PROFILES.get(preset, preset))
     if not path.exists():
         raise CalibrationError(f"no bundled profile for {preset} ({path}); run `fabricsim calibrate` on the copy "
                                "suite first, or pass --profile")
