@@ -183,6 +183,45 @@ def render_markdown(m: WorkloadMeasurements, profile: CalibrationProfile, df: pd
     return "\n".join(lines) + "\n"
 
 
+def plot_buckets(m: WorkloadMeasurements, profile: CalibrationProfile, path: Path) -> None:
+    """Bucketed CUDA IPC: the twin's predicted line over bucket sizes per model, measured points on it."""
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    topo, _ = topology_for(m, profile)
+    costs = costs_from_profile(profile)
+    cases = [c for c in m.cases if c.mech == "ipc-bucket"]
+    if not cases:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    sizes = [16 << 20, 32 << 20, 64 << 20, 128 << 20, 256 << 20, 512 << 20, 1 << 30, 2 << 30]
+    for color, model in zip(("tab:blue", "tab:orange", "tab:green"), sorted({c.model for c in cases}), strict=False):
+        mine = [c for c in cases if c.model == model]
+        facts = m.measured[mine[0].id]
+        line = [simulate_workload(dataclasses.replace(mine[0], params={**mine[0].params, "bucket_bytes": b}), facts,
+                                  topo, costs)["time_s"] * 1e3 for b in sizes]
+        ax.plot([b / 2**20 for b in sizes], line, "-", color=color, lw=1.2, label=f"{MODELS[model][0]} predicted")
+        for c in mine:
+            ax.scatter(c.params["bucket_bytes"] / 2**20, m.measured[c.id]["time_s"] * 1e3, color=color,
+                       marker="o" if c.split == CALIBRATION else "s", s=28, zorder=3)
+    ax.scatter([], [], color="k", marker="o", label="measured (calibration)")
+    ax.scatter([], [], color="k", marker="s", label="measured (held out)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bucket size (MiB)")
+    ax.set_ylabel("sync time (ms)")
+    ax.set_title(f"Bucketed CUDA IPC, trainer and engine on one GPU ({profile.id})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def store_rows(m: WorkloadMeasurements, profile: CalibrationProfile, df: pd.DataFrame,
                store: str | Path | None) -> Path:
     from fabricsim.harness.store import ResultsStore, make_row, new_run_id
@@ -219,6 +258,7 @@ def report_workloads(measured: str | Path, *, profile: str | Path | None = None,
         tmp.mkdir()
         df.to_csv(tmp / "errors.csv", index=False)
         (tmp / "report.md").write_text(render_markdown(m, p, df, summary))
+        plot_buckets(m, p, tmp / "ipc_buckets.png")
         write_json_atomic(tmp / "summary.json", json.loads(json.dumps(summary, allow_nan=True)))
         old = None
         if out.exists():
