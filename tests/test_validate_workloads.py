@@ -146,3 +146,17 @@ def test_report_stores_measured_and_simulated_rows_with_one_point_id(tmp_path: P
     rows = ResultsStore(tmp_path / "store").load(study="validate-workloads")
     hw, sim = rows[rows.source == "hw"], rows[rows.source == "sim"]
     assert len(hw) == len(sim) > 0 and set(hw.point_id) == set(sim.point_id)
+
+
+def test_multi_gpu_cases_have_twins_and_the_relay_beats_pulls_on_nvswitch() -> None:
+    """The cases written for 2+ GPUs (not yet measured) simulate on an 8-GPU board: seven pulls from one
+    trainer GPU share its egress, the relay chain does not, NCCL's ring broadcast reaches every GPU at once."""
+    topo = presets.get("hgx-h200-8")
+    costs = costs_from_profile(load_profile(PROFILE))
+    cases = {c.id: c for c in build_workload_cases(8) if c.gpus == 8}
+    t = {cid: simulate_workload(c, {}, topo, costs)["time_s"] for cid, c in cases.items()}
+    assert set(t) >= {"ws-nccl-flat-7r-llama8b", "ws-nccl-tensor-7r-llama8b", "ws-nccl-bucket-7r-llama8b",
+                      "ws-relay-7r-llama8b", "ws-ipc-pull-readers-1r-llama8b", "ws-ipc-pull-readers-7r-llama8b"}
+    assert t["ws-ipc-pull-readers-7r-llama8b"] > 5 * t["ws-ipc-pull-readers-1r-llama8b"]
+    assert t["ws-relay-7r-llama8b"] < 2 * t["ws-ipc-pull-readers-1r-llama8b"]
+    assert t["ws-nccl-tensor-7r-llama8b"] > t["ws-nccl-flat-7r-llama8b"]
