@@ -57,6 +57,8 @@ CORE_COLUMNS = (
     "error",
 )
 SOURCES = ("sim", "hw")
+# A simulated value's prediction interval (DESIGN.md): present on rows whose point function gave one.
+INTERVAL_COLUMNS = ("lo", "hi", "level")
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
@@ -117,8 +119,10 @@ def make_row(
     versions: str | None = None,
     created_at: datetime | None = None,
     error: str | None = None,
+    interval: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
-    """One tidy row; the validate stage uses this for measured (``source="hw"``) rows too."""
+    """One tidy row; the validate stage uses this for measured (``source="hw"``) rows too. `interval`:
+    (lo, hi, level) of a simulated value, stored as the `lo`, `hi` and `level` columns."""
     if source not in SOURCES:
         raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
     row: dict[str, Any] = {
@@ -136,6 +140,8 @@ def make_row(
         "created_at": created_at or datetime.now(UTC),
         "error": error,
     }
+    if interval is not None:
+        row.update(zip(INTERVAL_COLUMNS, (float(x) for x in interval), strict=True))
     for name, val in params.items():
         if name == "topology":
             continue

@@ -55,7 +55,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError
 
-from .store import CORE_COLUMNS, NAME_RE
+from .store import CORE_COLUMNS, INTERVAL_COLUMNS, NAME_RE
 
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
@@ -64,7 +64,7 @@ PointFn = Callable[..., Mapping[str, MetricValue]]
 
 # Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
 # collide. A parameter named `topology` is the exception: it fills the `topology` column.
-RESERVED_COLUMNS = CORE_COLUMNS
+RESERVED_COLUMNS = CORE_COLUMNS + INTERVAL_COLUMNS
 UNCALIBRATED = "uncalibrated"
 
 
@@ -427,12 +427,33 @@ class Study:
 
     def evaluate(self, params: Point, ctx: PointContext | None = None) -> dict[str, tuple[float, str]]:
         """Run one point and normalise its metrics to {metric: (float value, unit)}."""
+        return self.evaluate_with_intervals(params, ctx)[0]
+
+    def evaluate_with_intervals(self, params: Point, ctx: PointContext | None = None
+                                ) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, float, float]]]:
+        """Run one point: its metrics, and the (lo, hi, level) of those it gave an interval for."""
         raw = self.run(params, ctx) if self.takes_context else self.run(params)
-        return normalise_metrics(raw)
+        return normalise_metrics(raw), metric_intervals(raw)
+
+
+def metric_intervals(raw: Any) -> dict[str, tuple[float, float, float]]:
+    """The prediction intervals a point function gave, as (lo, hi, level) per metric: a metric's value may be
+    `(value, unit, interval)` with an interval that has `lo`, `hi`, `level` (`hwmodels.intervals.Interval`)."""
+    out = {}
+    for metric, value in raw.items() if isinstance(raw, Mapping) else ():
+        if isinstance(value, tuple) and len(value) == 3:
+            iv = value[2]
+            try:
+                out[metric] = (float(iv.lo), float(iv.hi), float(iv.level))
+            except (AttributeError, TypeError, ValueError):
+                raise StudyError(f"metric {metric!r}: the third element must be an interval (lo, hi, level), "
+                                 f"got {iv!r}") from None
+    return out
 
 
 def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
-    """{metric: value | (value, unit)} -> {metric: (float, unit)}; anything else is a StudyError."""
+    """{metric: value | (value, unit) | (value, unit, interval)} -> {metric: (float, unit)}; anything else is a
+    StudyError (intervals: `metric_intervals`)."""
     if not isinstance(raw, Mapping) or not raw:
         raise StudyError(f"point function must return a non-empty dict of metrics, got {type(raw).__name__}")
     out: dict[str, tuple[float, str]] = {}
@@ -441,9 +462,10 @@ def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
             raise StudyError(f"metric names must be non-empty strings, got {metric!r}")
         unit = ""
         if isinstance(value, tuple):
-            if len(value) != 2 or not isinstance(value[1], str):
-                raise StudyError(f"metric {metric!r}: expected value or (value, unit), got {value!r}")
-            value, unit = value
+            if len(value) not in (2, 3) or not isinstance(value[1], str):
+                raise StudyError(f"metric {metric!r}: expected value or (value, unit) (or (value, unit, interval)), "
+                                 f"got {value!r}")
+            value, unit = value[:2]
         try:
             out[metric] = (float(value), unit)
         except (TypeError, ValueError):

@@ -62,6 +62,7 @@ class PointOutcome:
     error: str | None
     elapsed_s: float
     cpu_s: float = 0.0  # CPU time of the worker inside the point function
+    intervals: dict[str, tuple[float, float, float]] | None = None  # (lo, hi, level) of metrics that have one
 
 
 @dataclass
@@ -102,13 +103,13 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
     ctx = PointContext(study=study.name, point_id=pid, calibration=study.calibration, trace_path=trace_path)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        metrics = study.evaluate(params, ctx)
+        metrics, intervals = study.evaluate_with_intervals(params, ctx)
         error = None
     except Exception as exc:  # noqa: BLE001 - a point's failure is data, not a crash of the sweep
-        metrics = None
+        metrics, intervals = None, None
         text = " ".join(str(exc).split()) or "(no message)"
         error = f"{type(exc).__name__}: {text}"[:1000]
-    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0)
+    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0, intervals)
 
 
 # Worker-side state: the study each worker process runs (set once per process by the pool initializer).
@@ -216,8 +217,10 @@ class _Flusher:
             self.pending.append(make_row(**common, metric=ERROR_METRIC, value=math.nan, error=outcome.error))
         else:
             assert outcome.metrics is not None
+            bands = outcome.intervals or {}
             for metric, (value, unit) in outcome.metrics.items():
-                self.pending.append(make_row(**common, metric=metric, value=value, unit=unit))
+                self.pending.append(make_row(**common, metric=metric, value=value, unit=unit,
+                                             interval=bands.get(metric)))
         self.pending_points += 1
 
     def maybe_flush(self) -> None:

@@ -22,6 +22,8 @@ Format version 1, top-level fields (the optional ones may be absent; older versi
   see `CollectiveParams`;
 - `software_costs` (optional): {mechanism: {operation: {fixed_s, per_byte_s}}}, e.g. CUDA IPC handle
   `open`/`close` cost as fixed + per-byte of the allocation; see `SoftwareCost`;
+- `uncertainty` (optional): per group of parameters, the spread that prediction intervals sample (see
+  `hwmodels.uncertainty`); profiles without it get an a priori spread;
 - `provenance`: free-form record of where the fit came from (machine facts, cases, notes). Files written
   before `collectives`/`software_costs` existed kept them at `provenance.collectives.nccl` and
   `provenance.software_costs`; those are still read (into the proper fields) when the fields are absent.
@@ -38,12 +40,15 @@ from typing import Any
 from fabricsim.errors import CalibrationError
 
 from .fileio import atomic_write_text, read_yaml
+from .uncertainty import Uncertainty, uncertainty_from_dict
 
 FORMAT_VERSION = 1
 PATH_CLASSES = ("d2d", "h2d", "d2h", "p2p-nvlink", "p2p-pcie", "h2h", "rdma", "nvme")
 DISCIPLINES = ("fair", "fifo")
 # Link kinds of topologies (topology imports this module, not the other way round, so the names live here).
 LINK_KINDS = ("pcie", "nvlink", "dram", "socket", "net", "nvme")
+# Copy mechanisms besides the copy engine on pinned memory, each fitted per path class (`mechanisms` field).
+MECHANISMS = ("pageable", "sm")
 COLLECTIVES = ("broadcast", "all_gather", "all_reduce", "reduce_scatter", "reduce", "all_to_all")
 
 
@@ -141,6 +146,10 @@ class CalibrationProfile:
     links: dict[str, float] = field(default_factory=dict)
     collectives: dict[str, CollectiveParams] = field(default_factory=dict)
     software_costs: dict[str, dict[str, SoftwareCost]] = field(default_factory=dict)
+    # The spread of the fitted parameters, for prediction intervals (see hwmodels.uncertainty).
+    uncertainty: Uncertainty | None = None
+    # Copies by another mechanism: {mechanism: {path class: PathParams}} (see `mechanism_params`).
+    mechanisms: dict[str, dict[str, PathParams]] = field(default_factory=dict)
 
     def collective(self, name: str) -> CollectiveParams | None:
         """The fitted parameters of collective `name`, or None where the profile has none."""
@@ -148,14 +157,15 @@ class CalibrationProfile:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["uncertainty"] = self.uncertainty.to_dict() if self.uncertainty is not None else None
         d["caps"] = [asdict(c) for c in self.caps]
-        for p in d["paths"].values():
+        for p in [*d["paths"].values(), *(q for m in d["mechanisms"].values() for q in m.values())]:
             p["size_efficiency"] = [list(x) for x in p["size_efficiency"]]
         for c in d["collectives"].values():
             c["fitted_on"] = list(c["fitted_on"])
             c["size_efficiency"] = [list(x) for x in c["size_efficiency"]]
         # Optional fields stay out of the file when empty, so a profile without them reads as before.
-        for key in ("links", "collectives", "software_costs"):
+        for key in ("links", "collectives", "software_costs", "uncertainty", "mechanisms"):
             if not d[key]:
                 del d[key]
         return d
@@ -184,25 +194,7 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
     for key in ("id", "machine", "gpu_model", "gpus"):
         if key not in d:
             raise CalibrationError(f"{where}: missing field '{key}'")
-    paths: dict[str, PathParams] = {}
-    for cls, p in (d.get("paths") or {}).items():
-        w = f"{where}: paths.{cls}"
-        if cls not in PATH_CLASSES:
-            raise CalibrationError(f"{w}: unknown path class (known: {', '.join(PATH_CLASSES)})")
-        if not isinstance(p, dict):
-            raise CalibrationError(f"{w}: expected a mapping")
-        disc = p.get("discipline", "fair")
-        if disc not in DISCIPLINES:
-            raise CalibrationError(f"{w}.discipline: '{disc}' is not one of {', '.join(DISCIPLINES)}")
-        lat = p.get("latency_s")
-        bw = p.get("bandwidth_Bps")
-        eff = _efficiency_points(p.get("size_efficiency"), f"{w}.size_efficiency")
-        paths[cls] = PathParams(
-            latency_s=None if lat is None else _num(f"{w}.latency_s", lat, positive=False),
-            bandwidth_Bps=None if bw is None else _num(f"{w}.bandwidth_Bps", bw),
-            size_efficiency=tuple(eff),
-            discipline=disc,
-        )
+    paths = _paths(d.get("paths"), f"{where}: paths")
     caps = []
     for i, c in enumerate(d.get("caps") or []):
         w = f"{where}: caps[{i}]"
@@ -226,7 +218,44 @@ def profile_from_dict(d: Any, where: str = "calibration") -> CalibrationProfile:
         software_costs=_software_costs(d["software_costs"] if "software_costs" in d
                                        else provenance.get("software_costs"), where,
                                        "software_costs" if "software_costs" in d else "provenance.software_costs"),
+        uncertainty=uncertainty_from_dict(d.get("uncertainty"), where),
+        mechanisms=mechanism_params(d.get("mechanisms"), where),
     )
+
+
+def _paths(value: Any, where: str) -> dict[str, PathParams]:
+    """{path class: PathParams} from its file form; errors name the class and field."""
+    paths: dict[str, PathParams] = {}
+    for cls, p in _mapping(where, value).items():
+        w = f"{where}.{cls}"
+        if cls not in PATH_CLASSES:
+            raise CalibrationError(f"{w}: unknown path class (known: {', '.join(PATH_CLASSES)})")
+        if not isinstance(p, dict):
+            raise CalibrationError(f"{w}: expected a mapping")
+        disc = p.get("discipline", "fair")
+        if disc not in DISCIPLINES:
+            raise CalibrationError(f"{w}.discipline: '{disc}' is not one of {', '.join(DISCIPLINES)}")
+        lat = p.get("latency_s")
+        bw = p.get("bandwidth_Bps")
+        eff = _efficiency_points(p.get("size_efficiency"), f"{w}.size_efficiency")
+        paths[cls] = PathParams(
+            latency_s=None if lat is None else _num(f"{w}.latency_s", lat, positive=False),
+            bandwidth_Bps=None if bw is None else _num(f"{w}.bandwidth_Bps", bw),
+            size_efficiency=tuple(eff),
+            discipline=disc,
+        )
+    return paths
+
+
+def mechanism_params(value: Any, where: str) -> dict[str, dict[str, PathParams]]:
+    """The `mechanisms` field: per mechanism (pageable host memory staged by the driver; SM-driven load/store
+    copies), per path class, the same parameters as `paths` (a copy by that mechanism uses them instead)."""
+    out = {}
+    for mech, paths in _mapping(f"{where}: mechanisms", value).items():
+        if mech not in MECHANISMS:
+            raise CalibrationError(f"{where}: mechanisms.{mech}: unknown mechanism (known: {', '.join(MECHANISMS)})")
+        out[str(mech)] = _paths(paths, f"{where}: mechanisms.{mech}")
+    return out
 
 
 def _efficiency_points(value: Any, w: str) -> tuple[tuple[float, float], ...]:

@@ -42,6 +42,10 @@ def _import(args: argparse.Namespace) -> int:
         refuse_overwrite(args.out, args.force, "topology")
         atomic_write_text(args.out, doc)
         print(f"wrote {args.out}: {len(topo.gpus())} GPUs, {topo.graph.number_of_edges()} links")
+        host = sorted(n for n in topo.caps if not n.endswith((".hbm", ".dram")))
+        if host:
+            print(f"no PCIe switches: host ceilings {', '.join(host[:4])}{', ...' if len(host) > 4 else ''} copied "
+                  f"from the bundled profile of {len(topo.gpus())}x {topo.gpu(topo.gpus()[0]).model}")
     else:
         print(doc, end="")
     return 0

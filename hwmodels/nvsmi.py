@@ -117,9 +117,29 @@ def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -
         for (a, b), n in nv.items():
             link = NVLinkSpec(4, n)
             t.add_link(_node_name(a), _node_name(b), "nvlink", link.Bps, link.latency_s)
+    if not any(len(ds) > 1 for ds in members.values()):
+        add_host_ceilings(t, spec.model)
     add_memory_caps(t)
     t.validate()
     return t
+
+
+def add_host_ceilings(t: Topology, model: str) -> str | None:
+    """Without PCIe switches the links alone put no ceiling on the host side: every GPU has its own link, yet
+    eight of them at once do not reach eight times one (host-aggregate and duplex limits of the root complex and
+    memory). Those ceilings come from the bundled profile of this GPU model and count, when there is one; returns
+    its id (recorded in the topology's name-independent `caps`, which a profile applied later overrides)."""
+    from .calibration import bundled_profile_path, load_profile
+    from .presets import DEFAULT_PROFILES, PRESET_FOR
+
+    name = DEFAULT_PROFILES.get(PRESET_FOR.get((model, len(t.gpus()))) or "")
+    if name is None or not bundled_profile_path(name).exists():
+        return None
+    profile = load_profile(bundled_profile_path(name))
+    for c in profile.caps:
+        if all(e in t.graph for e in c.endpoints):
+            t.add_cap(c.name, c.Bps, classes=c.classes, endpoints=c.endpoints)
+    return profile.id
 
 
 def _node_name(dev: str) -> str:

@@ -33,6 +33,7 @@ from .calibration import (
     SoftwareCost,
 )
 from .specs import GPUSpec
+from .uncertainty import Uncertainty
 
 ENDPOINT_KINDS = ("gpu", "host", "nvme")
 TRANSIT_KINDS = ("cpu", "pcie-switch", "nvswitch", "nic", "net-switch")
@@ -91,6 +92,12 @@ class Topology:
     # Fitted software costs per mechanism and operation (e.g. cuda_ipc open/close), from the profile.
     software_costs: dict[str, dict[str, SoftwareCost]] = field(default_factory=dict)
     calibration_id: str | None = None
+    # The profile's parameter spreads (None: uncalibrated), for prediction intervals (hwmodels.intervals).
+    uncertainty: Uncertainty | None = None
+    # Fitted copy mechanisms besides the copy engine: {mechanism: {path class: PathParams}} (see `path`).
+    mechanisms: dict[str, dict[str, PathParams]] = field(default_factory=dict)
+    # Said wherever the profile was fitted on another machine size than this topology's (see with_calibration).
+    calibration_note: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _path_cache: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)
@@ -265,8 +272,13 @@ class Topology:
         except nx.NetworkXNoPath:
             raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{self.name}'") from None
 
-    def path(self, src: str, dst: str, nbytes: float | None = None) -> Path:
-        """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves)."""
+    def path(self, src: str, dst: str, nbytes: float | None = None, mechanism: str = "ce") -> Path:
+        """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves).
+
+        `mechanism`: 'ce' (copy engine, pinned memory), or one the profile fitted (`mechanisms`: 'pageable',
+        'sm'): such a copy takes the same route and shares its links, with that mechanism's latency, per-flow
+        rate and size efficiency, and queues on no copy engine (an SM copy is a kernel; a pageable copy's rate
+        is its CPU staging). A mechanism the profile lacks falls back to the copy engine's parameters."""
         s, d = self.resolve(src), self.resolve(dst)
         key = (s, d)
         cached = self._path_cache.get(key)
@@ -275,6 +287,9 @@ class Topology:
             self._path_cache[key] = cached
         nodes, cls, resources, link_latency, engine = cached
         pp = self.path_params.get(cls)
+        mech = self.mechanisms.get(mechanism, {}).get(cls) if mechanism != "ce" else None
+        if mech is not None:
+            pp, engine = mech, None
         latency = link_latency
         cap = None
         if pp is not None:
@@ -312,14 +327,24 @@ class Topology:
 
     # ---- calibration ----------------------------------------------------------------------------------
     def with_calibration(self, profile: CalibrationProfile) -> Topology:
-        """A copy of this topology with the profile's link capacities, path parameters and caps applied."""
+        """A copy of this topology with the profile's link capacities, path parameters and caps applied.
+
+        The GPU model must match. The GPU count need not: a profile of N GPUs applies to a machine with fewer of
+        them (the same GPU, links and host, less of it) and one of fewer GPUs to a larger machine (what it did
+        not measure stays datasheet); either way `calibration_note` says so, for the output to show."""
         gpus = self.gpus()
         models = {self.gpu(g).model for g in gpus}
-        if gpus and (profile.gpu_model not in models or profile.gpus > len(gpus)):
+        if gpus and profile.gpu_model not in models:
             raise CalibrationError(
                 f"calibration '{profile.id}' was made for {profile.gpus}x {profile.gpu_model} ({profile.machine}), "
                 f"but topology '{self.name}' has {len(gpus)}x {'/'.join(sorted(models))}")
         topo = copy.deepcopy(self)
+        topo.uncertainty = profile.uncertainty
+        topo.mechanisms = {m: dict(v) for m, v in profile.mechanisms.items()}
+        topo.calibration_note = ""
+        if gpus and profile.gpus != len(gpus):
+            topo.calibration_note = (f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} "
+                                     f"({profile.machine}); applied to {len(gpus)} GPUs of that model")
         topo._path_cache = {}
         topo._capacity_cache = None
         topo.path_params = dict(profile.paths)
@@ -344,6 +369,9 @@ class Topology:
         self._capacity_cache = None
 
     def _add_calibrated_cap(self, cap: CapSpec) -> None:
+        # A profile's cap replaces one of the same name the topology carries (e.g. from `topo import`).
+        for name in [n for n in self.caps if n == cap.name or n.endswith(f".{cap.name}")]:
+            del self.caps[name]
         endpoints = cap.endpoints
         if not endpoints:
             self.add_cap(cap.name, cap.Bps, classes=cap.classes)
@@ -352,7 +380,10 @@ class Topology:
         nodes = [n for n in self.graph if "." in n]
         prefixes = sorted({n.split(".", 1)[0] for n in nodes}) if nodes and "gpu0" not in self.graph else [""]
         for p in prefixes:
-            eps = [f"{p}.{e}" if p else e for e in endpoints]
+            # A profile of more GPUs names GPUs this machine lacks: their caps have nothing to apply to.
+            eps = [x for e in endpoints if (x := f"{p}.{e}" if p else e) in self.graph or x in self.aliases]
+            if not eps:
+                continue
             self.add_cap(f"{p}.{cap.name}" if p else cap.name, cap.Bps, classes=cap.classes, endpoints=eps)
 
     # ---- checking and printing ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import read_yaml
+from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
 from fabricsim.hwmodels.topology import Topology
 
 from .collectives import OPS, schedule_collective
@@ -35,7 +36,8 @@ from .units import parse_bytes, parse_seconds
 
 _TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "collectives", "name", "description"}
 _TRANSFER_KEYS = {"id", "src", "dst", "bytes", "start", "after", "engine", "rate_cap_GBps", "weight",
-                  "fixed_cost_s", "tag"}
+                  "fixed_cost_s", "tag", "mechanism"}
+MECHANISMS = ("ce", "pageable", "sm")  # how a copy is done; a profile fits pageable and sm (Topology.path)
 _TASK_KEYS = {"id", "gpu", "flops", "bytes", "dtype", "start", "after", "tag"}
 _COLLECTIVE_KEYS = {"id", "op", "gpus", "bytes", "start", "after", "tag"}
 
@@ -75,7 +77,8 @@ class Scenario:
                     sim.transfer(item["id"], item["src"], item["dst"], item["bytes"], start=item["start"],
                                  after=item["after"], rate_cap_Bps=item.get("rate_cap_Bps"),
                                  weight=item.get("weight", 1.0), fixed_cost_s=item.get("fixed_cost_s", 0.0),
-                                 engine=item.get("engine"), tag=item.get("tag"))
+                                 engine=item.get("engine"), tag=item.get("tag"),
+                                 mechanism=item.get("mechanism", "ce"))
                 elif item["_kind"] == "collective":
                     schedule_collective(sim, item["id"], item["op"], item["gpus"], item["bytes"],
                                         start=item["start"], after=item["after"], tag=item.get("tag"))
@@ -92,6 +95,11 @@ class Scenario:
 
     def run(self, calibration: str | None = None) -> Result:
         return self.build(calibration).run()
+
+    def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES) -> Interval:
+        """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals)."""
+        return predict_interval(lambda t: self.build(topology=t, record_load=False).run().makespan_s,
+                                self.load_topology(calibration), samples=samples)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -167,6 +175,10 @@ def _transfer(item: Any, where: str, source: str) -> dict[str, Any]:
     if "bytes" not in item:
         raise ScenarioError(f"{source}: {where}.bytes: missing")
     out["bytes"] = parse_bytes(item["bytes"], f"{source}: {where}.bytes")
+    mech = item.get("mechanism", "ce")
+    if mech not in MECHANISMS:
+        raise ScenarioError(f"{source}: {where}.mechanism: '{mech}' is not one of {', '.join(MECHANISMS)}")
+    out["mechanism"] = mech
     out["_kind"] = "transfer"
     if "rate_cap_GBps" in item:
         out["rate_cap_Bps"] = _positive(item["rate_cap_GBps"], f"{source}: {where}.rate_cap_GBps") * 1e9

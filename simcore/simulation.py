@@ -82,8 +82,10 @@ class Simulation:
     # ---- describing work -------------------------------------------------------------------------------
     def transfer(self, id: str | None, src: str, dst: str, nbytes: float | str, *, start: float = 0.0,
                  after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
-                 fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None) -> simpy.Event:
-        """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands."""
+                 fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None,
+                 mechanism: str = "ce") -> simpy.Event:
+        """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
+        (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`)."""
         rid = self._new_id(id, "t")
         where = f"transfer '{rid}'"
         if isinstance(nbytes, str):
@@ -96,7 +98,7 @@ class Simulation:
         fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
         start = check_seconds(_plain(start), f"{where}: start")
         try:
-            path = self.topology.path(src, dst, nbytes)
+            path = self.topology.path(src, dst, nbytes, mechanism)
         except TopologyError as exc:
             raise ScenarioError(f"transfer '{rid}': {exc}") from None
         cap = path.rate_cap_Bps

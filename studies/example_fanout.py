@@ -16,35 +16,41 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fabricsim.harness.store import ResultsStore, StoreError, make_row
 from fabricsim.harness.study import Figure, Grid, PointContext, Study, point_id
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.topology import nearest_host
+from fabricsim.hwmodels.intervals import predict_interval
+from fabricsim.hwmodels.topology import Topology, nearest_host
 from fabricsim.simcore import Simulation
+from fabricsim.simcore.records import Result
 
 GPUS = {"h100-1": 1, "h200-2": 2, "hgx-h200-8": 8}
 SIZES = [1024 * 4**k for k in range(1, 11)]  # 4 KiB, 16 KiB, ..., 1 GiB
 
 
+def _fanout(topo: Topology, point: dict, **sim_kwargs: Any) -> Result:
+    sim = Simulation(topo, **sim_kwargs)
+    for i, gpu in enumerate(topo.gpus()[: point["fanout"]]):
+        host = nearest_host(topo, gpu)
+        src, dst = (host, gpu) if point["direction"] == "h2d" else (gpu, host)
+        sim.transfer(f"copy{i}", src, dst, point["size_bytes"], tag=point["direction"])
+    return sim.run()
 
 
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     """`fanout` GPUs each move `size_bytes` to/from host memory at t=0; report makespan and bandwidth."""
     topo = presets.get(point["topology"])
-    sim = Simulation(topo)
-    gpus = topo.gpus()[: point["fanout"]]
-    for i, gpu in enumerate(gpus):
-        host = nearest_host(topo, gpu)
-        src, dst = (host, gpu) if point["direction"] == "h2d" else (gpu, host)
-        sim.transfer(f"copy{i}", src, dst, point["size_bytes"], tag=point["direction"])
-    result = sim.run()
+    result = _fanout(topo, point)
     if ctx is not None and ctx.trace_path is not None:
         result.write_trace(str(ctx.trace_path))
     makespan = result.makespan_s
     total = point["size_bytes"] * point["fanout"]
+    # the makespan's 90% interval: re-runs on topologies drawn from the profile's spreads (hwmodels.intervals)
+    interval = predict_interval(lambda t: _fanout(t, point, record_load=False).makespan_s, topo, samples=16)
     return {
-        "makespan_s": (makespan, "s"),
+        "makespan_s": (makespan, "s", interval),
         "aggregate_GBps": (total / makespan / 1e9, "GB/s"),
         "per_gpu_GBps": (point["size_bytes"] / makespan / 1e9, "GB/s"),
     }

@@ -32,7 +32,9 @@ def test_simulate_json_contract(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     assert main(["simulate", str(p), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"makespan_s", "transfers"}
+    assert set(out) == {"makespan_s", "transfers", "makespan_interval_s"}  # the interval: a documented addition
+    iv = out["makespan_interval_s"]
+    assert iv["lo"] <= out["makespan_s"] <= iv["hi"] and iv["level"] == 0.9
     t1, t2 = out["transfers"]
     assert set(t1) == {"id", "src", "dst", "bytes", "start_s", "finish_s"}
     assert t1["bytes"] == 2**30 and t2["start_s"] == pytest.approx(t1["finish_s"])

@@ -70,6 +70,9 @@ def test_same_seed_same_result():
      {"model": MODEL, "policy_params": {"prefill_instances": 1, "decode_instances": 2}}),
 ])
 def test_merged_decode_runs_are_exact(topo, policy, kw):
+    # Uncalibrated: with a fitted all-reduce size curve (hgx-h200-8 loads h200x8), one merged run's large
+    # all-reduce is cheaper per byte than k small ones, and merging is then approximate (0.7% seen), not exact.
+    topo = presets.get(topo, calibration=None)
     reqs = poisson_requests(15, 60, prompt_tokens=300, output_tokens=60, seed=2, prompt_dist="uniform",
                             output_dist="geometric")
     a = serve(topo, reqs, policy, coalesce=True, **kw)

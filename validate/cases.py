@@ -124,9 +124,6 @@ def build_cases(n_gpus: int, suite: str = "full", *, sm_copies: bool = True) -> 
         sweep("sm-d2h", "gpu0", "host", "sm")
         if n_gpus > 1:
             sweep("sm-p2p", "gpu0", "gpu1", "sm")
-        for c in cases:
-            if c.pattern.startswith("sm-"):
-                object.__setattr__(c, "split", HELD_OUT)  # the model has no SM-copy mechanism to fit
 
     # Concurrency: one mechanism each (calibration), then mixtures (held out).
     S = CONC_BYTES
@@ -203,7 +200,8 @@ def to_scenario(case: Case, topology: str, n_gpus: int) -> dict[str, Any] | None
         # The collective as one call: the engine expands it into NCCL's ring schedule (simcore.collectives).
         call = {"id": case.id, "op": case.op, "gpus": [f"gpu{i}" for i in range(n_gpus)], "bytes": case.bytes}
         return {"name": case.id, "topology": topology, "calibration": None, "collectives": [call]}
-    transfers = [{"id": x.id, "src": x.src, "dst": x.dst, "bytes": x.bytes, "tag": x.mech} for x in case.xfers]
+    transfers = [{"id": x.id, "src": x.src, "dst": x.dst, "bytes": x.bytes, "tag": x.mech}
+                 | ({"mechanism": x.mech} if x.mech != "ce" else {}) for x in case.xfers]
     out: dict[str, Any] = {"name": case.id, "topology": topology, "calibration": None, "transfers": transfers}
     if case.kernels:
         out["tasks"] = [{"id": k.id, "gpu": k.gpu, "flops": 0, "bytes": k.hbm_bytes, "dtype": "fp32"}

@@ -28,20 +28,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
                               description="Fit latency, bandwidth, size efficiency, shared caps and engine "
                                           "discipline per path class from the calibration subset of MEASURED.")
-    c.add_argument("measured", help="measured.json or a validate output folder")
-    c.add_argument("profile", help="profile file to write (JSON); for a workload measurement (workloads.json), the "
-                                   "existing profile whose software_costs the fit updates")
+    c.add_argument("measured", nargs="+",
+                   help="measured.json or a validate output folder; also nccl-tests output (all_reduce_perf, "
+                        "all_gather_perf, broadcast_perf), nvbandwidth output and the concurrent-copies JSON; several "
+                        "files of one machine are fitted together; or one workload suite folder (workloads.json)")
+    c.add_argument("profile", help="profile file to write (JSON); for a workload measurement, the existing profile "
+                                   "whose software_costs the fit updates")
     c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
                    help="which calibration/held-out split: today's case list (default) or the one in the file")
+    c.add_argument("--base", default=None, metavar="PROFILE",
+                   help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
+                        "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
                               description="Simulate every measured case with PROFILE, write error tables "
                                           "(calibration vs held-out), a predicted-vs-measured plot, and store "
                                           "measured and simulated rows in the results store.")
-    r.add_argument("measured", help="measured.json or a validate output folder")
+    r.add_argument("measured", help="measured.json, a validate output folder or another format calibrate reads")
     r.add_argument("--profile", default=None, help="profile (default: the preset's bundled profile)")
     r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
@@ -72,15 +78,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fabricsim.hwmodels.fileio import refuse_overwrite
     from fabricsim.validate.workloads_file import is_workload_file
 
-    if is_workload_file(args.measured):  # the workload suite: software costs added to an existing profile
+    workload = [m for m in args.measured if is_workload_file(m)]
+    if workload:  # the workload suite: software costs added to an existing profile
+        from fabricsim.validate.errors import MeasurementError
         from fabricsim.validate.fit.workloads_report import calibrate_workloads
 
-        print(calibrate_workloads(args.measured, args.profile))
+        if len(args.measured) > 1:
+            raise MeasurementError(f"{workload[0]}: a workload measurement is fitted alone (its software costs go "
+                                   "into an existing profile); give it without other files")
+        print(calibrate_workloads(args.measured[0], args.profile))
         return 0
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     refuse_overwrite(args.profile, args.force, "profile")
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 

@@ -89,8 +89,8 @@ def with_split(m: Measurements, which: str) -> tuple[Measurements, list[str]]:
     """
     if which not in SPLITS:
         raise MeasurementError(f"unknown split {which!r} (known: {', '.join(SPLITS)})")
-    if which == "file":
-        return m, []
+    if which == "file" or m.doc.get("suite") == "imported":
+        return m, []  # an imported file (validate.fit.imports) has its own split and no case list to follow
     suite = m.doc.get("suite") if m.doc.get("suite") in SUITES else "full"
     now = {c.id: c.split for c in build_cases(int(m.machine["gpus"]), suite)}
     doc = dict(m.doc)
@@ -184,6 +184,8 @@ def load_measurements(path: str | Path) -> Measurements:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         # A document cut short (a copy interrupted mid-way) does not end with its closing brace.
-        hint = "truncated" if not text.rstrip().endswith("}") else "malformed"
+        # (or ends on a brace of an inner object: then the parser fails at the very end, wanting more)
+        end = len(text.rstrip())
+        hint = "truncated" if not text.rstrip().endswith("}") or exc.pos >= end - 1 else "malformed"
         raise MeasurementError(f"{path}: {hint} JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
     return check_document(doc, str(path))

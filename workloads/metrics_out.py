@@ -58,8 +58,17 @@ def print_json(doc: Any) -> None:
     print()
 
 
-def print_metrics(metrics: Mapping[str, tuple[float, str]]) -> None:
-    """An aligned `name value unit` table."""
+def print_metrics(metrics: Mapping[str, tuple[float, str]], intervals: Mapping[str, Any] | None = None) -> None:
+    """An aligned `name value unit` table; where `intervals` has the metric, `[lo, hi] (90%)` after it."""
     width = max((len(k) for k in metrics), default=0)
     for k, (v, unit) in metrics.items():
-        print(f"  {k:<{width}} {v:>14.6g} {unit}")
+        iv = (intervals or {}).get(k)
+        band = ""
+        if iv is not None and iv.hi > iv.lo:
+            band = f"  [{iv.lo:.6g}, {iv.hi:.6g}] ({iv.level:.0%}{'' if iv.calibrated else ', uncalibrated'})"
+        print(f"  {k:<{width}} {v:>14.6g} {unit}{band}")
+
+
+def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The JSON form of metric intervals: metric -> {lo, hi, level}."""
+    return {k: {"lo": iv.lo, "hi": iv.hi, "level": iv.level} for k, iv in intervals.items()}

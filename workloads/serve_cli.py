@@ -6,14 +6,17 @@ import argparse
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.intervals import intervals_over
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import split_all
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
-from .metrics_out import metric_values, print_json, print_metrics
+from .metrics_out import interval_values, metric_values, print_json, print_metrics
 from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
+
+SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer samples than `simulate` takes
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,17 +40,26 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_seqs=args.max_batch, token_budget=args.token_budget, preemption=args.preemption,
         mechanism=args.mechanism,
         kv_budget_bytes=None if args.kv_budget is None else parse_bytes(args.kv_budget, "--kv-budget"))
-    res = serve(topo, reqs, args.policy, cfg, policy_params=split_all(args.param, what="parameter",
-                                                                   example="prefetch_depth=2", error=PolicyError))
+    params = split_all(args.param, what="parameter", example="prefetch_depth=2", error=PolicyError)
+    res = serve(topo, reqs, args.policy, cfg, policy_params=params)
     if args.perfetto:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics_with_units()
+    intervals = {}
+    if args.samples:
+        intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
+                                   samples=args.samples)
     if args.json:
-        print_json(metric_values(metrics))
+        out = metric_values(metrics)
+        if intervals:
+            out["intervals"] = interval_values(intervals)
+        print_json(out)
     else:
         print(f"{len(reqs)} requests on {topo.name} ({topo.calibration_id or 'uncalibrated'}), {cfg.model}, "
               f"policy {args.policy}")
-        print_metrics(metrics)
+        if topo.calibration_note:
+            print(f"note: {topo.calibration_note}")
+        print_metrics(metrics, intervals)
     return 0
 
 
@@ -100,5 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what happens to a preempted sequence")
     p.add_argument("--mechanism", default="ce-batched", choices=MECHANISMS, help="how KV pages are copied")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--samples", type=int, default=SERVE_SAMPLES, metavar="N",
+                   help="perturbed re-runs for the 90%% intervals (0: none)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
     p.set_defaults(func=_serve)

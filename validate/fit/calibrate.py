@@ -32,51 +32,34 @@ import hashlib
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fabricsim.errors import CalibrationError, FabricsimError
-from fabricsim.hwmodels.calibration import CalibrationProfile, CapSpec, CollectiveParams, PathParams, SoftwareCost
+from fabricsim.hwmodels.calibration import (
+    MECHANISMS,
+    CalibrationProfile,
+    CapSpec,
+    PathParams,
+    SoftwareCost,
+    bundled_profile_path,
+    load_profile,
+)
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.hwmodels.topology import Topology
-from fabricsim.simcore.collectives import ring_schedule
 from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
 from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
-from fabricsim.validate.measurements import Measurements, load_measurements, with_split
+from fabricsim.validate.measurements import Measurements, with_split
 
+from .imports import load_any, merge
+from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, linear_fit, lone_ce, lone_copies
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
 
 SLOWER_BY = 0.03
 LINK_ABOVE_BY = 0.001
-EFF_TOLERANCE = 0.001  # a lone copy this much faster than its route's narrowest link raises that link
 CAP_MIN_BYTES = 64 << 20  # a cap is added only where the model so far is this much faster than measured
-
-
-def _lone_ce(case: Case) -> bool:
-    return case.group == "copies" and len(case.xfers) == 1 and not case.kernels and case.xfers[0].mech == "ce"
-
-
-def fit_path(points: list[tuple[int, float]]) -> PathParams:
-    """Latency, bandwidth and size efficiency from (bytes, seconds) of lone copies of one class."""
-    by_size: dict[int, list[float]] = {}
-    for s, t in points:
-        by_size.setdefault(int(s), []).append(float(t))
-    pts = sorted((s, statistics.median(ts)) for s, ts in by_size.items())
-    if len(pts) < 2:
-        raise CalibrationError(f"need lone copies at two sizes or more to fit a path class, got {len(pts)}")
-    (s0, t0), (s1, t1) = pts[0], pts[-1]
-    bw = s1 / t1
-    lat = 0.0
-    for _ in range(3):  # latency and bandwidth refer to each other; three rounds converge
-        lat = max(0.0, t0 - s0 / bw)
-        bw = s1 / max(t1 - lat, 1e-12)
-    eff = []
-    for s, t in pts:
-        e = s / (max(t - lat, 1e-12) * bw)
-        eff.append((float(s), float(min(1.0, max(1e-3, e)))))
-    return PathParams(latency_s=lat, bandwidth_Bps=bw, size_efficiency=tuple(eff), discipline="fair")
 
 
 def _profile(base: CalibrationProfile, **kw: Any) -> CalibrationProfile:
@@ -108,44 +91,163 @@ def _bisect_cap(case: Case, measured_s: float, make: Callable[[float], Topology]
     return math.sqrt(lo * hi)
 
 
+@dataclass
+class FitState:
+    """What the steps of `calibrate` share: the measurements, the uncalibrated preset, the profile fitted so
+    far (each step returns a new one) and the notes that end up in its provenance."""
+
+    m: Measurements
+    base_topo: Topology
+    cal: list[Case]
+    profile: CalibrationProfile
+    base: CalibrationProfile | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def meas(self) -> dict[str, Any]:
+        return self.m.measured
+
+    def topo(self, profile: CalibrationProfile | None = None) -> Topology:
+        return self.base_topo.with_calibration(profile or self.profile)
+
+
 def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: str = "",
-              split: str = "current") -> CalibrationProfile:
-    """Fit a profile on `m`'s calibration cases (see the module docstring for what and how)."""
+              split: str = "current", base: CalibrationProfile | None = None) -> CalibrationProfile:
+    """Fit a profile on `m`'s calibration cases (see the module docstring for what and how).
+
+    `base`: a profile of the same GPU model to derive from; what `m` measures is refitted, the rest (path
+    classes, caps, collectives, software costs it does not cover) is kept from `base`, and the notes say which.
+    Without a base, `m` must hold lone copies of at least one path class at two sizes or more."""
     m, resplit = with_split(m, split)
+    st = start_fit(m, profile_id, base)
+    st.profile = fit_path_classes(st)
+    st.profile = fit_mechanisms(st)
+    st.profile = fit_shared_caps(st)
+    st.profile = transfer_host_duplex(st)
+    st.profile = fit_disciplines(st)
+    st.profile = fit_collectives(st)
+    st.profile = fit_software_costs(st)
+    st.profile = fit_uncertainty(st)
+    return with_provenance(st, source_sha256, split, resplit)
+
+
+def start_fit(m: Measurements, profile_id: str | None, base: CalibrationProfile | None) -> FitState:
+    """The empty profile (or `base`'s parameters under a new id) and the calibration cases."""
     base_topo = base_topology(m)
-    cal = m.split(CALIBRATION)
-    meas = m.measured
-    notes: list[str] = []
     name = DEFAULT_PROFILES.get(m.preset or "", m.preset or "custom")
     date = str(m.doc.get("created_at", ""))[:10].replace("-", "")
     profile = CalibrationProfile(
         id=profile_id or f"{name}-{date or 'undated'}", machine=str(m.machine.get("kind") or m.preset),
         gpu_model=str(m.machine["gpu_model"]), gpus=int(m.machine["gpus"]),
     )
+    notes: list[str] = []
+    if base is not None:
+        if base.gpu_model != profile.gpu_model:
+            raise CalibrationError(f"{m.source}: base profile '{base.id}' is for {base.gpu_model}, these measurements "
+                                   f"are of {profile.gpu_model}")
+        caps = _caps_for(base.caps, base_topo.gpus())
+        if base.gpus != profile.gpus:
+            # A host-wide cap (no endpoints) measured with another number of GPUs says nothing of this host's.
+            dropped = [c.name for c in caps if not c.endpoints]
+            caps = tuple(c for c in caps if c.endpoints)
+            if dropped:
+                notes.append(f"base caps {', '.join(dropped)} not carried over: fitted on a host with {base.gpus} "
+                             f"GPUs, this one has {profile.gpus}")
+        profile = _profile(profile, paths=dict(base.paths), links=dict(base.links),
+                           caps=caps, collectives=dict(base.collectives),
+                           software_costs={k: dict(v) for k, v in base.software_costs.items()},
+                           mechanisms={k: dict(v) for k, v in base.mechanisms.items()})
+        notes.append(f"derived from profile '{base.id}' ({base.gpus}x {base.gpu_model}, {base.machine}): what "
+                     "these measurements do not cover is kept from it")
+    return FitState(m, base_topo, m.split(CALIBRATION), profile, base, notes)
 
-    # 1. path classes from lone copy-engine copies
+
+def _caps_for(caps: tuple[CapSpec, ...], gpus: list[str]) -> tuple[CapSpec, ...]:
+    """A base profile's caps on this machine: a per-GPU cap (one endpoint, named after its GPU) is the same
+    hardware behind every GPU, so it is repeated for each GPU here; caps naming GPUs this machine lacks go."""
+    out: list[CapSpec] = []
+    per_gpu: dict[str, CapSpec] = {}
+    for c in caps:
+        if len(c.endpoints) == 1 and c.name.startswith(f"{c.endpoints[0]}."):
+            per_gpu.setdefault(c.name.split(".", 1)[1], c)
+        elif all(e in gpus or not e.startswith("gpu") for e in c.endpoints):
+            out.append(c)
+    for suffix, c in per_gpu.items():
+        out += [replace(c, name=f"{g}.{suffix}", endpoints=(g,)) for g in gpus]
+    return tuple(out)
+
+
+def fit_path_classes(st: FitState) -> CalibrationProfile:
+    """Step 1: latency, per-flow rate and size efficiency per path class from lone copy-engine copies; link
+    capacities where one copy outruns the preset's link. A class measured at one size only keeps a base
+    profile's latency and size efficiency and takes its rate from that size."""
     by_class: dict[str, list[tuple[int, float]]] = {}
-    for c in cal:
-        if _lone_ce(c):
+    for c in st.cal:
+        if lone_ce(c):
             x = c.xfers[0]
-            cls = base_topo.path(x.src, x.dst, x.bytes).path_class
-            by_class.setdefault(cls, []).append((x.bytes, meas[c.id]["makespan_s"]))
-    if not by_class:
-        raise CalibrationError(f"{m.source}: no lone copy-engine copies in the calibration subset")
-    paths = {cls: fit_path(pts) for cls, pts in sorted(by_class.items())}
-    links = fit_links(base_topo, paths)
-    for kind, bps in sorted(links.items()):
-        notes.append(f"links.{kind}: {bps / 1e9:.1f} GB/s per direction (preset "
-                     f"{_widest_link(base_topo, kind) / 1e9:.1f} GB/s): one copy ran faster than the preset's link")
-    profile = _profile(profile, paths=paths, links=links)
+            cls = st.base_topo.path(x.src, x.dst, x.bytes).path_class
+            by_class.setdefault(cls, []).append((x.bytes, st.meas[c.id]["makespan_s"]))
+    paths = dict(st.profile.paths)
+    for cls, pts in sorted(by_class.items()):
+        if len({s for s, _ in pts}) >= 2:
+            # sizes say nothing of the discipline: a base profile's stays unless step 3 finds cases for it
+            disc = paths[cls].discipline if cls in paths else "fair"
+            paths[cls] = replace(fit_path(pts), discipline=disc)
+        elif cls in paths:
+            paths[cls] = rate_from_one_size(paths[cls], pts)
+            st.notes.append(f"{cls}: rate from one size ({pts[0][0] >> 20} MiB); latency and size efficiency kept "
+                            f"from the base profile")
+        else:
+            s, t = pts[0][0], statistics.median(t for _, t in pts)
+            paths[cls] = PathParams(bandwidth_Bps=s / t)
+            st.notes.append(f"{cls}: rate only, from one size ({s >> 20} MiB) and no base profile (latency from the "
+                            "preset's links, no size efficiency)")
+    if not by_class and st.base is None:
+        raise CalibrationError(f"{st.m.source}: no lone copy-engine copies in the calibration subset")
+    fitted = {cls: pp for cls, pp in paths.items() if cls in by_class}
+    links = {**st.profile.links, **fit_links(st.base_topo, fitted)}
+    for kind, bps in sorted(fit_links(st.base_topo, fitted).items()):
+        st.notes.append(f"links.{kind}: {bps / 1e9:.1f} GB/s per direction (preset "
+                        f"{_widest_link(st.base_topo, kind) / 1e9:.1f} GB/s): one copy ran faster than the preset's "
+                        "link")
+    return _profile(st.profile, paths=paths, links=links)
 
-    # 2. shared caps, where the model so far is faster than measured. Every cap case puts at most one
-    # copy on each engine, so caps do not depend on the discipline; the discipline cases do feel the caps.
-    gpus = base_topo.gpus()
-    for c in cal:
+
+def fit_mechanisms(st: FitState) -> CalibrationProfile:
+    """Step 1b: copies by other mechanisms, per path class, fitted like a path class (`fit_path`) on their lone
+    size sweeps: pageable host memory (the driver stages it through pinned buffers: the CPU copy sets the rate,
+    and the staging adds latency) and SM-driven copies (a load/store kernel: its own latency and rate on the
+    same links). Both run on the copy engine's route and share its links (`Topology.path`)."""
+    mechanisms = {m: dict(v) for m, v in st.profile.mechanisms.items()}
+    for mech in MECHANISMS:
+        for cls, pts in sorted(lone_copies(st.cal, st.meas, st.base_topo, mech).items()):
+            if len({s for s, _ in pts}) < 2:
+                continue
+            pp = fit_path(pts, max_efficiency=MECHANISM_MAX_EFFICIENCY)
+            mechanisms.setdefault(mech, {})[cls] = pp
+            st.notes.append(f"{mech} {cls}: latency {pp.latency_s * 1e6:.1f} us, rate "
+                            f"{pp.bandwidth_Bps / 1e9:.1f} GB/s ({len({s for s, _ in pts})} sizes)")
+    return _profile(st.profile, mechanisms=mechanisms)
+
+
+def rate_from_one_size(pp: PathParams, pts: list[tuple[int, float]]) -> PathParams:
+    """A class's per-flow rate from copies of one size, keeping its latency and size-efficiency curve."""
+    s = pts[0][0]
+    t = statistics.median(t for _, t in pts)
+    lat = pp.latency_s or 0.0
+    return replace(pp, bandwidth_Bps=s / max(t - lat, 1e-12) / pp.efficiency(s))
+
+
+def fit_shared_caps(st: FitState) -> CalibrationProfile:
+    """Step 2: shared caps, where the model so far is faster than measured. Every cap case puts at most one
+    copy on each engine, so caps do not depend on the discipline; the discipline cases do feel the caps."""
+    profile = st.profile
+    gpus = st.base_topo.gpus()
+    added: set[str] = set()
+    for c in st.cal:
         if c.group != "copies" or c.kernels or len(c.xfers) < 2:
             continue
-        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
+        classes = {st.base_topo.path(x.src, x.dst).path_class for x in c.xfers}
         issuers = {x.issuer for x in c.xfers}
         if len(issuers) == 1 and len(classes) == 1:
             continue  # an engine case: discipline, not a cap
@@ -155,29 +257,60 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         if kind is None:
             continue
         what, spec_of = kind
-        if any(cap.name == spec_of(1.0)[0].name for cap in profile.caps):
-            continue
-        measured = measured_makespan(c, meas[c.id])
-        topo_now = base_topo.with_calibration(profile)
-        predicted = simulate_case(c, topo_now).makespan_s
+        names = {cap.name for cap in spec_of(1.0)}
+        if names & added:
+            continue  # fitted on an earlier case of this run
+        # Measured here: a cap of that name from the base profile gives way to what this case says.
+        profile = _profile(profile, caps=tuple(cap for cap in profile.caps if cap.name not in names))
+        measured = measured_makespan(c, st.meas[c.id])
+        predicted = simulate_case(c, st.topo(profile)).makespan_s
         if predicted >= measured * (1 - SLOWER_BY):
-            notes.append(f"{what}: no cap needed (case {c.id}: predicted {predicted * 1e3:.3f} ms, "
-                         f"measured {measured * 1e3:.3f} ms)")
+            st.notes.append(f"{what}: no cap needed (case {c.id}: predicted {predicted * 1e3:.3f} ms, "
+                            f"measured {measured * 1e3:.3f} ms)")
             continue
         total = sum(x.bytes for x in c.xfers)
 
         def make(bps: float, spec_of: Callable = spec_of, before: CalibrationProfile = profile) -> Topology:
-            return base_topo.with_calibration(_profile(before, caps=before.caps + tuple(spec_of(bps))))
+            return st.topo(_profile(before, caps=before.caps + tuple(spec_of(bps))))
 
         bps = _bisect_cap(c, measured, make, hi=2 * total / predicted)
         profile = _profile(profile, caps=profile.caps + tuple(spec_of(bps)))
-        notes.append(f"{what}: cap {bps / 1e9:.1f} GB/s (case {c.id})")
+        added |= names
+        st.notes.append(f"{what}: cap {bps / 1e9:.1f} GB/s (case {c.id})")
+    return profile
 
-    # 3. engine discipline, from two equal copies of one class on one GPU
-    for c in cal:
+
+def transfer_host_duplex(st: FitState) -> CalibrationProfile:
+    """Step 2b, only for a profile derived from one of another GPU count: the host's duplex ceiling (both
+    directions together), when not measured here, scaled from the base machine's. The base's ratio of duplex
+    ceiling to its one-direction aggregate (every GPU at its per-flow rate, or its aggregate cap) is applied to
+    this host's larger one-direction aggregate. A transfer, not a measurement: the notes say so."""
+    base, profile = st.base, st.profile
+    if base is None or base.gpus == profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
+        return profile
+    old = next((c for c in base.caps if c.name == "host-duplex"), None)
+    if old is None:
+        return profile
+
+    def one_way(p: CalibrationProfile, cls: str) -> float:
+        per_gpu = p.gpus * ((p.paths.get(cls) or PathParams()).bandwidth_Bps or math.inf)
+        return min([per_gpu] + [c.Bps for c in p.caps if c.name == f"host-{cls}"])
+
+    ratio = old.Bps / max(one_way(base, "h2d"), one_way(base, "d2h"))
+    bps = ratio * max(one_way(profile, "h2d"), one_way(profile, "d2h"))
+    st.notes.append(f"host duplex: cap {bps / 1e9:.1f} GB/s transferred from '{base.id}' (its duplex ceiling is "
+                    f"{ratio:.2f}x its one-direction aggregate), not measured on this host")
+    return _profile(profile, caps=profile.caps + (replace(old, Bps=bps),))
+
+
+def fit_disciplines(st: FitState) -> CalibrationProfile:
+    """Step 3: engine discipline per class, from two equal copies of one class on one GPU."""
+    profile = st.profile
+    paths = dict(profile.paths)
+    for c in st.cal:
         if c.group != "copies" or len(c.xfers) < 2 or c.kernels:
             continue
-        classes = {base_topo.path(x.src, x.dst).path_class for x in c.xfers}
+        classes = {st.base_topo.path(x.src, x.dst).path_class for x in c.xfers}
         issuers = {x.issuer for x in c.xfers}
         if len(classes) != 1 or len(issuers) != 1:
             continue
@@ -187,45 +320,68 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         errs = {}
         for disc in ("fair", "fifo"):
             trial = _profile(profile, paths={**profile.paths, cls: replace(paths[cls], discipline=disc)})
-            errs[disc] = _err_order(c, meas[c.id], base_topo.with_calibration(trial))
+            errs[disc] = _err_order(c, st.meas[c.id], st.topo(trial))
         best = min(errs, key=errs.get)
         paths[cls] = replace(paths[cls], discipline=best)
         profile = _profile(profile, paths=dict(paths))
-        notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
-                     f"fifo {errs['fifo']:.1%}; case {c.id})")
+        st.notes.append(f"{cls}: discipline {best} (finish+service error by rank: fair {errs['fair']:.1%}, "
+                        f"fifo {errs['fifo']:.1%}; case {c.id})")
+    return profile
 
-    # 4. NCCL: fixed cost and bus-bandwidth ceiling per collective
-    collectives: dict[str, CollectiveParams] = {}
-    topo_now = base_topo.with_calibration(profile)
+
+def fit_collectives(st: FitState) -> CalibrationProfile:
+    """Step 4: NCCL fixed cost, bus-bandwidth ceiling and size efficiency per collective (`fit_collective`)."""
+    collectives = dict(st.profile.collectives)
+    topo_now = st.topo()
+    fitted = set()
     for op in NCCL_OPS:
-        oc = [c for c in cal if c.group == "nccl" and c.op == op]
+        oc = [c for c in st.cal if c.group == "nccl" and c.op == op]
         if len(oc) >= 2:
-            cp = fit_collective(oc, meas, topo_now)
+            cp = fit_collective(oc, st.meas, topo_now)
             collectives[op] = cp
+            fitted.add(op)
             effs = ", ".join(f"{e:.2f}" for _, e in cp.size_efficiency)
-            notes.append(f"nccl {op}: fixed cost {cp.fixed_s * 1e6:.1f} us, bus bandwidth {cp.bus_Bps / 1e9:.1f} "
-                         f"GB/s, size efficiency {effs} ({len(oc)} calibration sizes)")
-    if "broadcast" in collectives:
+            st.notes.append(f"nccl {op}: fixed cost {cp.fixed_s * 1e6:.1f} us, bus bandwidth {cp.bus_Bps / 1e9:.1f} "
+                            f"GB/s, size efficiency {effs} ({len(oc)} calibration sizes)")
+    if "broadcast" in fitted:
         for op in NCCL_OPS:
-            if op not in collectives and any(c.group == "nccl" and c.op == op for c in m.cases):
+            if op not in fitted and any(c.group == "nccl" and c.op == op for c in st.m.cases):
                 collectives[op] = collectives["broadcast"]
-                notes.append(f"nccl {op}: no calibration sizes; borrows broadcast's fit (its fitted_on says so)")
-    profile = _profile(profile, collectives=collectives)
+                st.notes.append(f"nccl {op}: no calibration sizes; borrows broadcast's fit (its fitted_on says so)")
+    kept = sorted(set(collectives) - fitted)
+    if kept and st.base is not None:
+        st.notes.append(f"nccl {', '.join(kept)}: kept from the base profile (not measured here)")
+    return _profile(st.profile, collectives=collectives)
 
-    # 5. CUDA IPC software costs
-    ipc = [c for c in cal if c.group == "ipc"]
-    if len(ipc) >= 2:
-        costs = {}
-        keys = ["open_s"]
-        if (m.doc.get("settings") or {}).get("ipc_close_timing") == IPC_CLOSE_TIMING:
-            keys.append("close_s")
-        else:
-            notes.append("cuda ipc: close not fitted (this file timed close with a garbage collection inside)")
-        for key in keys:
-            a, b = _linear_fit(sorted((c.bytes, meas[c.id][key]) for c in ipc), rate=False)
-            costs[key.removesuffix("_s")] = SoftwareCost(a, max(0.0, b))
-        profile = _profile(profile, software_costs={"cuda_ipc": costs})
 
+def fit_software_costs(st: FitState) -> CalibrationProfile:
+    """Step 5: CUDA IPC handle open and close cost as a + b x bytes (`software_costs.cuda_ipc`)."""
+    ipc = [c for c in st.cal if c.group == "ipc"]
+    if len(ipc) < 2:
+        return st.profile
+    costs = dict(st.profile.software_costs.get("cuda_ipc") or {})
+    keys = ["open_s"]
+    if (st.m.doc.get("settings") or {}).get("ipc_close_timing") == IPC_CLOSE_TIMING:
+        keys.append("close_s")
+    else:
+        st.notes.append("cuda ipc: close not fitted (this file timed close with a garbage collection inside)")
+    for key in keys:
+        a, b = linear_fit(sorted((c.bytes, st.meas[c.id][key]) for c in ipc), rate=False)
+        costs[key.removesuffix("_s")] = SoftwareCost(a, max(0.0, b))
+    return _profile(st.profile, software_costs={**st.profile.software_costs, "cuda_ipc": costs})
+
+
+def fit_uncertainty(st: FitState) -> CalibrationProfile:
+    """Step 6: the spread of each mechanism's parameters, from leave-one-out residuals of the calibration
+    cases (`validate.fit.uncertainty`); prediction intervals sample it."""
+    from .uncertainty import fit_spreads
+
+    return _profile(st.profile, uncertainty=fit_spreads(st))
+
+
+def with_provenance(st: FitState, source_sha256: str, split: str, resplit: list[str]) -> CalibrationProfile:
+    """The machine facts, the cases fitted on, the split and the notes, recorded in the profile."""
+    m = st.m
     facts = {k: m.machine.get(k) for k in ("kind", "preset", "gpu_name", "gpus", "torch", "cuda", "nccl", "triton",
                                            "CUDA_DEVICE_MAX_CONNECTIONS")}
     prov = {
@@ -235,13 +391,17 @@ def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: 
         "measurements": Path(m.source).name,
         "measurements_sha256": source_sha256,
         "machine": facts,
-        "calibration_cases": sorted(c.id for c in cal),
-        "held_out_cases": len(m.cases) - len(cal),
+        "calibration_cases": sorted(c.id for c in st.cal),
+        "held_out_cases": len(m.cases) - len(st.cal),
         "split": split,
         "split_changed_from_file": resplit,
-        "notes": notes,
+        "notes": st.notes,
     }
-    return _profile(profile, provenance=prov)
+    if st.base is not None:
+        prov["base_profile"] = st.base.id
+    if m.doc.get("imported_from"):
+        prov["imported_from"] = m.doc["imported_from"]
+    return _profile(st.profile, provenance=prov)
 
 
 def _cap_kind(classes: set[str], issuers: set[str],
@@ -258,78 +418,6 @@ def _cap_kind(classes: set[str], issuers: set[str],
     if len(cls) == 1:
         return f"host aggregate {cls[0]}", lambda bps: [CapSpec(f"host-{cls[0]}", bps, cls)]
     return "host duplex", lambda bps: [CapSpec("host-duplex", bps, cls)]
-
-
-def fit_collective(cases: list[Case], meas: dict[str, Any], topo: Topology) -> CollectiveParams:
-    """One collective's fixed cost, bus bandwidth and size efficiency, the way `fit_path` fits a path class:
-    the fixed cost is the largest one all calibration sizes allow, the bus bandwidth comes from the largest
-    size (each given the other, a few rounds), then at every calibration size the efficiency that makes the
-    simulated time the measured one.
-
-    Everything is solved on the simulator (path latency, links, caps included), so the parameters mean what
-    `simulate_case` does with them; held-out sizes are predicted by interpolating the efficiency in log size.
-    """
-    op = cases[0].op
-    n = len(topo.gpus())
-    pts = sorted(cases, key=lambda c: c.bytes)
-    large = pts[-1]
-
-    def ring_bytes(c: Case) -> int:
-        return max(t["bytes"] for t in ring_schedule(c.op, c.bytes, [f"gpu{i}" for i in range(n)]))
-
-    def sim(c: Case, bus: float, fixed: float, eff: tuple[tuple[float, float], ...] = ()) -> float:
-        return simulate_case(c, topo, {op: CollectiveParams(bus, fixed, eff)}).makespan_s
-
-    def t(c: Case) -> float:
-        return float(meas[c.id]["makespan_s"])
-
-    def solve(f: Callable[[float], float], lo: float, hi: float) -> float:
-        """x in [lo, hi] (log-bisection) where the decreasing f(x) crosses 0; an end if it never does."""
-        if f(hi) >= 0:
-            return hi
-        if f(lo) <= 0:
-            return lo
-        for _ in range(50):
-            mid = math.sqrt(lo * hi)
-            lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
-        return math.sqrt(lo * hi)
-
-    # A ring transfer cannot outrun the links it crosses: above that the bus bandwidth would not show.
-    route = topo.path("gpu0", "gpu1")
-    link = min(topo.resources()[r] / k for r, k in route.resources)
-    bus, fixed = ring_bytes(large) / t(large), 0.0
-    for _ in range(4):  # fixed cost and bus bandwidth refer to each other; a few rounds converge
-        # The fixed cost adds once to the makespan. It is the largest one every calibration size allows: the
-        # least overhead over bytes / bus that the sizes below the largest show (the largest sets the bus
-        # bandwidth), so each size is at least fixed + bytes / bus and an efficiency <= 1 explains the rest.
-        fixed = max(0.0, min(t(c) - sim(c, bus, 0.0) for c in pts[:-1]))
-        bus = solve(lambda b, f=fixed: sim(large, b, f) - t(large), min(bus, link) / 4, min(bus * 4, link))
-    def efficiency(c: Case) -> float:
-        # Where the full bus bandwidth already gives the measured time (within 0.1%), the factor is 1: below
-        # it the path's own rate may bind for a while, and the time would not tell the factors apart.
-        if sim(c, bus, fixed) >= t(c) * (1 - EFF_TOLERANCE):
-            return 1.0
-        return solve(lambda e: sim(c, bus, fixed, ((1.0, e),)) - t(c), 1e-3, 1.0)
-
-    eff = tuple((float(ring_bytes(c)), efficiency(c)) for c in pts)
-    return CollectiveParams(bus, fixed, eff, tuple(c.id for c in cases))
-
-
-def _linear_fit(pts: list[tuple[int, float]], rate: bool = True) -> tuple[float, float]:
-    """t = a + s / b (rate=True) or t = a + b * s, least squares weighted by 1/t (relative error)."""
-    xs = [float(s) for s, _ in pts]
-    ys = [float(t) for _, t in pts]
-    ws = [1.0 / (y * y) for y in ys]
-    sw = sum(ws)
-    mx = sum(w * x for w, x in zip(ws, xs, strict=True)) / sw
-    my = sum(w * y for w, y in zip(ws, ys, strict=True)) / sw
-    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs, strict=True))
-    sxy = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys, strict=True))
-    slope = sxy / sxx if sxx > 0 else 0.0
-    a = max(0.0, my - slope * mx)
-    if rate:
-        return a, (1.0 / slope if slope > 0 else float("inf"))
-    return a, slope
 
 
 def _lone_route(topo: Topology, cls: str) -> tuple[str, str] | None:
@@ -371,13 +459,22 @@ def fit_links(topo: Topology, paths: dict[str, PathParams]) -> dict[str, float]:
     return out
 
 
-def calibrate_file(measured: str | Path, out: str | Path, *, profile_id: str | None = None,
-                   split: str = "current") -> CalibrationProfile:
-    """Load, fit, write the profile atomically; returns it."""
-    m = load_measurements(measured)
-    path = Path(m.source)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split)
+def load_base(ref: str | Path | None) -> CalibrationProfile | None:
+    """A base profile by bundled name (`h200x2`) or path."""
+    if ref is None:
+        return None
+    bundled = bundled_profile_path(str(ref))
+    return load_profile(bundled if bundled.exists() else ref)
+
+
+def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, profile_id: str | None = None,
+                   split: str = "current", base: str | Path | None = None) -> CalibrationProfile:
+    """Load (any format `validate.fit.imports` reads; several files of one machine merge), fit, write the
+    profile atomically; returns it."""
+    paths = [Path(p) for p in (measured if isinstance(measured, list) else [measured])]
+    m = merge([load_any(p) for p in paths])
+    sha = hashlib.sha256(b"".join((p / "measured.json" if p.is_dir() else p).read_bytes() for p in paths)).hexdigest()
+    profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split, base=load_base(base))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)

@@ -36,13 +36,18 @@ def base_topology(m: Measurements) -> Topology:
     return presets.get(m.preset, calibration=None)
 
 
-def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> None:
-    """A profile for another machine kind must not be applied to these measurements."""
+def check_profile_fits(profile: CalibrationProfile, m: Measurements) -> str:
+    """A profile for another GPU model, or for fewer GPUs than measured (it lacks what many GPUs share), must
+    not be applied to these measurements. One for more GPUs of the model applies: returns the note saying so."""
     model, gpus = m.machine.get("gpu_model"), m.machine.get("gpus")
-    if profile.gpu_model != model or profile.gpus != gpus:
+    if profile.gpu_model != model or profile.gpus < int(gpus or 0):
         raise CalibrationError(
             f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} ({profile.machine}), "
             f"but {m.source} was measured on {gpus}x {model}")
+    if profile.gpus != gpus:
+        return (f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} ({profile.machine}); "
+                f"applied to this {gpus}-GPU machine of that model")
+    return ""
 
 
 Collectives = dict[str, CollectiveParams]

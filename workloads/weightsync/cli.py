@@ -6,21 +6,24 @@ GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.hwmodels.intervals import intervals_over
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
 from ..keyvalue import Setting, parse_key_values, split_all
-from ..metrics_out import metric_values, print_json, print_metrics
+from ..metrics_out import interval_values, metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
 
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
+SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -65,17 +68,24 @@ def _run(args: argparse.Namespace) -> int:
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
     metrics = res.metrics_with_units()
+    intervals = {}
+    if args.samples and res.feasible:
+        # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
+        intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
+                                   samples=args.samples)
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
-                    "metrics": metric_values(metrics)})
+                    "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
+    if topo.calibration_note:
+        print(f"note: {topo.calibration_note}")
     if not res.feasible:
         print(f"infeasible: {res.reason}")
-    print_metrics(metrics)
+    print_metrics(metrics, intervals)
     return 0
 
 
@@ -107,5 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--samples", type=int, default=SYNC_SAMPLES, metavar="N",
+                   help=f"perturbed re-runs for the 90%% intervals (default {SYNC_SAMPLES}; 0: none)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)

@@ -1,0 +1,166 @@
+"""Prediction intervals: sample the calibration profile's parameters, re-run the prediction, read the spread.
+
+`predict_interval(run, topo)` calls `run(topology)` once on `topo` (the point prediction) and once on each of
+`samples` perturbed copies of it. A perturbed copy multiplies every parameter group of `hwmodels.uncertainty`
+by one log-normal factor drawn with that group's spread: path latencies, mid-size efficiencies, per-flow rates
+(with the link direction each class runs on, so a faster draw is not clipped by the link), calibrated shared
+caps, HBM, collectives. Uncalibrated topologies perturb link capacities and latencies per link kind with the
+wide a priori spread. Only topology objects change: any engine, workload or study that takes a topology gets
+an interval without knowing how it was made.
+
+The interval is the point prediction times exp(mean ± z·sd) of the log ratios sample / point (z for the
+level), widened to contain the point itself: with a few dozen samples a log-normal summary is steadier than
+empirical 5%/95% quantiles. Seeds are fixed, so the same call gives the same interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .calibration import CollectiveParams, PathParams
+from .topology import Topology
+from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, Uncertainty
+
+LEVEL = 0.9
+SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A prediction with its interval: `lo <= value <= hi` at confidence `level`; `note` says what it rests on."""
+
+    value: float
+    lo: float
+    hi: float
+    level: float = LEVEL
+    calibrated: bool = True
+    note: str = ""
+
+    def format(self, scale: float = 1e3, unit: str = "ms", digits: int = 1) -> str:
+        """'54.3 ms [49.1, 60.2] (90%)', with '(90%, uncalibrated)' where no profile backs it."""
+        tag = f"{self.level:.0%}" + ("" if self.calibrated else ", uncalibrated: datasheet defaults")
+        v, lo, hi = (x * scale for x in (self.value, self.lo, self.hi))
+        return f"{v:.{digits}f} {unit} [{lo:.{digits}f}, {hi:.{digits}f}] ({tag})"
+
+    def contains(self, x: float) -> bool:
+        return self.lo <= x <= self.hi
+
+    def to_dict(self) -> dict[str, float | str | bool]:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "level": self.level,
+                "calibrated": self.calibrated}
+
+
+def uncertainty_of(topo: Topology) -> Uncertainty:
+    """The spreads a topology's predictions carry: its profile's, or the wide a priori one."""
+    if topo.calibration_id is None:
+        return UNCALIBRATED
+    return topo.uncertainty or Uncertainty({}, "profile without residuals: a priori spread")
+
+
+def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None = None) -> Topology:
+    """A copy of `topo` with one draw of every parameter group (see the module docstring)."""
+    unc = unc or uncertainty_of(topo)
+    factors: dict[str, float] = {}
+
+    def f(group: str) -> float:
+        if group not in factors:
+            factors[group] = math.exp(rng.normal(0.0, unc.sigma(group)))
+        return factors[group]
+
+    t = copy.deepcopy(topo)
+    t._path_cache = {}
+    calibrated = topo.calibration_id is not None
+    for u, v, d in t.graph.edges(data=True):
+        kind = d["kind"]
+        if not calibrated:
+            d["latency_s"] *= f(f"latency.{kind}")
+            d["bw"] = {k: bw * f(f"rate.{kind}") for k, bw in d["bw"].items()}
+            continue
+        for a, b in ((u, v), (v, u)):
+            cls = _class_of_direction(t, kind, a, b)
+            if cls is not None:
+                d["bw"][(a, b)] *= f(f"rate.{cls}")
+    for name, cap in t.caps.items():
+        if name.endswith(".hbm"):
+            cap.Bps *= f("rate.d2d" if calibrated else "rate.hbm")
+        elif name.endswith(".dram"):
+            cap.Bps *= 1.0 if calibrated else f("rate.dram")
+        else:
+            # one factor per kind of cap (every GPU's duplex cap is the same hardware), all with one spread
+            key = f"cap:{name.rsplit('.', 1)[-1]}"
+            if key not in factors:
+                factors[key] = math.exp(rng.normal(0.0, unc.sigma("concurrency")))
+            cap.Bps *= factors[key]
+    t.path_params = {cls: _perturb_path(pp, cls, f) for cls, pp in t.path_params.items()}
+    t.mechanisms = {m: {cls: _perturb_path(pp, f"{m}:{cls}", f) for cls, pp in v.items()}
+                    for m, v in t.mechanisms.items()}
+    t.collectives = {op: _perturb_collective(cp, op, f) for op, cp in t.collectives.items()}
+    return t
+
+
+def _class_of_direction(t: Topology, kind: str, a: str, b: str) -> str | None:
+    """Which path class's rate a link direction carries: PCIe toward a GPU is H2D, away from it D2H; NVLink is
+    peer traffic. Other links (DRAM, socket, network) keep their capacity."""
+    if kind == "nvlink":
+        return "p2p-nvlink"
+    if kind != "pcie":
+        return None
+    if t.graph.nodes[b].get("kind") == "gpu":
+        return "h2d"
+    if t.graph.nodes[a].get("kind") == "gpu":
+        return "d2h"
+    return None
+
+
+def _perturb_path(pp: PathParams, cls: str, f: Callable[[str], float]) -> PathParams:
+    eff = tuple((s, e * f(f"mid.{cls}")) if SMALL_BYTES <= s < LARGE_BYTES else (s, e) for s, e in pp.size_efficiency)
+    return replace(pp, latency_s=None if pp.latency_s is None else pp.latency_s * f(f"latency.{cls}"),
+                   bandwidth_Bps=None if pp.bandwidth_Bps is None else pp.bandwidth_Bps * f(f"rate.{cls}"),
+                   size_efficiency=eff)
+
+
+def _perturb_collective(cp: CollectiveParams, op: str, f: Callable[[str], float]) -> CollectiveParams:
+    g = f"collective.{op}"
+    eff = tuple((s, e * f(f"{g}.mid")) if SMALL_BYTES <= s < LARGE_BYTES else (s, e) for s, e in cp.size_efficiency)
+    return replace(cp, bus_Bps=cp.bus_Bps * f(f"{g}.bus"), fixed_s=cp.fixed_s * f(f"{g}.fixed"), size_efficiency=eff)
+
+
+def interval_from_samples(point: float, samples: list[float], level: float = LEVEL, *, calibrated: bool = True,
+                          note: str = "") -> Interval:
+    """The interval around `point` that the sampled predictions give (see the module docstring)."""
+    xs = [math.log(s / point) for s in samples if s > 0 and point > 0]
+    if len(xs) < 2:
+        return Interval(point, point, point, level, calibrated, note)
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    mu, sd = statistics.fmean(xs), statistics.stdev(xs)
+    return Interval(point, point * math.exp(min(0.0, mu - z * sd)), point * math.exp(max(0.0, mu + z * sd)), level,
+                    calibrated, note)
+
+
+def predict_interval(run: Callable[[Topology], float], topo: Topology, *, samples: int = SAMPLES,
+                     level: float = LEVEL, seed: int = 0) -> Interval:
+    """`run(topo)` with its interval: `run` re-run on `samples` perturbed copies of `topo`."""
+    point = run(topo)
+    rng = np.random.default_rng(seed)
+    unc = uncertainty_of(topo)
+    draws = [run(perturbed(topo, rng, unc)) for _ in range(samples)]
+    return interval_from_samples(point, draws, level, calibrated=topo.calibration_id is not None,
+                                 note=topo.calibration_note)
+
+
+def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, *, samples: int = SAMPLES,
+                   level: float = LEVEL, seed: int = 0) -> dict[str, Interval]:
+    """Like `predict_interval` for several metrics of one run (one re-run per sample serves them all)."""
+    point = run(topo)
+    rng = np.random.default_rng(seed)
+    unc = uncertainty_of(topo)
+    draws = [run(perturbed(topo, rng, unc)) for _ in range(samples)]
+    cal = topo.calibration_id is not None
+    return {k: interval_from_samples(v, [d[k] for d in draws if k in d], level, calibrated=cal,
+                                     note=topo.calibration_note) for k, v in point.items()}
