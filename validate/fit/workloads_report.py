@@ -37,11 +37,10 @@ MISSING = {
                          "decode kernels wait for them instead of sharing HBM (see the sm-fifo column)",
     "kv-prefetch-decode": "as kv-offload-decode: the scatter kernel and the decode kernels are served one after "
                           "another on the SMs",
-    "kv-topk-fetch": "SM-driven reads of pinned host memory reach ~92% of the copy engine's rate; the twin routes "
-                     "them as copy-engine copies",
-    "kv-swap": "SM-driven copies to and from pinned host memory run at ~90% of the copy engine's rate; the twin "
-               "routes them as copy-engine copies (no `sm` path class in the profile)",
-    "kv-prefix-copy": "SM-driven HBM copies: ~92% of the copy engine at 1 GiB, launch-bound when small",
+    "kv-topk-fetch": "page kernels are routed with the profile's `sm` mechanism, fitted on the Triton bulk copy; "
+                     "the paged gather's own rate differs by a few percent",
+    "kv-swap": "as kv-topk-fetch, in both directions",
+    "kv-prefix-copy": "small copies: two kernel launches of tens of us each, beyond the sm mechanism's latency",
     "pool-pull": "host costs of one read_consistent per tensor, fitted on two models, do not carry over exactly to "
                  "a third (39 large tensors)",
     "pool-zero-copy": "PoolReader.wait_for polls with a backoff that doubles up to 1 ms: a sub-millisecond sync "

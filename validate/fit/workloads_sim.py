@@ -109,9 +109,9 @@ class _Twin:
         return self.sim.delay(self._id("cpu"), max(0.0, s), after=[a for a in after if a is not None], tag="software")
 
     def copy(self, src: str, dst: str, nbytes: float, after: Iterable[Any] = (), engine: str | None = None,
-             fixed_cost_s: float = 0.0) -> Any:
+             fixed_cost_s: float = 0.0, mechanism: str = "ce") -> Any:
         return self.sim.transfer(self._id("copy"), src, dst, nbytes, after=[a for a in after if a is not None],
-                                 tag="copy", engine=engine, fixed_cost_s=fixed_cost_s)
+                                 tag="copy", engine=engine, fixed_cost_s=fixed_cost_s, mechanism=mechanism)
 
     def lone_s(self, src: str, dst: str, nbytes: float) -> float:
         """A lone copy's time on this topology: path latency + bytes at the size's calibrated rate."""
@@ -290,16 +290,22 @@ def _nccl_twin(case: WorkloadCase, tw: _Twin, sizes: list[int]) -> Generator:
 
 
 def _kv_twin(case: WorkloadCase, tw: _Twin, variant: str) -> Generator:
-    """KV cases move pages with SM-driven kernels. `default`: as copies on their path class, sharing HBM with
-    kernels (the engine's model today). `sm-fifo`: SM-driven copies and kernels served one after another on
-    the GPU's SMs (a candidate mechanism, reported beside the default, never in its place)."""
+    """KV cases move pages with SM-driven kernels (`kernels.paged_kv`): copies of the profile's `sm` mechanism
+    where it has one (fitted by the copy suite on the Triton bulk copy), else copy-engine copies; either way
+    they share HBM with kernels max-min (the engine's model). `sm-fifo`: SM-driven copies and kernels served one
+    after another on the GPU's SMs (a candidate mechanism, reported beside the default, never in its place)."""
     p = case.params
     nbytes = int(p["pages"]) * int(p["page_bytes"])
+    mech = "sm" if "sm" in tw.sim.topology.mechanisms else "ce"
     sm = f"{GPU}.sm" if variant == "sm-fifo" else None
+
+    def page_copy(src: str, dst: str, after: Iterable[Any] = ()) -> Any:
+        return tw.copy(src, dst, nbytes, after=after, engine=sm, mechanism=mech)
+
     if case.mech in ("kv-offload-decode", "kv-prefetch-decode"):
         src, dst = (GPU, HOST) if case.mech == "kv-offload-decode" else (HOST, GPU)
         steps, db = int(p["steps"]), int(p["decode_bytes"])
-        copy = tw.copy(src, dst, nbytes, engine=sm)
+        copy = page_copy(src, dst)
         step = None
         for _ in range(steps):
             # sm-fifo: a decode step is SM work on the same queue (its HBM traffic: a read and a write of db)
@@ -309,14 +315,14 @@ def _kv_twin(case: WorkloadCase, tw: _Twin, variant: str) -> Generator:
         yield step
         tw.marks["decode_s"] = tw.sim.now
     elif case.mech == "kv-topk-fetch":
-        yield tw.copy(HOST, GPU, nbytes, engine=sm)
+        yield page_copy(HOST, GPU)
     elif case.mech == "kv-swap":
-        yield tw.copy(GPU, HOST, nbytes, engine=sm)
+        yield page_copy(GPU, HOST)
         tw.marks["swap_out_s"] = tw.sim.now
-        yield tw.copy(HOST, GPU, nbytes, engine=sm)
+        yield page_copy(HOST, GPU)
     elif case.mech == "kv-prefix-copy":
-        yield tw.copy(GPU, GPU, nbytes, engine=sm)
-        yield tw.copy(GPU, GPU, nbytes, engine=sm)
+        yield page_copy(GPU, GPU)
+        yield page_copy(GPU, GPU)
     else:
         raise CalibrationError(f"case '{case.id}': no simulated twin for mechanism '{case.mech}'")
 
