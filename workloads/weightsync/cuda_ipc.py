@@ -19,7 +19,7 @@ the handle cost per bucket is the fitted open + close for the bucket's size plus
 process round trip the measurement does not include) instead; `per_tensor_s` 20 us per tensor rebuilt and loaded
 (Python dispatch); `bucket_bytes` 512 MiB (slime's `--update-weight-buffer-size` default). Where the profile
 holds the workload suite's fits of this very code path (`software_costs.ipc_bucket`: `per_bucket` and
-`per_tensor`, measured end to end with trainer and rollout processes sharing a GPU; 1.10 ms and 11.2 us on one
+`per_tensor`, measured end to end with trainer and rollout processes sharing a GPU; 1.09 ms and 11.4 us on one
 H200, `fabricsim validate --suite workloads`), those replace the defaults; a knob passed explicitly wins.
 """
 
