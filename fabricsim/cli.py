@@ -7,20 +7,51 @@ only assembles them and turns user mistakes (`FabricsimError`) into one line on 
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
+import re
 import sys
 
 from . import __version__
 
 EPILOG = """examples:
   fabricsim simulate examples/h2d_fanout.yaml
-  fabricsim simulate examples/h2d_fanout.yaml --json --trace trace.json
+  fabricsim simulate examples/h2d_fanout.yaml --json --perfetto trace.json
   fabricsim topo show hgx-h200-8
   fabricsim topo import topo_m.txt --gpu H100
   fabricsim sweep weight_sync && fabricsim plot weight_sync
   fabricsim results show weight_sync --metric sync_s
 """
+
+
+# One meaning per flag name across the CLI: `--perfetto...` writes Perfetto traces (`--perfetto PATH` in
+# simulate, sync and serve; `--perfetto-point POINT_ID` into `--perfetto-dir DIR` in sweep) and
+# `--request-trace CSV` reads serve's requests. The old spellings, where `--trace` meant each of these, still
+# work for scripts written before, with a one-line warning: (command, old flag) -> new flag.
+DEPRECATED_FLAGS = {
+    ("simulate", "--trace"): "--perfetto",
+    ("sync", "--trace"): "--perfetto",
+    ("serve", "--trace"): "--request-trace",
+    ("sweep", "--trace"): "--perfetto-point",
+    ("sweep", "--trace-dir"): "--perfetto-dir",
+}
+
+
+def _rename_deprecated(argv: list[str]) -> list[str]:
+    """`argv` with deprecated flag spellings of its command replaced by the current ones, warning once each."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        flag, eq, value = arg.partition("=")
+        new = DEPRECATED_FLAGS.get((command, flag)) if flag.startswith("--") else None
+        if new is not None:
+            print(f"fabricsim: warning: {command} {flag} is deprecated; use {new}", file=sys.stderr)
+            arg = new + eq + value
+        out.append(arg)
+    return out
 
 
 def _command_modules() -> tuple:
@@ -36,8 +67,22 @@ def _command_modules() -> tuple:
     return (simcore_cli, hwmodels_cli, weightsync_cli, serve_cli, harness_cli, validate_cli)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: a usage mistake is one line on stderr (the command, the problem and
+    where to look for help) and exit status 2, like every other user mistake; subcommands inherit it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # `--kv-budget -5GiB` is a (bad) value, not an unknown option: anything that starts like a negative
+        # number is a value, so the value's own check can say what is wrong with it.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fabricsim",
         description="Simulate weight and KV-cache movement across GPU machines, and check it against real GPUs.",
         epilog=EPILOG,
@@ -50,20 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that lands inside a callback Python cannot raise from (an import lock's weakref callback, while
+    the models are still being imported) would print 'Exception ignored ... KeyboardInterrupt' and be lost:
+    deliver it again to the main thread, where `main` turns it into one line and status 130."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _thread.interrupt_main()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; Ctrl-C anywhere, even while the models are still being imported, ends it with 130."""
+    previous, sys.unraisablehook = sys.unraisablehook, _interrupt_again
     try:
         return _run(argv)
     except KeyboardInterrupt:
         print("fabricsim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.unraisablehook = previous
 
 
 def _run(argv: list[str] | None) -> int:
     from fabricsim.errors import FabricsimError  # imported here: the heavy imports start inside main's guard
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_rename_deprecated(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -13,6 +13,11 @@ class FabricsimError(Exception):
     """A user mistake (bad input, impossible configuration): reported in one line, never as a traceback."""
 
 
+class OutputExistsError(FabricsimError):
+    """An output file or folder is already there and the user did not say `--force`: nothing is overwritten
+    without a word (the same rule for every command that writes a named output)."""
+
+
 class TopologyError(FabricsimError):
     """A topology, preset or topology file is invalid, or a route does not exist."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import signal
 import sys
 import warnings
@@ -38,9 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip points already in the store")
     p.add_argument("--retry-failed", action="store_true", help="with --resume, run failed points again")
     p.add_argument("--limit", type=int, default=None, help="run at most N (remaining) points")
-    p.add_argument("--trace", metavar="POINT_ID", default=None,
+    p.add_argument("--perfetto-point", metavar="POINT_ID", default=None,
                    help="re-run one point (id or unique prefix) and write its Perfetto trace; stores nothing")
-    p.add_argument("--trace-dir", default="traces", help="where --trace writes (default: ./traces)")
+    p.add_argument("--perfetto-dir", metavar="DIR", default="traces",
+                   help="where --perfetto-point writes (default: ./traces)")
     p.add_argument("--store", default=None, help=store_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
@@ -94,8 +96,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed reruns the failed points of an earlier run; it needs --resume")
-    if args.trace:
-        path, outcome = trace_point(args.study, args.trace, args.trace_dir)
+    if args.perfetto_point:
+        path, outcome = trace_point(args.study, args.perfetto_point, args.perfetto_dir)
         assert outcome.metrics is not None
         for metric, (value, unit) in outcome.metrics.items():
             print(f"{metric} = {value:.6g} {unit}".rstrip())
@@ -197,12 +199,53 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     table = table.dropna(how="all").reset_index()
     table = table.sort_values([*params, "topology", "source", "point_id"], kind="stable")
     table.columns.name = None
-    _print(table, args.csv)
+    if args.csv:
+        _print(table, csv=True)
+    else:
+        _print_wrapped(table, keep=["point_id"])
+    if args.metric:
+        _say_what_is_missing(df, table, args.metric)
     if not failed.empty and not args.csv:
         n = failed["point_id"].nunique()
         at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
+
+
+def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str]) -> None:
+    """Points that ran but have none of the asked metrics (an infeasible configuration reports `feasible = 0`
+    and no times) would otherwise vanish from the table without a word."""
+    good = df[df["error"].isna()]
+    missing = set(good["point_id"]) - set(table["point_id"])
+    if not missing:
+        return
+    feasible = good[(good["metric"] == "feasible") & good["point_id"].isin(missing)]
+    infeasible = feasible.loc[feasible["value"] == 0, "point_id"].nunique()
+    why = f": {infeasible} infeasible (feasible = 0; --metric feasible lists them)" if infeasible else ""
+    print(f"\n{len(missing)} of {good['point_id'].nunique()} points have no {', '.join(metrics)}{why}",
+          file=sys.stderr)
+
+
+def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
+    """A table that fits the terminal: columns with one value in every row become one line above it, and the
+    rest wraps into blocks of columns, each block repeating the `keep` columns (the point id)."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
+            and not str(c).endswith("]")]
+    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
+    if said:
+        print("all rows: " + ", ".join(said))
+    table = table.drop(columns=same)
+    col_width = {c: max(len(line) for line in table[[c]].to_string(index=False).splitlines()) + 2
+                 for c in table.columns}
+    rest = [c for c in table.columns if c not in keep]
+    used = sum(col_width[c] for c in keep)
+    blocks: list[list[str]] = [[]]
+    for c in rest:
+        if blocks[-1] and used + sum(col_width[b] for b in blocks[-1]) + col_width[c] > width:
+            blocks.append([])
+        blocks[-1].append(c)
+    print("\n\n".join(table[keep + block].to_string(index=False) for block in blocks))
 
 
 def _print(table: pd.DataFrame, csv: bool) -> None:

@@ -30,8 +30,14 @@ class FigureSkipped(UserWarning):
     """A declared figure had no rows to draw and was left out."""
 
 
-_SIM_STYLE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
-_HW_STYLE = {"marker": "s", "markersize": 6, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
+_SIM_STYLE = {"markersize": 5, "linewidth": 1.5, "markerfacecolor": "none", "markeredgewidth": 1.3}
+_HW_STYLE = {"marker": "s", "markersize": 7, "markerfacecolor": "none", "linestyle": "none", "capsize": 3}
+# Series that coincide must stay visible: each hue has its own colour *and* marker shape and line style (open
+# markers, so one drawn over another still shows its outline), and on a categorical axis the hues sit side by
+# side instead of on one spot.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+_LINESTYLES = ("-", "--", ":", "-.")
+_DODGE_WIDTH = 0.7  # of the space between two categories, shared by the hues
 
 
 def _sorted_values(series: pd.Series) -> list[Any]:
@@ -71,31 +77,46 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
     facets = _sorted_values(rows[spec.facet]) if spec.facet else [None]
     ncols = min(len(facets), 3)
     nrows = math.ceil(len(facets) / ncols)
-    fig = MplFigure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    # one narrow panel is still wide enough for its title and a legend row below it
+    fig = MplFigure(figsize=(max(4.8 * ncols, 7.2), 3.6 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     hues = _sorted_values(rows[spec.hue]) if spec.hue else [None]
     colours = {h: f"C{i % 10}" for i, h in enumerate(hues)}
     unit = next((u for u in rows["unit"].dropna().unique() if u), "")
 
-    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them.
+    # A categorical x (model names, say) has no order: markers only, no lines implying a trend between them,
+    # each hue shifted sideways within its category so that equal values do not hide one another.
     categorical = not pd.api.types.is_numeric_dtype(rows[spec.x])
-    sim_style = {**_SIM_STYLE, "linestyle": "none", "markersize": 6} if categorical else _SIM_STYLE
+    categories = _sorted_values(rows[spec.x]) if categorical else []
+    position = {c: i for i, c in enumerate(categories)}
     for ax, facet in zip(axes, facets, strict=False):
         panel = rows if facet is None else rows[rows[spec.facet] == facet]
-        for hue in hues:
+        curves: dict[Any, pd.Series] = {}
+        for k, hue in enumerate(hues):
             sel = panel if hue is None else panel[panel[spec.hue] == hue]
             label = "" if hue is None else f"{spec.hue}={hue}"
+            # Earlier hues are drawn bigger and wider, so a later one drawn on top leaves their outline showing.
+            behind = (len(hues) - 1 - k) / max(1, len(hues) - 1)
+            style = {**_SIM_STYLE, "marker": _MARKERS[k % len(_MARKERS)], "markersize": 4 + 5 * behind,
+                     "linewidth": 1.2 + 1.8 * behind,
+                     "linestyle": "none" if categorical else _LINESTYLES[k % len(_LINESTYLES)]}
+            shift = (k - (len(hues) - 1) / 2) * _DODGE_WIDTH / len(hues) if categorical else 0.0
             sim = sel[sel["source"] == "sim"].groupby(spec.x)["value"].mean()
             hw = sel[sel["source"] == "hw"].groupby(spec.x)["value"].agg(["mean", "std"])
             if not sim.empty:
                 if spec.logy and (sim <= 0).all():
                     label += " (0: below the log axis)"
-                ax.plot(sim.index, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **sim_style)
+                xs = [position[c] + shift for c in sim.index] if categorical else sim.index
+                ax.plot(xs, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **style)
+                curves[hue] = sim
                 _band(ax, sel[sel["source"] == "sim"], spec.x, colours[hue], categorical)
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
-                ax.errorbar(hw.index, hw["mean"].to_numpy(), yerr=spread,
+                xs = [position[c] + shift for c in hw.index] if categorical else hw.index
+                ax.errorbar(xs, hw["mean"].to_numpy(), yerr=spread,
                             color=colours[hue], label=f"{label} measured".strip(), **_HW_STYLE)
+        if spec.hue and not categorical:
+            _label_coinciding(ax, curves, spec.hue)
         if spec.logx:
             ax.set_xscale("log")
         if spec.logy:
@@ -106,18 +127,60 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             ax.set_title(f"{spec.facet} = {facet}", fontsize=10)
         ax.grid(True, alpha=0.3)
         if categorical:
-            ax.tick_params(axis="x", labelrotation=20)
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories], rotation=20)
+            for edge in range(1, len(categories)):  # where one category's group of hues ends
+                ax.axvline(edge - 0.5, color="0.85", linewidth=0.8, zorder=0)
+        elif spec.logx:
+            _readable_log_ticks(ax, _sorted_values(rows[spec.x]))
     for ax in axes[len(facets):]:
         ax.set_visible(False)
-    # One legend for all panels, beside them, so it never hides data.
+    # One legend for all panels, below them, so it never hides data or the title.
     handles: dict[str, Any] = {}
     for ax in axes[: len(facets)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside right upper")
+        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside lower center",
+                   ncols=min(len(handles), 3), frameon=False)
     fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
     return fig
+
+
+def _readable_log_ticks(ax: Any, xs: list[Any]) -> None:
+    """Log x tick labels that never run into one another: no labels on minor ticks (over less than a decade
+    matplotlib labels them, and they collide), and with few x values, ticks at exactly those values."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    values = [float(x) for x in xs if float(x) > 0]
+    if 0 < len(values) <= 6:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=7))
+
+
+def _label_coinciding(ax: Any, curves: dict[Any, pd.Series], hue: str, rel: float = 0.01) -> None:
+    """Series that lie on one another (within `rel` at every shared x) get one direct label at their right
+    end naming all of them, so a reader knows the single visible line is several."""
+    groups: list[list[Any]] = []
+    for name, curve in curves.items():
+        for group in groups:
+            other = curves[group[0]]
+            shared = curve.index.intersection(other.index)
+            if len(shared) == len(curve) == len(other) and (
+                    (curve[shared] - other[shared]).abs() <= rel * other[shared].abs().clip(lower=1e-300)).all():
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    for group in groups:
+        if len(group) < 2:
+            continue
+        curve = curves[group[0]]
+        x_end, y_end = curve.index[-1], curve.iloc[-1]
+        ax.annotate(f"{hue} = {', '.join(str(g) for g in group)}", (x_end, y_end), xytext=(-4, -14),
+                    textcoords="offset points", ha="right", fontsize=7, color="0.25")
 
 
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:

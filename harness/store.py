@@ -167,6 +167,7 @@ def _param_array(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
+_INT_AS_NULLABLE = {pa.int64(): pd.Int64Dtype()}
 _STRING_COLUMNS = ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
                    "device", "versions", "error")
 
@@ -224,6 +225,8 @@ class ResultsStore:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_root()
+        if self.root.exists() and not self.root.is_dir():  # said now, not after a sweep's first points ran
+            raise StoreError(f"{self.root}: the results store is a file, not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -311,7 +314,9 @@ class ResultsStore:
         try:
             schema = pq.read_schema(path)
             cols = None if columns is None else [c for c in columns if c in schema.names]
-            frame = pq.read_table(path, columns=cols).to_pandas()
+            # Whole-number parameters stay whole numbers even where some points lack them (nullable Int64), so
+            # `decode_steps` reads 100, not 100.0, in tables, CSV and DataFrames.
+            frame = pq.read_table(path, columns=cols).to_pandas(types_mapper=_INT_AS_NULLABLE.get)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowException, ValueError) as exc:
@@ -424,7 +429,9 @@ def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:
     sim = ok[ok["source"] == "sim"]
     hw = ok[ok["source"] == "hw"]
     if on is None:
-        keys = [c for c in param_columns(ok) if hw[c].notna().any() and sim[c].notna().any()]
+        # Without measured rows the join is empty, but keeps the study's parameter columns, so code that selects
+        # them (a notebook run before any measurement) still runs.
+        keys = [c for c in param_columns(ok) if (hw.empty or hw[c].notna().any()) and sim[c].notna().any()]
     else:
         keys = list(on)
         unknown = [k for k in keys if k not in ok.columns]

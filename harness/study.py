@@ -8,7 +8,7 @@ A study is a plain Python file (``studies/NAME.py``) loaded by path. It defines 
     def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         ...                                   # build a topology, run a Simulation
         if ctx is not None and ctx.trace_path is not None:
-            result.write_trace(ctx.trace_path)  # `fabricsim sweep --trace POINT_ID` asks for this
+            result.write_trace(ctx.trace_path)  # `fabricsim sweep --perfetto-point POINT_ID` asks for this
         return {"makespan_s": (result.makespan_s, "s"), "gpus": 8.0}
 
     STUDY = Study(
@@ -328,7 +328,7 @@ def calibration_id_of(calibration: str | Path | None) -> str:
 class PointContext:
     """What the runner tells a point function besides its parameters.
 
-    `trace_path` is set only when the user asked for a trace of this point (`sweep --trace POINT_ID`);
+    `trace_path` is set only when the user asked for a trace of this point (`sweep --perfetto-point POINT_ID`);
     the function should then write a Perfetto trace there (e.g. ``Result.write_trace(ctx.trace_path)``).
     """
 
@@ -366,7 +366,9 @@ class Study:
     run: PointFn
     figures: Sequence[Figure | Callable[..., Any]] = ()
     calibration: str | None = None  # None, "default" (each preset's bundled profile) or a profile path
-    topology: str | None = None  # default `topology` column when no point parameter names one
+    # The `topology` column when no point parameter names one: a name, or a function of the point for studies
+    # whose axes pick the machine indirectly (a layout, a link kind).
+    topology: str | Callable[[Point], str] | None = None
     description: str = ""
     path: Path | None = None  # set by load_study: where the study came from (the runner re-loads it)
 
@@ -392,6 +394,14 @@ class Study:
             return False
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+    def topology_of(self, params: Point) -> str:
+        """What a point's rows carry in the `topology` column ("" when the study does not say)."""
+        if params.get("topology"):
+            return str(params["topology"])
+        if callable(self.topology):
+            return str(self.topology(params))
+        return self.topology or ""
 
     def points(self) -> list[tuple[str, Point]]:
         """The grid as (point id, params), duplicates dropped (first kept), in grid order.

@@ -211,7 +211,7 @@ class _Flusher:
         now = datetime.now(UTC)
         common = dict(study=self.study.name, run_id=self.run_id, point_id=outcome.point_id,
                       params=outcome.params, source="sim", calibration_id=self.calibration_id,
-                      topology=str(outcome.params.get("topology") or self.study.topology or ""),
+                      topology=self.study.topology_of(outcome.params),
                       versions=self.versions, created_at=now)
         if outcome.error is not None:
             self.pending.append(make_row(**common, metric=ERROR_METRIC, value=math.nan, error=outcome.error))

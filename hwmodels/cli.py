@@ -9,7 +9,7 @@ import yaml
 
 from fabricsim.errors import TopologyError
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, refuse_overwrite
 from .presets import load
 from .topofile import topology_to_dict
 
@@ -39,6 +39,7 @@ def _import(args: argparse.Namespace) -> int:
         raise TopologyError(f"{args.file}: {exc}") from None
     doc = yaml.safe_dump(topology_to_dict(topo), sort_keys=False)
     if args.out:
+        refuse_overwrite(args.out, args.force, "topology")
         atomic_write_text(args.out, doc)
         print(f"wrote {args.out}: {len(topo.gpus())} GPUs, {topo.graph.number_of_edges()} links")
         host = sorted(n for n in topo.caps if not n.endswith((".hbm", ".dram")))
@@ -71,4 +72,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--gpu", default="H100", help="GPU model (H100, H200, A100, ...); default H100")
     imp.add_argument("--name", help="topology name (default: the file name)")
     imp.add_argument("--out", help="write the topology file here instead of stdout")
+    imp.add_argument("--force", action="store_true", help="replace --out if it exists")
     imp.set_defaults(func=_import)

@@ -15,6 +15,17 @@ from typing import Any
 
 import yaml
 
+from fabricsim.errors import OutputExistsError
+
+
+def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output") -> None:
+    """Raise `OutputExistsError` when `path` exists and `force` is not set: a command that writes a named output
+    replaces an existing one only when told (`--force`), so a finished profile or report is never lost to a
+    re-run with the same arguments."""
+    if not force and os.path.lexists(path):
+        kind = "folder" if Path(path).is_dir() else "file"
+        raise OutputExistsError(f"{path}: the {what} {kind} exists; add --force to replace it")
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and an atomic rename.

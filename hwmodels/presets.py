@@ -248,7 +248,10 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
         m = _CLUSTER_RE.match(name)
         if not m:
             raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
-        topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        try:
+            topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+        except TopologyError as exc:
+            raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)
 
 
@@ -258,6 +261,8 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
     is named, since the file describes a machine the bundled profiles were not measured on."""
     path = Path(base_dir or ".") / ref
     if ref.endswith((".yaml", ".yml", ".json")) or path.exists():
+        if path.is_dir():
+            raise TopologyError(f"topology '{path}' is a folder; give a topology file or a preset name")
         if not path.is_file():
             raise TopologyError(f"topology file '{path}' not found")
         from .topofile import load_topology_file

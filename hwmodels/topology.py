@@ -102,6 +102,7 @@ class Topology:
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _path_cache: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)
     _roles: tuple[frozenset[str], dict[str, list[tuple[str, str]]]] | None = field(default=None, repr=False)
+    _capacity_cache: dict[str, float] | None = field(default=None, repr=False)  # resources(), until a change
 
     # ---- building -------------------------------------------------------------------------------------
     def add_component(self, name: str, kind: str, **attrs: Any) -> None:
@@ -113,6 +114,7 @@ class Topology:
             raise TopologyError(f"component name '{name}' is not allowed")
         self.graph.add_node(name, kind=kind, **attrs)
         self._path_cache.clear()
+        self._capacity_cache = None
         self._roles = None
 
     def add_link(self, a: str, b: str, kind: str, Bps: float, latency_s: float = 0.0,
@@ -134,6 +136,7 @@ class Topology:
         self.graph.add_edge(a, b, kind=kind, latency_s=float(latency_s),
                             bw={(a, b): float(Bps), (b, a): float(rev)}, **attrs)
         self._path_cache.clear()
+        self._capacity_cache = None
 
     def add_cap(self, name: str, Bps: float, *, edges: list[tuple[str, str]] | None = None,
                 classes: list[str] | tuple[str, ...] = (), endpoints: list[str] | tuple[str, ...] = (),
@@ -152,6 +155,7 @@ class Topology:
         self.caps[name] = _Cap(name, float(Bps), frozenset(tuple(e) for e in edges or ()), frozenset(classes),
                                frozenset(self.resolve(x) for x in endpoints), local_copy_coeff)
         self._path_cache.clear()
+        self._capacity_cache = None
 
     def pin_route(self, src: str, dst: str, via: list[str]) -> None:
         """Force copies src -> dst through the listed nodes (in order), e.g. P2P staged through host DRAM."""
@@ -161,6 +165,7 @@ class Topology:
                 raise TopologyError(f"pinned route {src}->{dst}: unknown component '{n}'")
         self._pinned[(src, dst)] = tuple(via)
         self._path_cache.clear()
+        self._capacity_cache = None
 
     # ---- queries --------------------------------------------------------------------------------------
     def kind(self, node: str) -> str:
@@ -196,6 +201,13 @@ class Topology:
         for c in self.caps.values():
             out[c.name] = c.Bps
         return out
+
+    def _capacities(self) -> dict[str, float]:
+        """`resources()` built once until the topology changes (a ring of 512 GPUs asks for 511 hop rates; building
+        the dict of a 4,096-GPU cluster's resources each time made ring setup quadratic in GPUs). Read-only."""
+        if self._capacity_cache is None:
+            self._capacity_cache = self.resources()
+        return self._capacity_cache
 
     def classify(self, src: str, dst: str, nodes: tuple[str, ...]) -> str:
         ks, kd = self.kind(src), self.kind(dst)
@@ -334,6 +346,7 @@ class Topology:
             topo.calibration_note = (f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} "
                                      f"({profile.machine}); applied to {len(gpus)} GPUs of that model")
         topo._path_cache = {}
+        topo._capacity_cache = None
         topo.path_params = dict(profile.paths)
         topo.collectives = dict(profile.collectives)
         topo.software_costs = {k: dict(v) for k, v in profile.software_costs.items()}
@@ -353,6 +366,7 @@ class Topology:
         widest = max(max(d["bw"].values()) for d in edges)
         for d in edges:
             d["bw"] = {k: v * Bps / widest for k, v in d["bw"].items()}
+        self._capacity_cache = None
 
     def _add_calibrated_cap(self, cap: CapSpec) -> None:
         # A profile's cap replaces one of the same name the topology carries (e.g. from `topo import`).
@@ -421,7 +435,7 @@ def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None 
     """The rate a lone copy from `src` to `dst` reaches: its tightest resource (capacity / coefficient) or its
     calibrated per-flow cap, whichever is lower."""
     path = topo.path(src, dst, nbytes)
-    caps = topo.resources()
+    caps = topo._capacities()
     bw = min(caps[r] / c for r, c in path.resources)
     return min(bw, path.rate_cap_Bps) if path.rate_cap_Bps else bw
 

@@ -346,14 +346,10 @@ def _visit_resources(s, fres, fn, ri, rmark, rstack, nvis):
     return nvis
 
 
-@njit(I(I1, I, I1, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
-def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
-    """Active flows connected to seeds[:nseeds] through binding resources, into comp; returns the count.
-
-    Leaves fmark set for the flows found (the caller clears it); rmark is cleared here.
-    """
+@njit(I(I1, I, I1, I, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
+def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
+    """`_component`, with comp[:nc] already found (and marked in fmark): those flows are not expanded again."""
     K = fres.shape[1]
-    nc = 0
     nvis = 0
     for q in range(nseeds):
         s = seeds[q]
@@ -378,6 +374,15 @@ def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rs
     for q in range(nvis):
         rmark[rstack[q]] = 0
     return nc
+
+
+@njit(I(I1, I, I1, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
+def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
+    """Active flows connected to seeds[:nseeds] through binding resources, into comp; returns the count.
+
+    Leaves fmark set for the flows found (the caller clears it); rmark is cleared here.
+    """
+    return _grow_component(seeds, nseeds, comp, 0, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
 
 
 @njit(I(I, F, F, I2, F2, I1, F2, I2, F2, I1, I, M1), cache=True)
@@ -440,16 +445,26 @@ def next_finish(hk, hi, fi, ctr):
     return hk[0] if n > 0 else np.inf
 
 
-@njit(Tuple((I, I, F))(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, M1),
-      cache=True)
-def arrive(seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark, rstack, comp,
-           hk, hi, ctr, fchanged, rchanged, rcmark):
-    """Re-solve the component of newly registered flows seeds[:nseeds].
+@njit(Tuple((I, I, F))(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1,
+                       M1), cache=True)
+def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
+           rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark):
+    """Re-solve what changed at this instant: the survivors of its departures, closed[:nclosed] (a set already
+    closed under sharing a binding resource, from `depart`), and the components of the flows registered at
+    this instant, seeds[:nseeds]. Survivors are not searched again: a resource binding now either bound
+    before the departures (so all its flows are survivors, departed, or new) or lies on a new flow's route.
 
     Returns (flows whose rate changed, in fchanged; resources whose load changed, in rchanged; the next
     finish time).
     """
-    nc = _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
+    nc = 0
+    for q in range(nclosed):
+        s = closed[q]
+        if fi[s, ACTIVE] != 0 and fmark[s] == 0:
+            fmark[s] = 1
+            comp[nc] = s
+            nc += 1
+    nc = _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
     for q in range(nc):
         fmark[comp[q]] = 0
     nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
@@ -458,17 +473,20 @@ def arrive(seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, 
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 
 
-@njit(Tuple((I, I, I, F))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1),
+@njit(Tuple((I, I, I, I))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1),
       cache=True)
-def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark, rmark, rstack, comp, hk, hi,
+def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmark, rstack, comp, hk, hi,
            ctr, finished, fchanged, rchanged, rcmark):
-    """Finish every flow due at `now` and re-solve what they shared resources with.
+    """Finish every flow due at `now`, and list the flows they shared binding resources with, unsolved.
 
     Flows whose heap entry lies within a relative TIME_TOL of now finish; so do neighbours with fewer than
     BYTE_TOL of their bytes left (floating-point dust), so ties never cause zero-time event loops. The
-    component is searched once, before the departures change which resources bind; re-solving the
-    remainder as one set is exact even if the departures split it.
-    Returns (finished flows, in finished; changed flows; changed resources; next finish).
+    survivors keep their old rates (no time passes) until the caller re-solves them together with whatever
+    else changes at this instant (`arrive` with them as seeds): one solve per instant, however many
+    departures and arrivals it holds. Re-solving from the survivors as seeds is exact even if the departures
+    split their component (each part is then searched from its own seeds).
+    Returns (finished flows, in finished; changed flows; changed resources; survivors, in comp), or
+    survivors = -1 when nothing was due (a stale wake-up).
     """
     horizon = now * (1 + TIME_TOL) + 1e-18
     nfin = 0
@@ -483,7 +501,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark
             nfin += 1
     ctr[HSIZE] = n
     if nfin == 0:
-        return 0, 0, 0, next_finish(hk, hi, fi, ctr)
+        return 0, 0, 0, -1
     for q in range(nfin):
         fmark[finished[q]] = 0
     nc = _component(finished, nfin, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
@@ -513,10 +531,8 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark
             m += 1
     for q in range(nfin):
         fmark[finished[q]] = 0
-    nfch, nrch = _solve(comp, m, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch,
-                        rchanged, nrch, rcmark)
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
-    return nfin, nfch, nrch, next_finish(hk, hi, fi, ctr)
+    return nfin, nfch, nrch, m
 
 
 @njit(void(F1, I2, I2, I1), cache=True)

@@ -1,4 +1,4 @@
-"""`fabricsim simulate FILE [--json] [--trace PATH] [--calibration PATH]`."""
+"""`fabricsim simulate FILE [--json] [--perfetto PATH] [--calibration PATH]`."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def _simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
     result = scenario.run(calibration=args.calibration)
     interval = scenario.makespan_interval(args.calibration, args.samples) if args.samples else None
-    if args.trace:
-        result.write_trace(args.trace)
+    if args.perfetto:
+        result.write_trace(args.perfetto)
     if args.json:
         doc = result.to_dict()
         if interval is not None:
@@ -50,8 +50,8 @@ def _simulate(args: argparse.Namespace) -> int:
         print(_table(result))
         if interval is not None:
             print(f"makespan {interval.format(digits=4)}" + (f"   note: {interval.note}" if interval.note else ""))
-        if args.trace:
-            print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+        if args.perfetto:
+            print(f"trace written to {args.perfetto} (open it in https://ui.perfetto.dev)")
     return 0
 
 
@@ -61,11 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Simulate the transfers (and tasks) of a scenario file on its topology.",
         epilog="examples:\n  fabricsim simulate examples/h2d_fanout.yaml\n"
                "  fabricsim simulate examples/h2d_fanout.yaml --json\n"
-               "  fabricsim simulate scenario.yaml --trace trace.json --calibration hwmodels/profiles/h100x1.json",
+               "  fabricsim simulate scenario.yaml --perfetto trace.json --calibration hwmodels/profiles/h100x1.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="scenario file (format in README)")
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
     p.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
                    help=f"perturbed re-runs for the makespan's 90%% interval (default {SAMPLES}; 0: none)")

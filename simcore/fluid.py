@@ -9,10 +9,10 @@ allocations of disjoint components are independent; other flows keep their rates
 
 The per-event work (component search, the max-min solve, finish-time heap) runs compiled over persistent
 arrays in `simcore._fluidcore`; this module owns those arrays and the simpy side: one pending simpy timeout
-wakes the network at the earliest finish, and arrivals at one instant share one solve. Floating-point dust is
-handled in two places: flows whose predicted finish lies within a relative 1e-12 of the wake-up time finish
-together, and a flow with fewer than 1e-9 of its bytes left counts as done, so ties never cause zero-time
-event loops.
+wakes the network at the earliest finish, and the arrivals and departures of one instant share one solve.
+Floating-point dust is handled in two places: flows whose predicted finish lies within a relative 1e-12 of the
+wake-up time finish together, and a flow with fewer than 1e-9 of its bytes left counts as done, so ties never
+cause zero-time event loops.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import simpy
 from . import _fluidlayout as L
 
 _core: ModuleType | None = None
+_NO_SLOTS = np.zeros(0, np.int64)
 
 
 def load_core() -> ModuleType:
@@ -118,6 +119,19 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     return rates.tolist(), load
 
 
+class _EndOfInstant(simpy.Event):
+    """An event that fires at the current time after every normal-priority event of this instant, including those
+    they schedule in turn (simpy orders one instant's events by priority, then by creation)."""
+
+    PRIORITY = 2  # simpy's own events use URGENT = 0 and NORMAL = 1
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, self.PRIORITY)
+
+
 class FluidNetwork:
     """Active flows on shared resources, advanced by a simpy environment.
 
@@ -167,7 +181,8 @@ class FluidNetwork:
         self._recording = False  # any flow records its rate segments
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
-        self._pending: list[int] = []
+        self._pending: list[int] = []  # flows registered at this instant
+        self._survivors = _NO_SLOTS  # flows that shared resources with this instant's departures
         self._flush_scheduled = False
         self._active = 0
         self.events = 0  # arrivals + departures processed (for benchmarks)
@@ -195,14 +210,8 @@ class FluidNetwork:
             self._recording = True
         self._active += 1
         self.events += 1
-        # Arrivals at one instant share one recomputation: a procedure that launches 64 chunks at t=0 costs
-        # one max-min solve, not 64 growing ones. Until the flush (same simulated time) the flow's rate is 0.
         self._pending.append(s)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            ev = self.env.event()
-            ev.callbacks.append(self._flush)
-            ev.succeed()
+        self._flush_later()
         return flow.done
 
     # -- internals --------------------------------------------------------------------------------------
@@ -265,15 +274,26 @@ class FluidNetwork:
             hk[:n], hi[:n] = self._hk[:n], self._hi[:n]
             self._hk, self._hi = hk, hi
 
+    def _flush_later(self) -> None:
+        """One solve per instant: arrivals and departures at one simulated time mark flows dirty, and a single
+        flush, ordered after every other event of that instant (a lower simpy priority), re-solves them all.
+        A procedure that launches 64 chunks at t=0 costs one max-min solve, not 64 growing ones, and a
+        departure plus the transfers it releases cost one, not two. Until the flush (same simulated time) a new
+        flow's rate is 0 and survivors of a departure keep their rates, so no byte is misplaced."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            _EndOfInstant(self.env).callbacks.append(self._flush)
+
     def _flush(self, _ev: simpy.Event) -> None:
         self._flush_scheduled = False
         seeds = np.array(self._pending, dtype=np.int64)
+        closed, self._survivors = self._survivors, _NO_SLOTS
         self._pending = []
         self._heap_room()
-        nfch, nrch, t = self._c.arrive(seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
-                                 self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark,
-                                 self._rmark, self._rstack, self._comp, self._hk, self._hi, self._ctr,
-                                 self._fchanged, self._rchanged, self._rcmark)
+        nfch, nrch, t = self._c.arrive(
+            closed, len(closed), seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
+            self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark, self._rmark, self._rstack,
+            self._comp, self._hk, self._hi, self._ctr, self._fchanged, self._rchanged, self._rcmark)
         self._report(nfch, nrch)
         self._schedule(t)
 
@@ -308,12 +328,17 @@ class FluidNetwork:
         if self.on_progress is not None and not self._wakes & 255:
             self.on_progress(self.env.now, self.events, self._active)
         self._heap_room()
-        nfin, nfch, nrch, t = self._c.depart(self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi,
-                                       self._rf, self._ri, self._inc_next, self._inc_prev, self._rloc,
-                                       self._fmark, self._rmark, self._rstack, self._comp, self._hk, self._hi,
-                                       self._ctr, self._finished, self._fchanged, self._rchanged, self._rcmark)
+        nfin, nfch, nrch, nsurv = self._c.depart(
+            self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf, self._ri, self._inc_next,
+            self._inc_prev, self._fmark, self._rmark, self._rstack, self._comp, self._hk, self._hi, self._ctr,
+            self._finished, self._fchanged, self._rchanged, self._rcmark)
+        if nsurv < 0:  # nothing due after all
+            self._schedule(self._c.next_finish(self._hk, self._hi, self._fi, self._ctr))
+            return
         # read the finished slots before `on_load` runs: a flow it starts may grow (replace) the scratch arrays
         finished = self._finished[:nfin].tolist()
+        self._survivors = self._comp[:nsurv].copy()
+        self._flush_later()
         self._report(nfch, nrch)
         done = []
         for s in finished:
@@ -324,6 +349,5 @@ class FluidNetwork:
             done.append(f)
         self._active -= nfin
         self.events += nfin
-        self._schedule(t)
         for f in done:
             f.done.succeed(f)

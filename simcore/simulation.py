@@ -5,6 +5,12 @@ Two ways to describe work, freely mixed:
 - procedural: `sim.process(gen)` where the generator does `yield sim.transfer(...)` and reacts to what
   happened (bucketed pipelines, retries, serving loops).
 
+Declared work is kept as `Work` items until `run()`. If nothing procedural happened (no `process()`, no
+foreign event in `after`, nobody waiting on a returned event), the items are lowered to arrays and run by
+the compiled event loop (`simcore.lowering`), ~10x faster per transfer; otherwise each becomes a simpy process,
+in declaration order, the reference path. Both drive the same compiled solver and give the same answers
+(tests compare them to 1e-9 relative).
+
 Every transfer asks the topology for its `Path`, waits for its dependencies and start time, queues on its
 engine if the path class is serialised (FIFO copy engine), pays the path latency plus any fixed mechanism
 cost, then becomes a fluid flow whose rate the `FluidNetwork` shares max-min fairly. A lone transfer therefore
@@ -14,8 +20,9 @@ on the same HBM cap that copies draw on, so a memory-bound kernel and a copy slo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -23,6 +30,7 @@ import simpy
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels.topology import Topology
 
+from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
 from .memory import MemoryPool
@@ -32,6 +40,19 @@ from .records import Record, Result
 from .units import check_bytes, check_positive, check_seconds, parse_bytes
 
 Dep = str | simpy.Event
+LOOPS = ("auto", "compiled", "simpy")
+
+
+class Work(NamedTuple):
+    """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`)."""
+
+    rec: Record
+    deps: list[int]  # indices of the work items it waits for
+    start: float
+    latency: float  # path latency + fixed cost (flows) or the delay itself
+    flow: Flow | None  # None for a delay
+    engine: str | None
+    done: simpy.Event
 
 
 class Simulation:
@@ -50,7 +71,10 @@ class Simulation:
         self._done: dict[str, simpy.Event] = {}
         self._records: dict[str, Record] = {}
         self._flows: dict[str, Flow] = {}
-        self._engines: dict[str, simpy.Resource] = {}
+        self._engines: dict[str, FifoEngine] = {}
+        self._deferred: list[Work] | None = []  # None once anything runs procedurally
+        self._deferred_index: dict[str, int] = {}
+        self._deferred_events: dict[simpy.Event, int] = {}
         self._memory: dict[str, MemoryPool] = {}
         self._routes: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._seq = 0
@@ -84,10 +108,8 @@ class Simulation:
         flow = Flow(self._seq, res, coef, nbytes, weight, cap, record=self._record_rates)
         rec = Record(rid, "transfer", path.src, path.dst, float(nbytes), float("nan"), path_class=path.path_class,
                      route=path.nodes, engine=engine or path.engine, tag=tag)
-        deps = self._deps(rid, after)
         self._flows[rid] = flow
-        lat = path.latency_s + fixed_cost_s
-        return self._launch(rec, self._run_flow(rec, deps, start, lat, flow, rec.engine))
+        return self._add(rec, after, start, path.latency_s + fixed_cost_s, flow, rec.engine)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
@@ -108,15 +130,14 @@ class Simulation:
             raise ScenarioError(f"task '{rid}': {exc}") from None
         t_compute = flops / peak
         rec = Record(rid, "task", node, node, float(hbm_bytes), float("nan"), tag=tag, flops=float(flops))
-        deps = self._deps(rid, after)
         hbm = f"{node}.hbm"
         if hbm_bytes > 0 and hbm in self._res_index:
             t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]
             cap = hbm_bytes / max(t_compute, t_mem)
             flow = Flow(self._seq, [self._res_index[hbm]], [1.0], hbm_bytes, 1.0, cap, record=self._record_rates)
             self._flows[rid] = flow
-            return self._launch(rec, self._run_flow(rec, deps, start, 0.0, flow, None))
-        return self._launch(rec, self._run_delay(rec, deps, start, t_compute))
+            return self._add(rec, after, start, 0.0, flow, None)
+        return self._add(rec, after, start, t_compute, None, None)
 
     def delay(self, id: str | None, seconds: float, *, start: float = 0.0, after: Iterable[Dep] = (),
               tag: str | None = None, where: str = "") -> simpy.Event:
@@ -125,7 +146,7 @@ class Simulation:
         seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
         start = check_seconds(_plain(start), f"delay '{rid}': start")
         rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
-        return self._launch(rec, self._run_delay(rec, self._deps(rid, after), start, seconds))
+        return self._add(rec, after, start, seconds, None, None)
 
     def memory(self, device: str) -> MemoryPool:
         """The memory pool of a GPU (HBM) or host socket (DRAM), created on first use."""
@@ -142,6 +163,7 @@ class Simulation:
 
     def process(self, generator: Generator[Any, Any, Any]) -> simpy.Process:
         """Run a procedure (a generator yielding simpy events, e.g. `sim.transfer(...)`)."""
+        self._go_procedural()
         return self.env.process(generator)
 
     def done(self, id: str) -> simpy.Event:
@@ -156,15 +178,31 @@ class Simulation:
         return self.env.now
 
     # ---- running ---------------------------------------------------------------------------------------
-    def run(self, until: float | None = None) -> Result:
+    def run(self, until: float | None = None, *, loop: str | None = None) -> Result:
         """Run until every transfer and task has finished (or `until`), and return the records.
 
-        A run that lasts more than ~2 s of wall time shows a progress line on stderr (see `simcore.progress`).
+        `loop`: "auto" runs declared work on the compiled event loop when nothing procedural is involved (see
+        the module docstring), "simpy" always takes the simpy path (the reference), "compiled" insists on the
+        compiled loop and raises if the work cannot take it; default: $FABRICSIM_LOOP, else "auto". A run
+        that lasts more than ~2 s of wall time shows a progress line on stderr (see `simcore.progress`).
         """
+        loop = loop or os.environ.get("FABRICSIM_LOOP") or "auto"
+        if loop not in LOOPS:
+            raise ScenarioError(f"unknown loop '{loop}' (known: {', '.join(LOOPS)})")
+        why_not = self._why_not_compiled(until)
+        if loop == "compiled" and why_not:
+            raise ScenarioError(f"the compiled loop cannot run this simulation: {why_not}")
         progress = Progress() if progress_enabled() else None
-        self.net.on_progress = None if progress is None else progress.tick
         try:
-            self.env.run(until=until)
+            if loop != "simpy" and not why_not:
+                from .lowering import run_compiled
+
+                run_compiled(self, self._deferred, progress)
+                self._deferred = None
+            else:
+                self._go_procedural()
+                self.net.on_progress = None if progress is None else progress.tick
+                self.env.run(until=until)
         finally:
             if progress is not None:
                 progress.close()
@@ -203,6 +241,68 @@ class Simulation:
             self._routes[resources] = route
         return route
 
+    def _why_not_compiled(self, until: float | None) -> str:
+        """Why the declared work must take the simpy path ('' when the compiled loop can run it)."""
+        if self._deferred is None:
+            return "procedural work (a process, or an event from outside the declared work) is involved"
+        if until is not None:
+            return "the run stops at a given time"
+        if self._record_rates:
+            return "flow rate segments are recorded"
+        if self.env.peek() != float("inf"):
+            return "simpy events are already scheduled"
+        if any(w.done.callbacks for w in self._deferred):
+            return "something waits on a declared item's event"
+        return ""
+
+    def _add(self, rec: Record, after: Iterable[Dep], start: float, latency: float, flow: Flow | None,
+             engine: str | None) -> simpy.Event:
+        """Declare one item: kept as `Work` while everything is declarative, else launched as a simpy process."""
+        after = list(after)
+        if self._deferred is not None:
+            deps = self._dep_indices(rec.id, after)
+            if deps is not None:
+                done = self.env.event()
+                self._deferred_index[rec.id] = self._deferred_events[done] = len(self._deferred)
+                self._deferred.append(Work(rec, deps, start, latency, flow, engine, done))
+                self._records[rec.id] = rec
+                self._done[rec.id] = done
+                return done
+            self._go_procedural()
+        order = len(self._records)
+        deps_ev = self._deps(rec.id, after)
+        gen = (self._run_flow(rec, deps_ev, start, latency, flow, engine, order) if flow is not None
+               else self._run_delay(rec, deps_ev, start, latency))
+        return self._launch(rec, gen)
+
+    def _dep_indices(self, rid: str, after: list[Dep]) -> list[int] | None:
+        """Dependencies as work-item indices; None if one is an event from outside the declared work."""
+        out = []
+        for a in after:
+            if isinstance(a, simpy.Event):
+                j = self._deferred_events.get(a)
+            elif a in self._deferred_index:
+                j = self._deferred_index[a]
+            else:
+                raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
+            if j is None:
+                return None
+            out.append(j)
+        return out
+
+    def _go_procedural(self) -> None:
+        """Launch every declared item as a simpy process, in declaration order; later items launch at once."""
+        work, self._deferred = self._deferred, None
+        self._deferred_events = {}
+        if not work:
+            return
+        for order, w in enumerate(work):
+            deps = [work[j].done for j in w.deps]
+            gen = (self._run_flow(w.rec, deps, w.start, w.latency, w.flow, w.engine, order) if w.flow is not None
+                   else self._run_delay(w.rec, deps, w.start, w.latency))
+            proc = self.env.process(gen)
+            proc.callbacks.append(lambda p, done=w.done: done.succeed(p.value))
+
     def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
         deps = []
         for a in after:
@@ -221,29 +321,30 @@ class Simulation:
         return proc
 
     def _release(self, rec: Record, deps: list[simpy.Event], start: float) -> Generator:
-        pending = [d for d in deps if not d.processed]
-        if pending:
-            yield self.env.all_of(pending)
+        # One wait per dependency, not `all_of(deps)`: a simpy condition gathers the values of every event
+        # nested in its operands when it fires, so 512 transfers each waiting on `all_of(512 loads)` cost 512^2.
+        for d in deps:
+            if not d.processed:
+                yield d
         if start > self.env.now:
             yield self.env.timeout(start - self.env.now)
         rec.start_s = float(self.env.now)
 
     def _run_flow(self, rec: Record, deps: list[simpy.Event], start: float, latency: float, flow: Flow,
-                  engine: str | None) -> Generator:
+                  engine: str | None, order: int) -> Generator:
         yield from self._release(rec, deps, start)
-        req = None
+        queue = None
         if engine is not None:
             queue = self._engines.get(engine)
             if queue is None:
-                queue = self._engines[engine] = simpy.Resource(self.env, capacity=1)
-            req = queue.request()
-            yield req
+                queue = self._engines[engine] = FifoEngine(self.env)
+            yield queue.request(order)
         rec.begin_s = float(self.env.now)
         if latency > 0:
             yield self.env.timeout(latency)
         yield self.net.start(flow)
-        if req is not None:
-            self._engines[engine].release(req)
+        if queue is not None:
+            queue.release()
         rec.finish_s = float(self.env.now)
         return rec
 

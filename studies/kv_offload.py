@@ -40,7 +40,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         return {"feasible": 0.0}
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
-    return {**res.metrics(), "feasible": 1.0}
+    return {**res.metrics_with_units(), "feasible": 1.0}
 
 
 MECHANISMS = ["ce-per-page", "ce-batched", "sm-gather"]

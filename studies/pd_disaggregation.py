@@ -44,7 +44,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
                     policy_params={"prefill_instances": prefill, "decode_instances": decode})
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
-    return res.metrics()
+    return res.metrics_with_units()
 
 
 STUDY = Study(
@@ -53,6 +53,7 @@ STUDY = Study(
     grid=Grid.product(link=list(LINKS), split=list(SPLITS), rate=[16.0, 32.0], seed=[0]),
     run=run_point,
     calibration="default",
+    topology=lambda point: LINKS[point["link"]],
     figures=[
         Figure("ttft", x="split", y="ttft_p99_s", hue="link", facet="rate", logy=True,
                title="p99 time to first token"),

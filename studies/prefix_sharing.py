@@ -38,7 +38,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         res.result.write_trace(str(ctx.trace_path))
     batch = [s for s in res.seqs if s.req.id > 0]
     span = max(s.finish_s for s in batch) - 1.0
-    return {**res.metrics(), "batch_throughput_tok_s": (b * OUTPUT_TOKENS / span, "tokens/s")}
+    return {**res.metrics_with_units(), "batch_throughput_tok_s": (b * OUTPUT_TOKENS / span, "tokens/s")}
 
 
 STUDY = Study(

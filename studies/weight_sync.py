@@ -62,7 +62,7 @@ def _sync(layout: str, model_name: str, strategy: str, calibration: str | None):
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     calibration = ctx.calibration if ctx is not None else "default"
     res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration)
-    out: dict = {**res.metrics(), "rollout_tp": (float(tp), "")}
+    out: dict = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
     steps = point.get("decode_steps")
     if steps is not None and res.feasible:
         out["gen_time_s"] = (res.stall_s + steps * res.decode_step_s, "s")
@@ -110,6 +110,7 @@ STUDY = Study(
     grid=GRID,
     run=run_point,
     calibration="default",
+    topology=lambda point: LAYOUTS[point["layout"]][0],
     figures=[
         sync_time_bars,
         Figure("zero_copy_win_lose", x="decode_steps", y="gen_time_s", hue="strategy", facet="model", logx=True,

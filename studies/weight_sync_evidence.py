@@ -65,6 +65,7 @@ def _slime(calibration):
     return setup, get("cuda-ipc-buckets")
 
 
+TOPOLOGY = {"checkpoint-engine": "hgx-h800-8", "perplexity": "cluster-6x8-rail-h200", "slime": "hgx-h100-8"}
 CASES: dict[str, tuple[Callable, float]] = {
     "checkpoint-engine GLM-4.5-Air 8xH800": (_checkpoint_engine("GLM-4.5-Air"), 3.47),
     "checkpoint-engine Qwen3-235B 8xH800": (_checkpoint_engine("Qwen3-235B-A22B"), 6.75),
@@ -79,7 +80,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     res = simulate_sync(setup, strategy, keep_result=ctx is not None and ctx.trace_path is not None)
     if res.sim_result is not None:
         res.sim_result.write_trace(str(ctx.trace_path))
-    out = {**res.metrics(), "reported_s": (reported, "s")}
+    out = {**res.metrics_with_units(), "reported_s": (reported, "s")}
     if res.feasible:
         out["predicted_over_reported"] = (res.sync_s / reported, "")
     return out
@@ -91,4 +92,5 @@ STUDY = Study(
     grid=Grid.product(case=list(CASES)),
     run=run_point,
     calibration="default",
+    topology=lambda point: TOPOLOGY[point["case"].split()[0]],
 )

@@ -35,5 +35,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Load (on a fresh checkout: compile, ~20 s) the fluid engine's compiled core once, before any test runs,
     so its one-off cost is not charged to whichever test happens to simulate first."""
     from fabricsim.simcore.fluid import load_core
+    from fabricsim.simcore.lowering import load_loop
 
     load_core()
+    load_loop()
+
+
+@pytest.fixture(params=["auto", "simpy"])
+def both_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once with declared work on the compiled event loop ("auto") and once on the simpy reference
+    path: every closed form and oracle must hold on both."""
+    monkeypatch.setenv("FABRICSIM_LOOP", request.param)
+    return request.param

@@ -9,6 +9,8 @@ import pytest
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import OutOfMemory, Simulation
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
+
 
 @pytest.fixture
 def h100():

@@ -9,6 +9,8 @@ from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.fluid import Flow, max_min_rates
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
+
 
 def test_lone_transfer_takes_latency_plus_bytes_over_bandwidth(line):
     sim = Simulation(line)
@@ -165,14 +167,14 @@ def reference_max_min(flows, capacity):
     return rates
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _flow = st.tuples(st.lists(st.integers(0, 7), min_size=1, max_size=4, unique=True),
                   st.floats(0.1, 5.0), st.one_of(st.none(), st.floats(0.01, 50.0)), st.sampled_from([1.0, 2.0]))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flows=st.lists(_flow, min_size=1, max_size=25), caps=st.lists(st.floats(0.5, 100.0), min_size=8, max_size=8))
 def test_engine_max_min_matches_textbook_progressive_filling(flows, caps):
     fs = [Flow(i, res, [coef] * len(res), 1.0, weight=w, cap=cap) for i, (res, w, cap, coef) in enumerate(flows)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import networkx as nx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from fabricsim.hwmodels.memcaps import add_memory_caps
 from fabricsim.hwmodels.specs import GPU_MODELS
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import Simulation
+
+pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
 
 
 def random_topology(seed: int, n_switches: int, n_gpus: int) -> Topology:
@@ -45,7 +48,8 @@ def _simulate(topo, flows, order=None, record_rates=False):
     return sim, sim.run()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), n_switches=st.integers(1, 5), flows=st.lists(flow_st, min_size=1, max_size=14))
 def test_invariants_on_random_flow_sets(seed, n_switches, flows):
     topo = random_topology(seed, n_switches, 6)
@@ -73,7 +77,7 @@ def test_invariants_on_random_flow_sets(seed, n_switches, flows):
     assert [r.finish_s for r in again.records] == [r.finish_s for r in res.records]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), flows=st.lists(flow_st, min_size=1, max_size=10))
 def test_no_flow_beats_its_lone_time(seed, flows):
     """Sharing can only slow a flow down: each finishes no earlier than start + latency + bytes / bottleneck."""

@@ -27,14 +27,16 @@ def test_fence_parser_finds_only_python_blocks() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkout", "copied-out"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path: Path) -> None:
+def test_notebook_runs(path: Path, where: str, tmp_path: Path) -> None:
+    """From the checkout, and copied into an empty folder as a user would (no studies/ or examples/ around)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
     # The kernel draws with matplotlib's inline backend, which needs no display.
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT)}})
+                                     resources={"metadata": {"path": str(ROOT if where == "checkout" else tmp_path)}})
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

@@ -43,10 +43,14 @@ def _busy_sim() -> Simulation:
     return sim
 
 
-def test_progress_line_after_delay(monkeypatch, capsys):
+@pytest.mark.parametrize("loop", ["simpy", "compiled"])
+def test_progress_line_after_delay(monkeypatch, capsys, loop):
+    from fabricsim.simcore import lowering
+
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(lowering, "STEPS_PER_CALL", 100)
     monkeypatch.setenv("FABRICSIM_PROGRESS", "1")
-    res = _busy_sim().run()
+    res = _busy_sim().run(loop=loop)
     assert res.makespan_s > 0
     assert "fabricsim: simulating" in capsys.readouterr().err
 

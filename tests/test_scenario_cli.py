@@ -19,6 +19,9 @@ transfers:
 """
 
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
+
+
 def write(tmp_path, text, name="s.yaml"):
     p = tmp_path / name
     p.write_text(text)
@@ -56,7 +59,7 @@ def test_simulate_answers_for_every_preset(tmp_path, capsys, preset):
 def test_trace_flag_writes_perfetto(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     trace = tmp_path / "t.json"
-    assert main(["simulate", str(p), "--trace", str(trace)]) == 0
+    assert main(["simulate", str(p), "--perfetto", str(trace)]) == 0
     assert "traceEvents" in json.loads(trace.read_text())
     assert "makespan" in capsys.readouterr().out
 
@@ -105,7 +108,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, text, message):
     write(tmp_path, ISLAND, "box.yaml")
     write(tmp_path, NEG, "neg.yaml")
     p = write(tmp_path, text)
-    assert main(["simulate", str(p), "--json", "--trace", str(tmp_path / "t.json")]) == 2
+    assert main(["simulate", str(p), "--json", "--perfetto", str(tmp_path / "t.json")]) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
     err = cap.err.strip()
@@ -162,11 +165,11 @@ def test_json_numbers_without_decimal_point_are_numbers(tmp_path, capsys):
 def test_unwritable_output_path_is_one_line_exit_2(tmp_path, capsys):
     p = write(tmp_path, GOOD)
     blocker = write(tmp_path, "x", "afile")
-    assert main(["simulate", str(p), "--trace", str(blocker / "t.json")]) == 2
+    assert main(["simulate", str(p), "--perfetto", str(blocker / "t.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fabricsim: error:") and "afile" in err
     assert err == f"fabricsim: error: {blocker / 't.json'}: {blocker} is a file, not a folder"
-    assert main(["simulate", str(p), "--trace", str(tmp_path)]) == 2  # a folder where a file name belongs
+    assert main(["simulate", str(p), "--perfetto", str(tmp_path)]) == 2  # a folder where a file name belongs
     err = capsys.readouterr().err.strip()
     assert err == f"fabricsim: error: {tmp_path}: is a directory: give a file name"
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]  # no temporary file named or left

@@ -89,7 +89,7 @@ def test_preemption_under_a_small_kv_budget(mode):
     budget = 1.5e9  # ~11 sequences of 1 000 tokens
     res = serve("h100-1", reqs, "hbm-only", model=MODEL, kv_budget_bytes=budget, preemption=mode)
     m = res.metrics()
-    assert m["preemptions"][0] > 0
+    assert m["preemptions"] > 0
     assert all(s.generated == s.req.output_tokens for s in res.seqs)
     moved = res.bytes_moved()
     if mode == "swap":

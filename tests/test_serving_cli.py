@@ -28,7 +28,7 @@ def test_serve_json(capsys):
 def test_serve_trace(tmp_path, capsys):
     trace = tmp_path / "r.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n0,300,5,a,200\n0.5,300,5,a,200\n")
-    assert _run(["--trace", str(trace), "--policy", "prefix-sharing"]) == 0
+    assert _run(["--request-trace", str(trace), "--policy", "prefix-sharing"]) == 0
     assert "throughput_tok_s" in capsys.readouterr().out
 
 
@@ -47,4 +47,4 @@ def test_serve_bad_trace(tmp_path):
     trace = tmp_path / "r.csv"
     trace.write_text("arrival_s,prompt_tokens\n0,300\n")
     with pytest.raises(FabricsimError, match="missing column.*output_tokens"):
-        _run(["--trace", str(trace)])
+        _run(["--request-trace", str(trace)])

@@ -215,7 +215,7 @@ def test_unreachable_ray_address_fails_fast(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_unknown_trace_point_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--trace", "ffff0000")
+    code, _, err = _cli(capsys, "sweep", str(toy_study(tmp_path)), "--perfetto-point", "ffff0000")
     assert code == 2 and "no point with id" in err
 
 
@@ -236,7 +236,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and "toy" in out and "36" in out
     code, out, err = _cli(capsys, "results", "show", "toy", "--metric", "y")
     assert code == 0 and "y [s]" in out and "1 failed point" in err
-    assert len(out.strip().splitlines()) == 1 + 35
+    assert len(out.strip().splitlines()) == 1 + 35 + 1  # the header, the 35 good points, "all rows: ..."
     code, out, _ = _cli(capsys, "results", "show", "toy", "--failed")
     assert "ValueError: three is bad" in out
     code, out, _ = _cli(capsys, "results", "show", "toy", "--csv")
@@ -250,7 +250,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "plots" / "toy" / "y.svg").read_text().lstrip().startswith("<?xml")
 
     pid = load_study(study).points()[0][0]
-    code, out, _ = _cli(capsys, "sweep", study, "--trace", pid)
+    code, out, _ = _cli(capsys, "sweep", study, "--perfetto-point", pid)
     assert code == 0 and (tmp_path / "traces" / f"toy-{pid}.json").exists() and "y = 0 s" in out
 
 

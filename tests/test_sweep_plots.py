@@ -79,3 +79,44 @@ def test_figure_functions_are_called_with_the_rows(tmp_path: Path) -> None:
     custom = Study(name="figs", grid=STUDY.grid, run=_run, figures=[count])
     written = plot_study(custom, _store(tmp_path / "s"), tmp_path / "p")
     assert [p.name for p in written] == ["count.png", "count.svg"]
+
+
+def _frame(rows: list[tuple[dict, float]]):
+    import pandas as pd
+
+    return pd.DataFrame([make_row(study="s", run_id="r", point_id=point_id(p, "c"), params=p, metric="y", value=v,
+                                  unit="s") for p, v in rows]).assign(error=None)
+
+
+def test_equal_values_on_a_categorical_axis_sit_side_by_side() -> None:
+    """stall.png's case: two strategies whose values are a few percent apart must not share one spot."""
+    df = _frame([({"model": m, "strategy": s}, 1.0 + 0.02 * k) for m in ("a", "b")
+                 for k, s in enumerate(("nccl", "ipc", "pool"))])
+    fig = draw_figure(Figure("y", x="model", y="y", hue="strategy"), df)
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().endswith("sim")]
+    xs = {ln.get_label(): tuple(ln.get_xdata()) for ln in lines}
+    assert len(set(xs.values())) == 3, f"hues drawn at the same x: {xs}"
+    assert len({ln.get_marker() for ln in lines}) == 3  # and each with its own marker shape
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b"]
+
+
+def test_coinciding_lines_get_distinct_styles_and_a_direct_label() -> None:
+    """example_fanout's case: three fan-outs give identical curves; the one visible line must say it is three."""
+    df = _frame([({"size": s, "fanout": f}, (2.0 if f == 1 else 1.0) * s) for s in (1, 10, 100) for f in (1, 2, 4, 8)])
+    fig = draw_figure(Figure("y", x="size", y="y", hue="fanout", logx=True), df)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_label().endswith("sim")]
+    assert len({(ln.get_marker(), ln.get_linestyle()) for ln in lines}) == 4
+    assert len({ln.get_markersize() for ln in lines}) == 4  # earlier series drawn bigger, outlines stay visible
+    assert [t.get_text() for t in ax.texts] == ["fanout = 2, 4, 8"]
+
+
+def test_log_axis_labels_do_not_collide() -> None:
+    """kv_offload's case: three contexts within two decades; matplotlib labels minor ticks there and they overlap."""
+    from matplotlib.ticker import NullFormatter
+
+    df = _frame([({"context": c, "policy": p}, c * k) for c in (4096, 16384, 65536) for k, p in enumerate("ab", 1)])
+    fig = draw_figure(Figure("y", x="context", y="y", hue="policy", logx=True), df)
+    ax = fig.axes[0]
+    assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
+    assert list(ax.get_xticks()) == [4096, 16384, 65536]

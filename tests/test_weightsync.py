@@ -174,7 +174,7 @@ def test_infeasible_configurations_are_reported_not_run() -> None:
     assert not res.feasible and "does not fit" in res.reason
     huge_bucket = simulate_sync(SETUPS["split"], get("nccl-broadcast", bucket_bytes=200 * 2**30))
     assert not huge_bucket.feasible and "HBM" in huge_bucket.reason
-    assert huge_bucket.metrics()["feasible"] == (0.0, "")
+    assert huge_bucket.metrics()["feasible"] == 0.0 and huge_bucket.units()["feasible"] == ""
 
 
 def test_bad_input_raises_typed_errors() -> None:
@@ -394,3 +394,23 @@ def test_the_decode_batch_kv_counts_against_hbm(capsys) -> None:
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--kv-reserve", "0.95", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["feasible"] is False and "95% reserve" in out["reason"]
+
+
+def test_results_give_plain_numbers_and_a_dataframe() -> None:
+    from fabricsim import FabricsimError as Root
+    from fabricsim.errors import FabricsimError as Same
+    from fabricsim.workloads.requests import poisson_requests
+    from fabricsim.workloads.serving import serve
+
+    assert Root is Same and issubclass(WorkloadError, Root)
+    sync = simulate_sync(SETUPS["split"], get("nccl-broadcast"))
+    serving = serve("h100-1", poisson_requests(10, 8, prompt_tokens=100, output_tokens=8), "hbm-only")
+    for res in (sync, serving):
+        m = res.metrics()
+        assert all(type(v) in (float, int) for v in m.values()), {k: type(v) for k, v in m.items()}
+        df = res.to_dataframe()
+        assert list(df.columns) == ["metric", "value", "unit"] and list(df["metric"]) == list(m)
+        assert res.units().keys() == m.keys()
+    assert type(sync.metrics()["flow_events"]) is int
+    assert type(serving.metrics()["host_kv_peak_bytes"]) is int and type(serving.metrics()["steps"]) is int
+    assert type(sync.metrics()["sync_s"]) is float

@@ -59,6 +59,10 @@ def _assert_conserved(model, trainer, rollout):
     # Column sums equal what each rollout GPU keeps; the matrix is the pieces aggregated.
     np.testing.assert_allclose(plan.matrix.sum(axis=0), plan.need_bytes)
     assert plan.total_bytes == pytest.approx(sum(need.values()))
+    # The vectorised planner (no per-piece detail, what the strategies use) gives the same matrix.
+    fast = reshard(model, trainer, rollout)
+    np.testing.assert_allclose(fast.matrix, plan.matrix, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(fast.need_bytes, plan.need_bytes)
     return plan
 
 

@@ -29,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "all_gather_perf, broadcast_perf), nvbandwidth output and the concurrent-copies JSON; several "
                         "files of one machine are fitted together")
     c.add_argument("profile", help="profile file to write (JSON)")
+    c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
                    help="which calibration/held-out split: today's case list (default) or the one in the file")
@@ -46,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="report folder (default: beside the measurements)")
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
     r.add_argument("--no-store", action="store_true", help="do not write rows to the results store")
+    r.add_argument("--force", action="store_true", help="replace the report folder if it exists")
     r.add_argument("--split", choices=("current", "file"), default="current",
                    help="which calibration/held-out split: today's case list (default) or the one in the file")
     r.set_defaults(func=_cmd_report)
@@ -63,17 +65,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from fabricsim.hwmodels.fileio import refuse_overwrite
     from fabricsim.validate.fit.calibrate import calibrate_file
 
+    refuse_overwrite(args.profile, args.force, "profile")
     profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from fabricsim.validate.fit.report import report_file
+    from fabricsim.hwmodels.fileio import refuse_overwrite
+    from fabricsim.validate.fit.report import default_report_dir, report_file
 
-    summary = report_file(args.measured, profile=args.profile, out=args.out, store=None if args.no_store
+    out = args.out or default_report_dir(args.measured)
+    refuse_overwrite(out, args.force, "report")
+    summary = report_file(args.measured, profile=args.profile, out=out, store=None if args.no_store
                           else (args.store or ""), split=args.split)
     print(summary)
     return 0

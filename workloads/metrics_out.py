@@ -1,16 +1,56 @@
-"""Printing a workload's `{metric: (value, unit)}` for people or programs: one format for `sync` and `serve`."""
+"""A workload result's metrics in the forms people and programs use, and printing them for `sync` and `serve`.
+
+A result class implements `metrics_with_units()` (`{metric: (value, unit)}`, what a study's point function
+returns); `ReportsMetrics` derives the rest from it: `metrics()` as plain Python numbers (counts and byte counts
+as ints, never numpy scalars), `units()`, and `to_dataframe()` with one row per metric.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
 
-def metric_values(metrics: Mapping[str, tuple[float, str]]) -> dict[str, float]:
+# Units whose values are whole things: reported as int, not 3.0
+WHOLE_UNITS = frozenset({"B", "count", "sequences", "versions"})
+
+
+def plain_number(value: Any, unit: str = "") -> float | int:
+    """A metric value as a Python float, or an int for whole-unit metrics (numpy scalars become Python's)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    value = float(value)
+    if unit in WHOLE_UNITS and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
+
+
+class ReportsMetrics:
+    """Mixin: `metrics()`, `units()` and `to_dataframe()` from a class's `metrics_with_units()`."""
+
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:  # pragma: no cover - implemented by results
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float | int]:
+        """{metric: value} as plain Python numbers (units: `units()`; both: `metrics_with_units()`)."""
+        return {k: plain_number(v, u) for k, (v, u) in self.metrics_with_units().items()}
+
+    def units(self) -> dict[str, str]:
+        return {k: u for k, (_v, u) in self.metrics_with_units().items()}
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per metric: metric, value, unit."""
+        rows = [(k, plain_number(v, u), u) for k, (v, u) in self.metrics_with_units().items()]
+        return pd.DataFrame(rows, columns=["metric", "value", "unit"])
+
+
+def metric_values(metrics: Mapping[str, tuple[float, str]]) -> dict[str, float | int]:
     """The JSON form: metric -> value (units are in the docs and the human table)."""
-    return {k: v for k, (v, _unit) in metrics.items()}
+    return {k: plain_number(v, unit) for k, (v, unit) in metrics.items()}
 
 
 def print_json(doc: Any) -> None:

@@ -87,6 +87,28 @@ class Shard:
         return n
 
 
+def _replica_overlaps(shape: tuple[int, ...], replica: list[tuple[str, Shard]], want: Shard, t_index: dict[str, int],
+                      boxes: dict[int, tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """`overlap_numel(shape, sh, want)` for every shard `sh` of a replica at once, as (trainer rows, elements).
+
+    The replica's shard boxes are turned into arrays once per tensor group (`boxes`, keyed by the replica)."""
+    box = boxes.get(id(replica))
+    if box is None:
+        rows = np.array([t_index[g] for g, _ in replica], dtype=np.int64)
+        lo = np.zeros((len(replica), len(shape)), dtype=np.int64)
+        hi = np.tile(np.array(shape, dtype=np.int64), (len(replica), 1))
+        for i, (_, sh) in enumerate(replica):
+            if sh.dim is not None and sh.span is not None:
+                lo[i, sh.dim], hi[i, sh.dim] = sh.span
+        box = boxes[id(replica)] = (rows, lo, hi, replica)  # the replica rides along so its id stays its own
+    rows, lo, hi, _ = box
+    if want.dim is not None and want.span is not None:
+        lo, hi = lo.copy(), hi.copy()
+        lo[:, want.dim] = np.maximum(lo[:, want.dim], want.span[0])
+        hi[:, want.dim] = np.minimum(hi[:, want.dim], want.span[1])
+    return rows, np.prod(np.clip(hi - lo, 0, None), axis=1).astype(np.float64)
+
+
 def overlap_numel(shape: tuple[int, ...], a: Shard, b: Shard) -> int:
     """Elements two shards of the same tensor share."""
     n = 1
@@ -316,8 +338,10 @@ def reshard(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout, 
     count = np.zeros(len(rollout.gpus), dtype=np.int64)
     pieces: list[tuple[str, str, str, float]] | None = [] if detail else None
     engines = rollout.engines
+    boxes: dict[int, tuple] = {}
     # Group tensors with identical shape and sharding: their plans are the same, times a multiplicity.
     for (shape, holders, rshards, eb, _nbytes), mult, members in _groups(model, trainer, rollout, keep=detail):
+        boxes.clear()
         for replica in holders:
             for g, sh in replica:
                 held[t_index[g]] += sh.numel(shape) * eb * mult
@@ -330,12 +354,15 @@ def reshard(model: ModelConfig, trainer: TrainerLayout, rollout: RolloutLayout, 
                 j = r_index[rgpu]
                 need[j] += want.numel(shape) * eb * mult
                 count[j] += mult
+                if pieces is None:  # all shards of the replica at once (T x R pairs make a 1,024-GPU plan)
+                    rows, n = _replica_overlaps(shape, replica, want, t_index, boxes)
+                    np.add.at(matrix[:, j], rows, n * (eb * mult))
+                    continue
                 for g, sh in replica:
                     n = overlap_numel(shape, sh, want)
                     if n:
                         matrix[t_index[g], j] += n * eb * mult
-                        if pieces is not None:
-                            pieces.extend((t.name, g, rgpu, n * eb) for t in members)
+                        pieces.extend((t.name, g, rgpu, n * eb) for t in members)
     return ReshardPlan(model, list(trainer.gpus), list(rollout.gpus), matrix, need, held, count, pieces)
 
 

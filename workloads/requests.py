@@ -60,8 +60,8 @@ class Request:
 
 def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str) -> np.ndarray:
     """`n` token counts >= 1 with the given mean: fixed, uniform on [1, 2*mean-1], or geometric on {1, 2, ...}."""
-    if not mean >= 1:
-        raise RequestError(f"{what}: mean must be >= 1 token, got {mean}")
+    if not 1 <= mean < math.inf:
+        raise RequestError(f"{what}: mean must be a finite number >= 1 token, got {mean}")
     if dist == "fixed":
         return np.full(n, int(round(mean)), dtype=np.int64)
     if dist == "uniform":
@@ -87,6 +87,10 @@ def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_
         raise RequestError(f"need at least one request, got n={n}")
     if prefix_tokens < 0 or prefixes < 1:
         raise RequestError(f"prefix_tokens must be >= 0 and prefixes >= 1, got {prefix_tokens}, {prefixes}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise RequestError(f"seed must be a whole number >= 0, got {seed!r}")
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise RequestError(f"start_s must be a finite number >= 0, got {start_s!r}")
     rng = np.random.default_rng(seed)
     if math.isinf(rate_per_s):
         arrivals = np.full(n, float(start_s))

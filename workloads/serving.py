@@ -46,6 +46,7 @@ from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
 from .kvsize import KVConfigError, KVLayout
+from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
 from .requests import Request
@@ -713,7 +714,7 @@ def _percentile(x: Sequence[float], q: float) -> float:
 
 
 @dataclass
-class ServingResult:
+class ServingResult(ReportsMetrics):
     """What a serving run produced: per-request timings, the simulation records and derived metrics."""
 
     system: ServingSystem
@@ -818,8 +819,8 @@ class ServingResult:
         side (the part of the layer-by-layer transfer that prefill did not hide)."""
         return np.array([s.kv_ready_s - s.first_token_s for s in self.seqs if not math.isnan(s.kv_ready_s)])
 
-    def metrics(self) -> dict[str, tuple[float, str]]:
-        """The standard metrics, as {name: (value, unit)} (what studies return)."""
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:
+        """The standard metrics, as {name: (value, unit)} (what studies return); `metrics()` gives plain values."""
         ttft, tpot = self.ttft_s, self.tpot_s
         toks = self.output_tokens
         moved = self.bytes_moved()

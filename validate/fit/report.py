@@ -391,7 +391,10 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:  # name the user's path, not the temporary folder beside it
+            raise type(exc)(exc.errno, f"cannot write the report there ({exc.strerror})", str(out)) from None
         df.to_csv(tmp / "errors.csv", index=False)
         fdf.to_csv(tmp / "finish_errors.csv", index=False)
         (tmp / "report.md").write_text(render_markdown(m, profile, df, fdf, summary))
@@ -411,13 +414,19 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     return summary
 
 
+def default_report_dir(measured: str | Path) -> Path:
+    """Where `report` writes without --out: a `report` folder beside the measurements file."""
+    path = Path(measured)
+    return (path if path.is_dir() else path.parent) / "report"
+
+
 def report_file(measured: str | Path, *, profile: str | Path | None = None, out: str | Path | None = None,
                 store: str | Path | None = "", split: str = "current") -> str:
     """CLI body: returns the one-paragraph summary printed on stdout."""
     m = load_any(measured)
     p = resolve_profile(m, profile)
     note = check_profile_fits(p, m)
-    out = Path(out) if out else Path(m.source).parent / "report"
+    out = Path(out) if out else default_report_dir(measured)
     s = report(m, p, out, store, split)
     h = s[HELD_OUT]["modelled"]
     cov = (s.get("coverage") or {}).get("modelled") or {}

@@ -6,9 +6,9 @@ and adding its class here; policy modules never import this one back.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from ..keyvalue import coerce_all, settings_of
 from .base import KVPolicy
 from .compression import AsyncCompression, SystemPromptCompression
 from .host_offload import HostOffload
@@ -33,9 +33,5 @@ def make_policy(name: str, **params: Any) -> KVPolicy:
     cls = POLICIES.get(name)
     if cls is None:
         raise PolicyError(f"unknown KV policy '{name}' (known: {', '.join(POLICIES)})")
-    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    bad = sorted(set(params) - set(known))
-    if bad:
-        raise PolicyError(f"policy '{name}' has no parameter {', '.join(bad)} "
-                          f"(it takes: {', '.join(known) or 'none'})")
-    return cls(**params)
+    typed = coerce_all(params, settings_of(cls), f"policy '{name}'", PolicyError, noun="parameter")
+    return cls(**typed)

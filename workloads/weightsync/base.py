@@ -19,20 +19,21 @@ Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x1
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import simpy
 
-from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
-from fabricsim.simcore.units import parse_bytes
 
 from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
+from ..keyvalue import coerce_all, settings_of
+from ..metrics_out import ReportsMetrics
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
 
@@ -120,7 +121,7 @@ def delta_encoding(changed_fraction: float, value_bytes: float = 2.0, index_byte
 
 # ---- results --------------------------------------------------------------------------------------------
 @dataclass
-class SyncResult:
+class SyncResult(ReportsMetrics):
     """Metrics of one sync (see the module docstring). Infeasible configurations carry `feasible=False`, the
     reason, and the memory figures that made them so; nothing was simulated."""
 
@@ -141,8 +142,8 @@ class SyncResult:
     flow_events: int = 0
     sim_result: Any = field(default=None, repr=False)
 
-    def metrics(self) -> dict[str, tuple[float, str]]:
-        """Flat {metric: (value, unit)} for the study contract."""
+    def metrics_with_units(self) -> dict[str, tuple[float, str]]:
+        """Flat {metric: (value, unit)} for the study contract; `metrics()` gives plain values."""
         out = {
             "feasible": (1.0 if self.feasible else 0.0, ""),
             "peak_extra_GiB": (self.peak_extra_bytes / 2**30, "GiB"),
@@ -156,7 +157,7 @@ class SyncResult:
             out.update({
                 "sync_s": (self.sync_s, "s"), "stall_s": (self.stall_s, "s"),
                 "staleness_versions": (self.staleness_versions, "versions"),
-                "stale_fraction": (self.stale_fraction, ""), "flow_events": (float(self.flow_events), ""),
+                "stale_fraction": (self.stale_fraction, ""), "flow_events": (self.flow_events, "count"),
             })
             for cls, b in sorted(self.bytes_by_class.items()):
                 out[f"GB_{cls}"] = (b / 1e9, "GB")
@@ -243,51 +244,24 @@ class Knobs:
     """Base of every strategy's cost knobs (frozen dataclass; defaults documented where they are defined)."""
 
     def replace(self, **kw: Any) -> Knobs:
-        names = {f.name for f in fields(self)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise WorkloadError(f"unknown knob(s) {', '.join(bad)} for {type(self).__name__} "
-                                f"(known: {', '.join(sorted(names))})")
+        """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`), then
+        range-checked: counts >= 1, costs >= 0, sizes > 0."""
         owner = type(self).__name__
-        kw = {k: _coerce_knob(owner, k, getattr(self, k), v) for k, v in kw.items()}
-        return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
+        typed = coerce_all(kw, settings_of(type(self)), owner, noun="knob")
+        for name, value in typed.items():
+            _check_knob_range(f"{owner}: {name}", name, value)
+        return dataclasses.replace(self, **typed)
 
 
-def _coerce_knob(owner: str, name: str, default: Any, value: Any) -> Any:
-    """Check a knob against its default's type: true/false for switches, numbers (or sizes such as 512MiB for
-    *_bytes knobs) for costs and sizes, so a typo is an error instead of a silently different run."""
-    where = f"knob {name} of {owner}"
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise WorkloadError(f"{where}: expected true or false, got {value!r}")
-    if isinstance(default, int | float):
-        if isinstance(value, bool):
-            raise WorkloadError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                if not name.endswith("bytes"):
-                    raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
-                try:
-                    value = parse_bytes(value, where)
-                except FabricsimError as exc:
-                    raise WorkloadError(str(exc)) from None
-        if not isinstance(value, int | float) or value != value:
-            raise WorkloadError(f"{where}: expected a number, got {value!r}")
-        if isinstance(default, int):
-            if value != int(value) or value < 1:
-                raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
-            return int(value)
-        if name.endswith("bytes") and not value > 0:
-            raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
-        if not value >= 0:
-            raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
-        return float(value)
-    return value
+def _check_knob_range(where: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, int) and value < 1:
+        raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
+    if name.endswith("bytes") and not value > 0:
+        raise WorkloadError(f"{where}: expected a size > 0, got {value!r}")
+    if not value >= 0:
+        raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
 
 
 class Strategy:

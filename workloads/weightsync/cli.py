@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from typing import Any
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
@@ -17,11 +16,13 @@ from fabricsim.hwmodels.intervals import intervals_over
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
+from ..keyvalue import Setting, parse_key_values, split_all
 from ..metrics_out import interval_values, metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
 
+_MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
 SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
 
 
@@ -31,24 +32,6 @@ def parse_gpus(spec: str) -> list[str]:
         return expand_endpoints(spec)
     except TopologyError as exc:
         raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
-
-
-def parse_knob(text: str) -> tuple[str, Any]:
-    """'bucket_bytes=1e9' -> ('bucket_bytes', 1e9); numbers and true/false are converted."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise WorkloadError(f"knob '{text}' is not KEY=VALUE")
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    try:
-        return key, int(raw)
-    except ValueError:
-        pass
-    try:
-        return key, float(raw)
-    except ValueError:
-        return key, raw
 
 
 def _fraction(text: str) -> float:
@@ -64,11 +47,9 @@ def _fraction(text: str) -> float:
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
-    degrees = dict(parse_knob(kv) for kv in args.megatron.split(",") if kv)
-    bad = sorted(set(degrees) - {"tp", "pp", "ep"})
-    if bad:
-        raise WorkloadError(f"--megatron takes tp=, pp=, ep= (got {', '.join(bad)})")
-    return MegatronLayout(gpus, **{k: int(v) for k, v in degrees.items()})
+    degrees = parse_key_values([kv for kv in args.megatron.split(",") if kv.strip()], _MEGATRON, "--megatron",
+                               what="--megatron degree", example="tp=2,pp=2")
+    return MegatronLayout(gpus, **degrees)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -84,16 +65,16 @@ def _run(args: argparse.Namespace) -> int:
                       rollout_dtype="fp8" if args.fp8 else None,
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
-    strategy = get(args.strategy, **dict(parse_knob(k) for k in args.knob))
-    res = simulate_sync(setup, strategy, keep_result=bool(args.trace))
-    metrics = res.metrics()
+    strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    metrics = res.metrics_with_units()
     intervals = {}
     if args.samples and res.feasible:
         # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
-        intervals = intervals_over(lambda t: metric_values(simulate_sync(replace(setup, topology=t), strategy)
-                                                           .metrics()), topo, samples=args.samples)
-    if args.trace and res.sim_result is not None:
-        res.sim_result.write_trace(args.trace)
+        intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
+                                   samples=args.samples)
+    if args.perfetto and res.sim_result is not None:
+        res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
@@ -138,5 +119,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--samples", type=int, default=SYNC_SAMPLES, metavar="N",
                    help=f"perturbed re-runs for the 90%% intervals (default {SYNC_SAMPLES}; 0: none)")
-    p.add_argument("--trace", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)

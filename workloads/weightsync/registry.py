@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UnknownStrategyError
+from ..keyvalue import coerce_all, settings_of
 from .base import Strategy
 from .cuda_ipc import CudaIpcBuckets
 from .delta import delta
@@ -38,8 +39,11 @@ def get(spec: str, **knobs: Any) -> Strategy:
         inner_name = arg or knobs.pop("inner", None)
         if not inner_name:
             raise UnknownStrategyError("delta needs an inner strategy: write 'delta:<strategy>'")
+        if str(inner_name).partition(":")[0] == "delta":
+            raise UnknownStrategyError(f"'{spec}': delta wraps a transport (delta:rdma-p2p), not another delta")
         fraction = knobs.pop("changed_fraction", 0.1)
-        return delta(get(inner_name, **knobs), changed_fraction=fraction)
+        fraction = coerce_all({"changed_fraction": fraction}, settings_of(delta), "delta", noun="knob")
+        return delta(get(inner_name, **knobs), **fraction)
     cls = STRATEGIES.get(name)
     if cls is None:
         raise UnknownStrategyError(f"unknown weight-sync strategy '{spec}' (known: {', '.join(names())})")

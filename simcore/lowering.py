@@ -1,0 +1,221 @@
+"""Lowering declared work to arrays and running it on the compiled event loop (`simcore._eventloop`).
+
+`Simulation.run` calls `run_compiled` when every item was declared up front (see `simulation.Work`). This
+module turns the items into flat arrays (routes shared between items that share a path), grows the network's
+arrays when the loop asks, shows progress, and writes the results back into the records, the load series and
+the simulation's clock, so a caller cannot tell which loop ran except by the time it took.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _fluidlayout as L
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .simulation import Simulation, Work
+
+_loop = None
+STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line
+
+
+def load_loop():
+    """The compiled loop, compiled on first use (about 15 s once per install, then cached beside the source)."""
+    global _loop
+    if _loop is None:
+        notice = threading.Timer(2.0, lambda: print(
+            "fabricsim: compiling the event loop (once per install, about 15 s)...", file=sys.stderr, flush=True))
+        notice.daemon = True
+        notice.start()
+        try:
+            from . import _eventloop
+
+            _lowered_run(_eventloop, *_tiny_problem())  # compile (or load the cache) now, announced
+        finally:
+            notice.cancel()
+        _loop = _eventloop
+    return _loop
+
+
+def _tiny_problem():
+    """One delay: enough to make numba compile `run` for the argument types every real call uses."""
+    import simpy
+
+    from .fluid import FluidNetwork
+
+    net = FluidNetwork(simpy.Environment(), [1.0])
+    arrays = _ItemArrays(1)
+    arrays.ikind[0] = 1
+    return net, arrays, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), 0
+
+
+class _ItemArrays:
+    def __init__(self, n: int) -> None:
+        self.ikind = np.zeros(n, np.int64)
+        self.istart = np.zeros(n)
+        self.ilat = np.zeros(n)
+        self.ibytes = np.zeros(n)
+        self.iw = np.ones(n)
+        self.icap = np.full(n, np.inf)
+        self.iroute = np.zeros(n, np.int64)
+        self.ieng = np.full(n, -1, np.int64)
+        self.nleft = np.zeros(n, np.int64)
+        self.soff = np.zeros(n + 1, np.int64)
+        self.succ = np.zeros(0, np.int64)
+
+
+def run_compiled(sim: Simulation, work: list[Work], progress: Progress | None) -> None:
+    """Run `work` (the simulation's declared items) on the compiled loop and fill in the records."""
+    loop = load_loop()
+    n = len(work)
+    a = _ItemArrays(n)
+    routes: dict[int, int] = {}
+    route_arrays: list[tuple[np.ndarray, np.ndarray]] = []
+    engines: dict[str, int] = {}
+    nsucc = np.zeros(n + 1, np.int64)
+    for i, w in enumerate(work):
+        a.istart[i] = w.start
+        a.ilat[i] = w.latency
+        a.nleft[i] = len(w.deps)
+        for j in w.deps:
+            nsucc[j + 1] += 1
+        if w.engine is not None:
+            a.ieng[i] = engines.setdefault(w.engine, len(engines))
+        f = w.flow
+        if f is None:
+            a.ikind[i] = 1
+            continue
+        a.ibytes[i] = f.remaining
+        a.iw[i] = f.weight
+        if f.cap is not None:
+            a.icap[i] = f.cap
+        r = routes.get(id(f.res))
+        if r is None:
+            r = routes[id(f.res)] = len(route_arrays)
+            route_arrays.append((f.res, f.coef))
+        a.iroute[i] = r
+    np.cumsum(nsucc, out=a.soff)
+    fill = a.soff[:-1].copy()
+    a.succ = np.zeros(int(a.soff[-1]), np.int64)
+    for i, w in enumerate(work):
+        for j in w.deps:
+            a.succ[fill[j]] = i
+            fill[j] += 1
+    roff = np.zeros(len(route_arrays) + 1, np.int64)
+    roff[1:] = np.cumsum([len(res) for res, _ in route_arrays])
+    rres = np.concatenate([res for res, _ in route_arrays]) if route_arrays else np.zeros(0, np.int64)
+    rcoef = np.concatenate([c for _, c in route_arrays]) if route_arrays else np.zeros(0)
+    ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, len(engines), progress=progress,
+                      record=sim.net.on_load is not None, sim=sim)
+    for i, w in enumerate(work):
+        w.rec.start_s = float(ot[i, 0])
+        w.rec.begin_s = float(ot[i, 1])
+        w.rec.finish_s = float(ot[i, 2])
+        if w.flow is not None:
+            w.flow.remaining = 0.0
+        # the item's event counts as processed: a later procedure that waits on it goes straight on
+        w.done._ok, w.done._value, w.done.callbacks = True, w.rec, None
+    end = float(np.max(ot[:, 2])) if n else 0.0
+    sim.env._now = max(sim.env.now, end)  # the clock stands where the simpy path would have left it
+
+
+def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *, progress: Progress | None = None,
+                 record: bool = False, sim: Simulation | None = None) -> np.ndarray:
+    """Drive the resumable loop to the end, growing arrays on request; returns the (start, begin, finish) table."""
+    n = len(a.ikind)
+    width = int(np.max(np.diff(roff))) if len(roff) > 1 else 1
+    nflows = int(np.count_nonzero(a.ikind == 0))
+    slots = max(64, min(nflows, 1024))
+    if slots > net._fn.shape[0] or width > net._width:
+        net._grow_flows(max(slots, net._fn.shape[0]), max(width, net._width))
+    slots = net._fn.shape[0]
+    ot = np.full((n, 3), np.nan)
+    ek = np.empty(n + 1)
+    ei = np.empty((n + 1, 3), np.int64)
+    rq = np.empty(2 * n + 1, np.int64)
+    eholder = np.full(max(nengines, 1), -1, np.int64)
+    ehead = np.full(max(nengines, 1), -1, np.int64)
+    etail = np.full(max(nengines, 1), -1, np.int64)
+    egrant = np.zeros(max(nengines, 1), np.int8)
+    gl = np.zeros(max(nengines, 1), np.int64)
+    eqnext = np.full(n, -1, np.int64)
+    eqprev = np.full(n, -1, np.int64)
+    slot_item = np.full(slots, -1, np.int64)
+    free = np.arange(slots - 1, -1, -1, dtype=np.int64)
+    seeds = np.empty(slots, np.int64)
+    closed = np.empty(slots, np.int64)
+    nlog = 4096 if record else 1
+    lt, lr, lv = np.empty(nlog), np.empty(nlog, np.int64), np.empty(nlog)
+    st = np.zeros(loop.NST, np.int64)
+    st[loop.S_NFREE] = slots
+    st[loop.S_RECORD] = int(record)
+    sf = np.zeros(loop.NSF)
+    sf[loop.F_WAKE] = np.inf
+    while True:
+        status = loop.run(a.ikind, a.istart, a.ilat, a.ibytes, a.iw, a.icap, a.iroute, a.ieng, a.nleft, a.soff,
+                          a.succ, roff, rres, rcoef, ot, ek, ei, rq, eholder, ehead, etail, eqnext, eqprev, egrant,
+                          gl, slot_item, free, seeds, closed, lt, lr, lv, st, sf, STEPS_PER_CALL,
+                          net._fres, net._fcoef, net._fn, net._ff, net._fi, net._rf, net._ri, net._inc_next,
+                          net._inc_prev, net._rloc, net._fmark, net._rmark, net._rstack, net._comp, net._hk,
+                          net._hi, net._ctr, net._finished, net._fchanged, net._rchanged, net._rcmark)
+        if status == loop.DONE:
+            break
+        if status == loop.YIELD:
+            if progress is not None:
+                progress.tick(float(sf[loop.F_NOW]), net.events + int(st[loop.S_EVENTS]), int(st[loop.S_ACTIVE]))
+        elif status == loop.NEED_SLOTS:
+            old = slots
+            net._grow_flows(2 * old, net._width)
+            slots = net._fn.shape[0]
+            nfree = int(st[loop.S_NFREE])
+            free = np.concatenate([free[:nfree], np.arange(slots - 1, old - 1, -1, dtype=np.int64),
+                                   np.zeros(old - nfree, np.int64)])
+            st[loop.S_NFREE] = nfree + slots - old
+            slot_item = np.concatenate([slot_item, np.full(slots - old, -1, np.int64)])
+            seeds = np.concatenate([seeds, np.empty(slots - old, np.int64)])
+            closed = np.concatenate([closed, np.empty(slots - old, np.int64)])
+        elif status == loop.NEED_HEAP:
+            _heap_room(loop, net, int(st[loop.S_ACTIVE]))
+        elif status == loop.NEED_LOG:
+            m = int(st[loop.S_NLOG])
+            _flush_log(sim, lt[:m], lr[:m], lv[:m])
+            st[loop.S_NLOG] = 0
+            size = 2 * len(net._rf)
+            if len(lt) < size:
+                lt, lr, lv = np.empty(size), np.empty(size, np.int64), np.empty(size)
+    if record:
+        m = int(st[loop.S_NLOG])
+        _flush_log(sim, lt[:m], lr[:m], lv[:m])
+    net.events += int(st[loop.S_EVENTS])
+    return ot
+
+
+def _heap_room(loop, net, active: int) -> None:
+    """Room in the finish heap for one entry per active flow (compact first, grow if that is not enough)."""
+    need = int(net._ctr[L.HSIZE]) + active + 1
+    if need <= net._hk.shape[0]:
+        return
+    from ._fluidcore import compact_heap
+
+    compact_heap(net._hk, net._hi, net._fi, net._ctr)
+    need = int(net._ctr[L.HSIZE]) + active + 1
+    if need > len(net._hk) // 2:
+        size = max(2 * len(net._hk), 2 * need)
+        hk, hi = np.empty(size), np.empty((size, 3), np.int64)
+        k = int(net._ctr[L.HSIZE])
+        hk[:k], hi[:k] = net._hk[:k], net._hi[:k]
+        net._hk, net._hi = hk, hi
+
+
+def _flush_log(sim: Simulation | None, lt: np.ndarray, lr: np.ndarray, lv: np.ndarray) -> None:
+    """Hand logged load changes to the simulation's recorder, exactly as the simpy path reports them."""
+    if sim is None or not len(lt):
+        return
+    on_load = sim._on_load
+    for t, r, v in zip(lt.tolist(), lr.tolist(), lv.tolist(), strict=True):
+        on_load(t, {r: max(0.0, v)})

@@ -1,0 +1,97 @@
+"""Results a user can use: the topology column filled, whole numbers shown whole, points without the asked
+metric counted (not silently dropped), tables that fit the terminal, outputs never overwritten silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabricsim.cli import main
+from fabricsim.harness.store import ResultsStore
+from fabricsim.harness.study import Grid, Study, load_study
+from fabricsim.harness.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wide(point: dict) -> dict:
+    if point["n"] % 3 == 0:
+        return {"feasible": (0.0, "")}  # what an infeasible weight-sync point reports: no times
+    return {"feasible": (1.0, ""), "sync_s": (point["n"] / 10, "s"),
+            **{f"metric_with_a_long_name_{k}": (k * 1.5, "GB/s") for k in range(12)}}
+
+
+WIDE = Study(name="wide", grid=Grid.product(n=list(range(9)), steps=[None, 10]), run=_wide, topology="h100-1")
+
+
+def test_study_rows_carry_their_topology(tmp_path: Path) -> None:
+    study = load_study("weight_sync")
+    run_sweep(study, store=tmp_path, workers=1, limit=2, progress=False)
+    rows = ResultsStore(tmp_path).load("weight_sync")
+    assert set(rows["topology"]) == {"hgx-h200-8"}
+    assert study.topology_of({"layout": "nodes-2+2"}) == "cluster-4x8"
+    for name in ("pd_disaggregation", "weight_sync_evidence", "example_fanout", "kv_offload", "prefix_sharing"):
+        s = load_study(name)
+        assert all(s.topology_of(p) for _, p in s.points()), f"{name}: a point has no topology"
+
+
+def test_whole_number_parameters_stay_whole(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    df = ResultsStore(tmp_path).load("wide")
+    assert str(df["steps"].dtype) == "Int64" and set(df["steps"].dropna()) == {10}
+    assert main(["results", "show", "wide", "--store", str(tmp_path), "--metric", "sync_s", "--csv"]) == 0
+    out = capsys.readouterr().out
+    assert ",10," in out and ",10.0," not in out
+
+
+def test_points_without_the_metric_are_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    assert main(["results", "show", "wide", "--store", str(tmp_path), "--metric", "sync_s"]) == 0
+    err = capsys.readouterr().err
+    assert "6 of 18 points have no sync_s: 6 infeasible (feasible = 0" in err
+
+
+def test_tables_fit_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["results", "show", "wide", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert "all rows: topology = h100-1, source = sim" in out  # constant columns said once
+    assert "metric_with_a_long_name_11 [GB/s]" in out  # nothing dropped, only wrapped
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["topo", "import", "{txt}", "--out", "{existing}"], "topology file exists"),
+    (["calibrate", "{measured}", "{existing}"], "profile file exists"),
+    (["report", "{measured}", "--out", "{existing_dir}", "--no-store"], "report folder exists"),
+])
+def test_outputs_are_not_overwritten_without_force(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
+                                                   what: str) -> None:
+    existing = tmp_path / "keep.txt"
+    existing.write_text("precious")
+    existing_dir = tmp_path / "report"
+    existing_dir.mkdir()
+    (existing_dir / "report.md").write_text("precious")
+    subs = {"{txt}": str(ROOT / "validate/data/h100x1/topo_m.txt"), "{existing}": str(existing),
+            "{measured}": str(ROOT / "validate/data/h100x1"), "{existing_dir}": str(existing_dir)}
+    code = main([subs.get(a, a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and what in err and "--force" in err and err.count("\n") == 1
+    assert existing.read_text() == "precious" and (existing_dir / "report.md").read_text() == "precious"
+
+
+def test_force_replaces_a_topology_file(tmp_path: Path) -> None:
+    out = tmp_path / "box.yaml"
+    out.write_text("old")
+    txt = str(ROOT / "validate/data/h100x1/topo_m.txt")
+    assert main(["topo", "import", txt, "--out", str(out), "--force"]) == 0
+    assert out.read_text().startswith("name:")
+
+
+def test_report_names_the_users_path_when_it_cannot_write(capsys: pytest.CaptureFixture) -> None:
+    out = "/proc/fabricsim-report"  # no one may create a folder there, root included
+    code = main(["report", str(ROOT / "validate/data/h100x1"), "--out", out, "--no-store"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"fabricsim: error: {out}:") and ".tmp" not in err and err.count("\n") == 1
