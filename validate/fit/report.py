@@ -70,6 +70,11 @@ MISSING = {
               "hardware spreads streams over several copy engines in ways neither captures exactly.",
     "duplex": "H2D and D2H together on one GPU: one per-GPU duplex cap, fitted on one copy each way, shared "
               "max-min fairly; with several copies each way the hardware's split between the directions differs.",
+    "host-fan": "every GPU copying to or from host memory at once: one host ceiling per direction, shared max-min "
+                "fairly, gets the makespan; the hardware serves the GPUs unequally (on the 8x H200 probe GPUs 0-3 "
+                "finish 20% before 4-6), an arbitration between root ports or DMA queues the model lacks.",
+    "fan-out": "one GPU copying to several peers: its copy engine serves one copy at a time (FIFO) through its "
+               "NVSwitch port; the hardware overlaps the first copies a little, which FIFO does not.",
 }
 
 
