@@ -468,13 +468,16 @@ def load_base(ref: str | Path | None) -> CalibrationProfile | None:
 
 
 def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, profile_id: str | None = None,
-                   split: str = "current", base: str | Path | None = None) -> CalibrationProfile:
+                   split: str = "current", base: str | Path | None = None,
+                   note: str | None = None) -> CalibrationProfile:
     """Load (any format `validate.fit.imports` reads; several files of one machine merge), fit, write the
-    profile atomically; returns it."""
+    profile atomically; returns it. `note` goes into the provenance as said."""
     paths = [Path(p) for p in (measured if isinstance(measured, list) else [measured])]
     m = merge([load_any(p) for p in paths])
     sha = hashlib.sha256(b"".join((p / "measured.json" if p.is_dir() else p).read_bytes() for p in paths)).hexdigest()
     profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split, base=load_base(base))
+    if note:
+        profile = _profile(profile, provenance={**profile.provenance, "note": note})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
