@@ -49,5 +49,7 @@ def test_quick_suite_derives_what_it_measures_and_keeps_the_rest() -> None:
     assert p.collectives == base.collectives  # one GPU measures no collective: kept
     assert p.paths["h2d"].latency_s != base.paths["h2d"].latency_s  # measured here: refitted
     assert p.provenance["base_profile"] == base.id and p.uncertainty is not None
+    # the 2-GPU host ceiling neither carries over nor scales down to one GPU: the per-GPU duplex cap binds
+    assert [c.name for c in p.caps] == ["gpu0.pcie-duplex"]
     with pytest.raises(CalibrationError, match="is for H100, these measurements are of H200"):
         calibrate(m, base=load_profile(bundled_profile_path("h100x1")))

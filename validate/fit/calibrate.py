@@ -281,12 +281,13 @@ def fit_shared_caps(st: FitState) -> CalibrationProfile:
 
 
 def transfer_host_duplex(st: FitState) -> CalibrationProfile:
-    """Step 2b, only for a profile derived from one of another GPU count: the host's duplex ceiling (both
+    """Step 2b, only for a profile derived from one of fewer GPUs: the host's duplex ceiling (both
     directions together), when not measured here, scaled from the base machine's. The base's ratio of duplex
     ceiling to its one-direction aggregate (every GPU at its per-flow rate, or its aggregate cap) is applied to
     this host's larger one-direction aggregate. A transfer, not a measurement: the notes say so."""
     base, profile = st.base, st.profile
-    if base is None or base.gpus == profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
+    # Only up: a host with fewer GPUs than the base never reaches the base's host ceiling before its GPUs' own.
+    if base is None or base.gpus >= profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
         return profile
     old = next((c for c in base.caps if c.name == "host-duplex"), None)
     if old is None:
