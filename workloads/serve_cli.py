@@ -113,6 +113,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mechanism", default="ce-batched", choices=MECHANISMS, help="how KV pages are copied")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--samples", type=int, default=SERVE_SAMPLES, metavar="N",
-                   help="perturbed re-runs for the 90%% intervals, 0 for none")
+                   help="perturbed re-runs for the 90%% intervals (0: none)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
     p.set_defaults(func=_serve)
