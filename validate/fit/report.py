@@ -192,6 +192,8 @@ def pattern_table(df: pd.DataFrame, fdf: pd.DataFrame) -> pd.DataFrame:
                      "signed median": float(d["error"].median()),
                      "rep. spread median": float(d["spread"].median()),
                      "finish abs(err) median": fs["median"], "finish abs(err) p90": fs["p90"]})
+        if "inside" in d:
+            rows[-1]["inside interval"] = float(d["inside"].astype(float).mean())
     return pd.DataFrame(rows)
 
 
