@@ -6,6 +6,7 @@ F=${FABRICSIM:-fabricsim}
 $F calibrate validate/data/h200x2/measured.json hwmodels/profiles/h200x2.json --force --id h200x2-20261123-r2
 $F calibrate validate/data/h100x1/measured.json hwmodels/profiles/h100x1.json --force --id h100x1-20261123-r2
 $F calibrate validate/data/h200x1/quick/measured.json hwmodels/profiles/h200x1.json --base h200x2 --force --id h200x1-20261204-quick
+$F calibrate validate/data/h200x1-workloads hwmodels/profiles/h200x1.json   # issue 14: adds the fitted software costs
 $F calibrate validate/data/h200x8-probe/calibration.json hwmodels/profiles/h200x8.json --base h200x2 --force \
   --id h200x8-20261122-probe17 --note "fitted on the 17 probe cases only (12 calibration, 5 held out); the full \
 validate run on an 8-GPU machine, when one is lent, replaces this profile"
