@@ -53,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--base", default=None, metavar="PROFILE",
                    help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
                         "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
+    c.add_argument("--note", default=None, help="a sentence recorded in the profile's provenance (what it rests on)")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
@@ -103,7 +104,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     refuse_overwrite(args.profile, args.force, "profile")
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base,
+                             note=args.note)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 

@@ -118,6 +118,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--samples", type=sample_count, default=SYNC_SAMPLES, metavar="N",
-                   help=f"perturbed re-runs for the 90%% intervals (default {SYNC_SAMPLES}; 0: none)")
+                   help="perturbed re-runs for the 90%% intervals, 0 for none (default: %(default)s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)
