@@ -11,7 +11,9 @@ import _thread
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 
 from . import __version__
 
@@ -98,23 +100,40 @@ def build_parser() -> argparse.ArgumentParser:
 def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
     """A Ctrl-C that lands inside a callback Python cannot raise from (an import lock's weakref callback, while
     the models are still being imported) would print 'Exception ignored ... KeyboardInterrupt' and be lost:
-    deliver it again to the main thread, where `main` turns it into one line and status 130."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        _thread.interrupt_main()
-    else:
+    deliver it again to the main thread, where `main` turns it into one line and status 130 (once: while `main`
+    is already stopping, another interrupt is only swallowed)."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
+    elif not _stopping:
+        _thread.interrupt_main()
+
+
+_stopping = False
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; Ctrl-C anywhere, even while the models are still being imported, ends it with 130."""
+    global _stopping
+    _stopping = False
     previous, sys.unraisablehook = sys.unraisablehook, _interrupt_again
     try:
         return _run(argv)
     except KeyboardInterrupt:
+        _stopping = True
+        # A second interrupt now (a re-delivered one, or Ctrl-C pressed again) would escape `main` and end the
+        # process by SIGINT instead of this clean exit: ignore it while stopping. A pending one is consumed
+        # while ignored, and the caller's handler comes back before `main` returns.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         print("fabricsim: interrupted", file=sys.stderr)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
         return 130
     finally:
         sys.unraisablehook = previous
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _run(argv: list[str] | None) -> int:

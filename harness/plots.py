@@ -141,7 +141,7 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
             handles.setdefault(lab, h)
     if handles:
         fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside lower center",
-                   ncols=min(len(handles), 3), frameon=False)
+                   ncols=min(len(handles), 4), frameon=False)
     fig.suptitle(spec.title or f"{study_name}: {spec.name}".strip(": "))
     return fig
 

@@ -79,6 +79,8 @@ def _check_scalar(name: str, value: Any) -> Scalar:
     """Parameters must be JSON scalars so ids are stable and Parquet columns typed; numpy scalars convert."""
     if hasattr(value, "item") and not isinstance(value, bool | int | float | str):
         value = value.item()  # numpy scalar -> python
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise StudyError(f"parameter {name!r} = {value!r} does not fit in 64 bits (the results store's integers)")
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -468,8 +470,10 @@ def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
             value, unit = value[:2]
         try:
             out[metric] = (float(value), unit)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise StudyError(f"metric {metric!r}: value {value!r} is not a number") from None
+        if math.isinf(out[metric][0]):  # a division by a zero time, say: a failed point, not a result to plot
+            raise StudyError(f"metric {metric!r} is {out[metric][0]}: infinite, not a result")
     return out
 
 

@@ -45,6 +45,7 @@ from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_js
 from .study import Point, PointContext, Study, load_study, load_study_source
 
 BACKENDS = ("local", "ray")
+_ENGINE_PROGRESS = "FABRICSIM_PROGRESS"  # simcore.progress reads it per run
 RAY_CONNECT_TIMEOUT_S = 3.0
 
 
@@ -98,10 +99,17 @@ class SweepReport:
 # ------------------------------------------------------------------------------------ evaluating points
 
 
-def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | None = None) -> PointOutcome:
-    """Run one point; any exception becomes the outcome's error (one line)."""
+def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | None = None, *,
+                   engine_progress: bool = False) -> PointOutcome:
+    """Run one point; any exception becomes the outcome's error (one line).
+
+    The engine's own progress line for long simulations is off inside a sweep (`engine_progress`): the sweep
+    draws one bar, and lines from several workers would scramble it."""
     ctx = PointContext(study=study.name, point_id=pid, calibration=study.calibration, trace_path=trace_path)
     t0, c0 = time.perf_counter(), time.process_time()
+    before = os.environ.get(_ENGINE_PROGRESS)
+    if not engine_progress:
+        os.environ[_ENGINE_PROGRESS] = "0"
     try:
         metrics, intervals = study.evaluate_with_intervals(params, ctx)
         error = None
@@ -109,6 +117,11 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
         metrics, intervals = None, None
         text = " ".join(str(exc).split()) or "(no message)"
         error = f"{type(exc).__name__}: {text}"[:1000]
+    finally:
+        if before is None:
+            os.environ.pop(_ENGINE_PROGRESS, None)
+        else:
+            os.environ[_ENGINE_PROGRESS] = before
     return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0, intervals)
 
 
@@ -546,7 +559,7 @@ def trace_point(
         raise SweepError(
             f"study {study.name!r}: its point function takes no context, so it cannot write traces"
         )
-    outcome = evaluate_point(study, pid, params, trace_path=path)
+    outcome = evaluate_point(study, pid, params, trace_path=path, engine_progress=True)
     if outcome.error is not None:
         raise SweepError(f"point {pid} failed: {outcome.error}")
     if not path.is_file():

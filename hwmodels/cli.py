@@ -15,6 +15,9 @@ from .topofile import topology_to_dict
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.yaml and args.calibration is not None:
+        raise TopologyError("--yaml prints the datasheet structure, which no calibration changes; "
+                            "drop --calibration (apply it with `calibration:` in a scenario)")
     if args.yaml:
         # The file form is the machine's structure only: a calibration (per-path latencies, FIFO engines,
         # fitted link rates) is applied on load with `calibration:` in a scenario or --calibration.

@@ -9,12 +9,16 @@ node0.gpu1, ..., node1.gpu0, ...), which is the order rings and layouts expect.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterable
 
 from fabricsim.errors import TopologyError
 
 _PART = re.compile(r"^(.*?)(\d+)-(\d+)$")
+# More endpoints than this in one item is a typo (gpu0-99999999999), not a machine; checked before expanding,
+# which would otherwise build the list for minutes.
+MAX_ENDPOINTS = 1 << 20
 
 
 def _expand_part(part: str, item: str) -> list[str]:
@@ -24,6 +28,9 @@ def _expand_part(part: str, item: str) -> list[str]:
     lo, hi = int(m[2]), int(m[3])
     if hi < lo:
         raise TopologyError(f"range '{part}' in endpoint list item '{item}' runs backwards")
+    if hi - lo >= MAX_ENDPOINTS:
+        raise TopologyError(f"range '{part}' in endpoint list item '{item}' names {hi - lo + 1} endpoints "
+                            f"(at most {MAX_ENDPOINTS})")
     return [f"{m[1]}{i}" for i in range(lo, hi + 1)]
 
 
@@ -37,6 +44,8 @@ def expand_endpoints(spec: str | Iterable[str]) -> list[str]:
     out: list[str] = []
     for item in filter(None, (s.strip() for s in items)):
         parts = [_expand_part(p, item) for p in item.split(".")]
+        if math.prod(len(p) for p in parts) > MAX_ENDPOINTS:
+            raise TopologyError(f"endpoint list item '{item}' names more than {MAX_ENDPOINTS} endpoints")
         out += [".".join(combo) for combo in itertools.product(*parts)]
     if not out:
         raise TopologyError(f"empty endpoint list '{spec if isinstance(spec, str) else ','.join(spec)}'")

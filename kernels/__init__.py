@@ -8,7 +8,9 @@ One module per kernel, each with a plain torch reference beside it:
 - `kernels.fp8_cast`: bf16 -> fp8 e4m3 with per-tensor or per-block scales, and back;
 - `kernels.seqlock`: the pool's versioning protocol, pure Python (tested on the CPU);
 - `kernels.weightpool`: `WeightPool` / `PoolReader` over CUDA IPC;
-- `kernels.weightpool_torture`: the multi-process torture test of the pool (`python -m ...`).
+- `kernels.weightpool_torture`: the multi-process torture test of the pool (`python -m ...`);
+- `kernels.relay`: a pipelined chain of pools: rollout GPUs serve the version they hold onward, chunk by chunk;
+- `kernels.relay_torture`: the multi-process torture test of the relay (`python -m ...`).
 
 docs/kernels.md has the measured numbers.
 
@@ -18,4 +20,5 @@ only when a kernel is first launched, so the torch references work where Triton 
 
 from __future__ import annotations
 
-__all__ = ["bucket", "bulk_copy", "fp8_cast", "paged_kv", "seqlock", "weightpool", "weightpool_torture"]
+__all__ = ["bucket", "bulk_copy", "fp8_cast", "paged_kv", "relay", "relay_torture", "seqlock", "weightpool",
+           "weightpool_torture"]

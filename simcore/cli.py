@@ -68,5 +68,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
     p.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
-                   help=f"perturbed re-runs for the makespan's 90%% interval (default {SAMPLES}; 0: none)")
+                   help="perturbed re-runs for the makespan's 90%% interval, 0 for none (default: %(default)s)")
     p.set_defaults(func=_simulate)

@@ -229,3 +229,14 @@ def test_unknown_study_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_figure_is_a_plain_record() -> None:
     f = Figure("a", x="size", y="t", hue="n", logx=True)
     assert f.where == {} and f.facet is None
+
+
+def test_parameters_and_metrics_that_cannot_be_stored_are_refused(tmp_path) -> None:
+    """A 10**30 parameter gave an OverflowError traceback from Parquet; an infinite metric was stored silently."""
+    from fabricsim.harness.sweep import run_sweep
+
+    with pytest.raises(StudyError, match="does not fit in 64 bits"):
+        Study(name="big", grid=Grid.product(x=[10**30]), run=lambda p: {"y": 1.0}).points()
+    inf = Study(name="inf", grid=Grid.product(x=[1]), run=lambda p: {"y": float("inf")})
+    report = run_sweep(inf, store=tmp_path, workers=1, progress=False)
+    assert report.failed == 1

@@ -16,7 +16,7 @@ import pytest
 
 from fabricsim.cli import main
 from fabricsim.harness.store import ResultsStore
-from fabricsim.harness.study import load_study
+from fabricsim.harness.study import Grid, Study, load_study
 from fabricsim.harness.sweep import SweepError, check_ray_address, run_sweep, trace_point
 
 TOY = '''
@@ -457,3 +457,13 @@ def test_retry_failed_without_resume_and_limit_zero(tmp_path: Path, capsys: pyte
     assert code == 2 and "--retry-failed" in err and "--resume" in err and not store.exists()
     code, out, err = _cli(capsys, "sweep", study, "--store", str(store), "--limit", "0")
     assert code == 0 and "ran 0 points" in out and "results:" not in out and not (store / "toy").exists()
+
+
+def test_points_run_without_the_engines_own_progress_line(tmp_path: Path, monkeypatch) -> None:
+    """A long point would otherwise draw simcore's progress line under the sweep's bar, from every worker."""
+    seen = []
+    study = Study(name="env", grid=Grid.product(x=[1]),
+                  run=lambda p: seen.append(os.environ.get("FABRICSIM_PROGRESS")) or {"y": 1.0})
+    monkeypatch.delenv("FABRICSIM_PROGRESS", raising=False)
+    run_sweep(study, store=tmp_path, workers=1, progress=False)
+    assert seen == ["0"] and "FABRICSIM_PROGRESS" not in os.environ  # and the caller's environment is restored

@@ -7,18 +7,34 @@ measuring modules load for it; `calibrate` and `report` (CPU side) load the simu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+
+def _seconds(text: str) -> float:
+    """`--budget-s` (argparse type): a finite number of seconds > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not 0 < x < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return x
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)",
                               description="Measure copy, P2P, concurrency, NCCL and CUDA IPC timings on the GPUs "
                                           "of this machine (methodology: docs/validation.md) into one output folder.")
-    p.add_argument("--suite", choices=("quick", "full"), default="full")
+    p.add_argument("--suite", choices=("quick", "full", "workloads"), default="full",
+                   help="copy/NCCL/IPC cases (quick, full) or weight-sync strategies and KV policies end to end "
+                        "(workloads; docs/validation.md)")
     p.add_argument("--out", default="validate-out", help="output folder (must not exist or be empty)")
     p.add_argument("--kind", default="", help="machine kind label recorded with the results")
-    p.add_argument("--budget-s", type=float, default=None,
+    p.add_argument("--budget-s", type=_seconds, default=None,
                    help="stop starting new cases after this many seconds (skipped cases are listed)")
+    p.add_argument("--only", action="append", default=[],
+                   help="workloads suite: run only cases whose id starts with this (repeatable)")
     p.set_defaults(func=_cmd_validate)
 
     c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
@@ -27,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("measured", nargs="+",
                    help="measured.json or a validate output folder; also nccl-tests output (all_reduce_perf, "
                         "all_gather_perf, broadcast_perf), nvbandwidth output and the concurrent-copies JSON; several "
-                        "files of one machine are fitted together")
-    c.add_argument("profile", help="profile file to write (JSON)")
+                        "files of one machine are fitted together; or one workload suite folder (workloads.json)")
+    c.add_argument("profile", help="profile file to write (JSON); for a workload measurement, the existing profile "
+                                   "whose software_costs the fit updates")
     c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
     c.add_argument("--split", choices=("current", "file"), default="current",
@@ -36,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--base", default=None, metavar="PROFILE",
                    help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
                         "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
+    c.add_argument("--note", default=None, help="a sentence recorded in the profile's provenance (what it rests on)")
     c.set_defaults(func=_cmd_calibrate)
 
     r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
@@ -54,9 +72,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fabricsim.validate.gpu.measure import run_validate
+    if args.suite == "workloads":
+        from fabricsim.validate.gpu.workloads import run_workloads
 
-    out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
+        out = run_workloads(args.out, kind=args.kind, budget_s=args.budget_s, only=tuple(args.only))
+    else:
+        from fabricsim.validate.gpu.measure import run_validate
+
+        out = run_validate(args.out, args.suite, kind=args.kind, budget_s=args.budget_s)
     if out is None:
         print("fabricsim validate: no CUDA GPU visible (torch missing or no device): nothing to do")
         return 0
@@ -66,10 +89,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fabricsim.hwmodels.fileio import refuse_overwrite
+    from fabricsim.validate.workloads_file import is_workload_file
+
+    workload = [m for m in args.measured if is_workload_file(m)]
+    if workload:  # the workload suite: software costs added to an existing profile
+        from fabricsim.validate.errors import MeasurementError
+        from fabricsim.validate.fit.workloads_report import calibrate_workloads
+
+        if len(args.measured) > 1:
+            raise MeasurementError(f"{workload[0]}: a workload measurement is fitted alone (its software costs go "
+                                   "into an existing profile); give it without other files")
+        print(calibrate_workloads(args.measured[0], args.profile))
+        return 0
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     refuse_overwrite(args.profile, args.force, "profile")
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base)
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base,
+                             note=args.note)
     print(f"profile {profile.id} written to {args.profile}")
     return 0
 
@@ -77,6 +113,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from fabricsim.hwmodels.fileio import refuse_overwrite
     from fabricsim.validate.fit.report import default_report_dir, report_file
+    from fabricsim.validate.workloads_file import is_workload_file
+
+    if is_workload_file(args.measured):
+        from fabricsim.validate.fit.workloads_report import report_workloads
+
+        out = args.out or default_report_dir(args.measured)
+        refuse_overwrite(out, args.force, "report")
+        print(report_workloads(args.measured, profile=args.profile, out=out,
+                               store=None if args.no_store else (args.store or "")))
+        return 0
 
     out = args.out or default_report_dir(args.measured)
     refuse_overwrite(out, args.force, "report")

@@ -22,6 +22,7 @@ import numpy as np
 
 from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.fileio import atomic_write_text
+from fabricsim.simcore.units import MAX_SECONDS
 
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("prefix_id", "prefix_tokens")
@@ -47,6 +48,8 @@ class Request:
         where = f"request {self.id}"
         if not (math.isfinite(self.arrival_s) and self.arrival_s >= 0):
             raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {self.arrival_s}")
+        if self.arrival_s > MAX_SECONDS:  # beyond, float seconds lose the microseconds a step takes
+            raise RequestError(f"{where}: arrival_s {self.arrival_s:g} is beyond 10^9 s (31 years); check the unit")
         if self.prompt_tokens < 1:
             raise RequestError(f"{where}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
         if self.output_tokens < 1:
@@ -83,6 +86,9 @@ def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_
     """
     if not rate_per_s > 0:
         raise RequestError(f"arrival rate must be > 0 requests/s, got {rate_per_s}")
+    if n / rate_per_s > MAX_SECONDS:
+        raise RequestError(f"arrival rate {rate_per_s:g} requests/s spreads {n} requests over about "
+                           f"{n / rate_per_s:.3g} s, beyond 10^9 s (31 years); check the unit")
     if n < 1:
         raise RequestError(f"need at least one request, got n={n}")
     if prefix_tokens < 0 or prefixes < 1:

@@ -12,7 +12,7 @@ from fabricsim.simcore.units import parse_bytes
 from .keyvalue import split_all
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
-from .metrics_out import interval_values, metric_values, print_json, print_metrics
+from .metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
 from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
 
@@ -112,7 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what happens to a preempted sequence")
     p.add_argument("--mechanism", default="ce-batched", choices=MECHANISMS, help="how KV pages are copied")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--samples", type=int, default=SERVE_SAMPLES, metavar="N",
+    p.add_argument("--samples", type=sample_count, default=SERVE_SAMPLES, metavar="N",
                    help="perturbed re-runs for the 90%% intervals (0: none)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
     p.set_defaults(func=_serve)

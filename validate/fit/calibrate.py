@@ -281,12 +281,13 @@ def fit_shared_caps(st: FitState) -> CalibrationProfile:
 
 
 def transfer_host_duplex(st: FitState) -> CalibrationProfile:
-    """Step 2b, only for a profile derived from one of another GPU count: the host's duplex ceiling (both
+    """Step 2b, only for a profile derived from one of fewer GPUs: the host's duplex ceiling (both
     directions together), when not measured here, scaled from the base machine's. The base's ratio of duplex
     ceiling to its one-direction aggregate (every GPU at its per-flow rate, or its aggregate cap) is applied to
     this host's larger one-direction aggregate. A transfer, not a measurement: the notes say so."""
     base, profile = st.base, st.profile
-    if base is None or base.gpus == profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
+    # Only up: a host with fewer GPUs than the base never reaches the base's host ceiling before its GPUs' own.
+    if base is None or base.gpus >= profile.gpus or any(c.name == "host-duplex" for c in profile.caps):
         return profile
     old = next((c for c in base.caps if c.name == "host-duplex"), None)
     if old is None:
@@ -468,13 +469,16 @@ def load_base(ref: str | Path | None) -> CalibrationProfile | None:
 
 
 def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, profile_id: str | None = None,
-                   split: str = "current", base: str | Path | None = None) -> CalibrationProfile:
+                   split: str = "current", base: str | Path | None = None,
+                   note: str | None = None) -> CalibrationProfile:
     """Load (any format `validate.fit.imports` reads; several files of one machine merge), fit, write the
-    profile atomically; returns it."""
+    profile atomically; returns it. `note` goes into the provenance as said."""
     paths = [Path(p) for p in (measured if isinstance(measured, list) else [measured])]
     m = merge([load_any(p) for p in paths])
     sha = hashlib.sha256(b"".join((p / "measured.json" if p.is_dir() else p).read_bytes() for p in paths)).hexdigest()
     profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split, base=load_base(base))
+    if note:
+        profile = _profile(profile, provenance={**profile.provenance, "note": note})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)

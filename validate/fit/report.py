@@ -45,7 +45,7 @@ from .simulate import (
     simulate_case,
 )
 
-AIM_MEDIAN, AIM_P90 = 0.05, 0.15
+AIM_MEDIAN, AIM_P90 = 0.03, 0.10  # issue 15: held-out median <= 3%, p90 <= 10%
 AIM_COVERAGE = (0.85, 0.95)  # share of held-out measured values inside their 90% interval
 # Patterns whose mechanism the model does not have: reported, but outside the aim (see MISSING).
 NOT_MODELLED_PREFIXES = ("sm-", "h2d-pageable", "d2h-pageable", "sm+ce")
@@ -70,6 +70,11 @@ MISSING = {
               "hardware spreads streams over several copy engines in ways neither captures exactly.",
     "duplex": "H2D and D2H together on one GPU: one per-GPU duplex cap, fitted on one copy each way, shared "
               "max-min fairly; with several copies each way the hardware's split between the directions differs.",
+    "host-fan": "every GPU copying to or from host memory at once: one host ceiling per direction, shared max-min "
+                "fairly, gets the makespan; the hardware serves the GPUs unequally (on the 8x H200 probe GPUs 0-3 "
+                "finish 20% before 4-6), an arbitration between root ports or DMA queues the model lacks.",
+    "fan-out": "one GPU copying to several peers: its copy engine serves one copy at a time (FIFO) through its "
+               "NVSwitch port; the hardware overlaps the first copies a little, which FIFO does not.",
 }
 
 
@@ -187,6 +192,8 @@ def pattern_table(df: pd.DataFrame, fdf: pd.DataFrame) -> pd.DataFrame:
                      "signed median": float(d["error"].median()),
                      "rep. spread median": float(d["spread"].median()),
                      "finish abs(err) median": fs["median"], "finish abs(err) p90": fs["p90"]})
+        if "inside" in d:
+            rows[-1]["inside interval"] = float(d["inside"].astype(float).mean())
     return pd.DataFrame(rows)
 
 
@@ -277,7 +284,7 @@ def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFra
         lines += [f"## Per pattern, {split}", "", _md_table(table[table["split"] == split].drop(columns="split")), ""]
     misses = table[(table["split"] == HELD_OUT) & (table["makespan abs(err) median"] > AIM_MEDIAN)]
     if not misses.empty:
-        lines += ["## Where the model misses (held-out median abs(err) > 5%)", "",
+        lines += [f"## Where the model misses (held-out median abs(err) > {_pct(AIM_MEDIAN)})", "",
                   "*rep. spread* is how much the repetitions of a case disagreed ((slowest - fastest) / median); "
                   "an error inside it is not a model miss the data can show.", ""]
         for _, r in misses.iterrows():

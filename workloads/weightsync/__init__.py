@@ -5,7 +5,7 @@
 
 Strategies (registered by name; see each module's docstring for the procedure and its cost defaults):
 `nccl-broadcast`, `cuda-ipc-buckets`, `host-staged`, `rdma-p2p`, `shared-pool` (`:zero-copy`,
-`:pull-on-publish`) and the `delta:<strategy>` wrapper; `SyncSetup(rollout_dtype="fp8")` adds conversion.
+`:pull-on-publish`, `:relay`) and the `delta:<strategy>` wrapper; `SyncSetup(rollout_dtype="fp8")` adds conversion.
 """
 
 from .base import SyncResult, SyncSetup, delta_encoding, fp8_conversion, simulate_sync

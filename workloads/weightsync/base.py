@@ -139,6 +139,8 @@ class SyncResult(ReportsMetrics):
     decode_step_during_sync_s: float = math.nan  # asynchronous modes: a step that shares links and HBM with the sync
     staleness_versions: float = 0.0
     stale_fraction: float = 0.0
+    read_retries: float = 0.0  # versioned-pool reads retried (a copy overlapped a publish), all readers
+    version_lag: float = 0.0  # versions the oldest accepted read was behind the newest publish at the end
     flow_events: int = 0
     sim_result: Any = field(default=None, repr=False)
 
@@ -159,6 +161,9 @@ class SyncResult(ReportsMetrics):
                 "staleness_versions": (self.staleness_versions, "versions"),
                 "stale_fraction": (self.stale_fraction, ""), "flow_events": (self.flow_events, "count"),
             })
+            if self.strategy.startswith("shared-pool"):
+                out["read_retries"] = (self.read_retries, "")
+                out["version_lag"] = (self.version_lag, "versions")
             for cls, b in sorted(self.bytes_by_class.items()):
                 out[f"GB_{cls}"] = (b / 1e9, "GB")
         return {k: v for k, v in out.items() if not (isinstance(v[0], float) and math.isnan(v[0]))}
@@ -434,6 +439,9 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
     base.bytes_by_class = {k: v for k, v in res.bytes_by_link_class().items() if v > 0}
     base.peak_extra_bytes = float(max(peaks.values(), default=0))
     base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
+    base.read_retries = float(getattr(ctx, "read_retries", 0))
+    base.version_lag = float(getattr(ctx, "version_lag", 0))
+    base.staleness_versions = max(base.staleness_versions, base.version_lag)
     base.flow_events = res.events
     if ctx.concurrent_steps_s:
         base.decode_step_during_sync_s = max(ctx.concurrent_steps_s)

@@ -17,7 +17,7 @@ from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
 from ..keyvalue import Setting, parse_key_values, split_all
-from ..metrics_out import interval_values, metric_values, print_json, print_metrics
+from ..metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
@@ -117,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--samples", type=int, default=SYNC_SAMPLES, metavar="N",
-                   help=f"perturbed re-runs for the 90%% intervals (default {SYNC_SAMPLES}; 0: none)")
+    p.add_argument("--samples", type=sample_count, default=SYNC_SAMPLES, metavar="N",
+                   help="perturbed re-runs for the 90%% intervals, 0 for none (default: %(default)s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
     p.set_defaults(func=_run)

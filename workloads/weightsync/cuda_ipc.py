@@ -17,7 +17,10 @@ large mappings). On a topology whose calibration profile fitted CUDA IPC (`softw
 `.close`, measured by `fabricsim validate`: e.g. 318 us + 0.11 ns/B open and 149 us close on the H200x2 machine),
 the handle cost per bucket is the fitted open + close for the bucket's size plus `ipc_message_s` (0.5 ms, the
 process round trip the measurement does not include) instead; `per_tensor_s` 20 us per tensor rebuilt and loaded
-(Python dispatch); `bucket_bytes` 512 MiB (slime's `--update-weight-buffer-size` default).
+(Python dispatch); `bucket_bytes` 512 MiB (slime's `--update-weight-buffer-size` default). Where the profile
+holds the workload suite's fits of this very code path (`software_costs.ipc_bucket`: `per_bucket` and
+`per_tensor`, measured end to end with trainer and rollout processes sharing a GPU; 1.09 ms and 11.4 us on one
+H200, `fabricsim validate --suite workloads`), those replace the defaults; a knob passed explicitly wins.
 """
 
 from __future__ import annotations
@@ -51,11 +54,25 @@ class CudaIpcBuckets(Strategy):
     Knobs = CudaIpcKnobs
 
     def handle_cost(self, topo, bucket_bytes: float) -> float:
-        """Per-bucket IPC handle cost: calibrated open + close + messaging where measured, else the estimate."""
+        """Per-bucket cost, best source first: a knob the caller set; the workload suite's fitted per-bucket cost
+        of the real code path (`software_costs.ipc_bucket.per_bucket`: sync, export, message, open, close);
+        calibrated open + close + `ipc_message_s`; else the estimate `ipc_handle_s`."""
+        if self.knobs.ipc_handle_s != CudaIpcKnobs.ipc_handle_s:
+            return self.knobs.ipc_handle_s
+        bucket = topo.software_costs.get("ipc_bucket", {}).get("per_bucket")
+        if bucket is not None:
+            return bucket.cost(bucket_bytes)
         fitted = topo.software_costs.get("cuda_ipc", {})
         if "open" in fitted and "close" in fitted:
             return fitted["open"].cost(bucket_bytes) + fitted["close"].cost(bucket_bytes) + self.knobs.ipc_message_s
         return self.knobs.ipc_handle_s
+
+    def per_tensor_cost(self, topo) -> float:
+        """Per tensor rebuilt and loaded: the knob if set, else the fitted `ipc_bucket.per_tensor`, else 20 us."""
+        fitted = topo.software_costs.get("ipc_bucket", {}).get("per_tensor")
+        if self.knobs.per_tensor_s != CudaIpcKnobs.per_tensor_s or fitted is None:
+            return self.knobs.per_tensor_s
+        return fitted.cost(0.0)
 
     def partners(self, setup: SyncSetup) -> dict[str, str]:
         """The trainer GPU whose bucket each rollout GPU maps: itself when colocated, else one on its node."""
@@ -91,6 +108,7 @@ class CudaIpcBuckets(Strategy):
         ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
         for g in trainer:
             ctx.alloc(g, 2 * k.bucket_bytes, "ipc-buckets")
+        per_tensor_s = self.per_tensor_cost(sim.topology)
         prev = None
         for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):
             frac = nbytes / model_bytes
@@ -106,7 +124,7 @@ class CudaIpcBuckets(Strategy):
             handles.callbacks.append(lambda _ev: ctx.mark_live_write())
             loads = []
             for g, src in partners.items():
-                rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
+                rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * per_tensor_s,
                                     after=[handles], tag="per-tensor")
                 loads.append(ctx.load(g, need[g] * frac, after=[rebuilt], src=src))
             prev = sim.env.all_of(loads)

@@ -26,7 +26,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def names() -> list[str]:
     """Registered names plus the mode/wrapper spellings `get` accepts."""
-    return [*STRATEGIES, "shared-pool:zero-copy", "shared-pool:pull-on-publish", "delta:<strategy>"]
+    return [*STRATEGIES, "shared-pool:zero-copy", "shared-pool:pull-on-publish", "shared-pool:relay",
+            "delta:<strategy>"]
 
 
 def get(spec: str, **knobs: Any) -> Strategy:

@@ -1,13 +1,18 @@
 """`shared-pool`: the project's origin design — the trainer keeps the weights in a versioned pool in its own GPU
 memory that the generation GPUs read directly, with no explicit transfer step.
 
-Version semantics (`VersionedWeightPool`): two slots; a single writer (the trainer) writes version v+1 into the
-slot no reader holds, then publishes it by bumping the version counter (one atomic store plus a system fence);
-readers (generation GPUs) are read-only: they acquire the latest *published* version, so a reader never sees a
-slot while it is being written (never a torn version), and the writer waits if the slot it needs is still held
-(it then stalls training instead of corrupting generation).
+Version semantics: the seqlock of `kernels.WeightPool`, restated for the simulator in `pool_protocol` (tested
+operation for operation against `kernels/seqlock.py`'s interleavings). One writer (the trainer), read-only
+readers; the writer never waits for readers. Double-buffered (the default): the trainer's optimizer step fills
+the idle slot, and publishing is three word stores (the slot's sequence word odd, then even, then the head flip);
+a reader loads the words, copies the slot the head names, loads them again, and accepts the copy unless the
+writer started rewriting that slot meanwhile (two publishes during one read), in which case it retries on the
+newer version. Single-slot: the writer's payload write happens between the odd and the even store, and a read
+that overlaps it retries. With `publishes` > 1 the trainer keeps publishing every `publish_interval_s` while
+readers copy (its later writes cost HBM traffic of its shard): retries and staleness then follow from the
+protocol (`read_retries`, `staleness_versions`).
 
-Two reader modes:
+Reader modes:
 - `zero-copy`: readers keep no weights at all. Every decode step reads the weights in place from the trainer
   GPUs' HBM over NVLink (or PCIe peer access), so the sync costs only publish + observe (readers poll the
   counter at step boundaries), but every decode step pays weight bytes over the peer path instead of local HBM
@@ -15,19 +20,26 @@ Two reader modes:
   It frees the rollout GPUs' HBM for KV cache. It needs load/store access: no RDMA, no dtype conversion.
 - `pull-on-publish`: each reader observes the new version, pulls its slice (per the resharding plan) into a
   local inactive buffer while it keeps generating on version v, then flips at a step boundary. Generation
-  stalls only for the flip; tokens generated during the pull are one version stale.
+  stalls only for the flip; tokens generated during the pull are one version stale. Every reader pulls from the
+  trainer GPUs, so N readers of one trainer GPU share its egress (one port's worth): N times one read.
+- `relay`: the trainer's pool is read once per chain. Rollout GPUs that need the same bytes (the same TP rank)
+  form a chain; the first reads version v from the trainer chunk by chunk (`chunk_bytes`; each chunk a
+  seqlock read of its byte range), and every later GPU copies each chunk from the previous one as soon as that
+  one holds it, checking the version words of its upstream before and after (`check_s` each): a pipelined
+  chain that approaches one copy's time on NVSwitch, while readers stay read-only and independent (no
+  collective, no rendezvous; `kernels.relay` is the real implementation on `WeightPool`/`PoolReader`).
 
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
 `kernels.WeightPool` (docs/kernels.md; benchmarks/results/kernels-h200/, kernels-h100-x1/) keeps its counters in
 shared pinned host memory: a reader process saw a publish 2.7 us (H200) / 3.9 us (H100) median after the writer
 enqueued the flip, and `version()` costs 0.3-1 us, so `observe_s` matches it; a whole `publish()` with no payload
-took 66 us (H200) / 76 us (H100) median, mostly kernel launches from Python and the final synchronisation: pass
-`publish_s=66e-6` to model that implementation. Readers notice at the next step boundary, on average half a decode
-step later; `flip_s` 20 us (swapping weight pointers; engines whose CUDA graphs captured the weight addresses keep
-one graph per slot, else set `flip_copy=True`: the flip becomes a local copy of the weights and stalls generation
-for it). With `measure_contention` a decode step runs beside each reader's pull, reported as
-`decode_step_during_sync_ms`.
+took 66 us (H200) / 76 us (H100) median, mostly kernel launches from Python and the final synchronisation: a
+topology whose profile holds the workload suite's fitted `software_costs.weightpool.publish` uses that instead.
+Readers notice at the next step boundary, on average half a decode step later; `flip_s` 20 us (swapping weight
+pointers; engines whose CUDA graphs captured the weight addresses keep one graph per slot, else set
+`flip_copy=True`: the flip becomes a local copy of the weights and stalls generation for it). With
+`measure_contention` a decode step runs beside each reader's pull, reported as `decode_step_during_sync_ms`.
 """
 
 from __future__ import annotations
@@ -41,66 +53,13 @@ from fabricsim.simcore import Simulation
 from ..decode import decode_work, schedule_decode_step
 from ..errors import InfeasibleError, WorkloadError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, local_decode_step
+from .pool_protocol import PoolProtocolError, SimPool
 
-MODES = ("zero-copy", "pull-on-publish")
+__all__ = ["MODES", "PoolProtocolError", "SharedPool", "SharedPoolKnobs", "zero_copy_step"]
+
+MODES = ("zero-copy", "pull-on-publish", "relay")
 PEER_CLASSES = ("d2d", "p2p-nvlink", "p2p-pcie")
-
-
-class PoolProtocolError(WorkloadError):
-    """A pool operation that breaks the single-writer / read-only-reader protocol."""
-
-
-class VersionedWeightPool:
-    """Version-counter semantics of the shared pool (what `kernels/` implements with CUDA IPC and atomics).
-
-    `slot_data[s]` is the version whose bytes slot `s` holds, or None while it is being written.
-    """
-
-    def __init__(self, slots: int = 2) -> None:
-        if slots < 2:
-            raise PoolProtocolError("a versioned pool needs at least two slots (one to read, one to write)")
-        self.slots = slots
-        self.version = 0
-        self.slot_data: list[int | None] = [0] + [None] * (slots - 1)
-        self.readers = [0] * slots
-        self.writing: int | None = None
-
-    def _slot_of(self, version: int) -> int:
-        return version % self.slots
-
-    def can_begin_write(self) -> bool:
-        return self.writing is None and self.readers[self._slot_of(self.version + 1)] == 0
-
-    def begin_write(self) -> int:
-        """The writer claims the slot of version+1; raises if a reader holds it (the writer must wait)."""
-        if self.writing is not None:
-            raise PoolProtocolError("a write is already in progress (single writer)")
-        slot = self._slot_of(self.version + 1)
-        if self.readers[slot]:
-            raise PoolProtocolError(f"slot {slot} is held by {self.readers[slot]} reader(s); the writer must wait")
-        self.writing = slot
-        self.slot_data[slot] = None
-        return slot
-
-    def publish(self) -> int:
-        """End the write and bump the counter: from now on readers acquire the new version."""
-        if self.writing is None:
-            raise PoolProtocolError("publish without a write in progress")
-        self.version += 1
-        self.slot_data[self.writing] = self.version
-        self.writing = None
-        return self.version
-
-    def acquire(self) -> tuple[int, int]:
-        """A reader takes the latest published version: (version, slot)."""
-        slot = self._slot_of(self.version)
-        self.readers[slot] += 1
-        return self.version, slot
-
-    def release(self, slot: int) -> None:
-        if self.readers[slot] <= 0:
-            raise PoolProtocolError(f"release of slot {slot} that no reader holds")
-        self.readers[slot] -= 1
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,6 +70,12 @@ class SharedPoolKnobs(Knobs):
     flip_s: float = 20e-6
     flip_copy: bool = False
     measure_contention: bool = True
+    double_buffered: bool = True
+    publishes: int = 1
+    publish_interval_s: float = 0.0
+    chunk_bytes: float = 64 * MiB
+    check_s: float = 3e-6
+    max_sim_chunks: int = 64
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -154,8 +119,10 @@ class SharedPool(Strategy):
         return super().rollout_resident(setup, plan)
 
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        # The pool's second slot on every trainer GPU; pull mode adds each reader's inactive local copy.
-        out = {g: float(b) for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True)}
+        # The pool's second slot on every trainer GPU (double-buffered); pull and relay modes add each reader's
+        # inactive local copy (for a relay GPU: the idle slot of its own pool).
+        out = {g: float(b) for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True)} \
+            if self.knobs.double_buffered else {}
         if not self.zero_copy:
             for g, b in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
                 out[g] = out.get(g, 0.0) + float(b) * setup.rollout_ratio
@@ -168,48 +135,144 @@ class SharedPool(Strategy):
 
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
-        pool = VersionedWeightPool()
-        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
-            ctx.alloc(g, float(b), "pool-slot")
-        pool.begin_write()  # the optimizer step wrote v+1 into the free slot before t = 0
-        yield sim.delay("publish", k.publish_s, tag="publish")
-        pool.publish()
+        pool = SimPool(k.double_buffered)
+        if k.double_buffered:
+            for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
+                ctx.alloc(g, float(b), "pool-slot")
+        publish_s = self.publish_cost(sim.topology)
+        first = sim.env.event()
+        writer = sim.process(self._writer(ctx, pool, publish_s, first))
+        yield first
         half_step = self.decode_step(ctx.setup, plan) / 2
-        readers = []
-        for j, r in enumerate(plan.rollout_gpus):
-            readers.append(sim.process(self._reader(ctx, pool, j, r, half_step)))
+        ctx.pool_accepted = []
+        if k.mode == "relay":
+            readers = [sim.process(p) for p in self._relay_chains(ctx, pool, half_step)]
+        else:
+            readers = [sim.process(self._reader(ctx, pool, j, r, half_step)) for j, r in enumerate(plan.rollout_gpus)]
         yield sim.env.all_of(readers)
+        ctx.read_retries = pool.retries
+        ctx.version_lag = max(0, (pool.version() - min(ctx.pool_accepted, default=pool.version())) // 2)
+        del writer  # the trainer may still be publishing: the sync ended when every reader held a new version
 
-    def _reader(self, ctx: SyncContext, pool: VersionedWeightPool, j: int, r: str, half_step: float) -> Generator:
+    def publish_cost(self, topo) -> float:
+        """Seconds of one publish: the fitted `WeightPool.publish` where the profile has it, else `publish_s`."""
+        fitted = topo.software_costs.get("weightpool", {}).get("publish")
+        return float(fitted.fixed_s) if fitted is not None else self.knobs.publish_s
+
+    def _writer(self, ctx: SyncContext, pool: SimPool, publish_s: float, first) -> Generator:
+        """The trainer: publishes `publishes` versions; it never waits for readers. The first version's payload
+        was written by the optimizer step before t = 0; later ones write the trainer's shard again (HBM)."""
+        k, sim, plan = self.knobs, ctx.sim, ctx.plan
+        stores = 3 if k.double_buffered else 2
+        for i in range(k.publishes):
+            if i:
+                yield sim.delay(ctx.name("train-step"), k.publish_interval_s, tag="train")
+
+            def cost(op: tuple, i: int = i):
+                if op[0] == "store":
+                    return sim.delay(ctx.name("publish"), publish_s / stores, tag="publish")
+                if op[0] == "write" and i:
+                    return sim.env.all_of([sim.task(ctx.name(f"write.{g}"), g, hbm_bytes=float(b), tag="write")
+                                           for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True)])
+                return None
+
+            yield from pool.publish(cost)
+            if i == 0:
+                first.succeed()
+
+    def _contention_step(self, ctx: SyncContext, r: str) -> None:
+        """One decode step beside the pull: how much the pull's HBM traffic slows generation on `r`."""
+        sim, setup = ctx.sim, ctx.setup
+        model = setup.model.with_dtype(setup.wire_dtype)
+        began = sim.now
+        step = schedule_decode_step(sim, r, model, setup.decode, tp=setup.rollout.tp, id=ctx.name(f"step.{r}"))
+        step.callbacks.append(lambda _ev: ctx.concurrent_steps_s.append(sim.now - began))
+
+    def _reader(self, ctx: SyncContext, pool: SimPool, j: int, r: str, half_step: float) -> Generator:
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
         yield sim.delay(ctx.name(f"observe.{r}"), k.observe_s + (0.0 if not self.zero_copy else half_step),
                         tag="observe")
-        _version, slot = pool.acquire()
         if self.zero_copy:
-            return  # zero-copy readers hold the slot for as long as they generate on this version
-        pulls = [sim.transfer(ctx.name(f"pull.{r}"), t, r, float(plan.matrix[i, j]), tag="pull")
-                 for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+            ctx.pool_accepted.append(pool.version())
+            return  # zero-copy readers read the published slot in place at every decode step
         if k.measure_contention:
-            # The reader keeps generating on version v while it pulls: one decode step alongside the pull shows
-            # how much the pull's HBM traffic slows generation.
-            setup = ctx.setup
-            model = setup.model.with_dtype(setup.wire_dtype)
-            began = sim.now
-            step = schedule_decode_step(sim, r, model, setup.decode, tp=setup.rollout.tp, id=ctx.name(f"step.{r}"))
-            step.callbacks.append(lambda _ev: ctx.concurrent_steps_s.append(sim.now - began))
+            self._contention_step(ctx, r)
         ctx.alloc(r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio, "inactive-buffer")
-        if pulls:
-            yield sim.env.all_of(pulls)
+
+        def cost(op: tuple):
+            if op[0] != "copy":
+                return None
+            pulls = [sim.transfer(ctx.name(f"pull.{r}"), t, r, float(plan.matrix[i, j]), tag="pull")
+                     for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+            return sim.env.all_of(pulls) if pulls else None
+
+        version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s, tag="observe"))
+        ctx.pool_accepted.append(version)
         if ctx.setup.wire_dtype != ctx.setup.model.dtype:
             yield ctx.encode(r, float(plan.need_bytes[j]))
-        pool.release(slot)
+        yield from self._flip(ctx, r, float(plan.need_bytes[j]), half_step)
+
+    def _flip(self, ctx: SyncContext, r: str, need: float, half_step: float) -> Generator:
+        k, sim = self.knobs, ctx.sim
         yield sim.delay(ctx.name(f"boundary.{r}"), half_step, tag="step-boundary")
         ctx.mark_live_write()
         if k.flip_copy:
-            yield sim.transfer(ctx.name(f"flip.{r}"), r, r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio,
-                               tag="flip")
+            yield sim.transfer(ctx.name(f"flip.{r}"), r, r, need * ctx.setup.rollout_ratio, tag="flip")
         else:
             yield sim.delay(ctx.name(f"flip.{r}"), k.flip_s, tag="flip")
+
+    def _relay_chains(self, ctx: SyncContext, pool: SimPool, half_step: float) -> list[Generator]:
+        """One chain per TP rank: its GPUs need the same bytes; the first reads the trainer's pool chunk by
+        chunk, each next one copies every chunk from the one before it, pipelined."""
+        setup, plan = ctx.setup, ctx.plan
+        tp = setup.rollout.tp
+        chains: dict[int, list[int]] = {}
+        for j, _r in enumerate(plan.rollout_gpus):
+            chains.setdefault(j % tp, []).append(j)
+        procs = []
+        for members in chains.values():
+            need = float(plan.need_bytes[members[0]])
+            n_chunks = max(1, min(self.knobs.max_sim_chunks, math.ceil(need / self.knobs.chunk_bytes)))
+            arrived = [[ctx.sim.env.event() for _ in range(n_chunks)] for _ in members]
+            for h in range(len(members)):
+                procs.append(self._relay_hop(ctx, pool, members, h, arrived, need, half_step))
+        return procs
+
+    def _relay_hop(self, ctx: SyncContext, pool: SimPool, members: list[int], h: int, arrived: list[list],
+                   need: float, half_step: float) -> Generator:
+        """Hop `h` of a chain: chunk by chunk, from the trainer's pool (h = 0) or from hop h-1 once it holds the
+        chunk, each copy bracketed by checks of the upstream's version words."""
+        k, sim, plan = self.knobs, ctx.sim, ctx.plan
+        j = members[h]
+        r = plan.rollout_gpus[j]
+        n_chunks = len(arrived[h])
+        frac = 1.0 / n_chunks
+        yield sim.delay(ctx.name(f"observe.{r}"), k.observe_s, tag="observe")
+        ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
+        if k.measure_contention:
+            self._contention_step(ctx, r)
+
+        def cost(op: tuple):
+            if op[0] != "copy":
+                return None
+            pulls = [sim.transfer(ctx.name(f"relay-pull.{r}"), t, r, float(plan.matrix[i, j]) * frac, tag="pull")
+                     for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+            return sim.env.all_of(pulls) if pulls else None
+
+        for c in range(n_chunks):
+            if h == 0:
+                version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s,
+                                                                      tag="observe"))
+                if c == 0:
+                    ctx.pool_accepted.append(version)
+            else:
+                yield arrived[h - 1][c]
+                up = plan.rollout_gpus[members[h - 1]]
+                yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # upstream's version words
+                yield sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac, tag="relay")
+                yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # unchanged: the chunk is v
+            arrived[h][c].succeed()
+        yield from self._flip(ctx, r, need, half_step)
 
     def stall(self, ctx: SyncContext, sync_s: float) -> float:
         if self.zero_copy:
