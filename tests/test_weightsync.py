@@ -393,6 +393,34 @@ def test_the_decode_batch_kv_counts_against_hbm(capsys) -> None:
     assert out["feasible"] is False and "95% reserve" in out["reason"]
 
 
+def test_weights_extra_buffers_and_kv_count_together_at_the_boundary() -> None:
+    """Pull-on-publish keeps a second copy of the weights beside the engine's, while the engine decodes: weights
+    + second copy + KV + working space must fit together. At the largest batch that fits, the headroom is what
+    is left; one sequence more is infeasible, though weights + KV alone, and weights + copy alone, both fit."""
+    llama = models.get("Llama-3-8B")
+
+    def setup(batch: int) -> SyncSetup:
+        return SyncSetup(HGX, llama, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1),
+                         decode=DecodeBatch(batch=batch, context=4096))
+
+    pull = get("shared-pool:pull-on-publish")
+    cap = HGX.gpu("gpu4").hbm_bytes
+    weights = simulate_sync(setup(1), pull).rollout_weight_bytes
+
+    def need(batch: int) -> float:
+        s = setup(batch)
+        return 2 * weights + s.decode_kv_bytes() + s.decode_workspace_bytes()
+
+    fits = max(b for b in range(1, 400) if need(b) <= cap)
+    at = simulate_sync(setup(fits), pull)
+    assert at.feasible and at.extra_headroom_bytes == pytest.approx(cap - need(fits), rel=1e-9)
+    over = setup(fits + 1)
+    assert weights + over.decode_kv_bytes() + over.decode_workspace_bytes() < cap  # each pair alone fits
+    res = simulate_sync(over, pull)
+    assert not res.feasible and "extra" in res.reason and "KV cache" in res.reason
+    assert res.extra_headroom_bytes < 0
+
+
 def test_results_give_plain_numbers_and_a_dataframe() -> None:
     from fabricsim import FabricsimError as Root
     from fabricsim.errors import FabricsimError as Same
