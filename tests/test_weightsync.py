@@ -421,6 +421,20 @@ def test_weights_extra_buffers_and_kv_count_together_at_the_boundary() -> None:
     assert res.extra_headroom_bytes < 0
 
 
+@pytest.mark.parametrize("inner", ["rdma-p2p", "nccl-broadcast", "cuda-ipc-buckets", "host-staged"])
+def test_an_unchanged_delta_moves_nothing_but_still_pays_its_fixed_costs(inner: str) -> None:
+    """changed_fraction=0 is a valid knob: nothing travels to the engines, so those copies are skipped, and the
+    sync costs what remains (gathers, encode, per-tensor and barrier costs): no more than a tiny delta's."""
+    s = SyncSetup(HGX, models.get("Llama-3-8B"), FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    none = simulate_sync(s, get(f"delta:{inner}", changed_fraction=0.0))
+    tiny = simulate_sync(s, get(f"delta:{inner}", changed_fraction=1e-4))
+    assert none.feasible and tiny.feasible
+    assert 0 < none.sync_s <= tiny.sync_s
+    assert none.sync_s == pytest.approx(tiny.sync_s, rel=0.05)
+    assert _sync_cli(["Llama-3-8B", f"delta:{inner}", "--trainer", "gpu0-3", "--rollout", "gpu4-7",
+                      "--knob", "changed_fraction=0", "--samples", "0"]) == 0
+
+
 def test_results_give_plain_numbers_and_a_dataframe() -> None:
     from fabricsim import FabricsimError as Root
     from fabricsim.errors import FabricsimError as Same

@@ -230,9 +230,12 @@ class SyncContext:
         dec = sum(t.decode_hbm for t in self.transforms) * raw_bytes
         if dec:
             events.append(sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode"))
-        if not any(t.decode_hbm for t in self.transforms):
+        # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
+        if wire > 0 and not any(t.decode_hbm for t in self.transforms):
             events.append(sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after),
                                        tag=tag))
+        if not events:  # still ordered after `after`: an empty all_of would fire at once
+            return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))
         return sim.env.all_of(events)
 
 
