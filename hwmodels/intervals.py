@@ -15,6 +15,7 @@ empirical 5%/95% quantiles. Seeds are fixed, so the same call gives the same int
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import statistics
@@ -29,6 +30,7 @@ from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, Uncertainty
 
 LEVEL = 0.9
 SAMPLES = 32
+MAX_SAMPLES = 10_000  # each sample re-runs the whole simulation: beyond this a run looks like a hang
 
 
 @dataclass(frozen=True)
@@ -164,3 +166,15 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
     cal = topo.calibration_id is not None
     return {k: interval_from_samples(v, [d[k] for d in draws if k in d], level, calibrated=cal,
                                      note=topo.calibration_note) for k, v in point.items()}
+
+
+def sample_count(text: str) -> int:
+    """`--samples N` (argparse type for every command that prints intervals): how many perturbed re-runs make
+    an interval, 0 for none; a negative count once ran the default number instead of refusing."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of re-runs, got {text!r}") from None
+    if not 0 <= n <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"expected 0 (no interval) to {MAX_SAMPLES} re-runs, got {n}")
+    return n

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from fabricsim.hwmodels.intervals import SAMPLES
+from fabricsim.hwmodels.intervals import SAMPLES, sample_count
 
 from .records import Result
 from .scenario import load_scenario
@@ -67,6 +67,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
-    p.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
+    p.add_argument("--samples", type=sample_count, default=SAMPLES, metavar="N",
                    help="perturbed re-runs for the makespan's 90%% interval, 0 for none (default: %(default)s)")
     p.set_defaults(func=_simulate)

@@ -7,7 +7,6 @@ as ints, never numpy scalars), `units()`, and `to_dataframe()` with one row per 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -48,19 +47,6 @@ class ReportsMetrics:
         rows = [(k, plain_number(v, u), u) for k, (v, u) in self.metrics_with_units().items()]
         return pd.DataFrame(rows, columns=["metric", "value", "unit"])
 
-
-MAX_SAMPLES = 10_000  # each sample re-runs the whole simulation: beyond this a run looks like a hang
-
-
-def sample_count(text: str) -> int:
-    """`--samples N` (argparse type): how many perturbed re-runs make an interval, 0 for none."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of re-runs, got {text!r}") from None
-    if not 0 <= n <= MAX_SAMPLES:
-        raise argparse.ArgumentTypeError(f"expected 0 (no interval) to {MAX_SAMPLES} re-runs, got {n}")
-    return n
 
 
 def metric_values(metrics: Mapping[str, tuple[float, str]]) -> dict[str, float | int]:

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.intervals import intervals_over, sample_count
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import split_all
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
-from .metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
+from .metrics_out import interval_values, metric_values, print_json, print_metrics
 from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
 

@@ -11,13 +11,13 @@ from dataclasses import replace
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.intervals import intervals_over, sample_count
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
 from ..keyvalue import Setting, parse_key_values, split_all
-from ..metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
+from ..metrics_out import interval_values, metric_values, print_json, print_metrics
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
