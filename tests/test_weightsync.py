@@ -435,6 +435,38 @@ def test_an_unchanged_delta_moves_nothing_but_still_pays_its_fixed_costs(inner: 
                       "--knob", "changed_fraction=0", "--samples", "0"]) == 0
 
 
+def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
+    """Each interval sample re-runs the whole sync: on 128 GPUs the default 16 would cost 17 runs, so it is
+    skipped with one line saying how to ask; on 8 GPUs intervals stay on; an explicit --samples always runs."""
+    import json
+
+    big = ["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0-7.gpu0-7",
+           "--rollout", "node8-15.gpu0-7"]
+    assert _sync_cli(big) == 0
+    out = capsys.readouterr().out.splitlines()
+    notes = [line for line in out if "interval skipped" in line]
+    assert notes == ["note: interval skipped (128 GPUs: its 16 re-runs would cost 16x as long); ask for it with "
+                     "--samples 16"]
+    assert not any("(90%" in line for line in out)
+    assert _sync_cli([*big, "--samples", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["intervals"] and "skipped" not in captured.err
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json"]) == 0  # 8 GPUs: cheap, intervals by default
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["intervals"] or "one run took" in captured.err  # a loaded machine may be slow
+
+
+def test_default_samples_rule() -> None:
+    from fabricsim.workloads.metrics_out import default_samples
+
+    assert default_samples(None, 16, gpus=8, first_run_s=0.1) == (16, "")
+    assert default_samples(None, 16, gpus=65, first_run_s=0.1)[0] == 0
+    n, note = default_samples(None, 8, gpus=1, first_run_s=2.5)
+    assert n == 0 and "one run took 2.5 s" in note and "--samples 8" in note
+    assert default_samples(3, 16, gpus=1024, first_run_s=9.0) == (3, "")
+    assert default_samples(0, 16, gpus=8, first_run_s=0.1) == (0, "")
+
+
 def test_results_give_plain_numbers_and_a_dataframe() -> None:
     from fabricsim import FabricsimError as Root
     from fabricsim.errors import FabricsimError as Same
