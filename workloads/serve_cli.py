@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over, sample_count
 from fabricsim.simcore.units import parse_bytes
 
@@ -29,6 +30,8 @@ SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer sample
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.perfetto:  # before the run: a long trace replay must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     if args.request_trace:
         try:
             reqs = load_trace(args.request_trace)
@@ -132,4 +135,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SERVE_SAMPLES}, skipped "
                         f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one run takes over 1 s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
     p.set_defaults(func=_serve)

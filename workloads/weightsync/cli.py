@@ -13,6 +13,7 @@ from dataclasses import replace
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over, sample_count
 
 from .. import models
@@ -68,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
+    if args.perfetto:  # before the run: a long sync must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     topo = presets.load(args.topology, calibration=args.calibration or "default")
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
@@ -138,4 +141,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SYNC_SAMPLES}, skipped "
                         f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one sync takes over 1 s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
     p.set_defaults(func=_run)
