@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .calibration import CollectiveParams, PathParams
+from .calibration import MECHANISMS, CollectiveParams, PathParams
 from .topology import Topology
-from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, Uncertainty
+from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, UNFITTED_MECHANISM_SIGMA, Uncertainty
 
 LEVEL = 0.9
 SAMPLES = 32
@@ -103,6 +103,11 @@ def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None 
     t.mechanisms = {m: {cls: _perturb_path(pp, f"{m}:{cls}", f) for cls, pp in v.items()}
                     for m, v in t.mechanisms.items()}
     t.collectives = {op: _perturb_collective(cp, op, f) for op, cp in t.collectives.items()}
+    # Unfitted mechanisms draw from a child generator: the draws above stay what they were before they existed.
+    side = rng.spawn(1)[0]
+    for m in MECHANISMS:  # one-sided: the pinned copy engine is the fast way; the unknown one is as fast or slower
+        lat, rate = np.abs(side.normal(0.0, UNFITTED_MECHANISM_SIGMA, 2))
+        t.unfitted_mechanism_scale[m] = (math.exp(lat), math.exp(-rate))
     return t
 
 

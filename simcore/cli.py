@@ -39,7 +39,13 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.perfetto:  # before the run: a long simulation must not end in a refusal
         refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     scenario = load_scenario(args.file)
-    result = scenario.run(calibration=args.calibration)
+    topo = scenario.load_topology(args.calibration)
+    result = scenario.build(topology=topo).run()
+    unfitted = scenario.unfitted_mechanisms(topo)
+    if unfitted:
+        print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
+              "take the pinned copy engine's parameters (likely too fast), and their interval is widened",
+              file=sys.stderr if args.json else sys.stdout)
     interval = scenario.makespan_interval(args.calibration, args.samples) if args.samples else None
     if args.perfetto:
         result.write_trace(args.perfetto)
