@@ -13,6 +13,7 @@ validate run on an 8-GPU machine, when one is lent, replaces this profile"
 $F report validate/data/h200x8-probe/calibration.json --no-store --force
 $F report validate/data/h200x1/measured.json --no-store --force
 $F report validate/data/h200x1/full2/measured.json --no-store --force
+$F report validate/data/h200x1/full-workloads-run1/measured.json --no-store --force
 $F report validate/data/h200x1/measured.json --profile hwmodels/profiles/h200x2.json \
   --out validate/data/h200x1/report-h200x2-profile --no-store --force
 $F report validate/data/h200x2/measured.json --no-store --force
