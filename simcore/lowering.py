@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import Any, NamedTuple
 
 import numpy as np
+import simpy
 
 from . import _fluidlayout as L
+from .fluid import Flow
 from .progress import Progress
+from .records import Record
 
-if TYPE_CHECKING:
-    from .simulation import Simulation, Work
+# The Simulation that calls this module is typed loosely (`Any`): simulation imports lowering, and lowering
+# needs nothing of it but attributes, so no import runs back up.
+Simulation = Any
+
+class Work(NamedTuple):
+    """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`)."""
+
+    rec: Record
+    deps: list[int]  # indices of the work items it waits for
+    start: float
+    latency: float  # path latency + fixed cost (flows) or the delay itself
+    flow: Flow | None  # None for a delay
+    engine: str | None
+    done: simpy.Event
 
 _loop = None
 STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line

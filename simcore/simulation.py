@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import simpy
@@ -33,6 +33,7 @@ from fabricsim.hwmodels.topology import Topology
 from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
+from .lowering import Work, run_compiled
 from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
@@ -43,16 +44,6 @@ Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
 
 
-class Work(NamedTuple):
-    """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`)."""
-
-    rec: Record
-    deps: list[int]  # indices of the work items it waits for
-    start: float
-    latency: float  # path latency + fixed cost (flows) or the delay itself
-    flow: Flow | None  # None for a delay
-    engine: str | None
-    done: simpy.Event
 
 
 class Simulation:
@@ -195,7 +186,6 @@ class Simulation:
         progress = Progress() if progress_enabled() else None
         try:
             if loop != "simpy" and not why_not:
-                from .lowering import run_compiled
 
                 run_compiled(self, self._deferred, progress)
                 self._deferred = None

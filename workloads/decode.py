@@ -18,7 +18,9 @@ layer reads the experts a batch touches (expected count under uniform routing, s
 `ModelConfig.expected_active_experts`); with TP degree k every GPU reads 1/k of each weight and of the GQA KV
 heads (a copy of one KV head when there are fewer KV heads than k), while MLA's latent cache is replicated on
 every TP rank, as vLLM and SGLang do without data-parallel attention. A remote read is modelled as a copy
-into the reader (it draws the reader's HBM cap too, a small over-count next to the NVLink or PCIe limit).
+into the reader (it draws the reader's HBM cap too, a small over-count next to the NVLink or PCIe limit), made
+by the decode kernel's own loads: an SM-driven copy (`mechanism="sm"`, the profile's fitted SM rates), which
+queues on no copy engine, unlike a cudaMemcpy.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: D
         if at is None or topo.resolve(at) == here:
             local += nbytes
         elif nbytes > 0:
-            events.append(sim.transfer(f"{name}.{what}", at, here, nbytes, after=after, tag=f"decode-{what}-remote"))
+            events.append(sim.transfer(f"{name}.{what}", at, here, nbytes, after=after, tag=f"decode-{what}-remote",
+                                       mechanism="sm"))
     events.append(sim.task(f"{name}.compute", here, flops=work.flops, hbm_bytes=local, dtype=compute_dtype,
                            after=after, tag="decode"))
     return sim.env.all_of(events)

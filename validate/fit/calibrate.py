@@ -32,7 +32,7 @@ import hashlib
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from fabricsim.validate.measurements import Measurements, with_split
 from .imports import load_any, merge
 from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, linear_fit, lone_ce, lone_copies
 from .simulate import base_topology, measured_makespan, measured_order, predicted_order, simulate_case
+from .state import FitState
 
 SLOWER_BY = 0.03
 LINK_ABOVE_BY = 0.001
@@ -91,24 +92,6 @@ def _bisect_cap(case: Case, measured_s: float, make: Callable[[float], Topology]
     return math.sqrt(lo * hi)
 
 
-@dataclass
-class FitState:
-    """What the steps of `calibrate` share: the measurements, the uncalibrated preset, the profile fitted so
-    far (each step returns a new one) and the notes that end up in its provenance."""
-
-    m: Measurements
-    base_topo: Topology
-    cal: list[Case]
-    profile: CalibrationProfile
-    base: CalibrationProfile | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def meas(self) -> dict[str, Any]:
-        return self.m.measured
-
-    def topo(self, profile: CalibrationProfile | None = None) -> Topology:
-        return self.base_topo.with_calibration(profile or self.profile)
 
 
 def calibrate(m: Measurements, *, profile_id: str | None = None, source_sha256: str = "",

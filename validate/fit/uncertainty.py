@@ -26,7 +26,7 @@ from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, lone
 from .simulate import measured_order, predicted_order, simulate_case
 
 if TYPE_CHECKING:
-    from .calibrate import FitState
+    from .state import FitState
 
 METHOD = ("leave-one-size-out residuals of the calibration split (path classes, collectives); per-copy finish "
           "residuals of the calibration concurrency cases (caps)")

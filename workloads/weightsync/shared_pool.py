@@ -303,6 +303,7 @@ def zero_copy_step(setup: SyncSetup, plan) -> float:
             if setup.topology.resolve(t) == setup.topology.resolve(r):
                 local += b
             else:
-                sim.transfer(f"read.{t}.{r}", t, r, b, tag="zero-copy-read")
+                # the decode kernel's own loads: SM-driven, queued on no copy engine (decode.py says why)
+                sim.transfer(f"read.{t}.{r}", t, r, b, tag="zero-copy-read", mechanism="sm")
         sim.task(f"compute.{r}", r, flops=work.flops, hbm_bytes=local, tag="decode")
     return sim.run().makespan_s
