@@ -43,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="re-run one point (id or unique prefix) and write its Perfetto trace; stores nothing")
     p.add_argument("--perfetto-dir", metavar="DIR", default="traces",
                    help="where --perfetto-point writes (default: ./traces)")
+    p.add_argument("--force", action="store_true", help="with --perfetto-point: replace the point's trace if it exists")
     p.add_argument("--store", default=None, help=store_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
@@ -97,7 +98,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed reruns the failed points of an earlier run; it needs --resume")
     if args.perfetto_point:
-        path, outcome = trace_point(args.study, args.perfetto_point, args.perfetto_dir)
+        path, outcome = trace_point(args.study, args.perfetto_point, args.perfetto_dir, force=args.force)
         assert outcome.metrics is not None
         for metric, (value, unit) in outcome.metrics.items():
             print(f"{metric} = {value:.6g} {unit}".rstrip())

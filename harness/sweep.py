@@ -39,6 +39,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.simcore.fluid import load_core
 
 from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_json
@@ -546,15 +547,19 @@ def find_point(study: Study, prefix: str) -> tuple[str, Point]:
 
 
 def trace_point(
-    study: Study | str | Path, point: str, trace_dir: str | Path = "traces"
+    study: Study | str | Path, point: str, trace_dir: str | Path = "traces", *, force: bool = False
 ) -> tuple[Path, PointOutcome]:
-    """Re-run one point in this process, asking its function to write a Perfetto trace; nothing is stored."""
+    """Re-run one point in this process, asking its function to write a Perfetto trace; nothing is stored.
+
+    An existing trace of the point is replaced only with `force` (`sweep --force`): a trace kept from an earlier
+    calibration would otherwise be lost to a re-run."""
     if isinstance(study, str | Path):
         study = load_study(study)
     pid, params = find_point(study, point)
     trace_dir = Path(trace_dir)
-    trace_dir.mkdir(parents=True, exist_ok=True)
     path = trace_dir / f"{study.name}-{pid}.json"
+    refuse_overwrite(path, force, "trace", file=True)
+    trace_dir.mkdir(parents=True, exist_ok=True)
     if not study.takes_context:
         raise SweepError(
             f"study {study.name!r}: its point function takes no context, so it cannot write traces"

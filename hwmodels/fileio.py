@@ -18,10 +18,15 @@ import yaml
 from fabricsim.errors import OutputExistsError
 
 
-def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output") -> None:
+def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output", *, file: bool = False) -> None:
     """Raise `OutputExistsError` when `path` exists and `force` is not set: a command that writes a named output
     replaces an existing one only when told (`--force`), so a finished profile or report is never lost to a
-    re-run with the same arguments."""
+    re-run with the same arguments.
+
+    `file=True` (the output is one file): a folder at `path` is refused whatever `force` says, since no flag
+    lets a file replace it, and saying so before a long run beats failing after it."""
+    if file and Path(path).is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
     if not force and os.path.lexists(path):
         kind = "folder" if Path(path).is_dir() else "file"
         raise OutputExistsError(f"{path}: the {what} {kind} exists; add --force to replace it")

@@ -15,6 +15,7 @@ empirical 5%/95% quantiles. Seeds are fixed, so the same call gives the same int
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import statistics
@@ -23,12 +24,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .calibration import CollectiveParams, PathParams
+from .calibration import MECHANISMS, CollectiveParams, PathParams
 from .topology import Topology
-from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, Uncertainty
+from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, UNFITTED_MECHANISM_SIGMA, Uncertainty
 
 LEVEL = 0.9
 SAMPLES = 32
+MAX_SAMPLES = 10_000  # each sample re-runs the whole simulation: beyond this a run looks like a hang
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,11 @@ def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None 
     t.mechanisms = {m: {cls: _perturb_path(pp, f"{m}:{cls}", f) for cls, pp in v.items()}
                     for m, v in t.mechanisms.items()}
     t.collectives = {op: _perturb_collective(cp, op, f) for op, cp in t.collectives.items()}
+    # Unfitted mechanisms draw from a child generator: the draws above stay what they were before they existed.
+    side = rng.spawn(1)[0]
+    for m in MECHANISMS:  # one-sided: the pinned copy engine is the fast way; the unknown one is as fast or slower
+        lat, rate = np.abs(side.normal(0.0, UNFITTED_MECHANISM_SIGMA, 2))
+        t.unfitted_mechanism_scale[m] = (math.exp(lat), math.exp(-rate))
     return t
 
 
@@ -164,3 +171,15 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
     cal = topo.calibration_id is not None
     return {k: interval_from_samples(v, [d[k] for d in draws if k in d], level, calibrated=cal,
                                      note=topo.calibration_note) for k, v in point.items()}
+
+
+def sample_count(text: str) -> int:
+    """`--samples N` (argparse type for every command that prints intervals): how many perturbed re-runs make
+    an interval, 0 for none; a negative count once ran the default number instead of refusing."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of re-runs, got {text!r}") from None
+    if not 0 <= n <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"expected 0 (no interval) to {MAX_SAMPLES} re-runs, got {n}")
+    return n

@@ -96,6 +96,10 @@ class Topology:
     uncertainty: Uncertainty | None = None
     # Fitted copy mechanisms besides the copy engine: {mechanism: {path class: PathParams}} (see `path`).
     mechanisms: dict[str, dict[str, PathParams]] = field(default_factory=dict)
+    # (latency factor, rate factor) of a copy by a mechanism with no fit for its class, per mechanism: 1 in a
+    # prediction (it takes the copy engine's parameters), a wide draw in the perturbed copies of
+    # hwmodels.intervals, so that the interval says the copy's speed was never measured (see `path`).
+    unfitted_mechanism_scale: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Said wherever the profile was fitted on another machine size than this topology's (see with_calibration).
     calibration_note: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
@@ -278,7 +282,9 @@ class Topology:
         `mechanism`: 'ce' (copy engine, pinned memory), or one the profile fitted (`mechanisms`: 'pageable',
         'sm'): such a copy takes the same route and shares its links, with that mechanism's latency, per-flow
         rate and size efficiency, and queues on no copy engine (an SM copy is a kernel; a pageable copy's rate
-        is its CPU staging). A mechanism the profile lacks falls back to the copy engine's parameters."""
+        is its CPU staging). A mechanism the profile lacks for the class falls back to the copy engine's
+        parameters, which may be far off (a pageable copy runs ~6x slower than a pinned one): `fits` tells the
+        caller so, and `unfitted_mechanism_scale` widens the copy's prediction interval."""
         s, d = self.resolve(src), self.resolve(dst)
         key = (s, d)
         cached = self._path_cache.get(key)
@@ -297,7 +303,21 @@ class Topology:
                 latency = pp.latency_s
             if pp.bandwidth_Bps is not None:
                 cap = pp.bandwidth_Bps * (pp.efficiency(nbytes) if nbytes else 1.0)
+        if mechanism != "ce" and mech is None and mechanism in self.unfitted_mechanism_scale:
+            lat_f, rate_f = self.unfitted_mechanism_scale[mechanism]
+            latency *= lat_f
+            if cap is None:  # no fitted rate: scale the slowest link the copy crosses
+                cap = min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
+            cap *= rate_f
         return Path(s, d, cls, nodes, resources, latency, cap, engine)
+
+    def fits(self, mechanism: str, src: str, dst: str) -> bool:
+        """Whether a copy `src` -> `dst` by `mechanism` has fitted parameters of its own (the copy engine always
+        does, as far as the profile goes); False means `path` lends it the copy engine's."""
+        if mechanism == "ce":
+            return True
+        cls = self.path(src, dst).path_class
+        return cls in self.mechanisms.get(mechanism, {})
 
     def _build_path(self, s: str, d: str) -> tuple:
         ks, kd = self.kind(s), self.kind(d)

@@ -32,6 +32,10 @@ LARGE_BYTES = 64 << 20  # at or above: mostly its rate
 # a priori spreads (log-space standard deviations of the factor), not fitted: see the module docstring
 UNCALIBRATED_SIGMA = 0.25  # datasheet defaults: a 90% interval of about x/÷ 1.5
 UNMEASURED_SIGMA = 0.10  # a calibrated profile's mechanism with no residuals of its own
+# A copy by a mechanism with no fit at all for its class borrows the copy engine's parameters; a pageable copy
+# then comes out 6-9x too fast. Drawn one-sided (never faster than the copy engine), a spread of 1.3 puts the
+# 90% interval's far end about 10x slower than the point (see hwmodels.intervals.perturbed).
+UNFITTED_MECHANISM_SIGMA = 1.3
 PRIOR_SIGMA, PRIOR_WEIGHT = 0.03, 2.0  # shrinks few residuals toward a 3% spread (worth two residuals)
 
 

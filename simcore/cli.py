@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from fabricsim.hwmodels.intervals import SAMPLES
+from fabricsim.hwmodels.fileio import refuse_overwrite
+from fabricsim.hwmodels.intervals import SAMPLES, sample_count
 
 from .records import Result
 from .scenario import load_scenario
@@ -35,8 +36,16 @@ def _table(result: Result) -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.perfetto:  # before the run: a long simulation must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     scenario = load_scenario(args.file)
-    result = scenario.run(calibration=args.calibration)
+    topo = scenario.load_topology(args.calibration)
+    result = scenario.build(topology=topo).run()
+    unfitted = scenario.unfitted_mechanisms(topo)
+    if unfitted:
+        print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
+              "take the pinned copy engine's parameters (likely too fast), and their interval is widened",
+              file=sys.stderr if args.json else sys.stdout)
     interval = scenario.makespan_interval(args.calibration, args.samples) if args.samples else None
     if args.perfetto:
         result.write_trace(args.perfetto)
@@ -66,7 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="scenario file (format in README)")
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (overrides the scenario's)")
-    p.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
+    p.add_argument("--samples", type=sample_count, default=SAMPLES, metavar="N",
                    help="perturbed re-runs for the makespan's 90%% interval, 0 for none (default: %(default)s)")
     p.set_defaults(func=_simulate)

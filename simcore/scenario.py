@@ -93,6 +93,16 @@ class Scenario:
                 raise ScenarioError(f"{where}: {msg}") from None
         return sim
 
+    def unfitted_mechanisms(self, topo: Topology) -> list[str]:
+        """'pageable (h2d)' for each mechanism and path class that transfers use without a fit on `topo`: their
+        time is the copy engine's, which the user must be told (a pageable copy runs ~6x slower)."""
+        out: dict[str, None] = {}
+        for item in self.items:
+            mech = item.get("mechanism", "ce")
+            if item["_kind"] == "transfer" and not topo.fits(mech, item["src"], item["dst"]):
+                out[f"{mech} ({topo.path(item['src'], item['dst']).path_class})"] = None
+        return list(out)
+
     def run(self, calibration: str | None = None) -> Result:
         return self.build(calibration).run()
 

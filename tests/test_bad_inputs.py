@@ -321,6 +321,25 @@ for cid, argv, files, expected in [
 ]:
     case(f"harness-{cid}", argv, expected, files)
 
+
+def _tiny_trace_name() -> str:
+    """The trace file `sweep tiny.py --perfetto-point` writes for the first point (ids hash the parameters)."""
+    from fabricsim.harness.study import load_study_source
+
+    pid, _ = load_study_source(TINY_STUDY, "tiny.py").points()[0]
+    return f"traces/tiny-{pid}.json"
+
+
+# An existing trace is replaced only with --force (as topo import --out, calibrate and report do).
+TRACE_FILES = {"s.yaml": scenario()["s.yaml"], "t.json": "a trace I kept", "tiny.py": TINY_STUDY,
+               _tiny_trace_name(): "a trace I kept"}
+case("simulate-perfetto-exists", ["simulate", "s.yaml", "--perfetto", "t.json"], ("t.json", "--force"), TRACE_FILES)
+case("sync-perfetto-exists", [*SYNC, "--samples", "0", "--perfetto", "t.json"], ("t.json", "--force"), TRACE_FILES)
+case("serve-perfetto-exists", ["serve", "-n", "3", "--samples", "0", "--perfetto", "t.json"], ("t.json", "--force"),
+     TRACE_FILES)
+case("sweep-perfetto-exists", ["sweep", "tiny.py", "--perfetto-point", _tiny_trace_name()[12:20]],
+     (_tiny_trace_name(), "--force"), TRACE_FILES)
+
 # ---------------------------------------------------------------------------------------- calibrate, report
 for cid, argv, files, expected in [
     ("calibrate-missing", ["calibrate", "nope.json", "p.json"], {}, ("nope.json", "cannot read")),
@@ -361,6 +380,8 @@ case("sync-samples-negative", [*SYNC, "--samples", "-1"], "--samples")
 case("sync-samples-huge", [*SYNC, "--samples", "100000000"], ("--samples", "10000"))
 case("serve-samples-negative", ["serve", "-n", "3", "--samples", "-4"], "--samples")
 case("serve-samples-word", ["serve", "-n", "3", "--samples", "few"], "--samples")
+case("simulate-samples-negative", ["simulate", "s.yaml", "--samples", "-1"], "--samples", scenario())
+case("simulate-samples-word", ["simulate", "s.yaml", "--samples", "few"], "--samples", scenario())
 case("validate-budget-negative", ["validate", "--budget-s", "-5", "--out", "v"], "--budget-s")
 case("validate-budget-nan", ["validate", "--budget-s", "nan", "--out", "v"], "--budget-s")
 case("topo-yaml-with-calibration", ["topo", "show", "h100-1", "--yaml", "--calibration", "x.json"], "--yaml")
@@ -403,3 +424,32 @@ def test_bad_input_is_one_line_and_exit_2(cid: str, argv: list[str], files: dict
     assert _snapshot(tmp_path) == before, "something was written"
     assert not (tmp_path / "results").exists()
 
+
+
+def test_force_replaces_a_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal above has its way out: with --force each command replaces the kept trace."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FABRICSIM_STORE", str(tmp_path / "results"))
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
+    for name, text in TRACE_FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for argv in (["simulate", "s.yaml", "--perfetto", "t.json", "--samples", "0"],
+                 [*SYNC, "--samples", "0", "--perfetto", "t.json"],
+                 ["serve", "-n", "3", "--samples", "0", "--perfetto", "t.json"]):
+        (tmp_path / "t.json").write_text("a trace I kept")
+        assert main([*argv, "--force"]) == 0
+        assert "traceEvents" in (tmp_path / "t.json").read_text()
+    traced = ("from pathlib import Path\nfrom fabricsim.harness.study import Grid, Study\n"
+              "def run(p, ctx):\n    Path(ctx.trace_path).write_text('{\"traceEvents\": []}')\n    return {'y': 1}\n"
+              "STUDY = Study(name='traced', grid=Grid.product(x=[1]), run=run)\n")
+    (tmp_path / "traced.py").write_text(traced)
+    from fabricsim.harness.study import load_study_source
+
+    pid, _ = load_study_source(traced, "traced.py").points()[0]
+    trace = tmp_path / "traces" / f"traced-{pid}.json"
+    trace.write_text("a trace I kept")
+    assert main(["sweep", "traced.py", "--perfetto-point", pid[:8]]) == 2
+    assert trace.read_text() == "a trace I kept"
+    assert main(["sweep", "traced.py", "--perfetto-point", pid[:8], "--force"]) == 0
+    assert "traceEvents" in trace.read_text()

@@ -51,10 +51,54 @@ def test_nvbandwidth_peer_matrix_calibrates_the_nvlink_rate(tmp_path: Path) -> N
     assert "nvbandwidth" in p.provenance["imported_from"]
 
 
-def test_nvbandwidth_lists_what_it_does_not_import() -> None:
-    m = load_any(EXT / "nvbandwidth_gh200_v06.txt")
-    assert [c.xfers[0].dst for c in m.cases] == ["host", "host"]
+def _one_gpu_gh200(tmp_path: Path) -> Path:
+    """The GH200 sample with its d2h matrix cut to the one device the file lists."""
+    text = (EXT / "nvbandwidth_gh200_v06.txt").read_text()
+    text = text.replace("           0         1\n 0    295.15    312.11\n", "           0\n 0    295.15\n")
+    f = tmp_path / "gh200.txt"
+    f.write_text(text)
+    return f
+
+
+def test_nvbandwidth_lists_what_it_does_not_import(tmp_path: Path) -> None:
+    m = load_any(_one_gpu_gh200(tmp_path))
+    assert [c.xfers[0].dst for c in m.cases] == ["host"]
     assert {s["id"] for s in m.doc["skipped"]} == {"host_to_device_bidirectional_memcpy_ce", "host_device_latency_sm"}
+
+
+def test_nvbandwidth_columns_must_be_listed_devices(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """The upstream GH200 sample lists one device but its d2h matrix has a column for GPU 1: refused, naming
+    the file, the testcase and the column, not by the simulator later with 'unknown endpoint gpu1'."""
+    src = EXT / "nvbandwidth_gh200_v06.txt"
+    with pytest.raises(MeasurementError, match=r"nvbandwidth_gh200_v06.txt: device_to_host_memcpy_ce has a column "
+                                               r"for GPU 1, but the file lists 1 device"):
+        load_any(src)
+    assert main(["calibrate", str(src), str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nvbandwidth_gh200_v06.txt" in err[0] and "GPU 1" in err[0]
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(("name", "model"), [
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100-PCIE"), ("NVIDIA H200", "H200"),
+    ("NVIDIA H200 NVL", "H200"), ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA GH200 480GB", "NVIDIA GH200 480GB"),
+    ("NVIDIA GB200", "NVIDIA GB200"), ("NVIDIA GH100", "NVIDIA GH100")])
+def test_gpu_models_match_whole_tokens(name: str, model: str) -> None:
+    from fabricsim.validate.gpu.measure import gpu_model_of
+
+    assert gpu_model_of(name) == model
+
+
+def test_a_gpu_model_without_preset_is_refused_naming_the_file(capsys: pytest.CaptureFixture,
+                                                                tmp_path: Path) -> None:
+    """GH200 is no H200 (its name only contains one): calibrate says no preset matches, in one line that
+    names the file, instead of fitting an H200 preset or failing inside the simulator."""
+    f = _one_gpu_gh200(tmp_path)
+    assert load_any(f).machine["gpu_model"] == "NVIDIA GH200 480GB" and load_any(f).preset is None
+    assert main(["calibrate", str(f), str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gh200.txt" in err[0] and "no preset" in err[0] and "GH200" in err[0]
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_unknown_text_is_a_one_line_error(tmp_path: Path) -> None:

@@ -118,8 +118,42 @@ def test_a_mechanism_copy_takes_its_own_closed_form_and_shares_the_link() -> Non
     both.transfer("b", "host", "gpu0", GiB)
     link = topo.graph.edges["cpu0", "gpu0"]["bw"][("cpu0", "gpu0")]
     assert both.run().makespan_s >= 2 * GiB / link
-    # a mechanism the profile lacks falls back to the copy engine's parameters
+    # a mechanism the profile lacks still takes the copy engine's parameters in the prediction, but not silently:
+    # `fits` says so (the CLI prints it) and the copy's interval is wide, reaching the ~6-9x a pageable copy costs
     assert topo.path("host", "gpu0", GiB, "pageable").rate_cap_Bps == topo.path("host", "gpu0", GiB).rate_cap_Bps
+    assert topo.fits("sm", "host", "gpu0") and not topo.fits("pageable", "host", "gpu0") and topo.fits("ce", "host",
+                                                                                                         "gpu0")
+
+    def lone(mech: str):
+        def run(t):
+            s = Simulation(t, record_load=False)
+            s.transfer("a", "host", "gpu0", GiB, mechanism=mech)
+            return s.run().makespan_s
+        return run
+
+    pinned, pageable = predict_interval(lone("ce"), topo, samples=32), predict_interval(lone("pageable"), topo,
+                                                                                          samples=32)
+    assert pageable.value == pytest.approx(pinned.value)
+    assert pinned.hi < 1.2 * pinned.value and pageable.hi > 6 * pageable.value
+
+
+def test_simulate_says_which_mechanism_has_no_fit(tmp_path, capsys) -> None:
+    import json
+
+    from fabricsim.cli import main
+
+    d = load_profile(bundled_profile_path("h200x2")).to_dict()
+    del d["mechanisms"]["pageable"]
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    (tmp_path / "s.yaml").write_text("topology: h200-2\ntransfers:\n"
+                                     "  - {id: a, src: host, dst: gpu0, bytes: 1GiB, mechanism: pageable}\n"
+                                     "  - {id: b, src: host, dst: gpu1, bytes: 1GiB, mechanism: sm}\n")
+    assert main(["simulate", str(tmp_path / "s.yaml"), "--calibration", str(tmp_path / "p.json"),
+                 "--samples", "0"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "pageable (h2d)" in notes[0] and "sm" not in notes[0]
+    assert main(["simulate", str(tmp_path / "s.yaml"), "--samples", "0"]) == 0  # the bundled profile fits both
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_unknown_mechanism_is_a_one_line_error() -> None:

@@ -202,6 +202,7 @@ def test_a_non_editable_install_has_one_name_and_runs_the_bundled_study(tmp_path
     assert top == ["fabricsim"]
     assert {n.split("/")[0] for n in names} == {"fabricsim", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "fabricsim/studies/weight_sync.py" in names and "fabricsim/hwmodels/profiles/h200x2.json" in names
+    assert "fabricsim/validate/workload_tensors.json" in names  # the workload suite's GPU side reads it
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=600)
@@ -215,3 +216,7 @@ def test_a_non_editable_install_has_one_name_and_runs_the_bundled_study(tmp_path
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert list((empty / "results" / "weight_sync").glob("*.parquet"))
+    res = subprocess.run([sys.executable, "-c", "from fabricsim.validate.workload_cases import tensor_list; "
+                          "print(len(tensor_list('llama8b')))"], cwd=empty, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and int(res.stdout) > 0, res.stderr[-2000:]

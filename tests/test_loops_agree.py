@@ -1,7 +1,8 @@
 """The compiled event loop against the simpy reference path: same records (start, begin, finish) to 1e-9
 relative, same load series, same event counts, on random declared work with every feature the loop lowers
-(start times, `after` chains, FIFO engines, latencies, fixed costs, caps, weights, zero-byte transfers,
-roofline tasks, delays); and the rules that decide which loop runs."""
+(start times, `after` chains, FIFO engines, latencies, fixed costs, caps, weights, one-byte transfers,
+roofline tasks including zero-work ones, delays); and the rules that decide which loop runs. Zero-byte transfers
+are not covered: the API refuses them, so `declare` sends one byte where a draw says zero."""
 
 from __future__ import annotations
 

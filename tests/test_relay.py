@@ -56,3 +56,23 @@ def test_relay_chunk_waits_for_the_chunk_and_rejects_a_restart_during_the_copy()
     # upstream restarted with version 6 while we copied: those bytes may be 6's
     assert relay_chunk_check(_progress(4, 1, 3), _progress(6, 1, 0), 4, 2) == MOVED
     assert relay_chunk_check(_progress(6, 0, 0), _progress(6, 0, 0), 4, 0) == MOVED
+
+
+def test_the_device_scripts_torture_summary_reads_the_committed_runs() -> None:
+    """workloads_device_run.sh prints one line per relay torture file; its filter once took the int key `hops` for
+    a hop's dict (TypeError on every file). Run the script's own one-liner on the committed results."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "validate" / "gpu" / "workloads_device_run.sh").read_text()
+    (code,) = re.findall(r'python3 -c "(import json.*?)" "\$f"', script, flags=re.S)
+    code = code.replace("\\\n", "")  # bash drops a backslash-newline inside double quotes
+    files = sorted((root / "benchmarks" / "results" / "relay-h200").glob("relay-torture-*.json"))
+    assert len(files) == 4
+    for f in files:
+        res = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"{f.name} torn 0 {{'hop1': (") and "trainer" not in res.stdout

@@ -25,6 +25,24 @@ def test_serve_json(capsys):
     assert out["ttft_p50_s"] > 0 and out["kv_bytes_moved_per_token"] > 0
 
 
+def test_serve_skips_the_default_interval_when_a_run_is_long(capsys, monkeypatch):
+    """A run over the limit (here any run: the limit set to 0 s) skips the 8 re-runs with one note; --json keeps
+    stdout JSON and puts the note on stderr; an explicit --samples still runs."""
+    from fabricsim.workloads import metrics_out
+
+    monkeypatch.setattr(metrics_out, "AUTO_SAMPLES_MAX_RUN_S", 0.0)
+    argv = ["--requests", "5", "--rate", "5", "--prompt-tokens", "100", "--output-tokens", "4"]
+    assert _run(argv) == 0
+    out = capsys.readouterr().out
+    assert "note: interval skipped (one run took" in out and "--samples 8" in out and "(90%" not in out
+    assert _run([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "intervals" not in json.loads(captured.out) and "interval skipped" in captured.err
+    assert _run([*argv, "--json", "--samples", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "intervals" in json.loads(captured.out) and not captured.err
+
+
 def test_serve_trace(tmp_path, capsys):
     trace = tmp_path / "r.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n0,300,5,a,200\n0.5,300,5,a,200\n")

@@ -38,6 +38,9 @@ PROFILE = ROOT / "hwmodels" / "profiles" / "h200x1.json"
 
 
 def test_committed_tensor_lists_are_the_presets() -> None:
+    """The committed lists equal the presets, and live inside the package where an installed wheel has them
+    (they once sat under validate/data, which package-data does not ship)."""
+    assert TENSORS_FILE == ROOT / "validate" / "workload_tensors.json"
     assert json.loads(TENSORS_FILE.read_text()) == json.loads(json.dumps(tensor_document()))
 
 

@@ -393,6 +393,80 @@ def test_the_decode_batch_kv_counts_against_hbm(capsys) -> None:
     assert out["feasible"] is False and "95% reserve" in out["reason"]
 
 
+def test_weights_extra_buffers_and_kv_count_together_at_the_boundary() -> None:
+    """Pull-on-publish keeps a second copy of the weights beside the engine's, while the engine decodes: weights
+    + second copy + KV + working space must fit together. At the largest batch that fits, the headroom is what
+    is left; one sequence more is infeasible, though weights + KV alone, and weights + copy alone, both fit."""
+    llama = models.get("Llama-3-8B")
+
+    def setup(batch: int) -> SyncSetup:
+        return SyncSetup(HGX, llama, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1),
+                         decode=DecodeBatch(batch=batch, context=4096))
+
+    pull = get("shared-pool:pull-on-publish")
+    cap = HGX.gpu("gpu4").hbm_bytes
+    weights = simulate_sync(setup(1), pull).rollout_weight_bytes
+
+    def need(batch: int) -> float:
+        s = setup(batch)
+        return 2 * weights + s.decode_kv_bytes() + s.decode_workspace_bytes()
+
+    fits = max(b for b in range(1, 400) if need(b) <= cap)
+    at = simulate_sync(setup(fits), pull)
+    assert at.feasible and at.extra_headroom_bytes == pytest.approx(cap - need(fits), rel=1e-9)
+    over = setup(fits + 1)
+    assert weights + over.decode_kv_bytes() + over.decode_workspace_bytes() < cap  # each pair alone fits
+    res = simulate_sync(over, pull)
+    assert not res.feasible and "extra" in res.reason and "KV cache" in res.reason
+    assert res.extra_headroom_bytes < 0
+
+
+@pytest.mark.parametrize("inner", ["rdma-p2p", "nccl-broadcast", "cuda-ipc-buckets", "host-staged"])
+def test_an_unchanged_delta_moves_nothing_but_still_pays_its_fixed_costs(inner: str) -> None:
+    """changed_fraction=0 is a valid knob: nothing travels to the engines, so those copies are skipped, and the
+    sync costs what remains (gathers, encode, per-tensor and barrier costs): no more than a tiny delta's."""
+    s = SyncSetup(HGX, models.get("Llama-3-8B"), FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    none = simulate_sync(s, get(f"delta:{inner}", changed_fraction=0.0))
+    tiny = simulate_sync(s, get(f"delta:{inner}", changed_fraction=1e-4))
+    assert none.feasible and tiny.feasible
+    assert 0 < none.sync_s <= tiny.sync_s
+    assert none.sync_s == pytest.approx(tiny.sync_s, rel=0.05)
+    assert _sync_cli(["Llama-3-8B", f"delta:{inner}", "--trainer", "gpu0-3", "--rollout", "gpu4-7",
+                      "--knob", "changed_fraction=0", "--samples", "0"]) == 0
+
+
+def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
+    """Each interval sample re-runs the whole sync: on 128 GPUs the default 16 would cost 17 runs, so it is
+    skipped with one line saying how to ask; on 8 GPUs intervals stay on; an explicit --samples always runs."""
+    import json
+
+    big = ["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0-7.gpu0-7",
+           "--rollout", "node8-15.gpu0-7"]
+    assert _sync_cli(big) == 0
+    out = capsys.readouterr().out.splitlines()
+    notes = [line for line in out if "interval skipped" in line]
+    assert notes == ["note: interval skipped (128 GPUs: its 16 re-runs would cost 16x as long); ask for it with "
+                     "--samples 16"]
+    assert not any("(90%" in line for line in out)
+    assert _sync_cli([*big, "--samples", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["intervals"] and "skipped" not in captured.err
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json"]) == 0  # 8 GPUs: cheap, intervals by default
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["intervals"] or "one run took" in captured.err  # a loaded machine may be slow
+
+
+def test_default_samples_rule() -> None:
+    from fabricsim.workloads.metrics_out import default_samples
+
+    assert default_samples(None, 16, gpus=8, first_run_s=0.1) == (16, "")
+    assert default_samples(None, 16, gpus=65, first_run_s=0.1)[0] == 0
+    n, note = default_samples(None, 8, gpus=1, first_run_s=2.5)
+    assert n == 0 and "one run took 2.5 s" in note and "--samples 8" in note
+    assert default_samples(3, 16, gpus=1024, first_run_s=9.0) == (3, "")
+    assert default_samples(0, 16, gpus=8, first_run_s=0.1) == (0, "")
+
+
 def test_results_give_plain_numbers_and_a_dataframe() -> None:
     from fabricsim import FabricsimError as Root
     from fabricsim.errors import FabricsimError as Same

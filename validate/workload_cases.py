@@ -4,7 +4,7 @@ A `WorkloadCase` names a real procedure (`mech`), the model whose tensors it mov
 `layers` decoder layers: a documented subset where the whole model would not fit twice on one GPU beside
 its buffers) and its parameters (bucket size, pages). The GPU side (`validate.gpu.workloads`) runs it and
 stores its time; the fit side (`validate.fit.workloads_sim`) simulates the same procedure on the same
-tensors under the same id. Tensor lists come from `validate/data/workloads/tensors.json`, generated from the
+tensors under the same id. Tensor lists come from `validate/workload_tensors.json`, generated from the
 model presets (`fabricsim.validate.fit.workloads_models`; a test keeps the two equal): the GPU side may not
 import the simulator's workload layer.
 
@@ -186,7 +186,8 @@ def build_workload_cases(n_gpus: int = 1) -> list[WorkloadCase]:
     return cases
 
 
-TENSORS_FILE = Path(__file__).resolve().parent / "data" / "workloads" / "tensors.json"
+# Beside the module, not under validate/data: the GPU side reads it from an installed package too (package-data).
+TENSORS_FILE = Path(__file__).resolve().parent / "workload_tensors.json"
 
 
 def tensor_list(model: str, path: Path | None = None) -> list[tuple[str, tuple[int, ...]]]:

@@ -7,7 +7,6 @@ as ints, never numpy scalars), `units()`, and `to_dataframe()` with one row per 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -49,19 +48,6 @@ class ReportsMetrics:
         return pd.DataFrame(rows, columns=["metric", "value", "unit"])
 
 
-MAX_SAMPLES = 10_000  # each sample re-runs the whole simulation: beyond this a run looks like a hang
-
-
-def sample_count(text: str) -> int:
-    """`--samples N` (argparse type): how many perturbed re-runs make an interval, 0 for none."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of re-runs, got {text!r}") from None
-    if not 0 <= n <= MAX_SAMPLES:
-        raise argparse.ArgumentTypeError(f"expected 0 (no interval) to {MAX_SAMPLES} re-runs, got {n}")
-    return n
-
 
 def metric_values(metrics: Mapping[str, tuple[float, str]]) -> dict[str, float | int]:
     """The JSON form: metric -> value (units are in the docs and the human table)."""
@@ -87,3 +73,25 @@ def print_metrics(metrics: Mapping[str, tuple[float, str]], intervals: Mapping[s
 def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """The JSON form of metric intervals: metric -> {lo, hi, level}."""
     return {k: {"lo": iv.lo, "hi": iv.hi, "level": iv.level} for k, iv in intervals.items()}
+
+
+# Intervals by default only where they are cheap: each sample re-runs the whole simulation, so on a large setup
+# (nccl-broadcast on 1,024 GPUs: 6.9 s a run) the default would multiply the cost of the answer many times.
+AUTO_SAMPLES_MAX_GPUS = 64
+AUTO_SAMPLES_MAX_RUN_S = 1.0
+
+
+def default_samples(requested: int | None, default: int, *, gpus: int, first_run_s: float) -> tuple[int, str]:
+    """(re-runs for the intervals, a one-line note when the default was skipped, else "").
+
+    `requested` is `--samples` as given (None when left out): an explicit count is always honoured."""
+    if requested is not None:
+        return requested, ""
+    if gpus > AUTO_SAMPLES_MAX_GPUS:
+        why = f"{gpus} GPUs"
+    elif first_run_s > AUTO_SAMPLES_MAX_RUN_S:
+        why = f"one run took {first_run_s:.1f} s"
+    else:
+        return default, ""
+    return 0, (f"note: interval skipped ({why}: its {default} re-runs would cost {default}x as long); "
+               f"ask for it with --samples {default}")

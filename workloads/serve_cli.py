@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.fileio import refuse_overwrite
+from fabricsim.hwmodels.intervals import intervals_over, sample_count
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import split_all
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
-from .metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
+from .metrics_out import (
+    AUTO_SAMPLES_MAX_GPUS,
+    default_samples,
+    interval_values,
+    metric_values,
+    print_json,
+    print_metrics,
+)
 from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
 
@@ -20,6 +30,8 @@ SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer sample
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.perfetto:  # before the run: a long trace replay must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     if args.request_trace:
         try:
             reqs = load_trace(args.request_trace)
@@ -41,25 +53,32 @@ def _serve(args: argparse.Namespace) -> int:
         mechanism=args.mechanism,
         kv_budget_bytes=None if args.kv_budget is None else parse_bytes(args.kv_budget, "--kv-budget"))
     params = split_all(args.param, what="parameter", example="prefetch_depth=2", error=PolicyError)
+    started = time.perf_counter()
     res = serve(topo, reqs, args.policy, cfg, policy_params=params)
+    samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * cfg.instances,
+                                       first_run_s=time.perf_counter() - started)
     if args.perfetto:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics_with_units()
     intervals = {}
-    if args.samples:
+    if samples:
         intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
-                                   samples=args.samples)
+                                   samples=samples)
     if args.json:
         out = metric_values(metrics)
         if intervals:
             out["intervals"] = interval_values(intervals)
         print_json(out)
+        if skipped:
+            print(skipped, file=sys.stderr)
     else:
         print(f"{len(reqs)} requests on {topo.name} ({topo.calibration_id or 'uncalibrated'}), {cfg.model}, "
               f"policy {args.policy}")
         if topo.calibration_note:
             print(f"note: {topo.calibration_note}")
         print_metrics(metrics, intervals)
+        if skipped:
+            print(skipped)
     return 0
 
 
@@ -112,7 +131,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what happens to a preempted sequence")
     p.add_argument("--mechanism", default="ce-batched", choices=MECHANISMS, help="how KV pages are copied")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--samples", type=sample_count, default=SERVE_SAMPLES, metavar="N",
-                   help="perturbed re-runs for the 90%% intervals (0: none)")
+    p.add_argument("--samples", type=sample_count, metavar="N",
+                   help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SERVE_SAMPLES}, skipped "
+                        f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one run takes over 1 s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
     p.set_defaults(func=_serve)

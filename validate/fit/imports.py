@@ -203,6 +203,14 @@ _NVB = {"host_to_device_memcpy_ce": "h2d", "device_to_host_memcpy_ce": "d2h",
         "device_local_copy": "d2d"}
 
 
+def _check_device(source: str, test: str, names: list[str], index: int, axis: str) -> None:
+    """A matrix entry must name a GPU the file's 'Device N:' lines list: a copy to an endpoint the machine
+    lacks would otherwise fail much later, in the simulator, with no file named."""
+    if not 0 <= index < len(names):
+        raise MeasurementError(f"{source}: {test} has a {axis} for GPU {index}, but the file lists "
+                               f"{len(names)} device(s) ('Device N:' lines)")
+
+
 def from_nvbandwidth(text: str, source: str, nbytes: int = NVBANDWIDTH_BYTES) -> Measurements:
     """nvbandwidth output: every entry of its unidirectional copy-engine matrices as a lone copy."""
     lines = text.splitlines()
@@ -229,6 +237,9 @@ def from_nvbandwidth(text: str, source: str, nbytes: int = NVBANDWIDTH_BYTES) ->
                 if v == "N/A":
                     continue
                 cls = _NVB[test]
+                _check_device(source, test, names, int(col), "column")
+                if cls == "p2p":
+                    _check_device(source, test, names, row, "row")
                 src, dst = {"h2d": ("host", f"gpu{col}"), "d2h": (f"gpu{col}", "host"),
                             "p2p": (f"gpu{row}", f"gpu{col}"), "d2d": (f"gpu{col}", f"gpu{col}")}[cls]
                 t = nbytes / (float(v) * 1e9)

@@ -1,7 +1,7 @@
 """The workload suite's tensor lists, generated from the model presets (`workloads.models`).
 
 The GPU side of validate may not import the simulator's workload layer, so the shapes it allocates are
-written once to `validate/data/workloads/tensors.json` by `write_tensor_file()`; a test regenerates them
+written once to `validate/workload_tensors.json` by `write_tensor_file()`; a test regenerates them
 and fails if the committed file differs from the presets.
 """
 

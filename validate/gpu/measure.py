@@ -12,6 +12,7 @@ Imports neither torch nor simpy: the device layer (real: `measure_torch.TorchDev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -43,11 +44,16 @@ class DeviceLayer(Protocol):
 
 
 def gpu_model_of(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'H100' (the model names the presets and profiles use)."""
-    upper = name.upper()
+    """'NVIDIA H100 80GB HBM3' -> 'H100' (the model names the presets and profiles use); a name with none of
+    those models is returned as it is, so that no preset matches it and calibrate says so.
+
+    Whole tokens only: 'NVIDIA GH200 480GB' contains 'H200' but is a Grace Hopper superchip (a coherent
+    NVLink-C2C host link instead of PCIe), which an H200 preset would model wrongly.
+    """
+    tokens = set(re.split(r"[\s_/-]+", name.upper()))
     for model in ("H200", "H100", "A100", "L40S"):
-        if model in upper:
-            return "H100-PCIE" if model == "H100" and "PCIE" in upper else model
+        if model in tokens:
+            return "H100-PCIE" if model == "H100" and "PCIE" in tokens else model
     return name
 
 

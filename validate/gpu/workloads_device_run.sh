@@ -38,7 +38,8 @@ if [ "${WITH_POOL_TESTS:-1}" = "1" ]; then
     timeout 120 python3 -m fabricsim.kernels.relay_torture --hops "$1" --seconds 8 --mib 64 --chunk-mib 8 \
       --gap-us "$2" --out "$f" >/dev/null 2>>"$out/log-tests.txt"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], 'torn', \
-      d['torn_total'], {k: (v['pulls'], v['torn'], v['restarts']) for k, v in d.items() if k.startswith('hop')})" "$f"
+      d['torn_total'], {k: (v['pulls'], v['torn'], v['restarts']) for k, v in d.items() \
+      if k.startswith('hop') and isinstance(v, dict)})" "$f"
   done
 fi
 tail -3 "$out/log-copies.txt" 2>/dev/null

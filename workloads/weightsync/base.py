@@ -132,7 +132,7 @@ class SyncResult(ReportsMetrics):
     stall_s: float = math.nan
     bytes_by_class: dict[str, float] = field(default_factory=dict)
     peak_extra_bytes: float = 0.0          # max over GPUs
-    extra_headroom_bytes: float = math.nan  # min over GPUs of free HBM minus the strategy's peak extra
+    extra_headroom_bytes: float = math.nan  # min over GPUs of HBM left after weights, extra buffers and KV pool
     rollout_weight_bytes: float = 0.0      # per rollout GPU (max) resident under this strategy
     decode_step_s: float = math.nan
     decode_step_local_s: float = math.nan
@@ -230,9 +230,12 @@ class SyncContext:
         dec = sum(t.decode_hbm for t in self.transforms) * raw_bytes
         if dec:
             events.append(sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode"))
-        if not any(t.decode_hbm for t in self.transforms):
+        # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
+        if wire > 0 and not any(t.decode_hbm for t in self.transforms):
             events.append(sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after),
                                        tag=tag))
+        if not events:  # still ordered after `after`: an empty all_of would fire at once
+            return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))
         return sim.env.all_of(events)
 
 
@@ -371,6 +374,25 @@ def _check_decode_fits(setup: SyncSetup, plan: ReshardPlan, resident: dict[str, 
                 f"{work / 2**30:.1f} GiB of working space > {cap / 2**30:.1f} GiB HBM")
 
 
+def _decode_claim(setup: SyncSetup, plan: ReshardPlan, resident_roll: dict[str, float]) -> dict[str, float]:
+    """HBM each rollout GPU gives its engine's KV pool while the sync runs: the decode batch's KV cache and
+    working space, or the engine's reserve where that is larger (the reserve is claimed whether or not the
+    batch fills it). Engines keep decoding during a sync, so this sits beside the weights and the strategy's
+    extra buffers, never instead of them."""
+    kv = setup.decode_kv_bytes() + setup.decode_workspace_bytes()
+    return {g: max(kv, setup.kv_reserve_fraction * setup.hbm_bytes(g) if g in resident_roll else 0.0)
+            for g in set(plan.rollout_gpus)}
+
+
+def _held_bytes(g: str, setup: SyncSetup, resident: dict[str, float], resident_roll: dict[str, float],
+                extra: dict[str, float], decode_claim: dict[str, float]) -> float:
+    """Everything on `g` at the sync's peak: weights and trainer shards, extra buffers, the KV pool's claim.
+    `resident` already counts the reserve on rollout GPUs (the simulation allocates it), so it is taken out
+    here and `decode_claim` counts the larger of reserve and batch instead."""
+    reserve = setup.kv_reserve_fraction * setup.hbm_bytes(g) if g in resident_roll else 0.0
+    return resident.get(g, 0.0) - reserve + extra.get(g, 0.0) + decode_claim.get(g, 0.0)
+
+
 def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
     """Plan, check feasibility, run the strategy's procedure and collect its metrics.
 
@@ -391,8 +413,10 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
     if keep:  # the previous version each trainer GPU keeps to diff against
         for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
             extra[g] = extra.get(g, 0.0) + keep * float(b)
-    headroom = min((setup.hbm_bytes(g) - resident.get(g, 0.0) - extra.get(g, 0.0)
-                    for g in set(resident) | set(extra)), default=math.nan)
+    decode_claim = _decode_claim(setup, plan, resident_roll)
+    gpus = sorted(set(resident) | set(extra) | set(decode_claim))
+    headroom = min((setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim)
+                    for g in gpus), default=math.nan)
     base = SyncResult(label, False, peak_extra_bytes=max(extra.values(), default=0.0),
                       extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
                       decode_step_local_s=local_step)
@@ -404,12 +428,14 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
                        resident_bytes={g: resident.get(g, 0.0) - resident_roll.get(g, 0.0)
                                        - setup.kv_reserve_fraction * setup.hbm_bytes(g) for g in plan.rollout_gpus})
         strategy.check(setup, plan)
-        for g in sorted(set(resident) | set(extra)):
-            need = resident.get(g, 0.0) + extra.get(g, 0.0)
+        for g in gpus:
+            need = _held_bytes(g, setup, resident, resident_roll, extra, decode_claim)
             if need > setup.hbm_bytes(g):
+                weights = need - extra.get(g, 0.0) - decode_claim.get(g, 0.0)
                 raise InfeasibleError(
-                    f"{label}: {g} needs {need / 2**30:.1f} GiB ({resident.get(g, 0.0) / 2**30:.1f} resident + "
-                    f"{extra.get(g, 0.0) / 2**30:.1f} extra) of {setup.hbm_bytes(g) / 2**30:.1f} GiB HBM")
+                    f"{label}: {g} needs {need / 2**30:.1f} GiB ({weights / 2**30:.1f} resident + "
+                    f"{extra.get(g, 0.0) / 2**30:.1f} extra + {decode_claim.get(g, 0.0) / 2**30:.1f} KV cache and "
+                    f"working space) of {setup.hbm_bytes(g) / 2**30:.1f} GiB HBM")
         base.decode_step_s = strategy.decode_step(setup, plan)
     except InfeasibleError as exc:
         base.reason = str(exc)

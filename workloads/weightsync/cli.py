@@ -6,18 +6,28 @@ GPU lists are comma-separated names or ranges: `gpu0-3`, `node2.gpu0-7,node3.gpu
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from dataclasses import replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.fileio import refuse_overwrite
+from fabricsim.hwmodels.intervals import intervals_over, sample_count
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
 from ..keyvalue import Setting, parse_key_values, split_all
-from ..metrics_out import interval_values, metric_values, print_json, print_metrics, sample_count
+from ..metrics_out import (
+    AUTO_SAMPLES_MAX_GPUS,
+    default_samples,
+    interval_values,
+    metric_values,
+    print_json,
+    print_metrics,
+)
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
 from .registry import get, names
@@ -59,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
+    if args.perfetto:  # before the run: a long sync must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     topo = presets.load(args.topology, calibration=args.calibration or "default")
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
                       RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
@@ -66,18 +78,24 @@ def _run(args: argparse.Namespace) -> int:
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    started = time.perf_counter()
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    gpus = len(set(setup.trainer.gpus) | set(setup.rollout.gpus))
+    samples, skipped = default_samples(args.samples, SYNC_SAMPLES, gpus=gpus,
+                                       first_run_s=time.perf_counter() - started)
     metrics = res.metrics_with_units()
     intervals = {}
-    if args.samples and res.feasible:
+    if samples and res.feasible:
         # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
         intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
-                                   samples=args.samples)
+                                   samples=samples)
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
+        if skipped and res.feasible:
+            print(skipped, file=sys.stderr)
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
@@ -86,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
+    if skipped and res.feasible:
+        print(skipped)
     return 0
 
 
@@ -117,7 +137,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--samples", type=sample_count, default=SYNC_SAMPLES, metavar="N",
-                   help="perturbed re-runs for the 90%% intervals, 0 for none (default: %(default)s)")
+    p.add_argument("--samples", type=sample_count, metavar="N",
+                   help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SYNC_SAMPLES}, skipped "
+                        f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one sync takes over 1 s)")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
     p.set_defaults(func=_run)

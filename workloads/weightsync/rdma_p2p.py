@@ -79,7 +79,9 @@ class RdmaP2P(Strategy):
         """One trainer GPU's pipeline: `sims` simulated tasks standing for `real` ones (fetch -> encode -> write)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
-        write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i) if b > 0]
+        # an empty payload (a delta with nothing changed) posts its writes but moves nothing
+        write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i)
+                    if b * ctx.wire_ratio > 0]
         prev_fetch = prev_enc = None
         pending = []
         for t in range(sims):
