@@ -322,14 +322,20 @@ def test_sigterm_saves_finished_points_and_exits_130(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delay_s", [0.3, 0.9, 1.5])
 def test_ctrl_c_at_any_moment_exits_promptly_and_leaves_no_worker_behind(tmp_path: Path, delay_s: float) -> None:
-    """SIGINT to the driver alone (as `timeout -s INT` sends it), early: while workers are being forked too."""
+    """SIGINT to the driver alone (as `timeout -s INT` sends it), early: while the models are imported and
+    workers are being forked too. The delay counts from when the interpreter can have reached `fabricsim.cli`
+    (timed here, so a loaded machine's slower start-up does not move the signal into Python's own start-up,
+    where no program can turn it into a clean exit)."""
     study = toy_study(tmp_path, n=150, sleep=0.02)
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import fabricsim.cli"], check=True, timeout=120)
+    startup_s = time.monotonic() - t0
     proc = subprocess.Popen(
         [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--quiet", "--store",
          str(tmp_path / "s")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    time.sleep(delay_s)
+    time.sleep(startup_s + delay_s)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
