@@ -196,24 +196,23 @@ def measure(device: DeviceLayer, suite: str = "full", *, kind: str = "", budget_
     return doc
 
 
-def publish(doc: dict[str, Any], out: Path) -> Path:
-    """Write the output folder under a temporary name and rename it into place (nothing partial survives)."""
-    out = Path(out)
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that holds anything: a measurement never replaces another."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValidateRunError(f"output folder {out} already exists and is not empty; pick another --out")
+
+
+def publish_folder(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Let `fill` write the output folder under a temporary name, then rename it into place: nothing partial
+    survives a crash or a Ctrl-C (used by the copy suite and the workload suite)."""
+    out = Path(out)
+    check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        (tmp / "scenarios").mkdir(parents=True)
-        for c in doc["cases"]:
-            if c.get("scenario"):
-                write_json_atomic(tmp / "scenarios" / f"{c['id']}.json", c["scenario"])
-        facts = doc["machine"]
-        for key in ("topo_m", "nvlink_status", "query"):
-            if facts.get(key):
-                (tmp / f"{key}.txt").write_text(str(facts[key]))
-        write_json_atomic(tmp / "measured.json", doc)
+        tmp.mkdir(parents=True)
+        fill(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -223,12 +222,28 @@ def publish(doc: dict[str, Any], out: Path) -> Path:
     return out
 
 
+def publish(doc: dict[str, Any], out: Path) -> Path:
+    """The copy suite's folder: measured.json, one scenario file per case, the machine's topology texts."""
+
+    def fill(tmp: Path) -> None:
+        (tmp / "scenarios").mkdir()
+        for c in doc["cases"]:
+            if c.get("scenario"):
+                write_json_atomic(tmp / "scenarios" / f"{c['id']}.json", c["scenario"])
+        facts = doc["machine"]
+        for key in ("topo_m", "nvlink_status", "query"):
+            if facts.get(key):
+                (tmp / f"{key}.txt").write_text(str(facts[key]))
+        write_json_atomic(tmp / "measured.json", doc)
+
+    return publish_folder(out, fill)
+
+
 def run_validate(out: str | Path, suite: str = "full", device: DeviceLayer | None = None, *, kind: str = "",
                  budget_s: float | None = None, verbose: bool = True) -> Path | None:
     """Measure and publish; returns the output folder, or None when there is no GPU (nothing to do)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValidateRunError(f"output folder {out} already exists and is not empty; pick another --out")
+    check_output_folder(out)
     if device is None:
         device = open_device()
         if device is None:

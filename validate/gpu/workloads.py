@@ -10,7 +10,6 @@ hidden-folder-then-rename as the copy suite). Imports neither torch nor simpy.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -18,8 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from fabricsim.validate.errors import ValidateRunError
-from fabricsim.validate.gpu.measure import gpu_model_of
+from fabricsim.validate.gpu.measure import check_output_folder, gpu_model_of, publish_folder
 from fabricsim.validate.measurements import write_json_atomic
 from fabricsim.validate.workload_cases import MODELS, MULTI_GPU_MECHS, WorkloadCase, build_workload_cases, tensor_list
 from fabricsim.validate.workloads_file import FORMAT, FORMAT_VERSION, check_workload_document
@@ -113,30 +111,14 @@ def measure_workloads(device: WorkloadDevice, *, kind: str = "", budget_s: float
 
 def publish_workloads(doc: dict[str, Any], out: Path) -> Path:
     """Write `out/workloads.json` under a hidden folder, then rename it into place."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValidateRunError(f"output folder {out} already exists and is not empty; pick another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        write_json_atomic(tmp / "workloads.json", doc)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return publish_folder(out, lambda tmp: write_json_atomic(tmp / "workloads.json", doc))
 
 
 def run_workloads(out: str | Path, device: WorkloadDevice | None = None, *, kind: str = "",
                   budget_s: float | None = None, only: tuple[str, ...] = (), verbose: bool = True) -> Path | None:
     """Measure and publish; None when there is no GPU (nothing to do)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValidateRunError(f"output folder {out} already exists and is not empty; pick another --out")
+    check_output_folder(out)
     if device is None:
         device = open_workload_device()
         if device is None:
