@@ -113,21 +113,27 @@ def _positive(where: str, v: Any) -> None:
         raise _fail(where, f"expected a positive number, got {v!r}")
 
 
-def check_document(doc: Any, source: str) -> Measurements:
-    """Validate a parsed document; every error names the file and the field."""
+def check_header(doc: Any, source: str, fmt: str, version: int, kind: str) -> None:
+    """The part every measurement file shares (copy suite, workload suite): a JSON object of the right format
+    and version, with a `machine` that names its GPU model and count."""
     if not isinstance(doc, dict):
         raise _fail(source, "expected a JSON object at the top level")
-    if doc.get("format") != FORMAT:
-        raise _fail(source, f"not a fabricsim measurement file (format is {doc.get('format')!r}, expected {FORMAT!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format") != fmt:
+        raise _fail(source, f"not a {kind} file (format is {doc.get('format')!r}, expected {fmt!r})")
+    if doc.get("format_version") != version:
         raise _fail(source, f"unknown measurement format_version {doc.get('format_version')!r} "
-                            f"(this fabricsim reads version {FORMAT_VERSION})")
+                            f"(this fabricsim reads version {version})")
     machine = doc.get("machine")
     if not isinstance(machine, dict):
         raise _fail(source, "missing 'machine'")
     for key in ("gpu_model", "gpus"):
         if key not in machine:
             raise _fail(f"{source}: machine", f"missing field '{key}'")
+
+
+def check_document(doc: Any, source: str) -> Measurements:
+    """Validate a parsed document; every error names the file and the field."""
+    check_header(doc, source, FORMAT, FORMAT_VERSION, "fabricsim measurement")
     cases = doc.get("cases")
     if not isinstance(cases, list):
         raise _fail(source, "missing 'cases' list")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MeasurementError
+from .measurements import check_header
 from .workload_cases import CALIBRATION, HELD_OUT, WorkloadCase
 
 FORMAT = "fabricsim-workload-measurements"
@@ -44,16 +45,7 @@ def _fail(where: str, what: str) -> MeasurementError:
 
 
 def check_workload_document(doc: Any, source: str) -> WorkloadMeasurements:
-    if not isinstance(doc, dict):
-        raise _fail(source, "expected a JSON object at the top level")
-    if doc.get("format") != FORMAT:
-        raise _fail(source, f"not a workload measurement file (format is {doc.get('format')!r}, expected {FORMAT!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise _fail(source, f"unknown format_version {doc.get('format_version')!r} (this fabricsim reads "
-                            f"{FORMAT_VERSION})")
-    machine = doc.get("machine")
-    if not isinstance(machine, dict) or "gpu_model" not in machine or "gpus" not in machine:
-        raise _fail(source, "missing 'machine' with 'gpu_model' and 'gpus'")
+    check_header(doc, source, FORMAT, FORMAT_VERSION, "workload measurement")
     cases = doc.get("cases")
     if not isinstance(cases, list):
         raise _fail(source, "missing 'cases' list")

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +378,28 @@ def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, f
     return ResultsStore(store or None).write(rows, study=study, run_id=run_id)
 
 
+def write_report_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """Let `fill` write a report into a temporary folder beside `out`, then swap it into place: a crash leaves
+    the previous report whole (the copy suite's and the workload suite's reports both go through here)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        try:
+            tmp.mkdir()
+        except OSError as exc:  # name the user's path, not the temporary folder beside it
+            raise type(exc)(exc.errno, f"cannot write the report there ({exc.strerror})", str(out)) from None
+        fill(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store: str | Path | None = "",
            split: str = "current") -> dict:
     """Compare, write the report folder atomically, store rows (unless `store` is None); returns the summary.
@@ -394,28 +417,15 @@ def report(m: Measurements, profile: CalibrationProfile, out: str | Path, store:
     summary["split"] = split
     summary["split_changed_from_file"] = resplit
     summary["profile_note"] = check_profile_fits(profile, m)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        try:
-            tmp.mkdir()
-        except OSError as exc:  # name the user's path, not the temporary folder beside it
-            raise type(exc)(exc.errno, f"cannot write the report there ({exc.strerror})", str(out)) from None
+    def fill(tmp: Path) -> None:
         df.to_csv(tmp / "errors.csv", index=False)
         fdf.to_csv(tmp / "finish_errors.csv", index=False)
         (tmp / "report.md").write_text(render_markdown(m, profile, df, fdf, summary))
         plot(df, tmp / "pred_vs_meas.png", f"{summary['machine']}: predicted vs measured ({profile.id})")
         write_json_atomic(tmp / "summary.json", summary)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    out = Path(out)
+    write_report_folder(out, fill)
     if store is not None:
         summary["store_file"] = str(store_rows(m, profile, df, fdf, store))
     return summary

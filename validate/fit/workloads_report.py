@@ -11,9 +11,6 @@ column is reported, never used in place of the model's prediction.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from fabricsim.validate.measurements import write_json_atomic
 from fabricsim.validate.workload_cases import CALIBRATION, HELD_OUT, MODELS, MULTI_GPU_MECHS
 from fabricsim.validate.workloads_file import WorkloadMeasurements, load_workloads
 
+from .report import write_report_folder
 from .workloads_fit import costs_from_profile, fit_costs, profile_with_costs
 from .workloads_sim import WorkloadCosts, measured_observables, simulate_workload
 
@@ -251,23 +249,14 @@ def report_workloads(measured: str | Path, *, profile: str | Path | None = None,
     summary = summarise(df)
     summary["profile"] = p.id
     out = Path(out) if out else Path(m.source).parent / "report"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+
+    def fill(tmp: Path) -> None:
         df.to_csv(tmp / "errors.csv", index=False)
         (tmp / "report.md").write_text(render_markdown(m, p, df, summary))
         plot_buckets(m, p, tmp / "ipc_buckets.png")
         write_json_atomic(tmp / "summary.json", json.loads(json.dumps(summary, allow_nan=True)))
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_report_folder(out, fill)
     stored = f"; rows in {store_rows(m, p, df, store)}" if store is not None else ""
     h = summary[HELD_OUT]
     return (f"report written to {out}: held-out |error| median {h['median'] * 100:.1f}%, p90 {h['p90'] * 100:.1f}% "

@@ -57,14 +57,20 @@ def gpu_model_of(name: str) -> str:
     return name
 
 
-def open_device() -> DeviceLayer | None:
-    """The torch device layer, or None when torch or a CUDA GPU is missing (nothing to measure)."""
+def cuda_available() -> bool:
+    """torch is installed and sees a CUDA GPU (else every suite has nothing to measure). Sets the copy engines'
+    connection count first, since it must be set before CUDA starts."""
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
     try:
         import torch
     except ImportError:
-        return None
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return False
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def open_device() -> DeviceLayer | None:
+    """The torch device layer, or None when torch or a CUDA GPU is missing (nothing to measure)."""
+    if not cuda_available():
         return None
     from .measure_torch import TorchDevice
 

@@ -54,6 +54,22 @@ def _dev(endpoint: str) -> torch.device:
     return torch.device(f"cuda:{int(endpoint[3:])}")
 
 
+
+def sh(*cmd: str) -> str:
+    """A command's output for the machine facts (nvidia-smi and friends), or why it is unavailable."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable: {exc}"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "absent"
+    return triton.__version__
+
 class TorchDevice:
     """Measures on the CUDA GPUs torch sees."""
 
@@ -80,18 +96,8 @@ class TorchDevice:
         return self._bulk_copy is not None, self.sm_note
 
     def facts(self) -> dict[str, Any]:
-        def sh(*cmd: str) -> str:
-            try:
-                return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-            except (OSError, subprocess.SubprocessError) as exc:
-                return f"unavailable: {exc}"
-
         props = torch.cuda.get_device_properties(0)
-        try:
-            import triton
-            triton_v = triton.__version__
-        except ImportError:
-            triton_v = "absent"
+        triton_v = triton_version()
         peer = {f"{a}->{b}": _try(lambda a=a, b=b: torch.cuda.can_device_access_peer(a, b))
                 for a in range(self.n) for b in range(self.n) if a != b}
         return {

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from fabricsim.validate.gpu.measure import check_output_folder, gpu_model_of, publish_folder
+from fabricsim.validate.gpu.measure import check_output_folder, cuda_available, gpu_model_of, publish_folder
 from fabricsim.validate.measurements import write_json_atomic
 from fabricsim.validate.workload_cases import MODELS, MULTI_GPU_MECHS, WorkloadCase, build_workload_cases, tensor_list
 from fabricsim.validate.workloads_file import FORMAT, FORMAT_VERSION, check_workload_document
@@ -41,12 +41,7 @@ class WorkloadDevice(Protocol):
 
 def open_workload_device() -> WorkloadDevice | None:
     """The torch layer, or None without torch or a CUDA GPU (nothing to measure)."""
-    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+    if not cuda_available():
         return None
     from .workloads_torch import TorchWorkloads
 

@@ -43,6 +43,7 @@ os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
 import torch  # noqa: E402  (the environment above must be set before CUDA starts)
 
 from fabricsim.kernels.bucket import ALIGN  # noqa: E402
+from fabricsim.validate.gpu.measure_torch import sh, triton_version  # noqa: E402
 from fabricsim.validate.workload_cases import (  # noqa: E402
     BUCKET_ALIGN,
     WorkloadCase,
@@ -502,20 +503,8 @@ class TorchWorkloads:
         return torch.cuda.device_count()
 
     def facts(self) -> dict[str, Any]:
-        import subprocess
-
-        def sh(*cmd: str) -> str:
-            try:
-                return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-            except (OSError, subprocess.SubprocessError) as exc:
-                return f"unavailable: {exc}"
-
         props = torch.cuda.get_device_properties(0)
-        try:
-            import triton
-            triton_v = triton.__version__
-        except ImportError:
-            triton_v = "absent"
+        triton_v = triton_version()
         st = os.statvfs(SHM_DIR)
         return {"gpus": torch.cuda.device_count(), "gpu_name": props.name, "gpu_memory_bytes": props.total_memory,
                 "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_v,
