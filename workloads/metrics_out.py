@@ -7,6 +7,7 @@ as ints, never numpy scalars), `units()`, and `to_dataframe()` with one row per 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+
+from fabricsim.hwmodels.intervals import sample_count
 
 # Units whose values are whole things: reported as int, not 3.0
 WHOLE_UNITS = frozenset({"B", "count", "sequences", "versions"})
@@ -95,3 +98,12 @@ def default_samples(requested: int | None, default: int, *, gpus: int, first_run
         return default, ""
     return 0, (f"note: interval skipped ({why}: its {default} re-runs would cost {default}x as long); "
                f"ask for it with --samples {default}")
+
+
+def add_output_args(p: argparse.ArgumentParser, default: int, run: str) -> None:
+    """`--samples`, `--perfetto` and `--force`, spelt and explained the same in `sync` and `serve`."""
+    p.add_argument("--samples", type=sample_count, metavar="N",
+                   help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {default}, skipped "
+                        f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one {run} takes over 1 s)")
+    p.add_argument("--perfetto", metavar="PATH", help=f"write a Perfetto trace of the {run}")
+    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import intervals_over, sample_count
+from fabricsim.hwmodels.intervals import intervals_over
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import split_all
 from .kvpolicies import PolicyError
 from .kvpolicies import names as policy_names
 from .metrics_out import (
-    AUTO_SAMPLES_MAX_GPUS,
+    add_output_args,
     default_samples,
     interval_values,
     metric_values,
@@ -131,9 +131,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what happens to a preempted sequence")
     p.add_argument("--mechanism", default="ce-batched", choices=MECHANISMS, help="how KV pages are copied")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--samples", type=sample_count, metavar="N",
-                   help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SERVE_SAMPLES}, skipped "
-                        f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one run takes over 1 s)")
-    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the run")
-    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
+    add_output_args(p, SERVE_SAMPLES, "run")
     p.set_defaults(func=_serve)

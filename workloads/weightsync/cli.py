@@ -14,14 +14,14 @@ from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import intervals_over, sample_count
+from fabricsim.hwmodels.intervals import intervals_over
 
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
 from ..keyvalue import Setting, parse_key_values, split_all
 from ..metrics_out import (
-    AUTO_SAMPLES_MAX_GPUS,
+    add_output_args,
     default_samples,
     interval_values,
     metric_values,
@@ -137,9 +137,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--samples", type=sample_count, metavar="N",
-                   help=f"perturbed re-runs for the 90%% intervals, 0 for none (default: {SYNC_SAMPLES}, skipped "
-                        f"with a note above {AUTO_SAMPLES_MAX_GPUS} GPUs or when one sync takes over 1 s)")
-    p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto trace of the sync")
-    p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
+    add_output_args(p, SYNC_SAMPLES, "sync")
     p.set_defaults(func=_run)
