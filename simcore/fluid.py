@@ -26,6 +26,7 @@ import numpy as np
 import simpy
 
 from . import _fluidlayout as L
+from .clock import timeout_at
 
 _core: ModuleType | None = None
 _NO_SLOTS = np.zeros(0, np.int64)
@@ -327,7 +328,7 @@ class FluidNetwork:
         """Make sure a wake-up is pending at the earliest finish time `t`."""
         if t < self._wake_at:
             self._wake_at = t = float(t)  # a Python float even when the core runs interpreted
-            ev = self.env.timeout(max(0.0, t - self.env.now))
+            ev = timeout_at(self.env, t)
             ev.callbacks.append(self._wake)
             self._wake_ev = ev
 

@@ -30,6 +30,7 @@ import simpy
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels.topology import Topology
 
+from .clock import timeout_at
 from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
@@ -360,7 +361,7 @@ class _Item:
             deps.pop()
         env = self.sim.env
         if self.start > env.now:
-            env.timeout(self.start - env.now).callbacks.append(self._started)
+            timeout_at(env, self.start).callbacks.append(self._started)
         else:
             self._started()
 
