@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from fabricsim.hwmodels.specs import GPU_MODELS
 from fabricsim.hwmodels.topology import Topology
 
 GBps = 1e9
+
+# Property tests draw the same examples on every run by default, so the README's test command (and CI) gives the
+# same verdict on the same code; `HYPOTHESIS_PROFILE=explore` draws fresh random examples (run it when changing
+# the engine: it found the FIFO tie of two items starting at one instant that a fixed draw had missed).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def line_topology(n_links: int = 3, Bps: float = 10 * GBps, latency_s: float = 1e-6) -> Topology:
