@@ -29,6 +29,7 @@ from typing import Any
 import simpy
 
 from fabricsim.hwmodels.calibration import CollectiveParams
+from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore.simulation import Simulation
 
@@ -63,18 +64,19 @@ def fitted(topo: Topology, op: str) -> CollectiveParams | None:
     return topo.collectives.get(op)
 
 
-def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str], nbytes: float, *,
+def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] | str, nbytes: float, *,
                         start: float = 0.0, after: Iterable = (), tag: str | None = None) -> simpy.Event:
     """One collective call on `sim`: its ring transfers (named `ID.rs0`, `ID.ag1`, ...) and a zero-length
     marker named `id` that ends when the last rank has its bytes, so later work can wait for `id`.
 
     With fitted parameters the call pays their fixed cost once (on its first ring phase: one kernel launch per
-    call) and each ring transfer is capped at the fitted bus bandwidth for its size.
+    call) and each ring transfer is capped at the fitted bus bandwidth for its size. `gpus` is the ring order;
+    items may be ranges (`node0-63.gpu0-7`, see `hwmodels.endpoints`).
     """
     params = fitted(sim.topology, op)
     tag = tag or op
     done: dict[str, simpy.Event] = {}
-    for t in ring_schedule(op, nbytes, list(gpus)):
+    for t in ring_schedule(op, nbytes, expand_endpoints(gpus)):
         fixed, cap = 0.0, None
         if params is not None:
             fixed = params.fixed_s if not t["after"] else 0.0

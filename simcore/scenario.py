@@ -9,7 +9,7 @@ transfers:
 tasks:                      # optional: roofline compute tasks (an addition to DESIGN.md)
   - {id: k1, gpu: gpu1, flops: 2e12, bytes: 8GiB, dtype: bf16, after: [t2]}
 collectives:                # optional: NCCL-style collective calls (an addition; see simcore.collectives)
-  - {id: c1, op: all_reduce, gpus: [gpu0, gpu1], bytes: 1GiB, after: [k1]}
+  - {id: c1, op: all_reduce, gpus: [gpu0, gpu1], bytes: 1GiB, after: [k1]}   # or gpus: node0-63.gpu0-7
 ```
 Optional per-transfer keys (additions, documented in README): `engine` (name of a FIFO queue the transfer
 waits in), `rate_cap_GBps`, `weight`, `fixed_cost_s`, `tag`. Every error names the file and the field, and
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fabricsim.errors import FabricsimError
+from fabricsim.errors import FabricsimError, TopologyError
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
 from fabricsim.hwmodels.topology import Topology
@@ -229,7 +230,16 @@ def _collective(item: Any, where: str, source: str) -> dict[str, Any]:
         raise ScenarioError(f"{source}: {where}.op: expected one of {', '.join(OPS)}, got {item.get('op')!r}")
     out["op"] = item["op"]
     gpus = item.get("gpus")
-    if not isinstance(gpus, list) or len(gpus) < 2 or not all(isinstance(g, str) for g in gpus):
+    if isinstance(gpus, str):
+        gpus = [gpus]
+    if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) for g in gpus):
+        raise ScenarioError(f"{source}: {where}.gpus: expected a list of two or more GPU names (the ring order; "
+                            "ranges such as node0-63.gpu0-7 allowed)")
+    try:
+        gpus = expand_endpoints(gpus)
+    except TopologyError as e:
+        raise ScenarioError(f"{source}: {where}.gpus: {e}") from None
+    if len(gpus) < 2:
         raise ScenarioError(f"{source}: {where}.gpus: expected a list of two or more GPU names (the ring order)")
     if len(set(gpus)) < len(gpus):
         raise ScenarioError(f"{source}: {where}.gpus: a GPU appears twice in the ring")

@@ -85,6 +85,12 @@ BAD = [
      "rate_cap_GBps: expected a finite number > 0"),
     ("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1, tag: [1]}]\n",
      "tag: expected a short label"),
+    ("topology: cluster-2x4\ncollectives: [{id: c, op: all_reduce, gpus: node1-0.gpu0-3, bytes: 1MiB}]\n",
+     "collectives[0].gpus: range 'node1-0' in endpoint list item 'node1-0.gpu0-3' runs backwards"),
+    ("topology: cluster-2x4\ncollectives: [{id: c, op: all_reduce, gpus: node0.gpu0, bytes: 1MiB}]\n",
+     "collectives[0].gpus: expected a list of two or more GPU names"),
+    ("topology: cluster-2x4\ncollectives: [{id: c, op: all_reduce, gpus: [node0-1.gpu0-3, node0.gpu1], "
+     "bytes: 1MiB}]\n", "collectives[0].gpus: a GPU appears twice in the ring"),
 ]
 
 # gpu1 hangs off gpu0 by NVLink only: connected, but host memory cannot reach it without transiting gpu0.
@@ -151,6 +157,18 @@ def test_simulate_on_a_cluster_preset(tmp_path, capsys):
     a = out["transfers"][0]
     # One 400 Gb/s NIC (92% efficient) is the bottleneck of a cross-node GPU-to-GPU copy.
     assert a["finish_s"] == pytest.approx(2**30 / (400e9 / 8 * 0.92), rel=1e-3)
+
+
+def test_collective_rings_take_node_ranges(tmp_path):
+    """`gpus: node0-1.gpu0-3` is the ring node0.gpu0, ..., node0.gpu3, node1.gpu0, ... written out."""
+    ring = [f"node{n}.gpu{g}" for n in range(2) for g in range(4)]
+    explicit = write(tmp_path, "topology: cluster-2x4\ncollectives:\n"
+                               f"  - {{id: c, op: all_reduce, gpus: [{', '.join(ring)}], bytes: 64MiB}}\n", "a.yaml")
+    ranged = write(tmp_path, "topology: cluster-2x4\ncollectives:\n"
+                             "  - {id: c, op: all_reduce, gpus: node0-1.gpu0-3, bytes: 64MiB}\n", "b.yaml")
+    a, b = load_scenario(explicit).run(), load_scenario(ranged).run()
+    assert [(r.id, r.finish_s) for r in a.records] == [(r.id, r.finish_s) for r in b.records]
+    assert len(a.records) > 8
 
 
 def test_json_numbers_without_decimal_point_are_numbers(tmp_path, capsys):
