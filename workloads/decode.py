@@ -25,7 +25,7 @@ queues on no copy engine, unlike a cudaMemcpy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import simpy
@@ -122,27 +122,31 @@ def step_cost(model: ModelConfig, batch: DecodeBatch, gpu: GPUSpec, *, tp: int =
 
 
 def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: DecodeBatch, *, tp: int = 1,
-                         weights_at: str | None = None, kv_at: str | None = None,
+                         weights_at: str | Sequence[tuple[str, float]] | None = None, kv_at: str | None = None,
                          after: Iterable[str | simpy.Event] = (), id: str | None = None,
                          compute_dtype: str = "bf16") -> simpy.Event:
     """Issue one decode step of `gpu` on a `Simulation`; returns an event that fires when it ends.
 
     Local bytes and FLOPs become one roofline task; weights at `weights_at` and KV at `kv_at` (endpoints other
     than `gpu`) become transfers to `gpu`, started together, so their links and HBM are shared with whatever
-    else runs (e.g. a weight sync).
+    else runs (e.g. a weight sync). `weights_at` may also split the weights over several places, as
+    [(endpoint, share of the weight bytes), ...] (a zero-copy pool read from the trainer GPUs holding them).
     """
     work = decode_work(model, batch, tp)
     topo = sim.topology
     here = topo.resolve(gpu)
     name = id or f"decode.{here}.{sim.now:.9f}"
     after = tuple(after)
+    weight_parts = [(weights_at, 1.0)] if weights_at is None or isinstance(weights_at, str) else list(weights_at)
+    parts = [("weights", work.weight_bytes * share, at) for at, share in weight_parts]
     local = 0.0
     events = []
-    for what, nbytes, at in (("weights", work.weight_bytes, weights_at), ("kv", work.kv_bytes, kv_at)):
+    for n, (what, nbytes, at) in enumerate([*parts, ("kv", work.kv_bytes, kv_at)]):
         if at is None or topo.resolve(at) == here:
             local += nbytes
         elif nbytes > 0:
-            events.append(sim.transfer(f"{name}.{what}", at, here, nbytes, after=after, tag=f"decode-{what}-remote",
+            rid = f"{name}.{what}" if len(parts) == 1 or what == "kv" else f"{name}.{what}{n}"
+            events.append(sim.transfer(rid, at, here, nbytes, after=after, tag=f"decode-{what}-remote",
                                        mechanism="sm"))
     events.append(sim.task(f"{name}.compute", here, flops=work.flops, hbm_bytes=local, dtype=compute_dtype,
                            after=after, tag="decode"))

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from fabricsim.simcore import Simulation
 
-from ..decode import decode_work, schedule_decode_step
+from ..decode import schedule_decode_step
 from ..errors import InfeasibleError, WorkloadError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, local_decode_step
 from .pool_protocol import PoolProtocolError, SimPool
@@ -292,18 +292,10 @@ def zero_copy_step(setup: SyncSetup, plan) -> float:
     the resharding plan), KV from local HBM: a small simulation, so readers sharing a trainer GPU's links and HBM
     slow each other down."""
     sim = Simulation(setup.topology, record_load=False)
-    work = decode_work(setup.model, setup.decode, setup.rollout.tp)
     for j, r in enumerate(plan.rollout_gpus):
         need = float(plan.need_bytes[j])
-        local = work.kv_bytes
-        for i, t in enumerate(plan.trainer_gpus):
-            b = work.weight_bytes * float(plan.matrix[i, j]) / need if need else 0.0
-            if b <= 0:
-                continue
-            if setup.topology.resolve(t) == setup.topology.resolve(r):
-                local += b
-            else:
-                # the decode kernel's own loads: SM-driven, queued on no copy engine (decode.py says why)
-                sim.transfer(f"read.{t}.{r}", t, r, b, tag="zero-copy-read", mechanism="sm")
-        sim.task(f"compute.{r}", r, flops=work.flops, hbm_bytes=local, tag="decode")
+        shares = [(t, float(plan.matrix[i, j]) / need) for i, t in enumerate(plan.trainer_gpus)
+                  if need and plan.matrix[i, j] > 0]
+        schedule_decode_step(sim, r, setup.model, setup.decode, tp=setup.rollout.tp, weights_at=shares,
+                             id=f"decode.{r}")
     return sim.run().makespan_s
