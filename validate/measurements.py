@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,10 @@ def check_header(doc: Any, source: str, fmt: str, version: int, kind: str) -> No
             raise _fail(f"{source}: machine", f"missing field '{key}'")
 
 
-def check_document(doc: Any, source: str) -> Measurements:
-    """Validate a parsed document; every error names the file and the field."""
-    check_header(doc, source, FORMAT, FORMAT_VERSION, "fabricsim measurement")
+def checked_cases(doc: dict, source: str, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """The document's cases as (where, case), each checked for what every measurement file requires of a case:
+    an object with the `required` fields, a unique id, a known split. `where` names the file and the case, for
+    the caller's own checks."""
     cases = doc.get("cases")
     if not isinstance(cases, list):
         raise _fail(source, "missing 'cases' list")
@@ -142,17 +144,24 @@ def check_document(doc: Any, source: str) -> Measurements:
         where = f"{source}: cases[{i}]"
         if not isinstance(c, dict):
             raise _fail(where, "expected an object")
-        for key in ("id", "group", "pattern", "split", "xfers", "measured"):
+        for key in required:
             if key not in c:
                 raise _fail(where, f"missing field '{key}'")
         where = f"{source}: case '{c['id']}'"
         if c["id"] in seen:
             raise _fail(where, "duplicate id")
         seen.add(c["id"])
-        if c["group"] not in GROUPS:
-            raise _fail(where, f"unknown group {c['group']!r} (known: {', '.join(GROUPS)})")
         if c["split"] not in (CALIBRATION, HELD_OUT):
             raise _fail(where, f"split must be '{CALIBRATION}' or '{HELD_OUT}', got {c['split']!r}")
+        yield where, c
+
+
+def check_document(doc: Any, source: str) -> Measurements:
+    """Validate a parsed document; every error names the file and the field."""
+    check_header(doc, source, FORMAT, FORMAT_VERSION, "fabricsim measurement")
+    for where, c in checked_cases(doc, source, ("id", "group", "pattern", "split", "xfers", "measured")):
+        if c["group"] not in GROUPS:
+            raise _fail(where, f"unknown group {c['group']!r} (known: {', '.join(GROUPS)})")
         m = c["measured"]
         if not isinstance(m, dict):
             raise _fail(where, "'measured' must be an object")

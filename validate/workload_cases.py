@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cases import CALIBRATION, HELD_OUT
 from .errors import MeasurementError
 
 MiB, GiB = 1 << 20, 1 << 30
-CALIBRATION, HELD_OUT = "calibration", "held-out"
 
 # (preset, decoder layers used). Llama-3-8B whole; the others cut to fit trainer copy, rollout copy and a
 # double-buffered pool on one 141 GB GPU while keeping thousands of tensors (Qwen3's 128 experts per layer).

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MeasurementError
-from .measurements import check_header
-from .workload_cases import CALIBRATION, HELD_OUT, WorkloadCase
+from .measurements import check_header, checked_cases
+from .workload_cases import WorkloadCase
 
 FORMAT = "fabricsim-workload-measurements"
 FORMAT_VERSION = 1
@@ -46,23 +46,7 @@ def _fail(where: str, what: str) -> MeasurementError:
 
 def check_workload_document(doc: Any, source: str) -> WorkloadMeasurements:
     check_header(doc, source, FORMAT, FORMAT_VERSION, "workload measurement")
-    cases = doc.get("cases")
-    if not isinstance(cases, list):
-        raise _fail(source, "missing 'cases' list")
-    seen: set[str] = set()
-    for i, c in enumerate(cases):
-        where = f"{source}: cases[{i}]"
-        if not isinstance(c, dict):
-            raise _fail(where, "expected an object")
-        for key in ("id", "kind", "mech", "split", "measured"):
-            if key not in c:
-                raise _fail(where, f"missing field '{key}'")
-        where = f"{source}: case '{c['id']}'"
-        if c["id"] in seen:
-            raise _fail(where, "duplicate id")
-        seen.add(c["id"])
-        if c["split"] not in (CALIBRATION, HELD_OUT):
-            raise _fail(where, f"split must be '{CALIBRATION}' or '{HELD_OUT}', got {c['split']!r}")
+    for where, c in checked_cases(doc, source, ("id", "kind", "mech", "split", "measured")):
         m = c["measured"]
         t = m.get("time_s") if isinstance(m, dict) else None
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
