@@ -32,8 +32,10 @@ class FakeWorkloads:
         return {"gpus": self.n, "gpu_name": self.gpu_name, "torch": "fake", "cuda": "fake"}
 
     @staticmethod
-    def _reps(t: float, reps: int) -> list[float]:
-        return [t * (1.0 + 0.003 * ((r * 7919) % 5 - 2)) for r in range(reps)]
+    def _row(t: float, reps: int, **extra: Any) -> dict[str, Any]:
+        """A measured row as the GPU side writes one: `reps` times spread +-0.6% around `t`, and their median."""
+        times = [t * (1.0 + 0.003 * ((r * 7919) % 5 - 2)) for r in range(reps)]
+        return {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times, **extra}
 
     def _sync_time(self, c: WorkloadCase, sizes: list[int]) -> tuple[float, dict[str, Any]]:
         total, n = sum(sizes), len(sizes)
@@ -73,8 +75,7 @@ class FakeWorkloads:
                 out[c.id] = "failed: RuntimeError: fake failure"
             else:
                 t, extra = self._sync_time(c, sizes)
-                times = self._reps(t, reps)
-                out[c.id] = {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times, **extra}
+                out[c.id] = self._row(t, reps, **extra)
         return out
 
     def run_kv(self, cases: list[WorkloadCase], reps: int,
@@ -88,8 +89,7 @@ class FakeWorkloads:
             t = nbytes / (_D2D / 2 if c.mech == "kv-prefix-copy" else _PCIE) * (2 if c.mech == "kv-swap" else 1)
             if "steps" in c.params:
                 t = max(t, int(c.params["steps"]) * 2 * int(c.params["decode_bytes"]) / 4.3e12)
-            times = self._reps(t, reps)
-            out[c.id] = {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times}
+            out[c.id] = self._row(t, reps)
         return out
 
     def run_multi(self, cases: list[WorkloadCase], reps: int,
@@ -101,8 +101,7 @@ class FakeWorkloads:
                 continue
             k = int(c.params["readers"])
             t = 2e-3 * (k if c.mech == "ipc-pull-readers" else 1.2)
-            times = self._reps(t, reps)
-            out[c.id] = {"reps": reps, "time_s": sorted(times)[reps // 2], "times_s": times, "slot_bytes": 1 << 30}
+            out[c.id] = self._row(t, reps, slot_bytes=1 << 30)
         return out
 
     def close(self) -> None:
