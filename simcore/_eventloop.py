@@ -64,7 +64,7 @@ def _ready(item, rq, st):
 def _release(i, now, istart, ieng, ot, ek, ei, st, eqnext, eqprev, ehead, etail, egrant, gl):
     """Item i's dependencies are done at `now`: wait for its start time, then queue on its engine or begin."""
     if istart[i] > now:
-        _push_timed(ek, ei, st, now + (istart[i] - now), EV_START, i)
+        _push_timed(ek, ei, st, istart[i], EV_START, i)  # at the start time itself, as simcore.clock does
         return False
     ot[i, T_START] = now
     e = ieng[i]
@@ -137,7 +137,6 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
                 return NEED_SLOTS
             st[S_EHN] = heap_pop(ek, ei, st[S_EHN])
             if kind == EV_START:
-                istart[i] = now  # the start-time wait is over (now may sit an ulp below the start time)
                 _ready(i, rq, st)
                 continue
             # end of latency or delay
@@ -193,7 +192,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             st[S_DIRTY] = 0
             _log(now, nrch, rchanged, rf, lt, lr, lv, st)
             if t < sf[F_WAKE]:
-                sf[F_WAKE] = now + max(0.0, t - now)
+                sf[F_WAKE] = max(now, t)
             continue
         # 4. advance time: the earlier of the next timed event and the network's wake-up
         if sf[F_WAKE] < np.inf and sf[F_WAKE] <= tev:
@@ -207,7 +206,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             if nsurv < 0:
                 t = next_finish(hk, hi, fi, ctr)
                 if t < sf[F_WAKE]:
-                    sf[F_WAKE] = now + max(0.0, t - now)
+                    sf[F_WAKE] = max(now, t)
                 continue
             _log(now, nrch, rchanged, rf, lt, lr, lv, st)
             for q in range(nsurv):
