@@ -463,42 +463,46 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
 def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc):
     """Max-min rates of comp[:nc], solved over route classes: flows with the same route number, weight and cap
     always get the same rate, so each class is solved once with its member count (on the 8-GPU star, 512
-    flows in flight use about 40 routes). Flows without a route number (-1) are classes of their own."""
-    route = np.empty(nc, np.int64)
-    for q in range(nc):
-        route[q] = fi[comp[q], ROUTE]
-    order = np.argsort(route, kind="mergesort")
-    first = np.empty(nc, np.int64)  # per class: position in comp of its first member
+    flows in flight use about 40 routes). Flows without a route number (-1) are classes of their own.
+
+    Classes are found with an open-addressing hash table on the route number (linear probing; a slot holds
+    a class, and a probe matches on route, weight and cap), in one pass over comp: O(nc) rather than a sort,
+    and the classes come out numbered in the order their first members have in comp, so the answer does not
+    depend on how routes are numbered (the simpy path and the compiled loop number them in different orders).
+    """
+    size = 16
+    while size < 2 * nc:
+        size <<= 1
+    mask = size - 1
+    table = np.full(size, -1, np.int64)  # slot -> class
+    rep = np.empty(nc, np.int64)  # per class: its first member (a flow slot)
     mult = np.empty(nc)
     group = np.empty(nc, np.int64)
     ng = 0
-    for q in order:
+    for q in range(nc):
         s = comp[q]
-        if ng > 0 and route[q] >= 0:
-            r = comp[first[ng - 1]]
-            if fi[r, ROUTE] == route[q] and ff[r, W] == ff[s, W] and ff[r, CAP] == ff[s, CAP]:
-                mult[ng - 1] += 1.0
-                group[q] = ng - 1
+        route = fi[s, ROUTE]
+        if route >= 0:
+            h = (route * 2654435761) & mask  # Knuth's multiplicative hash (odd, so a bijection mod size)
+            while True:
+                g = table[h]
+                if g < 0:
+                    table[h] = ng
+                    break
+                r = rep[g]
+                if fi[r, ROUTE] == route and ff[r, W] == ff[s, W] and ff[r, CAP] == ff[s, CAP]:
+                    break
+                h = (h + 1) & mask
+            if g >= 0:
+                mult[g] += 1.0
+                group[q] = g
                 continue
-        first[ng] = q
+        rep[ng] = s
         mult[ng] = 1.0
         group[q] = ng
         ng += 1
-    # classes in the order their first members have in comp, so the answer does not depend on how routes are
-    # numbered (the simpy path and the compiled loop number them in different orders)
-    by_first = np.argsort(first[:ng], kind="mergesort")
-    rank = np.empty(ng, np.int64)
-    rep = np.empty(ng, np.int64)
-    rmult = np.empty(ng)
-    for k in range(ng):
-        g = by_first[k]
-        rank[g] = k
-        rep[k] = comp[first[g]]
-        rmult[k] = mult[g]
-    for q in range(nc):
-        group[q] = rank[group[q]]
     grates = np.empty(ng)
-    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, rmult, grates)
+    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, mult, grates)
     rates = np.empty(nc)
     for q in range(nc):
         rates[q] = grates[group[q]]
