@@ -132,14 +132,17 @@ def test_unknown_loop_is_a_typed_error():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n_switches=st.integers(1, 4),
        items=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.sampled_from([1e6, 5e6, 4e7]),
-                                st.sampled_from([0.0, 2e-4]), st.sampled_from([None, 3e9])), min_size=2, max_size=40))
-def test_route_classes_change_no_finish_time(seed, n_switches, items):
+                                st.sampled_from([0.0, 2e-4]), st.sampled_from([None, 3e9]), st.booleans()),
+                      min_size=2, max_size=40),
+       weights=st.tuples(st.sampled_from([1.0, 0.5, 3.0]), st.sampled_from([2.0, 0.25])))
+def test_route_classes_change_no_finish_time(seed, n_switches, items, weights):
     """Flows on one route with one weight and cap are solved as one class; numbering every flow's route -1
-    (no classes) must give the same records. Few GPUs and sizes, so most flows share a route with others."""
+    (no classes) must give the same records. Few GPUs and sizes, so most flows share a route with others;
+    two distinct weights, so one route carries flows of different classes."""
     from fabricsim.simcore.fluid import FluidNetwork
 
     topo = random_topology(seed, n_switches, 4)
-    work = [("transfer", s, d, b, t0, None, cap, 1.0, 0.0, []) for s, d, b, t0, cap in items]
+    work = [("transfer", s, d, b, t0, None, cap, weights[heavy], 0.0, []) for s, d, b, t0, cap, heavy in items]
     classes = both(topo, work)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(FluidNetwork, "_route_number", lambda self, flow: -1)
