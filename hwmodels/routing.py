@@ -69,10 +69,12 @@ class RouteIndex:
         for n, own in graph.nodes(data="gpu"):
             if own is not None:
                 nics.setdefault(own.rpartition(".")[0], []).append((index[n], own))
-        self._foreign: dict[int, list[int]] = {}
+        none = np.zeros(0, np.int64)
+        self._closed: list[np.ndarray] = [none] * len(names)
         for n in names:
             if kinds[n] == "gpu":
-                self._foreign[index[n]] = [i for i, own in nics.get(n.rpartition(".")[0], ()) if own != n]
+                self._closed[index[n]] = np.array([i for i, own in nics.get(n.rpartition(".")[0], ()) if own != n],
+                                                  np.int64)
         # per-query scratch, stamped with the query number instead of cleared (see _routecore)
         nn, cap = len(names), len(nbr) + 1
         self._qid = 0
@@ -92,16 +94,10 @@ class RouteIndex:
         if src == dst:
             return [src]
         s, t = self.index[src], self.index[dst]
-        closed = self._foreign.get(s, []) + self._foreign.get(t, [])
-        mark = self._mark
-        mark[closed] = True
         self._qid += 1
-        try:
-            n = _load_core().bidirectional(self.indptr, self.nbr, self.wt, self.is_ep, mark, s, t, self._qid,
-                                           self._settled, self._seen, self._seen_d, self._pred, self._hd,
-                                           self._hc, self._hn, self._out)
-        finally:
-            mark[closed] = False
+        n = _load_core().route(self.indptr, self.nbr, self.wt, self.is_ep, self._mark, self._closed[s],
+                               self._closed[t], s, t, self._qid, self._settled, self._seen, self._seen_d,
+                               self._pred, self._hd, self._hc, self._hn, self._out)
         if n == -2:
             raise AssertionError(f"route search {src}->{dst} settled a node from both sides without a meeting node")
         if n < 0:

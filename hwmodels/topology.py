@@ -267,7 +267,7 @@ class Topology:
         ks, kd = self.kind(src), self.kind(dst)
         if "nvme" in (ks, kd):
             return "nvme"
-        adj = self.graph.adj
+        adj = self.graph._adj  # plain dicts: the public views cost ~10x per lookup, and this runs per route
         link_kinds = {adj[a][b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
         if "net" in link_kinds:
             return "rdma"
@@ -371,7 +371,7 @@ class Topology:
                 resources[cap.name] = resources.get(cap.name, 0.0) + c
         if not resources:
             raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
-        adj = self.graph.adj
+        adj = self.graph._adj
         latency = sum(adj[u][v]["latency_s"] for u, v in directed)
         engine = None
         pp = self.path_params.get(cls)
