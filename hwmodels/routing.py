@@ -43,7 +43,9 @@ def edge_weight(d: dict) -> float:
 
 class RouteIndex:
     """Shortest routes of one graph: CSR adjacency in networkx's neighbour order with per-entry weights, which
-    nodes are endpoints (never transit), and for each GPU the NICs its copies may not cross."""
+    nodes are endpoints (never transit), and for each GPU the NICs its copies may not cross.
+
+    One search at a time: the per-query scratch arrays belong to the index (simulations run one per process)."""
 
     def __init__(self, graph: nx.Graph, endpoint_kinds: Collection[str]) -> None:
         names = list(graph.nodes)
