@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import intervals, presets
+from fabricsim.hwmodels.calibration import bundled_profile_path
 from fabricsim.hwmodels.specs import GPU_MODELS
 from fabricsim.hwmodels.topology import ENDPOINT_KINDS, Topology
 
@@ -116,6 +117,14 @@ def test_every_endpoint_pair_of_a_preset_routes_as_before(name, calibration):
     topo = presets.get(name, calibration=calibration)
     eps = topo.endpoints()
     assert assert_same_routes(topo, itertools.product(eps, eps)) == len(eps) ** 2
+
+
+def test_a_cluster_with_a_node_profile_routes_as_before():
+    """A one-node profile applied to every node of a cluster: its caps per node, its link widths everywhere."""
+    topo = presets.get("cluster-2x8-h200", calibration=bundled_profile_path("h200x8"))
+    assert topo.calibration_id is not None
+    eps = topo.endpoints()
+    assert_same_routes(topo, itertools.product(eps, eps))
 
 
 @pytest.mark.parametrize("name", ["cluster-16x8-h200", "cluster-32x8-leaf-spine", "cluster-64x8"])
