@@ -10,7 +10,8 @@ waits in when its path class is serialised.
 Routing is shortest "time to move 1 MB" over switches and CPUs only: endpoints (GPU HBM, host DRAM, NVMe) are never
 transit nodes, so peer traffic between GPUs without NVLink naturally goes up through the PCIe root complex
 and shares those links with host traffic. Explicit `pin_route` overrides routing where hardware does
-something else (e.g. staging through host memory).
+something else (e.g. staging through host memory). The search runs on a `routing.RouteIndex` built once per
+topology, and each (src, dst) pair's route, resources, latency and class are built once and cached.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .calibration import (
     PathParams,
     SoftwareCost,
 )
+from .routing import RouteIndex
 from .specs import GPUSpec
 from .uncertainty import Uncertainty
 
@@ -79,6 +81,51 @@ class _Cap:
         return 1.0
 
 
+class _CapIndex:
+    """Which caps a copy may draw on, found from its ends and links instead of asking every cap of the topology
+    (a 512-GPU cluster has ~640 caps; asking each one cost ~0.3 ms per route).
+
+    A cap that names endpoints draws only on copies from or to one of them; one that names links (and no
+    endpoints) only on copies crossing one of them; one that names neither may draw on any copy. Candidates
+    come back in the topology's cap order, and `_Cap.coefficient` still decides, so the resources are the
+    same as asking every cap."""
+
+    def __init__(self, caps: dict[str, _Cap]) -> None:
+        self.caps = list(caps.values())
+        self.always: list[int] = []
+        self.by_endpoint: dict[str, list[int]] = {}
+        self.by_edge: dict[tuple[str, str], list[int]] = {}
+        for i, cap in enumerate(self.caps):
+            if cap.endpoints:
+                for e in cap.endpoints:
+                    self.by_endpoint.setdefault(e, []).append(i)
+            elif cap.edges:
+                for e in cap.edges:
+                    self.by_edge.setdefault(e, []).append(i)
+            else:
+                self.always.append(i)
+
+    def candidates(self, src: str, dst: str, directed: list[tuple[str, str]]) -> list[_Cap]:
+        """Caps that may draw on a copy src -> dst over the directed links `directed`, in topology order."""
+        found = set(self.always)
+        found.update(self.by_endpoint.get(src, ()))
+        found.update(self.by_endpoint.get(dst, ()))
+        by_edge = self.by_edge
+        if by_edge:
+            for e in directed:
+                found.update(by_edge.get(e, ()))
+        return [self.caps[i] for i in sorted(found)]
+
+
+@dataclass
+class _Routing:
+    """A topology's route index and cap index, and the route cache they belong to."""
+
+    cache: dict
+    route: RouteIndex
+    caps: _CapIndex
+
+
 @dataclass
 class Topology:
     """Components, links and shared caps of a machine; builds `Path`s for the simulator."""
@@ -105,7 +152,9 @@ class Topology:
     aliases: dict[str, str] = field(default_factory=dict)
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _path_cache: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)
-    _roles: tuple[frozenset[str], dict[str, list[tuple[str, str]]]] | None = field(default=None, repr=False)
+    # Route search arrays and the caps each endpoint / link draws on, built on the first route after a change;
+    # valid only beside the route cache they were built with (see `_index`).
+    _routing: _Routing | None = field(default=None, repr=False)
     _capacity_cache: dict[str, float] | None = field(default=None, repr=False)  # resources(), until a change
 
     # ---- building -------------------------------------------------------------------------------------
@@ -117,9 +166,7 @@ class Topology:
         if "->" in name or not name:
             raise TopologyError(f"component name '{name}' is not allowed")
         self.graph.add_node(name, kind=kind, **attrs)
-        self._path_cache.clear()
-        self._capacity_cache = None
-        self._roles = None
+        self._changed()
 
     def add_link(self, a: str, b: str, kind: str, Bps: float, latency_s: float = 0.0,
                  Bps_reverse: float | None = None, **attrs: Any) -> None:
@@ -139,8 +186,7 @@ class Topology:
             raise TopologyError(f"link {a}<->{b} is defined twice")
         self.graph.add_edge(a, b, kind=kind, latency_s=float(latency_s),
                             bw={(a, b): float(Bps), (b, a): float(rev)}, **attrs)
-        self._path_cache.clear()
-        self._capacity_cache = None
+        self._changed()
 
     def add_cap(self, name: str, Bps: float, *, edges: list[tuple[str, str]] | None = None,
                 classes: list[str] | tuple[str, ...] = (), endpoints: list[str] | tuple[str, ...] = (),
@@ -158,8 +204,7 @@ class Topology:
                 raise TopologyError(f"cap '{name}': unknown path class '{cls}'")
         self.caps[name] = _Cap(name, float(Bps), frozenset(tuple(e) for e in edges or ()), frozenset(classes),
                                frozenset(self.resolve(x) for x in endpoints), local_copy_coeff)
-        self._path_cache.clear()
-        self._capacity_cache = None
+        self._changed()
 
     def pin_route(self, src: str, dst: str, via: list[str]) -> None:
         """Force copies src -> dst through the listed nodes (in order), e.g. P2P staged through host DRAM."""
@@ -168,8 +213,13 @@ class Topology:
             if n not in self.graph:
                 raise TopologyError(f"pinned route {src}->{dst}: unknown component '{n}'")
         self._pinned[(src, dst)] = tuple(via)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forget everything derived from the graph, caps and pins: cached paths, capacities, the route index."""
         self._path_cache.clear()
         self._capacity_cache = None
+        self._routing = None
 
     # ---- queries --------------------------------------------------------------------------------------
     def kind(self, node: str) -> str:
@@ -217,7 +267,8 @@ class Topology:
         ks, kd = self.kind(src), self.kind(dst)
         if "nvme" in (ks, kd):
             return "nvme"
-        link_kinds = {self.graph.edges[a, b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
+        adj = self.graph._adj  # plain dicts: the public views cost ~10x per lookup, and this runs per route
+        link_kinds = {adj[a][b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
         if "net" in link_kinds:
             return "rdma"
         if ks == kd == "gpu":
@@ -241,40 +292,24 @@ class Topology:
             return tuple(nodes)
         return tuple(self._shortest(src, dst))
 
-    def _node_roles(self) -> tuple[frozenset[str], dict[str, list[tuple[str, str]]]]:
-        """Endpoint nodes, and the GPU-paired NICs of each machine as (nic, its GPU): looked up once per
-        topology instead of at every edge of every route search (a 64-GPU cluster has ~6,000 routes)."""
-        if self._roles is None:
-            g = self.graph
-            endpoints = frozenset(n for n, k in g.nodes(data="kind") if k in ENDPOINT_KINDS)
-            nics: dict[str, list[tuple[str, str]]] = {}
-            for n, own in g.nodes(data="gpu"):
-                if own is not None:
-                    nics.setdefault(own.rpartition(".")[0], []).append((n, own))
-            self._roles = (endpoints, nics)
-        return self._roles
+    def _index(self) -> _Routing:
+        """The route index and cap index of the topology as it is now, built on first use after a change.
+
+        Built beside the route cache: whoever replaces `_path_cache` (a perturbed copy in `hwmodels.intervals`,
+        `with_calibration`) changes links next, so an index built for another cache object is rebuilt too."""
+        r = self._routing
+        if r is None or r.cache is not self._path_cache:
+            r = self._routing = _Routing(self._path_cache, RouteIndex(self.graph, ENDPOINT_KINDS),
+                                         _CapIndex(self.caps))
+        return r
 
     def _shortest(self, src: str, dst: str) -> list[str]:
-        g = self.graph
-        endpoints, nics = self._node_roles()
-
-        # A NIC paired with a GPU (its `gpu` attribute) carries that GPU's RDMA traffic only: on the machine of a
-        # GPU endpoint, no other GPU's NIC is transit (two GPUs behind one PCIe switch must not share one NIC).
-        gpu_ends = [n for n in (src, dst) if g.nodes[n]["kind"] == "gpu"]
-        foreign = {nic for e in gpu_ends for nic, own in nics.get(e.rpartition(".")[0], ()) if own != e}
-
-        def weight(u: str, v: str, d: dict) -> float | None:
-            # Endpoints are never transit: a copy does not hop through another GPU's HBM or a DRAM socket.
-            if (v != dst and v in endpoints) or (u != src and u in endpoints) or v in foreign or u in foreign:
-                return None
-            # Cost of moving a 1 MB reference chunk: prefers wide links (NVLink over PCIe) and, among equals,
-            # low latency; the epsilon prefers fewer hops.
-            return d["latency_s"] + 1e6 / min(d["bw"].values()) + 1e-9
-
-        try:
-            return nx.shortest_path(g, src, dst, weight=weight)
-        except nx.NetworkXNoPath:
-            raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{self.name}'") from None
+        """Shortest "time to move 1 MB" route; endpoints other than src and dst are never transit, and neither is a
+        NIC paired with another GPU of an end GPU's machine (see `routing.RouteIndex`)."""
+        nodes = self._index().route.shortest(src, dst)
+        if nodes is None:
+            raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{self.name}'")
+        return nodes
 
     def path(self, src: str, dst: str, nbytes: float | None = None, mechanism: str = "ce") -> Path:
         """The `Path` of a copy of `nbytes` from `src` to `dst` (size only matters for calibrated curves).
@@ -330,13 +365,14 @@ class Topology:
         resources: dict[str, float] = {}
         for u, v in directed:
             resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
-        for cap in self.caps.values():
+        for cap in self._index().caps.candidates(s, d, directed):
             c = cap.coefficient(cls, s, d, directed)
             if c:
                 resources[cap.name] = resources.get(cap.name, 0.0) + c
         if not resources:
             raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
-        latency = sum(self.graph.edges[u, v]["latency_s"] for u, v in directed)
+        adj = self.graph._adj
+        latency = sum(adj[u][v]["latency_s"] for u, v in directed)
         engine = None
         pp = self.path_params.get(cls)
         if pp is not None and pp.discipline == "fifo":
@@ -367,6 +403,7 @@ class Topology:
                                      f"({profile.machine}); applied to {len(gpus)} GPUs of that model")
         topo._path_cache = {}
         topo._capacity_cache = None
+        topo._routing = None
         topo.path_params = dict(profile.paths)
         topo.collectives = dict(profile.collectives)
         topo.software_costs = {k: dict(v) for k, v in profile.software_costs.items()}
@@ -387,11 +424,13 @@ class Topology:
         for d in edges:
             d["bw"] = {k: v * Bps / widest for k, v in d["bw"].items()}
         self._capacity_cache = None
+        self._routing = None  # routes of pairs not yet cached take the new widths, as they always did
 
     def _add_calibrated_cap(self, cap: CapSpec) -> None:
         # A profile's cap replaces one of the same name the topology carries (e.g. from `topo import`).
         for name in [n for n in self.caps if n == cap.name or n.endswith(f".{cap.name}")]:
             del self.caps[name]
+        self._routing = None
         endpoints = cap.endpoints
         if not endpoints:
             self.add_cap(cap.name, cap.Bps, classes=cap.classes)

@@ -1,0 +1,108 @@
+"""`RouteIndex`: a topology's graph as arrays, built once, so that each route costs one compiled search.
+
+Why: the router used to call `networkx.shortest_path` with a Python weight callback, which recomputed every
+edge's "time to move 1 MB" and re-tested every node for being an endpoint or another GPU's NIC at each edge of
+each search. A point-to-point weight sync between 256 trainer and 256 rollout GPUs asks for 65,536 distinct
+routes; that took ~35 s of a 75 s simulation. The index computes the weights once per topology, keeps which
+nodes may never be transit as arrays and the NICs closed to each GPU's copies as index arrays, and runs
+networkx's own search order compiled (`hwmodels._routecore`), so every route — ties included — is the one
+networkx gives (tests/test_routing.py keeps the networkx router as the oracle).
+
+The index describes the graph as it was when built: `Topology` drops it whenever links, components, caps or
+pins change, and whenever its route cache is replaced (`hwmodels.intervals` perturbs link rates of a copy
+and starts it with a fresh cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from types import ModuleType
+
+import networkx as nx
+import numpy as np
+
+_core: ModuleType | None = None
+
+
+def _load_core() -> ModuleType:
+    """The compiled search, imported on the first route (numba loads in ~0.5 s; `topo show` needs no routes)."""
+    global _core
+    if _core is None:
+        from . import _routecore
+
+        _core = _routecore
+    return _core
+
+
+def edge_weight(d: dict) -> float:
+    """Cost of moving a 1 MB reference chunk over a link: prefers wide links (NVLink over PCIe) and, among equals,
+    low latency; the epsilon prefers fewer hops. The same expression, in the same order, as the router always used,
+    so the floating-point sums (and therefore the ties) are the same."""
+    return d["latency_s"] + 1e6 / min(d["bw"].values()) + 1e-9
+
+
+class RouteIndex:
+    """Shortest routes of one graph: CSR adjacency in networkx's neighbour order with per-entry weights, which
+    nodes are endpoints (never transit), and for each GPU the NICs its copies may not cross.
+
+    One search at a time: the per-query scratch arrays belong to the index (simulations run one per process)."""
+
+    def __init__(self, graph: nx.Graph, endpoint_kinds: Collection[str]) -> None:
+        names = list(graph.nodes)
+        index = {n: i for i, n in enumerate(names)}
+        indptr = np.zeros(len(names) + 1, np.int64)
+        nbr: list[int] = []
+        wt: list[float] = []
+        for i, n in enumerate(names):
+            for w, d in graph.adj[n].items():
+                nbr.append(index[w])
+                wt.append(edge_weight(d))
+            indptr[i + 1] = len(nbr)
+        self.names = names
+        self.index = index
+        self.indptr = indptr
+        self.nbr = np.array(nbr, np.int64)
+        self.wt = np.array(wt, np.float64)
+        kinds = dict(graph.nodes(data="kind"))
+        self.is_ep = np.array([kinds[n] in endpoint_kinds for n in names], np.bool_)
+        # A NIC paired with a GPU (its `gpu` attribute) carries that GPU's RDMA traffic only: on the machine of a
+        # GPU endpoint, no other GPU's NIC is transit (two GPUs behind one PCIe switch must not share one NIC).
+        nics: dict[str, list[tuple[int, str]]] = {}
+        for n, own in graph.nodes(data="gpu"):
+            if own is not None:
+                nics.setdefault(own.rpartition(".")[0], []).append((index[n], own))
+        none = np.zeros(0, np.int64)
+        self._closed: list[np.ndarray] = [none] * len(names)
+        for n in names:
+            if kinds[n] == "gpu":
+                self._closed[index[n]] = np.array([i for i, own in nics.get(n.rpartition(".")[0], ()) if own != n],
+                                                  np.int64)
+        # per-query scratch, stamped with the query number instead of cleared (see _routecore)
+        nn, cap = len(names), len(nbr) + 1
+        self._qid = 0
+        self._mark = np.zeros(nn, np.bool_)
+        self._settled = np.zeros((2, nn), np.int64)
+        self._seen = np.zeros((2, nn), np.int64)
+        self._seen_d = np.zeros((2, nn), np.float64)
+        self._pred = np.zeros((2, nn), np.int64)
+        self._hd = np.zeros((2, cap), np.float64)
+        self._hc = np.zeros((2, cap), np.int64)
+        self._hn = np.zeros((2, cap), np.int64)
+        self._out = np.zeros(nn, np.int64)
+
+    def shortest(self, src: str, dst: str) -> list[str] | None:
+        """The least-weight route src -> dst (both graph nodes) that networkx's bidirectional Dijkstra returns
+        under the router's rules, or None when there is none."""
+        if src == dst:
+            return [src]
+        s, t = self.index[src], self.index[dst]
+        self._qid += 1
+        n = _load_core().route(self.indptr, self.nbr, self.wt, self.is_ep, self._mark, self._closed[s],
+                               self._closed[t], s, t, self._qid, self._settled, self._seen, self._seen_d,
+                               self._pred, self._hd, self._hc, self._hn, self._out)
+        if n == -2:
+            raise AssertionError(f"route search {src}->{dst} settled a node from both sides without a meeting node")
+        if n < 0:
+            return None
+        names = self.names
+        return [names[i] for i in self._out[:n].tolist()]
