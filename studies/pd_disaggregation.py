@@ -10,7 +10,7 @@ Machines: `hgx-h100-8` (NVLink), `cluster-2x8` (H100 nodes, 400 Gb/s RDMA NIC pe
 PCIe cards, no NVLink: note the PCIe card's lower HBM bandwidth and FLOP/s also change the decode and
 prefill times). Requests: Poisson at 16/s or 32/s, prompts uniform on 1..4095 tokens, outputs geometric with
 mean 128. Times and throughputs carry a 90% corner interval (`lo`, `hi` in the rows): each point is also served
-on the machine's slow and fast corner topology.
+on the machine's slow corner topology (`serve_with_intervals`), the interval mirrored around the point.
 
 Run it:  fabricsim sweep pd_disaggregation && fabricsim plot pd_disaggregation
 """
@@ -24,6 +24,9 @@ from fabricsim.workloads.serving import ServingConfig, serve_with_intervals
 LINKS = {"nvlink": "hgx-h100-8", "rdma": "cluster-2x8", "pcie": "pcie-4gpu"}
 SPLITS = {"colocated": (0, 4), "1:3": (1, 3), "2:2": (2, 2), "3:1": (3, 1)}
 REQUESTS = 400
+# Corner intervals from the slow corner alone, mirrored in log space: one re-run per point instead of two (400
+# requests through the serving loop cost a second or more a run).
+MIRROR = True
 
 
 def _gpus(link: str, prefill: int, decode: int) -> tuple[str, ...]:
@@ -38,11 +41,12 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     prefill, decode = SPLITS[point["split"]]
     if prefill == 0:
         cfg = ServingConfig(model="Llama-3-8B", instances=decode, gpus=_gpus(point["link"], 0, decode))
-        res, metrics = serve_with_intervals(LINKS[point["link"]], reqs, "hbm-only", cfg)
+        res, metrics = serve_with_intervals(LINKS[point["link"]], reqs, "hbm-only", cfg, mirror=MIRROR)
     else:
         cfg = ServingConfig(model="Llama-3-8B", gpus=_gpus(point["link"], prefill, decode))
         res, metrics = serve_with_intervals(LINKS[point["link"]], reqs, "pd-disaggregation", cfg,
-                                            policy_params={"prefill_instances": prefill, "decode_instances": decode})
+                                            policy_params={"prefill_instances": prefill, "decode_instances": decode},
+                                            mirror=MIRROR)
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
     return metrics  # times and throughputs with a 90% corner interval (hwmodels.intervals)
