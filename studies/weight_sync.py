@@ -63,7 +63,7 @@ def _topology(topo_name: str, calibration: str | None, corner: str | None) -> To
     return topo if corner is None else corner_topology(topo, corner)
 
 
-@lru_cache(maxsize=192)
+@lru_cache(maxsize=512)
 def _sync(layout: str, model_name: str, strategy: str, calibration: str | None, corner: str | None = None):
     """One simulated sync, on the point topology or a corner (cached: the decode-steps points of a configuration
     share it)."""

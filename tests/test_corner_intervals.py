@@ -163,7 +163,7 @@ def test_with_intervals_attaches_to_the_named_metrics() -> None:
 
 def test_serve_with_intervals_keeps_the_point_values() -> None:
     from fabricsim.workloads.requests import Request
-    from fabricsim.workloads.serving import ServingConfig, serve, serve_with_intervals
+    from fabricsim.workloads.serving import ServingConfig, ServingError, serve, serve_with_intervals
 
     reqs = [Request(i, 0.0, 4096, 16) for i in range(4)]
     cfg = ServingConfig(model="Llama-3-8B")
@@ -174,6 +174,11 @@ def test_serve_with_intervals_keeps_the_point_values() -> None:
     for k in ("ttft_p50_s", "tpot_p50_s", "throughput_tok_s", "makespan_s"):  # KV streamed from the host
         assert len(out[k]) == 3 and out[k][2].lo <= plain[k][0] <= out[k][2].hi and out[k][2].lo < out[k][2].hi
     assert len(out["steps"]) == 2  # a count: no interval
+    # corner runs record no link load: the same times as a full run on the corner topology
+    slow = serve(corner_topology(presets.get("h100-1"), "slow"), reqs, "host-offload", cfg).metrics()
+    assert out["makespan_s"][2].hi == pytest.approx(slow["makespan_s"], rel=1e-12)
+    with pytest.raises(ServingError, match="no interval for pcie_util"):
+        serve_with_intervals("h100-1", reqs, "host-offload", cfg, interval_metrics=["makespan_s", "pcie_util"])
     _, mirrored = serve_with_intervals("h100-1", reqs, "host-offload", cfg, mirror=True)
     iv = mirrored["makespan_s"][2]
     assert iv.lo * iv.hi == pytest.approx(plain["makespan_s"][0] ** 2)
