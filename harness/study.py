@@ -20,7 +20,9 @@ A study is a plain Python file (``studies/NAME.py``) loaded by path. It defines 
 
 The point function takes the point's parameters (a flat ``dict`` of JSON scalars) and, if it accepts a
 second argument, a :class:`PointContext`. It returns ``{metric: value}`` or ``{metric: (value, unit)}``
-with float-convertible values. Raising is fine: the sweep records the point as failed with the error and
+with float-convertible values, or ``(value, unit, interval)`` for a prediction interval (stored as the row's
+``lo``, ``hi``, ``level``): :func:`with_intervals` gives a function of the topology's metrics their corner
+intervals in one call. Raising is fine: the sweep records the point as failed with the error and
 carries on. It must be deterministic and must not depend on which process runs it — the local and Ray
 backends promise identical rows.
 
