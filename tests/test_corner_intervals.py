@@ -239,3 +239,15 @@ def test_results_show_prints_the_interval_columns(tmp_path, capsys) -> None:
     assert main(["results", "show", "s", "--store", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "t lo [s]" in text and "t hi [s]" in text and "level = 0.9" in text
+
+
+def test_cluster_scale_mirrors_its_slow_corner() -> None:
+    from fabricsim.harness.study import load_study, metric_intervals
+
+    study = load_study("cluster_scale")
+    out = study.run({"strategy": "nccl-broadcast", "model": "Qwen3-235B-A22B", "gpus": 16})
+    v = out["sync_s"][0]
+    lo, hi, level = metric_intervals(out)["sync_s"]
+    assert lo < v < hi and lo * hi == pytest.approx(v * v) and level == 0.9
+    assert hi / v > 1.3  # no profile covers a cluster: the a priori spread, wide
+    assert not metric_intervals(study.run({"strategy": "cuda-ipc-buckets", "model": "Qwen3-235B-A22B", "gpus": 16}))
