@@ -251,3 +251,20 @@ def test_cluster_scale_mirrors_its_slow_corner() -> None:
     assert lo < v < hi and lo * hi == pytest.approx(v * v) and level == 0.9
     assert hi / v > 1.3  # no profile covers a cluster: the a priori spread, wide
     assert not metric_intervals(study.run({"strategy": "cuda-ipc-buckets", "model": "Qwen3-235B-A22B", "gpus": 16}))
+
+
+def test_categorical_whiskers_sit_on_their_markers() -> None:
+    import pandas as pd
+
+    from fabricsim.harness.plots import draw_figure
+    from fabricsim.harness.study import Figure
+
+    rows = pd.DataFrame([{"metric": "t", "unit": "s", "source": "sim", "model": m, "strategy": s, "value": v,
+                          "lo": 0.9 * v, "hi": 1.2 * v}
+                         for m in ("a", "b") for s, v in (("x", 1.0), ("y", 2.0))])
+    ax = draw_figure(Figure("f", x="model", y="t", hue="strategy"), rows).axes[0]
+    markers = {tuple(line.get_xdata()) for line in ax.lines if line.get_marker() not in ("None", "", "_")}
+    whiskers = [c for c in ax.containers if getattr(c, "has_yerr", False)]
+    assert len(whiskers) == 2
+    for c in whiskers:  # each hue's whiskers at its own (dodged) marker positions, not at the category labels
+        assert tuple(c.lines[0].get_xdata()) in markers
