@@ -193,11 +193,13 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     index = ["point_id", *params, "topology", "source"]
     # A conditional axis leaves other points without the parameter; show "-" so pivoting keeps them.
     ok = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "-") for c in params})
+    bounds = {(f"{m} [{u}]" if u else m): tuple(f"{m} {end} [{u}]" if u else f"{m} {end}" for end in ("lo", "hi"))
+              for m, u in zip(ok["metric"], ok["unit"], strict=True)}
     ok = ok.assign(metric=[f"{m} [{u}]" if u else m for m, u in zip(ok["metric"], ok["unit"], strict=True)])
     # Latest value per point and metric: a point run twice (without --resume) shows its newest result.
     ok = ok.sort_values("created_at").drop_duplicates([*index, "metric"], keep="last")
     table = ok.pivot_table(index=index, columns="metric", values="value", aggfunc="last", dropna=False)
-    table = table.dropna(how="all").reset_index()
+    table = _with_interval_columns(table.dropna(how="all"), ok, index, bounds).reset_index()
     table = table.sort_values([*params, "topology", "source", "point_id"], kind="stable")
     table.columns.name = None
     if args.csv:
@@ -211,6 +213,26 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
+
+
+def _with_interval_columns(table: pd.DataFrame, ok: pd.DataFrame, index: list[str],
+                           bounds: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """Beside each metric whose rows carry a prediction interval, its `lo` and `hi` columns (`sync_s lo [s]`,
+    `sync_s hi [s]`), and one `level` column (0.9 for 90%): a value without its interval reads as more certain
+    than the model is. Tables of rows without intervals come back unchanged."""
+    if "lo" not in ok.columns or ok["lo"].isna().all():
+        return table
+    rows = ok[ok["lo"].notna()]
+    parts = []
+    for end, col in ((0, "lo"), (1, "hi")):
+        wide = rows.pivot_table(index=index, columns="metric", values=col, aggfunc="last")
+        parts.append(wide.rename(columns={m: bounds[m][end] for m in wide.columns}))
+    level = rows.groupby(index)["level"].max().rename("level")
+    joined = table.join(parts[0]).join(parts[1]).join(level)
+    order: list[str] = []
+    for m in table.columns:
+        order += [m, *(c for c in bounds.get(m, ()) if c in joined.columns)]
+    return joined[[*order, "level"]]
 
 
 def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str]) -> None:
@@ -232,7 +254,7 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
     rest wraps into blocks of columns, each block repeating the `keep` columns (the point id)."""
     width = shutil.get_terminal_size((120, 24)).columns
     same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
-            and not str(c).endswith("]")]
+            and not str(c).endswith("]") and not str(c).endswith((" lo", " hi"))]
     said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
     if said:
         print("all rows: " + ", ".join(said))

@@ -48,15 +48,17 @@ def _sorted_values(series: pd.Series) -> list[Any]:
         return sorted(values, key=str)
 
 
-def _band(ax: Any, sim_rows: pd.DataFrame, x: str, colour: str, categorical: bool) -> None:
+def _band(ax: Any, sim_rows: pd.DataFrame, x: str, colour: str, at: Callable[[Any], float] | None = None) -> None:
     """The prediction interval of simulated values (columns lo/hi), where the rows carry one: a shaded band
-    along a numeric x, error bars at categorical x."""
+    along a numeric x, error bars at categorical x (`at(category)`: where the hue's marker sits, shifted beside
+    the other hues', so each whisker is on its own marker)."""
     if "lo" not in sim_rows.columns or sim_rows["lo"].isna().all():
         return
     b = sim_rows.dropna(subset=["lo", "hi"]).groupby(x)[["value", "lo", "hi"]].mean()
-    if categorical:
-        ax.errorbar(b.index, b["value"].to_numpy(), yerr=[(b["value"] - b["lo"]).to_numpy(),
-                    (b["hi"] - b["value"]).to_numpy()], color=colour, linestyle="none", capsize=3, alpha=0.6)
+    if at is not None:
+        below, above = (b["value"] - b["lo"]).clip(lower=0), (b["hi"] - b["value"]).clip(lower=0)
+        ax.errorbar([at(c) for c in b.index], b["value"].to_numpy(), yerr=[below.to_numpy(), above.to_numpy()],
+                    color=colour, linestyle="none", capsize=3, alpha=0.6)
     else:
         ax.fill_between(b.index, b["lo"].to_numpy(), b["hi"].to_numpy(), color=colour, alpha=0.15, linewidth=0)
 
@@ -109,7 +111,8 @@ def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigu
                 xs = [position[c] + shift for c in sim.index] if categorical else sim.index
                 ax.plot(xs, sim.to_numpy(), color=colours[hue], label=f"{label} sim".strip(), **style)
                 curves[hue] = sim
-                _band(ax, sel[sel["source"] == "sim"], spec.x, colours[hue], categorical)
+                _band(ax, sel[sel["source"] == "sim"], spec.x, colours[hue],
+                      (lambda c, s=shift: position[c] + s) if categorical else None)
             if not hw.empty:
                 spread = hw["std"].to_numpy() if hw["std"].notna().any() else None  # repeats only
                 xs = [position[c] + shift for c in hw.index] if categorical else hw.index

@@ -414,8 +414,9 @@ def glob_escape(text: str) -> str:
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:
-    """The flattened-parameter columns of a results frame."""
-    return [c for c in df.columns if c not in CORE_COLUMNS]
+    """The flattened-parameter columns of a results frame (not the interval columns: a point's parameters must
+    not vary with its metrics' intervals, or pivots split one point into many rows)."""
+    return [c for c in df.columns if c not in CORE_COLUMNS and c not in INTERVAL_COLUMNS]
 
 
 def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:

@@ -20,7 +20,9 @@ A study is a plain Python file (``studies/NAME.py``) loaded by path. It defines 
 
 The point function takes the point's parameters (a flat ``dict`` of JSON scalars) and, if it accepts a
 second argument, a :class:`PointContext`. It returns ``{metric: value}`` or ``{metric: (value, unit)}``
-with float-convertible values. Raising is fine: the sweep records the point as failed with the error and
+with float-convertible values, or ``(value, unit, interval)`` for a prediction interval (stored as the row's
+``lo``, ``hi``, ``level``): :func:`with_intervals` gives a function of the topology's metrics their corner
+intervals in one call. Raising is fine: the sweep records the point as failed with the error and
 carries on. It must be deterministic and must not depend on which process runs it — the local and Ray
 backends promise identical rows.
 
@@ -451,6 +453,63 @@ def metric_intervals(raw: Any) -> dict[str, tuple[float, float, float]]:
                 raise StudyError(f"metric {metric!r}: the third element must be an interval (lo, hi, level), "
                                  f"got {iv!r}") from None
     return out
+
+
+INTERVAL_METHODS = ("corner", "sampled")
+
+
+def attach_intervals(runs: Mapping[str, Mapping[str, MetricValue]], metrics: Iterable[str], *,
+                     level: float | None = None, calibrated: bool = True, note: str = "") -> dict[str, Any]:
+    """The point run's metrics (`runs["point"]`) with `(value, unit, interval)` for each of `metrics` it has,
+    the interval spanned by the corner runs (`runs["slow"]`, `runs["fast"]`; see
+    `hwmodels.intervals.corner_runs`). For studies that cache or combine runs before attaching intervals
+    (weight_sync derives `gen_time_s` from each corner's stall and decode step)."""
+    from fabricsim.hwmodels.intervals import LEVEL, intervals_from_corner_runs
+
+    point = dict(runs["point"])
+    ivs = intervals_from_corner_runs(runs, list(metrics), level=LEVEL if level is None else level,
+                                     calibrated=calibrated, note=note)
+    return {k: _with_interval(v, ivs[k]) if k in ivs else v for k, v in point.items()}
+
+
+def _with_interval(value: MetricValue, iv: Any) -> tuple[float, str, Any]:
+    if isinstance(value, tuple):
+        return (float(value[0]), str(value[1]), iv)
+    return (float(value), "", iv)
+
+
+def with_intervals(run: Callable[[Any], Mapping[str, MetricValue]], topo: Any, metrics: Iterable[str], *,
+                   method: str = "corner", level: float | None = None, samples: int | None = None,
+                   mirror: bool = False) -> dict[str, Any]:
+    """`run(topo)`'s metrics, with a prediction interval on each of `metrics` (`(value, unit, interval)`, which
+    the sweep stores as the row's `lo`, `hi`, `level`): one call turns a point function's result into one
+    that carries intervals.
+
+    `run` takes a `Topology` and returns `{metric: value | (value, unit)}`; it is re-run on other topologies
+    built from `topo` and its calibration profile's spreads (`hwmodels.intervals`). `method="corner"` (the
+    default, for sweeps) re-runs it twice, on the slow and the fast corner (once with `mirror`);
+    `method="sampled"` re-runs it `samples` times (32 by default) on randomly perturbed topologies, the
+    interval `fabricsim simulate` prints, too slow for most sweeps. Name only metrics an interval means
+    something for (times, rates): counts and byte totals do not move with the hardware's parameters."""
+    from fabricsim.hwmodels import intervals as hi
+
+    level = hi.LEVEL if level is None else level
+    metrics = list(metrics)
+    if method == "corner":
+        runs = hi.corner_runs(run, topo, level=level, mirror=mirror)
+        return attach_intervals(runs, metrics, level=level, calibrated=topo.calibration_id is not None,
+                                note=topo.calibration_note)
+    if method != "sampled":
+        raise StudyError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
+    point = dict(run(topo))
+
+    def values(t: Any) -> dict[str, float]:
+        got = point if t is topo else run(t)
+        return {k: float(v[0] if isinstance(v, tuple) else v) for k, v in got.items() if k in metrics}
+
+    ivs = hi.intervals_over(values, topo, samples=hi.SAMPLES if samples is None else samples, level=level)
+    return {k: _with_interval(v, ivs[k]) if k in ivs and math.isfinite(ivs[k].value) else v
+            for k, v in point.items()}
 
 
 def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:

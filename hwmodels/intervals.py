@@ -11,6 +11,11 @@ an interval without knowing how it was made.
 The interval is the point prediction times exp(mean ± z·sd) of the log ratios sample / point (z for the
 level), widened to contain the point itself: with a few dozen samples a log-normal summary is steadier than
 empirical 5%/95% quantiles. Seeds are fixed, so the same call gives the same interval.
+
+Sampling costs `samples` re-runs; sweeps use corner intervals instead (`corner_intervals`, `corner_topology`):
+two re-runs, on the topologies where every group is moved by z·sigma toward slow and toward fast, which at
+first order bound the sampled interval from outside (see `corner_intervals` for why, and where they do not;
+on 24 study metrics their width was 0.83-1.38 times a 256-sample interval's, `benchmarks/corner_vs_sampled.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import argparse
 import copy
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -70,14 +76,32 @@ def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None 
     unc = unc or uncertainty_of(topo)
     factors: dict[str, float] = {}
 
-    def f(group: str) -> float:
-        if group not in factors:
-            factors[group] = math.exp(rng.normal(0.0, unc.sigma(group)))
-        return factors[group]
+    def f(key: str, group: str) -> float:
+        if key not in factors:
+            factors[key] = math.exp(rng.normal(0.0, unc.sigma(group)))
+        return factors[key]
 
+    t = _rescaled(topo, f)
+    # Unfitted mechanisms draw from a child generator: the draws above stay what they were before they existed.
+    side = rng.spawn(1)[0]
+    for m in MECHANISMS:  # one-sided: the pinned copy engine is the fast way; the unknown one is as fast or slower
+        lat, rate = np.abs(side.normal(0.0, UNFITTED_MECHANISM_SIGMA, 2))
+        t.unfitted_mechanism_scale[m] = (math.exp(lat), math.exp(-rate))
+    return t
+
+
+def _rescaled(topo: Topology, factor: Callable[[str, str], float]) -> Topology:
+    """A copy of `topo` with every parameter multiplied by `factor(key, group)`: `key` names the parameter (one
+    factor per key), `group` the `Uncertainty` group whose spread it has. Keys are the group names except for
+    shared caps (`cap:KIND`, one per kind of cap, all with the `concurrency` spread). `perturbed` draws the
+    factors, `corner_topology` sets them; both walk the same parameters in the same order."""
     t = copy.deepcopy(topo)
     t._path_cache = {}
     calibrated = topo.calibration_id is not None
+
+    def f(group: str) -> float:
+        return factor(group, group)
+
     for u, v, d in t.graph.edges(data=True):
         kind = d["kind"]
         if not calibrated:
@@ -95,19 +119,11 @@ def perturbed(topo: Topology, rng: np.random.Generator, unc: Uncertainty | None 
             cap.Bps *= 1.0 if calibrated else f("rate.dram")
         else:
             # one factor per kind of cap (every GPU's duplex cap is the same hardware), all with one spread
-            key = f"cap:{name.rsplit('.', 1)[-1]}"
-            if key not in factors:
-                factors[key] = math.exp(rng.normal(0.0, unc.sigma("concurrency")))
-            cap.Bps *= factors[key]
+            cap.Bps *= factor(f"cap:{name.rsplit('.', 1)[-1]}", "concurrency")
     t.path_params = {cls: _perturb_path(pp, cls, f) for cls, pp in t.path_params.items()}
     t.mechanisms = {m: {cls: _perturb_path(pp, f"{m}:{cls}", f) for cls, pp in v.items()}
                     for m, v in t.mechanisms.items()}
     t.collectives = {op: _perturb_collective(cp, op, f) for op, cp in t.collectives.items()}
-    # Unfitted mechanisms draw from a child generator: the draws above stay what they were before they existed.
-    side = rng.spawn(1)[0]
-    for m in MECHANISMS:  # one-sided: the pinned copy engine is the fast way; the unknown one is as fast or slower
-        lat, rate = np.abs(side.normal(0.0, UNFITTED_MECHANISM_SIGMA, 2))
-        t.unfitted_mechanism_scale[m] = (math.exp(lat), math.exp(-rate))
     return t
 
 
@@ -171,6 +187,127 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
     cal = topo.calibration_id is not None
     return {k: interval_from_samples(v, [d[k] for d in draws if k in d], level, calibrated=cal,
                                      note=topo.calibration_note) for k, v in point.items()}
+
+
+# --------------------------------------------------------------------------------------------- corners
+
+CORNERS = ("slow", "fast")
+
+
+def z_of(level: float) -> float:
+    """The two-sided normal quantile of `level` (1.645 at 90%)."""
+    if not 0 < level < 1:
+        raise ValueError(f"interval level must lie in (0, 1), got {level!r}")
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def slows_when_larger(key: str) -> bool:
+    """Whether a larger factor on parameter `key` makes a prediction slower: fixed latencies and call costs do;
+    rates, efficiencies, caps and bus bandwidths do the opposite."""
+    return key.startswith("latency.") or key.endswith(".fixed")
+
+
+def corner_topology(topo: Topology, corner: str = "slow", level: float = LEVEL,
+                    unc: Uncertainty | None = None) -> Topology:
+    """A copy of `topo` with every parameter group moved by z·sigma (z for `level`) in the direction that slows
+    (`corner="slow"`) or speeds (`"fast"`) a prediction: latencies x exp(±z·sigma), rates / exp(±z·sigma).
+    A mechanism without any fit (drawn one-sided by `perturbed`) is `UNFITTED_MECHANISM_SIGMA` slower at the
+    slow corner and as fast as the copy engine at the fast one. Deterministic: no draws."""
+    if corner not in CORNERS:
+        raise ValueError(f"corner must be one of {', '.join(CORNERS)}, got {corner!r}")
+    unc = unc or uncertainty_of(topo)
+    z = z_of(level)
+    toward = 1.0 if corner == "slow" else -1.0
+
+    def factor(key: str, group: str) -> float:
+        return math.exp(toward * (1.0 if slows_when_larger(key) else -1.0) * z * unc.sigma(group))
+
+    t = _rescaled(topo, factor)
+    if corner == "slow":
+        far = math.exp(z * UNFITTED_MECHANISM_SIGMA)
+        for m in MECHANISMS:
+            t.unfitted_mechanism_scale[m] = (far, 1.0 / far)
+    return t
+
+
+def interval_from_corners(point: float, corners: list[float], level: float = LEVEL, *, calibrated: bool = True,
+                          note: str = "") -> Interval:
+    """The interval the corner runs span, the point included: a metric that falls when times grow (a
+    throughput) takes its low end from the slow corner. A single corner is mirrored in log space (`mirror`)."""
+    vals = [point, *(c for c in corners if math.isfinite(c))]
+    return Interval(point, min(vals), max(vals), level, calibrated, note)
+
+
+def _mirrored(point: float, corner: float) -> float:
+    """The other side of a one-corner interval: `corner` reflected around `point` in log space."""
+    if point > 0 and corner > 0:
+        return point * point / corner
+    return point
+
+
+def corner_runs(run: Callable[[Topology], Mapping[str, Any]], topo: Topology, *, level: float = LEVEL,
+                mirror: bool = False) -> dict[str, Mapping[str, Any]]:
+    """`run` on `topo` ("point") and on its corner topologies ("slow", "fast"; only "slow" with `mirror`)."""
+    out: dict[str, Mapping[str, Any]] = {"point": run(topo)}
+    unc = uncertainty_of(topo)
+    for corner in CORNERS[:1] if mirror else CORNERS:
+        out[corner] = run(corner_topology(topo, corner, level, unc))
+    return out
+
+
+def intervals_from_corner_runs(runs: Mapping[str, Mapping[str, Any]], metrics: Iterable[str] | None = None, *,
+                               level: float = LEVEL, calibrated: bool = True, note: str = ""
+                               ) -> dict[str, Interval]:
+    """Per metric (all of the point run's, or `metrics`), the interval its corner runs span. Values may be
+    numbers or (value, unit, ...) tuples; a metric missing or not finite at the point gets none."""
+    def num(v: Any) -> float:
+        return float(v[0] if isinstance(v, tuple) else v)
+
+    point = runs["point"]
+    out = {}
+    for k in point if metrics is None else metrics:
+        if k not in point or not math.isfinite(num(point[k])):
+            continue
+        p = num(point[k])
+        cs = [num(r[k]) for c, r in runs.items() if c != "point" and k in r]
+        cs = [c for c in cs if math.isfinite(c)]
+        if set(runs) == {"point", "slow"}:
+            cs += [_mirrored(p, c) for c in cs]
+        elif len(cs) >= 2 and p > 0 and all(c > 0 for c in cs) and (all(c >= p for c in cs)
+                                                                      or all(c <= p for c in cs)):
+            # Not monotone: both corners on one side of the point (a slower latency that staggers copies
+            # and so eases contention). The direction is unknown, the size is not: as far on both sides.
+            d = max(abs(math.log(c / p)) for c in cs)
+            cs = [p * math.exp(d), p * math.exp(-d)]
+        out[k] = interval_from_corners(p, cs, level, calibrated=calibrated, note=note)
+    return out
+
+
+def corner_intervals(run: Callable[[Topology], Mapping[str, float]], topo: Topology, *, level: float = LEVEL,
+                     mirror: bool = False) -> dict[str, Interval]:
+    """Like `intervals_over`, for two (or, with `mirror`, one) re-runs instead of dozens: every metric's interval
+    from the point run and the runs on the slow and fast corner topologies (`corner_topology`).
+
+    Why it stands in for the sampled interval: at first order a prediction's log time is a weighted sum of the
+    groups' log factors, log T ≈ Σ s_g·x_g with x_g ~ N(0, sigma_g). Sampling gives a half-width z·sqrt(Σ
+    (s_g·sigma_g)²); the corner moves every group by z·sigma_g in the slowing direction at once and gives
+    z·Σ |s_g|·sigma_g, which is never smaller (an L1 norm bounds the L2 norm) and equal when one group carries
+    the prediction (a lone copy: its latency or its rate). So the corner interval is conservative: at most
+    sqrt(k) times as wide when k groups weigh equally. What it does not see: the spread and shift of the
+    sampled values where the prediction bends (two links near a tie for the bottleneck: the slower of two
+    independent draws spreads further than one common move), and a prediction that is not monotone in a
+    parameter (a longer latency that staggers copies and eases contention). The interval spans the point and
+    both corners; when both corners land on one side of the point, the direction is unknown and it spans the
+    larger deviation on both sides. `benchmarks/corner_vs_sampled.py` compares the two on study points."""
+    runs = corner_runs(run, topo, level=level, mirror=mirror)
+    return intervals_from_corner_runs(runs, level=level, calibrated=topo.calibration_id is not None,
+                                      note=topo.calibration_note)
+
+
+def corner_interval(run: Callable[[Topology], float], topo: Topology, *, level: float = LEVEL,
+                    mirror: bool = False) -> Interval:
+    """`run(topo)` with its corner interval (`corner_intervals` for a single number)."""
+    return corner_intervals(lambda t: {"value": run(t)}, topo, level=level, mirror=mirror)["value"]
 
 
 def sample_count(text: str) -> int:

@@ -15,18 +15,25 @@ task, so their flow count grows with GPUs^2 (16,128 flow events at 64 GPUs, ~4 m
 `pull-on-publish` pulls every rollout GPU's slices from every trainer GPU. See `benchmarks/sync_scale.py` for
 the wall time of each point, also beyond these sizes.
 
+`sync_s` and `stall_s` carry 90% intervals (`lo`, `hi` in the rows) from one re-run on the slow corner, mirrored:
+without a profile they are the a priori spread, about x/÷ 1.5.
+
 Run it:  fabricsim sweep cluster_scale && fabricsim plot cluster_scale   (a few minutes on two cores)
 """
 
 from __future__ import annotations
 
-from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from dataclasses import replace
+
+from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.intervals import corner_topology
 from fabricsim.workloads import models
 from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 
 MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
+INTERVAL_METRICS = ("sync_s", "stall_s")  # 90% intervals: datasheet parameters, the a priori 25% spread
 GPUS = [8, 16, 32, 64, 128, 256, 512, 1024]
 MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 256, "rdma-p2p": 64,
             "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 256, "delta:rdma-p2p": 64}
@@ -64,7 +71,14 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     res = simulate_sync(setup, get(point["strategy"]), keep_result=ctx is not None and ctx.trace_path is not None)
     if ctx is not None and ctx.trace_path is not None and res.sim_result is not None:
         res.sim_result.write_trace(str(ctx.trace_path))
-    return {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
+    out = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
+    if not res.feasible:
+        return out
+    # One re-run on the slow corner, mirrored: without a profile every link's rate and latency moves by the same
+    # a priori factor, so the fast side is close to the slow side's mirror image (hwmodels.intervals).
+    slow = simulate_sync(replace(setup, topology=corner_topology(setup.topology, "slow")), get(point["strategy"]))
+    runs = {"point": out, "slow": slow.metrics_with_units()}
+    return attach_intervals(runs, INTERVAL_METRICS, calibrated=setup.topology.calibration_id is not None)
 
 
 GRID = Grid.points([{"strategy": s, "model": m, "gpus": g}
@@ -79,7 +93,8 @@ STUDY = Study(
     figures=[
         Figure("sync_time_vs_gpus", x="gpus", y="sync_s", hue="strategy", facet="model", logx=True, logy=True,
                xlabel="GPUs (half train, half serve)", ylabel="sync time [s]",
-               title="Weight sync time against cluster size (missing point = infeasible or beyond MAX_GPUS)"),
+               title="Weight sync time against cluster size (missing point = infeasible or beyond MAX_GPUS; "
+                     "bands: 90% interval, a priori: no profile)"),
         Figure("stall_vs_gpus", x="gpus", y="stall_s", hue="strategy", facet="model", logx=True, logy=True,
                xlabel="GPUs (half train, half serve)", ylabel="generation stall [s]",
                title="Generation stall against cluster size"),

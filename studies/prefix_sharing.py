@@ -7,7 +7,7 @@ system prompt, few-shot examples, a document), does throughput have to fall as t
   sequence's attention;
 - `prefix-sharing`, reads `per-batch`: one copy, read once per batch (Hydragen's shared-prefix attention).
 A warm-up request computes the prefix first; the batch of `batch` requests (64-token suffix, 128 output
-tokens) arrives one second later, as a burst.
+tokens) arrives one second later, as a burst. Times and throughputs carry a 90% corner interval (`lo`, `hi`).
 
 Run it:  fabricsim sweep prefix_sharing && fabricsim plot prefix_sharing
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from fabricsim.harness.study import Figure, Grid, PointContext, Study
 from fabricsim.workloads.requests import Request
-from fabricsim.workloads.serving import ServingConfig, serve
+from fabricsim.workloads.serving import INTERVAL_METRICS, ServingConfig, ServingResult, serve_with_intervals
 
 SUFFIX_TOKENS = 64
 OUTPUT_TOKENS = 128
@@ -33,12 +33,18 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     reqs += [Request(i, 1.0, P + SUFFIX_TOKENS, OUTPUT_TOKENS, "sys", P) for i in range(1, b + 1)]
     policy, params = VARIANTS[point["sharing"]]
     cfg = ServingConfig(model="Llama-3-8B", max_batch_seqs=512, token_budget=8192)
-    res = serve(point["topology"], reqs, policy, cfg, policy_params=params)
+
+    def metrics(res: ServingResult) -> dict:
+        batch = [s for s in res.seqs if s.req.id > 0]
+        span = max(s.finish_s for s in batch) - 1.0
+        return {**res.metrics_with_units(), "batch_throughput_tok_s": (b * OUTPUT_TOKENS / span, "tokens/s")}
+
+    # times and throughputs with a 90% interval from the slow- and fast-corner runs (hwmodels.intervals)
+    res, out = serve_with_intervals(point["topology"], reqs, policy, cfg, policy_params=params, metrics=metrics,
+                                    interval_metrics=(*INTERVAL_METRICS, "batch_throughput_tok_s"))
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
-    batch = [s for s in res.seqs if s.req.id > 0]
-    span = max(s.finish_s for s in batch) - 1.0
-    return {**res.metrics_with_units(), "batch_throughput_tok_s": (b * OUTPUT_TOKENS / span, "tokens/s")}
+    return out
 
 
 STUDY = Study(

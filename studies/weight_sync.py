@@ -10,9 +10,11 @@ half of a GPU's HBM):
 Metrics per point: sync time, generation stall, bytes per link class, peak extra memory and headroom, decode-step
 time under the strategy, staleness; infeasible configurations report `feasible = 0` and their memory numbers.
 Points with `decode_steps` add `gen_time_s` = stall + decode_steps x decode step: the time the rollout side spends
-per training step, which is where zero-copy wins (few steps) or loses (many).
+per training step, which is where zero-copy wins (few steps) or loses (many). The time metrics (`sync_s`,
+`stall_s`, `gen_time_s`) carry 90% corner intervals (`lo`, `hi` in the rows): each
+configuration is also run on its topology's slow and fast corner (`hwmodels.intervals.corner_topology`).
 
-Run it:  fabricsim sweep weight_sync && fabricsim plot weight_sync   (about two minutes on two cores)
+Run it:  fabricsim sweep weight_sync && fabricsim plot weight_sync   (11 s on two cores; 4.5 s without corners)
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from functools import lru_cache
 
 from matplotlib.figure import Figure as MplFigure
 
-from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.intervals import CORNERS, corner_topology
+from fabricsim.hwmodels.topology import Topology
 from fabricsim.workloads import models
 from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
@@ -38,6 +42,9 @@ STRATEGIES = ["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "
               "shared-pool:pull-on-publish", "delta:rdma-p2p"]
 DECODE_STEPS = [1, 10, 100, 1000, 10000]
 ZC_STRATEGIES = ["cuda-ipc-buckets", "rdma-p2p", "shared-pool:zero-copy", "shared-pool:pull-on-publish"]
+# the metrics whose rows carry an interval: the times that move with the calibrated parameters (the decode step is
+# a roofline of the GPU datasheet, which no profile perturbs; bytes do not move)
+INTERVAL_METRICS = ("sync_s", "stall_s", "gen_time_s")
 
 
 def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_gpus: int) -> int:
@@ -48,11 +55,20 @@ def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_gpus: int) -> int:
     return tp
 
 
-@lru_cache(maxsize=64)
-def _sync(layout: str, model_name: str, strategy: str, calibration: str | None):
-    """One simulated sync (cached: the decode-steps points of a configuration share it)."""
-    topo_name, trainer, rollout = LAYOUTS[layout]
+@lru_cache(maxsize=16)
+def _topology(topo_name: str, calibration: str | None, corner: str | None) -> Topology:
+    """A layout's machine, or one of its corner topologies (built once per process: every point of the machine
+    shares it)."""
     topo = presets.get(topo_name, calibration=calibration)
+    return topo if corner is None else corner_topology(topo, corner)
+
+
+@lru_cache(maxsize=512)
+def _sync(layout: str, model_name: str, strategy: str, calibration: str | None, corner: str | None = None):
+    """One simulated sync, on the point topology or a corner (cached: the decode-steps points of a configuration
+    share it)."""
+    topo_name, trainer, rollout = LAYOUTS[layout]
+    topo = _topology(topo_name, calibration, corner)
     model = models.get(model_name)
     tp = rollout_tp(model, topo.gpu(rollout[0]).hbm_bytes, len(rollout))
     setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
@@ -61,11 +77,21 @@ def _sync(layout: str, model_name: str, strategy: str, calibration: str | None):
 
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     calibration = ctx.calibration if ctx is not None else "default"
-    res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration)
-    out: dict = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
     steps = point.get("decode_steps")
-    if steps is not None and res.feasible:
-        out["gen_time_s"] = (res.stall_s + steps * res.decode_step_s, "s")
+
+    def metrics(corner: str | None) -> dict:
+        res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration, corner)
+        out: dict = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
+        if steps is not None and res.feasible:
+            out["gen_time_s"] = (res.stall_s + steps * res.decode_step_s, "s")
+        return out
+
+    res, tp = _sync(point["layout"], point["model"], point["strategy"], calibration)
+    runs = {"point": metrics(None)}
+    if res.feasible:  # an infeasible configuration has no times to bound
+        runs.update({c: metrics(c) for c in CORNERS})
+    topo = _topology(LAYOUTS[point["layout"]][0], calibration, None)
+    out = attach_intervals(runs, INTERVAL_METRICS, calibrated=topo.calibration_id is not None)
     if ctx is not None and ctx.trace_path is not None and res.feasible:
         topo_name, trainer, rollout = LAYOUTS[point["layout"]]
         topo = presets.get(topo_name, calibration=calibration)
@@ -73,6 +99,20 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
         simulate_sync(setup, get(point["strategy"]), keep_result=True).sim_result.write_trace(str(ctx.trace_path))
     return out
+
+
+def _bar_errors(cells: list, vals: list[float]) -> list[list[float]] | None:
+    """Whiskers from each bar's prediction interval (the rows' `lo`, `hi`): [below, above] per bar, 0 where a
+    bar has none; None when no bar has one (rows from before intervals)."""
+    if not cells or "lo" not in cells[0].columns:
+        return None
+    below, above = [], []
+    for c, v in zip(cells, vals, strict=True):
+        lo, hi = c["lo"].mean(), c["hi"].mean()
+        ok = bool(c["lo"].notna().any()) and v == v
+        below.append(max(0.0, v - lo) if ok else 0.0)
+        above.append(max(0.0, hi - v) if ok else 0.0)
+    return [below, above] if any(below) or any(above) else None
 
 
 def sync_time_bars(df) -> MplFigure:
@@ -88,15 +128,17 @@ def sync_time_bars(df) -> MplFigure:
         present = [m for m in MODELS if m in set(panel["model"])]
         width = 0.8 / max(1, len(STRATEGIES))
         for k, strat in enumerate(STRATEGIES):
-            vals = [panel[(panel["model"] == m) & (panel["strategy"] == strat)]["value"].mean() for m in present]
-            ax.bar([i + k * width for i in range(len(present))], vals, width, label=strat, color=f"C{k}")
+            cells = [panel[(panel["model"] == m) & (panel["strategy"] == strat)] for m in present]
+            vals = [c["value"].mean() for c in cells]
+            ax.bar([i + k * width for i in range(len(present))], vals, width, label=strat, color=f"C{k}",
+                   yerr=_bar_errors(cells, vals), error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(present))], present, rotation=20, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("sync time [s]")
         ax.set_title(lay, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="outside right upper")  # never over a bar
-    fig.suptitle("Weight sync time per strategy and model (missing bar = infeasible)")
+    fig.suptitle("Weight sync time per strategy and model (missing bar = infeasible; whiskers: 90% interval)")
     return fig
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ import pandas as pd
 import simpy
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.intervals import LEVEL, corner_runs, intervals_from_corner_runs
 from fabricsim.hwmodels.topology import Topology, nearest_host, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import fitted
@@ -709,6 +710,47 @@ def serve(topology: Topology | str, requests: Sequence[Request], policy: str | K
     return ServingSystem(topology, requests, policy, cfg, policy_params=policy_params).run()
 
 
+# The serving metrics an interval means something for: times and rates, which move with the hardware's
+# parameters (occupancies, byte counts, steps and preemptions do too, but as consequences, not predictions of
+# how long something takes).
+INTERVAL_METRICS = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "response_mean_s", "throughput_tok_s",
+                    "decode_tok_s", "makespan_s", "kv_handoff_mean_s", "kv_handoff_frac")
+LOAD_METRICS = ("pcie_util", "nvlink_util", "nic_util")  # need the link load, which corner runs do not record
+
+
+def serve_with_intervals(topology: Topology | str, requests: Sequence[Request], policy: str = "hbm-only",
+                         config: ServingConfig | None = None, *, policy_params: dict[str, Any] | None = None,
+                         metrics: Callable[[ServingResult], Mapping[str, tuple[float, str]]] | None = None,
+                         interval_metrics: Iterable[str] = INTERVAL_METRICS, mirror: bool = False,
+                         level: float = LEVEL) -> tuple[ServingResult, dict[str, tuple[Any, ...]]]:
+    """`serve(...)` and its metrics, the time metrics with a corner interval (`(value, unit, interval)`, what a
+    study returns): the run is repeated on the topology's slow and fast corner (`hwmodels.intervals`), or only
+    the slow one with `mirror` (half the extra cost, for the costliest sweeps). `metrics(result)` computes the
+    metrics (default: `metrics_with_units`), so a study's derived metrics get their interval from the same
+    corner runs. Returns the point's result (for traces) and the metrics. Corner runs record no link load, so
+    the utilisation metrics (`LOAD_METRICS`) cannot have an interval."""
+    wanted = list(interval_metrics)
+    if set(wanted) & set(LOAD_METRICS):
+        raise ServingError(f"no interval for {', '.join(sorted(set(wanted) & set(LOAD_METRICS)))}: corner runs "
+                           f"record no link load")
+    topo = presets.get(topology) if isinstance(topology, str) else topology
+    measure = metrics or (lambda r: r.metrics_with_units())
+    results: list[ServingResult] = []
+
+    def run(t: Topology) -> Mapping[str, tuple[float, str]]:
+        # Corner runs skip recording link load (40-50% of a run's wall time): they only give times.
+        res = ServingSystem(t, requests, policy, config, policy_params=policy_params, record_load=t is topo).run()
+        if not results:  # the point's: the corners' results are dropped once measured
+            results.append(res)
+        return measure(res)
+
+    runs = corner_runs(run, topo, level=level, mirror=mirror)
+    ivs = intervals_from_corner_runs(runs, list(interval_metrics), level=level,
+                                     calibrated=topo.calibration_id is not None, note=topo.calibration_note)
+    out = {k: (v[0], v[1], ivs[k]) if k in ivs else v for k, v in runs["point"].items()}
+    return results[0], out
+
+
 def _percentile(x: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(x, dtype=float), q)) if len(x) else float("nan")
 
@@ -856,4 +898,4 @@ class ServingResult(ReportsMetrics):
 
 
 __all__ = ["MECHANISMS", "PREEMPTION_MODES", "Instance", "PolicyError", "ServingConfig", "ServingError",
-           "ServingResult", "ServingSystem", "serve"]
+           "ServingResult", "ServingSystem", "serve", "serve_with_intervals"]
