@@ -338,7 +338,7 @@ def test_ctrl_c_at_any_moment_exits_promptly_and_leaves_no_worker_behind(tmp_pat
     time.sleep(startup_s + delay_s)
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         leftover = True
         for _ in range(100):  # the session's processes: the driver and any worker
@@ -351,10 +351,13 @@ def test_ctrl_c_at_any_moment_exits_promptly_and_leaves_no_worker_behind(tmp_pat
         if leftover:
             os.killpg(proc.pid, signal.SIGKILL)
     assert not leftover, "worker processes outlived the sweep"
-    # 0: it finished before the signal landed. -SIGINT: the interrupt was handled (the one line below is printed)
-    # but the process then ended by SIGINT, the shell's usual status for Ctrl-C, instead of exit(130): seen about
-    # once in 20 runs, cause not found (a second delivery of the same interrupt)
-    assert proc.returncode in (130, 0, -signal.SIGINT), err
+    if "results:" in out:  # it finished before the signal landed (a slow first start-up): 1, the toy's failed point
+        assert proc.returncode == 1 and "interrupted" not in err, err
+        return
+    # -SIGINT: the interrupt was handled (the one line below is printed) but the process then ended by SIGINT, the
+    # shell's usual status for Ctrl-C, instead of exit(130): seen about once in 20 runs, cause not found (a second
+    # delivery of the same interrupt)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, out, err)
     if proc.returncode != 0:
         assert "Traceback" not in err and "interrupted" in err
 
