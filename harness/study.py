@@ -464,18 +464,10 @@ def attach_intervals(runs: Mapping[str, Mapping[str, MetricValue]], metrics: Ite
     the interval spanned by the corner runs (`runs["slow"]`, `runs["fast"]`; see
     `hwmodels.intervals.corner_runs`). For studies that cache or combine runs before attaching intervals
     (weight_sync derives `gen_time_s` from each corner's stall and decode step)."""
-    from fabricsim.hwmodels.intervals import LEVEL, intervals_from_corner_runs
+    from fabricsim.hwmodels.intervals import LEVEL, attach_corner_intervals
 
-    point = dict(runs["point"])
-    ivs = intervals_from_corner_runs(runs, list(metrics), level=LEVEL if level is None else level,
-                                     calibrated=calibrated, note=note)
-    return {k: _with_interval(v, ivs[k]) if k in ivs else v for k, v in point.items()}
-
-
-def _with_interval(value: MetricValue, iv: Any) -> tuple[float, str, Any]:
-    if isinstance(value, tuple):
-        return (float(value[0]), str(value[1]), iv)
-    return (float(value), "", iv)
+    return attach_corner_intervals(runs, metrics, level=LEVEL if level is None else level, calibrated=calibrated,
+                                   note=note)
 
 
 def with_intervals(run: Callable[[Any], Mapping[str, MetricValue]], topo: Any, metrics: Iterable[str], *,
@@ -508,7 +500,7 @@ def with_intervals(run: Callable[[Any], Mapping[str, MetricValue]], topo: Any, m
         return {k: float(v[0] if isinstance(v, tuple) else v) for k, v in got.items() if k in metrics}
 
     ivs = hi.intervals_over(values, topo, samples=hi.SAMPLES if samples is None else samples, level=level)
-    return {k: _with_interval(v, ivs[k]) if k in ivs and math.isfinite(ivs[k].value) else v
+    return {k: hi.with_interval(v, ivs[k]) if k in ivs and math.isfinite(ivs[k].value) else v
             for k, v in point.items()}
 
 

@@ -96,7 +96,7 @@ def _rescaled(topo: Topology, factor: Callable[[str, str], float]) -> Topology:
     shared caps (`cap:KIND`, one per kind of cap, all with the `concurrency` spread). `perturbed` draws the
     factors, `corner_topology` sets them; both walk the same parameters in the same order."""
     t = copy.deepcopy(topo)
-    t._path_cache = {}
+    t._changed()  # the copy's parameters change below: nothing derived from the original carries over
     calibrated = topo.calibration_id is not None
 
     def f(group: str) -> float:
@@ -281,6 +281,21 @@ def intervals_from_corner_runs(runs: Mapping[str, Mapping[str, Any]], metrics: I
             cs = [p * math.exp(d), p * math.exp(-d)]
         out[k] = interval_from_corners(p, cs, level, calibrated=calibrated, note=note)
     return out
+
+
+def attach_corner_intervals(runs: Mapping[str, Mapping[str, Any]], metrics: Iterable[str], *, level: float = LEVEL,
+                            calibrated: bool = True, note: str = "") -> dict[str, Any]:
+    """The point run's metrics (`runs["point"]`), each of `metrics` it has as `(value, unit, interval)` with the
+    interval its corner runs span: the form a study's point function returns (`harness.study.metric_intervals`)."""
+    ivs = intervals_from_corner_runs(runs, list(metrics), level=level, calibrated=calibrated, note=note)
+    return {k: with_interval(v, ivs[k]) if k in ivs else v for k, v in runs["point"].items()}
+
+
+def with_interval(value: Any, iv: Interval) -> tuple[float, str, Interval]:
+    """A metric `value` or `(value, unit)` as `(value, unit, interval)`."""
+    if isinstance(value, tuple):
+        return (float(value[0]), str(value[1]), iv)
+    return (float(value), "", iv)
 
 
 def corner_intervals(run: Callable[[Topology], Mapping[str, float]], topo: Topology, *, level: float = LEVEL,

@@ -8,9 +8,8 @@ nodes may never be transit as arrays and the NICs closed to each GPU's copies as
 networkx's own search order compiled (`hwmodels._routecore`), so every route — ties included — is the one
 networkx gives (tests/test_routing.py keeps the networkx router as the oracle).
 
-The index describes the graph as it was when built: `Topology` drops it whenever links, components, caps or
-pins change, and whenever its route cache is replaced (`hwmodels.intervals` perturbs link rates of a copy
-and starts it with a fresh cache).
+The index describes the graph as it was when built: `Topology._changed` drops it whenever links, components,
+caps or pins change, calibrated copies and the perturbed copies of `hwmodels.intervals` included.
 """
 
 from __future__ import annotations

@@ -119,9 +119,8 @@ class _CapIndex:
 
 @dataclass
 class _Routing:
-    """A topology's route index and cap index, and the route cache they belong to."""
+    """A topology's route index and cap index, built from its graph and caps as they are."""
 
-    cache: dict
     route: RouteIndex
     caps: _CapIndex
 
@@ -216,8 +215,9 @@ class Topology:
         self._changed()
 
     def _changed(self) -> None:
-        """Forget everything derived from the graph, caps and pins: cached paths, capacities, the route index."""
-        self._path_cache.clear()
+        """Forget everything derived from the graph, caps and pins: cached paths, capacities, the route index.
+        The path cache is a new dict, not cleared in place: a copy of a topology must not empty its original's."""
+        self._path_cache = {}
         self._capacity_cache = None
         self._routing = None
 
@@ -293,15 +293,11 @@ class Topology:
         return tuple(self._shortest(src, dst))
 
     def _index(self) -> _Routing:
-        """The route index and cap index of the topology as it is now, built on first use after a change.
-
-        Built beside the route cache: whoever replaces `_path_cache` (a perturbed copy in `hwmodels.intervals`,
-        `with_calibration`) changes links next, so an index built for another cache object is rebuilt too."""
-        r = self._routing
-        if r is None or r.cache is not self._path_cache:
-            r = self._routing = _Routing(self._path_cache, RouteIndex(self.graph, ENDPOINT_KINDS),
-                                         _CapIndex(self.caps))
-        return r
+        """The route index and cap index of the topology as it is now, built on first use after a change
+        (`_changed`)."""
+        if self._routing is None:
+            self._routing = _Routing(RouteIndex(self.graph, ENDPOINT_KINDS), _CapIndex(self.caps))
+        return self._routing
 
     def _shortest(self, src: str, dst: str) -> list[str]:
         """Shortest "time to move 1 MB" route; endpoints other than src and dst are never transit, and neither is a
@@ -401,9 +397,7 @@ class Topology:
         if gpus and profile.gpus != len(gpus):
             topo.calibration_note = (f"profile '{profile.id}' was fitted on {profile.gpus}x {profile.gpu_model} "
                                      f"({profile.machine}); applied to {len(gpus)} GPUs of that model")
-        topo._path_cache = {}
-        topo._capacity_cache = None
-        topo._routing = None
+        topo._changed()
         topo.path_params = dict(profile.paths)
         topo.collectives = dict(profile.collectives)
         topo.software_costs = {k: dict(v) for k, v in profile.software_costs.items()}

@@ -90,11 +90,10 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     runs = {"point": metrics(None)}
     if res.feasible:  # an infeasible configuration has no times to bound
         runs.update({c: metrics(c) for c in CORNERS})
-    topo = _topology(LAYOUTS[point["layout"]][0], calibration, None)
+    topo_name, trainer, rollout = LAYOUTS[point["layout"]]
+    topo = _topology(topo_name, calibration, None)
     out = attach_intervals(runs, INTERVAL_METRICS, calibrated=topo.calibration_id is not None)
     if ctx is not None and ctx.trace_path is not None and res.feasible:
-        topo_name, trainer, rollout = LAYOUTS[point["layout"]]
-        topo = presets.get(topo_name, calibration=calibration)
         model = models.get(point["model"])
         setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
         simulate_sync(setup, get(point["strategy"]), keep_result=True).sim_result.write_trace(str(ctx.trace_path))

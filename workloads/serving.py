@@ -37,7 +37,7 @@ import pandas as pd
 import simpy
 
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.intervals import LEVEL, corner_runs, intervals_from_corner_runs
+from fabricsim.hwmodels.intervals import LEVEL, attach_corner_intervals, corner_runs
 from fabricsim.hwmodels.topology import Topology, nearest_host, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import fitted
@@ -745,10 +745,8 @@ def serve_with_intervals(topology: Topology | str, requests: Sequence[Request], 
         return measure(res)
 
     runs = corner_runs(run, topo, level=level, mirror=mirror)
-    ivs = intervals_from_corner_runs(runs, list(interval_metrics), level=level,
-                                     calibrated=topo.calibration_id is not None, note=topo.calibration_note)
-    out = {k: (v[0], v[1], ivs[k]) if k in ivs else v for k, v in runs["point"].items()}
-    return results[0], out
+    return results[0], attach_corner_intervals(runs, interval_metrics, level=level,
+                                               calibrated=topo.calibration_id is not None, note=topo.calibration_note)
 
 
 def _percentile(x: Sequence[float], q: float) -> float:
