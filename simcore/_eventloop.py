@@ -28,7 +28,7 @@ from numba import njit
 from numba.types import float64, int8, int64
 
 from ._fluidcore import arrive, depart, heap_pop, heap_push, next_finish, register
-from ._fluidlayout import HSIZE
+from ._fluidlayout import HSIZE, N_ACTIVE
 
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
@@ -184,6 +184,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             if st[S_RECORD] != 0 and st[S_NLOG] + rf.shape[0] > lt.shape[0]:
                 sf[F_NOW] = now
                 return NEED_LOG
+            ctr[N_ACTIVE] = st[S_ACTIVE]
             nfch, nrch, t = arrive(closed, st[S_NCLOSED], seeds, st[S_NSEEDS], now, fres, fcoef, fn, ff, fi, rf, ri,
                                    inc_next, rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged,
                                    rcmark)

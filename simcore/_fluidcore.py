@@ -22,26 +22,52 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 from numba.types import Tuple, UniTuple, boolean, float64, int8, int64, void
+from numba.types import boolean as b1
 
 from ._fluidlayout import (
     ACTIVE,
     BIND_TOL,
     BINDING,
+    BOT,
     BYTE_TOL,
     BYTES,
     CAP,
+    CHECK_TOL,
     FRESH,
+    FULL,
     HEAD,
     HSEQ,
     HSIZE,
     LOAD,
+    LOAD_MARGIN,
+    LOADP,
+    MAX_ROUNDS,
+    MAX_SKIP,
+    MAXLEV,
+    MODE,
+    N_ACTIVE,
+    N_FALLBACKS,
+    N_REGION,
+    N_ROUNDS,
+    N_SKIP,
+    N_SOLVES,
+    N_STREAK,
+    NBOT,
+    NFL,
+    NREG,
+    OUT,
     RATE,
     RCAP,
+    REGION_PCT,
     REM,
+    RESID,
     ROUTE,
+    SHORT_LIST,
     SUMUB,
+    TBOT,
     TIME_TOL,
     TLAST,
+    TRATE,
     UB,
     VER,
     W,
@@ -148,11 +174,13 @@ def _pop_top(lv, it, n):
 
 
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
-@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, F1), cache=True)
-def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
+@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, F1, I, I1), cache=True)
+def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates, capcol, bots):
     """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc]; flow comp[i] stands for mult[i]
     identical flows (same route, weight and cap: max-min gives them the same rate, so a class of them is
-    solved as one flow that draws mult x its rate).
+    solved as one flow that draws mult x its rate). Resource r offers rf[r, capcol]: its capacity (RCAP), or
+    what the flows outside a region leave it (RESID). bots[i] gets the resource that froze flow comp[i]
+    (its bottleneck), or -1 when its cap did.
 
     The filling level rises for all unfrozen flows (rate = weight x level); a resource saturates at level
     residual / (sum of coeff x weight of its unfrozen flows), a capped flow at cap / weight. The smallest such
@@ -197,7 +225,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
                 demand[j] += fcoef[s, k] * w
                 start[j + 1] += 1
     for j in range(nr):
-        rem[j] = rf[res_of[j], RCAP]
+        rem[j] = rf[res_of[j], capcol]
         start[j + 1] += start[j]
     # users of each local resource, CSR
     fill = start[:nr].copy()
@@ -263,6 +291,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
                 if not frozen[ii]:
                     frozen[ii] = True
                     freeze[nf] = ii
+                    bots[ii] = -1
                     nf += 1
                 continue
             if unfrozen_users[j] == 0:
@@ -279,6 +308,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
                 if not frozen[ii]:
                     frozen[ii] = True
                     freeze[nf] = ii
+                    bots[ii] = res_of[j]
                     nf += 1
         for q in range(nf):
             ii = freeze[q]
@@ -287,6 +317,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates):
             rate = w * level
             if rate > ff[s, CAP]:
                 rate = ff[s, CAP]
+                bots[ii] = -1
             rates[ii] = rate
             m = mult[ii]
             for k in range(fn[s]):
@@ -323,6 +354,7 @@ def _link(s, fres, fn, ri, inc_next, inc_prev):
         if h >= 0:
             inc_prev[h] = e
         ri[r, HEAD] = e
+        ri[r, NFL] += 1
 
 
 @njit(I(I1, F1, I), cache=True)
@@ -361,11 +393,25 @@ def register(s, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff,
     fi[s, ACTIVE] = 1
     fi[s, VER] += 1
     fi[s, FRESH] = 1
+    fi[s, BOT] = -2  # a slot is retired (its count dropped) before reuse
     for k in range(fn[s]):
         r = fres[s, k]
         rf[r, SUMUB] += fcoef[s, k] * ub
         ri[r, BINDING] = _binding_of(rf, r)
     _link(s, fres, fn, ri, inc_next, inc_prev)
+
+
+@njit(void(I, I, I2, I2), cache=True)
+def _set_bot(s, b, fi, ri):
+    """Make b flow s's bottleneck, keeping the resources' counts of the flows they bottleneck."""
+    old = fi[s, BOT]
+    if old == b:
+        return
+    if old >= 0:
+        ri[old, NBOT] -= 1
+    if b >= 0:
+        ri[b, NBOT] += 1
+    fi[s, BOT] = b
 
 
 @njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
@@ -374,6 +420,7 @@ def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
     K = fres.shape[1]
     fi[s, ACTIVE] = 0
     ff[s, REM] = 0.0
+    _set_bot(s, -2, fi, ri)
     ub = ff[s, UB]
     for k in range(fn[s]):
         r = fres[s, k]
@@ -386,6 +433,7 @@ def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
             ri[r, HEAD] = n
         if n >= 0:
             inc_prev[n] = p
+        ri[r, NFL] -= 1
         rf[r, SUMUB] = rf[r, SUMUB] - fcoef[s, k] * ub if ri[r, HEAD] >= 0 else 0.0
         ri[r, BINDING] = _binding_of(rf, r)
 
@@ -459,8 +507,8 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
     return nrch
 
 
-@njit(F1(I1, I, I2, F2, I1, F2, I2, F2, I2, I1), cache=True)
-def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc):
+@njit(F1(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, I, I1), cache=True)
+def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, capcol, bots):
     """Max-min rates of comp[:nc], solved over route classes: flows with the same route number, weight and cap
     always get the same rate, so each class is solved once with its member count (on the 8-GPU star, 512
     flows in flight use about 40 routes). Flows without a route number (-1) are classes of their own.
@@ -469,6 +517,7 @@ def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc):
     a class, and a probe matches on route, weight and cap), in one pass over comp: O(nc) rather than a sort,
     and the classes come out numbered in the order their first members have in comp, so the answer does not
     depend on how routes are numbered (the simpy path and the compiled loop number them in different orders).
+    Resources offer rf[r, capcol]; bots[:nc] gets each flow's bottleneck (see `max_min`).
     """
     size = 16
     while size < 2 * nc:
@@ -502,23 +551,23 @@ def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc):
         group[q] = ng
         ng += 1
     grates = np.empty(ng)
-    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, mult, grates)
+    gbots = np.empty(ng, np.int64)
+    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, mult, grates, capcol, gbots)
     rates = np.empty(nc)
     for q in range(nc):
         rates[q] = grates[group[q]]
+        bots[q] = gbots[group[q]]
     return rates
 
 
-@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1), cache=True)
-def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
-           rcmark):
-    """Max-min over comp[:nc] and apply the rates: flows whose rate changed get a new finish-time heap entry
+@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1), cache=True)
+def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch, rchanged,
+           nrch, rcmark):
+    """Give comp[:nc] their new rates and bottlenecks: flows whose rate changed get a new finish-time heap entry
     and are listed in fchanged."""
-    if nc == 0:
-        return nfch, nrch
-    rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc)
     for q in range(nc):
         s = comp[q]
+        _set_bot(s, bots[q], fi, ri)
         rate = rates[q]
         if rate == ff[s, RATE] and fi[s, FRESH] == 0:
             continue
@@ -529,6 +578,246 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
             ctr[HSEQ] += 1
             ctr[HSIZE] = heap_push(hk, hi, ctr[HSIZE], now + ff[s, REM] / rate, ctr[HSEQ], fi[s, VER], s)
     return nfch, nrch
+
+
+@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1), cache=True)
+def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
+           rcmark):
+    """Max-min over the whole component comp[:nc], applied (see `_apply`)."""
+    if nc == 0:
+        return nfch, nrch
+    bots = np.empty(nc, np.int64)
+    rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, RCAP, bots)
+    return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch,
+                  rchanged, nrch, rcmark)
+
+
+# ---- incremental solve: re-solve a region, then prove the whole allocation is still max-min -----------------
+# A feasible allocation is the (unique) weighted max-min fair one exactly when every flow is at its cap or has
+# a bottleneck: a saturated resource on its route where no flow has a higher level (rate / weight). After a
+# change most flows keep that property untouched, so the solve re-rates a region (the flows that lost their
+# bottleneck, and new flows) against the capacity the others leave, then checks the property for every flow
+# whose resources' loads moved. A flow that fails joins the region and the region is solved again; after
+# MAX_ROUNDS rounds the whole component is solved as before. fmark: 1 = in the region, 3 = checked outside
+# flow, 4 = joins the region next round. rmark: 1 = a resource of the region, 2 = a resource looked at as is.
+
+@njit(void(I, I2, F2, F2, F2, I2, I1, M1), cache=True)
+def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
+    """Load and highest level (rate / weight) on resource r under the proposed rates (TRATE for region flows,
+    fmark 1; RATE for the rest), into rf[r, LOADP] and rf[r, MAXLEV]. The exact current load is summed on the
+    way and replaces the tracked one, so rounding drift in LOAD never builds up where it matters."""
+    K = fres.shape[1]
+    load = 0.0
+    now = 0.0
+    top = 0.0
+    e = ri[r, HEAD]
+    while e >= 0:
+        g = e // K
+        c = fcoef[g, e - g * K]
+        rate = ff[g, TRATE] if fmark[g] == 1 else ff[g, RATE]
+        load += c * rate
+        now += c * ff[g, RATE]
+        lv = rate / ff[g, W]
+        if lv > top:
+            top = lv
+        e = inc_next[e]
+    rf[r, LOADP] = load
+    rf[r, MAXLEV] = top
+    rf[r, LOAD] = now
+
+
+@njit(b1(I, F2), cache=True)
+def _may_saturate(r, rf):
+    """False when the load on r is surely below capacity (by more than the tracked load's drift)."""
+    return rf[r, LOADP] >= rf[r, RCAP] * (1 - LOAD_MARGIN)
+
+
+@njit(UniTuple(I, 2)(I, F, I, I2, F2, I1, F2, F2, I2, I1, M1, M1, I1, I), cache=True)
+def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark, rstack, nrs):
+    """A bottleneck of flow s at `rate` under the proposed rates: (resource, or -1 for its cap, or -2 for none;
+    the new length of rstack). `hint` (a resource, or < 0) is tried first: usually the flow's bottleneck
+    still holds. A resource outside the region not looked at yet is measured as it is (rmark 2), unless its
+    tracked load shows it is not saturated."""
+    if ff[s, CAP] < np.inf and rate >= ff[s, CAP] * (1 - CHECK_TOL):
+        return -1, nrs
+    lv = rate / ff[s, W]
+    for k in range(-1, fn[s]):
+        if k < 0:
+            if hint < 0:
+                continue
+            r = hint
+        else:
+            r = fres[s, k]
+            if r == hint:
+                continue
+        if ri[r, BINDING] == 0:
+            continue
+        if rmark[r] == 0:
+            if rf[r, LOAD] < rf[r, RCAP] * (1 - LOAD_MARGIN):
+                continue
+            rmark[r] = 2
+            rstack[nrs] = r
+            nrs += 1
+            _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark)
+        if rf[r, LOADP] >= rf[r, RCAP] * (1 - CHECK_TOL) and lv >= rf[r, MAXLEV] * (1 - CHECK_TOL):
+            return r, nrs
+    return -2, nrs
+
+
+@njit(I(I1, I, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True)
+def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, scratch):
+    """Check the proposed rates of region comp[:nc] (its binding resources are rstack[:ncr], rmark 1, with an
+    estimate of their proposed load in LOADP). Flows that must join the region are appended to comp[nc:]
+    (fmark 4 -> 1); returns how many, or -1 - how many when a region flow has no bottleneck and no outside
+    flow explains why (rounding: the caller then solves the whole component).
+
+    A region resource that is surely not saturated is bottleneck to no one and is not scanned, unless it was
+    some outside flow's bottleneck (NBOT > 0): those flows must find another one. An outside flow on a region
+    resource whose bottleneck is elsewhere is checked where its bottleneck is scanned, or holds unchanged."""
+    K = fres.shape[1]
+    for q in range(ncr):
+        r = rstack[q]
+        if _may_saturate(r, rf):
+            _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark)
+        else:
+            rf[r, MAXLEV] = np.inf
+    nrs = ncr
+    nadd = 0
+    stuck = False
+    # region flows: each needs a bottleneck; when it has none, flows outside with a higher level share its
+    # resources and must give way
+    for q in range(nc):
+        s = comp[q]
+        b, nrs = _bottleneck(s, ff[s, TRATE], fi[s, TBOT], fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark,
+                             rstack, nrs)
+        if b >= -1:
+            fi[s, TBOT] = b
+            continue
+        lv = ff[s, TRATE] / ff[s, W] * (1 + CHECK_TOL)
+        found = False
+        for k in range(fn[s]):
+            r = fres[s, k]
+            if ri[r, BINDING] == 0:
+                continue
+            e = ri[r, HEAD]
+            while e >= 0:
+                g = e // K
+                e = inc_next[e]
+                if fmark[g] != 1 and ff[g, RATE] / ff[g, W] > lv:
+                    found = True
+                    if fmark[g] != 4:
+                        fmark[g] = 4
+                        comp[nc + nadd] = g
+                        nadd += 1
+        if not found:
+            stuck = True
+    # outside flows whose bottleneck is a region resource: it must still hold, or another must
+    nchk = 0
+    for q in range(ncr):
+        r = rstack[q]
+        if rf[r, MAXLEV] == np.inf and ri[r, NBOT] == 0:
+            continue
+        e = ri[r, HEAD]
+        while e >= 0:
+            g = e // K
+            e = inc_next[e]
+            if fmark[g] != 0:
+                continue
+            b = fi[g, BOT]
+            if b == -1 or (b >= 0 and rmark[b] != 1):
+                continue  # its cap or a resource the region does not touch: unchanged, it holds
+            fmark[g] = 3
+            scratch[nchk] = g
+            nchk += 1
+            b, nrs = _bottleneck(g, ff[g, RATE], b, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark, rstack,
+                                 nrs)
+            if b >= -1:
+                _set_bot(g, b, fi, ri)
+            else:
+                fmark[g] = 4
+                comp[nc + nadd] = g
+                nadd += 1
+    for q in range(nchk):
+        if fmark[scratch[q]] == 3:
+            fmark[scratch[q]] = 0
+    for q in range(nrs):
+        rmark[rstack[q]] = 0
+    for q in range(nc, nc + nadd):
+        fmark[comp[q]] = 1
+    return -1 - nadd if stuck else nadd
+
+
+@njit(Tuple((I, F1, I1))(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, I1), cache=True)
+def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark, rstack, scratch, ctr):
+    """Max-min rates for the region comp[:nc] (fmark 1), grown until the whole allocation checks out; returns
+    (region size, rates, bottlenecks), or (-1 - region size, ...) after MAX_ROUNDS rounds or when stuck (fmark
+    then holds 1 on the region's flows still).
+
+    The capacity the flows outside the region leave a resource is its tracked load less the region's own
+    (OUT), so a resource shared by thousands of flows costs nothing per round unless it may saturate."""
+    K = fres.shape[1]
+    ctr[N_SOLVES] += 1
+    for _round in range(MAX_ROUNDS):
+        ctr[N_ROUNDS] += 1
+        nrs = 0
+        for q in range(nc):
+            s = comp[q]
+            for k in range(fn[s]):
+                r = fres[s, k]
+                if ri[r, BINDING] == 0:
+                    continue
+                if rmark[r] == 0:
+                    rmark[r] = 1
+                    rstack[nrs] = r
+                    nrs += 1
+                    rf[r, OUT] = rf[r, LOAD]
+                    ri[r, NREG] = 0
+                rf[r, OUT] -= fcoef[s, k] * ff[s, RATE]
+                ri[r, NREG] += 1
+        for q in range(nrs):
+            r = rstack[q]
+            if ri[r, NREG] == ri[r, NFL]:
+                rf[r, OUT] = 0.0  # every flow on it is in the region
+            elif ri[r, NFL] <= SHORT_LIST:  # exact sum where it is cheap
+                out = 0.0
+                e = ri[r, HEAD]
+                while e >= 0:
+                    g = e // K
+                    if fmark[g] != 1:
+                        out += fcoef[g, e - g * K] * ff[g, RATE]
+                    e = inc_next[e]
+                rf[r, OUT] = out
+            x = rf[r, RCAP] - rf[r, OUT]
+            rf[r, RESID] = x if x > 0.0 else 0.0
+            rf[r, LOADP] = rf[r, OUT] if rf[r, OUT] > 0.0 else 0.0
+        bots = np.empty(nc, np.int64)
+        rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, RESID, bots)
+        for q in range(nc):
+            s = comp[q]
+            ff[s, TRATE] = rates[q]
+            fi[s, TBOT] = bots[q]
+            for k in range(fn[s]):
+                r = fres[s, k]
+                if ri[r, BINDING] != 0:
+                    rf[r, LOADP] += fcoef[s, k] * rates[q]
+        nadd = _check_region(comp, nc, nrs, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack,
+                             scratch)
+        if nadd == 0:
+            for q in range(nc):
+                bots[q] = fi[comp[q], TBOT]
+            ctr[N_REGION] += nc
+            ctr[N_STREAK] = 0
+            return nc, rates, bots
+        if nadd < 0:
+            nc += -1 - nadd
+            break
+        nc += nadd
+        if 100 * nc > ctr[REGION_PCT] * ctr[N_ACTIVE]:
+            break  # most of the network moves: solving it whole is cheaper than growing the region further
+    ctr[N_FALLBACKS] += 1
+    ctr[N_STREAK] += 1
+    ctr[N_SKIP] = min((1 << min(ctr[N_STREAK], 20)) - 1, MAX_SKIP)
+    return -1 - nc, np.empty(0), np.empty(0, np.int64)
 
 
 @njit(void(F2, I2, I1, I, M1), cache=True)
@@ -554,10 +843,15 @@ def next_finish(hk, hi, fi, ctr):
                        M1), cache=True)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
            rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark):
-    """Re-solve what changed at this instant: the survivors of its departures, closed[:nclosed] (a set already
-    closed under sharing a binding resource, from `depart`), and the components of the flows registered at
-    this instant, seeds[:nseeds]. Survivors are not searched again: a resource binding now either bound
-    before the departures (so all its flows are survivors, departed, or new) or lies on a new flow's route.
+    """Re-solve what changed at this instant: the flows `depart` handed over, closed[:nclosed], and the flows
+    registered at this instant, seeds[:nseeds].
+
+    INCREMENTAL mode (ctr[MODE], the default): `depart` hands over the flows whose bottleneck it freed; they
+    and the new flows are solved as a region and checked (see `_incremental`), falling back to the whole
+    component. FULL mode: `depart` hands over every survivor of its departures' components (a set already
+    closed under sharing a binding resource), and the component of the new flows is added and solved whole.
+    Survivors are not searched again: a resource binding now either bound before the departures (so all its
+    flows are survivors, departed, or new) or lies on a new flow's route.
 
     Returns (flows whose rate changed, in fchanged; resources whose load changed, in rchanged; the next
     finish time).
@@ -569,13 +863,106 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
             fmark[s] = 1
             comp[nc] = s
             nc += 1
-    nc = _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
-    for q in range(nc):
-        fmark[comp[q]] = 0
-    nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
-                        rchanged, 0, rcmark)
+    solved = False
+    nfch = 0
+    nrch = 0
+    if ctr[MODE] != FULL and ctr[N_SKIP] > 0:
+        # incremental `depart` handed over only the flows it freed, a set not closed under sharing: grow the
+        # components from them as well
+        ctr[N_SKIP] -= 1
+        both = np.empty(nc + nseeds, np.int64)
+        for q in range(nc):
+            both[q] = comp[q]
+            fmark[comp[q]] = 0
+        for q in range(nseeds):
+            both[nc + q] = seeds[q]
+        seeds = both
+        nseeds = nc + nseeds
+        nc = 0
+    elif ctr[MODE] != FULL:
+        for q in range(nseeds):
+            s = seeds[q]
+            if fi[s, ACTIVE] != 0 and fmark[s] == 0:
+                fmark[s] = 1
+                comp[nc] = s
+                nc += 1
+        if nc > 0:
+            m, rates, bots = _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
+                                          rstack, fchanged, ctr)
+            if m >= 0:
+                for q in range(m):
+                    fmark[comp[q]] = 0
+                nfch, nrch = _apply(comp, m, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr,
+                                    fchanged, 0, rchanged, 0, rcmark)
+                solved = True
+            else:  # solve the whole component of everything the region grew to
+                n = -1 - m
+                for q in range(n):
+                    fmark[comp[q]] = 0
+                seeds = comp[:n].copy()
+                nseeds = n
+                nc = 0
+        else:
+            solved = True
+    if not solved:
+        nc = _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
+        for q in range(nc):
+            fmark[comp[q]] = 0
+        nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
+                            rchanged, 0, rcmark)
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
+
+
+@njit(UniTuple(I, 2)(F, I, I1, I1, I2, I1, F2, I2, I2, I1, M1, M1, I1), cache=True)
+def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rmark, rstack):
+    """Incremental mode's part of `depart`: the neighbours of finished[:nfin] (fmark 2) on binding resources,
+    where those with dust left finish too (appended to finished), and of the rest, into comp, the flows whose
+    bottleneck was one of the finished flows' resources (or is unknown): only they can gain from the
+    departures directly; `arrive` re-solves them and checks everyone else. Returns (nfin, flows in comp); the
+    survivors are left with fmark 1, as the full search leaves its component (cleared by the caller)."""
+    K = fres.shape[1]
+    nn = 0
+    nv = 0
+    q = 0
+    while q < nfin:
+        s = finished[q]
+        q += 1
+        for k in range(fn[s]):
+            r = fres[s, k]
+            if rmark[r] != 0:
+                continue
+            rmark[r] = 1
+            rstack[nv] = r
+            nv += 1
+            if ri[r, BINDING] == 0:
+                continue
+            e = ri[r, HEAD]
+            while e >= 0:
+                g = e // K
+                e = inc_next[e]
+                if fmark[g] != 0:
+                    continue
+                if ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]:
+                    fmark[g] = 2
+                    finished[nfin] = g
+                    nfin += 1
+                else:
+                    fmark[g] = 1
+                    comp[nn] = g
+                    nn += 1
+    m = 0
+    for q in range(nn):
+        g = comp[q]
+        b = fi[g, BOT]
+        if b < -1 or (b >= 0 and rmark[b] == 1):
+            comp[m] = g
+            m += 1
+        else:
+            fmark[g] = 0
+    for q in range(nv):
+        rmark[rstack[q]] = 0
+    return nfin, m
 
 
 @njit(Tuple((I, I, I, I))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1),
@@ -607,17 +994,20 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
     ctr[HSIZE] = n
     if nfin == 0:
         return 0, 0, 0, -1
-    for q in range(nfin):
-        fmark[finished[q]] = 0
-    nc = _component(finished, nfin, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
-    for q in range(nfin):
-        fmark[finished[q]] = 2
-    for q in range(nc):
-        g = comp[q]
-        if fmark[g] != 2 and ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]:
-            fmark[g] = 2
-            finished[nfin] = g
-            nfin += 1
+    if ctr[MODE] != FULL:
+        nfin, nc = _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rmark, rstack)
+    else:
+        for q in range(nfin):
+            fmark[finished[q]] = 0
+        nc = _component(finished, nfin, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
+        for q in range(nfin):
+            fmark[finished[q]] = 2
+        for q in range(nc):
+            g = comp[q]
+            if fmark[g] != 2 and ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]:
+                fmark[g] = 2
+                finished[nfin] = g
+                nfin += 1
     nrch = 0
     nfch = 0
     for q in range(nfin):
@@ -663,6 +1053,7 @@ def relink(fres, fn, fi, ri, inc_next, inc_prev):
     """Rebuild every resource's list of flows (after the route width K changed, which renumbers incidences)."""
     for r in range(ri.shape[0]):
         ri[r, HEAD] = -1
+        ri[r, NFL] = 0
     for s in range(fi.shape[0]):
         if fi[s, ACTIVE] != 0:
             _link(s, fres, fn, ri, inc_next, inc_prev)

@@ -2,23 +2,41 @@
 loops): column numbers of the per-flow and per-resource tables, and the engine's tolerances. Kept apart so the
 owner can build the arrays without importing numba."""
 
-# ff columns (float64)
-W, CAP, UB, BYTES, REM, RATE, TLAST = 0, 1, 2, 3, 4, 5, 6
-NFF = 7
+# ff columns (float64). TRATE: a rate the incremental solve proposes, before it is checked and applied.
+W, CAP, UB, BYTES, REM, RATE, TLAST, TRATE = 0, 1, 2, 3, 4, 5, 6, 7
+NFF = 8
 # fi columns (int64). VER only ever grows, also across reuse of a slot, so old heap entries stay stale. ROUTE
 # numbers the flow's route (-1: none given); flows with one route, weight and cap are solved as one class.
-ACTIVE, VER, FRESH, ROUTE = 0, 1, 2, 3
-NFI = 4
-# rf columns (float64)
-RCAP, SUMUB, LOAD = 0, 1, 2
-NRF = 3
+# BOT: the flow's bottleneck in the current allocation (a saturated binding resource on its route where its
+# level rate/weight is the highest), -1 when its cap limits it, -2 when unknown; TBOT: the one proposed with TRATE.
+ACTIVE, VER, FRESH, ROUTE, BOT, TBOT = 0, 1, 2, 3, 4, 5
+NFI = 6
+# rf columns (float64). RESID: capacity left to a region by the flows outside it; LOADP, MAXLEV: load and highest
+# level (rate/weight) under the proposed rates (scratch of the incremental solve).
+RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT = 0, 1, 2, 3, 4, 5, 6
+NRF = 7
 # ri columns (int64)
-HEAD, BINDING = 0, 1
-NRI = 2
-# ctr entries (int64): finish-heap size, heap push sequence
-HSIZE, HSEQ = 0, 1
-NCTR = 2
+# NBOT: how many flows have this resource as their bottleneck (BOT); NFL: how many flows use it; NREG: how many
+# of them are in the incremental solve's region (scratch)
+HEAD, BINDING, NBOT, NFL, NREG = 0, 1, 2, 3, 4
+NRI = 5
+# ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL or FULL), then counters of
+# the incremental solve (for benchmarks): solves, rounds, fallbacks to the whole component, flows re-solved;
+# then the number of active flows, set by the caller before `arrive`
+# and how many coming solves go straight to the whole component, after how many fallbacks in a row; last, the
+# share of the active flows (percent) a region may reach before the whole component is solved instead
+HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT = range(11)
+NCTR = 11
+INCREMENTAL, FULL = 0, 1
 
 TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now
 BYTE_TOL = 1e-9   # relative: a flow with this fraction of its bytes left is done
 BIND_TOL = 1e-9   # a resource binds when the flows' upper bounds sum to at least (1 - this) x capacity
+CHECK_TOL = 1e-11  # relative: the incremental solve's saturation and level comparisons
+SHORT_LIST = 32  # a resource with at most this many flows has its outside load summed exactly, not estimated
+LOAD_MARGIN = 1e-7  # relative: a resource whose tracked load is this far below capacity is taken as not saturated
+# without adding up its flows (the tracked load drifts by rounding only, ~1e-16 per change; exact sums re-sync it)
+MAX_ROUNDS = 8     # incremental solve rounds before it re-solves the whole component instead
+REGION_SHARE_PCT = 25  # ... or once its region holds this share of the active flows (ctr[REGION_PCT])
+MAX_SKIP = 63  # after n fallbacks in a row, the next min(2^n - 1, this) solves skip the incremental attempt:
+# where changes spread through the whole network (one NVSwitch) the attempt is wasted work; both give the same rates

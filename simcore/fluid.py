@@ -17,9 +17,12 @@ cause zero-time event loops.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -41,6 +44,7 @@ def load_core() -> ModuleType:
     """
     global _core
     if _core is None:
+        _drop_stale_machine_code()
         notice = threading.Timer(2.0, lambda: print(
             "fabricsim: compiling the fluid engine (once per install, about 20 s)...", file=sys.stderr, flush=True))
         notice.daemon = True
@@ -51,6 +55,43 @@ def load_core() -> ModuleType:
             notice.cancel()
         _core = _fluidcore
     return _core
+
+
+def solver_mode() -> int:
+    """How the core re-solves after a change: incrementally (a region, checked; the default) or the whole
+    component (`FABRICSIM_SOLVER=full`, the reference path the tests compare against)."""
+    mode = os.environ.get("FABRICSIM_SOLVER", "incremental")
+    if mode not in ("incremental", "full"):
+        raise ValueError(f"FABRICSIM_SOLVER={mode!r}: expected 'incremental' or 'full'")
+    return L.FULL if mode == "full" else L.INCREMENTAL
+
+
+_COMPILED = ("_fluidlayout.py", "_fluidcore.py", "_eventloop.py")
+
+
+def _drop_stale_machine_code() -> None:
+    """Delete numba's cached machine code of the core and the event loop when any of their sources changed.
+
+    numba keys a cached function on its own file only: the event loop inlines the core's functions, and
+    both bake in the layout's constants, so an edited `_fluidcore.py` or `_fluidlayout.py` would otherwise
+    leave the loop running old code. One digest of the three sources, kept beside the cache, decides. A
+    read-only install (nothing can change there) is left alone."""
+    here = Path(__file__).parent
+    cache = here / "__pycache__"
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in _COMPILED)).hexdigest()
+    stamp = cache / "fabricsim-jit.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for name in _COMPILED[1:]:
+            for f in cache.glob(f"{name[:-3]}.*.nb[ic]"):
+                f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        tmp = stamp.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(digest)
+        tmp.replace(stamp)
+    except OSError:
+        pass
 
 
 class Flow:
@@ -112,7 +153,7 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     ri[:, L.BINDING] = 1 if binding is None else np.asarray(binding, dtype=np.int64)
     rates = np.zeros(n)
     core.max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
-                 np.full(len(capacity), -1, np.int64), np.ones(n), rates)
+                 np.full(len(capacity), -1, np.int64), np.ones(n), rates, L.RCAP, np.empty(n, np.int64))
     load: dict[int, float] = {}
     for f, rate in zip(flows, rates.tolist(), strict=True):
         for r, c in zip(f.res.tolist(), f.coef.tolist(), strict=True):
@@ -164,6 +205,8 @@ class FluidNetwork:
         self._rstack = np.empty(nr, np.int64)
         self._rchanged = np.empty(nr, np.int64)
         self._ctr = np.zeros(L.NCTR, np.int64)
+        self._ctr[L.MODE] = solver_mode()
+        self._ctr[L.REGION_PCT] = L.REGION_SHARE_PCT
         self._hk = np.empty(64)
         self._hi = np.empty((64, 3), np.int64)
         # flow tables start empty and grow (see _grow_flows)
@@ -302,6 +345,7 @@ class FluidNetwork:
         closed, self._survivors = self._survivors, _NO_SLOTS
         self._pending = []
         self._heap_room()
+        self._ctr[L.N_ACTIVE] = self._active
         nfch, nrch, t = self._c.arrive(
             closed, len(closed), seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
             self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark, self._rmark, self._rstack,

@@ -36,7 +36,7 @@ def _class_rates(flows: list[Flow], routes: list[int], capacity: list[float]) ->
     ri[:, L.BINDING] = 1
     comp = np.arange(n, dtype=np.int64)
     rloc = np.full(len(capacity), -1, np.int64)
-    rates = core._class_rates(comp, n, fres, fcoef, fn, ff, fi, rf, ri, rloc)
+    rates = core._class_rates(comp, n, fres, fcoef, fn, ff, fi, rf, ri, rloc, L.RCAP, np.empty(n, np.int64))
     assert (rloc == -1).all()  # scratch left as found
     return rates.tolist()
 
