@@ -34,15 +34,17 @@ from .clock import timeout_at
 from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
-from .lowering import Work, run_compiled
+from .lowering import run_compiled
 from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
 from .records import Record, Result
-from .units import check_bytes, check_positive, check_seconds, parse_bytes
+from .units import MAX_BYTES, MAX_SECONDS, check_bytes, check_positive, check_seconds, parse_bytes
 
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
+_INF = float("inf")
+_NAN = float("nan")
 
 
 
@@ -64,11 +66,20 @@ class Simulation:
         self._records: dict[str, Record] = {}
         self._flows: dict[str, Flow] = {}
         self._engines: dict[str, FifoEngine] = {}
-        self._deferred: list[Work] | None = []  # None once anything runs procedurally
+        # declared items, as `Work` tuples (see `lowering.Work`), in declaration order; `_deferred` is None once
+        # anything runs procedurally, `_work` keeps the list (for `rate_segments` after a compiled run)
+        self._deferred: list[tuple] | None = []
+        self._work: list[tuple] = self._deferred
         self._deferred_index: dict[str, int] = {}
         self._deferred_events: dict[simpy.Event, int] = {}
         self._memory: dict[str, MemoryPool] = {}
-        self._routes: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        # distinct routes (a path's resources -> number), with their (index array, coefficient array)
+        self._routes: dict[tuple, int] = {}
+        self._route_arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        # (src, dst, mechanism) -> (the topology's PathShape, route number), while the topology's path cache is
+        # the one they were built beside (`Topology._changed` starts a new one)
+        self._shapes: dict[tuple[str, str, str], tuple] = {}
+        self._shapes_of = topology._path_cache
         self._seq = 0
 
     # ---- describing work -------------------------------------------------------------------------------
@@ -78,30 +89,34 @@ class Simulation:
                  mechanism: str = "ce") -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
         (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`)."""
-        rid = self._new_id(id, "t")
-        where = f"transfer '{rid}'"
-        if isinstance(nbytes, str):
-            nbytes = parse_bytes(nbytes, f"{where}: bytes")
-        else:
-            nbytes = check_bytes(_plain(nbytes), f"{where}: bytes", whole=False)
-        if rate_cap_Bps is not None:
-            rate_cap_Bps = check_positive(_plain(rate_cap_Bps), f"{where}: rate cap")
-        weight = check_positive(_plain(weight), f"{where}: weight")
-        fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
-        start = check_seconds(_plain(start), f"{where}: start")
-        try:
-            path = self.topology.path(src, dst, nbytes, mechanism)
-        except TopologyError as exc:
-            raise ScenarioError(f"transfer '{rid}': {exc}") from None
-        cap = path.rate_cap_Bps
+        self._seq += 1
+        rid = f"t{self._seq}" if id is None else str(id)
+        if rid in self._records:
+            raise ScenarioError(f"duplicate id '{rid}'")
+        # The arguments most calls pass (plain finite numbers in range) are let through by these tests alone;
+        # anything else takes the full checks, which convert or name what is wrong, in the same order as ever.
+        tb = type(nbytes)
+        if not ((tb is int or tb is float) and 0 < nbytes <= MAX_BYTES
+                and (rate_cap_Bps is None or (type(rate_cap_Bps) is float and 0.0 < rate_cap_Bps < _INF))
+                and type(weight) is float and 0.0 < weight < _INF
+                and type(fixed_cost_s) is float and 0.0 <= fixed_cost_s <= MAX_SECONDS
+                and type(start) is float and 0.0 <= start <= MAX_SECONDS):
+            nbytes, rate_cap_Bps, weight, fixed_cost_s, start = _check_transfer(
+                rid, nbytes, rate_cap_Bps, weight, fixed_cost_s, start)
+        if self.topology._path_cache is not self._shapes_of:
+            self._shapes, self._shapes_of = {}, self.topology._path_cache
+        shape = self._shapes.get((src, dst, mechanism))
+        if shape is None:
+            shape = self._shape(rid, src, dst, mechanism)
+        path, route = shape
+        cap = path.rate_cap_Bps if path.sized is None else path.rate_cap(nbytes)
         if rate_cap_Bps is not None:
             cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
-        res, coef = self._route(path.resources)
-        flow = Flow(self._seq, res, coef, nbytes, weight, cap, record=self._record_rates)
-        rec = Record(rid, "transfer", path.src, path.dst, float(nbytes), float("nan"), path_class=path.path_class,
-                     route=path.nodes, engine=engine or path.engine, tag=tag)
-        self._flows[rid] = flow
-        return self._add(rec, after, start, path.latency_s + fixed_cost_s, flow, rec.engine)
+        engine = engine or path.engine
+        nbytes = float(nbytes)
+        rec = Record(rid, "transfer", path.src, path.dst, nbytes, _NAN, _NAN, _NAN, path.path_class, path.nodes,
+                     engine, tag, 0.0)
+        return self._add(rec, after, start, path.latency_s + fixed_cost_s, route, nbytes, weight, cap, engine)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
@@ -126,10 +141,8 @@ class Simulation:
         if hbm_bytes > 0 and hbm in self._res_index:
             t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]
             cap = hbm_bytes / max(t_compute, t_mem)
-            flow = Flow(self._seq, [self._res_index[hbm]], [1.0], hbm_bytes, 1.0, cap, record=self._record_rates)
-            self._flows[rid] = flow
-            return self._add(rec, after, start, 0.0, flow, None)
-        return self._add(rec, after, start, t_compute, None, None)
+            return self._add(rec, after, start, 0.0, self._route(((hbm, 1.0),)), float(hbm_bytes), 1.0, cap, None)
+        return self._add(rec, after, start, t_compute, -1, 0.0, 1.0, None, None)
 
     def delay(self, id: str | None, seconds: float, *, start: float = 0.0, after: Iterable[Dep] = (),
               tag: str | None = None, where: str = "") -> simpy.Event:
@@ -138,7 +151,7 @@ class Simulation:
         seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
         start = check_seconds(_plain(start), f"delay '{rid}': start")
         rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
-        return self._add(rec, after, start, seconds, None, None)
+        return self._add(rec, after, start, seconds, -1, 0.0, 1.0, None, None)
 
     def memory(self, device: str) -> MemoryPool:
         """The memory pool of a GPU (HBM) or host socket (DRAM), created on first use."""
@@ -188,7 +201,7 @@ class Simulation:
         try:
             if loop != "simpy" and not why_not:
 
-                run_compiled(self, self._deferred, progress)
+                run_compiled(self, self._deferred, self._route_arrays, progress)
                 self._deferred = None
             else:
                 self._go_procedural()
@@ -210,7 +223,14 @@ class Simulation:
 
     def rate_segments(self, id: str) -> list[tuple[float, float]]:
         """(time, rate) steps of one flow; needs `record_rates=True` (used by invariant tests)."""
-        segs = self._flows[id].segments
+        flow = self._flows.get(id)
+        if flow is not None:
+            segs = flow.segments
+        else:  # a declared item that never ran as a simpy flow (it is still declared, or ran compiled)
+            i = self._deferred_index.get(id)
+            if i is None or self._work[i][4] < 0:
+                raise KeyError(id)  # no flow of that id
+            segs = None if self._deferred is None else [] if self._record_rates else None
         if segs is None:
             raise ScenarioError("rate segments were not recorded: create the Simulation with record_rates=True")
         return segs
@@ -223,14 +243,29 @@ class Simulation:
             raise ScenarioError(f"duplicate id '{rid}'")
         return rid
 
-    def _route(self, resources: tuple[tuple[str, float], ...]) -> tuple[np.ndarray, np.ndarray]:
-        """A path's resources as (index array, coefficient array), built once per distinct path."""
+    def _route(self, resources: tuple[tuple[str, float], ...]) -> int:
+        """The number of a path's resources; their (index array, coefficient array), built once per distinct
+        path, are `_route_arrays[number]`."""
         route = self._routes.get(resources)
         if route is None:
-            route = (np.array([self._res_index[r] for r, _ in resources], dtype=np.int64),
-                     np.array([c for _, c in resources], dtype=np.float64))
-            self._routes[resources] = route
+            route = self._routes[resources] = len(self._route_arrays)
+            self._route_arrays.append((np.array([self._res_index[r] for r, _ in resources], dtype=np.int64),
+                                       np.array([c for _, c in resources], dtype=np.float64)))
         return route
+
+    def _shape(self, rid: str, src: str, dst: str, mechanism: str) -> tuple:
+        """The path shape and route number of copies src -> dst by `mechanism`, kept for the next such copy."""
+        try:
+            path = self.topology.path_shape(src, dst, mechanism)
+        except TopologyError as exc:
+            raise ScenarioError(f"transfer '{rid}': {exc}") from None
+        shape = self._shapes[(src, dst, mechanism)] = (path, self._route(path.resources))
+        return shape
+
+    def _flow(self, rid: str, route: int, nbytes: float, weight: float, cap: float | None, key: int) -> Flow:
+        res, coef = self._route_arrays[route]
+        flow = self._flows[rid] = Flow(key, res, coef, nbytes, weight, cap, record=self._record_rates)
+        return flow
 
     def _why_not_compiled(self, until: float | None) -> str:
         """Why the declared work must take the simpy path ('' when the compiled loop can run it)."""
@@ -242,29 +277,34 @@ class Simulation:
             return "flow rate segments are recorded"
         if self.env.peek() != float("inf"):
             return "simpy events are already scheduled"
-        if any(w.done.callbacks for w in self._deferred):
+        if any(w[9].callbacks for w in self._deferred):
             return "something waits on a declared item's event"
         return ""
 
-    def _add(self, rec: Record, after: Iterable[Dep], start: float, latency: float, flow: Flow | None,
-             engine: str | None) -> simpy.Event:
-        """Declare one item: kept as `Work` while everything is declarative, else launched as a simpy process."""
-        after = list(after)
+    def _add(self, rec: Record, after: Iterable[Dep], start: float, latency: float, route: int, nbytes: float,
+             weight: float, cap: float | None, engine: str | None) -> simpy.Event:
+        """Declare one item (`route` -1: no flow): kept as a `Work` tuple while everything is declarative, else
+        launched as a simpy process."""
+        if type(after) is not list and type(after) is not tuple:
+            after = list(after)
+        rid = rec.id
         if self._deferred is not None:
-            deps = self._dep_indices(rec.id, after)
+            deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
-                done = self.env.event()
-                self._deferred_index[rec.id] = self._deferred_events[done] = len(self._deferred)
-                self._deferred.append(Work(rec, deps, start, latency, flow, engine, done))
-                self._records[rec.id] = rec
-                self._done[rec.id] = done
+                done = simpy.Event(self.env)
+                deferred = self._deferred
+                self._deferred_index[rid] = self._deferred_events[done] = len(deferred)
+                deferred.append((rec, deps, start, latency, route, nbytes, weight, cap, engine, done, self._seq))
+                self._records[rid] = rec
+                self._done[rid] = done
                 return done
             self._go_procedural()
         order = len(self._records)
-        deps_ev = self._deps(rec.id, after)
+        deps_ev = self._deps(rid, after)
         done = self.env.event()
-        self._records[rec.id] = rec
-        self._done[rec.id] = done
+        self._records[rid] = rec
+        self._done[rid] = done
+        flow = None if route < 0 else self._flow(rid, route, nbytes, weight, cap, self._seq)
         _Item(self, rec, deps_ev, start, latency, flow, engine, order, done).launch()
         return done
 
@@ -287,9 +327,9 @@ class Simulation:
         """Launch every declared item on the simpy clock, in declaration order; later items launch at once."""
         work, self._deferred = self._deferred, None
         self._deferred_events = {}
-        for order, w in enumerate(work or ()):
-            _Item(self, w.rec, [work[j].done for j in w.deps], w.start, w.latency, w.flow, w.engine, order,
-                  w.done).launch()
+        for order, (rec, deps, start, latency, route, nbytes, weight, cap, engine, done, key) in enumerate(work or ()):
+            flow = None if route < 0 else self._flow(rec.id, route, nbytes, weight, cap, key)
+            _Item(self, rec, [work[j][9] for j in deps], start, latency, flow, engine, order, done).launch()
 
     def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
         deps = []
@@ -323,6 +363,23 @@ class Simulation:
 def _plain(x: Any) -> Any:
     """numpy scalars as Python numbers, so the argument checks treat `np.float64(1e9)` like `1e9`."""
     return x.item() if isinstance(x, np.generic) else x
+
+
+def _check_transfer(rid: str, nbytes: Any, rate_cap_Bps: Any, weight: Any, fixed_cost_s: Any,
+                    start: Any) -> tuple[float, float | None, float, float, float]:
+    """A transfer's arguments, fully checked and converted (`Simulation.transfer` lets the usual ones through
+    without calling this)."""
+    where = f"transfer '{rid}'"
+    if isinstance(nbytes, str):
+        nbytes = parse_bytes(nbytes, f"{where}: bytes")
+    else:
+        nbytes = check_bytes(_plain(nbytes), f"{where}: bytes", whole=False)
+    if rate_cap_Bps is not None:
+        rate_cap_Bps = check_positive(_plain(rate_cap_Bps), f"{where}: rate cap")
+    weight = check_positive(_plain(weight), f"{where}: weight")
+    fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
+    start = check_seconds(_plain(start), f"{where}: start")
+    return nbytes, rate_cap_Bps, weight, fixed_cost_s, start
 
 
 def _check_flops(flops: Any, where: str) -> float:
