@@ -27,11 +27,10 @@ Simulation = Any
 class Work(NamedTuple):
     """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`).
 
-    The simulation keeps them as plain tuples in this field order (building a named tuple costs more than the
-    rest of declaring a transfer's item); this class names the fields."""
+    The simulation keeps them as plain tuples in this field order (a named tuple costs more to build than the rest
+    of declaring a transfer's item), and their records and completion events apart, in the same order."""
 
-    rec: Record
-    deps: list[int] | tuple[()]  # indices of the work items it waits for
+    deps: tuple[int, ...]  # indices of the work items it waits for
     start: float
     latency: float  # path latency + fixed cost (flows) or the delay itself
     route: int  # the simulation's route number of its flow (`Simulation._route_arrays`), -1: no flow
@@ -39,7 +38,6 @@ class Work(NamedTuple):
     weight: float  # the flow's weight (1.0 without a flow)
     cap: float | None  # the flow's rate cap, None: none
     engine: str | None
-    done: simpy.Event
     key: int  # the simulation's sequence number when it was declared (its flow's key on the simpy path)
 
 _loop = None
@@ -91,17 +89,17 @@ class _ItemArrays:
         self.succ = np.zeros(0, np.int64)
 
 
-def run_compiled(sim: Simulation, work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]],
-                 progress: Progress | None) -> None:
-    """Run `work` (the simulation's declared items, `Work` tuples) on the compiled loop and fill in the records.
-    `route_arrays`: the simulation's routes, (resource index array, coefficient array) by route number."""
+def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
+                 route_arrays: list[tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> None:
+    """Run `work` (the simulation's declared items, `Work` tuples; `recs` and `dones` their records and events) on
+    the compiled loop and fill in the records. `route_arrays`: the simulation's routes, (resource index array,
+    coefficient array) by route number."""
     loop = load_loop()
     a, roff, rres, rcoef, nengines = lower(work, route_arrays)
     ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
     n = len(work)
     if n:
-        recs, dones = [w[0] for w in work], [w[9] for w in work]
         for rec, done, t0, t1, t2 in zip(recs, dones, ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist(),
                                          strict=True):
             rec.start_s = t0
@@ -123,26 +121,26 @@ def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
     a = _ItemArrays(n)
     if n == 0:
         return a, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), 0
-    deps = [w[1] for w in work]
-    a.istart[:] = [w[2] for w in work]
-    a.ilat[:] = [w[3] for w in work]
-    route = np.array([w[4] for w in work], np.int64)
+    deps, start, latency, route, nbytes, weight, cap, engine, _key = zip(*work, strict=True)
+    a.istart[:] = start
+    a.ilat[:] = latency
+    route = np.array(route, np.int64)
     flow = route >= 0
     a.ikind[:] = ~flow
-    a.ibytes[:] = [w[5] for w in work]
+    a.ibytes[:] = nbytes
     a.ibytes[~flow] = 0.0
-    a.iw[:] = [w[6] for w in work]
+    a.iw[:] = weight
     a.iw[~flow] = 1.0
-    a.icap[:] = [np.inf if w[7] is None else w[7] for w in work]
+    a.icap[:] = [np.inf if c is None else c for c in cap]
     engines: dict[str, int] = {}
-    a.ieng[:] = [-1 if e is None else engines.setdefault(e, len(engines)) for e in (w[8] for w in work)]
+    a.ieng[:] = [-1 if e is None else engines.setdefault(e, len(engines)) for e in engine]
     # routes: the simulation numbers each distinct path's resources once, so number by content = renumber its
     # numbers in order of first use by an item with a flow
     used, first = np.unique(route[flow], return_index=True)
     used = used[np.argsort(first, kind="stable")]
-    number = np.full(len(route_arrays), -1, np.int64)
+    number = np.zeros(len(route_arrays), np.int64)
     number[used] = np.arange(len(used))
-    a.iroute[:] = np.where(flow, number[np.maximum(route, 0)], 0)
+    a.iroute[flow] = number[route[flow]]
     arrays = [route_arrays[r] for r in used.tolist()]
     roff = np.zeros(len(arrays) + 1, np.int64)
     roff[1:] = np.cumsum([len(res) for res, _ in arrays])

@@ -66,12 +66,11 @@ class Simulation:
         self._records: dict[str, Record] = {}
         self._flows: dict[str, Flow] = {}
         self._engines: dict[str, FifoEngine] = {}
-        # declared items, as `Work` tuples (see `lowering.Work`), in declaration order; `_deferred` is None once
-        # anything runs procedurally, `_work` keeps the list (for `rate_segments` after a compiled run)
+        # Declared items, as `Work` tuples (see `lowering.Work`) in declaration order; their records and events
+        # are `_records` and `_done`, in the same order (every item is declared while `_deferred` is a list).
+        # `_deferred` is None once anything runs procedurally; `_work` keeps the list (for `rate_segments`).
         self._deferred: list[tuple] | None = []
         self._work: list[tuple] = self._deferred
-        self._deferred_index: dict[str, int] = {}
-        self._deferred_events: dict[simpy.Event, int] = {}
         self._memory: dict[str, MemoryPool] = {}
         # distinct routes (a path's resources -> number), with their (index array, coefficient array)
         self._routes: dict[tuple, int] = {}
@@ -108,15 +107,27 @@ class Simulation:
         shape = self._shapes.get((src, dst, mechanism))
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)
-        path, route = shape
-        cap = path.rate_cap_Bps if path.sized is None else path.rate_cap(nbytes)
+        psrc, pdst, cls, nodes, latency, cap, sized, path_engine, route = shape
+        if sized is not None:
+            cap = sized.rate_cap(nbytes)
         if rate_cap_Bps is not None:
             cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
-        engine = engine or path.engine
+        engine = engine or path_engine
         nbytes = float(nbytes)
-        rec = Record(rid, "transfer", path.src, path.dst, nbytes, _NAN, _NAN, _NAN, path.path_class, path.nodes,
-                     engine, tag, 0.0)
-        return self._add(rec, after, start, path.latency_s + fixed_cost_s, route, nbytes, weight, cap, engine)
+        rec = Record(rid, "transfer", psrc, pdst, nbytes, _NAN, _NAN, _NAN, cls, nodes, engine, tag, 0.0)
+        latency += fixed_cost_s
+        deferred = self._deferred
+        if deferred is not None and (type(after) is list or type(after) is tuple):
+            # declared work (the usual case), as `_add` keeps it, without the call
+            deps = self._dep_indices(rid, after) if after else ()
+            if deps is not None:
+                done = _Declared(self.env)
+                done.item = len(deferred)
+                deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
+                self._records[rid] = rec
+                self._done[rid] = done
+                return done
+        return self._add(rec, after, start, latency, route, nbytes, weight, cap, engine)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
@@ -201,7 +212,8 @@ class Simulation:
         try:
             if loop != "simpy" and not why_not:
 
-                run_compiled(self, self._deferred, self._route_arrays, progress)
+                run_compiled(self, self._deferred, list(self._records.values()), list(self._done.values()),
+                             self._route_arrays, progress)
                 self._deferred = None
             else:
                 self._go_procedural()
@@ -227,8 +239,8 @@ class Simulation:
         if flow is not None:
             segs = flow.segments
         else:  # a declared item that never ran as a simpy flow (it is still declared, or ran compiled)
-            i = self._deferred_index.get(id)
-            if i is None or self._work[i][4] < 0:
+            ev = self._done.get(id)
+            if type(ev) is not _Declared or self._work[ev.item][3] < 0:
                 raise KeyError(id)  # no flow of that id
             segs = None if self._deferred is None else [] if self._record_rates else None
         if segs is None:
@@ -254,12 +266,16 @@ class Simulation:
         return route
 
     def _shape(self, rid: str, src: str, dst: str, mechanism: str) -> tuple:
-        """The path shape and route number of copies src -> dst by `mechanism`, kept for the next such copy."""
+        """What copies src -> dst by `mechanism` share, kept for the next such copy: (src, dst, path class, nodes,
+        latency, rate cap, the `PathShape` when the cap depends on the size, else None, engine, route number)."""
         try:
             path = self.topology.path_shape(src, dst, mechanism)
         except TopologyError as exc:
             raise ScenarioError(f"transfer '{rid}': {exc}") from None
-        shape = self._shapes[(src, dst, mechanism)] = (path, self._route(path.resources))
+        sized = path if path.sized is not None else None
+        shape = self._shapes[(src, dst, mechanism)] = (
+            path.src, path.dst, path.path_class, path.nodes, path.latency_s, path.rate_cap_Bps, sized, path.engine,
+            self._route(path.resources))
         return shape
 
     def _flow(self, rid: str, route: int, nbytes: float, weight: float, cap: float | None, key: int) -> Flow:
@@ -277,7 +293,7 @@ class Simulation:
             return "flow rate segments are recorded"
         if self.env.peek() != float("inf"):
             return "simpy events are already scheduled"
-        if any(w[9].callbacks for w in self._deferred):
+        if any(ev.callbacks for ev in self._done.values()):
             return "something waits on a declared item's event"
         return ""
 
@@ -291,10 +307,12 @@ class Simulation:
         if self._deferred is not None:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
-                done = simpy.Event(self.env)
                 deferred = self._deferred
-                self._deferred_index[rid] = self._deferred_events[done] = len(deferred)
-                deferred.append((rec, deps, start, latency, route, nbytes, weight, cap, engine, done, self._seq))
+                done = _Declared(self.env)
+                done.item = len(deferred)
+                # no record or event in the tuple: one of plain numbers, strings and None only is not tracked by
+                # the garbage collector (after its first pass), whose full passes over 10^6 items cost seconds
+                deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
                 self._records[rid] = rec
                 self._done[rid] = done
                 return done
@@ -308,28 +326,32 @@ class Simulation:
         _Item(self, rec, deps_ev, start, latency, flow, engine, order, done).launch()
         return done
 
-    def _dep_indices(self, rid: str, after: list[Dep]) -> list[int] | None:
-        """Dependencies as work-item indices; None if one is an event from outside the declared work."""
+    def _dep_indices(self, rid: str, after: list[Dep]) -> tuple[int, ...] | None:
+        """Dependencies as work-item indices; None if one is an event from outside the declared work. (While work
+        is declared, every event in `_done` is a declared item's.)"""
         out = []
         for a in after:
             if isinstance(a, simpy.Event):
-                j = self._deferred_events.get(a)
-            elif a in self._deferred_index:
-                j = self._deferred_index[a]
+                if type(a) is not _Declared or a.env is not self.env:
+                    return None
+                out.append(a.item)
             else:
-                raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
-            if j is None:
-                return None
-            out.append(j)
-        return out
+                done = self._done.get(a)
+                if done is None:
+                    raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
+                out.append(done.item)
+        return tuple(out)
 
     def _go_procedural(self) -> None:
         """Launch every declared item on the simpy clock, in declaration order; later items launch at once."""
         work, self._deferred = self._deferred, None
-        self._deferred_events = {}
-        for order, (rec, deps, start, latency, route, nbytes, weight, cap, engine, done, key) in enumerate(work or ()):
+        if not work:
+            return
+        recs, dones = list(self._records.values()), list(self._done.values())
+        for order, (rec, done, (deps, start, latency, route, nbytes, weight, cap, engine, key)) in enumerate(
+                zip(recs, dones, work, strict=True)):
             flow = None if route < 0 else self._flow(rec.id, route, nbytes, weight, cap, key)
-            _Item(self, rec, [work[j][9] for j in deps], start, latency, flow, engine, order, done).launch()
+            _Item(self, rec, [dones[j] for j in deps], start, latency, flow, engine, order, done).launch()
 
     def _deps(self, rid: str, after: Iterable[Dep]) -> list[simpy.Event]:
         deps = []
@@ -386,6 +408,17 @@ def _check_flops(flops: Any, where: str) -> float:
     if isinstance(flops, bool) or not isinstance(flops, int | float) or not 0 <= flops < float("inf"):
         raise ScenarioError(f"{where}: expected a finite number >= 0, got {flops!r}")
     return float(flops)
+
+
+class _Declared(simpy.Event):
+    """The completion event of a declared item: a simpy event that knows the item's index in the declared work,
+    so `after=` finds it without a table of events (shown as a plain `Event()`)."""
+
+    __slots__ = ("item",)
+    item: int
+
+    def _desc(self) -> str:
+        return "Event()"
 
 
 class _Item:
