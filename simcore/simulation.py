@@ -44,6 +44,7 @@ from .units import MAX_BYTES, MAX_SECONDS, check_bytes, check_positive, check_se
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
 _INF = float("inf")
+_NO_CALLBACKS: tuple = ()  # a declared item's event before anyone asked for its callback list
 _NAN = float("nan")
 
 
@@ -121,8 +122,7 @@ class Simulation:
             # declared work (the usual case), as `_add` keeps it, without the call
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
-                done = _Declared(self.env)
-                done.item = len(deferred)
+                done = _Declared(self.env, len(deferred))
                 deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
                 self._records[rid] = rec
                 self._done[rid] = done
@@ -293,7 +293,7 @@ class Simulation:
             return "flow rate segments are recorded"
         if self.env.peek() != float("inf"):
             return "simpy events are already scheduled"
-        if any(ev.callbacks for ev in self._done.values()):
+        if any(ev.waited_on() for ev in self._done.values()):
             return "something waits on a declared item's event"
         return ""
 
@@ -308,8 +308,7 @@ class Simulation:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
                 deferred = self._deferred
-                done = _Declared(self.env)
-                done.item = len(deferred)
+                done = _Declared(self.env, len(deferred))
                 # no record or event in the tuple: one of plain numbers, strings and None only is not tracked by
                 # the garbage collector (after its first pass), whose full passes over 10^6 items cost seconds
                 deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
@@ -412,10 +411,32 @@ def _check_flops(flops: Any, where: str) -> float:
 
 class _Declared(simpy.Event):
     """The completion event of a declared item: a simpy event that knows the item's index in the declared work,
-    so `after=` finds it without a table of events (shown as a plain `Event()`)."""
+    so `after=` finds it without a table of events (shown as a plain `Event()`), and makes its callback list
+    when someone first asks for it: most declared items' events are never waited on, and 10^6 empty lists cost
+    the garbage collector's full passes seconds while a large run is declared."""
 
-    __slots__ = ("item",)
-    item: int
+    __slots__ = ("item", "_callbacks")
+
+    def __init__(self, env: simpy.Environment, item: int) -> None:
+        # simpy.Event.__init__ sets `env` and `callbacks` (tests/test_declare_fast.py checks that it still does)
+        self.env = env
+        self._callbacks = _NO_CALLBACKS
+        self.item = item
+
+    @property
+    def callbacks(self) -> list | None:  # type: ignore[override]
+        cbs = self._callbacks
+        if cbs is _NO_CALLBACKS:
+            cbs = self._callbacks = []
+        return cbs
+
+    @callbacks.setter
+    def callbacks(self, value: list | None) -> None:
+        self._callbacks = value
+
+    def waited_on(self) -> bool:
+        """Whether a callback was added (without making the list)."""
+        return bool(self._callbacks)
 
     def _desc(self) -> str:
         return "Event()"

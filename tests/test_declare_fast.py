@@ -175,3 +175,20 @@ def test_declared_events_behave_as_simpy_events() -> None:
     sim.process(waiter())
     sim.run()
     assert seen == ["a"] and ev.processed and ev.value is sim.result()["a"]
+
+
+def test_simpy_event_init_sets_what_declared_events_set() -> None:
+    """`_Declared.__init__` stands in for simpy.Event.__init__ (env, and callbacks made on first use)."""
+    import simpy
+
+    from fabricsim.simcore.simulation import _Declared
+
+    env = simpy.Environment()
+    assert set(vars(simpy.Event(env))) == {"env", "callbacks"}
+    ev = _Declared(env, 3)
+    assert ev.env is env and ev.item == 3 and not ev.waited_on() and ev.callbacks == [] and not ev.triggered
+    ev.callbacks.append(lambda e: None)
+    assert ev.waited_on()
+    ev.succeed(7)
+    env.run()
+    assert ev.processed and ev.value == 7 and ev.callbacks is None
