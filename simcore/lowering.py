@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,17 +28,34 @@ class Work(NamedTuple):
     """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`).
 
     The simulation keeps them as plain tuples in this field order (a named tuple costs more to build than the rest
-    of declaring a transfer's item), and their records and completion events apart, in the same order."""
+    of declaring a transfer's item) and their completion events apart, in the same order; the record is made from
+    the tuple when first asked for (`record`)."""
 
-    deps: tuple[int, ...]  # indices of the work items it waits for
     start: float
     latency: float  # path latency + fixed cost (flows) or the delay itself
     route: int  # the simulation's route number of its flow (`Simulation._route_arrays`), -1: no flow
-    nbytes: float  # the flow's bytes (0.0 without a flow)
+    nbytes: float  # the record's bytes; the flow's, if it has one
     weight: float  # the flow's weight (1.0 without a flow)
     cap: float | None  # the flow's rate cap, None: none
     engine: str | None
     key: int  # the simulation's sequence number when it was declared (its flow's key on the simpy path)
+    id: str  # the record's fields, as `Record` names them
+    kind: str
+    src: str
+    dst: str
+    path_class: str
+    nodes: tuple[str, ...]
+    tag: str | None
+    flops: float
+    deps: tuple[int, ...]  # indices of the work items it waits for
+
+
+_NAN = float("nan")
+
+
+def record(w: tuple, start_s: float = _NAN, begin_s: float = _NAN, finish_s: float = _NAN) -> Record:
+    """The record of a declared item (a `Work` tuple, or one less its dependencies)."""
+    return Record(w[8], w[9], w[10], w[11], w[3], start_s, begin_s, finish_s, w[12], w[13], w[6], w[14], w[15])
 
 _loop = None
 STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line
@@ -90,27 +107,27 @@ class _ItemArrays:
 
 
 def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
-                 route_arrays: list[tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> None:
-    """Run `work` (the simulation's declared items, `Work` tuples; `recs` and `dones` their records and events) on
-    the compiled loop and fill in the records. `route_arrays`: the simulation's routes, (resource index array,
-    coefficient array) by route number."""
+                 route_arrays: list[tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> list[Record]:
+    """Run `work` (the simulation's declared items, `Work` tuples; `dones` their events, `recs` the records made so
+    far, of the first items) on the compiled loop, fill in those records and return the others', made now.
+    `route_arrays`: the simulation's routes, (resource index array, coefficient array) by route number."""
     loop = load_loop()
     a, roff, rres, rcoef, nengines = lower(work, route_arrays)
     ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
-    n = len(work)
-    if n:
-        for rec, done, t0, t1, t2 in zip(recs, dones, ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist(),
-                                         strict=True):
-            rec.start_s = t0
-            rec.begin_s = t1
-            rec.finish_s = t2
-            # the item's event counts as processed: a later procedure that waits on it goes straight on
-            done._ok = True
-            done._value = rec
-            done.callbacks = None
+    n, k = len(work), len(recs)
+    t0, t1, t2 = ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist()
+    for i, rec in enumerate(recs):
+        rec.start_s, rec.begin_s, rec.finish_s = t0[i], t1[i], t2[i]
+    made = list(map(record, work[k:], t0[k:], t1[k:], t2[k:]))
+    for done, rec in zip(dones, recs + made, strict=True):
+        # the item's event counts as processed: a later procedure that waits on it goes straight on
+        done._ok = True
+        done._value = rec
+        done.callbacks = None
     end = float(np.max(ot[:, 2])) if n else 0.0
     sim.env._now = max(sim.env.now, end)  # the clock stands where the simpy path would have left it
+    return made
 
 
 def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
@@ -121,7 +138,8 @@ def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
     a = _ItemArrays(n)
     if n == 0:
         return a, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), 0
-    deps, start, latency, route, nbytes, weight, cap, engine, _key = zip(*work, strict=True)
+    start, latency, route, nbytes, weight, cap, engine = islice(zip(*work, strict=False), 7)
+    deps = [w[-1] for w in work]
     a.istart[:] = start
     a.ilat[:] = latency
     route = np.array(route, np.int64)

@@ -34,7 +34,7 @@ from .clock import timeout_at
 from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
-from .lowering import run_compiled
+from .lowering import record, run_compiled
 from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
@@ -67,9 +67,10 @@ class Simulation:
         self._records: dict[str, Record] = {}
         self._flows: dict[str, Flow] = {}
         self._engines: dict[str, FifoEngine] = {}
-        # Declared items, as `Work` tuples (see `lowering.Work`) in declaration order; their records and events
-        # are `_records` and `_done`, in the same order (every item is declared while `_deferred` is a list).
-        # `_deferred` is None once anything runs procedurally; `_work` keeps the list (for `rate_segments`).
+        # Declared items, as `Work` tuples (see `lowering.Work`) in declaration order; their events are `_done`,
+        # in the same order (every item is declared while `_deferred` is a list), and their records, made when
+        # asked for (`_made`), `_records`. `_deferred` is None once anything runs procedurally; `_work` keeps the
+        # list (for `rate_segments`).
         self._deferred: list[tuple] | None = []
         self._work: list[tuple] = self._deferred
         self._memory: dict[str, MemoryPool] = {}
@@ -91,7 +92,7 @@ class Simulation:
         (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`)."""
         self._seq += 1
         rid = f"t{self._seq}" if id is None else str(id)
-        if rid in self._records:
+        if rid in self._done:
             raise ScenarioError(f"duplicate id '{rid}'")
         # The arguments most calls pass (plain finite numbers in range) are let through by these tests alone;
         # anything else takes the full checks, which convert or name what is wrong, in the same order as ever.
@@ -114,8 +115,6 @@ class Simulation:
         if rate_cap_Bps is not None:
             cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
         engine = engine or path_engine
-        nbytes = float(nbytes)
-        rec = Record(rid, "transfer", psrc, pdst, nbytes, _NAN, _NAN, _NAN, cls, nodes, engine, tag, 0.0)
         latency += fixed_cost_s
         deferred = self._deferred
         if deferred is not None and (type(after) is list or type(after) is tuple):
@@ -123,11 +122,12 @@ class Simulation:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
                 done = _Declared(self.env, len(deferred))
-                deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
-                self._records[rid] = rec
+                deferred.append((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid,
+                                 "transfer", psrc, pdst, cls, nodes, tag, 0.0, deps))
                 self._done[rid] = done
                 return done
-        return self._add(rec, after, start, latency, route, nbytes, weight, cap, engine)
+        return self._add((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid, "transfer",
+                          psrc, pdst, cls, nodes, tag, 0.0), after)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
@@ -147,13 +147,15 @@ class Simulation:
         except TopologyError as exc:
             raise ScenarioError(f"task '{rid}': {exc}") from None
         t_compute = flops / peak
-        rec = Record(rid, "task", node, node, float(hbm_bytes), float("nan"), tag=tag, flops=float(flops))
         hbm = f"{node}.hbm"
         if hbm_bytes > 0 and hbm in self._res_index:
             t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]
             cap = hbm_bytes / max(t_compute, t_mem)
-            return self._add(rec, after, start, 0.0, self._route(((hbm, 1.0),)), float(hbm_bytes), 1.0, cap, None)
-        return self._add(rec, after, start, t_compute, -1, 0.0, 1.0, None, None)
+            latency, route = 0.0, self._route(((hbm, 1.0),))
+        else:
+            cap, latency, route = None, t_compute, -1
+        return self._add((start, latency, route, float(hbm_bytes), 1.0, cap, None, self._seq, rid, "task", node, node,
+                          "", (), tag, float(flops)), after)
 
     def delay(self, id: str | None, seconds: float, *, start: float = 0.0, after: Iterable[Dep] = (),
               tag: str | None = None, where: str = "") -> simpy.Event:
@@ -161,8 +163,8 @@ class Simulation:
         rid = self._new_id(id, "d")
         seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
         start = check_seconds(_plain(start), f"delay '{rid}': start")
-        rec = Record(rid, "delay", where, where, 0.0, float("nan"), tag=tag)
-        return self._add(rec, after, start, seconds, -1, 0.0, 1.0, None, None)
+        return self._add((start, seconds, -1, 0.0, 1.0, None, None, self._seq, rid, "delay", where, where, "", (), tag,
+                          0.0), after)
 
     def memory(self, device: str) -> MemoryPool:
         """The memory pool of a GPU (HBM) or host socket (DRAM), created on first use."""
@@ -212,8 +214,9 @@ class Simulation:
         try:
             if loop != "simpy" and not why_not:
 
-                run_compiled(self, self._deferred, list(self._records.values()), list(self._done.values()),
-                             self._route_arrays, progress)
+                made = run_compiled(self, self._deferred, list(self._records.values()), list(self._done.values()),
+                                    self._route_arrays, progress)
+                self._records.update(zip([r.id for r in made], made, strict=True))
                 self._deferred = None
             else:
                 self._go_procedural()
@@ -226,6 +229,7 @@ class Simulation:
         return self.result()
 
     def result(self) -> Result:
+        self._made()
         caps = {n: self.net.capacity[i] for i, n in enumerate(self._res_names)}
         return Result(
             topology=self.topology.name, calibration_id=self.topology.calibration_id,
@@ -240,7 +244,7 @@ class Simulation:
             segs = flow.segments
         else:  # a declared item that never ran as a simpy flow (it is still declared, or ran compiled)
             ev = self._done.get(id)
-            if type(ev) is not _Declared or self._work[ev.item][3] < 0:
+            if type(ev) is not _Declared or self._work[ev.item][2] < 0:
                 raise KeyError(id)  # no flow of that id
             segs = None if self._deferred is None else [] if self._record_rates else None
         if segs is None:
@@ -251,7 +255,7 @@ class Simulation:
     def _new_id(self, id: str | None, prefix: str) -> str:
         self._seq += 1
         rid = f"{prefix}{self._seq}" if id is None else str(id)
-        if rid in self._records:
+        if rid in self._done:
             raise ScenarioError(f"duplicate id '{rid}'")
         return rid
 
@@ -297,33 +301,40 @@ class Simulation:
             return "something waits on a declared item's event"
         return ""
 
-    def _add(self, rec: Record, after: Iterable[Dep], start: float, latency: float, route: int, nbytes: float,
-             weight: float, cap: float | None, engine: str | None) -> simpy.Event:
-        """Declare one item (`route` -1: no flow): kept as a `Work` tuple while everything is declarative, else
-        launched as a simpy process."""
+    def _add(self, item: tuple, after: Iterable[Dep]) -> simpy.Event:
+        """Declare one item, given as a `Work` tuple less its dependencies (route -1: no flow): kept while
+        everything is declarative, else launched as a simpy process."""
         if type(after) is not list and type(after) is not tuple:
             after = list(after)
-        rid = rec.id
+        rid = item[8]
         if self._deferred is not None:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
                 deferred = self._deferred
                 done = _Declared(self.env, len(deferred))
-                # no record or event in the tuple: one of plain numbers, strings and None only is not tracked by
-                # the garbage collector (after its first pass), whose full passes over 10^6 items cost seconds
-                deferred.append((deps, start, latency, route, nbytes, weight, cap, engine, self._seq))
-                self._records[rid] = rec
+                # No record or event in the tuple: one of plain numbers, strings and None only is not tracked by
+                # the garbage collector (after its first pass), whose full passes over 10^6 items cost seconds;
+                # the record is made when asked for (`_made`), the event is `_done[rid]`.
+                deferred.append((*item, deps))
                 self._done[rid] = done
                 return done
             self._go_procedural()
-        order = len(self._records)
+        start, latency, route, nbytes, weight, cap, engine, key = item[:8]
+        order = len(self._done)
         deps_ev = self._deps(rid, after)
         done = self.env.event()
-        self._records[rid] = rec
+        rec = self._records[rid] = record(item)
         self._done[rid] = done
-        flow = None if route < 0 else self._flow(rid, route, nbytes, weight, cap, self._seq)
+        flow = None if route < 0 else self._flow(rid, route, nbytes, weight, cap, key)
         _Item(self, rec, deps_ev, start, latency, flow, engine, order, done).launch()
         return done
+
+    def _made(self) -> None:
+        """Make the records of declared items that have none yet (they are made when first asked for)."""
+        work, records = self._deferred, self._records
+        if work is not None and len(records) < len(work):
+            for w in work[len(records):]:
+                records[w[8]] = record(w)
 
     def _dep_indices(self, rid: str, after: list[Dep]) -> tuple[int, ...] | None:
         """Dependencies as work-item indices; None if one is an event from outside the declared work. (While work
@@ -343,12 +354,14 @@ class Simulation:
 
     def _go_procedural(self) -> None:
         """Launch every declared item on the simpy clock, in declaration order; later items launch at once."""
+        self._made()
         work, self._deferred = self._deferred, None
         if not work:
             return
         recs, dones = list(self._records.values()), list(self._done.values())
-        for order, (rec, done, (deps, start, latency, route, nbytes, weight, cap, engine, key)) in enumerate(
-                zip(recs, dones, work, strict=True)):
+        for order, (rec, done, w) in enumerate(zip(recs, dones, work, strict=True)):
+            start, latency, route, nbytes, weight, cap, engine, key = w[:8]
+            deps = w[-1]
             flow = None if route < 0 else self._flow(rec.id, route, nbytes, weight, cap, key)
             _Item(self, rec, [dones[j] for j in deps], start, latency, flow, engine, order, done).launch()
 

@@ -91,16 +91,16 @@ def test_declared_transfers_take_the_path_of_their_size(name: str) -> None:
     for i, (src, dst, nbytes, mech) in enumerate(cases):
         cap = None if i % 3 else 2.5e10
         sim.transfer(f"t{i}", src, dst, nbytes, mechanism=mech, rate_cap_Bps=cap, fixed_cost_s=1e-6 * (i % 2))
-    for i, ((src, dst, nbytes, mech), rec, w) in enumerate(zip(cases, sim._records.values(), sim._work, strict=True)):
+    for i, ((src, dst, nbytes, mech), rec, w) in enumerate(zip(cases, sim.result().records, sim._work, strict=True)):
         ref = _reference_path(topo, src, dst, nbytes, mech)
         ref_cap = ref.rate_cap_Bps
         if i % 3 == 0:
             ref_cap = 2.5e10 if ref_cap is None else min(ref_cap, 2.5e10)
         assert (rec.src, rec.dst, rec.path_class, rec.route, rec.engine, rec.bytes) == (
             ref.src, ref.dst, ref.path_class, ref.nodes, ref.engine, float(nbytes))
-        assert w[2] == ref.latency_s + 1e-6 * (i % 2)
-        assert w[6] == ref_cap
-        res, coef = sim._route_arrays[w[3]]
+        assert w[1] == ref.latency_s + 1e-6 * (i % 2)
+        assert w[5] == ref_cap
+        res, coef = sim._route_arrays[w[2]]
         assert [sim._res_names[r] for r in res.tolist()] == [r for r, _ in ref.resources]
         assert coef.tolist() == [c for _, c in ref.resources]
 
@@ -112,8 +112,9 @@ def test_a_changed_topology_is_asked_again() -> None:
     sim.transfer("a", "gpu0", "gpu1", 1 << 20)
     topo.pin_route("gpu0", "gpu1", ["host0"])
     sim.transfer("b", "gpu0", "gpu1", 1 << 20)
-    assert sim._records["b"].route == _reference_path(topo, "gpu0", "gpu1", 1 << 20, "ce").nodes
-    assert sim._records["b"].route != sim._records["a"].route
+    res = sim.result()
+    assert res["b"].route == _reference_path(topo, "gpu0", "gpu1", 1 << 20, "ce").nodes
+    assert res["b"].route != res["a"].route
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -142,7 +143,7 @@ def test_bad_transfer_arguments_are_refused_as_before(kwargs: dict, message: str
     with pytest.raises(ScenarioError, match=message) as err:
         sim.transfer("x", "gpu0", "gpu1", nbytes, **args)
     assert str(err.value).startswith("transfer 'x': ") and "\n" not in str(err.value)
-    assert "x" not in sim._records
+    assert "x" not in sim._done and not sim.result().records
 
 
 def test_other_number_types_give_the_same_items_as_floats() -> None:
@@ -154,8 +155,8 @@ def test_other_number_types_give_the_same_items_as_floats() -> None:
                    rate_cap_Bps=np.float64(1e10))
     plain.transfer("b", "gpu1", "host", 4096.0, after=["a"])
     other.transfer("b", "gpu1", "host", np.int64(4096), after=(e for e in [other.done("a")]))
-    assert [w[1:] for w in plain._work] == [w[1:] for w in other._work]
-    assert [type(v) for w in plain._work for v in w[1:3]] == [type(v) for w in other._work for v in w[1:3]]
+    assert plain._work == other._work
+    assert [type(v) for w in plain._work for v in w[:6]] == [type(v) for w in other._work for v in w[:6]]
     r1, r2 = plain.run(), other.run()
     assert [(r.start_s, r.finish_s) for r in r1.records] == [(r.start_s, r.finish_s) for r in r2.records]
     assert math.isfinite(r1.makespan_s)
