@@ -186,6 +186,10 @@ def test_simpy_event_init_sets_what_declared_events_set() -> None:
 
     env = simpy.Environment()
     assert set(vars(simpy.Event(env))) == {"env", "callbacks"}
+    assert simpy.Event._value is simpy.events.PENDING
+    plain, ours = simpy.Event(env), _Declared(env, 0)
+    assert not hasattr(ours, "_ok") and not hasattr(plain, "_ok") and ours.defused == plain.defused is False
+    assert ours._value is plain._value and not ours.__dict__
     ev = _Declared(env, 3)
     assert ev.env is env and ev.item == 3 and not ev.waited_on() and ev.callbacks == [] and not ev.triggered
     ev.callbacks.append(lambda e: None)
