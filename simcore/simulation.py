@@ -65,7 +65,7 @@ class Simulation:
                                 on_load=self._on_load if record_load else None)
         self._record_rates = record_rates
         self._done: dict[str, simpy.Event] = {}
-        self._records: dict[str, Record] = {}
+        self._records: list[Record] = []  # in declaration order (ids: `_done`)
         self._flows: dict[str, Flow] = {}
         self._engines: dict[str, FifoEngine] = {}
         # Declared items, as `Work` tuples (see `lowering.Work`) in declaration order; their events are `_done`,
@@ -215,9 +215,9 @@ class Simulation:
         try:
             if loop != "simpy" and not why_not:
 
-                made = run_compiled(self, self._deferred, list(self._records.values()), list(self._done.values()),
+                made = run_compiled(self, self._deferred, self._records, list(self._done.values()),
                                     self._route_arrays, progress)
-                self._records.update(zip([r.id for r in made], made, strict=True))
+                self._records.extend(made)
                 self._deferred = None
             else:
                 self._go_procedural()
@@ -234,7 +234,7 @@ class Simulation:
         caps = {n: self.net.capacity[i] for i, n in enumerate(self._res_names)}
         return Result(
             topology=self.topology.name, calibration_id=self.topology.calibration_id,
-            records=list(self._records.values()), capacity=caps, load=self._load,
+            records=list(self._records), capacity=caps, load=self._load,
             memory_peaks={d: p.peak_bytes for d, p in self._memory.items()}, events=self.net.events,
         )
 
@@ -324,7 +324,8 @@ class Simulation:
         order = len(self._done)
         deps_ev = self._deps(rid, after)
         done = self.env.event()
-        rec = self._records[rid] = record(item)
+        rec = record(item)
+        self._records.append(rec)
         self._done[rid] = done
         flow = None if route < 0 else self._flow(rid, route, nbytes, weight, cap, key)
         _Item(self, rec, deps_ev, start, latency, flow, engine, order, done).launch()
@@ -334,8 +335,7 @@ class Simulation:
         """Make the records of declared items that have none yet (they are made when first asked for)."""
         work, records = self._deferred, self._records
         if work is not None and len(records) < len(work):
-            for w in work[len(records):]:
-                records[w[8]] = record(w)
+            records.extend(map(record, work[len(records):]))
 
     def _dep_indices(self, rid: str, after: list[Dep]) -> tuple[int, ...] | None:
         """Dependencies as work-item indices; None if one is an event from outside the declared work. (While work
@@ -359,7 +359,7 @@ class Simulation:
         work, self._deferred = self._deferred, None
         if not work:
             return
-        recs, dones = list(self._records.values()), list(self._done.values())
+        recs, dones = self._records, list(self._done.values())
         for order, (rec, done, w) in enumerate(zip(recs, dones, work, strict=True)):
             start, latency, route, nbytes, weight, cap, engine, key = w[:8]
             deps = w[-1]
