@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 
@@ -58,6 +58,38 @@ class Path:
     @property
     def links(self) -> tuple[str, ...]:
         return tuple(r for r, _ in self.resources if "->" in r)
+
+
+class PathShape(NamedTuple):
+    """A `Path` less its size: `rate_cap(nbytes)` is the cap a copy of `nbytes` gets (see `Topology.path_shape`).
+
+    `rate_cap_Bps` is the cap of every size unless `sized` is set: then the cap is the fitted per-flow rate scaled
+    by `sized`'s size-efficiency at the copy's size (1 for a size of 0 or None), times `rate_f` when given (the
+    scale of a mechanism without a fit of its own)."""
+
+    src: str
+    dst: str
+    path_class: str
+    nodes: tuple[str, ...]
+    resources: tuple[tuple[str, float], ...]
+    latency_s: float
+    rate_cap_Bps: float | None
+    engine: str | None
+    sized: PathParams | None
+    rate_f: float | None
+
+    def rate_cap(self, nbytes: float | None) -> float | None:
+        pp = self.sized
+        if pp is None:
+            return self.rate_cap_Bps
+        cap = pp.bandwidth_Bps * (pp.efficiency(nbytes) if nbytes else 1.0)
+        if self.rate_f is not None:
+            cap *= self.rate_f
+        return cap
+
+    def path(self, nbytes: float | None = None) -> Path:
+        return Path(self.src, self.dst, self.path_class, self.nodes, self.resources, self.latency_s,
+                    self.rate_cap(nbytes), self.engine)
 
 
 @dataclass
@@ -316,6 +348,13 @@ class Topology:
         is its CPU staging). A mechanism the profile lacks for the class falls back to the copy engine's
         parameters, which may be far off (a pageable copy runs ~6x slower than a pinned one): `fits` tells the
         caller so, and `unfitted_mechanism_scale` widens the copy's prediction interval."""
+        return self.path_shape(src, dst, mechanism).path(nbytes)
+
+    def path_shape(self, src: str, dst: str, mechanism: str = "ce") -> PathShape:
+        """Everything `path` says about a copy `src` -> `dst` by `mechanism` that does not depend on its size,
+        and how its rate cap does (`PathShape.rate_cap`): `path(src, dst, nbytes, m)` is
+        `path_shape(src, dst, m).path(nbytes)`. For callers that ask for many copies between the same ends (the
+        simulator keeps one shape per (src, dst, mechanism) of a run and asks it for each copy's cap)."""
         s, d = self.resolve(src), self.resolve(dst)
         key = (s, d)
         cached = self._path_cache.get(key)
@@ -329,18 +368,23 @@ class Topology:
             pp, engine = mech, None
         latency = link_latency
         cap = None
+        sized = None  # the PathParams whose size-efficiency curve scales the cap, when one does
         if pp is not None:
             if pp.latency_s is not None:
                 latency = pp.latency_s
             if pp.bandwidth_Bps is not None:
-                cap = pp.bandwidth_Bps * (pp.efficiency(nbytes) if nbytes else 1.0)
+                cap = pp.bandwidth_Bps * 1.0  # a float, as an efficiency of 1.0 times the rate always gave
+                if pp.size_efficiency:
+                    sized = pp
+        rate_f = None
         if mechanism != "ce" and mech is None and mechanism in self.unfitted_mechanism_scale:
             lat_f, rate_f = self.unfitted_mechanism_scale[mechanism]
             latency *= lat_f
             if cap is None:  # no fitted rate: scale the slowest link the copy crosses
                 cap = min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
-            cap *= rate_f
-        return Path(s, d, cls, nodes, resources, latency, cap, engine)
+            if sized is None:
+                cap *= rate_f
+        return PathShape(s, d, cls, nodes, resources, latency, cap, engine, sized, rate_f)
 
     def fits(self, mechanism: str, src: str, dst: str) -> bool:
         """Whether a copy `src` -> `dst` by `mechanism` has fitted parameters of its own (the copy engine always

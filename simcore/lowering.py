@@ -8,15 +8,16 @@ the simulation's clock, so a caller cannot tell which loop ran except by the tim
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
 
 from . import _fluidlayout as L
-from .fluid import Flow
 from .progress import Progress
 from .records import Record
 
@@ -25,15 +26,37 @@ from .records import Record
 Simulation = Any
 
 class Work(NamedTuple):
-    """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`)."""
+    """One declared transfer, task or delay, kept until `run` decides which loop runs it (see `Simulation`).
 
-    rec: Record
-    deps: list[int]  # indices of the work items it waits for
+    The simulation keeps them as plain tuples in this field order (a named tuple costs more to build than the rest
+    of declaring a transfer's item) and their completion events apart, in the same order; the record is made from
+    the tuple when first asked for (`record`)."""
+
     start: float
     latency: float  # path latency + fixed cost (flows) or the delay itself
-    flow: Flow | None  # None for a delay
+    route: int  # the simulation's route number of its flow (`Simulation._route_arrays`), -1: no flow
+    nbytes: float  # the record's bytes; the flow's, if it has one
+    weight: float  # the flow's weight (1.0 without a flow)
+    cap: float | None  # the flow's rate cap, None: none
     engine: str | None
-    done: simpy.Event
+    key: int  # the simulation's sequence number when it was declared (its flow's key on the simpy path)
+    id: str  # the record's fields, as `Record` names them
+    kind: str
+    src: str
+    dst: str
+    path_class: str
+    nodes: tuple[str, ...]
+    tag: str | None
+    flops: float
+    deps: tuple[int, ...]  # indices of the work items it waits for
+
+
+_NAN = float("nan")
+
+
+def record(w: tuple, start_s: float = _NAN, begin_s: float = _NAN, finish_s: float = _NAN) -> Record:
+    """The record of a declared item (a `Work` tuple, or one less its dependencies)."""
+    return Record(w[8], w[9], w[10], w[11], w[3], start_s, begin_s, finish_s, w[12], w[13], w[6], w[14], w[15])
 
 _loop = None
 STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line
@@ -84,60 +107,79 @@ class _ItemArrays:
         self.succ = np.zeros(0, np.int64)
 
 
-def run_compiled(sim: Simulation, work: list[Work], progress: Progress | None) -> None:
-    """Run `work` (the simulation's declared items) on the compiled loop and fill in the records."""
+def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
+                 route_arrays: list[tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> list[Record]:
+    """Run `work` (the simulation's declared items, `Work` tuples; `dones` their events, `recs` the records made so
+    far, of the first items) on the compiled loop, fill in those records and return the others', made now.
+    `route_arrays`: the simulation's routes, (resource index array, coefficient array) by route number."""
     loop = load_loop()
-    n = len(work)
-    a = _ItemArrays(n)
-    routes: dict[tuple[bytes, bytes], int] = {}  # numbered by content, as FluidNetwork numbers them
-    route_arrays: list[tuple[np.ndarray, np.ndarray]] = []
-    engines: dict[str, int] = {}
-    nsucc = np.zeros(n + 1, np.int64)
-    for i, w in enumerate(work):
-        a.istart[i] = w.start
-        a.ilat[i] = w.latency
-        a.nleft[i] = len(w.deps)
-        for j in w.deps:
-            nsucc[j + 1] += 1
-        if w.engine is not None:
-            a.ieng[i] = engines.setdefault(w.engine, len(engines))
-        f = w.flow
-        if f is None:
-            a.ikind[i] = 1
-            continue
-        a.ibytes[i] = f.remaining
-        a.iw[i] = f.weight
-        if f.cap is not None:
-            a.icap[i] = f.cap
-        key = (f.res.tobytes(), f.coef.tobytes())
-        r = routes.get(key)
-        if r is None:
-            r = routes[key] = len(route_arrays)
-            route_arrays.append((f.res, f.coef))
-        a.iroute[i] = r
-    np.cumsum(nsucc, out=a.soff)
-    fill = a.soff[:-1].copy()
-    a.succ = np.zeros(int(a.soff[-1]), np.int64)
-    for i, w in enumerate(work):
-        for j in w.deps:
-            a.succ[fill[j]] = i
-            fill[j] += 1
-    roff = np.zeros(len(route_arrays) + 1, np.int64)
-    roff[1:] = np.cumsum([len(res) for res, _ in route_arrays])
-    rres = np.concatenate([res for res, _ in route_arrays]) if route_arrays else np.zeros(0, np.int64)
-    rcoef = np.concatenate([c for _, c in route_arrays]) if route_arrays else np.zeros(0)
-    ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, len(engines), progress=progress,
+    a, roff, rres, rcoef, nengines = lower(work, route_arrays)
+    ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
-    for i, w in enumerate(work):
-        w.rec.start_s = float(ot[i, 0])
-        w.rec.begin_s = float(ot[i, 1])
-        w.rec.finish_s = float(ot[i, 2])
-        if w.flow is not None:
-            w.flow.remaining = 0.0
+    n, k = len(work), len(recs)
+    t0, t1, t2 = ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist()
+    for i, rec in enumerate(recs):
+        rec.start_s, rec.begin_s, rec.finish_s = t0[i], t1[i], t2[i]
+    # 10^6 new records make no reference cycle: the collector's passes over them (and the whole heap, each time
+    # it grows by a quarter) would find nothing and took 3/4 of the time spent making them
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        made = list(map(record, work[k:], t0[k:], t1[k:], t2[k:]))
+    finally:
+        if paused:
+            gc.enable()
+    for done, rec in zip(dones, recs + made, strict=True):
         # the item's event counts as processed: a later procedure that waits on it goes straight on
-        w.done._ok, w.done._value, w.done.callbacks = True, w.rec, None
+        done._ok = True
+        done._value = rec
+        done.callbacks = None
     end = float(np.max(ot[:, 2])) if n else 0.0
     sim.env._now = max(sim.env.now, end)  # the clock stands where the simpy path would have left it
+    return made
+
+
+def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
+          ) -> tuple[_ItemArrays, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The item arrays of `work`, and its routes as (offsets, resources, coefficients), numbered in order of first
+    use by content (as `FluidNetwork` numbers them), and the number of engines (numbered in order of first use)."""
+    n = len(work)
+    a = _ItemArrays(n)
+    if n == 0:
+        return a, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), 0
+    start, latency, route, nbytes, weight, cap, engine, deps = ([w[k] for w in work] for k in (0, 1, 2, 3, 4, 5, 6, -1))
+    a.istart[:] = start
+    a.ilat[:] = latency
+    route = np.array(route, np.int64)
+    flow = route >= 0
+    a.ikind[:] = ~flow
+    a.ibytes[:] = nbytes
+    a.ibytes[~flow] = 0.0
+    a.iw[:] = weight
+    a.iw[~flow] = 1.0
+    a.icap[:] = [np.inf if c is None else c for c in cap]
+    engines: dict[str, int] = {}
+    a.ieng[:] = [-1 if e is None else engines.setdefault(e, len(engines)) for e in engine]
+    # routes: the simulation numbers each distinct path's resources once, so number by content = renumber its
+    # numbers in order of first use by an item with a flow
+    used, first = np.unique(route[flow], return_index=True)
+    used = used[np.argsort(first, kind="stable")]
+    number = np.zeros(len(route_arrays), np.int64)
+    number[used] = np.arange(len(used))
+    a.iroute[flow] = number[route[flow]]
+    arrays = [route_arrays[r] for r in used.tolist()]
+    roff = np.zeros(len(arrays) + 1, np.int64)
+    roff[1:] = np.cumsum([len(res) for res, _ in arrays])
+    rres = np.concatenate([res for res, _ in arrays]) if arrays else np.zeros(0, np.int64)
+    rcoef = np.concatenate([c for _, c in arrays]) if arrays else np.zeros(0)
+    # dependencies: successors in CSR, each item's successors in item order (a stable sort of the waits by the
+    # item waited for)
+    a.nleft[:] = np.fromiter(map(len, deps), np.int64, n)
+    waited = np.fromiter(chain.from_iterable(deps), np.int64, int(a.nleft.sum()))
+    waiter = np.repeat(np.arange(n, dtype=np.int64), a.nleft)
+    np.cumsum(np.bincount(waited, minlength=n), out=a.soff[1:])
+    a.succ = waiter[np.argsort(waited, kind="stable")]
+    return a, roff, rres, rcoef, len(engines)
 
 
 def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *, progress: Progress | None = None,
