@@ -17,6 +17,7 @@ topology, and each (src, dst) pair's route, resources, latency and class are bui
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -63,33 +64,27 @@ class Path:
 class PathShape(NamedTuple):
     """A `Path` less its size: `rate_cap(nbytes)` is the cap a copy of `nbytes` gets (see `Topology.path_shape`).
 
-    `rate_cap_Bps` is the cap of every size unless `sized` is set: then the cap is the fitted per-flow rate scaled
-    by `sized`'s size-efficiency at the copy's size (1 for a size of 0 or None), times `rate_f` when given (the
-    scale of a mechanism without a fit of its own)."""
+    `base.rate_cap_Bps` is the cap of every size unless `sized` is set: then the cap is the fitted per-flow rate
+    scaled by `sized`'s size-efficiency at the copy's size (1 for a size of 0 or None), times `rate_f` when given
+    (the scale of a mechanism without a fit of its own)."""
 
-    src: str
-    dst: str
-    path_class: str
-    nodes: tuple[str, ...]
-    resources: tuple[tuple[str, float], ...]
-    latency_s: float
-    rate_cap_Bps: float | None
-    engine: str | None
+    base: Path
     sized: PathParams | None
     rate_f: float | None
 
     def rate_cap(self, nbytes: float | None) -> float | None:
         pp = self.sized
         if pp is None:
-            return self.rate_cap_Bps
+            return self.base.rate_cap_Bps
         cap = pp.bandwidth_Bps * (pp.efficiency(nbytes) if nbytes else 1.0)
         if self.rate_f is not None:
             cap *= self.rate_f
         return cap
 
     def path(self, nbytes: float | None = None) -> Path:
-        return Path(self.src, self.dst, self.path_class, self.nodes, self.resources, self.latency_s,
-                    self.rate_cap(nbytes), self.engine)
+        if self.sized is None:
+            return self.base
+        return dataclasses.replace(self.base, rate_cap_Bps=self.rate_cap(nbytes))
 
 
 @dataclass
@@ -384,7 +379,7 @@ class Topology:
                 cap = min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
             if sized is None:
                 cap *= rate_f
-        return PathShape(s, d, cls, nodes, resources, latency, cap, engine, sized, rate_f)
+        return PathShape(Path(s, d, cls, nodes, resources, latency, cap, engine), sized, rate_f)
 
     def fits(self, mechanism: str, src: str, dst: str) -> bool:
         """Whether a copy `src` -> `dst` by `mechanism` has fitted parameters of its own (the copy engine always

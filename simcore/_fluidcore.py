@@ -608,7 +608,7 @@ def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
     way and replaces the tracked one, so rounding drift in LOAD never builds up where it matters."""
     K = fres.shape[1]
     load = 0.0
-    now = 0.0
+    cur = 0.0
     top = 0.0
     e = ri[r, HEAD]
     while e >= 0:
@@ -616,14 +616,14 @@ def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
         c = fcoef[g, e - g * K]
         rate = ff[g, TRATE] if fmark[g] == 1 else ff[g, RATE]
         load += c * rate
-        now += c * ff[g, RATE]
+        cur += c * ff[g, RATE]
         lv = rate / ff[g, W]
         if lv > top:
             top = lv
         e = inc_next[e]
     rf[r, LOADP] = load
     rf[r, MAXLEV] = top
-    rf[r, LOAD] = now
+    rf[r, LOAD] = cur
 
 
 @njit(b1(I, F2), cache=True)
@@ -914,6 +914,12 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 
 
+@njit(b1(I, F, F2), cache=True)
+def _is_dust(g, now, ff):
+    """Flow g has fewer than BYTE_TOL of its bytes left at `now`: it finishes with the flows due now."""
+    return ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]
+
+
 @njit(UniTuple(I, 2)(F, I, I1, I1, I2, I1, F2, I2, I2, I1, M1, M1, I1), cache=True)
 def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rmark, rstack):
     """Incremental mode's part of `depart`: the neighbours of finished[:nfin] (fmark 2) on binding resources,
@@ -943,7 +949,7 @@ def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rma
                 e = inc_next[e]
                 if fmark[g] != 0:
                     continue
-                if ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]:
+                if _is_dust(g, now, ff):
                     fmark[g] = 2
                     finished[nfin] = g
                     nfin += 1
@@ -1004,7 +1010,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
             fmark[finished[q]] = 2
         for q in range(nc):
             g = comp[q]
-            if fmark[g] != 2 and ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]:
+            if fmark[g] != 2 and _is_dust(g, now, ff):
                 fmark[g] = 2
                 finished[nfin] = g
                 nfin += 1

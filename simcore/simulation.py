@@ -274,14 +274,15 @@ class Simulation:
         """What copies src -> dst by `mechanism` share, kept for the next such copy: (src, dst, path class, nodes,
         latency, rate cap, the `PathShape` when the cap depends on the size, else None, engine, route number)."""
         try:
-            path = self.topology.path_shape(src, dst, mechanism)
+            shape = self.topology.path_shape(src, dst, mechanism)
         except TopologyError as exc:
             raise ScenarioError(f"transfer '{rid}': {exc}") from None
-        sized = path if path.sized is not None else None
-        shape = self._shapes[(src, dst, mechanism)] = (
+        path = shape.base
+        sized = shape if shape.sized is not None else None
+        kept = self._shapes[(src, dst, mechanism)] = (
             path.src, path.dst, path.path_class, path.nodes, path.latency_s, path.rate_cap_Bps, sized, path.engine,
             self._route(path.resources))
-        return shape
+        return kept
 
     def _flow(self, rid: str, route: int, nbytes: float, weight: float, cap: float | None, key: int) -> Flow:
         res, coef = self._route_arrays[route]
