@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit
 from numba.types import float64, int8, int64
 
-from ._fluidcore import arrive, depart, heap_pop, heap_push, next_finish, register
-from ._fluidlayout import HSIZE, N_ACTIVE
+from ._fluidcore import arrive, depart, heap_pop, heap_push, join, next_finish
+from ._fluidlayout import HSIZE
 
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
@@ -97,7 +97,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
         ek, ei, rq, eholder, ehead, etail, eqnext, eqprev, egrant, gl, slot_item, free, seeds, closed,
         lt, lr, lv, st, sf, budget,
         fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark, rmark, rstack, comp, hk, hi, ctr,
-        finished, fchanged, rchanged, rcmark):
+        finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched):
     """Run (or resume) the loop for at most `budget` steps; returns a status (DONE, NEED_*, YIELD)."""
     n = ikind.shape[0]
     now = sf[F_NOW]
@@ -148,9 +148,9 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             slot_item[s] = i
             r0 = roff[iroute[i]]
             r1 = roff[iroute[i] + 1]
-            register(s, rres[r0:r1], rcoef[r0:r1], iroute[i], iw[i], icap[i], ibytes[i], now, fres, fcoef, fn, ff,
-                     fi, rf, ri, inc_next, inc_prev)
-            seeds[st[S_NSEEDS]] = s
+            c = join(s, rres[r0:r1], rcoef[r0:r1], iroute[i], iw[i], icap[i], ibytes[i], now, fres, fcoef, fn, ff,
+                     fi, rf, ri, inc_next, inc_prev, mf, mi, rclass, cfree, ctr)
+            seeds[st[S_NSEEDS]] = c
             st[S_NSEEDS] += 1
             st[S_ACTIVE] += 1
             st[S_EVENTS] += 1
@@ -184,10 +184,9 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             if st[S_RECORD] != 0 and st[S_NLOG] + rf.shape[0] > lt.shape[0]:
                 sf[F_NOW] = now
                 return NEED_LOG
-            ctr[N_ACTIVE] = st[S_ACTIVE]
             nfch, nrch, t = arrive(closed, st[S_NCLOSED], seeds, st[S_NSEEDS], now, fres, fcoef, fn, ff, fi, rf, ri,
                                    inc_next, rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged,
-                                   rcmark)
+                                   rcmark, mf)
             st[S_NSEEDS] = 0
             st[S_NCLOSED] = 0
             st[S_DIRTY] = 0
@@ -203,7 +202,8 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             now = sf[F_WAKE]
             sf[F_WAKE] = np.inf
             nfin, nfch, nrch, nsurv = depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmark,
-                                             rstack, comp, hk, hi, ctr, finished, fchanged, rchanged, rcmark)
+                                             rstack, comp, hk, hi, ctr, finished, fchanged, rchanged, rcmark, mf, mi,
+                                             rclass, cfree, touched)
             if nsurv < 0:
                 t = next_finish(hk, hi, fi, ctr)
                 if t < sf[F_WAKE]:

@@ -30,21 +30,25 @@ from ._fluidlayout import (
     BINDING,
     BOT,
     BYTE_TOL,
-    BYTES,
     CAP,
+    CAP0,
     CHECK_TOL,
     FRESH,
     FULL,
     HEAD,
     HSEQ,
     HSIZE,
+    LEFT,
     LOAD,
     LOAD_MARGIN,
     LOADP,
     MAX_ROUNDS,
     MAX_SKIP,
     MAXLEV,
+    MBYTES,
+    MCLASS,
     MODE,
+    MROOT,
     N_ACTIVE,
     N_FALLBACKS,
     N_REGION,
@@ -53,23 +57,28 @@ from ._fluidlayout import (
     N_SOLVES,
     N_STREAK,
     NBOT,
+    NCFREE,
     NFL,
+    NMEM,
     NREG,
     OUT,
     RATE,
     RCAP,
     REGION_PCT,
-    REM,
     RESID,
+    RIGHT,
     ROUTE,
     SHORT_LIST,
     SUMUB,
+    TARGET,
     TBOT,
     TIME_TOL,
     TLAST,
     TRATE,
     UB,
     VER,
+    VSERV,
+    W0,
     W,
 )
 
@@ -368,37 +377,139 @@ def bad_route_entry(res, coef, nres):
     return -1
 
 
-@njit(void(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
-def register(s, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
-    """Make slot s an active flow at rate 0 over route `res` (coefficients `coef`); cap is inf when none.
-    `route` numbers the route (-1 if unknown): the same number must always mean the same res and coef."""
+@njit(F(I, I2, F2, I1, F2, F2), cache=True)
+def _class_ub(s, fres, fcoef, fn, ff, rf):
+    """An upper bound on class s's total rate: its cap (n x a member's), or the least capacity / coefficient on
+    its route (the class as a whole can draw no more than a lone flow could)."""
+    ub = ff[s, CAP]
+    for k in range(fn[s]):
+        x = rf[fres[s, k], RCAP] / fcoef[s, k]
+        if x < ub:
+            ub = x
+    return ub
+
+
+@njit(void(I, F, I2, F2, I1, F2, F2, I2), cache=True)
+def _set_ub(s, ub, fres, fcoef, fn, ff, rf, ri):
+    """Make ub class s's upper bound, keeping its resources' sums of upper bounds (and so BINDING) current."""
+    d = ub - ff[s, UB]
+    ff[s, UB] = ub
+    for k in range(fn[s]):
+        r = fres[s, k]
+        rf[r, SUMUB] += fcoef[s, k] * d
+        ri[r, BINDING] = _binding_of(rf, r)
+
+
+@njit(void(I, F, F2, I2), cache=True)
+def _advance(s, now, ff, fi):
+    """Bring class s's virtual clock (bytes served to each member) up to `now`, at its current rate and members.
+    Called before anything changes either."""
+    n = fi[s, NMEM]
+    if n > 0 and ff[s, RATE] > 0.0:
+        ff[s, VSERV] += ff[s, RATE] / n * (now - ff[s, TLAST])
+    ff[s, TLAST] = now
+
+
+@njit(b1(I, I, F2), cache=True)
+def _before(a, b, mf):
+    """Member a finishes before member b (ties by slot, so the order is deterministic)."""
+    return mf[a, TARGET] < mf[b, TARGET] or (mf[a, TARGET] == mf[b, TARGET] and a < b)
+
+
+@njit(I(I, I, F2, I2), cache=True)
+def _meld(a, b, mf, mi):
+    """Skew heap of members: the union of the heaps rooted at a and b (-1: empty); returns its root.
+
+    Top-down and iterative: walk down the right spine, hanging the other heap where it belongs, and swap each
+    visited node's children (amortised O(log n), no balance data to keep)."""
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    if _before(b, a, mf):
+        a, b = b, a
+    root = a
+    while True:
+        r = mi[a, RIGHT]
+        mi[a, RIGHT] = mi[a, LEFT]
+        if r < 0:
+            mi[a, LEFT] = b
+            return root
+        if _before(b, r, mf):
+            r, b = b, r
+        mi[a, LEFT] = r
+        a = r
+
+
+@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1), cache=True)
+def register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, ctr):
+    """Make slot s an active class with no member yet (see `join`), at rate 0 over route `res` (coefficients
+    `coef`); cap is inf when none. `route` numbers the route (-1 if unknown): the same number must always mean
+    the same res and coef."""
     fi[s, ROUTE] = route
     n = len(res)
     fn[s] = n
     for k in range(n):
         fres[s, k] = res[k]
         fcoef[s, k] = coef[k]
-    ff[s, W] = weight
-    ff[s, CAP] = cap
-    ff[s, BYTES] = nbytes
+    ff[s, W0] = weight
+    ff[s, CAP0] = cap
+    ff[s, W] = 0.0
+    ff[s, CAP] = 0.0
+    ff[s, UB] = 0.0
+    ff[s, VSERV] = 0.0
     ff[s, TLAST] = now
-    ub = cap
-    for k in range(fn[s]):
-        x = rf[fres[s, k], RCAP] / fcoef[s, k]
-        if x < ub:
-            ub = x
-    ff[s, UB] = ub
-    ff[s, REM] = ff[s, BYTES]
     ff[s, RATE] = 0.0
+    fi[s, NMEM] = 0
+    fi[s, MROOT] = -1
     fi[s, ACTIVE] = 1
     fi[s, VER] += 1
     fi[s, FRESH] = 1
     fi[s, BOT] = -2  # a slot is retired (its count dropped) before reuse
-    for k in range(fn[s]):
-        r = fres[s, k]
-        rf[r, SUMUB] += fcoef[s, k] * ub
-        ri[r, BINDING] = _binding_of(rf, r)
+    ctr[N_ACTIVE] += 1
     _link(s, fres, fn, ri, inc_next, inc_prev)
+
+
+@njit(void(I, I, I2, I1, F2, F2, F2, I2), cache=True)
+def _resize(s, n, fres, fn, fcoef, ff, rf, ri):
+    """Class s now has n members (> 0): scale its weight, cap and upper bound."""
+    ff[s, W] = n * ff[s, W0]
+    ff[s, CAP] = n * ff[s, CAP0]
+    _set_ub(s, _class_ub(s, fres, fcoef, fn, ff, rf), fres, fcoef, fn, ff, rf, ri)
+
+
+@njit(I(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, F2, I2, I1, I1, I1), cache=True)
+def join(m, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, mf, mi,
+         rclass, cfree, ctr):
+    """Start flow m (a member slot) now; returns its class slot, which the caller must re-solve at this instant.
+
+    A flow joins the open class of its route (rclass[route]) when weight and cap match, else founds a class
+    in a free slot. Joining changes the class's weight but not yet its rate: nothing is misplaced because
+    the instant's solve comes before any time passes."""
+    s = -1
+    if route >= 0:
+        c = rclass[route]
+        if c >= 0 and fi[c, ACTIVE] != 0 and fi[c, ROUTE] == route and ff[c, W0] == weight and ff[c, CAP0] == cap:
+            s = c
+    if s < 0:
+        ctr[NCFREE] -= 1
+        s = cfree[ctr[NCFREE]]
+        register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, ctr)
+        if route >= 0:
+            rclass[route] = s
+    else:
+        _advance(s, now, ff, fi)
+        fi[s, FRESH] = 1  # its members' finish times move even if its total rate does not
+    n = fi[s, NMEM] + 1
+    fi[s, NMEM] = n
+    _resize(s, n, fres, fn, fcoef, ff, rf, ri)
+    mf[m, TARGET] = ff[s, VSERV] + nbytes
+    mf[m, MBYTES] = nbytes
+    mi[m, MCLASS] = s
+    mi[m, LEFT] = -1
+    mi[m, RIGHT] = -1
+    fi[s, MROOT] = _meld(fi[s, MROOT], m, mf, mi)
+    return s
 
 
 @njit(void(I, I, I2, I2), cache=True)
@@ -414,13 +525,15 @@ def _set_bot(s, b, fi, ri):
     fi[s, BOT] = b
 
 
-@njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1), cache=True)
-def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
-    """Take finished slot s off its resources (its rate must already be 0)."""
+@njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1, I1, I1), cache=True)
+def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rclass, cfree, ctr):
+    """Take class s, with no members left, off its resources (its rate must already be 0) and free its slot."""
     K = fres.shape[1]
     fi[s, ACTIVE] = 0
-    ff[s, REM] = 0.0
     _set_bot(s, -2, fi, ri)
+    route = fi[s, ROUTE]
+    if route >= 0 and rclass[route] == s:
+        rclass[route] = -1
     ub = ff[s, UB]
     for k in range(fn[s]):
         r = fres[s, k]
@@ -436,6 +549,9 @@ def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev):
         ri[r, NFL] -= 1
         rf[r, SUMUB] = rf[r, SUMUB] - fcoef[s, k] * ub if ri[r, HEAD] >= 0 else 0.0
         ri[r, BINDING] = _binding_of(rf, r)
+    ctr[N_ACTIVE] -= 1
+    cfree[ctr[NCFREE]] = s
+    ctr[NCFREE] += 1
 
 
 @njit(I(I, I2, I1, I2, M1, I1, I), cache=True)
@@ -499,8 +615,7 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
             rcmark[r] = 1
             rchanged[nrch] = r
             nrch += 1
-    ff[s, REM] -= ff[s, RATE] * (now - ff[s, TLAST])
-    ff[s, TLAST] = now
+    _advance(s, now, ff, fi)
     ff[s, RATE] = rate
     fi[s, VER] += 1
     fi[s, FRESH] = 0
@@ -560,11 +675,11 @@ def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, capcol, bots):
     return rates
 
 
-@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1), cache=True)
+@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
 def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch, rchanged,
-           nrch, rcmark):
-    """Give comp[:nc] their new rates and bottlenecks: flows whose rate changed get a new finish-time heap entry
-    and are listed in fchanged."""
+           nrch, rcmark, mf):
+    """Give classes comp[:nc] their new rates and bottlenecks: classes whose rate (or membership) changed get a
+    new finish-time heap entry, for the member that finishes first, and are listed in fchanged."""
     for q in range(nc):
         s = comp[q]
         _set_bot(s, bots[q], fi, ri)
@@ -576,20 +691,21 @@ def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, 
         nfch += 1
         if rate > 0:
             ctr[HSEQ] += 1
-            ctr[HSIZE] = heap_push(hk, hi, ctr[HSIZE], now + ff[s, REM] / rate, ctr[HSEQ], fi[s, VER], s)
+            left = mf[fi[s, MROOT], TARGET] - ff[s, VSERV]
+            ctr[HSIZE] = heap_push(hk, hi, ctr[HSIZE], now + left * fi[s, NMEM] / rate, ctr[HSEQ], fi[s, VER], s)
     return nfch, nrch
 
 
-@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1), cache=True)
+@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
 def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
-           rcmark):
+           rcmark, mf):
     """Max-min over the whole component comp[:nc], applied (see `_apply`)."""
     if nc == 0:
         return nfch, nrch
     bots = np.empty(nc, np.int64)
     rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, RCAP, bots)
     return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch,
-                  rchanged, nrch, rcmark)
+                  rchanged, nrch, rcmark, mf)
 
 
 # ---- incremental solve: re-solve a region, then prove the whole allocation is still max-min -----------------
@@ -840,9 +956,9 @@ def next_finish(hk, hi, fi, ctr):
 
 
 @njit(Tuple((I, I, F))(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1,
-                       M1), cache=True)
+                       M1, F2), cache=True)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
-           rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark):
+           rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
     """Re-solve what changed at this instant: the flows `depart` handed over, closed[:nclosed], and the flows
     registered at this instant, seeds[:nseeds].
 
@@ -893,7 +1009,7 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
                 for q in range(m):
                     fmark[comp[q]] = 0
                 nfch, nrch = _apply(comp, m, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr,
-                                    fchanged, 0, rchanged, 0, rcmark)
+                                    fchanged, 0, rchanged, 0, rcmark, mf)
                 solved = True
             else:  # solve the whole component of everything the region grew to
                 n = -1 - m
@@ -909,30 +1025,66 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
         for q in range(nc):
             fmark[comp[q]] = 0
         nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
-                            rchanged, 0, rcmark)
+                            rchanged, 0, rcmark, mf)
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 
 
-@njit(b1(I, F, F2), cache=True)
-def _is_dust(g, now, ff):
-    """Flow g has fewer than BYTE_TOL of its bytes left at `now`: it finishes with the flows due now."""
-    return ff[g, REM] - ff[g, RATE] * (now - ff[g, TLAST]) <= BYTE_TOL * ff[g, BYTES]
+@njit(b1(I, F, F2, I2, F2), cache=True)
+def _is_dust(g, now, ff, fi, mf):
+    """Class g's first member has fewer than BYTE_TOL of its bytes left at `now`: it finishes with the flows due
+    now."""
+    m = fi[g, MROOT]
+    served = ff[g, VSERV] + ff[g, RATE] / fi[g, NMEM] * (now - ff[g, TLAST])
+    return mf[m, TARGET] - served <= BYTE_TOL * mf[m, MBYTES]
 
 
-@njit(UniTuple(I, 2)(F, I, I1, I1, I2, I1, F2, I2, I2, I1, M1, M1, I1), cache=True)
-def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rmark, rstack):
-    """Incremental mode's part of `depart`: the neighbours of finished[:nfin] (fmark 2) on binding resources,
-    where those with dust left finish too (appended to finished), and of the rest, into comp, the flows whose
-    bottleneck was one of the finished flows' resources (or is unknown): only they can gain from the
-    departures directly; `arrive` re-solves them and checks everyone else. Returns (nfin, flows in comp); the
-    survivors are left with fmark 1, as the full search leaves its component (cleared by the caller)."""
+@njit(I(I, F, F, I, I1, I, I2, F2, I1, F2, I2, F2, I2, F2, I2, M1), cache=True)
+def _pop_members(s, now, horizon, must, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi, fmark):
+    """Take class s's members that are done at `now` off it, appending them to finished[nfin:]; returns the new
+    length. Done: due by `horizon`, or with dust left (BYTE_TOL of its bytes); the first `must` (0 or 1) go
+    whatever the clock says (a heap entry that came due was timed when the rate was set, and the clock read
+    now may differ from it by rounding). The class is marked 2 (left empty: to retire) or 5 (shrunk: to
+    re-solve), and its weight, cap and upper bound follow its members."""
+    _advance(s, now, ff, fi)
+    n = fi[s, NMEM]
+    per = ff[s, RATE] / n
+    root = fi[s, MROOT]
+    nf = 0
+    while root >= 0:
+        left = mf[root, TARGET] - ff[s, VSERV]
+        if not (nf < must or left <= BYTE_TOL * mf[root, MBYTES] or (per > 0.0 and now + left / per <= horizon)):
+            break
+        finished[nfin + nf] = root
+        nf += 1
+        root = _meld(mi[root, LEFT], mi[root, RIGHT], mf, mi)
+    fi[s, MROOT] = root
+    n -= nf
+    fi[s, NMEM] = n
+    if n == 0:
+        fmark[s] = 2
+    else:
+        fmark[s] = 5
+        fi[s, FRESH] = 1
+        _resize(s, n, fres, fn, fcoef, ff, rf, ri)
+    return nfin + nf
+
+
+@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2), cache=True)
+def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
+           rmark, rstack, mf, mi):
+    """Incremental mode's part of `depart`: the neighbours of the classes touched[:nt] (which lost members) on
+    binding resources, where those whose first member has dust left lose it too (appended to touched, their
+    members to finished), and of the rest, into comp, the classes whose bottleneck was one of the touched
+    classes' resources (or is unknown): only they can gain from the departures directly; `arrive` re-solves
+    them, the shrunk touched classes, and checks everyone else. Returns (nt, nfin, classes in comp); those in
+    comp are left with fmark 1 (cleared by the caller)."""
     K = fres.shape[1]
     nn = 0
     nv = 0
     q = 0
-    while q < nfin:
-        s = finished[q]
+    while q < nt:
+        s = touched[q]
         q += 1
         for k in range(fn[s]):
             r = fres[s, k]
@@ -949,10 +1101,11 @@ def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rma
                 e = inc_next[e]
                 if fmark[g] != 0:
                     continue
-                if _is_dust(g, now, ff):
-                    fmark[g] = 2
-                    finished[nfin] = g
-                    nfin += 1
+                if _is_dust(g, now, ff, fi, mf):
+                    nfin = _pop_members(g, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf,
+                                        mi, fmark)
+                    touched[nt] = g
+                    nt += 1
                 else:
                     fmark[g] = 1
                     comp[nn] = g
@@ -968,25 +1121,27 @@ def _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rma
             fmark[g] = 0
     for q in range(nv):
         rmark[rstack[q]] = 0
-    return nfin, m
+    return nt, nfin, m
 
 
-@njit(Tuple((I, I, I, I))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1),
-      cache=True)
+@njit(Tuple((I, I, I, I))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1, F2, I2,
+                          I1, I1, I1), cache=True)
 def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmark, rstack, comp, hk, hi,
-           ctr, finished, fchanged, rchanged, rcmark):
-    """Finish every flow due at `now`, and list the flows they shared binding resources with, unsolved.
+           ctr, finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched):
+    """Finish every flow due at `now`, and list the classes to re-solve: those left with fewer members, and
+    those they shared binding resources with, unsolved.
 
-    Flows whose heap entry lies within a relative TIME_TOL of now finish; so do neighbours with fewer than
-    BYTE_TOL of their bytes left (floating-point dust), so ties never cause zero-time event loops. The
-    survivors keep their old rates (no time passes) until the caller re-solves them together with whatever
-    else changes at this instant (`arrive` with them as seeds): one solve per instant, however many
-    departures and arrivals it holds. Re-solving from the survivors as seeds is exact even if the departures
-    split their component (each part is then searched from its own seeds).
-    Returns (finished flows, in finished; changed flows; changed resources; survivors, in comp), or
-    survivors = -1 when nothing was due (a stale wake-up).
+    Flows within a relative TIME_TOL of now finish; so do neighbours with fewer than BYTE_TOL of their bytes
+    left (floating-point dust), so ties never cause zero-time event loops. The survivors keep their old rates
+    (no time passes) until the caller re-solves them together with whatever else changes at this instant
+    (`arrive` with them as seeds): one solve per instant, however many departures and arrivals it holds.
+    Re-solving from the survivors as seeds is exact even if the departures split their component (each part
+    is then searched from its own seeds).
+    Returns (finished flows, member slots in finished; changed classes; changed resources; classes to
+    re-solve, in comp), or -1 classes when nothing was due (a stale wake-up).
     """
     horizon = now * (1 + TIME_TOL) + 1e-18
+    nt = 0
     nfin = 0
     n = ctr[HSIZE]
     while n > 0 and hk[0] <= horizon:
@@ -994,44 +1149,53 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         s = hi[0, 2]
         n = heap_pop(hk, hi, n)
         if ver == fi[s, VER] and fi[s, ACTIVE] != 0 and fmark[s] == 0:
-            fmark[s] = 2
-            finished[nfin] = s
-            nfin += 1
+            nfin = _pop_members(s, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi,
+                                fmark)
+            touched[nt] = s
+            nt += 1
     ctr[HSIZE] = n
-    if nfin == 0:
+    if nt == 0:
         return 0, 0, 0, -1
     if ctr[MODE] != FULL:
-        nfin, nc = _freed(now, nfin, finished, comp, fres, fn, ff, fi, ri, inc_next, fmark, rmark, rstack)
+        nt, nfin, nc = _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri,
+                              inc_next, fmark, rmark, rstack, mf, mi)
     else:
-        for q in range(nfin):
-            fmark[finished[q]] = 0
-        nc = _component(finished, nfin, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
-        for q in range(nfin):
-            fmark[finished[q]] = 2
+        marks = np.empty(nt, np.int8)
+        for q in range(nt):
+            marks[q] = fmark[touched[q]]
+            fmark[touched[q]] = 0
+        nc = _component(touched, nt, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)  # marks them 1
+        for q in range(nt):
+            fmark[touched[q]] = marks[q]
         for q in range(nc):
             g = comp[q]
-            if fmark[g] != 2 and _is_dust(g, now, ff):
-                fmark[g] = 2
-                finished[nfin] = g
-                nfin += 1
+            if fmark[g] == 1 and _is_dust(g, now, ff, fi, mf):
+                nfin = _pop_members(g, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi,
+                                    fmark)
+                touched[nt] = g
+                nt += 1
     nrch = 0
     nfch = 0
-    for q in range(nfin):
-        s = finished[q]
-        nrch = _set_rate(s, 0.0, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
-        fchanged[nfch] = s
-        nfch += 1
-        _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev)
+    for q in range(nt):
+        s = touched[q]
+        if fmark[s] == 2:
+            nrch = _set_rate(s, 0.0, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
+            fchanged[nfch] = s
+            nfch += 1
+            _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rclass, cfree, ctr)
     m = 0
     for q in range(nc):
         g = comp[q]
-        mark = fmark[g]
-        fmark[g] = 0
-        if mark != 2:
+        if fmark[g] == 1:
+            fmark[g] = 0
             comp[m] = g
             m += 1
-    for q in range(nfin):
-        fmark[finished[q]] = 0
+    for q in range(nt):
+        s = touched[q]
+        if fmark[s] == 5:
+            comp[m] = s
+            m += 1
+        fmark[s] = 0
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
     return nfin, nfch, nrch, m
 

@@ -2,15 +2,29 @@
 loops): column numbers of the per-flow and per-resource tables, and the engine's tolerances. Kept apart so the
 owner can build the arrays without importing numba."""
 
-# ff columns (float64). TRATE: a rate the incremental solve proposes, before it is checked and applied.
-W, CAP, UB, BYTES, REM, RATE, TLAST, TRATE = 0, 1, 2, 3, 4, 5, 6, 7
-NFF = 8
+# Flow slots hold route classes: every active flow (a "member", numbered by its own member slot) belongs to one
+# class, and flows with one route number, weight and cap that overlap in time share a class. Max-min gives them
+# the same rate, so the solver sees a class as one flow of weight n x w and cap n x cap (n members), and a rate
+# change costs per class, not per flow: each class keeps a virtual clock VSERV (bytes served to each member so
+# far) and a heap of its members' finish targets (VSERV value at which each is done), so only the member that
+# finishes first has an entry in the finish-time heap.
+# ff columns (float64): W, CAP, UB are the class's (n x member's); W0, CAP0 one member's weight and cap; RATE the
+# class's total; TRATE: a rate the incremental solve proposes, before it is checked and applied.
+W, CAP, UB, W0, CAP0, VSERV, RATE, TLAST, TRATE = range(9)
+NFF = 9
 # fi columns (int64). VER only ever grows, also across reuse of a slot, so old heap entries stay stale. ROUTE
-# numbers the flow's route (-1: none given); flows with one route, weight and cap are solved as one class.
-# BOT: the flow's bottleneck in the current allocation (a saturated binding resource on its route where its
-# level rate/weight is the highest), -1 when its cap limits it, -2 when unknown; TBOT: the one proposed with TRATE.
-ACTIVE, VER, FRESH, ROUTE, BOT, TBOT = 0, 1, 2, 3, 4, 5
-NFI = 6
+# numbers the class's route (-1: none given, a class of one). BOT: the class's bottleneck in the current
+# allocation (a saturated binding resource on its route where its level rate/weight is the highest), -1 when its
+# cap limits it, -2 when unknown; TBOT: the one proposed with TRATE. NMEM: members; MROOT: the member that
+# finishes first (root of the members' skew heap), -1 when none.
+ACTIVE, VER, FRESH, ROUTE, BOT, TBOT, NMEM, MROOT = range(8)
+NFI = 8
+# member tables: mf (float64) TARGET, the class's VSERV at which the member is done, and MBYTES, its size; mi
+# (int64) MCLASS, its class slot, and the skew heap's LEFT and RIGHT children (-1: none)
+TARGET, MBYTES = 0, 1
+NMF = 2
+MCLASS, LEFT, RIGHT = 0, 1, 2
+NMI = 3
 # rf columns (float64). RESID: capacity left to a region by the flows outside it; LOADP, MAXLEV: load and highest
 # level (rate/weight) under the proposed rates (scratch of the incremental solve).
 RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT = 0, 1, 2, 3, 4, 5, 6
@@ -22,11 +36,12 @@ HEAD, BINDING, NBOT, NFL, NREG = 0, 1, 2, 3, 4
 NRI = 5
 # ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL or FULL), then counters of
 # the incremental solve (for benchmarks): solves, rounds, fallbacks to the whole component, flows re-solved;
-# then the number of active flows, set by the caller before `arrive`
-# and how many coming solves go straight to the whole component, after how many fallbacks in a row; last, the
-# share of the active flows (percent) a region may reach before the whole component is solved instead
-HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT = range(11)
-NCTR = 11
+# then the number of active classes (kept by the core)
+# and how many coming solves go straight to the whole component, after how many fallbacks in a row; the
+# share of the active classes (percent) a region may reach before the whole component is solved instead; last,
+# how many class slots are free (the stack `cfree[:NCFREE]`)
+HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE = range(12)
+NCTR = 12
 INCREMENTAL, FULL = 0, 1
 
 TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now

@@ -207,6 +207,7 @@ class FluidNetwork:
         self._ctr = np.zeros(L.NCTR, np.int64)
         self._ctr[L.MODE] = solver_mode()
         self._ctr[L.REGION_PCT] = L.REGION_SHARE_PCT
+        self._rclass = np.full(16, -1, np.int64)  # route number -> its open class slot (see _fluidlayout)
         self._hk = np.empty(64)
         self._hi = np.empty((64, 3), np.int64)
         # flow tables start empty and grow (see _grow_flows)
@@ -217,12 +218,16 @@ class FluidNetwork:
         self._fi = np.zeros((0, L.NFI), np.int64)
         self._inc_next = np.zeros(0, np.int64)
         self._inc_prev = np.zeros(0, np.int64)
-        self._flows: list[Flow | None] = []
+        self._mf = np.zeros((0, L.NMF))
+        self._mi = np.zeros((0, L.NMI), np.int64)
+        self._cfree = np.zeros(0, np.int64)
+        self._flows: list[Flow | None] = []  # by member slot
         self._width = 0
         self._grow_flows(64, 4)
         self._free: list[int] = []
         self._next_slot = 0
         self._recording = False  # any flow records its rate segments
+        self._recorded: dict[int, Flow] = {}  # class slot -> the flow recording its rate (a class of its own)
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
         self._route_numbers: dict[tuple[bytes, bytes], int] = {}
@@ -248,15 +253,18 @@ class FluidNetwork:
         s = self._slot_for(len(flow.res))
         self._flows[s] = flow
         flow.slot = s
-        self._c.register(s, flow.res, flow.coef, self._route_number(flow), flow.weight,
-                         np.inf if flow.cap is None else flow.cap, flow.bytes,
-                      self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf, self._ri,
-                      self._inc_next, self._inc_prev)
-        if flow.segments is not None:
+        record = flow.segments is not None
+        route = -1 if record else self._route_number(flow)
+        c = self._c.join(s, flow.res, flow.coef, route, flow.weight, np.inf if flow.cap is None else flow.cap,
+                         flow.bytes, self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf,
+                         self._ri, self._inc_next, self._inc_prev, self._mf, self._mi, self._rclass, self._cfree,
+                         self._ctr)
+        if record:
             self._recording = True
+            self._recorded[c] = flow
         self._active += 1
         self.events += 1
-        self._pending.append(s)
+        self._pending.append(c)
         self._flush_later()
         return flow.done
 
@@ -268,6 +276,8 @@ class FluidNetwork:
         number = self._route_numbers.get(key)
         if number is None:
             number = self._route_numbers[key] = len(self._route_numbers)
+            if number == len(self._rclass):
+                self._rclass = np.concatenate([self._rclass, np.full(number, -1, np.int64)])
         return number
 
     def _grow_flows(self, slots: int, width: int) -> None:
@@ -287,6 +297,14 @@ class FluidNetwork:
         self._fn = grown(self._fn, (slots,))
         self._ff = grown(self._ff, (slots, L.NFF))
         self._fi = grown(self._fi, (slots, L.NFI))
+        self._mf = grown(self._mf, (slots, L.NMF))
+        self._mi = grown(self._mi, (slots, L.NMI))
+        # class slots: the new ones join the free stack under the free old ones
+        nfree = int(self._ctr[L.NCFREE])
+        self._cfree = np.concatenate([np.arange(slots - 1, old_slots - 1, -1, dtype=np.int64),
+                                      self._cfree[:nfree], np.zeros(old_slots - nfree, np.int64)])
+        self._ctr[L.NCFREE] = nfree + slots - old_slots
+        self._touched = np.empty(slots, np.int64)
         self._fmark = np.zeros(slots, np.int8)
         self._comp = np.empty(slots, np.int64)
         self._finished = np.empty(slots, np.int64)
@@ -345,11 +363,10 @@ class FluidNetwork:
         closed, self._survivors = self._survivors, _NO_SLOTS
         self._pending = []
         self._heap_room()
-        self._ctr[L.N_ACTIVE] = self._active
         nfch, nrch, t = self._c.arrive(
             closed, len(closed), seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
             self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark, self._rmark, self._rstack,
-            self._comp, self._hk, self._hi, self._ctr, self._fchanged, self._rchanged, self._rcmark)
+            self._comp, self._hk, self._hi, self._ctr, self._fchanged, self._rchanged, self._rcmark, self._mf)
         self._report(nfch, nrch)
         self._schedule(t)
 
@@ -357,10 +374,11 @@ class FluidNetwork:
         """Hand rate changes to the recorders: flows' rate segments and resources' loads (when asked for)."""
         now = self.env.now
         if self._recording:
-            rate = self._ff[:, L.RATE]
+            rate = self._ff[:, L.RATE]  # a recorded flow is a class of its own: the class's rate is its rate
             for s in self._fchanged[:nfch].tolist():
-                segs = self._flows[s].segments
-                if segs is not None:
+                f = self._recorded.get(s)
+                if f is not None:
+                    segs = f.segments
                     if segs and segs[-1][0] == now:
                         segs.pop()  # several changes at one instant: keep the last
                     segs.append((now, float(rate[s])))
@@ -387,7 +405,8 @@ class FluidNetwork:
         nfin, nfch, nrch, nsurv = self._c.depart(
             self.env.now, self._fres, self._fcoef, self._fn, self._ff, self._fi, self._rf, self._ri, self._inc_next,
             self._inc_prev, self._fmark, self._rmark, self._rstack, self._comp, self._hk, self._hi, self._ctr,
-            self._finished, self._fchanged, self._rchanged, self._rcmark)
+            self._finished, self._fchanged, self._rchanged, self._rcmark, self._mf, self._mi, self._rclass, self._cfree,
+            self._touched)
         if nsurv < 0:  # nothing due after all
             self._schedule(self._c.next_finish(self._hk, self._hi, self._fi, self._ctr))
             return
@@ -402,6 +421,8 @@ class FluidNetwork:
             self._flows[s] = None
             self._free.append(s)
             f.remaining = 0.0
+            if f.segments is not None:
+                self._recorded.pop(int(self._mi[s, L.MCLASS]), None)
             done.append(f)
         self._active -= nfin
         self.events += nfin

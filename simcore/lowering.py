@@ -214,13 +214,15 @@ def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *,
     st[loop.S_RECORD] = int(record)
     sf = np.zeros(loop.NSF)
     sf[loop.F_WAKE] = np.inf
+    rclass = np.full(max(len(roff) - 1, 1), -1, np.int64)  # the loop's route numbers -> open class
     while True:
         status = loop.run(a.ikind, a.istart, a.ilat, a.ibytes, a.iw, a.icap, a.iroute, a.ieng, a.nleft, a.soff,
                           a.succ, roff, rres, rcoef, ot, ek, ei, rq, eholder, ehead, etail, eqnext, eqprev, egrant,
                           gl, slot_item, free, seeds, closed, lt, lr, lv, st, sf, STEPS_PER_CALL,
                           net._fres, net._fcoef, net._fn, net._ff, net._fi, net._rf, net._ri, net._inc_next,
                           net._inc_prev, net._rloc, net._fmark, net._rmark, net._rstack, net._comp, net._hk,
-                          net._hi, net._ctr, net._finished, net._fchanged, net._rchanged, net._rcmark)
+                          net._hi, net._ctr, net._finished, net._fchanged, net._rchanged, net._rcmark, net._mf,
+                          net._mi, rclass, net._cfree, net._touched)
         if status == loop.DONE:
             break
         if status == loop.YIELD:

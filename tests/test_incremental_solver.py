@@ -24,7 +24,8 @@ from fabricsim.simcore.fluid import Flow, FluidNetwork, max_min_rates
 
 
 class CheckedNetwork(FluidNetwork):
-    """A network that, after every solve, compares every active flow's rate with a from-scratch max-min."""
+    """A network that, after every solve, compares every active flow's rate (its route class's rate over the
+    class's members) with a from-scratch max-min of the flows one by one."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -32,11 +33,12 @@ class CheckedNetwork(FluidNetwork):
 
     def _flush(self, ev: simpy.Event) -> None:
         super()._flush(ev)
-        active = [s for s in range(self._fi.shape[0]) if self._fi[s, L.ACTIVE]]
+        active = [m for m, f in enumerate(self._flows) if f is not None]  # member slots
         if not active:
             return
-        ref, _ = max_min_rates([self._flows[s] for s in active], self.capacity, self._ri[:, L.BINDING] != 0)
-        got = self._ff[active, L.RATE]
+        ref, _ = max_min_rates([self._flows[m] for m in active], self.capacity, self._ri[:, L.BINDING] != 0)
+        cls = self._mi[active, L.MCLASS]  # a flow's rate is its class's, shared by the members
+        got = self._ff[cls, L.RATE] / self._fi[cls, L.NMEM]
         err = np.abs(got - np.array(ref)) / np.maximum(np.array(ref), 1e-300)
         assert err.max() <= 1e-9, f"t={self.env.now}: rate off by {err.max():.2e} relative"
 
