@@ -385,6 +385,11 @@ case("simulate-samples-word", ["simulate", "s.yaml", "--samples", "few"], "--sam
 case("validate-budget-negative", ["validate", "--budget-s", "-5", "--out", "v"], "--budget-s")
 case("validate-budget-nan", ["validate", "--budget-s", "nan", "--out", "v"], "--budget-s")
 case("topo-yaml-with-calibration", ["topo", "show", "h100-1", "--yaml", "--calibration", "x.json"], "--yaml")
+# Sizes past what numpy can draw once gave a MemoryError or OverflowError traceback.
+case("serve-requests-absurd", ["serve", "--rate", "inf", "-n", "10000000000000"], ("requests", "1,000,000"))
+case("serve-prompt-absurd", ["serve", "-n", "3", "--prompt-tokens", "1e300"], ("prompt_tokens", "2^53"))
+case("serve-prefixes-absurd", ["serve", "-n", "3", "--prefix-tokens", "8", "--prefixes", "100000000000000000000"],
+     "distinct prefixes")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
