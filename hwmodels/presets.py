@@ -181,8 +181,8 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
     """
     if nodes < 1:
         raise TopologyError(f"a cluster needs at least one node, not {nodes}")
-    if gpus_per_node < 1:
-        raise TopologyError(f"a cluster node needs at least one GPU, not {gpus_per_node}")
+    if not 1 <= gpus_per_node <= 8:  # each node is built as one HGX board, which `hgx` bounds the same way
+        raise TopologyError(f"a cluster node is one HGX board of 1..8 GPUs, not {gpus_per_node}")
     if nodes * gpus_per_node > MAX_CLUSTER_GPUS:
         raise TopologyError(f"cluster of {nodes:,} nodes x {gpus_per_node} GPUs: {nodes * gpus_per_node:,} GPUs is "
                             f"more than the {MAX_CLUSTER_GPUS:,} a preset builds (simulate the part of the cluster "
