@@ -386,6 +386,8 @@ case("validate-budget-negative", ["validate", "--budget-s", "-5", "--out", "v"],
 case("validate-budget-nan", ["validate", "--budget-s", "nan", "--out", "v"], "--budget-s")
 case("topo-yaml-with-calibration", ["topo", "show", "h100-1", "--yaml", "--calibration", "x.json"], "--yaml")
 case("topo-show-cluster-node-of-4096", ["topo", "show", "cluster-1x4096"], ("cluster-1x4096", "1..8 GPUs"))
+case("sync-defaults-on-a-cluster", ["sync", "Llama-3-8B", "nccl-broadcast", "--topology", "cluster-2x8"],
+     ("default --trainer gpu0-3", "e.g. --trainer node0.gpu0-3 --rollout node0.gpu4-7"))
 # Sizes past what numpy can draw once gave a MemoryError or OverflowError traceback.
 case("serve-requests-absurd", ["serve", "--rate", "inf", "-n", "10000000000000"], ("requests", "1,000,000"))
 case("serve-prompt-absurd", ["serve", "-n", "3", "--prompt-tokens", "1e300"], ("prompt_tokens", "2^53"))
