@@ -225,6 +225,7 @@ for cid, extra, expected in [
     ("knob-empty-value", ["--knob", "task_bytes="], "KEY=VALUE"),
     ("knob-negative-bytes", ["--knob", "task_bytes=-1"], "task_bytes"),
     ("knob-inf", ["--knob", "task_bytes=inf"], ("task_bytes", "finite")),
+    ("knob-beyond-1-EiB", ["--knob", "task_bytes=1e300"], ("task_bytes", "beyond 1 EiB")),
     ("knob-word", ["--knob", "task_bytes=lots"], "task_bytes"),
     ("knob-twice", ["--knob", "task_bytes=1e6", "--knob", "task_bytes=2e6"], "given twice"),
 ]:
