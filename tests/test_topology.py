@@ -270,3 +270,19 @@ def test_a_local_copy_by_an_unfitted_mechanism_scales_its_memory_copy_rate(calib
         assert got.rate_cap_Bps == pytest.approx(want)
         assert got.nodes == (slow.resolve(endpoint),)
     assert not slow.fits(mechanism, endpoint, endpoint)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"nodes": 2.5}, "nodes: expected a whole number"),
+    ({"nodes": float("nan")}, "nodes: expected a whole number"),
+    ({"nodes": True}, "nodes: expected a whole number"),
+    ({"oversubscription": float("inf")}, "oversubscription must be a finite number"),
+    ({"fabric": "leaf-spine", "nodes_per_leaf": 0}, "nodes_per_leaf >= 1"),
+    ({"fabric": "leaf-spine", "spines": 0}, "spines, got 4 and 0"),
+    ({"fabric": "leaf-spine", "spines": 10**9}, "spines, got 4 and 1000000000"),
+])
+def test_cluster_arguments_are_checked_before_building(kwargs, match):
+    """The API takes what the preset names cannot spell: each once ended in TypeError or ZeroDivisionError, or
+    (10^9 spines) in building until memory ran out."""
+    with pytest.raises(TopologyError, match=match):
+        presets.cluster(**kwargs)
