@@ -203,6 +203,7 @@ for cid, extra, expected in [
     ("delta-of-delta", [], None),
     ("trainer-backwards", ["--trainer", "gpu3-1"], "backwards"),
     ("trainer-empty", ["--trainer", ","], "empty GPU list"),
+    ("trainer-empty-string", ["--trainer", ""], "empty GPU list"),
     ("rollout-gpu99", ["--rollout", "gpu99"], "gpu99"),
     ("rollout-overlap-bad-node", ["--rollout", "node9.gpu0"], "node9.gpu0"),
     ("tp-0", ["--tp", "0"], "TP degree"),

@@ -62,7 +62,7 @@ def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], lis
     name GPUs that are not there, and the unknown-endpoint error would not say that it came from a default."""
     given = {"--trainer": args.trainer, "--rollout": args.rollout}
     defaults = {"--trainer": DEFAULT_TRAINER, "--rollout": DEFAULT_ROLLOUT}
-    lists = {flag: parse_gpus(spec or defaults[flag]) for flag, spec in given.items()}
+    lists = {flag: parse_gpus(defaults[flag] if spec is None else spec) for flag, spec in given.items()}
     for flag, gpus in lists.items():
         missing = [g for g in gpus if g not in topo.graph and g not in topo.aliases]
         if given[flag] is None and missing:
