@@ -24,6 +24,8 @@ Layout assumptions, stated because they decide contention:
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -179,18 +181,27 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
 
     Endpoints are `nodeK.gpuN`, `nodeK.host0`, ...; `nodeK.host` aliases `nodeK.host0`.
     """
+    for what, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("nodes_per_leaf", nodes_per_leaf),
+                    ("spines", spines)):
+        # range() below would raise a bare TypeError, and a bool is no count (cluster-Truex8)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TopologyError(f"cluster {what}: expected a whole number, got {v!r}")
     if nodes < 1:
         raise TopologyError(f"a cluster needs at least one node, not {nodes}")
-    if gpus_per_node < 1:
-        raise TopologyError(f"a cluster node needs at least one GPU, not {gpus_per_node}")
+    if not 1 <= gpus_per_node <= 8:  # each node is built as one HGX board, which `hgx` bounds the same way
+        raise TopologyError(f"a cluster node is one HGX board of 1..8 GPUs, not {gpus_per_node}")
     if nodes * gpus_per_node > MAX_CLUSTER_GPUS:
         raise TopologyError(f"cluster of {nodes:,} nodes x {gpus_per_node} GPUs: {nodes * gpus_per_node:,} GPUs is "
                             f"more than the {MAX_CLUSTER_GPUS:,} a preset builds (simulate the part of the cluster "
                             "the question needs)")
     if fabric not in ("rail", "leaf-spine"):
         raise TopologyError(f"unknown cluster fabric '{fabric}' (known: rail, leaf-spine)")
-    if oversubscription < 1:
-        raise TopologyError(f"oversubscription must be >= 1, got {oversubscription}")
+    if not 1 <= oversubscription < math.inf:
+        raise TopologyError(f"oversubscription must be a finite number >= 1, got {oversubscription}")
+    if fabric == "leaf-spine" and not (nodes_per_leaf >= 1 and 1 <= spines <= nodes_per_leaf * gpus_per_node):
+        # A leaf has at most as many uplinks (one per spine) as GPU ports; none divides by zero.
+        raise TopologyError(f"a leaf-spine fabric needs nodes_per_leaf >= 1 and 1..nodes_per_leaf x gpus_per_node "
+                            f"spines, got {nodes_per_leaf} and {spines}")
     t = Topology(name or f"cluster-{nodes}x{gpus_per_node}-{fabric}")
     nic = NICSpec(Gbps=nic_Gbps)
     sw = NetSwitchSpec(port_Gbps=nic_Gbps)

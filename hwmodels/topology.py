@@ -375,11 +375,20 @@ class Topology:
         if mechanism != "ce" and mech is None and mechanism in self.unfitted_mechanism_scale:
             lat_f, rate_f = self.unfitted_mechanism_scale[mechanism]
             latency *= lat_f
-            if cap is None:  # no fitted rate: scale the slowest link the copy crosses
-                cap = min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
+            if cap is None:  # no fitted rate: scale the tightest hop of the copy
+                cap = self._slowest_hop_Bps(nodes, resources)
             if sized is None:
                 cap *= rate_f
         return PathShape(Path(s, d, cls, nodes, resources, latency, cap, engine), sized, rate_f)
+
+    def _slowest_hop_Bps(self, nodes: tuple[str, ...], resources: tuple[tuple[str, float], ...]) -> float:
+        """The rate the tightest hop of a copy allows, for a mechanism with no fitted rate to scale: its slowest
+        link, or, for a local copy (which crosses no link), its memory's copy rate: the HBM or DRAM cap over
+        what the copy draws on it (a local copy reads and writes the same memory), as `path_bandwidth_Bps`."""
+        if len(nodes) > 1:
+            return min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
+        caps = self._capacities()
+        return min(caps[r] / c for r, c in resources)
 
     def fits(self, mechanism: str, src: str, dst: str) -> bool:
         """Whether a copy `src` -> `dst` by `mechanism` has fitted parameters of its own (the copy engine always

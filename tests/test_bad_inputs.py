@@ -203,6 +203,7 @@ for cid, extra, expected in [
     ("delta-of-delta", [], None),
     ("trainer-backwards", ["--trainer", "gpu3-1"], "backwards"),
     ("trainer-empty", ["--trainer", ","], "empty GPU list"),
+    ("trainer-empty-string", ["--trainer", ""], "empty GPU list"),
     ("rollout-gpu99", ["--rollout", "gpu99"], "gpu99"),
     ("rollout-overlap-bad-node", ["--rollout", "node9.gpu0"], "node9.gpu0"),
     ("tp-0", ["--tp", "0"], "TP degree"),
@@ -225,6 +226,7 @@ for cid, extra, expected in [
     ("knob-empty-value", ["--knob", "task_bytes="], "KEY=VALUE"),
     ("knob-negative-bytes", ["--knob", "task_bytes=-1"], "task_bytes"),
     ("knob-inf", ["--knob", "task_bytes=inf"], ("task_bytes", "finite")),
+    ("knob-beyond-1-EiB", ["--knob", "task_bytes=1e300"], ("task_bytes", "beyond 1 EiB")),
     ("knob-word", ["--knob", "task_bytes=lots"], "task_bytes"),
     ("knob-twice", ["--knob", "task_bytes=1e6", "--knob", "task_bytes=2e6"], "given twice"),
 ]:
@@ -385,6 +387,14 @@ case("simulate-samples-word", ["simulate", "s.yaml", "--samples", "few"], "--sam
 case("validate-budget-negative", ["validate", "--budget-s", "-5", "--out", "v"], "--budget-s")
 case("validate-budget-nan", ["validate", "--budget-s", "nan", "--out", "v"], "--budget-s")
 case("topo-yaml-with-calibration", ["topo", "show", "h100-1", "--yaml", "--calibration", "x.json"], "--yaml")
+case("topo-show-cluster-node-of-4096", ["topo", "show", "cluster-1x4096"], ("cluster-1x4096", "1..8 GPUs"))
+case("sync-defaults-on-a-cluster", ["sync", "Llama-3-8B", "nccl-broadcast", "--topology", "cluster-2x8"],
+     ("default --trainer gpu0-3", "e.g. --trainer node0.gpu0-3 --rollout node0.gpu4-7"))
+# Sizes past what numpy can draw once gave a MemoryError or OverflowError traceback.
+case("serve-requests-absurd", ["serve", "--rate", "inf", "-n", "10000000000000"], ("requests", "1,000,000"))
+case("serve-prompt-absurd", ["serve", "-n", "3", "--prompt-tokens", "1e300"], ("prompt_tokens", "2^53"))
+case("serve-prefixes-absurd", ["serve", "-n", "3", "--prefix-tokens", "8", "--prefixes", "100000000000000000000"],
+     "distinct prefixes")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

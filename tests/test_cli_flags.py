@@ -64,7 +64,8 @@ def test_key_values_are_typed_from_the_target() -> None:
         {"n": 3, "x": 1e-3, "on": True, "name": "b", "buf_bytes": 2048.0}
     for items, match in ((["n=2.5"], "whole number"), (["x=fast"], "expected a number"), (["on=1"], "true or false"),
                          (["x=inf"], "finite"), (["x=nan"], "finite"), (["n=1", "n=2"], "given twice"),
-                         (["n"], "KEY=VALUE"), (["=3"], "KEY=VALUE"), (["n="], "KEY=VALUE"), (["y=1"], "unknown")):
+                         (["n"], "KEY=VALUE"), (["=3"], "KEY=VALUE"), (["n="], "KEY=VALUE"), (["y=1"], "unknown"),
+                         (["buf_bytes=1e300"], "beyond 1 EiB"), (["buf_bytes=2EiB"], "unknown unit")):
         with pytest.raises(WorkloadError, match=match):
             parse_key_values(items, settings, "t")
 

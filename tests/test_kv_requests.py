@@ -59,6 +59,7 @@ def test_trace_minimal_columns(tmp_path):
     ("arrival_s,prompt_tokens,output_tokens\n0,10.5,3\n", "line 2.*prompt_tokens.*whole number"),
     ("arrival_s,prompt_tokens,output_tokens\n0,10,0\n", "line 2.*output_tokens must be >= 1"),
     ("arrival_s,prompt_tokens,output_tokens\n", "no requests"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,1e300,5\n", "line 2.*prompt_tokens is beyond 2\\^53"),
 ])
 def test_bad_traces(tmp_path, text, match):
     path = tmp_path / "bad.csv"
@@ -76,3 +77,18 @@ def test_bad_arguments(tmp_path):
         Request(0, -0.1, 1, 1)
     with pytest.raises(RequestError, match="does-not-exist"):
         load_trace(tmp_path / "does-not-exist.csv")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"n": 10**13}, "more than the 1,000,000"),
+    ({"prompt_tokens": 1e300}, "prompt_tokens: mean .* beyond 2\\^53"),
+    ({"output_tokens": 1e300, "output_dist": "uniform"}, "output_tokens: mean .* beyond 2\\^53"),
+    ({"output_tokens": 1e300, "output_dist": "geometric"}, "output_tokens: mean .* beyond 2\\^53"),
+    ({"prefix_tokens": 10**20}, "prefix_tokens is beyond 2\\^53"),
+    ({"prefix_tokens": 8, "prefixes": 10**20}, "distinct prefixes"),
+])
+def test_absurd_streams_are_refused_before_drawing(kwargs, match):
+    """Sizes past any workload once ended in numpy's MemoryError or an int64 overflow, as tracebacks."""
+    args = {"n": 4, "prompt_tokens": 16, "output_tokens": 4, **kwargs}
+    with pytest.raises(RequestError, match=match):
+        poisson_requests(float("inf"), args.pop("n"), **args)

@@ -35,6 +35,13 @@ def test_huge_cluster_refused_in_a_second():
     assert time.perf_counter() - t < 1.0
 
 
+@pytest.mark.parametrize("name", ["cluster-1x4096", "cluster-2x16", "cluster-4x0"])
+def test_cluster_nodes_are_hgx_boards_of_at_most_8_gpus(name):
+    """`hgx` refuses a board of more than 8 GPUs; a cluster of such nodes once built one NVSwitch of 4,096 GPUs."""
+    with pytest.raises(TopologyError, match=f"preset '{name}': a cluster node is one HGX board of 1..8 GPUs"):
+        presets.get(name)
+
+
 def _busy_sim() -> Simulation:
     sim = Simulation(presets.hgx_h200(8), record_load=False)
     prev = None

@@ -250,3 +250,39 @@ def test_typos_and_bad_values_in_topology_files_are_named(mutate, match):
     mutate(d)
     with pytest.raises(TopologyError, match=match):
         topology_from_dict(d, "box.yaml")
+
+
+# Ends with no fitted rate of their own (a calibrated d2d copy has one, so the scale applies to that instead).
+@pytest.mark.parametrize(("calibrated", "endpoint"), [(False, "gpu0"), (False, "host0"), (True, "host0")])
+@pytest.mark.parametrize("mechanism", ["pageable", "sm"])
+def test_a_local_copy_by_an_unfitted_mechanism_scales_its_memory_copy_rate(calibrated, endpoint, mechanism):
+    """A local copy crosses no link, so the unfitted-mechanism scale applies to the rate its memory allows (the
+    HBM/DRAM cap over the 2 it draws): it once took min() of no links and raised a bare ValueError."""
+    from fabricsim.hwmodels.intervals import corner_topology
+
+    slow = corner_topology(presets.get("h200-2") if calibrated else presets.get("h200-2", calibration=None), "slow")
+    _, rate_f = slow.unfitted_mechanism_scale[mechanism]
+    (mem, coeff), = slow.path(endpoint, endpoint).resources
+    assert slow.path(endpoint, endpoint).rate_cap_Bps is None  # no fitted rate: the scale has only memory to act on
+    want = slow.resources()[mem] / coeff * rate_f
+    for got in (slow.path(endpoint, endpoint, 1 << 20, mechanism),
+                slow.path_shape(endpoint, endpoint, mechanism).path(1 << 20)):
+        assert got.rate_cap_Bps == pytest.approx(want)
+        assert got.nodes == (slow.resolve(endpoint),)
+    assert not slow.fits(mechanism, endpoint, endpoint)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"nodes": 2.5}, "nodes: expected a whole number"),
+    ({"nodes": float("nan")}, "nodes: expected a whole number"),
+    ({"nodes": True}, "nodes: expected a whole number"),
+    ({"oversubscription": float("inf")}, "oversubscription must be a finite number"),
+    ({"fabric": "leaf-spine", "nodes_per_leaf": 0}, "nodes_per_leaf >= 1"),
+    ({"fabric": "leaf-spine", "spines": 0}, "spines, got 4 and 0"),
+    ({"fabric": "leaf-spine", "spines": 10**9}, "spines, got 4 and 1000000000"),
+])
+def test_cluster_arguments_are_checked_before_building(kwargs, match):
+    """The API takes what the preset names cannot spell: each once ended in TypeError or ZeroDivisionError, or
+    (10^9 spines) in building until memory ran out."""
+    with pytest.raises(TopologyError, match=match):
+        presets.cluster(**kwargs)

@@ -276,6 +276,21 @@ def test_cli_json_and_errors(capsys) -> None:
         _sync_cli(["Llama-3-8B", "teleport"])
 
 
+@pytest.mark.parametrize(("topology", "named", "hint"), [
+    ("cluster-16x8", "--trainer gpu0-3 names gpu0", "--trainer node0.gpu0-3 --rollout node0.gpu4-7"),
+    ("cluster-2x1", "--trainer gpu0-3 names gpu0", "--trainer node0.gpu0 --rollout node1.gpu0"),
+    ("pcie-4gpu", "--rollout gpu4-7 names gpu4", "--trainer gpu0-1 --rollout gpu2-3"),
+])
+def test_defaults_missing_from_the_topology_say_so_and_suggest_gpus(topology, named, hint) -> None:
+    """The default GPUs are one 8-GPU box's halves: elsewhere the error says the default named them, and the hint
+    it gives runs."""
+    with pytest.raises(WorkloadError, match=f"the default {named}, which topology '{topology}' lacks") as err:
+        _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", topology, "--samples", "0"])
+    assert str(err.value).endswith(f"e.g. {hint}")
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", topology, "--samples", "0",
+                      *hint.split()]) == 0
+
+
 def test_nccl_broadcast_strategy_matches_its_closed_form() -> None:
     """One trainer GPU (nothing to gather), seven TP-1 engines: per bucket a pipelined ring broadcast, then the
     per-tensor load cost and a local copy into the live weights (HBM read + write)."""

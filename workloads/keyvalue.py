@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fabricsim.errors import FabricsimError
-from fabricsim.simcore.units import parse_bytes
+from fabricsim.simcore.units import MAX_BYTES, parse_bytes
 
 from .errors import WorkloadError
 
@@ -122,6 +122,8 @@ def _number(where: str, name: str, value: Any) -> float:
             raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
     if not math.isfinite(x):
         raise WorkloadError(f"{where}: expected a finite number, got {value!r}")
+    if name.endswith("bytes") and x > MAX_BYTES:  # the bound a size written with a unit has (parse_bytes)
+        raise WorkloadError(f"{where}: size {value!r} is beyond 1 EiB, more than any machine holds (check the unit)")
     return x
 
 

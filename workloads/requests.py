@@ -27,6 +27,11 @@ from fabricsim.simcore.units import MAX_SECONDS
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("prefix_id", "prefix_tokens")
 LENGTH_DISTRIBUTIONS = ("fixed", "uniform", "geometric")
+# Past these a number is a typo, refused before anything is drawn: a stream is drawn whole, and a million requests
+# already take hundreds of MiB before the first step (more is a trace's job); token counts past 2^53 stop being
+# whole numbers as floats, and their draws overflow numpy's int64 soon after.
+MAX_REQUESTS = 10**6
+MAX_TOKENS = 2**53
 
 
 class RequestError(FabricsimError):
@@ -54,6 +59,9 @@ class Request:
             raise RequestError(f"{where}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
         if self.output_tokens < 1:
             raise RequestError(f"{where}: output_tokens must be >= 1, got {self.output_tokens}")
+        for name in ("prompt_tokens", "output_tokens"):
+            if getattr(self, name) > MAX_TOKENS:
+                raise RequestError(f"{where}: {name} is beyond 2^53 tokens; check the unit")
         if not 0 <= self.prefix_tokens <= self.prompt_tokens:
             raise RequestError(f"{where}: prefix_tokens must be in [0, prompt_tokens={self.prompt_tokens}], "
                                f"got {self.prefix_tokens}")
@@ -65,6 +73,8 @@ def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str
     """`n` token counts >= 1 with the given mean: fixed, uniform on [1, 2*mean-1], or geometric on {1, 2, ...}."""
     if not 1 <= mean < math.inf:
         raise RequestError(f"{what}: mean must be a finite number >= 1 token, got {mean}")
+    if mean > MAX_TOKENS:
+        raise RequestError(f"{what}: mean {mean:.3g} tokens is beyond 2^53; check the unit")
     if dist == "fixed":
         return np.full(n, int(round(mean)), dtype=np.int64)
     if dist == "uniform":
@@ -91,8 +101,14 @@ def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_
                            f"{n / rate_per_s:.3g} s, beyond 10^9 s (31 years); check the unit")
     if n < 1:
         raise RequestError(f"need at least one request, got n={n}")
+    if n > MAX_REQUESTS:
+        raise RequestError(f"{n:,} requests is more than the {MAX_REQUESTS:,} a stream draws (use a request trace)")
     if prefix_tokens < 0 or prefixes < 1:
         raise RequestError(f"prefix_tokens must be >= 0 and prefixes >= 1, got {prefix_tokens}, {prefixes}")
+    if prefix_tokens > MAX_TOKENS:
+        raise RequestError("prefix_tokens is beyond 2^53 tokens; check the unit")
+    if prefixes > MAX_REQUESTS:
+        raise RequestError(f"{prefixes:,} distinct prefixes is more than the {MAX_REQUESTS:,} requests a stream draws")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise RequestError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (math.isfinite(start_s) and start_s >= 0):

@@ -15,6 +15,7 @@ from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.topology import Topology
 
 from .. import models
 from ..decode import DecodeBatch
@@ -42,6 +43,37 @@ def parse_gpus(spec: str) -> list[str]:
         return expand_endpoints(spec)
     except TopologyError as exc:
         raise WorkloadError(str(exc).replace("endpoint list", "GPU list")) from None
+
+
+DEFAULT_TRAINER, DEFAULT_ROLLOUT = "gpu0-3", "gpu4-7"  # the two halves of one 8-GPU box
+
+
+def _span(gpus: list[str]) -> str:
+    """The shortest list string that `parse_gpus` reads back as `gpus`: 'node0.gpu0-3' where the names count up."""
+    first = gpus[0].rpartition("gpu")[2]
+    short = f"{gpus[0]}-{len(gpus) - 1 + int(first)}" if first.isdigit() and len(gpus) > 1 else gpus[0]
+    return short if expand_endpoints(short) == gpus else ",".join(gpus)
+
+
+def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], list[str]]:
+    """The --trainer and --rollout GPUs, or the defaults where they name GPUs the topology has.
+
+    The defaults are the halves of one 8-GPU box: on a cluster (GPUs named nodeK.gpuN) or a smaller box they
+    name GPUs that are not there, and the unknown-endpoint error would not say that it came from a default."""
+    given = {"--trainer": args.trainer, "--rollout": args.rollout}
+    defaults = {"--trainer": DEFAULT_TRAINER, "--rollout": DEFAULT_ROLLOUT}
+    lists = {flag: parse_gpus(defaults[flag] if spec is None else spec) for flag, spec in given.items()}
+    for flag, gpus in lists.items():
+        missing = [g for g in gpus if g not in topo.graph and g not in topo.aliases]
+        if given[flag] is None and missing:
+            all_gpus = topo.gpus()
+            first = [g for g in all_gpus if g.rpartition(".")[0] == all_gpus[0].rpartition(".")[0]] if all_gpus else []
+            pair = first if len(first) > 1 else all_gpus[:2]  # one box's halves, else two GPUs of two nodes
+            half = len(pair) // 2
+            hint = f"; e.g. --trainer {_span(pair[:half])} --rollout {_span(pair[half:])}" if half else ""
+            raise WorkloadError(f"the default {flag} {defaults[flag]} names {missing[0]}, which topology "
+                                f"'{topo.name}' lacks: give --trainer and --rollout{hint}")
+    return lists["--trainer"], lists["--rollout"]
 
 
 def _fraction(text: str) -> float:
@@ -72,8 +104,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.perfetto:  # before the run: a long sync must not end in a refusal
         refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     topo = presets.load(args.topology, calibration=args.calibration or "default")
-    setup = SyncSetup(topo, models.get(args.model), _trainer(args, parse_gpus(args.trainer)),
-                      RolloutLayout(parse_gpus(args.rollout), tp=args.tp, expert_parallel=args.ep),
+    trainer_gpus, rollout_gpus = _gpu_lists(args, topo)
+    setup = SyncSetup(topo, models.get(args.model), _trainer(args, trainer_gpus),
+                      RolloutLayout(rollout_gpus, tp=args.tp, expert_parallel=args.ep),
                       rollout_dtype="fp8" if args.fp8 else None,
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
@@ -124,9 +157,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list models and strategies")
     p.add_argument("--topology", default="hgx-h200-8", help="topology preset or file (default hgx-h200-8)")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (default: the preset's bundled one)")
-    p.add_argument("--trainer", default="gpu0-3", help="trainer GPUs (default gpu0-3)")
+    p.add_argument("--trainer", help=f"trainer GPUs (default {DEFAULT_TRAINER})")
     p.add_argument("--megatron", metavar="tp=T,pp=P,ep=E", help="Megatron trainer layout instead of FSDP")
-    p.add_argument("--rollout", default="gpu4-7", help="rollout GPUs (default gpu4-7)")
+    p.add_argument("--rollout", help=f"rollout GPUs (default {DEFAULT_ROLLOUT})")
     p.add_argument("--tp", type=int, default=1, help="rollout engine TP degree (default 1)")
     p.add_argument("--ep", action="store_true", help="rollout engines spread experts over their ranks")
     p.add_argument("--fp8", action="store_true", help="engines run fp8 weights (bf16 -> fp8 conversion)")
