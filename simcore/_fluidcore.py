@@ -183,13 +183,12 @@ def _pop_top(lv, it, n):
 
 
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
-@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, F1, I, I1), cache=True)
-def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates, capcol, bots):
-    """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc]; flow comp[i] stands for mult[i]
-    identical flows (same route, weight and cap: max-min gives them the same rate, so a class of them is
-    solved as one flow that draws mult x its rate). Resource r offers rf[r, capcol]: its capacity (RCAP), or
-    what the flows outside a region leave it (RESID). bots[i] gets the resource that froze flow comp[i]
-    (its bottleneck), or -1 when its cap did.
+@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, I, I1), cache=True)
+def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
+    """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc] (a route class is one flow here, of
+    its members' total weight and cap: max-min gives identical flows the same rate). Resource r offers
+    rf[r, capcol]: its capacity (RCAP), or what the flows outside a region leave it (RESID). bots[i] gets the
+    resource that froze flow comp[i] (its bottleneck), or -1 when its cap did.
 
     The filling level rises for all unfrozen flows (rate = weight x level); a resource saturates at level
     residual / (sum of coeff x weight of its unfrozen flows), a capped flow at cap / weight. The smallest such
@@ -226,7 +225,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates, capcol, bo
     start = np.zeros(nr + 1, np.int64)
     for ii in range(nc):
         s = comp[ii]
-        w = ff[s, W] * mult[ii]
+        w = ff[s, W]
         for k in range(fn[s]):
             j = rloc[fres[s, k]]
             if j >= 0:
@@ -328,12 +327,11 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, mult, rates, capcol, bo
                 rate = ff[s, CAP]
                 bots[ii] = -1
             rates[ii] = rate
-            m = mult[ii]
             for k in range(fn[s]):
                 j = rloc[fres[s, k]]
                 if j < 0:
                     continue
-                c = fcoef[s, k] * m
+                c = fcoef[s, k]
                 x = rem[j] - c * rate
                 rem[j] = x if x > 0.0 else 0.0
                 demand[j] -= c * w
@@ -622,59 +620,6 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
     return nrch
 
 
-@njit(F1(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, I, I1), cache=True)
-def _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, capcol, bots):
-    """Max-min rates of comp[:nc], solved over route classes: flows with the same route number, weight and cap
-    always get the same rate, so each class is solved once with its member count (on the 8-GPU star, 512
-    flows in flight use about 40 routes). Flows without a route number (-1) are classes of their own.
-
-    Classes are found with an open-addressing hash table on the route number (linear probing; a slot holds
-    a class, and a probe matches on route, weight and cap), in one pass over comp: O(nc) rather than a sort,
-    and the classes come out numbered in the order their first members have in comp, so the answer does not
-    depend on how routes are numbered (the simpy path and the compiled loop number them in different orders).
-    Resources offer rf[r, capcol]; bots[:nc] gets each flow's bottleneck (see `max_min`).
-    """
-    size = 16
-    while size < 2 * nc:
-        size <<= 1
-    mask = size - 1
-    table = np.full(size, -1, np.int64)  # slot -> class
-    rep = np.empty(nc, np.int64)  # per class: its first member (a flow slot)
-    mult = np.empty(nc)
-    group = np.empty(nc, np.int64)
-    ng = 0
-    for q in range(nc):
-        s = comp[q]
-        route = fi[s, ROUTE]
-        if route >= 0:
-            h = (route * 2654435761) & mask  # Knuth's multiplicative hash (odd, so a bijection mod size)
-            while True:
-                g = table[h]
-                if g < 0:
-                    table[h] = ng
-                    break
-                r = rep[g]
-                if fi[r, ROUTE] == route and ff[r, W] == ff[s, W] and ff[r, CAP] == ff[s, CAP]:
-                    break
-                h = (h + 1) & mask
-            if g >= 0:
-                mult[g] += 1.0
-                group[q] = g
-                continue
-        rep[ng] = s
-        mult[ng] = 1.0
-        group[q] = ng
-        ng += 1
-    grates = np.empty(ng)
-    gbots = np.empty(ng, np.int64)
-    max_min(rep, ng, fres, fcoef, fn, ff, rf, ri, rloc, mult, grates, capcol, gbots)
-    rates = np.empty(nc)
-    for q in range(nc):
-        rates[q] = grates[group[q]]
-        bots[q] = gbots[group[q]]
-    return rates
-
-
 @njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
 def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch, rchanged,
            nrch, rcmark, mf):
@@ -703,7 +648,8 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
     if nc == 0:
         return nfch, nrch
     bots = np.empty(nc, np.int64)
-    rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, RCAP, bots)
+    rates = np.empty(nc)
+    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RCAP, bots)
     return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch,
                   rchanged, nrch, rcmark, mf)
 
@@ -907,7 +853,8 @@ def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmar
             rf[r, RESID] = x if x > 0.0 else 0.0
             rf[r, LOADP] = rf[r, OUT] if rf[r, OUT] > 0.0 else 0.0
         bots = np.empty(nc, np.int64)
-        rates = _class_rates(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, rloc, RESID, bots)
+        rates = np.empty(nc)
+        max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots)
         for q in range(nc):
             s = comp[q]
             ff[s, TRATE] = rates[q]

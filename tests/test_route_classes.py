@@ -1,44 +1,22 @@
-"""The compiled solver's route classes and lazy max-min against per-flow answers, on random inputs.
+"""Route classes and the lazy max-min against per-flow answers, on random inputs.
 
-`_class_rates` groups flows with one route number, weight and cap (a hash table in one pass) and solves each
-class once with its member count; `max_min` re-scores saturation levels lazily. Both must give exactly the
-rates a per-flow solve gives (and the textbook oracle in test_fluid), whatever the route numbering."""
+The core keeps flows with one route, weight and cap in one class slot, which `max_min` solves as a single flow
+of the members' total weight and cap (n x w, n x cap); each member's rate is the class's over n. That must be
+exactly the rate a per-flow solve gives each of them (and the textbook oracle in test_fluid). `max_min`
+re-scores saturation levels lazily, which must not change any level."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fluid import reference_max_min
 
-from fabricsim.simcore import _fluidlayout as L
-from fabricsim.simcore.fluid import Flow, load_core, max_min_rates
+from fabricsim.simcore.fluid import Flow, max_min_rates
 
 _route = st.lists(st.integers(0, 11), min_size=1, max_size=4, unique=True)
-
-
-def _class_rates(flows: list[Flow], routes: list[int], capacity: list[float]) -> list[float]:
-    """Rates from the core's class solve, with route numbers `routes` (same number = same resources and
-    coefficients, -1 = no class), every resource binding."""
-    core = load_core()
-    n, width = len(flows), max(len(f.res) for f in flows)
-    fres, fcoef = np.zeros((n, width), np.int64), np.zeros((n, width))
-    fn, ff, fi = np.zeros(n, np.int64), np.zeros((n, L.NFF)), np.zeros((n, L.NFI), np.int64)
-    for s, f in enumerate(flows):
-        fn[s] = len(f.res)
-        fres[s, :fn[s]], fcoef[s, :fn[s]] = f.res, f.coef
-        ff[s, L.W], ff[s, L.CAP] = f.weight, np.inf if f.cap is None else f.cap
-        fi[s, L.ROUTE] = routes[s]
-    rf = np.zeros((len(capacity), L.NRF))
-    rf[:, L.RCAP] = capacity
-    ri = np.zeros((len(capacity), L.NRI), np.int64)
-    ri[:, L.BINDING] = 1
-    comp = np.arange(n, dtype=np.int64)
-    rloc = np.full(len(capacity), -1, np.int64)
-    rates = core._class_rates(comp, n, fres, fcoef, fn, ff, fi, rf, ri, rloc, L.RCAP, np.empty(n, np.int64))
-    assert (rloc == -1).all()  # scratch left as found
-    return rates.tolist()
 
 
 @settings(max_examples=150, deadline=None)
@@ -46,18 +24,23 @@ def _class_rates(flows: list[Flow], routes: list[int], capacity: list[float]) ->
        members=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([1.0, 2.5]), st.sampled_from([None, 0.7, 3.0])),
                         min_size=1, max_size=60),
        caps=st.lists(st.floats(0.5, 100.0), min_size=12, max_size=12),
-       coef=st.sampled_from([1.0, 2.0]), offset=st.integers(0, 1 << 20))
-def test_class_solve_gives_each_flow_its_per_flow_rate(routes, members, caps, coef, offset):
-    """Many flows on few routes, two weights and caps: classes (route numbers shifted by `offset`, so hash
-    slots collide differently) give the same rates as solving every flow alone."""
-    flows, numbers = [], []
+       coef=st.sampled_from([1.0, 2.0]))
+def test_class_solve_gives_each_flow_its_per_flow_rate(routes, members, caps, coef):
+    """Many flows on few routes, two weights and caps: one flow per class, of n x the weight and cap, gives
+    each member (class rate / n) the rate solving every flow alone gives it."""
+    flows, key = [], []
     for i, (r, w, cap) in enumerate(members):
         res = routes[r % len(routes)]
         flows.append(Flow(i, res, [coef] * len(res), 1.0, weight=w, cap=cap))
-        numbers.append(offset + r % len(routes))
+        key.append((r % len(routes), w, cap))
     per_flow, _ = max_min_rates(flows, caps)
-    assert _class_rates(flows, numbers, caps) == pytest.approx(per_flow, rel=1e-12, abs=1e-15)
-    assert _class_rates(flows, [-1] * len(flows), caps) == pytest.approx(per_flow, rel=1e-12, abs=1e-15)
+    count = Counter(key)
+    classes = list(count)
+    slots = [Flow(j, routes[r], [coef] * len(routes[r]), 1.0, weight=count[c] * w,
+                  cap=None if cap is None else count[c] * cap) for j, c in enumerate(classes) for r, w, cap in [c]]
+    class_rate, _ = max_min_rates(slots, caps)
+    per_member = {c: class_rate[j] / count[c] for j, c in enumerate(classes)}
+    assert [per_member[k] for k in key] == pytest.approx(per_flow, rel=1e-12, abs=1e-15)
     assert per_flow == pytest.approx(reference_max_min(flows, caps), rel=1e-9, abs=1e-12)
 
 
