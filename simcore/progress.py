@@ -3,6 +3,8 @@
 Nothing is printed for runs shorter than `DELAY_S`: the line appears after that much wall time, says how many
 flow events have been processed, the simulated time reached and the flows in flight, and is cleared when the run
 ends. `FABRICSIM_PROGRESS=0` turns it off (sweep workers and scripts that parse stderr); a sweep has its own bar.
+When stderr is not a terminal (a log file, a pipe) a redrawn line would leave carriage-return debris, so plain
+lines are written instead, one every `LOG_EVERY_S`.
 The fluid network calls `tick` every few hundred wake-ups, so the cost is one counter test per event.
 """
 
@@ -13,6 +15,7 @@ import sys
 import time
 
 DELAY_S = 2.0
+LOG_EVERY_S = 10.0
 
 
 def enabled() -> bool:
@@ -27,8 +30,17 @@ class Progress:
         self._delay = DELAY_S if delay_s is None else delay_s
         self._bar = None
         self._shown_events = 0
+        self._plain = not sys.stderr.isatty()
+        self._next_line = self._t0 + self._delay
 
     def tick(self, now_s: float, events: int, active: int) -> None:
+        if self._plain:
+            t = time.monotonic()
+            if t >= self._next_line:
+                self._next_line = t + LOG_EVERY_S
+                print(f"fabricsim: simulating: {events:,} flow events, simulated {now_s:.4g} s, {active:,} in flight "
+                      f"({t - self._t0:.0f} s)", file=sys.stderr, flush=True)
+            return
         if self._bar is None:
             if time.monotonic() - self._t0 < self._delay:
                 return

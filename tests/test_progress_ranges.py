@@ -62,6 +62,17 @@ def test_progress_line_after_delay(monkeypatch, capsys, loop):
     assert "fabricsim: simulating" in capsys.readouterr().err
 
 
+def test_progress_plain_lines_when_stderr_is_no_terminal(monkeypatch, capsys):
+    """In a log file the line is plain text, one per LOG_EVERY_S, with no carriage returns."""
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 3600.0)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "1")
+    _busy_sim().run(loop="simpy")
+    err = capsys.readouterr().err
+    assert err.startswith("fabricsim: simulating: ") and "flow events" in err
+    assert "\r" not in err and err.count("\n") == 1
+
+
 def test_progress_off(monkeypatch, capsys):
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
     monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
