@@ -25,6 +25,7 @@ from _record import machine_facts, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
+from fabricsim.simcore import _fluidlayout as L
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -54,10 +55,19 @@ def run_case(topology: str, n_transfers: int, workers: int, loop: str, repeat: i
         if best is None or run_s < best["run_s"]:
             best = {"topology": topology, "transfers": n_transfers, "in_flight": workers, "loop": loop,
                     "declare_s": declare_s, "run_s": run_s, "flow_events": res.events,
-                    "us_per_event": run_s / res.events * 1e6, "makespan_s": res.makespan_s, "repeats": repeat}
+                    "us_per_event": run_s / res.events * 1e6, "makespan_s": res.makespan_s, "repeats": repeat,
+                    "solver": solver_counts(sim)}
     print(f"{topology:17s} K={workers:4d} {loop:8s} {best['us_per_event']:7.2f} us/event  "
           f"(run {best['run_s']:.3f} s, declare {best['declare_s']:.3f} s, {best['flow_events']} events)", flush=True)
     return best
+
+
+def solver_counts(sim: Simulation) -> dict:
+    """What the incremental solve did (its counters in the core's ctr array): attempts, rounds, fallbacks to the
+    whole component, and route classes re-rated by the attempts that held."""
+    ctr = sim.net._ctr
+    return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
+            "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION])}
 
 
 def million() -> dict:
@@ -70,7 +80,8 @@ def million() -> dict:
           f"run {wall - declare_s:.1f} s, load {os.getloadavg()[0]:.2f})", flush=True)
     return {"topology": "cluster-8x8-rail", "transfers": 1_000_000, "in_flight": 64, "loop": "compiled",
             "declare_s": declare_s, "wall_s": wall, "flow_events": res.events,
-            "us_per_event_run": (wall - declare_s) / res.events * 1e6, "makespan_s": res.makespan_s}
+            "us_per_event_run": (wall - declare_s) / res.events * 1e6, "makespan_s": res.makespan_s,
+            "solver": solver_counts(sim)}
 
 
 def plot(doc: dict, out: Path) -> None:
@@ -105,6 +116,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--million", action="store_true", help="only the 10^6-transfer run, printed, nothing written")
     args = ap.parse_args()
+    os.environ.setdefault("FABRICSIM_PROGRESS", "0")  # timings, not progress lines
     if args.million:
         Simulation(presets.get("h100-1")).run()  # load the compiled code before timing anything
         million()

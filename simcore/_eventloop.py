@@ -4,7 +4,7 @@ Why this module exists: with simpy every transfer is a generator, a handful of e
 the compiled solver, which costs ~10 us per transfer before any bandwidth is shared. Work declared up front
 (start times, `after` dependencies, FIFO engines, latencies, fixed costs, caps, weights) needs none of that, so
 `simcore.lowering` turns it into arrays and this loop runs it with its own time heap, calling the same
-`_fluidcore` functions the simpy path calls (`register`, `arrive`, `depart`): one solver, two drivers.
+`_fluidcore` functions the simpy path calls (`join`, `arrive`, `depart`): one solver, two drivers.
 
 The loop follows the simpy path step for step: an item is released when its last dependency finishes (or at
 its start time, if later), then queues on its engine, pays its latency, and becomes a flow; zero-byte flows

@@ -11,10 +11,14 @@ Every function is plain Python over numpy arrays, so `NUMBA_DISABLE_JIT=1` runs 
 interpreted (slow, but debuggable). Compiled code is cached beside this file (`cache=True`), so only the
 first process on a machine pays the compile time.
 
-Layout. Flow slot `s` has route `fres[s, :fn[s]]` with coefficients `fcoef[s, :fn[s]]`; incidence
-`s * K + k` (K = fres.shape[1]) links slot `s` into the list of resource `fres[s, k]`. `ff[s]` holds the
-float state, `fi[s]` the integer state (column numbers in `_fluidlayout`). The finish-time heap is an array heap of
-(time; seq, version, slot) with lazy invalidation: an entry counts only while its version equals the flow's.
+Layout. A flow slot `s` holds a route class (flows with one route, weight and cap; the solver treats it as
+one flow of their total weight and cap, and "flow" below means such a class): its route is `fres[s, :fn[s]]`
+with coefficients `fcoef[s, :fn[s]]`; incidence `s * K + k` (K = fres.shape[1]) links slot `s` into the list
+of resource `fres[s, k]`. `ff[s]` holds the float state, `fi[s]` the integer state (column numbers in
+`_fluidlayout`). The flows themselves are members, by member slot: `mf`/`mi` hold each one's target on its
+class's clock and its place in the class's skew heap (see `join`, `_pop_members`). The finish-time heap is an
+array heap of (time; seq, version, class slot) with lazy invalidation: an entry counts only while its version
+equals the class's, and it times the class's first finisher only.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from ._fluidlayout import (
     OUT,
     RATE,
     RCAP,
+    REBASE,
     REGION_PCT,
     RESID,
     RIGHT,
@@ -470,10 +475,13 @@ def register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf,
 
 @njit(void(I, I, I2, I1, F2, F2, F2, I2), cache=True)
 def _resize(s, n, fres, fn, fcoef, ff, rf, ri):
-    """Class s now has n members (> 0): scale its weight, cap and upper bound."""
+    """Class s now has n members (> 0): scale its weight and cap, and its upper bound when n grew (a shrinking
+    class lowers its bound only after `depart` has searched its resources, see there)."""
     ff[s, W] = n * ff[s, W0]
     ff[s, CAP] = n * ff[s, CAP0]
-    _set_ub(s, _class_ub(s, fres, fcoef, fn, ff, rf), fres, fcoef, fn, ff, rf, ri)
+    ub = _class_ub(s, fres, fcoef, fn, ff, rf)
+    if ub > ff[s, UB]:
+        _set_ub(s, ub, fres, fcoef, fn, ff, rf, ri)
 
 
 @njit(I(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, F2, I2, I1, I1, I1), cache=True)
@@ -482,22 +490,27 @@ def join(m, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi,
     """Start flow m (a member slot) now; returns its class slot, which the caller must re-solve at this instant.
 
     A flow joins the open class of its route (rclass[route]) when weight and cap match, else founds a class
-    in a free slot. Joining changes the class's weight but not yet its rate: nothing is misplaced because
-    the instant's solve comes before any time passes."""
+    in a free slot (which becomes the route's open class if it has none). Joining changes the class's weight
+    but not yet its rate: nothing is misplaced because the instant's solve comes before any time passes. A
+    class whose clock has run past REBASE x the newcomer's size is not joined: the newcomer's remaining bytes
+    would be a difference of two large numbers, losing the digits a small flow needs."""
     s = -1
-    if route >= 0:
-        c = rclass[route]
-        if c >= 0 and fi[c, ACTIVE] != 0 and fi[c, ROUTE] == route and ff[c, W0] == weight and ff[c, CAP0] == cap:
-            s = c
+    open_c = rclass[route] if route >= 0 else -1
+    if open_c >= 0 and (fi[open_c, ACTIVE] == 0 or fi[open_c, ROUTE] != route):
+        open_c = -1
+    if (open_c >= 0 and ff[open_c, W0] == weight and ff[open_c, CAP0] == cap
+            and ff[open_c, VSERV] <= REBASE * nbytes):
+        s = open_c
     if s < 0:
         ctr[NCFREE] -= 1
         s = cfree[ctr[NCFREE]]
         register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, ctr)
-        if route >= 0:
+        if route >= 0 and (open_c < 0 or ff[open_c, VSERV] > REBASE * nbytes):
             rclass[route] = s
     else:
         _advance(s, now, ff, fi)
         fi[s, FRESH] = 1  # its members' finish times move even if its total rate does not
+        fi[s, VER] += 1  # and its heap entry, if due now, may no longer name its first finisher
     n = fi[s, NMEM] + 1
     fi[s, NMEM] = n
     _resize(s, n, fres, fn, fcoef, ff, rf, ri)
@@ -661,7 +674,8 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
 # bottleneck, and new flows) against the capacity the others leave, then checks the property for every flow
 # whose resources' loads moved. A flow that fails joins the region and the region is solved again; after
 # MAX_ROUNDS rounds the whole component is solved as before. fmark: 1 = in the region, 3 = checked outside
-# flow, 4 = joins the region next round. rmark: 1 = a resource of the region, 2 = a resource looked at as is.
+# flow, 4 = joins the region next round (in `depart`: 1 = a neighbour, 2 = a class left empty, 5 = a class that
+# lost members). rmark: 1 = a resource of the region, 2 = a resource looked at as is.
 
 @njit(void(I, I2, F2, F2, F2, I2, I1, M1), cache=True)
 def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
@@ -1125,7 +1139,9 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
     nfch = 0
     for q in range(nt):
         s = touched[q]
-        if fmark[s] == 2:
+        if fmark[s] == 5:
+            _set_ub(s, _class_ub(s, fres, fcoef, fn, ff, rf), fres, fcoef, fn, ff, rf, ri)
+        elif fmark[s] == 2:
             nrch = _set_rate(s, 0.0, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
             fchanged[nfch] = s
             nfch += 1

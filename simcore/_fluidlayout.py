@@ -30,8 +30,8 @@ NMI = 3
 RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT = 0, 1, 2, 3, 4, 5, 6
 NRF = 7
 # ri columns (int64)
-# NBOT: how many flows have this resource as their bottleneck (BOT); NFL: how many flows use it; NREG: how many
-# of them are in the incremental solve's region (scratch)
+# NBOT: how many classes have this resource as their bottleneck (BOT); NFL: how many classes use it; NREG: how
+# many of them are in the incremental solve's region (scratch)
 HEAD, BINDING, NBOT, NFL, NREG = 0, 1, 2, 3, 4
 NRI = 5
 # ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL or FULL), then counters of
@@ -53,5 +53,6 @@ LOAD_MARGIN = 1e-7  # relative: a resource whose tracked load is this far below 
 # without adding up its flows (the tracked load drifts by rounding only, ~1e-16 per change; exact sums re-sync it)
 MAX_ROUNDS = 8     # incremental solve rounds before it re-solves the whole component instead
 REGION_SHARE_PCT = 25  # ... or once its region holds this share of the active flows (ctr[REGION_PCT])
+REBASE = 2.0 ** 20  # a flow joins a class only while the class's clock (bytes per member) is below this x its size
 MAX_SKIP = 63  # after n fallbacks in a row, the next min(2^n - 1, this) solves skip the incremental attempt:
 # where changes spread through the whole network (one NVSwitch) the attempt is wasted work; both give the same rates

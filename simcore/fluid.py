@@ -125,7 +125,8 @@ class Flow:
         self.weight = float(weight)
         self.cap = cap
         self.bytes = float(nbytes)
-        self.remaining = float(nbytes)  # set to 0 when the flow finishes (the live value is in the network)
+        self.remaining = float(nbytes)  # set to 0 when the flow finishes (the live value is its target less
+        # its class's clock, in the network)
         self.done: simpy.Event | None = None
         self.segments: list[tuple[float, float]] | None = [] if record else None
         self.slot = -1
@@ -198,8 +199,11 @@ class FluidNetwork:
     switch) touches many flows that are limited elsewhere. Resource loads are tracked incrementally from rate
     changes, for the utilisation records.
 
-    State lives in arrays (see `_fluidcore` for the layout) that grow by doubling: flow slots are reused after
-    a flow finishes, and the route width grows to the longest route seen.
+    Flows with one route, weight and cap running at once share a route class, which the solver sees as one
+    flow (its upper bound is the class's); each flow keeps a member slot, each class a class slot.
+
+    State lives in arrays (see `_fluidcore` for the layout) that grow by doubling: member and class slots are
+    reused after a flow (a class) finishes, and the route width grows to the longest route seen.
     """
 
     def __init__(self, env: simpy.Environment, capacity: Sequence[float],
@@ -245,8 +249,8 @@ class FluidNetwork:
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
         self._route_numbers: dict[tuple[bytes, bytes], int] = {}
-        self._pending: list[int] = []  # flows registered at this instant
-        self._survivors = _NO_SLOTS  # flows that shared resources with this instant's departures
+        self._pending: list[int] = []  # classes flows joined at this instant
+        self._survivors = _NO_SLOTS  # classes the instant's departures handed over for re-solving
         self._flush_scheduled = False
         self._active = 0
         self.events = 0  # arrivals + departures processed (for benchmarks)
@@ -435,8 +439,9 @@ class FluidNetwork:
             self._flows[s] = None
             self._free.append(s)
             f.remaining = 0.0
-            if f.segments is not None:
-                self._recorded.pop(int(self._mi[s, L.MCLASS]), None)
+            c = int(self._mi[s, L.MCLASS])
+            if f.segments is not None and self._recorded.get(c) is f:  # `on_load` may have reused the slot
+                del self._recorded[c]
             done.append(f)
         self._active -= nfin
         self.events += nfin

@@ -186,6 +186,10 @@ def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *,
                  record: bool = False, sim: Simulation | None = None) -> np.ndarray:
     """Drive the resumable loop to the end, growing arrays on request; returns the (start, begin, finish) table."""
     n = len(a.ikind)
+    if net.active or net._ctr[L.N_ACTIVE]:
+        # the loop numbers routes its own way (and keeps its own free lists): classes the simpy path left
+        # running could be joined by flows of another route
+        raise RuntimeError("the compiled loop needs a network with no flows running")
     width = int(np.max(np.diff(roff))) if len(roff) > 1 else 1
     nflows = int(np.count_nonzero(a.ikind == 0))
     slots = max(64, min(nflows, 1024))

@@ -23,7 +23,8 @@ def enabled() -> bool:
 
 
 class Progress:
-    """Shows (after `delay_s` of wall time) and updates one tqdm line; `close()` removes it."""
+    """Shows (after `delay_s` of wall time) and updates one tqdm line, or writes plain lines when stderr is not
+    a terminal; `close()` removes the tqdm line."""
 
     def __init__(self, delay_s: float | None = None) -> None:
         self._t0 = time.monotonic()

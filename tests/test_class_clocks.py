@@ -83,7 +83,21 @@ def test_classes_change_no_finish_time(mode, seed, nres, n, nroutes, caps):
     assert got.keys() == want.keys() == {f.key for _, f in flows}
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
-    assert net.peak_classes <= n
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_capped_class_that_shrinks_frees_its_resource(mode):
+    """A capped class's upper bound falls when members leave, which can make a resource stop binding; the
+    flows bottlenecked there must still be found and sped up. r0 (10 B/s) carries class A (4 flows capped at
+    2.2, 2+2+1000+1000 bytes) and B (100 bytes, also on r1 = 5 B/s): A = 8, B = 2 until t = 1, when two of A
+    finish; then B runs at 5 (r1), finishing at 1 + 98 / 5 = 20.6, not at 2 B/s until A is done."""
+    a = [(0.0, Flow(f"a{i}", [0], [1.0], b, cap=2.2)) for i, b in enumerate([2.0, 2.0, 1000.0, 1000.0])]
+    flows = [*a, (0.0, Flow("b", [0, 1], [1.0, 1.0], 100.0))]
+    got, net = _run(flows, [10.0, 5.0], mode=mode)
+    want, _ = _run(_copy(flows), [10.0, 5.0], PerFlowNetwork, mode=mode)
+    assert net.peak_classes == 2
+    assert got["b"] == pytest.approx(20.6, rel=1e-12)
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_processor_sharing_closed_form():
@@ -152,6 +166,7 @@ def test_compiled_loop_with_classes_equals_simpy_per_flow(seed, n):
     rng = random.Random(seed)
     topo = random_topology(seed, 3, 4)
     pairs = [(rng.randrange(4), rng.randrange(4)) for _ in range(3)]
+    cap = rng.choice([None, 3e9])  # a capped class's bound shrinks with its members
 
     def declare() -> Simulation:
         sim = Simulation(topo)
@@ -160,7 +175,8 @@ def test_compiled_loop_with_classes_equals_simpy_per_flow(seed, n):
             s, d = r.choice(pairs)
             after = [f"t{r.randrange(i)}"] if i and r.random() < 0.3 else []
             sim.transfer(f"t{i}", f"gpu{s}", f"gpu{d}", r.choice([1e6, 4e6, r.uniform(1e5, 1e7)]),
-                         start=r.choice([0.0, 0.0, 1e-4]), after=after)
+                         start=r.choice([0.0, 0.0, 1e-4]), after=after, rate_cap_Bps=r.choice([None, cap]),
+                         weight=r.choice([1.0, 2.0]))
         return sim
 
     compiled = declare().run(loop="compiled")
