@@ -10,7 +10,7 @@ engine wider than the rollout half) or needs one machine (CUDA IPC, shared pools
 
 Sizes per strategy stop where one simulation stops taking seconds on a 2-core machine (`MAX_GPUS`):
 point-to-point schedules (`rdma-p2p`, `delta:rdma-p2p`) create one flow per (trainer, peer) pair per pipeline
-task, so their flow count grows with GPUs^2 (16,128 flow events at 64 GPUs, ~4 million at 1,024);
+task, so their flow count grows with GPUs^2 (65,536 flow events at 128 GPUs, ~4 million at 1,024);
 `host-staged` broadcasts every rank's bucket around the whole ring (GPUs^2 hops per round) and
 `pull-on-publish` pulls every rollout GPU's slices from every trainer GPU. See `benchmarks/sync_scale.py` for
 the wall time of each point, also beyond these sizes.
@@ -35,8 +35,8 @@ from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
 INTERVAL_METRICS = ("sync_s", "stall_s")  # 90% intervals: datasheet parameters, the a priori 25% spread
 GPUS = [8, 16, 32, 64, 128, 256, 512, 1024]
-MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 256, "rdma-p2p": 64,
-            "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 256, "delta:rdma-p2p": 64}
+MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 256, "rdma-p2p": 128,
+            "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 512, "delta:rdma-p2p": 128}
 
 
 def layout(gpus: int) -> tuple[str, str, str]:
