@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -271,7 +272,10 @@ class Topology:
             return name
         eps = self.endpoints()
         shown = ", ".join(eps[:12]) + (f", ... ({len(eps)} in all)" if len(eps) > 12 else "")
-        raise TopologyError(f"unknown endpoint '{endpoint}' in topology '{self.name}' (it has {shown})")
+        hint = ""
+        if re.search(r"\d-\d|,", endpoint):  # `node0-1.gpu1` names a list; one endpoint is wanted here
+            hint = "; a range or comma names a list of endpoints, and this takes one"
+        raise TopologyError(f"unknown endpoint '{endpoint}' in topology '{self.name}' (it has {shown}){hint}")
 
     def resources(self) -> dict[str, float]:
         """Every directed resource and cap with its capacity in bytes/s."""

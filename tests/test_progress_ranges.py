@@ -78,3 +78,16 @@ def test_progress_off(monkeypatch, capsys):
     monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
     _busy_sim().run()
     assert capsys.readouterr().err == ""
+
+
+def test_a_range_where_one_endpoint_is_wanted_says_so():
+    """`node0-1.gpu1` in a transfer (one endpoint) is a list: the error says that, not only 'unknown'."""
+    from fabricsim.hwmodels import presets
+    from fabricsim.hwmodels.topology import TopologyError
+
+    topo = presets.get("cluster-2x8")
+    with pytest.raises(TopologyError, match="names a list of endpoints, and this takes one"):
+        topo.resolve("node0-1.gpu1")
+    with pytest.raises(TopologyError) as err:
+        topo.resolve("node0.gpu9")
+    assert "names a list" not in str(err.value)
