@@ -372,7 +372,7 @@ def _link(s, fres, fn, ri, inc_next, inc_prev):
 @njit(I(I1, F1, I), cache=True)
 def bad_route_entry(res, coef, nres):
     """Index of the first route entry that names no resource in 0..nres-1 or has a coefficient that is not a
-    positive finite number; -1 when the route is sound. Checked before `register`, because compiled code
+    positive finite number; -1 when the route is sound. Checked before `join`, because compiled code
     does no bounds checks: a bad index would corrupt memory rather than raise."""
     for k in range(len(res)):
         if res[k] < 0 or res[k] >= nres or not (0.0 < coef[k] < np.inf):
@@ -444,8 +444,8 @@ def _meld(a, b, mf, mi):
         a = r
 
 
-@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1), cache=True)
-def register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, ctr):
+@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, I2, I1, I1, I1), cache=True)
+def _found(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, ri, inc_next, inc_prev, ctr):
     """Make slot s an active class with no member yet (see `join`), at rate 0 over route `res` (coefficients
     `coef`); cap is inf when none. `route` numbers the route (-1 if unknown): the same number must always mean
     the same res and coef."""
@@ -473,15 +473,13 @@ def register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf,
     _link(s, fres, fn, ri, inc_next, inc_prev)
 
 
-@njit(void(I, I, I2, I1, F2, F2, F2, I2), cache=True)
-def _resize(s, n, fres, fn, fcoef, ff, rf, ri):
-    """Class s now has n members (> 0): scale its weight and cap, and its upper bound when n grew (a shrinking
-    class lowers its bound only after `depart` has searched its resources, see there)."""
+@njit(void(I, I, F2, I2), cache=True)
+def _scale(s, n, ff, fi):
+    """Class s now has n members: its weight and cap are n x a member's (its upper bound follows separately:
+    at once when it grows, in `depart` after the neighbour search when it shrinks)."""
+    fi[s, NMEM] = n
     ff[s, W] = n * ff[s, W0]
     ff[s, CAP] = n * ff[s, CAP0]
-    ub = _class_ub(s, fres, fcoef, fn, ff, rf)
-    if ub > ff[s, UB]:
-        _set_ub(s, ub, fres, fcoef, fn, ff, rf, ri)
 
 
 @njit(I(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, F2, I2, I1, I1, I1), cache=True)
@@ -504,16 +502,15 @@ def join(m, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi,
     if s < 0:
         ctr[NCFREE] -= 1
         s = cfree[ctr[NCFREE]]
-        register(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, ctr)
+        _found(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, ri, inc_next, inc_prev, ctr)
         if route >= 0 and (open_c < 0 or ff[open_c, VSERV] > REBASE * nbytes):
             rclass[route] = s
     else:
         _advance(s, now, ff, fi)
         fi[s, FRESH] = 1  # its members' finish times move even if its total rate does not
         fi[s, VER] += 1  # and its heap entry, if due now, may no longer name its first finisher
-    n = fi[s, NMEM] + 1
-    fi[s, NMEM] = n
-    _resize(s, n, fres, fn, fcoef, ff, rf, ri)
+    _scale(s, fi[s, NMEM] + 1, ff, fi)
+    _set_ub(s, _class_ub(s, fres, fcoef, fn, ff, rf), fres, fcoef, fn, ff, rf, ri)
     mf[m, TARGET] = ff[s, VSERV] + nbytes
     mf[m, MBYTES] = nbytes
     mi[m, MCLASS] = s
@@ -920,8 +917,8 @@ def next_finish(hk, hi, fi, ctr):
                        M1, F2), cache=True)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
            rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
-    """Re-solve what changed at this instant: the flows `depart` handed over, closed[:nclosed], and the flows
-    registered at this instant, seeds[:nseeds].
+    """Re-solve what changed at this instant: the classes `depart` handed over, closed[:nclosed], and the classes
+    flows joined at this instant, seeds[:nseeds] (as everywhere in this module, a "flow" below is a class).
 
     INCREMENTAL mode (ctr[MODE], the default): `depart` hands over the flows whose bottleneck it freed; they
     and the new flows are solved as a region and checked (see `_incremental`), falling back to the whole
@@ -1000,13 +997,15 @@ def _is_dust(g, now, ff, fi, mf):
     return mf[m, TARGET] - served <= BYTE_TOL * mf[m, MBYTES]
 
 
-@njit(I(I, F, F, I, I1, I, I2, F2, I1, F2, I2, F2, I2, F2, I2, M1), cache=True)
-def _pop_members(s, now, horizon, must, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi, fmark):
+@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1), cache=True)
+def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark):
     """Take class s's members that are done at `now` off it, appending them to finished[nfin:]; returns the new
-    length. Done: due by `horizon`, or with dust left (BYTE_TOL of its bytes); the first `must` (0 or 1) go
-    whatever the clock says (a heap entry that came due was timed when the rate was set, and the clock read
-    now may differ from it by rounding). The class is marked 2 (left empty: to retire) or 5 (shrunk: to
-    re-solve), and its weight, cap and upper bound follow its members."""
+    length. The first member goes whatever the clock says (the class's heap entry came due, or it has dust
+    left, and the clock read now may differ from the entry's time by rounding); the others go when due by
+    `horizon` or with dust left (BYTE_TOL of their bytes). The class is marked 2 (left empty: to retire) or 5
+    (shrunk: to re-solve). Its weight and cap follow its members; its upper bound is lowered by `depart` after
+    the search for its neighbours, as a retiring class's is dropped only by `_retire`: a resource it made
+    binding must still lead to the flows bottlenecked there."""
     _advance(s, now, ff, fi)
     n = fi[s, NMEM]
     per = ff[s, RATE] / n
@@ -1014,20 +1013,20 @@ def _pop_members(s, now, horizon, must, finished, nfin, fres, fcoef, fn, ff, fi,
     nf = 0
     while root >= 0:
         left = mf[root, TARGET] - ff[s, VSERV]
-        if not (nf < must or left <= BYTE_TOL * mf[root, MBYTES] or (per > 0.0 and now + left / per <= horizon)):
+        if not (nf == 0 or left <= BYTE_TOL * mf[root, MBYTES] or (per > 0.0 and now + left / per <= horizon)):
             break
         finished[nfin + nf] = root
         nf += 1
         root = _meld(mi[root, LEFT], mi[root, RIGHT], mf, mi)
     fi[s, MROOT] = root
     n -= nf
-    fi[s, NMEM] = n
     if n == 0:
+        fi[s, NMEM] = 0
         fmark[s] = 2
     else:
+        _scale(s, n, ff, fi)
         fmark[s] = 5
         fi[s, FRESH] = 1
-        _resize(s, n, fres, fn, fcoef, ff, rf, ri)
     return nfin + nf
 
 
@@ -1063,8 +1062,7 @@ def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff,
                 if fmark[g] != 0:
                     continue
                 if _is_dust(g, now, ff, fi, mf):
-                    nfin = _pop_members(g, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf,
-                                        mi, fmark)
+                    nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
                     touched[nt] = g
                     nt += 1
                 else:
@@ -1110,8 +1108,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         s = hi[0, 2]
         n = heap_pop(hk, hi, n)
         if ver == fi[s, VER] and fi[s, ACTIVE] != 0 and fmark[s] == 0:
-            nfin = _pop_members(s, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi,
-                                fmark)
+            nfin = _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
             touched[nt] = s
             nt += 1
     ctr[HSIZE] = n
@@ -1131,8 +1128,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         for q in range(nc):
             g = comp[q]
             if fmark[g] == 1 and _is_dust(g, now, ff, fi, mf):
-                nfin = _pop_members(g, now, horizon, 1, finished, nfin, fres, fcoef, fn, ff, fi, rf, ri, mf, mi,
-                                    fmark)
+                nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
                 touched[nt] = g
                 nt += 1
     nrch = 0

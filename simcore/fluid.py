@@ -244,7 +244,6 @@ class FluidNetwork:
         self._grow_flows(64, 4)
         self._free: list[int] = []
         self._next_slot = 0
-        self._recording = False  # any flow records its rate segments
         self._recorded: dict[int, Flow] = {}  # class slot -> the flow recording its rate (a class of its own)
         self._wake_at = float("inf")
         self._wake_ev: simpy.Event | None = None
@@ -278,7 +277,6 @@ class FluidNetwork:
                          self._ri, self._inc_next, self._inc_prev, self._mf, self._mi, self._rclass, self._cfree,
                          self._ctr)
         if record:
-            self._recording = True
             self._recorded[c] = flow
         self._active += 1
         self.events += 1
@@ -391,7 +389,7 @@ class FluidNetwork:
     def _report(self, nfch: int, nrch: int) -> None:
         """Hand rate changes to the recorders: flows' rate segments and resources' loads (when asked for)."""
         now = self.env.now
-        if self._recording:
+        if self._recorded:
             rate = self._ff[:, L.RATE]  # a recorded flow is a class of its own: the class's rate is its rate
             for s in self._fchanged[:nfch].tolist():
                 f = self._recorded.get(s)
