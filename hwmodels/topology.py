@@ -183,6 +183,7 @@ class Topology:
     # valid only beside the route cache they were built with (see `_index`).
     _routing: _Routing | None = field(default=None, repr=False)
     _capacity_cache: dict[str, float] | None = field(default=None, repr=False)  # resources(), until a change
+    _hosts_by_node: dict[str, list[str]] | None = field(default=None, repr=False)  # nearest_host's, until a change
 
     # ---- building -------------------------------------------------------------------------------------
     def add_component(self, name: str, kind: str, **attrs: Any) -> None:
@@ -248,6 +249,7 @@ class Topology:
         self._path_cache = {}
         self._capacity_cache = None
         self._routing = None
+        self._hosts_by_node = None
 
     # ---- queries --------------------------------------------------------------------------------------
     def kind(self, node: str) -> str:
@@ -549,8 +551,15 @@ def nearest_host(topo: Topology, gpu: str) -> str:
     """The host socket of `gpu`'s node reached in the fewest hops: where a NUMA-aware allocator pins the
     buffers `gpu` copies to and from (KV offload, staged weights). TopologyError when the node has none."""
     node = gpu.rpartition(".")[0]
-    prefix = f"{node}." if node else ""
-    hosts = [e for e in topo.endpoints() if topo.kind(e) == "host" and e.startswith(prefix)]
+    if topo._hosts_by_node is None:  # every endpoint scanned once, not once per GPU asked about (1,024 on a cluster)
+        by_node: dict[str, list[str]] = {}
+        for e in topo.endpoints():
+            if topo.kind(e) == "host":
+                parts = e.split(".")
+                for i in range(len(parts)):  # a host belongs to every node prefix it lies under
+                    by_node.setdefault(".".join(parts[:i]), []).append(e)
+        topo._hosts_by_node = by_node
+    hosts = topo._hosts_by_node.get(node, [])
     if not hosts:
         raise TopologyError(f"no host memory near {gpu} in topology '{topo.name}'")
     return min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))

@@ -148,14 +148,15 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     chunks = max(1, math.ceil(per_call / chunk_bytes))
     if explicit is None:
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
-    B = ring_bottleneck_Bps(topo, ring)
+    hop_costs = [sim.lone_copy(a, b) for a, b in hops]
+    B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps, from the run's kept per-hop answers
     cap = None
     cal = fitted(topo, "broadcast")
     if cal is not None:
         cap = cal.rate_cap(per_call)
         B = min(B, cap)
         after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
-    lat = [topo.path(a, b).latency_s for a, b in hops]
+    lat = [t for _, t in hop_costs]
     if explicit:
         size = nbytes / chunks
         prev_hop: list[simpy.Event | None] = [None] * len(hops)
@@ -171,21 +172,17 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
             last = upstream
         return last
     fill = min(chunk_bytes, per_call) / B
-
-    def proc():
-        pending = [e for e in after if not getattr(e, "processed", False)]
-        if pending:
-            yield sim.env.all_of(pending)
-        events = []
-        for h, (a, b) in enumerate(hops):
-            events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, rate_cap_Bps=B, tag=tag))
-            if h < len(hops) - 1:
-                yield sim.env.timeout(fill + lat[h])
-        yield sim.env.all_of(events)
-        if repeats > 1:  # the other calls' pipeline fills and latencies
-            yield sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), tag=tag)
-
-    return sim.process(proc())
+    # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1, a chain of delays, so the
+    # broadcast stays declared work (the compiled loop can run it) rather than a process that sleeps between hops.
+    events = []
+    gate = after
+    for h, (a, b) in enumerate(hops):
+        events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, after=gate, rate_cap_Bps=B, tag=tag))
+        if h < len(hops) - 1:
+            gate = [sim.delay(f"{name}.fill{h}", fill + lat[h], after=gate, tag=tag)]
+    if repeats > 1:  # the other calls' pipeline fills and latencies
+        return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), after=events, tag=tag)
+    return sim.all_of(events, id=f"{name}.end", tag=tag)
 
 
 def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,
@@ -205,7 +202,8 @@ def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Itera
     here = sim.topology.resolve(dst)
     events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s)
               for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
-    return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
+    return sim.all_of(events, id=f"{name}.end", tag=tag) if events else sim.delay(f"{name}.noop", 0.0, after=after,
+                                                                                  tag=tag)
 
 
 def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, float], *, after: Iterable = (), name: str,
@@ -222,4 +220,5 @@ def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, floa
         if b > 0 and len(ring) > 1:
             events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag,
                                        rate_cap_Bps=None if cal is None else cal.rate_cap(b)))
-    return sim.env.all_of(events) if events else sim.delay(f"{name}.noop", 0.0, after=after, tag=tag)
+    return sim.all_of(events, id=f"{name}.end", tag=tag) if events else sim.delay(f"{name}.noop", 0.0, after=after,
+                                                                                  tag=tag)

@@ -29,7 +29,7 @@ import simpy
 from simpy.events import PENDING
 
 from fabricsim.errors import TopologyError
-from fabricsim.hwmodels.topology import Topology
+from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 
 from .clock import timeout_at
 from .engines import FifoEngine
@@ -82,6 +82,7 @@ class Simulation:
         # the one they were built beside (`Topology._changed` starts a new one)
         self._shapes: dict[tuple[str, str, str], tuple] = {}
         self._shapes_of = topology._path_cache
+        self._lone: dict[tuple[str, str], tuple[float, float]] = {}  # `lone_copy`'s, beside `_shapes`
         self._seq = 0
 
     # ---- describing work -------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class Simulation:
             nbytes, rate_cap_Bps, weight, fixed_cost_s, start = _check_transfer(
                 rid, nbytes, rate_cap_Bps, weight, fixed_cost_s, start)
         if self.topology._path_cache is not self._shapes_of:
-            self._shapes, self._shapes_of = {}, self.topology._path_cache
+            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
         shape = self._shapes.get((src, dst, mechanism))
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)
@@ -162,10 +163,40 @@ class Simulation:
               tag: str | None = None, where: str = "") -> simpy.Event:
         """A software overhead (IPC handle open, Python bookkeeping): takes time, uses no resource."""
         rid = self._new_id(id, "d")
-        seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
-        start = check_seconds(_plain(start), f"delay '{rid}': start")
+        if not (type(seconds) is float and 0.0 <= seconds <= MAX_SECONDS
+                and type(start) is float and 0.0 <= start <= MAX_SECONDS):  # the usual case needs no more checks
+            seconds = check_seconds(_plain(seconds), f"delay '{rid}': seconds")
+            start = check_seconds(_plain(start), f"delay '{rid}': start")
         return self._add((start, seconds, -1, 0.0, 1.0, None, None, self._seq, rid, "delay", where, where, "", (), tag,
                           0.0), after)
+
+    def all_of(self, events: Iterable[simpy.Event], *, id: str | None = None, tag: str | None = None
+               ) -> simpy.Event:
+        """An event that fires when every one of `events` has. Over declared items it is itself a declared item (a
+        zero delay after them), so work that joins declared work stays declarative and can take the compiled loop;
+        `env.all_of` would make it procedural. One event is returned as it is; none gives a zero delay now."""
+        events = list(events)
+        if len(events) == 1:
+            return events[0]
+        if self._deferred is not None and all(self.declared(ev) for ev in events):
+            return self.delay(id, 0.0, after=events, tag=tag)
+        return self.env.all_of(events) if events else self.delay(id, 0.0, tag=tag)
+
+    def lone_copy(self, src: str, dst: str) -> tuple[float, float]:
+        """(rate in B/s, latency in s) of a lone copy `src` -> `dst` (`path_bandwidth_Bps`, the path's latency), kept
+        per pair for the run: a ring broadcast from each of 512 owners asks about the same 511 hops each time."""
+        if self.topology._path_cache is not self._shapes_of:
+            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
+        got = self._lone.get((src, dst))
+        if got is None:
+            got = self._lone[(src, dst)] = (path_bandwidth_Bps(self.topology, src, dst),
+                                            self.topology.path(src, dst).latency_s)
+        return got
+
+    def declared(self, event: simpy.Event) -> bool:
+        """Whether `event` is the completion event of an item declared on this simulation (a transfer, task or
+        delay): its value, once it has fired, is the item's `Record`, whichever loop ran it."""
+        return type(event) is _Declared and event.env is self.env
 
     def memory(self, device: str) -> MemoryPool:
         """The memory pool of a GPU (HBM) or host socket (DRAM), created on first use."""

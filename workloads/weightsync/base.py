@@ -29,6 +29,7 @@ import simpy
 
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
+from fabricsim.simcore.records import Result
 
 from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
@@ -179,6 +180,7 @@ class SyncContext:
         self.plan = plan
         self.transforms = transforms
         self.first_live_write_s: float | None = None
+        self._live_events: list[simpy.Event] = []  # declared items whose finish is a live write (`live_write_at`)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._assembled: AssembledPlan | None = None
         self._seq = 0
@@ -216,6 +218,22 @@ class SyncContext:
         if self.first_live_write_s is None:
             self.first_live_write_s = self.sim.now
 
+    def live_write_at(self, event: simpy.Event) -> None:
+        """Mark a live write when `event` fires. A declared item's event is only noted (its record tells the time
+        after the run): a callback on it would make the work procedural, off the compiled loop."""
+        if self.sim.declared(event):
+            self._live_events.append(event)
+        else:
+            event.callbacks.append(lambda _ev: self.mark_live_write())
+
+    def settle_marks(self) -> None:
+        """After the run: fold the noted events' finish times into `first_live_write_s`."""
+        times = [ev.value.finish_s for ev in self._live_events if ev.processed]
+        if self.first_live_write_s is not None:
+            times.append(self.first_live_write_s)
+        self.first_live_write_s = min(times) if times else None
+        self._live_events = []
+
     def encode(self, gpu: str, raw_bytes: float, after: Iterable = ()) -> simpy.Event:
         """The sender-side transform kernels on `raw_bytes` of trainer-side data."""
         hbm = sum(t.encode_hbm for t in self.transforms) * raw_bytes
@@ -225,7 +243,7 @@ class SyncContext:
              tag: str = "load") -> simpy.Event:
         """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
         the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel."""
-        sim, wire = self.sim, raw_bytes * self.wire_ratio
+        sim, wire = self.sim, float(raw_bytes * self.wire_ratio)  # a plain float takes `transfer`'s quick checks
         events = []
         dec = sum(t.decode_hbm for t in self.transforms) * raw_bytes
         if dec:
@@ -236,7 +254,7 @@ class SyncContext:
                                        tag=tag))
         if not events:  # still ordered after `after`: an empty all_of would fire at once
             return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))
-        return sim.env.all_of(events)
+        return sim.all_of(events, id=self.name(f"{tag}.{gpu}.all"))
 
 
 def share_of_replica(ctx: SyncContext) -> dict[str, float]:
@@ -279,6 +297,10 @@ class Strategy:
     name: ClassVar[str] = ""
     Knobs: ClassVar[type[Knobs]] = Knobs
     blocking: ClassVar[bool] = True
+    # True: `procedure` declares all its work, then yields once, the event that ends the sync, and does nothing
+    # that takes simulated time after it; the work then runs on the compiled loop when it is all declared items
+    # (see `simulate_sync`)
+    declarative: ClassVar[bool] = False
 
     def __init__(self, knobs: Knobs | None = None, transforms: tuple[Transform, ...] = (), **kw: Any) -> None:
         self.knobs = (knobs or self.Knobs()).replace(**kw) if kw else (knobs or self.Knobs())
@@ -393,6 +415,50 @@ def _held_bytes(g: str, setup: SyncSetup, resident: dict[str, float], resident_r
     return resident.get(g, 0.0) - reserve + extra.get(g, 0.0) + decode_claim.get(g, 0.0)
 
 
+def _run_procedure(sim: Simulation, strategy: Strategy, ctx: SyncContext, label: str) -> tuple[float, Result]:
+    """Run the strategy's procedure; returns (the simulated time it ended at, the run's result).
+
+    A declarative strategy's procedure is stepped by hand to its one yield: when that is a declared item, the run
+    needs no process and takes the compiled loop (or simpy's, with FABRICSIM_LOOP=simpy: the same answer), and the
+    sync ends when that item does. Any other procedure runs as a simpy process."""
+    gen = strategy.procedure(ctx)
+    if strategy.declarative:
+        try:
+            end = next(gen)
+        except StopIteration:
+            return sim.now, sim.run()
+        if sim.declared(end):
+            res = sim.run()
+            if not end.processed:
+                raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
+            with contextlib.suppress(StopIteration):
+                gen.send(end.value)
+                raise WorkloadError(f"{label}: a declarative procedure yielded after its end event")
+            return float(end.value.finish_s), res
+        gen = _resume(gen, end)
+
+    def timed() -> Generator:
+        yield from gen
+        return sim.now
+
+    done = sim.process(timed())
+    res = sim.run()
+    if not done.processed:
+        raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
+    return float(done.value), res
+
+
+def _resume(gen: Generator, first: simpy.Event) -> Generator:
+    """`gen` again, after its first yield (`first`) was taken out of it."""
+    value = yield first
+    while True:
+        try:
+            ev = gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = yield ev
+
+
 def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
     """Plan, check feasibility, run the strategy's procedure and collect its metrics.
 
@@ -449,15 +515,8 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
             sim.memory(g).alloc(int(keep * float(b)), "previous-version")
     ctx = SyncContext(sim, setup, plan, effective_transforms(setup, strategy))
 
-    def timed() -> Generator:
-        yield from strategy.procedure(ctx)
-        return sim.now
-
-    done = sim.process(timed())
-    res = sim.run()
-    if not done.processed:
-        raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
-    sync_s = float(done.value)
+    sync_s, res = _run_procedure(sim, strategy, ctx, label)
+    ctx.settle_marks()
     peaks = {g: sim.memory(g).peak_bytes - int(resident.get(g, 0.0)) for g in set(resident) | set(extra)}
     base.feasible = True
     base.sync_s = sync_s

@@ -121,7 +121,7 @@ class CudaIpcBuckets(Strategy):
                 packed = [ctx.encode(g, nbytes, after=packed) for g in trainer]
             handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
                                 after=packed, tag="ipc-handle")
-            handles.callbacks.append(lambda _ev: ctx.mark_live_write())
+            ctx.live_write_at(handles)
             loads = []
             for g, src in partners.items():
                 rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * per_tensor_s,

@@ -46,6 +46,7 @@ class HostStagedKnobs(Knobs):
 class HostStaged(Strategy):
     name = "host-staged"
     Knobs = HostStagedKnobs
+    declarative = True
 
     def check(self, setup: SyncSetup, plan) -> None:
         topo = setup.topology
@@ -72,12 +73,12 @@ class HostStaged(Strategy):
         shard = model_bytes / len(ranks)
         rounds = coarsen(shard, k.bucket_bytes, k.max_sim_rounds)
         reloads: list = []
-        h2d_round: list = [sim.env.all_of(staged)]
+        h2d_round: list = [sim.all_of(staged, id=ctx.name("staged"))]
         for rnd, (nbytes, m) in enumerate(rounds):
             # Synchronous H2D at the top of the round, all ranks at once, after the previous round's broadcasts.
             after = [h2d_round[-1]]
-            h2d = sim.env.all_of([sim.transfer(ctx.name(f"h2d.{g}"), nearest_host(topo, g), g, nbytes, after=after,
-                                               tag="h2d") for g in ranks])
+            h2d = sim.all_of([sim.transfer(ctx.name(f"h2d.{g}"), nearest_host(topo, g), g, nbytes, after=after,
+                                           tag="h2d") for g in ranks], id=ctx.name(f"h2d{rnd}"))
             h2d_round.append(h2d)
             prev_bcast = h2d
             frac = nbytes / model_bytes
@@ -88,17 +89,17 @@ class HostStaged(Strategy):
                 ring = [owner] + [g for g in ranks if g != owner]
                 sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                       name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m)
-                sent.callbacks.append(lambda _ev: ctx.mark_live_write())
+                ctx.live_write_at(sent)
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = []
                 for g in ranks:
                     opened = sim.delay(ctx.name(f"reload.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
                                        after=[synced], tag="per-tensor")
                     loads.append(ctx.load(g, need[g] * frac, after=[opened]))
-                reloads.append(sim.env.all_of(loads))
+                reloads.append(sim.all_of(loads, id=ctx.name(f"reloaded.{owner}")))
                 prev_bcast = synced
             h2d_round[-1] = prev_bcast
-        yield sim.env.all_of(reloads)
+        yield sim.all_of(reloads, id=ctx.name("reloaded"))
         for g in ranks:
             ctx.free(g, "h2d-and-ipc-buffers")
 

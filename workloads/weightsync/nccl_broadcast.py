@@ -46,6 +46,7 @@ class NcclBroadcastKnobs(Knobs):
 class NcclBroadcast(Strategy):
     name = "nccl-broadcast"
     Knobs = NcclBroadcastKnobs
+    declarative = True
 
     def root(self, setup: SyncSetup) -> str:
         return setup.trainer.gpus[0]
@@ -88,15 +89,15 @@ class NcclBroadcast(Strategy):
             encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                   name=f"bcast{b}", tag="broadcast", repeats=m)
-            sent.callbacks.append(lambda _ev: ctx.mark_live_write())
+            ctx.live_write_at(sent)
             loads = []
             for g in setup.rollout.gpus:
                 cost = sim.delay(ctx.name(f"load_weights.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
                                  after=[sent], tag="per-tensor")
                 loads.append(ctx.load(g, need[g] * frac, after=[cost]))
             prev_gather = gathered
-            loads_of.append(sim.env.all_of(loads))
-        yield sim.env.all_of(loads_of)
+            loads_of.append(sim.all_of(loads, id=f"loaded{b}"))
+        yield sim.all_of(loads_of, id="loaded")
         for s in range(slots):
             for g in {root, *ring}:
                 ctx.free(g, f"bucket{s}")

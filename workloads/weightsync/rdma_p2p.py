@@ -93,7 +93,7 @@ class RdmaP2P(Strategy):
             enc_after = [fetched, *([prev_enc] if prev_enc else [])]
             enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
             post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
-            post.callbacks.append(lambda _ev: ctx.mark_live_write())
+            ctx.live_write_at(post)
             done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
             done.callbacks.append(lambda _ev, r=req: slots.release(r))
             prev_fetch, prev_enc = fetched, enc

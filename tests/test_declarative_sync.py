@@ -1,0 +1,180 @@
+"""Declarative weight-sync strategies (`Strategy.declarative`) run on the compiled loop and give the answers the
+procedural path gives: the same procedure run as a simpy process (the reference) and on the compiled loop agree
+on sync time, stall, flow events and every record to 1e-9 relative, on calibrated and uncalibrated machines, with
+and without transforms. Also the pieces that keep such work declarative: `Simulation.all_of`, `lone_copy`, the
+fluid ring broadcast as a chain of delays, and the host index of `nearest_host`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import fabricsim.simcore.simulation as simulation_module
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.topology import nearest_host, path_bandwidth_Bps
+from fabricsim.simcore import Simulation
+from fabricsim.simcore.collectives import ring_bottleneck_Bps, ring_broadcast
+from fabricsim.studies.cluster_scale import setup_of
+from fabricsim.workloads import models
+from fabricsim.workloads.errors import WorkloadError
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.workloads.weightsync.base import Strategy
+
+G = [f"gpu{i}" for i in range(8)]
+DECLARATIVE = ["nccl-broadcast", "host-staged", "delta:nccl-broadcast", "delta:host-staged"]
+
+
+def _setups() -> dict[str, SyncSetup]:
+    hgx = presets.get("hgx-h200-8")  # calibrated: NCCL's fitted fixed cost and caps, FIFO copy engines
+    raw = presets.get("hgx-h200-8", calibration=None)
+    llama, qwen = models.get("Llama-3-8B"), models.get("Qwen3-30B-A3B")
+    return {
+        "split-calibrated": SyncSetup(hgx, qwen, MegatronLayout(G[:4], tp=2, ep=2), RolloutLayout(G[4:], tp=4)),
+        "colocated": SyncSetup(raw, llama, FSDPLayout(G), RolloutLayout(G, tp=2)),
+        "split-fp8": SyncSetup(raw, llama, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1), rollout_dtype="fp8"),
+        "cluster-32": setup_of({"model": "Qwen3-235B-A22B", "gpus": 32}),
+    }
+
+
+SETUPS = _setups()
+
+
+def _run(setup: SyncSetup, strategy: Strategy, monkeypatch, *, declarative: bool) -> tuple:
+    compiled = []
+    real = simulation_module.run_compiled
+
+    def counting(*a, **kw):
+        compiled.append(1)
+        return real(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(simulation_module, "run_compiled", counting)
+        m.setattr(type(strategy), "declarative", declarative)
+        res = simulate_sync(setup, strategy, keep_result=True)
+    return res, bool(compiled)
+
+
+@pytest.mark.parametrize("name", DECLARATIVE)
+@pytest.mark.parametrize("where", list(SETUPS))
+def test_declarative_strategy_on_the_compiled_loop_matches_the_procedural_run(name, where, monkeypatch) -> None:
+    setup = SETUPS[where]
+    strategy = get(name)
+    assert strategy.declarative
+    fast, took_compiled = _run(setup, strategy, monkeypatch, declarative=True)
+    ref, ref_compiled = _run(setup, strategy, monkeypatch, declarative=False)
+    assert fast.feasible == ref.feasible, (fast.reason, ref.reason)
+    if not fast.feasible:
+        assert fast.reason == ref.reason
+        return
+    assert took_compiled and not ref_compiled
+    for metric in ("sync_s", "stall_s", "peak_extra_bytes", "stale_fraction"):
+        a, b = getattr(fast, metric), getattr(ref, metric)
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15), (metric, a, b)
+    assert fast.flow_events == ref.flow_events
+    assert fast.bytes_by_class.keys() == ref.bytes_by_class.keys()
+    for cls, b in ref.bytes_by_class.items():
+        assert math.isclose(fast.bytes_by_class[cls], b, rel_tol=1e-9)
+    _same_records(fast.sim_result.records, ref.sim_result.records)
+
+
+def _same_records(fast: list, ref: list) -> None:
+    """Every record of the reference run, at the same times; the fast run may add only joins (`Simulation.all_of`
+    over declared items: zero delays, where the procedural run used a simpy condition, which leaves no record)."""
+    mine = {r.id: r for r in fast}
+    for rb in ref:
+        ra = mine.pop(rb.id)
+        for field in ("start_s", "begin_s", "finish_s"):
+            x, y = getattr(ra, field), getattr(rb, field)
+            assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15), (ra.id, field, x, y)
+    for extra in mine.values():
+        assert extra.kind == "delay" and extra.finish_s == extra.begin_s, extra
+
+
+def test_simpy_loop_gives_the_same_declarative_answer(monkeypatch) -> None:
+    setup, strategy = SETUPS["cluster-32"], get("host-staged")
+    fast = simulate_sync(setup, strategy)
+    monkeypatch.setenv("FABRICSIM_LOOP", "simpy")
+    slow = simulate_sync(setup, strategy)
+    assert math.isclose(fast.sync_s, slow.sync_s, rel_tol=1e-9)
+    assert math.isclose(fast.stall_s, slow.stall_s, rel_tol=1e-9, abs_tol=1e-15)
+
+
+def test_a_declarative_procedure_that_yields_twice_is_a_workload_error(monkeypatch) -> None:
+    strategy = get("nccl-broadcast")
+    real = type(strategy).procedure
+
+    def twice(self, ctx):
+        yield from real(self, ctx)
+        yield ctx.sim.delay("late", 1.0)
+
+    monkeypatch.setattr(type(strategy), "procedure", twice)
+    with pytest.raises(WorkloadError, match="yielded after its end"):
+        simulate_sync(SETUPS["colocated"], strategy)
+
+
+def test_all_of_declared_items_is_a_declared_join_at_the_last_finish() -> None:
+    sim = Simulation(presets.get("hgx-h200-8", calibration=None))
+    a = sim.transfer("a", "gpu0", "gpu1", 1e9)
+    b = sim.transfer("b", "gpu2", "gpu3", 3e9)
+    both = sim.all_of([a, b], id="both")
+    assert sim.declared(both) and sim.all_of([a]) is a
+    after = sim.delay("after", 1e-3, after=[both])
+    res = sim.run()
+    rec = {r.id: r for r in res.records}
+    assert rec["both"].finish_s == max(rec["a"].finish_s, rec["b"].finish_s)
+    assert rec["after"].finish_s == pytest.approx(rec["both"].finish_s + 1e-3, rel=1e-12)
+    assert after.value.finish_s == rec["after"].finish_s
+
+
+def test_all_of_with_a_foreign_event_is_a_plain_condition() -> None:
+    sim = Simulation(presets.get("hgx-h200-8", calibration=None))
+    a = sim.transfer("a", "gpu0", "gpu1", 1e9)
+    outside = sim.env.timeout(2.0)
+    joined = sim.all_of([a, outside])
+    assert not sim.declared(joined)
+    sim.process(_wait(joined))
+    sim.run()
+    assert sim.now == pytest.approx(2.0)
+    empty = Simulation(presets.get("hgx-h200-8", calibration=None)).all_of([])
+    assert empty.env is not None
+
+
+def _wait(ev):
+    yield ev
+
+
+@pytest.mark.parametrize("preset", ["hgx-h200-8", "cluster-4x8", "cluster-2x8-rail"])
+def test_lone_copy_is_path_bandwidth_and_latency(preset) -> None:
+    topo = presets.get(preset, calibration=None)
+    sim = Simulation(topo)
+    gpus = topo.gpus()
+    for a, b in [(gpus[0], gpus[1]), (gpus[1], gpus[-1]), (gpus[-1], gpus[0])]:
+        assert sim.lone_copy(a, b) == (path_bandwidth_Bps(topo, a, b), topo.path(a, b).latency_s)
+        assert sim.lone_copy(a, b) is sim.lone_copy(a, b)  # kept
+
+
+@pytest.mark.parametrize("preset", ["hgx-h200-8", "h200-2", "pcie-4gpu", "cluster-4x8", "cluster-2x8-rail"])
+def test_nearest_host_index_agrees_with_a_scan_of_every_endpoint(preset) -> None:
+    topo = presets.get(preset, calibration=None)
+    for gpu in topo.gpus():
+        node = gpu.rpartition(".")[0]
+        prefix = f"{node}." if node else ""
+        hosts = [e for e in topo.endpoints() if topo.kind(e) == "host" and e.startswith(prefix)]
+        assert nearest_host(topo, gpu) == min(hosts, key=lambda h: (len(topo.path(h, gpu).nodes), h))
+
+
+def test_fluid_ring_broadcast_is_declared_work_with_the_closed_form_time() -> None:
+    topo = presets.get("cluster-4x8", calibration=None)
+    ring = [f"node{n}.gpu{i}" for n in range(4) for i in range(8)]
+    sim = Simulation(topo)
+    S, chunk = 4e9, 4e6
+    end = ring_broadcast(sim, ring, S, chunk_bytes=chunk, name="b", explicit=False)
+    assert sim.declared(end)
+    res = sim.run()
+    B = ring_bottleneck_Bps(topo, ring)
+    lat = [topo.path(a, b).latency_s for a, b in zip(ring, ring[1:], strict=False)]
+    # the last hop starts after n-2 fills and the latencies before it, then moves S at B after its own latency
+    expected = (len(ring) - 2) * (chunk / B) + sum(lat) + S / B
+    assert res.makespan_s == pytest.approx(expected, rel=1e-9)
