@@ -23,7 +23,8 @@ from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 from fabricsim.workloads.weightsync.base import Strategy
 
 G = [f"gpu{i}" for i in range(8)]
-DECLARATIVE = ["nccl-broadcast", "host-staged", "delta:nccl-broadcast", "delta:host-staged"]
+DECLARATIVE = ["nccl-broadcast", "host-staged", "rdma-p2p", "delta:nccl-broadcast", "delta:host-staged",
+               "delta:rdma-p2p"]
 
 
 def _setups() -> dict[str, SyncSetup]:
@@ -90,6 +91,21 @@ def _same_records(fast: list, ref: list) -> None:
             assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15), (ra.id, field, x, y)
     for extra in mine.values():
         assert extra.kind == "delay" and extra.finish_s == extra.begin_s, extra
+
+
+def test_rdma_tasks_waiting_for_watermark_slots_match_the_procedural_run(monkeypatch) -> None:
+    """Six pipeline tasks over two slots: tasks 2-5 each wait for the task two before to finish its writes."""
+    strategy = get("rdma-p2p", watermark_bytes=2 * 2**30, task_bytes=2**30, max_sim_tasks=6)
+    setup = SETUPS["cluster-32"]
+    fast, took_compiled = _run(setup, strategy, monkeypatch, declarative=True)
+    ref, _ = _run(setup, strategy, monkeypatch, declarative=False)
+    assert took_compiled and fast.feasible
+    assert math.isclose(fast.sync_s, ref.sync_s, rel_tol=1e-9)
+    _same_records(fast.sim_result.records, ref.sim_result.records)
+    recs = {r.id: r for r in fast.sim_result.records}
+    slots = [r for r in recs.values() if r.id.startswith("slot.")]
+    writes = sorted(r.finish_s for r in recs.values() if r.tag == "rdma-write")
+    assert slots and min(r.finish_s for r in slots) >= writes[0] > 0  # a slot frees when a task's writes are done
 
 
 def test_simpy_loop_gives_the_same_declarative_answer(monkeypatch) -> None:

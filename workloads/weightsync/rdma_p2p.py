@@ -8,7 +8,8 @@ trainer NICs work at once instead of one rank's). After each step every trainer 
 pipeline: (1) full-tensor assembly (`full_tensor()`: fetch the other shards of the tensor, over NVLink inside a
 node, RDMA across), (2) projection/quantisation kernels (fp8 with block scales, when the engines run fp8),
 (3) RDMA WRITEs of each rollout GPU's slice directly into its live weights. Stages of successive tasks overlap;
-a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot). The engine does nothing; a final
+a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot; the slots are reused in order, a
+ring of staging buffers). The engine does nothing; a final
 barrier tells the controller all writes landed.
 
 Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
@@ -44,6 +45,7 @@ class RdmaP2PKnobs(Knobs):
 class RdmaP2P(Strategy):
     name = "rdma-p2p"
     Knobs = RdmaP2PKnobs
+    declarative = True
 
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
         k = self.knobs
@@ -63,42 +65,44 @@ class RdmaP2P(Strategy):
             ctx.alloc(g, max(k.watermark_bytes, k.task_bytes), "rdma-watermark")
             real = max(1, math.ceil(unique / k.task_bytes))
             sims = min(real, k.max_sim_tasks)
-            slots = simpy.Resource(sim.env, capacity=slots_n)
             writes_share = float(ap.send[i].sum()) / total_send if total_send else 0.0
-            ends.append(sim.process(self._gpu(ctx, i, g, real, sims, slots, n_tensors * writes_share)))
-        yield sim.env.all_of(ends)
-        for g in ap.trainer_gpus:
-            ctx.free(g, "rdma-watermark")
+            ends.append(self._gpu(ctx, i, g, real, sims, slots_n, n_tensors * writes_share))
+        written = sim.all_of(ends, id=ctx.name("written"))
         if any(t.decode_hbm for t in ctx.transforms):  # e.g. delta: apply the received payloads in place
             need = ctx.plan.need_bytes
-            yield sim.env.all_of([ctx.load(r, float(need[j])) for j, r in enumerate(ap.rollout_gpus)])
-        yield sim.delay(ctx.name("barrier"), k.barrier_s, tag="barrier")
+            written = sim.all_of([ctx.load(r, float(need[j]), after=[written]) for j, r in enumerate(ap.rollout_gpus)],
+                                 id=ctx.name("applied"))
+        yield sim.delay(ctx.name("barrier"), k.barrier_s, after=[written], tag="barrier")
+        for g in ap.trainer_gpus:
+            ctx.free(g, "rdma-watermark")
 
-    def _gpu(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slots: simpy.Resource,
-             slices: float) -> Generator:
-        """One trainer GPU's pipeline: `sims` simulated tasks standing for `real` ones (fetch -> encode -> write)."""
+    def _gpu(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slots_n: int, slices: float
+             ) -> simpy.Event:
+        """One trainer GPU's pipeline: `sims` simulated tasks standing for `real` ones (fetch -> encode -> write),
+        declared up front. At most `slots_n` tasks hold watermark memory at once: task t starts once task t - 1 has
+        started and task t - slots_n has finished writing (first come, first served, as a semaphore of `slots_n`
+        grants them)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
         # an empty payload (a delta with nothing changed) posts its writes but moves nothing
         write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i)
                     if b * ctx.wire_ratio > 0]
-        prev_fetch = prev_enc = None
-        pending = []
+        prev_fetch = prev_enc = granted = None
+        pending: list = []
         for t in range(sims):
             frac = (real // sims + (1 if t < real % sims else 0)) / real
-            req = slots.request()
-            yield req
-            fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
-                                   [prev_fetch] if prev_fetch else [], "assemble")
+            waits = [e for e in (granted, pending[t - slots_n] if t >= slots_n else None) if e is not None]
+            granted = sim.all_of(waits, id=ctx.name(f"slot.{g}")) if waits else None
+            gate = [e for e in (granted, prev_fetch) if e is not None]
+            fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from], gate, "assemble")
             enc_after = [fetched, *([prev_enc] if prev_enc else [])]
             enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
             post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
             ctx.live_write_at(post)
             done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
-            done.callbacks.append(lambda _ev, r=req: slots.release(r))
             prev_fetch, prev_enc = fetched, enc
             pending.append(done)
-        yield sim.env.all_of(pending)
+        return sim.all_of(pending, id=ctx.name(f"done.{g}"))
 
     def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
                 tag: str) -> simpy.Event:
@@ -112,7 +116,8 @@ class RdmaP2P(Strategy):
             ev = sim.transfer(ctx.name(stem), src, dst, b, after=tails[n % lanes], tag=tag)
             tails[n % lanes] = [ev]
             ends.append(ev)
-        return sim.env.all_of(ends) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0, after=after)
+        return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
+                                                                                        after=after)
 
 
 def _rotated(row, start: int) -> list[tuple[int, float]]:
