@@ -5,7 +5,9 @@ flow events have been processed, the simulated time reached and the flows in fli
 ends. `FABRICSIM_PROGRESS=0` turns it off (sweep workers and scripts that parse stderr); a sweep has its own bar.
 When stderr is not a terminal (a log file, a pipe) a redrawn line would leave carriage-return debris, so plain
 lines are written instead, one every `LOG_EVERY_S`.
-The fluid network calls `tick` every few hundred wake-ups, so the cost is one counter test per event.
+The fluid network calls `tick` every few hundred wake-ups, so the cost is one counter test per event; the
+simulation calls `declaring` every few thousand declared items, so that describing a large run (seconds for a
+million items) is not silent either.
 """
 
 from __future__ import annotations
@@ -30,31 +32,50 @@ class Progress:
         self._t0 = time.monotonic()
         self._delay = DELAY_S if delay_s is None else delay_s
         self._bar = None
-        self._shown_events = 0
+        self._phase = ""  # what the bar counts: "declaring" (items) or "simulating" (flow events)
+        self._shown = 0
         self._plain = not sys.stderr.isatty()
         self._next_line = self._t0 + self._delay
 
+    def declaring(self, items: int) -> None:
+        """Work is still being described (a 1,024-GPU sync declares a million items before the first event)."""
+        if self._plain:
+            self._line("declaring", f"{items:,} transfers, tasks and delays")
+        elif self._show("declaring", " items", items):
+            self._bar.update(items - self._shown)
+            self._shown = items
+
     def tick(self, now_s: float, events: int, active: int) -> None:
         if self._plain:
-            t = time.monotonic()
-            if t >= self._next_line:
-                self._next_line = t + LOG_EVERY_S
-                print(f"fabricsim: simulating: {events:,} flow events, simulated {now_s:.4g} s, {active:,} in flight "
-                      f"({t - self._t0:.0f} s)", file=sys.stderr, flush=True)
-            return
-        if self._bar is None:
-            if time.monotonic() - self._t0 < self._delay:
-                return
+            self._line("simulating", f"{events:,} flow events, simulated {now_s:.4g} s, {active:,} in flight")
+        elif self._show("simulating", " flow events", events):
+            self._bar.update(events - self._shown)
+            self._shown = events
+            self._bar.set_postfix_str(f"simulated {now_s:.4g} s, {active:,} in flight", refresh=False)
+
+    def _line(self, phase: str, text: str) -> None:
+        """A plain line once per LOG_EVERY_S, and at once when the phase changes (after the delay)."""
+        t = time.monotonic()
+        if t >= self._next_line or (phase != self._phase and t - self._t0 >= self._delay):
+            self._next_line = t + LOG_EVERY_S
+            self._phase = phase
+            print(f"fabricsim: {phase}: {text} ({t - self._t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def _show(self, phase: str, unit: str, count: int) -> bool:
+        """Whether the bar is up (after the delay) and counts `phase`, starting a new one when the phase changed."""
+        if self._bar is None and time.monotonic() - self._t0 < self._delay:
+            return False
+        if self._phase != phase:
+            self.close()
             from tqdm import tqdm
 
-            self._bar = tqdm(total=None, initial=events, desc="fabricsim: simulating", unit=" flow events",
-                             unit_scale=True, file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True)
-            self._shown_events = events
-        self._bar.update(events - self._shown_events)
-        self._shown_events = events
-        self._bar.set_postfix_str(f"simulated {now_s:.4g} s, {active:,} in flight", refresh=False)
+            self._bar = tqdm(total=None, initial=count, desc=f"fabricsim: {phase}", unit=unit, unit_scale=True,
+                             file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True)
+            self._phase, self._shown = phase, count
+        return True
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._phase = ""

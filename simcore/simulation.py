@@ -47,6 +47,7 @@ LOOPS = ("auto", "compiled", "simpy")
 _INF = float("inf")
 _NO_CALLBACKS: tuple = ()  # a declared item's event before anyone asked for its callback list
 _NAN = float("nan")
+PROGRESS_EVERY = (1 << 12) - 1  # declared items between looks at the progress line (a mask)
 
 
 
@@ -83,6 +84,8 @@ class Simulation:
         self._shapes: dict[tuple[str, str, str], tuple] = {}
         self._shapes_of = topology._path_cache
         self._lone: dict[tuple[str, str], tuple[float, float]] = {}  # `lone_copy`'s, beside `_shapes`
+        # the progress line, from the first declared item on: describing a large run takes seconds too
+        self._progress = Progress() if progress_enabled() else None
         self._seq = 0
 
     # ---- describing work -------------------------------------------------------------------------------
@@ -123,10 +126,13 @@ class Simulation:
             # declared work (the usual case), as `_add` keeps it, without the call
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
-                done = _Declared(self.env, len(deferred))
+                n = len(deferred)
+                done = _Declared(self.env, n)
                 deferred.append((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid,
                                  "transfer", psrc, pdst, cls, nodes, tag, 0.0, deps))
                 self._done[rid] = done
+                if not n & PROGRESS_EVERY and n and self._progress is not None:
+                    self._progress.declaring(n)
                 return done
         return self._add((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid, "transfer",
                           psrc, pdst, cls, nodes, tag, 0.0), after)
@@ -242,7 +248,7 @@ class Simulation:
         why_not = self._why_not_compiled(until)
         if loop == "compiled" and why_not:
             raise ScenarioError(f"the compiled loop cannot run this simulation: {why_not}")
-        progress = Progress() if progress_enabled() else None
+        progress = self._progress
         try:
             if loop != "simpy" and not why_not:
 
@@ -257,6 +263,7 @@ class Simulation:
         finally:
             if progress is not None:
                 progress.close()
+                self._progress = Progress()  # a later run of more work times itself afresh
             self.net.on_progress = None
         return self.result()
 
@@ -344,7 +351,10 @@ class Simulation:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
                 deferred = self._deferred
-                done = _Declared(self.env, len(deferred))
+                n = len(deferred)
+                if not n & PROGRESS_EVERY and n and self._progress is not None:
+                    self._progress.declaring(n)
+                done = _Declared(self.env, n)
                 # No record or event in the tuple: one of plain numbers, strings and None only is not tracked by
                 # the garbage collector (after its first pass), whose full passes over 10^6 items cost seconds;
                 # the record is made when asked for (`_made`), the event is `_done[rid]`.

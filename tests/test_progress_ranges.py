@@ -73,6 +73,21 @@ def test_progress_plain_lines_when_stderr_is_no_terminal(monkeypatch, capsys):
     assert "\r" not in err and err.count("\n") == 1
 
 
+def test_declaring_a_large_run_shows_progress_too(monkeypatch, capsys):
+    """Describing a million items takes seconds before the first event: that phase has its line as well, and the
+    simulating line follows it at once."""
+    from fabricsim.simcore import simulation
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 3600.0)
+    monkeypatch.setattr(simulation, "PROGRESS_EVERY", 63)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "1")
+    _busy_sim().run(loop="simpy")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("fabricsim: declaring: 64 transfers, tasks and delays")
+    assert lines[1].startswith("fabricsim: simulating: ") and len(lines) == 2
+
+
 def test_progress_off(monkeypatch, capsys):
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
     monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
