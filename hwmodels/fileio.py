@@ -159,25 +159,23 @@ class _FastYAML:
             return "null"
         raise _Unsupported
 
-    def enter(self, container: dict | list) -> None:
-        if id(container) in self.seen:
-            raise _Unsupported
-        self.seen.add(id(container))
-
     def node(self, value: Any, indent: int, lead: str) -> None:
         """Write `value` whose first line starts with `lead` (a key and ': ', or '- ' marks) at `indent`."""
         kind = type(value)
-        if kind is dict and value:
-            self.mapping(value, indent, lead)
-        elif kind is list and value:
-            self.sequence(value, indent, lead)
-        elif kind is dict or kind is list:
-            self.lines.append(lead + ("{}" if kind is dict else "[]"))
-        else:
+        if kind is not dict and kind is not list:
             self.lines.append(lead + self.scalar(value))
+            return
+        if id(value) in self.seen:  # empty ones too: PyYAML anchors any container it meets twice
+            raise _Unsupported
+        self.seen.add(id(value))
+        if not value:
+            self.lines.append(lead + ("{}" if kind is dict else "[]"))
+        elif kind is dict:
+            self.mapping(value, indent, lead)
+        else:
+            self.sequence(value, indent, lead)
 
     def mapping(self, d: dict, indent: int, lead: str) -> None:
-        self.enter(d)
         items = sorted(d.items()) if self.sort_keys else d.items()
         pad = " " * indent
         for k, v in items:
@@ -186,17 +184,17 @@ class _FastYAML:
             key = f"{lead}{self.scalar(k)}:"
             lead = pad
             kind = type(v)
-            if kind is dict and v:
+            if v and (kind is dict or kind is list):
                 self.lines.append(key)
-                self.mapping(v, indent + 2, " " * (indent + 2))
-            elif kind is list and v:
-                self.lines.append(key)
-                self.sequence(v, indent, pad)  # a list inside a mapping is not indented (PyYAML's indentless)
+                # a mapping inside a mapping is indented; a list is not (PyYAML's indentless sequence)
+                if kind is dict:
+                    self.node(v, indent + 2, pad + "  ")
+                else:
+                    self.node(v, indent, pad)
             else:
                 self.node(v, indent, key + " ")
 
     def sequence(self, items: list, indent: int, lead: str) -> None:
-        self.enter(items)
         pad = " " * indent
         for item in items:
             self.node(item, indent + 2, lead + "- ")

@@ -71,14 +71,15 @@ def test_plain_data_is_written_without_pyyaml(data: object) -> None:
     assert fast_only(data, sort_keys=False) == yaml.safe_dump(data, sort_keys=False)
 
 
-SHARED = [1, 2]
+SHARED, SHARED_EMPTY, SHARED_DICT = [1, 2], [], {}
 
 
 @pytest.mark.parametrize("data", [
     "a", 3, None, {"": 1}, {"k" * 123: 1}, {"1" * 123: 1}, {"a": "~"}, {1: "a"}, {None: 1}, {"a": "two words"},
     {"a": "a: b"}, {"a": "it's"}, {"a": "é"}, {"a": "line\nbreak"}, {"a": " lead"}, {"a": "#x"},
     {"a": "x" * 50 + " " + "y" * 50},
-    {"a": SHARED, "b": SHARED}, {"a": (1, 2)},
+    {"a": SHARED, "b": SHARED}, {"a": SHARED_EMPTY, "b": [SHARED_EMPTY]}, [SHARED_DICT, {"c": SHARED_DICT}],
+    {"a": (1, 2)},
 ], ids=lambda d: repr(d)[:40])
 def test_what_it_does_not_write_goes_to_pyyaml(data: object) -> None:
     assert dump_yaml(data, sort_keys=False) == yaml.safe_dump(data, sort_keys=False)
