@@ -109,8 +109,6 @@ class ServingConfig:
             _check_count(what, getattr(self, what))
         if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
             raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
-        if self.token_budget > MAX_TOKENS:
-            raise ServingError("token_budget is beyond 2^53 tokens; check the number")
         if not 0 <= self.admission_watermark < 1:
             raise ServingError(f"admission_watermark must be in [0, 1), got {self.admission_watermark}")
         if not 0 < self.gpu_memory_utilization <= 1:
