@@ -3,17 +3,23 @@
 Each subcommand lives beside the code it drives, in a module exposing `add_parser(subparsers)`, which
 registers the subcommand and sets `func` (taking the parsed namespace, returning an exit status). This file
 only assembles them and turns user mistakes (`FabricsimError`) into one line on stderr and exit status 2.
+
+`COMMANDS` says which module adds each command, so a run imports the module of its own command only:
+`fabricsim topo show h100-1` does not pay for pandas (the results store) or plotting, and `fabricsim --help`
+imports no command module at all.
 """
 
 from __future__ import annotations
 
 import _thread
 import argparse
+import importlib
 import os
 import re
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 
 from . import __version__
 
@@ -40,9 +46,32 @@ DEPRECATED_FLAGS = {
 }
 
 
+# Command -> (the module whose `add_parser` adds it, its line in `fabricsim --help`), in the order the help lists
+# them. The line is repeated from the module's own `add_parser` so that `--help` needs no import;
+# tests/test_cli_commands.py checks that the two agree.
+COMMANDS = {
+    "simulate": ("fabricsim.simcore.cli", "simulate a scenario file (YAML/JSON)"),
+    "topo": ("fabricsim.hwmodels.cli", "show or import machine topologies"),
+    "sync": ("fabricsim.workloads.weightsync.cli", "simulate one weight sync (trainer GPUs -> rollout GPUs)"),
+    "serve": ("fabricsim.workloads.serve_cli",
+              "serve requests with a KV-cache policy and report latency, throughput and traffic"),
+    "sweep": ("fabricsim.harness.cli", "run a study's grid into the results store"),
+    "results": ("fabricsim.harness.cli", "list and show the results store"),
+    "plot": ("fabricsim.harness.cli", "draw a study's standard figures (PNG + SVG)"),
+    "validate": ("fabricsim.validate.cli", "measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)"),
+    "calibrate": ("fabricsim.validate.cli", "fit a calibration profile from measurements"),
+    "report": ("fabricsim.validate.cli", "simulate measured cases with a profile; error tables and plot"),
+}
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command `argv` names: its first word that is not an option (the top level's options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _rename_deprecated(argv: list[str]) -> list[str]:
     """`argv` with deprecated flag spellings of its command replaced by the current ones, warning once each."""
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = _command_name(argv)
     out = []
     for i, arg in enumerate(argv):
         if arg == "--":
@@ -54,19 +83,6 @@ def _rename_deprecated(argv: list[str]) -> list[str]:
             arg = new + eq + value
         out.append(arg)
     return out
-
-
-def _command_modules() -> tuple:
-    """The modules that contribute subcommands, in the order `fabricsim --help` lists them. Imported here,
-    not at the top, so that `main`'s Ctrl-C guard already covers the heavy imports."""
-    from .harness import cli as harness_cli
-    from .hwmodels import cli as hwmodels_cli
-    from .simcore import cli as simcore_cli
-    from .validate import cli as validate_cli
-    from .workloads import serve_cli
-    from .workloads.weightsync import cli as weightsync_cli
-
-    return (simcore_cli, hwmodels_cli, weightsync_cli, serve_cli, harness_cli, validate_cli)
 
 
 class Parser(argparse.ArgumentParser):
@@ -83,7 +99,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser with the full parsers of `commands` (every command when None) and of the other commands
+    of their modules; each other command is a stub that carries its `--help` line and imports nothing. Called inside
+    `main`, so its Ctrl-C guard covers the heavy imports."""
+    wanted = {COMMANDS[name][0] for name in (COMMANDS if commands is None else commands)}
     parser = Parser(
         prog="fabricsim",
         description="Simulate weight and KV-cache movement across GPU machines, and check it against real GPUs.",
@@ -92,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fabricsim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
-        module.add_parser(sub)
+    for name, (module, help_line) in COMMANDS.items():
+        if name in sub.choices:  # added with an earlier command of its module
+            continue
+        if module in wanted:  # it adds every command it owns (sweep, results and plot), in this order
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -139,8 +164,9 @@ def _main_thread() -> bool:
 def _run(argv: list[str] | None) -> int:
     from fabricsim.errors import FabricsimError  # imported here: the heavy imports start inside main's guard
 
-    parser = build_parser()
-    args = parser.parse_args(_rename_deprecated(sys.argv[1:] if argv is None else list(argv)))
+    argv = _rename_deprecated(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser([_command_name(argv)] if _command_name(argv) in COMMANDS else [])
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from fabricsim.errors import TopologyError
 
-from .fileio import atomic_write_text, refuse_overwrite
+from .fileio import atomic_write_text, dump_yaml, refuse_overwrite
 from .presets import load
 from .topofile import topology_to_dict
 
@@ -23,7 +21,7 @@ def _show(args: argparse.Namespace) -> int:
         # fitted link rates) is applied on load with `calibration:` in a scenario or --calibration.
         topo = load(args.topology, calibration=None)
         print("# datasheet structure; apply a calibration profile with `calibration:` in a scenario or --calibration")
-        print(yaml.safe_dump(topology_to_dict(topo), sort_keys=False), end="")
+        print(dump_yaml(topology_to_dict(topo), sort_keys=False), end="")
     else:
         print(load(args.topology, "default" if args.calibration is None else args.calibration).describe())
     return 0
@@ -40,7 +38,7 @@ def _import(args: argparse.Namespace) -> int:
         topo = topology_from_topo_m(text, gpu=args.gpu, name=args.name or Path(args.file).stem)
     except TopologyError as exc:
         raise TopologyError(f"{args.file}: {exc}") from None
-    doc = yaml.safe_dump(topology_to_dict(topo), sort_keys=False)
+    doc = dump_yaml(topology_to_dict(topo), sort_keys=False)
     if args.out:
         refuse_overwrite(args.out, args.force, "topology")
         atomic_write_text(args.out, doc)

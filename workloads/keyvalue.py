@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from fabricsim.simcore.units import MAX_BYTES, parse_bytes
 from .errors import WorkloadError
 
 _NO_DEFAULT = inspect.Parameter.empty
+MAX_FLOAT_INT = int(sys.float_info.max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,8 @@ def _number(where: str, name: str, value: Any) -> float:
             except FabricsimError as exc:  # the size parser's own one-line message, as this layer's error
                 raise WorkloadError(str(exc)) from None
     elif isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) > MAX_FLOAT_INT:  # float() would raise OverflowError
+            raise WorkloadError(f"{where}: number is beyond 1e308, more than a float holds; check the number")
         x = float(value)
     else:
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ import pandas as pd
 import simpy
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import MAX_ENDPOINTS
 from fabricsim.hwmodels.intervals import LEVEL, attach_corner_intervals, corner_runs
 from fabricsim.hwmodels.topology import Topology, nearest_host, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
@@ -50,7 +52,7 @@ from .kvsize import KVConfigError, KVLayout
 from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
-from .requests import Request
+from .requests import MAX_TOKENS, Request
 
 MECHANISMS = ("ce-batched", "ce-per-page", "sm-gather")
 PREEMPTION_MODES = ("recompute", "swap")
@@ -104,8 +106,9 @@ class ServingConfig:
         if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
             raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
         for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups"):
-            if getattr(self, what) < 1:
-                raise ServingError(f"{what} must be >= 1, got {getattr(self, what)}")
+            _check_count(what, getattr(self, what))
+        if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
+            raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
         if not 0 <= self.admission_watermark < 1:
             raise ServingError(f"admission_watermark must be in [0, 1), got {self.admission_watermark}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -126,6 +129,15 @@ class ServingConfig:
         return get_model(self.model, dtype=self.weight_dtype)
 
 
+def _check_count(what: str, value: object) -> None:
+    """A count of the config: an int >= 1 (instances and tp slice GPU lists, so 2.0 is refused as well as NaN);
+    a huge one is refused by its size alone, so the line never holds hundreds of digits."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ServingError(f"{what} must be a whole number >= 1, got {value!r}")
+    if abs(value) > MAX_TOKENS:
+        raise ServingError(f"{what} is beyond 2^53 in size; check the number")
+    if value < 1:
+        raise ServingError(f"{what} must be >= 1, got {value}")
 
 
 class Instance:
@@ -625,13 +637,18 @@ class ServingSystem:
         for g in gpus:
             topo.gpu(g)
         tp = self.cfg.tp
-        roles = proto.roles(self.cfg.instances) if hasattr(proto, "roles") else ["colocated"] * self.cfg.instances
-        if len(gpus) < tp * len(roles):
-            raise ServingError(f"{len(roles)} instance(s) x tp={tp} need {tp * len(roles)} GPUs; "
+        split = hasattr(proto, "role_counts")
+        counts = proto.role_counts(self.cfg.instances) if split else {"colocated": self.cfg.instances}
+        # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
+        # attempt to allocate them.
+        wanted = sum(counts.values())
+        if len(gpus) < tp * wanted:
+            raise ServingError(f"{wanted} instance(s) x tp={tp} need {tp * wanted} GPUs; "
                                f"topology '{topo.name}' offers {len(gpus)}")
+        roles = [role for role, n in counts.items() for _ in range(n)]
         self.instances: list[Instance] = []
         for i, role in enumerate(roles):
-            pol = proto.instance_policy(role) if hasattr(proto, "roles") else copy.deepcopy(proto)
+            pol = proto.instance_policy(role) if split else copy.deepcopy(proto)
             self.instances.append(Instance(self, i, gpus[i * tp:(i + 1) * tp], pol, role))
         self.entry = [x for x in self.instances if x.role in ("colocated", "prefill")]
         self.decoders = [x for x in self.instances if x.role == "decode"]

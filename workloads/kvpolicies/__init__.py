@@ -20,8 +20,8 @@
 from __future__ import annotations
 
 from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import PolicyError, check_fraction, check_positive
+from .params import PolicyError, check_count, check_fraction, check_positive
 from .registry import POLICIES, make_policy, names
 
-__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "ServingInstance", "StepItem", "StepWork", "check_fraction",
-           "check_positive", "make_policy", "names"]
+__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "ServingInstance", "StepItem", "StepWork", "check_count",
+           "check_fraction", "check_positive", "make_policy", "names"]

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import check_fraction, check_positive
+from .params import check_count, check_fraction, check_positive
 
 
 class SystemPromptCompression(KVPolicy):
@@ -76,8 +76,8 @@ class AsyncCompression(KVPolicy):
     def __init__(self, ratio: float = 4.0, trigger_tokens: int = 1024, window_tokens: int = 256,
                  flops_per_token: float | None = None) -> None:
         self.ratio = float(check_positive(self.name, "ratio", ratio))
-        self.trigger = int(check_positive(self.name, "trigger_tokens", trigger_tokens))
-        self.window = int(check_positive(self.name, "window_tokens", window_tokens, allow_zero=True))
+        self.trigger = check_count(self.name, "trigger_tokens", trigger_tokens)
+        self.window = check_count(self.name, "window_tokens", window_tokens, allow_zero=True)
         self.flops_per_token = flops_per_token
         self.jobs = 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import KVPolicy, Seq, StepWork
-from .params import check_positive
+from .params import check_count
 
 
 class HostOffload(KVPolicy):
@@ -20,7 +20,7 @@ class HostOffload(KVPolicy):
     coalescible = False
 
     def __init__(self, prefetch_depth: int = 1) -> None:
-        self.prefetch_depth = int(check_positive(self.name, "prefetch_depth", prefetch_depth, allow_zero=True))
+        self.prefetch_depth = check_count(self.name, "prefetch_depth", prefetch_depth, allow_zero=True)
 
     def _buffer_fraction(self) -> float:
         """Share of a sequence's KV resident in HBM: the groups being computed and prefetched."""

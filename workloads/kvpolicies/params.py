@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from ..errors import WorkloadError
@@ -32,3 +33,19 @@ def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = F
     if not ok:
         raise PolicyError(f"policy '{policy}': {what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
+
+
+def check_count(policy: str, what: str, value: Any, *, allow_zero: bool = False, most: int | None = None) -> int:
+    """A parameter that counts things: a whole number >= 1 (>= 0 with `allow_zero`) and at most `most`.
+
+    `int(check_positive(...))` would turn 0.5 into 0 and 2.7 into 2 and raise an OverflowError on infinity; a count
+    is refused instead unless it is whole, and a huge one by its size alone (no line of hundreds of digits)."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        raise PolicyError(f"policy '{policy}': {what} must be a whole number, got {value!r}")
+    if most is not None and value > most:
+        raise PolicyError(f"policy '{policy}': {what} is more than {most:,}; check the number")
+    lo = 0 if allow_zero else 1
+    if value < lo:
+        raise PolicyError(f"policy '{policy}': {what} must be >= {lo}, got {value!r}")
+    return int(value)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabricsim.hwmodels.endpoints import MAX_ENDPOINTS
+
 from .base import KVPolicy, Seq, StepWork
-from .params import check_positive
+from .params import check_count
 
 
 class _PrefillSide(KVPolicy):
@@ -33,12 +35,14 @@ class PDDisaggregation(KVPolicy):
     name = "pd-disaggregation"
 
     def __init__(self, prefill_instances: int = 1, decode_instances: int = 1) -> None:
-        self.prefill_instances = int(check_positive(self.name, "prefill_instances", prefill_instances))
-        self.decode_instances = int(check_positive(self.name, "decode_instances", decode_instances))
+        # Each instance takes at least one GPU, and no GPU list names more than MAX_ENDPOINTS.
+        self.prefill_instances = check_count(self.name, "prefill_instances", prefill_instances, most=MAX_ENDPOINTS)
+        self.decode_instances = check_count(self.name, "decode_instances", decode_instances, most=MAX_ENDPOINTS)
 
-    def roles(self, instances: int) -> list[str]:
-        """Instance roles in GPU order (the config's `instances` is ignored: the split decides)."""
-        return ["prefill"] * self.prefill_instances + ["decode"] * self.decode_instances
+    def role_counts(self, instances: int) -> dict[str, int]:
+        """How many instances take each role, in GPU order (the config's `instances` is ignored: the split
+        decides). Counts, not a list of roles: the serving system checks them against its GPUs first."""
+        return {"prefill": self.prefill_instances, "decode": self.decode_instances}
 
     def instance_policy(self, role: str) -> KVPolicy:
         return _PrefillSide() if role == "prefill" else KVPolicy()

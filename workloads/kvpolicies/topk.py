@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import KVPolicy, Seq, StepWork
-from .params import check_fraction, check_positive
+from .params import check_count, check_fraction
 
 
 class TopKPaging(KVPolicy):
@@ -24,8 +24,8 @@ class TopKPaging(KVPolicy):
     def __init__(self, stable_fraction: float = 0.75, topk_pages: int = 32, rerank_interval: int = 16,
                  promote_fraction: float = 0.125) -> None:
         self.stable = check_fraction(self.name, "stable_fraction", stable_fraction)
-        self.topk_pages = int(check_positive(self.name, "topk_pages", topk_pages))
-        self.rerank_interval = int(check_positive(self.name, "rerank_interval", rerank_interval))
+        self.topk_pages = check_count(self.name, "topk_pages", topk_pages)
+        self.rerank_interval = check_count(self.name, "rerank_interval", rerank_interval)
         self.promote = check_fraction(self.name, "promote_fraction", promote_fraction)
 
     def _resident_tokens(self, tokens: float) -> float:

@@ -1,0 +1,81 @@
+"""The command table: every command resolves to the module that adds it, `fabricsim --help` lists each with
+the help line its module gives, and a run imports the module of its own command only."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fabricsim.cli import COMMANDS, build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _is_stub(parser: argparse.ArgumentParser) -> bool:
+    """A stub carries the help line only: no arguments of its own besides -h."""
+    return len(parser._actions) == 1
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_resolves_to_the_module_that_adds_it(name: str) -> None:
+    module, help_line = COMMANDS[name]
+    sub = _subparsers(build_parser([name]))
+    assert not _is_stub(sub.choices[name]), f"{module} did not add '{name}'"
+    # the line `fabricsim --help` shows without importing the module is the one the module gives
+    shown = {a.dest: a.help for a in sub._choices_actions}
+    assert shown[name] == help_line
+    assert hasattr(importlib.import_module(module), "add_parser")
+
+
+def test_the_table_holds_every_command_the_modules_add() -> None:
+    """No module adds a command the table lacks (it would be missing from `fabricsim --help`), in table order."""
+    full = _subparsers(build_parser())
+    assert list(full.choices) == list(COMMANDS)
+    assert not any(_is_stub(p) for p in full.choices.values())
+    stubs = _subparsers(build_parser([]))
+    assert list(stubs.choices) == list(COMMANDS) and all(_is_stub(p) for p in stubs.choices.values())
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"    {name}" in out
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_help_works(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert f"usage: fabricsim {name}" in capsys.readouterr().out
+
+
+def _modules_after(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter holds after running `fabricsim ARGV`."""
+    code = ("import json, sys\nfrom fabricsim.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return set(json.loads(res.stderr.strip().splitlines()[-1]))
+
+
+def test_a_command_imports_its_own_module_only() -> None:
+    """`fabricsim --help` imports no command module; `topo show` neither pandas, numba, matplotlib nor the other
+    commands' modules."""
+    heavy = {"pandas", "numba", "matplotlib", "simpy"}
+    modules = {m for m, _ in COMMANDS.values()}
+    loaded = _modules_after(["--help"])
+    assert not loaded & (heavy | modules)
+    loaded = _modules_after(["topo", "show", "h100-1"])
+    assert "fabricsim.hwmodels.cli" in loaded
+    assert not loaded & (heavy | (modules - {"fabricsim.hwmodels.cli"}))
