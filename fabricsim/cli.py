@@ -47,8 +47,8 @@ DEPRECATED_FLAGS = {
 
 
 # Command -> (the module whose `add_parser` adds it, its line in `fabricsim --help`), in the order the help lists
-# them. The line is repeated from the module's own `add_parser` so that `--help` needs no import;
-# tests/test_cli_commands.py checks that the two agree.
+# them. The line lives here only, so that `--help` needs no import: a module's `add_parser` gets it filled in
+# (`_HelpFromTable`) and does not give one of its own.
 COMMANDS = {
     "simulate": ("fabricsim.simcore.cli", "simulate a scenario file (YAML/JSON)"),
     "topo": ("fabricsim.hwmodels.cli", "show or import machine topologies"),
@@ -99,6 +99,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFromTable:
+    """The subparsers action as a command module sees it: a command it adds gets its help line from `COMMANDS`."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
+        if "help" in kw:
+            raise TypeError(f"command '{name}': its help line belongs in fabricsim.cli.COMMANDS")
+        return self._sub.add_parser(name, help=COMMANDS[name][1], **kw)
+
+
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The CLI's parser with the full parsers of `commands` (every command when None) and of the other commands
     of their modules; each other command is a stub that carries its `--help` line and imports nothing. Called inside
@@ -116,7 +128,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
         if name in sub.choices:  # added with an earlier command of its module
             continue
         if module in wanted:  # it adds every command it owns (sweep, results and plot), in this order
-            importlib.import_module(module).add_parser(sub)
+            importlib.import_module(module).add_parser(_HelpFromTable(sub))
         else:
             sub.add_parser(name, help=help_line)
     return parser

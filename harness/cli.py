@@ -29,7 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "sweep",
-        help="run a study's grid into the results store",
         description="Run every point of a study (studies/NAME.py or a path) into the results store.",
     )
     p.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
@@ -48,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
 
-    r = subparsers.add_parser("results", help="list and show the results store")
+    r = subparsers.add_parser("results")
     rsub = r.add_subparsers(dest="results_command", metavar="ACTION")
     ls = rsub.add_parser("ls", help="one line per study and source")
     ls.add_argument("--store", default=None, help=store_help)
@@ -65,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_cmd_results_show)
     r.set_defaults(func=lambda args: (r.print_help(), 2)[1])
 
-    pl = subparsers.add_parser("plot", help="draw a study's standard figures (PNG + SVG)")
+    pl = subparsers.add_parser("plot")
     pl.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
     pl.add_argument("--out", default=None, help="output directory (default: ./plots/STUDY)")
     pl.add_argument("--store", default=None, help=store_help)

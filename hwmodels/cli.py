@@ -53,7 +53,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    topo = sub.add_parser("topo", help="show or import machine topologies",
+    topo = sub.add_parser("topo",
                           description="Show a preset or topology file, or build one from `nvidia-smi topo -m`.")
     tsub = topo.add_subparsers(dest="topo_command", metavar="ACTION", required=True)
     show = tsub.add_parser("show", help="validate and print a topology (preset name or file)",

@@ -66,7 +66,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "simulate", help="simulate a scenario file (YAML/JSON)",
+        "simulate",
         description="Simulate the transfers (and tasks) of a scenario file on its topology.",
         epilog="examples:\n  fabricsim simulate examples/h2d_fanout.yaml\n"
                "  fabricsim simulate examples/h2d_fanout.yaml --json\n"

@@ -1,5 +1,5 @@
 """The command table: every command resolves to the module that adds it, `fabricsim --help` lists each with
-the help line its module gives, and a run imports the module of its own command only."""
+the table's help line (its only copy), and a run imports the module of its own command only."""
 
 from __future__ import annotations
 
@@ -28,10 +28,19 @@ def test_each_command_resolves_to_the_module_that_adds_it(name: str) -> None:
     module, help_line = COMMANDS[name]
     sub = _subparsers(build_parser([name]))
     assert not _is_stub(sub.choices[name]), f"{module} did not add '{name}'"
-    # the line `fabricsim --help` shows without importing the module is the one the module gives
+    # the full parser shows the table's line (its one place), as the stub does without importing the module
     shown = {a.dest: a.help for a in sub._choices_actions}
     assert shown[name] == help_line
     assert hasattr(importlib.import_module(module), "add_parser")
+
+
+def test_a_module_giving_its_own_help_line_is_refused() -> None:
+    """A second copy of a command's help line would drift from the table's: `add_parser(..., help=...)` is refused."""
+    from fabricsim.cli import _HelpFromTable
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    with pytest.raises(TypeError, match="COMMANDS"):
+        _HelpFromTable(sub).add_parser("sync", help="another line")
 
 
 def test_the_table_holds_every_command_the_modules_add() -> None:

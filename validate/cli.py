@@ -23,7 +23,7 @@ def _seconds(text: str) -> float:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("validate", help="measure this machine's GPUs (copies, P2P, concurrency, NCCL, IPC)",
+    p = subparsers.add_parser("validate",
                               description="Measure copy, P2P, concurrency, NCCL and CUDA IPC timings on the GPUs "
                                           "of this machine (methodology: docs/validation.md) into one output folder.")
     p.add_argument("--suite", choices=("quick", "full", "workloads"), default="full",
@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="workloads suite: run only cases whose id starts with this (repeatable)")
     p.set_defaults(func=_cmd_validate)
 
-    c = subparsers.add_parser("calibrate", help="fit a calibration profile from measurements",
+    c = subparsers.add_parser("calibrate",
                               description="Fit latency, bandwidth, size efficiency, shared caps and engine "
                                           "discipline per path class from the calibration subset of MEASURED.")
     c.add_argument("measured", nargs="+",
@@ -56,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--note", default=None, help="a sentence recorded in the profile's provenance (what it rests on)")
     c.set_defaults(func=_cmd_calibrate)
 
-    r = subparsers.add_parser("report", help="simulate measured cases with a profile; error tables and plot",
+    r = subparsers.add_parser("report",
                               description="Simulate every measured case with PROFILE, write error tables "
                                           "(calibration vs held-out), a predicted-vs-measured plot, and store "
                                           "measured and simulated rows in the results store.")

@@ -95,7 +95,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="serve requests with a KV-cache policy and report latency, throughput and traffic",
+        "serve",
         description="Run the serving loop (continuous batching, chunked prefill, KV policies) on a topology.",
         epilog="examples:\n  fabricsim serve --topology h100-1 --policy host-offload --param prefetch_depth=2\n"
                "  fabricsim serve --request-trace requests.csv --policy prefix-sharing --json\n"

@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sync", help="simulate one weight sync (trainer GPUs -> rollout GPUs)",
+        "sync",
         description="Simulate one weight sync with a strategy and print sync time, stall, bytes, memory, decode step.",
         epilog="examples:\n  fabricsim sync --list\n"
                "  fabricsim sync Qwen3-30B-A3B rdma-p2p --trainer gpu0-3 --rollout gpu4-7\n"
