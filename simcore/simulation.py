@@ -199,6 +199,17 @@ class Simulation:
                                             self.topology.path(src, dst).latency_s)
         return got
 
+    def engine_of(self, src: str, dst: str, mechanism: str = "ce") -> str | None:
+        """The FIFO engine a copy `src` -> `dst` queues on (None: it queues on none), from the shape kept for the run.
+        A fixed cost is paid while holding the engine, so a caller folding a software delay into the copy's fixed
+        cost asks this first: on an engine-free path the two are the same."""
+        if self.topology._path_cache is not self._shapes_of:
+            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
+        shape = self._shapes.get((src, dst, mechanism))
+        if shape is None:
+            shape = self._shape(f"{src}->{dst}", src, dst, mechanism)
+        return shape[7]
+
     def declared(self, event: simpy.Event) -> bool:
         """Whether `event` is the completion event of an item declared on this simulation (a transfer, task or
         delay): its value, once it has fired, is the item's `Record`, whichever loop ran it."""
@@ -383,11 +394,14 @@ class Simulation:
         """Dependencies as work-item indices; None if one is an event from outside the declared work. (While work
         is declared, every event in `_done` is a declared item's.)"""
         out = []
+        env = self.env
         for a in after:
-            if isinstance(a, simpy.Event):
-                if type(a) is not _Declared or a.env is not self.env:
+            if type(a) is _Declared:  # the usual dependency: tested first, without isinstance
+                if a.env is not env:
                     return None
                 out.append(a.item)
+            elif isinstance(a, simpy.Event):
+                return None
             else:
                 done = self._done.get(a)
                 if done is None:

@@ -194,3 +194,24 @@ def test_fluid_ring_broadcast_is_declared_work_with_the_closed_form_time() -> No
     # the last hop starts after n-2 fills and the latencies before it, then moves S at B after its own latency
     expected = (len(ring) - 2) * (chunk / B) + sum(lat) + S / B
     assert res.makespan_s == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_load_setup_time_is_the_copys_fixed_cost_only_off_engines(calibrated) -> None:
+    """`SyncContext.load(setup_s=...)` folds the software time into the copy's fixed cost where the copy queues on
+    no engine (one item instead of two), and keeps it a delay before the copy where it does (a fixed cost is paid
+    holding the engine). Either way the load ends when a delay followed by the copy ends."""
+    from fabricsim.workloads.weightsync.base import SyncContext
+
+    topo = presets.get("hgx-h200-8") if calibrated else presets.get("hgx-h200-8", calibration=None)
+    setup = SyncSetup(topo, models.get("Llama-3-8B"), FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    sim = Simulation(topo)
+    ctx = SyncContext(sim, setup, None, ())
+    first = sim.transfer("first", "gpu0", "gpu4", 1e9)
+    folded = ctx.load("gpu4", 5e8, after=[first], setup_s=3e-3, setup_name="reload")
+    ref_first = sim.transfer("ref-first", "gpu1", "gpu5", 1e9)
+    ref = sim.transfer("ref", "gpu5", "gpu5", 5e8, after=[sim.delay("ref-setup", 3e-3, after=[ref_first])])
+    res = sim.run()
+    kinds = {r.id.split(".")[0] for r in res.records}
+    assert ("reload" in kinds) == calibrated  # a separate delay only where the copy queues on an engine
+    assert folded.value.finish_s == pytest.approx(ref.value.finish_s, rel=1e-12)

@@ -181,6 +181,9 @@ class SyncContext:
         self.transforms = transforms
         self.first_live_write_s: float | None = None
         self._live_events: list[simpy.Event] = []  # declared items whose finish is a live write (`live_write_at`)
+        # per trainer-side byte, for every transform together (asked once per copy: 10^6 times at 1,024 GPUs)
+        self._wire_ratio = math.prod(t.ratio for t in transforms)
+        self._decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._assembled: AssembledPlan | None = None
         self._seq = 0
@@ -195,10 +198,7 @@ class SyncContext:
     @property
     def wire_ratio(self) -> float:
         """Bytes on the wire per trainer-side byte, after every sender-side transform."""
-        r = 1.0
-        for t in self.transforms:
-            r *= t.ratio
-        return r
+        return self._wire_ratio
 
     def name(self, stem: str) -> str:
         self._seq += 1
@@ -240,21 +240,24 @@ class SyncContext:
         return self.sim.task(self.name(f"encode.{gpu}"), gpu, hbm_bytes=hbm, after=tuple(after), tag="encode")
 
     def load(self, gpu: str, raw_bytes: float, after: Iterable = (), src: str | None = None,
-             tag: str = "load") -> simpy.Event:
+             tag: str = "load", setup_s: float = 0.0, setup_name: str = "setup") -> simpy.Event:
         """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
-        the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel."""
-        sim, wire = self.sim, float(raw_bytes * self.wire_ratio)  # a plain float takes `transfer`'s quick checks
-        events = []
-        dec = sum(t.decode_hbm for t in self.transforms) * raw_bytes
-        if dec:
-            events.append(sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode"))
+        the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel, after `setup_s` of software
+        work (per-tensor handling). Where the copy queues on no engine, that work is the copy's fixed cost (one
+        item, not two: a 1,024-GPU host-staged sync has 786,432 such loads); otherwise it is a delay before it."""
+        sim, wire = self.sim, float(raw_bytes * self._wire_ratio)  # a plain float takes `transfer`'s quick checks
+        here = src or gpu
+        if setup_s and (self._decode_hbm or not wire > 0 or sim.engine_of(here, gpu) is not None):
+            after = [sim.delay(self.name(f"{setup_name}.{gpu}"), float(setup_s), after=tuple(after), tag="per-tensor")]
+            setup_s = 0.0
+        dec = self._decode_hbm * raw_bytes
+        if dec:  # the decoding kernel writes the live weights (delta): no copy besides it
+            return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
-        if wire > 0 and not any(t.decode_hbm for t in self.transforms):
-            events.append(sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after),
-                                       tag=tag))
-        if not events:  # still ordered after `after`: an empty all_of would fire at once
-            return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))
-        return sim.all_of(events, id=self.name(f"{tag}.{gpu}.all"))
+        if wire > 0 and not self._decode_hbm:
+            return sim.transfer(self.name(f"{tag}.{gpu}"), here, gpu, wire, after=tuple(after), tag=tag,
+                                fixed_cost_s=float(setup_s))
+        return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
 
 
 def share_of_replica(ctx: SyncContext) -> dict[str, float]:

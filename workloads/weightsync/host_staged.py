@@ -93,9 +93,8 @@ class HostStaged(Strategy):
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = []
                 for g in ranks:
-                    opened = sim.delay(ctx.name(f"reload.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
-                                       after=[synced], tag="per-tensor")
-                    loads.append(ctx.load(g, need[g] * frac, after=[opened]))
+                    loads.append(ctx.load(g, need[g] * frac, after=[synced],
+                                          setup_s=float(ntens[g]) * frac * k.per_tensor_s, setup_name="reload"))
                 reloads.append(sim.all_of(loads, id=ctx.name(f"reloaded.{owner}")))
                 prev_bcast = synced
             h2d_round[-1] = prev_bcast

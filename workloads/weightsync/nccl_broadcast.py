@@ -92,9 +92,8 @@ class NcclBroadcast(Strategy):
             ctx.live_write_at(sent)
             loads = []
             for g in setup.rollout.gpus:
-                cost = sim.delay(ctx.name(f"load_weights.{g}"), float(ntens[g]) * frac * k.per_tensor_s,
-                                 after=[sent], tag="per-tensor")
-                loads.append(ctx.load(g, need[g] * frac, after=[cost]))
+                loads.append(ctx.load(g, need[g] * frac, after=[sent],
+                                      setup_s=float(ntens[g]) * frac * k.per_tensor_s, setup_name="load_weights"))
             prev_gather = gathered
             loads_of.append(sim.all_of(loads, id=f"loaded{b}"))
         yield sim.all_of(loads_of, id="loaded")
