@@ -84,9 +84,10 @@ def plot(doc: dict, out: Path) -> None:
             for r in done:
                 if r["status"] == "infeasible":
                     ax.plot(r["gpus"], r["sim_wall_s"], "x", color=line.get_color(), markersize=7)
+            nudge = 2 ** (0.07 * (STRATEGIES.index(strategy) - len(STRATEGIES) // 2))  # side by side, not stacked
             for r in rows:
                 if r["status"] == "timeout":
-                    ax.plot(r["gpus"], doc["timeout_s"], "^", color=line.get_color(), markersize=8)
+                    ax.plot(r["gpus"] * nudge, doc["timeout_s"], "^", color=line.get_color(), markersize=8)
         ax.axhline(10, color="k", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
