@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 from ..errors import WorkloadError
+from ..keyvalue import MAX_FLOAT_INT
 
 
 class PolicyError(WorkloadError):
@@ -13,9 +15,16 @@ class PolicyError(WorkloadError):
 
 
 def _number(policy: str, what: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    """`value` as a finite float. The CLI's parser refuses NaN and infinities before a policy sees them; a policy
+    built from Python gets the same refusal here, and an int past a float's range too (float() of it would be an
+    OverflowError, and its repr a line of hundreds of digits)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PolicyError(f"policy '{policy}': {what} must be a number, got {value!r}")
-    return value
+    if isinstance(value, numbers.Integral) and abs(value) > MAX_FLOAT_INT:
+        raise PolicyError(f"policy '{policy}': {what} is beyond 1e308, more than a float holds; check the number")
+    if not math.isfinite(value):
+        raise PolicyError(f"policy '{policy}': {what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = False) -> float:
@@ -28,6 +37,7 @@ def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = Fals
 
 
 def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = False) -> float:
+    """A parameter that must be a finite number > 0 (>= 0 with `allow_zero`), as a float."""
     value = _number(policy, what, value)
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
