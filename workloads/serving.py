@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import fitted
 from fabricsim.simcore.records import Result
 
+from .counts import check_count
 from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
@@ -52,7 +52,7 @@ from .kvsize import KVConfigError, KVLayout
 from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
-from .requests import MAX_TOKENS, Request
+from .requests import Request
 
 MECHANISMS = ("ce-batched", "ce-per-page", "sm-gather")
 PREEMPTION_MODES = ("recompute", "swap")
@@ -103,10 +103,11 @@ class ServingConfig:
             raise ServingError(f"unknown transfer mechanism '{self.mechanism}' (known: {', '.join(MECHANISMS)})")
         if self.preemption not in PREEMPTION_MODES:
             raise ServingError(f"unknown preemption mode '{self.preemption}' (known: {', '.join(PREEMPTION_MODES)})")
-        if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
-            raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
-        for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups"):
-            _check_count(what, getattr(self, what))
+        # Counts slice GPU lists and size arrays: a whole float (512.0) is kept as the int it names.
+        object.__setattr__(self, "page_tokens",
+                           check_count(self.page_tokens, "page_tokens (the KV page size)", error=KVConfigError))
+        for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups", "gather_sms"):
+            object.__setattr__(self, what, check_count(getattr(self, what), what, error=ServingError))
         if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
             raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
         if not 0 <= self.admission_watermark < 1:
@@ -118,8 +119,8 @@ class ServingConfig:
         for what in ("copy_launch_s", "step_overhead_s", "allreduce_latency_s", "activation_reserve_bytes"):
             if getattr(self, what) < 0:
                 raise ServingError(f"{what} must be >= 0, got {getattr(self, what)}")
-        if self.gather_sms < 1 or self.gather_Bps_per_sm <= 0:
-            raise ServingError("gather_sms must be >= 1 and gather_Bps_per_sm > 0")
+        if self.gather_Bps_per_sm <= 0:
+            raise ServingError("gather_Bps_per_sm must be > 0")
         dtype_bytes(self.kv_dtype)
         dtype_bytes(self.weight_dtype)
 
@@ -127,17 +128,6 @@ class ServingConfig:
         if isinstance(self.model, ModelConfig):
             return self.model.with_dtype(self.weight_dtype)
         return get_model(self.model, dtype=self.weight_dtype)
-
-
-def _check_count(what: str, value: object) -> None:
-    """A count of the config: an int >= 1 (instances and tp slice GPU lists, so 2.0 is refused as well as NaN);
-    a huge one is refused by its size alone, so the line never holds hundreds of digits."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ServingError(f"{what} must be a whole number >= 1, got {value!r}")
-    if abs(value) > MAX_TOKENS:
-        raise ServingError(f"{what} is beyond 2^53 in size; check the number")
-    if value < 1:
-        raise ServingError(f"{what} must be >= 1, got {value}")
 
 
 class Instance:

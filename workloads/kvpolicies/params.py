@@ -6,8 +6,10 @@ import math
 import numbers
 from typing import Any
 
+from .. import counts
 from ..errors import WorkloadError
 from ..keyvalue import MAX_FLOAT_INT
+from ..requests import MAX_TOKENS
 
 
 class PolicyError(WorkloadError):
@@ -46,16 +48,7 @@ def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = F
 
 
 def check_count(policy: str, what: str, value: Any, *, allow_zero: bool = False, most: int | None = None) -> int:
-    """A parameter that counts things: a whole number >= 1 (>= 0 with `allow_zero`) and at most `most`.
-
-    `int(check_positive(...))` would turn 0.5 into 0 and 2.7 into 2 and raise an OverflowError on infinity; a count
-    is refused instead unless it is whole, and a huge one by its size alone (no line of hundreds of digits)."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
-    if isinstance(value, bool) or not whole:
-        raise PolicyError(f"policy '{policy}': {what} must be a whole number, got {value!r}")
-    if most is not None and value > most:
-        raise PolicyError(f"policy '{policy}': {what} is more than {most:,}; check the number")
-    lo = 0 if allow_zero else 1
-    if value < lo:
-        raise PolicyError(f"policy '{policy}': {what} must be >= {lo}, got {value!r}")
-    return int(value)
+    """A parameter that counts things: a whole number >= 1 (>= 0 with `allow_zero`), at most `most` (2^53 if
+    not given), as an int; the rule is `workloads.counts.check_count`."""
+    return counts.check_count(value, f"policy '{policy}': {what}", lo=0 if allow_zero else 1,
+                              most=MAX_TOKENS if most is None else most, error=PolicyError)
