@@ -25,7 +25,6 @@ queues on no copy engine, unlike a cudaMemcpy.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ import simpy
 from fabricsim.hwmodels.specs import GPUSpec
 from fabricsim.simcore.simulation import Simulation
 
+from .counts import check_count
 from .errors import WorkloadError
 from .models import ModelConfig, dtype_bytes
 from .requests import MAX_TOKENS
@@ -48,23 +48,14 @@ class DecodeBatch:
     kv_dtype: str = "bf16"
 
     def __post_init__(self) -> None:
-        _check_count("batch", self.batch, 1)
-        _check_count("context", self.context, 0)
+        # Whole floats (64.0) are kept as ints: batch and context size arrays and go into integer arithmetic.
+        object.__setattr__(self, "batch", check_count(self.batch, "decode batch: batch"))
+        object.__setattr__(self, "context", check_count(self.context, "decode batch: context", lo=0))
         # A typo such as an extra row of zeros is refused here, not after a sync has been simulated with a
         # KV cache of 1e29 GiB (or an overflow when the product no longer fits a float).
         if self.batch * self.context > MAX_TOKENS:
             raise WorkloadError("decode batch: batch x context is beyond 2^53 cached tokens; check the sizes")
         dtype_bytes(self.kv_dtype)
-
-
-def _check_count(what: str, value: object, lo: int) -> None:
-    """`value` is a whole number in [lo, MAX_TOKENS]; NaN, infinities and non-numbers are refused too. A huge
-    number is refused by its size alone, so the message never prints hundreds of digits."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
-    if whole and not isinstance(value, bool) and abs(value) > MAX_TOKENS:  # checked first: not a 400-digit line
-        raise WorkloadError(f"decode batch: {what} is beyond 2^53 in size; check the number")
-    if isinstance(value, bool) or not whole or value < lo:
-        raise WorkloadError(f"decode batch: {what} must be a whole number >= {lo}, got {value!r}")
 
 
 @dataclass(frozen=True)

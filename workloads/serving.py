@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,8 +42,11 @@ from fabricsim.hwmodels.intervals import LEVEL, attach_corner_intervals, corner_
 from fabricsim.hwmodels.topology import Topology, nearest_host, path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import fitted
+from fabricsim.simcore.errors import ScenarioError
 from fabricsim.simcore.records import Result
+from fabricsim.simcore.units import check_bytes, check_positive, check_seconds
 
+from .counts import check_count
 from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
 from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
@@ -52,7 +54,7 @@ from .kvsize import KVConfigError, KVLayout
 from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
-from .requests import MAX_TOKENS, Request
+from .requests import Request
 
 MECHANISMS = ("ce-batched", "ce-per-page", "sm-gather")
 PREEMPTION_MODES = ("recompute", "swap")
@@ -103,23 +105,26 @@ class ServingConfig:
             raise ServingError(f"unknown transfer mechanism '{self.mechanism}' (known: {', '.join(MECHANISMS)})")
         if self.preemption not in PREEMPTION_MODES:
             raise ServingError(f"unknown preemption mode '{self.preemption}' (known: {', '.join(PREEMPTION_MODES)})")
-        if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
-            raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
-        for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups"):
-            _check_count(what, getattr(self, what))
+        # Counts slice GPU lists and size arrays: a whole float (512.0) is kept as the int it names.
+        object.__setattr__(self, "page_tokens",
+                           check_count(self.page_tokens, "page_tokens (the KV page size)", error=KVConfigError))
+        for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups", "gather_sms"):
+            object.__setattr__(self, what, check_count(getattr(self, what), what, error=ServingError))
         if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
             raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
-        if not 0 <= self.admission_watermark < 1:
-            raise ServingError(f"admission_watermark must be in [0, 1), got {self.admission_watermark}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ServingError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.kv_budget_bytes is not None and not self.kv_budget_bytes > 0:
-            raise KVConfigError(f"KV budget must be > 0 bytes, got {self.kv_budget_bytes}")
-        for what in ("copy_launch_s", "step_overhead_s", "allreduce_latency_s", "activation_reserve_bytes"):
-            if getattr(self, what) < 0:
-                raise ServingError(f"{what} must be >= 0, got {getattr(self, what)}")
-        if self.gather_sms < 1 or self.gather_Bps_per_sm <= 0:
-            raise ServingError("gather_sms must be >= 1 and gather_Bps_per_sm > 0")
+        w, u = self.admission_watermark, self.gpu_memory_utilization
+        if not (_is_number(w) and 0 <= w < 1):  # NaN fails the comparison too
+            raise ServingError(f"admission_watermark must be in [0, 1), got {w!r}")
+        if not (_is_number(u) and 0 < u <= 1):
+            raise ServingError(f"gpu_memory_utilization must be in (0, 1], got {u!r}")
+        # The API takes what a file or the CLI would refuse unless checked here: NaN or infinity in a cost or a
+        # size runs to a NaN result or a hang, not an error. A budget of 0 bytes holds no page, so it is refused.
+        if self.kv_budget_bytes is not None:
+            _set_checked(self, "kv_budget_bytes", check_bytes, KVConfigError, whole=False)
+        _set_checked(self, "activation_reserve_bytes", check_bytes, ServingError, allow_zero=True, whole=False)
+        for what in ("copy_launch_s", "step_overhead_s", "allreduce_latency_s"):
+            _set_checked(self, what, check_seconds, ServingError)
+        _set_checked(self, "gather_Bps_per_sm", check_positive, ServingError)
         dtype_bytes(self.kv_dtype)
         dtype_bytes(self.weight_dtype)
 
@@ -129,15 +134,19 @@ class ServingConfig:
         return get_model(self.model, dtype=self.weight_dtype)
 
 
-def _check_count(what: str, value: object) -> None:
-    """A count of the config: an int >= 1 (instances and tp slice GPU lists, so 2.0 is refused as well as NaN);
-    a huge one is refused by its size alone, so the line never holds hundreds of digits."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ServingError(f"{what} must be a whole number >= 1, got {value!r}")
-    if abs(value) > MAX_TOKENS:
-        raise ServingError(f"{what} is beyond 2^53 in size; check the number")
-    if value < 1:
-        raise ServingError(f"{what} must be >= 1, got {value}")
+def _is_number(x: object) -> bool:
+    """A number to compare with a range: a string would raise TypeError there, and a bool is no fraction."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _set_checked(cfg: ServingConfig, what: str, check: Callable[..., float], error: type[WorkloadError],
+                 **options: Any) -> None:
+    """Check a field with the `simcore.units` rule for its kind (the one scenario files go by) and keep the value it
+    returns; its one-line refusal becomes this module's error type."""
+    try:
+        object.__setattr__(cfg, what, check(getattr(cfg, what), what, **options))
+    except ScenarioError as exc:
+        raise error(str(exc)) from None
 
 
 class Instance:

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import check_count, check_fraction, check_positive
+from .params import PolicyError, check_count, check_fraction, check_positive
 
 
 class SystemPromptCompression(KVPolicy):
@@ -27,12 +27,10 @@ class SystemPromptCompression(KVPolicy):
     coalescible = True
 
     def __init__(self, ratio: float = 4.0, decompress_s: float = 50e-6, dynamic_fraction: float = 0.1) -> None:
-        self.ratio = float(check_positive(self.name, "ratio", ratio))
+        self.ratio = check_positive(self.name, "ratio", ratio)
         if self.ratio < 1:
-            from . import PolicyError
-
             raise PolicyError(f"policy '{self.name}': ratio must be >= 1, got {ratio}")
-        self.decompress_s = float(check_positive(self.name, "decompress_s", decompress_s, allow_zero=True))
+        self.decompress_s = check_positive(self.name, "decompress_s", decompress_s, allow_zero=True)
         self.dynamic = check_fraction(self.name, "dynamic_fraction", dynamic_fraction)
         self.stored: dict[str, int] = {}
 
@@ -75,10 +73,12 @@ class AsyncCompression(KVPolicy):
 
     def __init__(self, ratio: float = 4.0, trigger_tokens: int = 1024, window_tokens: int = 256,
                  flops_per_token: float | None = None) -> None:
-        self.ratio = float(check_positive(self.name, "ratio", ratio))
+        self.ratio = check_positive(self.name, "ratio", ratio)
         self.trigger = check_count(self.name, "trigger_tokens", trigger_tokens)
         self.window = check_count(self.name, "window_tokens", window_tokens, allow_zero=True)
-        self.flops_per_token = flops_per_token
+        # Checked here, not at bind: a bad value is refused where it is given, before any serving system is built.
+        self.flops_per_token = (None if flops_per_token is None
+                                else check_positive(self.name, "flops_per_token", flops_per_token, allow_zero=True))
         self.jobs = 0
 
     def bind(self, instance: ServingInstance) -> None:
@@ -86,7 +86,6 @@ class AsyncCompression(KVPolicy):
         if self.flops_per_token is None:
             # A light learned projection per cached element (order of a small MLP over K and V): 64 FLOPs each.
             self.flops_per_token = 64.0 * self.layout.elements_per_token_per_layer * self.layout.model.num_layers
-        check_positive(self.name, "flops_per_token", self.flops_per_token, allow_zero=True)
 
     def _held_tokens(self, seq: Seq, tokens: float) -> float:
         c = min(seq.compressed_src, tokens)

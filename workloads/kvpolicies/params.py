@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
+from .. import counts
 from ..errors import WorkloadError
+from ..keyvalue import MAX_FLOAT_INT
+from ..requests import MAX_TOKENS
 
 
 class PolicyError(WorkloadError):
@@ -13,9 +17,16 @@ class PolicyError(WorkloadError):
 
 
 def _number(policy: str, what: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    """`value` as a finite float. The CLI's parser refuses NaN and infinities before a policy sees them; a policy
+    built from Python gets the same refusal here, and an int past a float's range too (float() of it would be an
+    OverflowError, and its repr a line of hundreds of digits)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PolicyError(f"policy '{policy}': {what} must be a number, got {value!r}")
-    return value
+    if isinstance(value, numbers.Integral) and abs(value) > MAX_FLOAT_INT:
+        raise PolicyError(f"policy '{policy}': {what} is beyond 1e308, more than a float holds; check the number")
+    if not math.isfinite(value):
+        raise PolicyError(f"policy '{policy}': {what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = False) -> float:
@@ -28,6 +39,7 @@ def check_fraction(policy: str, what: str, value: float, *, lo_open: bool = Fals
 
 
 def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = False) -> float:
+    """A parameter that must be a finite number > 0 (>= 0 with `allow_zero`), as a float."""
     value = _number(policy, what, value)
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
@@ -36,16 +48,7 @@ def check_positive(policy: str, what: str, value: float, *, allow_zero: bool = F
 
 
 def check_count(policy: str, what: str, value: Any, *, allow_zero: bool = False, most: int | None = None) -> int:
-    """A parameter that counts things: a whole number >= 1 (>= 0 with `allow_zero`) and at most `most`.
-
-    `int(check_positive(...))` would turn 0.5 into 0 and 2.7 into 2 and raise an OverflowError on infinity; a count
-    is refused instead unless it is whole, and a huge one by its size alone (no line of hundreds of digits)."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
-    if isinstance(value, bool) or not whole:
-        raise PolicyError(f"policy '{policy}': {what} must be a whole number, got {value!r}")
-    if most is not None and value > most:
-        raise PolicyError(f"policy '{policy}': {what} is more than {most:,}; check the number")
-    lo = 0 if allow_zero else 1
-    if value < lo:
-        raise PolicyError(f"policy '{policy}': {what} must be >= {lo}, got {value!r}")
-    return int(value)
+    """A parameter that counts things: a whole number >= 1 (>= 0 with `allow_zero`), at most `most` (2^53 if
+    not given), as an int; the rule is `workloads.counts.check_count`."""
+    return counts.check_count(value, f"policy '{policy}': {what}", lo=0 if allow_zero else 1,
+                              most=MAX_TOKENS if most is None else most, error=PolicyError)
