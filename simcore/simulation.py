@@ -109,8 +109,7 @@ class Simulation:
                 and type(start) is float and 0.0 <= start <= MAX_SECONDS):
             nbytes, rate_cap_Bps, weight, fixed_cost_s, start = _check_transfer(
                 rid, nbytes, rate_cap_Bps, weight, fixed_cost_s, start)
-        if self.topology._path_cache is not self._shapes_of:
-            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
+        self._keep_current()
         shape = self._shapes.get((src, dst, mechanism))
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)
@@ -191,8 +190,7 @@ class Simulation:
     def lone_copy(self, src: str, dst: str) -> tuple[float, float]:
         """(rate in B/s, latency in s) of a lone copy `src` -> `dst` (`path_bandwidth_Bps`, the path's latency), kept
         per pair for the run: a ring broadcast from each of 512 owners asks about the same 511 hops each time."""
-        if self.topology._path_cache is not self._shapes_of:
-            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
+        self._keep_current()
         got = self._lone.get((src, dst))
         if got is None:
             got = self._lone[(src, dst)] = (path_bandwidth_Bps(self.topology, src, dst),
@@ -203,12 +201,17 @@ class Simulation:
         """The FIFO engine a copy `src` -> `dst` queues on (None: it queues on none), from the shape kept for the run.
         A fixed cost is paid while holding the engine, so a caller folding a software delay into the copy's fixed
         cost asks this first: on an engine-free path the two are the same."""
-        if self.topology._path_cache is not self._shapes_of:
-            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
+        self._keep_current()
         shape = self._shapes.get((src, dst, mechanism))
         if shape is None:
             shape = self._shape(f"{src}->{dst}", src, dst, mechanism)
         return shape[7]
+
+    def _keep_current(self) -> None:
+        """Forget the kept shapes and lone-copy answers if the topology changed since they were kept (its path cache
+        is then a new dict)."""
+        if self.topology._path_cache is not self._shapes_of:
+            self._shapes, self._shapes_of, self._lone = {}, self.topology._path_cache, {}
 
     def declared(self, event: simpy.Event) -> bool:
         """Whether `event` is the completion event of an item declared on this simulation (a transfer, task or
