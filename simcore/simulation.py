@@ -179,7 +179,8 @@ class Simulation:
                ) -> simpy.Event:
         """An event that fires when every one of `events` has. Over declared items it is itself a declared item (a
         zero delay after them), so work that joins declared work stays declarative and can take the compiled loop;
-        `env.all_of` would make it procedural. One event is returned as it is; none gives a zero delay now."""
+        `env.all_of` would make it procedural. One event is returned as it is (and `id` is not used); none gives a
+        zero delay now."""
         events = list(events)
         if len(events) == 1:
             return events[0]

@@ -182,7 +182,7 @@ class SyncContext:
         self.first_live_write_s: float | None = None
         self._live_events: list[simpy.Event] = []  # declared items whose finish is a live write (`live_write_at`)
         # per trainer-side byte, for every transform together (asked once per copy: 10^6 times at 1,024 GPUs)
-        self._wire_ratio = math.prod(t.ratio for t in transforms)
+        self._wire_ratio = math.prod((t.ratio for t in transforms), start=1.0)
         self._decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._assembled: AssembledPlan | None = None
@@ -302,7 +302,7 @@ class Strategy:
     blocking: ClassVar[bool] = True
     # True: `procedure` declares all its work, then yields once, the event that ends the sync, and does nothing
     # that takes simulated time after it; the work then runs on the compiled loop when it is all declared items
-    # (see `simulate_sync`)
+    # (see `_run_procedure`)
     declarative: ClassVar[bool] = False
 
     def __init__(self, knobs: Knobs | None = None, transforms: tuple[Transform, ...] = (), **kw: Any) -> None:
@@ -452,14 +452,20 @@ def _run_procedure(sim: Simulation, strategy: Strategy, ctx: SyncContext, label:
 
 
 def _resume(gen: Generator, first: simpy.Event) -> Generator:
-    """`gen` again, after its first yield (`first`) was taken out of it."""
-    value = yield first
+    """`gen` again, after its first yield (`first`) was taken out of it; a failed event is thrown into it, as
+    `yield from` would."""
+    ev = first
     while True:
         try:
-            ev = gen.send(value)
+            value = yield ev
+        except Exception as exc:  # handed on to the procedure, which may handle it
+            step = gen.throw, exc
+        else:
+            step = gen.send, value
+        try:
+            ev = step[0](step[1])
         except StopIteration as stop:
             return stop.value
-        value = yield ev
 
 
 def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:

@@ -8,9 +8,8 @@ trainer NICs work at once instead of one rank's). After each step every trainer 
 pipeline: (1) full-tensor assembly (`full_tensor()`: fetch the other shards of the tensor, over NVLink inside a
 node, RDMA across), (2) projection/quantisation kernels (fp8 with block scales, when the engines run fp8),
 (3) RDMA WRITEs of each rollout GPU's slice directly into its live weights. Stages of successive tasks overlap;
-a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot; the slots are reused in order, a
-ring of staging buffers). The engine does nothing; a final
-barrier tells the controller all writes landed.
+a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot, which any finished task frees).
+The engine does nothing; a final barrier tells the controller all writes landed.
 
 Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
 GPU (Perplexity bounds temporary memory with a watermark; its value is not published); `write_overhead_s` 2 us
@@ -45,18 +44,28 @@ class RdmaP2PKnobs(Knobs):
 class RdmaP2P(Strategy):
     name = "rdma-p2p"
     Knobs = RdmaP2PKnobs
-    declarative = True
 
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
         k = self.knobs
         return dict.fromkeys(setup.trainer.gpus, float(max(k.watermark_bytes, k.task_bytes)))
+
+    @property
+    def declarative(self) -> bool:  # type: ignore[override]
+        """Declared up front (the compiled loop runs it) when no task can wait for watermark memory: at most as many
+        simulated tasks as slots, the default. Otherwise tasks take slots from a semaphore as any earlier task
+        frees one, which only a process can follow."""
+        return self.knobs.max_sim_tasks <= self._slots()
+
+    def _slots(self) -> int:
+        k = self.knobs
+        return max(1, int(k.watermark_bytes // k.task_bytes))
 
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim = self.knobs, ctx.sim
         ap = ctx.assembled
         n_tensors = float(ctx.plan.tensors_per_rollout.sum())
         total_send = float(ap.send.sum())
-        slots_n = max(1, int(k.watermark_bytes // k.task_bytes))
+        declared = self.declarative
         ends = []
         for i, g in enumerate(ap.trainer_gpus):
             unique = float(ap.unique[i])
@@ -65,8 +74,12 @@ class RdmaP2P(Strategy):
             ctx.alloc(g, max(k.watermark_bytes, k.task_bytes), "rdma-watermark")
             real = max(1, math.ceil(unique / k.task_bytes))
             sims = min(real, k.max_sim_tasks)
-            writes_share = float(ap.send[i].sum()) / total_send if total_send else 0.0
-            ends.append(self._gpu(ctx, i, g, real, sims, slots_n, n_tensors * writes_share))
+            slices = n_tensors * (float(ap.send[i].sum()) / total_send if total_send else 0.0)
+            if declared:
+                ends.append(self._pipeline(ctx, i, g, real, sims, slices))
+            else:
+                slots = simpy.Resource(sim.env, capacity=self._slots())
+                ends.append(sim.process(self._queued(ctx, i, g, real, sims, slots, slices)))
         written = sim.all_of(ends, id=ctx.name("written"))
         if any(t.decode_hbm for t in ctx.transforms):  # e.g. delta: apply the received payloads in place
             need = ctx.plan.need_bytes
@@ -76,33 +89,47 @@ class RdmaP2P(Strategy):
         for g in ap.trainer_gpus:
             ctx.free(g, "rdma-watermark")
 
-    def _gpu(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slots_n: int, slices: float
-             ) -> simpy.Event:
-        """One trainer GPU's pipeline: `sims` simulated tasks standing for `real` ones (fetch -> encode -> write),
-        declared up front. At most `slots_n` tasks hold watermark memory at once: task t starts once task t - 1 has
-        started and task t - slots_n has finished writing (first come, first served, as a semaphore of `slots_n`
-        grants them)."""
+    def _pipeline(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slices: float) -> simpy.Event:
+        """One trainer GPU's pipeline, declared: `sims` simulated tasks standing for `real` ones, none waiting for
+        a slot (there is one for each)."""
+        prev_fetch = prev_enc = None
+        pending = []
+        for t in range(sims):
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, _share(real, sims, t), slices, prev_fetch, prev_enc)
+            pending.append(done)
+        return ctx.sim.all_of(pending, id=ctx.name(f"done.{g}"))
+
+    def _queued(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slots: simpy.Resource,
+                slices: float) -> Generator:
+        """One trainer GPU's pipeline when tasks outnumber watermark slots: each task takes a slot first (first
+        come, first served) and frees it when its writes have landed, whichever task that was."""
+        prev_fetch = prev_enc = None
+        pending = []
+        for t in range(sims):
+            req = slots.request()
+            yield req
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, _share(real, sims, t), slices, prev_fetch, prev_enc)
+            done.callbacks.append(lambda _ev, r=req: slots.release(r))
+            pending.append(done)
+        yield ctx.sim.env.all_of(pending)
+
+    def _task(self, ctx: SyncContext, i: int, g: str, frac: float, slices: float, prev_fetch: simpy.Event | None,
+              prev_enc: simpy.Event | None) -> tuple[simpy.Event, simpy.Event, simpy.Event]:
+        """One pipeline task, `frac` of GPU i's work: fetch (after the previous task's fetch) -> encode (after the
+        previous encode) -> post the writes -> write. Returns (fetched, encoded, written)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
         # an empty payload (a delta with nothing changed) posts its writes but moves nothing
         write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i)
                     if b * ctx.wire_ratio > 0]
-        prev_fetch = prev_enc = granted = None
-        pending: list = []
-        for t in range(sims):
-            frac = (real // sims + (1 if t < real % sims else 0)) / real
-            waits = [e for e in (granted, pending[t - slots_n] if t >= slots_n else None) if e is not None]
-            granted = sim.all_of(waits, id=ctx.name(f"slot.{g}")) if waits else None
-            gate = [e for e in (granted, prev_fetch) if e is not None]
-            fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from], gate, "assemble")
-            enc_after = [fetched, *([prev_enc] if prev_enc else [])]
-            enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
-            post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
-            ctx.live_write_at(post)
-            done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
-            prev_fetch, prev_enc = fetched, enc
-            pending.append(done)
-        return sim.all_of(pending, id=ctx.name(f"done.{g}"))
+        fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
+                               [prev_fetch] if prev_fetch else [], "assemble")
+        enc_after = [fetched, *([prev_enc] if prev_enc else [])]
+        enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
+        post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
+        ctx.live_write_at(post)
+        done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
+        return fetched, enc, done
 
     def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
                 tag: str) -> simpy.Event:
@@ -118,6 +145,12 @@ class RdmaP2P(Strategy):
             ends.append(ev)
         return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
                                                                                         after=after)
+
+
+def _share(real: int, sims: int, t: int) -> float:
+    """The fraction of a GPU's `real` tasks that simulated task t of `sims` stands for (the first ones take one
+    more when they do not divide)."""
+    return (real // sims + (1 if t < real % sims else 0)) / real
 
 
 def _rotated(row, start: int) -> list[tuple[int, float]]:
