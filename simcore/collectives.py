@@ -172,17 +172,13 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
             last = upstream
         return last
     fill = min(chunk_bytes, per_call) / B
-    # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1. Declared, so the compiled
-    # loop can run it (not a process that sleeps between hops): where a hop queues on no copy engine, its offset
-    # from the last gate is its fixed cost, one item; before a hop that does (a fixed cost is paid holding the
-    # engine), the offset so far becomes a delay that gates it.
+    # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
+    # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
     events = []
-    gate, offset = after, 0.0
+    offset = 0.0
     for h, (a, b) in enumerate(hops):
-        if offset > 0 and sim.engine_of(a, b) is not None:
-            gate, offset = [sim.delay(f"{name}.fill{h}", offset, after=gate, tag=tag)], 0.0
-        events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, after=gate, rate_cap_Bps=B, tag=tag,
-                                   fixed_cost_s=offset))
+        events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, after=after, rate_cap_Bps=B, tag=tag, setup_s=offset,
+                                   setup_id=f"{name}.fill{h}"))
         offset += fill + lat[h]
     if repeats > 1:  # the other calls' pipeline fills and latencies
         return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), after=events, tag=tag)

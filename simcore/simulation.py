@@ -92,11 +92,16 @@ class Simulation:
     def transfer(self, id: str | None, src: str, dst: str, nbytes: float | str, *, start: float = 0.0,
                  after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
                  fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None,
-                 mechanism: str = "ce") -> simpy.Event:
+                 mechanism: str = "ce", setup_s: float = 0.0, setup_id: str | None = None) -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
-        (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`)."""
+        (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`).
+
+        `setup_s`: software work between `after` and the copy queueing on its engine (per-tensor handling, a
+        pipeline's fill). Where the copy queues on no engine it is part of its latency, one item; where it does, a
+        delay (`setup_id`, default `<id>.setup`) the copy waits for: a fixed cost is paid holding the engine."""
         self._seq += 1
-        rid = f"t{self._seq}" if id is None else str(id)
+        seq = self._seq
+        rid = f"t{seq}" if id is None else str(id)
         if rid in self._done:
             raise ScenarioError(f"duplicate id '{rid}'")
         # The arguments most calls pass (plain finite numbers in range) are let through by these tests alone;
@@ -120,6 +125,12 @@ class Simulation:
             cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
         engine = engine or path_engine
         latency += fixed_cost_s
+        if setup_s:
+            setup_s = check_seconds(_plain(setup_s), f"transfer '{rid}': setup")
+            if engine is None:
+                latency += setup_s
+            else:
+                after = [self.delay(setup_id or f"{rid}.setup", setup_s, after=after, tag=tag)]
         deferred = self._deferred
         if deferred is not None and (type(after) is list or type(after) is tuple):
             # declared work (the usual case), as `_add` keeps it, without the call
@@ -127,13 +138,13 @@ class Simulation:
             if deps is not None:
                 n = len(deferred)
                 done = _Declared(self.env, n)
-                deferred.append((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid,
+                deferred.append((start, latency, route, float(nbytes), weight, cap, engine, seq, rid,
                                  "transfer", psrc, pdst, cls, nodes, tag, 0.0, deps))
                 self._done[rid] = done
                 if not n & PROGRESS_EVERY and n and self._progress is not None:
                     self._progress.declaring(n)
                 return done
-        return self._add((start, latency, route, float(nbytes), weight, cap, engine, self._seq, rid, "transfer",
+        return self._add((start, latency, route, float(nbytes), weight, cap, engine, seq, rid, "transfer",
                           psrc, pdst, cls, nodes, tag, 0.0), after)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
@@ -197,16 +208,6 @@ class Simulation:
             got = self._lone[(src, dst)] = (path_bandwidth_Bps(self.topology, src, dst),
                                             self.topology.path(src, dst).latency_s)
         return got
-
-    def engine_of(self, src: str, dst: str, mechanism: str = "ce") -> str | None:
-        """The FIFO engine a copy `src` -> `dst` queues on (None: it queues on none), from the shape kept for the run.
-        A fixed cost is paid while holding the engine, so a caller folding a software delay into the copy's fixed
-        cost asks this first: on an engine-free path the two are the same."""
-        self._keep_current()
-        shape = self._shapes.get((src, dst, mechanism))
-        if shape is None:
-            shape = self._shape(f"{src}->{dst}", src, dst, mechanism)
-        return shape[7]
 
     def _keep_current(self) -> None:
         """Forget the kept shapes and lone-copy answers if the topology changed since they were kept (its path cache

@@ -243,20 +243,20 @@ class SyncContext:
              tag: str = "load", setup_s: float = 0.0, setup_name: str = "setup") -> simpy.Event:
         """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
         the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel, after `setup_s` of software
-        work (per-tensor handling). Where the copy queues on no engine, that work is the copy's fixed cost (one
-        item, not two: a 1,024-GPU host-staged sync has 786,432 such loads); otherwise it is a delay before it."""
+        work (per-tensor handling: the copy's setup, see `Simulation.transfer`; one item where no engine queues,
+        and a 1,024-GPU host-staged sync has 786,432 such loads)."""
         sim, wire = self.sim, float(raw_bytes * self._wire_ratio)  # a plain float takes `transfer`'s quick checks
-        here = src or gpu
-        if setup_s and (self._decode_hbm or not wire > 0 or sim.engine_of(here, gpu) is not None):
-            after = [sim.delay(self.name(f"{setup_name}.{gpu}"), float(setup_s), after=tuple(after), tag="per-tensor")]
+        setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
+        if setup_s and (self._decode_hbm or not wire > 0):  # no copy to be the setup of
+            after = [sim.delay(setup_id, float(setup_s), after=tuple(after), tag="per-tensor")]
             setup_s = 0.0
         dec = self._decode_hbm * raw_bytes
         if dec:  # the decoding kernel writes the live weights (delta): no copy besides it
             return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
         if wire > 0 and not self._decode_hbm:
-            return sim.transfer(self.name(f"{tag}.{gpu}"), here, gpu, wire, after=tuple(after), tag=tag,
-                                fixed_cost_s=float(setup_s))
+            return sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after), tag=tag,
+                                setup_s=float(setup_s), setup_id=setup_id)
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
 
 
