@@ -432,8 +432,7 @@ def _run_procedure(sim: Simulation, strategy: Strategy, ctx: SyncContext, label:
             return sim.now, sim.run()
         if sim.declared(end):
             res = sim.run()
-            if not end.processed:
-                raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
+            _check_finished(end, label)
             with contextlib.suppress(StopIteration):
                 gen.send(end.value)
                 raise WorkloadError(f"{label}: a declarative procedure yielded after its end event")
@@ -446,9 +445,13 @@ def _run_procedure(sim: Simulation, strategy: Strategy, ctx: SyncContext, label:
 
     done = sim.process(timed())
     res = sim.run()
-    if not done.processed:
-        raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
+    _check_finished(done, label)
     return float(done.value), res
+
+
+def _check_finished(event: simpy.Event, label: str) -> None:
+    if not event.processed:
+        raise WorkloadError(f"{label}: the procedure did not finish (a dependency never fired)")
 
 
 def _resume(gen: Generator, first: simpy.Event) -> Generator:

@@ -92,10 +92,12 @@ class RdmaP2P(Strategy):
     def _pipeline(self, ctx: SyncContext, i: int, g: str, real: int, sims: int, slices: float) -> simpy.Event:
         """One trainer GPU's pipeline, declared: `sims` simulated tasks standing for `real` ones, none waiting for
         a slot (there is one for each)."""
+        peers = self._peers(ctx, i)
         prev_fetch = prev_enc = None
         pending = []
         for t in range(sims):
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, _share(real, sims, t), slices, prev_fetch, prev_enc)
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), slices, prev_fetch,
+                                                    prev_enc)
             pending.append(done)
         return ctx.sim.all_of(pending, id=ctx.name(f"done.{g}"))
 
@@ -103,25 +105,25 @@ class RdmaP2P(Strategy):
                 slices: float) -> Generator:
         """One trainer GPU's pipeline when tasks outnumber watermark slots: each task takes a slot first (first
         come, first served) and frees it when its writes have landed, whichever task that was."""
+        peers = self._peers(ctx, i)
         prev_fetch = prev_enc = None
         pending = []
         for t in range(sims):
             req = slots.request()
             yield req
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, _share(real, sims, t), slices, prev_fetch, prev_enc)
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), slices, prev_fetch,
+                                                    prev_enc)
             done.callbacks.append(lambda _ev, r=req: slots.release(r))
             pending.append(done)
         yield ctx.sim.env.all_of(pending)
 
-    def _task(self, ctx: SyncContext, i: int, g: str, frac: float, slices: float, prev_fetch: simpy.Event | None,
-              prev_enc: simpy.Event | None) -> tuple[simpy.Event, simpy.Event, simpy.Event]:
-        """One pipeline task, `frac` of GPU i's work: fetch (after the previous task's fetch) -> encode (after the
-        previous encode) -> post the writes -> write. Returns (fetched, encoded, written)."""
+    def _task(self, ctx: SyncContext, i: int, g: str, peers: tuple[list, list], frac: float, slices: float,
+              prev_fetch: simpy.Event | None, prev_enc: simpy.Event | None
+              ) -> tuple[simpy.Event, simpy.Event, simpy.Event]:
+        """One pipeline task, `frac` of GPU i's work (`peers`: `_peers`): fetch (after the previous task's fetch) ->
+        encode (after the previous encode) -> post the writes -> write. Returns (fetched, encoded, written)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
-        fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
-        # an empty payload (a delta with nothing changed) posts its writes but moves nothing
-        write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i)
-                    if b * ctx.wire_ratio > 0]
+        fetch_from, write_to = peers
         fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
                                [prev_fetch] if prev_fetch else [], "assemble")
         enc_after = [fetched, *([prev_enc] if prev_enc else [])]
@@ -130,6 +132,17 @@ class RdmaP2P(Strategy):
         ctx.live_write_at(post)
         done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
         return fetched, enc, done
+
+    @staticmethod
+    def _peers(ctx: SyncContext, i: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """Trainer GPU i's whole-sync copies, in its rotated order: (the GPUs it fetches shards from, bytes), (the
+        rollout GPUs it writes to, bytes on the wire). Every pipeline task moves a share of them."""
+        ap = ctx.assembled
+        fetch_from = [(ap.trainer_gpus[s], float(b)) for s, b in _rotated(ap.fetch[:, i], i) if b > 0 and s != i]
+        # an empty payload (a delta with nothing changed) posts its writes but moves nothing
+        write_to = [(ap.rollout_gpus[j], float(b) * ctx.wire_ratio) for j, b in _rotated(ap.send[i], i)
+                    if b * ctx.wire_ratio > 0]
+        return fetch_from, write_to
 
     def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
                 tag: str) -> simpy.Event:
