@@ -17,6 +17,7 @@ strategy) are skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -27,14 +28,16 @@ from pathlib import Path
 
 from _record import machine_facts, write_result
 
+from fabricsim.harness.sweep import _die_with_parent  # a point's process ends with this one, however it ends
+
 RESULTS = Path(__file__).with_name("results")
 MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
 STRATEGIES = ["nccl-broadcast", "cuda-ipc-buckets", "host-staged", "rdma-p2p", "shared-pool:zero-copy",
-              "shared-pool:pull-on-publish", "delta:rdma-p2p"]
+              "shared-pool:pull-on-publish", "shared-pool:relay", "delta:rdma-p2p"]
 NODES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 from fabricsim.studies.cluster_scale import setup_of
 from fabricsim.workloads.weightsync import get, simulate_sync
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
@@ -42,17 +45,20 @@ t0 = time.perf_counter()
 res = simulate_sync(setup_of(point), get(point["strategy"]))
 m = res.metrics()
 print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasible, "reason": res.reason,
-                  "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events")}))
+                  "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events"),
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_point(model: str, strategy: str, nodes: int, timeout: float) -> dict:
+def run_point(model: str, strategy: str, nodes: int, timeout: float, env: dict[str, str] | None = None) -> dict:
+    """One point in a fresh process (`env`: extra environment variables for it)."""
     row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes}
     t0 = time.perf_counter()
-    env = dict(os.environ, FABRICSIM_PROGRESS="0")
+    env = dict(os.environ, FABRICSIM_PROGRESS="0", **(env or {}))
     try:
         out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes)], capture_output=True,
-                             text=True, timeout=timeout, env=env)
+                             text=True, timeout=timeout, env=env,
+                             preexec_fn=functools.partial(_die_with_parent, os.getpid(), None))
     except subprocess.TimeoutExpired:
         row.update(status="timeout", process_wall_s=time.perf_counter() - t0)
         return row

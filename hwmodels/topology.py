@@ -151,6 +151,10 @@ class _Routing:
 
     route: RouteIndex
     caps: _CapIndex
+    # (resource name, latency, link kind) of each directed link a route crossed: every route of a 1,024-GPU
+    # cluster crosses a few hundred links between them, and formatting names and looking up edge data per hop was
+    # most of a route's cost (a pull-on-publish sync builds 262,144 routes)
+    hops: dict[tuple[str, str], tuple[str, float, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,22 +301,10 @@ class Topology:
         return self._capacity_cache
 
     def classify(self, src: str, dst: str, nodes: tuple[str, ...]) -> str:
-        ks, kd = self.kind(src), self.kind(dst)
-        if "nvme" in (ks, kd):
-            return "nvme"
-        adj = self.graph._adj  # plain dicts: the public views cost ~10x per lookup, and this runs per route
+        adj = self.graph._adj  # plain dicts: the public views cost ~10x per lookup
         link_kinds = {adj[a][b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
-        if "net" in link_kinds:
-            return "rdma"
-        if ks == kd == "gpu":
-            if src == dst:
-                return "d2d"
-            return "p2p-nvlink" if "nvlink" in link_kinds else "p2p-pcie"
-        if ks == "host" and kd == "gpu":
-            return "h2d"
-        if ks == "gpu" and kd == "host":
-            return "d2h"
-        return "h2h"
+        return _class_of(src, dst, self.kind(src), self.kind(dst), link_kinds)
+
 
     def _route_nodes(self, src: str, dst: str) -> tuple[str, ...]:
         if src == dst:
@@ -410,19 +402,27 @@ class Topology:
             bad = s if ks not in ENDPOINT_KINDS else d
             raise TopologyError(f"'{bad}' is a {self.kind(bad)}, not an endpoint (GPU, host memory or NVMe)")
         nodes = self._route_nodes(s, d)
-        cls = self.classify(s, d, nodes)
+        routing = self._index()
+        known, adj = routing.hops, self.graph._adj
         directed = list(zip(nodes, nodes[1:], strict=False))
+        hops = []
+        for e in directed:
+            hop = known.get(e)
+            if hop is None:
+                u, v = e
+                hop = known[e] = (f"{u}->{v}", adj[u][v]["latency_s"], adj[u][v]["kind"])
+            hops.append(hop)
+        cls = _class_of(s, d, ks, kd, {hop[2] for hop in hops})
         resources: dict[str, float] = {}
-        for u, v in directed:
-            resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
-        for cap in self._index().caps.candidates(s, d, directed):
+        for hop in hops:
+            resources[hop[0]] = resources.get(hop[0], 0.0) + 1.0
+        for cap in routing.caps.candidates(s, d, directed):
             c = cap.coefficient(cls, s, d, directed)
             if c:
                 resources[cap.name] = resources.get(cap.name, 0.0) + c
         if not resources:
             raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
-        adj = self.graph._adj
-        latency = sum(adj[u][v]["latency_s"] for u, v in directed)
+        latency = sum(hop[1] for hop in hops)
         engine = None
         pp = self.path_params.get(cls)
         if pp is not None and pp.discipline == "fifo":
@@ -537,6 +537,23 @@ class Topology:
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
             lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
         return "\n".join(lines)
+
+def _class_of(src: str, dst: str, ks: str, kd: str, link_kinds: set[str]) -> str:
+    """The path class of a copy src -> dst (of kinds ks, kd) over links of `link_kinds`."""
+    if "nvme" in (ks, kd):
+        return "nvme"
+    if "net" in link_kinds:
+        return "rdma"
+    if ks == kd == "gpu":
+        if src == dst:
+            return "d2d"
+        return "p2p-nvlink" if "nvlink" in link_kinds else "p2p-pcie"
+    if ks == "host" and kd == "gpu":
+        return "h2d"
+    if ks == "gpu" and kd == "host":
+        return "d2h"
+    return "h2h"
+
 
 def path_bandwidth_Bps(topo: Topology, src: str, dst: str, nbytes: float | None = None) -> float:
     """The rate a lone copy from `src` to `dst` reaches: its tightest resource (capacity / coefficient) or its

@@ -35,6 +35,7 @@ from .clock import timeout_at
 from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
+from .gcpause import gc_paused
 from .lowering import record, run_compiled
 from .memory import MemoryPool
 from .progress import Progress
@@ -126,7 +127,8 @@ class Simulation:
         engine = engine or path_engine
         latency += fixed_cost_s
         if setup_s:
-            setup_s = check_seconds(_plain(setup_s), f"transfer '{rid}': setup")
+            if not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS):
+                setup_s = check_seconds(_plain(setup_s), f"transfer '{rid}': setup")
             if engine is None:
                 latency += setup_s
             else:
@@ -265,23 +267,23 @@ class Simulation:
         if loop == "compiled" and why_not:
             raise ScenarioError(f"the compiled loop cannot run this simulation: {why_not}")
         progress = self._progress
-        try:
-            if loop != "simpy" and not why_not:
-
-                made = run_compiled(self, self._deferred, self._records, list(self._done.values()),
-                                    self._route_arrays, progress)
-                self._records.extend(made)
-                self._deferred = None
-            else:
-                self._go_procedural()
-                self.net.on_progress = None if progress is None else progress.tick
-                self.env.run(until=until)
-        finally:
-            if progress is not None:
-                progress.close()
-                self._progress = Progress()  # a later run of more work times itself afresh
-            self.net.on_progress = None
-        return self.result()
+        with gc_paused():
+            try:
+                if loop != "simpy" and not why_not:
+                    made = run_compiled(self, self._deferred, self._records, list(self._done.values()),
+                                        self._route_arrays, progress)
+                    self._records.extend(made)
+                    self._deferred = None
+                else:
+                    self._go_procedural()
+                    self.net.on_progress = None if progress is None else progress.tick
+                    self.env.run(until=until)
+            finally:
+                if progress is not None:
+                    progress.close()
+                    self._progress = Progress()  # a later run of more work times itself afresh
+                self.net.on_progress = None
+            return self.result()
 
     def result(self) -> Result:
         self._made()

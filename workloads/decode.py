@@ -139,6 +139,16 @@ def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: D
     else runs (e.g. a weight sync). `weights_at` may also split the weights over several places, as
     [(endpoint, share of the weight bytes), ...] (a zero-copy pool read from the trainer GPUs holding them).
     """
+    return sim.env.all_of(decode_step_items(sim, gpu, model, batch, tp=tp, weights_at=weights_at, kv_at=kv_at,
+                                            after=after, id=id, compute_dtype=compute_dtype))
+
+
+def decode_step_items(sim: Simulation, gpu: str, model: ModelConfig, batch: DecodeBatch, *, tp: int = 1,
+                      weights_at: str | Sequence[tuple[str, float]] | None = None, kv_at: str | None = None,
+                      after: Iterable[str | simpy.Event] = (), id: str | None = None,
+                      compute_dtype: str = "bf16") -> list[simpy.Event]:
+    """The items of `schedule_decode_step` (its task and transfers), not joined: a caller that declares all of its
+    work (to run on the compiled loop) joins them itself, or reads their records after the run."""
     work = decode_work(model, batch, tp)
     topo = sim.topology
     here = topo.resolve(gpu)
@@ -157,4 +167,4 @@ def schedule_decode_step(sim: Simulation, gpu: str, model: ModelConfig, batch: D
                                        mechanism="sm"))
     events.append(sim.task(f"{name}.compute", here, flops=work.flops, hbm_bytes=local, dtype=compute_dtype,
                            after=after, tag="decode"))
-    return sim.env.all_of(events)
+    return events

@@ -29,6 +29,7 @@ import simpy
 
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
+from fabricsim.simcore.gcpause import gc_paused
 from fabricsim.simcore.records import Result
 
 from ..decode import DecodeBatch, decode_work, step_cost
@@ -185,6 +186,7 @@ class SyncContext:
         self._wire_ratio = math.prod((t.ratio for t in transforms), start=1.0)
         self._decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
+        self._steps: list[tuple[simpy.Event, list[simpy.Event]]] = []  # declared ones (`time_step`)
         self._assembled: AssembledPlan | None = None
         self._seq = 0
 
@@ -226,13 +228,35 @@ class SyncContext:
         else:
             event.callbacks.append(lambda _ev: self.mark_live_write())
 
+    def time_step(self, parts: list[simpy.Event], began: simpy.Event | None = None) -> None:
+        """Note a decode step that runs beside the sync (its items: `decode.decode_step_items`), from `began` (the
+        declared item the step's items were declared after; None: the step starts now) to the end of its last
+        item, in `concurrent_steps_s`. Declared items are only noted (their records tell the times after the
+        run), as in `live_write_at`: a callback would make them procedural."""
+        sim = self.sim
+        if began is not None and sim.declared(began) and all(sim.declared(p) for p in parts):
+            self._steps.append((began, parts))
+            return
+        t0 = sim.now if began is None else None
+
+        def ended(_ev: simpy.Event) -> None:
+            start = t0 if began is None else began.value.finish_s
+            self.concurrent_steps_s.append(sim.now - start)
+
+        sim.env.all_of(parts).callbacks.append(ended)
+
     def settle_marks(self) -> None:
-        """After the run: fold the noted events' finish times into `first_live_write_s`."""
+        """After the run: fold the noted events' finish times into `first_live_write_s`, and the noted decode
+        steps' durations into `concurrent_steps_s`."""
         times = [ev.value.finish_s for ev in self._live_events if ev.processed]
         if self.first_live_write_s is not None:
             times.append(self.first_live_write_s)
         self.first_live_write_s = min(times) if times else None
         self._live_events = []
+        for began, parts in self._steps:
+            if began.processed and all(p.processed for p in parts):
+                self.concurrent_steps_s.append(max(p.value.finish_s for p in parts) - began.value.finish_s)
+        self._steps = []
 
     def encode(self, gpu: str, raw_bytes: float, after: Iterable = ()) -> simpy.Event:
         """The sender-side transform kernels on `raw_bytes` of trainer-side data."""
@@ -519,6 +543,14 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
         base.reason = str(exc)
         return base
 
+    with gc_paused():
+        return _simulate(setup, strategy, plan, label, base, resident, extra, keep, keep_result)
+
+
+def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: str, base: SyncResult,
+              resident: dict[str, float], extra: dict[str, float], keep: int, keep_result: bool) -> SyncResult:
+    """The simulated part of `simulate_sync`, once the configuration is known to be feasible (with Python's
+    cyclic collector held off: see `simcore.gcpause`)."""
     sim = Simulation(setup.topology, record_load=False)
     for g, b in resident.items():
         sim.memory(g).alloc(int(b), "resident")

@@ -47,10 +47,13 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
+
+import simpy
 
 from fabricsim.simcore import Simulation
 
-from ..decode import schedule_decode_step
+from ..decode import decode_step_items, schedule_decode_step
 from ..errors import InfeasibleError, WorkloadError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, local_decode_step
 from .pool_protocol import PoolProtocolError, SimPool
@@ -133,6 +136,14 @@ class SharedPool(Strategy):
             return local_decode_step(setup)
         return zero_copy_step(setup, plan)
 
+    @property
+    def declarative(self) -> bool:  # type: ignore[override]
+        """Declared up front (the compiled loop runs it) when no read can overlap a publish: one publish, before
+        any reader looks. The version protocol still runs, operation for operation, while declaring: with
+        nothing to overlap, its outcome is known then (`_declared`). With later publishes a read may be torn and
+        retried, which only a process can follow."""
+        return self.knobs.publishes == 1
+
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
         pool = SimPool(k.double_buffered)
@@ -140,19 +151,23 @@ class SharedPool(Strategy):
             for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
                 ctx.alloc(g, float(b), "pool-slot")
         publish_s = self.publish_cost(sim.topology)
-        first = sim.env.event()
-        writer = sim.process(self._writer(ctx, pool, publish_s, first))
-        yield first
-        half_step = self.decode_step(ctx.setup, plan) / 2
-        ctx.pool_accepted = []
-        if k.mode == "relay":
-            readers = [sim.process(p) for p in self._relay_chains(ctx, pool, half_step)]
+        if self.declarative:
+            yield self._declared(ctx, pool, publish_s)
         else:
-            readers = [sim.process(self._reader(ctx, pool, j, r, half_step)) for j, r in enumerate(plan.rollout_gpus)]
-        yield sim.env.all_of(readers)
+            first = sim.env.event()
+            writer = sim.process(self._writer(ctx, pool, publish_s, first))
+            yield first
+            half_step = self.decode_step(ctx.setup, plan) / 2
+            ctx.pool_accepted = []
+            if k.mode == "relay":
+                readers = [sim.process(p) for p in self._relay_chains(ctx, pool, half_step)]
+            else:
+                readers = [sim.process(self._reader(ctx, pool, j, r, half_step))
+                           for j, r in enumerate(plan.rollout_gpus)]
+            yield sim.env.all_of(readers)
+            del writer  # the trainer may still be publishing: the sync ended when every reader held a new version
         ctx.read_retries = pool.retries
         ctx.version_lag = max(0, (pool.version() - min(ctx.pool_accepted, default=pool.version())) // 2)
-        del writer  # the trainer may still be publishing: the sync ended when every reader held a new version
 
     def publish_cost(self, topo) -> float:
         """Seconds of one publish: the fitted `WeightPool.publish` where the profile has it, else `publish_s`."""
@@ -180,13 +195,112 @@ class SharedPool(Strategy):
             if i == 0:
                 first.succeed()
 
-    def _contention_step(self, ctx: SyncContext, r: str) -> None:
-        """One decode step beside the pull: how much the pull's HBM traffic slows generation on `r`."""
+    def _declared(self, ctx: SyncContext, pool: SimPool, publish_s: float) -> simpy.Event:
+        """The whole sync as declared work (see `declarative`); returns the item it ends with. The protocol's
+        generators run to completion while declaring: each timed operation declares its item after the last one
+        (`_Chain`) and costs no simulated time here, so the pool's words, attempts and versions come out as the
+        process would leave them when nothing overlaps."""
+        k, sim, plan = self.knobs, ctx.sim, ctx.plan
+        stores = 3 if k.double_buffered else 2
+        chain = _Chain()
+
+        def publish_cost(op: tuple) -> None:
+            if op[0] == "store":
+                chain.then(sim.delay(ctx.name("publish"), publish_s / stores, after=chain.tail, tag="publish"))
+
+        _run_now(pool.publish(publish_cost))
+        published = chain.tail
+        half_step = self.decode_step(ctx.setup, plan) / 2
+        ctx.pool_accepted = []
+        if k.mode == "relay":
+            ends = self._relay_declared(ctx, pool, published, half_step)
+            return sim.all_of(ends, id=ctx.name("read"))
+        ends = []
+        for j, r in enumerate(plan.rollout_gpus):
+            chain = _Chain(published)
+            chain.then(sim.delay(ctx.name(f"observe.{r}"), k.observe_s + (0.0 if not self.zero_copy else half_step),
+                                 after=chain.tail, tag="observe"))
+            if self.zero_copy:
+                ctx.pool_accepted.append(pool.version())
+                ends.append(chain.tail[0])
+                continue
+            if k.measure_contention:
+                self._contention_step(ctx, r, after=chain.tail[0])
+            ctx.alloc(r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio, "inactive-buffer")
+            ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
+            if ctx.setup.wire_dtype != ctx.setup.model.dtype:
+                chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
+            ends.append(self._flip_declared(ctx, r, float(plan.need_bytes[j]), half_step, chain))
+        return sim.all_of(ends, id=ctx.name("read"))
+
+    def _read_declared(self, ctx: SyncContext, pool: SimPool, j: int, r: str, frac: float, stem: str,
+                       chain: _Chain) -> int:
+        """Reader j's (`r`) seqlock read of `frac` of its slice, its copy declared after the chain's tail: the pulls
+        from every trainer GPU holding a part, at once. Returns the version read."""
+        sim, plan = ctx.sim, ctx.plan
+
+        def cost(op: tuple) -> None:
+            if op[0] == "copy":
+                pulls = [sim.transfer(ctx.name(f"{stem}.{r}"), t, r, float(plan.matrix[i, j]) * frac, after=chain.tail,
+                                      tag="pull") for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+                if pulls:
+                    chain.then(sim.all_of(pulls, id=ctx.name(f"{stem}ed.{r}")))
+
+        return _run_now(pool.read(cost, lambda: None))
+
+    def _relay_declared(self, ctx: SyncContext, pool: SimPool, published: list, half_step: float) -> list:
+        """The relay chains (`_relay_chains`), declared: each hop's chunk c follows its own chunk c-1 and the
+        upstream hop's chunk c. Returns each hop's last item."""
+        k, sim, plan = self.knobs, ctx.sim, ctx.plan
+        ends = []
+        for members in self._chains(ctx).values():
+            need = float(plan.need_bytes[members[0]])
+            n_chunks = self._n_chunks(need)
+            frac = 1.0 / n_chunks
+            upstream: list = []
+            for h, j in enumerate(members):
+                r = plan.rollout_gpus[j]
+                chain = _Chain(published)
+                chain.then(sim.delay(ctx.name(f"observe.{r}"), k.observe_s, after=chain.tail, tag="observe"))
+                ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
+                if k.measure_contention:
+                    self._contention_step(ctx, r, after=chain.tail[0])
+                arrived = []
+                for c in range(n_chunks):
+                    if h == 0:
+                        version = self._read_declared(ctx, pool, j, r, frac, "relay-pull", chain)
+                        if c == 0:
+                            ctx.pool_accepted.append(version)
+                    else:
+                        up = plan.rollout_gpus[members[h - 1]]
+                        chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=[*chain.tail, upstream[c]],
+                                             tag="observe"))
+                        chain.then(sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac, after=chain.tail,
+                                                tag="relay"))
+                        chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=chain.tail, tag="observe"))
+                    arrived.append(chain.tail[0])
+                upstream = arrived
+                ends.append(self._flip_declared(ctx, r, need, half_step, chain))
+        return ends
+
+    def _flip_declared(self, ctx: SyncContext, r: str, need: float, half_step: float, chain: _Chain) -> simpy.Event:
+        """`_flip`, declared after the chain's tail."""
+        k, sim = self.knobs, ctx.sim
+        boundary = sim.delay(ctx.name(f"boundary.{r}"), half_step, after=chain.tail, tag="step-boundary")
+        ctx.live_write_at(boundary)
+        if k.flip_copy:
+            return sim.transfer(ctx.name(f"flip.{r}"), r, r, need * ctx.setup.rollout_ratio, after=[boundary],
+                                tag="flip")
+        return sim.delay(ctx.name(f"flip.{r}"), k.flip_s, after=[boundary], tag="flip")
+
+    def _contention_step(self, ctx: SyncContext, r: str, after: simpy.Event | None = None) -> None:
+        """One decode step beside the pull: how much the pull's HBM traffic slows generation on `r`. It starts now,
+        or, declared, when `after` ends."""
         sim, setup = ctx.sim, ctx.setup
         model = setup.model.with_dtype(setup.wire_dtype)
-        began = sim.now
-        step = schedule_decode_step(sim, r, model, setup.decode, tp=setup.rollout.tp, id=ctx.name(f"step.{r}"))
-        step.callbacks.append(lambda _ev: ctx.concurrent_steps_s.append(sim.now - began))
+        parts = decode_step_items(sim, r, model, setup.decode, tp=setup.rollout.tp, id=ctx.name(f"step.{r}"),
+                                  after=() if after is None else (after,))
+        ctx.time_step(parts, after)
 
     def _reader(self, ctx: SyncContext, pool: SimPool, j: int, r: str, half_step: float) -> Generator:
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
@@ -224,19 +338,27 @@ class SharedPool(Strategy):
     def _relay_chains(self, ctx: SyncContext, pool: SimPool, half_step: float) -> list[Generator]:
         """One chain per TP rank: its GPUs need the same bytes; the first reads the trainer's pool chunk by
         chunk, each next one copies every chunk from the one before it, pipelined."""
-        setup, plan = ctx.setup, ctx.plan
-        tp = setup.rollout.tp
-        chains: dict[int, list[int]] = {}
-        for j, _r in enumerate(plan.rollout_gpus):
-            chains.setdefault(j % tp, []).append(j)
+        plan = ctx.plan
         procs = []
-        for members in chains.values():
+        for members in self._chains(ctx).values():
             need = float(plan.need_bytes[members[0]])
-            n_chunks = max(1, min(self.knobs.max_sim_chunks, math.ceil(need / self.knobs.chunk_bytes)))
+            n_chunks = self._n_chunks(need)
             arrived = [[ctx.sim.env.event() for _ in range(n_chunks)] for _ in members]
             for h in range(len(members)):
                 procs.append(self._relay_hop(ctx, pool, members, h, arrived, need, half_step))
         return procs
+
+    @staticmethod
+    def _chains(ctx: SyncContext) -> dict[int, list[int]]:
+        """Rollout GPUs (plan indices) by TP rank, in plan order: each list one relay chain."""
+        chains: dict[int, list[int]] = {}
+        for j in range(len(ctx.plan.rollout_gpus)):
+            chains.setdefault(j % ctx.setup.rollout.tp, []).append(j)
+        return chains
+
+    def _n_chunks(self, need: float) -> int:
+        """Simulated chunks of a relay hop's `need` bytes."""
+        return max(1, min(self.knobs.max_sim_chunks, math.ceil(need / self.knobs.chunk_bytes)))
 
     def _relay_hop(self, ctx: SyncContext, pool: SimPool, members: list[int], h: int, arrived: list[list],
                    need: float, half_step: float) -> Generator:
@@ -285,6 +407,25 @@ class SharedPool(Strategy):
         if sync_s <= 0:
             return 0.0, 0.0
         return float(math.ceil(sync_s / setup.train_step_s)), min(1.0, sync_s / setup.train_step_s)
+
+
+class _Chain:
+    """The tail of a sequence of declared items: what the next one is declared after."""
+
+    def __init__(self, after: list | None = None) -> None:
+        self.tail: list = list(after or [])
+
+    def then(self, event: simpy.Event) -> None:
+        self.tail = [event]
+
+
+def _run_now(gen: Generator) -> Any:
+    """Run a `SimPool` driver whose costs are all None (declared elsewhere): it never yields; returns its value."""
+    try:
+        ev = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    raise WorkloadError(f"a declared pool operation waited for {ev!r}")  # pragma: no cover - a bug, not input
 
 
 def zero_copy_step(setup: SyncSetup, plan) -> float:
