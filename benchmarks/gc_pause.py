@@ -16,9 +16,10 @@ from _record import machine_facts, write_result
 from sync_scale import run_point
 
 RESULTS = Path(__file__).with_name("results")
-# a procedural sync (relay hops are simpy processes), a declared one with 1.6M items, a solver-bound one
-POINTS = [("DeepSeek-V3", "shared-pool:relay", 64), ("Kimi-K2", "host-staged", 128),
-          ("Qwen3-235B-A22B", "rdma-p2p", 16)]
+# (model, strategy, nodes, knobs): a procedural sync (with a second publish the pool's reads are processes: a read
+# may be torn and retried), a declared one with 1.6M items, a solver-bound one
+POINTS = [("DeepSeek-V3", "shared-pool:pull-on-publish", 128, {"publishes": 2, "publish_interval_s": 0.5}),
+          ("Kimi-K2", "host-staged", 128, {}), ("Qwen3-235B-A22B", "rdma-p2p", 16, {})]
 
 
 def main() -> None:
@@ -28,11 +29,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "gc-pause.json"))
     args = ap.parse_args()
     rows = []
-    for model, strategy, nodes in POINTS:
+    for model, strategy, nodes, knobs in POINTS:
         for rep in range(args.repeat):
             for pause in ("1", "0"):
-                row = run_point(model, strategy, nodes, args.timeout, env={"FABRICSIM_GC_PAUSE": pause})
-                row.update(gc_pause=pause == "1", repeat=rep)
+                row = run_point(model, strategy, nodes, args.timeout, env={"FABRICSIM_GC_PAUSE": pause}, knobs=knobs)
+                row.update(gc_pause=pause == "1", repeat=rep, knobs=knobs)
                 rows.append(row)
                 print(f"{model:16s} {strategy:28s} {row['gpus']:5d} GPUs  pause={pause}  {row['status']:8s} "
                       f"sim {row.get('sim_wall_s', float('nan')):6.2f} s  peak {row.get('max_rss_mb', 0):6.0f} MB",

@@ -41,8 +41,9 @@ import json, resource, sys, time
 from fabricsim.studies.cluster_scale import setup_of
 from fabricsim.workloads.weightsync import get, simulate_sync
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
+knobs = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 t0 = time.perf_counter()
-res = simulate_sync(setup_of(point), get(point["strategy"]))
+res = simulate_sync(setup_of(point), get(point["strategy"], **knobs))
 m = res.metrics()
 print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasible, "reason": res.reason,
                   "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events"),
@@ -50,13 +51,15 @@ print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasib
 """
 
 
-def run_point(model: str, strategy: str, nodes: int, timeout: float, env: dict[str, str] | None = None) -> dict:
-    """One point in a fresh process (`env`: extra environment variables for it)."""
+def run_point(model: str, strategy: str, nodes: int, timeout: float, env: dict[str, str] | None = None,
+              knobs: dict | None = None) -> dict:
+    """One point in a fresh process (`env`: extra environment variables for it; `knobs`: the strategy's)."""
     row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes}
     t0 = time.perf_counter()
     env = dict(os.environ, FABRICSIM_PROGRESS="0", **(env or {}))
     try:
-        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes)], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes), json.dumps(knobs or {})],
+                             capture_output=True,
                              text=True, timeout=timeout, env=env,
                              preexec_fn=functools.partial(_die_with_parent, os.getpid(), None))
     except subprocess.TimeoutExpired:

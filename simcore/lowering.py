@@ -56,7 +56,8 @@ _NAN = float("nan")
 
 def record(w: tuple, start_s: float = _NAN, begin_s: float = _NAN, finish_s: float = _NAN) -> Record:
     """The record of a declared item (a `Work` tuple, or one less its dependencies)."""
-    return Record(w[8], w[9], w[10], w[11], w[3], start_s, begin_s, finish_s, w[12], w[13], w[6], w[14], w[15])
+    return Record(w[8], w[9], w[10], w[11], w[3], start_s, begin_s, finish_s, w[12], w[13], w[6], w[14], w[15],
+                  w[1] if w[9] == "transfer" else 0.0)
 
 _loop = None
 STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line

@@ -15,7 +15,9 @@ class Record:
 
     start_s: when it was released (start time reached and every `after` dependency finished);
     begin_s: when it got its engine (== start_s unless an engine queue made it wait);
-    finish_s: when its last byte landed (or the task ended).
+    finish_s: when its last byte landed (or the task ended);
+    latency_s: a transfer's time from begin_s to its first byte moving: the path latency plus any fixed cost and
+    software setup paid before the copy (0 for tasks and delays). A trace draws a copy on its links from then.
     """
 
     id: str
@@ -31,6 +33,7 @@ class Record:
     engine: str | None = None
     tag: str | None = None
     flops: float = 0.0
+    latency_s: float = 0.0
 
 
 @dataclass

@@ -19,7 +19,7 @@ class Traced(Protocol):
     """What a trace is drawn from: `records.Result` has these. Typed here as a Protocol so the trace writer
     needs nothing of the records module, which calls it (`Result.write_trace`)."""
 
-    records: list[Any]  # records.Record: id, kind, src, dst, bytes, route, engine, tag, start/begin/finish_s
+    records: list[Any]  # records.Record: id, kind, src, dst, bytes, route, engine, tag, start/begin/finish_s, latency_s
     load: dict[str, list[tuple[float, float]]]
     topology: str
     calibration_id: str | None
@@ -28,13 +28,19 @@ class Traced(Protocol):
 _US = 1e6
 
 
+def _shown_from(r: Any) -> float:
+    """Where a record's slice starts: a transfer's once its first byte moves (after its latency, fixed cost and
+    setup: a copy that waits for a pipeline's fill is not yet on its links), anything else at begin_s."""
+    return min(r.begin_s + getattr(r, "latency_s", 0.0), r.finish_s)
+
+
 def _lanes(records: list[Any]) -> list[tuple[Any, int]]:
     """Greedy interval partitioning: the first lane whose last slice has ended."""
     ends: list[float] = []
     out = []
-    for r in sorted(records, key=lambda r: (r.begin_s, r.id)):
+    for r in sorted(records, key=lambda r: (_shown_from(r), r.id)):
         for lane, end in enumerate(ends):
-            if end <= r.begin_s:
+            if end <= _shown_from(r):
                 ends[lane] = r.finish_s
                 break
         else:
@@ -61,11 +67,12 @@ def trace_events(result: Traced) -> list[dict[str, Any]]:
         pid = pids[name]
         events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
         for r, lane in _lanes(recs):
+            shown = _shown_from(r)
             events.append({
                 "ph": "X", "name": r.id, "cat": r.kind, "pid": pid, "tid": lane,
-                "ts": r.begin_s * _US, "dur": max(0.0, r.finish_s - r.begin_s) * _US,
+                "ts": shown * _US, "dur": max(0.0, r.finish_s - shown) * _US,
                 "args": {"src": r.src, "dst": r.dst, "bytes": r.bytes, "class": r.path_class,
-                         "released_us": r.start_s * _US, "tag": r.tag},
+                         "released_us": r.start_s * _US, "began_us": r.begin_s * _US, "tag": r.tag},
             })
     cpid = len(pids) + 1
     events.append({"ph": "M", "name": "process_name", "pid": cpid, "args": {"name": "load (GB/s)"}})

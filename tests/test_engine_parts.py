@@ -86,3 +86,23 @@ def test_utilisation_dataframe_and_mean(h100):
     assert df["utilisation"].max() == pytest.approx(1.0)
     assert max(res.mean_utilisation().values()) == pytest.approx(1.0, rel=1e-3)
     assert res.bytes_by_link_class() == {"h2d": 2**30}
+
+
+@pytest.mark.parametrize("loop", ["compiled", "simpy"])
+def test_a_copy_is_drawn_on_its_links_from_its_first_byte(tmp_path, loop):
+    """latency_s is the path latency plus fixed cost and setup, on both loops; the trace slice starts after it, so a
+    copy that waits (a pipeline's fill folded into its setup) does not look busy on its links."""
+    topo = presets.get("hgx-h200-8", calibration=None)
+    sim = Simulation(topo)
+    sim.transfer("a", "gpu0", "gpu1", 2**28, fixed_cost_s=1e-3, setup_s=2e-3)
+    sim.delay("d", 5e-3)
+    res = sim.run(loop=loop)
+    rec = res["a"]
+    lat = topo.path("gpu0", "gpu1").latency_s
+    assert rec.latency_s == pytest.approx(lat + 3e-3, rel=1e-12)
+    assert res["d"].latency_s == 0.0
+    out = tmp_path / "trace.json"
+    res.write_trace(str(out))
+    slices = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X" and e["name"] == "a"]
+    assert slices and all(e["ts"] == pytest.approx((rec.begin_s + rec.latency_s) * 1e6) for e in slices)
+    assert all(e["ts"] + e["dur"] == pytest.approx(rec.finish_s * 1e6) for e in slices)
