@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
+import sys
 
 from .errors import ScenarioError
 
@@ -11,6 +13,7 @@ from .errors import ScenarioError
 # and 10^9 s is 31 years. Refusing them keeps results readable (no 300-digit times) and integers in int64.
 MAX_BYTES = 2**60
 MAX_SECONDS = 1e9
+_MAX_FLOAT_INT = int(sys.float_info.max)
 
 _BYTE_UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -20,13 +23,28 @@ _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-
 _NUM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
+def _real(value: object, where: str, expected: str, shown: object) -> int | float:
+    """`value` as a plain Python int or float if it is a real number, else a `ScenarioError` saying what was
+    `expected`.
+
+    The one type rule of every check below: any real number is taken, whatever made it (NumPy scalars of any
+    width, np.float32 from an array, a Fraction), and comes back as a Python number, so results and error
+    messages do not depend on where a number came from. Bools are refused: True is no size or time. An int
+    past a float's range is refused here by its size alone: math.isfinite() of it would be an OverflowError,
+    and its repr a line of hundreds of digits."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ScenarioError(f"{where}: expected {expected}, got {shown!r}")
+    if isinstance(value, numbers.Integral):
+        if abs(value) > _MAX_FLOAT_INT:
+            raise ScenarioError(f"{where}: number is beyond 1e308, more than a float holds; check the number")
+        return int(value)
+    return float(value)
+
+
 def parse_bytes(value: object, where: str = "size") -> int:
     """Integers or '<number><unit>' with KB/MB/GB/TB (decimal) or KiB/MiB/GiB/TiB (binary); must be > 0."""
-    if isinstance(value, bool):
-        raise ScenarioError(f"{where}: expected a size, got {value!r}")
-    if isinstance(value, int | float):
-        n = value
-    elif isinstance(value, str):
+    n = value
+    if isinstance(value, str):
         m = _NUM.match(value)
         if not m:
             raise ScenarioError(f"{where}: cannot read size {value!r} (write e.g. 1GiB, 256MiB, 4096)")
@@ -35,8 +53,6 @@ def parse_bytes(value: object, where: str = "size") -> int:
             raise ScenarioError(
                 f"{where}: unknown unit '{m[2]}' in {value!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
         n = float(m[1]) * _BYTE_UNITS[unit]
-    else:
-        raise ScenarioError(f"{where}: expected a size, got {value!r}")
     return int(check_bytes(n, where, shown=value))
 
 
@@ -44,8 +60,7 @@ def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool =
     """A byte count: finite, > 0 (or >= 0 with `allow_zero`), at most `MAX_BYTES`, and an int when `whole`
     (files say bytes; the API also takes the fractional averages that models compute)."""
     shown = n if shown is None else shown
-    if isinstance(n, bool) or not isinstance(n, int | float):
-        raise ScenarioError(f"{where}: expected a size, got {shown!r}")
+    n = _real(n, where, "a size", shown)
     if not math.isfinite(n):
         raise ScenarioError(f"{where}: size must be a finite number, got {shown!r}")
     if not (n >= 0 if allow_zero else n > 0):
@@ -61,25 +76,19 @@ def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool =
 
 def parse_seconds(value: object, where: str = "time") -> float:
     """Seconds as a number, or a string with s/ms/us/ns; must be >= 0."""
-    if isinstance(value, bool):
-        raise ScenarioError(f"{where}: expected a time, got {value!r}")
-    if isinstance(value, int | float):
-        t = float(value)
-    elif isinstance(value, str):
+    t = value
+    if isinstance(value, str):
         m = _NUM.match(value)
         if not m or m[2].lower() not in _TIME_UNITS:
             raise ScenarioError(f"{where}: cannot read time {value!r} (write e.g. 0.001, 1ms, 10us)")
         t = float(m[1]) * _TIME_UNITS[m[2].lower()]
-    else:
-        raise ScenarioError(f"{where}: expected a time, got {value!r}")
     return check_seconds(t, where, shown=value)
 
 
 def check_seconds(t: float, where: str, *, shown: object = None) -> float:
     """A duration or start time: finite, >= 0 and at most `MAX_SECONDS`."""
     shown = t if shown is None else shown
-    if isinstance(t, bool) or not isinstance(t, int | float):
-        raise ScenarioError(f"{where}: expected a time, got {shown!r}")
+    t = _real(t, where, "a time", shown)
     if not math.isfinite(t) or t < 0:
         raise ScenarioError(f"{where}: time must be a finite number >= 0, got {shown!r}")
     if t > MAX_SECONDS:
@@ -89,9 +98,10 @@ def check_seconds(t: float, where: str, *, shown: object = None) -> float:
 
 def check_positive(x: float, where: str) -> float:
     """A rate, weight or other factor: a finite number > 0."""
-    if isinstance(x, bool) or not isinstance(x, int | float) or not (0 < x < math.inf):
+    value = _real(x, where, "a finite number > 0", x)
+    if not (0 < value < math.inf):
         raise ScenarioError(f"{where}: expected a finite number > 0, got {x!r}")
-    return float(x)
+    return float(value)
 
 
 def format_bytes(n: float) -> str:

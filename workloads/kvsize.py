@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+from .counts import check_count
 from .errors import WorkloadError
 from .models import ModelConfig, dtype_bytes
 
@@ -35,13 +36,15 @@ class KVLayout:
     quant_group: int = 0
 
     def __post_init__(self) -> None:
+        # Checked for their kind too: a model given by name, or tp="2", failed later as an AttributeError or
+        # TypeError traceback (and tp=2.5 gave fractional heads per GPU without a word).
+        if not isinstance(self.model, ModelConfig):
+            raise KVConfigError(f"model must be a ModelConfig (models.get(name) gives one), got {self.model!r}")
         if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
             raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
-        if self.tp < 1:
-            raise KVConfigError(f"tensor-parallel degree must be >= 1, got {self.tp}")
-        if self.quant_group < 0:
-            raise KVConfigError(f"quant_group must be >= 0, got {self.quant_group}")
-        dtype_bytes(self.kv_dtype)
+        object.__setattr__(self, "tp", check_count(self.tp, "tensor-parallel degree", error=KVConfigError))
+        object.__setattr__(self, "quant_group", check_count(self.quant_group, "quant_group", lo=0, error=KVConfigError))
+        dtype_bytes(self.kv_dtype, "kv_dtype")
 
     @property
     def kind(self) -> str:

@@ -27,12 +27,16 @@ from .errors import UnknownModelError, WorkloadError
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
 
-def dtype_bytes(dtype: str) -> float:
-    """Bytes per element of a dtype name ('bf16', 'fp8', ...)."""
+def dtype_bytes(dtype: str, where: str = "") -> float:
+    """Bytes per element of a dtype name ('bf16', 'fp8', ...); `where` names the argument a refusal is about.
+
+    Anything but a known name is refused in one line, an unhashable one too (a list was a TypeError)."""
     try:
         return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise WorkloadError(f"unknown dtype '{dtype}' (known: {', '.join(DTYPE_BYTES)})") from None
+    except (KeyError, TypeError):
+        shown = f"'{dtype}'" if isinstance(dtype, str) else repr(dtype)
+        prefix = f"{where}: " if where else ""
+        raise WorkloadError(f"{prefix}unknown dtype {shown} (known: {', '.join(DTYPE_BYTES)})") from None
 
 
 class TensorSpec(NamedTuple):

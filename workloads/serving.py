@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import MAX_ENDPOINTS
 from fabricsim.hwmodels.intervals import LEVEL, attach_corner_intervals, corner_runs
@@ -49,7 +51,7 @@ from fabricsim.simcore.units import check_bytes, check_positive, check_seconds
 from .counts import check_count
 from .decode import DecodeBatch, decode_work
 from .errors import InfeasibleError, WorkloadError
-from .kvpolicies import KVPolicy, PolicyError, Seq, StepItem, StepWork, make_policy
+from .kvpolicies import KVPolicy, PolicyError, Seq, SplitsRoles, StepItem, StepWork, make_policy
 from .kvsize import KVConfigError, KVLayout
 from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
@@ -117,6 +119,8 @@ class ServingConfig:
             raise ServingError(f"admission_watermark must be in [0, 1), got {w!r}")
         if not (_is_number(u) and 0 < u <= 1):
             raise ServingError(f"gpu_memory_utilization must be in (0, 1], got {u!r}")
+        object.__setattr__(self, "admission_watermark", float(w))
+        object.__setattr__(self, "gpu_memory_utilization", float(u))
         # The API takes what a file or the CLI would refuse unless checked here: NaN or infinity in a cost or a
         # size runs to a NaN result or a hang, not an error. A budget of 0 bytes holds no page, so it is refused.
         if self.kv_budget_bytes is not None:
@@ -125,8 +129,25 @@ class ServingConfig:
         for what in ("copy_launch_s", "step_overhead_s", "allreduce_latency_s"):
             _set_checked(self, what, check_seconds, ServingError)
         _set_checked(self, "gather_Bps_per_sm", check_positive, ServingError)
-        dtype_bytes(self.kv_dtype)
-        dtype_bytes(self.weight_dtype)
+        self._check_kinds()
+
+    def _check_kinds(self) -> None:
+        """The fields that are names, flags and lists, checked for their kind here, at the API boundary: past
+        it a model of 42 or gpus=3.5 fails deep in the run as an AttributeError or TypeError traceback, and a
+        coalesce of "no" would silently mean yes."""
+        if not isinstance(self.model, str | ModelConfig):
+            raise ServingError(f"model must be a preset name or a ModelConfig, got {self.model!r}")
+        for what in ("weight_dtype", "kv_dtype", "compute_dtype"):
+            if not isinstance(getattr(self, what), str):
+                raise ServingError(f"{what} must be a dtype name such as 'bf16', got {getattr(self, what)!r}")
+        # compute_dtype's names are the GPU's (its peak FLOP/s table), known only once the topology is.
+        dtype_bytes(self.kv_dtype, "kv_dtype")
+        dtype_bytes(self.weight_dtype, "weight_dtype")
+        if not isinstance(self.coalesce, bool | np.bool_):
+            raise ServingError(f"coalesce must be True or False, got {self.coalesce!r}")
+        object.__setattr__(self, "coalesce", bool(self.coalesce))
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", _gpu_names(self.gpus))
 
     def model_config(self) -> ModelConfig:
         if isinstance(self.model, ModelConfig):
@@ -135,8 +156,22 @@ class ServingConfig:
 
 
 def _is_number(x: object) -> bool:
-    """A number to compare with a range: a string would raise TypeError there, and a bool is no fraction."""
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    """A number to compare with a range (NumPy scalars included): a string would raise TypeError there, and a
+    bool is no fraction."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _gpu_names(gpus: object) -> tuple[str, ...]:
+    """`gpus` as a tuple of GPU names. A lone string is refused, not read as one name per character, and so is
+    anything that is not a list of strings; whether each name is a GPU of the topology is checked when the
+    serving system is built on one."""
+    if isinstance(gpus, str | bytes) or not isinstance(gpus, Iterable):
+        raise ServingError(f"gpus must be a list of GPU names such as ('gpu0', 'gpu1'), got {gpus!r}")
+    names = tuple(gpus)
+    for g in names:
+        if not isinstance(g, str):
+            raise ServingError(f"gpus must be a list of GPU names such as ('gpu0', 'gpu1'), got {g!r} in it")
+    return tuple(str(g) for g in names)
 
 
 def _set_checked(cfg: ServingConfig, what: str, check: Callable[..., float], error: type[WorkloadError],
@@ -162,7 +197,10 @@ class Instance:
         self.layout = KVLayout(self.model, self.cfg.kv_dtype, self.cfg.page_tokens, self.cfg.tp)
         spec = self.sim.topology.gpu(self.gpus[0])
         self.gpu_spec = spec
-        self.peak_flops = spec.flops_per_s(self.cfg.compute_dtype)
+        try:
+            self.peak_flops = spec.flops_per_s(self.cfg.compute_dtype)
+        except TopologyError as exc:  # the GPU's table knows the dtypes; the line should name the option too
+            raise ServingError(f"compute_dtype: {exc}") from None
         self.hbm_Bps = spec.hbm_Bps
         self.weight_bytes_per_gpu = self.model.weight_bytes() / self.cfg.tp
         if self.cfg.kv_budget_bytes is not None:
@@ -631,8 +669,14 @@ class ServingSystem:
     def __init__(self, topology: Topology | str, requests: Sequence[Request], policy: str | KVPolicy = "hbm-only",
                  config: ServingConfig | None = None, *, policy_params: dict[str, Any] | None = None,
                  record_load: bool = True) -> None:
+        if config is not None and not isinstance(config, ServingConfig):
+            raise ServingError(f"config must be a ServingConfig, got {config!r}")
+        if not isinstance(policy, str | KVPolicy):
+            raise ServingError(f"policy must be a KV policy name or a KVPolicy, got {policy!r}")
+        if policy_params is not None and not isinstance(policy_params, Mapping):
+            raise ServingError(f"policy_params must be a mapping of parameter names to values, got {policy_params!r}")
         self.cfg = config or ServingConfig()
-        topo = presets.get(topology) if isinstance(topology, str) else topology
+        topo = _topology(topology)
         self.sim = Simulation(topo, record_load=record_load)
         self.model = self.cfg.model_config()
         if not requests:
@@ -646,7 +690,7 @@ class ServingSystem:
         for g in gpus:
             topo.gpu(g)
         tp = self.cfg.tp
-        split = hasattr(proto, "role_counts")
+        split = isinstance(proto, SplitsRoles)
         counts = proto.role_counts(self.cfg.instances) if split else {"colocated": self.cfg.instances}
         # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
         # attempt to allocate them.
@@ -720,6 +764,16 @@ class ServingSystem:
         return ServingResult(self, result)
 
 
+def _topology(topology: Topology | str) -> Topology:
+    """A preset by name, or the `Topology` given; anything else is refused here, not as an AttributeError deep in
+    the run."""
+    if isinstance(topology, str):
+        return presets.get(topology)
+    if not isinstance(topology, Topology):
+        raise ServingError(f"topology must be a preset name or a Topology, got {topology!r}")
+    return topology
+
+
 def serve(topology: Topology | str, requests: Sequence[Request], policy: str | KVPolicy = "hbm-only",
           config: ServingConfig | None = None, *, policy_params: dict[str, Any] | None = None,
           **overrides: Any) -> ServingResult:
@@ -759,7 +813,7 @@ def serve_with_intervals(topology: Topology | str, requests: Sequence[Request], 
     if set(wanted) & set(LOAD_METRICS):
         raise ServingError(f"no interval for {', '.join(sorted(set(wanted) & set(LOAD_METRICS)))}: corner runs "
                            f"record no link load")
-    topo = presets.get(topology) if isinstance(topology, str) else topology
+    topo = _topology(topology)
     measure = metrics or (lambda r: r.metrics_with_units())
     results: list[ServingResult] = []
 

@@ -19,9 +19,9 @@
 
 from __future__ import annotations
 
-from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import PolicyError, check_count, check_fraction, check_positive
+from .base import KVPolicy, Seq, ServingInstance, SplitsRoles, StepItem, StepWork
+from .params import PolicyError, check_count, check_fraction, check_positive, check_ratio
 from .registry import POLICIES, make_policy, names
 
-__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "ServingInstance", "StepItem", "StepWork", "check_count",
-           "check_fraction", "check_positive", "make_policy", "names"]
+__all__ = ["POLICIES", "KVPolicy", "PolicyError", "Seq", "ServingInstance", "SplitsRoles", "StepItem", "StepWork",
+           "check_count", "check_fraction", "check_positive", "check_ratio", "make_policy", "names"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..requests import Request
 
@@ -191,3 +191,19 @@ class KVPolicy:
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name}
+
+
+@runtime_checkable
+class SplitsRoles(Protocol):
+    """A policy that gives instances different roles (`pd-disaggregation`: prefill and decode) instead of running
+    every instance alike. The serving system asks it how many instances take each role and which policy each
+    of them runs; a policy without these two methods has all instances `colocated`, each with its own copy.
+    Written as a Protocol so the contract is one declaration, not a `hasattr` probe for one of its methods."""
+
+    def role_counts(self, instances: int) -> dict[str, int]:
+        """How many instances take each role, in GPU order; may ignore the config's `instances`."""
+        ...
+
+    def instance_policy(self, role: str) -> KVPolicy:
+        """A fresh policy for one instance of `role`."""
+        ...

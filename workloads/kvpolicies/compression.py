@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import PolicyError, check_count, check_fraction, check_positive
+from .params import check_count, check_fraction, check_positive, check_ratio
 
 
 class SystemPromptCompression(KVPolicy):
@@ -27,9 +27,7 @@ class SystemPromptCompression(KVPolicy):
     coalescible = True
 
     def __init__(self, ratio: float = 4.0, decompress_s: float = 50e-6, dynamic_fraction: float = 0.1) -> None:
-        self.ratio = check_positive(self.name, "ratio", ratio)
-        if self.ratio < 1:
-            raise PolicyError(f"policy '{self.name}': ratio must be >= 1, got {ratio}")
+        self.ratio = check_ratio(self.name, "ratio", ratio)
         self.decompress_s = check_positive(self.name, "decompress_s", decompress_s, allow_zero=True)
         self.dynamic = check_fraction(self.name, "dynamic_fraction", dynamic_fraction)
         self.stored: dict[str, int] = {}
@@ -73,7 +71,7 @@ class AsyncCompression(KVPolicy):
 
     def __init__(self, ratio: float = 4.0, trigger_tokens: int = 1024, window_tokens: int = 256,
                  flops_per_token: float | None = None) -> None:
-        self.ratio = check_positive(self.name, "ratio", ratio)
+        self.ratio = check_ratio(self.name, "ratio", ratio)
         self.trigger = check_count(self.name, "trigger_tokens", trigger_tokens)
         self.window = check_count(self.name, "window_tokens", window_tokens, allow_zero=True)
         # Checked here, not at bind: a bad value is refused where it is given, before any serving system is built.

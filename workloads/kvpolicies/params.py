@@ -52,3 +52,12 @@ def check_count(policy: str, what: str, value: Any, *, allow_zero: bool = False,
     not given), as an int; the rule is `workloads.counts.check_count`."""
     return counts.check_count(value, f"policy '{policy}': {what}", lo=0 if allow_zero else 1,
                               most=MAX_TOKENS if most is None else most, error=PolicyError)
+
+
+def check_ratio(policy: str, what: str, value: float) -> float:
+    """A compression ratio: a finite number >= 1, as a float (1 keeps the KV as it is; below 1 the compressed
+    KV would be larger than the original, which no compression does)."""
+    value = _number(policy, what, value)
+    if not value >= 1:
+        raise PolicyError(f"policy '{policy}': {what} must be >= 1, got {value}")
+    return value

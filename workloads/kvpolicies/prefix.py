@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import KVPolicy, Seq, ServingInstance, StepItem, StepWork
-from .params import PolicyError, check_positive
+from .params import PolicyError, check_fraction, check_positive
 
 READ_MODES = ("per-batch", "per-sequence")
 
@@ -37,7 +37,8 @@ class PrefixSharing(KVPolicy):
         if reads not in READ_MODES:
             raise PolicyError(f"policy '{self.name}': reads must be one of {', '.join(READ_MODES)}, got '{reads}'")
         self.reads = reads
-        self.cache_fraction = check_positive(self.name, "cache_fraction", cache_fraction)
+        # A share of the KV budget: above 1 the cache would hold more than the budget it is part of.
+        self.cache_fraction = check_fraction(self.name, "cache_fraction", cache_fraction, lo_open=True)
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
 

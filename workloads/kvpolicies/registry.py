@@ -30,7 +30,7 @@ def names() -> list[str]:
 
 def make_policy(name: str, **params: Any) -> KVPolicy:
     """A fresh policy object by registered name; `PolicyError` lists the known names or the bad parameter."""
-    cls = POLICIES.get(name)
+    cls = POLICIES.get(name) if isinstance(name, str) else None  # a list as a name is no TypeError
     if cls is None:
         raise PolicyError(f"unknown KV policy '{name}' (known: {', '.join(POLICIES)})")
     typed = coerce_all(params, settings_of(cls), f"policy '{name}'", PolicyError, noun="parameter")
