@@ -2,10 +2,12 @@
 
 Why: a large simulation holds millions of live Python objects (declared items, records, simpy events, route
 tuples) and creates them at a steady rate, so CPython keeps running full collections that walk the whole
-growing heap and free almost nothing. On a 1,024-GPU `shared-pool:pull-on-publish` sync that was about 40% of
-the wall time (`benchmarks/gc_pause.py` measures it, on and off). Peak memory is the same with collection held
-off (those objects are alive, not garbage), and reference counting still frees everything acyclic at once; the
-cycles a run leaves are collected as usual after it. `FABRICSIM_GC_PAUSE=0` keeps the collector running.
+growing heap and free almost nothing. A 1,024-GPU `shared-pool:pull-on-publish` sync whose reads are simpy
+processes (two publishes) took 20.7-22.0 s with the pause and 26.4-26.7 s without; a declared `host-staged` one
+5% less; a solver-bound `rdma-p2p` one the same (`benchmarks/gc_pause.py`, 2-core VM). Peak memory is the same
+with collection held off (those objects are alive, not garbage), and reference counting still frees everything
+acyclic at once; the cycles a run leaves are collected as usual after it. `FABRICSIM_GC_PAUSE=0` keeps the
+collector running.
 """
 
 from __future__ import annotations
