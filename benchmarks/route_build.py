@@ -1,0 +1,72 @@
+"""What one distinct route costs to build, step by step, on a 1,024-GPU cluster: the pull-on-publish sync's
+262,144 (trainer, rollout) pairs each build their own route, and that is most of its wall time.
+
+For `--pairs` distinct (trainer GPU, rollout GPU) pairs of the `cluster_scale` layout on `cluster-128x8-h200`
+(half the nodes train, half serve), each step timed over all pairs with fresh caches (microseconds per route):
+the compiled shortest-path search (`RouteIndex.shortest`: the search, its call and the node names),
+`Topology._build_path` (search + hops, path class, resources, caps, latency), `Topology.path_shape` (+ the
+`PathShape`), and `Simulation`'s kept shape (+ the route's resource numbers and arrays), the per-route cost a
+`transfer` pays the first time it sees a pair.
+
+    python benchmarks/route_build.py            # -> benchmarks/results/route-build.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from _record import machine_facts, write_result
+
+from fabricsim.simcore import Simulation
+from fabricsim.studies.cluster_scale import setup_of
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=32768)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS / "route-build.json"))
+    args = ap.parse_args()
+    setup = setup_of({"model": "DeepSeek-V3", "gpus": 1024})
+    topo = setup.topology
+    trainers, rollouts = setup.trainer.gpus, setup.rollout.gpus
+    per = max(1, args.pairs // len(trainers))
+    pairs = [(t, r) for t in trainers for r in rollouts[:per]][:args.pairs]
+    topo.path_shape(pairs[0][0], pairs[0][1])  # build the route index and load the compiled search first
+
+    def timed(step: str) -> float:
+        best = float("inf")
+        for _ in range(args.repeat):
+            topo._changed()  # no cached path, hop or index: every pair is new
+            topo.path_shape(*pairs[-1])
+            route = topo._index().route
+            sim = Simulation(topo, record_load=False)
+            fn = {"search": route.shortest, "build_path": topo._build_path, "path_shape": topo.path_shape,
+                  "simulation_shape": lambda a, b, sim=sim: sim._shape("t", a, b, "ce")}[step]
+            gc.disable()
+            t0 = time.perf_counter()
+            for a, b in pairs:
+                fn(a, b)
+            best = min(best, time.perf_counter() - t0)
+            gc.enable()
+        us = best / len(pairs) * 1e6
+        print(f"{step:18s} {us:6.2f} us per route", flush=True)
+        return us
+
+    steps = {s: timed(s) for s in ("search", "build_path", "path_shape", "simulation_shape")}
+    write_result(Path(args.out), {
+        "benchmark": "route-build", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(), "topology": topo.name, "pairs": len(pairs), "repeats": args.repeat,
+        "note": "min of repeats; fresh caches each repeat; the collector off while timing",
+        "load_average_1m_at_end": os.getloadavg()[0], "us_per_route": steps})
+
+
+if __name__ == "__main__":
+    main()
