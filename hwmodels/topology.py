@@ -153,8 +153,11 @@ class _Routing:
     caps: _CapIndex
     # (resource name, latency, link kind) of each directed link a route crossed: every route of a 1,024-GPU
     # cluster crosses a few hundred links between them, and formatting names and looking up edge data per hop was
-    # most of a route's cost (a pull-on-publish sync builds 262,144 routes)
+    # most of a route's cost (a pull-on-publish sync builds 262,144 routes). Kept as long as the path cache it was
+    # filled for (`hops_of`): whoever starts a new path cache (`Topology._changed`, or a copy whose links were
+    # edited) gets fresh link data too.
     hops: dict[tuple[str, str], tuple[str, float, str]] = field(default_factory=dict)
+    hops_of: dict | None = None
 
 
 @dataclass
@@ -403,6 +406,8 @@ class Topology:
             raise TopologyError(f"'{bad}' is a {self.kind(bad)}, not an endpoint (GPU, host memory or NVMe)")
         nodes = self._route_nodes(s, d)
         routing = self._index()
+        if routing.hops_of is not self._path_cache:
+            routing.hops, routing.hops_of = {}, self._path_cache
         known, adj = routing.hops, self.graph._adj
         directed = list(zip(nodes, nodes[1:], strict=False))
         hops = []

@@ -38,7 +38,10 @@ def _real(value: object, where: str, expected: str, shown: object) -> int | floa
         if abs(value) > _MAX_FLOAT_INT:
             raise ScenarioError(f"{where}: number is beyond 1e308, more than a float holds; check the number")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a Fraction past a float's range
+        raise ScenarioError(f"{where}: number is beyond 1e308, more than a float holds; check the number") from None
 
 
 def parse_bytes(value: object, where: str = "size") -> int:

@@ -14,7 +14,7 @@ task, so their flow count grows with GPUs^2 (65,536 flow events at 128 GPUs, ~4 
 their rotated all-to-all almost every departure re-rates the whole network (each max-min solve costs ~1 ms at
 128 GPUs); `pull-on-publish` pulls every rollout GPU's slices from every trainer GPU (262,144 distinct routes to
 build at 1,024 GPUs), and `relay` moves its chains' chunks one after another (a million flow events at 1,024
-GPUs, 512 is its last size of seconds). `host-staged` broadcasts every rank's bucket around the whole ring
+GPUs, 8-18 s per simulation and two per point; 512 shows its trend). `host-staged` broadcasts every rank's bucket around the whole ring
 (GPUs^2 hops per round); it and the shared pool (with one publish) declare all their work up front, so the
 compiled event loop runs them. See `benchmarks/sync_scale.py` for the wall time of each point, also beyond these
 sizes.

@@ -189,6 +189,21 @@ def test_a_deep_copy_and_its_original_route_alike():
     assert_same_routes(topo, [("node0.gpu0", "node1.gpu0"), ("node0.gpu1", "node1.gpu5")])
 
 
+def test_a_copy_with_new_link_latencies_and_a_new_path_cache_uses_them():
+    """The per-link data routes are built from lives as long as the path cache it was filled for."""
+    topo = presets.get("cluster-2x8", calibration=None)
+    before = topo.path("node0.gpu0", "node1.gpu0").latency_s
+    twin = copy.deepcopy(topo)
+    for d in twin.graph.edges.values():
+        if d["kind"] == "net":
+            d["latency_s"] = 1e-3
+    twin._path_cache = {}
+    path = twin.path("node0.gpu0", "node1.gpu0")
+    net_hops = sum(1 for u, v in zip(path.nodes, path.nodes[1:], strict=False) if twin.graph[u][v]["kind"] == "net")
+    assert net_hops and path.latency_s == pytest.approx(before + net_hops * 1e-3, rel=0.05)
+    assert topo.path("node0.gpu0", "node1.gpu0").latency_s == before
+
+
 # ---- random topologies -----------------------------------------------------------------------------------------
 BWS = [25e9, 50e9, 64e9, 100e9]  # few values: many equal-cost routes, so ties decide
 LATS = [0.0, 0.5e-6, 1e-6]

@@ -8,11 +8,14 @@ ratio of 0.5 grew the KV and a prefix cache could be 1.5 times its budget.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 from fabricsim.simcore import ScenarioError
 from fabricsim.simcore.units import check_bytes, check_positive, check_seconds, parse_bytes, parse_seconds
+from fabricsim.workloads.counts import check_count
 from fabricsim.workloads.errors import WorkloadError
 from fabricsim.workloads.kvpolicies import KVPolicy, PolicyError, SplitsRoles, make_policy
 from fabricsim.workloads.kvpolicies.registry import POLICIES
@@ -137,6 +140,31 @@ def test_a_policy_of_ones_own_that_splits_roles_is_served_by_role() -> None:
     reqs = poisson_requests(10.0, 3, prompt_tokens=16, output_tokens=4)
     system = ServingSystem("hgx-h100-8", reqs, OnePrefillOneDecode())
     assert [i.role for i in system.instances] == ["prefill", "decode"]
+
+
+def test_half_of_the_role_splitting_contract_is_one_line() -> None:
+    """A policy with role_counts but no instance_policy is a mistake, not a colocated policy."""
+    class HalfSplit(KVPolicy):
+        name = "half-split"
+
+        def role_counts(self, instances: int) -> dict[str, int]:
+            return {"prefill": 1, "decode": 1}
+
+    reqs = poisson_requests(10.0, 3, prompt_tokens=16, output_tokens=4)
+    with pytest.raises(ServingError, match="only one of role_counts and instance_policy"):
+        ServingSystem("hgx-h100-8", reqs, HalfSplit())
+
+
+@pytest.mark.parametrize("check", [check_bytes, check_seconds, check_positive], ids=lambda f: f.__name__)
+def test_units_helpers_refuse_a_fraction_past_a_float_in_one_line(check: object) -> None:
+    with pytest.raises(ScenarioError) as exc:
+        check(Fraction(10**400, 3), "field")  # type: ignore[operator]
+    _one_line(exc, "field", "beyond 1e308")
+
+
+def test_counts_refuse_a_fraction_past_a_float_in_one_line() -> None:
+    with pytest.raises(WorkloadError, match="^instances is more than 2"):
+        check_count(Fraction(10**400, 3), "instances")
 
 
 # ---------------------------------------------------------------------------------------- kinds at the boundary

@@ -20,7 +20,10 @@ def check_count(value: object, where: str, *, lo: int = 1, most: int = MAX_TOKEN
     can slice lists and index arrays. 512.5, NaN, infinities, bools and non-numbers are refused, not rounded:
     int() would make 0.5 a 0 and infinity an OverflowError. A huge count is refused by its size alone, before
     anything else, so the line never prints hundreds of digits."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    try:
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    except OverflowError:  # a Fraction past a float's range
+        raise error(f"{where} is more than 2^53 in size; check the number") from None
     if isinstance(value, bool) or not whole:
         raise error(f"{where} must be a whole number >= {lo}, got {value!r}")
     if abs(value) > most:

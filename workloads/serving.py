@@ -691,6 +691,10 @@ class ServingSystem:
             topo.gpu(g)
         tp = self.cfg.tp
         split = isinstance(proto, SplitsRoles)
+        if not split and (hasattr(proto, "role_counts") or hasattr(proto, "instance_policy")):
+            # half of the contract is a mistake, not a colocated policy: say so rather than serve it colocated
+            raise ServingError(f"policy '{name}' defines only one of role_counts and instance_policy; a policy that "
+                               "splits roles needs both (see kvpolicies.SplitsRoles)")
         counts = proto.role_counts(self.cfg.instances) if split else {"colocated": self.cfg.instances}
         # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
         # attempt to allocate them.

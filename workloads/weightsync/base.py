@@ -234,16 +234,14 @@ class SyncContext:
         item, in `concurrent_steps_s`. Declared items are only noted (their records tell the times after the
         run), as in `live_write_at`: a callback would make them procedural."""
         sim = self.sim
-        if began is not None and sim.declared(began) and all(sim.declared(p) for p in parts):
+        if began is not None:
+            if not (sim.declared(began) and all(sim.declared(p) for p in parts)):
+                raise WorkloadError("time_step: a step that begins after an item must be declared work (use "
+                                    "began=None for a step that starts now)")
             self._steps.append((began, parts))
             return
-        t0 = sim.now if began is None else None
-
-        def ended(_ev: simpy.Event) -> None:
-            start = t0 if began is None else began.value.finish_s
-            self.concurrent_steps_s.append(sim.now - start)
-
-        sim.env.all_of(parts).callbacks.append(ended)
+        t0 = sim.now
+        sim.env.all_of(parts).callbacks.append(lambda _ev: self.concurrent_steps_s.append(sim.now - t0))
 
     def settle_marks(self) -> None:
         """After the run: fold the noted events' finish times into `first_live_write_s`, and the noted decode
