@@ -5,7 +5,7 @@ on the way, as the Kimi-K2 and Perplexity setups do) in expert-parallel engines 
 (8 or more) whose fp8 weights take at most half of a GPU's HBM: TP 8 for Qwen3-235B-A22B, 16 for DeepSeek-V3
 and Kimi-K2. On `cluster-Nx8-h200` (rail-optimised, one 400 Gb/s NIC per GPU, the datasheet fabric: no bundled
 calibration covers a cluster). A configuration that does not fit (the trainer's bf16 shards on few GPUs, an
-engine wider than the rollout half) or needs one machine (CUDA IPC, shared pools beyond one node) is answered
+engine wider than the rollout half) or needs one machine (CUDA IPC, zero-copy pool reads beyond one node) is answered
 "infeasible", which is itself the finding.
 
 Sizes per strategy stop where one simulation stops taking seconds on a 2-core machine (`MAX_GPUS`):
@@ -14,10 +14,10 @@ task, so their flow count grows with GPUs^2 (65,536 flow events at 128 GPUs, ~4 
 their rotated all-to-all almost every departure re-rates the whole network (each max-min solve costs ~1 ms at
 128 GPUs); `pull-on-publish` pulls every rollout GPU's slices from every trainer GPU (262,144 distinct routes to
 build at 1,024 GPUs), and `relay` moves its chains' chunks one after another (a million flow events at 1,024
-GPUs, 8-18 s per simulation and two per point; 512 shows its trend). `host-staged` broadcasts every rank's bucket around the whole ring
-(GPUs^2 hops per round); it and the shared pool (with one publish) declare all their work up front, so the
-compiled event loop runs them. See `benchmarks/sync_scale.py` for the wall time of each point, also beyond these
-sizes.
+GPUs, 8-18 s per simulation and two per point; 512 shows its trend). `host-staged` broadcasts every rank's
+bucket around the whole ring (GPUs^2 hops per round); it and the shared pool (with one publish) declare all their
+work up front, so the compiled event loop runs them. See `benchmarks/sync_scale.py` for the wall time of each
+point, also beyond these sizes.
 
 `sync_s` and `stall_s` carry 90% intervals (`lo`, `hi` in the rows) from one re-run on the slow corner, mirrored:
 without a profile they are the a priori spread, about x/÷ 1.5.

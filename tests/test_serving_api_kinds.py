@@ -142,6 +142,21 @@ def test_a_policy_of_ones_own_that_splits_roles_is_served_by_role() -> None:
     assert [i.role for i in system.instances] == ["prefill", "decode"]
 
 
+def test_policy_params_with_a_policy_object_are_refused() -> None:
+    """Parameters go to a policy made by name; an object given with them would silently run without them."""
+    reqs = poisson_requests(10.0, 3, prompt_tokens=16, output_tokens=4)
+    with pytest.raises(ServingError, match="policy_params are for a policy given by name"):
+        ServingSystem("hgx-h100-8", reqs, make_policy("host-offload"), policy_params={"prefetch_depth": 2})
+
+
+def test_kv_layout_takes_a_numpy_page_size_and_refuses_a_fractional_one() -> None:
+    model = get_model("Llama-3-8B")
+    assert KVLayout(model, page_tokens=np.int64(32)).page_tokens == 32
+    assert type(KVLayout(model, page_tokens=np.int64(32)).page_tokens) is int
+    with pytest.raises(KVConfigError, match="page_tokens"):
+        KVLayout(model, page_tokens=16.5)
+
+
 def test_half_of_the_role_splitting_contract_is_one_line() -> None:
     """A policy with role_counts but no instance_policy is a mistake, not a colocated policy."""
     class HalfSplit(KVPolicy):

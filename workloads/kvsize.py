@@ -40,8 +40,8 @@ class KVLayout:
         # TypeError traceback (and tp=2.5 gave fractional heads per GPU without a word).
         if not isinstance(self.model, ModelConfig):
             raise KVConfigError(f"model must be a ModelConfig (models.get(name) gives one), got {self.model!r}")
-        if not isinstance(self.page_tokens, int) or self.page_tokens < 1:
-            raise KVConfigError(f"KV page size must be a whole number of tokens >= 1, got {self.page_tokens!r}")
+        object.__setattr__(self, "page_tokens", check_count(self.page_tokens, "KV page size (page_tokens)",
+                                                            error=KVConfigError))
         object.__setattr__(self, "tp", check_count(self.tp, "tensor-parallel degree", error=KVConfigError))
         object.__setattr__(self, "quant_group", check_count(self.quant_group, "quant_group", lo=0, error=KVConfigError))
         dtype_bytes(self.kv_dtype, "kv_dtype")

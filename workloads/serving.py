@@ -683,6 +683,9 @@ class ServingSystem:
             raise ServingError("no requests to serve")
         self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
         name = policy if isinstance(policy, str) else policy.name
+        if policy_params and not isinstance(policy, str):
+            raise ServingError(f"policy_params are for a policy given by name; policy '{name}' is an object already "
+                               "built with its parameters")
         self.policy_name = name
         self.policy_params = dict(policy_params or {})
         proto = make_policy(name, **self.policy_params) if isinstance(policy, str) else policy
