@@ -230,23 +230,28 @@ class SharedPool(Strategy):
             ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
             if ctx.setup.wire_dtype != ctx.setup.model.dtype:
                 chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
-            ends.append(self._flip_declared(ctx, r, float(plan.need_bytes[j]), half_step, chain))
+            ends.append(self._flip(ctx, r, float(plan.need_bytes[j]), half_step, chain.tail))
         return sim.all_of(ends, id=ctx.name("read"))
 
     def _read_declared(self, ctx: SyncContext, pool: SimPool, j: int, r: str, frac: float, stem: str,
                        chain: _Chain) -> int:
         """Reader j's (`r`) seqlock read of `frac` of its slice, its copy declared after the chain's tail: the pulls
         from every trainer GPU holding a part, at once. Returns the version read."""
-        sim, plan = ctx.sim, ctx.plan
-
         def cost(op: tuple) -> None:
             if op[0] == "copy":
-                pulls = [sim.transfer(ctx.name(f"{stem}.{r}"), t, r, float(plan.matrix[i, j]) * frac, after=chain.tail,
-                                      tag="pull") for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+                pulls = self._pulls(ctx, j, r, frac, stem, chain.tail)
                 if pulls:
-                    chain.then(sim.all_of(pulls, id=ctx.name(f"{stem}ed.{r}")))
+                    chain.then(ctx.sim.all_of(pulls, id=ctx.name(f"{stem}ed.{r}")))
 
         return _run_now(pool.read(cost, lambda: None))
+
+    @staticmethod
+    def _pulls(ctx: SyncContext, j: int, r: str, frac: float, stem: str, after: list | None = None) -> list:
+        """The copy of a read of `frac` of reader j's (`r`) slice: a pull from every trainer GPU holding a part of
+        it, all at once (after `after`, when declared)."""
+        sim, matrix = ctx.sim, ctx.plan.matrix
+        return [sim.transfer(ctx.name(f"{stem}.{r}"), t, r, float(matrix[i, j]) * frac, after=after or [], tag="pull")
+                for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0]
 
     def _relay_declared(self, ctx: SyncContext, pool: SimPool, published: list, half_step: float) -> list:
         """The relay chains (`_relay_chains`), declared: each hop's chunk c follows its own chunk c-1 and the
@@ -280,13 +285,14 @@ class SharedPool(Strategy):
                         chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=chain.tail, tag="observe"))
                     arrived.append(chain.tail[0])
                 upstream = arrived
-                ends.append(self._flip_declared(ctx, r, need, half_step, chain))
+                ends.append(self._flip(ctx, r, need, half_step, chain.tail))
         return ends
 
-    def _flip_declared(self, ctx: SyncContext, r: str, need: float, half_step: float, chain: _Chain) -> simpy.Event:
-        """`_flip`, declared after the chain's tail."""
+    def _flip(self, ctx: SyncContext, r: str, need: float, half_step: float, after: list) -> simpy.Event:
+        """Reader `r` switches to the new weights at its next step boundary, after `after`: the boundary (when the
+        live weights start changing), then the pointer flip or, with `flip_copy`, a local copy of them."""
         k, sim = self.knobs, ctx.sim
-        boundary = sim.delay(ctx.name(f"boundary.{r}"), half_step, after=chain.tail, tag="step-boundary")
+        boundary = sim.delay(ctx.name(f"boundary.{r}"), half_step, after=after, tag="step-boundary")
         ctx.live_write_at(boundary)
         if k.flip_copy:
             return sim.transfer(ctx.name(f"flip.{r}"), r, r, need * ctx.setup.rollout_ratio, after=[boundary],
@@ -316,24 +322,14 @@ class SharedPool(Strategy):
         def cost(op: tuple):
             if op[0] != "copy":
                 return None
-            pulls = [sim.transfer(ctx.name(f"pull.{r}"), t, r, float(plan.matrix[i, j]), tag="pull")
-                     for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+            pulls = self._pulls(ctx, j, r, 1.0, "pull")
             return sim.env.all_of(pulls) if pulls else None
 
         version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s, tag="observe"))
         ctx.pool_accepted.append(version)
         if ctx.setup.wire_dtype != ctx.setup.model.dtype:
             yield ctx.encode(r, float(plan.need_bytes[j]))
-        yield from self._flip(ctx, r, float(plan.need_bytes[j]), half_step)
-
-    def _flip(self, ctx: SyncContext, r: str, need: float, half_step: float) -> Generator:
-        k, sim = self.knobs, ctx.sim
-        yield sim.delay(ctx.name(f"boundary.{r}"), half_step, tag="step-boundary")
-        ctx.mark_live_write()
-        if k.flip_copy:
-            yield sim.transfer(ctx.name(f"flip.{r}"), r, r, need * ctx.setup.rollout_ratio, tag="flip")
-        else:
-            yield sim.delay(ctx.name(f"flip.{r}"), k.flip_s, tag="flip")
+        yield self._flip(ctx, r, float(plan.need_bytes[j]), half_step, [])
 
     def _relay_chains(self, ctx: SyncContext, pool: SimPool, half_step: float) -> list[Generator]:
         """One chain per TP rank: its GPUs need the same bytes; the first reads the trainer's pool chunk by
@@ -377,8 +373,7 @@ class SharedPool(Strategy):
         def cost(op: tuple):
             if op[0] != "copy":
                 return None
-            pulls = [sim.transfer(ctx.name(f"relay-pull.{r}"), t, r, float(plan.matrix[i, j]) * frac, tag="pull")
-                     for i, t in enumerate(plan.trainer_gpus) if plan.matrix[i, j] > 0]
+            pulls = self._pulls(ctx, j, r, frac, "relay-pull")
             return sim.env.all_of(pulls) if pulls else None
 
         for c in range(n_chunks):
@@ -394,7 +389,7 @@ class SharedPool(Strategy):
                 yield sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac, tag="relay")
                 yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # unchanged: the chunk is v
             arrived[h][c].succeed()
-        yield from self._flip(ctx, r, need, half_step)
+        yield self._flip(ctx, r, need, half_step, [])
 
     def stall(self, ctx: SyncContext, sync_s: float) -> float:
         if self.zero_copy:
