@@ -308,7 +308,6 @@ class Topology:
         link_kinds = {adj[a][b]["kind"] for a, b in zip(nodes, nodes[1:], strict=False)}
         return _class_of(src, dst, self.kind(src), self.kind(dst), link_kinds)
 
-
     def _route_nodes(self, src: str, dst: str) -> tuple[str, ...]:
         if src == dst:
             return (src,)

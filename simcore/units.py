@@ -13,7 +13,7 @@ from .errors import ScenarioError
 # and 10^9 s is 31 years. Refusing them keeps results readable (no 300-digit times) and integers in int64.
 MAX_BYTES = 2**60
 MAX_SECONDS = 1e9
-_MAX_FLOAT_INT = int(sys.float_info.max)
+MAX_FLOAT_INT = int(sys.float_info.max)  # the largest int a float holds
 
 _BYTE_UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -23,7 +23,7 @@ _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-
 _NUM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
-def _real(value: object, where: str, expected: str, shown: object) -> int | float:
+def real_number(value: object, where: str, expected: str = "a number", shown: object = None) -> int | float:
     """`value` as a plain Python int or float if it is a real number, else a `ScenarioError` saying what was
     `expected`.
 
@@ -32,10 +32,11 @@ def _real(value: object, where: str, expected: str, shown: object) -> int | floa
     messages do not depend on where a number came from. Bools are refused: True is no size or time. An int
     past a float's range is refused here by its size alone: math.isfinite() of it would be an OverflowError,
     and its repr a line of hundreds of digits."""
+    shown = value if shown is None else shown
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ScenarioError(f"{where}: expected {expected}, got {shown!r}")
     if isinstance(value, numbers.Integral):
-        if abs(value) > _MAX_FLOAT_INT:
+        if abs(value) > MAX_FLOAT_INT:
             raise ScenarioError(f"{where}: number is beyond 1e308, more than a float holds; check the number")
         return int(value)
     try:
@@ -63,7 +64,7 @@ def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool =
     """A byte count: finite, > 0 (or >= 0 with `allow_zero`), at most `MAX_BYTES`, and an int when `whole`
     (files say bytes; the API also takes the fractional averages that models compute)."""
     shown = n if shown is None else shown
-    n = _real(n, where, "a size", shown)
+    n = real_number(n, where, "a size", shown)
     if not math.isfinite(n):
         raise ScenarioError(f"{where}: size must be a finite number, got {shown!r}")
     if not (n >= 0 if allow_zero else n > 0):
@@ -91,7 +92,7 @@ def parse_seconds(value: object, where: str = "time") -> float:
 def check_seconds(t: float, where: str, *, shown: object = None) -> float:
     """A duration or start time: finite, >= 0 and at most `MAX_SECONDS`."""
     shown = t if shown is None else shown
-    t = _real(t, where, "a time", shown)
+    t = real_number(t, where, "a time", shown)
     if not math.isfinite(t) or t < 0:
         raise ScenarioError(f"{where}: time must be a finite number >= 0, got {shown!r}")
     if t > MAX_SECONDS:
@@ -101,7 +102,7 @@ def check_seconds(t: float, where: str, *, shown: object = None) -> float:
 
 def check_positive(x: float, where: str) -> float:
     """A rate, weight or other factor: a finite number > 0."""
-    value = _real(x, where, "a finite number > 0", x)
+    value = real_number(x, where, "a finite number > 0", x)
     if not (0 < value < math.inf):
         raise ScenarioError(f"{where}: expected a finite number > 0, got {x!r}")
     return float(value)

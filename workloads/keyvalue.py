@@ -13,17 +13,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fabricsim.errors import FabricsimError
-from fabricsim.simcore.units import MAX_BYTES, parse_bytes
+from fabricsim.simcore.units import MAX_BYTES, MAX_FLOAT_INT, parse_bytes
 
 from .errors import WorkloadError
 
 _NO_DEFAULT = inspect.Parameter.empty
-MAX_FLOAT_INT = int(sys.float_info.max)
 
 
 @dataclasses.dataclass(frozen=True)

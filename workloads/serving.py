@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,7 +45,7 @@ from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import fitted
 from fabricsim.simcore.errors import ScenarioError
 from fabricsim.simcore.records import Result
-from fabricsim.simcore.units import check_bytes, check_positive, check_seconds
+from fabricsim.simcore.units import check_bytes, check_positive, check_seconds, real_number
 
 from .counts import check_count
 from .decode import DecodeBatch, decode_work
@@ -114,13 +113,15 @@ class ServingConfig:
             object.__setattr__(self, what, check_count(getattr(self, what), what, error=ServingError))
         if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
             raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
-        w, u = self.admission_watermark, self.gpu_memory_utilization
-        if not (_is_number(w) and 0 <= w < 1):  # NaN fails the comparison too
+        _set_checked(self, "admission_watermark", real_number, ServingError)
+        _set_checked(self, "gpu_memory_utilization", real_number, ServingError)
+        w, u = float(self.admission_watermark), float(self.gpu_memory_utilization)
+        if not 0 <= w < 1:  # NaN fails the comparison too
             raise ServingError(f"admission_watermark must be in [0, 1), got {w!r}")
-        if not (_is_number(u) and 0 < u <= 1):
+        if not 0 < u <= 1:
             raise ServingError(f"gpu_memory_utilization must be in (0, 1], got {u!r}")
-        object.__setattr__(self, "admission_watermark", float(w))
-        object.__setattr__(self, "gpu_memory_utilization", float(u))
+        object.__setattr__(self, "admission_watermark", w)
+        object.__setattr__(self, "gpu_memory_utilization", u)
         # The API takes what a file or the CLI would refuse unless checked here: NaN or infinity in a cost or a
         # size runs to a NaN result or a hang, not an error. A budget of 0 bytes holds no page, so it is refused.
         if self.kv_budget_bytes is not None:
@@ -153,12 +154,6 @@ class ServingConfig:
         if isinstance(self.model, ModelConfig):
             return self.model.with_dtype(self.weight_dtype)
         return get_model(self.model, dtype=self.weight_dtype)
-
-
-def _is_number(x: object) -> bool:
-    """A number to compare with a range (NumPy scalars included): a string would raise TypeError there, and a
-    bool is no fraction."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _gpu_names(gpus: object) -> tuple[str, ...]:

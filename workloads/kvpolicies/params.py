@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
+
+from fabricsim.simcore.errors import ScenarioError
+from fabricsim.simcore.units import real_number
 
 from .. import counts
 from ..errors import WorkloadError
-from ..keyvalue import MAX_FLOAT_INT
 from ..requests import MAX_TOKENS
 
 
@@ -18,12 +19,12 @@ class PolicyError(WorkloadError):
 
 def _number(policy: str, what: str, value: Any) -> float:
     """`value` as a finite float. The CLI's parser refuses NaN and infinities before a policy sees them; a policy
-    built from Python gets the same refusal here, and an int past a float's range too (float() of it would be an
-    OverflowError, and its repr a line of hundreds of digits)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PolicyError(f"policy '{policy}': {what} must be a number, got {value!r}")
-    if isinstance(value, numbers.Integral) and abs(value) > MAX_FLOAT_INT:
-        raise PolicyError(f"policy '{policy}': {what} is beyond 1e308, more than a float holds; check the number")
+    built from Python gets the same refusal here. What counts as a number is `simcore.units.real_number`'s rule
+    (NumPy scalars yes, bools no, nothing past a float's range)."""
+    try:
+        value = real_number(value, f"policy '{policy}': {what}")
+    except ScenarioError as exc:
+        raise PolicyError(str(exc)) from None
     if not math.isfinite(value):
         raise PolicyError(f"policy '{policy}': {what} must be a finite number, got {value!r}")
     return float(value)
