@@ -115,7 +115,8 @@ class Simulation:
                 and type(start) is float and 0.0 <= start <= MAX_SECONDS):
             nbytes, rate_cap_Bps, weight, fixed_cost_s, start = _check_transfer(
                 rid, nbytes, rate_cap_Bps, weight, fixed_cost_s, start)
-        self._keep_current()
+        if self.topology._path_cache is not self._shapes_of:  # tested here: this runs once per transfer
+            self._keep_current()
         shape = self._shapes.get((src, dst, mechanism))
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fabricsim.errors import FabricsimError
-from fabricsim.simcore.units import MAX_BYTES, MAX_FLOAT_INT, parse_bytes
+from fabricsim.simcore.errors import ScenarioError
+from fabricsim.simcore.units import MAX_BYTES, parse_bytes, real_number
 
 from .errors import WorkloadError
 
@@ -113,15 +114,11 @@ def _number(where: str, name: str, value: Any) -> float:
                 x = float(parse_bytes(text, where))
             except FabricsimError as exc:  # the size parser's own one-line message, as this layer's error
                 raise WorkloadError(str(exc)) from None
-    elif isinstance(value, int | float):
-        if isinstance(value, int) and abs(value) > MAX_FLOAT_INT:  # float() would raise OverflowError
-            raise WorkloadError(f"{where}: number is beyond 1e308, more than a float holds; check the number")
-        x = float(value)
-    else:
+    else:  # a number by `simcore.units.real_number`'s rule (NumPy scalars yes, nothing past a float's range)
         try:
-            x = float(value)  # numpy scalars
-        except (TypeError, ValueError):
-            raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
+            x = float(real_number(value, where))
+        except ScenarioError as exc:
+            raise WorkloadError(str(exc)) from None
     if not math.isfinite(x):
         raise WorkloadError(f"{where}: expected a finite number, got {value!r}")
     if name.endswith("bytes") and x > MAX_BYTES:  # the bound a size written with a unit has (parse_bytes)
