@@ -31,7 +31,7 @@ _US = 1e6
 def _shown_from(r: Any) -> float:
     """Where a record's slice starts: a transfer's once its first byte moves (after its latency, fixed cost and
     setup: a copy that waits for a pipeline's fill is not yet on its links), anything else at begin_s."""
-    return min(r.begin_s + getattr(r, "latency_s", 0.0), r.finish_s)
+    return min(r.begin_s + r.latency_s, r.finish_s)
 
 
 def _lanes(records: list[Any]) -> list[tuple[Any, int]]:
