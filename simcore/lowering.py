@@ -281,6 +281,6 @@ def _flush_log(sim: Simulation | None, lt: np.ndarray, lr: np.ndarray, lv: np.nd
     """Hand logged load changes to the simulation's recorder, exactly as the simpy path reports them."""
     if sim is None or not len(lt):
         return
-    on_load = sim._on_load
+    on_load = sim.net.on_load
     for t, r, v in zip(lt.tolist(), lr.tolist(), lv.tolist(), strict=True):
         on_load(t, {r: max(0.0, v)})

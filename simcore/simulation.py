@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ class Simulation:
         self._res_index = {name: i for i, name in enumerate(self._res_names)}
         self._load: dict[str, list[tuple[float, float]]] = {}
         self.net = FluidNetwork(self.env, [caps[n] for n in self._res_names],
-                                on_load=self._on_load if record_load else None)
+                                on_load=partial(_record_load, self._res_names, self._load) if record_load else None)
         self._record_rates = record_rates
         self._done: dict[str, simpy.Event] = {}
         self._records: list[Record] = []  # in declaration order (ids: `_done`)
@@ -232,7 +233,9 @@ class Simulation:
             capacity = getattr(spec, "hbm_bytes", None) or getattr(spec, "bytes", None)
             if capacity is None:
                 raise ScenarioError(f"'{device}' has no memory to account")
-            pool = MemoryPool(node, capacity, clock=lambda: self.env.now)
+            env = self.env  # the clock holds the environment, not the simulation: a cycle through the simulation
+            # would leave its whole run (millions of objects) to the cyclic collector instead of reference counting
+            pool = MemoryPool(node, capacity, clock=lambda: env.now)
             self._memory[node] = pool
         return pool
 
@@ -447,16 +450,19 @@ class Simulation:
             queue = self._engines[name] = FifoEngine(self.env)
         return queue
 
-    def _on_load(self, now: float, load: dict[int, float]) -> None:
-        names = self._res_names
-        for r, v in load.items():
-            series = self._load.setdefault(names[r], [])
-            if series and series[-1][0] == now:
-                series[-1] = (now, v)
-                if len(series) > 1 and series[-2][1] == v:
-                    series.pop()
-            elif not series or series[-1][1] != v:
-                series.append((now, v))
+def _record_load(names: list[str], store: dict[str, list[tuple[float, float]]], now: float,
+                 load: dict[int, float]) -> None:
+    """The network's load callback: each resource's (time, load) steps, a step per change. A function of the
+    simulation's name list and load store, not a method: a bound method held by the network would make a
+    reference cycle through the simulation, and leave a whole run to the cyclic collector."""
+    for r, v in load.items():
+        series = store.setdefault(names[r], [])
+        if series and series[-1][0] == now:
+            series[-1] = (now, v)
+            if len(series) > 1 and series[-2][1] == v:
+                series.pop()
+        elif not series or series[-1][1] != v:
+            series.append((now, v))
 
 
 def _plain(x: Any) -> Any:
