@@ -97,7 +97,9 @@ class _Cap:
     endpoints: frozenset[str] = frozenset()
     local_copy_coeff: float = 0.0  # how much a local (src == dst) copy at this endpoint draws
 
-    def coefficient(self, path_class: str, src: str, dst: str, directed: list[tuple[str, str]]) -> float:
+    def coefficient(self, path_class: str, src: str, dst: str, crossings: int) -> float:
+        """What a copy src -> dst of `path_class` draws on this cap per byte moved; `crossings`: how many times its
+        route crosses the cap's links."""
         if self.classes and path_class not in self.classes:
             return 0.0
         if self.endpoints and src not in self.endpoints and dst not in self.endpoints:
@@ -105,7 +107,7 @@ class _Cap:
         if self.edges:
             if src == dst:
                 return self.local_copy_coeff if src in self.endpoints else 0.0
-            return float(sum(1 for e in directed if e in self.edges))
+            return float(crossings)
         return 1.0
 
 
@@ -114,35 +116,43 @@ class _CapIndex:
     (a 512-GPU cluster has ~640 caps; asking each one cost ~0.3 ms per route).
 
     A cap that names endpoints draws only on copies from or to one of them; one that names links (and no
-    endpoints) only on copies crossing one of them; one that names neither may draw on any copy. Candidates
-    come back in the topology's cap order, and `_Cap.coefficient` still decides, so the resources are the
-    same as asking every cap."""
+    endpoints) only on copies crossing one of them; one that names neither may draw on any copy. Only those
+    candidates are asked, and `_Cap.coefficient` still decides, so the resources are the same as asking every
+    cap (tests/test_routing.py asks every cap, as the oracle)."""
 
     def __init__(self, caps: dict[str, _Cap]) -> None:
         self.caps = list(caps.values())
         self.always: list[int] = []
         self.by_endpoint: dict[str, list[int]] = {}
-        self.by_edge: dict[tuple[str, str], list[int]] = {}
+        # every cap naming a link, by link, endpoints or not: a route counts its crossings of each cap's links
+        # (its coefficient) while it walks its hops
+        self.on_edge: dict[tuple[str, str], tuple[int, ...]] = {}
         for i, cap in enumerate(self.caps):
+            for e in cap.edges:
+                self.on_edge[e] = (*self.on_edge.get(e, ()), i)
             if cap.endpoints:
                 for e in cap.endpoints:
                     self.by_endpoint.setdefault(e, []).append(i)
-            elif cap.edges:
-                for e in cap.edges:
-                    self.by_edge.setdefault(e, []).append(i)
-            else:
+            elif not cap.edges:
                 self.always.append(i)
 
-    def candidates(self, src: str, dst: str, directed: list[tuple[str, str]]) -> list[_Cap]:
-        """Caps that may draw on a copy src -> dst over the directed links `directed`, in topology order."""
+    def drawn(self, src: str, dst: str, path_class: str, crossings: dict[int, int]) -> list[tuple[str, float]]:
+        """(cap name, coefficient) of every cap a copy src -> dst of `path_class` draws on, given how many times its
+        route crosses each cap's links (`crossings`, by cap number; from `on_edge`). `_Cap.coefficient` decides,
+        asked only of the candidates: the caps of the two ends, those whose links the route crosses, and those
+        that name neither."""
         found = set(self.always)
         found.update(self.by_endpoint.get(src, ()))
         found.update(self.by_endpoint.get(dst, ()))
-        by_edge = self.by_edge
-        if by_edge:
-            for e in directed:
-                found.update(by_edge.get(e, ()))
-        return [self.caps[i] for i in sorted(found)]
+        caps = self.caps
+        found.update(i for i in crossings if not caps[i].endpoints)  # (the others are their ends')
+        out = []
+        for i in found:
+            cap = caps[i]
+            c = cap.coefficient(path_class, src, dst, crossings.get(i, 0))
+            if c:
+                out.append((cap.name, c))
+        return out
 
 
 @dataclass
@@ -151,12 +161,12 @@ class _Routing:
 
     route: RouteIndex
     caps: _CapIndex
-    # (resource name, latency, link kind) of each directed link a route crossed: every route of a 1,024-GPU
-    # cluster crosses a few hundred links between them, and formatting names and looking up edge data per hop was
-    # most of a route's cost (a pull-on-publish sync builds 262,144 routes). Kept as long as the path cache it was
-    # filled for (`hops_of`): whoever starts a new path cache (`Topology._changed`, or a copy whose links were
-    # edited) gets fresh link data too.
-    hops: dict[tuple[str, str], tuple[str, float, str]] = field(default_factory=dict)
+    # (resource name, latency, link kind, numbers of the caps naming it) of each directed link a route crossed:
+    # every route of a 1,024-GPU cluster crosses a few hundred links between them, and formatting names and looking
+    # up edge data per hop was most of a route's cost (a pull-on-publish sync builds 262,144 routes). Kept as long
+    # as the path cache it was filled for (`hops_of`): whoever starts a new path cache (`Topology._changed`, or a
+    # copy whose links were edited) gets fresh link data too.
+    hops: dict[tuple[str, str], tuple[str, float, str, tuple[int, ...]]] = field(default_factory=dict)
     hops_of: dict | None = None
 
 
@@ -350,6 +360,14 @@ class Topology:
         and how its rate cap does (`PathShape.rate_cap`): `path(src, dst, nbytes, m)` is
         `path_shape(src, dst, m).path(nbytes)`. For callers that ask for many copies between the same ends (the
         simulator keeps one shape per (src, dst, mechanism) of a run and asks it for each copy's cap)."""
+        *fields, sized, rate_f = self.shape_fields(src, dst, mechanism)
+        return PathShape(Path(*fields), sized, rate_f)
+
+    def shape_fields(self, src: str, dst: str, mechanism: str = "ce") -> tuple:
+        """`path_shape` as a plain tuple: the `Path` fields (src, dst, path class, nodes, resources, latency, rate
+        cap, engine), then `PathShape`'s `sized` and `rate_f`. For the simulator, which keeps its own tuple per
+        distinct (src, dst, mechanism) and needs no `Path` object (a 1,024-GPU pull-on-publish sync has 262,144
+        distinct pairs)."""
         s, d = self.resolve(src), self.resolve(dst)
         key = (s, d)
         cached = self._path_cache.get(key)
@@ -379,7 +397,7 @@ class Topology:
                 cap = self._slowest_hop_Bps(nodes, resources)
             if sized is None:
                 cap *= rate_f
-        return PathShape(Path(s, d, cls, nodes, resources, latency, cap, engine), sized, rate_f)
+        return s, d, cls, nodes, resources, latency, cap, engine, sized, rate_f
 
     def _slowest_hop_Bps(self, nodes: tuple[str, ...], resources: tuple[tuple[str, float], ...]) -> float:
         """The rate the tightest hop of a copy allows, for a mechanism with no fitted rate to scale: its slowest
@@ -407,33 +425,43 @@ class Topology:
         routing = self._index()
         if routing.hops_of is not self._path_cache:
             routing.hops, routing.hops_of = {}, self._path_cache
-        known, adj = routing.hops, self.graph._adj
-        directed = list(zip(nodes, nodes[1:], strict=False))
-        hops = []
-        for e in directed:
+        known, adj, on_edge = routing.hops, self.graph._adj, routing.caps.on_edge
+        # one walk over the hops: link names, latency (summed in route order), link kinds, cap crossings
+        links: list[str] = []
+        latency = 0.0
+        kinds: set[str] = set()
+        crossings: dict[int, int] = {}
+        u = nodes[0]
+        for v in nodes[1:]:
+            e = (u, v)
             hop = known.get(e)
             if hop is None:
-                u, v = e
-                hop = known[e] = (f"{u}->{v}", adj[u][v]["latency_s"], adj[u][v]["kind"])
-            hops.append(hop)
-        cls = _class_of(s, d, ks, kd, {hop[2] for hop in hops})
-        resources: dict[str, float] = {}
-        for hop in hops:
-            resources[hop[0]] = resources.get(hop[0], 0.0) + 1.0
-        for cap in routing.caps.candidates(s, d, directed):
-            c = cap.coefficient(cls, s, d, directed)
-            if c:
-                resources[cap.name] = resources.get(cap.name, 0.0) + c
+                hop = known[e] = (f"{u}->{v}", adj[u][v]["latency_s"], adj[u][v]["kind"], on_edge.get(e, ()))
+            links.append(hop[0])
+            latency += hop[1]
+            kinds.add(hop[2])
+            for i in hop[3]:
+                crossings[i] = crossings.get(i, 0) + 1
+            u = v
+        cls = _class_of(s, d, ks, kd, kinds)
+        if len(set(links)) == len(links):
+            resources = [(name, 1.0) for name in links]
+        else:  # a pinned route may cross a link twice: it draws twice on it
+            counted: dict[str, float] = {}
+            for name in links:
+                counted[name] = counted.get(name, 0.0) + 1.0
+            resources = list(counted.items())
+        resources += routing.caps.drawn(s, d, cls, crossings)
         if not resources:
             raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
-        latency = sum(hop[1] for hop in hops)
+        resources.sort()
         engine = None
         pp = self.path_params.get(cls)
         if pp is not None and pp.discipline == "fifo":
             # The copy engine doing the DMA belongs to the GPU that issues it: the source, except for H2D.
             owner = d if cls == "h2d" else s
             engine = f"{owner}.ce.{cls}"
-        return nodes, cls, tuple(sorted(resources.items())), latency, engine
+        return nodes, cls, tuple(resources), latency, engine
 
     # ---- calibration ----------------------------------------------------------------------------------
     def with_calibration(self, profile: CalibrationProfile) -> Topology:

@@ -20,6 +20,7 @@ import simpy
 from . import _fluidlayout as L
 from .progress import Progress
 from .records import Record
+from .routes import RouteTable
 
 # The Simulation that calls this module is typed loosely (`Any`): simulation imports lowering, and lowering
 # needs nothing of it but attributes, so no import runs back up.
@@ -34,7 +35,7 @@ class Work(NamedTuple):
 
     start: float
     latency: float  # path latency + fixed cost (flows) or the delay itself
-    route: int  # the simulation's route number of its flow (`Simulation._route_arrays`), -1: no flow
+    route: int  # the simulation's route number of its flow (`Simulation._routes`), -1: no flow
     nbytes: float  # the record's bytes; the flow's, if it has one
     weight: float  # the flow's weight (1.0 without a flow)
     cap: float | None  # the flow's rate cap, None: none
@@ -109,12 +110,12 @@ class _ItemArrays:
 
 
 def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
-                 route_arrays: list[tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> list[Record]:
+                 routes: RouteTable, progress: Progress | None) -> list[Record]:
     """Run `work` (the simulation's declared items, `Work` tuples; `dones` their events, `recs` the records made so
     far, of the first items) on the compiled loop, fill in those records and return the others', made now.
-    `route_arrays`: the simulation's routes, (resource index array, coefficient array) by route number."""
+    `routes`: the simulation's routes by number."""
     loop = load_loop()
-    a, roff, rres, rcoef, nengines = lower(work, route_arrays)
+    a, roff, rres, rcoef, nengines = lower(work, routes)
     ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
     n, k = len(work), len(recs)
@@ -140,8 +141,7 @@ def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: 
     return made
 
 
-def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
-          ) -> tuple[_ItemArrays, np.ndarray, np.ndarray, np.ndarray, int]:
+def lower(work: list[tuple], routes: RouteTable) -> tuple[_ItemArrays, np.ndarray, np.ndarray, np.ndarray, int]:
     """The item arrays of `work`, and its routes as (offsets, resources, coefficients), numbered in order of first
     use by content (as `FluidNetwork` numbers them), and the number of engines (numbered in order of first use)."""
     n = len(work)
@@ -165,14 +165,10 @@ def lower(work: list[tuple], route_arrays: list[tuple[np.ndarray, np.ndarray]]
     # numbers in order of first use by an item with a flow
     used, first = np.unique(route[flow], return_index=True)
     used = used[np.argsort(first, kind="stable")]
-    number = np.zeros(len(route_arrays), np.int64)
+    number = np.zeros(len(routes), np.int64)
     number[used] = np.arange(len(used))
     a.iroute[flow] = number[route[flow]]
-    arrays = [route_arrays[r] for r in used.tolist()]
-    roff = np.zeros(len(arrays) + 1, np.int64)
-    roff[1:] = np.cumsum([len(res) for res, _ in arrays])
-    rres = np.concatenate([res for res, _ in arrays]) if arrays else np.zeros(0, np.int64)
-    rcoef = np.concatenate([c for _, c in arrays]) if arrays else np.zeros(0)
+    roff, rres, rcoef = routes.gather(used)
     # dependencies: successors in CSR, each item's successors in item order (a stable sort of the waits by the
     # item waited for)
     a.nleft[:] = np.fromiter(map(len, deps), np.int64, n)

@@ -30,7 +30,7 @@ import simpy
 from simpy.events import PENDING
 
 from fabricsim.errors import TopologyError
-from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
+from fabricsim.hwmodels.topology import Path, PathShape, Topology, path_bandwidth_Bps
 
 from .clock import timeout_at
 from .engines import FifoEngine
@@ -42,6 +42,7 @@ from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
 from .records import Record, Result
+from .routes import RouteTable
 from .units import MAX_BYTES, MAX_SECONDS, check_bytes, check_positive, check_seconds, parse_bytes
 
 Dep = str | simpy.Event
@@ -78,9 +79,8 @@ class Simulation:
         self._deferred: list[tuple] | None = []
         self._work: list[tuple] = self._deferred
         self._memory: dict[str, MemoryPool] = {}
-        # distinct routes (a path's resources -> number), with their (index array, coefficient array)
-        self._routes: dict[tuple, int] = {}
-        self._route_arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        # distinct routes (a path's resources -> number, resource numbers and coefficients)
+        self._routes = RouteTable(self._res_index)
         # (src, dst, mechanism) -> (the topology's PathShape, route number), while the topology's path cache is
         # the one they were built beside (`Topology._changed` starts a new one)
         self._shapes: dict[tuple[str, str, str], tuple] = {}
@@ -173,7 +173,7 @@ class Simulation:
         if hbm_bytes > 0 and hbm in self._res_index:
             t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]
             cap = hbm_bytes / max(t_compute, t_mem)
-            latency, route = 0.0, self._route(((hbm, 1.0),))
+            latency, route = 0.0, self._routes.number(((hbm, 1.0),))
         else:
             cap, latency, route = None, t_compute, -1
         return self._add((start, latency, route, float(hbm_bytes), 1.0, cap, None, self._seq, rid, "task", node, node,
@@ -275,7 +275,7 @@ class Simulation:
             try:
                 if loop != "simpy" and not why_not:
                     made = run_compiled(self, self._deferred, self._records, list(self._done.values()),
-                                        self._route_arrays, progress)
+                                        self._routes, progress)
                     self._records.extend(made)
                     self._deferred = None
                 else:
@@ -320,32 +320,21 @@ class Simulation:
             raise ScenarioError(f"duplicate id '{rid}'")
         return rid
 
-    def _route(self, resources: tuple[tuple[str, float], ...]) -> int:
-        """The number of a path's resources; their (index array, coefficient array), built once per distinct
-        path, are `_route_arrays[number]`."""
-        route = self._routes.get(resources)
-        if route is None:
-            route = self._routes[resources] = len(self._route_arrays)
-            self._route_arrays.append((np.array([self._res_index[r] for r, _ in resources], dtype=np.int64),
-                                       np.array([c for _, c in resources], dtype=np.float64)))
-        return route
-
     def _shape(self, rid: str, src: str, dst: str, mechanism: str) -> tuple:
         """What copies src -> dst by `mechanism` share, kept for the next such copy: (src, dst, path class, nodes,
         latency, rate cap, the `PathShape` when the cap depends on the size, else None, engine, route number)."""
         try:
-            shape = self.topology.path_shape(src, dst, mechanism)
+            fields = self.topology.shape_fields(src, dst, mechanism)
         except TopologyError as exc:
             raise ScenarioError(f"transfer '{rid}': {exc}") from None
-        path = shape.base
-        sized = shape if shape.sized is not None else None
-        kept = self._shapes[(src, dst, mechanism)] = (
-            path.src, path.dst, path.path_class, path.nodes, path.latency_s, path.rate_cap_Bps, sized, path.engine,
-            self._route(path.resources))
+        s, d, cls, nodes, resources, latency, cap, engine, sized_by, rate_f = fields
+        sized = None if sized_by is None else PathShape(Path(*fields[:8]), sized_by, rate_f)
+        kept = self._shapes[(src, dst, mechanism)] = (s, d, cls, nodes, latency, cap, sized, engine,
+                                                      self._routes.number(resources))
         return kept
 
     def _flow(self, rid: str, route: int, nbytes: float, weight: float, cap: float | None, key: int) -> Flow:
-        res, coef = self._route_arrays[route]
+        res, coef = self._routes.arrays(route)
         flow = self._flows[rid] = Flow(key, res, coef, nbytes, weight, cap, record=self._record_rates)
         return flow
 

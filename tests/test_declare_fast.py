@@ -100,7 +100,7 @@ def test_declared_transfers_take_the_path_of_their_size(name: str) -> None:
             ref.src, ref.dst, ref.path_class, ref.nodes, ref.engine, float(nbytes))
         assert w[1] == ref.latency_s + 1e-6 * (i % 2)
         assert w[5] == ref_cap
-        res, coef = sim._route_arrays[w[2]]
+        res, coef = sim._routes.arrays(w[2])
         assert [sim._res_names[r] for r in res.tolist()] == [r for r, _ in ref.resources]
         assert coef.tolist() == [c for _, c in ref.resources]
 

@@ -67,7 +67,7 @@ def old_build_path(topo: Topology, s: str, d: str) -> tuple:
     for u, v in directed:
         resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
     for cap in topo.caps.values():
-        c = cap.coefficient(cls, s, d, directed)
+        c = cap.coefficient(cls, s, d, sum(1 for e in directed if e in cap.edges))
         if c:
             resources[cap.name] = resources.get(cap.name, 0.0) + c
     if not resources:
