@@ -5,7 +5,7 @@ For `--pairs` distinct (trainer GPU, rollout GPU) pairs of the `cluster_scale` l
 (half the nodes train, half serve), each step timed over all pairs with fresh caches (microseconds per route):
 the compiled shortest-path search (`RouteIndex.shortest`: the search, its call and the node names),
 `Topology._build_path` (search + hops, path class, resources, caps, latency), `Topology.path_shape` (+ the
-`PathShape`), and `Simulation`'s kept shape (+ the route's resource numbers and arrays), the per-route cost a
+`PathShape`), and `Simulation`'s kept shape (its own tuple, no `Path`, + the route number), the per-route cost a
 `transfer` pays the first time it sees a pair.
 
     python benchmarks/route_build.py            # -> benchmarks/results/route-build.json
