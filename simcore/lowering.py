@@ -135,7 +135,7 @@ def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: 
         # the item's event counts as processed: a later procedure that waits on it goes straight on
         done._ok = True
         done._value = rec
-        done.callbacks = None
+        done._callbacks = None  # (a `_Declared`: its slot, without the property setter; 10^6 calls)
     end = float(np.max(ot[:, 2])) if n else 0.0
     sim.env._now = max(sim.env.now, end)  # the clock stands where the simpy path would have left it
     return made

@@ -184,7 +184,8 @@ class SyncContext:
         self._live_events: list[simpy.Event] = []  # declared items whose finish is a live write (`live_write_at`)
         # per trainer-side byte, for every transform together (asked once per copy: 10^6 times at 1,024 GPUs)
         self._wire_ratio = math.prod((t.ratio for t in transforms), start=1.0)
-        self._decode_hbm = sum(t.decode_hbm for t in transforms)
+        # HBM bytes the receiver's decoding kernels move per trainer-side byte (0: received bytes are the weights)
+        self.decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._steps: list[tuple[simpy.Event, list[simpy.Event]]] = []  # declared ones (`time_step`)
         self._assembled: AssembledPlan | None = None
@@ -269,14 +270,14 @@ class SyncContext:
         and a 1,024-GPU host-staged sync has 786,432 such loads)."""
         sim, wire = self.sim, float(raw_bytes * self._wire_ratio)  # a plain float takes `transfer`'s quick checks
         setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
-        if setup_s and (self._decode_hbm or not wire > 0):  # no copy to be the setup of
+        if setup_s and (self.decode_hbm or not wire > 0):  # no copy to be the setup of
             after = [sim.delay(setup_id, float(setup_s), after=tuple(after), tag="per-tensor")]
             setup_s = 0.0
-        dec = self._decode_hbm * raw_bytes
+        dec = self.decode_hbm * raw_bytes
         if dec:  # the decoding kernel writes the live weights (delta): no copy besides it
             return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
-        if wire > 0 and not self._decode_hbm:
+        if wire > 0 and not self.decode_hbm:
             return sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after), tag=tag,
                                 setup_s=float(setup_s), setup_id=setup_id)
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`

@@ -81,7 +81,7 @@ class RdmaP2P(Strategy):
                 slots = simpy.Resource(sim.env, capacity=self._slots())
                 ends.append(sim.process(self._queued(ctx, i, g, real, sims, slots, slices)))
         written = sim.all_of(ends, id=ctx.name("written"))
-        if any(t.decode_hbm for t in ctx.transforms):  # e.g. delta: apply the received payloads in place
+        if ctx.decode_hbm:  # e.g. delta: apply the received payloads in place
             need = ctx.plan.need_bytes
             written = sim.all_of([ctx.load(r, float(need[j]), after=[written]) for j, r in enumerate(ap.rollout_gpus)],
                                  id=ctx.name("applied"))
