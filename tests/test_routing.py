@@ -239,6 +239,12 @@ def random_topology(seed: int, n_nodes: int, extra_edges: int) -> Topology:
     for g in gpus[:2]:
         topo.add_cap(f"{g}.hbm", 3e12, endpoints=[g], edges=[tuple(sorted((g, nb))) for nb in topo.graph[g]],
                      local_copy_coeff=2.0)
+    for c in range(rng.randrange(3)):  # caps on links alone (a shared uplink), some of one path class only
+        picked = rng.sample(sorted(edges), min(len(edges), rng.randrange(1, 4)))
+        directed = [e if rng.random() < 0.5 else e[::-1] for e in picked]
+        if rng.random() < 0.5:
+            directed.append(picked[0][::-1])  # both directions of one link
+        topo.add_cap(f"links{c}", 60e9, edges=directed, classes=rng.choice([[], ["rdma", "p2p-pcie"], ["d2h"]]))
     return topo
 
 
