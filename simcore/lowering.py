@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any, NamedTuple
 
@@ -109,36 +110,81 @@ class _ItemArrays:
         self.succ = np.zeros(0, np.int64)
 
 
+class RecordMaker:
+    """Makes the records of one simulation's declared items (`work`) after a compiled run, from the run's times
+    (`times`: start, begin and finish lists by item), into the simulation's own record list `records` (shared),
+    in item order. An item's event asks for its one record out of order (`one`); that record is kept and taken
+    in its place, so an event's value and the result's record are the same object, as on the simpy path."""
+
+    def __init__(self, records: list[Record], work: list[tuple], times: tuple[list, list, list]) -> None:
+        self.records = records
+        self.work = work
+        self.times = times
+        self._early: dict[int, Record] = {}
+
+    def upto(self, n: int) -> list[Record]:
+        records, k = self.records, len(self.records)
+        if k < n:
+            t0, t1, t2 = self.times
+            early = self._early
+            work = self.work
+            # 10^6 new records make no reference cycle: the collector's passes over them (and the whole heap, each
+            # time it grows by a quarter) would find nothing and took 3/4 of the time spent making them
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                if early:
+                    records.extend([early.pop(i) if i in early else record(work[i], t0[i], t1[i], t2[i])
+                                    for i in range(k, n)])
+                else:
+                    records.extend(map(record, work[k:n], t0[k:n], t1[k:n], t2[k:n]))
+            finally:
+                if paused:
+                    gc.enable()
+        return records
+
+    def one(self, i: int) -> Record:
+        if i < len(self.records):
+            return self.records[i]
+        rec = self._early.get(i)
+        if rec is None:
+            t0, t1, t2 = self.times
+            rec = self._early[i] = record(self.work[i], t0[i], t1[i], t2[i])
+        return rec
+
+    def finish_times(self, n: int) -> list[float]:
+        return self.times[2][:n]
+
+    def transfer_bytes(self, n: int) -> Iterator[tuple[str, float]]:
+        """(path class, bytes) of each transfer among the first n items, without making records."""
+        return ((w[12], w[3]) for w in self.work[:n] if w[9] == "transfer")
+
+
 def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
-                 routes: RouteTable, progress: Progress | None) -> list[Record]:
+                 routes: RouteTable, progress: Progress | None) -> RecordMaker:
     """Run `work` (the simulation's declared items, `Work` tuples; `dones` their events, `recs` the records made so
-    far, of the first items) on the compiled loop, fill in those records and return the others', made now.
+    far, of the first items) on the compiled loop, fill in the times of those records, and return the
+    `RecordMaker` of the others' (made when asked for: `LazyRecords`, the events' values).
     `routes`: the simulation's routes by number."""
     loop = load_loop()
     a, roff, rres, rcoef, nengines = lower(work, routes)
     ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
-    n, k = len(work), len(recs)
-    t0, t1, t2 = ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist()
+    n = len(work)
+    times = ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist()
+    t0, t1, t2 = times
     for i, rec in enumerate(recs):
         rec.start_s, rec.begin_s, rec.finish_s = t0[i], t1[i], t2[i]
-    # 10^6 new records make no reference cycle: the collector's passes over them (and the whole heap, each time
-    # it grows by a quarter) would find nothing and took 3/4 of the time spent making them
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        made = list(map(record, work[k:], t0[k:], t1[k:], t2[k:]))
-    finally:
-        if paused:
-            gc.enable()
-    for done, rec in zip(dones, recs + made, strict=True):
-        # the item's event counts as processed: a later procedure that waits on it goes straight on
+    maker = RecordMaker(recs, work, times)
+    for done in dones:
+        # the item's event counts as processed, its value (the record) made when asked for: a later procedure
+        # that waits on it goes straight on. (A `_Declared`: its slots, without the properties; 10^6 events.)
         done._ok = True
-        done._value = rec
-        done._callbacks = None  # (a `_Declared`: its slot, without the property setter; 10^6 calls)
+        done._val = maker
+        done._callbacks = None
     end = float(np.max(ot[:, 2])) if n else 0.0
     sim.env._now = max(sim.env.now, end)  # the clock stands where the simpy path would have left it
-    return made
+    return maker
 
 
 def lower(work: list[tuple], routes: RouteTable) -> tuple[_ItemArrays, np.ndarray, np.ndarray, np.ndarray, int]:

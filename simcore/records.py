@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, overload
 
 import pandas as pd
 
@@ -36,13 +37,70 @@ class Record:
     latency_s: float = 0.0
 
 
+class RecordSource(Protocol):
+    """What `LazyRecords` makes its records from (`lowering.RecordMaker`)."""
+
+    def upto(self, n: int) -> list[Record]: ...  # the first n records, made in order (a shared list)
+    def finish_times(self, n: int) -> list[float]: ...
+    def transfer_bytes(self, n: int) -> Iterator[tuple[str, float]]: ...  # (path class, bytes) per transfer
+
+
+class LazyRecords(Sequence[Record]):
+    """The records of a run on the compiled loop, a read-only sequence made when first looked at.
+
+    Why: making a `Record` costs ~0.8 us, as much as the compiled loop spends on a flow event, and a large run
+    (a 1,024-GPU host-staged sync: 10^6 items) is often asked only for its makespan, its flow events and its
+    bytes per path class, which come from the run's arrays without records (`makespan_s`,
+    `bytes_by_link_class`). Anything else (iterating, indexing, `len`) makes them all once, in order, as the
+    same objects the items' events carry."""
+
+    def __init__(self, source: RecordSource, n: int) -> None:
+        self._source = source
+        self._n = n
+        self._list: list[Record] | None = None
+
+    def _all(self) -> list[Record]:
+        if self._list is None:
+            self._list = self._source.upto(self._n)[:self._n]
+        return self._list
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Record]: ...
+    def __getitem__(self, i: int | slice) -> Record | list[Record]:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyRecords):
+            other = other._all()
+        return self._all() == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a list's equality, so unhashable as a list is
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+    def finish_times(self) -> list[float]:
+        return self._source.finish_times(self._n)
+
+    def transfer_bytes(self) -> Iterator[tuple[str, float]]:
+        return self._source.transfer_bytes(self._n)
+
+
 @dataclass
 class Result:
     """The outcome of `Simulation.run()`."""
 
     topology: str
     calibration_id: str | None
-    records: list[Record]
+    records: Sequence[Record]  # a list, or `LazyRecords` after a compiled run
     capacity: dict[str, float]
     load: dict[str, list[tuple[float, float]]]  # resource -> [(time, bytes/s drawn)] piecewise constant
     memory_peaks: dict[str, int] = field(default_factory=dict)
@@ -50,6 +108,8 @@ class Result:
 
     @property
     def makespan_s(self) -> float:
+        if isinstance(self.records, LazyRecords):
+            return max(self.records.finish_times(), default=0.0)
         return max((r.finish_s for r in self.records), default=0.0)
 
     @property
@@ -105,9 +165,11 @@ class Result:
 
     def bytes_by_link_class(self) -> dict[str, float]:
         """Total bytes per path class (h2d, p2p-nvlink, rdma, ...) over all transfers."""
+        pairs = (self.records.transfer_bytes() if isinstance(self.records, LazyRecords)
+                 else ((r.path_class, r.bytes) for r in self.transfers))
         out: dict[str, float] = {}
-        for r in self.transfers:
-            out[r.path_class] = out.get(r.path_class, 0.0) + r.bytes
+        for cls, b in pairs:
+            out[cls] = out.get(cls, 0.0) + b
         return out
 
     def mean_utilisation(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ on the same HBM cap that copies draw on, so a memory-bound kernel and a copy slo
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,11 +37,11 @@ from .engines import FifoEngine
 from .errors import ScenarioError
 from .fluid import Flow, FluidNetwork
 from .gcpause import gc_paused
-from .lowering import record, run_compiled
+from .lowering import RecordMaker, record, run_compiled
 from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
-from .records import Record, Result
+from .records import LazyRecords, Record, Result
 from .routes import RouteTable
 from .units import MAX_BYTES, MAX_SECONDS, check_bytes, check_positive, check_seconds, parse_bytes
 
@@ -78,6 +78,7 @@ class Simulation:
         # list (for `rate_segments`).
         self._deferred: list[tuple] | None = []
         self._work: list[tuple] = self._deferred
+        self._maker: RecordMaker | None = None  # a compiled run's, which makes its records when asked for
         self._memory: dict[str, MemoryPool] = {}
         # distinct routes (a path's resources -> number, resource numbers and coefficients)
         self._routes = RouteTable(self._res_index)
@@ -274,9 +275,8 @@ class Simulation:
         with gc_paused():
             try:
                 if loop != "simpy" and not why_not:
-                    made = run_compiled(self, self._deferred, self._records, list(self._done.values()),
-                                        self._routes, progress)
-                    self._records.extend(made)
+                    self._maker = run_compiled(self, self._deferred, self._records, list(self._done.values()),
+                                               self._routes, progress)
                     self._deferred = None
                 else:
                     self._go_procedural()
@@ -290,11 +290,15 @@ class Simulation:
             return self.result()
 
     def result(self) -> Result:
-        self._made()
+        if self._maker is not None and len(self._records) < len(self._work):  # a compiled run's, not yet made
+            records: Sequence[Record] = LazyRecords(self._maker, len(self._work))
+        else:
+            self._made()
+            records = list(self._records)
         caps = {n: self.net.capacity[i] for i, n in enumerate(self._res_names)}
         return Result(
             topology=self.topology.name, calibration_id=self.topology.calibration_id,
-            records=list(self._records), capacity=caps, load=self._load,
+            records=records, capacity=caps, load=self._load,
             memory_peaks={d: p.peak_bytes for d, p in self._memory.items()}, events=self.net.events,
         )
 
@@ -373,6 +377,8 @@ class Simulation:
                 self._done[rid] = done
                 return done
             self._go_procedural()
+        elif self._maker is not None:
+            self._made()  # records stay in declaration order: a compiled run's items come first
         start, latency, route, nbytes, weight, cap, engine, key = item[:8]
         order = len(self._done)
         deps_ev = self._deps(rid, after)
@@ -385,10 +391,13 @@ class Simulation:
         return done
 
     def _made(self) -> None:
-        """Make the records of declared items that have none yet (they are made when first asked for)."""
+        """Make the records of declared items that have none yet (they are made when first asked for): with the
+        compiled run's times once it ran them (`_maker`)."""
         work, records = self._deferred, self._records
         if work is not None and len(records) < len(work):
             records.extend(map(record, work[len(records):]))
+        elif self._maker is not None and len(records) < len(self._work):
+            self._maker.upto(len(self._work))
 
     def _dep_indices(self, rid: str, after: list[Dep]) -> tuple[int, ...] | None:
         """Dependencies as work-item indices; None if one is an event from outside the declared work. (While work
@@ -490,15 +499,27 @@ class _Declared(simpy.Event):
 
     # Every attribute simpy gives an event is a slot, so no instance dict is ever made: a compiled run marks 10^6
     # events processed, and making a dict for each cost seconds. Unset `_ok` / `_defused` read as missing, as
-    # simpy's own do; `_value` starts as simpy's class default.
-    __slots__ = ("item", "_callbacks", "env", "_ok", "_value", "_defused")
+    # simpy's own do; `_value` starts as simpy's class default. `_value` is kept in `_val`, which a compiled run
+    # sets to its `RecordMaker`: the record is made when the value is first read.
+    __slots__ = ("item", "_callbacks", "env", "_ok", "_val", "_defused")
 
     def __init__(self, env: simpy.Environment, item: int) -> None:
         # simpy.Event.__init__ sets `env` and `callbacks` (tests/test_declare_fast.py checks that it still does)
         self.env = env
         self._callbacks = _NO_CALLBACKS
-        self._value = PENDING
+        self._val = PENDING
         self.item = item
+
+    @property
+    def _value(self) -> Any:  # type: ignore[override]
+        v = self._val
+        if type(v) is RecordMaker:
+            v = self._val = v.one(self.item)
+        return v
+
+    @_value.setter
+    def _value(self, value: Any) -> None:
+        self._val = value
 
     @property
     def callbacks(self) -> list | None:  # type: ignore[override]
