@@ -426,9 +426,9 @@ class Topology:
         if routing.hops_of is not self._path_cache:
             routing.hops, routing.hops_of = {}, self._path_cache
         known, adj, on_edge = routing.hops, self.graph._adj, routing.caps.on_edge
-        # one walk over the hops: link names, latency (summed in route order), link kinds, cap crossings
+        # one walk over the hops: link names, latencies, link kinds, cap crossings
         links: list[str] = []
-        latency = 0.0
+        lats: list[float] = []
         kinds: set[str] = set()
         crossings: dict[int, int] = {}
         u = nodes[0]
@@ -438,11 +438,12 @@ class Topology:
             if hop is None:
                 hop = known[e] = (f"{u}->{v}", adj[u][v]["latency_s"], adj[u][v]["kind"], on_edge.get(e, ()))
             links.append(hop[0])
-            latency += hop[1]
+            lats.append(hop[1])
             kinds.add(hop[2])
             for i in hop[3]:
                 crossings[i] = crossings.get(i, 0) + 1
             u = v
+        latency = sum(lats)  # sum(), not +=: Python 3.12's sum is compensated, and route latencies must not differ
         cls = _class_of(s, d, ks, kd, kinds)
         if len(set(links)) == len(links):
             resources = [(name, 1.0) for name in links]

@@ -82,8 +82,8 @@ class Simulation:
         self._memory: dict[str, MemoryPool] = {}
         # distinct routes (a path's resources -> number, resource numbers and coefficients)
         self._routes = RouteTable(self._res_index)
-        # (src, dst, mechanism) -> (the topology's PathShape, route number), while the topology's path cache is
-        # the one they were built beside (`Topology._changed` starts a new one)
+        # (src, dst, mechanism) -> the shape tuple `_shape` makes (route number last), while the topology's path
+        # cache is the one they were built beside (`Topology._changed` starts a new one)
         self._shapes: dict[tuple[str, str, str], tuple] = {}
         self._shapes_of = topology._path_cache
         self._lone: dict[tuple[str, str], tuple[float, float]] = {}  # `lone_copy`'s, beside `_shapes`
