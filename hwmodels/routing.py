@@ -76,6 +76,10 @@ class RouteIndex:
             if kinds[n] == "gpu":
                 self._closed[index[n]] = np.array([i for i, own in nics.get(n.rpartition(".")[0], ()) if own != n],
                                                   np.int64)
+        # the same as one array for the batch search: node n's are closed[closed_off[n]:closed_off[n + 1]]
+        self._closed_off = np.zeros(len(names) + 1, np.int64)
+        np.cumsum([len(c) for c in self._closed], out=self._closed_off[1:])
+        self._closed_all = np.concatenate(self._closed) if names else none
         # per-query scratch, stamped with the query number instead of cleared (see _routecore)
         nn, cap = len(names), len(nbr) + 1
         self._qid = 0
@@ -105,3 +109,30 @@ class RouteIndex:
             return None
         names = self.names
         return [names[i] for i in self._out[:n].tolist()]
+
+    def shortest_many(self, pairs: list[tuple[str, str]], room: int = 0) -> list[list[str] | None]:
+        """`shortest` of each (src, dst) pair (src != dst), searched in one compiled call per batch: the same
+        routes, without a call's argument checks per pair (as costly as the search itself). `room`: node slots of
+        the output (at least the graph's node count; a batch ends where a route might not fit)."""
+        core = _load_core()
+        index, names = self.index, self.names
+        srcs = np.array([index[s] for s, _ in pairs], np.int64)
+        dsts = np.array([index[d] for _, d in pairs], np.int64)
+        start = np.zeros(len(pairs), np.int64)
+        count = np.zeros(len(pairs), np.int64)
+        out = np.zeros(max(len(self.names), room or 64 * len(pairs)), np.int64)
+        got: list[list[str] | None] = []
+        k = 0
+        while k < len(pairs):
+            done = core.route_many(self.indptr, self.nbr, self.wt, self.is_ep, self._mark, self._closed_off,
+                                   self._closed_all, srcs[k:], dsts[k:], self._qid, self._settled, self._seen,
+                                   self._seen_d, self._pred, self._hd, self._hc, self._hn, out, start[k:], count[k:])
+            self._qid += done
+            flat, at, lens = out.tolist(), start[k:k + done].tolist(), count[k:k + done].tolist()
+            for j, (a, n) in enumerate(zip(at, lens, strict=True)):
+                if n == -2:
+                    s, d = pairs[k + j]
+                    raise AssertionError(f"route search {s}->{d} settled a node from both sides without a meeting node")
+                got.append(None if n < 0 else [names[i] for i in flat[a:a + n]])
+            k += done
+        return got

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -161,12 +162,13 @@ class _Routing:
 
     route: RouteIndex
     caps: _CapIndex
-    # (resource name, latency, link kind, numbers of the caps naming it) of each directed link a route crossed:
+    # ((resource name, 1.0), latency, link kind, numbers of the caps naming it) of each directed link a route crossed
+    # (the resource pair made once, shared by every route over the link):
     # every route of a 1,024-GPU cluster crosses a few hundred links between them, and formatting names and looking
     # up edge data per hop was most of a route's cost (a pull-on-publish sync builds 262,144 routes). Kept as long
     # as the path cache it was filled for (`hops_of`): whoever starts a new path cache (`Topology._changed`, or a
     # copy whose links were edited) gets fresh link data too.
-    hops: dict[tuple[str, str], tuple[str, float, str, tuple[int, ...]]] = field(default_factory=dict)
+    hops: dict[tuple[str, str], tuple[tuple[str, float], float, str, tuple[int, ...]]] = field(default_factory=dict)
     hops_of: dict | None = None
 
 
@@ -416,41 +418,68 @@ class Topology:
         cls = self.path(src, dst).path_class
         return cls in self.mechanisms.get(mechanism, {})
 
-    def _build_path(self, s: str, d: str) -> tuple:
-        ks, kd = self.kind(s), self.kind(d)
+    def _hop(self, routing: _Routing, u: str, v: str) -> tuple[tuple[str, float], float, str, tuple[int, ...]]:
+        """The link u -> v as routes use it, kept in `routing.hops`: ((resource name, 1.0), latency, link kind,
+        numbers of the caps naming it)."""
+        data = self.graph._adj[u][v]
+        hop = routing.hops[(u, v)] = ((f"{u}->{v}", 1.0), data["latency_s"], data["kind"],
+                                      routing.caps.on_edge.get((u, v), ()))
+        return hop
+
+    def warm_paths(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Build the routes of many (src, dst) pairs at once, for `path` and its kin to find cached: the same
+        routes as asking one by one, searched in one compiled call (one call per route cost as much as its
+        search). A speed hint only: pairs that are cached, pinned, local, unknown or unroutable are left for the
+        one-by-one path, which raises what it always raised."""
+        todo: dict[tuple[str, str], None] = {}
+        attrs, cache = self.graph._node, self._path_cache
+        for src, dst in pairs:
+            s, d = self.aliases.get(src, src), self.aliases.get(dst, dst)
+            if (s != d and (s, d) not in cache and (s, d) not in self._pinned and s in attrs and d in attrs
+                    and attrs[s]["kind"] in ENDPOINT_KINDS and attrs[d]["kind"] in ENDPOINT_KINDS):
+                todo[(s, d)] = None
+        if not todo:
+            return
+        keys = list(todo)
+        for (s, d), nodes in zip(keys, self._index().route.shortest_many(keys), strict=True):
+            if nodes is not None:
+                cache[(s, d)] = self._build_path(s, d, tuple(nodes))
+
+    def _build_path(self, s: str, d: str, nodes: tuple[str, ...] | None = None) -> tuple:
+        """What the path cache keeps of the copy s -> d (canonical names): (nodes, path class, resources, link
+        latency, engine); `nodes`: its route, when already searched (`warm_paths`)."""
+        attrs = self.graph._node  # plain dicts: the public views cost ~10x per lookup
+        ks, kd = attrs[s]["kind"], attrs[d]["kind"]
         if ks not in ENDPOINT_KINDS or kd not in ENDPOINT_KINDS:
             bad = s if ks not in ENDPOINT_KINDS else d
             raise TopologyError(f"'{bad}' is a {self.kind(bad)}, not an endpoint (GPU, host memory or NVMe)")
-        nodes = self._route_nodes(s, d)
+        if nodes is None:
+            nodes = self._route_nodes(s, d)
         routing = self._index()
         if routing.hops_of is not self._path_cache:
             routing.hops, routing.hops_of = {}, self._path_cache
-        known, adj, on_edge = routing.hops, self.graph._adj, routing.caps.on_edge
-        # one walk over the hops: link names, latencies, link kinds, cap crossings
-        links: list[str] = []
-        lats: list[float] = []
-        kinds: set[str] = set()
-        crossings: dict[int, int] = {}
+        known = routing.hops
+        # one walk over the hops, each link's data made once per topology (`_Routing.hops`)
+        hops = []
         u = nodes[0]
         for v in nodes[1:]:
-            e = (u, v)
-            hop = known.get(e)
+            hop = known.get((u, v))
             if hop is None:
-                hop = known[e] = (f"{u}->{v}", adj[u][v]["latency_s"], adj[u][v]["kind"], on_edge.get(e, ()))
-            links.append(hop[0])
-            lats.append(hop[1])
-            kinds.add(hop[2])
-            for i in hop[3]:
-                crossings[i] = crossings.get(i, 0) + 1
+                hop = self._hop(routing, u, v)
+            hops.append(hop)
             u = v
-        latency = sum(lats)  # sum(), not +=: Python 3.12's sum is compensated, and route latencies must not differ
-        cls = _class_of(s, d, ks, kd, kinds)
-        if len(set(links)) == len(links):
-            resources = [(name, 1.0) for name in links]
-        else:  # a pinned route may cross a link twice: it draws twice on it
+        latency = sum([h[1] for h in hops])  # sum(), as ever: Python 3.12's is compensated, and routes must agree
+        cls = _class_of(s, d, ks, kd, {h[2] for h in hops})
+        crossings: dict[int, int] = {}
+        for h in hops:
+            for i in h[3]:
+                crossings[i] = crossings.get(i, 0) + 1
+        if s == d or (s, d) not in self._pinned:  # a shortest route never crosses a link twice
+            resources = [h[0] for h in hops]
+        else:  # a pinned route may: it draws twice on such a link
             counted: dict[str, float] = {}
-            for name in links:
-                counted[name] = counted.get(name, 0.0) + 1.0
+            for h in hops:
+                counted[h[0][0]] = counted.get(h[0][0], 0.0) + 1.0
             resources = list(counted.items())
         resources += routing.caps.drawn(s, d, cls, crossings)
         if not resources:

@@ -214,6 +214,12 @@ class Simulation:
                                             self.topology.path(src, dst).latency_s)
         return got
 
+    def warm_routes(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Build the routes of (src, dst) pairs about to be copied between, all at once (`Topology.warm_paths`):
+        a speed hint for callers that declare many distinct pairs in a row (every trainer to every reader), which
+        changes no result and checks nothing (each `transfer` still does)."""
+        self.topology.warm_paths(pairs)
+
     def _keep_current(self) -> None:
         """Forget the kept shapes and lone-copy answers if the topology changed since they were kept (its path cache
         is then a new dict)."""

@@ -286,3 +286,56 @@ def test_unreachable_pairs_fail_as_before():
     with pytest.raises(TopologyError, match="no route from 'gpu0' to 'gpu1'"):
         topo.path("gpu0", "gpu1")
     assert_same_routes(topo, itertools.product(topo.endpoints(), topo.endpoints()))
+
+
+# ---- warm_paths: the batch search gives the routes of the one-by-one search -------------------------------------
+def warm_then_path(topo: Topology, pairs) -> None:
+    """Warm every pair, then compare what each pair's path is with the oracle (unroutable pairs are left to
+    `path`, which must still raise what it raised)."""
+    topo.warm_paths(pairs)
+    assert_same_routes(topo, pairs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), n_nodes=st.integers(2, 40), extra=st.integers(0, 60))
+def test_warmed_routes_of_random_topologies_are_the_routes(seed, n_nodes, extra):
+    topo = random_topology(seed, n_nodes, extra)
+    rng = random.Random(seed)
+    nodes = list(topo.graph.nodes)
+    pairs = list(itertools.product(topo.endpoints(), topo.endpoints()))
+    # switches, unknown names and repeats too: they are skipped, and `path` says what is wrong with them
+    pairs += [(rng.choice(nodes), rng.choice(nodes)) for _ in range(5)] + [("nowhere", nodes[0])] + pairs[:3]
+    rng.shuffle(pairs)
+    cold = copy.deepcopy(topo)
+    topo.warm_paths(pairs)
+    eps = set(topo.endpoints())
+    assert_same_routes(topo, [(s, d) for s, d in pairs if s in eps and d in eps])
+    for s, d in pairs:  # the others raise what they raise unwarmed
+        assert outcome(new_path, topo, s, d) == outcome(new_path, cold, s, d)
+
+
+def test_warmed_routes_of_a_cluster_are_the_routes_in_batches():
+    """More pairs than one compiled call takes (its output fills), on a cluster where ties are everywhere."""
+    topo = presets.get("cluster-16x8-h200", calibration=None)
+    gpus = topo.gpus()
+    pairs = [(a, b) for a in gpus[:12] for b in gpus[64:]]
+    route = topo._index().route
+    one_by_one = [route.shortest(a, b) for a, b in pairs]
+    assert route.shortest_many(pairs) == one_by_one
+    assert route.shortest_many(pairs, room=len(route.names) + 20) == one_by_one  # a few routes per call
+    warm_then_path(topo, pairs)
+
+
+def test_warm_leaves_pinned_and_unroutable_pairs_to_path():
+    topo = presets.get("cluster-2x8", calibration=None)
+    topo.pin_route("node0.gpu0", "node1.gpu3", ["node0.cpu0", "node1.pcisw1"])
+    topo.warm_paths([("node0.gpu0", "node1.gpu3"), ("node0.gpu0", "node1.gpu2")])
+    assert list(topo._path_cache) == [("node0.gpu0", "node1.gpu2")]  # the pinned pair is routed by `path`
+    assert_same_routes(topo, [("node0.gpu0", "node1.gpu3"), ("node0.gpu0", "node1.gpu2")])
+    split = Topology("split")
+    for n in ("gpu0", "gpu1"):
+        split.add_component(n, "gpu", spec=GPU_MODELS["H100"])
+    split.warm_paths([("gpu0", "gpu1")])
+    assert split._path_cache == {}
+    with pytest.raises(TopologyError, match="no route from 'gpu0' to 'gpu1'"):
+        split.path("gpu0", "gpu1")

@@ -250,6 +250,7 @@ class SharedPool(Strategy):
         """The copy of a read of `frac` of reader j's (`r`) slice: a pull from every trainer GPU holding a part of
         it, all at once (after `after`, when declared)."""
         sim, matrix = ctx.sim, ctx.plan.matrix
+        sim.warm_routes([(t, r) for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0])
         return [sim.transfer(ctx.name(f"{stem}.{r}"), t, r, float(matrix[i, j]) * frac, after=after or [], tag="pull")
                 for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0]
 
