@@ -6,7 +6,8 @@ For `--pairs` distinct (trainer GPU, rollout GPU) pairs of the `cluster_scale` l
 the compiled shortest-path search (`RouteIndex.shortest`: the search, its call and the node names),
 `Topology._build_path` (search + hops, path class, resources, caps, latency), `Topology.path_shape` (+ the
 `PathShape`), and `Simulation`'s kept shape (its own tuple, no `Path`, + the route number), the per-route cost a
-`transfer` pays the first time it sees a pair.
+`transfer` pays the first time it sees a pair; last, that shape with the pairs warmed 512 at a time first
+(`Simulation.warm_routes`: one compiled call searches them all), as a pull-on-publish read does.
 
     python benchmarks/route_build.py            # -> benchmarks/results/route-build.json
 """
@@ -26,6 +27,7 @@ from fabricsim.simcore import Simulation
 from fabricsim.studies.cluster_scale import setup_of
 
 RESULTS = Path(__file__).with_name("results")
+BATCH = 512  # pairs warmed together (`Simulation.warm_routes`): one reader's trainers at 1,024 GPUs
 
 
 def main() -> None:
@@ -49,18 +51,26 @@ def main() -> None:
             route = topo._index().route
             sim = Simulation(topo, record_load=False)
             fn = {"search": route.shortest, "build_path": topo._build_path, "path_shape": topo.path_shape,
-                  "simulation_shape": lambda a, b, sim=sim: sim._shape("t", a, b, "ce")}[step]
+                  "simulation_shape": lambda a, b, sim=sim: sim._shape("t", a, b, "ce"),
+                  "batched_simulation_shape": lambda a, b, sim=sim: sim._shape("t", a, b, "ce")}[step]
             gc.disable()
             t0 = time.perf_counter()
-            for a, b in pairs:
-                fn(a, b)
+            if step == "batched_simulation_shape":  # as a pull-on-publish read: warm a reader's pairs, then ask
+                for k in range(0, len(pairs), BATCH):
+                    sim.warm_routes(pairs[k:k + BATCH])
+                    for a, b in pairs[k:k + BATCH]:
+                        fn(a, b)
+            else:
+                for a, b in pairs:
+                    fn(a, b)
             best = min(best, time.perf_counter() - t0)
             gc.enable()
         us = best / len(pairs) * 1e6
         print(f"{step:18s} {us:6.2f} us per route", flush=True)
         return us
 
-    steps = {s: timed(s) for s in ("search", "build_path", "path_shape", "simulation_shape")}
+    steps = {s: timed(s) for s in ("search", "build_path", "path_shape", "simulation_shape",
+                                   "batched_simulation_shape")}
     write_result(Path(args.out), {
         "benchmark": "route-build", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(), "topology": topo.name, "pairs": len(pairs), "repeats": args.repeat,
