@@ -63,11 +63,13 @@ def run_case(topology: str, n_transfers: int, workers: int, loop: str, repeat: i
 
 
 def solver_counts(sim: Simulation) -> dict:
-    """What the incremental solve did (its counters in the core's ctr array): attempts, rounds, fallbacks to the
-    whole component, and route classes re-rated by the attempts that held."""
+    """What the solves did (counters in the core's ctr array): incremental attempts, their rounds, fallbacks to the
+    whole component, and route classes re-rated by the attempts that held; then the solves of a whole component
+    (after a fallback, or with the attempt skipped after fallbacks in a row) and the classes they re-rated."""
     ctr = sim.net._ctr
     return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
-            "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION])}
+            "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
+            "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS])}
 
 
 def million() -> dict:

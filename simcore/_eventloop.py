@@ -35,8 +35,9 @@ I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], i
 
 # st entries
 S_SEQ, S_EHN, S_RQH, S_RQT, S_NFREE, S_NSEEDS, S_NCLOSED, S_DIRTY, S_EVENTS, S_ACTIVE, S_NLOG, S_NGRANT = range(12)
-S_RECORD, S_DONE = 12, 13
-NST = 14
+S_RECORD, S_DONE, S_FINISHED, S_WORK = 12, 13, 14, 15
+# S_FINISHED: items finished so far (the progress line's count); S_WORK: work since the last YIELD (see `run`)
+NST = 16
 # sf entries: now, the pending network wake-up (inf when none)
 F_NOW, F_WAKE = 0, 1
 NSF = 2
@@ -98,10 +99,13 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
         lt, lr, lv, st, sf, budget,
         fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark, rmark, rstack, comp, hk, hi, ctr,
         finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched):
-    """Run (or resume) the loop for at most `budget` steps; returns a status (DONE, NEED_*, YIELD)."""
+    """Run (or resume) the loop; returns a status (DONE, NEED_*, YIELD). YIELD comes after about `budget` units
+    of work since the last one, counted across calls (the calls that return to grow an array come often where
+    every change re-rates many flows: the finish heap fills with stale entries). A step is one unit and a solve
+    as many as the classes it re-rated: in a 256-GPU all-to-all a step can take a millisecond, and the caller's
+    progress line must still move."""
     n = ikind.shape[0]
     now = sf[F_NOW]
-    steps = 0
     if st[S_DONE] == 0:
         # first call: every item without dependencies is released at t = 0, in index order
         st[S_DONE] = 1
@@ -109,8 +113,9 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             if nleft[i] == 0:
                 _ready(i, rq, st)
     while True:
-        steps += 1
-        if steps > budget:
+        st[S_WORK] += 1
+        if st[S_WORK] > budget:
+            st[S_WORK] = 0
             sf[F_NOW] = now
             return YIELD
         # 1. items released at this instant: start-time wait, engine queue, or begin
@@ -190,6 +195,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
             st[S_NSEEDS] = 0
             st[S_NCLOSED] = 0
             st[S_DIRTY] = 0
+            st[S_WORK] += nfch
             _log(now, nrch, rchanged, rf, lt, lr, lv, st)
             if t < sf[F_WAKE]:
                 sf[F_WAKE] = max(now, t)
@@ -233,6 +239,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
 def _finish(i, now, ot, ieng, eholder, egrant, gl, st, soff, succ, nleft, rq):
     """Item i ends at `now`: free its engine (granted again at the end of the instant), release successors."""
     ot[i, T_FINISH] = now
+    st[S_FINISHED] += 1
     e = ieng[i]
     if e >= 0:
         eholder[e] = -1

@@ -60,6 +60,8 @@ from ._fluidlayout import (
     N_SKIP,
     N_SOLVES,
     N_STREAK,
+    N_WHOLE,
+    N_WHOLE_CLS,
     NBOT,
     NCFREE,
     NFL,
@@ -982,6 +984,8 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
         nc = _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
         for q in range(nc):
             fmark[comp[q]] = 0
+        ctr[N_WHOLE] += 1
+        ctr[N_WHOLE_CLS] += nc
         nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
                             rchanged, 0, rcmark, mf)
     _finish_resources(rf, ri, rchanged, nrch, rcmark)

@@ -39,9 +39,11 @@ NRI = 5
 # then the number of active classes (kept by the core)
 # and how many coming solves go straight to the whole component, after how many fallbacks in a row; the
 # share of the active classes (percent) a region may reach before the whole component is solved instead; last,
-# how many class slots are free (the stack `cfree[:NCFREE]`)
-HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE = range(12)
-NCTR = 12
+# how many class slots are free (the stack `cfree[:NCFREE]`); then, for benchmarks, how many solves took the whole
+# component (FULL mode, a skipped incremental attempt, or a fallback) and the classes they solved
+(HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE,
+ N_WHOLE, N_WHOLE_CLS) = range(14)
+NCTR = 14
 INCREMENTAL, FULL = 0, 1
 
 TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now

@@ -62,7 +62,7 @@ def record(w: tuple, start_s: float = _NAN, begin_s: float = _NAN, finish_s: flo
                   w[1] if w[9] == "transfer" else 0.0)
 
 _loop = None
-STEPS_PER_CALL = 1 << 16  # the loop hands back control this often, for the progress line
+STEPS_PER_CALL = 1 << 16  # work units (steps, classes re-rated) between hand-backs, for the progress line
 
 
 def load_loop():
@@ -274,7 +274,8 @@ def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *,
             break
         if status == loop.YIELD:
             if progress is not None:
-                progress.tick(float(sf[loop.F_NOW]), net.events + int(st[loop.S_EVENTS]), int(st[loop.S_ACTIVE]))
+                progress.tick(float(sf[loop.F_NOW]), net.events + int(st[loop.S_EVENTS]), int(st[loop.S_ACTIVE]),
+                              done=int(st[loop.S_FINISHED]), total=n)
         elif status == loop.NEED_SLOTS:
             old = slots
             net._grow_flows(2 * old, net._width)

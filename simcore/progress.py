@@ -2,7 +2,10 @@
 
 Nothing is printed for runs shorter than `DELAY_S`: the line appears after that much wall time, says how many
 flow events have been processed, the simulated time reached and the flows in flight, and is cleared when the run
-ends. `FABRICSIM_PROGRESS=0` turns it off (sweep workers and scripts that parse stderr); a sweep has its own bar.
+ends. On the compiled loop, which knows all the work up front, it also says how many of the declared items have
+finished and, at the pace so far, about how long the rest will take: a 256-GPU all-to-all that takes many minutes
+says so within seconds, instead of looking like a hang. `FABRICSIM_PROGRESS=0` turns it off (sweep workers
+and scripts that parse stderr); a sweep has its own bar.
 When stderr is not a terminal (a log file, a pipe) a redrawn line would leave carriage-return debris, so plain
 lines are written instead, one every `LOG_EVERY_S`.
 The fluid network calls `tick` every few hundred wake-ups, so the cost is one counter test per event; the
@@ -32,10 +35,11 @@ class Progress:
         self._t0 = time.monotonic()
         self._delay = DELAY_S if delay_s is None else delay_s
         self._bar = None
-        self._phase = ""  # what the bar counts: "declaring" (items) or "simulating" (flow events)
+        self._phase = ""  # what the bar counts: "declaring" (items) or "simulating" (flow events, or items done)
         self._shown = 0
         self._plain = not sys.stderr.isatty()
         self._next_line = self._t0 + self._delay
+        self._pace0: tuple[float, int] | None = None  # (wall time, items done) at the first count of items
 
     def declaring(self, items: int) -> None:
         """Work is still being described (a 1,024-GPU sync declares a million items before the first event)."""
@@ -45,13 +49,37 @@ class Progress:
             self._bar.update(items - self._shown)
             self._shown = items
 
-    def tick(self, now_s: float, events: int, active: int) -> None:
+    def tick(self, now_s: float, events: int, active: int, done: int | None = None, total: int | None = None) -> None:
+        """The run so far: simulated time, flow events, flows in flight; `done` of `total` items finished where
+        the work is known up front (the compiled loop)."""
+        state = f"simulated {now_s:.4g} s, {active:,} in flight"
+        if done is None or not total:
+            if self._plain:
+                self._line("simulating", f"{events:,} flow events, {state}")
+            elif self._show("simulating", " flow events", events):
+                self._bar.update(events - self._shown)
+                self._shown = events
+                self._bar.set_postfix_str(state, refresh=False)
+            return
         if self._plain:
-            self._line("simulating", f"{events:,} flow events, simulated {now_s:.4g} s, {active:,} in flight")
-        elif self._show("simulating", " flow events", events):
-            self._bar.update(events - self._shown)
-            self._shown = events
-            self._bar.set_postfix_str(f"simulated {now_s:.4g} s, {active:,} in flight", refresh=False)
+            self._line("simulating", f"{done:,} of {total:,} items done, {events:,} flow events, {state}"
+                                     f"{self._left(done, total)}")
+        elif self._show("simulating", " items", done, total):
+            self._bar.update(done - self._shown)
+            self._shown = done
+            self._bar.set_postfix_str(f"{events:,} flow events, {state}", refresh=False)
+
+    def _left(self, done: int, total: int) -> str:
+        """', about N min left' at the pace since the first count (empty until there is a pace to go by)."""
+        t = time.monotonic()
+        if self._pace0 is None:
+            self._pace0 = (t, done)
+            return ""
+        t0, d0 = self._pace0
+        if done <= d0 or t - t0 < 1.0:
+            return ""
+        left = (t - t0) / (done - d0) * (total - done)
+        return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
 
     def _line(self, phase: str, text: str) -> None:
         """A plain line once per LOG_EVERY_S, and at once when the phase changes (after the delay)."""
@@ -61,15 +89,16 @@ class Progress:
             self._phase = phase
             print(f"fabricsim: {phase}: {text} ({t - self._t0:.0f} s)", file=sys.stderr, flush=True)
 
-    def _show(self, phase: str, unit: str, count: int) -> bool:
-        """Whether the bar is up (after the delay) and counts `phase`, starting a new one when the phase changed."""
+    def _show(self, phase: str, unit: str, count: int, total: int | None = None) -> bool:
+        """Whether the bar is up (after the delay) and counts `phase`, starting a new one when the phase changed
+        (with a `total`, tqdm shows the share done and its own estimate of the time left)."""
         if self._bar is None and time.monotonic() - self._t0 < self._delay:
             return False
         if self._phase != phase:
             self.close()
             from tqdm import tqdm
 
-            self._bar = tqdm(total=None, initial=count, desc=f"fabricsim: {phase}", unit=unit, unit_scale=True,
+            self._bar = tqdm(total=total, initial=count, desc=f"fabricsim: {phase}", unit=unit, unit_scale=True,
                              file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True)
             self._phase, self._shown = phase, count
         return True

@@ -73,6 +73,69 @@ def test_progress_plain_lines_when_stderr_is_no_terminal(monkeypatch, capsys):
     assert "\r" not in err and err.count("\n") == 1
 
 
+def test_compiled_progress_counts_items_and_the_time_left(monkeypatch, capsys):
+    """The compiled loop knows all its items: its line says how many finished, of how many, and (once there is a
+    pace to go by) about how long the rest will take."""
+    from fabricsim.simcore import lowering
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(lowering, "STEPS_PER_CALL", 50)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "1")
+    _busy_sim().run(loop="compiled")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fabricsim: simulating: ")]
+    assert len(lines) > 3
+    done = [int(ln.split("simulating: ")[1].split(" of ")[0].replace(",", "")) for ln in lines]
+    assert all(" of 600 items done" in ln for ln in lines)
+    assert done == sorted(done) and done[-1] < 600
+
+
+def test_time_left_follows_the_pace(monkeypatch):
+    clock = iter([0.0, 0.0, 10.0, 20.0, 30.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = progress.Progress(delay_s=0.0)
+    assert p._left(100, 1000) == ""  # the first count sets the pace's origin
+    assert p._left(200, 1000) == ", about 80 s left"  # 100 items per 10 s, 800 to go
+    assert p._left(100, 1000) == ""  # none done since the origin: no pace to go by
+    assert p._left(400, 100_000) == f", about {30 / 300 * 99_600 / 60:.0f} min left"
+
+
+def test_solve_work_counts_toward_a_call_budget():
+    """A step that re-rates hundreds of classes costs its share of the loop's budget, and the budget runs across
+    the calls that return to grow the finish heap (they come often where each change re-rates many flows), so
+    the progress line moves on an all-to-all too: 255 copies into one GPU, each departure re-rating the rest,
+    hand back control several times for a budget of 1,000 (more than a third of their ~2,500 plain steps);
+    handing back control changes no result."""
+    from fabricsim.hwmodels import presets
+    from fabricsim.simcore import _eventloop as loop
+    from fabricsim.simcore import lowering
+
+    topo = presets.get("cluster-32x8")
+    gpus = [f"node{n}.gpu{g}" for n in range(32) for g in range(8)]
+
+    def run(budget: int, mp: pytest.MonkeyPatch) -> tuple[int, list[float]]:
+        sim = Simulation(topo, record_load=False)
+        for i, a in enumerate(gpus[1:]):
+            sim.transfer(None, a, gpus[0], float((i + 1) << 20))
+        statuses = []
+        real = loop.run
+
+        def counted(*args):
+            statuses.append(real(*args))
+            return statuses[-1]
+
+        mp.setattr(lowering, "STEPS_PER_CALL", budget)
+        mp.setattr(loop, "run", counted)
+        res = sim.run(loop="compiled")
+        return statuses.count(loop.YIELD), [r.finish_s for r in res.records]
+
+    with pytest.MonkeyPatch.context() as mp:
+        _, whole = run(1 << 40, mp)
+        yields, split = run(1000, mp)
+    assert split == whole
+    assert yields >= 5
+
+
 def test_declaring_a_large_run_shows_progress_too(monkeypatch, capsys):
     """Describing a million items takes seconds before the first event: that phase has its line as well, and the
     simulating line follows it at once."""
