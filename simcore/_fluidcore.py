@@ -75,6 +75,9 @@ from ._fluidlayout import (
     RESID,
     RIGHT,
     ROUTE,
+    SCANLV,
+    SCANNED,
+    SCANTOP,
     SHORT_LIST,
     SUMUB,
     TARGET,
@@ -772,18 +775,35 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
         found = False
         for k in range(fn[s]):
             r = fres[s, k]
-            if ri[r, BINDING] == 0:
+            # only a resource saturated under the proposed rates can hold s back (`_bottleneck` measured every
+            # one of s's resources that may be; the others have rmark 0 or a LOADP below capacity)
+            if ri[r, BINDING] == 0 or rmark[r] == 0 or rf[r, LOADP] < rf[r, RCAP] * (1 - CHECK_TOL):
                 continue
+            if ri[r, SCANNED] != 0 and rf[r, SCANLV] <= lv:
+                # its outside flows above a level at most lv are collected already (a chain head's NIC is
+                # shared by hundreds of region flows: scanning it for each cost seconds at 1,024 GPUs)
+                if rf[r, SCANTOP] > lv:
+                    found = True
+                continue
+            ri[r, SCANNED] = 1
+            rf[r, SCANLV] = lv
+            top = 0.0
             e = ri[r, HEAD]
             while e >= 0:
                 g = e // K
                 e = inc_next[e]
-                if fmark[g] != 1 and ff[g, RATE] / ff[g, W] > lv:
+                if fmark[g] == 1:
+                    continue
+                lg = ff[g, RATE] / ff[g, W]
+                if lg > top:
+                    top = lg
+                if lg > lv:
                     found = True
                     if fmark[g] != 4:
                         fmark[g] = 4
                         comp[nc + nadd] = g
                         nadd += 1
+            rf[r, SCANTOP] = top
         if not found:
             stuck = True
     # outside flows whose bottleneck is a region resource: it must still hold, or another must
@@ -817,6 +837,7 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
             fmark[scratch[q]] = 0
     for q in range(nrs):
         rmark[rstack[q]] = 0
+        ri[rstack[q], SCANNED] = 0
     for q in range(nc, nc + nadd):
         fmark[comp[q]] = 1
     return -1 - nadd if stuck else nadd

@@ -26,14 +26,16 @@ NMF = 2
 MCLASS, LEFT, RIGHT = 0, 1, 2
 NMI = 3
 # rf columns (float64). RESID: capacity left to a region by the flows outside it; LOADP, MAXLEV: load and highest
-# level (rate/weight) under the proposed rates (scratch of the incremental solve).
-RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT = 0, 1, 2, 3, 4, 5, 6
-NRF = 7
+# level (rate/weight) under the proposed rates; SCANLV, SCANTOP: the lowest level above which the region check
+# collected this resource's outside flows, and their highest level (where ri SCANNED says so) (scratch of the
+# incremental solve).
+RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT, SCANLV, SCANTOP = 0, 1, 2, 3, 4, 5, 6, 7, 8
+NRF = 9
 # ri columns (int64)
 # NBOT: how many classes have this resource as their bottleneck (BOT); NFL: how many classes use it; NREG: how
-# many of them are in the incremental solve's region (scratch)
-HEAD, BINDING, NBOT, NFL, NREG = 0, 1, 2, 3, 4
-NRI = 5
+# many of them are in the incremental solve's region (scratch); SCANNED: 1 while SCANLV and SCANTOP hold (scratch)
+HEAD, BINDING, NBOT, NFL, NREG, SCANNED = 0, 1, 2, 3, 4, 5
+NRI = 6
 # ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL or FULL), then counters of
 # the incremental solve (for benchmarks): solves, rounds, fallbacks to the whole component, flows re-solved;
 # then the number of active classes (kept by the core)
