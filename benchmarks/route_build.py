@@ -24,7 +24,7 @@ from pathlib import Path
 from _record import machine_facts, write_result
 
 from fabricsim.simcore import Simulation
-from fabricsim.studies.cluster_scale import setup_of
+from fabricsim.workloads.weightsync.cluster_layout import setup_of
 
 RESULTS = Path(__file__).with_name("results")
 BATCH = 512  # pairs warmed together (`Simulation.warm_routes`): one reader's trainers at 1,024 GPUs

@@ -38,7 +38,7 @@ NODES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 CHILD = r"""
 import json, resource, sys, time
-from fabricsim.studies.cluster_scale import setup_of
+from fabricsim.workloads.weightsync.cluster_layout import setup_of
 from fabricsim.workloads.weightsync import get, simulate_sync
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
 knobs = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas (and pyarrow under it) take ~0.2 s to import; a sync run from the CLI needs neither
+    import pandas as pd
 
 
 @dataclass
@@ -155,12 +156,16 @@ class Result:
             d["duration_s"] = r.finish_s - r.start_s
             d["avg_GBps"] = r.bytes / (r.finish_s - r.begin_s) / 1e9 if r.finish_s > r.begin_s and r.bytes else 0.0
             rows.append(d)
+        import pandas as pd
+
         return pd.DataFrame(rows)
 
     def utilisation(self) -> pd.DataFrame:
         """Per-resource load over time: columns resource, t_s, load_Bps, capacity_Bps, utilisation."""
         rows = [(res, t, v, self.capacity[res], v / self.capacity[res])
                 for res, series in self.load.items() for t, v in series]
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=["resource", "t_s", "load_Bps", "capacity_Bps", "utilisation"])
 
     def bytes_by_link_class(self) -> dict[str, float]:

@@ -30,11 +30,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
-from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.intervals import corner_topology
-from fabricsim.workloads import models
-from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
-from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.workloads.weightsync import get, simulate_sync
+from fabricsim.workloads.weightsync.cluster_layout import layout, rollout_tp, setup_of
+
+__all__ = ["GPUS", "MAX_GPUS", "MODELS", "STUDY", "layout", "rollout_tp", "run_point", "setup_of"]
 
 MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
 INTERVAL_METRICS = ("sync_s", "stall_s")  # 90% intervals: datasheet parameters, the a priori 25% spread
@@ -42,32 +42,6 @@ GPUS = [8, 16, 32, 64, 128, 256, 512, 1024]
 MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 1024, "rdma-p2p": 128,
             "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 1024, "shared-pool:relay": 512,
             "delta:rdma-p2p": 128}
-
-
-def layout(gpus: int) -> tuple[str, str, str]:
-    """(topology, trainer GPUs, rollout GPUs) for a cluster of `gpus` GPUs, half training."""
-    nodes = gpus // 8
-    if nodes == 1:
-        return "cluster-1x8-h200", "node0.gpu0-3", "node0.gpu4-7"
-    return f"cluster-{nodes}x8-h200", f"node0-{nodes // 2 - 1}.gpu0-7", f"node{nodes // 2}-{nodes - 1}.gpu0-7"
-
-
-def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_rollout: int) -> int:
-    """Smallest power-of-two TP >= 8 (capped by the rollout GPUs) whose fp8 weights fit in half of HBM."""
-    tp = 8
-    while tp < n_rollout and model.weight_bytes() * 0.5 / tp > 0.5 * hbm_bytes:
-        tp *= 2
-    return min(tp, n_rollout)
-
-
-def setup_of(point: dict) -> SyncSetup:
-    topo_name, trainer, rollout = layout(int(point["gpus"]))
-    topo = presets.get(topo_name, calibration=None)
-    model = models.get(point["model"])
-    rollout_gpus = FSDPLayout(rollout).gpus
-    tp = rollout_tp(model, topo.gpu(rollout_gpus[0]).hbm_bytes, len(rollout_gpus))
-    return SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout_gpus, tp=tp, expert_parallel=True),
-                     rollout_dtype="fp8")
 
 
 def run_point(point: dict, ctx: PointContext | None = None) -> dict:

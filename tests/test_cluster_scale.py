@@ -27,3 +27,19 @@ def test_one_answer_and_one_infeasible_point():
     assert ok["feasible"][0] == 1.0 and ok["sync_s"][0] > 0
     ipc = study.run({"strategy": "cuda-ipc-buckets", "model": "Qwen3-235B-A22B", "gpus": 16})
     assert ipc["feasible"][0] == 0.0  # CUDA IPC handles do not cross nodes
+
+
+def test_a_single_sync_loads_no_sweep_machinery():
+    """`fabricsim sync` and one point of this layout (benchmarks/sync_scale.py) import neither pandas nor
+    pyarrow (~0.3 s of every run's wall time); the study itself still may."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import fabricsim.workloads.weightsync.cli\n"
+            "from fabricsim.workloads.weightsync.cluster_layout import setup_of\n"
+            "from fabricsim.workloads.weightsync import get, simulate_sync\n"
+            "simulate_sync(setup_of({'model': 'Qwen3-235B-A22B', 'gpus': 16}), get('nccl-broadcast'))\n"
+            "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
