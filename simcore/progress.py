@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 
 DELAY_S = 2.0
 LOG_EVERY_S = 10.0
+PACE_WINDOW_S = 30.0  # the time left is estimated at the pace of about this much recent wall time
 
 
 def enabled() -> bool:
@@ -39,7 +41,7 @@ class Progress:
         self._shown = 0
         self._plain = not sys.stderr.isatty()
         self._next_line = self._t0 + self._delay
-        self._pace0: tuple[float, int] | None = None  # (wall time, items done) at the first count of items
+        self._paces: deque[tuple[float, int]] = deque()  # (wall time, items done) of recent counts: the pace
 
     def declaring(self, items: int) -> None:
         """Work is still being described (a 1,024-GPU sync declares a million items before the first event)."""
@@ -70,12 +72,15 @@ class Progress:
             self._bar.set_postfix_str(f"{events:,} flow events, {state}", refresh=False)
 
     def _left(self, done: int, total: int) -> str:
-        """', about N min left' at the pace since the first count (empty until there is a pace to go by)."""
+        """', about N min left' at the pace of the last `PACE_WINDOW_S` (empty until there is a pace to go by).
+        Not the pace since the start: a large all-to-all finishes its first items fastest (the network fills
+        up), so that estimate kept falling behind."""
         t = time.monotonic()
-        if self._pace0 is None:
-            self._pace0 = (t, done)
-            return ""
-        t0, d0 = self._pace0
+        paces = self._paces
+        paces.append((t, done))
+        while len(paces) > 2 and t - paces[1][0] >= PACE_WINDOW_S:
+            paces.popleft()
+        t0, d0 = paces[0]
         if done <= d0 or t - t0 < 1.0:
             return ""
         left = (t - t0) / (done - d0) * (total - done)

@@ -90,14 +90,28 @@ def test_compiled_progress_counts_items_and_the_time_left(monkeypatch, capsys):
     assert done == sorted(done) and done[-1] < 600
 
 
-def test_time_left_follows_the_pace(monkeypatch):
-    clock = iter([0.0, 0.0, 10.0, 20.0, 30.0])
+def test_time_left_follows_the_recent_pace(monkeypatch):
+    """The estimate goes by the last ~30 s, not the whole run: a slowing run's estimate keeps up."""
+    monkeypatch.setattr(progress, "PACE_WINDOW_S", 30.0)
+    clock = iter([0.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     p = progress.Progress(delay_s=0.0)
-    assert p._left(100, 1000) == ""  # the first count sets the pace's origin
-    assert p._left(200, 1000) == ", about 80 s left"  # 100 items per 10 s, 800 to go
-    assert p._left(100, 1000) == ""  # none done since the origin: no pace to go by
-    assert p._left(400, 100_000) == f", about {30 / 300 * 99_600 / 60:.0f} min left"
+    assert p._left(100, 100_000) == ""  # the first count: no pace yet
+    assert p._left(1100, 100_000) == f", about {10 / 1000 * 98_900 / 60:.0f} min left"  # 100 items/s
+    assert p._left(2100, 100_000) == f", about {20 / 2000 * 97_900 / 60:.0f} min left"
+    assert p._left(3100, 100_000) == f", about {30 / 3000 * 96_900 / 60:.0f} min left"
+    # from here the run slows to 10 items/s; the counts older than the window drop out of the pace
+    assert p._left(3200, 100_000) == f", about {30 / 2100 * 96_800 / 60:.0f} min left"  # since t = 10
+    assert p._left(3300, 100_000) == f", about {30 / 1200 * 96_700 / 60:.0f} min left"  # since t = 20
+    assert p._left(3400, 100_000) == f", about {30 / 300 * 96_600 / 60:.0f} min left"  # since t = 30
+
+
+def test_no_estimate_without_progress(monkeypatch):
+    clock = iter([0.0, 0.0, 10.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = progress.Progress(delay_s=0.0)
+    assert p._left(100, 1000) == ""
+    assert p._left(100, 1000) == ""  # nothing finished since: no pace to go by
 
 
 def test_solve_work_counts_toward_a_call_budget():
