@@ -214,34 +214,44 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     cut the solve ~4x); the levels computed are the same numbers the eager version computes.
     """
     inf = np.inf
-    # local indices for the binding resources of the component
+    # local indices for the binding resources of the component, and each flow's binding entries as flat arrays
+    # (local resource, coefficient; flow ii's are eoff[ii]:eoff[ii + 1]): the passes below read them in order
+    # instead of looking each resource up again
+    K = fres.shape[1]
+    ent_j = np.empty(nc * K, np.int64)
+    ent_c = np.empty(nc * K)
+    eoff = np.empty(nc + 1, np.int64)
+    res_of = np.empty(nc * K, np.int64)
     nr = 0
     tot = 0
     ncap = 0
     for ii in range(nc):
         s = comp[ii]
+        eoff[ii] = tot
         if ff[s, CAP] < inf:
             ncap += 1
         for k in range(fn[s]):
             r = fres[s, k]
             if ri[r, BINDING] != 0:
-                tot += 1
-                if rloc[r] < 0:
+                j = rloc[r]
+                if j < 0:
+                    j = nr
                     rloc[r] = nr
+                    res_of[nr] = r
                     nr += 1
-    res_of = np.empty(nr, np.int64)
+                ent_j[tot] = j
+                ent_c[tot] = fcoef[s, k]
+                tot += 1
+    eoff[nc] = tot
     rem = np.empty(nr)
     demand = np.zeros(nr)
     start = np.zeros(nr + 1, np.int64)
     for ii in range(nc):
-        s = comp[ii]
-        w = ff[s, W]
-        for k in range(fn[s]):
-            j = rloc[fres[s, k]]
-            if j >= 0:
-                res_of[j] = fres[s, k]
-                demand[j] += fcoef[s, k] * w
-                start[j + 1] += 1
+        w = ff[comp[ii], W]
+        for t in range(eoff[ii], eoff[ii + 1]):
+            j = ent_j[t]
+            demand[j] += ent_c[t] * w
+            start[j + 1] += 1
     for j in range(nr):
         rem[j] = rf[res_of[j], capcol]
         start[j + 1] += start[j]
@@ -249,12 +259,10 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     fill = start[:nr].copy()
     users = np.empty(tot, np.int64)
     for ii in range(nc):
-        s = comp[ii]
-        for k in range(fn[s]):
-            j = rloc[fres[s, k]]
-            if j >= 0:
-                users[fill[j]] = ii
-                fill[j] += 1
+        for t in range(eoff[ii], eoff[ii + 1]):
+            j = ent_j[t]
+            users[fill[j]] = ii
+            fill[j] += 1
     unfrozen_users = np.empty(nr, np.int64)
     for j in range(nr):
         unfrozen_users[j] = start[j + 1] - start[j]
@@ -337,11 +345,9 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 rate = ff[s, CAP]
                 bots[ii] = -1
             rates[ii] = rate
-            for k in range(fn[s]):
-                j = rloc[fres[s, k]]
-                if j < 0:
-                    continue
-                c = fcoef[s, k]
+            for t in range(eoff[ii], eoff[ii + 1]):
+                j = ent_j[t]
+                c = ent_c[t]
                 x = rem[j] - c * rate
                 rem[j] = x if x > 0.0 else 0.0
                 demand[j] -= c * w
