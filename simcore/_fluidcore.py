@@ -217,11 +217,13 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     # local indices for the binding resources of the component, and each flow's binding entries as flat arrays
     # (local resource, coefficient; flow ii's are eoff[ii]:eoff[ii + 1]): the passes below read them in order
     # instead of looking each resource up again
-    K = fres.shape[1]
-    ent_j = np.empty(nc * K, np.int64)
-    ent_c = np.empty(nc * K)
+    m = 0
+    for ii in range(nc):
+        m += fn[comp[ii]]
+    ent_j = np.empty(m, np.int64)
+    ent_c = np.empty(m)
     eoff = np.empty(nc + 1, np.int64)
-    res_of = np.empty(nc * K, np.int64)
+    res_of = np.empty(m, np.int64)
     nr = 0
     tot = 0
     ncap = 0
@@ -781,8 +783,8 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
         found = False
         for k in range(fn[s]):
             r = fres[s, k]
-            # only a resource saturated under the proposed rates can hold s back (`_bottleneck` measured every
-            # one of s's resources that may be; the others have rmark 0 or a LOADP below capacity)
+            # only a resource saturated under the proposed rates can hold s back (s's resources are the region's:
+            # the loop above measured each that may be saturated, the others keep a LOADP estimate below capacity)
             if ri[r, BINDING] == 0 or rmark[r] == 0 or rf[r, LOADP] < rf[r, RCAP] * (1 - CHECK_TOL):
                 continue
             if ri[r, SCANNED] != 0 and rf[r, SCANLV] <= lv:
