@@ -718,6 +718,12 @@ def _may_saturate(r, rf):
     return rf[r, LOADP] >= rf[r, RCAP] * (1 - LOAD_MARGIN)
 
 
+@njit(b1(I, F2), cache=True, inline="always")
+def _saturated(r, rf):
+    """Whether r is full under the proposed rates (its LOADP, measured or estimated), to the check's tolerance."""
+    return rf[r, LOADP] >= rf[r, RCAP] * (1 - CHECK_TOL)
+
+
 @njit(UniTuple(I, 2)(I, F, I, I2, F2, I1, F2, F2, I2, I1, M1, M1, I1, I), cache=True, inline="always")
 def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark, rstack, nrs):
     """A bottleneck of flow s at `rate` under the proposed rates: (resource, or -1 for its cap, or -2 for none;
@@ -745,7 +751,7 @@ def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rma
             rstack[nrs] = r
             nrs += 1
             _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark)
-        if rf[r, LOADP] >= rf[r, RCAP] * (1 - CHECK_TOL) and lv >= rf[r, MAXLEV] * (1 - CHECK_TOL):
+        if _saturated(r, rf) and lv >= rf[r, MAXLEV] * (1 - CHECK_TOL):
             return r, nrs
     return -2, nrs
 
@@ -785,7 +791,7 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
             r = fres[s, k]
             # only a resource saturated under the proposed rates can hold s back (s's resources are the region's:
             # the loop above measured each that may be saturated, the others keep a LOADP estimate below capacity)
-            if ri[r, BINDING] == 0 or rmark[r] == 0 or rf[r, LOADP] < rf[r, RCAP] * (1 - CHECK_TOL):
+            if ri[r, BINDING] == 0 or not _saturated(r, rf):
                 continue
             if ri[r, SCANNED] != 0 and rf[r, SCANLV] <= lv:
                 # its outside flows above a level at most lv are collected already (a chain head's NIC is
