@@ -200,8 +200,7 @@ class Simulation:
         events = list(events)
         if len(events) == 1:
             return events[0]
-        env = self.env
-        if self._deferred is not None and all(type(ev) is _Declared and ev.env is env for ev in events):  # declared
+        if self._deferred is not None and all(self.declared(ev) for ev in events):
             return self.delay(id, 0.0, after=events, tag=tag)
         return self.env.all_of(events) if events else self.delay(id, 0.0, tag=tag)
 
@@ -359,7 +358,7 @@ class Simulation:
             return "flow rate segments are recorded"
         if self.env.peek() != float("inf"):
             return "simpy events are already scheduled"
-        if any(ev._callbacks for ev in self._done.values()):  # `waited_on`, without a call per item
+        if any(ev.waited_on() for ev in self._done.values()):
             return "something waits on a declared item's event"
         return ""
 
