@@ -174,12 +174,12 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     fill = min(chunk_bytes, per_call) / B
     # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
     # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
-    events = []
+    copies = []
     offset = 0.0
     for h, (a, b) in enumerate(hops):
-        events.append(sim.transfer(f"{name}.h{h}", a, b, nbytes, after=after, rate_cap_Bps=B, tag=tag, setup_s=offset,
-                                   setup_id=f"{name}.fill{h}"))
+        copies.append((f"{name}.h{h}", a, b, nbytes, offset, f"{name}.fill{h}"))
         offset += fill + lat[h]
+    events = sim.transfers(copies, after=after, rate_cap_Bps=B, tag=tag)
     if repeats > 1:  # the other calls' pipeline fills and latencies
         return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), after=events, tag=tag)
     return sim.all_of(events, id=f"{name}.end", tag=tag)

@@ -152,6 +152,78 @@ class Simulation:
         return self._add((start, latency, route, float(nbytes), weight, cap, engine, seq, rid, "transfer",
                           psrc, pdst, cls, nodes, tag, 0.0), after)
 
+    def transfers(self, copies: Iterable[tuple], *, after: Iterable[Dep] = (), lanes: int = 0,
+                  tag: str | None = None, rate_cap_Bps: float | None = None, mechanism: str = "ce"
+                  ) -> list[simpy.Event]:
+        """Many transfers at once, in order: each of `copies` is (id, src, dst, nbytes) or (id, src, dst, nbytes,
+        setup_s, setup_id), declared exactly as `transfer(id, src, dst, nbytes, after=..., tag=tag,
+        rate_cap_Bps=rate_cap_Bps, mechanism=mechanism, setup_s=setup_s, setup_id=setup_id)` would be, where
+        every copy waits for `after`, or with `lanes` > 0 only the first `lanes` do and copy n waits for copy
+        n - lanes (at most `lanes` in flight, each lane in order: how a static schedule issues its copies).
+        Returns their events.
+
+        Why: a 1,024-GPU sync declares millions of copies, and a call per copy (its keyword arguments, checks
+        and dependency lookup) cost about as much as the rest of declaring it; here the shared arguments are
+        looked at once. Anything off the usual path (procedural work, a size or setup that needs its full
+        checks, a setup on a queued engine) is handed to `transfer` itself, so results and errors are the same."""
+        copies = copies if type(copies) is list else list(copies)
+        if type(after) is not list and type(after) is not tuple:
+            after = list(after)
+        lanes = int(lanes)
+        if lanes < 0:
+            raise ScenarioError(f"transfers: lanes must be >= 0, got {lanes}")
+        deferred = self._deferred
+        deps = None
+        if deferred is not None and (rate_cap_Bps is None or (type(rate_cap_Bps) is float
+                                                              and 0.0 < rate_cap_Bps < _INF)):
+            deps = self._dep_indices("transfers", after) if after else ()
+        if deps is None:  # procedural, or a rate cap that needs its checks: one call per copy
+            return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism)
+        self._keep_current()
+        shapes, done_map, env, progress = self._shapes, self._done, self.env, self._progress
+        out: list[simpy.Event] = []
+        for n, c in enumerate(copies):
+            rid, src, dst, nbytes = c[0], c[1], c[2], c[3]
+            setup_s = c[4] if len(c) > 4 else 0.0
+            mine = deps if not lanes or n < lanes else (out[n - lanes].item,)
+            tb = type(nbytes)
+            shape = shapes.get((src, dst, mechanism))
+            if (type(rid) is not str or rid in done_map or not ((tb is int or tb is float) and 0 < nbytes <= MAX_BYTES)
+                    or (setup_s and not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS
+                                         and shape is not None and shape[7] is None))):
+                # (a setup on a queued engine is a delay item of its own; an unseen pair's shape says if it queues)
+                out.append(self.transfer(rid, src, dst, nbytes, after=after if mine is deps else [out[n - lanes]],
+                                         tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
+                                         setup_s=setup_s, setup_id=c[5] if len(c) > 5 else None))
+                continue
+            self._seq += 1
+            if shape is None:  # (a copy with a setup took `transfer` above: its shape says if it queues)
+                shape = self._shape(rid, src, dst, mechanism)
+            psrc, pdst, cls, nodes, latency, cap, sized, engine, route = shape
+            if sized is not None:
+                cap = sized.rate_cap(nbytes)
+            if rate_cap_Bps is not None:
+                cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
+            k = len(deferred)
+            done = _Declared(env, k)
+            deferred.append((0.0, latency + setup_s, route, float(nbytes), 1.0, cap, engine, self._seq, rid,
+                             "transfer", psrc, pdst, cls, nodes, tag, 0.0, mine))
+            done_map[rid] = done
+            out.append(done)
+            if not k & PROGRESS_EVERY and k and progress is not None:
+                progress.declaring(k)
+        return out
+
+    def _transfers_one_by_one(self, copies: list[tuple], after: Sequence[Dep], lanes: int, tag: str | None,
+                              rate_cap_Bps: float | None, mechanism: str) -> list[simpy.Event]:
+        """`transfers` as one `transfer` call per copy (its definition)."""
+        out: list[simpy.Event] = []
+        for n, c in enumerate(copies):
+            out.append(self.transfer(c[0], c[1], c[2], c[3], after=after if not lanes or n < lanes
+                                     else [out[n - lanes]], tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
+                                     setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None))
+        return out
+
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
         """A kernel on `gpu`, roofline-costed: max(flops / peak[dtype], hbm_bytes / HBM bandwidth).

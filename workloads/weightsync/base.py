@@ -282,6 +282,21 @@ class SyncContext:
                                 setup_s=float(setup_s), setup_id=setup_id)
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
 
+    def loads(self, items: Iterable[tuple[str, float, float]], after: Iterable = (), tag: str = "load",
+              setup_name: str = "setup") -> list[simpy.Event]:
+        """`load(gpu, raw_bytes, after, tag=tag, setup_s=setup_s, setup_name=setup_name)` for each (gpu, raw_bytes,
+        setup_s) of `items`, in order, declared in one `Simulation.transfers` call where every one is a plain copy
+        (a 1,024-GPU broadcast reloads 512 ranks per bucket, and a call per load cost as much as the copy)."""
+        items, after = list(items), tuple(after)
+        wire = self._wire_ratio
+        if self.decode_hbm or not all(float(b * wire) > 0 for _, b, _ in items):
+            return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
+        copies = []
+        for g, b, s in items:
+            setup_id = self.name(f"{setup_name}.{g}") if s else None
+            copies.append((self.name(f"{tag}.{g}"), g, g, float(b * wire), float(s), setup_id))
+        return self.sim.transfers(copies, after=after, tag=tag)
+
 
 def share_of_replica(ctx: SyncContext) -> dict[str, float]:
     """Fraction of one full copy of the model each trainer GPU holds (replicas count once in total)."""

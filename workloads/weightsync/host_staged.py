@@ -91,10 +91,8 @@ class HostStaged(Strategy):
                                       name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m)
                 ctx.live_write_at(sent)
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
-                loads = []
-                for g in ranks:
-                    loads.append(ctx.load(g, need[g] * frac, after=[synced],
-                                          setup_s=float(ntens[g]) * frac * k.per_tensor_s, setup_name="reload"))
+                loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s) for g in ranks],
+                                  after=[synced], setup_name="reload")
                 reloads.append(sim.all_of(loads, id=ctx.name(f"reloaded.{owner}")))
                 prev_bcast = synced
             h2d_round[-1] = prev_bcast

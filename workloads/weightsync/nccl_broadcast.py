@@ -90,10 +90,8 @@ class NcclBroadcast(Strategy):
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                   name=f"bcast{b}", tag="broadcast", repeats=m)
             ctx.live_write_at(sent)
-            loads = []
-            for g in setup.rollout.gpus:
-                loads.append(ctx.load(g, need[g] * frac, after=[sent],
-                                      setup_s=float(ntens[g]) * frac * k.per_tensor_s, setup_name="load_weights"))
+            loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
+                               for g in setup.rollout.gpus], after=[sent], setup_name="load_weights")
             prev_gather = gathered
             loads_of.append(sim.all_of(loads, id=f"loaded{b}"))
         yield sim.all_of(loads_of, id="loaded")

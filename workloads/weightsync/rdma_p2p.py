@@ -149,13 +149,8 @@ class RdmaP2P(Strategy):
         """Copies issued `outstanding` at a time, in the given (rotated) order: how a static schedule keeps every
         NIC busy without incast (at step t GPU i talks to peer i + t)."""
         sim = ctx.sim
-        lanes = max(1, self.knobs.outstanding)
-        tails: list = [list(after) for _ in range(lanes)]
-        ends = []
-        for n, (src, dst, b) in enumerate(copies):
-            ev = sim.transfer(ctx.name(stem), src, dst, b, after=tails[n % lanes], tag=tag)
-            tails[n % lanes] = [ev]
-            ends.append(ev)
+        ends = sim.transfers([(ctx.name(stem), src, dst, b) for src, dst, b in copies], after=after,
+                             lanes=max(1, self.knobs.outstanding), tag=tag)
         return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
                                                                                         after=after)
 

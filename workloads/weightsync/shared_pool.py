@@ -251,8 +251,9 @@ class SharedPool(Strategy):
         it, all at once (after `after`, when declared)."""
         sim, matrix = ctx.sim, ctx.plan.matrix
         sim.warm_routes([(t, r) for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0])
-        return [sim.transfer(ctx.name(f"{stem}.{r}"), t, r, float(matrix[i, j]) * frac, after=after or [], tag="pull")
-                for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0]
+        return sim.transfers([(ctx.name(f"{stem}.{r}"), t, r, float(matrix[i, j]) * frac)
+                              for i, t in enumerate(ctx.plan.trainer_gpus) if matrix[i, j] > 0], after=after or [],
+                             tag="pull")
 
     def _relay_declared(self, ctx: SyncContext, pool: SimPool, published: list, half_step: float) -> list:
         """The relay chains (`_relay_chains`), declared: each hop's chunk c follows its own chunk c-1 and the
