@@ -272,7 +272,7 @@ class Simulation:
         events = list(events)
         if len(events) == 1:
             return events[0]
-        if self._deferred is not None and all(self.declared(ev) for ev in events):
+        if self._deferred is not None and all(map(self.declared, events)):
             return self.delay(id, 0.0, after=events, tag=tag)
         return self.env.all_of(events) if events else self.delay(id, 0.0, tag=tag)
 
@@ -430,7 +430,7 @@ class Simulation:
             return "flow rate segments are recorded"
         if self.env.peek() != float("inf"):
             return "simpy events are already scheduled"
-        if any(ev.waited_on() for ev in self._done.values()):
+        if any(map(_Declared.waited_on, self._done.values())):  # (all declared while `_deferred` is kept)
             return "something waits on a declared item's event"
         return ""
 

@@ -32,9 +32,9 @@ from dataclasses import replace
 from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels.intervals import corner_topology
 from fabricsim.workloads.weightsync import get, simulate_sync
-from fabricsim.workloads.weightsync.cluster_layout import layout, rollout_tp, setup_of
+from fabricsim.workloads.weightsync.cluster_layout import expert_parallel_tp, layout, setup_of
 
-__all__ = ["GPUS", "MAX_GPUS", "MODELS", "STUDY", "layout", "rollout_tp", "run_point", "setup_of"]
+__all__ = ["GPUS", "MAX_GPUS", "MODELS", "STUDY", "expert_parallel_tp", "layout", "run_point", "setup_of"]
 
 MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
 INTERVAL_METRICS = ("sync_s", "stall_s")  # 90% intervals: datasheet parameters, the a priori 25% spread

@@ -22,8 +22,10 @@ def layout(gpus: int) -> tuple[str, str, str]:
     return f"cluster-{nodes}x8-h200", f"node0-{nodes // 2 - 1}.gpu0-7", f"node{nodes // 2}-{nodes - 1}.gpu0-7"
 
 
-def rollout_tp(model: models.ModelConfig, hbm_bytes: int, n_rollout: int) -> int:
-    """Smallest power-of-two TP >= 8 (capped by the rollout GPUs) whose fp8 weights fit in half of HBM."""
+def expert_parallel_tp(model: models.ModelConfig, hbm_bytes: int, n_rollout: int) -> int:
+    """Smallest power-of-two TP >= 8 (capped by the rollout GPUs) whose fp8 weights fit in half of HBM: the
+    expert-parallel engines of a large cluster (not `studies.weight_sync.rollout_tp`, the smallest TP that fits
+    one small box's dense engines)."""
     tp = 8
     while tp < n_rollout and model.weight_bytes() * 0.5 / tp > 0.5 * hbm_bytes:
         tp *= 2
@@ -36,6 +38,6 @@ def setup_of(point: dict) -> SyncSetup:
     topo = presets.get(topo_name, calibration=None)
     model = models.get(point["model"])
     rollout_gpus = FSDPLayout(rollout).gpus
-    tp = rollout_tp(model, topo.gpu(rollout_gpus[0]).hbm_bytes, len(rollout_gpus))
+    tp = expert_parallel_tp(model, topo.gpu(rollout_gpus[0]).hbm_bytes, len(rollout_gpus))
     return SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout_gpus, tp=tp, expert_parallel=True),
                      rollout_dtype="fp8")
