@@ -172,11 +172,14 @@ class Simulation:
         lanes = int(lanes)
         if lanes < 0:
             raise ScenarioError(f"transfers: lanes must be >= 0, got {lanes}")
+        if not copies:
+            return []
         deferred = self._deferred
         deps = None
         if deferred is not None and (rate_cap_Bps is None or (type(rate_cap_Bps) is float
                                                               and 0.0 < rate_cap_Bps < _INF)):
-            deps = self._dep_indices("transfers", after) if after else ()
+            first = copies[0][0]  # named in an unknown dependency's message, as its own `transfer` call would
+            deps = self._dep_indices(first if type(first) is str else "transfers", after) if after else ()
         if deps is None:  # procedural, or a rate cap that needs its checks: one call per copy
             return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism)
         self._keep_current()

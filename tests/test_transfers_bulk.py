@@ -111,6 +111,18 @@ def test_bad_copies_raise_what_transfer_raises(bad, match: str) -> None:
                 sim._transfers_one_by_one(list(bad), [], 0, None, None, "ce")
 
 
+def test_an_unknown_dependency_is_named_with_the_copy() -> None:
+    for bulk in (True, False):
+        sim = Simulation(TOPOS["hgx-h200-8"])
+        copies = [("a", "gpu0", "gpu1", 1.0)]
+        with pytest.raises(ScenarioError, match="'a' waits for unknown id 'nope'"):
+            if bulk:
+                sim.transfers(copies, after=["nope"])
+            else:
+                sim._transfers_one_by_one(copies, ["nope"], 0, None, None, "ce")
+    assert Simulation(TOPOS["hgx-h200-8"]).transfers([], after=["nope"]) == []
+
+
 def test_negative_lanes_are_refused() -> None:
     with pytest.raises(ScenarioError, match="lanes must be >= 0"):
         Simulation(TOPOS["hgx-h200-8"]).transfers([("a", "gpu0", "gpu1", 1.0)], lanes=-1)
