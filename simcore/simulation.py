@@ -123,10 +123,7 @@ class Simulation:
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)
         psrc, pdst, cls, nodes, latency, cap, sized, path_engine, route = shape
-        if sized is not None:
-            cap = sized.rate_cap(nbytes)
-        if rate_cap_Bps is not None:
-            cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
+        cap = _copy_cap(cap, sized, nbytes, rate_cap_Bps)
         engine = engine or path_engine
         latency += fixed_cost_s
         if setup_s:
@@ -203,12 +200,10 @@ class Simulation:
             if shape is None:  # (a copy with a setup took `transfer` above: its shape says if it queues)
                 shape = self._shape(rid, src, dst, mechanism)
             psrc, pdst, cls, nodes, latency, cap, sized, engine, route = shape
-            if sized is not None:
-                cap = sized.rate_cap(nbytes)
-            if rate_cap_Bps is not None:
-                cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
+            cap = _copy_cap(cap, sized, nbytes, rate_cap_Bps)
             k = len(deferred)
             done = _Declared(env, k)
+            # `transfer`'s declared item, field for field (tests/test_transfers_bulk.py compares them)
             deferred.append((0.0, latency + setup_s, route, float(nbytes), 1.0, cap, engine, self._seq, rid,
                              "transfer", psrc, pdst, cls, nodes, tag, 0.0, mine))
             done_map[rid] = done
@@ -547,6 +542,16 @@ def _record_load(names: list[str], store: dict[str, list[tuple[float, float]]], 
 def _plain(x: Any) -> Any:
     """numpy scalars as Python numbers, so the argument checks treat `np.float64(1e9)` like `1e9`."""
     return x.item() if isinstance(x, np.generic) else x
+
+
+def _copy_cap(cap: float | None, sized: PathShape | None, nbytes: float, rate_cap_Bps: float | None) -> float | None:
+    """A copy's rate cap: its path's (sized by the copy where the profile's efficiency curve says so), lowered to
+    the caller's `rate_cap_Bps` when that is tighter."""
+    if sized is not None:
+        cap = sized.rate_cap(nbytes)
+    if rate_cap_Bps is not None:
+        cap = rate_cap_Bps if cap is None else min(cap, rate_cap_Bps)
+    return cap
 
 
 def _check_transfer(rid: str, nbytes: Any, rate_cap_Bps: Any, weight: Any, fixed_cost_s: Any,
