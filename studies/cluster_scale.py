@@ -11,13 +11,13 @@ engine wider than the rollout half) or needs one machine (CUDA IPC, zero-copy po
 Sizes per strategy stop where one simulation stops taking seconds on a 2-core machine (`MAX_GPUS`):
 point-to-point schedules (`rdma-p2p`, `delta:rdma-p2p`) create one flow per (trainer, peer) pair per pipeline
 task, so their flow count grows with GPUs^2 (65,536 flow events at 128 GPUs, ~4 million at 1,024), and in
-their rotated all-to-all almost every departure re-rates the whole network (each max-min solve costs ~1 ms at
-128 GPUs); `pull-on-publish` pulls every rollout GPU's slices from every trainer GPU (262,144 distinct routes to
-build at 1,024 GPUs), and `relay` moves its chains' chunks one after another (a million flow events at 1,024
-GPUs, 8-18 s per simulation and two per point; 512 shows its trend). `host-staged` broadcasts every rank's
-bucket around the whole ring (GPUs^2 hops per round); it and the shared pool (with one publish) declare all their
-work up front, so the compiled event loop runs them. See `benchmarks/sync_scale.py` for the wall time of each
-point, also beyond these sizes.
+their rotated all-to-all a departure re-rates a few hundred flows, which the engine's incremental solve often
+fails to bound, so it re-solves the whole network (~1 ms at 128 GPUs); `pull-on-publish` pulls every
+rollout GPU's slices from every trainer GPU (262,144 distinct routes to build at 1,024 GPUs), and `relay`
+moves its chains' chunks one after another (a million flow events at 1,024 GPUs, 4-7 s per simulation on the
+dev VM). `host-staged` broadcasts every rank's bucket around the whole ring (GPUs^2 hops per round); it and
+the shared pool (with one publish) declare all their work up front, so the compiled event loop runs them. See
+`benchmarks/sync_scale.py` for the wall time of each point, also beyond these sizes.
 
 `sync_s` and `stall_s` carry 90% intervals (`lo`, `hi` in the rows) from one re-run on the slow corner, mirrored:
 without a profile they are the a priori spread, about x/÷ 1.5.
@@ -40,7 +40,7 @@ MODELS = ["Qwen3-235B-A22B", "DeepSeek-V3", "Kimi-K2"]
 INTERVAL_METRICS = ("sync_s", "stall_s")  # 90% intervals: datasheet parameters, the a priori 25% spread
 GPUS = [8, 16, 32, 64, 128, 256, 512, 1024]
 MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 1024, "rdma-p2p": 128,
-            "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 1024, "shared-pool:relay": 512,
+            "shared-pool:zero-copy": 1024, "shared-pool:pull-on-publish": 1024, "shared-pool:relay": 1024,
             "delta:rdma-p2p": 128}
 
 

@@ -16,6 +16,13 @@ GPU (Perplexity bounds temporary memory with a watermark; its value is not publi
 per RDMA work request, posted per tensor slice (ibv_post_send plus completion handling, ~1-3 us);
 `barrier_s` 1 ms for the controller's completion round (one RPC); `outstanding` 16 copies in flight per GPU and
 stage, issued in a rotated order (GPU i starts with peer i), as all-to-all schedules do to avoid incast.
+
+`max_sim_tasks` 4: a GPU's real pipeline tasks (its share of the tensors over `task_bytes`) are simulated as at
+most this many, each standing for an equal run of them, so that fetch, encode and writes of successive tasks
+overlap as they do. It is a fidelity knob, not a cost: every simulated task is another all-to-all of copies,
+and on hundreds of GPUs the engine's time grows with them (docs/weight_sync.md, "At cluster scale"). 1 simulates
+each GPU's share as one task (no overlap between its stages): on 64-256 GPUs of the cluster-scale layout that
+moved the sync time by -2% to +5% and simulated 4-35x faster.
 """
 
 from __future__ import annotations
