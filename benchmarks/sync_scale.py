@@ -12,6 +12,7 @@ strategy) are skipped.
     python benchmarks/sync_scale.py            # -> benchmarks/results/sync-scale.json and .png
     python benchmarks/sync_scale.py --quick    # one model, up to 64 GPUs
     python benchmarks/sync_scale.py --replot benchmarks/results/sync-scale.json   # plot a (partial) run
+    python benchmarks/sync_scale.py --strategies rdma-p2p --knob max_sim_tasks=1 --out ...  # a knob on every point
 """
 
 from __future__ import annotations
@@ -117,20 +118,28 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per point (default 60)")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--strategies", nargs="*", default=None)
+    ap.add_argument("--max-gpus", type=int, default=None, help="largest cluster size to run")
+    ap.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
+                    help="a strategy knob for every point (repeat), e.g. max_sim_tasks=1 for rdma-p2p")
     ap.add_argument("--out", default=None)
     ap.add_argument("--replot", metavar="JSON", help="only draw the plot of an earlier (maybe partial) run")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.knob):
+        ap.error("--knob takes KEY=VALUE")
+    knobs = dict(kv.split("=", 1) for kv in args.knob)
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
         return
     models = args.models or (MODELS[:1] if args.quick else MODELS)
     strategies = args.strategies or STRATEGIES
     nodes_list = [n for n in NODES if n <= 8] if args.quick else NODES
+    if args.max_gpus:
+        nodes_list = [n for n in nodes_list if 8 * n <= args.max_gpus]
     out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
     doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": machine_facts(), "timeout_s": args.timeout, "complete": False,
            "note": "one point at a time, each in a fresh process; the 2-core VM was shared with other jobs",
-           "points": []}
+           "knobs": knobs, "points": []}
     for model in models:
         for strategy in strategies:
             stop = None
@@ -139,7 +148,7 @@ def main() -> None:
                     row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes,
                            "status": "skipped", "reason": f"{stop} GPUs timed out"}
                 else:
-                    row = run_point(model, strategy, nodes, args.timeout)
+                    row = run_point(model, strategy, nodes, args.timeout, knobs=knobs)
                     print(f"{model:16s} {strategy:28s} {row['gpus']:5d} GPUs  {row['status']:10s} "
                           f"sim {row.get('sim_wall_s', float('nan')):7.2f} s  process {row['process_wall_s']:6.2f} s"
                           f"  sync {row.get('sync_s') or float('nan'):7.3f} s", flush=True)
