@@ -126,6 +126,8 @@ def main() -> None:
     args = ap.parse_args()
     if any("=" not in kv for kv in args.knob):
         ap.error("--knob takes KEY=VALUE")
+    if args.max_gpus is not None and args.max_gpus < 8:
+        ap.error(f"--max-gpus must be at least 8 (one node), got {args.max_gpus}")
     knobs = dict(kv.split("=", 1) for kv in args.knob)
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
@@ -133,7 +135,7 @@ def main() -> None:
     models = args.models or (MODELS[:1] if args.quick else MODELS)
     strategies = args.strategies or STRATEGIES
     nodes_list = [n for n in NODES if n <= 8] if args.quick else NODES
-    if args.max_gpus:
+    if args.max_gpus is not None:
         nodes_list = [n for n in nodes_list if 8 * n <= args.max_gpus]
     out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
     doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -161,28 +161,30 @@ class Simulation:
 
         Why: a 1,024-GPU sync declares millions of copies, and a call per copy (its keyword arguments, checks
         and dependency lookup) cost about as much as the rest of declaring it; here the shared arguments are
-        looked at once. Anything off the usual path (procedural work, a size or setup that needs its full
-        checks, a setup on a queued engine) is handed to `transfer` itself, so results and errors are the same."""
+        looked at once. The first copy, and any off the usual path (procedural work, an id that is not a new
+        string, a size or setup that needs its full checks, a rate cap that is not a plain float, a setup on a
+        queued engine), is handed to `transfer` itself, so results and errors are the same. A copy that is not a
+        tuple or list of 4 to 6 fields is refused before anything is declared."""
         copies = copies if type(copies) is list else list(copies)
         if type(after) is not list and type(after) is not tuple:
             after = list(after)
-        lanes = int(lanes)
-        if lanes < 0:
-            raise ScenarioError(f"transfers: lanes must be >= 0, got {lanes}")
+        if type(lanes) is not int or lanes < 0:
+            raise ScenarioError(f"transfers: lanes must be a whole number >= 0, got {lanes!r}")
+        _check_copies(copies)
         if not copies:
             return []
+        # copy 0 takes `transfer` itself: `after` is checked, and named in an error, as its own call would
+        out = self._transfers_one_by_one(copies[:1], after, lanes, tag, rate_cap_Bps, mechanism)
         deferred = self._deferred
-        deps = None
-        if deferred is not None and (rate_cap_Bps is None or (type(rate_cap_Bps) is float
-                                                              and 0.0 < rate_cap_Bps < _INF)):
-            first = copies[0][0]  # named in an unknown dependency's message, as its own `transfer` call would
-            deps = self._dep_indices(first if type(first) is str else "transfers", after) if after else ()
-        if deps is None:  # procedural, or a rate cap that needs its checks: one call per copy
-            return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism)
+        if deferred is None or not (rate_cap_Bps is None or (type(rate_cap_Bps) is float
+                                                             and 0.0 < rate_cap_Bps < _INF)):
+            # procedural, or a rate cap that needs its checks: one call per copy
+            return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism, out)
+        deps = self._dep_indices("transfers", after) if after else ()  # (copy 0's call found every one)
         self._keep_current()
         shapes, done_map, env, progress = self._shapes, self._done, self.env, self._progress
-        out: list[simpy.Event] = []
-        for n, c in enumerate(copies):
+        for n in range(1, len(copies)):
+            c = copies[n]
             rid, src, dst, nbytes = c[0], c[1], c[2], c[3]
             setup_s = c[4] if len(c) > 4 else 0.0
             mine = deps if not lanes or n < lanes else (out[n - lanes].item,)
@@ -204,8 +206,11 @@ class Simulation:
             k = len(deferred)
             done = _Declared(env, k)
             # `transfer`'s declared item, field for field (tests/test_transfers_bulk.py compares them)
-            deferred.append((0.0, latency + setup_s, route, float(nbytes), 1.0, cap, engine, self._seq, rid,
-                             "transfer", psrc, pdst, cls, nodes, tag, 0.0, mine))
+            latency += 0.0  # as `transfer` adds its fixed cost: a local copy's latency (an int 0) becomes a float
+            if setup_s:
+                latency += setup_s
+            deferred.append((0.0, latency, route, float(nbytes), 1.0, cap, engine, self._seq, rid, "transfer", psrc,
+                             pdst, cls, nodes, tag, 0.0, mine))
             done_map[rid] = done
             out.append(done)
             if not k & PROGRESS_EVERY and k and progress is not None:
@@ -213,10 +218,13 @@ class Simulation:
         return out
 
     def _transfers_one_by_one(self, copies: list[tuple], after: Sequence[Dep], lanes: int, tag: str | None,
-                              rate_cap_Bps: float | None, mechanism: str) -> list[simpy.Event]:
-        """`transfers` as one `transfer` call per copy (its definition)."""
-        out: list[simpy.Event] = []
-        for n, c in enumerate(copies):
+                              rate_cap_Bps: float | None, mechanism: str, out: list | None = None
+                              ) -> list[simpy.Event]:
+        """`transfers` as one `transfer` call per copy (its definition); `out`: the events of the first copies,
+        declared already (they are extended with the rest)."""
+        out = [] if out is None else out
+        for n in range(len(out), len(copies)):
+            c = copies[n]
             out.append(self.transfer(c[0], c[1], c[2], c[3], after=after if not lanes or n < lanes
                                      else [out[n - lanes]], tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
                                      setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None))
@@ -542,6 +550,20 @@ def _record_load(names: list[str], store: dict[str, list[tuple[float, float]]], 
 def _plain(x: Any) -> Any:
     """numpy scalars as Python numbers, so the argument checks treat `np.float64(1e9)` like `1e9`."""
     return x.item() if isinstance(x, np.generic) else x
+
+
+def _check_copies(copies: list) -> None:
+    """Each of `transfers`' copies is a tuple or list of 4 to 6 fields; else a one-line error naming the first that
+    is not."""
+    try:
+        ok = not copies or 4 <= min(map(len, copies)) <= max(map(len, copies)) <= 6
+    except TypeError:
+        ok = False
+    ok = ok and all(type(c) is tuple or type(c) is list for c in copies)
+    if not ok:
+        n, c = next((n, c) for n, c in enumerate(copies)
+                    if not (type(c) is tuple or type(c) is list) or not 4 <= len(c) <= 6)
+        raise ScenarioError(f"transfers: copy {n} must be (id, src, dst, nbytes[, setup_s[, setup_id]]), got {c!r}")
 
 
 def _copy_cap(cap: float | None, sized: PathShape | None, nbytes: float, rate_cap_Bps: float | None) -> float | None:

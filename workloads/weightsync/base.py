@@ -288,8 +288,9 @@ class SyncContext:
         setup_s) of `items`, in order, declared in one `Simulation.transfers` call where every one is a plain copy
         (a 1,024-GPU broadcast reloads 512 ranks per bucket, and a call per load cost as much as the copy)."""
         items, after = list(items), tuple(after)
-        wire = self._wire_ratio
-        if self.decode_hbm or not all(float(b * wire) > 0 for _, b, _ in items):
+        wire, dec = self._wire_ratio, self.decode_hbm
+        # a decoding kernel, nothing to copy, or a size `load` itself sends elsewhere (0 x inf is NaN): one call each
+        if dec or not all(float(b * wire) > 0 and not dec * b for _, b, _ in items):
             return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
         copies = []
         for g, b, s in items:
