@@ -43,3 +43,18 @@ def test_a_single_sync_loads_no_sweep_machinery():
             "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_variant_runs_its_strategy_with_its_knobs():
+    """`rdma-p2p max_sim_tasks=1` is rdma-p2p with one simulated pipeline task per GPU: the same sync as asking for
+    that knob, and a different one from the default's (which overlaps four tasks)."""
+    from fabricsim.workloads.weightsync import get, simulate_sync
+
+    point = {"strategy": "rdma-p2p max_sim_tasks=1", "model": "Qwen3-235B-A22B", "gpus": 16}
+    strategy = cluster_scale.strategy_of(point["strategy"])
+    assert strategy.name == "rdma-p2p" and strategy.knobs.max_sim_tasks == 1
+    row = load_study("cluster_scale").run(point)
+    one = simulate_sync(cluster_scale.setup_of(point), get("rdma-p2p", max_sim_tasks=1))
+    four = simulate_sync(cluster_scale.setup_of(point), get("rdma-p2p"))
+    assert row["sync_s"][0] == one.sync_s != four.sync_s
+    assert cluster_scale.strategy_of("host-staged").name == "host-staged"
