@@ -18,6 +18,19 @@ def machine_facts() -> dict:
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 
+def solver_counts(sim) -> dict:
+    """What a simulation's solves did (counters in the core's ctr array): incremental attempts, their rounds,
+    fallbacks to the whole component, and route classes re-rated by the attempts that held; then the solves of a
+    whole component (after a fallback, or with the attempt skipped after fallbacks in a row) and the classes they
+    re-rated."""
+    from fabricsim.simcore import _fluidlayout as L
+
+    ctr = sim.net._ctr
+    return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
+            "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
+            "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS])}
+
+
 def write_result(out: Path, doc: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")

@@ -21,11 +21,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import machine_facts, solver_counts, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
-from fabricsim.simcore import _fluidlayout as L
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -60,16 +59,6 @@ def run_case(topology: str, n_transfers: int, workers: int, loop: str, repeat: i
     print(f"{topology:17s} K={workers:4d} {loop:8s} {best['us_per_event']:7.2f} us/event  "
           f"(run {best['run_s']:.3f} s, declare {best['declare_s']:.3f} s, {best['flow_events']} events)", flush=True)
     return best
-
-
-def solver_counts(sim: Simulation) -> dict:
-    """What the solves did (counters in the core's ctr array): incremental attempts, their rounds, fallbacks to the
-    whole component, and route classes re-rated by the attempts that held; then the solves of a whole component
-    (after a fallback, or with the attempt skipped after fallbacks in a row) and the classes they re-rated."""
-    ctr = sim.net._ctr
-    return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
-            "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
-            "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS])}
 
 
 def million() -> dict:

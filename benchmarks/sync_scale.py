@@ -39,15 +39,27 @@ NODES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 CHILD = r"""
 import json, resource, sys, time
+sys.path.insert(0, sys.argv[5])
+from _record import solver_counts
+from fabricsim.simcore import Simulation
+from fabricsim.workloads.weightsync import base
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
 from fabricsim.workloads.weightsync import get, simulate_sync
+made = []
+class Counted(Simulation):  # the sync's simulation, kept for its solver counters
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        made.append(self)
+base.Simulation = Counted
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
-knobs = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+knobs = json.loads(sys.argv[4])
 t0 = time.perf_counter()
 res = simulate_sync(setup_of(point), get(point["strategy"], **knobs))
+wall = time.perf_counter() - t0
 m = res.metrics()
-print(json.dumps({"sim_wall_s": time.perf_counter() - t0, "feasible": res.feasible, "reason": res.reason,
+print(json.dumps({"sim_wall_s": wall, "feasible": res.feasible, "reason": res.reason,
                   "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events"),
+                  "solver": solver_counts(made[-1]) if made and res.feasible else None,
                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -59,7 +71,8 @@ def run_point(model: str, strategy: str, nodes: int, timeout: float, env: dict[s
     t0 = time.perf_counter()
     env = dict(os.environ, FABRICSIM_PROGRESS="0", **(env or {}))
     try:
-        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes), json.dumps(knobs or {})],
+        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes), json.dumps(knobs or {}),
+                              str(Path(__file__).parent)],
                              capture_output=True,
                              text=True, timeout=timeout, env=env,
                              preexec_fn=functools.partial(_die_with_parent, os.getpid(), None))
