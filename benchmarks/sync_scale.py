@@ -45,11 +45,13 @@ from fabricsim.simcore import Simulation
 from fabricsim.workloads.weightsync import base
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
 from fabricsim.workloads.weightsync import get, simulate_sync
-made = []
-class Counted(Simulation):  # the sync's simulation, kept for its solver counters
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        made.append(self)
+counts = []
+class Counted(Simulation):  # the sync's simulation, its solver counters noted after its run (the simulation
+    def run(self, *a, **kw):  # itself is not kept: it is freed where it always was, inside the timed sync)
+        try:
+            return super().run(*a, **kw)
+        finally:
+            counts.append(solver_counts(self))
 base.Simulation = Counted
 point = {"model": sys.argv[1], "strategy": sys.argv[2], "gpus": int(sys.argv[3])}
 knobs = json.loads(sys.argv[4])
@@ -59,7 +61,7 @@ wall = time.perf_counter() - t0
 m = res.metrics()
 print(json.dumps({"sim_wall_s": wall, "feasible": res.feasible, "reason": res.reason,
                   "sync_s": m.get("sync_s"), "flow_events": m.get("flow_events"),
-                  "solver": solver_counts(made[-1]) if made and res.feasible else None,
+                  "solver": counts[-1] if counts and res.feasible else None,
                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
