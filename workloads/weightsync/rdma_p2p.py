@@ -21,8 +21,9 @@ stage, issued in a rotated order (GPU i starts with peer i), as all-to-all sched
 most this many, each standing for an equal run of them, so that fetch, encode and writes of successive tasks
 overlap as they do. It is a fidelity knob, not a cost: every simulated task is another all-to-all of copies,
 and on hundreds of GPUs the engine's time grows with them (docs/weight_sync.md, "At cluster scale"). 1 simulates
-each GPU's share as one task (no overlap between its stages): on 64-256 GPUs of the cluster-scale layout that
-moved the sync time by -2% to +5% and simulated 4-35x faster.
+each GPU's share as one task (no overlap between its stages): on 32-256 GPUs of the cluster-scale layout that
+moved the sync time by -2% to +5% (+17-19% on 8-16 GPUs, where overlapping the stages matters most) and
+simulated 4-7x faster at 128 GPUs, 32-34x at 256 (`benchmarks/results/sync-scale-rdma-p2p-*.json`).
 """
 
 from __future__ import annotations
