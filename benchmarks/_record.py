@@ -7,9 +7,16 @@ import os
 import platform
 import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fabricsim.hwmodels.fileio import atomic_write_text
+
+
+def stamp(benchmark: str) -> dict:
+    """The fields every result file starts with: which benchmark, when (UTC), and on which machine."""
+    return {"benchmark": benchmark, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine_facts()}
 
 
 def machine_facts() -> dict:

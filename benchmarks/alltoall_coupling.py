@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 
 from fabricsim.simcore.fluid import Flow, max_min_rates
 
@@ -76,8 +75,8 @@ def main() -> None:
               f"{100 * row['moved_share_max']:.1f}%): {row['moved_flows_median']:.0f} flows; "
               f"{row['distinct_rates']} distinct rates", flush=True)
     write_result(Path(args.out), {
-        "benchmark": "alltoall-coupling", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(), "lanes": args.lanes, "seed": args.seed,
+        **stamp("alltoall-coupling"),
+        "lanes": args.lanes, "seed": args.seed,
         "note": "structural (seeded, machine-independent): share of flows whose max-min rate changes when one "
                 "flow of a rotated all-to-all ends", "rows": rows})
 

@@ -16,10 +16,9 @@ import gc
 import os
 import random
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
@@ -65,8 +64,8 @@ def main() -> None:
     cases = {f"{'transfers' if bulk else 'transfer'}{'_setup' if setup else ''}": timed(bulk, setup)
              for setup in (0.0, 1e-6) for bulk in (False, True)}
     write_result(Path(args.out), {
-        "benchmark": "declare-bulk", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(), "topology": topo.name, "copies": len(pairs), "repeats": args.repeat,
+        **stamp("declare-bulk"),
+        "topology": topo.name, "copies": len(pairs), "repeats": args.repeat,
         "note": "min of repeats; routes built before timing; the collector off while timing",
         "load_average_1m_at_end": os.getloadavg()[0], "us_per_copy": cases})
 

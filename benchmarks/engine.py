@@ -18,10 +18,9 @@ import argparse
 import os
 import random
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
@@ -70,8 +69,7 @@ def main() -> None:
             c["us_per_event_per_active_flow"] = c["us_per_event"] / workers
             cases.append(c)
     doc = {
-        "benchmark": "engine", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(),
+        **stamp("engine"),
         "note": "single process, one core; other work shared the machine (see load average)",
         "load_average_1m_at_end": os.getloadavg()[0], "cases": cases,
     }

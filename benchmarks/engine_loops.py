@@ -18,10 +18,9 @@ import argparse
 import os
 import random
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, solver_counts, write_result
+from _record import solver_counts, stamp, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
@@ -118,8 +117,8 @@ def main() -> None:
     cases = [run_case(topology, n, k, loop, repeat)
              for topology in ("hgx-h200-8", "cluster-8x8-rail") for k in (8, 64, 512) for loop in ("compiled", "simpy")]
     big = None if args.quick else million()
-    doc = {"benchmark": "engine-loops", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": machine_facts(), "nproc": os.cpu_count(),
+    doc = {**stamp("engine-loops"),
+           "nproc": os.cpu_count(),
            "note": "one process; min of repeats per case; the 2-core VM was shared with other jobs (load below)",
            "load_average_1m_at_end": os.getloadavg()[0], "cases": cases, "million_transfers": big}
     out = Path(args.out) if args.out else RESULTS / f"engine-loops{'-quick' if args.quick else ''}.json"

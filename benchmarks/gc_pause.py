@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 from sync_scale import run_point
 
 RESULTS = Path(__file__).with_name("results")
@@ -39,8 +38,8 @@ def main() -> None:
                       f"sim {row.get('sim_wall_s', float('nan')):6.2f} s  peak {row.get('max_rss_mb', 0):6.0f} MB",
                       flush=True)
     write_result(Path(args.out), {
-        "benchmark": "gc-pause", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(), "note": "each run a fresh process, pause on and off alternating; shared 2-core VM",
+        **stamp("gc-pause"),
+        "note": "each run a fresh process, pause on and off alternating; shared 2-core VM",
         "load_average_1m_at_end": os.getloadavg()[0], "runs": rows})
 
 

@@ -18,10 +18,9 @@ import argparse
 import gc
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 
 from fabricsim.simcore import Simulation
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
@@ -71,8 +70,8 @@ def main() -> None:
     steps = {s: timed(s) for s in ("search", "build_path", "path_shape", "simulation_shape",
                                    "batched_simulation_shape")}
     write_result(Path(args.out), {
-        "benchmark": "route-build", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(), "topology": topo.name, "pairs": len(pairs), "repeats": args.repeat,
+        **stamp("route-build"),
+        "topology": topo.name, "pairs": len(pairs), "repeats": args.repeat,
         "note": "min of repeats; fresh caches each repeat; the collector off while timing",
         "load_average_1m_at_end": os.getloadavg()[0], "us_per_route": steps})
 

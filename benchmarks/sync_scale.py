@@ -24,10 +24,9 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _record import machine_facts, write_result
+from _record import stamp, write_result
 
 from fabricsim.harness.sweep import _die_with_parent  # a point's process ends with this one, however it ends
 
@@ -153,8 +152,8 @@ def main() -> None:
     if args.max_gpus is not None:
         nodes_list = [n for n in nodes_list if 8 * n <= args.max_gpus]
     out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"
-    doc = {"benchmark": "sync-scale", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": machine_facts(), "timeout_s": args.timeout, "complete": False,
+    doc = {**stamp("sync-scale"),
+           "timeout_s": args.timeout, "complete": False,
            "note": "one point at a time, each in a fresh process; the 2-core VM was shared with other jobs",
            "knobs": knobs, "points": []}
     for model in models:
