@@ -194,9 +194,7 @@ class Simulation:
                     or (setup_s and not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS
                                          and shape is not None and shape[7] is None))):
                 # (a setup on a queued engine is a delay item of its own; an unseen pair's shape says if it queues)
-                out.append(self.transfer(rid, src, dst, nbytes, after=after if mine is deps else [out[n - lanes]],
-                                         tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
-                                         setup_s=setup_s, setup_id=c[5] if len(c) > 5 else None))
+                out.append(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism))
                 continue
             self._seq += 1
             if shape is None:  # (a copy with a setup took `transfer` above: its shape says if it queues)
@@ -224,11 +222,16 @@ class Simulation:
         declared already (they are extended with the rest)."""
         out = [] if out is None else out
         for n in range(len(out), len(copies)):
-            c = copies[n]
-            out.append(self.transfer(c[0], c[1], c[2], c[3], after=after if not lanes or n < lanes
-                                     else [out[n - lanes]], tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
-                                     setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None))
+            out.append(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism))
         return out
+
+    def _transfer_copy(self, copies: list[tuple], n: int, out: list, after: Sequence[Dep], lanes: int,
+                       tag: str | None, rate_cap_Bps: float | None, mechanism: str) -> simpy.Event:
+        """Copy n of `transfers` by its own `transfer` call (`out`: the events of the copies before it)."""
+        c = copies[n]
+        return self.transfer(c[0], c[1], c[2], c[3], after=after if not lanes or n < lanes else [out[n - lanes]],
+                             tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
+                             setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
