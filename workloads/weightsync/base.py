@@ -268,18 +268,17 @@ class SyncContext:
         the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel, after `setup_s` of software
         work (per-tensor handling: the copy's setup, see `Simulation.transfer`; one item where no engine queues,
         and a 1,024-GPU host-staged sync has 786,432 such loads)."""
-        sim, wire = self.sim, float(raw_bytes * self._wire_ratio)  # a plain float takes `transfer`'s quick checks
+        sim = self.sim
+        if self._plain_load(raw_bytes):
+            return sim.transfers([self._load_copy(gpu, raw_bytes, setup_s, tag, setup_name, src)], after=after,
+                                 tag=tag)[0]
         setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
-        if setup_s and (self.decode_hbm or not wire > 0):  # no copy to be the setup of
+        if setup_s and (self.decode_hbm or not float(raw_bytes * self._wire_ratio) > 0):  # no copy to be its setup
             after = [sim.delay(setup_id, float(setup_s), after=tuple(after), tag="per-tensor")]
-            setup_s = 0.0
         dec = self.decode_hbm * raw_bytes
         if dec:  # the decoding kernel writes the live weights (delta): no copy besides it
             return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
-        if wire > 0 and not self.decode_hbm:
-            return sim.transfer(self.name(f"{tag}.{gpu}"), src or gpu, gpu, wire, after=tuple(after), tag=tag,
-                                setup_s=float(setup_s), setup_id=setup_id)
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
 
     def loads(self, items: Iterable[tuple[str, float, float]], after: Iterable = (), tag: str = "load",
@@ -288,15 +287,23 @@ class SyncContext:
         setup_s) of `items`, in order, declared in one `Simulation.transfers` call where every one is a plain copy
         (a 1,024-GPU host-staged sync of Kimi-K2 reloads 512 ranks per owner's bucket: 786,432 loads)."""
         items, after = list(items), tuple(after)
-        wire, dec = self._wire_ratio, self.decode_hbm
-        # a decoding kernel, nothing to copy, or a size `load` itself sends elsewhere (0 x inf is NaN): one call each
-        if dec or not all(float(b * wire) > 0 and not dec * b for _, b, _ in items):
+        if not all(self._plain_load(b) for _, b, _ in items):
             return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
-        copies = []
-        for g, b, s in items:
-            setup_id = self.name(f"{setup_name}.{g}") if s else None
-            copies.append((self.name(f"{tag}.{g}"), g, g, float(b * wire), float(s), setup_id))
-        return self.sim.transfers(copies, after=after, tag=tag)
+        return self.sim.transfers([self._load_copy(g, b, s, tag, setup_name) for g, b, s in items], after=after,
+                                  tag=tag)
+
+    def _plain_load(self, raw_bytes: float) -> bool:
+        """Whether a load of `raw_bytes` is one copy: bytes on the wire and no decoding kernel (0 x inf is NaN: a
+        size the kernel's checks refuse)."""
+        return float(raw_bytes * self._wire_ratio) > 0 and not self.decode_hbm * raw_bytes
+
+    def _load_copy(self, gpu: str, raw_bytes: float, setup_s: float, tag: str, setup_name: str,
+                   src: str | None = None) -> tuple:
+        """A plain load's copy as `Simulation.transfers` takes it (its setup named first, then the copy), from the
+        receive buffer on `src` (default `gpu`); a plain float size takes `transfer`'s quick checks."""
+        setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
+        return (self.name(f"{tag}.{gpu}"), src or gpu, gpu, float(raw_bytes * self._wire_ratio), float(setup_s),
+                setup_id)
 
 
 def share_of_replica(ctx: SyncContext) -> dict[str, float]:
