@@ -55,21 +55,17 @@ class Progress:
         """The run so far: simulated time, flow events, flows in flight; `done` of `total` items finished where
         the work is known up front (the compiled loop)."""
         state = f"simulated {now_s:.4g} s, {active:,} in flight"
-        if done is None or not total:
-            if self._plain:
-                self._line("simulating", f"{events:,} flow events, {state}")
-            elif self._show("simulating", " flow events", events):
-                self._bar.update(events - self._shown)
-                self._shown = events
-                self._bar.set_postfix_str(state, refresh=False)
-            return
+        counted = f"{events:,} flow events, {state}"
+        by_items = done is not None and bool(total)  # else counted in flow events
         if self._plain:
-            self._line("simulating", f"{done:,} of {total:,} items done, {events:,} flow events, {state}"
-                                     f"{self._left(done, total)}")
-        elif self._show("simulating", " items", done, total):
-            self._bar.update(done - self._shown)
-            self._shown = done
-            self._bar.set_postfix_str(f"{events:,} flow events, {state}", refresh=False)
+            text = f"{done:,} of {total:,} items done, {counted}{self._left(done, total)}" if by_items else counted
+            self._line("simulating", text)
+            return
+        unit, count, postfix = (" items", done, counted) if by_items else (" flow events", events, state)
+        if self._show("simulating", unit, count, total if by_items else None):
+            self._bar.update(count - self._shown)
+            self._shown = count
+            self._bar.set_postfix_str(postfix, refresh=False)
 
     def _left(self, done: int, total: int) -> str:
         """', about N min left' at the pace of the last `PACE_WINDOW_S` (empty until there is a pace to go by).
