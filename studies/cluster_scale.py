@@ -32,6 +32,7 @@ from dataclasses import replace
 from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels.intervals import corner_topology
 from fabricsim.workloads.weightsync import get, simulate_sync
+from fabricsim.workloads.weightsync.base import Strategy
 from fabricsim.workloads.weightsync.cluster_layout import expert_parallel_tp, layout, setup_of
 
 __all__ = ["GPUS", "MAX_GPUS", "MODELS", "STUDY", "VARIANTS", "expert_parallel_tp", "layout", "run_point", "setup_of",
@@ -50,7 +51,7 @@ MAX_GPUS = {"nccl-broadcast": 1024, "cuda-ipc-buckets": 1024, "host-staged": 102
 VARIANTS = {"rdma-p2p max_sim_tasks=1": ("rdma-p2p", {"max_sim_tasks": 1})}
 
 
-def strategy_of(name: str):
+def strategy_of(name: str) -> Strategy:
     """The strategy a point's `strategy` names: a registered one, or a `VARIANTS` entry."""
     spec, knobs = VARIANTS.get(name, (name, {}))
     return get(spec, **knobs)
