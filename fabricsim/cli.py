@@ -138,10 +138,21 @@ def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
     """A Ctrl-C that lands inside a callback Python cannot raise from (an import lock's weakref callback, while
     the models are still being imported) would print 'Exception ignored ... KeyboardInterrupt' and be lost:
     deliver it again to the main thread, where `main` turns it into one line and status 130 (once: while `main`
-    is already stopping, another interrupt is only swallowed)."""
+    is already stopping, another interrupt is only swallowed).
+
+    Not from here: the hook runs on the main thread, so an interrupt raised now would be raised inside the hook
+    itself and be lost again ('Exception ignored in sys.unraisablehook'). A helper thread delivers it after a
+    moment, when the hook has returned (should it land in such a callback again, this hook sends it once more)."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
     elif not _stopping:
+        later = threading.Timer(0.01, _deliver_interrupt)
+        later.daemon = True
+        later.start()
+
+
+def _deliver_interrupt() -> None:
+    if not _stopping:
         _thread.interrupt_main()
 
 

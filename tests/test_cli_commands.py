@@ -88,3 +88,27 @@ def test_a_command_imports_its_own_module_only() -> None:
     loaded = _modules_after(["topo", "show", "h100-1"])
     assert "fabricsim.hwmodels.cli" in loaded
     assert not loaded & (heavy | (modules - {"fabricsim.hwmodels.cli"}))
+
+
+def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns() -> None:
+    """A Ctrl-C raised where Python can only report it (a weakref callback during an import) reaches the
+    unraisable hook; the hook must deliver it again to the main thread, and not raise it inside itself, where it
+    would be lost once more."""
+    import time
+    from types import SimpleNamespace
+
+    from fabricsim import cli
+
+    lost = SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(), exc_traceback=None,
+                           err_msg=None, object=None)
+    returned = False
+    try:
+        cli._interrupt_again(lost)
+        returned = True
+        for _ in range(500):
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass
+    else:
+        pytest.fail("the interrupt was not delivered again")
+    assert returned, "the interrupt was raised inside the hook"
