@@ -37,6 +37,11 @@ from ._fluidlayout import (
     CAP,
     CAP0,
     CHECK_TOL,
+    DLEV,
+    DLIST,
+    DSEEN,
+    FLOOR,
+    FLOOR_TOL,
     FRESH,
     FULL,
     HEAD,
@@ -54,12 +59,15 @@ from ._fluidlayout import (
     MODE,
     MROOT,
     N_ACTIVE,
+    N_DRES,
     N_FALLBACKS,
     N_REGION,
     N_ROUNDS,
     N_SKIP,
     N_SOLVES,
     N_STREAK,
+    N_TAIL,
+    N_TAIL_CLS,
     N_WHOLE,
     N_WHOLE_CLS,
     NBOT,
@@ -841,14 +849,20 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
             b, nrs = _bottleneck(g, ff[g, RATE], b, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark, rstack,
                                  nrs)
             if b >= -1:
-                _set_bot(g, b, fi, ri)
+                fi[g, TBOT] = b  # made its bottleneck only if the proposal holds (below)
             else:
                 fmark[g] = 4
                 comp[nc + nadd] = g
                 nadd += 1
     for q in range(nchk):
-        if fmark[scratch[q]] == 3:
-            fmark[scratch[q]] = 0
+        g = scratch[q]
+        if fmark[g] == 3:
+            fmark[g] = 0
+            if nadd == 0 and not stuck:
+                # The proposal holds: the bottlenecks found under it are the new ones. When it does not, the old
+                # ones stay (a round that holds checks again every flow whose bottleneck is a region resource,
+                # and a solve after a fallback may keep these flows' rates: `_solve_above`).
+                _set_bot(g, fi[g, TBOT], fi, ri)
     for q in range(nrs):
         rmark[rstack[q]] = 0
         ri[rstack[q], SCANNED] = 0
@@ -950,6 +964,134 @@ def next_finish(hk, hi, fi, ctr):
     return hk[0] if n > 0 else np.inf
 
 
+# ---- solving above the floor: what a change cannot reach ----------------------------------------------------
+# Max-min is progressive filling: every class's level (rate / weight) rises together, and a class freezes when
+# a resource on its route saturates or its cap binds. Two fillings, before and after this instant's changes, go
+# through the same events up to the lowest level at which a changed resource can saturate differently:
+# - a class that lost members had level L, so each of its resources saturated at L or above; with less demand
+#   on them they saturate no earlier in the new filling;
+# - a class that gained members (or a new one) adds demand; a resource r on its route cannot saturate below
+#   capacity / (sum of coeff x weight over all classes on r), before or after (a frozen class draws at most
+#   coeff x weight x level), nor its cap bind below cap / weight.
+# Below the least of these levels, the floor, both fillings freeze the same classes at the same rates. So the
+# classes under the floor keep their rates, and max-min over the rest, against the capacity the classes under
+# the floor leave, is the new allocation: exact, with nothing to check. Only the rest connected to a changed
+# resource through classes at or above the floor can move (a resource saturated under the floor carries no
+# class above it), so that is the region solved.
+
+@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, I1, I1), cache=True)
+def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rstack, ctr):
+    """The floor level of this instant (see above): the classes that lost members are on DLIST (with DLEV),
+    those that gained some are seeds[:nseeds]."""
+    K = fres.shape[1]
+    low = np.inf
+    for q in range(ctr[N_DRES]):
+        x = rf[ri[q, DLIST], DLEV]
+        if x < low:
+            low = x
+    nv = 0
+    for q in range(nseeds):
+        s = seeds[q]
+        if fi[s, ACTIVE] == 0:
+            continue
+        x = ff[s, CAP0] / ff[s, W0]
+        if x < low:
+            low = x
+        for k in range(fn[s]):
+            r = fres[s, k]
+            if ri[r, BINDING] == 0 or rmark[r] != 0:
+                continue
+            rmark[r] = 1
+            rstack[nv] = r
+            nv += 1
+            demand = 0.0
+            e = ri[r, HEAD]
+            while e >= 0:
+                g = e // K
+                demand += fcoef[g, e - g * K] * ff[g, W]
+                e = inc_next[e]
+            if demand > 0.0 and rf[r, RCAP] < low * demand:
+                low = rf[r, RCAP] / demand
+    for q in range(nv):
+        rmark[rstack[q]] = 0
+    return low
+
+
+@njit(I(I1, I, I1, I, F, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True)
+def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
+                 rmark, rstack, ctr):
+    """The region a solve above `floor` re-rates, into comp; returns its size. It holds the changed classes
+    (seeds, and those in closed[:nclosed] that lost members) and every class at or above the floor reachable from
+    them or from a resource on DLIST through binding resources and such classes; each resource it reaches gets
+    in RESID its capacity less what the classes under the floor draw from it (summed exactly, on the walk)."""
+    K = fres.shape[1]
+    nc = 0
+    nv = 0
+    for q in range(nseeds + nclosed):
+        s = seeds[q] if q < nseeds else closed[q - nseeds]
+        if fi[s, ACTIVE] == 0 or fmark[s] != 0:
+            continue
+        if q >= nseeds and fi[s, FRESH] == 0 and ff[s, RATE] < floor * ff[s, W]:
+            continue  # under the floor: keeps its rate
+        fmark[s] = 1
+        comp[nc] = s
+        nc += 1
+        nv = _visit_resources(s, fres, fn, ri, rmark, rstack, nv)
+    for q in range(ctr[N_DRES]):
+        # binding or not (one that stopped binding frees the classes it held): while every recorded bottleneck
+        # is right the classes that gain are reached from closed[] anyway; these keep the region independent of that
+        r = ri[q, DLIST]
+        if rmark[r] == 0:
+            rmark[r] = 1
+            rstack[nv] = r
+            nv += 1
+    top = 0
+    while top < nv:
+        r = rstack[top]
+        top += 1
+        under = 0.0
+        e = ri[r, HEAD]
+        while e >= 0:
+            g = e // K
+            c = fcoef[g, e - g * K]
+            e = inc_next[e]
+            if fmark[g] != 0:
+                continue
+            if ff[g, RATE] < floor * ff[g, W]:
+                under += c * ff[g, RATE]
+                continue
+            fmark[g] = 1
+            comp[nc] = g
+            nc += 1
+            nv = _visit_resources(g, fres, fn, ri, rmark, rstack, nv)
+        x = rf[r, RCAP] - under
+        rf[r, RESID] = x if x > 0.0 else 0.0
+    for q in range(nv):
+        rmark[rstack[q]] = 0
+    for q in range(nc):
+        fmark[comp[q]] = 0
+    return nc
+
+
+@njit(UniTuple(I, 2)(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, M1,
+                     F2), cache=True)
+def _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
+                 rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
+    """Max-min over the classes at or above this instant's floor that a change reaches, applied (see above)."""
+    floor = _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rstack, ctr) * (1 - FLOOR_TOL)
+    nc = _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
+                      rmark, rstack, ctr)
+    ctr[N_TAIL] += 1
+    ctr[N_TAIL_CLS] += nc
+    if nc == 0:
+        return 0, 0
+    bots = np.empty(nc, np.int64)
+    rates = np.empty(nc)
+    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots)
+    return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, 0, rchanged,
+                  0, rcmark, mf)
+
+
 @njit(Tuple((I, I, F))(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1,
                        M1, F2), cache=True)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
@@ -958,8 +1100,10 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     flows joined at this instant, seeds[:nseeds] (as everywhere in this module, a "flow" below is a class).
 
     INCREMENTAL mode (ctr[MODE], the default): `depart` hands over the flows whose bottleneck it freed; they
-    and the new flows are solved as a region and checked (see `_incremental`), falling back to the whole
-    component. FULL mode: `depart` hands over every survivor of its departures' components (a set already
+    and the new flows are solved as a region and checked (see `_incremental`); when that falls back (or is
+    skipped after fallbacks in a row), the classes above the instant's floor are solved (`_solve_above`), as
+    FLOOR mode always does.
+    FULL mode, the reference: `depart` hands over every survivor of its departures' components (a set already
     closed under sharing a binding resource), and the component of the new flows is added and solved whole.
     Survivors are not searched again: a resource binding now either bound before the departures (so all its
     flows are survivors, departed, or new) or lies on a new flow's route.
@@ -967,55 +1111,16 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     Returns (flows whose rate changed, in fchanged; resources whose load changed, in rchanged; the next
     finish time).
     """
-    nc = 0
-    for q in range(nclosed):
-        s = closed[q]
-        if fi[s, ACTIVE] != 0 and fmark[s] == 0:
-            fmark[s] = 1
-            comp[nc] = s
-            nc += 1
-    solved = False
     nfch = 0
     nrch = 0
-    if ctr[MODE] != FULL and ctr[N_SKIP] > 0:
-        # incremental `depart` handed over only the flows it freed, a set not closed under sharing: grow the
-        # components from them as well
-        ctr[N_SKIP] -= 1
-        both = np.empty(nc + nseeds, np.int64)
-        for q in range(nc):
-            both[q] = comp[q]
-            fmark[comp[q]] = 0
-        for q in range(nseeds):
-            both[nc + q] = seeds[q]
-        seeds = both
-        nseeds = nc + nseeds
+    if ctr[MODE] == FULL:
         nc = 0
-    elif ctr[MODE] != FULL:
-        for q in range(nseeds):
-            s = seeds[q]
+        for q in range(nclosed):
+            s = closed[q]
             if fi[s, ACTIVE] != 0 and fmark[s] == 0:
                 fmark[s] = 1
                 comp[nc] = s
                 nc += 1
-        if nc > 0:
-            m, rates, bots = _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
-                                          rstack, fchanged, ctr)
-            if m >= 0:
-                for q in range(m):
-                    fmark[comp[q]] = 0
-                nfch, nrch = _apply(comp, m, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr,
-                                    fchanged, 0, rchanged, 0, rcmark, mf)
-                solved = True
-            else:  # solve the whole component of everything the region grew to
-                n = -1 - m
-                for q in range(n):
-                    fmark[comp[q]] = 0
-                seeds = comp[:n].copy()
-                nseeds = n
-                nc = 0
-        else:
-            solved = True
-    if not solved:
         nc = _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
         for q in range(nc):
             fmark[comp[q]] = 0
@@ -1023,6 +1128,37 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
         ctr[N_WHOLE_CLS] += nc
         nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
                             rchanged, 0, rcmark, mf)
+    else:
+        solved = False
+        if ctr[MODE] == FLOOR:
+            pass
+        elif ctr[N_SKIP] > 0:
+            ctr[N_SKIP] -= 1
+        else:
+            nc = 0
+            for q in range(nclosed + nseeds):
+                s = closed[q] if q < nclosed else seeds[q - nclosed]
+                if fi[s, ACTIVE] != 0 and fmark[s] == 0:
+                    fmark[s] = 1
+                    comp[nc] = s
+                    nc += 1
+            solved = nc == 0
+            if nc > 0:
+                m, rates, bots = _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark,
+                                              rmark, rstack, fchanged, ctr)
+                n = m if m >= 0 else -1 - m
+                for q in range(n):
+                    fmark[comp[q]] = 0
+                if m >= 0:
+                    nfch, nrch = _apply(comp, m, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr,
+                                        fchanged, 0, rchanged, 0, rcmark, mf)
+                    solved = True
+        if not solved:
+            nfch, nrch = _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next,
+                                      rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf)
+    for q in range(ctr[N_DRES]):
+        ri[ri[q, DLIST], DSEEN] = 0
+    ctr[N_DRES] = 0
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 
@@ -1036,8 +1172,24 @@ def _is_dust(g, now, ff, fi, mf):
     return mf[m, TARGET] - served <= BYTE_TOL * mf[m, MBYTES]
 
 
-@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1), cache=True)
-def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark):
+@njit(void(I, I2, I1, F2, F2, I2, I1), cache=True, inline="always")
+def _note_loss(s, fres, fn, ff, rf, ri, ctr):
+    """Class s is about to lose members: put its resources on the instant's list (DLIST) with the lowest level a
+    losing class had there (DLEV), for `_floor`."""
+    lev = ff[s, RATE] / ff[s, W]
+    for k in range(fn[s]):
+        r = fres[s, k]
+        if ri[r, DSEEN] == 0:
+            ri[r, DSEEN] = 1
+            ri[ctr[N_DRES], DLIST] = r
+            ctr[N_DRES] += 1
+            rf[r, DLEV] = lev
+        elif lev < rf[r, DLEV]:
+            rf[r, DLEV] = lev
+
+
+@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1, I2, I1, F2, I2, I1), cache=True)
+def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr):
     """Take class s's members that are done at `now` off it, appending them to finished[nfin:]; returns the new
     length. The first member goes whatever the clock says (the class's heap entry came due, or it has dust
     left, and the clock read now may differ from the entry's time by rounding); the others go when due by
@@ -1045,6 +1197,7 @@ def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark):
     (shrunk: to re-solve). Its weight and cap follow its members; its upper bound is lowered by `depart` after
     the search for its neighbours, as a retiring class's is dropped only by `_retire`: a resource it made
     binding must still lead to the flows bottlenecked there."""
+    _note_loss(s, fres, fn, ff, rf, ri, ctr)
     _advance(s, now, ff, fi)
     n = fi[s, NMEM]
     per = ff[s, RATE] / n
@@ -1069,9 +1222,9 @@ def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark):
     return nfin + nf
 
 
-@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2), cache=True)
+@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2, I1), cache=True)
 def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
-           rmark, rstack, mf, mi):
+           rmark, rstack, mf, mi, ctr):
     """Incremental mode's part of `depart`: the neighbours of the classes touched[:nt] (which lost members) on
     binding resources, where those whose first member has dust left lose it too (appended to touched, their
     members to finished), and of the rest, into comp, the classes whose bottleneck was one of the touched
@@ -1101,7 +1254,7 @@ def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff,
                 if fmark[g] != 0:
                     continue
                 if _is_dust(g, now, ff, fi, mf):
-                    nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
+                    nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr)
                     touched[nt] = g
                     nt += 1
                 else:
@@ -1147,7 +1300,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         s = hi[0, 2]
         n = heap_pop(hk, hi, n)
         if ver == fi[s, VER] and fi[s, ACTIVE] != 0 and fmark[s] == 0:
-            nfin = _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
+            nfin = _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr)
             touched[nt] = s
             nt += 1
     ctr[HSIZE] = n
@@ -1155,7 +1308,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         return 0, 0, 0, -1
     if ctr[MODE] != FULL:
         nt, nfin, nc = _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri,
-                              inc_next, fmark, rmark, rstack, mf, mi)
+                              inc_next, fmark, rmark, rstack, mf, mi, ctr)
     else:
         marks = np.empty(nt, np.int8)
         for q in range(nt):
@@ -1167,7 +1320,7 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         for q in range(nc):
             g = comp[q]
             if fmark[g] == 1 and _is_dust(g, now, ff, fi, mf):
-                nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark)
+                nfin = _pop_members(g, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr)
                 touched[nt] = g
                 nt += 1
     nrch = 0

@@ -28,25 +28,30 @@ NMI = 3
 # rf columns (float64). RESID: capacity left to a region by the flows outside it; LOADP, MAXLEV: load and highest
 # level (rate/weight) under the proposed rates; SCANLV, SCANTOP: the lowest level above which the region check
 # collected this resource's outside flows, and their highest level (where ri SCANNED says so) (scratch of the
-# incremental solve).
-RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT, SCANLV, SCANTOP = 0, 1, 2, 3, 4, 5, 6, 7, 8
-NRF = 9
+# incremental solve). DLEV: the lowest level (rate / weight) a class that lost members at this instant had on
+# this resource (while ri DSEEN says so; see `_fluidcore._floor`).
+RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT, SCANLV, SCANTOP, DLEV = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+NRF = 10
 # ri columns (int64)
 # NBOT: how many classes have this resource as their bottleneck (BOT); NFL: how many classes use it; NREG: how
-# many of them are in the incremental solve's region (scratch); SCANNED: 1 while SCANLV and SCANTOP hold (scratch)
-HEAD, BINDING, NBOT, NFL, NREG, SCANNED = 0, 1, 2, 3, 4, 5
-NRI = 6
-# ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL or FULL), then counters of
+# many of them are in the incremental solve's region (scratch); SCANNED: 1 while SCANLV and SCANTOP hold (scratch);
+# DSEEN: 1 while the resource is on the instant's list of resources that classes losing members used, and DLIST
+# holds that list in its first ctr[N_DRES] rows (a list by row, not a column of the resource itself)
+HEAD, BINDING, NBOT, NFL, NREG, SCANNED, DSEEN, DLIST = 0, 1, 2, 3, 4, 5, 6, 7
+NRI = 8
+# ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL, FULL or FLOOR), then counters of
 # the incremental solve (for benchmarks): solves, rounds, fallbacks to the whole component, flows re-solved;
 # then the number of active classes (kept by the core)
-# and how many coming solves go straight to the whole component, after how many fallbacks in a row; the
+# and how many coming solves skip the incremental attempt, after how many fallbacks in a row; the
 # share of the active classes (percent) a region may reach before the whole component is solved instead; last,
 # how many class slots are free (the stack `cfree[:NCFREE]`); then, for benchmarks, how many solves took the whole
-# component (FULL mode, a skipped incremental attempt, or a fallback) and the classes they solved
+# component (FULL mode) and the classes they solved; the length of the instant's DLIST; for benchmarks, how many
+# solves took the classes above the instant's floor (FLOOR mode, a skipped incremental attempt, or a fallback; see
+# `_fluidcore._floor`) and the classes they solved
 (HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE,
- N_WHOLE, N_WHOLE_CLS) = range(14)
-NCTR = 14
-INCREMENTAL, FULL = 0, 1
+ N_WHOLE, N_WHOLE_CLS, N_DRES, N_TAIL, N_TAIL_CLS) = range(17)
+NCTR = 17
+INCREMENTAL, FULL, FLOOR = 0, 1, 2
 
 TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now
 BYTE_TOL = 1e-9   # relative: a flow with this fraction of its bytes left is done
@@ -57,6 +62,7 @@ LOAD_MARGIN = 1e-7  # relative: a resource whose tracked load is this far below 
 # without adding up its flows (the tracked load drifts by rounding only, ~1e-16 per change; exact sums re-sync it)
 MAX_ROUNDS = 8     # incremental solve rounds before it re-solves the whole component instead
 REGION_SHARE_PCT = 25  # ... or once its region holds this share of the active flows (ctr[REGION_PCT])
+FLOOR_TOL = 1e-9  # relative: classes this close below the floor level are re-solved too (rounding in levels)
 REBASE = 2.0 ** 20  # a flow joins a class only while the class's clock (bytes per member) is below this x its size
 MAX_SKIP = 63  # after n fallbacks in a row, the next min(2^n - 1, this) solves skip the incremental attempt:
 # where changes spread through the whole network (one NVSwitch) the attempt is wasted work; both give the same rates

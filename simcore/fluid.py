@@ -58,12 +58,14 @@ def load_core() -> ModuleType:
 
 
 def solver_mode() -> int:
-    """How the core re-solves after a change: incrementally (a region, checked; the default) or the whole
-    component (`FABRICSIM_SOLVER=full`, the reference path the tests compare against)."""
+    """How the core re-solves after a change (`FABRICSIM_SOLVER`): `incremental` (the default) re-rates a region
+    and checks it, falling back to the classes above the instant's floor level; `floor` always solves those;
+    `full` solves the whole component (the reference path the tests compare against)."""
     mode = os.environ.get("FABRICSIM_SOLVER", "incremental")
-    if mode not in ("incremental", "full"):
-        raise ValueError(f"FABRICSIM_SOLVER={mode!r}: expected 'incremental' or 'full'")
-    return L.FULL if mode == "full" else L.INCREMENTAL
+    modes = {"incremental": L.INCREMENTAL, "full": L.FULL, "floor": L.FLOOR}
+    if mode not in modes:
+        raise ValueError(f"FABRICSIM_SOLVER={mode!r}: expected one of {', '.join(map(repr, modes))}")
+    return modes[mode]
 
 
 _COMPILED = ("_fluidlayout.py", "_fluidcore.py", "_eventloop.py")

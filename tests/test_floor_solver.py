@@ -1,0 +1,189 @@
+"""Solving above the floor (`FABRICSIM_SOLVER=floor`, and the incremental solve's fallback) against max-min
+from scratch and against the whole-component reference path.
+
+The floor is the lowest level (rate / weight) at which this instant's changes can make a resource saturate
+differently: classes below it keep their rates, and only the classes at or above it that a change reaches are
+re-solved (`simcore._fluidcore`, "solving above the floor"). These tests check every allocation after every
+solve, the finish times against the reference path, that the region really leaves classes out (so the test
+exercises the floor, not a whole solve under another name), and that every class's recorded bottleneck is one
+(the incremental check relies on them, and a floor solve keeps those of the classes it leaves out).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_incremental_solver import CheckedNetwork, _copy, _random_flows, _run
+
+from fabricsim.hwmodels import presets
+from fabricsim.simcore import Simulation
+from fabricsim.simcore import _fluidlayout as L
+
+
+def _check_bottlenecks(net) -> int:
+    """Every active class's BOT is its cap (-1), unknown (-2), or a binding resource that is full and where no
+    class has a higher level; returns how many classes have a known one."""
+    ff, fi, rf, ri = net._ff, net._fi, net._rf, net._ri
+    active = np.flatnonzero(fi[:, L.ACTIVE] != 0)
+    level = {int(s): ff[s, L.RATE] / ff[s, L.W] for s in active}
+    users: dict[int, list[int]] = {}
+    load = np.zeros(len(rf))
+    for s in active:
+        for k in range(net._fn[s]):
+            r = int(net._fres[s, k])
+            users.setdefault(r, []).append(int(s))
+            load[r] += net._fcoef[s, k] * ff[s, L.RATE]
+    known = 0
+    for s in active:
+        b = int(fi[s, L.BOT])
+        if b == -2:
+            continue
+        known += 1
+        if b == -1:
+            assert ff[s, L.RATE] == pytest.approx(ff[s, L.CAP], rel=1e-9), f"class {s}: capped, below its cap"
+            continue
+        assert ri[b, L.BINDING] != 0, f"class {s}: bottleneck {b} cannot bind"
+        assert load[b] >= rf[b, L.RCAP] * (1 - 1e-9), f"class {s}: bottleneck {b} is not full"
+        top = max(level[g] for g in users[b])
+        assert level[int(s)] >= top * (1 - 1e-9), f"class {s}: a class on {b} has a higher level"
+    return known
+
+
+class FloorNetwork(CheckedNetwork):
+    """Every solve above the floor, checked against max-min from scratch; bottlenecks checked too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._ctr[L.MODE] = L.FLOOR
+        self.known = 0
+
+    def _flush(self, ev: simpy.Event) -> None:
+        super()._flush(ev)
+        self.known += _check_bottlenecks(self)
+
+
+class ShippedNetwork(CheckedNetwork):
+    """The default incremental mode with the shipped region limit (so it falls back), checked the same way."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._ctr[L.REGION_PCT] = L.REGION_SHARE_PCT
+        self.known = 0
+
+    def _flush(self, ev: simpy.Event) -> None:
+        super()._flush(ev)
+        self.known += _check_bottlenecks(self)
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 1 << 30), nres=st.integers(1, 10), n=st.integers(1, 40),
+       caps=st.lists(st.sampled_from([1.0, 2.0, 3.0, 5.0, 7.5]), min_size=10, max_size=10))
+def test_every_floor_allocation_is_the_max_min_one(seed, nres, n, caps):
+    """Random flows (weights, caps, coefficients, staggered starts; equal capacities make ties common): after
+    every solve above the floor the rates equal max-min from scratch, and the finish times the reference's."""
+    flows = _random_flows(random.Random(seed), nres, n)
+    got, net = _run(_copy(flows), caps[:nres], FloorNetwork)
+    assert net._ctr[L.N_TAIL] > 0 and net._ctr[L.N_SOLVES] == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FABRICSIM_SOLVER", "full")
+        ref, _ = _run(_copy(flows), caps[:nres])
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("net_cls", [FloorNetwork, ShippedNetwork])
+def test_all_to_all_pulls_with_tied_ends(seed, net_cls):
+    """Every reader pulls from every trainer through its own port and the trainer's (equal capacities: both
+    ends saturate at one level, ties everywhere), in chunks: every allocation is max-min, every recorded
+    bottleneck is one, and the finish times are the reference's."""
+    rng = random.Random(seed)
+    n = 8
+    caps = [1.0] * (2 * n) + [4.0 * n]
+    flows = []
+    for chunk in range(3):
+        for t in range(n):
+            for r in range(n):
+                size = rng.choice([1.0, 1.0, 1.5]) * (1 + 0.01 * ((t * 7 + r * 3) % 5))
+                flows.append((chunk * rng.choice([0.0, 0.5]),
+                              _flow(len(flows), [t, n + r, 2 * n], size)))
+    got, net = _run(_copy(flows), caps, net_cls)
+    assert net._ctr[L.N_TAIL] > 0 and net.known > 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FABRICSIM_SOLVER", "full")
+        ref, _ = _run(_copy(flows), caps)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+
+
+def _flow(key, res, size):
+    from fabricsim.simcore.fluid import Flow
+
+    return Flow(key, res, [1.0] * len(res), size)
+
+
+def _chains(name: str, loop: str, mode: str, net_cls=None) -> tuple[dict[str, float], np.ndarray]:
+    """48 chains of 6 transfers between random GPUs and hosts of a preset; finish times and the solver's
+    counters."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FABRICSIM_SOLVER", mode)
+        topo = presets.get(name, calibration=None)
+        ends = [e for e in topo.endpoints() if e.split(".")[-1].startswith(("gpu", "host"))]
+        rng = random.Random(5)
+        sim = Simulation(topo, record_load=False)
+        if net_cls is not None:  # checks every solve (the mode and region limit stay as built)
+            sim.net.__class__ = net_cls
+            sim.net.known = 0
+        for w in range(48):
+            prev: list[str] = []
+            for i in range(6):
+                rid = f"w{w}.{i}"
+                a, b = rng.sample(ends, 2)
+                sim.transfer(rid, a, b, int(2 ** rng.uniform(16, 26)), after=prev)
+                prev = [rid]
+        res = sim.run(loop=loop)
+        return {r.id: r.finish_s for r in res.records}, sim.net._ctr.copy()
+
+
+@pytest.mark.parametrize("name", ["hgx-h200-8", "cluster-2x8-rail"])
+def test_presets_every_solve_checked_and_the_floor_leaves_classes_out(name):
+    """Chains of transfers on the 8-GPU star and a rail cluster, every floor solve checked (rates and
+    bottlenecks); the floor regions hold fewer classes than the whole components the reference solves."""
+    got, ctr = _chains(name, "simpy", "floor", FloorNetwork)
+    ref, ref_ctr = _chains(name, "simpy", "full")
+    assert ctr[L.MODE] == L.FLOOR and ctr[L.N_TAIL] > 0
+    assert ctr[L.N_TAIL_CLS] < ref_ctr[L.N_WHOLE_CLS], (ctr[L.N_TAIL_CLS], ref_ctr[L.N_WHOLE_CLS])
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-9), k
+
+
+@pytest.mark.parametrize("mode", ["floor", "incremental"])
+def test_compiled_loop_agrees_with_the_reference_on_a_rail_cluster(mode):
+    """The compiled event loop in floor and default modes against the whole-component reference: the same
+    finish times for the star and a rail cluster, and the default mode's fallbacks go to the floor."""
+    for name in ("hgx-h200-8", "cluster-4x8-rail"):
+        got, ctr = _chains(name, "compiled", mode)
+        ref, _ = _chains(name, "compiled", "full")
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], rel=1e-9), (name, k)
+        if mode == "incremental":
+            assert ctr[L.N_TAIL] >= ctr[L.N_FALLBACKS]
+        else:
+            assert ctr[L.N_SOLVES] == 0 and ctr[L.N_TAIL] > 0
+
+
+def test_default_mode_falls_back_to_the_floor_and_keeps_bottlenecks_true():
+    """The default mode with its shipped region limit on the star: attempts fall back, the floor solves them,
+    and after every solve the rates are max-min and every recorded bottleneck is one (a failed attempt's
+    check must not leave its proposal's bottlenecks behind)."""
+    got, ctr = _chains("hgx-h200-8", "simpy", "incremental", ShippedNetwork)
+    assert ctr[L.N_FALLBACKS] > 0 and ctr[L.N_TAIL] > ctr[L.N_FALLBACKS]
+    ref, _ = _chains("hgx-h200-8", "simpy", "full")
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-9), k
