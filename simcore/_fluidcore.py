@@ -440,7 +440,7 @@ def _before(a, b, mf):
     return mf[a, TARGET] < mf[b, TARGET] or (mf[a, TARGET] == mf[b, TARGET] and a < b)
 
 
-@njit(I(I, I, F2, I2), cache=True)
+@njit(I(I, I, F2, I2), cache=True, inline="always")
 def _meld(a, b, mf, mi):
     """Skew heap of members: the union of the heaps rooted at a and b (-1: empty); returns its root.
 
@@ -465,7 +465,7 @@ def _meld(a, b, mf, mi):
         a = r
 
 
-@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, I2, I1, I1, I1), cache=True)
+@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, I2, I1, I1, I1), cache=True, inline="always")
 def _found(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, ri, inc_next, inc_prev, ctr):
     """Make slot s an active class with no member yet (see `join`), at rate 0 over route `res` (coefficients
     `coef`); cap is inf when none. `route` numbers the route (-1 if unknown): the same number must always mean
@@ -554,7 +554,7 @@ def _set_bot(s, b, fi, ri):
     fi[s, BOT] = b
 
 
-@njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1, I1, I1), cache=True)
+@njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1, I1, I1), cache=True, inline="always")
 def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rclass, cfree, ctr):
     """Take class s, with no members left, off its resources (its rate must already be 0) and free its slot."""
     K = fres.shape[1]
@@ -651,7 +651,8 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
     return nrch
 
 
-@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
+@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True,
+      inline="always")
 def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch, rchanged,
            nrch, rcmark, mf):
     """Give classes comp[:nc] their new rates and bottlenecks: classes whose rate (or membership) changed get a
@@ -764,7 +765,7 @@ def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rma
     return -2, nrs
 
 
-@njit(I(I1, I, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True)
+@njit(I(I1, I, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
 def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, scratch):
     """Check the proposed rates of region comp[:nc] (its binding resources are rstack[:ncr], rmark 1, with an
     estimate of their proposed load in LOADP). Flows that must join the region are appended to comp[nc:]
@@ -945,7 +946,7 @@ def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmar
     return -1 - nc, np.empty(0), np.empty(0, np.int64)
 
 
-@njit(void(F2, I2, I1, I, M1), cache=True)
+@njit(void(F2, I2, I1, I, M1), cache=True, inline="always")
 def _finish_resources(rf, ri, rchanged, nrch, rcmark):
     for q in range(nrch):
         r = rchanged[q]
@@ -954,7 +955,7 @@ def _finish_resources(rf, ri, rchanged, nrch, rcmark):
             rf[r, LOAD] = 0.0  # no drift once a resource is idle
 
 
-@njit(F(F1, I2, I2, I1), cache=True)
+@njit(F(F1, I2, I2, I1), cache=True, inline="always")
 def next_finish(hk, hi, fi, ctr):
     """The earliest valid finish time (stale heap entries are dropped); inf when nothing is running."""
     n = ctr[HSIZE]
@@ -979,8 +980,45 @@ def next_finish(hk, hi, fi, ctr):
 # resource through classes at or above the floor can move (a resource saturated under the floor carries no
 # class above it), so that is the region solved.
 
-@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, I1, I1), cache=True)
-def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rstack, ctr):
+@njit(F(I, F, F2, F2, F2, I2, I1, M1, I), cache=True)
+def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, K):
+    """A level below which resource r, carrying new demand (the classes marked 1 in fmark), saturates in neither
+    filling, if that is below `low` (else some level at least `low`). Below the floor the other classes freeze
+    where they did (at their levels now), and a class that gained members is counted as if it never froze
+    (drawing coeff x weight x level, at least what it draws): r saturates where its capacity equals what the
+    classes frozen below the level draw plus the level times the rest's demand."""
+    n = ri[r, NFL]
+    lev = np.empty(n)
+    drawn = np.empty(n)
+    dem = np.empty(n)
+    m = 0
+    rest = 0.0
+    e = ri[r, HEAD]
+    while e >= 0:
+        g = e // K
+        c = fcoef[g, e - g * K]
+        e = inc_next[e]
+        rest += c * ff[g, W]
+        if fmark[g] == 0 and ff[g, RATE] < low * ff[g, W]:  # only classes frozen below `low` can matter
+            lev[m] = ff[g, RATE] / ff[g, W]
+            drawn[m] = c * ff[g, RATE]
+            dem[m] = c * ff[g, W]
+            m += 1
+    order = np.argsort(lev[:m])
+    frozen = 0.0
+    x = (rf[r, RCAP] - frozen) / rest if rest > 0.0 else np.inf
+    for q in range(m):
+        i = order[q]
+        if x <= lev[i]:
+            break
+        frozen += drawn[i]
+        rest -= dem[i]
+        x = (rf[r, RCAP] - frozen) / rest if rest > 0.0 else np.inf
+    return x
+
+
+@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
+def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, ctr):
     """The floor level of this instant (see above): the classes that lost members are on DLIST (with DLEV),
     those that gained some are seeds[:nseeds]."""
     K = fres.shape[1]
@@ -989,14 +1027,18 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rsta
         x = rf[ri[q, DLIST], DLEV]
         if x < low:
             low = x
+    for q in range(nseeds):
+        s = seeds[q]
+        if fi[s, ACTIVE] != 0:
+            fmark[s] = 1
+            x = ff[s, CAP0] / ff[s, W0]
+            if x < low:
+                low = x
     nv = 0
     for q in range(nseeds):
         s = seeds[q]
         if fi[s, ACTIVE] == 0:
             continue
-        x = ff[s, CAP0] / ff[s, W0]
-        if x < low:
-            low = x
         for k in range(fn[s]):
             r = fres[s, k]
             if ri[r, BINDING] == 0 or rmark[r] != 0:
@@ -1004,20 +1046,17 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rsta
             rmark[r] = 1
             rstack[nv] = r
             nv += 1
-            demand = 0.0
-            e = ri[r, HEAD]
-            while e >= 0:
-                g = e // K
-                demand += fcoef[g, e - g * K] * ff[g, W]
-                e = inc_next[e]
-            if demand > 0.0 and rf[r, RCAP] < low * demand:
-                low = rf[r, RCAP] / demand
+            x = _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, K)
+            if x < low:
+                low = x
     for q in range(nv):
         rmark[rstack[q]] = 0
+    for q in range(nseeds):
+        fmark[seeds[q]] = 0
     return low
 
 
-@njit(I(I1, I, I1, I, F, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True)
+@njit(I(I1, I, I1, I, F, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
 def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
                  rmark, rstack, ctr):
     """The region a solve above `floor` re-rates, into comp; returns its size. It holds the changed classes
@@ -1078,7 +1117,8 @@ def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, f
 def _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
                  rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
     """Max-min over the classes at or above this instant's floor that a change reaches, applied (see above)."""
-    floor = _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rmark, rstack, ctr) * (1 - FLOOR_TOL)
+    floor = _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack,
+                   ctr) * (1 - FLOOR_TOL)
     nc = _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
                       rmark, rstack, ctr)
     ctr[N_TAIL] += 1
@@ -1188,7 +1228,7 @@ def _note_loss(s, fres, fn, ff, rf, ri, ctr):
             rf[r, DLEV] = lev
 
 
-@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1, I2, I1, F2, I2, I1), cache=True)
+@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1, I2, I1, F2, I2, I1), cache=True, inline="always")
 def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr):
     """Take class s's members that are done at `now` off it, appending them to finished[nfin:]; returns the new
     length. The first member goes whatever the clock says (the class's heap entry came due, or it has dust
@@ -1222,7 +1262,8 @@ def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, f
     return nfin + nf
 
 
-@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2, I1), cache=True)
+@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2, I1), cache=True,
+      inline="always")
 def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
            rmark, rstack, mf, mi, ctr):
     """Incremental mode's part of `depart`: the neighbours of the classes touched[:nt] (which lost members) on
