@@ -27,15 +27,17 @@ def machine_facts() -> dict:
 
 def solver_counts(sim) -> dict:
     """What a simulation's solves did (counters in the core's ctr array): incremental attempts, their rounds,
-    fallbacks to the whole component, and route classes re-rated by the attempts that held; then the solves of a
-    whole component (after a fallback, or with the attempt skipped after fallbacks in a row) and the classes they
-    re-rated."""
+    fallbacks, and route classes re-rated by the attempts that held; the solves of a whole component and the
+    classes they re-rated (every solve in FULL mode; before 2026-12-07 also each fallback or skipped attempt);
+    the solves above the floor (each fallback or skipped attempt since then; see `simcore._fluidcore`) and the
+    classes they re-rated."""
     from fabricsim.simcore import _fluidlayout as L
 
     ctr = sim.net._ctr
     return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
             "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
-            "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS])}
+            "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS]),
+            "floor_solves": int(ctr[L.N_TAIL]), "floor_classes": int(ctr[L.N_TAIL_CLS])}
 
 
 def write_result(out: Path, doc: dict) -> None:
