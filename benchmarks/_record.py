@@ -37,7 +37,7 @@ def solver_counts(sim) -> dict:
     return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
             "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
             "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS]),
-            "floor_solves": int(ctr[L.N_TAIL]), "floor_classes": int(ctr[L.N_TAIL_CLS])}
+            "floor_solves": int(ctr[L.N_FLOOR]), "floor_classes": int(ctr[L.N_FLOOR_CLS])}
 
 
 def write_result(out: Path, doc: dict) -> None:

@@ -61,13 +61,13 @@ from ._fluidlayout import (
     N_ACTIVE,
     N_DRES,
     N_FALLBACKS,
+    N_FLOOR,
+    N_FLOOR_CLS,
     N_REGION,
     N_ROUNDS,
     N_SKIP,
     N_SOLVES,
     N_STREAK,
-    N_TAIL,
-    N_TAIL_CLS,
     N_WHOLE,
     N_WHOLE_CLS,
     NBOT,
@@ -597,15 +597,18 @@ def _visit_resources(s, fres, fn, ri, rmark, rstack, nvis):
 
 @njit(I(I1, I, I1, I, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
 def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
-    """`_component`, with comp[:nc] already found (and marked in fmark): those flows are not expanded again."""
+    """`_component`, with comp[:nc] already found (and marked in fmark): those flows are not expanded again,
+    except a seed among them: a class that gained members may have made a resource binding that no class
+    found so far reached."""
     K = fres.shape[1]
     nvis = 0
     for q in range(nseeds):
         s = seeds[q]
-        if fi[s, ACTIVE] != 0 and fmark[s] == 0:
-            fmark[s] = 1
-            comp[nc] = s
-            nc += 1
+        if fi[s, ACTIVE] != 0:
+            if fmark[s] == 0:
+                fmark[s] = 1
+                comp[nc] = s
+                nc += 1
             nvis = _visit_resources(s, fres, fn, ri, rmark, rstack, nvis)
     top = 0
     while top < nvis:  # rstack doubles as the visit list, so every marked resource is cleared at the end
@@ -676,7 +679,7 @@ def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, 
 @njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
 def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
            rcmark, mf):
-    """Max-min over the whole component comp[:nc], applied (see `_apply`)."""
+    """Max-min over the whole component comp[:nc] (FULL mode), applied (see `_apply`)."""
     if nc == 0:
         return nfch, nrch
     bots = np.empty(nc, np.int64)
@@ -692,7 +695,7 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
 # change most flows keep that property untouched, so the solve re-rates a region (the flows that lost their
 # bottleneck, and new flows) against the capacity the others leave, then checks the property for every flow
 # whose resources' loads moved. A flow that fails joins the region and the region is solved again; after
-# MAX_ROUNDS rounds the whole component is solved as before. fmark: 1 = in the region, 3 = checked outside
+# MAX_ROUNDS rounds the classes above the floor are solved instead. fmark: 1 = in the region, 3 = checked outside
 # flow, 4 = joins the region next round (in `depart`: 1 = a neighbour, 2 = a class left empty, 5 = a class that
 # lost members). rmark: 1 = a resource of the region, 2 = a resource looked at as is.
 
@@ -770,7 +773,7 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
     """Check the proposed rates of region comp[:nc] (its binding resources are rstack[:ncr], rmark 1, with an
     estimate of their proposed load in LOADP). Flows that must join the region are appended to comp[nc:]
     (fmark 4 -> 1); returns how many, or -1 - how many when a region flow has no bottleneck and no outside
-    flow explains why (rounding: the caller then solves the whole component).
+    flow explains why (rounding: the caller then solves above the floor).
 
     A region resource that is surely not saturated is bottleneck to no one and is not scanned, unless it was
     some outside flow's bottleneck (NBOT > 0): those flows must find another one. An outside flow on a region
@@ -971,22 +974,26 @@ def next_finish(hk, hi, fi, ctr):
 # through the same events up to the lowest level at which a changed resource can saturate differently:
 # - a class that lost members had level L, so each of its resources saturated at L or above; with less demand
 #   on them they saturate no earlier in the new filling;
-# - a class that gained members (or a new one) adds demand; a resource r on its route cannot saturate below
-#   capacity / (sum of coeff x weight over all classes on r), before or after (a frozen class draws at most
-#   coeff x weight x level), nor its cap bind below cap / weight.
+# - a class that gained members (or a new one) adds demand; a resource r on its route saturates no earlier in
+#   the old filling than in the new one, and in the new one no earlier than where r's capacity equals what the
+#   other classes frozen below that level draw (they freeze where they did, below the floor) plus the level
+#   times the demand of the rest, counting the changed classes as never frozen (`_saturation_floor`; a frozen
+#   class draws at most coeff x weight x level). Its own cap needs no term: the class is re-solved anyway, and
+#   a cap only lowers what it draws.
 # Below the least of these levels, the floor, both fillings freeze the same classes at the same rates. So the
 # classes under the floor keep their rates, and max-min over the rest, against the capacity the classes under
 # the floor leave, is the new allocation: exact, with nothing to check. Only the rest connected to a changed
 # resource through classes at or above the floor can move (a resource saturated under the floor carries no
 # class above it), so that is the region solved.
 
-@njit(F(I, F, F2, F2, F2, I2, I1, M1, I), cache=True)
-def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, K):
+@njit(F(I, F, F2, F2, F2, I2, I1, M1), cache=True)
+def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
     """A level below which resource r, carrying new demand (the classes marked 1 in fmark), saturates in neither
     filling, if that is below `low` (else some level at least `low`). Below the floor the other classes freeze
     where they did (at their levels now), and a class that gained members is counted as if it never froze
     (drawing coeff x weight x level, at least what it draws): r saturates where its capacity equals what the
     classes frozen below the level draw plus the level times the rest's demand."""
+    K = fcoef.shape[1]
     n = ri[r, NFL]
     lev = np.empty(n)
     drawn = np.empty(n)
@@ -1021,7 +1028,6 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, K):
 def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, ctr):
     """The floor level of this instant (see above): the classes that lost members are on DLIST (with DLEV),
     those that gained some are seeds[:nseeds]."""
-    K = fres.shape[1]
     low = np.inf
     for q in range(ctr[N_DRES]):
         x = rf[ri[q, DLIST], DLEV]
@@ -1031,9 +1037,6 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmar
         s = seeds[q]
         if fi[s, ACTIVE] != 0:
             fmark[s] = 1
-            x = ff[s, CAP0] / ff[s, W0]
-            if x < low:
-                low = x
     nv = 0
     for q in range(nseeds):
         s = seeds[q]
@@ -1046,7 +1049,7 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmar
             rmark[r] = 1
             rstack[nv] = r
             nv += 1
-            x = _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, K)
+            x = _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark)
             if x < low:
                 low = x
     for q in range(nv):
@@ -1077,10 +1080,11 @@ def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, f
         nc += 1
         nv = _visit_resources(s, fres, fn, ri, rmark, rstack, nv)
     for q in range(ctr[N_DRES]):
-        # binding or not (one that stopped binding frees the classes it held): while every recorded bottleneck
-        # is right the classes that gain are reached from closed[] anyway; these keep the region independent of that
+        # binding before the departures or now (one that stopped binding frees the classes it held; one that never
+        # binds couples nothing): while every recorded bottleneck is right the classes that gain are reached from
+        # closed[] anyway; these keep the region independent of that
         r = ri[q, DLIST]
-        if rmark[r] == 0:
+        if rmark[r] == 0 and (ri[r, DSEEN] == 2 or ri[r, BINDING] != 0):
             rmark[r] = 1
             rstack[nv] = r
             nv += 1
@@ -1121,8 +1125,8 @@ def _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, r
                    ctr) * (1 - FLOOR_TOL)
     nc = _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
                       rmark, rstack, ctr)
-    ctr[N_TAIL] += 1
-    ctr[N_TAIL_CLS] += nc
+    ctr[N_FLOOR] += 1
+    ctr[N_FLOOR_CLS] += nc
     if nc == 0:
         return 0, 0
     bots = np.empty(nc, np.int64)
@@ -1146,7 +1150,8 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     FULL mode, the reference: `depart` hands over every survivor of its departures' components (a set already
     closed under sharing a binding resource), and the component of the new flows is added and solved whole.
     Survivors are not searched again: a resource binding now either bound before the departures (so all its
-    flows are survivors, departed, or new) or lies on a new flow's route.
+    flows are survivors, departed, or new) or lies on the route of a class that flows joined (a survivor too,
+    at times: its resources are searched all the same).
 
     Returns (flows whose rate changed, in fchanged; resources whose load changed, in rchanged; the next
     finish time).
@@ -1170,11 +1175,9 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
                             rchanged, 0, rcmark, mf)
     else:
         solved = False
-        if ctr[MODE] == FLOOR:
-            pass
-        elif ctr[N_SKIP] > 0:
+        if ctr[MODE] != FLOOR and ctr[N_SKIP] > 0:
             ctr[N_SKIP] -= 1
-        else:
+        elif ctr[MODE] != FLOOR:
             nc = 0
             for q in range(nclosed + nseeds):
                 s = closed[q] if q < nclosed else seeds[q - nclosed]
@@ -1220,7 +1223,7 @@ def _note_loss(s, fres, fn, ff, rf, ri, ctr):
     for k in range(fn[s]):
         r = fres[s, k]
         if ri[r, DSEEN] == 0:
-            ri[r, DSEEN] = 1
+            ri[r, DSEEN] = 2 if ri[r, BINDING] != 0 else 1
             ri[ctr[N_DRES], DLIST] = r
             ctr[N_DRES] += 1
             rf[r, DLEV] = lev

@@ -29,27 +29,28 @@ NMI = 3
 # level (rate/weight) under the proposed rates; SCANLV, SCANTOP: the lowest level above which the region check
 # collected this resource's outside flows, and their highest level (where ri SCANNED says so) (scratch of the
 # incremental solve). DLEV: the lowest level (rate / weight) a class that lost members at this instant had on
-# this resource (while ri DSEEN says so; see `_fluidcore._floor`).
+# this resource (while ri DSEEN says so; see `_fluidcore._floor`, which needs only their minimum: kept per
+# resource because the core's state has no float scalars).
 RCAP, SUMUB, LOAD, RESID, LOADP, MAXLEV, OUT, SCANLV, SCANTOP, DLEV = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 NRF = 10
 # ri columns (int64)
 # NBOT: how many classes have this resource as their bottleneck (BOT); NFL: how many classes use it; NREG: how
 # many of them are in the incremental solve's region (scratch); SCANNED: 1 while SCANLV and SCANTOP hold (scratch);
-# DSEEN: 1 while the resource is on the instant's list of resources that classes losing members used, and DLIST
-# holds that list in its first ctr[N_DRES] rows (a list by row, not a column of the resource itself)
+# DSEEN: while the resource is on the instant's list of resources that classes losing members used, 2 if it was
+# binding before they lost them, else 1; DLIST holds that list in its first ctr[N_DRES] rows (a list by row, not a
+# column of the resource itself)
 HEAD, BINDING, NBOT, NFL, NREG, SCANNED, DSEEN, DLIST = 0, 1, 2, 3, 4, 5, 6, 7
 NRI = 8
-# ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL, FULL or FLOOR), then counters of
-# the incremental solve (for benchmarks): solves, rounds, fallbacks to the whole component, flows re-solved;
-# then the number of active classes (kept by the core)
-# and how many coming solves skip the incremental attempt, after how many fallbacks in a row; the
-# share of the active classes (percent) a region may reach before the whole component is solved instead; last,
-# how many class slots are free (the stack `cfree[:NCFREE]`); then, for benchmarks, how many solves took the whole
-# component (FULL mode) and the classes they solved; the length of the instant's DLIST; for benchmarks, how many
-# solves took the classes above the instant's floor (FLOOR mode, a skipped incremental attempt, or a fallback; see
-# `_fluidcore._floor`) and the classes they solved
+# ctr entries (int64): finish-heap size, heap push sequence, solver mode (INCREMENTAL, FULL or FLOOR), then
+# counters of the incremental solve (for benchmarks): solves, rounds, fallbacks, flows re-solved; then the number
+# of active classes (kept by the core) and how many coming solves skip the incremental attempt, after how many
+# fallbacks in a row; the share of the active classes (percent) a region may reach before the classes above the
+# floor are solved instead; how many class slots are free (the stack `cfree[:NCFREE]`); for benchmarks, how many
+# solves took the whole component (FULL mode) and the classes they solved; the length of the instant's DLIST;
+# for benchmarks, how many solves took the classes above the instant's floor (FLOOR mode, a skipped incremental
+# attempt, or a fallback; see `_fluidcore._floor`) and the classes they solved
 (HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE,
- N_WHOLE, N_WHOLE_CLS, N_DRES, N_TAIL, N_TAIL_CLS) = range(17)
+ N_WHOLE, N_WHOLE_CLS, N_DRES, N_FLOOR, N_FLOOR_CLS) = range(17)
 NCTR = 17
 INCREMENTAL, FULL, FLOOR = 0, 1, 2
 
@@ -60,7 +61,7 @@ CHECK_TOL = 1e-11  # relative: the incremental solve's saturation and level comp
 SHORT_LIST = 32  # a resource with at most this many flows has its outside load summed exactly, not estimated
 LOAD_MARGIN = 1e-7  # relative: a resource whose tracked load is this far below capacity is taken as not saturated
 # without adding up its flows (the tracked load drifts by rounding only, ~1e-16 per change; exact sums re-sync it)
-MAX_ROUNDS = 8     # incremental solve rounds before it re-solves the whole component instead
+MAX_ROUNDS = 8     # incremental solve rounds before it solves the classes above the floor instead
 REGION_SHARE_PCT = 25  # ... or once its region holds this share of the active flows (ctr[REGION_PCT])
 FLOOR_TOL = 1e-9  # relative: classes this close below the floor level are re-solved too (rounding in levels)
 REBASE = 2.0 ** 20  # a flow joins a class only while the class's clock (bytes per member) is below this x its size

@@ -42,7 +42,7 @@ def line() -> Topology:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Load (on a fresh checkout: compile, ~20 s) the fluid engine's compiled core once, before any test runs,
+    """Load (on a fresh checkout: compile, ~40 s) the fluid engine's compiled core once, before any test runs,
     so its one-off cost is not charged to whichever test happens to simulate first."""
     from fabricsim.simcore.fluid import load_core
     from fabricsim.simcore.lowering import load_loop

@@ -36,7 +36,7 @@ class CheckedNetwork(FluidNetwork):
         active = [m for m, f in enumerate(self._flows) if f is not None]  # member slots
         if not active:
             return
-        ref, _ = max_min_rates([self._flows[m] for m in active], self.capacity, self._ri[:, L.BINDING] != 0)
+        ref, _ = max_min_rates([self._flows[m] for m in active], self.capacity)  # every resource, binding or not
         cls = self._mi[active, L.MCLASS]  # a flow's rate is its class's, shared by the members
         got = self._ff[cls, L.RATE] / self._fi[cls, L.NMEM]
         err = np.abs(got - np.array(ref)) / np.maximum(np.array(ref), 1e-300)
