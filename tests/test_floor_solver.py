@@ -18,7 +18,7 @@ import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_incremental_solver import CheckedNetwork, _copy, _random_flows, _run
+from test_incremental_solver import CheckedNetwork, _copy, _random_flows, _run, declare_chains
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
@@ -59,30 +59,30 @@ def _check_bottlenecks(net) -> int:
     return known
 
 
-class FloorNetwork(CheckedNetwork):
-    """Every solve above the floor, checked against max-min from scratch; bottlenecks checked too."""
+class _BottlenecksChecked(CheckedNetwork):
+    """Every solve checked against max-min from scratch, and every recorded bottleneck checked too."""
+
+    known = 0
+
+    def _flush(self, ev: simpy.Event) -> None:
+        super()._flush(ev)
+        self.known += _check_bottlenecks(self)
+
+
+class FloorNetwork(_BottlenecksChecked):
+    """Every solve above the floor."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._ctr[L.MODE] = L.FLOOR
-        self.known = 0
-
-    def _flush(self, ev: simpy.Event) -> None:
-        super()._flush(ev)
-        self.known += _check_bottlenecks(self)
 
 
-class ShippedNetwork(CheckedNetwork):
-    """The default incremental mode with the shipped region limit (so it falls back), checked the same way."""
+class ShippedNetwork(_BottlenecksChecked):
+    """The default incremental mode with the shipped region limit (so it falls back)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._ctr[L.REGION_PCT] = L.REGION_SHARE_PCT
-        self.known = 0
-
-    def _flush(self, ev: simpy.Event) -> None:
-        super()._flush(ev)
-        self.known += _check_bottlenecks(self)
 
 
 @settings(max_examples=120, deadline=None)
@@ -138,13 +138,7 @@ def _chains(name: str, loop: str, mode: str, net_cls=None) -> tuple[dict[str, fl
         if net_cls is not None:  # checks every solve (the mode and region limit stay as built)
             sim.net.__class__ = net_cls
             sim.net.known = 0
-        for w in range(48):
-            prev: list[str] = []
-            for i in range(6):
-                rid = f"w{w}.{i}"
-                a, b = rng.sample(ends, 2)
-                sim.transfer(rid, a, b, int(2 ** rng.uniform(16, 26)), after=prev)
-                prev = [rid]
+        declare_chains(sim, ends, rng)
         res = sim.run(loop=loop)
         return {r.id: r.finish_s for r in res.records}, sim.net._ctr.copy()
 

@@ -70,6 +70,17 @@ def _run(flows: list[tuple[float, Flow]], caps: list[float], net_cls=FluidNetwor
     return done, net
 
 
+def declare_chains(sim: Simulation, ends: list[str], rng: random.Random, chains: int = 48, each: int = 6) -> None:
+    """`chains` chains of `each` transfers (each `after` the one before) between random pairs of `ends`."""
+    for w in range(chains):
+        prev: list[str] = []
+        for i in range(each):
+            rid = f"w{w}.{i}"
+            a, b = rng.sample(ends, 2)
+            sim.transfer(rid, a, b, int(2 ** rng.uniform(16, 26)), after=prev)
+            prev = [rid]
+
+
 def _copy(flows):
     return [(t, Flow(f.key, f.res, f.coef, f.bytes, f.weight, f.cap)) for t, f in flows]
 
@@ -104,13 +115,7 @@ def test_the_incremental_path_is_taken_and_falls_back_where_changes_spread():
         rng = random.Random(3)
         sim = Simulation(topo, record_load=False)
         sim.net.__class__ = CheckedNetwork  # checks every solve; the shipped region limit stays
-        for w in range(48):
-            prev: list[str] = []
-            for i in range(6):
-                rid = f"w{w}.{i}"
-                a, b = rng.sample(ends, 2)
-                sim.transfer(rid, a, b, int(2 ** rng.uniform(16, 26)), after=prev)
-                prev = [rid]
+        declare_chains(sim, ends, rng)
         sim.run(loop="simpy")
         c = sim.net._ctr
         counters[name] = (int(c[L.N_SOLVES]), int(c[L.N_FALLBACKS]), int(c[L.N_REGION]))
