@@ -68,15 +68,15 @@ def solver_mode() -> int:
     return modes[mode]
 
 
-_COMPILED = ("_fluidlayout.py", "_fluidcore.py", "_eventloop.py")
+_COMPILED = ("_fluidlayout.py", "_maxmin.py", "_fluidcore.py", "_eventloop.py")
 
 
 def _drop_stale_machine_code() -> None:
     """Delete numba's cached machine code of the core and the event loop when any of their sources changed.
 
     numba keys a cached function on its own file only: the event loop inlines the core's functions, and
-    both bake in the layout's constants, so an edited `_fluidcore.py` or `_fluidlayout.py` would otherwise
-    leave the loop running old code. One digest of the three sources, kept beside the cache, decides. A
+    both bake in the layout's constants, so an edited `_maxmin.py`, `_fluidcore.py` or `_fluidlayout.py` would
+    otherwise leave the loop running old code. One digest of the four sources, kept beside the cache, decides. A
     read-only install (nothing can change there) is left alone."""
     here = Path(__file__).parent
     cache = here / "__pycache__"
@@ -146,7 +146,7 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
                   binding: Sequence[bool] | None = None) -> tuple[list[float], dict[int, float]]:
     """Weighted max-min fair rates of `flows`, and the load this puts on each resource they touch.
 
-    The same compiled solver the network uses (see `_fluidcore.max_min`), on a one-off copy of the flows;
+    The same compiled solver the network uses (see `_maxmin.max_min`), on a one-off copy of the flows;
     for tests and notebooks. `binding`, if given, marks the resources that can bind; the others are left out.
     """
     core = load_core()
