@@ -59,6 +59,43 @@ def _pop_top(lv, it, n):
 
 
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
+@njit(void(I, I2, F2, I1, F2, F2, I2, F1, I, I1), cache=True, inline="always")
+def _lone(s, fres, fcoef, fn, ff, rf, ri, rates, capcol, bots):
+    """`max_min` of class s alone: its level is the least of its binding resources' capacity / demand (coefficient
+    x weight, summed over the entries that name the resource) and its cap / weight (ties go to the first on its
+    route, then to the cap)."""
+    w = ff[s, W]
+    level = np.inf
+    b = -2
+    n = fn[s]
+    for k in range(n):
+        r = fres[s, k]
+        if ri[r, BINDING] == 0:
+            continue
+        demand = 0.0
+        for j in range(n):
+            if fres[s, j] == r:
+                if j < k:
+                    break  # an entry before this one named r: counted there
+                demand += fcoef[s, j] * w
+        else:
+            x = rf[r, capcol] / demand
+            if x < level:
+                level = x
+                b = r
+    if ff[s, CAP] / w < level:
+        level = ff[s, CAP] / w
+        b = -1
+    if level == np.inf:
+        raise ValueError("unbounded flow: no resource and no rate cap")
+    rate = w * level
+    if rate > ff[s, CAP]:
+        rate = ff[s, CAP]
+        b = -1
+    rates[0] = rate
+    bots[0] = b
+
+
 @njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, I, I1), cache=True)
 def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc] (a route class is one flow here, of
@@ -80,6 +117,9 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     cut the solve ~4x); the levels computed are the same numbers the eager version computes.
     """
     inf = np.inf
+    if nc == 1:  # a lone class (most incremental rounds' regions): no tables to build, the same arithmetic
+        _lone(comp[0], fres, fcoef, fn, ff, rf, ri, rates, capcol, bots)
+        return
     # local indices for the binding resources of the component, and each flow's binding entries as flat arrays
     # (local resource, coefficient; flow ii's are eoff[ii]:eoff[ii + 1]): the passes below read them in order
     # instead of looking each resource up again

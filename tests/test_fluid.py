@@ -182,3 +182,21 @@ def test_engine_max_min_matches_textbook_progressive_filling(flows, caps):
     assert got == pytest.approx(reference_max_min(fs, caps), rel=1e-9, abs=1e-12)
     for r, v in load.items():
         assert v <= caps[r] * (1 + 1e-9)
+
+
+_lone_flow = st.tuples(st.lists(st.integers(0, 3), min_size=1, max_size=5),  # may name a resource twice
+                       st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=5, max_size=5), st.floats(0.1, 5.0),
+                       st.one_of(st.none(), st.floats(0.01, 50.0)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(flow=_lone_flow, caps=st.lists(st.floats(0.5, 100.0), min_size=4, max_size=4))
+def test_a_lone_flow_gets_its_tightest_resource_or_its_cap(flow, caps):
+    """The solver's shortcut for a single class (no tables built): the textbook filling's rate, with a resource
+    named twice on the route drawing twice, and a bottleneck that is the cap or a resource where it is full."""
+    res, coefs, weight, cap = flow
+    f = Flow(0, res, coefs[:len(res)], 1.0, weight=weight, cap=cap)
+    got, load = max_min_rates([f], caps)
+    assert got == pytest.approx(reference_max_min([f], caps), rel=1e-12)
+    full = [r for r, v in load.items() if v >= caps[r] * (1 - 1e-9)]
+    assert full or (cap is not None and got[0] == pytest.approx(cap, rel=1e-12))
