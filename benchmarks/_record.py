@@ -30,14 +30,16 @@ def solver_counts(sim) -> dict:
     fallbacks, and route classes re-rated by the attempts that held; the solves of a whole component and the
     classes they re-rated (every solve in FULL mode; before 2026-12-07 also each fallback or skipped attempt);
     the solves above the floor (each fallback or skipped attempt since then; see `simcore._fluidcore`) and the
-    classes they re-rated."""
+    classes they re-rated; and the classes the solves changed (a new rate, or members joined), the work no exact
+    solver avoids (recorded since 2026-12-07 02:00)."""
     from fabricsim.simcore import _fluidlayout as L
 
     ctr = sim.net._ctr
     return {"incremental_solves": int(ctr[L.N_SOLVES]), "rounds": int(ctr[L.N_ROUNDS]),
             "fallbacks": int(ctr[L.N_FALLBACKS]), "classes_rerated": int(ctr[L.N_REGION]),
             "whole_solves": int(ctr[L.N_WHOLE]), "whole_classes": int(ctr[L.N_WHOLE_CLS]),
-            "floor_solves": int(ctr[L.N_FLOOR]), "floor_classes": int(ctr[L.N_FLOOR_CLS])}
+            "floor_solves": int(ctr[L.N_FLOOR]), "floor_classes": int(ctr[L.N_FLOOR_CLS]),
+            "classes_changed": int(ctr[L.N_CHANGED])}
 
 
 def write_result(out: Path, doc: dict) -> None:

@@ -59,6 +59,7 @@ from ._fluidlayout import (
     MODE,
     MROOT,
     N_ACTIVE,
+    N_CHANGED,
     N_DRES,
     N_FALLBACKS,
     N_FLOOR,
@@ -997,6 +998,7 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     for q in range(ctr[N_DRES]):
         ri[ri[q, DLIST], DSEEN] = 0
     ctr[N_DRES] = 0
+    ctr[N_CHANGED] += nfch
     _finish_resources(rf, ri, rchanged, nrch, rcmark)
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 

@@ -48,10 +48,11 @@ NRI = 8
 # floor are solved instead; how many class slots are free (the stack `cfree[:NCFREE]`); for benchmarks, how many
 # solves took the whole component (FULL mode) and the classes they solved; the length of the instant's DLIST;
 # for benchmarks, how many solves took the classes above the instant's floor (FLOOR mode, a skipped incremental
-# attempt, or a fallback; see `_fluidcore._floor`) and the classes they solved
+# attempt, or a fallback; see `_fluidcore._floor`) and the classes they solved; for benchmarks, how many classes
+# the solves changed (a new rate, or members joined): the work an exact solver cannot avoid
 (HSIZE, HSEQ, MODE, N_SOLVES, N_ROUNDS, N_FALLBACKS, N_REGION, N_ACTIVE, N_SKIP, N_STREAK, REGION_PCT, NCFREE,
- N_WHOLE, N_WHOLE_CLS, N_DRES, N_FLOOR, N_FLOOR_CLS) = range(17)
-NCTR = 17
+ N_WHOLE, N_WHOLE_CLS, N_DRES, N_FLOOR, N_FLOOR_CLS, N_CHANGED) = range(18)
+NCTR = 18
 INCREMENTAL, FULL, FLOOR = 0, 1, 2
 
 TIME_TOL = 1e-12  # relative: finish times closer than this to "now" complete now

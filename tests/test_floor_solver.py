@@ -271,3 +271,22 @@ def test_weight_syncs_at_cluster_scale_agree_in_every_solver_mode(strategy):
     assert got["full"]["flow_events"] > 500 and got["full"]["sync_s"] > 0
     for mode in ("floor", "incremental"):
         assert got[mode]["sync_s"] == pytest.approx(got["full"]["sync_s"], rel=1e-9), mode
+
+
+def test_the_changed_classes_counter_counts_what_the_solves_changed():
+    """N_CHANGED adds up the classes each solve handed over as changed (rate or members): a lone flow is one
+    change when it starts; two flows on one link are two at the start and one when the first leaves."""
+    from fabricsim.simcore.fluid import FluidNetwork
+
+    env = simpy.Environment()
+    net = FluidNetwork(env, [1.0])
+
+    def one(f: Flow):
+        yield net.start(f)
+
+    env.process(one(Flow("a", [0], [1.0], 1.0)))
+    env.process(one(Flow("b", [0], [1.0], 4.0, weight=2.0)))  # a class of its own (another weight)
+    env.run()
+    # t=0: both start (2 changes, rates 1/3 and 2/3); a leaves at 3 and b's rate goes to 1 (1 more: a's own drop
+    # to 0 happens in `depart`, not in a solve); b leaves at 5 and nothing is left to solve
+    assert env.now == pytest.approx(5.0) and net._ctr[L.N_CHANGED] == 3
