@@ -1,11 +1,14 @@
-"""Compiled inner loops of the fluid model: flow bookkeeping, component search and max-min solves on arrays.
+"""Compiled inner loops of the fluid model: flow bookkeeping, component search, and which classes to re-solve
+after a change (incremental regions, solves above the floor, whole components); the max-min solve itself is
+`simcore._maxmin`.
 
 Why this module exists: an exact max-min re-solve at every arrival and departure touches every incidence
 (flow x resource) of the affected component. In pure Python that cost ~3 us per active flow per event, far
 from the 20,000 events/s the engine aims at with 64 flows in flight. Here the whole network lives in
 persistent numpy arrays (one row per flow slot, one per resource, intrusive linked lists of the flows on
 each resource) and the per-event work runs in numba-compiled functions, so an event costs one call from
-Python. `simcore.fluid` owns the arrays and the simpy side; nothing else calls these functions.
+Python. `simcore.fluid` owns the arrays and the simpy side, `simcore._eventloop` drives them for declared work;
+nothing else calls these functions.
 
 Every function is plain Python over numpy arrays, so `NUMBA_DISABLE_JIT=1` runs the identical algorithm
 interpreted (slow, but debuggable). Compiled code is cached beside this file (`cache=True`), so only the
