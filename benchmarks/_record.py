@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import socket
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,9 +17,26 @@ from fabricsim.hwmodels.fileio import atomic_write_text
 
 
 def stamp(benchmark: str) -> dict:
-    """The fields every result file starts with: which benchmark, when (UTC), and on which machine."""
+    """The fields every result file starts with: which benchmark, when (UTC), on which machine, and how busy it was
+    (the 2-core dev VM is shared; made when the results are, at the end of the run)."""
     return {"benchmark": benchmark, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine_facts()}
+            "machine": machine_facts(), "load_average_1m_at_end": os.getloadavg()[0]}
+
+
+def best_wall(repeat: int, prepare: Callable[[], Callable[[], object]]) -> float:
+    """The least wall time of `repeat` tries, each made by `prepare()` (untimed), which returns the work to time;
+    the collector is off while timing (its pauses would land in whichever try they fall on)."""
+    best = float("inf")
+    for _ in range(repeat):
+        work = prepare()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            work()
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.enable()
+    return best
 
 
 def machine_facts() -> dict:

@@ -12,13 +12,11 @@ setup time; microseconds per copy, the minimum of `--repeat` fresh simulations, 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import random
-import time
 from pathlib import Path
 
-from _record import stamp, write_result
+from _record import best_wall, stamp, write_result
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
@@ -40,23 +38,20 @@ def main() -> None:
     ids = [f"x{i}" for i in range(len(pairs))]
 
     def timed(bulk: bool, setup: float) -> float:
-        best = float("inf")
-        for _ in range(args.repeat):
+        def prepare():
             sim = Simulation(topo, record_load=False)
             sim.warm_routes(pairs)
             for a, b in dict.fromkeys(pairs):  # every route built and kept: only declaring is timed
                 sim.transfer(None, a, b, 1.0)
             first = sim.delay("first", 0.0)
             copies = [(i, a, b, 1048576.0, setup, None) for i, (a, b) in zip(ids, pairs, strict=True)]
-            gc.disable()
-            t0 = time.perf_counter()
-            if bulk:
-                sim.transfers(copies, after=[first], tag="x")
-            else:
+            def one_by_one() -> None:
                 for i, a, b, n, s, _ in copies:
                     sim.transfer(i, a, b, n, after=[first], tag="x", setup_s=s)
-            best = min(best, time.perf_counter() - t0)
-            gc.enable()
+
+            return (lambda: sim.transfers(copies, after=[first], tag="x")) if bulk else one_by_one
+
+        best = best_wall(args.repeat, prepare)
         us = best / len(pairs) * 1e6
         print(f"{'transfers' if bulk else 'transfer ':9s} setup {setup:g} s: {us:5.2f} us per copy", flush=True)
         return us
@@ -66,8 +61,7 @@ def main() -> None:
     write_result(Path(args.out), {
         **stamp("declare-bulk"),
         "topology": topo.name, "copies": len(pairs), "repeats": args.repeat,
-        "note": "min of repeats; routes built before timing; the collector off while timing",
-        "load_average_1m_at_end": os.getloadavg()[0], "us_per_copy": cases})
+        "note": "min of repeats; routes built before timing; the collector off while timing", "us_per_copy": cases})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ benchmarks/results/engine-full.json (or engine-quick.json).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from pathlib import Path
@@ -71,7 +70,7 @@ def main() -> None:
     doc = {
         **stamp("engine"),
         "note": "single process, one core; other work shared the machine (see load average)",
-        "load_average_1m_at_end": os.getloadavg()[0], "cases": cases,
+        "cases": cases,
     }
     out = Path(args.out or Path(__file__).with_name("results") / f"engine-{'quick' if args.quick else 'full'}.json")
     write_result(out, doc)

@@ -120,7 +120,7 @@ def main() -> None:
     doc = {**stamp("engine-loops"),
            "nproc": os.cpu_count(),
            "note": "one process; min of repeats per case; the 2-core VM was shared with other jobs (load below)",
-           "load_average_1m_at_end": os.getloadavg()[0], "cases": cases, "million_transfers": big}
+           "cases": cases, "million_transfers": big}
     out = Path(args.out) if args.out else RESULTS / f"engine-loops{'-quick' if args.quick else ''}.json"
     write_result(out, doc)
     plot(doc, out.with_suffix(".png"))

@@ -8,7 +8,6 @@ recorded per run: the simulation's wall time and the process's peak resident mem
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from _record import stamp, write_result
@@ -39,8 +38,7 @@ def main() -> None:
                       flush=True)
     write_result(Path(args.out), {
         **stamp("gc-pause"),
-        "note": "each run a fresh process, pause on and off alternating; shared 2-core VM",
-        "load_average_1m_at_end": os.getloadavg()[0], "runs": rows})
+        "note": "each run a fresh process, pause on and off alternating; shared 2-core VM", "runs": rows})
 
 
 if __name__ == "__main__":

@@ -15,12 +15,9 @@ the compiled shortest-path search (`RouteIndex.shortest`: the search, its call a
 from __future__ import annotations
 
 import argparse
-import gc
-import os
-import time
 from pathlib import Path
 
-from _record import stamp, write_result
+from _record import best_wall, stamp, write_result
 
 from fabricsim.simcore import Simulation
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
@@ -43,26 +40,26 @@ def main() -> None:
     topo.path_shape(pairs[0][0], pairs[0][1])  # build the route index and load the compiled search first
 
     def timed(step: str) -> float:
-        best = float("inf")
-        for _ in range(args.repeat):
+        def prepare():
             topo._changed()  # no cached path, hop or index: every pair is new
             topo.path_shape(*pairs[-1])
             route = topo._index().route
             sim = Simulation(topo, record_load=False)
             fn = {"search": route.shortest, "build_path": topo._build_path, "path_shape": topo.path_shape}.get(
                 step, lambda a, b, sim=sim: sim._shape("t", a, b, "ce"))  # the simulation's shape, warmed or not
-            gc.disable()
-            t0 = time.perf_counter()
-            if step == "batched_simulation_shape":  # as a pull-on-publish read: warm a reader's pairs, then ask
-                for k in range(0, len(pairs), BATCH):
-                    sim.warm_routes(pairs[k:k + BATCH])
-                    for a, b in pairs[k:k + BATCH]:
+
+            def work() -> None:
+                if step == "batched_simulation_shape":  # as a pull-on-publish read: warm a reader's pairs, then ask
+                    for k in range(0, len(pairs), BATCH):
+                        sim.warm_routes(pairs[k:k + BATCH])
+                        for a, b in pairs[k:k + BATCH]:
+                            fn(a, b)
+                else:
+                    for a, b in pairs:
                         fn(a, b)
-            else:
-                for a, b in pairs:
-                    fn(a, b)
-            best = min(best, time.perf_counter() - t0)
-            gc.enable()
+            return work
+
+        best = best_wall(args.repeat, prepare)
         us = best / len(pairs) * 1e6
         print(f"{step:18s} {us:6.2f} us per route", flush=True)
         return us
@@ -72,8 +69,7 @@ def main() -> None:
     write_result(Path(args.out), {
         **stamp("route-build"),
         "topology": topo.name, "pairs": len(pairs), "repeats": args.repeat,
-        "note": "min of repeats; fresh caches each repeat; the collector off while timing",
-        "load_average_1m_at_end": os.getloadavg()[0], "us_per_route": steps})
+        "note": "min of repeats; fresh caches each repeat; the collector off while timing", "us_per_route": steps})
 
 
 if __name__ == "__main__":
