@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.types import boolean, float64, int8, int64, void
+from numba.types import float64, int8, int64, void
 
 from ._fluidlayout import BINDING, CAP, W
 
@@ -20,7 +20,7 @@ from ._fluidlayout import BINDING, CAP, W
 # this module is imported, and cached on disk. Helpers called once per item are inlined at Numba IR level
 # (inline="always"): a call hands over its arrays, each reference-counted on the way in and out, which cost more
 # than the helper's own work (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s).
-I, F, B = int64, float64, boolean
+I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 
 
