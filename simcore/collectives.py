@@ -148,7 +148,7 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     chunks = max(1, math.ceil(per_call / chunk_bytes))
     if explicit is None:
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
-    hop_costs = [sim.lone_copy(a, b) for a, b in hops]
+    hop_costs = sim.lone_copies(hops)
     B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps, from the run's kept per-hop answers
     cap = None
     cal = fitted(topo, "broadcast")
