@@ -785,6 +785,17 @@ def next_finish(hk, hi, fi, ctr):
 # resource through classes at or above the floor can move (a resource saturated under the floor carries no
 # class above it), so that is the region solved.
 
+_EPS = 2.0 ** -52  # float64's machine epsilon
+
+
+@njit(UniTuple(F, 2)(F, F, F), cache=True, inline="always")
+def _two_sum(hi, lo, x):
+    """(hi, lo) with hi + lo increased by x, compensated (Knuth's TwoSum, as `_maxmin._add_comp`)."""
+    s = hi + x
+    bb = s - hi
+    return s, lo + ((hi - (s - bb)) + (x - bb))
+
+
 @njit(F(I, F, F2, F2, F2, I2, I1, M1), cache=True)
 def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
     """A level below which resource r, carrying new demand (the classes marked 1 in fmark), saturates in neither
@@ -799,12 +810,13 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
     dem = np.empty(n)
     m = 0
     rest = 0.0
+    rlo = 0.0  # rest + rlo: the compensated demand (see `_two_sum`)
     e = ri[r, HEAD]
     while e >= 0:
         g = e // K
         c = fcoef[g, e - g * K]
         e = inc_next[e]
-        rest += c * ff[g, W]
+        rest, rlo = _two_sum(rest, rlo, c * ff[g, W])
         if fmark[g] == 0 and ff[g, RATE] < low * ff[g, W]:  # only classes frozen below `low` can matter
             lev[m] = ff[g, RATE] / ff[g, W]
             drawn[m] = c * ff[g, RATE]
@@ -812,14 +824,22 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
             m += 1
     order = np.argsort(lev[:m])
     frozen = 0.0
-    x = (rf[r, RCAP] - frozen) / rest if rest > 0.0 else np.inf
+    d = rest + rlo
+    x = (rf[r, RCAP] - frozen) / d if d > 0.0 else np.inf
     for q in range(m):
         i = order[q]
         if x <= lev[i]:
             break
         frozen += drawn[i]
-        rest -= dem[i]
-        x = (rf[r, RCAP] - frozen) / rest if rest > 0.0 else np.inf
+        left = rf[r, RCAP] - frozen
+        if left * FLOOR_TOL <= 2.0 * (q + 2) * _EPS * (rf[r, RCAP] + frozen):
+            # the classes frozen so far all but fill r: what they leave is rounding noise (to FLOOR_TOL), not a
+            # level. r does not saturate below this class's level (x, trusted so far, lies above it): a lower bound
+            return lev[i]
+        rest, rlo = _two_sum(rest, rlo, -dem[i])  # compensated: the small demands left must not carry the
+        # rounding of the large ones taken away (as in `_maxmin`)
+        d = rest + rlo
+        x = left / d if d > 0.0 else np.inf
     return x
 
 

@@ -58,6 +58,28 @@ def _pop_top(lv, it, n):
     return n
 
 
+# ---- compensated sums: a resource's demand is a sum of coefficient x weight terms that may span many orders of
+# magnitude, and progressive filling subtracts the large terms again as their flows freeze. In plain float64 the
+# small terms that remain carry the rounding error of the large ones ((1e11 + 0.1) - 1e11 is 0.100006...), so the
+# demand is kept as an unevaluated sum hi + lo, updated by TwoSum (exact: hi + lo gains x up to rounding of lo).
+# A term subtracted is the same float product that was added, so its own rounding cancels exactly.
+@njit(void(F1, F1, I, F), cache=True, inline="always")
+def _add_comp(hi, lo, j, x):
+    """hi[j] + lo[j] += x, compensated (Knuth's TwoSum; needs strict IEEE evaluation, numba's default)."""
+    a = hi[j]
+    s = a + x
+    bb = s - a
+    lo[j] += (a - (s - bb)) + (x - bb)
+    hi[j] = s
+
+
+@njit(F(F1, F1, F1, I), cache=True, inline="always")
+def _sat_level(rem, hi, lo, j):
+    """The level at which local resource j saturates: residual / (compensated) demand, inf without demand."""
+    d = hi[j] + lo[j]
+    return rem[j] / d if d > 0 else np.inf
+
+
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
 @njit(void(I, I2, F2, I1, F2, F2, I2, F1, I, I1), cache=True, inline="always")
 def _lone(s, fres, fcoef, fn, ff, rf, ri, rates, capcol, bots):
@@ -153,12 +175,13 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     eoff[nc] = tot
     rem = np.empty(nr)
     demand = np.zeros(nr)
+    dlo = np.zeros(nr)  # demand[j] + dlo[j]: the compensated demand (see `_add_comp`)
     start = np.zeros(nr + 1, np.int64)
     for ii in range(nc):
         w = ff[comp[ii], W]
         for t in range(eoff[ii], eoff[ii + 1]):
             j = ent_j[t]
-            demand[j] += ent_c[t] * w
+            _add_comp(demand, dlo, j, ent_c[t] * w)
             start[j + 1] += 1
     for j in range(nr):
         rem[j] = rf[res_of[j], capcol]
@@ -179,7 +202,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     it = np.empty(nr + ncap, np.int64)
     hn = 0
     for j in range(nr):
-        lv[hn] = rem[j] / demand[j] if demand[j] > 0 else inf
+        lv[hn] = _sat_level(rem, demand, dlo, j)
         it[hn] = j
         hn += 1
     for ii in range(nc):
@@ -207,7 +230,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 hn = _pop_top(lv, it, hn)
             elif stale[j]:
                 stale[j] = False
-                lv[0] = rem[j] / demand[j] if demand[j] > 0 else inf
+                lv[0] = _sat_level(rem, demand, dlo, j)
                 _sift_down(lv, it, hn, 0)
             else:
                 break
@@ -233,7 +256,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 continue
             if stale[j]:  # its true level may lie above the threshold: re-score, and look again
                 stale[j] = False
-                lv[0] = rem[j] / demand[j] if demand[j] > 0 else inf
+                lv[0] = _sat_level(rem, demand, dlo, j)
                 _sift_down(lv, it, hn, 0)
                 continue
             hn = _pop_top(lv, it, hn)
@@ -258,7 +281,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 c = ent_c[t]
                 x = rem[j] - c * rate
                 rem[j] = x if x > 0.0 else 0.0
-                demand[j] -= c * w
+                _add_comp(demand, dlo, j, -(c * w))
                 unfrozen_users[j] -= 1
                 stale[j] = True
         left -= nf
