@@ -44,7 +44,18 @@ from .progress import Progress
 from .progress import enabled as progress_enabled
 from .records import LazyRecords, Record, Result
 from .routes import RouteTable
-from .units import MAX_BYTES, MAX_SECONDS, check_bytes, check_positive, check_seconds, parse_bytes
+from .units import (
+    MAX_BYTES,
+    MAX_SECONDS,
+    MAX_WEIGHT,
+    MIN_RATE_BPS,
+    MIN_WEIGHT,
+    check_bytes,
+    check_rate,
+    check_seconds,
+    check_weight,
+    parse_bytes,
+)
 
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
@@ -113,8 +124,8 @@ class Simulation:
         # anything else takes the full checks, which convert or name what is wrong, in the same order as ever.
         tb = type(nbytes)
         if not ((tb is int or tb is float) and 0 < nbytes <= MAX_BYTES
-                and (rate_cap_Bps is None or (type(rate_cap_Bps) is float and 0.0 < rate_cap_Bps < _INF))
-                and type(weight) is float and 0.0 < weight < _INF
+                and (rate_cap_Bps is None or (type(rate_cap_Bps) is float and MIN_RATE_BPS <= rate_cap_Bps < _INF))
+                and type(weight) is float and MIN_WEIGHT <= weight <= MAX_WEIGHT
                 and type(fixed_cost_s) is float and 0.0 <= fixed_cost_s <= MAX_SECONDS
                 and type(start) is float and 0.0 <= start <= MAX_SECONDS):
             nbytes, rate_cap_Bps, weight, fixed_cost_s, start = _check_transfer(
@@ -179,7 +190,7 @@ class Simulation:
         out = self._transfers_one_by_one(copies[:1], after, lanes, tag, rate_cap_Bps, mechanism)
         deferred = self._deferred
         if deferred is None or not (rate_cap_Bps is None or (type(rate_cap_Bps) is float
-                                                             and 0.0 < rate_cap_Bps < _INF)):
+                                                             and MIN_RATE_BPS <= rate_cap_Bps < _INF)):
             # procedural, or a rate cap that needs its checks: one call per copy
             return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism, out)
         deps = self._dep_indices("transfers", after) if after else ()  # (copy 0's call found every one)
@@ -606,8 +617,8 @@ def _check_transfer(rid: str, nbytes: Any, rate_cap_Bps: Any, weight: Any, fixed
     else:
         nbytes = check_bytes(_plain(nbytes), f"{where}: bytes", whole=False)
     if rate_cap_Bps is not None:
-        rate_cap_Bps = check_positive(_plain(rate_cap_Bps), f"{where}: rate cap")
-    weight = check_positive(_plain(weight), f"{where}: weight")
+        rate_cap_Bps = check_rate(_plain(rate_cap_Bps), f"{where}: rate cap")
+    weight = check_weight(_plain(weight), f"{where}: weight")
     fixed_cost_s = check_seconds(_plain(fixed_cost_s), f"{where}: fixed cost")
     start = check_seconds(_plain(start), f"{where}: start")
     return nbytes, rate_cap_Bps, weight, fixed_cost_s, start

@@ -14,6 +14,12 @@ from .errors import ScenarioError
 MAX_BYTES = 2**60
 MAX_SECONDS = 1e9
 MAX_FLOAT_INT = int(sys.float_info.max)  # the largest int a float holds
+# A rate cap below 1 B/s (a GiB in 34 years) is a wrong unit, and one of 1e-300 B/s made finish times NaN. Weights
+# share a bottleneck in proportion, and progressive filling sums weight x coefficient per resource: outside
+# 1e-9..1e9 two flows' shares would span more than the solver's compensated sums can tell apart (and 1e-300
+# left a flow with no demand at all: "unbounded flow"); no QoS scheme needs a billion to one.
+MIN_RATE_BPS = 1.0
+MIN_WEIGHT, MAX_WEIGHT = 1e-9, 1e9
 
 _BYTE_UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -106,6 +112,22 @@ def check_positive(x: float, where: str) -> float:
     if not (0 < value < math.inf):
         raise ScenarioError(f"{where}: expected a finite number > 0, got {x!r}")
     return float(value)
+
+
+def check_rate(x: float, where: str) -> float:
+    """A rate cap in bytes/s: a finite number >= `MIN_RATE_BPS`."""
+    value = check_positive(x, where)
+    if value < MIN_RATE_BPS:
+        raise ScenarioError(f"{where}: expected a rate of at least {MIN_RATE_BPS:g} B/s, got {x!r}")
+    return value
+
+
+def check_weight(x: float, where: str) -> float:
+    """A flow's weight: a number from `MIN_WEIGHT` to `MAX_WEIGHT`."""
+    value = check_positive(x, where)
+    if not MIN_WEIGHT <= value <= MAX_WEIGHT:
+        raise ScenarioError(f"{where}: expected a weight from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {x!r}")
+    return value
 
 
 def format_bytes(n: float) -> str:

@@ -27,6 +27,11 @@ from fabricsim.simcore.units import parse_bytes
     ({"nbytes": 1 << 20, "fixed_cost_s": 1e300}, "beyond 10\\^9 s"),
     ({"nbytes": 1 << 20, "rate_cap_Bps": math.inf}, "rate cap: expected a finite number > 0"),
     ({"nbytes": 1 << 20, "weight": math.nan}, "weight: expected a finite number > 0"),
+    # absurd but finite: a rate cap of 1e-300 B/s made finish times NaN, a weight of 1e-300 an "unbounded flow"
+    ({"nbytes": 1 << 20, "rate_cap_Bps": 1e-300}, "rate cap: expected a rate of at least 1 B/s"),
+    ({"nbytes": 1 << 20, "rate_cap_Bps": 0.5}, "rate cap: expected a rate of at least 1 B/s"),
+    ({"nbytes": 1 << 20, "weight": 1e-300}, "weight: expected a weight from 1e-09 to 1e\\+09"),
+    ({"nbytes": 1 << 20, "weight": 2e9}, "weight: expected a weight from 1e-09 to 1e\\+09"),
 ])
 def test_transfer_arguments_are_checked(kwargs: dict, match: str) -> None:
     sim = Simulation(presets.get("h100-1"))
@@ -50,3 +55,18 @@ def test_numpy_numbers_are_plain_numbers() -> None:
     sim.transfer("t", "host", "gpu0", np.int64(1 << 20), start=np.float64(0.0))
     assert math.isfinite(sim.run().makespan_s)
     assert parse_bytes("1GiB") == 1 << 30 and isinstance(parse_bytes(1e3), int)
+
+
+def test_the_limits_of_rate_caps_and_weights_are_accepted_and_transfers_checks_them_too() -> None:
+    """1 B/s and weights of 1e-9 and 1e9 are in range; below 1 B/s `transfers` refuses the cap as `transfer` does,
+    naming its first copy, and declares nothing."""
+    sim = Simulation(presets.get("h100-1"))
+    slow = sim.transfer("slow", "host", "gpu0", 4.0, rate_cap_Bps=1.0)
+    ends = [sim.transfer(f"w{w:g}", "host", "gpu0", 1 << 30, weight=w) for w in (1e9, 1e-9)]
+    sim.run()
+    assert slow.value.finish_s == pytest.approx(4.0, rel=1e-3)
+    assert all(math.isfinite(e.value.finish_s) and e.value.finish_s > slow.value.finish_s for e in ends)
+    sim = Simulation(presets.get("h100-1"))
+    with pytest.raises(ScenarioError, match="transfer 'a': rate cap: expected a rate of at least 1 B/s"):
+        sim.transfers([("a", "host", "gpu0", 1e6), ("b", "host", "gpu0", 1e6)], rate_cap_Bps=0.5)
+    assert not sim._deferred
