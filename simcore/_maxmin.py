@@ -148,18 +148,31 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     m = 0
     for ii in range(nc):
         m += fn[comp[ii]]
-    ent_j = np.empty(m, np.int64)
-    ent_c = np.empty(m)
-    eoff = np.empty(nc + 1, np.int64)
-    res_of = np.empty(m, np.int64)
+    # scratch: two buffers carved into the tables below (sixteen arrays of their own cost more to allocate and
+    # free than a small region's whole solve); their sizes are bounds, as nr and tot are at most m
+    ib = np.empty(8 * m + 4 * nc + 2, np.int64)
+    fb = np.empty(5 * m + nc)
+    ent_j = ib[:m]
+    eoff = ib[m:m + nc + 1]
+    res_of = ib[m + nc + 1:2 * m + nc + 1]
+    start = ib[2 * m + nc + 1:3 * m + nc + 2]
+    fill = ib[3 * m + nc + 2:4 * m + nc + 2]
+    users = ib[4 * m + nc + 2:5 * m + nc + 2]
+    unfrozen_users = ib[5 * m + nc + 2:6 * m + nc + 2]
+    it = ib[6 * m + nc + 2:7 * m + 2 * nc + 2]
+    stale = ib[7 * m + 2 * nc + 2:8 * m + 2 * nc + 2]  # 0 / 1
+    frozen = ib[8 * m + 2 * nc + 2:8 * m + 3 * nc + 2]  # 0 / 1
+    freeze = ib[8 * m + 3 * nc + 2:8 * m + 4 * nc + 2]
+    ent_c = fb[:m]
+    rem = fb[m:2 * m]
+    demand = fb[2 * m:3 * m]
+    dlo = fb[3 * m:4 * m]  # demand[j] + dlo[j]: the compensated demand (see `_add_comp`)
+    lv = fb[4 * m:5 * m + nc]
     nr = 0
     tot = 0
-    ncap = 0
     for ii in range(nc):
         s = comp[ii]
         eoff[ii] = tot
-        if ff[s, CAP] < inf:
-            ncap += 1
         for k in range(fn[s]):
             r = fres[s, k]
             if ri[r, BINDING] != 0:
@@ -173,10 +186,14 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 ent_c[tot] = fcoef[s, k]
                 tot += 1
     eoff[nc] = tot
-    rem = np.empty(nr)
-    demand = np.zeros(nr)
-    dlo = np.zeros(nr)  # demand[j] + dlo[j]: the compensated demand (see `_add_comp`)
-    start = np.zeros(nr + 1, np.int64)
+    for j in range(nr):
+        demand[j] = 0.0
+        dlo[j] = 0.0
+        stale[j] = 0
+    for j in range(nr + 1):
+        start[j] = 0
+    for ii in range(nc):
+        frozen[ii] = 0
     for ii in range(nc):
         w = ff[comp[ii], W]
         for t in range(eoff[ii], eoff[ii + 1]):
@@ -187,19 +204,16 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
         rem[j] = rf[res_of[j], capcol]
         start[j + 1] += start[j]
     # users of each local resource, CSR
-    fill = start[:nr].copy()
-    users = np.empty(tot, np.int64)
+    for j in range(nr):
+        fill[j] = start[j]
     for ii in range(nc):
         for t in range(eoff[ii], eoff[ii + 1]):
             j = ent_j[t]
             users[fill[j]] = ii
             fill[j] += 1
-    unfrozen_users = np.empty(nr, np.int64)
     for j in range(nr):
         unfrozen_users[j] = start[j + 1] - start[j]
     # heap items: j < nr is a resource, j >= nr the cap of flow comp[j - nr]
-    lv = np.empty(nr + ncap)
-    it = np.empty(nr + ncap, np.int64)
     hn = 0
     for j in range(nr):
         lv[hn] = _sat_level(rem, demand, dlo, j)
@@ -213,9 +227,6 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
             hn += 1
     for i in range((hn >> 1) - 1, -1, -1):
         _sift_down(lv, it, hn, i)
-    stale = np.zeros(nr, np.bool_)
-    frozen = np.zeros(nc, np.bool_)
-    freeze = np.empty(nc, np.int64)
     left = nc
     level = 0.0
     while left > 0:
@@ -229,7 +240,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
             elif unfrozen_users[j] == 0:
                 hn = _pop_top(lv, it, hn)
             elif stale[j]:
-                stale[j] = False
+                stale[j] = 0
                 lv[0] = _sat_level(rem, demand, dlo, j)
                 _sift_down(lv, it, hn, 0)
             else:
@@ -246,7 +257,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 hn = _pop_top(lv, it, hn)
                 ii = j - nr
                 if not frozen[ii]:
-                    frozen[ii] = True
+                    frozen[ii] = 1
                     freeze[nf] = ii
                     bots[ii] = -1
                     nf += 1
@@ -255,7 +266,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 hn = _pop_top(lv, it, hn)
                 continue
             if stale[j]:  # its true level may lie above the threshold: re-score, and look again
-                stale[j] = False
+                stale[j] = 0
                 lv[0] = _sat_level(rem, demand, dlo, j)
                 _sift_down(lv, it, hn, 0)
                 continue
@@ -263,7 +274,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
             for u in range(start[j], start[j + 1]):
                 ii = users[u]
                 if not frozen[ii]:
-                    frozen[ii] = True
+                    frozen[ii] = 1
                     freeze[nf] = ii
                     bots[ii] = res_of[j]
                     nf += 1
@@ -283,7 +294,7 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
                 rem[j] = x if x > 0.0 else 0.0
                 _add_comp(demand, dlo, j, -(c * w))
                 unfrozen_users[j] -= 1
-                stale[j] = True
+                stale[j] = 1
         left -= nf
     for j in range(nr):
         rloc[res_of[j]] = -1
