@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +23,7 @@ from fabricsim.workloads.decode import DecodeBatch, decode_work
 from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
 from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
-from fabricsim.workloads.weightsync.base import coarsen, delta_encoding
+from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding
 
 HGX = presets.get("hgx-h200-8", calibration=None)
 CLUSTER = presets.get("cluster-4x8", calibration=None)
@@ -500,3 +501,28 @@ def test_results_give_plain_numbers_and_a_dataframe() -> None:
     assert type(sync.metrics()["flow_events"]) is int
     assert type(serving.metrics()["host_kv_peak_bytes"]) is int and type(serving.metrics()["steps"]) is int
     assert type(sync.metrics()["sync_s"]) is float
+
+
+def test_a_large_rdma_p2p_sync_names_the_knob_that_answers_faster(monkeypatch, capsys):
+    """From 2^17 copies on (256 GPUs) rdma-p2p, delta included, says before the run that max_sim_tasks=1 answers
+    faster and at what cost; not below that, nor with that knob already set. The CLI prints it on stderr first."""
+    from fabricsim.cli import main
+    from fabricsim.workloads.weightsync import cli as sync_cli
+    from fabricsim.workloads.weightsync.cluster_layout import setup_of
+
+    big, small = (setup_of({"model": "Qwen3-235B-A22B", "gpus": n}) for n in (256, 128))
+    for name in ("rdma-p2p", "delta:rdma-p2p"):
+        note = get(name).scale_note(big)
+        assert "128 trainer GPUs" in note and "about 131,072 copies" in note and "max_sim_tasks=1" in note
+        assert get(name).scale_note(small) == "" and get(name, max_sim_tasks=1).scale_note(big) == ""
+    assert get("nccl-broadcast").scale_note(big) == ""
+
+    def no_run(setup, strategy, **kw):
+        print("SIMULATED", file=sys.stderr)
+        return SyncResult(strategy.label, feasible=False, reason="not run in this test")
+
+    monkeypatch.setattr(sync_cli, "simulate_sync", no_run)
+    assert main(["sync", "Qwen3-235B-A22B", "rdma-p2p", "--tp", "8", "--ep", "--topology", "cluster-32x8",
+                 "--trainer", "node0-15.gpu0-7", "--rollout", "node16-31.gpu0-7", "--samples", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.index("note: rdma-p2p simulates each of 128") < err.index("SIMULATED")

@@ -386,6 +386,11 @@ class Strategy:
         raise NotImplementedError
         yield
 
+    def scale_note(self, setup: SyncSetup) -> str:
+        """A note for someone about to wait on a sync this large: why its simulation takes long and which knob
+        answers faster, at what cost ('' when it is quick). The CLI prints it before the run."""
+        return ""
+
     def stall(self, ctx: SyncContext, sync_s: float) -> float:
         if not self.blocking:
             return 0.0

@@ -111,6 +111,9 @@ def _run(args: argparse.Namespace) -> int:
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    note = strategy.scale_note(setup)
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
     gpus = len(set(setup.trainer.gpus) | set(setup.rollout.gpus))
