@@ -152,25 +152,36 @@ def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
 
 
 def _deliver_interrupt() -> None:
-    if not _stopping:
-        _thread.interrupt_main()
+    with _delivering:  # never once `main` has stopped taking them (see there)
+        if not _stopping:
+            _thread.interrupt_main()
 
 
 _stopping = False
+_delivering = threading.Lock()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; Ctrl-C anywhere, even while the models are still being imported, ends it with 130."""
+    """Run one command; Ctrl-C anywhere, even while the models are still being imported, ends it with 130.
+
+    How no interrupt escapes as a second one, which would end the process by SIGINT after the one line (seen
+    about once in 40 interrupted sweeps, exit status -2): when the command ends, however, `main` stops taking
+    re-delivered interrupts (`_stopping`, set under the lock `_deliver_interrupt` delivers under), so none is
+    sent after; one sent before is pending and is raised while `main` still runs, in the block below, whose
+    handler turns it into the line and 130 like any other."""
     global _stopping
     _stopping = False
     previous, sys.unraisablehook = sys.unraisablehook, _interrupt_again
     try:
-        return _run(argv)
+        try:
+            return _run(argv)
+        finally:
+            with _delivering:
+                _stopping = True
     except KeyboardInterrupt:
-        _stopping = True
-        # A second interrupt now (a re-delivered one, or Ctrl-C pressed again) would escape `main` and end the
-        # process by SIGINT instead of this clean exit: ignore it while stopping. A pending one is consumed
-        # while ignored, and the caller's handler comes back before `main` returns.
+        # A second interrupt now (Ctrl-C pressed again) would escape `main` and end the process by SIGINT
+        # instead of this clean exit: ignore it while stopping. A pending one is consumed while ignored, and the
+        # caller's handler comes back before `main` returns.
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         print("fabricsim: interrupted", file=sys.stderr)
         if handler is not None:

@@ -90,17 +90,23 @@ def test_a_command_imports_its_own_module_only() -> None:
     assert not loaded & (heavy | (modules - {"fabricsim.hwmodels.cli"}))
 
 
-def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns() -> None:
-    """A Ctrl-C raised where Python can only report it (a weakref callback during an import) reaches the
-    unraisable hook; the hook must deliver it again to the main thread, and not raise it inside itself, where it
-    would be lost once more."""
-    import time
+def _lost_interrupt():
     from types import SimpleNamespace
+
+    return SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(), exc_traceback=None,
+                           err_msg=None, object=None)
+
+
+def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns(monkeypatch) -> None:
+    """A Ctrl-C raised where Python can only report it (a weakref callback during an import) reaches the
+    unraisable hook while a command runs; the hook must deliver it again to the main thread, and not raise it
+    inside itself, where it would be lost once more."""
+    import time
 
     from fabricsim import cli
 
-    lost = SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(), exc_traceback=None,
-                           err_msg=None, object=None)
+    monkeypatch.setattr(cli, "_stopping", False)  # as inside `main`, while the command runs
+    lost = _lost_interrupt()
     returned = False
     try:
         cli._interrupt_again(lost)
@@ -112,3 +118,20 @@ def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns() -> 
     else:
         pytest.fail("the interrupt was not delivered again")
     assert returned, "the interrupt was raised inside the hook"
+
+
+def test_no_interrupt_is_delivered_again_once_main_has_returned() -> None:
+    """An interrupt the hook would deliver again after `main` returned would end the process by SIGINT (status
+    -2) after its clean exit: once a command has ended, the hook and a delivery already on its way send
+    nothing."""
+    import threading
+    import time
+
+    from fabricsim import cli
+
+    assert cli.main(["topo", "show", "h100-1"]) == 0
+    cli._interrupt_again(_lost_interrupt())  # a hook call too late
+    on_its_way = threading.Thread(target=cli._deliver_interrupt)  # a delivery that was already scheduled
+    on_its_way.start()
+    on_its_way.join()
+    time.sleep(0.1)  # a KeyboardInterrupt delivered would be raised here and fail the test
