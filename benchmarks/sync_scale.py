@@ -66,14 +66,17 @@ print(json.dumps({"sim_wall_s": wall, "feasible": res.feasible, "reason": res.re
 
 
 def run_point(model: str, strategy: str, nodes: int, timeout: float, env: dict[str, str] | None = None,
-              knobs: dict | None = None) -> dict:
-    """One point in a fresh process (`env`: extra environment variables for it; `knobs`: the strategy's)."""
+              knobs: dict | None = None, python: str = sys.executable, bench_dir: Path | None = None) -> dict:
+    """One point in a fresh process (`env`: extra environment variables for it; `knobs`: the strategy's), of
+    `python` with the benchmarks of `bench_dir` (default: this interpreter, this checkout's: another checkout
+    for `sync_scale_ab.py`)."""
     row = {"model": model, "strategy": strategy, "nodes": nodes, "gpus": 8 * nodes}
     t0 = time.perf_counter()
     env = dict(os.environ, FABRICSIM_PROGRESS="0", **(env or {}))
+    bench_dir = bench_dir or Path(__file__).parent
     try:
-        out = subprocess.run([sys.executable, "-c", CHILD, model, strategy, str(8 * nodes), json.dumps(knobs or {}),
-                              str(Path(__file__).parent)],
+        out = subprocess.run([python, "-c", CHILD, model, strategy, str(8 * nodes), json.dumps(knobs or {}),
+                              str(bench_dir)], cwd=bench_dir,
                              capture_output=True,
                              text=True, timeout=timeout, env=env,
                              preexec_fn=functools.partial(_die_with_parent, os.getpid(), None))
