@@ -2,9 +2,10 @@
 worktree, with its own venv), so that a comparison survives the shared VM, whose wall times move by 10-40%
 between runs minutes apart.
 
-Each point is one weight sync in a fresh process (`sync_scale.run_point`, as the scale benchmark runs it);
-for every repeat, every (strategy, model) runs on the other checkout and then on this one. Recorded: each
-run's process wall time, simulated wall time and sync time (equal on both sides when the change is exact).
+Each point is one weight sync in a fresh process (`sync_scale.run_point`, as the scale benchmark runs it); for
+every repeat, every (strategy, model) runs on both checkouts, one after the other, each side first in turn.
+Recorded: each run's process wall time, simulated wall time and sync time (equal on both sides when the change is
+exact).
 
     git worktree add /tmp/base <commit> && python3 -m venv /tmp/venv-base && /tmp/venv-base/bin/pip install -e /tmp/base
     python benchmarks/sync_scale_ab.py --base-python /tmp/venv-base/bin/python --base-dir /tmp/base \\
@@ -41,14 +42,16 @@ def main() -> None:
     for rep in range(args.repeat):
         for strategy in args.strategies:
             for model in args.models:
-                for side, python, bench in (("base", args.base_python, base), ("this", sys.executable, here)):
+                pair = (("base", args.base_python, base), ("this", sys.executable, here))
+                for side, python, bench in pair if rep % 2 == 0 else pair[::-1]:  # each side first in turn
                     row = {"repeat": rep, "side": side,
                            **run_point(model, strategy, args.gpus // 8, args.timeout, python=python, bench_dir=bench)}
                     rows.append(row)
                     print(f"{side:4s} {strategy:28s} {model:16s} {row['process_wall_s']:6.2f} s  {row['status']}",
                           flush=True)
     write_result(Path(args.out), {**stamp("sync-scale-ab"), "base_commit": commit, "gpus": args.gpus,
-                                  "note": "alternating runs, base first in each pair; shared 2-core VM",
+                                  "note": "alternating runs, base first in even repeats, this checkout first in odd "
+                                          "ones; shared 2-core VM",
                                   "runs": rows})
 
 

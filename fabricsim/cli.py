@@ -168,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     about once in 40 interrupted sweeps, exit status -2): when the command ends, however, `main` stops taking
     re-delivered interrupts (`_stopping`, set under the lock `_deliver_interrupt` delivers under), so none is
     sent after; one sent before is pending and is raised while `main` still runs, in the block below, whose
-    handler turns it into the line and 130 like any other."""
+    handler turns it into the line and 130 like any other. So an interrupt lost in a callback in the last
+    moment of a command (its re-delivery still waiting) is dropped: the command has finished, and `main` returns
+    its status."""
     global _stopping
-    _stopping = False
+    with _delivering:
+        _stopping = False
     previous, sys.unraisablehook = sys.unraisablehook, _interrupt_again
     try:
         try:

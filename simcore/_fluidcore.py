@@ -103,7 +103,7 @@ from ._fluidlayout import (
     W0,
     W,
 )
-from ._maxmin import F1, F2, I1, I2, M1, F, I, max_min  # the core's type aliases, and the solve itself
+from ._maxmin import F1, F2, I1, I2, M1, F, I, max_min, two_sum  # the core's type aliases, the solve itself
 
 # Helpers called once per event, flow, member or resource are inlined at Numba IR level (inline="always"): a
 # call hands over up to 21 arrays, each reference-counted on the way in and out.
@@ -788,14 +788,6 @@ def next_finish(hk, hi, fi, ctr):
 _EPS = 2.0 ** -52  # float64's machine epsilon
 
 
-@njit(UniTuple(F, 2)(F, F, F), cache=True, inline="always")
-def _two_sum(hi, lo, x):
-    """(hi, lo) with hi + lo increased by x, compensated (Knuth's TwoSum, as `_maxmin._add_comp`)."""
-    s = hi + x
-    bb = s - hi
-    return s, lo + ((hi - (s - bb)) + (x - bb))
-
-
 @njit(F(I, F, F2, F2, F2, I2, I1, M1), cache=True)
 def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
     """A level below which resource r, carrying new demand (the classes marked 1 in fmark), saturates in neither
@@ -810,13 +802,13 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
     dem = np.empty(n)
     m = 0
     rest = 0.0
-    rlo = 0.0  # rest + rlo: the compensated demand (see `_two_sum`)
+    rlo = 0.0  # rest + rlo: the compensated demand (see `_maxmin.two_sum`)
     e = ri[r, HEAD]
     while e >= 0:
         g = e // K
         c = fcoef[g, e - g * K]
         e = inc_next[e]
-        rest, rlo = _two_sum(rest, rlo, c * ff[g, W])
+        rest, rlo = two_sum(rest, rlo, c * ff[g, W])
         if fmark[g] == 0 and ff[g, RATE] < low * ff[g, W]:  # only classes frozen below `low` can matter
             lev[m] = ff[g, RATE] / ff[g, W]
             drawn[m] = c * ff[g, RATE]
@@ -836,7 +828,7 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
             # the classes frozen so far all but fill r: what they leave is rounding noise (to FLOOR_TOL), not a
             # level. r does not saturate below this class's level (x, trusted so far, lies above it): a lower bound
             return lev[i]
-        rest, rlo = _two_sum(rest, rlo, -dem[i])  # compensated: the small demands left must not carry the
+        rest, rlo = two_sum(rest, rlo, -dem[i])  # compensated: the small demands left must not carry the
         # rounding of the large ones taken away (as in `_maxmin`)
         d = rest + rlo
         x = left / d if d > 0.0 else np.inf

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.types import float64, int8, int64, void
+from numba.types import UniTuple, float64, int8, int64, void
 
 from ._fluidlayout import BINDING, CAP, W
 
@@ -63,14 +63,19 @@ def _pop_top(lv, it, n):
 # small terms that remain carry the rounding error of the large ones ((1e11 + 0.1) - 1e11 is 0.100006...), so the
 # demand is kept as an unevaluated sum hi + lo, updated by TwoSum (exact: hi + lo gains x up to rounding of lo).
 # A term subtracted is the same float product that was added, so its own rounding cancels exactly.
+@njit(UniTuple(F, 2)(F, F, F), cache=True, inline="always")
+def two_sum(hi, lo, x):
+    """(hi, lo) with hi + lo increased by x, compensated (Knuth's TwoSum: exact up to the rounding of lo; needs
+    strict IEEE evaluation, numba's default)."""
+    s = hi + x
+    bb = s - hi
+    return s, lo + ((hi - (s - bb)) + (x - bb))
+
+
 @njit(void(F1, F1, I, F), cache=True, inline="always")
 def _add_comp(hi, lo, j, x):
-    """hi[j] + lo[j] += x, compensated (Knuth's TwoSum; needs strict IEEE evaluation, numba's default)."""
-    a = hi[j]
-    s = a + x
-    bb = s - a
-    lo[j] += (a - (s - bb)) + (x - bb)
-    hi[j] = s
+    """hi[j] + lo[j] += x, compensated (`two_sum`)."""
+    hi[j], lo[j] = two_sum(hi[j], lo[j], x)
 
 
 @njit(F(F1, F1, F1, I), cache=True, inline="always")

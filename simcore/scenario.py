@@ -33,7 +33,7 @@ from .collectives import OPS, schedule_collective
 from .errors import ScenarioError
 from .records import Result
 from .simulation import Simulation
-from .units import parse_bytes, parse_seconds
+from .units import check_rate, check_weight, parse_bytes, parse_seconds
 
 _TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "collectives", "name", "description"}
 _TRANSFER_KEYS = {"id", "src", "dst", "bytes", "start", "after", "engine", "rate_cap_GBps", "weight",
@@ -192,9 +192,11 @@ def _transfer(item: Any, where: str, source: str) -> dict[str, Any]:
     out["mechanism"] = mech
     out["_kind"] = "transfer"
     if "rate_cap_GBps" in item:
-        out["rate_cap_Bps"] = _positive(item["rate_cap_GBps"], f"{source}: {where}.rate_cap_GBps") * 1e9
+        where_cap = f"{source}: {where}.rate_cap_GBps"
+        out["rate_cap_Bps"] = check_rate(_positive(item["rate_cap_GBps"], where_cap), where_cap, per_unit=1e9)
     if "weight" in item:
-        out["weight"] = _positive(item["weight"], f"{source}: {where}.weight")
+        where_w = f"{source}: {where}.weight"
+        out["weight"] = check_weight(_positive(item["weight"], where_w), where_w)
     if "fixed_cost_s" in item:
         out["fixed_cost_s"] = parse_seconds(item["fixed_cost_s"], f"{source}: {where}.fixed_cost_s")
     if "engine" in item:

@@ -124,7 +124,7 @@ class Simulation:
         # anything else takes the full checks, which convert or name what is wrong, in the same order as ever.
         tb = type(nbytes)
         if not ((tb is int or tb is float) and 0 < nbytes <= MAX_BYTES
-                and (rate_cap_Bps is None or (type(rate_cap_Bps) is float and MIN_RATE_BPS <= rate_cap_Bps < _INF))
+                and _plain_cap(rate_cap_Bps)
                 and type(weight) is float and MIN_WEIGHT <= weight <= MAX_WEIGHT
                 and type(fixed_cost_s) is float and 0.0 <= fixed_cost_s <= MAX_SECONDS
                 and type(start) is float and 0.0 <= start <= MAX_SECONDS):
@@ -189,8 +189,7 @@ class Simulation:
         # copy 0 takes `transfer` itself: `after` is checked, and named in an error, as its own call would
         out = self._transfers_one_by_one(copies[:1], after, lanes, tag, rate_cap_Bps, mechanism)
         deferred = self._deferred
-        if deferred is None or not (rate_cap_Bps is None or (type(rate_cap_Bps) is float
-                                                             and MIN_RATE_BPS <= rate_cap_Bps < _INF)):
+        if deferred is None or not _plain_cap(rate_cap_Bps):
             # procedural, or a rate cap that needs its checks: one call per copy
             return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism, out)
         deps = self._dep_indices("transfers", after) if after else ()  # (copy 0's call found every one)
@@ -307,9 +306,10 @@ class Simulation:
         per pair for the run: a ring broadcast from each of 512 owners asks about the same 511 hops each time."""
         return self.lone_copies([(src, dst)])[0]
 
-    def lone_copies(self, pairs: list[tuple[str, str]]) -> list[tuple[float, float]]:
+    def lone_copies(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[float, float]]:
         """`lone_copy` of each (src, dst) of `pairs`, looked up together: a ring's hops (a 1,024-GPU host-staged
         sync asks about 511 hops for each of 1,536 broadcasts)."""
+        pairs = pairs if type(pairs) is list else list(pairs)
         self._keep_current()
         lone = self._lone
         got = list(map(lone.get, pairs))
@@ -597,6 +597,11 @@ def _check_copies(copies: list) -> None:
         raise ScenarioError(f"transfers: copy {n} must be (id, src, dst, nbytes[, setup_s[, setup_id]]), got {c!r}")
 
 
+def _plain_cap(rate_cap_Bps: Any) -> bool:
+    """Whether a caller's rate cap needs no checks: none, or a plain float in range (`units.check_rate`)."""
+    return rate_cap_Bps is None or (type(rate_cap_Bps) is float and MIN_RATE_BPS <= rate_cap_Bps < _INF)
+
+
 def _copy_cap(cap: float | None, sized: PathShape | None, nbytes: float, rate_cap_Bps: float | None) -> float | None:
     """A copy's rate cap: its path's (sized by the copy where the profile's efficiency curve says so), lowered to
     the caller's `rate_cap_Bps` when that is tighter."""
@@ -673,7 +678,7 @@ class _Declared(simpy.Event):
 
     def waited_on(self) -> bool:
         """Whether a callback was added (without making the list)."""
-        return bool(self._callbacks)
+        return bool(_CALLBACK_LIST(self))
 
     def _desc(self) -> str:
         return "Event()"

@@ -28,8 +28,8 @@ from fabricsim.simcore.units import parse_bytes
     ({"nbytes": 1 << 20, "rate_cap_Bps": math.inf}, "rate cap: expected a finite number > 0"),
     ({"nbytes": 1 << 20, "weight": math.nan}, "weight: expected a finite number > 0"),
     # absurd but finite: a rate cap of 1e-300 B/s made finish times NaN, a weight of 1e-300 an "unbounded flow"
-    ({"nbytes": 1 << 20, "rate_cap_Bps": 1e-300}, "rate cap: expected a rate of at least 1 B/s"),
-    ({"nbytes": 1 << 20, "rate_cap_Bps": 0.5}, "rate cap: expected a rate of at least 1 B/s"),
+    ({"nbytes": 1 << 20, "rate_cap_Bps": 1e-300}, "rate cap: expected a rate of at least 1 \\(1 B/s\\)"),
+    ({"nbytes": 1 << 20, "rate_cap_Bps": 0.5}, "rate cap: expected a rate of at least 1 \\(1 B/s\\)"),
     ({"nbytes": 1 << 20, "weight": 1e-300}, "weight: expected a weight from 1e-09 to 1e\\+09"),
     ({"nbytes": 1 << 20, "weight": 2e9}, "weight: expected a weight from 1e-09 to 1e\\+09"),
 ])
@@ -62,11 +62,17 @@ def test_the_limits_of_rate_caps_and_weights_are_accepted_and_transfers_checks_t
     naming its first copy, and declares nothing."""
     sim = Simulation(presets.get("h100-1"))
     slow = sim.transfer("slow", "host", "gpu0", 4.0, rate_cap_Bps=1.0)
-    ends = [sim.transfer(f"w{w:g}", "host", "gpu0", 1 << 30, weight=w) for w in (1e9, 1e-9)]
+    # engines of their own, so that the two extreme weights share the link instead of queueing on its copy engine
+    heavy, light = (sim.transfer(f"w{w:g}", "host", "gpu0", 1 << 30, weight=w, engine=f"e{w:g}") for w in (1e9, 1e-9))
     sim.run()
     assert slow.value.finish_s == pytest.approx(4.0, rel=1e-3)
-    assert all(math.isfinite(e.value.finish_s) and e.value.finish_s > slow.value.finish_s for e in ends)
+    # the heavy one takes all but 1e-18 of the link, so it ends when it would alone, well before the light one
+    alone = Simulation(presets.get("h100-1"))
+    solo = alone.transfer("solo", "host", "gpu0", 1 << 30, engine="e")
+    alone.run()
+    assert heavy.value.finish_s == pytest.approx(solo.value.finish_s, rel=1e-9)
+    assert math.isfinite(light.value.finish_s) and light.value.finish_s > 1.9 * heavy.value.finish_s
     sim = Simulation(presets.get("h100-1"))
-    with pytest.raises(ScenarioError, match="transfer 'a': rate cap: expected a rate of at least 1 B/s"):
+    with pytest.raises(ScenarioError, match="transfer 'a': rate cap: expected a rate of at least 1 \\(1 B/s\\)"):
         sim.transfers([("a", "host", "gpu0", 1e6), ("b", "host", "gpu0", 1e6)], rate_cap_Bps=0.5)
     assert not sim._deferred

@@ -60,6 +60,11 @@ for key in ("rate_cap_GBps", "weight"):
     for value in ("0", "-1", ".inf", ".nan", "x", "true", "[1]"):
         simulate(f"{key}={value}", scenario(f"{{id: t1, src: host, dst: gpu0, bytes: 1GiB, {key}: {value}}}"),
                  ("s.yaml", f"transfers[0].{key}", "finite number > 0"))
+# finite but absurd: named by field in the file's own unit (a rate cap of 1e-300 B/s made finish times NaN)
+for key, value, why in [("rate_cap_GBps", "1e-12", "at least 1e-09 (1 B/s)"), ("weight", "1e-300", "1e-09 to 1e+09"),
+                        ("weight", "2e9", "1e-09 to 1e+09")]:
+    simulate(f"{key}={value}", scenario(f"{{id: t1, src: host, dst: gpu0, bytes: 1GiB, {key}: {value}}}"),
+             ("s.yaml", f"transfers[0].{key}", why))
 
 for key, value, why in [("src", "gpu99", "gpu99"), ("dst", "nowhere", "nowhere"), ("src", "5", "endpoint name"),
                         ("dst", "null", "endpoint name"), ("src", "node0.gpu0", "node0.gpu0"),

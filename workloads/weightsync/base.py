@@ -288,14 +288,12 @@ class SyncContext:
         (a 1,024-GPU host-staged sync of Kimi-K2 reloads 512 ranks per owner's bucket: 786,432 loads)."""
         items, after = list(items), tuple(after)
         ratio, dec = self._wire_ratio, self.decode_hbm
-        if not all(float(b * ratio) > 0 and not dec * b for _, b, _ in items):  # `_plain_load` of each
+        if not all(_plain_load(b, ratio, dec) for _, b, _ in items):
             return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
         return self.sim.transfers(self._load_copies(items, tag, setup_name), after=after, tag=tag)
 
     def _plain_load(self, raw_bytes: float) -> bool:
-        """Whether a load of `raw_bytes` is one copy: bytes on the wire and no decoding kernel (0 x inf is NaN: a
-        size the kernel's checks refuse)."""
-        return float(raw_bytes * self._wire_ratio) > 0 and not self.decode_hbm * raw_bytes
+        return _plain_load(raw_bytes, self._wire_ratio, self.decode_hbm)
 
     def _load_copies(self, items: list[tuple[str, float, float]], tag: str, setup_name: str,
                      src: str | None = None) -> list[tuple]:
@@ -315,6 +313,13 @@ class SyncContext:
                 out.append((f"{tag}.{gpu}.{seq}", src or gpu, gpu, float(raw_bytes * ratio), float(setup_s), None))
         self._seq = seq
         return out
+
+
+def _plain_load(raw_bytes: float, wire_ratio: float, decode_hbm: float) -> bool:
+    """Whether a load of `raw_bytes` is one copy: bytes on the wire and no decoding kernel (0 x inf is NaN: a size
+    the kernel's checks refuse). A function of its numbers, so that `SyncContext.loads` asks it per load without a
+    method call."""
+    return float(raw_bytes * wire_ratio) > 0 and not decode_hbm * raw_bytes
 
 
 def share_of_replica(ctx: SyncContext) -> dict[str, float]:
