@@ -90,6 +90,17 @@ def test_a_command_imports_its_own_module_only() -> None:
     assert not loaded & (heavy | (modules - {"fabricsim.hwmodels.cli"}))
 
 
+@pytest.fixture
+def python_handles_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background by a non-interactive shell
+    (nohup, `cmd &`) inherits SIGINT ignored, and then `_thread.interrupt_main` delivers nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _lost_interrupt():
     from types import SimpleNamespace
 
@@ -97,11 +108,11 @@ def _lost_interrupt():
                            err_msg=None, object=None)
 
 
-def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns(monkeypatch) -> None:
+def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns(monkeypatch, python_handles_sigint
+                                                                          ) -> None:
     """A Ctrl-C raised where Python can only report it (a weakref callback during an import) reaches the
     unraisable hook while a command runs; the hook must deliver it again to the main thread, and not raise it
     inside itself, where it would be lost once more."""
-    import gc
     import time
 
     from fabricsim import cli
@@ -109,27 +120,19 @@ def test_an_interrupt_lost_in_a_callback_comes_back_after_the_hook_returns(monke
     monkeypatch.setattr(cli, "_stopping", False)  # as inside `main`, while the command runs
     lost = _lost_interrupt()
     returned = False
-    # The collector off while waiting: the interrupt must land in the loop, not in the finaliser of some earlier
-    # test's garbage, where it would be lost to pytest's own unraisable hook (it failed so once in a full run).
-    # (Short sleeps: a simulated interrupt does not cut a sleep short.)
-    was = gc.isenabled()
-    gc.disable()
     try:
         cli._interrupt_again(lost)
         returned = True
-        for _ in range(500):
+        for _ in range(500):  # short sleeps: a simulated interrupt does not cut a sleep short
             time.sleep(0.01)
     except KeyboardInterrupt:
         pass
     else:
         pytest.fail("the interrupt was not delivered again")
-    finally:
-        if was:
-            gc.enable()
     assert returned, "the interrupt was raised inside the hook"
 
 
-def test_no_interrupt_is_delivered_again_once_main_has_returned(monkeypatch) -> None:
+def test_no_interrupt_is_delivered_again_once_main_has_returned(monkeypatch, python_handles_sigint) -> None:
     """An interrupt the hook would deliver again after `main` returned would end the process by SIGINT (status
     -2) after its clean exit: once a command has ended, normally or by an interrupt, the hook and a delivery
     already on its way send nothing."""
