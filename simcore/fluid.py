@@ -265,10 +265,11 @@ class FluidNetwork:
     def start(self, flow: Flow) -> simpy.Event:
         """Add a flow now; the returned event fires when its last byte arrives."""
         _check_route(self._c, flow, len(self.capacity))
-        flow.done = self.env.event()
+        done = self.env.event()
         if flow.remaining <= 0:
-            flow.done.succeed(flow)
-            return flow.done
+            return done.succeed(flow)
+        flow.done = done  # until it finishes: an event whose value is its flow, kept by the flow, is a reference
+        # cycle, which only the cyclic collector frees (one per finished flow: 3,320 in a 60-request serving run)
         s = self._slot_for(len(flow.res))
         self._flows[s] = flow
         flow.slot = s
@@ -284,7 +285,7 @@ class FluidNetwork:
         self.events += 1
         self._pending.append(c)
         self._flush_later()
-        return flow.done
+        return done
 
     # -- internals --------------------------------------------------------------------------------------
     def _route_number(self, flow: Flow) -> int:
@@ -446,4 +447,5 @@ class FluidNetwork:
         self._active -= nfin
         self.events += nfin
         for f in done:
-            f.done.succeed(f)
+            ev, f.done = f.done, None
+            ev.succeed(f)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import simpy
 from conftest import GBps, line_topology
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import Simulation
-from fabricsim.simcore.fluid import Flow, max_min_rates
+from fabricsim.simcore.fluid import Flow, FluidNetwork, max_min_rates
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
 
@@ -200,3 +201,17 @@ def test_a_lone_flow_gets_its_tightest_resource_or_its_cap(flow, caps):
     assert got == pytest.approx(reference_max_min([f], caps), rel=1e-12)
     full = [r for r, v in load.items() if v >= caps[r] * (1 - 1e-9)]
     assert full or (cap is not None and got[0] == pytest.approx(cap, rel=1e-12))
+
+
+def test_a_finished_flow_and_its_event_do_not_hold_each_other():
+    """The event's value is its flow; the flow keeps the event only while it runs (both ways is a reference cycle
+    per finished flow, which only the cyclic collector frees: 3,320 of them in a 60-request serving run)."""
+    env = simpy.Environment()
+    net = FluidNetwork(env, [1.0])
+    f = Flow("f", [0], [1.0], 2.0)
+    ev = net.start(f)
+    assert f.done is ev
+    env.run()
+    assert ev.value is f and f.done is None
+    empty = Flow("e", [0], [1.0], 0.0)
+    assert net.start(empty).value is empty and empty.done is None
