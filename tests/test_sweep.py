@@ -334,6 +334,9 @@ def test_ctrl_c_at_any_moment_exits_promptly_and_leaves_no_worker_behind(tmp_pat
         [sys.executable, "-m", "fabricsim.cli", "sweep", str(study), "--workers", "2", "--quiet", "--store",
          str(tmp_path / "s")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # SIGINT as a terminal gives it: a test run started in the background by a non-interactive shell has it
+        # ignored, and the sweep would inherit that and just finish (the test would then check nothing)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(startup_s + delay_s)
     proc.send_signal(signal.SIGINT)
