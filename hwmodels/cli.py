@@ -9,6 +9,7 @@ from fabricsim.errors import TopologyError
 
 from .fileio import atomic_write_text, dump_yaml, refuse_overwrite
 from .presets import load
+from .presets import names as preset_names
 from .topofile import topology_to_dict
 
 
@@ -60,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            epilog="examples:\n  fabricsim topo show hgx-h200-8\n  fabricsim topo show mybox.yaml\n"
                                   "  fabricsim topo show cluster-4x8-rail --yaml > cluster.yaml",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    show.add_argument("topology", help="preset name (h100-1, h200-2, hgx-h100-8, hgx-h200-8, pcie-4gpu, "
-                                       "cluster-NxG[-rail|-leaf-spine]) or a topology file")
+    show.add_argument("topology", help=f"preset name ({', '.join(preset_names())}; a cluster is H100 unless it "
+                                       "ends in -h200) or a topology file")
     show.add_argument("--calibration", help="calibration profile to apply")
     show.add_argument("--yaml", action="store_true", help="print as an editable topology file")
     show.set_defaults(func=_show)

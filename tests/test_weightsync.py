@@ -470,6 +470,10 @@ def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json"]) == 0  # 8 GPUs: cheap, intervals by default
     captured = capsys.readouterr()
     assert json.loads(captured.out)["intervals"] or "one run took" in captured.err  # a loaded machine may be slow
+    # 16 GPUs of a 128-GPU cluster: each re-run perturbs a copy of the whole topology, whose size counts
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0.gpu0-7",
+                      "--rollout", "node1.gpu0-7"]) == 0
+    assert "note: interval skipped (128 GPUs" in capsys.readouterr().out
 
 
 def test_default_samples_rule() -> None:
