@@ -267,6 +267,9 @@ class Simulation:
         except TopologyError as exc:
             raise ScenarioError(f"task '{rid}': {exc}") from None
         t_compute = flops / peak
+        if t_compute > MAX_SECONDS:  # a typo or a wrong unit, as a size beyond 1 EiB is (`units`)
+            raise ScenarioError(f"task '{rid}': {flops:g} flops would take {t_compute:.3g} s on {node}, beyond "
+                                f"10^9 s")
         hbm = f"{node}.hbm"
         if hbm_bytes > 0 and hbm in self._res_index:
             t_mem = hbm_bytes / self.net.capacity[self._res_index[hbm]]

@@ -43,7 +43,8 @@ def test_transfer_arguments_are_checked(kwargs: dict, match: str) -> None:
 
 def test_task_and_delay_arguments_are_checked() -> None:
     sim = Simulation(presets.get("h100-1"))
-    for kwargs in ({"flops": math.inf}, {"flops": math.nan}, {"hbm_bytes": math.inf}, {"start": -1.0}):
+    for kwargs in ({"flops": math.inf}, {"flops": math.nan}, {"hbm_bytes": math.inf}, {"start": -1.0},
+                   {"flops": 1e40}):  # finite, but 10^25 s of compute: a wrong unit
         with pytest.raises(ScenarioError, match="task 'k'"):
             sim.task("k", "gpu0", **kwargs)
     with pytest.raises(ScenarioError, match="delay 'd': seconds"):
