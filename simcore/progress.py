@@ -3,8 +3,9 @@
 Nothing is printed for runs shorter than `DELAY_S`: the line appears after that much wall time, says how many
 flow events have been processed, the simulated time reached and the flows in flight, and is cleared when the run
 ends. On the compiled loop, which knows all the work up front, it also says how many of the declared items have
-finished and, at the pace so far, about how long the rest will take: a 256-GPU all-to-all that takes many minutes
-says so within seconds, instead of looking like a hang. `FABRICSIM_PROGRESS=0` turns it off (sweep workers
+finished and, after `ETA_AFTER_S`, about how long the rest will take at the recent pace: a 256-GPU all-to-all that
+takes minutes says so early, instead of looking like a hang (an estimate, low while the run keeps slowing down).
+`FABRICSIM_PROGRESS=0` turns it off (sweep workers
 and scripts that parse stderr); a sweep has its own bar.
 When stderr is not a terminal (a log file, a pipe) a redrawn line would leave carriage-return debris, so plain
 lines are written instead, one every `LOG_EVERY_S`.
@@ -23,6 +24,10 @@ from collections import deque
 DELAY_S = 2.0
 LOG_EVERY_S = 10.0
 PACE_WINDOW_S = 30.0  # the time left is estimated at the pace of about this much recent wall time
+# ... and not before this much wall time: the first seconds of a large all-to-all finish items several times faster
+# than the rest (the network fills up; each later event re-rates more flows), so an early estimate was far too low
+# (a 128-GPU rdma-p2p sync said "about 1 s left" at 2 s and took 12.8 s)
+ETA_AFTER_S = 10.0
 
 
 def enabled() -> bool:
@@ -74,6 +79,8 @@ class Progress:
         t = time.monotonic()
         paces = self._paces
         paces.append((t, done))
+        if t - self._t0 < ETA_AFTER_S:
+            return ""
         while len(paces) > 2 and t - paces[1][0] >= PACE_WINDOW_S:
             paces.popleft()
         t0, d0 = paces[0]

@@ -183,3 +183,12 @@ def test_a_range_where_one_endpoint_is_wanted_says_so():
     with pytest.raises(TopologyError) as err:
         topo.resolve("node0.gpu9")
     assert "names a list" not in str(err.value)
+
+
+def test_no_estimate_in_the_first_seconds(monkeypatch):
+    """The first seconds of a large run go faster than the rest: no estimate before ETA_AFTER_S of wall time."""
+    clock = iter([0.0, 1.0, 2.0, 9.9, 10.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = progress.Progress(delay_s=0.0)
+    assert p._left(100, 1000) == "" and p._left(200, 1000) == "" and p._left(300, 1000) == ""
+    assert p._left(400, 1000) == f", about {(10.0 - 1.0) / 300 * 600:.0f} s left"  # from the first count on
