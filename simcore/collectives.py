@@ -33,6 +33,8 @@ from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore.simulation import Simulation
 
+from .errors import ScenarioError
+
 OPS = ("broadcast", "all_gather", "all_reduce")
 
 
@@ -75,8 +77,14 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
     """
     params = fitted(sim.topology, op)
     tag = tag or op
+    ranks = expand_endpoints(gpus)
+    topo = sim.topology
+    for g in ranks:  # an NCCL ring runs over GPUs; an unknown name is left to the transfers, which name it
+        node = topo.aliases.get(g, g)
+        if node in topo.graph and topo.kind(node) != "gpu":
+            raise ScenarioError(f"collective '{id}': '{g}' is a {topo.kind(node)}, not a GPU (a ring's ranks are GPUs)")
     done: dict[str, simpy.Event] = {}
-    for t in ring_schedule(op, nbytes, expand_endpoints(gpus)):
+    for t in ring_schedule(op, nbytes, ranks):
         fixed, cap = 0.0, None
         if params is not None:
             fixed = params.fixed_s if not t["after"] else 0.0

@@ -91,6 +91,8 @@ BAD = [
      "collectives[0].gpus: expected a list of two or more GPU names"),
     ("topology: cluster-2x4\ncollectives: [{id: c, op: all_reduce, gpus: [node0-1.gpu0-3, node0.gpu1], "
      "bytes: 1MiB}]\n", "collectives[0].gpus: a GPU appears twice in the ring"),
+    ("topology: h100-1\ncollectives: [{id: c, op: broadcast, gpus: [gpu0, host], bytes: 1MiB}]\n",
+     "collectives[0]: collective 'c': 'host' is a host, not a GPU"),  # ran a GPU-to-host copy as a ring hop
 ]
 
 # gpu1 hangs off gpu0 by NVLink only: connected, but host memory cannot reach it without transiting gpu0.
