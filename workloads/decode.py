@@ -20,7 +20,9 @@ heads (a copy of one KV head when there are fewer KV heads than k), while MLA's 
 every TP rank, as vLLM and SGLang do without data-parallel attention. A remote read is modelled as a copy
 into the reader (it draws the reader's HBM cap too, a small over-count next to the NVLink or PCIe limit), made
 by the decode kernel's own loads: an SM-driven copy (`mechanism="sm"`, the profile's fitted SM rates), which
-queues on no copy engine, unlike a cudaMemcpy.
+queues on no copy engine, unlike a cudaMemcpy. Tensor parallelism's all-reduces (two per layer) are not
+modelled: over NVLink they are a small share of a step, but an engine whose TP group spans nodes is predicted as
+fast as one inside a node, which it is not (its all-reduces cross the NICs).
 """
 
 from __future__ import annotations
