@@ -59,6 +59,10 @@ def parse_bytes(value: object, where: str = "size") -> int:
         if not m:
             raise ScenarioError(f"{where}: cannot read size {value!r} (write e.g. 1GiB, 256MiB, 4096)")
         unit = m[2].lower()
+        if m[2].endswith("b") and unit in ("b", "kb", "mb", "gb", "tb"):  # 400Gb: a link's bits, not bytes
+            prefix = m[2][:-1].upper()
+            raise ScenarioError(f"{where}: '{m[2]}' in {value!r} reads as bits, and sizes are bytes: write "
+                                f"{prefix}B" + (f" (or {prefix}iB)" if prefix else ""))
         if unit not in _BYTE_UNITS:
             raise ScenarioError(
                 f"{where}: unknown unit '{m[2]}' in {value!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")

@@ -45,7 +45,8 @@ for value, why in [(".inf", "finite"), ("-.inf", "finite"), (".nan", "finite"), 
                    ("[1]", "expected a size"), ("{a: 1}", "expected a size"), ("null", "expected a size"),
                    ("''", "cannot read size"), ("-5GiB", "> 0"), ("1.5B", "whole number"), ("0GiB", "> 0"),
                    ("2EiB", "unknown unit"), ("1e400", "finite"), ("'1,000'", "cannot read size"),
-                   ("1 2 GiB", "cannot read size"), ("'0x10'", "cannot read size")]:
+                   ("1 2 GiB", "cannot read size"), ("'0x10'", "cannot read size"),
+                   ("400Gb", "reads as bits"), ("8kb", "reads as bits"), ("1b", "reads as bits")]:
     simulate(f"bytes={value}", scenario(f"{{id: t1, src: host, dst: gpu0, bytes: {value}}}"),
              ("s.yaml", "transfers[0].bytes", why))
 
