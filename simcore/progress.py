@@ -28,6 +28,8 @@ PACE_WINDOW_S = 30.0  # the time left is estimated at the pace of about this muc
 # than the rest (the network fills up; each later event re-rates more flows), so an early estimate was far too low
 # (a 128-GPU rdma-p2p sync said "about 1 s left" at 2 s and took 12.8 s)
 ETA_AFTER_S = 10.0
+# tqdm's bar without its time-left estimate, for a bar with a total in the first `ETA_AFTER_S`
+EARLY_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 def enabled() -> bool:
@@ -107,8 +109,11 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=count, desc=f"fabricsim: {phase}", unit=unit, unit_scale=True,
-                             file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True)
+                             file=sys.stderr, leave=False, mininterval=0.5, dynamic_ncols=True,
+                             bar_format=None if total is None else EARLY_BAR)
             self._phase, self._shown = phase, count
+        elif self._bar.bar_format is not None and time.monotonic() - self._t0 >= ETA_AFTER_S:
+            self._bar.bar_format = None  # tqdm's own format, with its time-left estimate (see ETA_AFTER_S)
         return True
 
     def close(self) -> None:

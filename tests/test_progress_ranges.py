@@ -192,3 +192,18 @@ def test_no_estimate_in_the_first_seconds(monkeypatch):
     p = progress.Progress(delay_s=0.0)
     assert p._left(100, 1000) == "" and p._left(200, 1000) == "" and p._left(300, 1000) == ""
     assert p._left(400, 1000) == f", about {(10.0 - 1.0) / 300 * 600:.0f} s left"  # from the first count on
+
+
+def test_the_terminal_bar_shows_no_time_left_in_the_first_seconds(monkeypatch, capsys):
+    """In a terminal, tqdm's own estimate is as optimistic early on as ours was: its time left is shown only
+    from ETA_AFTER_S on."""
+    clock = iter([0.0, 1.0, 2.0, 12.0])  # Progress(), then one reading per tick
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = progress.Progress(delay_s=0.0)
+    p._plain = False
+    p.tick(0.1, 10, 5, done=100, total=1000)
+    assert p._bar.bar_format == progress.EARLY_BAR and "<" not in str(p._bar)
+    p.tick(0.2, 20, 5, done=200, total=1000)
+    p.tick(0.3, 30, 5, done=300, total=1000)
+    assert p._bar.bar_format is None
+    p.close()
