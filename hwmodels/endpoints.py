@@ -50,3 +50,53 @@ def expand_endpoints(spec: str | Iterable[str]) -> list[str]:
     if not out:
         raise TopologyError(f"empty endpoint list '{spec if isinstance(spec, str) else ','.join(spec)}'")
     return out
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _runs(stem: str, numbers: list[int]) -> list[str]:
+    """'gpu', [0, 1, 2, 5] -> ['gpu0-2', 'gpu5']: the consecutive runs of numbered names, as ranges."""
+    out: list[str] = []
+    for _, run in itertools.groupby(enumerate(sorted(numbers)), key=lambda t: t[1] - t[0]):
+        ns = [n for _, n in run]
+        out.append(f"{stem}{ns[0]}" if len(ns) == 1 else f"{stem}{ns[0]}-{ns[-1]}")
+    return out
+
+
+def compress_endpoints(names: list[str]) -> str:
+    """A short spelling of `names` in the notation `expand_endpoints` reads, for messages: a 4,096-GPU cluster's
+    endpoints as 'node0-511.gpu0-7, node0-511.host0, node0-511.nvme0' rather than its first dozen names. Names of
+    nodes that hold the same local endpoints share one node range; anything the notation cannot say as briefly
+    is listed. The result always expands to exactly the set of `names`."""
+    by_local: dict[str, list[int]] = {}
+    plain: list[str] = []
+    for name in names:
+        node, dot, local = name.partition(".")
+        m = _NUMBERED.match(node) if dot else None
+        if m and m[1] == "node":
+            by_local.setdefault(local, []).append(int(m[2]))
+        else:
+            plain.append(name)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for local, nodes in by_local.items():
+        groups.setdefault(tuple(sorted(set(nodes))), []).append(local)
+    parts: list[str] = []
+    for nodes, locals_ in groups.items():
+        stems: dict[str, list[int]] = {}
+        for local in locals_:
+            m = _NUMBERED.match(local)
+            stems.setdefault(m[1] if m else local, []).append(int(m[2]) if m else -1)
+        local_parts = [x for stem, ns in stems.items()
+                       for x in (_runs(stem, ns) if -1 not in ns else [stem])]
+        parts += [f"{n}.{lp}" for n in _runs("node", list(nodes)) for lp in local_parts]
+    stems_plain: dict[str, list[int]] = {}
+    for name in plain:
+        m = _NUMBERED.match(name)
+        if m and "." not in name:
+            stems_plain.setdefault(m[1], []).append(int(m[2]))
+        else:
+            parts.append(name)
+    parts = [x for stem, ns in stems_plain.items() for x in _runs(stem, ns)] + parts
+    short = ", ".join(parts)
+    return short if sorted(expand_endpoints(short)) == sorted(names) else ", ".join(names)

@@ -36,6 +36,7 @@ from .calibration import (
     PathParams,
     SoftwareCost,
 )
+from .endpoints import compress_endpoints
 from .routing import RouteIndex
 from .specs import GPUSpec
 from .uncertainty import Uncertainty
@@ -292,7 +293,9 @@ class Topology:
         if name in self.graph:
             return name
         eps = self.endpoints()
-        shown = ", ".join(eps[:12]) + (f", ... ({len(eps)} in all)" if len(eps) > 12 else "")
+        shown = compress_endpoints(eps)  # a cluster's as node ranges; else its first dozen names
+        if len(shown) > 200:
+            shown = ", ".join(eps[:12]) + (f", ... ({len(eps)} in all)" if len(eps) > 12 else "")
         hint = ""
         if re.search(r"\d-\d|,", endpoint):  # `node0-1.gpu1` names a list; one endpoint is wanted here
             hint = "; a range or comma names a list of endpoints, and this takes one"
