@@ -64,16 +64,29 @@ def _runs(stem: str, numbers: list[int]) -> list[str]:
     return out
 
 
+def _spell(names: list[str]) -> list[str]:
+    """Names as ranges where they count up under one stem ('gpu0', 'gpu1', 'host' -> 'gpu0-1', 'host')."""
+    stems: dict[str, list[int]] = {}
+    rest: list[str] = []
+    for name in names:
+        m = _NUMBERED.match(name)
+        if m:
+            stems.setdefault(m[1], []).append(int(m[2]))
+        else:
+            rest.append(name)
+    return [x for stem, ns in stems.items() for x in _runs(stem, ns)] + rest
+
+
 def compress_endpoints(names: list[str]) -> str:
     """A short spelling of `names` in the notation `expand_endpoints` reads, for messages: a 4,096-GPU cluster's
-    endpoints as 'node0-511.gpu0-7, node0-511.host0, node0-511.nvme0' rather than its first dozen names. Names of
-    nodes that hold the same local endpoints share one node range; anything the notation cannot say as briefly
-    is listed. The result always expands to exactly the set of `names`."""
+    endpoints as 'node0-511.gpu0-7, node0-511.host0, node0-511.nvme0' rather than its first dozen names. Nodes that
+    hold the same local endpoints share one node range; the result is checked to expand to exactly the set of
+    `names`, and they are listed instead where it would not."""
     by_local: dict[str, list[int]] = {}
     plain: list[str] = []
     for name in names:
-        node, dot, local = name.partition(".")
-        m = _NUMBERED.match(node) if dot else None
+        node, _, local = name.partition(".")
+        m = _NUMBERED.match(node) if local else None
         if m and m[1] == "node":
             by_local.setdefault(local, []).append(int(m[2]))
         else:
@@ -81,22 +94,7 @@ def compress_endpoints(names: list[str]) -> str:
     groups: dict[tuple[int, ...], list[str]] = {}
     for local, nodes in by_local.items():
         groups.setdefault(tuple(sorted(set(nodes))), []).append(local)
-    parts: list[str] = []
-    for nodes, locals_ in groups.items():
-        stems: dict[str, list[int]] = {}
-        for local in locals_:
-            m = _NUMBERED.match(local)
-            stems.setdefault(m[1] if m else local, []).append(int(m[2]) if m else -1)
-        local_parts = [x for stem, ns in stems.items()
-                       for x in (_runs(stem, ns) if -1 not in ns else [stem])]
-        parts += [f"{n}.{lp}" for n in _runs("node", list(nodes)) for lp in local_parts]
-    stems_plain: dict[str, list[int]] = {}
-    for name in plain:
-        m = _NUMBERED.match(name)
-        if m and "." not in name:
-            stems_plain.setdefault(m[1], []).append(int(m[2]))
-        else:
-            parts.append(name)
-    parts = [x for stem, ns in stems_plain.items() for x in _runs(stem, ns)] + parts
+    parts = _spell(plain) + [f"{n}.{lp}" for nodes, locals_ in groups.items()
+                             for n in _runs("node", list(nodes)) for lp in _spell(locals_)]
     short = ", ".join(parts)
     return short if sorted(expand_endpoints(short)) == sorted(names) else ", ".join(names)

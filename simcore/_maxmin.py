@@ -153,26 +153,26 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     m = 0
     for ii in range(nc):
         m += fn[comp[ii]]
-    # scratch: two buffers carved into the tables below (sixteen arrays of their own cost more to allocate and
-    # free than a small region's whole solve); their sizes are bounds, as nr and tot are at most m
+    # scratch: two buffers carved into the tables below, one after the other (sixteen arrays of their own cost more
+    # to allocate and free than a small region's whole solve); sizes are bounds, as nr and tot are at most m
     ib = np.empty(8 * m + 4 * nc + 2, np.int64)
     fb = np.empty(5 * m + nc)
-    ent_j = ib[:m]
-    eoff = ib[m:m + nc + 1]
-    res_of = ib[m + nc + 1:2 * m + nc + 1]
-    start = ib[2 * m + nc + 1:3 * m + nc + 2]
-    fill = ib[3 * m + nc + 2:4 * m + nc + 2]
-    users = ib[4 * m + nc + 2:5 * m + nc + 2]
-    unfrozen_users = ib[5 * m + nc + 2:6 * m + nc + 2]
-    it = ib[6 * m + nc + 2:7 * m + 2 * nc + 2]
-    stale = ib[7 * m + 2 * nc + 2:8 * m + 2 * nc + 2]  # 0 / 1
-    frozen = ib[8 * m + 2 * nc + 2:8 * m + 3 * nc + 2]  # 0 / 1
-    freeze = ib[8 * m + 3 * nc + 2:8 * m + 4 * nc + 2]
+    ent_j, o = ib[:m], m
+    eoff, o = ib[o:o + nc + 1], o + nc + 1
+    res_of, o = ib[o:o + m], o + m
+    start, o = ib[o:o + m + 1], o + m + 1
+    fill, o = ib[o:o + m], o + m
+    users, o = ib[o:o + m], o + m
+    unfrozen_users, o = ib[o:o + m], o + m
+    it, o = ib[o:o + m + nc], o + m + nc  # heap items: at most a resource each and a capped flow each
+    stale, o = ib[o:o + m], o + m  # 0 / 1
+    frozen, o = ib[o:o + nc], o + nc  # 0 / 1
+    freeze = ib[o:o + nc]
     ent_c = fb[:m]
     rem = fb[m:2 * m]
     demand = fb[2 * m:3 * m]
     dlo = fb[3 * m:4 * m]  # demand[j] + dlo[j]: the compensated demand (see `_add_comp`)
-    lv = fb[4 * m:5 * m + nc]
+    lv = fb[4 * m:]
     nr = 0
     tot = 0
     for ii in range(nc):

@@ -28,6 +28,7 @@ from typing import Any
 
 import simpy
 
+from fabricsim.errors import TopologyError
 from fabricsim.hwmodels.calibration import CollectiveParams
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
@@ -79,10 +80,13 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
     tag = tag or op
     ranks = expand_endpoints(gpus)
     topo = sim.topology
-    for g in ranks:  # an NCCL ring runs over GPUs; an unknown name is left to the transfers, which name it
-        node = topo.aliases.get(g, g)
-        if node in topo.graph and topo.kind(node) != "gpu":
-            raise ScenarioError(f"collective '{id}': '{g}' is a {topo.kind(node)}, not a GPU (a ring's ranks are GPUs)")
+    for g in ranks:  # an NCCL ring runs over GPUs
+        try:
+            kind = topo.kind(topo.resolve(g))
+        except TopologyError:
+            continue  # unknown: left to the ring's transfers, whose error names it as ever
+        if kind != "gpu":
+            raise ScenarioError(f"collective '{id}': '{g}' is a {kind}, not a GPU (a ring's ranks are GPUs)")
     done: dict[str, simpy.Event] = {}
     for t in ring_schedule(op, nbytes, ranks):
         fixed, cap = 0.0, None

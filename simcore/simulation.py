@@ -316,12 +316,12 @@ class Simulation:
         self._keep_current()
         lone = self._lone
         got = list(map(lone.get, pairs))
-        if None in got:
+        if None in got:  # pairs not seen yet: worked out once each (a pair may come twice)
             topo = self.topology
-            for k, pair in enumerate(pairs):
-                if got[k] is None:
-                    got[k] = lone.get(pair) or lone.setdefault(pair, (path_bandwidth_Bps(topo, *pair),
-                                                                      topo.path(*pair).latency_s))
+            for pair in pairs:
+                if pair not in lone:
+                    lone[pair] = (path_bandwidth_Bps(topo, *pair), topo.path(*pair).latency_s)
+            got = list(map(lone.__getitem__, pairs))
         return got
 
     def warm_routes(self, pairs: Iterable[tuple[str, str]]) -> None:

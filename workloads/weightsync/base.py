@@ -269,7 +269,7 @@ class SyncContext:
         work (per-tensor handling: the copy's setup, see `Simulation.transfer`; one item where no engine queues,
         and a 1,024-GPU host-staged sync has 786,432 such loads)."""
         sim = self.sim
-        if self._plain_load(raw_bytes):
+        if _plain_load(raw_bytes, self._wire_ratio, self.decode_hbm):
             return sim.transfers(self._load_copies([(gpu, raw_bytes, setup_s)], tag, setup_name, src), after=after,
                                  tag=tag)[0]
         setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
@@ -291,9 +291,6 @@ class SyncContext:
         if not all(_plain_load(b, ratio, dec) for _, b, _ in items):
             return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
         return self.sim.transfers(self._load_copies(items, tag, setup_name), after=after, tag=tag)
-
-    def _plain_load(self, raw_bytes: float) -> bool:
-        return _plain_load(raw_bytes, self._wire_ratio, self.decode_hbm)
 
     def _load_copies(self, items: list[tuple[str, float, float]], tag: str, setup_name: str,
                      src: str | None = None) -> list[tuple]:
