@@ -4,10 +4,12 @@
 For `--pairs` distinct (trainer GPU, rollout GPU) pairs of the `cluster_scale` layout on `cluster-128x8-h200`
 (half the nodes train, half serve), each step timed over all pairs with fresh caches (microseconds per route):
 the compiled shortest-path search (`RouteIndex.shortest`: the search, its call and the node names),
-`Topology._build_path` (search + hops, path class, resources, caps, latency), `Topology.path_shape` (+ the
-`PathShape`), and `Simulation`'s kept shape (its own tuple, no `Path`, + the route number), the per-route cost a
-`transfer` pays the first time it sees a pair; last, that shape with the pairs warmed 512 at a time first
-(`Simulation.warm_routes`: one compiled call searches them all), as a pull-on-publish read does.
+`Topology._build_path` (search + hops, path class, resources, caps, latency: every route's cost before route
+templates), `Topology._renamed` (the same entry renamed from the route of a representative pair of machines,
+`hwmodels.symmetry`; the representatives' own routes are searched and built within the timing),
+`Topology.path_shape` (renamed where it can be, + the `PathShape`), and `Simulation`'s kept shape (its own tuple,
+no `Path`, + the route number), the per-route cost a `transfer` pays the first time it sees a pair; last, that
+shape with the pairs warmed 512 at a time first (`Simulation.warm_routes`), as a pull-on-publish read does.
 
     python benchmarks/route_build.py            # -> benchmarks/results/route-build.json
 """
@@ -45,7 +47,8 @@ def main() -> None:
             topo.path_shape(*pairs[-1])
             route = topo._index().route
             sim = Simulation(topo, record_load=False)
-            fn = {"search": route.shortest, "build_path": topo._build_path, "path_shape": topo.path_shape}.get(
+            fn = {"search": route.shortest, "build_path": topo._build_path, "renamed": topo._renamed,
+                  "path_shape": topo.path_shape}.get(
                 step, lambda a, b, sim=sim: sim._shape("t", a, b, "ce"))  # the simulation's shape, warmed or not
 
             def work() -> None:
@@ -64,7 +67,7 @@ def main() -> None:
         print(f"{step:18s} {us:6.2f} us per route", flush=True)
         return us
 
-    steps = {s: timed(s) for s in ("search", "build_path", "path_shape", "simulation_shape",
+    steps = {s: timed(s) for s in ("search", "build_path", "renamed", "path_shape", "simulation_shape",
                                    "batched_simulation_shape")}
     write_result(Path(args.out), {
         **stamp("route-build"),

@@ -110,6 +110,40 @@ class RouteIndex:
         names = self.names
         return [names[i] for i in self._out[:n].tolist()]
 
+    def unique(self, nodes: list[str] | tuple[str, ...], band: float = 1e-9) -> bool:
+        """Whether `nodes`, a route `shortest` returned, is the only least-weight route between its ends under the
+        router's rules, every other one costing more than (1 + `band`) times as much.
+
+        Why: only then does a renamed copy of the route (`hwmodels.symmetry`) equal what the search returns for the
+        renamed ends; among ties the search's pick follows its visiting order. Any other route leaves out one of
+        this route's links, so searching once without each link in turn finds the cheapest other route. The band
+        is far wider than rounding in a sum of a few weights, so a tie in exact arithmetic is always caught."""
+        if len(nodes) < 2:
+            return True
+        idx = [self.index[n] for n in nodes]
+        cost = self._weight(idx)
+        wt = self.wt
+        for u, v in zip(idx, idx[1:], strict=False):
+            entries = [k for a, b in ((u, v), (v, u)) for k in range(self.indptr[a], self.indptr[a + 1])
+                       if self.nbr[k] == b]
+            kept = wt[entries].copy()
+            wt[entries] = np.inf
+            try:
+                other = self.shortest(nodes[0], nodes[-1])
+                alt = None if other is None else self._weight([self.index[n] for n in other])
+            finally:
+                wt[entries] = kept
+            if alt is not None and alt <= cost * (1.0 + band):
+                return False
+        return True
+
+    def _weight(self, idx: list[int]) -> float:
+        """The weight of the route through nodes `idx` (inf over a link taken out by `unique`)."""
+        total = 0.0
+        for u, v in zip(idx, idx[1:], strict=False):
+            total += min(self.wt[k] for k in range(self.indptr[u], self.indptr[u + 1]) if self.nbr[k] == v)
+        return total
+
     def shortest_many(self, pairs: list[tuple[str, str]], room: int = 0) -> list[list[str] | None]:
         """`shortest` of each (src, dst) pair (src != dst), searched in one compiled call per batch: the same
         routes, without a call's argument checks per pair (as costly as the search itself). `room`: node slots of

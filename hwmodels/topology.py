@@ -11,7 +11,8 @@ Routing is shortest "time to move 1 MB" over switches and CPUs only: endpoints (
 transit nodes, so peer traffic between GPUs without NVLink naturally goes up through the PCIe root complex
 and shares those links with host traffic. Explicit `pin_route` overrides routing where hardware does
 something else (e.g. staging through host memory). The search runs on a `routing.RouteIndex` built once per
-topology, and each (src, dst) pair's route, resources, latency and class are built once and cached.
+topology, and each (src, dst) pair's route, resources, latency and class are built once and cached; in a cluster
+of identical machines most pairs' entries are renamed from one representative pair's (`symmetry.Machines`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .calibration import (
 from .endpoints import compress_endpoints
 from .routing import RouteIndex
 from .specs import GPUSpec
+from .symmetry import Machines, rename
 from .uncertainty import Uncertainty
 
 ENDPOINT_KINDS = ("gpu", "host", "nvme")
@@ -171,6 +173,12 @@ class _Routing:
     # copy whose links were edited) gets fresh link data too.
     hops: dict[tuple[str, str], tuple[tuple[str, float], float, str, tuple[int, ...]]] = field(default_factory=dict)
     hops_of: dict | None = None
+    # The interchangeable machines (None: not yet asked; False: none, the topology pins routes) and the route
+    # templates of representative copies, by (src, dst): (names as a format, node count, coefficients, path
+    # class, latency, whether it queues on an engine), or False where the route does not rename (see
+    # `Topology._renamed`). Kept with `hops`, for the same path cache.
+    machines: Machines | bool | None = None
+    templates: dict[tuple[str, str], tuple | bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -377,7 +385,7 @@ class Topology:
         key = (s, d)
         cached = self._path_cache.get(key)
         if cached is None:
-            cached = self._build_path(s, d)
+            cached = self._renamed(s, d) or self._build_path(s, d)
             self._path_cache[key] = cached
         nodes, cls, resources, link_latency, engine = cached
         pp = self.path_params.get(cls)
@@ -431,8 +439,9 @@ class Topology:
 
     def warm_paths(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Build the routes of many (src, dst) pairs at once, for `path` and its kin to find cached: the same
-        routes as asking one by one, searched in one compiled call (one call per route cost as much as its
-        search). A speed hint only: pairs that are cached, pinned, local, unknown or unroutable are left for the
+        routes as asking one by one: renamed from a representative pair's route where one stands for the pair
+        (`_renamed`), the rest searched in one compiled call (one call per route cost as much as its search).
+        A speed hint only: pairs that are cached, pinned, local, unknown or unroutable are left for the
         one-by-one path, which raises what it always raised."""
         todo: dict[tuple[str, str], None] = {}
         attrs, cache = self.graph._node, self._path_cache
@@ -440,13 +449,73 @@ class Topology:
             s, d = self.aliases.get(src, src), self.aliases.get(dst, dst)
             if (s != d and (s, d) not in cache and (s, d) not in self._pinned and s in attrs and d in attrs
                     and attrs[s]["kind"] in ENDPOINT_KINDS and attrs[d]["kind"] in ENDPOINT_KINDS):
-                todo[(s, d)] = None
+                renamed = self._renamed(s, d)
+                if renamed is not None:
+                    cache[(s, d)] = renamed
+                else:
+                    todo[(s, d)] = None
         if not todo:
             return
         keys = list(todo)
         for (s, d), nodes in zip(keys, self._index().route.shortest_many(keys), strict=True):
             if nodes is not None:
                 cache[(s, d)] = self._build_path(s, d, tuple(nodes))
+
+    def _fresh_routing(self) -> _Routing:
+        """`_index`, its link data and route templates emptied when they were made for another path cache."""
+        routing = self._index()
+        if routing.hops_of is not self._path_cache:
+            routing.hops, routing.hops_of, routing.machines, routing.templates = {}, self._path_cache, None, {}
+        return routing
+
+    def _renamed(self, s: str, d: str) -> tuple | None:
+        """What the path cache keeps of the copy s -> d (canonical endpoint names), made by renaming the route of
+        its representative copy (`symmetry.Machines`): the same tuple `_build_path` would build, without a
+        search; None where no representative stands for it (then `_build_path` searches)."""
+        routing = self._fresh_routing()
+        machines = routing.machines
+        if machines is None:
+            machines = routing.machines = (Machines(self.graph.nodes(data=True), self.graph.edges(data=True),
+                                                    self.caps.values()) if not self._pinned else False)
+        if machines is False:
+            return None
+        got = machines.standin(s, d)
+        if got is None:
+            return None
+        s0, d0, a, b = got
+        template = routing.templates.get((s0, d0))
+        if template is None:
+            template = routing.templates[(s0, d0)] = self._template(machines, s0, d0)
+        if template is False:
+            return None
+        text, n, coefs, cls, latency, queued = template
+        parts = rename(text, a, b)
+        names = parts[n:n + len(coefs)]
+        if coefs.count(coefs[0]) == len(coefs):  # one coefficient (the usual case): sorting the names sorts the pairs
+            resources = tuple(zip(sorted(names), coefs, strict=True))
+        else:
+            resources = tuple(sorted(zip(names, coefs, strict=True)))
+        return tuple(parts[:n]), cls, resources, latency, parts[-1] if queued else None
+
+    def _template(self, machines: Machines, s0: str, d0: str) -> tuple | bool:
+        """The route template of the representative copy s0 -> d0 (see `_Routing.templates`), or False when renaming
+        its route would not give other copies' routes: it is not the only shortest one, or it names a third
+        machine, or it cannot be built (then each copy's own search says why)."""
+        attrs = self.graph._node
+        if attrs[s0]["kind"] not in ENDPOINT_KINDS or attrs[d0]["kind"] not in ENDPOINT_KINDS:
+            return False
+        try:
+            entry = self._path_cache.get((s0, d0)) or self._build_path(s0, d0)
+        except TopologyError:
+            return False
+        self._path_cache[(s0, d0)] = entry
+        nodes, cls, resources, latency, engine = entry
+        if not self._index().route.unique(nodes):
+            return False
+        text = machines.template(s0, d0, [*nodes, *(r for r, _ in resources), *([engine] if engine else [])])
+        if text is None:
+            return False
+        return text, len(nodes), tuple(c for _, c in resources), cls, latency, engine is not None
 
     def _build_path(self, s: str, d: str, nodes: tuple[str, ...] | None = None) -> tuple:
         """What the path cache keeps of the copy s -> d (canonical names): (nodes, path class, resources, link
@@ -458,9 +527,7 @@ class Topology:
             raise TopologyError(f"'{bad}' is a {self.kind(bad)}, not an endpoint (GPU, host memory or NVMe)")
         if nodes is None:
             nodes = self._route_nodes(s, d)
-        routing = self._index()
-        if routing.hops_of is not self._path_cache:
-            routing.hops, routing.hops_of = {}, self._path_cache
+        routing = self._fresh_routing()
         known = routing.hops
         # one walk over the hops, each link's data made once per topology (`_Routing.hops`)
         hops = []
