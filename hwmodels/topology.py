@@ -22,7 +22,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import networkx as nx
 
@@ -40,7 +40,7 @@ from .calibration import (
 from .endpoints import compress_endpoints
 from .routing import RouteIndex
 from .specs import GPUSpec
-from .symmetry import Machines, rename
+from .symmetry import Machines, RouteTemplate
 from .uncertainty import Uncertainty
 
 ENDPOINT_KINDS = ("gpu", "host", "nvme")
@@ -174,11 +174,11 @@ class _Routing:
     hops: dict[tuple[str, str], tuple[tuple[str, float], float, str, tuple[int, ...]]] = field(default_factory=dict)
     hops_of: dict | None = None
     # The interchangeable machines (None: not yet asked; False: none, the topology pins routes) and the route
-    # templates of representative copies, by (src, dst): (names as a format, node count, coefficients, path
-    # class, latency, whether it queues on an engine), or False where the route does not rename (see
+    # templates of representative copies by (src, dst), False where the route does not rename (see
     # `Topology._renamed`). Kept with `hops`, for the same path cache.
     machines: Machines | bool | None = None
-    templates: dict[tuple[str, str], tuple | bool] = field(default_factory=dict)
+    templates: dict[tuple[str, str], RouteTemplate | bool] = field(default_factory=dict)
+    searched: int = 0  # routes built by a search for this path cache (`Topology._renamed` waits for enough)
 
 
 @dataclass
@@ -206,6 +206,10 @@ class Topology:
     calibration_note: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
     _pinned: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # Routes are renamed across identical machines (`_renamed`) once this many per graph node have been searched:
+    # finding the machines costs about as much as searching ~4 routes per node (0.17 s on a 1,024-GPU cluster),
+    # which a sync of a few thousand distinct routes (a ring) would never earn back.
+    rename_after_searches_per_node: ClassVar[int] = 4
     _path_cache: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)
     # Route search arrays and the caps each endpoint / link draws on, built on the first route after a change;
     # valid only beside the route cache they were built with (see `_index`).
@@ -466,6 +470,7 @@ class Topology:
         routing = self._index()
         if routing.hops_of is not self._path_cache:
             routing.hops, routing.hops_of, routing.machines, routing.templates = {}, self._path_cache, None, {}
+            routing.searched = 0
         return routing
 
     def _renamed(self, s: str, d: str) -> tuple | None:
@@ -475,6 +480,8 @@ class Topology:
         routing = self._fresh_routing()
         machines = routing.machines
         if machines is None:
+            if routing.searched < self.rename_after_searches_per_node * len(self.graph):
+                return None
             machines = routing.machines = (Machines(self.graph.nodes(data=True), self.graph.edges(data=True),
                                                     self.caps.values()) if not self._pinned else False)
         if machines is False:
@@ -485,19 +492,12 @@ class Topology:
         s0, d0, a, b = got
         template = routing.templates.get((s0, d0))
         if template is None:
-            template = routing.templates[(s0, d0)] = self._template(machines, s0, d0)
+            template = routing.templates[(s0, d0)] = self._template(machines, s0, d0) or False
         if template is False:
             return None
-        text, n, coefs, cls, latency, queued = template
-        parts = rename(text, a, b)
-        names = parts[n:n + len(coefs)]
-        if coefs.count(coefs[0]) == len(coefs):  # one coefficient (the usual case): sorting the names sorts the pairs
-            resources = tuple(zip(sorted(names), coefs, strict=True))
-        else:
-            resources = tuple(sorted(zip(names, coefs, strict=True)))
-        return tuple(parts[:n]), cls, resources, latency, parts[-1] if queued else None
+        return template.entry(a, b)
 
-    def _template(self, machines: Machines, s0: str, d0: str) -> tuple | bool:
+    def _template(self, machines: Machines, s0: str, d0: str) -> RouteTemplate | bool:
         """The route template of the representative copy s0 -> d0 (see `_Routing.templates`), or False when renaming
         its route would not give other copies' routes: it is not the only shortest one, or it names a third
         machine, or it cannot be built (then each copy's own search says why)."""
@@ -509,13 +509,9 @@ class Topology:
         except TopologyError:
             return False
         self._path_cache[(s0, d0)] = entry
-        nodes, cls, resources, latency, engine = entry
-        if not self._index().route.unique(nodes):
+        if not self._index().route.unique(entry[0]):
             return False
-        text = machines.template(s0, d0, [*nodes, *(r for r, _ in resources), *([engine] if engine else [])])
-        if text is None:
-            return False
-        return text, len(nodes), tuple(c for _, c in resources), cls, latency, engine is not None
+        return machines.template(s0, d0, entry) or False
 
     def _build_path(self, s: str, d: str, nodes: tuple[str, ...] | None = None) -> tuple:
         """What the path cache keeps of the copy s -> d (canonical names): (nodes, path class, resources, link
@@ -528,6 +524,7 @@ class Topology:
         if nodes is None:
             nodes = self._route_nodes(s, d)
         routing = self._fresh_routing()
+        routing.searched += 1
         known = routing.hops
         # one walk over the hops, each link's data made once per topology (`_Routing.hops`)
         hops = []

@@ -26,6 +26,12 @@ from fabricsim.hwmodels.topology import ENDPOINT_KINDS, Topology
 from fabricsim.simcore import Simulation
 
 
+@pytest.fixture(autouse=True)
+def rename_at_once(monkeypatch):
+    """Templates from the first route on (a topology waits for a few routes per node to be searched first)."""
+    monkeypatch.setattr(Topology, "rename_after_searches_per_node", 0)
+
+
 def renamed_pairs(topo: Topology, pairs) -> int:
     """Assert every pair a template answers is routed as the search routes it; returns how many it answered."""
     n = 0
@@ -211,3 +217,20 @@ def test_the_simulation_takes_renamed_routes():
     res = sim.run()
     assert res.records[0].route == topo._build_path("node3.gpu1", "node2.gpu6")[0]
     assert ("node0.gpu1", "node1.gpu6") in topo._index().templates
+
+
+def test_routes_are_renamed_once_a_few_per_node_were_searched(monkeypatch):
+    """Finding the machines costs about as much as a few searches per node: a topology that routes fewer copies
+    than that never pays it."""
+    monkeypatch.setattr(Topology, "rename_after_searches_per_node", 2)
+    topo = presets.get("cluster-8x8", calibration=None)
+    gpus = topo.gpus()
+    pairs = [(s, d) for s in gpus for d in gpus if machine_of(s) != machine_of(d)]
+    need = 2 * len(topo.graph)
+    for s, d in pairs[:need]:
+        topo.path(s, d)
+    routing = topo._index()
+    assert routing.machines is None and routing.searched == need
+    for s, d in pairs[need:]:
+        topo.path(s, d)
+    assert routing.machines and routing.searched < need + len(pairs) // 10
