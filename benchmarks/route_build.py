@@ -10,6 +10,8 @@ templates), `Topology._renamed` (the same entry renamed from the route of a repr
 `Topology.path_shape` (renamed where it can be, + the `PathShape`), and `Simulation`'s kept shape (its own tuple,
 no `Path`, + the route number), the per-route cost a `transfer` pays the first time it sees a pair; last, that
 shape with the pairs warmed 512 at a time first (`Simulation.warm_routes`), as a pull-on-publish read does.
+Routes are renamed from the first pair on (`Topology.rename_after_searches_per_node` = 0; a sync searches four
+routes per graph node first, ~15,600 of its 262,144).
 
     python benchmarks/route_build.py            # -> benchmarks/results/route-build.json
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from _record import best_wall, stamp, write_result
 
+from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import Simulation
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
 
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS / "route-build.json"))
     args = ap.parse_args()
+    Topology.rename_after_searches_per_node = 0
     setup = setup_of({"model": "DeepSeek-V3", "gpus": 1024})
     topo = setup.topology
     trainers, rollouts = setup.trainer.gpus, setup.rollout.gpus
