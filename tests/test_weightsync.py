@@ -518,6 +518,10 @@ def test_a_large_rdma_p2p_sync_names_the_knob_that_answers_faster(monkeypatch, c
     for name in ("rdma-p2p", "delta:rdma-p2p"):
         note = get(name).scale_note(big)
         assert "128 trainer GPUs" in note and "about 131,072 copies" in note and "max_sim_tasks=1" in note
+        assert "answers in seconds" in note
+        # one task per GPU on 1,024 GPUs is 524,288 copies: no longer seconds (more than a minute on the 2-core VM)
+        huge = get(name).scale_note(setup_of({"model": "Qwen3-235B-A22B", "gpus": 1024}))
+        assert "about 2,097,152 copies" in huge and "still takes more than a minute" in huge
         assert get(name).scale_note(small) == "" and get(name, max_sim_tasks=1).scale_note(big) == ""
     assert get("nccl-broadcast").scale_note(big) == ""
 

@@ -66,17 +66,21 @@ class RdmaP2P(Strategy):
 
     def scale_note(self, setup: SyncSetup) -> str:
         """From 2^17 copies on (256 GPUs of the cluster-scale layout) the exact simulation of every task's
-        all-to-all takes minutes; one task per GPU takes seconds, at a cost in fidelity that docs/weight_sync.md
-        ("At cluster scale") measures (the figures live there, not here)."""
+        all-to-all takes minutes; one task per GPU simulates a quarter as many copies, which answers in seconds up
+        to 2^16 of them (256 GPUs), in under a minute up to 2^18 (512) and in more than one beyond, at a cost in fidelity
+        that docs/weight_sync.md ("At cluster scale") measures (the figures live there, not here)."""
         k = self.knobs
         n_train = len(setup.trainer.gpus)
-        copies = n_train * (n_train + len(setup.rollout.gpus)) * k.max_sim_tasks
+        one_task = n_train * (n_train + len(setup.rollout.gpus))
+        copies = one_task * k.max_sim_tasks
         if k.max_sim_tasks <= 1 or copies < 1 << 17:
             return ""
+        faster = ("answers in seconds" if one_task < 1 << 16 else "answers in under a minute" if one_task < 1 << 18
+                  else "still takes more than a minute")
         return (f"{self.label} simulates each of {n_train} trainer GPUs' pipelines as {k.max_sim_tasks} tasks, "
                 f"about {copies:,} copies, which can take minutes to simulate; --knob max_sim_tasks=1 (one task per "
-                f"GPU, a coarser pipeline) answers in seconds: docs/weight_sync.md, \"At cluster scale\", says how "
-                f"much its sync times differ")
+                f"GPU, a coarser pipeline) {faster}: docs/weight_sync.md, \"At cluster scale\", says how much its "
+                f"sync times differ")
 
     def _slots(self) -> int:
         k = self.knobs
