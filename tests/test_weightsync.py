@@ -534,3 +534,15 @@ def test_a_large_rdma_p2p_sync_names_the_knob_that_answers_faster(monkeypatch, c
                  "--trainer", "node0-15.gpu0-7", "--rollout", "node16-31.gpu0-7", "--samples", "0"]) == 0
     err = capsys.readouterr().err
     assert err.index("note: rdma-p2p simulates each of 128") < err.index("SIMULATED")
+
+
+def test_a_sync_whose_trainer_and_rollout_share_gpus_says_it_is_colocated(capsys):
+    """An overlap may be a colocated layout or a typo in a range: either way the CLI says which GPUs, once."""
+    from fabricsim.cli import main
+
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--trainer", "gpu0-3", "--rollout", "gpu2-5",
+                 "--samples", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: 2 GPUs (gpu2-3) both train and serve (a colocated layout)") == 1
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "0"]) == 0
+    assert "colocated" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.hwmodels.endpoints import compress_endpoints, expand_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over
 from fabricsim.hwmodels.topology import Topology
@@ -54,6 +54,17 @@ def _span(gpus: list[str]) -> str:
     first = gpus[0].rpartition("gpu")[2]
     short = f"{gpus[0]}-{len(gpus) - 1 + int(first)}" if first.isdigit() and len(gpus) > 1 else gpus[0]
     return short if expand_endpoints(short) == gpus else ",".join(gpus)
+
+
+def _colocated_note(topo: Topology, trainer: list[str], rollout: list[str]) -> str:
+    """What a sync whose trainer and rollout lists share GPUs means, said so that an overlap by mistake (a typo in
+    a range) is seen: a colocated layout, as RL frameworks that train and generate on the same GPUs run it."""
+    both = sorted({topo.resolve(g) for g in trainer} & {topo.resolve(g) for g in rollout})
+    if not both:
+        return ""
+    return (f"{len(both)} GPU{'s' if len(both) > 1 else ''} ({compress_endpoints(both)}) both train and "
+            f"serve (a colocated layout): both roles' weights count against their HBM, and copies between the "
+            f"two roles on one GPU are local HBM copies")
 
 
 def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], list[str]]:
@@ -112,9 +123,9 @@ def _run(args: argparse.Namespace) -> int:
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
-    note = strategy.scale_note(setup)
-    if note:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+    for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), strategy.scale_note(setup)):
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
     load_loop()  # compiled (the first time) before the run is timed: its cost must not count as the sync's
     started = time.perf_counter()
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))

@@ -67,8 +67,8 @@ class RdmaP2P(Strategy):
     def scale_note(self, setup: SyncSetup) -> str:
         """From 2^17 copies on (256 GPUs of the cluster-scale layout) the exact simulation of every task's
         all-to-all takes minutes; one task per GPU simulates a quarter as many copies, which answers in seconds up
-        to 2^16 of them (256 GPUs), in under a minute up to 2^18 (512) and in more than one beyond, at a cost in fidelity
-        that docs/weight_sync.md ("At cluster scale") measures (the figures live there, not here)."""
+        to 2^16 of them (256 GPUs), in under a minute up to 2^18 (512) and in more than one beyond, at a cost in
+        fidelity that docs/weight_sync.md ("At cluster scale") measures (the figures live there, not here)."""
         k = self.knobs
         n_train = len(setup.trainer.gpus)
         one_task = n_train * (n_train + len(setup.rollout.gpus))
