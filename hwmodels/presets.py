@@ -19,7 +19,9 @@ Layout assumptions, stated because they decide contention:
   and share the GPUs' PCIe links with host traffic.
 - clusters: N HGX nodes, one 400 Gb/s NIC per GPU (GPUDirect RDMA), rail-optimised (NIC k of every node on
   rail switch k, rails joined by a non-blocking spine) or leaf-spine (`nodes_per_leaf` nodes per leaf,
-  `spines` spines, optional oversubscription).
+  `spines` spines, optional oversubscription). ECMP spreads a leaf's flows over its spines evenly (its fluid
+  limit, no hash collisions), so the spines are drawn as one switch `spine` whose link to each leaf sums that
+  leaf's uplinks; `spines` only bounds how many uplinks a leaf can have.
 """
 
 from __future__ import annotations
@@ -218,18 +220,20 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
             for r in range(gpus_per_node):
                 t.add_link(f"rail{r}", "spine", "net", nodes * nic.Bps / oversubscription, sw.latency_s)
     else:
+        # The spines as one switch whose link to each leaf sums the leaf's uplinks to all of them: ECMP spreads
+        # flows over the spines, and in the fluid limit (many flows, no hash collisions) evenly. Drawn as separate
+        # equal-cost spines, every route search picks the same one (the first it reaches) and a cross-leaf copy
+        # got 1/spines of the fabric.
         n_leaves = -(-nodes // nodes_per_leaf)
-        for s in range(spines):
-            t.add_component(f"spine{s}", "net-switch", spec=sw)
+        t.add_component("spine", "net-switch", spec=sw)
         for leaf in range(n_leaves):
             t.add_component(f"leaf{leaf}", "net-switch", spec=sw)
             members = range(leaf * nodes_per_leaf, min(nodes, (leaf + 1) * nodes_per_leaf))
             for k in members:
                 for g in range(gpus_per_node):
                     t.add_link(f"node{k}.nic{g}", f"leaf{leaf}", "net", nic.Bps, nic.latency_s / 2 + sw.latency_s)
-            uplink = len(members) * gpus_per_node * nic.Bps / spines / oversubscription
-            for s in range(spines):
-                t.add_link(f"leaf{leaf}", f"spine{s}", "net", uplink, sw.latency_s)
+            uplinks = len(members) * gpus_per_node * nic.Bps / oversubscription  # (spines x each spine's share)
+            t.add_link(f"leaf{leaf}", "spine", "net", uplinks, sw.latency_s)
     add_memory_caps(t)
     t.validate()
     return t

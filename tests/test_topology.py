@@ -286,3 +286,23 @@ def test_cluster_arguments_are_checked_before_building(kwargs, match):
     (10^9 spines) in building until memory ran out."""
     with pytest.raises(TopologyError, match=match):
         presets.cluster(**kwargs)
+
+
+@pytest.mark.parametrize("spines, oversubscription", [(2, 1.0), (4, 1.0), (2, 2.0)])
+def test_a_leaf_spine_fabric_carries_cross_leaf_traffic_at_its_whole_uplink(spines, oversubscription):
+    """Every GPU of leaf 0 writes to its twin on leaf 1 at once: with ECMP spreading the 32 flows over the spines,
+    each gets its NIC's rate (over the oversubscription): the closed form latency + bytes / rate. Drawn as separate
+    spines, every route took the first one and each flow got half (a quarter with 4 spines)."""
+    topo = presets.cluster(8, 8, fabric="leaf-spine", nodes_per_leaf=4, spines=spines,
+                           oversubscription=oversubscription)
+    sim = Simulation(topo, record_load=False)
+    nbytes = 1 << 30
+    for k in range(4):
+        for g in range(8):
+            sim.transfer(f"n{k}g{g}", f"node{k}.gpu{g}", f"node{k + 4}.gpu{g}", nbytes)
+    res = sim.run()
+    path = topo.path("node0.gpu0", "node4.gpu0")
+    nic = topo.resources()["node0.nic0->leaf0"]
+    assert ("leaf0->spine", 1.0) in path.resources
+    for rec in res.records:
+        assert rec.finish_s == pytest.approx(path.latency_s + nbytes / (nic / oversubscription), rel=1e-9)
