@@ -21,7 +21,8 @@ Layout assumptions, stated because they decide contention:
   rail switch k, rails joined by a non-blocking spine) or leaf-spine (`nodes_per_leaf` nodes per leaf,
   `spines` spines, optional oversubscription). ECMP spreads a leaf's flows over its spines evenly (its fluid
   limit, no hash collisions), so the spines are drawn as one switch `spine` whose link to each leaf sums that
-  leaf's uplinks; `spines` only bounds how many uplinks a leaf can have.
+  leaf's uplinks; how many spines there are then changes nothing (`spines` is still checked, and kept so that
+  existing calls and names still work).
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
             for k in members:
                 for g in range(gpus_per_node):
                     t.add_link(f"node{k}.nic{g}", f"leaf{leaf}", "net", nic.Bps, nic.latency_s / 2 + sw.latency_s)
-            uplinks = len(members) * gpus_per_node * nic.Bps / oversubscription  # (spines x each spine's share)
+            uplinks = len(members) * gpus_per_node * nic.Bps / oversubscription
             t.add_link(f"leaf{leaf}", "spine", "net", uplinks, sw.latency_s)
     add_memory_caps(t)
     t.validate()

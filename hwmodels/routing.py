@@ -126,7 +126,7 @@ class RouteIndex:
         for u, v in zip(idx, idx[1:], strict=False):
             entries = [k for a, b in ((u, v), (v, u)) for k in range(self.indptr[a], self.indptr[a + 1])
                        if self.nbr[k] == b]
-            kept = wt[entries].copy()
+            kept = wt[entries]  # (a copy: fancy indexing)
             wt[entries] = np.inf
             try:
                 other = self.shortest(nodes[0], nodes[-1])

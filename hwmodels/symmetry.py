@@ -2,7 +2,7 @@
 every route of the same shape (`Topology` renames it).
 
 Why: a point-to-point sync between the two halves of a 1,024-GPU cluster asks for 262,144 distinct routes, and
-searching and building each one cost ~10 us, about half of a pull-on-publish sync's wall time. The machines of
+searching and building each one cost ~10 us, about 40% of a pull-on-publish sync's wall time. The machines of
 a cluster are copies of one another: exchanging the names node3 and node7 maps the topology onto itself, so the
 route node7.gpu2 -> node9.gpu5 is the route node0.gpu2 -> node1.gpu5 with its machines renamed, provided that
 route is the only shortest one. Among equal-cost routes the search picks one by the order it visits nodes in,
@@ -11,7 +11,7 @@ which follows names and the order links were added, and renaming does not keep t
 
 A machine is the part of a component's name before its first '.' (`node7` of `node7.gpu2`); names without a
 dot (`rail3`, `spine`) are shared. Two machines are interchangeable when their descriptions agree once each one's
-own name is written '@': components (kind and attributes), links (ends, kind, latency, bandwidth each way) and
+own name is taken out of them: components (kind and attributes), links (ends, kind, latency, bandwidth each way) and
 caps (name, bandwidth, links, classes, endpoints). Exchanging two such machines is then an automorphism: every
 component, link or cap naming one maps onto one naming the other, and nothing else moves. To keep that argument
 short, a machine named together with another machine by any link, cap or attribute is interchangeable with
@@ -135,8 +135,8 @@ class RouteTemplate:
     Every name of the route belongs to the source's machine (slot 1), the destination's (slot 2) or neither (0),
     and the names of one slot for one machine are made once (`_side`) and shared by every route that has them, as
     one topology's routes share its link names: a 1,024-GPU pull-on-publish sync keeps 262,144 routes, and new
-    strings and pairs per route held 0.4 GB more than searched routes did. Renaming keeps each slot's names in
-    their order (they all start with the same machine), so only the merge of the three slots is sorted again."""
+    strings and pairs per route held 0.4 GB more than searched routes did. The resources are sorted again after
+    renaming: a name's place among the others follows the machines' names (`node9.x` sorts after `node10.x`)."""
 
     __slots__ = ("_names", "_slots", "_n", "_coefs", "cls", "latency", "_queued", "_canon", "_shared", "_sides",
                  "_order")
@@ -186,10 +186,11 @@ class RouteTemplate:
 
 def _written(what: Any, m: str) -> Any:
     """`what` (tuples, in order, and lists, in any order, of names, numbers and specs) with machine m's own name
-    written '@', each list sorted once written so: two machines' descriptions compare equal whatever order
-    their names sorted in."""
+    taken out, each list sorted once written so: two machines' descriptions compare equal whatever order their
+    names sorted in. A name becomes the tuple of its parts (a link's two ends), each part of m's own as (None,
+    what follows m): no string, whatever its characters, reads the same as another machine's own name."""
     if isinstance(what, str):
-        return "->".join("@" + p[len(m):] if machine_of(p) == m else p for p in what.split("->"))
+        return tuple((None, p[len(m):]) if machine_of(p) == m else p for p in what.split("->"))
     if isinstance(what, tuple):
         return tuple(_written(x, m) for x in what)
     if isinstance(what, list):

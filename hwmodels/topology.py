@@ -492,7 +492,7 @@ class Topology:
         s0, d0, a, b = got
         template = routing.templates.get((s0, d0))
         if template is None:
-            template = routing.templates[(s0, d0)] = self._template(machines, s0, d0) or False
+            template = routing.templates[(s0, d0)] = self._template(machines, s0, d0)
         if template is False:
             return None
         return template.entry(a, b)
@@ -500,10 +500,8 @@ class Topology:
     def _template(self, machines: Machines, s0: str, d0: str) -> RouteTemplate | bool:
         """The route template of the representative copy s0 -> d0 (see `_Routing.templates`), or False when renaming
         its route would not give other copies' routes: it is not the only shortest one, or it names a third
-        machine, or it cannot be built (then each copy's own search says why)."""
-        attrs = self.graph._node
-        if attrs[s0]["kind"] not in ENDPOINT_KINDS or attrs[d0]["kind"] not in ENDPOINT_KINDS:
-            return False
+        machine, or it cannot be built (an end that is not an endpoint, no route: each copy's own search then
+        says so, naming its own ends)."""
         try:
             entry = self._path_cache.get((s0, d0)) or self._build_path(s0, d0)
         except TopologyError:

@@ -234,3 +234,19 @@ def test_routes_are_renamed_once_a_few_per_node_were_searched(monkeypatch):
     for s, d in pairs[need:]:
         topo.path(s, d)
     assert routing.machines and routing.searched < need + len(pairs) // 10
+
+
+def test_a_name_that_looks_like_a_placeholder_does_not_make_two_machines_alike():
+    """Machine n0's cap is named '@.c' and n1's 'n1.c': n1's own name taken out must not read as n0's literal
+    '@.c' (it did while own names were written '@'), or n1's copies would draw on a cap named '@.c'."""
+    t = Topology("two")
+    t.add_component("sw", "pcie-switch")
+    for m in ("n0", "n1"):
+        for g in range(2):
+            t.add_component(f"{m}.gpu{g}", "gpu", spec=GPU_MODELS["H100"])
+            t.add_link(f"{m}.gpu{g}", "sw", "pcie", 32e9)
+    t.add_cap("@.c", 10e9, endpoints=["n0.gpu0"])
+    t.add_cap("n1.c", 10e9, endpoints=["n1.gpu0"])
+    m = machines(t)
+    assert m.rep["n0"] != m.rep["n1"]
+    assert renamed_pairs(t, itertools.product(t.endpoints(), t.endpoints())) == 0

@@ -65,10 +65,11 @@ class RdmaP2P(Strategy):
         return self.knobs.max_sim_tasks <= self._slots()
 
     def scale_note(self, setup: SyncSetup) -> str:
-        """From 2^17 copies on (256 GPUs of the cluster-scale layout) the exact simulation of every task's
-        all-to-all takes minutes; one task per GPU simulates a quarter as many copies, which answers in seconds up
-        to 2^16 of them (256 GPUs), in under a minute up to 2^18 (512) and in more than one beyond, at a cost in
-        fidelity that docs/weight_sync.md ("At cluster scale") measures (the figures live there, not here)."""
+        """From 2^17 copies on (256 GPUs of the cluster-scale layout at the default 4 tasks) the exact simulation
+        of every task's all-to-all takes minutes; one task per GPU simulates 1/max_sim_tasks as many copies, which
+        answers in seconds below 2^16 of them (2^15 on 256 GPUs), in under a minute below 2^18 (2^17 on 512) and
+        in more than one beyond (2^19 on 1,024), at a cost in fidelity that docs/weight_sync.md ("At cluster
+        scale") measures (the figures live there, not here)."""
         k = self.knobs
         n_train = len(setup.trainer.gpus)
         one_task = n_train * (n_train + len(setup.rollout.gpus))
