@@ -51,6 +51,9 @@ def _simulate(args: argparse.Namespace) -> int:
         result.write_trace(args.perfetto)
     if args.json:
         doc = result.to_dict()
+        calls = scenario.collective_calls(result)
+        if calls:
+            doc["collectives"] = calls  # a documented addition (README)
         if interval is not None:
             doc["makespan_interval_s"] = interval.to_dict()  # a documented addition (README)
         json.dump(doc, sys.stdout, indent=2)

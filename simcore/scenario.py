@@ -29,7 +29,7 @@ from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
 from fabricsim.hwmodels.topology import Topology
 
-from .collectives import OPS, schedule_collective
+from .collectives import OPS, ring_schedule, schedule_collective
 from .errors import ScenarioError
 from .records import Result
 from .simulation import Simulation
@@ -106,6 +106,26 @@ class Scenario:
 
     def run(self, calibration: str | None = None) -> Result:
         return self.build(calibration).run()
+
+    def collective_calls(self, result: Result) -> list[dict[str, Any]]:
+        """Each collective call of the scenario as `simulate --json` lists it (a documented addition): {id, op,
+        gpus (its ring, expanded), bytes, start_s (its first ring transfer's), finish_s (when the last rank had
+        its bytes: the call's marker)}. Its ring transfers are listed among the transfers as `ID.rs0`, ..."""
+        calls = {it["id"]: it for it in sorted((it for it in self.items if it["_kind"] == "collective"),
+                                               key=lambda it: int(it["_where"].split("[")[1][:-1]))}  # file order
+        if not calls:
+            return []
+        part_of = {f"{cid}.{t['id']}": cid for cid, it in calls.items()
+                   for t in ring_schedule(it["op"], it["bytes"], it["gpus"])}
+        first: dict[str, float] = {}
+        for r in result.transfers:
+            cid = part_of.get(r.id)
+            if cid is not None:
+                first[cid] = min(first.get(cid, r.start_s), r.start_s)
+        ends = {r.id: r for r in result.records if r.id in calls}
+        return [{"id": cid, "op": it["op"], "gpus": list(it["gpus"]), "bytes": int(it["bytes"]),
+                 "start_s": first.get(cid, ends[cid].start_s), "finish_s": ends[cid].finish_s}
+                for cid, it in calls.items()]
 
     def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES) -> Interval:
         """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals)."""

@@ -205,6 +205,31 @@ def test_json_lists_tasks_when_the_scenario_has_them(tmp_path, capsys):
     assert out["makespan_s"] == pytest.approx(k["finish_s"])
 
 
+def test_json_lists_collective_calls_in_file_order_from_first_ring_copy_to_last_rank(tmp_path, capsys):
+    """A call's entry spans its own ring transfers (`ar.rs0`, ...), not a transfer the user named `ar.x`."""
+    p = write(tmp_path, "topology: hgx-h200-8\n"
+                        "transfers: [{id: t1, src: host, dst: gpu0, bytes: 1GiB}, {id: ar.x, src: gpu0, dst: gpu1, "
+                        "bytes: 1MiB}]\n"
+                        "collectives: [{id: ar, op: all_reduce, gpus: gpu0-3, bytes: 256MiB, after: [t1]},\n"
+                        "  {id: bc, op: broadcast, gpus: [gpu4, gpu5, gpu6], bytes: 64MiB, start: 0.001}]\n")
+    assert main(["simulate", str(p), "--json", "--samples", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ar, bc = out["collectives"]
+    assert (ar["id"], ar["op"], ar["gpus"], ar["bytes"]) == ("ar", "all_reduce", ["gpu0", "gpu1", "gpu2", "gpu3"],
+                                                             256 << 20)
+    rings = {c["id"]: [t for t in out["transfers"] if t["id"].startswith(c["id"] + ".") and t["id"] != "ar.x"]
+             for c in (ar, bc)}
+    t1 = next(t for t in out["transfers"] if t["id"] == "t1")
+    for call in (ar, bc):
+        assert len(rings[call["id"]]) >= 2
+        assert call["start_s"] == min(t["start_s"] for t in rings[call["id"]])
+        assert call["finish_s"] == max(t["finish_s"] for t in rings[call["id"]])
+    assert ar["start_s"] == t1["finish_s"] and bc["start_s"] == 0.001
+    write(tmp_path, "topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1GiB}]\n", "plain.yaml")
+    assert main(["simulate", str(tmp_path / "plain.yaml"), "--json", "--samples", "0"]) == 0
+    assert "collectives" not in json.loads(capsys.readouterr().out)
+
+
 def test_topo_show_yaml_is_the_uncalibrated_structure(tmp_path, capsys):
     assert main(["topo", "show", "h200-2", "--yaml"]) == 0
     f = write(tmp_path, capsys.readouterr().out, "box.yaml")
