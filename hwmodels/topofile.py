@@ -19,9 +19,10 @@ pinned:
   - {src: gpu0, dst: gpu1, via: [host0]}
 aliases: {host: host0}
 ```
-A link gives either `GBps` (effective, per direction) or the spec fields of its kind (PCIe gen/lanes,
-NVLink gen/links); `latency_us` overrides the kind's default latency. HBM and DRAM caps are added
-automatically, as in the presets.
+A NIC may name the GPU whose RDMA traffic it carries (`{kind: nic, Gbps: 400, gpu: node0.gpu3}`, GPUDirect: no
+other GPU of its machine sends through it), as the cluster presets pair them. A link gives either `GBps`
+(effective, per direction) or the spec fields of its kind (PCIe gen/lanes, NVLink gen/links); `latency_us`
+overrides the kind's default latency. HBM and DRAM caps are added automatically, as in the presets.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _GB_PER_S = dict(most=_MAX_GBps, unit=" GB/s")
 
 
 _TOP_KEYS = {"name", "components", "links", "caps", "pinned", "aliases"}
-_COMPONENT_KEYS = {"kind", "model", "dram_GBps", "dram_GiB", "Gbps"}
+_COMPONENT_KEYS = {"kind", "model", "dram_GBps", "dram_GiB", "Gbps", "gpu"}
 _LINK_KEYS = {"between", "kind", "GBps", "reverse_GBps", "latency_us", "gen", "lanes", "links"}
 _CAP_KEYS = {"name", "GBps", "classes", "endpoints"}
 
@@ -122,9 +123,16 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             elif kind == "nic":
                 gbits = _num(f"{where}.Gbps", c.get("Gbps", 400.0), most=8 * _MAX_GBps, unit=" Gb/s")
                 attrs["spec"] = NICSpec(Gbps=gbits)
+                if "gpu" in c:  # the GPU whose RDMA traffic it carries (GPUDirect): routing keeps others off it
+                    attrs["gpu"] = str(c["gpu"])
+            if "gpu" in c and kind != "nic":
+                raise TopologyError(f"{where}.gpu: only a NIC is paired with a GPU")
             elif kind == "nvme":
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
+        for name, own in t.graph.nodes(data="gpu"):
+            if own is not None and t.graph.nodes.get(own, {}).get("kind") != "gpu":
+                raise TopologyError(f"{source}: components.{name}.gpu: '{own}' is not a GPU of this file")
         for i, link in enumerate(links):
             _located(f"{source}: links[{i}]", _add_link, t, link, f"{source}: links[{i}]")
         if "host" not in t.aliases and "host0" in t.graph:
@@ -192,6 +200,10 @@ def topology_to_dict(t: Topology) -> dict[str, Any]:
         elif data["kind"] == "host":
             c["dram_GBps"] = spec.GBps
             c["dram_GiB"] = spec.bytes // GiB
+        elif data["kind"] == "nic":
+            c["Gbps"] = spec.Gbps
+            if data.get("gpu") is not None:  # the NIC's GPU: without it the file routes RDMA over any NIC
+                c["gpu"] = data["gpu"]
         comps[n] = c
     links = []
     for a, b, d in t.graph.edges(data=True):
