@@ -51,7 +51,8 @@ def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str,
     ring = list(zip(gpus, [*gpus[1:], *gpus[:1]], strict=True))
     if op == "broadcast":
         return [{"id": f"r{i}", "src": a, "dst": b, "bytes": nbytes, "after": []} for i, (a, b) in enumerate(ring[:-1])]
-    share = nbytes * (n - 1) // n if isinstance(nbytes, int) else nbytes * (n - 1) / n
+    # whole bytes for a whole size, and at least one: a call of fewer bytes than ranks still sends on every link
+    share = max(1, nbytes * (n - 1) // n) if isinstance(nbytes, int) else nbytes * (n - 1) / n
     if op == "all_gather":
         return [{"id": f"r{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
     if op == "all_reduce":

@@ -110,7 +110,7 @@ class Scenario:
     def collective_calls(self, result: Result) -> list[dict[str, Any]]:
         """Each collective call of the scenario as `simulate --json` lists it (a documented addition): {id, op,
         gpus (its ring, expanded), bytes, start_s (its first ring transfer's), finish_s (when the last rank had
-        its bytes: the call's marker)}. Its ring transfers are listed among the transfers as `ID.rs0`, ..."""
+        its bytes: the call's marker)}. Its ring transfers are listed among the transfers (`ID.r0`, `ID.rs0`, ...)."""
         calls = {it["id"]: it for it in sorted((it for it in self.items if it["_kind"] == "collective"),
                                                key=lambda it: int(it["_where"].split("[")[1][:-1]))}  # file order
         if not calls:
@@ -191,7 +191,7 @@ def _common(item: dict[str, Any], where: str, source: str, default_id: str) -> d
     if tag is not None and not isinstance(tag, str | int | float):
         raise ScenarioError(f"{source}: {where}.tag: expected a short label, got {tag!r}")
     out = {"id": str(rid), "after": [str(a) for a in after], "_where": where,
-           "tag": None if tag is None else str(tag)}
+           "tag": None if tag is None else str(tag), "_named": "id" in item}
     out["start"] = parse_seconds(item.get("start", 0.0), f"{source}: {where}.start")
     return out
 
@@ -289,12 +289,15 @@ def _order(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     by_id: dict[str, dict[str, Any]] = {}
     for it in items:
         if it["id"] in by_id:
-            raise ScenarioError(f"{source}: {it['_where']}.id: duplicate id '{it['id']}'")
+            raise ScenarioError(f"{source}: {_duplicate(by_id[it['id']], it)}")
         by_id[it["id"]] = it
     for it in items:
         for a in it["after"]:
             if a not in by_id:
-                raise ScenarioError(f"{source}: {it['_where']}.after: unknown id '{a}'")
+                call = by_id.get(a.rpartition(".")[0])
+                hint = (f" (a collective's ring copies cannot be waited on one by one: wait for the call "
+                        f"'{call['id']}')" if call is not None and call["_kind"] == "collective" else "")
+                raise ScenarioError(f"{source}: {it['_where']}.after: unknown id '{a}'{hint}")
             if a == it["id"]:
                 raise ScenarioError(f"{source}: {it['_where']}.after: '{a}' waits for itself")
     indeg = {it["id"]: len(set(it["after"])) for it in items}
@@ -316,6 +319,15 @@ def _order(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
         cycle = _find_cycle(stuck, by_id)
         raise ScenarioError(f"{source}: cycle in 'after': {' -> '.join(cycle)}")
     return out
+
+
+def _duplicate(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """The error of two items with one id, naming both, and saying which took it from its position (an item without
+    an id is named t<i>, k<i> or c<i> after its place in its list)."""
+    def said(it: dict[str, Any]) -> str:
+        return f"{it['_where']}.id" if it["_named"] else f"{it['_where']} (no id: named by its position)"
+
+    return f"duplicate id '{second['id']}': {said(first)} and {said(second)}"
 
 
 def _find_cycle(stuck: list[str], by_id: dict[str, dict[str, Any]]) -> list[str]:

@@ -78,6 +78,33 @@ def test_scenario_collectives_run_through_the_model_and_can_be_waited_for() -> N
     assert res["after-ar"].begin_s >= res["ar"].finish_s
 
 
+@pytest.mark.parametrize("op", ["all_gather", "all_reduce"])
+def test_a_call_of_fewer_bytes_than_ranks_sends_a_byte_on_every_link(op: str) -> None:
+    """(n - 1) / n of 1 byte rounds down to 0, which a transfer refuses ("size must be > 0, got 0", for a size of
+    1 the user gave): each link carries one byte instead."""
+    gpus = [f"gpu{i}" for i in range(8)]
+    assert {t["bytes"] for t in ring_schedule(op, 1, gpus)} == {1}
+    res = parse_scenario({"topology": "hgx-h200-8", "collectives": [{"id": "c", "op": op, "gpus": gpus, "bytes": 1}]},
+                         source="s.yaml").run()
+    assert res["c"].finish_s > 0
+
+
+def test_waiting_for_a_ring_copy_says_to_wait_for_the_call() -> None:
+    scenario = {"topology": "hgx-h200-8",
+                "collectives": [{"id": "ar", "op": "all_reduce", "gpus": "gpu0-3", "bytes": 1}],
+                "transfers": [{"id": "t", "src": "gpu0", "dst": "gpu1", "bytes": 1, "after": ["ar.rs0"]}]}
+    with pytest.raises(ScenarioError, match=r"unknown id 'ar.rs0' \(a collective's ring copies .* the call 'ar'"):
+        parse_scenario(scenario, source="s.yaml")
+
+
+def test_an_id_taken_from_an_items_position_that_clashes_is_named_as_such() -> None:
+    scenario = {"topology": "hgx-h200-8", "transfers": [{"id": "c0", "src": "gpu0", "dst": "gpu1", "bytes": 1}],
+                "collectives": [{"op": "all_reduce", "gpus": ["gpu0", "gpu1"], "bytes": 1}]}
+    with pytest.raises(ScenarioError, match=r"duplicate id 'c0': transfers\[0\]\.id and collectives\[0\] \(no id: "
+                                            r"named by its position\)"):
+        parse_scenario(scenario, source="s.yaml")
+
+
 @pytest.mark.parametrize("entry, match", [
     ({"op": "gossip", "gpus": ["gpu0", "gpu1"], "bytes": 1}, "op: expected one of"),
     ({"op": "all_reduce", "gpus": ["gpu0"], "bytes": 1}, "gpus: expected a list of two or more"),
