@@ -235,6 +235,8 @@ for cid, extra, expected in [
     ("knob-beyond-1-EiB", ["--knob", "task_bytes=1e300"], ("task_bytes", "beyond 1 EiB")),
     ("knob-word", ["--knob", "task_bytes=lots"], "task_bytes"),
     ("knob-twice", ["--knob", "task_bytes=1e6", "--knob", "task_bytes=2e6"], "given twice"),
+    ("rollout-gpu-twice", ["--rollout", "gpu4,gpu5,gpu6,gpu4"], "rollout layout lists gpu4 twice"),
+    ("trainer-gpu-twice", ["--trainer", "gpu0-3,gpu2"], "FSDP layout lists gpu2 twice"),
 ]:
     argv = ["sync", "Llama-9B", "rdma-p2p", *extra] if cid == "unknown-model" else (
         ["sync", "Llama-3-8B", "delta:delta:rdma-p2p"] if cid == "delta-of-delta" else [*SYNC, *extra])

@@ -129,6 +129,16 @@ def _gpu_list(gpus: str | list[str]) -> list[str]:
     return expand_endpoints(gpus) if isinstance(gpus, str) else list(gpus)
 
 
+def _twice(gpus: list[str]) -> str:
+    """The first GPU a list names a second time (for the error that says which)."""
+    seen: set[str] = set()
+    for g in gpus:
+        if g in seen:
+            return g
+        seen.add(g)
+    return ""
+
+
 class TrainerLayout:
     """Where the trainer keeps each tensor: `holders(t)` lists, per replica, [(gpu, shard), ...]."""
 
@@ -159,7 +169,7 @@ class FSDPLayout(TrainerLayout):
         if not self.gpus:
             raise PlacementError("an FSDP layout needs at least one GPU")
         if len(set(self.gpus)) != len(self.gpus):
-            raise PlacementError("an FSDP layout lists a GPU twice")
+            raise PlacementError(f"an FSDP layout lists {_twice(self.gpus)} twice")
 
     def holders(self, t: TensorSpec, model: ModelConfig) -> list[list[tuple[str, Shard]]]:
         spans = chunk_intervals(t.shape[0], len(self.gpus))
@@ -260,7 +270,7 @@ class RolloutLayout:
         if not self.gpus or len(self.gpus) % self.tp:
             raise PlacementError(f"rollout layout: {len(self.gpus)} GPUs is not a multiple of TP {self.tp}")
         if len(set(self.gpus)) != len(self.gpus):
-            raise PlacementError("a rollout layout lists a GPU twice")
+            raise PlacementError(f"a rollout layout lists {_twice(self.gpus)} twice")
 
     @property
     def engines(self) -> list[list[str]]:
