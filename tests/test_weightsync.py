@@ -546,3 +546,19 @@ def test_a_sync_whose_trainer_and_rollout_share_gpus_says_it_is_colocated(capsys
     assert err.count("note: 2 GPUs (gpu2-3) both train and serve (a colocated layout)") == 1
     assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "0"]) == 0
     assert "colocated" not in capsys.readouterr().err
+
+
+def test_interval_re_runs_that_take_a_while_are_announced(monkeypatch, capsys):
+    """Each re-run costs about what the first run did: past RERUN_NOTE_AFTER_S in all, stderr says so first (a
+    64-GPU rdma-p2p sync answered in a second and then sat silent for fifteen)."""
+    from fabricsim.cli import main
+    from fabricsim.workloads import metrics_out
+
+    assert metrics_out.rerun_note(16, 0.05) == ""
+    assert metrics_out.rerun_note(16, 0.9) == ("note: 16 perturbed re-runs for the 90% intervals, about 14 s "
+                                               "(--samples 0 skips them)")
+    monkeypatch.setattr(metrics_out, "RERUN_NOTE_AFTER_S", 0.0)
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "2"]) == 0
+    assert "note: 2 perturbed re-runs for the 90% intervals" in capsys.readouterr().err
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "0"]) == 0
+    assert "re-runs" not in capsys.readouterr().err

@@ -103,6 +103,19 @@ def default_samples(requested: int | None, default: int, *, gpus: int, first_run
                f"ask for it with --samples {default}")
 
 
+RERUN_NOTE_AFTER_S = 2.0  # re-runs expected to take longer than this are announced (`rerun_note`)
+
+
+def rerun_note(samples: int, first_run_s: float) -> str:
+    """A note for stderr before the interval's re-runs when they will take a while (each about as long as the first
+    run): with nothing printed, a command whose answer took a second sat silent for another fifteen."""
+    expected = samples * first_run_s
+    if expected < RERUN_NOTE_AFTER_S:
+        return ""
+    return (f"note: {samples} perturbed re-runs for the 90% intervals, about {expected:.0f} s "
+            f"(--samples 0 skips them)")
+
+
 def add_output_args(p: argparse.ArgumentParser, default: int, run: str) -> None:
     """`--samples`, `--perfetto` and `--force`, spelt and explained the same in `sync` and `serve`."""
     p.add_argument("--samples", type=sample_count, metavar="N",

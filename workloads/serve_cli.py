@@ -22,6 +22,7 @@ from .metrics_out import (
     metric_values,
     print_json,
     print_metrics,
+    rerun_note,
 )
 from .requests import RequestError, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, serve
@@ -55,13 +56,16 @@ def _serve(args: argparse.Namespace) -> int:
     params = split_all(args.param, what="parameter", example="prefetch_depth=2", error=PolicyError)
     started = time.perf_counter()
     res = serve(topo, reqs, args.policy, cfg, policy_params=params)
+    first_run_s = time.perf_counter() - started
     samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * cfg.instances,
-                                       first_run_s=time.perf_counter() - started)
+                                       first_run_s=first_run_s)
     if args.perfetto:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics_with_units()
     intervals = {}
     if samples:
+        if note := rerun_note(samples, first_run_s):
+            print(note, file=sys.stderr, flush=True)
         intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
                                    samples=samples)
     if args.json:

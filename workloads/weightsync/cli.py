@@ -29,6 +29,7 @@ from ..metrics_out import (
     metric_values,
     print_json,
     print_metrics,
+    rerun_note,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncSetup, simulate_sync
@@ -130,11 +131,13 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
     # the re-runs copy and perturb the whole topology: its size decides their cost, not the GPUs the sync uses
-    samples, skipped = default_samples(args.samples, SYNC_SAMPLES, gpus=len(topo.gpus()),
-                                       first_run_s=time.perf_counter() - started)
+    first_run_s = time.perf_counter() - started
+    samples, skipped = default_samples(args.samples, SYNC_SAMPLES, gpus=len(topo.gpus()), first_run_s=first_run_s)
     metrics = res.metrics_with_units()
     intervals = {}
     if samples and res.feasible:
+        if note := rerun_note(samples, first_run_s):
+            print(note, file=sys.stderr, flush=True)
         # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
         intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
                                    samples=samples)
