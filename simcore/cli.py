@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
+from fabricsim.hwmodels.endpoints import compress_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import SAMPLES, sample_count
 
@@ -14,7 +16,9 @@ from .scenario import load_scenario
 from .units import format_bytes
 
 
-def _table(result: Result) -> str:
+def _table(result: Result, calls: Sequence[dict] = ()) -> str:
+    """The text form of a run; `calls`: the scenario's collective calls (`Scenario.collective_calls`), each shown
+    as one row from its first ring copy to its last rank's finish, in place of its zero-length marker."""
     rows = [f"topology {result.topology}   calibration {result.calibration_id or 'none (datasheet defaults)'}",
             f"{'id':<14} {'src':>10} -> {'dst':<10} {'bytes':>11} {'class':<11} {'start':>11} {'finish':>11} "
             f"{'GB/s*':>8}"]
@@ -23,9 +27,15 @@ def _table(result: Result) -> str:
         gbps = r.bytes / busy / 1e9 if busy > 0 else 0.0
         rows.append(f"{r.id:<14} {r.src:>10} -> {r.dst:<10} {format_bytes(r.bytes):>11} {r.path_class:<11} "
                     f"{r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms {gbps:>8.1f}")
+    called = {c["id"] for c in calls}
     for r in result.tasks:
-        rows.append(f"{r.id:<14} {r.kind + ' on ' + r.src:>24} {'':>11} {'':<11} {r.start_s * 1e3:>9.4f}ms "
-                    f"{r.finish_s * 1e3:>9.4f}ms")
+        if r.id not in called:
+            what = f"{r.kind} on {r.src}" if r.src else r.kind
+            rows.append(f"{r.id:<14} {what:>24} {'':>11} {'':<11} {r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms")
+    for c in calls:
+        what = f"{c['op']} on {compress_endpoints(c['gpus'])}"
+        rows.append(f"{c['id']:<14} {what:>24} {format_bytes(c['bytes']):>11} {'collective':<11} "
+                    f"{c['start_s'] * 1e3:>9.4f}ms {c['finish_s'] * 1e3:>9.4f}ms")
     rows.append(f"makespan {result.makespan_s * 1e3:.4f} ms   (* GB/s while moving: from the end of any engine-queue "
                 "wait to the finish)")
     busiest = sorted(result.mean_utilisation().items(), key=lambda kv: -kv[1])[:5]
@@ -41,6 +51,7 @@ def _simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
     topo = scenario.load_topology(args.calibration)
     result = scenario.build(topology=topo).run()
+    calls = scenario.collective_calls(result)
     unfitted = scenario.unfitted_mechanisms(topo)
     if unfitted:
         print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
@@ -51,7 +62,6 @@ def _simulate(args: argparse.Namespace) -> int:
         result.write_trace(args.perfetto)
     if args.json:
         doc = result.to_dict()
-        calls = scenario.collective_calls(result)
         if calls:
             doc["collectives"] = calls  # a documented addition (README)
         if interval is not None:
@@ -59,7 +69,7 @@ def _simulate(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2)
         print()
     else:
-        print(_table(result))
+        print(_table(result, calls))
         if interval is not None:
             print(f"makespan {interval.format(digits=4)}" + (f"   note: {interval.note}" if interval.note else ""))
         if args.perfetto:

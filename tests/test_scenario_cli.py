@@ -225,6 +225,10 @@ def test_json_lists_collective_calls_in_file_order_from_first_ring_copy_to_last_
         assert call["start_s"] == min(t["start_s"] for t in rings[call["id"]])
         assert call["finish_s"] == max(t["finish_s"] for t in rings[call["id"]])
     assert ar["start_s"] == t1["finish_s"] and bc["start_s"] == 0.001
+    assert main(["simulate", str(p), "--samples", "0"]) == 0  # the table: one row per call, spanning its ring
+    table = capsys.readouterr().out
+    assert "all_reduce on gpu0-3     256 MiB collective" in table and "broadcast on gpu4-6" in table
+    assert f"{ar['start_s'] * 1e3:>9.4f}ms {ar['finish_s'] * 1e3:>9.4f}ms" in table
     write(tmp_path, "topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 1GiB}]\n", "plain.yaml")
     assert main(["simulate", str(tmp_path / "plain.yaml"), "--json", "--samples", "0"]) == 0
     assert "collectives" not in json.loads(capsys.readouterr().out)
