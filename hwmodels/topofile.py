@@ -113,6 +113,8 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
                 raise TopologyError(f"{where}: expected a mapping with 'kind'")
             _keys(where, c, _COMPONENT_KEYS)
             kind = c["kind"]
+            if "gpu" in c and kind != "nic":
+                raise TopologyError(f"{where}.gpu: only a NIC is paired with a GPU")
             attrs: dict[str, Any] = {}
             if kind == "gpu":
                 attrs["spec"] = _located(f"{where}.model", gpu_model, str(c.get("model", "H100")))
@@ -125,8 +127,6 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
                 attrs["spec"] = NICSpec(Gbps=gbits)
                 if "gpu" in c:  # the GPU whose RDMA traffic it carries (GPUDirect): routing keeps others off it
                     attrs["gpu"] = str(c["gpu"])
-            if "gpu" in c and kind != "nic":
-                raise TopologyError(f"{where}.gpu: only a NIC is paired with a GPU")
             elif kind == "nvme":
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
