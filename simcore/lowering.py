@@ -11,8 +11,8 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from collections.abc import Iterator
-from itertools import chain
+from itertools import chain, islice
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -112,11 +112,12 @@ class _ItemArrays:
 
 class RecordMaker:
     """Makes the records of one simulation's declared items (`work`) after a compiled run, from the run's times
-    (`times`: start, begin and finish lists by item), into the simulation's own record list `records` (shared),
+    (`times`: start, begin and finish arrays by item), into the simulation's own record list `records` (shared),
     in item order. An item's event asks for its one record out of order (`one`); that record is kept and taken
-    in its place, so an event's value and the result's record are the same object, as on the simpy path."""
+    in its place, so an event's value and the result's record are the same object, as on the simpy path. The
+    times become Python floats only for the records made (a 1,024-GPU sync is often asked for a few of its 10^6)."""
 
-    def __init__(self, records: list[Record], work: list[tuple], times: tuple[list, list, list]) -> None:
+    def __init__(self, records: list[Record], work: list[tuple], times: tuple[np.ndarray, ...]) -> None:
         self.records = records
         self.work = work
         self.times = times
@@ -125,7 +126,7 @@ class RecordMaker:
     def upto(self, n: int) -> list[Record]:
         records, k = self.records, len(self.records)
         if k < n:
-            t0, t1, t2 = self.times
+            t0, t1, t2 = (t[k:n].tolist() for t in self.times)  # (indexed from k below)
             early = self._early
             work = self.work
             # 10^6 new records make no reference cycle: the collector's passes over them (and the whole heap, each
@@ -134,10 +135,10 @@ class RecordMaker:
             gc.disable()
             try:
                 if early:
-                    records.extend([early.pop(i) if i in early else record(work[i], t0[i], t1[i], t2[i])
+                    records.extend([early.pop(i) if i in early else record(work[i], t0[i - k], t1[i - k], t2[i - k])
                                     for i in range(k, n)])
                 else:
-                    records.extend(map(record, work[k:n], t0[k:n], t1[k:n], t2[k:n]))
+                    records.extend(map(record, work[k:n], t0, t1, t2))
             finally:
                 if paused:
                     gc.enable()
@@ -149,15 +150,22 @@ class RecordMaker:
         rec = self._early.get(i)
         if rec is None:
             t0, t1, t2 = self.times
-            rec = self._early[i] = record(self.work[i], t0[i], t1[i], t2[i])
+            rec = self._early[i] = record(self.work[i], t0[i].item(), t1[i].item(), t2[i].item())
         return rec
 
     def finish_times(self, n: int) -> list[float]:
-        return self.times[2][:n]
+        return self.times[2][:n].tolist()
 
-    def transfer_bytes(self, n: int) -> Iterator[tuple[str, float]]:
-        """(path class, bytes) of each transfer among the first n items, without making records."""
-        return ((w[12], w[3]) for w in self.work[:n] if w[9] == "transfer")
+    def bytes_by_class(self, n: int) -> dict[str, float]:
+        """Bytes per path class of the transfers among the first n items, without making records, summed in item
+        order (as `Result.bytes_by_link_class` sums records)."""
+        out: dict[str, float] = {}
+        get = out.get
+        for w in islice(self.work, n):
+            if w[9] == "transfer":
+                cls = w[12]
+                out[cls] = get(cls, 0.0) + w[3]
+        return out
 
 
 def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: list[simpy.Event],
@@ -171,8 +179,8 @@ def run_compiled(sim: Simulation, work: list[tuple], recs: list[Record], dones: 
     ot = _lowered_run(loop, sim.net, a, roff, rres, rcoef, nengines, progress=progress,
                       record=sim.net.on_load is not None, sim=sim)
     n = len(work)
-    times = ot[:, 0].tolist(), ot[:, 1].tolist(), ot[:, 2].tolist()
-    t0, t1, t2 = times
+    times = ot[:, 0], ot[:, 1], ot[:, 2]
+    t0, t1, t2 = (t[:len(recs)].tolist() for t in times)
     for i, rec in enumerate(recs):
         rec.start_s, rec.begin_s, rec.finish_s = t0[i], t1[i], t2[i]
     maker = RecordMaker(recs, work, times)
@@ -194,15 +202,14 @@ def lower(work: list[tuple], routes: RouteTable) -> tuple[_ItemArrays, np.ndarra
     a = _ItemArrays(n)
     if n == 0:
         return a, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), 0
-    start, latency, route, nbytes, weight, cap, engine, deps = ([w[k] for w in work] for k in (0, 1, 2, 3, 4, 5, 6, -1))
-    a.istart[:] = start
-    a.ilat[:] = latency
-    route = np.array(route, np.int64)
+    # numbers straight into arrays (no list of 10^6 floats per column), the rest as lists
+    a.istart[:], a.ilat[:], a.ibytes[:], a.iw[:] = (np.fromiter(map(itemgetter(k), work), np.float64, n)
+                                                    for k in (0, 1, 3, 4))
+    route = np.fromiter(map(itemgetter(2), work), np.int64, n)
+    cap, engine, deps = ([w[k] for w in work] for k in (5, 6, -1))
     flow = route >= 0
     a.ikind[:] = ~flow
-    a.ibytes[:] = nbytes
     a.ibytes[~flow] = 0.0
-    a.iw[:] = weight
     a.iw[~flow] = 1.0
     a.icap[:] = [np.inf if c is None else c for c in cap]
     engines: dict[str, int] = {}

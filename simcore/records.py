@@ -43,7 +43,7 @@ class RecordSource(Protocol):
 
     def upto(self, n: int) -> list[Record]: ...  # the first n records, made in order (a shared list)
     def finish_times(self, n: int) -> list[float]: ...
-    def transfer_bytes(self, n: int) -> Iterator[tuple[str, float]]: ...  # (path class, bytes) per transfer
+    def bytes_by_class(self, n: int) -> dict[str, float]: ...  # transfers' bytes per path class, in item order
 
 
 class LazyRecords(Sequence[Record]):
@@ -91,8 +91,8 @@ class LazyRecords(Sequence[Record]):
     def finish_times(self) -> list[float]:
         return self._source.finish_times(self._n)
 
-    def transfer_bytes(self) -> Iterator[tuple[str, float]]:
-        return self._source.transfer_bytes(self._n)
+    def bytes_by_class(self) -> dict[str, float]:
+        return self._source.bytes_by_class(self._n)
 
 
 @dataclass
@@ -170,11 +170,11 @@ class Result:
 
     def bytes_by_link_class(self) -> dict[str, float]:
         """Total bytes per path class (h2d, p2p-nvlink, rdma, ...) over all transfers."""
-        pairs = (self.records.transfer_bytes() if isinstance(self.records, LazyRecords)
-                 else ((r.path_class, r.bytes) for r in self.transfers))
+        if isinstance(self.records, LazyRecords):
+            return self.records.bytes_by_class()
         out: dict[str, float] = {}
-        for cls, b in pairs:
-            out[cls] = out.get(cls, 0.0) + b
+        for r in self.transfers:  # (summed in item order, as `bytes_by_class` sums them)
+            out[r.path_class] = out.get(r.path_class, 0.0) + r.bytes
         return out
 
     def mean_utilisation(self) -> dict[str, float]:
