@@ -4,7 +4,8 @@ Nothing is printed for runs shorter than `DELAY_S`: the line appears after that 
 flow events have been processed, the simulated time reached and the flows in flight, and is cleared when the run
 ends. On the compiled loop, which knows all the work up front, it also says how many of the declared items have
 finished and, after `ETA_AFTER_S`, about how long the rest will take at the recent pace: a 256-GPU all-to-all that
-takes minutes says so early, instead of looking like a hang (an estimate, low while the run keeps slowing down).
+takes minutes says so early, instead of looking like a hang; while the run keeps slowing down that is a floor,
+and the line says "more than".
 `FABRICSIM_PROGRESS=0` turns it off (sweep workers
 and scripts that parse stderr); a sweep has its own bar.
 When stderr is not a terminal (a log file, a pipe) a redrawn line would leave carriage-return debris, so plain
@@ -28,6 +29,10 @@ PACE_WINDOW_S = 30.0  # the time left is estimated at the pace of about this muc
 # than the rest (the network fills up; each later event re-rates more flows), so an early estimate was far too low
 # (a 128-GPU rdma-p2p sync said "about 1 s left" at 2 s and took 12.8 s)
 ETA_AFTER_S = 10.0
+# A run whose recent pace is this much slower than its pace since the first count is slowing down: the time left at
+# the recent pace is then a floor, "more than" (a 256-GPU all-to-all said 24 s left at 12 s, then 37, then 47, and
+# took about 4 minutes)
+SLOWING = 1.25
 # tqdm's bar without its time-left estimate, for a bar with a total in the first `ETA_AFTER_S`
 EARLY_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -49,6 +54,7 @@ class Progress:
         self._plain = not sys.stderr.isatty()
         self._next_line = self._t0 + self._delay
         self._paces: deque[tuple[float, int]] = deque()  # (wall time, items done) of recent counts: the pace
+        self._first: tuple[float, int] | None = None  # the first count: the pace since then tells a slowing run
 
     def declaring(self, items: int) -> None:
         """Work is still being described (a 1,024-GPU sync declares a million items before the first event)."""
@@ -69,27 +75,42 @@ class Progress:
             self._line("simulating", text)
             return
         unit, count, postfix = (" items", done, counted) if by_items else (" flow events", events, state)
+        if by_items and self._pace(done)[1]:  # (tqdm's own time-left estimate goes by the recent pace too)
+            postfix += "; slowing down: the time left shown is a floor"
         if self._show("simulating", unit, count, total if by_items else None):
             self._bar.update(count - self._shown)
             self._shown = count
             self._bar.set_postfix_str(postfix, refresh=False)
 
     def _left(self, done: int, total: int) -> str:
-        """', about N min left' at the pace of the last `PACE_WINDOW_S` (empty until there is a pace to go by).
-        Not the pace since the start: a large all-to-all finishes its first items fastest (the network fills
-        up), so that estimate kept falling behind."""
+        """', about N min left' at the pace of the last `PACE_WINDOW_S` (empty until there is a pace to go by), or
+        ', more than N min left' while the run is slowing down (`_pace`). Not the pace since the start: a large
+        all-to-all finishes its first items fastest (the network fills up), so that estimate kept falling behind."""
+        pace, slowing = self._pace(done)
+        if pace is None:
+            return ""
+        left = pace * (total - done)
+        said = "more than" if slowing else "about"
+        return f", {said} {left / 60:.0f} min left" if left >= 90 else f", {said} {left:.0f} s left"
+
+    def _pace(self, done: int) -> tuple[float | None, bool]:
+        """(seconds per item over the last `PACE_WINDOW_S`, None before `ETA_AFTER_S` or without progress; whether
+        that is `SLOWING` times slower than the pace since the first count)."""
         t = time.monotonic()
         paces = self._paces
         paces.append((t, done))
+        if self._first is None:
+            self._first = (t, done)
         if t - self._t0 < ETA_AFTER_S:
-            return ""
+            return None, False
         while len(paces) > 2 and t - paces[1][0] >= PACE_WINDOW_S:
             paces.popleft()
         t0, d0 = paces[0]
         if done <= d0 or t - t0 < 1.0:
-            return ""
-        left = (t - t0) / (done - d0) * (total - done)
-        return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+            return None, False
+        pace = (t - t0) / (done - d0)
+        t1, d1 = self._first
+        return pace, done > d1 and pace > SLOWING * (t - t1) / (done - d1)
 
     def _line(self, phase: str, text: str) -> None:
         """A plain line once per LOG_EVERY_S, and at once when the phase changes (after the delay)."""

@@ -100,10 +100,11 @@ def test_time_left_follows_the_recent_pace(monkeypatch):
     assert p._left(1100, 100_000) == f", about {10 / 1000 * 98_900 / 60:.0f} min left"  # 100 items/s
     assert p._left(2100, 100_000) == f", about {20 / 2000 * 97_900 / 60:.0f} min left"
     assert p._left(3100, 100_000) == f", about {30 / 3000 * 96_900 / 60:.0f} min left"
-    # from here the run slows to 10 items/s; the counts older than the window drop out of the pace
-    assert p._left(3200, 100_000) == f", about {30 / 2100 * 96_800 / 60:.0f} min left"  # since t = 10
-    assert p._left(3300, 100_000) == f", about {30 / 1200 * 96_700 / 60:.0f} min left"  # since t = 20
-    assert p._left(3400, 100_000) == f", about {30 / 300 * 96_600 / 60:.0f} min left"  # since t = 30
+    # from here the run slows to 10 items/s; the counts older than the window drop out of the pace, and once the
+    # recent pace is 1.25x slower than the pace since the first count the estimate is a floor
+    assert p._left(3200, 100_000) == f", about {30 / 2100 * 96_800 / 60:.0f} min left"  # since t = 10 (1.11x)
+    assert p._left(3300, 100_000) == f", more than {30 / 1200 * 96_700 / 60:.0f} min left"  # since t = 20
+    assert p._left(3400, 100_000) == f", more than {30 / 300 * 96_600 / 60:.0f} min left"  # since t = 30
 
 
 def test_no_estimate_without_progress(monkeypatch):
@@ -197,13 +198,30 @@ def test_no_estimate_in_the_first_seconds(monkeypatch):
 def test_the_terminal_bar_shows_no_time_left_in_the_first_seconds(monkeypatch, capsys):
     """In a terminal, tqdm's own estimate is as optimistic early on as ours was: its time left is shown only
     from ETA_AFTER_S on."""
-    clock = iter([0.0, 1.0, 2.0, 12.0])  # Progress(), then one reading per tick
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    now = [0.0]  # the wall clock, as many readings as the code takes
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     p = progress.Progress(delay_s=0.0)
     p._plain = False
-    p.tick(0.1, 10, 5, done=100, total=1000)
-    assert p._bar.bar_format == progress.EARLY_BAR and "<" not in str(p._bar)
-    p.tick(0.2, 20, 5, done=200, total=1000)
-    p.tick(0.3, 30, 5, done=300, total=1000)
+    for t, done in ((1.0, 100), (2.0, 200), (12.0, 300)):
+        now[0] = t
+        p.tick(t / 10, done // 10, 5, done=done, total=1000)
+        if t < progress.ETA_AFTER_S:
+            assert p._bar.bar_format == progress.EARLY_BAR and "<" not in str(p._bar)
     assert p._bar.bar_format is None
+    p.close()
+
+
+def test_the_terminal_bar_says_when_the_run_is_slowing_down(monkeypatch):
+    """tqdm's estimate goes by the recent pace as ours does: while the run slows, the postfix says it is a floor."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    p = progress.Progress(delay_s=0.0)
+    p._plain = False
+    for t, done in ((1.0, 100), (11.0, 1100), (21.0, 2100)):  # 100 items/s throughout
+        now[0] = t
+        p.tick(t, done, 5, done=done, total=100_000)
+    assert "slowing" not in str(p._bar)
+    now[0] = 51.0
+    p.tick(51.0, 2400, 5, done=2400, total=100_000)  # 10 items/s since t = 21
+    assert "slowing down: the time left shown is a floor" in p._bar.postfix
     p.close()
