@@ -117,7 +117,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     store = ResultsStore(args.store)
-    line = f"{report.study}: ran {report.ran} points"
+    line = f"{report.study}: ran {report.ran} point{'' if report.ran == 1 else 's'}"
     extras = []
     if report.failed:
         extras.append(f"{report.failed} failed")
@@ -126,7 +126,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if extras:
         line += f" ({', '.join(extras)})"
     if report.ran:
-        line += f" in {report.wall_s:.1f}s, {report.points_per_s:.1f} points/s"
+        rate = report.points_per_s
+        line += f" in {report.wall_s:.1f}s, " + (f"{rate:.1f} points/s" if rate >= 1 else f"{1 / rate:.1f} s/point")
     if report.skipped_failed:
         line += f"; {report.skipped_failed} of the stored points failed: --retry-failed reruns them"
     print(line)
@@ -172,6 +173,9 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         raise StoreError(f"no {which}results for study {args.study!r} in {store.root}")
     failed = df[df["error"].notna()]
     if args.failed:
+        if failed.empty and not args.csv:
+            print(f"no failed points in study {args.study!r}")
+            return 0
         table = failed[["point_id", *param_columns(failed), "error"]].drop_duplicates()
         _print(table, args.csv)
         return 0

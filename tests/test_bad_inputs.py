@@ -236,10 +236,12 @@ for cid, extra, expected in [
     ("knob-word", ["--knob", "task_bytes=lots"], "task_bytes"),
     ("knob-twice", ["--knob", "task_bytes=1e6", "--knob", "task_bytes=2e6"], "given twice"),
     ("rollout-gpu-twice", ["--rollout", "gpu4,gpu5,gpu6,gpu4"], "rollout layout lists gpu4 twice"),
+    ("mode-twice", ["--knob", "mode=zero-copy"], "names mode 'relay' and the knob mode=zero-copy"),
     ("trainer-gpu-twice", ["--trainer", "gpu0-3,gpu2"], "FSDP layout lists gpu2 twice"),
 ]:
     argv = ["sync", "Llama-9B", "rdma-p2p", *extra] if cid == "unknown-model" else (
-        ["sync", "Llama-3-8B", "delta:delta:rdma-p2p"] if cid == "delta-of-delta" else [*SYNC, *extra])
+        ["sync", "Llama-3-8B", "delta:delta:rdma-p2p"] if cid == "delta-of-delta" else
+        ["sync", "Llama-3-8B", "shared-pool:relay", *extra] if cid == "mode-twice" else [*SYNC, *extra])
     want = {"unknown-model": "unknown model 'Llama-9B'", "delta-of-delta": "not another delta"}.get(cid, expected)
     case(f"sync-{cid}", argv, want)
 case("sync-unknown-strategy", ["sync", "Llama-3-8B", "teleport"], "unknown weight-sync strategy 'teleport'")

@@ -402,7 +402,7 @@ def test_resume_says_how_many_skipped_points_are_stored_failures(tmp_path: Path,
     assert "ran 0 points (36 already in the store); 1 of the stored points failed: --retry-failed reruns them" in out
     code, out, _ = _cli(capsys, "sweep", str(study), "--workers", "1", "--quiet", "--store", store, "--resume",
                         "--retry-failed")
-    assert code == 1 and "ran 1 points (1 failed, 35 already in the store) " in out
+    assert code == 1 and "ran 1 point (1 failed, 35 already in the store) " in out
 
 
 def _children(pid: int) -> set[int]:

@@ -49,5 +49,8 @@ def get(spec: str, **knobs: Any) -> Strategy:
     if cls is None:
         raise UnknownStrategyError(f"unknown weight-sync strategy '{spec}' (known: {', '.join(names())})")
     if arg:
+        if "mode" in knobs and str(knobs["mode"]) != arg:  # two answers to one question: neither silently wins
+            raise UnknownStrategyError(f"'{spec}' names mode '{arg}' and the knob mode={knobs['mode']} another: "
+                                       f"give one")
         knobs = {**knobs, "mode": arg}
     return cls(**knobs)
