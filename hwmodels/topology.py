@@ -40,7 +40,7 @@ from .calibration import (
 from .endpoints import compress_endpoints
 from .routing import RouteIndex
 from .specs import GPUSpec
-from .symmetry import Machines, RouteTemplate
+from .symmetry import Machines, RouteTemplate, machine_of
 from .uncertainty import Uncertainty
 
 ENDPOINT_KINDS = ("gpu", "host", "nvme")
@@ -612,7 +612,7 @@ class Topology:
             return
         # In a cluster a profile of one node applies to every node: 'gpu0' means each node's gpu0.
         nodes = [n for n in self.graph if "." in n]
-        prefixes = sorted({n.split(".", 1)[0] for n in nodes}) if nodes and "gpu0" not in self.graph else [""]
+        prefixes = sorted({machine_of(n) for n in nodes}) if nodes and "gpu0" not in self.graph else [""]
         for p in prefixes:
             # A profile of more GPUs names GPUs this machine lacks: their caps have nothing to apply to.
             eps = [x for e in endpoints if (x := f"{p}.{e}" if p else e) in self.graph or x in self.aliases]

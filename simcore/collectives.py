@@ -63,6 +63,12 @@ def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str,
     raise ValueError(f"unknown collective {op!r} (known: {', '.join(OPS)})")
 
 
+def ring_copy_id(call: str, local: str) -> str:
+    """The id of a call's ring transfer with `ring_schedule`'s local id `local` (`ar.rs0`): how the call's copies
+    are named in records and found again (`Scenario.collective_calls`)."""
+    return f"{call}.{local}"
+
+
 def fitted(topo: Topology, op: str) -> CollectiveParams | None:
     """The machine's fitted parameters of `op`, or None (then links alone set the rate)."""
     return topo.collectives.get(op)
@@ -95,7 +101,7 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
             fixed = params.fixed_s if not t["after"] else 0.0
             cap = params.rate_cap(t["bytes"])
         deps = [done[a] for a in t["after"]] if t["after"] else list(after)
-        done[t["id"]] = sim.transfer(f"{id}.{t['id']}", t["src"], t["dst"], t["bytes"],
+        done[t["id"]] = sim.transfer(ring_copy_id(id, t["id"]), t["src"], t["dst"], t["bytes"],
                                      start=start if not t["after"] else 0.0, after=deps, rate_cap_Bps=cap,
                                      fixed_cost_s=fixed, tag=tag)
     return sim.delay(id, 0.0, after=list(done.values()), tag=tag)

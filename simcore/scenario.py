@@ -29,7 +29,7 @@ from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
 from fabricsim.hwmodels.topology import Topology
 
-from .collectives import OPS, ring_schedule, schedule_collective
+from .collectives import OPS, ring_copy_id, ring_schedule, schedule_collective
 from .errors import ScenarioError
 from .records import Result
 from .simulation import Simulation
@@ -115,7 +115,7 @@ class Scenario:
                                                key=lambda it: int(it["_where"].split("[")[1][:-1]))}  # file order
         if not calls:
             return []
-        part_of = {f"{cid}.{t['id']}": cid for cid, it in calls.items()
+        part_of = {ring_copy_id(cid, t["id"]): cid for cid, it in calls.items()
                    for t in ring_schedule(it["op"], it["bytes"], it["gpus"])}
         first: dict[str, float] = {}
         for r in result.transfers:

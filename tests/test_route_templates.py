@@ -9,13 +9,13 @@ counting every allowed simple path.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 
 import networkx as nx
 import numpy as np
 import pytest
+from _twins import net_edited_twin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,11 +199,7 @@ def test_unique_agrees_with_counting_paths(seed, n_switch, extra, equal):
 def test_a_deep_copy_renames_from_its_own_graph():
     topo = presets.get("cluster-3x8", calibration=None)
     topo.path("node1.gpu0", "node2.gpu3")
-    twin = copy.deepcopy(topo)
-    for d in twin.graph.edges.values():
-        if d["kind"] == "net":
-            d["latency_s"] = 1e-3
-    twin._path_cache = {}
+    twin = net_edited_twin(topo, lambda d: d.update(latency_s=1e-3))
     eps = twin.endpoints()
     assert renamed_pairs(twin, itertools.product(eps, eps)) > 0
     assert twin.path("node1.gpu0", "node2.gpu3").latency_s > topo.path("node1.gpu0", "node2.gpu3").latency_s + 1e-3

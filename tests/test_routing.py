@@ -15,6 +15,7 @@ import random
 import networkx as nx
 import numpy as np
 import pytest
+from _twins import net_edited_twin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,11 +180,7 @@ def test_perturbed_copies_route_on_their_own_link_rates():
 def test_a_deep_copy_and_its_original_route_alike():
     topo = presets.get("cluster-2x8", calibration=None)
     topo.path("node0.gpu0", "node1.gpu0")
-    twin = copy.deepcopy(topo)
-    for d in twin.graph.edges.values():
-        if d["kind"] == "net":
-            d["bw"] = dict.fromkeys(d["bw"], 1e9)
-    twin._path_cache = {}
+    twin = net_edited_twin(topo, lambda d: d.update(bw=dict.fromkeys(d["bw"], 1e9)))
     eps = twin.endpoints()
     assert_same_routes(twin, [(s, d) for s, d in itertools.product(eps, eps) if s < d][:400])
     assert_same_routes(topo, [("node0.gpu0", "node1.gpu0"), ("node0.gpu1", "node1.gpu5")])
@@ -193,11 +190,7 @@ def test_a_copy_with_new_link_latencies_and_a_new_path_cache_uses_them():
     """The per-link data routes are built from lives as long as the path cache it was filled for."""
     topo = presets.get("cluster-2x8", calibration=None)
     before = topo.path("node0.gpu0", "node1.gpu0").latency_s
-    twin = copy.deepcopy(topo)
-    for d in twin.graph.edges.values():
-        if d["kind"] == "net":
-            d["latency_s"] = 1e-3
-    twin._path_cache = {}
+    twin = net_edited_twin(topo, lambda d: d.update(latency_s=1e-3))
     path = twin.path("node0.gpu0", "node1.gpu0")
     net_hops = sum(1 for u, v in zip(path.nodes, path.nodes[1:], strict=False) if twin.graph[u][v]["kind"] == "net")
     assert net_hops and path.latency_s == pytest.approx(before + net_hops * 1e-3, rel=0.05)
