@@ -7,6 +7,7 @@ Store location: ``--store DIR``, else ``$FABRICSIM_STORE``, else ``./results``. 
 from __future__ import annotations
 
 import argparse
+import ast
 import shlex
 import shutil
 import signal
@@ -19,8 +20,10 @@ from types import FrameType
 
 import pandas as pd
 
+from fabricsim.errors import FabricsimError
+
 from .store import CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
-from .study import load_study
+from .study import StudyError, load_study, study_files
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         description="Run every point of a study (studies/NAME.py or a path) into the results store.",
     )
-    p.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
+    p.add_argument("study", nargs="?", help="study name (studies/NAME.py; --list shows them) or path to a study file")
+    p.add_argument("--list", action="store_true", help="list the studies by name, with what each one asks")
     p.add_argument("--backend", default="local", help="local (process pool, default) or ray")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -94,6 +98,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepError, SweepInterrupted, run_sweep, trace_point
 
+    if args.list:
+        _list_studies()
+        return 0
+    if not args.study:
+        raise StudyError("sweep: give a STUDY (a name or a path to a study file); fabricsim sweep --list names them")
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed reruns the failed points of an earlier run; it needs --resume")
     if args.perfetto_point:
@@ -139,6 +148,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         hints.append(f"fabricsim plot {report.study}{at}")
     print(f"results: {store.root / report.study}/   ({'; '.join(hints)})")
     return 1 if report.failed else 0
+
+
+def _list_studies() -> None:
+    """One line per study NAME that `fabricsim sweep NAME` runs: its description (else its docstring's first line),
+    with the file where it is not a bundled study. A study file that does not load is listed with the reason."""
+    rows = []
+    for path, bundled in study_files():
+        try:
+            study = load_study(path)
+            about = study.description or _first_doc_line(path)
+        except FabricsimError as exc:
+            about = f"(does not load: {exc})"
+        where = "" if bundled else f"  [{path}]"  # a user's ./studies/NAME.py (it hides a bundled NAME)
+        rows.append((path.stem, about + where))
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, about in rows:
+        print(f"{name:<{width}}  {about}".rstrip())
+
+
+def _first_doc_line(path: Path) -> str:
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def _resume_command(args: argparse.Namespace) -> str:

@@ -539,6 +539,20 @@ def _study_dirs() -> tuple[Path, ...]:
     return (Path("studies"), *(Path(p) for p in bundled))
 
 
+def study_files() -> list[tuple[Path, bool]]:
+    """Every study `fabricsim sweep NAME` can run, one file per NAME (a study in ./studies hides the bundled one
+    of the same name, as the lookup does), sorted by name, each with whether it is a bundled study."""
+    local, *bundled = _study_dirs()
+    bundled_dirs = {folder.resolve() for folder in bundled}
+    found: dict[str, Path] = {}
+    for folder in (local, *bundled):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.py")):
+                if not path.name.startswith("_"):
+                    found.setdefault(path.stem, path)
+    return [(found[name], found[name].parent.resolve() in bundled_dirs) for name in sorted(found)]
+
+
 def resolve_study_path(spec: str | Path) -> Path:
     """A study argument is a path to a .py file, or a NAME looked up as studies/NAME.py (in the current
     directory, then beside the installed package)."""

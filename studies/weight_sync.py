@@ -147,7 +147,7 @@ GRID = (Grid.product(layout=list(LAYOUTS), model=MODELS, strategy=STRATEGIES)
 
 STUDY = Study(
     name="weight_sync",
-    description=__doc__.splitlines()[0],
+    description=" ".join(__doc__.split("\n\n")[0].split()),  # its first sentence takes two lines
     grid=GRID,
     run=run_point,
     calibration="default",

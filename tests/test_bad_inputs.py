@@ -314,6 +314,7 @@ TINY_STUDY = ("from fabricsim.harness.study import Grid, Study\n"
               "STUDY = Study(name='tiny', grid=Grid.product(x=[1, 2]), run=lambda p: {'y': p['x']})\n")
 for cid, argv, files, expected in [
     ("unknown-study", ["sweep", "no_such_study"], {}, "no study named 'no_such_study'"),
+    ("no-study", ["sweep"], {}, ("give a STUDY", "--list")),
     ("workers-0", ["sweep", "tiny.py", "--workers", "0"], {"tiny.py": TINY_STUDY}, "--workers"),
     ("workers-word", ["sweep", "tiny.py", "--workers", "many"], {"tiny.py": TINY_STUDY}, "--workers"),
     ("limit-negative", ["sweep", "tiny.py", "--limit", "-1"], {"tiny.py": TINY_STUDY}, "--limit"),

@@ -483,3 +483,21 @@ def test_points_run_without_the_engines_own_progress_line(tmp_path: Path, monkey
     monkeypatch.delenv("FABRICSIM_PROGRESS", raising=False)
     run_sweep(study, store=tmp_path, workers=1, progress=False)
     assert seen == ["0"] and "FABRICSIM_PROGRESS" not in os.environ  # and the caller's environment is restored
+
+
+def test_sweep_lists_the_studies(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    """`sweep --list`: one line per study name with its description, a user's ./studies ones marked with their file
+    (one that does not load is listed with the reason, not an error)."""
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mine.py").write_text('"""Mine: one point."""\n' + TOY.replace("__N__", "1")
+                                                  .replace("__SLEEP__", "0"))
+    (tmp_path / "studies" / "broken.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, "sweep", "--list")
+    assert code == 0 and err == ""
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert {"weight_sync", "cluster_scale", "kv_offload", "example_fanout", "mine", "broken"} <= set(lines)
+    assert "what it costs generation" in lines["weight_sync"]  # the whole first sentence, though it takes two lines
+    assert "Mine: one point.  [studies/mine.py]" in lines["mine"]  # no description: the docstring's first line
+    assert "[" not in lines["kv_offload"]
+    assert "does not load" in lines["broken"] and "boom" in lines["broken"]
