@@ -29,6 +29,15 @@ Reader modes:
   chain that approaches one copy's time on NVSwitch, while readers stay read-only and independent (no
   collective, no rendezvous; `kernels.relay` is the real implementation on `WeightPool`/`PoolReader`).
 
+Lower-precision engines (`rollout_dtype="fp8"`): the pool holds the trainer's bf16 weights, so the GPU that reads
+the pool converts. A pull-on-publish reader pulls bf16 and converts into its fp8 inactive buffer; a relay
+chain's first GPU converts each chunk as it arrives and forwards fp8, so the chain's later hops move half the
+bytes and convert nothing. A converting reader pulls through a bf16 staging area of two chunks (`chunk_bytes`
+each, at most its slice: one landing while the other converts), counted in its memory. Pull-on-publish's
+conversion is declared after the whole pull, which overstates its sync by the conversion of all but the last
+chunk (a pipelined converter hides it behind the pull: 2.5 bytes of HBM traffic per bf16 byte, short beside
+a pull over NVLink or the network).
+
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
 `kernels.WeightPool` (docs/kernels.md; benchmarks/results/kernels-h200/, kernels-h100-x1/) keeps its counters in
@@ -76,7 +85,7 @@ class SharedPoolKnobs(Knobs):
     double_buffered: bool = True
     publishes: int = 1
     publish_interval_s: float = 0.0
-    chunk_bytes: float = 64 * MiB
+    chunk_bytes: float = 64 * MiB  # a relay hop's copy; with fp8 engines also the converting reader's staging
     check_s: float = 3e-6
     max_sim_chunks: int = 64
 
@@ -129,7 +138,23 @@ class SharedPool(Strategy):
         if not self.zero_copy:
             for g, b in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
                 out[g] = out.get(g, 0.0) + float(b) * setup.rollout_ratio
+            for j in self._converters(setup, plan):
+                g = plan.rollout_gpus[j]
+                out[g] = out.get(g, 0.0) + self.staging_bytes(float(plan.need_bytes[j]))
         return out
+
+    def _converters(self, setup: SyncSetup, plan) -> list[int]:
+        """Rollout GPUs (plan indices) that read the pool's bf16 and convert it for lower-precision engines: every
+        pull-on-publish reader, each relay chain's first GPU; none when the engines keep the trainer's dtype."""
+        if setup.wire_dtype == setup.model.dtype or self.zero_copy:
+            return []
+        if self.knobs.mode == "relay":
+            return [members[0] for members in _chains(plan, setup.rollout.tp).values()]
+        return list(range(len(plan.rollout_gpus)))
+
+    def staging_bytes(self, need: float) -> float:
+        """The bf16 staging a converting reader of `need` bytes pulls through: two chunks, at most its slice."""
+        return min(2 * self.knobs.chunk_bytes, need)
 
     def decode_step(self, setup: SyncSetup, plan) -> float:
         if not self.zero_copy:
@@ -226,9 +251,9 @@ class SharedPool(Strategy):
                 continue
             if k.measure_contention:
                 self._contention_step(ctx, r, after=chain.tail[0])
-            ctx.alloc(r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio, "inactive-buffer")
+            converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=True)
             ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
-            if ctx.setup.wire_dtype != ctx.setup.model.dtype:
+            if converts:
                 chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
             ends.append(self._flip(ctx, r, float(plan.need_bytes[j]), half_step, chain.tail))
         return sim.all_of(ends, id=ctx.name("read"))
@@ -260,7 +285,7 @@ class SharedPool(Strategy):
         upstream hop's chunk c. Returns each hop's last item."""
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
         ends = []
-        for members in self._chains(ctx).values():
+        for members in _chains(ctx.plan, ctx.setup.rollout.tp).values():
             need = float(plan.need_bytes[members[0]])
             n_chunks = self._n_chunks(need)
             frac = 1.0 / n_chunks
@@ -269,26 +294,41 @@ class SharedPool(Strategy):
                 r = plan.rollout_gpus[j]
                 chain = _Chain(published)
                 chain.then(sim.delay(ctx.name(f"observe.{r}"), k.observe_s, after=chain.tail, tag="observe"))
-                ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
+                converts = self._buffers(ctx, r, need, converts=h == 0)
                 if k.measure_contention:
                     self._contention_step(ctx, r, after=chain.tail[0])
-                arrived = []
+                arrived: list = []
                 for c in range(n_chunks):
                     if h == 0:
+                        if converts and c >= 2:  # a staging chunk is free once its conversion ended
+                            chain.tail = [*chain.tail, arrived[c - 2]]
                         version = self._read_declared(ctx, pool, j, r, frac, "relay-pull", chain)
                         if c == 0:
                             ctx.pool_accepted.append(version)
+                        arrived.append(ctx.encode(r, need * frac, after=[*chain.tail, *arrived[-1:]]) if converts
+                                       else chain.tail[0])
                     else:
                         up = plan.rollout_gpus[members[h - 1]]
                         chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=[*chain.tail, upstream[c]],
                                              tag="observe"))
-                        chain.then(sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac, after=chain.tail,
-                                                tag="relay"))
+                        chain.then(sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac * ctx.wire_ratio,
+                                                after=chain.tail, tag="relay"))
                         chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=chain.tail, tag="observe"))
-                    arrived.append(chain.tail[0])
+                        arrived.append(chain.tail[0])
                 upstream = arrived
-                ends.append(self._flip(ctx, r, need, half_step, chain.tail))
+                ends.append(self._flip(ctx, r, need, half_step,
+                                       [*chain.tail, arrived[-1]] if converts else chain.tail))
         return ends
+
+    def _buffers(self, ctx: SyncContext, r: str, need: float, converts: bool) -> bool:
+        """Allocate reader `r`'s inactive buffer for its `need` bytes (trainer-side size), and, where it `converts`
+        (reads the pool itself) for lower-precision engines, its bf16 staging (`staging_bytes`). Returns whether it
+        converts."""
+        ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
+        converts = converts and ctx.setup.wire_dtype != ctx.setup.model.dtype
+        if converts:
+            ctx.alloc(r, self.staging_bytes(need), "conversion-staging")
+        return converts
 
     def _flip(self, ctx: SyncContext, r: str, need: float, half_step: float, after: list) -> simpy.Event:
         """Reader `r` switches to the new weights at its next step boundary, after `after`: the boundary (when the
@@ -319,7 +359,7 @@ class SharedPool(Strategy):
             return  # zero-copy readers read the published slot in place at every decode step
         if k.measure_contention:
             self._contention_step(ctx, r)
-        ctx.alloc(r, float(plan.need_bytes[j]) * ctx.setup.rollout_ratio, "inactive-buffer")
+        converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=True)
 
         def cost(op: tuple):
             if op[0] != "copy":
@@ -329,7 +369,7 @@ class SharedPool(Strategy):
 
         version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s, tag="observe"))
         ctx.pool_accepted.append(version)
-        if ctx.setup.wire_dtype != ctx.setup.model.dtype:
+        if converts:
             yield ctx.encode(r, float(plan.need_bytes[j]))
         yield self._flip(ctx, r, float(plan.need_bytes[j]), half_step, [])
 
@@ -338,21 +378,13 @@ class SharedPool(Strategy):
         chunk, each next one copies every chunk from the one before it, pipelined."""
         plan = ctx.plan
         procs = []
-        for members in self._chains(ctx).values():
+        for members in _chains(ctx.plan, ctx.setup.rollout.tp).values():
             need = float(plan.need_bytes[members[0]])
             n_chunks = self._n_chunks(need)
             arrived = [[ctx.sim.env.event() for _ in range(n_chunks)] for _ in members]
             for h in range(len(members)):
                 procs.append(self._relay_hop(ctx, pool, members, h, arrived, need, half_step))
         return procs
-
-    @staticmethod
-    def _chains(ctx: SyncContext) -> dict[int, list[int]]:
-        """Rollout GPUs (plan indices) by TP rank, in plan order: each list one relay chain."""
-        chains: dict[int, list[int]] = {}
-        for j in range(len(ctx.plan.rollout_gpus)):
-            chains.setdefault(j % ctx.setup.rollout.tp, []).append(j)
-        return chains
 
     def _n_chunks(self, need: float) -> int:
         """Simulated chunks of a relay hop's `need` bytes."""
@@ -368,9 +400,10 @@ class SharedPool(Strategy):
         n_chunks = len(arrived[h])
         frac = 1.0 / n_chunks
         yield sim.delay(ctx.name(f"observe.{r}"), k.observe_s, tag="observe")
-        ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
+        converts = self._buffers(ctx, r, need, converts=h == 0)
         if k.measure_contention:
             self._contention_step(ctx, r)
+        encoded: list = []  # hop 0's conversions, chunk by chunk, when it converts
 
         def cost(op: tuple):
             if op[0] != "copy":
@@ -380,17 +413,25 @@ class SharedPool(Strategy):
 
         for c in range(n_chunks):
             if h == 0:
+                if converts and c >= 2:
+                    yield encoded[c - 2]  # its staging chunk is free once its conversion ended
                 version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s,
                                                                       tag="observe"))
                 if c == 0:
                     ctx.pool_accepted.append(version)
+                if converts:  # converts while the next chunk lands; forwarded once converted
+                    encoded.append(ctx.encode(r, need * frac, after=encoded[-1:]))
+                    encoded[-1].callbacks.append(lambda _ev, done=arrived[h][c]: done.succeed())
+                    continue
             else:
                 yield arrived[h - 1][c]
                 up = plan.rollout_gpus[members[h - 1]]
                 yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # upstream's version words
-                yield sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac, tag="relay")
+                yield sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac * ctx.wire_ratio, tag="relay")
                 yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # unchanged: the chunk is v
             arrived[h][c].succeed()
+        if encoded:
+            yield encoded[-1]
         yield self._flip(ctx, r, need, half_step, [])
 
     def stall(self, ctx: SyncContext, sync_s: float) -> float:
@@ -414,6 +455,14 @@ class _Chain:
 
     def then(self, event: simpy.Event) -> None:
         self.tail = [event]
+
+
+def _chains(plan, tp: int) -> dict[int, list[int]]:
+    """Rollout GPUs (plan indices) by TP rank, in plan order: each list one relay chain."""
+    chains: dict[int, list[int]] = {}
+    for j in range(len(plan.rollout_gpus)):
+        chains.setdefault(j % tp, []).append(j)
+    return chains
 
 
 def _run_now(gen: Generator) -> Any:

@@ -1,0 +1,94 @@
+"""fp8 engines fed from the shared pool: the GPU that reads the pool's bf16 converts (a relay chain's first GPU,
+every pull-on-publish reader), later relay hops forward fp8, and converting readers hold a bf16 staging area."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabricsim.hwmodels import presets
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, RolloutLayout, reshard
+from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
+from fabricsim.workloads.weightsync.base import fp8_conversion
+
+HGX = presets.get("hgx-h200-8", calibration=None)
+G = HGX.gpus()
+MODEL = models.get("Llama-3-8B")
+QUIET = {"measure_contention": False}
+
+
+def _setup(dtype: str | None, rollout: list[str] = G[1:], tp: int = 1) -> SyncSetup:
+    return SyncSetup(HGX, MODEL, FSDPLayout(["gpu0"]), RolloutLayout(rollout, tp=tp), rollout_dtype=dtype)
+
+
+def _relay(dtype: str | None, **knobs):
+    return simulate_sync(_setup(dtype), get("shared-pool:relay", **QUIET, **knobs), keep_result=True)
+
+
+def test_relay_converts_once_at_the_head_of_its_chain_and_forwards_fp8() -> None:
+    """gpu0 -> gpu1 -> ... -> gpu7: gpu1 reads bf16 from the pool and converts chunk by chunk; every later hop
+    copies fp8, half the bytes, and converts nothing."""
+    res = _relay("fp8")
+    recs = res.sim_result.records
+    pulled = sum(r.bytes for r in recs if r.kind == "transfer" and r.src == "gpu0")
+    relayed = [r for r in recs if r.kind == "transfer" and r.tag == "relay"]
+    encodes = [r for r in recs if r.tag == "encode"]
+    assert pulled == pytest.approx(MODEL.weight_bytes(), rel=1e-9)  # bf16, read once
+    fp8_bytes = MODEL.weight_bytes() * fp8_conversion().ratio  # half, plus the block scales
+    assert sum(r.bytes for r in relayed) == pytest.approx(6 * fp8_bytes, rel=1e-9)  # 6 hops
+    assert encodes and {r.src for r in encodes} == {"gpu1"}
+    n_chunks = len([r for r in relayed if r.dst == "gpu2"])
+    assert len(encodes) == n_chunks > 1
+    # a chunk leaves the head of the chain only once converted
+    enc_end = sorted(r.finish_s for r in encodes)
+    to_gpu2 = sorted(r.begin_s for r in relayed if r.dst == "gpu2")
+    assert all(b >= e - 1e-15 for e, b in zip(enc_end, to_gpu2, strict=True))
+
+
+def test_relay_with_fp8_moves_less_than_with_bf16_and_both_paths_agree() -> None:
+    """The declared chain and the processes (later publishes make the readers processes) give the same answer."""
+    bf16, fp8 = _relay(None), _relay("fp8")
+    assert sum(fp8.bytes_by_class.values()) < 0.6 * sum(bf16.bytes_by_class.values())
+    procedural = _relay("fp8", publishes=2, publish_interval_s=100.0)
+    assert procedural.sync_s == pytest.approx(fp8.sync_s, rel=1e-12)
+    assert procedural.stall_s == pytest.approx(fp8.stall_s, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [2**20, 2**26, 2**40])
+def test_converting_readers_hold_a_bf16_staging_of_two_chunks(chunk: float) -> None:
+    """Memory the plan counts and memory the run allocates: pull-on-publish's readers each add min(2 chunks, slice)
+    with fp8; relay adds it on the head of its chain only; bf16 engines add nothing."""
+    need = float(MODEL.weight_bytes())
+    staging = min(2 * chunk, need)
+    for mode, converting in (("pull-on-publish", set(G[1:])), ("relay", {"gpu1"})):
+        strategy = get(f"shared-pool:{mode}", chunk_bytes=chunk, **QUIET)
+        plain, fp8 = _setup(None), _setup("fp8")
+        plan = reshard(MODEL, plain.trainer, plain.rollout)
+        with_bf16, with_fp8 = strategy.extra_memory(plain, plan), strategy.extra_memory(fp8, plan)
+        for g in G[1:]:
+            assert with_bf16[g] == pytest.approx(need)
+            assert with_fp8[g] == pytest.approx(need / 2 + (staging if g in converting else 0.0)), (mode, g)
+        peaks = simulate_sync(fp8, strategy, keep_result=True).sim_result.memory_peaks
+        quiet = simulate_sync(plain, strategy, keep_result=True).sim_result.memory_peaks
+        for g in G[1:]:  # fp8 engines hold half the weights, live and inactive: need less, plus any staging
+            grew = peaks[g] - quiet[g]
+            assert grew == pytest.approx(-need + (staging if g in converting else 0.0), abs=2), (mode, g)
+
+
+def test_staging_can_make_a_full_reader_infeasible() -> None:
+    """The staging is real memory: a reader that fits its fp8 copy with less than the staging to spare does not
+    fit any more: a KV reserve that leaves 1 GiB beside the default staging (two 64 MiB chunks) fits two 1 MiB
+    chunks, not two 1 GiB ones."""
+    def reserved(fraction: float) -> SyncSetup:
+        return SyncSetup(HGX, MODEL, FSDPLayout(["gpu0"]), RolloutLayout(G[1:]), rollout_dtype="fp8",
+                         kv_reserve_fraction=fraction)
+
+    strategy = get("shared-pool:pull-on-publish", chunk_bytes=2**30, **QUIET)
+    half = simulate_sync(reserved(0.5), get("shared-pool:pull-on-publish", **QUIET))
+    assert half.feasible  # a reserve this large holds the decode batch's KV: each more byte of it is a byte less
+    tight = reserved(0.5 + (half.extra_headroom_bytes - 2**30) / HGX.gpu("gpu1").hbm_bytes)
+    assert simulate_sync(tight, get("shared-pool:pull-on-publish", **QUIET)).extra_headroom_bytes == \
+        pytest.approx(2**30, rel=1e-6)
+    assert simulate_sync(tight, get("shared-pool:pull-on-publish", chunk_bytes=2**20, **QUIET)).feasible
+    refused = simulate_sync(tight, strategy)
+    assert not refused.feasible and "extra" in refused.reason
