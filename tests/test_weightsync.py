@@ -548,6 +548,46 @@ def test_a_sync_whose_trainer_and_rollout_share_gpus_says_it_is_colocated(capsys
     assert "colocated" not in capsys.readouterr().err
 
 
+def test_a_rollout_engine_split_across_machines_is_noted(monkeypatch, capsys):
+    """A TP engine whose ranks sit on two machines would all-reduce over the network every decode step, which the
+    decode-step model leaves out: the CLI says which engine spans which machines, once, on stderr (--json too)."""
+    import json
+
+    from fabricsim.cli import main
+    from fabricsim.workloads.weightsync import cli as sync_cli
+
+    monkeypatch.setattr(sync_cli, "simulate_sync", lambda setup, strategy, **kw: SyncResult(
+        strategy.label, feasible=False, reason="not run in this test"))
+    base = ["sync", "Llama-3-70B", "nccl-broadcast", "--topology", "cluster-4x8", "--trainer", "node0-1.gpu0-7",
+            "--tp", "8", "--samples", "0", "--json"]
+    assert main([*base, "--rollout", "node2.gpu4-7,node3.gpu0-7,node2.gpu0-3"]) == 0
+    out, err = capsys.readouterr()
+    json.loads(out)
+    assert err.count("\n") == 1 and err.startswith(
+        "note: rollout engine 0 (TP 8: node2.gpu4-7, node3.gpu0-3) spans node2 and node3 (1 more of the 2 engines "
+        "does too): its TP all-reduces would cross the network")
+    assert main([*base, "--rollout", "node2-3.gpu0-7"]) == 0
+    assert "spans" not in capsys.readouterr().err
+
+
+def test_an_unknown_gpu_error_names_its_flag(capsys):
+    """A sync has two GPU lists: an error about one of their names says which flag it came from."""
+    from fabricsim.cli import main
+
+    cluster = ["sync", "Llama-3-8B", "rdma-p2p", "--topology", "cluster-4x8", "--samples", "0"]
+    for argv, want in [
+        ([*cluster, "--trainer", "node0.gpu0-7", "--rollout", "node9.gpu0"],
+         "--rollout: unknown GPU 'node9.gpu0' in topology 'cluster-4x8' (it has node0-3.gpu0-7)"),
+        ([*cluster, "--trainer", "node0.gpu0-8", "--rollout", "node1.gpu0"], "--trainer: unknown GPU 'node0.gpu8'"),
+        ([*cluster, "--trainer", "node0.gpu0-3", "--rollout", "node1.host0"],
+         "--rollout: 'node1.host0' is a host in topology 'cluster-4x8', not a GPU"),
+        ([*cluster, "--trainer", "node0.gpu3-1", "--rollout", "node1.gpu0"], "--trainer: range 'gpu3-1'"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fabricsim: error: {want}") and err.count("\n") == 1, err
+
+
 def test_interval_re_runs_that_take_a_while_are_announced(monkeypatch, capsys):
     """Each re-run costs about what the first run did: past RERUN_NOTE_AFTER_S in all, stderr says so first (a
     64-GPU rdma-p2p sync answered in a second and then sat silent for fifteen)."""

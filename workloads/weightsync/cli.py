@@ -15,6 +15,7 @@ from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import compress_endpoints, expand_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.symmetry import machine_of
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore.lowering import load_loop
 
@@ -68,6 +69,26 @@ def _colocated_note(topo: Topology, trainer: list[str], rollout: list[str]) -> s
             f"two roles on one GPU are local HBM copies")
 
 
+def _split_engine_note(topo: Topology, rollout: RolloutLayout) -> str:
+    """What an engine whose TP group spans machines means (the first one, and how many more do): its every decode
+    step's all-reduces would cross the network, which the decode-step model leaves out (it prices an engine as if
+    its ranks shared one machine), so a layout that splits engines by mistake (a range off by a few GPUs) is seen."""
+    split = []
+    for i, engine in enumerate(rollout.engines):
+        machines = list(dict.fromkeys(machine_of(topo.resolve(g)) for g in engine))
+        if len(machines) > 1:
+            split.append((i, engine, machines))
+    if not split:
+        return ""
+    i, engine, machines = split[0]
+    n = len(split) - 1
+    more = f" ({n} more of the {len(rollout.engines)} engines {'does' if n == 1 else 'do'} too)" if n else ""
+    where = f"{', '.join(machines[:-1])} and {machines[-1]}"
+    return (f"rollout engine {i} (TP {rollout.tp}: {compress_endpoints(engine)}) spans {where}{more}: its TP "
+            f"all-reduces would cross the network, which the decode-step time leaves out (it is priced as if its "
+            f"ranks shared one machine)")
+
+
 def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], list[str]]:
     """The --trainer and --rollout GPUs, or the defaults where they name GPUs the topology has.
 
@@ -75,7 +96,7 @@ def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], lis
     name GPUs that are not there, and the unknown-endpoint error would not say that it came from a default."""
     given = {"--trainer": args.trainer, "--rollout": args.rollout}
     defaults = {"--trainer": DEFAULT_TRAINER, "--rollout": DEFAULT_ROLLOUT}
-    lists = {flag: parse_gpus(defaults[flag] if spec is None else spec) for flag, spec in given.items()}
+    lists = {flag: _flag_gpus(flag, defaults[flag] if spec is None else spec) for flag, spec in given.items()}
     for flag, gpus in lists.items():
         missing = [g for g in gpus if g not in topo.graph and g not in topo.aliases]
         if given[flag] is None and missing:
@@ -86,7 +107,31 @@ def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], lis
             hint = f"; e.g. --trainer {_span(pair[:half])} --rollout {_span(pair[half:])}" if half else ""
             raise WorkloadError(f"the default {flag} {defaults[flag]} names {missing[0]}, which topology "
                                 f"'{topo.name}' lacks: give --trainer and --rollout{hint}")
+        _check_gpus(flag, gpus, topo)
     return lists["--trainer"], lists["--rollout"]
+
+
+def _flag_gpus(flag: str, spec: str) -> list[str]:
+    """`parse_gpus` with the flag the list came from named in its error."""
+    try:
+        return parse_gpus(spec)
+    except WorkloadError as exc:
+        raise WorkloadError(f"{flag}: {exc}") from None
+
+
+def _check_gpus(flag: str, gpus: list[str], topo: Topology) -> None:
+    """Every name of a --trainer/--rollout list is a GPU of the topology; else an error that names the flag (the
+    layouts would only say which endpoint, and a sync has two lists)."""
+    for gpu in gpus:
+        name = topo.aliases.get(gpu, gpu)
+        if name in topo.graph and topo.kind(name) == "gpu":
+            continue
+        has = compress_endpoints(topo.gpus())
+        if len(has) > 200:
+            has = f"{len(topo.gpus())} GPUs"
+        what = (f"'{gpu}' is a {topo.kind(name)} in topology '{topo.name}', not a GPU" if name in topo.graph
+                else f"unknown GPU '{gpu}' in topology '{topo.name}'")
+        raise WorkloadError(f"{flag}: {what} (it has {has})")
 
 
 def _fraction(text: str) -> float:
@@ -118,13 +163,14 @@ def _run(args: argparse.Namespace) -> int:
         refuse_overwrite(args.perfetto, args.force, "trace", file=True)
     topo = presets.load(args.topology, calibration=args.calibration or "default")
     trainer_gpus, rollout_gpus = _gpu_lists(args, topo)
-    setup = SyncSetup(topo, models.get(args.model), _trainer(args, trainer_gpus),
-                      RolloutLayout(rollout_gpus, tp=args.tp, expert_parallel=args.ep),
+    rollout = RolloutLayout(rollout_gpus, tp=args.tp, expert_parallel=args.ep)
+    setup = SyncSetup(topo, models.get(args.model), _trainer(args, trainer_gpus), rollout,
                       rollout_dtype="fp8" if args.fp8 else None,
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
-    for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), strategy.scale_note(setup)):
+    for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_engine_note(topo, rollout),
+                 strategy.scale_note(setup)):
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
     load_loop()  # compiled (the first time) before the run is timed: its cost must not count as the sync's
