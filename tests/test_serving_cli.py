@@ -33,8 +33,9 @@ def test_serve_skips_the_default_interval_when_a_run_is_long(capsys, monkeypatch
     monkeypatch.setattr(metrics_out, "AUTO_SAMPLES_MAX_RUN_S", 0.0)
     argv = ["--requests", "5", "--rate", "5", "--prompt-tokens", "100", "--output-tokens", "4"]
     assert _run(argv) == 0
-    out = capsys.readouterr().out
-    assert "note: interval skipped (one run took" in out and "--samples 8" in out and "(90%" not in out
+    out, err = capsys.readouterr()
+    assert "note: interval skipped (one run took" in err and "--samples 8" in err  # stderr in every mode
+    assert "(90%" not in out and "interval skipped" not in out
     assert _run([*argv, "--json"]) == 0
     captured = capsys.readouterr()
     assert "intervals" not in json.loads(captured.out) and "interval skipped" in captured.err

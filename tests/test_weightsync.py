@@ -459,11 +459,12 @@ def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
     big = ["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0-7.gpu0-7",
            "--rollout", "node8-15.gpu0-7"]
     assert _sync_cli(big) == 0
-    out = capsys.readouterr().out.splitlines()
-    notes = [line for line in out if "interval skipped" in line]
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    notes = [line for line in captured.err.splitlines() if "interval skipped" in line]
     assert notes == ["note: interval skipped (128 GPUs: its 16 re-runs would cost 16x as long); ask for it with "
-                     "--samples 16"]
-    assert not any("(90%" in line for line in out)
+                     "--samples 16"]  # on stderr, as in --json and as every other note
+    assert not any("(90%" in line or "note:" in line for line in out)
     assert _sync_cli([*big, "--samples", "2", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["intervals"] and "skipped" not in captured.err
@@ -473,7 +474,7 @@ def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
     # 16 GPUs of a 128-GPU cluster: each re-run perturbs a copy of the whole topology, whose size counts
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0.gpu0-7",
                       "--rollout", "node1.gpu0-7"]) == 0
-    assert "note: interval skipped (128 GPUs" in capsys.readouterr().out
+    assert "note: interval skipped (128 GPUs" in capsys.readouterr().err
 
 
 def test_default_samples_rule() -> None:

@@ -88,7 +88,7 @@ AUTO_SAMPLES_MAX_RUN_S = 1.0
 
 
 def default_samples(requested: int | None, default: int, *, gpus: int, first_run_s: float) -> tuple[int, str]:
-    """(re-runs for the intervals, a one-line note when the default was skipped, else "").
+    """(re-runs for the intervals, a one-line note for stderr when the default was skipped, else "").
 
     `requested` is `--samples` as given (None when left out): an explicit count is always honoured."""
     if requested is not None:

@@ -59,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     first_run_s = time.perf_counter() - started
     samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * cfg.instances,
                                        first_run_s=first_run_s)
+    if skipped:
+        print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
     if args.perfetto:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics_with_units()
@@ -73,16 +75,12 @@ def _serve(args: argparse.Namespace) -> int:
         if intervals:
             out["intervals"] = interval_values(intervals)
         print_json(out)
-        if skipped:
-            print(skipped, file=sys.stderr)
     else:
         print(f"{len(reqs)} requests on {topo.name} ({topo.calibration_id or 'uncalibrated'}), {cfg.model}, "
               f"policy {args.policy}")
         if topo.calibration_note:
             print(f"note: {topo.calibration_note}")
         print_metrics(metrics, intervals)
-        if skipped:
-            print(skipped)
     return 0
 
 

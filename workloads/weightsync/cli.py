@@ -187,13 +187,13 @@ def _run(args: argparse.Namespace) -> int:
         # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
         intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
                                    samples=samples)
+    if skipped and res.feasible:
+        print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
-        if skipped and res.feasible:
-            print(skipped, file=sys.stderr)
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
@@ -202,8 +202,6 @@ def _run(args: argparse.Namespace) -> int:
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
-    if skipped and res.feasible:
-        print(skipped)
     return 0
 
 
