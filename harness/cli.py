@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shlex
 import shutil
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -226,23 +227,26 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         raise StoreError(f"study {args.study!r} has no successful rows"
                          + (f" of metric {', '.join(args.metric)}" if args.metric else "")
                          + (f"; {failed['point_id'].nunique()} failed point(s): use --failed" if len(failed) else ""))
-    params = [c for c in param_columns(ok) if ok[c].notna().any()]
-    index = ["point_id", *params, "topology", "source"]
+    ids = _identifying_columns(ok)
+    params = [c for c in ids if c not in ("topology", "source")]
+    index = ["point_id", *ids]
     # A conditional axis leaves other points without the parameter; show "-" so pivoting keeps them.
     ok = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "-") for c in params})
     bounds = {(f"{m} [{u}]" if u else m): tuple(f"{m} {end} [{u}]" if u else f"{m} {end}" for end in ("lo", "hi"))
               for m, u in zip(ok["metric"], ok["unit"], strict=True)}
     ok = ok.assign(metric=[f"{m} [{u}]" if u else m for m, u in zip(ok["metric"], ok["unit"], strict=True)])
+    metrics = _metric_order(ok)
     # Latest value per point and metric: a point run twice (without --resume) shows its newest result.
     ok = ok.sort_values("created_at").drop_duplicates([*index, "metric"], keep="last")
     table = ok.pivot_table(index=index, columns="metric", values="value", aggfunc="last", dropna=False)
+    table = table[[m for m in metrics if m in table.columns]]  # the pivot sorts them by name
     table = _with_interval_columns(table.dropna(how="all"), ok, index, bounds).reset_index()
-    table = table.sort_values([*params, "topology", "source", "point_id"], kind="stable")
+    table = table.sort_values([*ids, "point_id"], kind="stable")
     table.columns.name = None
     if args.csv:
         _print(table, csv=True)
     else:
-        _print_wrapped(table, keep=["point_id"])
+        _print_wrapped(table, keep=["point_id"], ids=ids)
     if args.metric:
         _say_what_is_missing(df, table, args.metric)
     if not failed.empty and not args.csv:
@@ -250,6 +254,25 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
+
+
+def _identifying_columns(ok: pd.DataFrame) -> list[str]:
+    """The columns that say which point a row is, in the order a reader looks for them: the named choices (strategy,
+    policy, model, layout ...: text parameters, in the study's grid order), the machine (`topology`), then the
+    numeric axes (GPUs, sizes, rates), then `source` (sim or hw). Parameters no successful row has are left out."""
+    params = [c for c in param_columns(ok) if ok[c].notna().any()]
+    text = [c for c in params if all(isinstance(v, str) for v in ok[c].dropna())]
+    return [*text, "topology", *(c for c in params if c not in text), "source"]
+
+
+def _metric_order(ok: pd.DataFrame) -> list[str]:
+    """Metric columns (`name [unit]`) in the order the study reports them, those with an interval first: a study
+    gives intervals to its headline numbers (sync time, stall, throughput), and by name `GB_d2d` came first. The
+    order is the point reporting the most metrics' (an infeasible point reports few), then any others as seen."""
+    per_point = ok.groupby("point_id", sort=False)["metric"].unique()
+    seen = list(dict.fromkeys([*per_point.loc[per_point.map(len).idxmax()], *ok["metric"]]))
+    with_interval = set(ok.loc[ok["lo"].notna(), "metric"]) if "lo" in ok.columns else set()
+    return [m for m in seen if m in with_interval] + [m for m in seen if m not in with_interval]
 
 
 def _with_interval_columns(table: pd.DataFrame, ok: pd.DataFrame, index: list[str],
@@ -286,10 +309,12 @@ def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[st
           file=sys.stderr)
 
 
-def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
+def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()) -> None:
     """A table that fits the terminal: columns with one value in every row become one line above it, and the
-    rest wraps into blocks of columns, each block repeating the `keep` columns (the point id)."""
-    width = shutil.get_terminal_size((120, 24)).columns
+    rest wraps into blocks of columns, each block repeating the `keep` columns (the point id) and, where they take
+    at most half the width, the identifying columns `ids` that vary (strategy, model ...: a block of metrics
+    beside point ids alone cannot be read)."""
+    width = _terminal_width()
     same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
             and not str(c).endswith("]") and not str(c).endswith((" lo", " hi"))]
     said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
@@ -298,6 +323,9 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
     table = table.drop(columns=same)
     col_width = {c: max(len(line) for line in table[[c]].to_string(index=False).splitlines()) + 2
                  for c in table.columns}
+    varying = [c for c in ids if c in table.columns and c not in keep]
+    if sum(col_width[c] for c in [*keep, *varying]) <= width // 2:
+        keep = [*keep, *varying]
     rest = [c for c in table.columns if c not in keep]
     used = sum(col_width[c] for c in keep)
     blocks: list[list[str]] = [[]]
@@ -306,6 +334,18 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str]) -> None:
             blocks.append([])
         blocks[-1].append(c)
     print("\n\n".join(table[keep + block].to_string(index=False) for block in blocks))
+
+
+def _terminal_width() -> int:
+    """$COLUMNS, else the width of the terminal stdout goes to, else of the one stderr goes to (`results show |
+    less -S` is read on that screen: the 120 columns assumed before wrapped a wide terminal's table), else 120."""
+    columns = shutil.get_terminal_size((0, 0)).columns
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stderr__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 120
 
 
 def _print(table: pd.DataFrame, csv: bool) -> None:

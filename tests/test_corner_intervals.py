@@ -234,8 +234,8 @@ def test_results_show_prints_the_interval_columns(tmp_path, capsys) -> None:
     ResultsStore(str(tmp_path)).write(rows, study="s", run_id="r1")
     assert main(["results", "show", "s", "--store", str(tmp_path), "--csv"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "point_id,n,topology,source,k,t [s],t lo [s],t hi [s],level"
-    assert out[1].endswith(",7.0,2.0,1.5,3.0,0.9")
+    assert out[0] == "point_id,topology,n,source,t [s],t lo [s],t hi [s],k,level"  # metrics with intervals first
+    assert out[1].endswith(",2.0,1.5,3.0,7.0,0.9")
     assert main(["results", "show", "s", "--store", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "t lo [s]" in text and "t hi [s]" in text and "level = 0.9" in text

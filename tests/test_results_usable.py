@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fabricsim.cli import main
-from fabricsim.harness.store import ResultsStore
+from fabricsim.harness.store import ResultsStore, make_row
 from fabricsim.harness.study import Grid, Study, load_study
 from fabricsim.harness.sweep import run_sweep
 
@@ -60,6 +60,65 @@ def test_tables_fit_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert max(len(line) for line in out.splitlines()) <= 100
     assert "all rows: topology = h100-1, source = sim" in out  # constant columns said once
     assert "metric_with_a_long_name_11 [GB/s]" in out  # nothing dropped, only wrapped
+
+
+def _sync_like_rows(store: Path) -> None:
+    """A weight-sync-like study's rows: two text parameters and a numeric one, metrics reported in the study's order
+    (not by name), the time metrics with intervals; the first point is infeasible and reports `feasible` only."""
+    rows = []
+    for i, (strategy, model, gpus) in enumerate([("rdma-p2p", "Llama-3-8B", 16), ("nccl-broadcast", "Llama-3-70B", 8),
+                                                 ("host-staged", "Llama-3-8B", 8)]):
+        params = {"gpus": gpus, "strategy": strategy, "model": model}
+        metrics = [("feasible", 0.0, "", None)] if i == 0 else [
+            ("feasible", 1.0, "", None), ("peak_GiB", 2.0, "GiB", None), ("sync_s", 1.0 + i, "s", (0.9, 1.5, 0.9)),
+            ("stall_s", 0.5, "s", (0.4, 0.6, 0.9)), ("GB_d2d", 3.0, "GB", None)]
+        rows += [make_row(study="syn", run_id="r1", point_id=f"p{i}", params=params, metric=m, value=v, unit=u,
+                          topology="cluster-2x8", interval=iv) for m, v, u, iv in metrics]
+    ResultsStore(store).write(rows, study="syn", run_id="r1")
+
+
+def test_results_show_puts_identifying_columns_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Which point a row is comes first (the named choices, the machine, the numeric axes, sim or hw), then the
+    metrics in the study's order with the interval-carrying headline ones first; not alphabetical (`GB_d2d` first)."""
+    _sync_like_rows(tmp_path)
+    assert main(["results", "show", "syn", "--store", str(tmp_path), "--csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == ("point_id,strategy,model,topology,gpus,source,sync_s [s],sync_s lo [s],sync_s hi [s],"
+                      "stall_s [s],stall_s lo [s],stall_s hi [s],feasible,peak_GiB [GiB],GB_d2d [GB],level")
+
+
+def test_wrapped_blocks_repeat_the_identifying_columns(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block of a wrapped table repeats the columns that say which point a row is, where they take at most
+    half the width (metrics beside bare point ids cannot be read); in a narrower terminal the point id alone."""
+    _sync_like_rows(tmp_path)
+    for columns, repeated in (("110", True), ("60", False)):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert main(["results", "show", "syn", "--store", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        blocks = out.split("\n\n")
+        assert len(blocks) > 1 and max(len(line) for line in out.splitlines()) <= int(columns)
+        heads = [block.splitlines()[-4].split() for block in blocks]  # each block: header and three points
+        assert all(h[:4] == ["point_id", "strategy", "model", "gpus"] for h in heads) == repeated
+        assert all(h[0] == "point_id" for h in heads)
+
+
+def test_results_show_fits_the_terminal_stderr_shows_when_stdout_is_piped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`results show | less -S` is read on the terminal stderr still writes to: its width, not a fixed guess."""
+    import os
+
+    from fabricsim.harness import cli as harness_cli
+
+    def size(fd: int) -> os.terminal_size:
+        if fd == 2:
+            return os.terminal_size((211, 50))
+        raise OSError("not a terminal")
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(os, "get_terminal_size", size)
+    assert harness_cli._terminal_width() == 211
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: (_ for _ in ()).throw(OSError("no terminal")))
+    assert harness_cli._terminal_width() == 120
 
 
 @pytest.mark.parametrize("argv, what", [
