@@ -53,10 +53,12 @@ def _simulate(args: argparse.Namespace) -> int:
     result = scenario.build(topology=topo).run()
     calls = scenario.collective_calls(result)
     unfitted = scenario.unfitted_mechanisms(topo)
+    if topo.calibration_note:  # notes go to stderr in every mode: stdout holds the answer
+        print(f"note: {topo.calibration_note}", file=sys.stderr)
     if unfitted:
         print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
               "take the pinned copy engine's parameters (likely too fast), and their interval is widened",
-              file=sys.stderr if args.json else sys.stdout)
+              file=sys.stderr)
     interval = scenario.makespan_interval(args.calibration, args.samples) if args.samples else None
     if args.perfetto:
         result.write_trace(args.perfetto)
@@ -71,7 +73,8 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         print(_table(result, calls))
         if interval is not None:
-            print(f"makespan {interval.format(digits=4)}" + (f"   note: {interval.note}" if interval.note else ""))
+            note = interval.note if interval.note != topo.calibration_note else ""  # that one is on stderr
+            print(f"makespan {interval.format(digits=4)}" + (f"   note: {note}" if note else ""))
         if args.perfetto:
             print(f"trace written to {args.perfetto} (open it in https://ui.perfetto.dev)")
     return 0

@@ -242,3 +242,17 @@ def test_topo_show_yaml_is_the_uncalibrated_structure(tmp_path, capsys):
 
     loaded, ref = load_topology_file(f), presets.get("h200-2", calibration=None)
     assert loaded.resources() == pytest.approx(ref.resources())
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_simulate_says_on_stderr_when_its_profile_was_fitted_on_another_gpu_count(tmp_path, capsys, json_mode):
+    """Notes go to stderr in every mode, stdout holds the answer (simulate did not show this note at all)."""
+    from fabricsim.hwmodels.calibration import bundled_profile_path
+
+    p = write(tmp_path, "topology: h200-1\ntransfers:\n  - {id: a, src: host, dst: gpu0, bytes: 1GiB}\n")
+    assert main(["simulate", str(p), "--calibration", str(bundled_profile_path("h200x2")),
+                 *(["--json"] if json_mode else [])]) == 0
+    cap = capsys.readouterr()
+    assert "fitted on 2x H200" in cap.err and "fitted on" not in cap.out
+    if json_mode:
+        json.loads(cap.out)

@@ -67,3 +67,30 @@ def test_serve_bad_trace(tmp_path):
     trace.write_text("arrival_s,prompt_tokens\n0,300\n")
     with pytest.raises(FabricsimError, match="missing column.*output_tokens"):
         _run(["--request-trace", str(trace)])
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_the_calibration_note_goes_to_stderr_in_every_mode(capsys, json_mode):
+    """A profile fitted on another GPU count says so on stderr, like every note: stdout holds the answer (with
+    --json it was left out, in the table it went to stdout)."""
+    from fabricsim.hwmodels.calibration import bundled_profile_path
+    from fabricsim.workloads.weightsync import cli as sync_cli
+
+    profile = str(bundled_profile_path("h200x2"))
+    assert _run(["--topology", "h200-1", "--calibration", profile, "--requests", "4", "--rate", "5",
+                 "--prompt-tokens", "100", "--output-tokens", "4", "--samples", "0",
+                 *(["--json"] if json_mode else [])]) == 0
+    cap = capsys.readouterr()
+    assert "fitted on 2x H200" in cap.err and "fitted on" not in cap.out
+    if json_mode:
+        json.loads(cap.out)
+    parser = argparse.ArgumentParser()
+    sync_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sync", "Llama-3-8B", "rdma-p2p", "--topology", "h200-1", "--calibration", profile,
+                              "--trainer", "gpu0", "--rollout", "gpu0", "--samples", "0",
+                              *(["--json"] if json_mode else [])])
+    assert args.func(args) == 0
+    cap = capsys.readouterr()
+    assert "fitted on 2x H200" in cap.err and "fitted on" not in cap.out
+    if json_mode:
+        json.loads(cap.out)

@@ -70,6 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr, flush=True)
         intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
                                    samples=samples)
+    if topo.calibration_note:  # on stderr in every mode, like the other notes: stdout holds the answer
+        print(f"note: {topo.calibration_note}", file=sys.stderr)
     if args.json:
         out = metric_values(metrics)
         if intervals:
@@ -78,8 +80,6 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         print(f"{len(reqs)} requests on {topo.name} ({topo.calibration_id or 'uncalibrated'}), {cfg.model}, "
               f"policy {args.policy}")
-        if topo.calibration_note:
-            print(f"note: {topo.calibration_note}")
         print_metrics(metrics, intervals)
     return 0
 

@@ -189,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
                                    samples=samples)
     if skipped and res.feasible:
         print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
+    if topo.calibration_note:
+        print(f"note: {topo.calibration_note}", file=sys.stderr)
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
@@ -197,8 +199,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
           f"rollout {setup.rollout.describe()}")
-    if topo.calibration_note:
-        print(f"note: {topo.calibration_note}")
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
