@@ -38,6 +38,7 @@ from .calibration import (
     SoftwareCost,
 )
 from .endpoints import compress_endpoints
+from .fabric_summary import network_lines
 from .routing import RouteIndex
 from .specs import GPUSpec
 from .symmetry import Machines, RouteTemplate, machine_of
@@ -649,6 +650,7 @@ class Topology:
                     extra = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s]"
                 shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
                 lines.append(f"  {k:<12} {shown}{extra}")
+        lines += network_lines(self.graph)
         lines.append("links (GB/s per direction, latency):")
         for a, b, d in sorted(self.graph.edges(data=True), key=lambda e: (e[0], e[1])):
             fwd, rev = d["bw"][(a, b)], d["bw"][(b, a)]

@@ -334,3 +334,24 @@ def test_a_leaf_spine_fabric_carries_cross_leaf_traffic_at_its_whole_uplink(spin
     assert ("leaf0->spine", 1.0) in path.resources
     for rec in res.records:
         assert rec.finish_s == pytest.approx(path.latency_s + nbytes / (nic / oversubscription), rel=1e-9)
+
+
+def _network_section(text: str) -> dict[str, str]:
+    """`describe`'s network lines by switch name."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("network"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("links"))
+    return {line.split()[0]: line for line in lines[start + 1:end]}
+
+
+def test_topo_show_says_which_nodes_share_a_leaf_and_how_oversubscribed_it_is():
+    """The fabric's facts are sums over thousands of links: `describe` states them per switch, from the graph
+    (so a file written from the preset says the same); 6 nodes in leaves of 4 leave the last leaf half full."""
+    topo = presets.cluster(6, 8, fabric="leaf-spine", nodes_per_leaf=4, oversubscription=2.0)
+    nic = topo.graph.edges["node0.nic0", "leaf0"]["bw"][("node0.nic0", "leaf0")]
+    net = _network_section(topo.describe())
+    assert "32 NICs of node0-3" in net["leaf0"] and "16 NICs of node4-5" in net["leaf1"]
+    assert f"{32 * nic / 1e9:.1f} in; {16 * nic / 1e9:.1f} to spine; 2.00:1" in net["leaf0"]
+    assert f"{8 * nic / 1e9:.1f} to spine; 2.00:1" in net["leaf1"] and net["spine"].endswith("to leaf0-1")
+    assert _network_section(topology_from_dict(topology_to_dict(topo), "round-trip").describe()) == net
+    assert "network" not in presets.get("hgx-h200-8").describe()  # one machine: no network switch
