@@ -177,6 +177,22 @@ def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
 MAX_CLUSTER_GPUS = 4096
 
 
+def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_Gbps: float, nodes_per_leaf: int,
+                  oversubscription: float) -> str:
+    """The name of a cluster built without one: the preset's spelling (`cluster-4x8-rail-h200`) where the settings
+    are a preset's, with what differs from it appended (`-nic200g`, `-leaf8`, `-os2`), so that results and traces
+    of a cluster built in Python never carry the name of another machine. (`spines` changes nothing simulated: the
+    spines are one switch with the summed uplinks.)"""
+    out = f"cluster-{nodes}x{gpus_per_node}-{fabric}" + ("" if model.upper() == "H100" else f"-{model.lower()}")
+    if nic_Gbps != 400.0:
+        out += f"-nic{nic_Gbps:g}g"
+    if fabric == "leaf-spine" and nodes_per_leaf != 4:
+        out += f"-leaf{nodes_per_leaf}"
+    if oversubscription != 1.0:
+        out += f"-os{oversubscription:g}"
+    return out
+
+
 def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
             nic_Gbps: float = 400.0, nodes_per_leaf: int = 4, spines: int = 2, oversubscription: float = 1.0,
             name: str | None = None) -> Topology:
@@ -205,7 +221,8 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", mod
         # A leaf has at most as many uplinks (one per spine) as GPU ports; none divides by zero.
         raise TopologyError(f"a leaf-spine fabric needs nodes_per_leaf >= 1 and 1..nodes_per_leaf x gpus_per_node "
                             f"spines, got {nodes_per_leaf} and {spines}")
-    t = Topology(name or f"cluster-{nodes}x{gpus_per_node}-{fabric}")
+    t = Topology(name or _cluster_name(nodes, gpus_per_node, fabric, model, nic_Gbps, nodes_per_leaf,
+                                       oversubscription))
     nic = NICSpec(Gbps=nic_Gbps)
     sw = NetSwitchSpec(port_Gbps=nic_Gbps)
     for k in range(nodes):

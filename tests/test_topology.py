@@ -355,3 +355,15 @@ def test_topo_show_says_which_nodes_share_a_leaf_and_how_oversubscribed_it_is():
     assert f"{8 * nic / 1e9:.1f} to spine; 2.00:1" in net["leaf1"] and net["spine"].endswith("to leaf0-1")
     assert _network_section(topology_from_dict(topology_to_dict(topo), "round-trip").describe()) == net
     assert "network" not in presets.get("hgx-h200-8").describe()  # one machine: no network switch
+
+
+def test_a_cluster_built_in_python_is_named_after_what_it_is():
+    """Its name once ignored model, NIC rate, leaf size and oversubscription: an H200 cluster with 2:1 leaves was
+    'cluster-6x8-leaf-spine', the name of another machine, in results and traces."""
+    h200 = presets.cluster(4, 8, model="H200")
+    assert h200.name == "cluster-4x8-rail-h200"
+    assert presets.get(h200.name).describe() == h200.describe()  # where the settings are a preset's, its name
+    assert presets.cluster(4, 8).name == "cluster-4x8-rail"
+    odd = presets.cluster(6, 8, fabric="leaf-spine", nodes_per_leaf=2, oversubscription=2.0, nic_Gbps=200.0)
+    assert odd.name == "cluster-6x8-leaf-spine-nic200g-leaf2-os2"
+    assert presets.cluster(2, 8, name="mine").name == "mine"
