@@ -115,27 +115,48 @@ class RouteIndex:
         router's rules, every other one costing more than (1 + `band`) times as much.
 
         Why: only then does a renamed copy of the route (`hwmodels.symmetry`) equal what the search returns for the
-        renamed ends; among ties the search's pick follows its visiting order. Any other route leaves out one of
-        this route's links, so searching once without each link in turn finds the cheapest other route. The band
-        is far wider than rounding in a sum of a few weights, so a tie in exact arithmetic is always caught."""
+        renamed ends; among ties the search's pick follows its visiting order. See `ties`, which this asks for a
+        second route."""
+        return len(self.ties(nodes, band, limit=2)) == 1
+
+    def ties(self, nodes: list[str] | tuple[str, ...], band: float = 1e-9, limit: int = 16) -> list[list[str]]:
+        """`nodes` (a route `shortest` returned) and the other least-weight routes between its ends under the
+        router's rules, each within (1 + `band`) of its weight, at most `limit` of them, in the order found.
+
+        Any other route leaves out one of a found route's links, so searching again without each link in turn
+        (and without the links left out to find that route) finds every one: a route found is expanded once, so
+        it costs at most `limit` x (route length) searches. The band is far wider than rounding in a sum of a few
+        weights, so a tie in exact arithmetic is always caught."""
+        found = [list(nodes)]
         if len(nodes) < 2:
-            return True
-        idx = [self.index[n] for n in nodes]
-        cost = self._weight(idx)
+            return found
+        cost = self._weight([self.index[n] for n in nodes])
+        seen = {tuple(nodes)}
+        todo: list[tuple[list[str], tuple[tuple[int, int], ...]]] = [(list(nodes), ())]
         wt = self.wt
-        for u, v in zip(idx, idx[1:], strict=False):
-            entries = [k for a, b in ((u, v), (v, u)) for k in range(self.indptr[a], self.indptr[a + 1])
-                       if self.nbr[k] == b]
-            kept = wt[entries]  # (a copy: fancy indexing)
-            wt[entries] = np.inf
-            try:
-                other = self.shortest(nodes[0], nodes[-1])
-                alt = None if other is None else self._weight([self.index[n] for n in other])
-            finally:
-                wt[entries] = kept
-            if alt is not None and alt <= cost * (1.0 + band):
-                return False
-        return True
+        while todo and len(found) < limit:
+            route, banned = todo.pop(0)
+            idx = [self.index[n] for n in route]
+            for u, v in zip(idx, idx[1:], strict=False):
+                if (u, v) in banned:
+                    continue
+                out = (*banned, (u, v))
+                entries = [k for a, b in out for c, d in ((a, b), (b, a))
+                           for k in range(self.indptr[c], self.indptr[c + 1]) if self.nbr[k] == d]
+                kept = wt[entries]  # (a copy: fancy indexing)
+                wt[entries] = np.inf
+                try:
+                    other = self.shortest(route[0], route[-1])
+                    alt = None if other is None else self._weight([self.index[n] for n in other])
+                finally:
+                    wt[entries] = kept
+                if alt is not None and alt <= cost * (1.0 + band) and tuple(other) not in seen:
+                    seen.add(tuple(other))
+                    found.append(other)
+                    todo.append((other, out))
+                    if len(found) >= limit:
+                        break
+        return found
 
     def _weight(self, idx: list[int]) -> float:
         """The weight of the route through nodes `idx` (inf over a link taken out by `unique`)."""

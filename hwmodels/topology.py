@@ -524,18 +524,13 @@ class Topology:
             nodes = self._route_nodes(s, d)
         routing = self._fresh_routing()
         routing.searched += 1
-        known = routing.hops
-        # one walk over the hops, each link's data made once per topology (`_Routing.hops`)
-        hops = []
-        u = nodes[0]
-        for v in nodes[1:]:
-            hop = known.get((u, v))
-            if hop is None:
-                hop = self._hop(routing, u, v)
-            hops.append(hop)
-            u = v
+        hops = self._hops(routing, nodes)
         latency = sum([h[1] for h in hops])  # sum(), as ever: Python 3.12's is compensated, and routes must agree
         cls = _class_of(s, d, ks, kd, {h[2] for h in hops})
+        if cls == "rdma" and "host" in (ks, kd) and (s, d) not in self._pinned:
+            striped = self._striped(routing, s, d, nodes, cls)
+            if striped is not None:
+                return striped
         crossings: dict[int, int] = {}
         for h in hops:
             for i in h[3]:
@@ -548,6 +543,52 @@ class Topology:
                 counted[h[0][0]] = counted.get(h[0][0], 0.0) + 1.0
             resources = list(counted.items())
         resources += routing.caps.drawn(s, d, cls, crossings)
+        return self._entry(s, d, nodes, cls, resources, latency)
+
+    def _hops(self, routing: _Routing, nodes: tuple[str, ...] | list[str]) -> list[tuple]:
+        """The hops of the route `nodes`, one walk, each link's data made once per topology (`_Routing.hops`)."""
+        known = routing.hops
+        hops = []
+        u = nodes[0]
+        for v in nodes[1:]:
+            hop = known.get((u, v))
+            if hop is None:
+                hop = self._hop(routing, u, v)
+            hops.append(hop)
+            u = v
+        return hops
+
+    def _striped(self, routing: _Routing, s: str, d: str, nodes: tuple[str, ...], cls: str) -> tuple | None:
+        """The cache entry of a copy between host memory and another machine spread evenly over its equally short
+        routes (None where it has one): each of k routes carries 1/k of its bytes, so a link that n of them cross
+        draws n/k per byte, and so does a cap. Why: host memory reaches the network through any NIC of its socket
+        (no GPU pairs it with one), and the search's pick among equal NICs follows its visiting order: every copy
+        from a socket went out of one NIC while its others idled. A transfer engine stripes a large copy over the
+        NICs near the memory (Mooncake's, checkpoint engines'); ECMP's fluid limit, as the spines of
+        `presets.cluster`. The nodes kept are the first route's, the latency the longest route's."""
+        routes = routing.route.ties(nodes)
+        if len(routes) < 2:
+            return None
+        k = len(routes)
+        links: dict[tuple[str, float], int] = {}
+        caps: dict[str, float] = {}
+        latency = 0.0
+        for route in routes:
+            hops = self._hops(routing, route)
+            latency = max(latency, sum([h[1] for h in hops]))
+            crossings: dict[int, int] = {}
+            for h in hops:
+                links[h[0]] = links.get(h[0], 0) + 1
+                for i in h[3]:
+                    crossings[i] = crossings.get(i, 0) + 1
+            for name, coeff in routing.caps.drawn(s, d, cls, crossings):
+                caps[name] = caps.get(name, 0.0) + coeff
+        resources = [(name, n / k) for (name, _), n in links.items()]
+        resources += [(name, c / k) for name, c in caps.items()]
+        return self._entry(s, d, tuple(nodes), cls, resources, latency)
+
+    def _entry(self, s: str, d: str, nodes: tuple[str, ...], cls: str, resources: list, latency: float) -> tuple:
+        """The path cache's entry of the copy s -> d: (nodes, path class, resources sorted, link latency, engine)."""
         if not resources:
             raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
         resources.sort()

@@ -28,24 +28,35 @@ from fabricsim.hwmodels.topology import ENDPOINT_KINDS, Topology
 
 # ---- the oracle: the router before the route index ------------------------------------------------------------
 def old_shortest(topo: Topology, src: str, dst: str) -> list[str]:
+    try:
+        return nx.shortest_path(topo.graph, src, dst, weight=old_weight(topo, src, dst))
+    except nx.NetworkXNoPath:
+        raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{topo.name}'") from None
+
+
+def old_foreign(topo: Topology, src: str, dst: str) -> set[str]:
+    """The NICs a copy src -> dst may not cross: on a GPU end's machine, those paired with another GPU."""
     g = topo.graph
-    endpoints = frozenset(n for n, k in g.nodes(data="kind") if k in ENDPOINT_KINDS)
     nics: dict[str, list[tuple[str, str]]] = {}
     for n, own in g.nodes(data="gpu"):
         if own is not None:
             nics.setdefault(own.rpartition(".")[0], []).append((n, own))
     gpu_ends = [n for n in (src, dst) if g.nodes[n]["kind"] == "gpu"]
-    foreign = {nic for e in gpu_ends for nic, own in nics.get(e.rpartition(".")[0], ()) if own != e}
+    return {nic for e in gpu_ends for nic, own in nics.get(e.rpartition(".")[0], ()) if own != e}
+
+
+def old_weight(topo: Topology, src: str, dst: str):
+    """The old router's weight callback for the pair: endpoints never transit, nor another GPU's NIC."""
+    g = topo.graph
+    endpoints = frozenset(n for n, k in g.nodes(data="kind") if k in ENDPOINT_KINDS)
+    foreign = old_foreign(topo, src, dst)
 
     def weight(u: str, v: str, d: dict) -> float | None:
         if (v != dst and v in endpoints) or (u != src and u in endpoints) or v in foreign or u in foreign:
             return None
         return d["latency_s"] + 1e6 / min(d["bw"].values()) + 1e-9
 
-    try:
-        return nx.shortest_path(g, src, dst, weight=weight)
-    except nx.NetworkXNoPath:
-        raise TopologyError(f"no route from '{src}' to '{dst}' in topology '{topo.name}'") from None
+    return weight
 
 
 def old_route_nodes(topo: Topology, src: str, dst: str) -> tuple[str, ...]:
@@ -61,20 +72,41 @@ def old_route_nodes(topo: Topology, src: str, dst: str) -> tuple[str, ...]:
 
 
 def old_build_path(topo: Topology, s: str, d: str) -> tuple:
+    """The old router's entry for s -> d, except that a copy between host memory and another machine is spread
+    evenly over all its least-weight routes: networkx's simple paths in order of weight (Yen's algorithm, not the
+    index's search) up to 1e-9 above the least (equal routes sum their weights in different orders)."""
     nodes = old_route_nodes(topo, s, d)
     cls = topo.classify(s, d, nodes)
-    directed = list(zip(nodes, nodes[1:], strict=False))
+    routes = [nodes]
+    if cls == "rdma" and "host" in (topo.kind(s), topo.kind(d)) and (s, d) not in topo._pinned:
+        weight = old_weight(topo, s, d)
+        # the callback's rules as a graph (Yen's takes a weight function but no rules): no other endpoint, no
+        # other GPU's NIC
+        foreign = old_foreign(topo, s, d)
+        g = topo.graph.subgraph(n for n in topo.graph if n in (s, d) or (
+            topo.kind(n) not in ENDPOINT_KINDS and n not in foreign))
+        routes, least = [], None
+        for r in nx.shortest_simple_paths(g, s, d, weight=lambda u, v, dd: weight(u, v, dd)):
+            w = sum(weight(u, v, g.edges[u, v]) for u, v in zip(r, r[1:], strict=False))
+            least = w if least is None else least
+            if w > least * (1 + 1e-9):
+                break
+            routes.append(tuple(r))
+        assert nodes in routes
     resources: dict[str, float] = {}
-    for u, v in directed:
-        resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
-    for cap in topo.caps.values():
-        c = cap.coefficient(cls, s, d, sum(1 for e in directed if e in cap.edges))
-        if c:
-            resources[cap.name] = resources.get(cap.name, 0.0) + c
+    latency = 0.0
+    for route in routes:
+        directed = list(zip(route, route[1:], strict=False))
+        for u, v in directed:
+            resources[f"{u}->{v}"] = resources.get(f"{u}->{v}", 0.0) + 1.0
+        for cap in topo.caps.values():
+            c = cap.coefficient(cls, s, d, sum(1 for e in directed if e in cap.edges))
+            if c:
+                resources[cap.name] = resources.get(cap.name, 0.0) + c
+        latency = max(latency, sum(topo.graph.edges[u, v]["latency_s"] for u, v in directed))
     if not resources:
         raise TopologyError(f"a copy {s}->{d} would use no resource (a local copy needs an HBM/DRAM cap)")
-    latency = sum(topo.graph.edges[u, v]["latency_s"] for u, v in directed)
-    return nodes, cls, tuple(sorted(resources.items())), latency
+    return nodes, cls, tuple(sorted((r, c / len(routes)) for r, c in resources.items())), latency
 
 
 def outcome(fn, *args):
