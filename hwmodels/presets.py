@@ -22,7 +22,8 @@ Layout assumptions, stated because they decide contention:
   `spines` spines, optional oversubscription). ECMP spreads a leaf's flows over its spines evenly (its fluid
   limit, no hash collisions), so the spines are drawn as one switch `spine` whose link to each leaf sums that
   leaf's uplinks; how many spines there are then changes nothing (`spines` is still checked, and kept so that
-  existing calls and names still work).
+  existing calls and names still work). A GPU's copies across machines use its own NIC (GPUDirect); host
+  memory's are spread evenly over every equally short route, so over its socket's NICs (`Topology._striped`).
 """
 
 from __future__ import annotations
