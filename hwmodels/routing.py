@@ -14,11 +14,16 @@ caps or pins change, calibrated copies and the perturbed copies of `hwmodels.int
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import heapq
+from collections.abc import Callable, Collection
 from types import ModuleType
 
 import networkx as nx
 import numpy as np
+
+from fabricsim.errors import TopologyError
+
+from .symmetry import machine_of
 
 _core: ModuleType | None = None
 
@@ -31,6 +36,10 @@ def _load_core() -> ModuleType:
 
         _core = _routecore
     return _core
+
+
+class RouteTieError(TopologyError):
+    """More equally short routes between two endpoints than a copy is spread over (`RouteIndex.equal_routes`)."""
 
 
 def edge_weight(d: dict) -> float:
@@ -92,6 +101,9 @@ class RouteIndex:
         self._hc = np.zeros((2, cap), np.int64)
         self._hn = np.zeros((2, cap), np.int64)
         self._out = np.zeros(nn, np.int64)
+        # each node's machine (`symmetry.machine_of`) as a number, for `equal_routes`' regions
+        self.machine_ids: dict[str, int] = {}
+        self.machine_of = [self.machine_ids.setdefault(machine_of(n), len(self.machine_ids)) for n in names]
 
     def shortest(self, src: str, dst: str) -> list[str] | None:
         """The least-weight route src -> dst (both graph nodes) that networkx's bidirectional Dijkstra returns
@@ -115,48 +127,98 @@ class RouteIndex:
         router's rules, every other one costing more than (1 + `band`) times as much.
 
         Why: only then does a renamed copy of the route (`hwmodels.symmetry`) equal what the search returns for the
-        renamed ends; among ties the search's pick follows its visiting order. See `ties`, which this asks for a
-        second route."""
-        return len(self.ties(nodes, band, limit=2)) == 1
-
-    def ties(self, nodes: list[str] | tuple[str, ...], band: float = 1e-9, limit: int = 16) -> list[list[str]]:
-        """`nodes` (a route `shortest` returned) and the other least-weight routes between its ends under the
-        router's rules, each within (1 + `band`) of its weight, at most `limit` of them, in the order found.
-
-        Any other route leaves out one of a found route's links, so searching again without each link in turn
-        (and without the links left out to find that route) finds every one: a route found is expanded once, so
-        it costs at most `limit` x (route length) searches. The band is far wider than rounding in a sum of a few
-        weights, so a tie in exact arithmetic is always caught."""
-        found = [list(nodes)]
+        renamed ends; among ties the search's pick follows its visiting order. Any other route leaves out one of
+        this route's links, so searching once without each link in turn finds the cheapest other route. The band
+        is far wider than rounding in a sum of a few weights, so a tie in exact arithmetic is always caught."""
         if len(nodes) < 2:
-            return found
-        cost = self._weight([self.index[n] for n in nodes])
-        seen = {tuple(nodes)}
-        todo: list[tuple[list[str], tuple[tuple[int, int], ...]]] = [(list(nodes), ())]
+            return True
+        idx = [self.index[n] for n in nodes]
+        cost = self._weight(idx)
         wt = self.wt
-        while todo and len(found) < limit:
-            route, banned = todo.pop(0)
-            idx = [self.index[n] for n in route]
-            for u, v in zip(idx, idx[1:], strict=False):
-                if (u, v) in banned:
-                    continue
-                out = (*banned, (u, v))
-                entries = [k for a, b in out for c, d in ((a, b), (b, a))
-                           for k in range(self.indptr[c], self.indptr[c + 1]) if self.nbr[k] == d]
-                kept = wt[entries]  # (a copy: fancy indexing)
-                wt[entries] = np.inf
-                try:
-                    other = self.shortest(route[0], route[-1])
-                    alt = None if other is None else self._weight([self.index[n] for n in other])
-                finally:
-                    wt[entries] = kept
-                if alt is not None and alt <= cost * (1.0 + band) and tuple(other) not in seen:
-                    seen.add(tuple(other))
-                    found.append(other)
-                    todo.append((other, out))
-                    if len(found) >= limit:
-                        break
-        return found
+        for u, v in zip(idx, idx[1:], strict=False):
+            entries = [k for a, b in ((u, v), (v, u)) for k in range(self.indptr[a], self.indptr[a + 1])
+                       if self.nbr[k] == b]
+            kept = wt[entries]  # (a copy: fancy indexing)
+            wt[entries] = np.inf
+            try:
+                other = self.shortest(nodes[0], nodes[-1])
+                alt = None if other is None else self._weight([self.index[n] for n in other])
+            finally:
+                wt[entries] = kept
+            if alt is not None and alt <= cost * (1.0 + band):
+                return False
+        return True
+
+    def equal_routes(self, nodes: list[str] | tuple[str, ...], band: float = 1e-9, limit: int = 64,
+                     within: Collection[str] | None = None) -> list[list[str]] | None:
+        """Every least-weight route between the ends of `nodes` (a route `shortest` returned) under the router's
+        rules, each within (1 + `band`) of its weight, `nodes` first; at most `limit` (more raise
+        `RouteTieError`). `within`: machines (`symmetry.machine_of`; '' for what no machine owns) whose nodes alone
+        may be crossed; None when the least weight there is not `nodes`' (a shorter way leaves them: ask again
+        without).
+
+        Complete: distances from both ends (Dijkstra, bounded by the route's weight) mark the links on some least-
+        weight route (d(src, u) + w + d(v, dst) within the band), and the routes are the paths over those links
+        (acyclic: every weight is positive). The band is far wider than rounding in a sum of a few weights, so a
+        tie in exact arithmetic is always caught."""
+        index, names, is_ep = self.index, self.names, self.is_ep
+        s, t = index[nodes[0]], index[nodes[-1]]
+        idx = [index[n] for n in nodes]
+        cost = self._weight(idx)
+        bound = cost * (1.0 + band)
+        closed = {int(i) for i in self._closed[s]} | {int(i) for i in self._closed[t]}
+        region = None if within is None else {self.machine_ids.get(m, -2) for m in within}
+        machine = self.machine_of
+
+        def allowed(i: int) -> bool:
+            return i in (s, t) or (not is_ep[i] and i not in closed and (region is None or machine[i] in region))
+
+        ds, dt = self._distances(s, t, bound, allowed), self._distances(t, s, bound, allowed)
+        if t not in ds or ds[t] < cost * (1.0 - band) or not all(i in ds for i in idx):
+            return None
+        succ: dict[int, list[int]] = {}
+        for u, du in ds.items():
+            if u == t:
+                continue
+            for k in range(self.indptr[u], self.indptr[u + 1]):
+                v = int(self.nbr[k])
+                if v in dt and allowed(v) and du + self.wt[k] + dt[v] <= bound:
+                    succ.setdefault(u, []).append(v)
+        routes: list[list[int]] = []
+        stack: list[tuple[int, list[int]]] = [(s, [s])]
+        while stack:
+            u, path = stack.pop()
+            if u == t:
+                routes.append(path)
+                if len(routes) > limit:
+                    raise RouteTieError(f"{nodes[0]} -> {nodes[-1]} has more than {limit} equally short routes: give "
+                                        "the topology's links distinct weights or pin the route")
+                continue
+            for v in reversed(succ.get(u, [])):
+                stack.append((v, [*path, v]))
+        routes.sort(key=lambda r: r != idx)  # the search's own route first (stable for the rest)
+        return [[names[i] for i in r] for r in routes]
+
+    def _distances(self, src: int, dst: int, bound: float, allowed: Callable[[int], bool]) -> dict[int, float]:
+        """Least weights from `src` to the nodes within `bound` that `allowed` admits, under the router's rules:
+        endpoints are not crossed (`dst` is reached, never left)."""
+        dist = {src: 0.0}
+        heap = [(0.0, src)]
+        done: set[int] = set()
+        while heap:
+            du, u = heapq.heappop(heap)
+            if u in done:
+                continue
+            done.add(u)
+            if u != src and self.is_ep[u]:
+                continue  # an endpoint: reached, never crossed
+            for k in range(self.indptr[u], self.indptr[u + 1]):
+                v = int(self.nbr[k])
+                w = du + self.wt[k]
+                if w <= bound and allowed(v) and w < dist.get(v, np.inf):
+                    dist[v] = w
+                    heapq.heappush(heap, (w, v))
+        return dist
 
     def _weight(self, idx: list[int]) -> float:
         """The weight of the route through nodes `idx` (inf over a link taken out by `unique`)."""

@@ -421,9 +421,11 @@ class Topology:
         """The rate the tightest hop of a copy allows, for a mechanism with no fitted rate to scale: its slowest
         link, or, for a local copy (which crosses no link), its memory's copy rate: the HBM or DRAM cap over
         what the copy draws on it (a local copy reads and writes the same memory), as `path_bandwidth_Bps`."""
-        if len(nodes) > 1:
+        if len(nodes) > 1 and all(c >= 1.0 for r, c in resources if "->" in r):
             return min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
         caps = self._capacities()
+        if len(nodes) > 1:  # striped over several routes (`_striped`): `nodes` is only the first of them
+            return min(caps[r] / c for r, c in resources if "->" in r)
         return min(caps[r] / c for r, c in resources)
 
     def fits(self, mechanism: str, src: str, dst: str) -> bool:
@@ -565,9 +567,13 @@ class Topology:
         (no GPU pairs it with one), and the search's pick among equal NICs follows its visiting order: every copy
         from a socket went out of one NIC while its others idled. A transfer engine stripes a large copy over the
         NICs near the memory (Mooncake's, checkpoint engines'); ECMP's fluid limit, as the spines of
-        `presets.cluster`. The nodes kept are the first route's, the latency the longest route's."""
-        routes = routing.route.ties(nodes)
-        if len(routes) < 2:
+        `presets.cluster`. The nodes kept are the first route's (records and traces show that one), the latency the
+        longest route's; the resources are all of them."""
+        # first within the two machines and what they share
+        routes = routing.route.equal_routes(nodes, within={machine_of(s), machine_of(d), ""})
+        if routes is None:  # a shorter way crosses a third machine: look everywhere
+            routes = routing.route.equal_routes(nodes)
+        if routes is None or len(routes) < 2:
             return None
         k = len(routes)
         links: dict[tuple[str, float], int] = {}

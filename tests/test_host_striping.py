@@ -69,3 +69,12 @@ def test_many_host_copies_share_the_nics_without_exceeding_any():
     assert util["utilisation"].max() <= 1 + 1e-9
     nics = util[util.resource.str.match(r"node0\.nic\d->rail")]
     assert nics.resource.nunique() == 8 and (nics.load_Bps > 0).any()
+
+
+def test_a_mechanism_without_a_fit_scales_the_striped_copys_own_rate():
+    """A mechanism the profile lacks scales the copy's slowest hop: for a striped copy that is the tightest of all
+    its routes' links at their share (the first route's slowest link alone gave 46 GB/s, not 109.6)."""
+    topo = presets.get("cluster-2x8", calibration=None)
+    topo.unfitted_mechanism_scale = {"pageable": (1.0, 1.0)}
+    uplinks = _bw(topo, "node0.cpu0", "node0.pcisw0") + _bw(topo, "node0.cpu0", "node0.pcisw1")
+    assert topo.path("node0.host0", "node1.host0", 2**30, "pageable").rate_cap_Bps == pytest.approx(uplinks)

@@ -92,3 +92,29 @@ def test_staging_can_make_a_full_reader_infeasible() -> None:
     assert simulate_sync(tight, get("shared-pool:pull-on-publish", chunk_bytes=2**20, **QUIET)).feasible
     refused = simulate_sync(tight, strategy)
     assert not refused.feasible and "extra" in refused.reason
+
+
+def test_the_head_reads_a_chunk_only_once_the_conversion_two_chunks_back_freed_its_staging(monkeypatch):
+    """Two staging chunks: the read of chunk c lands in the one chunk c-2 was converted from, so it starts only
+    after that conversion ended. A conversion 400x as costly (1,000 bytes of HBM traffic per byte) makes that wait
+    bind, so the pulls follow the conversions instead of running ahead."""
+    from fabricsim.workloads.weightsync import base
+
+    real = base.fp8_conversion()
+    monkeypatch.setattr(base, "fp8_conversion", lambda: base.Transform("fp8", real.ratio, encode_hbm=1000.0))
+    recs = _relay("fp8").sim_result.records
+    pulls = sorted((r for r in recs if r.kind == "transfer" and r.src == "gpu0"), key=lambda r: r.begin_s)
+    encodes = sorted((r for r in recs if r.tag == "encode"), key=lambda r: r.finish_s)
+    assert len(pulls) == len(encodes) > 2
+    for c in range(2, len(pulls)):
+        assert pulls[c].begin_s == pytest.approx(encodes[c - 2].finish_s, rel=1e-12), c  # held back, then at once
+
+
+def test_both_paths_agree_where_the_conversion_binds(monkeypatch):
+    """The processes (later publishes) wait for conversion c-2 as the declared chain does."""
+    from fabricsim.workloads.weightsync import base
+
+    real = base.fp8_conversion()
+    monkeypatch.setattr(base, "fp8_conversion", lambda: base.Transform("fp8", real.ratio, encode_hbm=1000.0))
+    declared, procedural = _relay("fp8"), _relay("fp8", publishes=2, publish_interval_s=100.0)
+    assert procedural.sync_s == pytest.approx(declared.sync_s, rel=1e-12)

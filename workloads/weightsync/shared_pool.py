@@ -27,7 +27,8 @@ Reader modes:
   seqlock read of its byte range), and every later GPU copies each chunk from the previous one as soon as that
   one holds it, checking the version words of its upstream before and after (`check_s` each): a pipelined
   chain that approaches one copy's time on NVSwitch, while readers stay read-only and independent (no
-  collective, no rendezvous; `kernels.relay` is the real implementation on `WeightPool`/`PoolReader`).
+  collective, no rendezvous; `kernels.relay` is the real implementation on `WeightPool`/`PoolReader`, without
+  the fp8 conversion below, which is modelled only).
 
 Lower-precision engines (`rollout_dtype="fp8"`): the pool holds the trainer's bf16 weights, so the GPU that reads
 the pool converts. A pull-on-publish reader pulls bf16 and converts into its fp8 inactive buffer; a relay
@@ -36,7 +37,9 @@ bytes and convert nothing. A converting reader pulls through a bf16 staging area
 each, at most its slice: one landing while the other converts), counted in its memory. Pull-on-publish's
 conversion is declared after the whole pull, which overstates its sync by the conversion of all but the last
 chunk (a pipelined converter hides it behind the pull: 2.5 bytes of HBM traffic per bf16 byte, short beside
-a pull over NVLink or the network).
+a pull over NVLink or the network). The relay's head converts per simulated chunk and reuses a staging chunk once
+its conversion ended; when `max_sim_chunks` makes a simulated chunk larger than `chunk_bytes`, that wait is the
+coarser chunk's (the memory counted stays two real chunks).
 
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
@@ -146,11 +149,15 @@ class SharedPool(Strategy):
     def _converters(self, setup: SyncSetup, plan) -> list[int]:
         """Rollout GPUs (plan indices) that read the pool's bf16 and convert it for lower-precision engines: every
         pull-on-publish reader, each relay chain's first GPU; none when the engines keep the trainer's dtype."""
-        if setup.wire_dtype == setup.model.dtype or self.zero_copy:
+        if not self._converting(setup):
             return []
         if self.knobs.mode == "relay":
             return [members[0] for members in _chains(plan, setup.rollout.tp).values()]
         return list(range(len(plan.rollout_gpus)))
+
+    def _converting(self, setup: SyncSetup) -> bool:
+        """Whether any reader converts: the engines' dtype is not the pool's, and readers copy (not zero-copy)."""
+        return setup.wire_dtype != setup.model.dtype and not self.zero_copy
 
     def staging_bytes(self, need: float) -> float:
         """The bf16 staging a converting reader of `need` bytes pulls through: two chunks, at most its slice."""
@@ -251,7 +258,7 @@ class SharedPool(Strategy):
                 continue
             if k.measure_contention:
                 self._contention_step(ctx, r, after=chain.tail[0])
-            converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=True)
+            converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=self._converting(ctx.setup))
             ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
             if converts:
                 chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
@@ -282,7 +289,9 @@ class SharedPool(Strategy):
 
     def _relay_declared(self, ctx: SyncContext, pool: SimPool, published: list, half_step: float) -> list:
         """The relay chains (`_relay_chains`), declared: each hop's chunk c follows its own chunk c-1 and the
-        upstream hop's chunk c. Returns each hop's last item."""
+        upstream hop's chunk c; a converting head's chunk c is its conversion, after its read and its conversion of
+        c-1, and its read of chunk c waits for the conversion of c-2 (two staging chunks). Returns each hop's last
+        item."""
         k, sim, plan = self.knobs, ctx.sim, ctx.plan
         ends = []
         for members in _chains(ctx.plan, ctx.setup.rollout.tp).values():
@@ -294,7 +303,7 @@ class SharedPool(Strategy):
                 r = plan.rollout_gpus[j]
                 chain = _Chain(published)
                 chain.then(sim.delay(ctx.name(f"observe.{r}"), k.observe_s, after=chain.tail, tag="observe"))
-                converts = self._buffers(ctx, r, need, converts=h == 0)
+                converts = self._buffers(ctx, r, need, converts=h == 0 and self._converting(ctx.setup))
                 if k.measure_contention:
                     self._contention_step(ctx, r, after=chain.tail[0])
                 arrived: list = []
@@ -322,10 +331,8 @@ class SharedPool(Strategy):
 
     def _buffers(self, ctx: SyncContext, r: str, need: float, converts: bool) -> bool:
         """Allocate reader `r`'s inactive buffer for its `need` bytes (trainer-side size), and, where it `converts`
-        (reads the pool itself) for lower-precision engines, its bf16 staging (`staging_bytes`). Returns whether it
-        converts."""
+        (one of `_converters`), its bf16 staging (`staging_bytes`). Returns `converts`."""
         ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
-        converts = converts and ctx.setup.wire_dtype != ctx.setup.model.dtype
         if converts:
             ctx.alloc(r, self.staging_bytes(need), "conversion-staging")
         return converts
@@ -359,7 +366,7 @@ class SharedPool(Strategy):
             return  # zero-copy readers read the published slot in place at every decode step
         if k.measure_contention:
             self._contention_step(ctx, r)
-        converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=True)
+        converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=self._converting(ctx.setup))
 
         def cost(op: tuple):
             if op[0] != "copy":
@@ -400,7 +407,7 @@ class SharedPool(Strategy):
         n_chunks = len(arrived[h])
         frac = 1.0 / n_chunks
         yield sim.delay(ctx.name(f"observe.{r}"), k.observe_s, tag="observe")
-        converts = self._buffers(ctx, r, need, converts=h == 0)
+        converts = self._buffers(ctx, r, need, converts=h == 0 and self._converting(ctx.setup))
         if k.measure_contention:
             self._contention_step(ctx, r)
         encoded: list = []  # hop 0's conversions, chunk by chunk, when it converts
