@@ -100,6 +100,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepError, SweepInterrupted, run_sweep, trace_point
 
     if args.list:
+        if args.study:  # `sweep weight_sync --list` would list every study and run nothing: say which was meant
+            raise StudyError(f"sweep: give a STUDY to run ({args.study!r}) or --list, not both")
         _list_studies()
         return 0
     if not args.study:

@@ -501,3 +501,5 @@ def test_sweep_lists_the_studies(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert "Mine: one point.  [studies/mine.py]" in lines["mine"]  # no description: the docstring's first line
     assert "[" not in lines["kv_offload"]
     assert "does not load" in lines["broken"] and "boom" in lines["broken"]
+    code, out, err = _cli(capsys, "sweep", "weight_sync", "--list")  # it listed and ran nothing, silently
+    assert code == 2 and out == "" and "not both" in err and len(err.strip().splitlines()) == 1
