@@ -568,10 +568,11 @@ class Topology:
         from a socket went out of one NIC while its others idled. A transfer engine stripes a large copy over the
         NICs near the memory (Mooncake's, checkpoint engines'); ECMP's fluid limit, as the spines of
         `presets.cluster`. The nodes kept are the first route's (records and traces show that one), the latency the
-        longest route's; the resources are all of them."""
-        # first within the two machines and what they share
+        longest route's; the resources are all of them. The routes are those that stay within the two machines and
+        the fabric no machine owns (a NIC does not forward through a third machine's PCIe), unless the route
+        searched itself crosses a third machine: then all of them (and a search of the whole graph, ~10x slower)."""
         routes = routing.route.equal_routes(nodes, within={machine_of(s), machine_of(d), ""})
-        if routes is None:  # a shorter way crosses a third machine: look everywhere
+        if routes is None:  # the route searched leaves the two machines: every equal route counts
             routes = routing.route.equal_routes(nodes)
         if routes is None or len(routes) < 2:
             return None
