@@ -267,11 +267,12 @@ PRESETS: dict[str, Callable[[], Topology]] = {
     "pcie-4gpu": pcie_4gpu,
 }
 
-_CLUSTER_RE = re.compile(r"^cluster-(\d+)x(\d+)(?:-(rail|leaf-spine))?(?:-(h100|h200))?$")
+_CLUSTER_RE = re.compile(r"^cluster-(\d+)x(\d+)(?:-(rail|leaf-spine))?(?:-(h100|h200))?"
+                         r"(?:-nic(\d+(?:\.\d+)?)g)?(?:-leaf(\d+))?(?:-os(\d+(?:\.\d+)?))?$")
 
 
 def names() -> list[str]:
-    return [*PRESETS, "cluster-NxG[-rail|-leaf-spine][-h100|-h200]"]
+    return [*PRESETS, "cluster-NxG[-rail|-leaf-spine][-h100|-h200][-nicRg][-leafL][-osX]"]
 
 
 def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
@@ -283,7 +284,12 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
         if not m:
             raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
         try:
-            topo = cluster(int(m[1]), int(m[2]), fabric=m[3] or "rail", model=(m[4] or "h100").upper(), name=name)
+            fabric = m[3] or "rail"
+            if m[6] and fabric != "leaf-spine":
+                raise TopologyError("-leafN sets the nodes per leaf of a leaf-spine fabric")
+            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), name=name,
+                           nic_Gbps=float(m[5]) if m[5] else 400.0, nodes_per_leaf=int(m[6]) if m[6] else 4,
+                           oversubscription=float(m[7]) if m[7] else 1.0)
         except TopologyError as exc:
             raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)

@@ -367,3 +367,19 @@ def test_a_cluster_built_in_python_is_named_after_what_it_is():
     odd = presets.cluster(6, 8, fabric="leaf-spine", nodes_per_leaf=2, oversubscription=2.0, nic_Gbps=200.0)
     assert odd.name == "cluster-6x8-leaf-spine-nic200g-leaf2-os2"
     assert presets.cluster(2, 8, name="mine").name == "mine"
+
+
+@pytest.mark.parametrize("kwargs", [dict(fabric="leaf-spine", nodes_per_leaf=2, oversubscription=2.0, nic_Gbps=200.0),
+                                    dict(model="H200", oversubscription=1.5),
+                                    dict(fabric="leaf-spine", nodes_per_leaf=3), dict(nic_Gbps=800.0)])
+def test_a_cluster_s_name_builds_it_again(kwargs):
+    """The name a cluster gets is a preset name: --topology takes it (a trial could not ask the CLI for an
+    oversubscribed leaf-spine: only the Python API built one)."""
+    built = presets.cluster(6, 8, **kwargs)
+    again = presets.get(built.name, calibration=None)
+    assert again.name == built.name and again.describe() == built.describe()
+
+
+def test_a_leaf_size_on_a_rail_fabric_is_refused():
+    with pytest.raises(TopologyError, match="leaf-spine"):
+        presets.get("cluster-4x8-rail-leaf2")
