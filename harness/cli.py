@@ -207,7 +207,9 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         df = store.load(args.study, args.source)
     if df.empty:
         which = f"{args.source} " if args.source else ""
-        raise StoreError(f"no {which}results for study {args.study!r} in {store.root}")
+        at = f" --store {args.store}" if args.store else ""
+        raise StoreError(f"no {which}results for study {args.study!r} in {Path(store.root).resolve()}: "
+                         f"fabricsim sweep {args.study}{at} runs it")
     failed = df[df["error"].notna()]
     if args.failed:
         if failed.empty and not args.csv:
@@ -218,6 +220,10 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         return 0
     ok = df[df["error"].isna()]
     if args.metric:
+        unknown = sorted(set(args.metric) - set(df["metric"].dropna()))
+        if unknown:
+            raise StoreError(f"--metric: study {args.study!r} has no metric {', '.join(map(repr, unknown))} (it has "
+                             f"{', '.join(sorted(set(df['metric'].dropna())))})")
         ok = ok[ok["metric"].isin(args.metric)]
     if args.compare:
         table = compare(ok)

@@ -52,6 +52,18 @@ def test_points_without_the_metric_are_counted(tmp_path: Path, capsys: pytest.Ca
     assert "6 of 18 points have no sync_s: 6 infeasible (feasible = 0" in err
 
 
+def test_an_unknown_metric_or_study_says_what_there_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A metric the study lacks is named with the ones it has (it said 'no successful rows of metric nope'); a study
+    with no rows says where it looked and how to run it."""
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    assert main(["results", "show", "wide", "--store", str(tmp_path), "--metric", "nope", "--metric", "sync_s"]) == 2
+    err = capsys.readouterr().err
+    assert "no metric 'nope'" in err and "sync_s" in err and len(err.strip().splitlines()) == 1
+    assert main(["results", "show", "narrow", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path.resolve()) in err and f"fabricsim sweep narrow --store {tmp_path}" in err
+
+
 def test_tables_fit_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
     monkeypatch.setenv("COLUMNS", "100")

@@ -155,7 +155,8 @@ def _trainer(args: argparse.Namespace, gpus: list[str]):
 def _run(args: argparse.Namespace) -> int:
     if args.list:
         print("models:     " + ", ".join(models.names()))
-        print("strategies: " + ", ".join(names()))
+        print("strategies: " + ", ".join(n if n != "shared-pool" else "shared-pool (= shared-pool:pull-on-publish)"
+                                         for n in names()))
         return 0
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
