@@ -603,3 +603,15 @@ def test_interval_re_runs_that_take_a_while_are_announced(monkeypatch, capsys):
     assert "note: 2 perturbed re-runs for the 90% intervals" in capsys.readouterr().err
     assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "0"]) == 0
     assert "re-runs" not in capsys.readouterr().err
+
+
+def test_the_memory_figures_say_which_gpu_they_are_of(capsys) -> None:
+    """peak_extra and headroom are a max and a min over all GPUs, trainer and rollout alike: the result names the
+    GPU of each and the table says its role (a trial read a trainer's pool slot as the rollout GPUs' memory)."""
+    setup = SyncSetup(HGX, models.get("Llama-3-8B"), FSDPLayout(G[:4]), RolloutLayout(G[4:]))
+    res = simulate_sync(setup, get("rdma-p2p"))
+    assert res.peak_extra_gpu in G[:4]  # the watermark buffers are the trainers'
+    assert res.headroom_gpu in G
+    assert _sync_cli(["Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--samples", "0"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("memory: peak_extra_GiB on gpu") and "(a trainer GPU)" in last and "headroom_GiB on" in last

@@ -145,6 +145,9 @@ class SyncResult(ReportsMetrics):
     version_lag: float = 0.0  # versions the oldest accepted read was behind the newest publish at the end
     flow_events: int = 0
     sim_result: Any = field(default=None, repr=False)
+    # which GPU the memory figures are of (a trainer's pool slot or a rollout's buffers: the output must say which)
+    peak_extra_gpu: str = ""
+    headroom_gpu: str = ""
 
     def metrics_with_units(self) -> dict[str, tuple[float, str]]:
         """Flat {metric: (value, unit)} for the study contract; `metrics()` gives plain values."""
@@ -557,11 +560,13 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
             extra[g] = extra.get(g, 0.0) + keep * float(b)
     decode_claim = _decode_claim(setup, plan, resident_roll)
     gpus = sorted(set(resident) | set(extra) | set(decode_claim))
-    headroom = min((setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim)
-                    for g in gpus), default=math.nan)
+    room = {g: setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim) for g in gpus}
+    tightest = min(room, key=room.__getitem__, default="")  # the GPU whose headroom is the result's (first on ties)
+    fullest = max(extra, key=extra.__getitem__, default="")
     base = SyncResult(label, False, peak_extra_bytes=max(extra.values(), default=0.0),
-                      extra_headroom_bytes=headroom, rollout_weight_bytes=max(resident_roll.values(), default=0.0),
-                      decode_step_local_s=local_step)
+                      extra_headroom_bytes=room[tightest] if room else math.nan,
+                      rollout_weight_bytes=max(resident_roll.values(), default=0.0), decode_step_local_s=local_step,
+                      peak_extra_gpu=fullest, headroom_gpu=tightest)
     try:
         _check_decode_fits(setup, plan, resident, resident_roll, label)
         if resident_roll:  # zero-copy engines keep no weights of their own
@@ -607,6 +612,7 @@ def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: st
     base.stall_s = strategy.stall(ctx, sync_s)
     base.bytes_by_class = {k: v for k, v in res.bytes_by_link_class().items() if v > 0}
     base.peak_extra_bytes = float(max(peaks.values(), default=0))
+    base.peak_extra_gpu = max(sorted(peaks), key=peaks.__getitem__, default="")  # sorted: ties go to the first name
     base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
     base.read_retries = float(getattr(ctx, "read_retries", 0))
     base.version_lag = float(getattr(ctx, "version_lag", 0))

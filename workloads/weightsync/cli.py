@@ -33,7 +33,7 @@ from ..metrics_out import (
     rerun_note,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
-from .base import SyncSetup, simulate_sync
+from .base import SyncResult, SyncSetup, simulate_sync
 from .registry import get, names
 
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
@@ -203,7 +203,24 @@ def _run(args: argparse.Namespace) -> int:
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
+    if where := _memory_where(res, setup):
+        print(where)
     return 0
+
+
+def _memory_where(res: SyncResult, setup: SyncSetup) -> str:
+    """Which GPU the memory figures are of: the largest extra memory is often a trainer's (its pool slot), the
+    least headroom a rollout's, and a table of two numbers does not say so (a trial read them as one GPU's)."""
+    def role(g: str) -> str:
+        roles = [r for r, gpus in (("trainer", setup.trainer.gpus), ("rollout", setup.rollout.gpus)) if g in gpus]
+        return f"{g} (a {' and '.join(roles)} GPU)" if roles else g
+
+    parts = []
+    if res.peak_extra_gpu:
+        parts.append(f"peak_extra_GiB on {role(res.peak_extra_gpu)}")
+    if res.headroom_gpu:
+        parts.append(f"the least headroom_GiB on {role(res.headroom_gpu)}")
+    return "memory: " + "; ".join(parts) if parts else ""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
