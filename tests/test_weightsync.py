@@ -615,3 +615,23 @@ def test_the_memory_figures_say_which_gpu_they_are_of(capsys) -> None:
     assert _sync_cli(["Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--samples", "0"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("memory: peak_extra_GiB on gpu") and "(a trainer GPU)" in last and "headroom_GiB on" in last
+
+
+def test_the_training_step_and_the_trainers_memory_are_flags(capsys) -> None:
+    """--train-step sets what staleness is measured against (stale_fraction = sync_s / step, closed form);
+    --trainer-bytes-per-param counts optimizer state kept on the trainer GPUs (a 70B model's 14 bytes a parameter
+    on four H200s do not fit; its bf16 shards do)."""
+    import json
+
+    argv = ["Llama-3-8B", "shared-pool:pull-on-publish", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--samples",
+            "0", "--json"]
+    assert _sync_cli([*argv, "--train-step", "2.5"]) == 0
+    m = json.loads(capsys.readouterr().out)["metrics"]
+    assert m["stale_fraction"] == pytest.approx(m["sync_s"] / 2.5, rel=1e-12)
+    big = ["Llama-3-70B", "rdma-p2p", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--tp", "4", "--samples", "0",
+           "--json"]
+    assert _sync_cli(big) == 0
+    assert json.loads(capsys.readouterr().out)["feasible"]
+    assert _sync_cli([*big, "--trainer-bytes-per-param", "14"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["feasible"] and "gpu0 needs" in out["reason"]

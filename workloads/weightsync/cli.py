@@ -17,7 +17,9 @@ from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over
 from fabricsim.hwmodels.symmetry import machine_of
 from fabricsim.hwmodels.topology import Topology
+from fabricsim.simcore import ScenarioError
 from fabricsim.simcore.lowering import load_loop
+from fabricsim.simcore.units import parse_seconds
 
 from .. import models
 from ..decode import DecodeBatch
@@ -144,6 +146,28 @@ def _fraction(text: str) -> float:
     return x
 
 
+def _step_seconds(text: str) -> float:
+    """--train-step: a duration ('60', '90s'), more than zero (staleness divides by it)."""
+    try:
+        x = parse_seconds(text, "--train-step")
+    except ScenarioError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--train-step: ")) from None
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"a training step takes more than 0 s, got {text!r}")
+    return x
+
+
+def _bytes_per_param(text: str) -> float:
+    """--trainer-bytes-per-param: a finite number in (0, 64]."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes per parameter, got {text!r}") from None
+    if not 0 < x <= 64:
+        raise argparse.ArgumentTypeError(f"expected bytes per parameter in (0, 64], got {text!r}")
+    return x
+
+
 def _trainer(args: argparse.Namespace, gpus: list[str]):
     if args.megatron is None:
         return FSDPLayout(gpus)
@@ -168,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
     setup = SyncSetup(topo, models.get(args.model), _trainer(args, trainer_gpus), rollout,
                       rollout_dtype="fp8" if args.fp8 else None,
                       decode=DecodeBatch(batch=args.batch, context=args.context),
-                      kv_reserve_fraction=args.kv_reserve)
+                      kv_reserve_fraction=args.kv_reserve, train_step_s=args.train_step,
+                      trainer_bytes_per_param=args.trainer_bytes_per_param)
     strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
     for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_engine_note(topo, rollout),
                  strategy.scale_note(setup)):
@@ -251,6 +276,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
                    help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
                         "release it, as colocated sleep mode does; vLLM claims 0.9)")
+    p.add_argument("--train-step", type=_step_seconds, default=60.0, metavar="SECONDS",
+                   help="training step length, for the staleness of asynchronous modes (default 60 s)")
+    p.add_argument("--trainer-bytes-per-param", type=_bytes_per_param, default=2.0, metavar="N",
+                   help="bytes per parameter the trainer keeps on its GPUs during the sync (default 2: bf16 shards, "
+                        "optimizer state offloaded; 14 keeps fp32 master weights and Adam moments on the GPU)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     add_output_args(p, SYNC_SAMPLES, "sync")
