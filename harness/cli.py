@@ -329,8 +329,8 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()
     if said:
         print("all rows: " + ", ".join(said))
     table = table.drop(columns=same)
-    col_width = {c: max(len(line) for line in table[[c]].to_string(index=False).splitlines()) + 2
-                 for c in table.columns}
+    col_width = {c: max(len(line) for line in table[[c]].to_string(index=False, float_format=_significant)
+                         .splitlines()) + 2 for c in table.columns}
     varying = [c for c in ids if c in table.columns and c not in keep]
     if sum(col_width[c] for c in [*keep, *varying]) <= width // 2:
         keep = [*keep, *varying]
@@ -341,7 +341,7 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()
         if blocks[-1] and used + sum(col_width[b] for b in blocks[-1]) + col_width[c] > width:
             blocks.append([])
         blocks[-1].append(c)
-    print("\n\n".join(table[keep + block].to_string(index=False) for block in blocks))
+    print("\n\n".join(table[keep + block].to_string(index=False, float_format=_significant) for block in blocks))
 
 
 def _terminal_width() -> int:
@@ -361,7 +361,13 @@ def _print(table: pd.DataFrame, csv: bool) -> None:
         table.to_csv(sys.stdout, index=False)
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-            print(table.to_string(index=False))
+            print(table.to_string(index=False, float_format=_significant))
+
+
+def _significant(x: float) -> str:
+    """A table's number to six significant digits: pandas gives a column one fixed number of decimals, so a
+    3 us makespan beside seconds showed as 0.000003 (and 1e-9 as 0.000000)."""
+    return f"{x:.6g}"
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fabricsim.cli import main
@@ -166,3 +167,13 @@ def test_report_names_the_users_path_when_it_cannot_write(capsys: pytest.Capture
     code = main(["report", str(ROOT / "validate/data/h100x1"), "--out", out, "--no-store"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"fabricsim: error: {out}:") and ".tmp" not in err and err.count("\n") == 1
+
+
+def test_small_values_keep_their_digits(capsys: pytest.CaptureFixture) -> None:
+    """Six significant digits a number, not one column-wide count of decimals (a 3 us makespan beside seconds
+    showed as 0.000003, 1e-9 s as 0.000000)."""
+    from fabricsim.harness.cli import _print
+
+    _print(pd.DataFrame({"point_id": ["a", "b", "c"], "makespan_s [s]": [3.14159e-6, 1e-9, 12.5]}), csv=False)
+    out = capsys.readouterr().out
+    assert "3.14159e-06" in out and "1e-09" in out and "12.5" in out and "0.000000" not in out
