@@ -180,11 +180,13 @@ MAX_CLUSTER_GPUS = 4096
 
 def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_Gbps: float, nodes_per_leaf: int,
                   oversubscription: float) -> str:
-    """The name of a cluster built without one: the preset's spelling (`cluster-4x8-rail-h200`) where the settings
-    are a preset's, with what differs from it appended (`-nic200g`, `-leaf8`, `-os2`), so that results and traces
-    of a cluster built in Python never carry the name of another machine. (`spines` changes nothing simulated: the
+    """The name of a cluster built without one: the preset's shortest spelling (`cluster-4x8-h200`, as
+    `presets.get` is usually asked: the rail fabric and H100 are the defaults and go unsaid) where the settings are a
+    preset's, with what differs from it appended (`-nic200g`, `-leaf8`, `-os2`), so that results and traces of a
+    cluster built in Python never carry the name of another machine. (`spines` changes nothing simulated: the
     spines are one switch with the summed uplinks.)"""
-    out = f"cluster-{nodes}x{gpus_per_node}-{fabric}" + ("" if model.upper() == "H100" else f"-{model.lower()}")
+    out = (f"cluster-{nodes}x{gpus_per_node}" + ("" if fabric == "rail" else f"-{fabric}")
+           + ("" if model.upper() == "H100" else f"-{model.lower()}"))
     if nic_Gbps != 400.0:
         out += f"-nic{nic_Gbps:g}g"
     if fabric == "leaf-spine" and nodes_per_leaf != 4:
