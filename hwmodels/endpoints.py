@@ -77,6 +77,15 @@ def _spell(names: list[str]) -> list[str]:
     return [x for stem, ns in stems.items() for x in _runs(stem, ns)] + rest
 
 
+def spell_for_message(names: list[str], limit: int = 200) -> str:
+    """`names` as an error message lists them: `compress_endpoints`'s ranges, or, where those run past `limit`
+    characters (names that do not count up), the first dozen and how many there are."""
+    shown = compress_endpoints(names)
+    if len(shown) > limit:
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    return shown
+
+
 def compress_endpoints(names: list[str]) -> str:
     """A short spelling of `names` in the notation `expand_endpoints` reads, for messages: a 4,096-GPU cluster's
     endpoints as 'node0-511.gpu0-7, node0-511.host0, node0-511.nvme0' rather than its first dozen names. Nodes that

@@ -23,7 +23,7 @@ Layout assumptions, stated because they decide contention:
   limit, no hash collisions), so the spines are drawn as one switch `spine` whose link to each leaf sums that
   leaf's uplinks; how many spines there are then changes nothing (`spines` is still checked, and kept so that
   existing calls and names still work). A GPU's copies across machines use its own NIC (GPUDirect); host
-  memory's are spread evenly over every equally short route, so over its socket's NICs (`Topology._striped`).
+  memory's are spread evenly over every equally short route, so over its socket's NICs (`Topology._equal_routes`).
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
 # this bound keeps `fabricsim topo show cluster-NxG` under about a second, and turns cluster-100000x8 into a
 # one-line error instead of minutes of graph building.
 MAX_CLUSTER_GPUS = 4096
+NIC_GBPS, NODES_PER_LEAF = 400.0, 4  # a cluster's defaults, which its name leaves unsaid (`_cluster_name`)
 
 
 def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_Gbps: float, nodes_per_leaf: int,
@@ -187,9 +188,9 @@ def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_G
     spines are one switch with the summed uplinks.)"""
     out = (f"cluster-{nodes}x{gpus_per_node}" + ("" if fabric == "rail" else f"-{fabric}")
            + ("" if model.upper() == "H100" else f"-{model.lower()}"))
-    if nic_Gbps != 400.0:
+    if nic_Gbps != NIC_GBPS:
         out += f"-nic{nic_Gbps:g}g"
-    if fabric == "leaf-spine" and nodes_per_leaf != 4:
+    if fabric == "leaf-spine" and nodes_per_leaf != NODES_PER_LEAF:
         out += f"-leaf{nodes_per_leaf}"
     if oversubscription != 1.0:
         out += f"-os{oversubscription:g}"
@@ -197,7 +198,8 @@ def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_G
 
 
 def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
-            nic_Gbps: float = 400.0, nodes_per_leaf: int = 4, spines: int = 2, oversubscription: float = 1.0,
+            nic_Gbps: float = NIC_GBPS, nodes_per_leaf: int = NODES_PER_LEAF, spines: int = 2,
+            oversubscription: float = 1.0,
             name: str | None = None) -> Topology:
     """N HGX nodes with one RDMA NIC per GPU on a rail-optimised or leaf-spine network.
 
@@ -289,9 +291,9 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
             fabric = m[3] or "rail"
             if m[6] and fabric != "leaf-spine":
                 raise TopologyError("-leafN sets the nodes per leaf of a leaf-spine fabric")
-            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), name=name,
-                           nic_Gbps=float(m[5]) if m[5] else 400.0, nodes_per_leaf=int(m[6]) if m[6] else 4,
-                           oversubscription=float(m[7]) if m[7] else 1.0)
+            given = {k: f(v) for k, f, v in (("nic_Gbps", float, m[5]), ("nodes_per_leaf", int, m[6]),
+                                             ("oversubscription", float, m[7])) if v}  # the rest: cluster's defaults
+            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), name=name, **given)
         except TopologyError as exc:
             raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)

@@ -37,7 +37,7 @@ from .calibration import (
     PathParams,
     SoftwareCost,
 )
-from .endpoints import compress_endpoints
+from .endpoints import spell_for_message
 from .fabric_summary import network_lines
 from .routing import RouteIndex
 from .specs import GPUSpec
@@ -305,10 +305,7 @@ class Topology:
         name = self.aliases.get(endpoint, endpoint)
         if name in self.graph:
             return name
-        eps = self.endpoints()
-        shown = compress_endpoints(eps)  # a cluster's as node ranges; else its first dozen names
-        if len(shown) > 200:
-            shown = ", ".join(eps[:12]) + (f", ... ({len(eps)} in all)" if len(eps) > 12 else "")
+        shown = spell_for_message(self.endpoints())
         hint = ""
         if re.search(r"\d-\d|,", endpoint):  # `node0-1.gpu1` names a list; one endpoint is wanted here
             hint = "; a range or comma names a list of endpoints, and this takes one"
@@ -418,13 +415,12 @@ class Topology:
         return s, d, cls, nodes, resources, latency, cap, engine, sized, rate_f
 
     def _slowest_hop_Bps(self, nodes: tuple[str, ...], resources: tuple[tuple[str, float], ...]) -> float:
-        """The rate the tightest hop of a copy allows, for a mechanism with no fitted rate to scale: its slowest
-        link, or, for a local copy (which crosses no link), its memory's copy rate: the HBM or DRAM cap over
-        what the copy draws on it (a local copy reads and writes the same memory), as `path_bandwidth_Bps`."""
-        if len(nodes) > 1 and all(c >= 1.0 for r, c in resources if "->" in r):
-            return min(self.graph.edges[u, v]["bw"][(u, v)] for u, v in zip(nodes, nodes[1:], strict=False))
+        """The rate the tightest hop of a copy allows, for a mechanism with no fitted rate to scale: its tightest
+        link at the share of the copy it carries, or, for a local copy (which crosses no link), its memory's copy
+        rate: the HBM or DRAM cap over what the copy draws on it (a local copy reads and writes the same memory), as
+        `path_bandwidth_Bps`."""
         caps = self._capacities()
-        if len(nodes) > 1:  # striped over several routes (`_striped`): `nodes` is only the first of them
+        if len(nodes) > 1:  # its links at their share (a copy spread over routes draws a part on each: `_spread`)
             return min(caps[r] / c for r, c in resources if "->" in r)
         return min(caps[r] / c for r, c in resources)
 
@@ -527,23 +523,20 @@ class Topology:
         routing = self._fresh_routing()
         routing.searched += 1
         hops = self._hops(routing, nodes)
-        latency = sum([h[1] for h in hops])  # sum(), as ever: Python 3.12's is compensated, and routes must agree
         cls = _class_of(s, d, ks, kd, {h[2] for h in hops})
-        if cls == "rdma" and "host" in (ks, kd) and (s, d) not in self._pinned:
-            striped = self._striped(routing, s, d, nodes, cls)
-            if striped is not None:
-                return striped
+        pinned = s != d and (s, d) in self._pinned
+        routes = self._equal_routes(routing, s, d, nodes) if cls == "rdma" and "host" in (ks, kd) and not pinned \
+            else [nodes]
+        if len(routes) > 1 or pinned:  # a pinned route may cross a link twice: it draws twice on it
+            resources, latency = self._spread(routing, s, d, cls, routes)
+            return self._entry(s, d, tuple(nodes), cls, resources, latency)
+        # one shortest route, which never crosses a link twice (the common case: kept free of counting)
+        latency = sum([h[1] for h in hops])  # sum(), as ever: Python 3.12's is compensated, and routes must agree
         crossings: dict[int, int] = {}
         for h in hops:
             for i in h[3]:
                 crossings[i] = crossings.get(i, 0) + 1
-        if s == d or (s, d) not in self._pinned:  # a shortest route never crosses a link twice
-            resources = [h[0] for h in hops]
-        else:  # a pinned route may: it draws twice on such a link
-            counted: dict[str, float] = {}
-            for h in hops:
-                counted[h[0][0]] = counted.get(h[0][0], 0.0) + 1.0
-            resources = list(counted.items())
+        resources = [h[0] for h in hops]
         resources += routing.caps.drawn(s, d, cls, crossings)
         return self._entry(s, d, nodes, cls, resources, latency)
 
@@ -560,24 +553,27 @@ class Topology:
             u = v
         return hops
 
-    def _striped(self, routing: _Routing, s: str, d: str, nodes: tuple[str, ...], cls: str) -> tuple | None:
-        """The cache entry of a copy between host memory and another machine spread evenly over its equally short
-        routes (None where it has one): each of k routes carries 1/k of its bytes, so a link that n of them cross
-        draws n/k per byte, and so does a cap. Why: host memory reaches the network through any NIC of its socket
+    def _equal_routes(self, routing: _Routing, s: str, d: str, nodes: tuple[str, ...]) -> list:
+        """The routes a copy between host memory and another machine is spread over evenly: all its equally short
+        ones (`nodes`, the search's, first). Why: host memory reaches the network through any NIC of its socket
         (no GPU pairs it with one), and the search's pick among equal NICs follows its visiting order: every copy
         from a socket went out of one NIC while its others idled. A transfer engine stripes a large copy over the
         NICs near the memory (Mooncake's, checkpoint engines'); ECMP's fluid limit, as the spines of
-        `presets.cluster`. The nodes kept are the first route's (records and traces show that one), the latency the
-        longest route's; the resources are all of them. The routes are those that stay within the two machines and
-        the fabric no machine owns (a NIC does not forward through a third machine's PCIe), unless the route
-        searched itself crosses a third machine: then all of them (and a search of the whole graph, ~10x slower)."""
+        `presets.cluster`. They are the routes that stay within the two machines and the fabric no machine owns (a
+        NIC does not forward through a third machine's PCIe), unless the route searched itself crosses a third
+        machine: then all of them (a search of the whole graph, ~10x slower)."""
         routes = routing.route.equal_routes(nodes, within={machine_of(s), machine_of(d), ""})
         if routes is None:  # the route searched leaves the two machines: every equal route counts
             routes = routing.route.equal_routes(nodes)
-        if routes is None or len(routes) < 2:
-            return None
+        return routes or [nodes]
+
+    def _spread(self, routing: _Routing, s: str, d: str, cls: str, routes: list) -> tuple[list, float]:
+        """(resources, link latency) of a copy spread evenly over `routes` (one, for a pinned route): each of k
+        carries 1/k of its bytes, so a link that n of them cross (a route may cross one twice) draws n/k per byte,
+        and a cap the same way; the latency is the longest route's. The nodes a cache entry keeps are the first
+        route's (records and traces show that one); the resources are all of them."""
         k = len(routes)
-        links: dict[tuple[str, float], int] = {}
+        links: dict[str, int] = {}
         caps: dict[str, float] = {}
         latency = 0.0
         for route in routes:
@@ -585,14 +581,12 @@ class Topology:
             latency = max(latency, sum([h[1] for h in hops]))
             crossings: dict[int, int] = {}
             for h in hops:
-                links[h[0]] = links.get(h[0], 0) + 1
+                links[h[0][0]] = links.get(h[0][0], 0) + 1
                 for i in h[3]:
                     crossings[i] = crossings.get(i, 0) + 1
             for name, coeff in routing.caps.drawn(s, d, cls, crossings):
                 caps[name] = caps.get(name, 0.0) + coeff
-        resources = [(name, n / k) for (name, _), n in links.items()]
-        resources += [(name, c / k) for name, c in caps.items()]
-        return self._entry(s, d, tuple(nodes), cls, resources, latency)
+        return [(name, n / k) for name, n in links.items()] + [(name, c / k) for name, c in caps.items()], latency
 
     def _entry(self, s: str, d: str, nodes: tuple[str, ...], cls: str, resources: list, latency: float) -> tuple:
         """The path cache's entry of the copy s -> d: (nodes, path class, resources sorted, link latency, engine)."""

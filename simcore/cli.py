@@ -73,8 +73,7 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         print(_table(result, calls))
         if interval is not None:
-            note = interval.note if interval.note != topo.calibration_note else ""  # that one is on stderr
-            print(f"makespan {interval.format(digits=4)}" + (f"   note: {note}" if note else ""))
+            print(f"makespan {interval.format(digits=4)}")  # its note is the calibration note, said on stderr
         if args.perfetto:
             print(f"trace written to {args.perfetto} (open it in https://ui.perfetto.dev)")
     return 0

@@ -117,7 +117,7 @@ def _cluster_calibrated() -> SyncSetup:
 # out and run the same `simulate_sync` calls). The fast paths since (ring hops' and loads' fixed costs folded where no
 # copy engine queues, declared joins, watermark slots) must give these answers: the procedural run of the new code
 # cannot catch a change of semantics. host-staged's c4cal and cluster-32 answers since its host-to-host copies
-# between machines stripe over the sockets' NICs (`Topology._striped`), on both paths.
+# between machines stripe over the sockets' NICs (`Topology._equal_routes`), on both paths.
 GOLDEN = {
     ("c4cal", "nccl-broadcast", (("overlap", True), ("call_latency_s", 1e-3))):
         (0.8722831974779355, 0.8228479829801849),

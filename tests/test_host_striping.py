@@ -1,4 +1,4 @@
-"""Host memory reaching another machine stripes over its socket's NICs (`Topology._striped`): ECMP's fluid limit,
+"""Host memory reaching another machine stripes over its socket's NICs (`Topology._equal_routes`): ECMP's fluid limit,
 as a transfer engine spreads a large copy over the NICs near the memory. GPUs keep their own NIC (GPUDirect)."""
 
 from __future__ import annotations

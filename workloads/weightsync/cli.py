@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.endpoints import compress_endpoints, expand_endpoints
+from fabricsim.hwmodels.endpoints import compress_endpoints, expand_endpoints, spell_for_message
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import intervals_over
 from fabricsim.hwmodels.symmetry import machine_of
@@ -128,9 +128,7 @@ def _check_gpus(flag: str, gpus: list[str], topo: Topology) -> None:
         name = topo.aliases.get(gpu, gpu)
         if name in topo.graph and topo.kind(name) == "gpu":
             continue
-        has = compress_endpoints(topo.gpus())
-        if len(has) > 200:
-            has = f"{len(topo.gpus())} GPUs"
+        has = spell_for_message(topo.gpus())
         what = (f"'{gpu}' is a {topo.kind(name)} in topology '{topo.name}', not a GPU" if name in topo.graph
                 else f"unknown GPU '{gpu}' in topology '{topo.name}'")
         raise WorkloadError(f"{flag}: {what} (it has {has})")

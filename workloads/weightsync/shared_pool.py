@@ -258,7 +258,8 @@ class SharedPool(Strategy):
                 continue
             if k.measure_contention:
                 self._contention_step(ctx, r, after=chain.tail[0])
-            converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=self._converting(ctx.setup))
+            converts = self._converting(ctx.setup)
+            self._buffers(ctx, r, float(plan.need_bytes[j]), converts)
             ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
             if converts:
                 chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
@@ -303,7 +304,8 @@ class SharedPool(Strategy):
                 r = plan.rollout_gpus[j]
                 chain = _Chain(published)
                 chain.then(sim.delay(ctx.name(f"observe.{r}"), k.observe_s, after=chain.tail, tag="observe"))
-                converts = self._buffers(ctx, r, need, converts=h == 0 and self._converting(ctx.setup))
+                converts = h == 0 and self._converting(ctx.setup)
+                self._buffers(ctx, r, need, converts)
                 if k.measure_contention:
                     self._contention_step(ctx, r, after=chain.tail[0])
                 arrived: list = []
@@ -329,9 +331,9 @@ class SharedPool(Strategy):
                                        [*chain.tail, arrived[-1]] if converts else chain.tail))
         return ends
 
-    def _buffers(self, ctx: SyncContext, r: str, need: float, converts: bool) -> bool:
+    def _buffers(self, ctx: SyncContext, r: str, need: float, converts: bool) -> None:
         """Allocate reader `r`'s inactive buffer for its `need` bytes (trainer-side size), and, where it `converts`
-        (one of `_converters`), its bf16 staging (`staging_bytes`). Returns `converts`."""
+        (one of `_converters`), its bf16 staging (`staging_bytes`)."""
         ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
         if converts:
             ctx.alloc(r, self.staging_bytes(need), "conversion-staging")
@@ -366,7 +368,8 @@ class SharedPool(Strategy):
             return  # zero-copy readers read the published slot in place at every decode step
         if k.measure_contention:
             self._contention_step(ctx, r)
-        converts = self._buffers(ctx, r, float(plan.need_bytes[j]), converts=self._converting(ctx.setup))
+        converts = self._converting(ctx.setup)
+        self._buffers(ctx, r, float(plan.need_bytes[j]), converts)
 
         def cost(op: tuple):
             if op[0] != "copy":
@@ -407,7 +410,8 @@ class SharedPool(Strategy):
         n_chunks = len(arrived[h])
         frac = 1.0 / n_chunks
         yield sim.delay(ctx.name(f"observe.{r}"), k.observe_s, tag="observe")
-        converts = self._buffers(ctx, r, need, converts=h == 0 and self._converting(ctx.setup))
+        converts = h == 0 and self._converting(ctx.setup)
+        self._buffers(ctx, r, need, converts)
         if k.measure_contention:
             self._contention_step(ctx, r)
         encoded: list = []  # hop 0's conversions, chunk by chunk, when it converts
