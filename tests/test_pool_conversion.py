@@ -118,3 +118,43 @@ def test_both_paths_agree_where_the_conversion_binds(monkeypatch):
     monkeypatch.setattr(base, "fp8_conversion", lambda: base.Transform("fp8", real.ratio, encode_hbm=1000.0))
     declared, procedural = _relay("fp8"), _relay("fp8", publishes=2, publish_interval_s=100.0)
     assert procedural.sync_s == pytest.approx(declared.sync_s, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["pull-on-publish", "relay"])
+@pytest.mark.parametrize("publishes", [1, 2], ids=["declared", "procedural"])
+def test_the_staging_is_released_once_its_readers_last_conversion_ended(mode: str, publishes: int,
+                                                                        monkeypatch) -> None:
+    """The bf16 staging is needed only while bf16 lands to be converted: each converting reader's memory record
+    drops by it when that reader's last conversion ends (before the sync does), on the compiled loop and in the
+    processes (a later publish keeps the run going long after the sync ended), and the peaks stay those the
+    plan counts."""
+    from fabricsim.workloads.weightsync import base
+
+    made: list = []
+
+    class Kept(base.Simulation):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(base, "Simulation", Kept)
+    chunk = 2**26
+    setup = _setup("fp8")
+    strategy = get(f"shared-pool:{mode}", chunk_bytes=chunk, publishes=publishes, publish_interval_s=100.0, **QUIET)
+    res = simulate_sync(setup, strategy, keep_result=True)
+    staging = strategy.staging_bytes(float(MODEL.weight_bytes()))
+    extra = strategy.extra_memory(setup, reshard(MODEL, setup.trainer, setup.rollout))
+    converting = G[1:] if mode == "pull-on-publish" else ["gpu1"]
+    for g in converting:
+        pool = made[0].memory(g)
+        last = max(r.finish_s for r in res.sim_result.records if r.tag == "encode" and r.src == g)
+        released = [t for (t, used), (_, before) in zip(pool.timeline[1:], pool.timeline, strict=False)
+                    if before - used == int(staging)]
+        assert len(released) == 1, (g, pool.timeline)
+        assert last == pytest.approx(released[0], rel=1e-12) and released[0] <= res.sync_s, g
+        assert pool.timeline[-1][1] == pool.peak_bytes - int(staging), g
+        assert pool.peak_bytes == max(used for _, used in pool.timeline), g
+        assert res.sim_result.memory_peaks[g] == pool.peak_bytes
+    for g in G[1:]:
+        resident = made[0].memory(g).timeline[1][1]  # the live weights, allocated first
+        assert made[0].memory(g).peak_bytes - resident == pytest.approx(extra[g], abs=2), g

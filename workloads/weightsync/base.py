@@ -18,6 +18,7 @@ Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x1
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import math
@@ -191,6 +192,7 @@ class SyncContext:
         self.decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
         self._steps: list[tuple[simpy.Event, list[simpy.Event]]] = []  # declared ones (`time_step`)
+        self._frees: list[tuple[simpy.Event, str, str]] = []  # declared items that end an allocation (`free_after`)
         self._assembled: AssembledPlan | None = None
         self._seq = 0
 
@@ -218,6 +220,29 @@ class SyncContext:
         """Release an allocation made with `alloc` (a zero-byte request allocated nothing: nothing to free)."""
         with contextlib.suppress(ScenarioError):
             self.sim.memory(gpu).free(tag)
+
+    def free_after(self, gpu: str, tag: str, event: simpy.Event) -> None:
+        """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event is only noted, as in
+        `live_write_at`: `settle_marks` releases it after the run, recorded at the item's finish."""
+        if self.sim.declared(event):
+            self._frees.append((event, gpu, tag))
+        else:
+            event.callbacks.append(lambda _ev: self.free(gpu, tag))
+
+    def _free_as_of(self, gpu: str, tag: str, t: float) -> None:
+        """`free`, recorded at `t` (a declared item's finish) rather than now: after the run the clock stands at its
+        end, past `t`. Levels recorded after `t` held the freed bytes no more, so they drop by them (and the peak
+        is their maximum again)."""
+        pool = self.sim.memory(gpu)
+        try:
+            nbytes = pool.free(tag)
+        except ScenarioError:  # a zero-byte request allocated nothing
+            return
+        line = pool.timeline
+        line.pop()  # the change `free` recorded at the clock's time
+        at = bisect.bisect_right(line, t, key=lambda change: change[0])
+        line[at:] = [(t, line[at - 1][1] - nbytes), *((s, used - nbytes) for s, used in line[at:])]
+        pool.peak_bytes = max(used for _, used in line)
 
     def mark_live_write(self) -> None:
         """Call when the first byte lands in the engines' live weights (generation must stop from here)."""
@@ -248,8 +273,8 @@ class SyncContext:
         sim.env.all_of(parts).callbacks.append(lambda _ev: self.concurrent_steps_s.append(sim.now - t0))
 
     def settle_marks(self) -> None:
-        """After the run: fold the noted events' finish times into `first_live_write_s`, and the noted decode
-        steps' durations into `concurrent_steps_s`."""
+        """After the run: fold the noted events' finish times into `first_live_write_s`, the noted decode
+        steps' durations into `concurrent_steps_s`, and release the noted allocations (`free_after`)."""
         times = [ev.value.finish_s for ev in self._live_events if ev.processed]
         if self.first_live_write_s is not None:
             times.append(self.first_live_write_s)
@@ -259,6 +284,10 @@ class SyncContext:
             if began.processed and all(p.processed for p in parts):
                 self.concurrent_steps_s.append(max(p.value.finish_s for p in parts) - began.value.finish_s)
         self._steps = []
+        for ev, gpu, tag in self._frees:
+            if ev.processed:
+                self._free_as_of(gpu, tag, ev.value.finish_s)
+        self._frees = []
 
     def encode(self, gpu: str, raw_bytes: float, after: Iterable = ()) -> simpy.Event:
         """The sender-side transform kernels on `raw_bytes` of trainer-side data."""

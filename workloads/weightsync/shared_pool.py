@@ -34,12 +34,12 @@ Lower-precision engines (`rollout_dtype="fp8"`): the pool holds the trainer's bf
 the pool converts. A pull-on-publish reader pulls bf16 and converts into its fp8 inactive buffer; a relay
 chain's first GPU converts each chunk as it arrives and forwards fp8, so the chain's later hops move half the
 bytes and convert nothing. A converting reader pulls through a bf16 staging area of two chunks (`chunk_bytes`
-each, at most its slice: one landing while the other converts), counted in its memory. Pull-on-publish's
-conversion is declared after the whole pull, which overstates its sync by the conversion of all but the last
-chunk (a pipelined converter hides it behind the pull: 2.5 bytes of HBM traffic per bf16 byte, short beside
-a pull over NVLink or the network). The relay's head converts per simulated chunk and reuses a staging chunk once
-its conversion ended; when `max_sim_chunks` makes a simulated chunk larger than `chunk_bytes`, that wait is the
-coarser chunk's (the memory counted stays two real chunks).
+each, at most its slice: one landing while the other converts), counted in its memory until its last conversion
+ends. Pull-on-publish's conversion is declared after the whole pull, which overstates its sync by the conversion
+of all but the last chunk (a pipelined converter hides it behind the pull: 2.5 bytes of HBM traffic per bf16
+byte, short beside a pull over NVLink or the network). The relay's head converts per simulated chunk and reuses
+a staging chunk once its conversion ended; when `max_sim_chunks` makes a simulated chunk larger than
+`chunk_bytes`, that wait is the coarser chunk's (the memory counted stays two real chunks).
 
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
@@ -75,6 +75,7 @@ __all__ = ["MODES", "PoolProtocolError", "SharedPool", "SharedPoolKnobs", "zero_
 MODES = ("zero-copy", "pull-on-publish", "relay")
 PEER_CLASSES = ("d2d", "p2p-nvlink", "p2p-pcie")
 MiB = 1 << 20
+STAGING = "conversion-staging"  # a converting reader's bf16 staging (`staging_bytes`), its allocation's tag
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ class SharedPool(Strategy):
             ctx.pool_accepted.append(self._read_declared(ctx, pool, j, r, 1.0, "pull", chain))
             if converts:
                 chain.then(ctx.encode(r, float(plan.need_bytes[j]), after=chain.tail))
+                ctx.free_after(r, STAGING, chain.tail[0])
             ends.append(self._flip(ctx, r, float(plan.need_bytes[j]), half_step, chain.tail))
         return sim.all_of(ends, id=ctx.name("read"))
 
@@ -327,17 +329,19 @@ class SharedPool(Strategy):
                         chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=chain.tail, tag="observe"))
                         arrived.append(chain.tail[0])
                 upstream = arrived
+                if converts:
+                    ctx.free_after(r, STAGING, arrived[-1])  # each conversion follows the one before it
                 ends.append(self._flip(ctx, r, need, half_step,
                                        [*chain.tail, arrived[-1]] if converts else chain.tail))
         return ends
 
     def _buffers(self, ctx: SyncContext, r: str, need: float, converts: bool) -> None:
         """Allocate reader `r`'s inactive buffer for its `need` bytes (trainer-side size), and, where it `converts`
-        (one of `_converters`), its bf16 staging (`staging_bytes`)."""
+        (one of `_converters`), its bf16 staging (`staging_bytes`), which the caller frees after its last
+        conversion."""
         ctx.alloc(r, need * ctx.setup.rollout_ratio, "inactive-buffer")
         if converts:
-            ctx.alloc(r, self.staging_bytes(need), "conversion-staging")
-        return converts
+            ctx.alloc(r, self.staging_bytes(need), STAGING)
 
     def _flip(self, ctx: SyncContext, r: str, need: float, half_step: float, after: list) -> simpy.Event:
         """Reader `r` switches to the new weights at its next step boundary, after `after`: the boundary (when the
@@ -380,7 +384,9 @@ class SharedPool(Strategy):
         version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s, tag="observe"))
         ctx.pool_accepted.append(version)
         if converts:
-            yield ctx.encode(r, float(plan.need_bytes[j]))
+            converted = ctx.encode(r, float(plan.need_bytes[j]))
+            ctx.free_after(r, STAGING, converted)
+            yield converted
         yield self._flip(ctx, r, float(plan.need_bytes[j]), half_step, [])
 
     def _relay_chains(self, ctx: SyncContext, pool: SimPool, half_step: float) -> list[Generator]:
@@ -442,6 +448,7 @@ class SharedPool(Strategy):
                 yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # unchanged: the chunk is v
             arrived[h][c].succeed()
         if encoded:
+            ctx.free_after(r, STAGING, encoded[-1])  # each conversion follows the one before it
             yield encoded[-1]
         yield self._flip(ctx, r, need, half_step, [])
 
