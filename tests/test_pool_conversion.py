@@ -65,14 +65,29 @@ def test_converting_readers_hold_a_bf16_staging_of_two_chunks(chunk: float) -> N
         plain, fp8 = _setup(None), _setup("fp8")
         plan = reshard(MODEL, plain.trainer, plain.rollout)
         with_bf16, with_fp8 = strategy.extra_memory(plain, plan), strategy.extra_memory(fp8, plan)
+        fp8_copy = need * fp8_conversion().ratio  # half, plus the block scales
         for g in G[1:]:
             assert with_bf16[g] == pytest.approx(need)
-            assert with_fp8[g] == pytest.approx(need / 2 + (staging if g in converting else 0.0)), (mode, g)
+            assert with_fp8[g] == pytest.approx(fp8_copy + (staging if g in converting else 0.0)), (mode, g)
         peaks = simulate_sync(fp8, strategy, keep_result=True).sim_result.memory_peaks
         quiet = simulate_sync(plain, strategy, keep_result=True).sim_result.memory_peaks
-        for g in G[1:]:  # fp8 engines hold half the weights, live and inactive: need less, plus any staging
+        for g in G[1:]:  # fp8 engines hold about half the weights, live and inactive, plus any staging
             grew = peaks[g] - quiet[g]
-            assert grew == pytest.approx(-need + (staging if g in converting else 0.0), abs=2), (mode, g)
+            assert grew == pytest.approx(2 * (fp8_copy - need) + (staging if g in converting else 0.0), abs=2), \
+                (mode, g)
+
+
+def test_a_gpus_fp8_weights_take_the_bytes_the_wire_brings_them() -> None:
+    """One ratio for fp8 weights, block scales included: the live copy and the inactive buffer of a relay hop hold
+    what the hop before it forwards, not half the bf16 bytes."""
+    setup = _setup("fp8")
+    assert setup.rollout_ratio == fp8_conversion().ratio
+    strategy = get("shared-pool:relay", **QUIET)
+    plan = reshard(MODEL, setup.trainer, setup.rollout)
+    res = simulate_sync(setup, strategy, keep_result=True)
+    forwarded = sum(r.bytes for r in res.sim_result.records if r.tag == "relay" and r.dst == "gpu2")
+    assert strategy.extra_memory(setup, plan)["gpu2"] == pytest.approx(forwarded, rel=1e-12)
+    assert strategy.rollout_resident(setup, plan)["gpu2"] == pytest.approx(forwarded, rel=1e-12)
 
 
 def test_staging_can_make_a_full_reader_infeasible() -> None:

@@ -71,8 +71,10 @@ class SyncSetup:
 
     @property
     def rollout_ratio(self) -> float:
-        """Rollout-side bytes per trainer-side byte (0.5 for bf16 -> fp8)."""
-        return dtype_bytes(self.wire_dtype) / dtype_bytes(self.model.dtype)
+        """Rollout-side bytes per trainer-side byte: those of the dtype conversion (`dtype_conversion`), which the
+        engines' weights carry as the wire does (fp8's block scales too: 0.500122, not 0.5), else 1."""
+        conversion = dtype_conversion(self)
+        return conversion.ratio if conversion else 1.0
 
     def hbm_bytes(self, gpu: str) -> int:
         return self.topology.gpu(gpu).hbm_bytes
@@ -467,15 +469,20 @@ def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int) -> list[tuple
     return out
 
 
+def dtype_conversion(setup: SyncSetup) -> Transform | None:
+    """The conversion the rollout dtype asks for (None when the engines keep the model's dtype)."""
+    if setup.wire_dtype == setup.model.dtype:
+        return None
+    if setup.wire_dtype != "fp8":
+        raise WorkloadError(f"only conversion to fp8 is modelled, not {setup.model.dtype} -> {setup.wire_dtype}")
+    return fp8_conversion()
+
+
 def effective_transforms(setup: SyncSetup, strategy: Strategy) -> tuple[Transform, ...]:
     """The strategy's transforms plus the dtype conversion the rollout dtype asks for (done by the sender, so
     half the bytes travel, as Perplexity's schedule does)."""
-    extra: tuple[Transform, ...] = ()
-    if setup.wire_dtype != setup.model.dtype:
-        if setup.wire_dtype != "fp8":
-            raise WorkloadError(f"only conversion to fp8 is modelled, not {setup.model.dtype} -> {setup.wire_dtype}")
-        extra = (fp8_conversion(),)
-    return tuple(strategy.transforms) + extra
+    conversion = dtype_conversion(setup)
+    return tuple(strategy.transforms) + ((conversion,) if conversion else ())
 
 
 def _check_decode_fits(setup: SyncSetup, plan: ReshardPlan, resident: dict[str, float],
