@@ -28,6 +28,7 @@ Layout assumptions, stated because they decide contention:
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import re
@@ -189,12 +190,20 @@ def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_G
     out = (f"cluster-{nodes}x{gpus_per_node}" + ("" if fabric == "rail" else f"-{fabric}")
            + ("" if model.upper() == "H100" else f"-{model.lower()}"))
     if nic_Gbps != NIC_GBPS:
-        out += f"-nic{nic_Gbps:g}g"
+        out += f"-nic{_spelt(nic_Gbps)}g"
     if fabric == "leaf-spine" and nodes_per_leaf != NODES_PER_LEAF:
         out += f"-leaf{nodes_per_leaf}"
     if oversubscription != 1.0:
-        out += f"-os{oversubscription:g}"
+        out += f"-os{_spelt(oversubscription)}"
     return out
+
+
+def _spelt(x: float) -> str:
+    """`x` as a cluster's name writes it: the shortest decimal that reads back as `x`, with no exponent (the name's
+    pattern has none) and no trailing '.0'. (`:g` rounds to six digits: a 400.1234567 Gb/s NIC was named 400.123,
+    another machine.)"""
+    text = format(decimal.Decimal(repr(float(x))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
@@ -280,7 +289,8 @@ def names() -> list[str]:
 
 
 def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
-    """A preset by name, with its calibration: 'default' (the bundled profile, if any), None, a path or a profile."""
+    """A preset by name, with its calibration: 'default' (the bundled profile, if any), None, a path or a profile.
+    A cluster is named by its shortest spelling whichever was asked (`cluster-4x8-rail-h200` is `cluster-4x8-h200`)."""
     if name in PRESETS:
         topo = PRESETS[name]()
     else:
@@ -293,7 +303,8 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
                 raise TopologyError("-leafN sets the nodes per leaf of a leaf-spine fabric")
             given = {k: f(v) for k, f, v in (("nic_Gbps", float, m[5]), ("nodes_per_leaf", int, m[6]),
                                              ("oversubscription", float, m[7])) if v}  # the rest: cluster's defaults
-            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), name=name, **given)
+            # named by `cluster` (its shortest spelling), not as asked: one machine has one name in results
+            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), **given)
         except TopologyError as exc:
             raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)

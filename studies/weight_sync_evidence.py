@@ -48,7 +48,7 @@ def _checkpoint_engine(model: str) -> Callable:
 def _perplexity(calibration):
     """Perplexity: Kimi-K2, 256 BF16 training GPUs -> 128 FP8 inference GPUs over RDMA, 1.3 s. Scaled by 1/8 with
     the same bytes per NIC: 32 trainer GPUs (4 nodes) -> one 16-GPU engine (2 nodes); EP 32 keeps experts whole."""
-    topo = presets.get("cluster-6x8-rail-h200", calibration=calibration)
+    topo = presets.get("cluster-6x8-h200", calibration=calibration)
     trainer = [f"node{n}.gpu{i}" for n in range(4) for i in range(8)]
     rollout = [f"node{n}.gpu{i}" for n in range(4, 6) for i in range(8)]
     setup = SyncSetup(topo, models.get("Kimi-K2"), MegatronLayout(trainer, tp=1, ep=32),
@@ -65,7 +65,7 @@ def _slime(calibration):
     return setup, get("cuda-ipc-buckets")
 
 
-TOPOLOGY = {"checkpoint-engine": "hgx-h800-8", "perplexity": "cluster-6x8-rail-h200", "slime": "hgx-h100-8"}
+TOPOLOGY = {"checkpoint-engine": "hgx-h800-8", "perplexity": "cluster-6x8-h200", "slime": "hgx-h100-8"}
 CASES: dict[str, tuple[Callable, float]] = {
     "checkpoint-engine GLM-4.5-Air 8xH800": (_checkpoint_engine("GLM-4.5-Air"), 3.47),
     "checkpoint-engine Qwen3-235B 8xH800": (_checkpoint_engine("Qwen3-235B-A22B"), 6.75),

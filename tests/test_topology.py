@@ -380,6 +380,44 @@ def test_a_cluster_s_name_builds_it_again(kwargs):
     assert again.name == built.name and again.describe() == built.describe()
 
 
+def _spellings() -> list[str]:
+    """Names `presets.get` accepts for 2x2 clusters: every part said or left unsaid, defaults spelt out, numbers
+    written more than one way."""
+    out = []
+    for fabric in ("", "-rail", "-leaf-spine"):
+        leaves = ("", "-leaf4", "-leaf04", "-leaf1") if fabric == "-leaf-spine" else ("",)
+        for model in ("", "-h100", "-h200"):
+            for nic in ("", "-nic400g", "-nic400.0g", "-nic200g", "-nic400.1234567g"):
+                for leaf in leaves:
+                    for over in ("", "-os1", "-os1.0", "-os2", "-os2.5", "-os02.50"):
+                        out.append(f"cluster-2x2{fabric}{model}{nic}{leaf}{over}")
+    return [*out, "cluster-02x02", "cluster-2x02-rail"]
+
+
+def test_every_spelling_of_a_cluster_gets_the_name_of_its_shortest():
+    """Results are stored by topology name: 'cluster-4x8-rail-h200' and 'cluster-4x8-h200' are one machine, so
+    they get one name, the shortest spelling of that machine (as `presets.cluster` names it), and that name builds
+    the same machine again; a NIC rate the name spells exactly (400.1234567, not rounded to 400.123: another
+    machine)."""
+    machines: dict[str, set[str]] = {}  # a machine (what describe says after its name) -> the names it was given
+    spelt: dict[str, str] = {}
+    for name in _spellings():
+        topo = presets.get(name, calibration=None)
+        machine = topo.describe().split("\n", 1)[1] + repr(sorted(  # describe rounds rates to 0.1 GB/s
+            (a, b, sorted(d["bw"].items())) for a, b, d in topo.graph.edges(data=True)))
+        machines.setdefault(machine, set()).add(name)
+        spelt[name] = topo.name
+        again = presets.get(topo.name, calibration=None)
+        assert again.name == topo.name and again.describe() == topo.describe(), name
+        assert sorted(again.graph.edges(data="bw")) == sorted(topo.graph.edges(data="bw")), name
+    for names in machines.values():
+        assert {spelt[n] for n in names} == {min(names, key=lambda n: (len(n), n))}, sorted(names)
+    assert spelt["cluster-2x2-rail-h200"] == presets.get("cluster-2x2-h200").name == "cluster-2x2-h200"
+    assert spelt["cluster-2x2-rail-h100-nic400.0g-os1.0"] == "cluster-2x2"
+    assert spelt["cluster-2x2-leaf-spine-h200-nic400.1234567g-leaf1-os02.50"] == \
+        "cluster-2x2-leaf-spine-h200-nic400.1234567g-leaf1-os2.5"
+
+
 def test_a_leaf_size_on_a_rail_fabric_is_refused():
     with pytest.raises(TopologyError, match="leaf-spine"):
         presets.get("cluster-4x8-rail-leaf2")
