@@ -2,7 +2,9 @@
 
 A cluster's link table runs to thousands of lines, and the facts a person asks of a fabric (which nodes share a
 leaf, how much a leaf can send up against what its NICs can send in) are sums over it. They are read from the
-graph, so a topology file says the same as the preset it was written from.
+graph, so a topology file says the same as the preset it was written from. A link between switches with no NIC
+beyond it on one side (the spine of a one-leaf fabric) carries nothing: its bandwidth and the ratio it would make
+are not shown, as they would mean nothing.
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ MAX_SHOWN = 12  # switches listed one per line; the rest are counted
 
 def network_lines(graph: Any) -> list[str]:
     """One line per network switch (at most `MAX_SHOWN`): its NICs and their machines, the bandwidth they can send
-    into it, its links to other switches, and the ratio of the two (oversubscription) where it has both."""
+    into it, its links to other switches that traffic crosses, and the ratio of the two (oversubscription) where it
+    has both; links nothing crosses are named as such (`_crossed`)."""
     switches = sorted((n for n, k in graph.nodes(data="kind") if k == "net-switch"), key=_natural)
     if not switches:
         return []
+    nics_of = {sw: [n for n in graph.neighbors(sw) if graph.nodes[n].get("kind") == "nic"] for sw in switches}
+    peers_of = {sw: [n for n in graph.neighbors(sw) if n in nics_of] for sw in switches}
     lines = ["network (GB/s into each switch from its NICs; to other switches; NIC : uplink ratio):"]
     for sw in switches[:MAX_SHOWN]:
-        nics, peers = [], []
-        down = up = 0.0
-        for other in graph.neighbors(sw):
-            bw = graph.edges[sw, other]["bw"]
-            kind = graph.nodes[other].get("kind")
-            if kind == "nic":
-                nics.append(other)
-                down += bw[(other, sw)]
-            elif kind == "net-switch":
-                peers.append(other)
-                up += bw[(sw, other)]
+        nics = nics_of[sw]
+        peers = [p for p in peers_of[sw] if _crossed(sw, p, nics_of, peers_of)]
+        idle = sorted(set(peers_of[sw]) - set(peers), key=_natural)
+        if not nics and not peers:
+            lines.append(f"  {sw:<12} carries nothing: every NIC reaches every other without it")
+            continue
+        down = sum(graph.edges[sw, n]["bw"][(n, sw)] for n in nics)
+        up = sum(graph.edges[sw, p]["bw"][(sw, p)] for p in peers)
         parts = []
         if nics:
             machines = sorted({machine_of(n) or n for n in nics}, key=_natural)
@@ -42,10 +44,31 @@ def network_lines(graph: Any) -> list[str]:
             parts.append(f"{up / 1e9:.1f} to {compress_endpoints(sorted(peers, key=_natural))}")
         if nics and peers and up > 0:
             parts.append(f"{down / up:.2f}:1")
+        if idle:
+            parts.append(f"nothing crosses to {compress_endpoints(idle)} (no NIC beyond)")
         lines.append(f"  {sw:<12} " + "; ".join(parts))
     if len(switches) > MAX_SHOWN:
         lines.append(f"  ... ({len(switches) - MAX_SHOWN} more switches)")
     return lines
+
+
+def _crossed(sw: str, peer: str, nics_of: dict[str, list], peers_of: dict[str, list]) -> bool:
+    """Whether traffic can cross the link between switches `sw` and `peer`: NICs on both sides of it (reached from
+    each end over switch links without passing the other end). A one-leaf fabric's spine has none on its side."""
+    return _nics_reached(peer, sw, nics_of, peers_of) > 0 and _nics_reached(sw, peer, nics_of, peers_of) > 0
+
+
+def _nics_reached(start: str, avoid: str, nics_of: dict[str, list], peers_of: dict[str, list]) -> int:
+    """NICs on the switches reached from `start` over switch links, never through `avoid`."""
+    seen, todo, count = {start, avoid}, [start], 0
+    while todo:
+        sw = todo.pop()
+        count += len(nics_of[sw])
+        for peer in peers_of[sw]:
+            if peer not in seen:
+                seen.add(peer)
+                todo.append(peer)
+    return count
 
 
 def _natural(name: str) -> tuple:

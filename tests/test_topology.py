@@ -357,6 +357,26 @@ def test_topo_show_says_which_nodes_share_a_leaf_and_how_oversubscribed_it_is():
     assert "network" not in presets.get("hgx-h200-8").describe()  # one machine: no network switch
 
 
+@pytest.mark.parametrize(("name", "machines"), [("cluster-4x8-leaf-spine", "node0-3"),
+                                              ("cluster-4x8-leaf-spine-os2", "node0-3"),
+                                              ("cluster-1x8-leaf-spine", "node0")])
+def test_topo_show_of_one_leaf_gives_its_spine_no_uplinks_or_ratio(name, machines):
+    """With every NIC on one leaf nothing crosses the spine: a leaf's uplink bandwidth and its 2.00:1 meant nothing
+    there, so the leaf's line has neither and the spine's says it carries nothing (a file written from the preset
+    says the same)."""
+    topo = presets.get(name, calibration=None)
+    nics = sum(1 for n, k in topo.graph.nodes(data="kind") if k == "nic")
+    nic = topo.graph.edges["node0.nic0", "leaf0"]["bw"][("node0.nic0", "leaf0")]
+    net = _network_section(topo.describe())
+    assert set(net) == {"leaf0", "spine"}
+    assert net["leaf0"].split(None, 1)[1] == \
+        f"{nics} NICs of {machines}, {nics * nic / 1e9:.1f} in; nothing crosses to spine (no NIC beyond)"
+    assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
+    assert _network_section(topology_from_dict(topology_to_dict(topo), "round-trip").describe()) == net
+    two = _network_section(presets.get("cluster-5x8-leaf-spine-os2", calibration=None).describe())
+    assert two["leaf1"].endswith("to spine; 2.00:1") and two["spine"].split()[2:] == ["to", "leaf0-1"]
+
+
 def test_a_cluster_built_in_python_is_named_after_what_it_is():
     """Its name once ignored model, NIC rate, leaf size and oversubscription: an H200 cluster with 2:1 leaves was
     'cluster-6x8-leaf-spine', the name of another machine, in results and traces."""
