@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+from operator import itemgetter
+
 from .errors import OutOfMemory, ScenarioError
 
 
@@ -35,12 +38,22 @@ class MemoryPool:
         self._allocs[tag] = int(nbytes)
         self._set(self.used_bytes + int(nbytes))
 
-    def free(self, tag: str) -> int:
+    def free(self, tag: str, at: float | None = None) -> int:
+        """Release `tag`; returns its bytes. `at`: when it was released, if earlier than the clock (a compiled run
+        is over before its declared items' callbacks could run: `SyncContext.free_after`): levels recorded after
+        `at` held the bytes no more, so they drop by them, and the peak is their maximum again."""
         try:
             nbytes = self._allocs.pop(tag)
         except KeyError:
             raise ScenarioError(f"free of unknown allocation '{tag}' on {self.device}") from None
-        self._set(self.used_bytes - nbytes)
+        if at is None:
+            self._set(self.used_bytes - nbytes)
+            return nbytes
+        self.used_bytes -= nbytes
+        line = self.timeline
+        k = bisect.bisect_right(line, at, key=itemgetter(0))
+        line[k:] = [(at, line[k - 1][1] - nbytes), *((t, used - nbytes) for t, used in line[k:])]
+        self.peak_bytes = max(used for _, used in line)
         return nbytes
 
     def _set(self, used: int) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import OutOfMemory, Simulation
+from fabricsim.simcore.memory import MemoryPool
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
 
@@ -53,6 +54,23 @@ def test_memory_alloc_free_and_clear_oom(h100):
     hbm.free("weights")
     hbm.alloc(30 * 2**30, "kv")
     assert hbm.peak_bytes == 60 * 2**30
+
+
+def test_a_free_dated_earlier_lowers_the_levels_after_it_and_the_peak():
+    """`free(tag, at=t)` (a declared item's release, applied after the compiled run): the timeline gains the
+    release at t, every level recorded after t drops by the freed bytes, and the peak is the new maximum."""
+    now = [0.0]
+    pool = MemoryPool("gpu0", 100, clock=lambda: now[0])
+    for t, nbytes, tag in [(1.0, 30, "a"), (2.0, 40, "b"), (4.0, 20, "c")]:
+        now[0] = t
+        pool.alloc(nbytes, tag)
+    now[0] = 9.0
+    assert pool.free("a", at=3.0) == 30
+    assert pool.timeline == [(0.0, 0), (1.0, 30), (2.0, 70), (3.0, 40), (4.0, 60)]
+    assert (pool.used_bytes, pool.peak_bytes) == (60, 70)
+    pool2 = MemoryPool("gpu0", 100, clock=lambda: now[0])
+    pool2.alloc(10, "x")
+    assert pool2.free("x", at=20.0) == 10 and pool2.timeline[-1] == (20.0, 0)  # later than the last change: appended
 
 
 def test_trace_is_valid_perfetto_json_with_non_overlapping_lanes(tmp_path):

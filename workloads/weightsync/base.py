@@ -18,7 +18,6 @@ Optional transforms change what travels: `Fp8Conversion` (bf16 -> fp8 with 128x1
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import math
@@ -233,18 +232,9 @@ class SyncContext:
 
     def _free_as_of(self, gpu: str, tag: str, t: float) -> None:
         """`free`, recorded at `t` (a declared item's finish) rather than now: after the run the clock stands at its
-        end, past `t`. Levels recorded after `t` held the freed bytes no more, so they drop by them (and the peak
-        is their maximum again)."""
-        pool = self.sim.memory(gpu)
-        try:
-            nbytes = pool.free(tag)
-        except ScenarioError:  # a zero-byte request allocated nothing
-            return
-        line = pool.timeline
-        line.pop()  # the change `free` recorded at the clock's time
-        at = bisect.bisect_right(line, t, key=lambda change: change[0])
-        line[at:] = [(t, line[at - 1][1] - nbytes), *((s, used - nbytes) for s, used in line[at:])]
-        pool.peak_bytes = max(used for _, used in line)
+        end, past `t` (`MemoryPool.free`'s `at`)."""
+        with contextlib.suppress(ScenarioError):  # a zero-byte request allocated nothing
+            self.sim.memory(gpu).free(tag, at=t)
 
     def mark_live_write(self) -> None:
         """Call when the first byte lands in the engines' live weights (generation must stop from here)."""
