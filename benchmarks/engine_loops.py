@@ -28,9 +28,12 @@ from fabricsim.simcore import Simulation
 RESULTS = Path(__file__).with_name("results")
 
 
-def declare(topology: str, n_transfers: int, workers: int, seed: int = 1) -> tuple[Simulation, float]:
+def declare(topology: str, n_transfers: int, workers: int, seed: int = 1, kinds: tuple[str, ...] = ("gpu", "host"),
+            distinct: bool = False) -> tuple[Simulation, float]:
+    """The workload above; `kinds`: the endpoints drawn from, `distinct`: never a copy from an endpoint to itself
+    (benchmarks/engine_vs_simgrid.py draws GPUs only, two distinct ones)."""
     topo = presets.get(topology, calibration=None)
-    endpoints = [e for e in topo.endpoints() if e.split(".")[-1].startswith(("gpu", "host"))]
+    endpoints = [e for e in topo.endpoints() if e.split(".")[-1].startswith(kinds)]
     rng = random.Random(seed)
     t0 = time.perf_counter()
     sim = Simulation(topo, record_load=False)
@@ -38,7 +41,8 @@ def declare(topology: str, n_transfers: int, workers: int, seed: int = 1) -> tup
         prev: list[str] = []
         for i in range(n_transfers // workers + (1 if w < n_transfers % workers else 0)):
             rid = f"w{w}.{i}"
-            sim.transfer(rid, rng.choice(endpoints), rng.choice(endpoints), int(2 ** rng.uniform(16, 28)), after=prev)
+            src, dst = rng.sample(endpoints, 2) if distinct else (rng.choice(endpoints), rng.choice(endpoints))
+            sim.transfer(rid, src, dst, int(2 ** rng.uniform(16, 28)), after=prev)
             prev = [rid]
     return sim, time.perf_counter() - t0
 
