@@ -400,12 +400,15 @@ class Study:
         return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
     def topology_of(self, params: Point) -> str:
-        """What a point's rows carry in the `topology` column ("" when the study does not say)."""
+        """What a point's rows carry in the `topology` column ("" when the study does not say): a preset by the
+        name its topology carries (`presets.canonical_name`: one machine, one name, however the grid spells it)."""
+        from fabricsim.hwmodels.presets import canonical_name
+
         if params.get("topology"):
-            return str(params["topology"])
+            return canonical_name(str(params["topology"]))
         if callable(self.topology):
-            return str(self.topology(params))
-        return self.topology or ""
+            return canonical_name(str(self.topology(params)))
+        return canonical_name(self.topology or "")
 
     def points(self) -> list[tuple[str, Point]]:
         """The grid as (point id, params), duplicates dropped (first kept), in grid order.

@@ -294,20 +294,41 @@ def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
     if name in PRESETS:
         topo = PRESETS[name]()
     else:
-        m = _CLUSTER_RE.match(name)
-        if not m:
-            raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
-        try:
-            fabric = m[3] or "rail"
-            if m[6] and fabric != "leaf-spine":
-                raise TopologyError("-leafN sets the nodes per leaf of a leaf-spine fabric")
-            given = {k: f(v) for k, f, v in (("nic_Gbps", float, m[5]), ("nodes_per_leaf", int, m[6]),
-                                             ("oversubscription", float, m[7])) if v}  # the rest: cluster's defaults
-            # named by `cluster` (its shortest spelling), not as asked: one machine has one name in results
-            topo = cluster(int(m[1]), int(m[2]), fabric=fabric, model=(m[4] or "h100").upper(), **given)
+        args = _cluster_args(name)
+        try:  # named by `cluster` (its shortest spelling), not as asked: one machine has one name in results
+            topo = cluster(**args)
         except TopologyError as exc:
             raise TopologyError(f"preset '{name}': {exc}") from None
     return apply_calibration(topo, calibration, preset=name)
+
+
+def canonical_name(name: str) -> str:
+    """The name a preset's topology carries (`get(name).name`) without building it: a cluster's shortest spelling
+    for any accepted one; anything else (another preset, a file path, an unknown name) as given. Study rows name
+    their machine by it, so a grid that says `cluster-4x8-rail` stores the rows of `cluster-4x8`."""
+    if name in PRESETS or not _CLUSTER_RE.match(name):
+        return name
+    try:
+        args = _cluster_args(name)
+    except TopologyError:
+        return name
+    return _cluster_name(args["nodes"], args["gpus_per_node"], args["fabric"], args["model"],
+                         args.get("nic_Gbps", NIC_GBPS), args.get("nodes_per_leaf", NODES_PER_LEAF),
+                         args.get("oversubscription", 1.0))
+
+
+def _cluster_args(name: str) -> dict:
+    """`cluster`'s arguments for a cluster preset's name (the settings it does not say are `cluster`'s defaults)."""
+    m = _CLUSTER_RE.match(name)
+    if not m:
+        raise TopologyError(f"unknown topology preset '{name}' (known: {', '.join(names())})")
+    fabric = m[3] or "rail"
+    if m[6] and fabric != "leaf-spine":
+        raise TopologyError(f"preset '{name}': -leafN sets the nodes per leaf of a leaf-spine fabric")
+    given = {k: f(v) for k, f, v in (("nic_Gbps", float, m[5]), ("nodes_per_leaf", int, m[6]),
+                                     ("oversubscription", float, m[7])) if v}
+    return {"nodes": int(m[1]), "gpus_per_node": int(m[2]), "fabric": fabric, "model": (m[4] or "h100").upper(),
+            **given}
 
 
 def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str | Path | None = None) -> Topology:

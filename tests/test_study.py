@@ -240,3 +240,13 @@ def test_parameters_and_metrics_that_cannot_be_stored_are_refused(tmp_path) -> N
     inf = Study(name="inf", grid=Grid.product(x=[1]), run=lambda p: {"y": float("inf")})
     report = run_sweep(inf, store=tmp_path, workers=1, progress=False)
     assert report.failed == 1
+
+
+def test_rows_name_a_cluster_by_its_shortest_spelling_however_the_grid_spells_it():
+    """Results are kept by topology name: a grid that says `cluster-4x8-rail` (or a study's topology function that
+    does) stores the rows of `cluster-4x8`, the name its topology carries; files and other presets keep theirs."""
+    s = Study(name="s", grid=Grid.points([{"topology": "cluster-4x8-rail"}, {"topology": "cluster-4x8-rail-h200"},
+                                          {"topology": "hgx-h200-8"}, {"topology": "mine.yaml"}]), run=_metrics)
+    assert [s.topology_of(p) for _, p in s.points()] == ["cluster-4x8", "cluster-4x8-h200", "hgx-h200-8", "mine.yaml"]
+    by_function = Study(name="f", grid=Grid.points([{"a": 1}]), run=_metrics, topology=lambda p: "cluster-2x8-rail")
+    assert by_function.topology_of({"a": 1}) == "cluster-2x8"

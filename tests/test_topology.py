@@ -427,6 +427,7 @@ def test_every_spelling_of_a_cluster_gets_the_name_of_its_shortest():
             (a, b, sorted(d["bw"].items())) for a, b, d in topo.graph.edges(data=True)))
         machines.setdefault(machine, set()).add(name)
         spelt[name] = topo.name
+        assert presets.canonical_name(name) == topo.name, name  # the name without building the machine
         again = presets.get(topo.name, calibration=None)
         assert again.name == topo.name and again.describe() == topo.describe(), name
         assert sorted(again.graph.edges(data="bw")) == sorted(topo.graph.edges(data="bw")), name
