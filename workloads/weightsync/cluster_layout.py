@@ -11,7 +11,7 @@ from fabricsim.hwmodels import presets
 
 from .. import models
 from ..placement import FSDPLayout, RolloutLayout
-from .base import SyncSetup
+from .base import SyncSetup, fp8_conversion
 
 
 def layout(gpus: int) -> tuple[str, str, str]:
@@ -27,7 +27,8 @@ def expert_parallel_tp(model: models.ModelConfig, hbm_bytes: int, n_rollout: int
     expert-parallel engines of a large cluster (not `studies.weight_sync.rollout_tp`, the smallest TP that fits
     one small box's dense engines)."""
     tp = 8
-    while tp < n_rollout and model.weight_bytes() * 0.5 / tp > 0.5 * hbm_bytes:
+    fp8 = fp8_conversion().ratio  # with its block scales, as the engines hold them
+    while tp < n_rollout and model.weight_bytes() * fp8 / tp > 0.5 * hbm_bytes:
         tp *= 2
     return min(tp, n_rollout)
 
