@@ -39,7 +39,8 @@ def network_lines(graph: Any) -> list[str]:
         parts = []
         if nics:
             machines = sorted({machine_of(n) or n for n in nics}, key=_natural)
-            parts.append(f"{len(nics)} NICs of {compress_endpoints(machines)}, {down / 1e9:.1f} in")
+            parts.append(f"{len(nics)} NIC{'' if len(nics) == 1 else 's'} of {compress_endpoints(machines)}, "
+                         f"{down / 1e9:.1f} in")
         if peers:
             parts.append(f"{up / 1e9:.1f} to {compress_endpoints(sorted(peers, key=_natural))}")
         if nics and peers and up > 0:

@@ -359,7 +359,7 @@ def test_topo_show_says_which_nodes_share_a_leaf_and_how_oversubscribed_it_is():
 
 @pytest.mark.parametrize(("name", "machines"), [("cluster-4x8-leaf-spine", "node0-3"),
                                               ("cluster-4x8-leaf-spine-os2", "node0-3"),
-                                              ("cluster-1x8-leaf-spine", "node0")])
+                                              ("cluster-1x8-leaf-spine", "node0"), ("cluster-1x1-leaf-spine", "node0")])
 def test_topo_show_of_one_leaf_gives_its_spine_no_uplinks_or_ratio(name, machines):
     """With every NIC on one leaf nothing crosses the spine: a leaf's uplink bandwidth and its 2.00:1 meant nothing
     there, so the leaf's line has neither and the spine's says it carries nothing (a file written from the preset
@@ -370,7 +370,8 @@ def test_topo_show_of_one_leaf_gives_its_spine_no_uplinks_or_ratio(name, machine
     net = _network_section(topo.describe())
     assert set(net) == {"leaf0", "spine"}
     assert net["leaf0"].split(None, 1)[1] == \
-        f"{nics} NICs of {machines}, {nics * nic / 1e9:.1f} in; nothing crosses to spine (no NIC beyond)"
+        f"{nics} NIC{'' if nics == 1 else 's'} of {machines}, {nics * nic / 1e9:.1f} in; " \
+        "nothing crosses to spine (no NIC beyond)"
     assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
     assert _network_section(topology_from_dict(topology_to_dict(topo), "round-trip").describe()) == net
     two = _network_section(presets.get("cluster-5x8-leaf-spine-os2", calibration=None).describe())
