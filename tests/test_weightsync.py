@@ -635,3 +635,26 @@ def test_the_training_step_and_the_trainers_memory_are_flags(capsys) -> None:
     assert _sync_cli([*big, "--trainer-bytes-per-param", "14"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert not out["feasible"] and "gpu0 needs" in out["reason"]
+
+
+def test_an_answer_says_its_gpus_and_the_knobs_it_was_made_with(capsys) -> None:
+    """A cluster preset is H100 unless it says -h200, and `max_sim_tasks=1` makes a coarser simulation: the header
+    names the GPU model and every knob off its default, and --json repeats the whole question (a trial could not
+    tell either from the output)."""
+    import json
+
+    argv = ["Qwen3-30B-A3B", "rdma-p2p", "--topology", "cluster-2x8", "--trainer", "node0.gpu0-7", "--rollout",
+            "node1.gpu0-7", "--tp", "8", "--samples", "0"]
+    assert _sync_cli([*argv, "--knob", "max_sim_tasks=1"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "on cluster-2x8 (H100)," in head and head.endswith("; knobs max_sim_tasks=1")
+    assert _sync_cli([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ins = out["inputs"]
+    assert (ins["model"], ins["topology"], ins["gpus"], ins["trainer"], ins["rollout"], ins["tp"]) == \
+        ("Qwen3-30B-A3B", "cluster-2x8", "H100", "node0.gpu0-7", "node1.gpu0-7", 8)
+    assert ins["knobs"]["max_sim_tasks"] == 4 and ins["knobs_changed"] == []
+    assert out["memory_gpus"] == {"peak_extra_GiB": "node0.gpu0", "headroom_GiB": "node1.gpu0"}
+    assert _sync_cli([*argv, "--json", "--knob", "max_sim_tasks=1", "--topology", "cluster-2x8-h200"]) == 0
+    ins = json.loads(capsys.readouterr().out)["inputs"]
+    assert ins["gpus"] == "H200" and ins["knobs_changed"] == ["max_sim_tasks"] and ins["knobs"]["max_sim_tasks"] == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
@@ -219,16 +219,60 @@ def _run(args: argparse.Namespace) -> int:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
-                    "metrics": metric_values(metrics), "intervals": interval_values(intervals)})
+                    "inputs": _inputs(args, setup, strategy), "metrics": metric_values(metrics),
+                    "memory_gpus": {"peak_extra_GiB": res.peak_extra_gpu, "headroom_GiB": res.headroom_gpu},
+                    "intervals": interval_values(intervals),
+                    **({"intervals_skipped": skipped} if skipped and res.feasible else {})})
         return 0
-    print(f"{res.strategy}: {args.model} on {topo.name}, trainer {setup.trainer.describe()}, "
-          f"rollout {setup.rollout.describe()}")
+    knobs = _changed_knobs(strategy)
+    print(f"{res.strategy}: {args.model} on {topo.name} ({_gpu_models(topo, setup)}), trainer "
+          f"{setup.trainer.describe()}, rollout {setup.rollout.describe()}"
+          + (f"; knobs {', '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
     if where := _memory_where(res, setup):
         print(where)
     return 0
+
+
+def _gpu_models(topo: Topology, setup: SyncSetup) -> str:
+    """The GPU models the sync runs on ('H200'; 'H100 trainer, H200 rollout' where they differ): a cluster preset
+    is H100 unless its name says -h200, and the header must not leave that to be guessed (a trial read an H100
+    cluster's answer as an H200 one)."""
+    trainer = sorted({topo.gpu(g).model for g in setup.trainer.gpus})
+    rollout = sorted({topo.gpu(g).model for g in setup.rollout.gpus})
+    if trainer == rollout:
+        return "/".join(trainer)
+    return f"{'/'.join(trainer)} trainer, {'/'.join(rollout)} rollout"
+
+
+def _changed_knobs(strategy) -> dict[str, object]:
+    """The strategy's knobs that differ from their defaults: an answer made with a coarser simulation
+    (`max_sim_tasks=1`) or another cost must say so wherever it is read later."""
+    default = type(strategy.knobs)()
+    return {f.name: getattr(strategy.knobs, f.name) for f in fields(strategy.knobs)
+            if getattr(strategy.knobs, f.name) != getattr(default, f.name)}
+
+
+def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, object]:
+    """What `--json` says was asked, so that a stored answer carries its question: model, machine and GPU models,
+    layouts, dtype, decode batch, the other settings, and every knob's value (`knobs_changed`: those not at their
+    defaults)."""
+    topo = setup.topology
+    return {"model": setup.model.name, "topology": topo.name, "gpus": _gpu_models(topo, setup),
+            "calibration": topo.calibration_id, "trainer": compress_endpoints(list(setup.trainer.gpus)),
+            "trainer_layout": setup.trainer.describe(), "rollout": compress_endpoints(list(setup.rollout.gpus)),
+            "rollout_layout": setup.rollout.describe(), "tp": args.tp, "ep": args.ep, "fp8": args.fp8,
+            "batch": args.batch, "context": args.context, "kv_reserve": args.kv_reserve,
+            "train_step_s": args.train_step, "trainer_bytes_per_param": args.trainer_bytes_per_param,
+            "knobs": {f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)},
+            "knobs_changed": sorted(_changed_knobs(strategy))}
+
+
+def _plain(value: object) -> object:
+    """A knob's value as JSON holds it (numbers, booleans, strings; anything else by its text)."""
+    return value if isinstance(value, bool | int | float | str) or value is None else str(value)
 
 
 def _memory_where(res: SyncResult, setup: SyncSetup) -> str:
