@@ -33,6 +33,7 @@ from typing import Any
 
 from fabricsim.errors import TopologyError
 
+from .calibration import LINK_KINDS
 from .fileio import read_yaml
 from .memcaps import add_memory_caps
 from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
@@ -166,6 +167,10 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
     if not isinstance(ends, list) or len(ends) != 2 or ends[0] == ends[1]:
         raise TopologyError(f"{where}.between: expected [a, b] with two different components")
     kind = link.get("kind")
+    # the kind first: a misspelled one ('nvlnk') must be named as such, not read as a spec-less link missing GBps
+    if kind not in LINK_KINDS:
+        raise TopologyError(f"{where}.kind: " + ("missing" if kind is None else f"unknown kind '{kind}'")
+                            + f" (known: {', '.join(LINK_KINDS)})")
     a, b = str(ends[0]), str(ends[1])
     latency = None
     if "latency_us" in link:

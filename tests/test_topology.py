@@ -103,6 +103,18 @@ def test_bad_topology_files_are_named(mutate, match):
         topology_from_dict(d, "box.yaml")
 
 
+@pytest.mark.parametrize("fields", [{"gen": 4, "links": 18}, {"GBps": 400}])
+def test_a_misspelled_link_kind_is_named_as_unknown_whatever_else_the_link_gives(fields):
+    """Without GBps a misspelled kind used to read as a missing field ("a 'nvlnk' link needs GBps")."""
+    d = topology_to_dict(presets.h100_1())
+    d["links"].append({"between": ["gpu0", "host0"], "kind": "nvlnk", **fields})
+    with pytest.raises(TopologyError, match=r"links\[\d+\]\.kind: unknown kind 'nvlnk' \(known: pcie, nvlink, dram"):
+        topology_from_dict(d, "box.yaml")
+    del d["links"][-1]["kind"]
+    with pytest.raises(TopologyError, match=r"\.kind: missing \(known: pcie"):
+        topology_from_dict(d, "box.yaml")
+
+
 HGX_TOPO_M = """\
 \tGPU0\tGPU1\tGPU2\tGPU3\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
 GPU0\t X \tNV18\tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
