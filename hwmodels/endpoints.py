@@ -77,6 +77,15 @@ def _spell(names: list[str]) -> list[str]:
     return [x for stem, ns in stems.items() for x in _runs(stem, ns)] + rest
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key that reads the numbers in a name as numbers: node2.gpu1 before node10.gpu0, leaf2 before leaf10
+    (plain string order puts node100 before node64, and a tie broken by it names an odd GPU)."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
 def spell_for_message(names: list[str], limit: int = 200) -> str:
     """`names` as an error message lists them: `compress_endpoints`'s ranges, or, where those run past `limit`
     characters (names that do not count up), the first dozen and how many there are."""

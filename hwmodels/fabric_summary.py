@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .endpoints import compress_endpoints
+from .endpoints import compress_endpoints, natural_key
 from .symmetry import machine_of
 
 MAX_SHOWN = 12  # switches listed one per line; the rest are counted
@@ -21,7 +21,7 @@ def network_lines(graph: Any) -> list[str]:
     """One line per network switch (at most `MAX_SHOWN`): its NICs and their machines, the bandwidth they can send
     into it, its links to other switches that traffic crosses, and the ratio of the two (oversubscription) where it
     has both; links nothing crosses are named as such (`_crossed`)."""
-    switches = sorted((n for n, k in graph.nodes(data="kind") if k == "net-switch"), key=_natural)
+    switches = sorted((n for n, k in graph.nodes(data="kind") if k == "net-switch"), key=natural_key)
     if not switches:
         return []
     nics_of = {sw: [n for n in graph.neighbors(sw) if graph.nodes[n].get("kind") == "nic"] for sw in switches}
@@ -30,7 +30,7 @@ def network_lines(graph: Any) -> list[str]:
     for sw in switches[:MAX_SHOWN]:
         nics = nics_of[sw]
         peers = [p for p in peers_of[sw] if _crossed(sw, p, nics_of, peers_of)]
-        idle = sorted(set(peers_of[sw]) - set(peers), key=_natural)
+        idle = sorted(set(peers_of[sw]) - set(peers), key=natural_key)
         if not nics and not peers:
             lines.append(f"  {sw:<12} carries nothing: every NIC reaches every other without it")
             continue
@@ -38,11 +38,11 @@ def network_lines(graph: Any) -> list[str]:
         up = sum(graph.edges[sw, p]["bw"][(sw, p)] for p in peers)
         parts = []
         if nics:
-            machines = sorted({machine_of(n) or n for n in nics}, key=_natural)
+            machines = sorted({machine_of(n) or n for n in nics}, key=natural_key)
             parts.append(f"{len(nics)} NIC{'' if len(nics) == 1 else 's'} of {compress_endpoints(machines)}, "
                          f"{down / 1e9:.1f} in")
         if peers:
-            parts.append(f"{up / 1e9:.1f} to {compress_endpoints(sorted(peers, key=_natural))}")
+            parts.append(f"{up / 1e9:.1f} to {compress_endpoints(sorted(peers, key=natural_key))}")
         if nics and peers and up > 0:
             parts.append(f"{down / up:.2f}:1")
         if idle:
@@ -70,10 +70,3 @@ def _nics_reached(start: str, avoid: str, nics_of: dict[str, list], peers_of: di
                 seen.add(peer)
                 todo.append(peer)
     return count
-
-
-def _natural(name: str) -> tuple:
-    """Sort key that puts leaf2 before leaf10."""
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return (head, int(tail) if tail else -1)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.topology import path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import (
@@ -658,3 +659,18 @@ def test_an_answer_says_its_gpus_and_the_knobs_it_was_made_with(capsys) -> None:
     assert _sync_cli([*argv, "--json", "--knob", "max_sim_tasks=1", "--topology", "cluster-2x8-h200"]) == 0
     ins = json.loads(capsys.readouterr().out)["inputs"]
     assert ins["gpus"] == "H200" and ins["knobs_changed"] == ["max_sim_tasks"] and ins["knobs"]["max_sim_tasks"] == 1
+
+
+def test_memory_ties_name_the_first_gpu_counting_node_numbers_as_numbers() -> None:
+    """On a cluster every rollout GPU of a symmetric layout has the same headroom: the tie goes to the first GPU
+    with node numbers read as numbers (node2.gpu0, not node10.gpu0, which plain string order puts first; a trial
+    was shown node100.gpu0 of 64 identical rollout nodes)."""
+    from fabricsim.hwmodels.endpoints import natural_key
+
+    topo = presets.get("cluster-12x8-h200", calibration=None)
+    setup = SyncSetup(topo, models.get("Qwen3-30B-A3B"), FSDPLayout(expand_endpoints("node0-1.gpu0-7")),
+                      RolloutLayout(expand_endpoints("node2-11.gpu0-7"), tp=8))
+    res = simulate_sync(setup, get("nccl-broadcast"))
+    assert res.headroom_gpu == "node2.gpu0"
+    assert sorted(["node10.gpu0", "node2.gpu1", "node2.gpu0", "leaf10", "leaf2"], key=natural_key) == \
+        ["leaf2", "leaf10", "node2.gpu0", "node2.gpu1", "node10.gpu0"]

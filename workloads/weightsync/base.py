@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import simpy
 
+from fabricsim.hwmodels.endpoints import natural_key
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError, Simulation
 from fabricsim.simcore.gcpause import gc_paused
@@ -585,10 +586,10 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
         for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
             extra[g] = extra.get(g, 0.0) + keep * float(b)
     decode_claim = _decode_claim(setup, plan, resident_roll)
-    gpus = sorted(set(resident) | set(extra) | set(decode_claim))
+    gpus = sorted(set(resident) | set(extra) | set(decode_claim), key=natural_key)  # node64 before node100
     room = {g: setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim) for g in gpus}
     tightest = min(room, key=room.__getitem__, default="")  # the GPU whose headroom is the result's (first on ties)
-    fullest = max(extra, key=extra.__getitem__, default="")
+    fullest = max(sorted(extra, key=natural_key), key=extra.__getitem__, default="")
     base = SyncResult(label, False, peak_extra_bytes=max(extra.values(), default=0.0),
                       extra_headroom_bytes=room[tightest] if room else math.nan,
                       rollout_weight_bytes=max(resident_roll.values(), default=0.0), decode_step_local_s=local_step,
@@ -638,7 +639,8 @@ def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: st
     base.stall_s = strategy.stall(ctx, sync_s)
     base.bytes_by_class = {k: v for k, v in res.bytes_by_link_class().items() if v > 0}
     base.peak_extra_bytes = float(max(peaks.values(), default=0))
-    base.peak_extra_gpu = max(sorted(peaks), key=peaks.__getitem__, default="")  # sorted: ties go to the first name
+    # sorted: ties go to the first name, counted as numbers (node64.gpu0 before node100.gpu0)
+    base.peak_extra_gpu = max(sorted(peaks, key=natural_key), key=peaks.__getitem__, default="")
     base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
     base.read_retries = float(getattr(ctx, "read_retries", 0))
     base.version_lag = float(getattr(ctx, "version_lag", 0))
