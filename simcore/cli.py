@@ -9,16 +9,27 @@ from collections.abc import Sequence
 
 from fabricsim.hwmodels.endpoints import compress_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import SAMPLES, sample_count
+from fabricsim.hwmodels.intervals import SAMPLES, Interval, sample_count
 
 from .records import Result
 from .scenario import load_scenario
 from .units import format_bytes
 
 
-def _table(result: Result, calls: Sequence[dict] = ()) -> str:
+def _makespan(seconds: float, interval: Interval | None) -> str:
+    """'49.4865 ms [37.0265, 66.5633] (90%)', in s from a second on (a 23,902.4339 ms makespan is 23.9024 s); the
+    interval, where there is one, on the same line as the value it bounds (its note is the calibration note, said
+    on stderr)."""
+    scale, unit = (1.0, "s") if seconds >= 1.0 else (1e3, "ms")
+    if interval is None:
+        return f"{seconds * scale:.4f} {unit}"
+    return interval.format(scale=scale, unit=unit, digits=4)
+
+
+def _table(result: Result, calls: Sequence[dict] = (), interval: Interval | None = None) -> str:
     """The text form of a run; `calls`: the scenario's collective calls (`Scenario.collective_calls`), each shown
-    as one row from its first ring copy to its last rank's finish, in place of its zero-length marker."""
+    as one row from its first ring copy to its last rank's finish, in place of its zero-length marker;
+    `interval`: the makespan's, shown beside it."""
     rows = [f"topology {result.topology}   calibration {result.calibration_id or 'none (datasheet defaults)'}",
             f"{'id':<14} {'src':>10} -> {'dst':<10} {'bytes':>11} {'class':<11} {'start':>11} {'finish':>11} "
             f"{'GB/s*':>8}"]
@@ -36,8 +47,8 @@ def _table(result: Result, calls: Sequence[dict] = ()) -> str:
         what = f"{c['op']} on {compress_endpoints(c['gpus'])}"
         rows.append(f"{c['id']:<14} {what:>24} {format_bytes(c['bytes']):>11} {'collective':<11} "
                     f"{c['start_s'] * 1e3:>9.4f}ms {c['finish_s'] * 1e3:>9.4f}ms")
-    rows.append(f"makespan {result.makespan_s * 1e3:.4f} ms   (* GB/s while moving: from the end of any engine-queue "
-                "wait to the finish)")
+    rows.append(f"makespan {_makespan(result.makespan_s, interval)}")
+    rows.append("(* GB/s while moving: from the end of any engine-queue wait to the finish)")
     busiest = sorted(result.mean_utilisation().items(), key=lambda kv: -kv[1])[:5]
     if busiest:
         rows.append("busiest resources (mean utilisation over the makespan): "
@@ -71,9 +82,7 @@ def _simulate(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2)
         print()
     else:
-        print(_table(result, calls))
-        if interval is not None:
-            print(f"makespan {interval.format(digits=4)}")  # its note is the calibration note, said on stderr
+        print(_table(result, calls, interval))
         if args.perfetto:
             print(f"trace written to {args.perfetto} (open it in https://ui.perfetto.dev)")
     return 0

@@ -174,7 +174,8 @@ def _check_keys(item: Any, allowed: set[str], where: str, source: str) -> dict[s
         raise ScenarioError(f"{source}: {where}: expected a mapping")
     unknown = set(item) - allowed
     if unknown:
-        raise ScenarioError(f"{source}: {where}: unknown key '{sorted(unknown)[0]}'")
+        raise ScenarioError(f"{source}: {where}: unknown key '{sorted(unknown)[0]}' (allowed: "
+                            f"{', '.join(sorted(allowed))})")
     return item
 
 

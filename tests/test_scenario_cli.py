@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -256,3 +257,25 @@ def test_simulate_says_on_stderr_when_its_profile_was_fitted_on_another_gpu_coun
     assert "fitted on 2x H200" in cap.err and "fitted on" not in cap.out
     if json_mode:
         json.loads(cap.out)
+
+
+def test_the_makespan_is_one_line_with_its_interval_in_a_readable_unit(tmp_path, capsys):
+    """One makespan line (it was printed twice, the second with the interval), in ms below a second and in s from
+    one on (a trial read 23902.4339 ms), with the interval beside the value it bounds."""
+    short = write(tmp_path, GOOD)
+    assert main(["simulate", str(short), "--samples", "4"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("makespan")]
+    assert len(lines) == 1 and re.fullmatch(r"makespan [\d.]+ ms \[[\d.]+, [\d.]+\] \(90%.*\)", lines[0]), lines
+    long = tmp_path / "long.yaml"
+    long.write_text("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, bytes: 200GiB}]\n")
+    assert main(["simulate", str(long), "--samples", "0"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("makespan")]
+    assert len(lines) == 1 and re.fullmatch(r"makespan \d+\.\d{4} s", lines[0]), lines
+
+
+def test_an_unknown_key_in_an_item_lists_the_allowed_ones(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text("topology: h100-1\ntransfers: [{id: a, src: host, dst: gpu0, byte: 1GiB}]\n")
+    assert main(["simulate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "transfers[0]: unknown key 'byte' (allowed: after, bytes, dst," in err and err.count("\n") == 1
