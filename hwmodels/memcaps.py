@@ -16,5 +16,6 @@ def add_memory_caps(t: Topology) -> None:
             continue
         spec = t.graph.nodes[n]["spec"]
         edges = [e for nb in t.graph.neighbors(n) for e in ((n, nb), (nb, n))]
-        Bps = spec.hbm_Bps if kind == "gpu" else spec.Bps
-        t.add_cap(f"{n}.{'hbm' if kind == 'gpu' else 'dram'}", Bps, edges=edges, endpoints=[n], local_copy_coeff=2.0)
+        derating = spec.hbm_derating if kind == "gpu" else spec.derating
+        t.add_cap(f"{n}.{'hbm' if kind == 'gpu' else 'dram'}", derating.Bps, edges=edges, endpoints=[n],
+                  local_copy_coeff=2.0, derating=derating)

@@ -11,11 +11,32 @@ Units: bytes, seconds, bytes per second unless the name says otherwise (`_GBps` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 from fabricsim.errors import TopologyError
 
 GB = 1e9
 GiB = 1 << 30
+
+
+class Derating(NamedTuple):
+    """A bandwidth the model uses below the peak it was given: the fraction reached in practice and why. Kept as
+    data so that `fabricsim topo show` can say so beside the derated figure (a user who wrote `dram_GBps: 300`
+    otherwise sees 225 and no reason)."""
+
+    peak_GBps: float
+    fraction: float
+    why: str
+
+    @property
+    def Bps(self) -> float:
+        return self.peak_GBps * GB * self.fraction
+
+    def note(self, with_why: bool = True) -> str:
+        """'75% of the 300 GB/s peak: <why>' (less the why, where a line above gave it), to print beside the
+        derated figure."""
+        note = f"{self.fraction:.0%} of the {self.peak_GBps:g} GB/s peak"
+        return f"{note}: {self.why}" if with_why else note
 
 
 @dataclass(frozen=True)
@@ -36,11 +57,16 @@ class GPUSpec:
     copy_engines: int
     peak_tflops: dict[str, float] = field(default_factory=dict)
     hbm_efficiency: float = 0.9
+    hbm_efficiency_why: ClassVar[str] = "what large device-to-device copies reach"
+
+    @property
+    def hbm_derating(self) -> Derating:
+        return Derating(self.hbm_GBps, self.hbm_efficiency, self.hbm_efficiency_why)
 
     @property
     def hbm_Bps(self) -> float:
         """Usable HBM bandwidth (read + write bytes per second)."""
-        return self.hbm_GBps * GB * self.hbm_efficiency
+        return self.hbm_derating.Bps
 
     def flops_per_s(self, dtype: str) -> float:
         try:
@@ -159,10 +185,15 @@ class HostDRAMSpec:
     bytes: int = 1024 * GiB
     GBps: float = 307.0
     efficiency: float = 0.75
+    efficiency_why: ClassVar[str] = "what STREAM-like copies reach"
+
+    @property
+    def derating(self) -> Derating:
+        return Derating(self.GBps, self.efficiency, self.efficiency_why)
 
     @property
     def Bps(self) -> float:
-        return self.GBps * GB * self.efficiency
+        return self.derating.Bps
 
 
 @dataclass(frozen=True)

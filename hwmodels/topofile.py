@@ -22,7 +22,8 @@ aliases: {host: host0}
 A NIC may name the GPU whose RDMA traffic it carries (`{kind: nic, Gbps: 400, gpu: node0.gpu3}`, GPUDirect: no
 other GPU of its machine sends through it), as the cluster presets pair them. A link gives either `GBps`
 (effective, per direction) or the spec fields of its kind (PCIe gen/lanes, NVLink gen/links); `latency_us`
-overrides the kind's default latency. HBM and DRAM caps are added automatically, as in the presets.
+overrides the kind's default latency. HBM and DRAM caps are added automatically, as in the presets: a fraction of
+the GPU model's HBM peak and of `dram_GBps` (a peak; `specs.Derating` says how much and why).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from .calibration import (
 from .endpoints import spell_for_message
 from .fabric_summary import network_lines
 from .routing import RouteIndex
-from .specs import GPUSpec
+from .specs import Derating, GPUSpec
 from .symmetry import Machines, RouteTemplate, machine_of
 from .uncertainty import Uncertainty
 
@@ -101,6 +101,7 @@ class _Cap:
     classes: frozenset[str] = frozenset()
     endpoints: frozenset[str] = frozenset()
     local_copy_coeff: float = 0.0  # how much a local (src == dst) copy at this endpoint draws
+    derating: Derating | None = None  # where `Bps` is a spec's peak derated: how and why, for `describe`
 
     def coefficient(self, path_class: str, src: str, dst: str, crossings: int) -> float:
         """What a copy src -> dst of `path_class` draws on this cap per byte moved; `crossings`: how many times its
@@ -251,8 +252,9 @@ class Topology:
 
     def add_cap(self, name: str, Bps: float, *, edges: list[tuple[str, str]] | None = None,
                 classes: list[str] | tuple[str, ...] = (), endpoints: list[str] | tuple[str, ...] = (),
-                local_copy_coeff: float = 0.0) -> None:
-        """A shared ceiling several flows draw on (see `_Cap.coefficient` for who draws)."""
+                local_copy_coeff: float = 0.0, derating: Derating | None = None) -> None:
+        """A shared ceiling several flows draw on (see `_Cap.coefficient` for who draws); `derating`: the peak
+        and fraction `Bps` was made of, where it is a spec's peak derated (`describe` says so)."""
         if not Bps > 0:
             raise TopologyError(f"cap '{name}': bandwidth must be > 0, got {Bps}")
         if name in self.caps:
@@ -264,7 +266,7 @@ class Topology:
             if cls not in PATH_CLASSES:
                 raise TopologyError(f"cap '{name}': unknown path class '{cls}'")
         self.caps[name] = _Cap(name, float(Bps), frozenset(tuple(e) for e in edges or ()), frozenset(classes),
-                               frozenset(self.resolve(x) for x in endpoints), local_copy_coeff)
+                               frozenset(self.resolve(x) for x in endpoints), local_copy_coeff, derating)
         self._changed()
 
     def pin_route(self, src: str, dst: str, via: list[str]) -> None:
@@ -676,6 +678,20 @@ class Topology:
             small = min(comps, key=len)
             raise TopologyError(f"topology '{self.name}' is not connected: {sorted(small)} are cut off")
 
+    def _cap_lines(self) -> list[str]:
+        """One line per shared cap: its GB/s and who draws on it, and where the figure is a spec's peak derated,
+        the fraction of which peak (the reason on the first line of each reason: a cluster has a thousand HBM caps).
+        A cap whose rate no longer is its derating's (a perturbed copy's, see hwmodels.intervals) says nothing."""
+        lines, explained = [], set()
+        for c in self.caps.values():
+            why = ", ".join(sorted(c.classes)) or "all classes"
+            d = c.derating
+            if d is not None and c.Bps == d.Bps:
+                why += "; " + d.note(with_why=d.why not in explained)
+                explained.add(d.why)
+            lines.append(f"  {c.name:<24} {c.Bps / 1e9:.1f} GB/s  ({why})")
+        return lines
+
     def describe(self) -> str:
         """A human-readable table of components, links and caps (for `fabricsim topo show`)."""
         lines = [f"topology {self.name}" + (f" (calibration {self.calibration_id})" if self.calibration_id else "")]
@@ -689,7 +705,7 @@ class Topology:
                 extra = ""
                 if k == "gpu":
                     spec = self.graph.nodes[names[0]]["spec"]
-                    extra = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s]"
+                    extra = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s peak]"
                 shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
                 lines.append(f"  {k:<12} {shown}{extra}")
         lines += network_lines(self.graph)
@@ -700,9 +716,7 @@ class Topology:
             lines.append(f"  {a:>14} <-> {b:<14} {d['kind']:<7} {bw:>8} GB/s  {d['latency_s'] * 1e6:.2f} us")
         if self.caps:
             lines.append("shared caps:")
-            for c in self.caps.values():
-                who = ", ".join(sorted(c.classes)) or "all classes"
-                lines.append(f"  {c.name:<24} {c.Bps / 1e9:.1f} GB/s  ({who})")
+            lines += self._cap_lines()
         for cls, pp in sorted(self.path_params.items()):
             bw = f"{pp.bandwidth_Bps / 1e9:.1f} GB/s" if pp.bandwidth_Bps else "links"
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"

@@ -348,6 +348,47 @@ def test_a_leaf_spine_fabric_carries_cross_leaf_traffic_at_its_whole_uplink(spin
         assert rec.finish_s == pytest.approx(path.latency_s + nbytes / (nic / oversubscription), rel=1e-9)
 
 
+def _cap_line(text: str, cap: str) -> str:
+    return next(line for line in text.splitlines() if line.split()[:1] == [cap])
+
+
+def test_topo_show_says_a_memory_cap_is_a_fraction_of_the_peak_given_and_why():
+    """A host given `dram_GBps: 300` showed a 225 GB/s cap, and an H200 4800 GB/s of HBM beside a 4320 cap, with no
+    word of the 75% and 90% the model uses (what copies reach in practice): the figures read like a bug."""
+    d = topology_to_dict(presets.h200_1())
+    d["components"]["host0"]["dram_GBps"] = 300
+    d["components"]["gpu1"] = {"kind": "gpu", "model": "H200"}
+    d["links"].append({"between": ["gpu1", "cpu0"], "kind": "pcie"})
+    text = topology_from_dict(d, "box.yaml").describe()
+    assert "[H200, 140 GiB HBM, 4800 GB/s peak]" in text
+    assert _cap_line(text, "host0.dram").endswith(
+        "225.0 GB/s  (all classes; 75% of the 300 GB/s peak: what STREAM-like copies reach)")
+    assert _cap_line(text, "gpu0.hbm").endswith(
+        "4320.0 GB/s  (all classes; 90% of the 4800 GB/s peak: what large device-to-device copies reach)")
+    assert _cap_line(text, "gpu1.hbm").endswith("4320.0 GB/s  (all classes; 90% of the 4800 GB/s peak)")  # once
+
+
+def test_a_cap_no_longer_at_its_derated_rate_does_not_claim_the_fraction():
+    """A perturbed copy (hwmodels.intervals) scales its caps: its HBM is no longer 90% of the peak."""
+    t = presets.h200_1()
+    t.caps["gpu0.hbm"].Bps *= 0.8
+    assert _cap_line(t.describe(), "gpu0.hbm").endswith("(all classes)")
+
+
+def test_readme_states_the_memory_fractions_the_specs_use():
+    """The README's "Topology files" section says what fraction of `dram_GBps` and of the HBM peak the caps are;
+    the fractions live in hwmodels/specs.py, and the README must follow them."""
+    from pathlib import Path
+
+    from fabricsim.hwmodels.specs import GPU_MODELS, GPUSpec, HostDRAMSpec
+
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "`dram_GBps` is its socket's peak" in text
+    assert f"is {HostDRAMSpec.efficiency:.0%} of it, {HostDRAMSpec.efficiency_why};" in text
+    (hbm,) = {spec.hbm_efficiency for spec in GPU_MODELS.values()}  # one fraction for every model, as README says
+    assert f"{hbm:.0%} of its model's datasheet figure, {GPUSpec.hbm_efficiency_why}." in text
+
+
 def _network_section(text: str) -> dict[str, str]:
     """`describe`'s network lines by switch name."""
     lines = text.splitlines()
