@@ -24,7 +24,7 @@ import pandas as pd
 from fabricsim.errors import FabricsimError
 
 from .store import CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
-from .study import StudyError, load_study, study_files
+from .study import StudyError, load_study, resolve_study_path, study_files
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -206,10 +206,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     with _report_corrupt_files():
         df = store.load(args.study, args.source)
     if df.empty:
-        which = f"{args.source} " if args.source else ""
-        at = f" --store {args.store}" if args.store else ""
-        raise StoreError(f"no {which}results for study {args.study!r} in {Path(store.root).resolve()}: "
-                         f"fabricsim sweep {args.study}{at} runs it")
+        _say_why_there_are_no_rows(args, store)
     failed = df[df["error"].notna()]
     if args.failed:
         if failed.empty and not args.csv:
@@ -262,6 +259,23 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
+
+
+def _say_why_there_are_no_rows(args: argparse.Namespace, store: ResultsStore) -> None:
+    """No rows of `args.study`: where they were looked for and how to make them, or, when no study of that name
+    exists either (`sweep NAME` would fail too), that the name is unknown and which ones `sweep` runs."""
+    where = Path(store.root).resolve()
+    try:
+        resolve_study_path(args.study)
+    except StudyError:
+        known = [path.stem for path, _ in study_files()]
+        stored = [s for s in store.studies() if s not in known]
+        also = f"; stored results: {', '.join(stored)}" if stored else ""
+        raise StoreError(f"unknown study {args.study!r}: no results in {where} and no studies/{args.study}.py; the "
+                         f"studies are {', '.join(known)} (fabricsim sweep --list says what each asks){also}") from None
+    which = f"{args.source} " if args.source else ""
+    at = f" --store {args.store}" if args.store else ""
+    raise StoreError(f"no {which}results for study {args.study!r} in {where}: fabricsim sweep {args.study}{at} runs it")
 
 
 def _identifying_columns(ok: pd.DataFrame) -> list[str]:

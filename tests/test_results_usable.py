@@ -60,9 +60,19 @@ def test_an_unknown_metric_or_study_says_what_there_is(tmp_path: Path, capsys: p
     assert main(["results", "show", "wide", "--store", str(tmp_path), "--metric", "nope", "--metric", "sync_s"]) == 2
     err = capsys.readouterr().err
     assert "no metric 'nope'" in err and "sync_s" in err and len(err.strip().splitlines()) == 1
-    assert main(["results", "show", "narrow", "--store", str(tmp_path)]) == 2
+    assert main(["results", "show", "kv_offload", "--store", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path.resolve()) in err and f"fabricsim sweep narrow --store {tmp_path}" in err
+    assert str(tmp_path.resolve()) in err and f"fabricsim sweep kv_offload --store {tmp_path}" in err
+
+
+def test_an_unknown_study_is_named_with_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A name that is neither in the store nor a study is said to be unknown, with the studies `sweep` runs (it
+    suggested `fabricsim sweep nosuch`, which fails too) and the other studies the store holds."""
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    assert main(["results", "show", "nosuch", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown study 'nosuch'" in err and "fabricsim sweep nosuch" not in err and len(err.splitlines()) == 1
+    assert "weight_sync, weight_sync_evidence" in err and "sweep --list" in err and "stored results: wide" in err
 
 
 def test_tables_fit_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
