@@ -121,11 +121,12 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             if kind == "gpu":
                 attrs["spec"] = _located(f"{where}.model", gpu_model, str(c.get("model", "H100")))
             elif kind == "host":
-                attrs["spec"] = HostDRAMSpec(
-                    bytes=int(_num(f"{where}.dram_GiB", c.get("dram_GiB", 1024), most=2**30, unit=" GiB") * GiB),
-                    GBps=_num(f"{where}.dram_GBps", c.get("dram_GBps", 307.0), **_GB_PER_S))
+                # a field not given is the spec's default (its class attribute), written nowhere else
+                gib = _num(f"{where}.dram_GiB", c.get("dram_GiB", HostDRAMSpec.bytes / GiB), most=2**30, unit=" GiB")
+                peak = _num(f"{where}.dram_GBps", c.get("dram_GBps", HostDRAMSpec.GBps), **_GB_PER_S)
+                attrs["spec"] = HostDRAMSpec(bytes=int(gib * GiB), GBps=peak)
             elif kind == "nic":
-                gbits = _num(f"{where}.Gbps", c.get("Gbps", 400.0), most=8 * _MAX_GBps, unit=" Gb/s")
+                gbits = _num(f"{where}.Gbps", c.get("Gbps", NICSpec.Gbps), most=8 * _MAX_GBps, unit=" Gb/s")
                 attrs["spec"] = NICSpec(Gbps=gbits)
                 if "gpu" in c:  # the GPU whose RDMA traffic it carries (GPUDirect): routing keeps others off it
                     attrs["gpu"] = str(c["gpu"])

@@ -115,6 +115,16 @@ def test_a_misspelled_link_kind_is_named_as_unknown_whatever_else_the_link_gives
         topology_from_dict(d, "box.yaml")
 
 
+def test_a_file_component_without_its_figures_gets_the_specs_defaults():
+    """The defaults of `dram_GiB`, `dram_GBps` and a NIC's `Gbps` are the specs' (the file had its own copies)."""
+    from fabricsim.hwmodels.specs import HostDRAMSpec, NICSpec
+
+    t = topology_from_dict({"components": {"host0": {"kind": "host"}, "cpu0": {"kind": "cpu"}, "nic0": {"kind": "nic"}},
+                            "links": [{"between": ["host0", "cpu0"], "kind": "dram", "GBps": 200},
+                                      {"between": ["nic0", "cpu0"], "kind": "pcie"}]}, "box.yaml")
+    assert t.graph.nodes["host0"]["spec"] == HostDRAMSpec() and t.graph.nodes["nic0"]["spec"] == NICSpec()
+
+
 HGX_TOPO_M = """\
 \tGPU0\tGPU1\tGPU2\tGPU3\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
 GPU0\t X \tNV18\tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
