@@ -18,6 +18,7 @@ import argparse
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _record import solver_counts, stamp, write_result
@@ -78,29 +79,41 @@ def million() -> dict:
             "solver": solver_counts(sim)}
 
 
-def plot(doc: dict, out: Path) -> None:
+TOPOLOGIES = ("hgx-h200-8", "cluster-8x8-rail")
+
+
+def plot_per_event(doc: dict, out: Path, title: str, draw: Callable, legend_size: int = 8) -> None:
+    """The figure of both engine benchmarks (this one and engine_vs_simgrid.py): a panel per topology, wall us per
+    flow event against K, log-log; `draw(ax, topology)` draws a panel's lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, topology in zip(axes, ("hgx-h200-8", "cluster-8x8-rail"), strict=True):
-        for loop, style in (("compiled", "o-"), ("simpy", "s--")):
-            rows = [c for c in doc["cases"] if c["topology"] == topology and c["loop"] == loop]
-            ax.plot([c["in_flight"] for c in rows], [c["us_per_event"] for c in rows], style, label=f"{loop} loop")
-        ax.plot([64, 512], [2, 5], "k*", markersize=10, label="issue 13 targets (2 us @64, 5 us @512)")
+    fig, axes = plt.subplots(1, len(TOPOLOGIES), figsize=(10, 4), sharey=True)
+    for ax, topology in zip(axes, TOPOLOGIES, strict=True):
+        draw(ax, topology)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("transfers in flight (K)")
         ax.set_title(topology)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("wall us per flow event (min of repeats)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"fabricsim engine, {doc['machine']['cores']}-core {doc['machine']['cpu']}, one process")
+    axes[0].legend(fontsize=legend_size)
+    fig.suptitle(f"{title}, {doc['machine']['cores']}-core {doc['machine']['cpu']}")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
+
+
+def plot(doc: dict, out: Path) -> None:
+    def draw(ax, topology: str) -> None:
+        for loop, style in (("compiled", "o-"), ("simpy", "s--")):
+            rows = [c for c in doc["cases"] if c["topology"] == topology and c["loop"] == loop]
+            ax.plot([c["in_flight"] for c in rows], [c["us_per_event"] for c in rows], style, label=f"{loop} loop")
+        ax.plot([64, 512], [2, 5], "k*", markersize=10, label="issue 13 targets (2 us @64, 5 us @512)")
+
+    plot_per_event(doc, out, "fabricsim engine, one process", draw)
 
 
 def main() -> None:
@@ -119,7 +132,7 @@ def main() -> None:
     repeat = 1 if args.quick else args.repeat
     Simulation(presets.get("h100-1")).run()  # load the compiled code before timing anything
     cases = [run_case(topology, n, k, loop, repeat)
-             for topology in ("hgx-h200-8", "cluster-8x8-rail") for k in (8, 64, 512) for loop in ("compiled", "simpy")]
+             for topology in TOPOLOGIES for k in (8, 64, 512) for loop in ("compiled", "simpy")]
     big = None if args.quick else million()
     doc = {**stamp("engine-loops"),
            "nproc": os.cpu_count(),

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from _record import stamp, write_result
-from engine_loops import declare
+from engine_loops import TOPOLOGIES, declare, plot_per_event
 
 from fabricsim.simcore import Simulation
 
@@ -178,14 +178,7 @@ def case(exe: Path, tmp: Path, topology: str, n: int, k: int, latency: float, re
 
 def plot(doc: dict, out: Path) -> None:
     """Wall us per flow event against K: fabricsim and SimGrid's two update modes, per topology and latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    topologies = ("hgx-h200-8", "cluster-8x8-rail")
-    fig, axes = plt.subplots(1, len(topologies), figsize=(10, 4), sharey=True)
-    for ax, topology in zip(axes, topologies, strict=True):
+    def draw(ax, topology: str) -> None:
         for latency, dash in zip(LATENCIES, ("-", ":"), strict=True):
             rows = [c for c in doc["cases"] if c["topology"] == topology and c["latency_s"] == latency]
             ks = [c["in_flight"] for c in rows]
@@ -194,17 +187,8 @@ def plot(doc: dict, out: Path) -> None:
                                            ("simgrid_lazy", "SimGrid Lazy", "^", "C2")):
                 ax.plot(ks, [c[f"{key}_us_per_event"] for c in rows], mark + dash, color=color,
                         label=f"{name}, latency {latency * 1e6:g} us")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("transfers in flight (K)")
-        ax.set_title(topology)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("wall us per flow event (min of repeats)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"fabricsim against SimGrid 4.1's max-min, {doc['machine']['cores']}-core {doc['machine']['cpu']}")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+
+    plot_per_event(doc, out, "fabricsim against SimGrid 4.1's max-min", draw, legend_size=7)
 
 
 def main() -> None:
@@ -227,7 +211,7 @@ def main() -> None:
         exe = build_driver(args.simgrid, args.boost, tmp)
         version = subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         rows = [case(exe, tmp, topo, n, k, latency, repeat) for latency in LATENCIES
-                for topo in ("hgx-h200-8", "cluster-8x8-rail") for k in (8, 64, 512)]
+                for topo in TOPOLOGIES for k in (8, 64, 512)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not args.quick:
