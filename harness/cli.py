@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -251,7 +251,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     if args.csv:
         _print(table, csv=True)
     else:
-        _print_wrapped(table, keep=["point_id"], ids=ids)
+        _print_wrapped(table, keep=["point_id"], ids=ids, beside=bounds)
     if args.metric:
         _say_what_is_missing(df, table, args.metric)
     if not failed.empty and not args.csv:
@@ -331,11 +331,13 @@ def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[st
           file=sys.stderr)
 
 
-def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()) -> None:
+def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = (),
+                   beside: Mapping[str, Sequence[str]] | None = None) -> None:
     """A table that fits the terminal: columns with one value in every row become one line above it, and the
     rest wraps into blocks of columns, each block repeating the `keep` columns (the point id) and, where they take
     at most half the width, the identifying columns `ids` that vary (strategy, model ...: a block of metrics
-    beside point ids alone cannot be read)."""
+    beside point ids alone cannot be read). The columns `beside[c]` (a metric's `lo` and `hi`) wrap with column
+    `c`: a value whose interval is a block further down reads as more certain than it is."""
     width = _terminal_width()
     same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
             and not str(c).endswith("]") and not str(c).endswith((" lo", " hi"))]
@@ -348,13 +350,21 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()
     varying = [c for c in ids if c in table.columns and c not in keep]
     if sum(col_width[c] for c in [*keep, *varying]) <= width // 2:
         keep = [*keep, *varying]
-    rest = [c for c in table.columns if c not in keep]
+    attached = {b: c for c, ends in (beside or {}).items() for b in ends if c in table.columns}
+    units: list[list[str]] = []  # runs of columns that wrap as one: a metric and its bounds
+    for c in table.columns:
+        if c in keep:
+            continue
+        if c in attached and units and units[-1][0] == attached[c]:
+            units[-1].append(c)
+        else:
+            units.append([c])
     used = sum(col_width[c] for c in keep)
     blocks: list[list[str]] = [[]]
-    for c in rest:
-        if blocks[-1] and used + sum(col_width[b] for b in blocks[-1]) + col_width[c] > width:
+    for unit in units:
+        if blocks[-1] and used + sum(col_width[b] for b in [*blocks[-1], *unit]) > width:
             blocks.append([])
-        blocks[-1].append(c)
+        blocks[-1].extend(unit)
     print("\n\n".join(table[keep + block].to_string(index=False, float_format=_significant) for block in blocks))
 
 

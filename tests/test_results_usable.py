@@ -126,6 +126,20 @@ def test_wrapped_blocks_repeat_the_identifying_columns(tmp_path: Path, capsys: p
         assert all(h[0] == "point_id" for h in heads)
 
 
+def test_a_value_and_its_interval_wrap_together(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """At any width a metric's `lo` and `hi` are in the block of its value (a trial's `results show weight_sync
+    --metric sync_s` showed the values, and their bounds only in a block far below)."""
+    _sync_like_rows(tmp_path)
+    for columns in range(40, 161, 4):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert main(["results", "show", "syn", "--store", str(tmp_path)]) == 0
+        heads = [block.splitlines()[-4] for block in capsys.readouterr().out.split("\n\n")]
+        for metric in ("sync_s", "stall_s"):
+            with_value = [h for h in heads if f"{metric} [s]" in h]
+            assert len(with_value) == 1 and f"{metric} lo [s]" in with_value[0] and f"{metric} hi [s]" in with_value[0]
+
+
 def test_results_show_fits_the_terminal_stderr_shows_when_stdout_is_piped(monkeypatch: pytest.MonkeyPatch) -> None:
     """`results show | less -S` is read on the terminal stderr still writes to: its width, not a fixed guess."""
     import os
