@@ -242,7 +242,7 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, _ = _cli(capsys, "results", "show", "toy", "--csv")
     assert out.splitlines()[0].startswith("point_id,")
     code, _, err = _cli(capsys, "results", "show", "nope")
-    assert code == 2 and "no results for study 'nope'" in err
+    assert code == 2 and "unknown study 'nope'" in err
 
     code, out, _ = _cli(capsys, "plot", study)
     assert code == 0
