@@ -140,6 +140,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if report.ran:
         rate = report.points_per_s
         line += f" in {report.wall_s:.1f}s, " + (f"{rate:.1f} points/s" if rate >= 1 else f"{1 / rate:.1f} s/point")
+    if report.compile_s:
+        line += f" (after {report.compile_s:.1f}s compiling the engine, once per install)"
     if report.skipped_failed:
         line += f"; {report.skipped_failed} of the stored points failed: --retry-failed reruns them"
     print(line)

@@ -503,3 +503,38 @@ def test_sweep_lists_the_studies(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert "does not load" in lines["broken"] and "boom" in lines["broken"]
     code, out, err = _cli(capsys, "sweep", "weight_sync", "--list")  # it listed and ran nothing, silently
     assert code == 2 and out == "" and "not both" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_inherit_the_compiled_event_loop(tmp_path: Path) -> None:
+    """The driver loads the event loop, not only the fluid core, before forking: on a first run both workers
+    compiled it and each announced it across the progress bar. A fresh process (this session preloaded it)."""
+    code = f'''
+from fabricsim.harness.study import Grid, Study
+from fabricsim.harness.sweep import run_sweep
+from fabricsim.harness.store import ResultsStore
+from fabricsim.simcore import lowering
+
+def run(p):
+    return {{"loop_loaded": float(lowering._loop is not None)}}
+
+study = Study(name="inherit", grid=Grid.product(x=[1, 2, 3, 4]), run=run)
+run_sweep(study, store={str(tmp_path)!r}, workers=2, progress=False)
+print(sorted(set(ResultsStore({str(tmp_path)!r}).load("inherit")["value"])))
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1.0]"
+
+
+def test_the_summary_says_the_compile_time_apart(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first run's compilation is said beside the sweep's time, not left out of the summary."""
+    from fabricsim.harness import sweep
+
+    study = str(toy_study(tmp_path, n=2))
+    code, out, _ = _cli(capsys, "sweep", study, "--store", str(tmp_path / "a"), "--workers", "1")
+    assert "compiling" not in out  # loaded already: nothing to say
+    monkeypatch.setattr(sweep, "load_engine", lambda: 47.25)
+    code, out, _ = _cli(capsys, "sweep", study, "--store", str(tmp_path / "b"), "--workers", "1")
+    report_line = out.splitlines()[0]
+    assert report_line.startswith("toy: ran 6 points in ") and "(after 47.2s compiling the engine" in out
