@@ -336,7 +336,7 @@ for cid, argv, files, expected in [
     ("raises-on-import", ["sweep", "bad.py"], {"bad.py": "raise RuntimeError('boom')\n"}, ("bad.py", "boom")),
     ("store-is-a-file", ["sweep", "tiny.py", "--store", "f"], {"tiny.py": TINY_STUDY, "f": "x"}, "f"),
     ("study-is-folder", ["sweep", "."], {}, "."),
-    ("results-show-unknown", ["results", "show", "nope"], {}, "no results for study 'nope'"),
+    ("results-show-unknown", ["results", "show", "nope"], {}, ("unknown study 'nope'", "weight_sync")),
     ("results-show-source", ["results", "show", "nope", "--source", "guess"], {}, "guess"),
     ("results-store-is-file", ["results", "ls", "--store", "f"], {"f": "x"}, "f"),
     ("plot-unknown-study", ["plot", "no_such_study"], {}, "no_such_study"),
