@@ -23,7 +23,7 @@ import pandas as pd
 
 from fabricsim.errors import FabricsimError
 
-from .store import CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
+from .store import REASON_COLUMN, CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
 from .study import StudyError, load_study, resolve_study_path, study_files
 
 
@@ -61,7 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("study", help="study name")
     show.add_argument("--source", default=None, help="sim or hw (default: both)")
     show.add_argument("--metric", action="append", default=None, help="only this metric (repeatable)")
-    show.add_argument("--failed", action="store_true", help="list failed points and their errors")
+    only = show.add_mutually_exclusive_group()
+    only.add_argument("--failed", action="store_true", help="list failed points and their errors")
+    only.add_argument("--infeasible", action="store_true",
+                      help="list the points that ran but are infeasible (feasible = 0, no times) and why")
     show.add_argument("--compare", action="store_true",
                       help="predicted (sim) beside measured (hw) for the same scenario, with relative error")
     show.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
@@ -133,6 +136,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     extras = []
     if report.failed:
         extras.append(f"{report.failed} failed")
+    if report.infeasible:
+        extras.append(f"{report.infeasible} infeasible")
     if report.skipped:
         extras.append(f"{report.skipped} already in the store")
     if extras:
@@ -209,10 +214,17 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         df = store.load(args.study, args.source)
     if df.empty:
         _say_why_there_are_no_rows(args, store)
+    at = f" --store {args.store}" if args.store else ""
     failed = df[df["error"].notna()]
+    infeasible = _infeasible_points(df[df["error"].isna()])
+    if args.infeasible:
+        _print_infeasible(infeasible, args.study, args.csv)
+        return 0
     if args.failed:
         if failed.empty and not args.csv:
-            print(f"no failed points in study {args.study!r}")
+            also = (f" ({len(infeasible)} ran and are infeasible: fabricsim results show {args.study} --infeasible"
+                    f"{at} says why)" if len(infeasible) else "")
+            print(f"no failed points in study {args.study!r}{also}")
             return 0
         table = failed[["point_id", *param_columns(failed), "error"]].drop_duplicates()
         _print(table, args.csv)
@@ -255,10 +267,12 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     else:
         _print_wrapped(table, keep=["point_id"], ids=ids, beside=bounds)
     if args.metric:
-        _say_what_is_missing(df, table, args.metric)
+        _say_what_is_missing(df, table, args.metric, f"fabricsim results show {args.study} --infeasible{at}")
+    elif len(infeasible) and not args.csv:
+        print(f"\n{len(infeasible)} infeasible point(s) (feasible = 0, no times): fabricsim results show {args.study} "
+              f"--infeasible{at} says why", file=sys.stderr)
     if not failed.empty and not args.csv:
         n = failed["point_id"].nunique()
-        at = f" --store {args.store}" if args.store else ""
         print(f"\n{n} failed point(s): fabricsim results show {args.study} --failed{at}", file=sys.stderr)
     return 0
 
@@ -319,18 +333,64 @@ def _with_interval_columns(table: pd.DataFrame, ok: pd.DataFrame, index: list[st
     return joined[[*order, "level"]]
 
 
-def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str]) -> None:
+def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str], why_command: str) -> None:
     """Points that ran but have none of the asked metrics (an infeasible configuration reports `feasible = 0`
-    and no times) would otherwise vanish from the table without a word."""
+    and no times) would otherwise vanish from the table without a word; `why_command` lists the infeasible ones
+    with their reasons."""
     good = df[df["error"].isna()]
     missing = set(good["point_id"]) - set(table["point_id"])
     if not missing:
         return
     feasible = good[(good["metric"] == "feasible") & good["point_id"].isin(missing)]
     infeasible = feasible.loc[feasible["value"] == 0, "point_id"].nunique()
-    why = f": {infeasible} infeasible (feasible = 0; --metric feasible lists them)" if infeasible else ""
+    why = f": {infeasible} infeasible (feasible = 0; {why_command} says why)" if infeasible else ""
     print(f"\n{len(missing)} of {good['point_id'].nunique()} points have no {', '.join(metrics)}{why}",
           file=sys.stderr)
+
+
+def _infeasible_points(good: pd.DataFrame) -> pd.DataFrame:
+    """One row per point that ran but is infeasible, by its newest run: its rows carry a `reason`, or report
+    `feasible = 0` (rows stored before reasons were kept, or from a study that gives none: reason "-"). Columns: the
+    point id, the columns that say which point it is (as in the main table), `reason`."""
+    if good.empty:
+        return pd.DataFrame(columns=["point_id", REASON_COLUMN])
+    newest_run = good.sort_values("created_at").groupby("point_id")["run_id"].last()
+    newest = good[good["run_id"] == good["point_id"].map(newest_run)]
+    reasons = newest[REASON_COLUMN] if REASON_COLUMN in newest.columns else pd.Series(None, index=newest.index)
+    flagged = newest[reasons.notna() | ((newest["metric"] == "feasible") & (newest["value"] == 0))]
+    if flagged.empty:
+        return pd.DataFrame(columns=["point_id", REASON_COLUMN])
+    ids = _identifying_columns(flagged)
+    reason = reasons[flagged.index].groupby(flagged["point_id"]).first()  # the first non-null of each point
+    table = flagged.drop_duplicates("point_id")[["point_id", *ids]].copy()
+    why = table["point_id"].map(reason).astype(object)
+    table[REASON_COLUMN] = why.where(why.notna(), "-")
+    params = [c for c in ids if c not in ("topology", "source")]
+    table = table.assign(**{c: table[c].astype(object).where(table[c].notna(), "-") for c in params})
+    return table.sort_values([*ids, "point_id"], kind="stable").reset_index(drop=True)
+
+
+def _print_infeasible(table: pd.DataFrame, study: str, csv: bool) -> None:
+    """The infeasible points with their reasons: one line each, the reason last and left-aligned (a long message
+    read from its start); constant columns said once above, as in the main table."""
+    if csv:
+        _print(table, csv=True)
+        return
+    if table.empty:
+        print(f"no infeasible points in study {study!r}")
+        return
+    same = [c for c in table.columns if c not in ("point_id", REASON_COLUMN) and len(table) > 1
+            and table[c].nunique(dropna=False) == 1]
+    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
+    if said:
+        print("all rows: " + ", ".join(said))
+    table = table.drop(columns=same)
+    lines = table.drop(columns=REASON_COLUMN).to_string(index=False).splitlines()
+    print("\n".join(f"{line}  {why}" for line, why in zip(lines, [REASON_COLUMN, *table[REASON_COLUMN]], strict=True)))
+    unexplained = int((table[REASON_COLUMN] == "-").sum())
+    if unexplained:
+        print(f"\n{unexplained} of them carry no reason (rows stored before reasons were kept, or a study that gives "
+              f"none): a sweep of the study without --resume stores them again", file=sys.stderr)
 
 
 def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = (),

@@ -16,7 +16,9 @@ run whose compacted file exists, so the rows are never counted twice.
 
 Row schema (DESIGN.md): ``study, run_id, point_id, <params as flattened columns>, metric, value, unit,
 source (sim|hw), topology, calibration_id, device, versions, created_at`` plus ``error`` — null on
-good rows; a failed point is one row with ``metric = "error"``, ``value`` NaN and the error text.
+good rows; a failed point is one row with ``metric = "error"``, ``value`` NaN and the error text. Optional
+columns: ``lo, hi, level`` (a simulated value's prediction interval) and ``reason`` (why a point that ran has no
+result for some of its metrics, on each of its rows: an infeasible configuration's message; null elsewhere).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ CORE_COLUMNS = (
 SOURCES = ("sim", "hw")
 # A simulated value's prediction interval (DESIGN.md): present on rows whose point function gave one.
 INTERVAL_COLUMNS = ("lo", "hi", "level")
+# Why a point that ran reports no result for some metrics (an infeasible configuration: `feasible = 0` and no
+# times): text on each of the point's rows, null on others. Optional, so stores written before it stay readable.
+REASON_COLUMN = "reason"
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
@@ -120,9 +125,11 @@ def make_row(
     created_at: datetime | None = None,
     error: str | None = None,
     interval: tuple[float, float, float] | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """One tidy row; the validate stage uses this for measured (``source="hw"``) rows too. `interval`:
-    (lo, hi, level) of a simulated value, stored as the `lo`, `hi` and `level` columns."""
+    (lo, hi, level) of a simulated value, stored as the `lo`, `hi` and `level` columns; `reason`: why the point
+    has no result for some metrics (the `reason` column)."""
     if source not in SOURCES:
         raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
     row: dict[str, Any] = {
@@ -142,6 +149,8 @@ def make_row(
     }
     if interval is not None:
         row.update(zip(INTERVAL_COLUMNS, (float(x) for x in interval), strict=True))
+    if reason:
+        row[REASON_COLUMN] = str(reason)
     for name, val in params.items():
         if name == "topology":
             continue
@@ -169,7 +178,7 @@ def _param_array(values: list[Any]) -> pa.Array:
 
 _INT_AS_NULLABLE = {pa.int64(): pd.Int64Dtype()}
 _STRING_COLUMNS = ("study", "run_id", "point_id", "metric", "unit", "source", "topology", "calibration_id",
-                   "device", "versions", "error")
+                   "device", "versions", "error", REASON_COLUMN)
 
 
 def _to_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -180,10 +189,11 @@ def _to_table(records: list[dict[str, Any]]) -> pa.Table:
     missing = [c for c in CORE_COLUMNS if c not in columns]
     if missing:
         raise StoreError(f"rows lack results columns {missing}")
-    params = [c for c in columns if c not in CORE_COLUMNS]
+    params = [c for c in columns if c not in CORE_COLUMNS and c != REASON_COLUMN]
+    reason = [REASON_COLUMN] if REASON_COLUMN in columns else []
     arrays: dict[str, pa.Array] = {}
     try:
-        for col in ["study", "run_id", "point_id", *params, *CORE_COLUMNS[3:]]:
+        for col in ["study", "run_id", "point_id", *params, *CORE_COLUMNS[3:], *reason]:
             vals = [r.get(col) for r in records]
             if col in params:
                 arrays[col] = _param_array(vals)
@@ -372,9 +382,9 @@ class ResultsStore:
             # One dtype whatever mix of files was read (an all-null column comes back typed differently).
             if col in df.columns:
                 df[col] = df[col].astype(object).where(df[col].notna(), None)
-        params = [c for c in df.columns if c not in CORE_COLUMNS]
+        params = [c for c in df.columns if c not in CORE_COLUMNS and c != REASON_COLUMN]
         ordered = [c for c in ("study", "run_id", "point_id") if c in df.columns] + params
-        ordered += [c for c in CORE_COLUMNS[3:] if c in df.columns]
+        ordered += [c for c in (*CORE_COLUMNS[3:], REASON_COLUMN) if c in df.columns]
         return df[ordered].reset_index(drop=True)
 
     def done_points(self, study: str, calibration_id: str, *, include_failed: bool = True) -> set[str]:
@@ -415,8 +425,8 @@ def glob_escape(text: str) -> str:
 
 def param_columns(df: pd.DataFrame) -> list[str]:
     """The flattened-parameter columns of a results frame (not the interval columns: a point's parameters must
-    not vary with its metrics' intervals, or pivots split one point into many rows)."""
-    return [c for c in df.columns if c not in CORE_COLUMNS and c not in INTERVAL_COLUMNS]
+    not vary with its metrics' intervals, or pivots split one point into many rows; nor `reason`)."""
+    return [c for c in df.columns if c not in CORE_COLUMNS and c not in INTERVAL_COLUMNS and c != REASON_COLUMN]
 
 
 def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:

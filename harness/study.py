@@ -22,9 +22,11 @@ The point function takes the point's parameters (a flat ``dict`` of JSON scalars
 second argument, a :class:`PointContext`. It returns ``{metric: value}`` or ``{metric: (value, unit)}``
 with float-convertible values, or ``(value, unit, interval)`` for a prediction interval (stored as the row's
 ``lo``, ``hi``, ``level``): :func:`with_intervals` gives a function of the topology's metrics their corner
-intervals in one call. Raising is fine: the sweep records the point as failed with the error and
-carries on. It must be deterministic and must not depend on which process runs it — the local and Ray
-backends promise identical rows.
+intervals in one call. One key is not a metric: ``"reason"`` (:data:`REASON`), text saying why the point has no
+result for some metrics (an infeasible configuration: ``{"feasible": 0.0, "reason": str(exc)}``), stored on each
+of its rows (the ``reason`` column) for ``results show --infeasible``; empty text means none. Raising is fine: the
+sweep records the point as failed with the error and carries on. It must be deterministic and must not depend on
+which process runs it — the local and Ray backends promise identical rows.
 
 Grids compose: ``Grid.product`` (every combination), ``Grid.zipped`` (axes advanced together),
 ``Grid.points`` (an explicit list), ``Grid.random`` (seeded samples); ``a * b`` is the product of two
@@ -53,11 +55,11 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fabricsim.errors import FabricsimError
 
-from .store import CORE_COLUMNS, INTERVAL_COLUMNS, NAME_RE
+from .store import CORE_COLUMNS, INTERVAL_COLUMNS, NAME_RE, REASON_COLUMN
 
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
@@ -66,8 +68,10 @@ PointFn = Callable[..., Mapping[str, MetricValue]]
 
 # Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
 # collide. A parameter named `topology` is the exception: it fills the `topology` column.
-RESERVED_COLUMNS = CORE_COLUMNS + INTERVAL_COLUMNS
+RESERVED_COLUMNS = (*CORE_COLUMNS, *INTERVAL_COLUMNS, REASON_COLUMN)
 UNCALIBRATED = "uncalibrated"
+# The key of a point function's result that holds why the point has no result for some metrics (text, not a metric).
+REASON = REASON_COLUMN
 
 
 class StudyError(FabricsimError):
@@ -434,13 +438,31 @@ class Study:
 
     def evaluate(self, params: Point, ctx: PointContext | None = None) -> dict[str, tuple[float, str]]:
         """Run one point and normalise its metrics to {metric: (float value, unit)}."""
-        return self.evaluate_with_intervals(params, ctx)[0]
+        return self.result(params, ctx).metrics
 
-    def evaluate_with_intervals(self, params: Point, ctx: PointContext | None = None
-                                ) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, float, float]]]:
-        """Run one point: its metrics, and the (lo, hi, level) of those it gave an interval for."""
+    def result(self, params: Point, ctx: PointContext | None = None) -> PointResult:
+        """Run one point: its metrics, the (lo, hi, level) of those it gave an interval for, and its reason."""
         raw = self.run(params, ctx) if self.takes_context else self.run(params)
-        return normalise_metrics(raw), metric_intervals(raw)
+        return PointResult(normalise_metrics(raw), metric_intervals(raw), point_reason(raw))
+
+
+class PointResult(NamedTuple):
+    """One point's result, normalised: {metric: (value, unit)}, {metric: (lo, hi, level)} of the metrics that have
+    an interval, and why it has no result for some metrics (`REASON`; None when it gave none)."""
+
+    metrics: dict[str, tuple[float, str]]
+    intervals: dict[str, tuple[float, float, float]]
+    reason: str | None
+
+
+def point_reason(raw: Any) -> str | None:
+    """The text a point function gave under `REASON` (one line), or None for none or empty text."""
+    reason = raw.get(REASON) if isinstance(raw, Mapping) else None
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise StudyError(f"{REASON!r} is why the point has no result, as text; got {reason!r}")
+    return " ".join(reason.split()) or None
 
 
 def metric_intervals(raw: Any) -> dict[str, tuple[float, float, float]]:
@@ -510,10 +532,14 @@ def with_intervals(run: Callable[[Any], Mapping[str, MetricValue]], topo: Any, m
 def normalise_metrics(raw: Any) -> dict[str, tuple[float, str]]:
     """{metric: value | (value, unit) | (value, unit, interval)} -> {metric: (float, unit)}; anything else is a
     StudyError (intervals: `metric_intervals`)."""
-    if not isinstance(raw, Mapping) or not raw:
-        raise StudyError(f"point function must return a non-empty dict of metrics, got {type(raw).__name__}")
+    if not isinstance(raw, Mapping) or not set(raw) - {REASON}:
+        raise StudyError(f"point function must return a non-empty dict of metrics, got {type(raw).__name__}"
+                         + (f" with {REASON!r} alone (say it beside a metric, e.g. feasible = 0)"
+                            if isinstance(raw, Mapping) and raw else ""))
     out: dict[str, tuple[float, str]] = {}
     for metric, value in raw.items():
+        if metric == REASON:
+            continue
         if not isinstance(metric, str) or not metric:
             raise StudyError(f"metric names must be non-empty strings, got {metric!r}")
         unit = ""

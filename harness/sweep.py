@@ -69,6 +69,7 @@ class PointOutcome:
     elapsed_s: float
     cpu_s: float = 0.0  # CPU time of the worker inside the point function
     intervals: dict[str, tuple[float, float, float]] | None = None  # (lo, hi, level) of metrics that have one
+    reason: str | None = None  # why the point has no result for some metrics (an infeasible configuration)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SweepReport:
     skipped_failed: int = 0  # of those, points whose stored result is a failure (rerun by retry_failed)
     ran: int = 0
     failed: int = 0
+    infeasible: int = 0  # ran, with a reason for having no result (an infeasible configuration)
     wall_s: float = 0.0
     point_s: float = 0.0  # summed time inside point functions
     point_cpu_s: float = 0.0  # summed CPU time inside point functions
@@ -117,10 +119,10 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
     if not engine_progress:
         os.environ[_ENGINE_PROGRESS] = "0"
     try:
-        metrics, intervals = study.evaluate_with_intervals(params, ctx)
+        metrics, intervals, reason = study.result(params, ctx)
         error = None
     except Exception as exc:  # noqa: BLE001 - a point's failure is data, not a crash of the sweep
-        metrics, intervals = None, None
+        metrics, intervals, reason = None, None, None
         text = " ".join(str(exc).split()) or "(no message)"
         error = f"{type(exc).__name__}: {text}"[:1000]
     finally:
@@ -128,7 +130,8 @@ def evaluate_point(study: Study, pid: str, params: Point, trace_path: Path | Non
             os.environ.pop(_ENGINE_PROGRESS, None)
         else:
             os.environ[_ENGINE_PROGRESS] = before
-    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0, intervals)
+    return PointOutcome(pid, params, metrics, error, time.perf_counter() - t0, time.process_time() - c0, intervals,
+                        reason)
 
 
 # Worker-side state: the study each worker process runs (set once per process by the pool initializer).
@@ -239,7 +242,7 @@ class _Flusher:
             bands = outcome.intervals or {}
             for metric, (value, unit) in outcome.metrics.items():
                 self.pending.append(make_row(**common, metric=metric, value=value, unit=unit,
-                                             interval=bands.get(metric)))
+                                             interval=bands.get(metric), reason=outcome.reason))
         self.pending_points += 1
 
     def maybe_flush(self) -> None:
@@ -520,6 +523,7 @@ def run_sweep(
                     flusher.add(outcome)
                     report.ran += 1
                     report.failed += outcome.error is not None
+                    report.infeasible += outcome.reason is not None
                     report.point_s += outcome.elapsed_s
                     report.point_cpu_s += outcome.cpu_s
                 flusher.maybe_flush()
@@ -585,6 +589,8 @@ def trace_point(
     if outcome.error is not None:
         raise SweepError(f"point {pid} failed: {outcome.error}")
     if not path.is_file():
+        if outcome.reason:  # an infeasible configuration runs nothing to trace
+            raise SweepError(f"point {pid} has no trace: {outcome.reason}")
         raise SweepError(f"study {study.name!r}: the point function did not write ctx.trace_path ({path})")
     return path, outcome
 

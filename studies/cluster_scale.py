@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
+from fabricsim.harness.study import REASON, Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels.intervals import corner_topology
 from fabricsim.workloads.weightsync import get, simulate_sync
 from fabricsim.workloads.weightsync.base import Strategy
@@ -66,7 +66,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         res.sim_result.write_trace(str(ctx.trace_path))
     out = {**res.metrics_with_units(), "rollout_tp": (float(tp), "")}
     if not res.feasible:
-        return out
+        return {**out, REASON: res.reason}
     # One re-run on the slow corner, mirrored: without a profile every link's rate and latency moves by the same
     # a priori factor, so the fast side is close to the slow side's mirror image (hwmodels.intervals).
     slow = simulate_sync(replace(setup, topology=corner_topology(setup.topology, "slow")),

@@ -15,7 +15,7 @@ Run it:  fabricsim sweep kv_offload && fabricsim plot kv_offload
 
 from __future__ import annotations
 
-from fabricsim.harness.study import Figure, Grid, PointContext, Study
+from fabricsim.harness.study import REASON, Figure, Grid, PointContext, Study
 from fabricsim.workloads.errors import InfeasibleError
 from fabricsim.workloads.requests import Request
 from fabricsim.workloads.serving import ServingConfig, serve_with_intervals
@@ -41,8 +41,8 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     try:
         # times and throughputs with a 90% interval from one run on the slow corner, mirrored (hwmodels.intervals)
         res, metrics = serve_with_intervals(point["topology"], reqs, point["policy"], cfg, mirror=MIRROR)
-    except InfeasibleError:
-        return {"feasible": 0.0}
+    except InfeasibleError as exc:
+        return {"feasible": 0.0, REASON: str(exc)}
     if ctx is not None and ctx.trace_path is not None:
         res.result.write_trace(str(ctx.trace_path))
     return {**metrics, "feasible": 1.0}

@@ -8,7 +8,8 @@ half of a GPU's HBM):
 - `nodes-2+2`: cluster-4x8 (H100 nodes, 400 Gb/s NIC per GPU), trainer on nodes 0-1, engines on nodes 2-3.
 
 Metrics per point: sync time, generation stall, bytes per link class, peak extra memory and headroom, decode-step
-time under the strategy, staleness; infeasible configurations report `feasible = 0` and their memory numbers.
+time under the strategy, staleness; infeasible configurations report `feasible = 0` and their memory numbers, with
+the strategy's reason (`fabricsim results show weight_sync --infeasible`).
 Points with `decode_steps` add `gen_time_s` = stall + decode_steps x decode step: the time the rollout side spends
 per training step, which is where zero-copy wins (few steps) or loses (many). The time metrics (`sync_s`,
 `stall_s`, `gen_time_s`) carry 90% corner intervals (`lo`, `hi` in the rows): each
@@ -22,8 +23,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
 
-from fabricsim.harness.study import Figure, Grid, PointContext, Study, attach_intervals
+from fabricsim.harness.study import REASON, Figure, Grid, PointContext, Study, attach_intervals
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.intervals import CORNERS, corner_topology
 from fabricsim.hwmodels.topology import Topology
@@ -92,7 +94,8 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
         runs.update({c: metrics(c) for c in CORNERS})
     topo_name, trainer, rollout = LAYOUTS[point["layout"]]
     topo = _topology(topo_name, calibration, None)
-    out = attach_intervals(runs, INTERVAL_METRICS, calibrated=topo.calibration_id is not None)
+    out = {**attach_intervals(runs, INTERVAL_METRICS, calibrated=topo.calibration_id is not None),
+           REASON: res.reason}  # empty when feasible
     if ctx is not None and ctx.trace_path is not None and res.feasible:
         model = models.get(point["model"])
         setup = SyncSetup(topo, model, FSDPLayout(trainer), RolloutLayout(rollout, tp=tp))
@@ -115,29 +118,40 @@ def _bar_errors(cells: list, vals: list[float]) -> list[list[float]] | None:
 
 
 def sync_time_bars(df) -> MplFigure:
-    """Sync time per strategy and model, one panel per layout (infeasible configurations left out)."""
-    rows = df[(df["metric"] == "sync_s") & (df["source"] == "sim")]
-    if "decode_steps" in rows.columns:
-        rows = rows[rows["decode_steps"].isna()]
-    layouts = [lay for lay in LAYOUTS if lay in set(rows["layout"])]
+    """Sync time per strategy and model, one panel per layout; an infeasible configuration is a cross where its bar
+    would stand (`results show weight_sync --infeasible` says why), a configuration not run is nothing."""
+    sim = df[df["source"] == "sim"]
+    if "decode_steps" in sim.columns:
+        sim = sim[sim["decode_steps"].isna()]
+    rows = sim[sim["metric"] == "sync_s"]
+    ran = sim[sim["metric"].isin(["sync_s", "feasible"])]
+    off = ran[(ran["metric"] == "feasible") & (ran["value"] == 0)]
+    infeasible = set(zip(off["layout"], off["model"], off["strategy"], strict=True))
+    layouts = [lay for lay in LAYOUTS if lay in set(ran["layout"])]
     fig = MplFigure(figsize=(5.2 * len(layouts), 4.2), layout="constrained")
     axes = fig.subplots(1, len(layouts), squeeze=False).ravel()
     for ax, lay in zip(axes, layouts, strict=True):
         panel = rows[rows["layout"] == lay]
-        present = [m for m in MODELS if m in set(panel["model"])]
+        present = [m for m in MODELS if m in set(ran.loc[ran["layout"] == lay, "model"])]
         width = 0.8 / max(1, len(STRATEGIES))
         for k, strat in enumerate(STRATEGIES):
             cells = [panel[(panel["model"] == m) & (panel["strategy"] == strat)] for m in present]
             vals = [c["value"].mean() for c in cells]
             ax.bar([i + k * width for i in range(len(present))], vals, width, label=strat, color=f"C{k}",
                    yerr=_bar_errors(cells, vals), error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
+            crosses = [i + k * width for i, m in enumerate(present) if (lay, m, strat) in infeasible]
+            ax.plot(crosses, [0.03] * len(crosses), "x", color=f"C{k}", markersize=5, markeredgewidth=1.5,
+                    transform=ax.get_xaxis_transform())  # at the foot of the panel, whatever the time axis
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(present))], present, rotation=20, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("sync time [s]")
         ax.set_title(lay, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="outside right upper")  # never over a bar
-    fig.suptitle("Weight sync time per strategy and model (missing bar = infeasible; whiskers: 90% interval)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    cross = Line2D([], [], marker="x", color="0.3", linestyle="none", markeredgewidth=1.5)
+    fig.legend([*handles, cross], [*labels, "infeasible (why: fabricsim\nresults show weight_sync\n--infeasible)"],
+               fontsize=8, loc="outside right upper")  # never over a bar
+    fig.suptitle("Weight sync time per strategy and model (× at the foot: infeasible; whiskers: 90% interval)")
     return fig
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fabricsim.harness.study import Grid, PointContext, Study
+from fabricsim.harness.study import REASON, Grid, PointContext, Study
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.specs import NVLinkSpec
 from fabricsim.workloads import models
@@ -80,7 +80,7 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     res = simulate_sync(setup, strategy, keep_result=ctx is not None and ctx.trace_path is not None)
     if res.sim_result is not None:
         res.sim_result.write_trace(str(ctx.trace_path))
-    out = {**res.metrics_with_units(), "reported_s": (reported, "s")}
+    out = {**res.metrics_with_units(), "reported_s": (reported, "s"), REASON: res.reason}  # empty when feasible
     if res.feasible:
         out["predicted_over_reported"] = (res.sync_s / reported, "")
     return out

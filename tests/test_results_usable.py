@@ -201,3 +201,82 @@ def test_small_values_keep_their_digits(capsys: pytest.CaptureFixture) -> None:
     _print(pd.DataFrame({"point_id": ["a", "b", "c"], "makespan_s [s]": [3.14159e-6, 1e-9, 12.5]}), csv=False)
     out = capsys.readouterr().out
     assert "3.14159e-06" in out and "1e-09" in out and "12.5" in out and "0.000000" not in out
+
+
+def _reasoned(point: dict) -> dict:
+    if point["n"] % 3 == 0:  # an infeasible configuration: a metric, and why it has no times
+        return {"feasible": (0.0, ""), "peak_GiB": (200.0 + point["n"], "GiB"),
+                "reason": f"needs {point['n']} GiB\nmore"}
+    return {"feasible": (1.0, ""), "sync_s": (point["n"] / 10, "s"), "reason": ""}  # empty: none
+
+
+REASONED = Study(name="reasoned", grid=Grid.product(n=list(range(6))), run=_reasoned, topology="h100-1")
+
+
+def test_infeasible_points_keep_their_reason(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Why an infeasible point has no times is stored on its rows (`reason`) and `results show --infeasible` lists
+    it; a trial found `feasible = 0` rows with no reason anywhere and `--failed` saying only 'no failed points'."""
+    assert run_sweep(REASONED, store=tmp_path, workers=1, progress=False).infeasible == 2
+    df = ResultsStore(tmp_path).load("reasoned")
+    by_n = df.groupby("n")["reason"].agg(lambda r: set(r.fillna("")))
+    assert by_n[0] == {"needs 0 GiB more"} and by_n[3] == {"needs 3 GiB more"}  # every row of the point, one line
+    assert by_n[1] == {""} and (df["metric"] != "reason").all()
+    store = ["--store", str(tmp_path)]
+    assert main(["results", "show", "reasoned", "--infeasible", *store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "all rows: topology = h100-1, source = sim"
+    assert lines[1].split() == ["point_id", "n", "reason"] and len(lines) == 4
+    assert lines[2].split()[1:] == ["0", "needs", "0", "GiB", "more"]
+    assert main(["results", "show", "reasoned", "--failed", *store]) == 0
+    assert "no failed points in study 'reasoned' (2 ran and are infeasible" in capsys.readouterr().out
+    assert main(["results", "show", "reasoned", *store]) == 0
+    assert "2 infeasible point(s)" in capsys.readouterr().err
+    assert main(["results", "show", "reasoned", "--metric", "sync_s", *store]) == 0
+    assert "2 infeasible (feasible = 0; fabricsim results show reasoned --infeasible" in capsys.readouterr().err
+    assert main(["results", "show", "reasoned", "--infeasible", "--csv", *store]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(",0,sim,needs 0 GiB more")
+
+
+def test_infeasible_rows_stored_before_reasons_are_listed_without_one(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A store written before the `reason` column reads as before; its `feasible = 0` points are listed with '-'."""
+    run_sweep(WIDE, store=tmp_path, workers=1, progress=False)
+    assert "reason" not in ResultsStore(tmp_path).load("wide").columns
+    assert main(["results", "show", "wide", "--infeasible", "--store", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + 1 + 6 and all(line.endswith("  -") for line in out.splitlines()[2:])
+    assert "6 of them carry no reason" in err
+
+
+def test_a_reason_is_text_beside_a_metric() -> None:
+    from fabricsim.harness.study import StudyError, normalise_metrics, point_reason
+
+    with pytest.raises(StudyError, match="'reason' alone"):
+        normalise_metrics({"reason": "too big"})  # no row would carry it
+    with pytest.raises(StudyError, match="as text"):
+        point_reason({"feasible": 0.0, "reason": 3})
+
+
+def test_weight_sync_stores_the_strategys_reason() -> None:
+    """The message `fabricsim sync` prints for an infeasible configuration is the point's reason."""
+    study = load_study("weight_sync")
+    result = study.result({"layout": "nodes-2+2", "model": "Llama-3-8B", "strategy": "cuda-ipc-buckets"})
+    assert result.metrics["feasible"][0] == 0.0 and "shares no node with a trainer GPU" in result.reason
+    assert study.result({"layout": "split-4+4", "model": "Llama-3-8B", "strategy": "rdma-p2p"}).reason is None
+
+
+def test_weight_sync_bars_mark_the_infeasible_configurations() -> None:
+    """A configuration that ran and is infeasible is a cross where its bar would be (a missing bar also means a
+    configuration not run), and the legend says where to read why."""
+    from matplotlib.lines import Line2D
+
+    study = load_study("weight_sync")
+    bars = next(f for f in study.figures if getattr(f, "__name__", "") == "sync_time_bars")
+    rows = [{"metric": "feasible", "source": "sim", "layout": "nodes-2+2", "model": "Llama-3-8B", "strategy": s,
+             "value": float(s != "cuda-ipc-buckets")} for s in ("nccl-broadcast", "cuda-ipc-buckets", "host-staged")]
+    rows += [{**rows[0], "metric": "sync_s", "value": 0.5}]  # host-staged: not run to the end, no time either
+    fig = bars(pd.DataFrame(rows))
+    crosses = [line for line in fig.axes[0].lines if line.get_marker() == "x" and len(line.get_xdata())]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [pytest.approx(0.8 / 7)]  # strategy 1 of model 0
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("--infeasible" in t for t in labels) and isinstance(fig.legends[0].legend_handles[-1], Line2D)
