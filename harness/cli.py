@@ -146,7 +146,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         rate = report.points_per_s
         line += f" in {report.wall_s:.1f}s, " + (f"{rate:.1f} points/s" if rate >= 1 else f"{1 / rate:.1f} s/point")
     if report.compile_s:
-        line += f" (after {report.compile_s:.1f}s compiling the engine, once per install)"
+        line += f" (after {report.compile_s:.1f}s loading the engine: a machine's first run compiles it)"
     if report.skipped_failed:
         line += f"; {report.skipped_failed} of the stored points failed: --retry-failed reruns them"
     print(line)
@@ -281,6 +281,11 @@ def _say_why_there_are_no_rows(args: argparse.Namespace, store: ResultsStore) ->
     """No rows of `args.study`: where they were looked for and how to make them, or, when no study of that name
     exists either (`sweep NAME` would fail too), that the name is unknown and which ones `sweep` runs."""
     where = Path(store.root).resolve()
+    which = f"{args.source} " if args.source else ""
+    at = f" --store {args.store}" if args.store else ""
+    if args.study in store.studies():  # stored, but not from this source (a study run from a file elsewhere too)
+        raise StoreError(f"no {which}results for study {args.study!r} in {where} (it has results of other sources: "
+                         f"fabricsim results show {args.study}{at})")
     try:
         resolve_study_path(args.study)
     except StudyError:
@@ -289,8 +294,6 @@ def _say_why_there_are_no_rows(args: argparse.Namespace, store: ResultsStore) ->
         also = f"; stored results: {', '.join(stored)}" if stored else ""
         raise StoreError(f"unknown study {args.study!r}: no results in {where} and no studies/{args.study}.py; the "
                          f"studies are {', '.join(known)} (fabricsim sweep --list says what each asks){also}") from None
-    which = f"{args.source} " if args.source else ""
-    at = f" --store {args.store}" if args.store else ""
     raise StoreError(f"no {which}results for study {args.study!r} in {where}: fabricsim sweep {args.study}{at} runs it")
 
 

@@ -419,6 +419,8 @@ class Study:
 
         Raises StudyError for an empty grid or a parameter that collides with a results column.
         """
+        from fabricsim.hwmodels.presets import canonical_name
+
         cal = self.calibration_id
         seen: set[str] = set()
         out: list[tuple[str, Point]] = []
@@ -428,7 +430,10 @@ class Study:
                 raise StudyError(
                     f"study {self.name!r}: parameter {clash[0]!r} collides with a results column"
                 )
-            pid = point_id(params, cal)
+            # a machine by the name its topology carries (`topology_of`): two spellings of one machine are one point
+            named = {**params, "topology": canonical_name(str(params["topology"]))} if params.get("topology") \
+                else params
+            pid = point_id(named, cal)
             if pid not in seen:
                 seen.add(pid)
                 out.append((pid, params))

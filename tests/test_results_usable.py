@@ -73,6 +73,10 @@ def test_an_unknown_study_is_named_with_the_known_ones(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert "unknown study 'nosuch'" in err and "fabricsim sweep nosuch" not in err and len(err.splitlines()) == 1
     assert "weight_sync, weight_sync_evidence" in err and "sweep --list" in err and "stored results: wide" in err
+    # a stored study (here from a study object, no studies/wide.py) asked for a source it lacks is not 'unknown'
+    assert main(["results", "show", "wide", "--source", "hw", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no hw results for study 'wide'" in err and "other sources" in err and "unknown study" not in err
 
 
 def test_tables_fit_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:

@@ -248,5 +248,10 @@ def test_rows_name_a_cluster_by_its_shortest_spelling_however_the_grid_spells_it
     s = Study(name="s", grid=Grid.points([{"topology": "cluster-4x8-rail"}, {"topology": "cluster-4x8-rail-h200"},
                                           {"topology": "hgx-h200-8"}, {"topology": "mine.yaml"}]), run=_metrics)
     assert [s.topology_of(p) for _, p in s.points()] == ["cluster-4x8", "cluster-4x8-h200", "hgx-h200-8", "mine.yaml"]
+    ids = [pid for pid, _ in s.points()]
+    one = Study(name="s", grid=Grid.points([{"topology": "cluster-4x8"}, {"topology": "cluster-4x8-rail"}]),
+                run=_metrics)
+    assert [p["topology"] for _, p in one.points()] == ["cluster-4x8"]  # one machine, one point (first kept)
+    assert ids[0] == one.points()[0][0]  # the id of a machine, however spelt
     by_function = Study(name="f", grid=Grid.points([{"a": 1}]), run=_metrics, topology=lambda p: "cluster-2x8-rail")
     assert by_function.topology_of({"a": 1}) == "cluster-2x8"
