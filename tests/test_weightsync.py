@@ -652,13 +652,21 @@ def test_an_answer_says_its_gpus_and_the_knobs_it_was_made_with(capsys) -> None:
     assert _sync_cli([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ins = out["inputs"]
-    assert (ins["model"], ins["topology"], ins["gpus"], ins["trainer"], ins["rollout"], ins["tp"]) == \
+    assert (ins["model"], ins["topology"], ins["gpu_models"], ins["trainer"], ins["rollout"], ins["tp"]) == \
         ("Qwen3-30B-A3B", "cluster-2x8", "H100", "node0.gpu0-7", "node1.gpu0-7", 8)
     assert ins["knobs"]["max_sim_tasks"] == 4 and ins["knobs_changed"] == []
     assert out["memory_gpus"] == {"peak_extra_GiB": "node0.gpu0", "headroom_GiB": "node1.gpu0"}
     assert _sync_cli([*argv, "--json", "--knob", "max_sim_tasks=1", "--topology", "cluster-2x8-h200"]) == 0
     ins = json.loads(capsys.readouterr().out)["inputs"]
-    assert ins["gpus"] == "H200" and ins["knobs_changed"] == ["max_sim_tasks"] and ins["knobs"]["max_sim_tasks"] == 1
+    assert ins["gpu_models"] == "H200" and ins["knobs_changed"] == ["max_sim_tasks"]
+    assert ins["knobs"]["max_sim_tasks"] == 1
+    # a mode its name gives is no knob the user changed
+    relay = ["Llama-3-8B", "shared-pool:relay", "--trainer", "gpu0-3", "--rollout", "gpu4-7", "--samples", "0"]
+    assert _sync_cli(relay) == 0
+    assert "knobs" not in capsys.readouterr().out.splitlines()[0]
+    assert _sync_cli([*relay, "--json"]) == 0
+    ins = json.loads(capsys.readouterr().out)["inputs"]
+    assert ins["knobs_changed"] == [] and ins["knobs"]["mode"] == "relay"
 
 
 def test_memory_ties_name_the_first_gpu_counting_node_numbers_as_numbers() -> None:

@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
                     "intervals": interval_values(intervals),
                     **({"intervals_skipped": skipped} if skipped and res.feasible else {})})
         return 0
-    knobs = _changed_knobs(strategy)
+    knobs = _changed_knobs(strategy, args.strategy)
     print(f"{res.strategy}: {args.model} on {topo.name} ({_gpu_models(topo, setup)}), trainer "
           f"{setup.trainer.describe()}, rollout {setup.rollout.describe()}"
           + (f"; knobs {', '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
@@ -247,10 +247,11 @@ def _gpu_models(topo: Topology, setup: SyncSetup) -> str:
     return f"{'/'.join(trainer)} trainer, {'/'.join(rollout)} rollout"
 
 
-def _changed_knobs(strategy) -> dict[str, object]:
-    """The strategy's knobs that differ from their defaults: an answer made with a coarser simulation
-    (`max_sim_tasks=1`) or another cost must say so wherever it is read later."""
-    default = type(strategy.knobs)()
+def _changed_knobs(strategy, name: str) -> dict[str, object]:
+    """The strategy's knobs that differ from those its name gives (`shared-pool:relay` is mode=relay by name, not by
+    a --knob): an answer made with a coarser simulation (`max_sim_tasks=1`) or another cost must say so wherever
+    it is read later."""
+    default = get(name).knobs
     return {f.name: getattr(strategy.knobs, f.name) for f in fields(strategy.knobs)
             if getattr(strategy.knobs, f.name) != getattr(default, f.name)}
 
@@ -260,14 +261,15 @@ def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, o
     layouts, dtype, decode batch, the other settings, and every knob's value (`knobs_changed`: those not at their
     defaults)."""
     topo = setup.topology
-    return {"model": setup.model.name, "topology": topo.name, "gpus": _gpu_models(topo, setup),
+    return {"model": setup.model.name, "topology": topo.name, "gpu_models": _gpu_models(topo, setup),
             "calibration": topo.calibration_id, "trainer": compress_endpoints(list(setup.trainer.gpus)),
             "trainer_layout": setup.trainer.describe(), "rollout": compress_endpoints(list(setup.rollout.gpus)),
-            "rollout_layout": setup.rollout.describe(), "tp": args.tp, "ep": args.ep, "fp8": args.fp8,
-            "batch": args.batch, "context": args.context, "kv_reserve": args.kv_reserve,
-            "train_step_s": args.train_step, "trainer_bytes_per_param": args.trainer_bytes_per_param,
+            "rollout_layout": setup.rollout.describe(), "tp": setup.rollout.tp, "ep": setup.rollout.expert_parallel,
+            "fp8": setup.wire_dtype == "fp8", "batch": setup.decode.batch, "context": setup.decode.context,
+            "kv_reserve": setup.kv_reserve_fraction, "train_step_s": setup.train_step_s,
+            "trainer_bytes_per_param": setup.trainer_bytes_per_param,
             "knobs": {f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)},
-            "knobs_changed": sorted(_changed_knobs(strategy))}
+            "knobs_changed": sorted(_changed_knobs(strategy, args.strategy))}
 
 
 def _plain(value: object) -> object:
