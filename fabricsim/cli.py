@@ -144,7 +144,7 @@ def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
     itself and be lost again ('Exception ignored in sys.unraisablehook'). A helper thread delivers it after a
     moment, when the hook has returned (should it land in such a callback again, this hook sends it once more)."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        if not _interrupted:
+        if not (_interrupted and _from_a_destructor(unraisable)):
             sys.__unraisablehook__(unraisable)
     elif not _stopping:
         later = threading.Timer(0.01, _deliver_interrupt)
@@ -162,7 +162,13 @@ def _quiet_after_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
     """After an interrupt, an object it left half-built (llvmlite's context, cut between its allocation and the
     attribute its destructor reads) fails in its destructor when the process tears it down, and Python would
     print that traceback after the one line 'interrupted' (seen once in CI): it is the interrupt's consequence,
-    not news, so the process that was interrupted ends quietly."""
+    not news, so a destructor's failure is not shown; anything else still is."""
+    if not _from_a_destructor(unraisable):
+        sys.__unraisablehook__(unraisable)
+
+
+def _from_a_destructor(unraisable: sys.UnraisableHookArgs) -> bool:
+    return getattr(unraisable.object, "__name__", "") == "__del__"
 
 
 _stopping = False
@@ -238,7 +244,7 @@ def entry() -> int:
     """The `fabricsim` command: `main`, and a process it interrupted stays quiet to its end (`main` itself gives
     the hook back to its caller, who may go on)."""
     status = main()
-    if _interrupted:
+    if _interrupted or status == 130:  # 130: a command that turned Ctrl-C or SIGTERM into its own stop (sweep)
         sys.unraisablehook = _quiet_after_interrupt
     return status
 

@@ -180,6 +180,28 @@ class HalfBuilt:  # as llvmlite's context: the interrupt lands before the attrib
 def interrupted(argv):
     HalfBuilt()
 
+def stopped_by_itself(argv):  # as `sweep` turns Ctrl-C into its own stop and returns 130
+    try:
+        HalfBuilt()
+    except KeyboardInterrupt:
+        pass
+    print("fabricsim: interrupted", file=sys.stderr)
+    return 130
+
+def other_failure_after(argv):  # a failure reported at exit that is no destructor's: still shown
+    import atexit
+    def closing():
+        try:
+            yield
+        finally:
+            raise ValueError("a real failure")
+    def report():
+        g = closing()
+        next(g)
+        del g  # its close fails where Python can only report it, as a generator, not a __del__
+    atexit.register(report)
+    raise KeyboardInterrupt
+
 def freed_as_main_unwinds(argv):
     class Local(HalfBuilt):  # held only by the interrupted frame: freed when main's handler is done with it
         def __init__(self):
@@ -191,15 +213,24 @@ sys.exit(cli.entry())
 """
 
 
-@pytest.mark.parametrize("run", ["interrupted", "freed_as_main_unwinds"])
+@pytest.mark.parametrize("run", ["interrupted", "freed_as_main_unwinds", "stopped_by_itself"])
 def test_an_interrupted_command_ends_with_one_line_even_when_a_destructor_fails(tmp_path, run: str) -> None:
     """CI once printed llvmlite's 'Exception ignored in ... __del__' traceback after 'interrupted': an object
     the interrupt left half-built fails in its destructor, while `main` lets go of the interrupt or when the
-    process exits. The process that was interrupted ends with the one line and 130, and nothing after it."""
+    process exits. The process that was interrupted (or stopped itself with 130, as a sweep does) ends with the
+    one line and 130, and nothing after it."""
     script = tmp_path / "half_built.py"
     script.write_text(_HALF_BUILT_THEN_INTERRUPTED.format(run=run))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (130, "fabricsim: interrupted\n")
+
+
+def test_after_an_interrupt_a_failure_that_is_no_destructors_is_still_shown(tmp_path) -> None:
+    """The quiet covers a destructor's failure only: a callback failing at exit says so even after Ctrl-C."""
+    script = tmp_path / "half_built.py"
+    script.write_text(_HALF_BUILT_THEN_INTERRUPTED.format(run="other_failure_after"))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and "ValueError: a real failure" in proc.stderr, proc.stderr
 
 
 def test_a_failing_destructor_is_still_reported_when_nothing_was_interrupted(tmp_path) -> None:
