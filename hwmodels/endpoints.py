@@ -80,10 +80,11 @@ def _spell(names: list[str]) -> list[str]:
 def natural_key(name: str) -> tuple:
     """Sort key that reads the numbers in a name as numbers: node2.gpu1 before node10.gpu0, leaf2 before leaf10
     (plain string order puts node100 before node64, and a tie broken by it names an odd GPU)."""
-    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+    parts = _DIGITS.split(name)  # text, digits, text, ...: the runs of ASCII digits at the odd places
+    return (*(int(p) if i % 2 else p for i, p in enumerate(parts)), name)  # the name last: gpu01 and gpu1 differ
 
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")
 
 
 def spell_for_message(names: list[str], limit: int = 200) -> str:

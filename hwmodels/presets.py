@@ -191,8 +191,9 @@ def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_G
            + ("" if model.upper() == "H100" else f"-{model.lower()}"))
     if nic_Gbps != NIC_GBPS:
         out += f"-nic{_spelt(nic_Gbps)}g"
-    if fabric == "leaf-spine" and nodes_per_leaf != NODES_PER_LEAF:
-        out += f"-leaf{nodes_per_leaf}"
+    leaf = min(nodes_per_leaf, nodes)  # a leaf of more nodes than there are holds them all: the same machine
+    if fabric == "leaf-spine" and leaf != min(NODES_PER_LEAF, nodes):
+        out += f"-leaf{leaf}"
     if oversubscription != 1.0:
         out += f"-os{_spelt(oversubscription)}"
     return out

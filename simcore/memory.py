@@ -16,6 +16,7 @@ class MemoryPool:
         self.capacity_bytes = int(capacity_bytes)
         self._clock = clock
         self._allocs: dict[str, int] = {}
+        self._since: dict[str, float] = {}  # when each allocation was made (a release is never dated before it)
         self.used_bytes = 0
         self.peak_bytes = 0
         self.timeline: list[tuple[float, int]] = [(0.0, 0)]
@@ -36,16 +37,20 @@ class MemoryPool:
         if nbytes > self.free_bytes:
             raise OutOfMemory(self.device, nbytes, self.free_bytes, self.capacity_bytes, tag)
         self._allocs[tag] = int(nbytes)
+        self._since[tag] = self._clock()
         self._set(self.used_bytes + int(nbytes))
 
     def free(self, tag: str, at: float | None = None) -> int:
         """Release `tag`; returns its bytes. `at`: when it was released, if earlier than the clock (a compiled run
         is over before its declared items' callbacks could run: `SyncContext.free_after`): levels recorded after
         `at` held the bytes no more, so they drop by them, and the peak is their maximum again."""
-        try:
-            nbytes = self._allocs.pop(tag)
-        except KeyError:
-            raise ScenarioError(f"free of unknown allocation '{tag}' on {self.device}") from None
+        if tag not in self._allocs:
+            raise ScenarioError(f"free of unknown allocation '{tag}' on {self.device}")
+        if at is not None and not self._since[tag] <= at <= self._clock():
+            raise ScenarioError(f"free of '{tag}' on {self.device} dated {at!r} s: not between its allocation "
+                                f"({self._since[tag]!r} s) and now ({self._clock()!r} s)")
+        nbytes = self._allocs.pop(tag)
+        del self._since[tag]
         if at is None:
             self._set(self.used_bytes - nbytes)
             return nbytes

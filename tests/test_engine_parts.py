@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fabricsim.hwmodels import presets
-from fabricsim.simcore import OutOfMemory, Simulation
+from fabricsim.simcore import OutOfMemory, ScenarioError, Simulation
 from fabricsim.simcore.memory import MemoryPool
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # every case on the compiled loop and on simpy
@@ -68,8 +68,13 @@ def test_a_free_dated_earlier_lowers_the_levels_after_it_and_the_peak():
     assert pool.free("a", at=3.0) == 30
     assert pool.timeline == [(0.0, 0), (1.0, 30), (2.0, 70), (3.0, 40), (4.0, 60)]
     assert (pool.used_bytes, pool.peak_bytes) == (60, 70)
+    for tag, at in (("b", 1.5), ("c", 9.5), ("c", -1.0)):  # before its allocation, after now, before the start
+        with pytest.raises(ScenarioError, match=f"free of '{tag}' on gpu0 dated"):
+            pool.free(tag, at=at)
+    assert pool.used_bytes == 60  # a refused release changed nothing
     pool2 = MemoryPool("gpu0", 100, clock=lambda: now[0])
     pool2.alloc(10, "x")
+    now[0] = 20.0
     assert pool2.free("x", at=20.0) == 10 and pool2.timeline[-1] == (20.0, 0)  # later than the last change: appended
 
 

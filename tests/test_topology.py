@@ -469,7 +469,7 @@ def _spellings() -> list[str]:
     written more than one way."""
     out = []
     for fabric in ("", "-rail", "-leaf-spine"):
-        leaves = ("", "-leaf4", "-leaf04", "-leaf1") if fabric == "-leaf-spine" else ("",)
+        leaves = ("", "-leaf4", "-leaf04", "-leaf1", "-leaf2", "-leaf8") if fabric == "-leaf-spine" else ("",)
         for model in ("", "-h100", "-h200"):
             for nic in ("", "-nic400g", "-nic400.0g", "-nic200g", "-nic400.1234567g"):
                 for leaf in leaves:

@@ -682,3 +682,4 @@ def test_memory_ties_name_the_first_gpu_counting_node_numbers_as_numbers() -> No
     assert res.headroom_gpu == "node2.gpu0"
     assert sorted(["node10.gpu0", "node2.gpu1", "node2.gpu0", "leaf10", "leaf2"], key=natural_key) == \
         ["leaf2", "leaf10", "node2.gpu0", "node2.gpu1", "node10.gpu0"]
+    assert sorted(["x1²", "x1", "gpu1", "gpu01", "x٣"], key=natural_key) == ["gpu01", "gpu1", "x1", "x1²", "x٣"]
