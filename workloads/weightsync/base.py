@@ -224,10 +224,14 @@ class SyncContext:
             self.sim.memory(gpu).free(tag)
 
     def free_after(self, gpu: str, tag: str, event: simpy.Event) -> None:
-        """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event is only noted, as in
-        `live_write_at`: `settle_marks` releases it after the run, recorded at the item's finish."""
+        """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event (a transfer's, a task's: every
+        caller's today, in both paths) is only noted, as in `live_write_at`: `settle_marks` releases it after the
+        run, dated at the item's finish, so until the run ends the bytes still count against later `alloc`s on
+        that GPU (none in `shared_pool`, the only caller). Another event frees when it fires (now, if it has)."""
         if self.sim.declared(event):
             self._frees.append((event, gpu, tag))
+        elif event.processed:
+            self.free(gpu, tag)
         else:
             event.callbacks.append(lambda _ev: self.free(gpu, tag))
 
