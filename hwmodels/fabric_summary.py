@@ -2,9 +2,9 @@
 
 A cluster's link table runs to thousands of lines, and the facts a person asks of a fabric (which nodes share a
 leaf, how much a leaf can send up against what its NICs can send in) are sums over it. They are read from the
-graph, so a topology file says the same as the preset it was written from. A link between switches with no NIC
-beyond it on one side (the spine of a one-leaf fabric) carries nothing: its bandwidth and the ratio it would make
-are not shown, as they would mean nothing.
+graph, so a topology file says the same as the preset it was written from. A link between switches that no two
+machines' NICs lie on either side of (the spine of a one-leaf fabric; every switch link of a one-node cluster)
+carries nothing: its bandwidth and the ratio it would make are not shown, as they would mean nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def network_lines(graph: Any) -> list[str]:
         if nics and peers and up > 0:
             parts.append(f"{down / up:.2f}:1")
         if idle:
-            parts.append(f"nothing crosses to {compress_endpoints(idle)} (no NIC beyond)")
+            parts.append(f"nothing crosses to {compress_endpoints(idle)} (no other machine's NIC beyond)")
         lines.append(f"  {sw:<12} " + "; ".join(parts))
     if len(switches) > MAX_SHOWN:
         lines.append(f"  ... ({len(switches) - MAX_SHOWN} more switches)")
@@ -54,19 +54,22 @@ def network_lines(graph: Any) -> list[str]:
 
 
 def _crossed(sw: str, peer: str, nics_of: dict[str, list], peers_of: dict[str, list]) -> bool:
-    """Whether traffic can cross the link between switches `sw` and `peer`: NICs on both sides of it (reached from
-    each end over switch links without passing the other end). A one-leaf fabric's spine has none on its side."""
-    return _nics_reached(peer, sw, nics_of, peers_of) > 0 and _nics_reached(sw, peer, nics_of, peers_of) > 0
+    """Whether traffic can cross the link between switches `sw` and `peer`: NICs of two different machines on its
+    two sides (reached from each end over switch links without passing the other end; a machine's own GPUs and
+    memories reach each other without the network). A one-leaf fabric's spine has no NIC on its side; a one-node
+    cluster's rails have only their machine's."""
+    near, far = _machines_reached(sw, peer, nics_of, peers_of), _machines_reached(peer, sw, nics_of, peers_of)
+    return bool(near) and bool(far) and len(near | far) > 1
 
 
-def _nics_reached(start: str, avoid: str, nics_of: dict[str, list], peers_of: dict[str, list]) -> int:
-    """NICs on the switches reached from `start` over switch links, never through `avoid`."""
-    seen, todo, count = {start, avoid}, [start], 0
+def _machines_reached(start: str, avoid: str, nics_of: dict[str, list], peers_of: dict[str, list]) -> set[str]:
+    """The machines of the NICs on the switches reached from `start` over switch links, never through `avoid`."""
+    seen, todo, machines = {start, avoid}, [start], set()
     while todo:
         sw = todo.pop()
-        count += len(nics_of[sw])
+        machines.update(machine_of(n) or n for n in nics_of[sw])
         for peer in peers_of[sw]:
             if peer not in seen:
                 seen.add(peer)
                 todo.append(peer)
-    return count
+    return machines

@@ -434,11 +434,22 @@ def test_topo_show_of_one_leaf_gives_its_spine_no_uplinks_or_ratio(name, machine
     assert set(net) == {"leaf0", "spine"}
     assert net["leaf0"].split(None, 1)[1] == \
         f"{nics} NIC{'' if nics == 1 else 's'} of {machines}, {nics * nic / 1e9:.1f} in; " \
-        "nothing crosses to spine (no NIC beyond)"
+        "nothing crosses to spine (no other machine's NIC beyond)"
     assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
     assert _network_section(topology_from_dict(topology_to_dict(topo), "round-trip").describe()) == net
     two = _network_section(presets.get("cluster-5x8-leaf-spine-os2", calibration=None).describe())
     assert two["leaf1"].endswith("to spine; 2.00:1") and two["spine"].split()[2:] == ["to", "leaf0-1"]
+
+
+def test_topo_show_of_one_node_gives_its_rails_no_uplinks_or_ratio():
+    """One node's GPUs and memories reach each other without the network: its rails' uplinks to the spine carry
+    nothing (they showed '46.0 to spine; 1.00:1'); two nodes' do."""
+    net = _network_section(presets.get("cluster-1x8", calibration=None).describe())
+    assert net["rail0"].split(None, 1)[1] == "1 NIC of node0, 46.0 in; nothing crosses to spine (no other machine's " \
+        "NIC beyond)"
+    assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
+    two = _network_section(presets.get("cluster-2x8", calibration=None).describe())
+    assert two["rail0"].endswith("to spine; 1.00:1")
 
 
 def test_a_cluster_built_in_python_is_named_after_what_it_is():
