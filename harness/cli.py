@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     only.add_argument("--failed", action="store_true", help="list failed points and their errors")
     only.add_argument("--infeasible", action="store_true",
                       help="list the points that ran but are infeasible (feasible = 0, no times) and why")
-    show.add_argument("--compare", action="store_true",
+    only.add_argument("--compare", action="store_true",
                       help="predicted (sim) beside measured (hw) for the same scenario, with relative error")
     show.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
     show.add_argument("--store", default=None, help=store_help)
@@ -209,6 +209,9 @@ def _cmd_results_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_show(args: argparse.Namespace) -> int:
+    if args.metric and (args.failed or args.infeasible):  # they list points and why, not metrics
+        raise StoreError(f"--metric does not apply to --{'failed' if args.failed else 'infeasible'}, which lists "
+                         "points and why they have no values")
     store = ResultsStore(args.store)
     with _report_corrupt_files():
         df = store.load(args.study, args.source)

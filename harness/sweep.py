@@ -451,7 +451,6 @@ def load_engine() -> float:
     return time.perf_counter() - t0
 
 
-
 def run_sweep(
     study: Study | str | Path,
     *,

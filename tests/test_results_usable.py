@@ -239,6 +239,10 @@ def test_infeasible_points_keep_their_reason(tmp_path: Path, capsys: pytest.Capt
     assert "2 infeasible (feasible = 0; fabricsim results show reasoned --infeasible" in capsys.readouterr().err
     assert main(["results", "show", "reasoned", "--infeasible", "--csv", *store]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(",0,sim,needs 0 GiB more")
+    assert main(["results", "show", "reasoned", "--infeasible", "--metric", "sync_s", *store]) == 2  # not ignored
+    assert "--metric does not apply to --infeasible" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one view at a time
+        main(["results", "show", "reasoned", "--infeasible", "--compare", *store])
 
 
 def test_infeasible_rows_stored_before_reasons_are_listed_without_one(tmp_path: Path,
