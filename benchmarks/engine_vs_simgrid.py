@@ -45,8 +45,8 @@ from fabricsim.simcore import Simulation
 
 RESULTS = Path(__file__).with_name("results")
 DRIVER = Path(__file__).with_name("simgrid") / "maxmin_bench.cpp"
-# precision/timing: SimGrid rounds event times to 1e-9 s by default, which parts finish times of 10 us transfers by
-# ~1e-5 of themselves (cluster-8x8-rail at K = 512: every one within 2e-13 once it is 1e-15)
+# precision/timing: SimGrid rounds event times to 1e-9 s by default, which parts finish times of microsecond
+# transfers (cluster-8x8-rail at K = 512: 2e-5 apart with the default, every one within 2e-13 with 1e-15)
 SIMGRID_CFG = ["--cfg=network/model:raw", "--cfg=precision/timing:1e-15", "--log=root.thres:critical"]
 # Every transfer gets one latency: SimGrid's CM02 weights a flow's share by its route's latency (TCP's RTT
 # unfairness, even in the "raw" model: a flow's sharing penalty is its latency), so only a latency common to all

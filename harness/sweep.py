@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.simcore.fluid import load_core
+from fabricsim.simcore.fluid import COMPILE_NOTICE_S, load_core
 from fabricsim.simcore.lowering import load_loop
 
 from .store import ERROR_METRIC, ResultsStore, make_row, new_run_id, versions_json
@@ -49,9 +49,6 @@ from .study import Point, PointContext, Study, load_study, load_study_source
 BACKENDS = ("local", "ray")
 _ENGINE_PROGRESS = "FABRICSIM_PROGRESS"  # simcore.progress reads it per run
 RAY_CONNECT_TIMEOUT_S = 3.0
-# A load of the compiled engine that takes longer than this compiled it (loading the cache takes about a second);
-# the engine announces it past the same time.
-COMPILE_S = 2.0
 
 
 class SweepError(FabricsimError):
@@ -503,7 +500,7 @@ def run_sweep(
     run_id = new_run_id()
     report = SweepReport(study=study.name, run_id=run_id, backend=backend, workers=workers, total=total,
                          skipped=skipped, skipped_failed=skipped_failed,
-                         compile_s=compile_s if compile_s > COMPILE_S else 0.0)
+                         compile_s=compile_s if compile_s > COMPILE_NOTICE_S else 0.0)
     bar: tqdm | None = None  # drawn from the first finished batch on: a sweep that cannot start draws nothing
     flusher = _Flusher(study, store, run_id, flush_points, flush_interval_s)
     t0 = time.perf_counter()

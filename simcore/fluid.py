@@ -35,6 +35,11 @@ _core: ModuleType | None = None
 _NO_SLOTS = np.zeros(0, np.int64)
 
 
+# A load of compiled code that takes longer than this compiled it (loading the cache takes about a second): the
+# engine announces compiling past it, and a sweep's summary says that time apart (`harness.sweep`)
+COMPILE_NOTICE_S = 2.0
+
+
 def load_core() -> ModuleType:
     """The compiled core (`simcore._fluidcore`), imported on first use rather than with `simcore`.
 
@@ -45,7 +50,7 @@ def load_core() -> ModuleType:
     global _core
     if _core is None:
         _drop_stale_machine_code()
-        notice = threading.Timer(2.0, lambda: print(
+        notice = threading.Timer(COMPILE_NOTICE_S, lambda: print(
             "fabricsim: compiling the fluid engine (once per install, about 35 s)...", file=sys.stderr, flush=True))
         notice.daemon = True
         notice.start()

@@ -19,6 +19,7 @@ import numpy as np
 import simpy
 
 from . import _fluidlayout as L
+from .fluid import COMPILE_NOTICE_S
 from .progress import Progress
 from .records import Record
 from .routes import RouteTable
@@ -69,7 +70,7 @@ def load_loop():
     """The compiled loop, compiled on first use (about 10 s once per install, then cached beside the source)."""
     global _loop
     if _loop is None:
-        notice = threading.Timer(2.0, lambda: print(
+        notice = threading.Timer(COMPILE_NOTICE_S, lambda: print(
             "fabricsim: compiling the event loop (once per install, about 10 s)...", file=sys.stderr, flush=True))
         notice.daemon = True
         notice.start()
