@@ -43,13 +43,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     head, base = HERE.parent, args.base_dir.resolve()
-    versions = [(f"{commit_of(head)} (HEAD)", sys.executable, head), (commit_of(base), args.base_python, base)]
+    versions = [(commit_of(head), sys.executable, head), (commit_of(base), args.base_python, base)]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
             for code, python, repo in versions:
                 doc = one_run(python, repo, Path(tmp) / f"run{i}-{len(runs)}.json")
-                runs.append({**doc, "code": code})
+                runs.append({**doc, "code": code + (" (HEAD)" if repo == head else "")})
     note = (f"python benchmarks/engine_loops_ab.py: engine_loops.py run alternately, HEAD ({versions[0][0]}) first, "
             f"then {versions[1][0]} (its own worktree, venv and benchmark script), {args.pairs} pairs; each run's "
             f"created_at is its end")
