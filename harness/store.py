@@ -64,6 +64,8 @@ INTERVAL_COLUMNS = ("lo", "hi", "level")
 # Why a point that ran reports no result for some metrics (an infeasible configuration: `feasible = 0` and no
 # times): text on each of the point's rows, null on others. Optional, so stores written before it stay readable.
 REASON_COLUMN = "reason"
+# The columns every row has or may have that are not a point's parameters (its parameters are the rest)
+_NOT_PARAMETERS = frozenset((*CORE_COLUMNS, REASON_COLUMN))
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
@@ -189,7 +191,7 @@ def _to_table(records: list[dict[str, Any]]) -> pa.Table:
     missing = [c for c in CORE_COLUMNS if c not in columns]
     if missing:
         raise StoreError(f"rows lack results columns {missing}")
-    params = [c for c in columns if c not in CORE_COLUMNS and c != REASON_COLUMN]
+    params = [c for c in columns if c not in _NOT_PARAMETERS]
     reason = [REASON_COLUMN] if REASON_COLUMN in columns else []
     arrays: dict[str, pa.Array] = {}
     try:
@@ -382,7 +384,7 @@ class ResultsStore:
             # One dtype whatever mix of files was read (an all-null column comes back typed differently).
             if col in df.columns:
                 df[col] = df[col].astype(object).where(df[col].notna(), None)
-        params = [c for c in df.columns if c not in CORE_COLUMNS and c != REASON_COLUMN]
+        params = [c for c in df.columns if c not in _NOT_PARAMETERS]
         ordered = [c for c in ("study", "run_id", "point_id") if c in df.columns] + params
         ordered += [c for c in (*CORE_COLUMNS[3:], REASON_COLUMN) if c in df.columns]
         return df[ordered].reset_index(drop=True)
@@ -426,7 +428,7 @@ def glob_escape(text: str) -> str:
 def param_columns(df: pd.DataFrame) -> list[str]:
     """The flattened-parameter columns of a results frame (not the interval columns: a point's parameters must
     not vary with its metrics' intervals, or pivots split one point into many rows; nor `reason`)."""
-    return [c for c in df.columns if c not in CORE_COLUMNS and c not in INTERVAL_COLUMNS and c != REASON_COLUMN]
+    return [c for c in df.columns if c not in _NOT_PARAMETERS and c not in INTERVAL_COLUMNS]
 
 
 def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:
