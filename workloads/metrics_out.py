@@ -108,12 +108,14 @@ RERUN_NOTE_AFTER_S = 2.0  # re-runs expected to take longer than this are announ
 
 def rerun_note(samples: int, first_run_s: float) -> str:
     """A note for stderr before the interval's re-runs when they will take a while (each about as long as the first
-    run): with nothing printed, a command whose answer took a second sat silent for another fifteen."""
+    run, plus copying and perturbing the topology, which a trial found doubled the estimate's 37 s on 512 GPUs): with
+    nothing printed, a command whose answer took a second sat silent for another fifteen."""
     expected = samples * first_run_s
     if expected < RERUN_NOTE_AFTER_S:
         return ""
-    return (f"note: {samples} perturbed re-runs for the 90% intervals, about {expected:.0f} s "
-            f"(--samples 0 skips them)")
+    return (f"note: {samples} perturbed re-runs for the 90% intervals, at least {expected:.0f} s (each as long as "
+            f"the first run, and a perturbed copy of the topology to make: more on a large cluster; --samples 0 skips "
+            f"them)")
 
 
 def add_output_args(p: argparse.ArgumentParser, default: int, run: str) -> None:
