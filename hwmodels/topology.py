@@ -181,6 +181,9 @@ class _Routing:
     machines: Machines | bool | None = None
     templates: dict[tuple[str, str], RouteTemplate | bool] = field(default_factory=dict)
     searched: int = 0  # routes built by a search for this path cache (`Topology._renamed` waits for enough)
+    # copies spread over all their equal routes (`Topology._equal_routes`), by (src, dst): their entries cover every
+    # tie, so one renames into another machine pair's as a unique route's does
+    spread: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -471,7 +474,7 @@ class Topology:
         routing = self._index()
         if routing.hops_of is not self._path_cache:
             routing.hops, routing.hops_of, routing.machines, routing.templates = {}, self._path_cache, None, {}
-            routing.searched = 0
+            routing.searched, routing.spread = 0, set()
         return routing
 
     def _renamed(self, s: str, d: str) -> tuple | None:
@@ -500,15 +503,15 @@ class Topology:
 
     def _template(self, machines: Machines, s0: str, d0: str) -> RouteTemplate | bool:
         """The route template of the representative copy s0 -> d0 (see `_Routing.templates`), or False when renaming
-        its route would not give other copies' routes: it is not the only shortest one, or it names a third
-        machine, or it cannot be built (an end that is not an endpoint, no route: each copy's own search then
-        says so, naming its own ends)."""
+        its route would not give other copies' routes: it is not the only shortest one (unless the copy is spread
+        over all of them: its entry then holds every tie), or it names a third machine, or it cannot be built (an
+        end that is not an endpoint, no route: each copy's own search then says so, naming its own ends)."""
         try:
             entry = self._path_cache.get((s0, d0)) or self._build_path(s0, d0)
         except TopologyError:
             return False
         self._path_cache[(s0, d0)] = entry
-        if not self._index().route.unique(entry[0]):
+        if (s0, d0) not in self._fresh_routing().spread and not self._index().route.unique(entry[0]):
             return False
         return machines.template(s0, d0, entry) or False
 
@@ -530,6 +533,8 @@ class Topology:
         routes = self._equal_routes(routing, s, d, nodes) if cls == "rdma" and "host" in (ks, kd) and not pinned \
             else [nodes]
         if len(routes) > 1 or pinned:  # a pinned route may cross a link twice: it draws twice on it
+            if len(routes) > 1:
+                routing.spread.add((s, d))
             resources, latency = self._spread(routing, s, d, cls, routes)
             return self._entry(s, d, tuple(nodes), cls, resources, latency)
         # one shortest route, which never crosses a link twice (the common case: kept free of counting)
