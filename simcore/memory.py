@@ -28,6 +28,10 @@ class MemoryPool:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.free_bytes
 
+    def holds(self, tag: str) -> bool:
+        """Whether `tag` is allocated here now."""
+        return tag in self._allocs
+
     def alloc(self, nbytes: int, tag: str) -> None:
         """Reserve `nbytes` under `tag`; raises `OutOfMemory` (nothing changes) when it does not fit."""
         if nbytes < 0:

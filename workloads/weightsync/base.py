@@ -29,7 +29,7 @@ import simpy
 
 from fabricsim.hwmodels.endpoints import natural_key
 from fabricsim.hwmodels.topology import Topology
-from fabricsim.simcore import ScenarioError, Simulation
+from fabricsim.simcore import Simulation
 from fabricsim.simcore.gcpause import gc_paused
 from fabricsim.simcore.records import Result
 
@@ -218,28 +218,25 @@ class SyncContext:
         if nbytes > 0:
             self.sim.memory(gpu).alloc(int(nbytes), tag)
 
-    def free(self, gpu: str, tag: str) -> None:
-        """Release an allocation made with `alloc` (a zero-byte request allocated nothing: nothing to free)."""
-        with contextlib.suppress(ScenarioError):
-            self.sim.memory(gpu).free(tag)
+    def free(self, gpu: str, tag: str, at: float | None = None) -> None:
+        """Release an allocation made with `alloc` (a zero-byte request allocated nothing: nothing to free); `at`:
+        dated then rather than now (`MemoryPool.free`)."""
+        pool = self.sim.memory(gpu)
+        if pool.holds(tag):
+            pool.free(tag, at=at)
 
     def free_after(self, gpu: str, tag: str, event: simpy.Event) -> None:
-        """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event (a transfer's, a task's: every
-        caller's today, in both paths) is only noted, as in `live_write_at`: `settle_marks` releases it after the
-        run, dated at the item's finish, so until the run ends the bytes still count against later `alloc`s on
-        that GPU (none in `shared_pool`, the only caller). Another event frees when it fires (now, if it has)."""
+        """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event is only noted, as in
+        `live_write_at` (a callback would make the item procedural): `settle_marks` releases it after the run,
+        dated at the item's finish, so until the run ends the bytes still count against later `alloc`s on that GPU
+        (none in `shared_pool`, the only caller). Another event (a procedural run's items) frees when it fires,
+        or now if it has."""
         if self.sim.declared(event):
             self._frees.append((event, gpu, tag))
         elif event.processed:
             self.free(gpu, tag)
         else:
             event.callbacks.append(lambda _ev: self.free(gpu, tag))
-
-    def _free_as_of(self, gpu: str, tag: str, t: float) -> None:
-        """`free`, recorded at `t` (a declared item's finish) rather than now: after the run the clock stands at its
-        end, past `t` (`MemoryPool.free`'s `at`)."""
-        with contextlib.suppress(ScenarioError):  # a zero-byte request allocated nothing
-            self.sim.memory(gpu).free(tag, at=t)
 
     def mark_live_write(self) -> None:
         """Call when the first byte lands in the engines' live weights (generation must stop from here)."""
@@ -283,7 +280,7 @@ class SyncContext:
         self._steps = []
         for ev, gpu, tag in self._frees:
             if ev.processed:
-                self._free_as_of(gpu, tag, ev.value.finish_s)
+                self.free(gpu, tag, at=ev.value.finish_s)
         self._frees = []
 
     def encode(self, gpu: str, raw_bytes: float, after: Iterable = ()) -> simpy.Event:
