@@ -408,19 +408,14 @@ class Study:
         name its topology carries (`presets.canonical_name`: one machine, one name, however the grid spells it)."""
         from fabricsim.hwmodels.presets import canonical_name
 
-        if params.get("topology"):
-            return canonical_name(str(params["topology"]))
-        if callable(self.topology):
-            return canonical_name(str(self.topology(params)))
-        return canonical_name(self.topology or "")
+        given = params.get("topology") or (self.topology(params) if callable(self.topology) else self.topology)
+        return canonical_name(str(given or ""))
 
     def points(self) -> list[tuple[str, Point]]:
         """The grid as (point id, params), duplicates dropped (first kept), in grid order.
 
         Raises StudyError for an empty grid or a parameter that collides with a results column.
         """
-        from fabricsim.hwmodels.presets import canonical_name
-
         cal = self.calibration_id
         seen: set[str] = set()
         out: list[tuple[str, Point]] = []
@@ -431,8 +426,7 @@ class Study:
                     f"study {self.name!r}: parameter {clash[0]!r} collides with a results column"
                 )
             # a machine by the name its topology carries (`topology_of`): two spellings of one machine are one point
-            named = {**params, "topology": canonical_name(str(params["topology"]))} if params.get("topology") \
-                else params
+            named = {**params, "topology": self.topology_of(params)} if params.get("topology") else params
             pid = point_id(named, cal)
             if pid not in seen:
                 seen.add(pid)

@@ -180,8 +180,9 @@ MAX_CLUSTER_GPUS = 4096
 NIC_GBPS, NODES_PER_LEAF = 400.0, 4  # a cluster's defaults, which its name leaves unsaid (`_cluster_name`)
 
 
-def _cluster_name(nodes: int, gpus_per_node: int, fabric: str, model: str, nic_Gbps: float, nodes_per_leaf: int,
-                  oversubscription: float) -> str:
+def _cluster_name(nodes: int, gpus_per_node: int, fabric: str = "rail", model: str = "H100",
+                  nic_Gbps: float = NIC_GBPS, nodes_per_leaf: int = NODES_PER_LEAF,
+                  oversubscription: float = 1.0) -> str:
     """The name of a cluster built without one: the preset's shortest spelling (`cluster-4x8-h200`, as
     `presets.get` is usually asked: the rail fabric and H100 are the defaults and go unsaid) where the settings are a
     preset's, with what differs from it appended (`-nic200g`, `-leaf8`, `-os2`), so that results and traces of a
@@ -313,9 +314,7 @@ def canonical_name(name: str) -> str:
         args = _cluster_args(name)
     except TopologyError:
         return name
-    return _cluster_name(args["nodes"], args["gpus_per_node"], args["fabric"], args["model"],
-                         args.get("nic_Gbps", NIC_GBPS), args.get("nodes_per_leaf", NODES_PER_LEAF),
-                         args.get("oversubscription", 1.0))
+    return _cluster_name(**args)  # the settings the name leaves out: `cluster`'s defaults, which it shares
 
 
 def _cluster_args(name: str) -> dict:

@@ -434,6 +434,13 @@ class Strategy:
         return 0.0, 0.0
 
 
+def _largest(by_gpu: dict[str, float]) -> tuple[str, float]:
+    """(the GPU with the most, that amount); ties go to the first name with node numbers read as numbers
+    (node64.gpu0 before node100.gpu0); ("", 0.0) for none."""
+    gpu = max(sorted(by_gpu, key=natural_key), key=by_gpu.__getitem__, default="")
+    return gpu, by_gpu[gpu] if gpu else 0.0
+
+
 def local_decode_step(setup: SyncSetup) -> float:
     model = setup.model.with_dtype(setup.wire_dtype)
     gpu = setup.topology.gpu(setup.rollout.gpus[0])
@@ -590,8 +597,8 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
     gpus = sorted(set(resident) | set(extra) | set(decode_claim), key=natural_key)  # node64 before node100
     room = {g: setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim) for g in gpus}
     tightest = min(room, key=room.__getitem__, default="")  # the GPU whose headroom is the result's (first on ties)
-    fullest = max(sorted(extra, key=natural_key), key=extra.__getitem__, default="")
-    base = SyncResult(label, False, peak_extra_bytes=max(extra.values(), default=0.0),
+    fullest, most = _largest(extra)
+    base = SyncResult(label, False, peak_extra_bytes=most,
                       extra_headroom_bytes=room[tightest] if room else math.nan,
                       rollout_weight_bytes=max(resident_roll.values(), default=0.0), decode_step_local_s=local_step,
                       peak_extra_gpu=fullest, headroom_gpu=tightest)
@@ -604,8 +611,8 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
                                        - setup.kv_reserve_fraction * setup.hbm_bytes(g) for g in plan.rollout_gpus})
         strategy.check(setup, plan)
         for g in gpus:
-            need = _held_bytes(g, setup, resident, resident_roll, extra, decode_claim)
-            if need > setup.hbm_bytes(g):
+            need = setup.hbm_bytes(g) - room[g]
+            if room[g] < 0:
                 weights = need - extra.get(g, 0.0) - decode_claim.get(g, 0.0)
                 raise InfeasibleError(
                     f"{label}: {g} needs {need / 2**30:.1f} GiB ({weights / 2**30:.1f} resident + "
@@ -639,9 +646,8 @@ def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: st
     base.sync_s = sync_s
     base.stall_s = strategy.stall(ctx, sync_s)
     base.bytes_by_class = {k: v for k, v in res.bytes_by_link_class().items() if v > 0}
-    base.peak_extra_bytes = float(max(peaks.values(), default=0))
-    # sorted: ties go to the first name, counted as numbers (node64.gpu0 before node100.gpu0)
-    base.peak_extra_gpu = max(sorted(peaks, key=natural_key), key=peaks.__getitem__, default="")
+    base.peak_extra_gpu, most = _largest(peaks)
+    base.peak_extra_bytes = float(most)
     base.staleness_versions, base.stale_fraction = strategy.staleness(setup, sync_s)
     base.read_retries = float(getattr(ctx, "read_retries", 0))
     base.version_lag = float(getattr(ctx, "version_lag", 0))
