@@ -539,12 +539,8 @@ class Topology:
             return self._entry(s, d, tuple(nodes), cls, resources, latency)
         # one shortest route, which never crosses a link twice (the common case: kept free of counting)
         latency = sum([h[1] for h in hops])  # sum(), as ever: Python 3.12's is compensated, and routes must agree
-        crossings: dict[int, int] = {}
-        for h in hops:
-            for i in h[3]:
-                crossings[i] = crossings.get(i, 0) + 1
         resources = [h[0] for h in hops]
-        resources += routing.caps.drawn(s, d, cls, crossings)
+        resources += routing.caps.drawn(s, d, cls, _crossings(hops))
         return self._entry(s, d, nodes, cls, resources, latency)
 
     def _hops(self, routing: _Routing, nodes: tuple[str, ...] | list[str]) -> list[tuple]:
@@ -586,12 +582,9 @@ class Topology:
         for route in routes:
             hops = self._hops(routing, route)
             latency = max(latency, sum([h[1] for h in hops]))
-            crossings: dict[int, int] = {}
             for h in hops:
                 links[h[0][0]] = links.get(h[0][0], 0) + 1
-                for i in h[3]:
-                    crossings[i] = crossings.get(i, 0) + 1
-            for name, coeff in routing.caps.drawn(s, d, cls, crossings):
+            for name, coeff in routing.caps.drawn(s, d, cls, _crossings(hops)):
                 caps[name] = caps.get(name, 0.0) + coeff
         return [(name, n / k) for name, n in links.items()] + [(name, c / k) for name, c in caps.items()], latency
 
@@ -727,6 +720,15 @@ class Topology:
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
             lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
         return "\n".join(lines)
+
+def _crossings(hops: list[tuple]) -> dict[int, int]:
+    """How many times a route's hops cross each cap (by the numbers its links name: `_Routing.hops`)."""
+    crossings: dict[int, int] = {}
+    for h in hops:
+        for i in h[3]:
+            crossings[i] = crossings.get(i, 0) + 1
+    return crossings
+
 
 def _class_of(src: str, dst: str, ks: str, kd: str, link_kinds: set[str]) -> str:
     """The path class of a copy src -> dst (of kinds ks, kd) over links of `link_kinds`."""
