@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 from numba.types import float64, int8, int64
 
-from ._fluidcore import arrive, depart, heap_pop, heap_push, join, next_finish
+from ._fluidcore import NO_REFCOUNT, arrive, depart, heap_pop, heap_push, join, next_finish
 from ._fluidlayout import HSIZE
 
 I, F = int64, float64
@@ -93,7 +93,7 @@ def _release(i, now, istart, ieng, ot, ek, ei, st, eqnext, eqprev, ehead, etail,
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)  # see `_fluidcore.NO_REFCOUNT`
 def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, roff, rres, rcoef, ot,
         ek, ei, rq, eholder, ehead, etail, eqnext, eqprev, egrant, gl, slot_item, free, seeds, closed,
         lt, lr, lv, st, sf, budget,

@@ -105,6 +105,15 @@ from ._fluidlayout import (
 )
 from ._maxmin import F1, F2, I1, I2, M1, F, I, max_min, two_sum  # the core's type aliases, the solve itself
 
+# Entry points (called from Python, or from the compiled event loop) are compiled without numba's reference
+# counting: each array argument otherwise costs an atomic increment and decrement per call and use (over half
+# of the event loop's samples at 8 transfers in flight on a 2-core VM), and an array from Python a runtime
+# object made per argument per call. Such a function may not allocate, nor take an array a callee allocated
+# (nothing would free it): the solves that need scratch (`_solve`, `_solve_above`, `_incremental`, `max_min`)
+# keep the default and free their arrays before they return (tests/test_loop_no_refcounts.py checks the
+# runtime's allocation counters balance).
+NO_REFCOUNT = {"_nrt": False}
+
 # Helpers called once per event, flow, member or resource are inlined at Numba IR level (inline="always"): a
 # call hands over up to 21 arrays, each reference-counted on the way in and out.
 
@@ -189,7 +198,7 @@ def _link(s, fres, fn, ri, inc_next, inc_prev):
         ri[r, NFL] += 1
 
 
-@njit(I(I1, F1, I), cache=True)
+@njit(I(I1, F1, I), cache=True, **NO_REFCOUNT)
 def bad_route_entry(res, coef, nres):
     """Index of the first route entry that names no resource in 0..nres-1 or has a coefficient that is not a
     positive finite number; -1 when the route is sound. Checked before `join`, because compiled code
@@ -302,7 +311,7 @@ def _scale(s, n, ff, fi):
     ff[s, CAP] = n * ff[s, CAP0]
 
 
-@njit(I(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, F2, I2, I1, I1, I1), cache=True)
+@njit(I(I, I1, F1, I, F, F, F, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, F2, I2, I1, I1, I1), cache=True, **NO_REFCOUNT)
 def join(m, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, mf, mi,
          rclass, cfree, ctr):
     """Start flow m (a member slot) now; returns its class slot, which the caller must re-solve at this instant.
@@ -674,11 +683,15 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
     return -1 - nadd if stuck else nadd
 
 
-@njit(Tuple((I, F1, I1))(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, I1), cache=True)
-def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark, rstack, scratch, ctr):
-    """Max-min rates for the region comp[:nc] (fmark 1), grown until the whole allocation checks out; returns
-    (region size, rates, bottlenecks), or (-1 - region size, ...) after MAX_ROUNDS rounds or when stuck (fmark
-    then holds 1 on the region's flows still).
+@njit(UniTuple(I, 3)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, M1, F2),
+      cache=True)
+def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark, rstack, fchanged, hk,
+                 hi, ctr, rchanged, rcmark, mf):
+    """Max-min rates for the region comp[:nc] (fmark 1), grown until the whole allocation checks out, then
+    applied (`_apply`; fmark cleared on the region); returns (region size, classes changed, resources changed),
+    or (-1 - region size, 0, 0) after MAX_ROUNDS rounds or when stuck (fmark then holds 1 on the region's flows
+    still). Its rates and bottlenecks are applied here, not returned: the arrays stay in this function, so that
+    its callers need no reference counting (see `arrive`). `fchanged` is scratch until the rates are applied.
 
     The capacity the flows outside the region leave a resource is its tracked load less the region's own
     (OUT), so a resource shared by thousands of flows costs nothing per round unless it may saturate."""
@@ -729,13 +742,16 @@ def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmar
                 if ri[r, BINDING] != 0:
                     rf[r, LOADP] += fcoef[s, k] * rates[q]
         nadd = _check_region(comp, nc, nrs, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack,
-                             scratch)
+                             fchanged)
         if nadd == 0:
             for q in range(nc):
                 bots[q] = fi[comp[q], TBOT]
+                fmark[comp[q]] = 0
             ctr[N_REGION] += nc
             ctr[N_STREAK] = 0
-            return nc, rates, bots
+            nfch, nrch = _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, 0,
+                                rchanged, 0, rcmark, mf)
+            return nc, nfch, nrch
         if nadd < 0:
             nc += -1 - nadd
             break
@@ -745,7 +761,7 @@ def _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmar
     ctr[N_FALLBACKS] += 1
     ctr[N_STREAK] += 1
     ctr[N_SKIP] = min((1 << min(ctr[N_STREAK], 20)) - 1, MAX_SKIP)
-    return -1 - nc, np.empty(0), np.empty(0, np.int64)
+    return -1 - nc, 0, 0
 
 
 @njit(void(F2, I2, I1, I, M1), cache=True, inline="always")
@@ -948,7 +964,7 @@ def _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, r
 
 
 @njit(Tuple((I, I, F))(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1,
-                       M1, F2), cache=True)
+                       M1, F2), cache=True, **NO_REFCOUNT)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
            rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
     """Re-solve what changed at this instant: the classes `depart` handed over, closed[:nclosed], and the classes
@@ -998,15 +1014,12 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
                     nc += 1
             solved = nc == 0
             if nc > 0:
-                m, rates, bots = _incremental(comp, nc, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark,
-                                              rmark, rstack, fchanged, ctr)
-                n = m if m >= 0 else -1 - m
-                for q in range(n):
-                    fmark[comp[q]] = 0
-                if m >= 0:
-                    nfch, nrch = _apply(comp, m, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr,
-                                        fchanged, 0, rchanged, 0, rcmark, mf)
-                    solved = True
+                m, nfch, nrch = _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark,
+                                             rmark, rstack, fchanged, hk, hi, ctr, rchanged, rcmark, mf)
+                if m < 0:
+                    for q in range(-1 - m):
+                        fmark[comp[q]] = 0
+                solved = m >= 0
         if not solved:
             nfch, nrch = _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next,
                                       rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf)
@@ -1132,7 +1145,7 @@ def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff,
 
 
 @njit(Tuple((I, I, I, I))(F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, I1, M1, F2, I2,
-                          I1, I1, I1), cache=True)
+                          I1, I1, I1), cache=True, **NO_REFCOUNT)
 def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmark, rstack, comp, hk, hi,
            ctr, finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched):
     """Finish every flow due at `now`, and list the classes to re-solve: those left with fewer members, and
@@ -1166,13 +1179,11 @@ def depart(now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, fmark, rmar
         nt, nfin, nc = _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri,
                               inc_next, fmark, rmark, rstack, mf, mi, ctr)
     else:
-        marks = np.empty(nt, np.int8)
         for q in range(nt):
-            marks[q] = fmark[touched[q]]
             fmark[touched[q]] = 0
         nc = _component(touched, nt, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)  # marks them 1
-        for q in range(nt):
-            fmark[touched[q]] = marks[q]
+        for q in range(nt):  # their marks back, as `_pop_members` set them: 2 left empty, 5 shrunk
+            fmark[touched[q]] = 2 if fi[touched[q], NMEM] == 0 else 5
         for q in range(nc):
             g = comp[q]
             if fmark[g] == 1 and _is_dust(g, now, ff, fi, mf):
@@ -1225,7 +1236,7 @@ def compact_heap(hk, hi, fi, ctr):
     ctr[HSIZE] = n
 
 
-@njit(void(I2, I1, I2, I2, I1, I1), cache=True)
+@njit(void(I2, I1, I2, I2, I1, I1), cache=True, **NO_REFCOUNT)
 def relink(fres, fn, fi, ri, inc_next, inc_prev):
     """Rebuild every resource's list of flows (after the route width K changed, which renumbers incidences)."""
     for r in range(ri.shape[0]):
