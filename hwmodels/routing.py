@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Collection
+from functools import cached_property
 from types import ModuleType
 
 import networkx as nx
@@ -101,9 +102,20 @@ class RouteIndex:
         self._hc = np.zeros((2, cap), np.int64)
         self._hn = np.zeros((2, cap), np.int64)
         self._out = np.zeros(nn, np.int64)
-        # each node's machine (`symmetry.machine_of`) as a number, for `equal_routes`' regions
-        self.machine_ids: dict[str, int] = {}
-        self.machine_of = [self.machine_ids.setdefault(machine_of(n), len(self.machine_ids)) for n in names]
+
+    @cached_property
+    def _lists(self) -> tuple[list[int], list[int], list[float], list[bool]]:
+        """`indptr`, `nbr`, `wt` and `is_ep` as Python lists, for the searches `equal_routes` runs in Python: a list
+        item reads several times faster than a numpy scalar. Taken on first use, never inside `unique` (whose
+        weights of inf last one search), so they are the weights of the graph as built."""
+        return self.indptr.tolist(), self.nbr.tolist(), self.wt.tolist(), self.is_ep.tolist()
+
+    @cached_property
+    def _machines(self) -> tuple[dict[str, int], list[int]]:
+        """Each machine (`symmetry.machine_of`) as a number, and each node's, for `equal_routes`' regions: built on
+        its first call, not with every index (calibrated and perturbed copies included), as nothing else reads it."""
+        ids: dict[str, int] = {}
+        return ids, [ids.setdefault(machine_of(n), len(ids)) for n in self.names]
 
     def shortest(self, src: str, dst: str) -> list[str] | None:
         """The least-weight route src -> dst (both graph nodes) that networkx's bidirectional Dijkstra returns
@@ -161,14 +173,17 @@ class RouteIndex:
         weight route (d(src, u) + w + d(v, dst) within the band), and the routes are the paths over those links
         (acyclic: every weight is positive). The band is far wider than rounding in a sum of a few weights, so a
         tie in exact arithmetic is always caught."""
-        index, names, is_ep = self.index, self.names, self.is_ep
+        index, names = self.index, self.names
+        indptr, nbr, wt, is_ep = self._lists
         s, t = index[nodes[0]], index[nodes[-1]]
         idx = [index[n] for n in nodes]
         cost = self._weight(idx)
         bound = cost * (1.0 + band)
-        closed = {int(i) for i in self._closed[s]} | {int(i) for i in self._closed[t]}
-        region = None if within is None else {self.machine_ids.get(m, -2) for m in within}
-        machine = self.machine_of
+        closed = set(self._closed[s].tolist()) | set(self._closed[t].tolist())
+        region, machine = None, None
+        if within is not None:
+            ids, machine = self._machines
+            region = {ids.get(m, -2) for m in within}
 
         def allowed(i: int) -> bool:
             return i in (s, t) or (not is_ep[i] and i not in closed and (region is None or machine[i] in region))
@@ -180,9 +195,9 @@ class RouteIndex:
         for u, du in ds.items():
             if u == t:
                 continue
-            for k in range(self.indptr[u], self.indptr[u + 1]):
-                v = int(self.nbr[k])
-                if v in dt and allowed(v) and du + self.wt[k] + dt[v] <= bound:
+            for k in range(indptr[u], indptr[u + 1]):
+                v = nbr[k]
+                if v in dt and allowed(v) and du + wt[k] + dt[v] <= bound:
                     succ.setdefault(u, []).append(v)
         routes: list[list[int]] = []
         stack: list[tuple[int, list[int]]] = [(s, [s])]
@@ -202,6 +217,7 @@ class RouteIndex:
     def _distances(self, src: int, dst: int, bound: float, allowed: Callable[[int], bool]) -> dict[int, float]:
         """Least weights from `src` to the nodes within `bound` that `allowed` admits, under the router's rules:
         endpoints are not crossed (`dst` is reached, never left)."""
+        indptr, nbr, wt, is_ep = self._lists
         dist = {src: 0.0}
         heap = [(0.0, src)]
         done: set[int] = set()
@@ -210,11 +226,11 @@ class RouteIndex:
             if u in done:
                 continue
             done.add(u)
-            if u != src and self.is_ep[u]:
+            if u != src and is_ep[u]:
                 continue  # an endpoint: reached, never crossed
-            for k in range(self.indptr[u], self.indptr[u + 1]):
-                v = int(self.nbr[k])
-                w = du + self.wt[k]
+            for k in range(indptr[u], indptr[u + 1]):
+                v = nbr[k]
+                w = du + wt[k]
                 if w <= bound and allowed(v) and w < dist.get(v, np.inf):
                     dist[v] = w
                     heapq.heappush(heap, (w, v))
