@@ -24,6 +24,7 @@ import argparse
 import copy
 import math
 import statistics
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -335,3 +336,10 @@ def sample_count(text: str) -> int:
     if not 0 <= n <= MAX_SAMPLES:
         raise argparse.ArgumentTypeError(f"expected 0 (no interval) to {MAX_SAMPLES} re-runs, got {n}")
     return n
+
+
+def say_calibration_note(topo: Topology) -> None:
+    """Print `topo.calibration_note` (a profile fitted on another GPU count), if any, for every command that loads a
+    topology: on stderr in every mode, like the other notes, since stdout holds the answer (JSON included)."""
+    if topo.calibration_note:
+        print(f"note: {topo.calibration_note}", file=sys.stderr)

@@ -10,7 +10,7 @@ import pytest
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import bundled_profile_path, load_profile, profile_from_dict
-from fabricsim.hwmodels.intervals import Interval, interval_from_samples, predict_interval
+from fabricsim.hwmodels.intervals import Interval, interval_from_samples, predict_interval, say_calibration_note
 from fabricsim.hwmodels.uncertainty import PRIOR_SIGMA, PRIOR_WEIGHT, Uncertainty, spread_from_residuals
 from fabricsim.hwmodels.uncertainty import Spread as S
 from fabricsim.simcore import Simulation
@@ -83,6 +83,15 @@ def test_profile_of_more_gpus_applies_to_fewer_with_a_note() -> None:
     assert presets.get("h200-1").calibration_id == load_profile(bundled_profile_path("h200x1")).id
     with pytest.raises(CalibrationError, match="H100"):
         presets.get("h100-1", calibration=bundled_profile_path("h200x2"))
+
+
+def test_the_calibration_note_is_said_once_on_stderr_and_only_when_there_is_one(capsys) -> None:
+    """The CLIs say it through `say_calibration_note` (tests/test_serving_cli.py runs serve and sync in both modes)."""
+    say_calibration_note(presets.get("h200-1", calibration=bundled_profile_path("h200x2")))
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("note: profile ") == 1 and "fitted on 2x H200" in cap.err
+    say_calibration_note(presets.get("h200-1", calibration=None))
+    assert capsys.readouterr() == ("", "")
 
 
 def test_study_rows_carry_intervals(tmp_path) -> None:

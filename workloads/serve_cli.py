@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.intervals import intervals_over, say_calibration_note
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import split_all
@@ -70,8 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr, flush=True)
         intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
                                    samples=samples)
-    if topo.calibration_note:  # on stderr in every mode, like the other notes: stdout holds the answer
-        print(f"note: {topo.calibration_note}", file=sys.stderr)
+    say_calibration_note(topo)
     if args.json:
         out = metric_values(metrics)
         if intervals:

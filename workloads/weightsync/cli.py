@@ -14,7 +14,7 @@ from fabricsim.errors import TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import compress_endpoints, expand_endpoints, spell_for_message
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import intervals_over
+from fabricsim.hwmodels.intervals import intervals_over, say_calibration_note
 from fabricsim.hwmodels.symmetry import machine_of
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import ScenarioError
@@ -213,8 +213,7 @@ def _run(args: argparse.Namespace) -> int:
                                    samples=samples)
     if skipped and res.feasible:
         print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
-    if topo.calibration_note:
-        print(f"note: {topo.calibration_note}", file=sys.stderr)
+    say_calibration_note(topo)
     if args.perfetto and res.sim_result is not None:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
