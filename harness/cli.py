@@ -385,18 +385,25 @@ def _print_infeasible(table: pd.DataFrame, study: str, csv: bool) -> None:
     if table.empty:
         print(f"no infeasible points in study {study!r}")
         return
-    same = [c for c in table.columns if c not in ("point_id", REASON_COLUMN) and len(table) > 1
-            and table[c].nunique(dropna=False) == 1]
-    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
-    if said:
-        print("all rows: " + ", ".join(said))
-    table = table.drop(columns=same)
+    table = _said_once(table, keep=["point_id", REASON_COLUMN])
     lines = table.drop(columns=REASON_COLUMN).to_string(index=False).splitlines()
     print("\n".join(f"{line}  {why}" for line, why in zip(lines, [REASON_COLUMN, *table[REASON_COLUMN]], strict=True)))
     unexplained = int((table[REASON_COLUMN] == "-").sum())
     if unexplained:
         print(f"\n{unexplained} of them carry no reason (rows stored before reasons were kept, or a study that gives "
               f"none): a sweep of the study without --resume stores them again", file=sys.stderr)
+
+
+def _said_once(table: pd.DataFrame, keep: Sequence[str]) -> pd.DataFrame:
+    """`table` without its columns other than `keep` that hold one value in every row (of two or more), said once
+    on a line above it ('all rows: topology = h100-1, source = sim'; '' and '-', a parameter no row has, go
+    unsaid): a column repeating one value down every row hides the ones that vary. For the main table and
+    `--infeasible`'s list alike."""
+    same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1]
+    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
+    if said:
+        print("all rows: " + ", ".join(said))
+    return table.drop(columns=same)
 
 
 def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = (),
@@ -407,12 +414,7 @@ def _print_wrapped(table: pd.DataFrame, keep: list[str], ids: Sequence[str] = ()
     beside point ids alone cannot be read). The columns `beside[c]` (a metric's `lo` and `hi`) wrap with column
     `c`: a value whose interval is a block further down reads as more certain than it is."""
     width = _terminal_width()
-    same = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1
-            and not str(c).endswith("]") and not str(c).endswith((" lo", " hi"))]
-    said = [f"{c} = {table[c].iloc[0]}" for c in same if str(table[c].iloc[0]) not in ("", "-")]
-    if said:
-        print("all rows: " + ", ".join(said))
-    table = table.drop(columns=same)
+    table = _said_once(table, keep=[*keep, *(c for c in table.columns if str(c).endswith(("]", " lo", " hi")))])
     col_width = {c: max(len(line) for line in table[[c]].to_string(index=False, float_format=_significant)
                          .splitlines()) + 2 for c in table.columns}
     varying = [c for c in ids if c in table.columns and c not in keep]
