@@ -93,12 +93,12 @@ def _release(i, now, istart, ieng, ot, ek, ei, st, eqnext, eqprev, ehead, etail,
     return False
 
 
-@njit(cache=True, **NO_REFCOUNT)  # see `_fluidcore.NO_REFCOUNT`
+@njit(cache=True, **NO_REFCOUNT)  # see `_maxmin.NO_REFCOUNT`
 def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, roff, rres, rcoef, ot,
         ek, ei, rq, eholder, ehead, etail, eqnext, eqprev, egrant, gl, slot_item, free, seeds, closed,
         lt, lr, lv, st, sf, budget,
         fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rloc, fmark, rmark, rstack, comp, hk, hi, ctr,
-        finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched):
+        finished, fchanged, rchanged, rcmark, mf, mi, rclass, cfree, touched, xi, xf):
     """Run (or resume) the loop; returns a status (DONE, NEED_*, YIELD). YIELD comes after about `budget` units
     of work since the last one, counted across calls (the calls that return to grow an array come often where
     every change re-rates many flows: the finish heap fills with stale entries). A step is one unit and a solve
@@ -191,7 +191,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
                 return NEED_LOG
             nfch, nrch, t = arrive(closed, st[S_NCLOSED], seeds, st[S_NSEEDS], now, fres, fcoef, fn, ff, fi, rf, ri,
                                    inc_next, rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged,
-                                   rcmark, mf)
+                                   rcmark, mf, xi, xf)
             st[S_NSEEDS] = 0
             st[S_NCLOSED] = 0
             st[S_DIRTY] = 0

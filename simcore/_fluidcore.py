@@ -103,16 +103,18 @@ from ._fluidlayout import (
     W0,
     W,
 )
-from ._maxmin import F1, F2, I1, I2, M1, F, I, max_min, two_sum  # the core's type aliases, the solve itself
-
-# Entry points (called from Python, or from the compiled event loop) are compiled without numba's reference
-# counting: each array argument otherwise costs an atomic increment and decrement per call and use (over half
-# of the event loop's samples at 8 transfers in flight on a 2-core VM), and an array from Python a runtime
-# object made per argument per call. Such a function may not allocate, nor take an array a callee allocated
-# (nothing would free it): the solves that need scratch (`_solve`, `_solve_above`, `_incremental`, `max_min`)
-# keep the default and free their arrays before they return (tests/test_loop_no_refcounts.py checks the
-# runtime's allocation counters balance).
-NO_REFCOUNT = {"_nrt": False}
+from ._maxmin import (  # the core's type aliases, the solve itself
+    F1,
+    F2,
+    I1,
+    I2,
+    M1,
+    NO_REFCOUNT,
+    F,
+    I,
+    max_min,
+    two_sum,
+)
 
 # Helpers called once per event, flow, member or resource are inlined at Numba IR level (inline="always"): a
 # call hands over up to 21 arrays, each reference-counted on the way in and out.
@@ -484,15 +486,17 @@ def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, 
     return nfch, nrch
 
 
-@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True)
+@njit(UniTuple(I, 2)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, F1, I2, I1, I1, I, I1, I, M1, F2, I1, F1), cache=True,
+      **NO_REFCOUNT)
 def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, nfch, rchanged, nrch,
-           rcmark, mf):
-    """Max-min over the whole component comp[:nc] (FULL mode), applied (see `_apply`)."""
+           rcmark, mf, xi, xf):
+    """Max-min over the whole component comp[:nc] (FULL mode), applied (see `_apply`); xi, xf: scratch
+    (`_fluidlayout.scratch_sizes`)."""
     if nc == 0:
         return nfch, nrch
-    bots = np.empty(nc, np.int64)
-    rates = np.empty(nc)
-    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RCAP, bots)
+    bots = xi[:nc]
+    rates = xf[:nc]
+    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RCAP, bots, xi[nc:], xf[nc:])
     return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch,
                   rchanged, nrch, rcmark, mf)
 
@@ -683,15 +687,14 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
     return -1 - nadd if stuck else nadd
 
 
-@njit(UniTuple(I, 3)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, M1, F2),
-      cache=True)
+@njit(UniTuple(I, 3)(I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, M1, F2, I1, F1),
+      cache=True, **NO_REFCOUNT)
 def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark, rstack, fchanged, hk,
-                 hi, ctr, rchanged, rcmark, mf):
+                 hi, ctr, rchanged, rcmark, mf, xi, xf):
     """Max-min rates for the region comp[:nc] (fmark 1), grown until the whole allocation checks out, then
     applied (`_apply`; fmark cleared on the region); returns (region size, classes changed, resources changed),
     or (-1 - region size, 0, 0) after MAX_ROUNDS rounds or when stuck (fmark then holds 1 on the region's flows
-    still). Its rates and bottlenecks are applied here, not returned: the arrays stay in this function, so that
-    its callers need no reference counting (see `arrive`). `fchanged` is scratch until the rates are applied.
+    still). `fchanged` is scratch until the rates are applied; xi, xf: scratch (`_fluidlayout.scratch_sizes`).
 
     The capacity the flows outside the region leave a resource is its tracked load less the region's own
     (OUT), so a resource shared by thousands of flows costs nothing per round unless it may saturate."""
@@ -730,9 +733,9 @@ def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc,
             x = rf[r, RCAP] - rf[r, OUT]
             rf[r, RESID] = x if x > 0.0 else 0.0
             rf[r, LOADP] = rf[r, OUT] if rf[r, OUT] > 0.0 else 0.0
-        bots = np.empty(nc, np.int64)
-        rates = np.empty(nc)
-        max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots)
+        bots = xi[:nc]
+        rates = xf[:nc]
+        max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots, xi[nc:], xf[nc:])
         for q in range(nc):
             s = comp[q]
             ff[s, TRATE] = rates[q]
@@ -804,18 +807,37 @@ def next_finish(hk, hi, fi, ctr):
 _EPS = 2.0 ** -52  # float64's machine epsilon
 
 
-@njit(F(I, F, F2, F2, F2, I2, I1, M1), cache=True)
-def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
+@njit(void(F1, F1, F1, I, I), cache=True, inline="always")
+def _sift3(key, a, b, i, n):
+    """Sift entry i down the min-heap key[:n] (a and b move with it): `_saturation_floor` takes its lists in
+    order of level from a heap built in place, as far as it needs them (argsort would allocate, and sort all)."""
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            return
+        if c + 1 < n and key[c + 1] < key[c]:
+            c += 1
+        if key[c] >= key[i]:
+            return
+        key[i], key[c] = key[c], key[i]
+        a[i], a[c] = a[c], a[i]
+        b[i], b[c] = b[c], b[i]
+        i = c
+
+
+@njit(F(I, F, F2, F2, F2, I2, I1, M1, F1), cache=True, **NO_REFCOUNT)
+def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, xf):
     """A level below which resource r, carrying new demand (the classes marked 1 in fmark), saturates in neither
     filling, if that is below `low` (else some level at least `low`). Below the floor the other classes freeze
     where they did (at their levels now), and a class that gained members is counted as if it never froze
     (drawing coeff x weight x level, at least what it draws): r saturates where its capacity equals what the
-    classes frozen below the level draw plus the level times the rest's demand."""
+    classes frozen below the level draw plus the level times the rest's demand. xf: scratch for three lists of
+    r's incidences (`_fluidlayout.scratch_sizes`)."""
     K = fcoef.shape[1]
     n = ri[r, NFL]
-    lev = np.empty(n)
-    drawn = np.empty(n)
-    dem = np.empty(n)
+    lev = xf[:n]
+    drawn = xf[n:2 * n]
+    dem = xf[2 * n:3 * n]
     m = 0
     rest = 0.0
     rlo = 0.0  # rest + rlo: the compensated demand (see `_maxmin.two_sum`)
@@ -830,29 +852,33 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark):
             drawn[m] = c * ff[g, RATE]
             dem[m] = c * ff[g, W]
             m += 1
-    order = np.argsort(lev[:m])
+    for i in range(m // 2 - 1, -1, -1):  # a min-heap by level
+        _sift3(lev, drawn, dem, i, m)
     frozen = 0.0
     d = rest + rlo
     x = (rf[r, RCAP] - frozen) / d if d > 0.0 else np.inf
-    for q in range(m):
-        i = order[q]
-        if x <= lev[i]:
+    for q in range(m):  # the classes in order of level: the heap's top, popped
+        level, draws, demand = lev[0], drawn[0], dem[0]
+        if x <= level:
             break
-        frozen += drawn[i]
+        last = m - 1 - q
+        lev[0], drawn[0], dem[0] = lev[last], drawn[last], dem[last]
+        _sift3(lev, drawn, dem, 0, last)
+        frozen += draws
         left = rf[r, RCAP] - frozen
         if left * FLOOR_TOL <= 2.0 * (q + 2) * _EPS * (rf[r, RCAP] + frozen):
             # the classes frozen so far all but fill r: what they leave is rounding noise (to FLOOR_TOL), not a
             # level. r does not saturate below this class's level (x, trusted so far, lies above it): a lower bound
-            return lev[i]
-        rest, rlo = two_sum(rest, rlo, -dem[i])  # compensated: the small demands left must not carry the
+            return level
+        rest, rlo = two_sum(rest, rlo, -demand)  # compensated: the small demands left must not carry the
         # rounding of the large ones taken away (as in `_maxmin`)
         d = rest + rlo
         x = left / d if d > 0.0 else np.inf
     return x
 
 
-@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
-def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, ctr):
+@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1, F1), cache=True, inline="always")
+def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, ctr, xf):
     """The floor level of this instant (see above): the classes that lost members are on DLIST (with DLEV),
     those that gained some are seeds[:nseeds]."""
     low = np.inf
@@ -876,7 +902,7 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmar
             rmark[r] = 1
             rstack[nv] = r
             nv += 1
-            x = _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark)
+            x = _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, xf)
             if x < low:
                 low = x
     for q in range(nv):
@@ -944,29 +970,30 @@ def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, f
 
 
 @njit(UniTuple(I, 2)(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1, M1,
-                     F2), cache=True)
+                     F2, I1, F1), cache=True, **NO_REFCOUNT)
 def _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
-                 rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
-    """Max-min over the classes at or above this instant's floor that a change reaches, applied (see above)."""
+                 rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf, xi, xf):
+    """Max-min over the classes at or above this instant's floor that a change reaches, applied (see above); xi,
+    xf: scratch (`_fluidlayout.scratch_sizes`)."""
     floor = _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack,
-                   ctr) * (1 - FLOOR_TOL)
+                   ctr, xf) * (1 - FLOOR_TOL)
     nc = _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
                       rmark, rstack, ctr)
     ctr[N_FLOOR] += 1
     ctr[N_FLOOR_CLS] += nc
     if nc == 0:
         return 0, 0
-    bots = np.empty(nc, np.int64)
-    rates = np.empty(nc)
-    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots)
+    bots = xi[:nc]
+    rates = xf[:nc]
+    max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, RESID, bots, xi[nc:], xf[nc:])
     return _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, 0, rchanged,
                   0, rcmark, mf)
 
 
 @njit(Tuple((I, I, F))(I1, I, I1, I, F, I2, F2, I1, F2, I2, F2, I2, I1, I1, M1, M1, I1, I1, F1, I2, I1, I1, I1,
-                       M1, F2), cache=True, **NO_REFCOUNT)
+                       M1, F2, I1, F1), cache=True, **NO_REFCOUNT)
 def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark, rmark,
-           rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf):
+           rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf, xi, xf):
     """Re-solve what changed at this instant: the classes `depart` handed over, closed[:nclosed], and the classes
     flows joined at this instant, seeds[:nseeds] (as everywhere in this module, a "flow" below is a class).
 
@@ -999,7 +1026,7 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
         ctr[N_WHOLE] += 1
         ctr[N_WHOLE_CLS] += nc
         nfch, nrch = _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fchanged, 0,
-                            rchanged, 0, rcmark, mf)
+                            rchanged, 0, rcmark, mf, xi, xf)
     else:
         solved = False
         if ctr[MODE] != FLOOR and ctr[N_SKIP] > 0:
@@ -1015,14 +1042,15 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
             solved = nc == 0
             if nc > 0:
                 m, nfch, nrch = _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc, fmark,
-                                             rmark, rstack, fchanged, hk, hi, ctr, rchanged, rcmark, mf)
+                                             rmark, rstack, fchanged, hk, hi, ctr, rchanged, rcmark, mf, xi, xf)
                 if m < 0:
                     for q in range(-1 - m):
                         fmark[comp[q]] = 0
                 solved = m >= 0
         if not solved:
             nfch, nrch = _solve_above(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next,
-                                      rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf)
+                                      rloc, fmark, rmark, rstack, comp, hk, hi, ctr, fchanged, rchanged, rcmark, mf, xi,
+                                      xf)
     for q in range(ctr[N_DRES]):
         ri[ri[q, DLIST], DSEEN] = 0
     ctr[N_DRES] = 0

@@ -68,3 +68,12 @@ FLOOR_TOL = 1e-9  # relative: classes this close below the floor level are re-so
 REBASE = 2.0 ** 20  # a flow joins a class only while the class's clock (bytes per member) is below this x its size
 MAX_SKIP = 63  # after n fallbacks in a row, the next min(2^n - 1, this) solves skip the incremental attempt:
 # where changes spread through the whole network (one NVSwitch) the attempt is wasted work; both give the same rates
+
+
+def scratch_sizes(slots: int, width: int) -> tuple[int, int]:
+    """(int64s, float64s) of solver scratch that a solve over up to `slots` classes of route width `width` carves
+    its tables from: its rates and bottlenecks (a class each), then `max_min`'s tables (8 m + 4 n + 2 and
+    5 m + n, m <= n x width route entries), or `_fluidcore._saturation_floor`'s three lists (a resource's
+    incidences, at most slots x width). The caller owns them, so that no solve allocates (see
+    `_maxmin.NO_REFCOUNT`)."""
+    return slots * (8 * width + 5) + 2, slots * (5 * width + 2) + 2

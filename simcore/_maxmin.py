@@ -23,6 +23,15 @@ from ._fluidlayout import BINDING, CAP, W
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 
+# Entry points (called from Python, or from the compiled event loop) and the solves they call are compiled without
+# numba's reference counting (`_nrt`, numba's own option): each array argument otherwise costs an atomic
+# increment and decrement per call and use (over half of the event loop's samples at 8 transfers in flight on a
+# 2-core VM), and an array from Python a runtime object made per argument per call. Such a function may not
+# allocate, nor take an array a callee allocated (nothing would free it): the solves carve their tables from
+# scratch arrays the caller owns (`_fluidlayout.scratch_sizes`), and tests/test_loop_no_refcounts.py checks
+# the runtime's allocation counters balance across a run.
+NO_REFCOUNT = {"_nrt": False}
+
 
 # ---- the solver's own heap: one entry per item, key lv[i], ties broken by item number it[i] ------------------
 @njit(void(F1, I1, I, I), cache=True, inline="always")
@@ -123,8 +132,8 @@ def _lone(s, fres, fcoef, fn, ff, rf, ri, rates, capcol, bots):
     bots[0] = b
 
 
-@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, I, I1), cache=True)
-def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
+@njit(void(I1, I, I2, F2, I1, F2, F2, I2, I1, F1, I, I1, I1, F1), cache=True, **NO_REFCOUNT)
+def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots, xi, xf):
     """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc] (a route class is one flow here, of
     its members' total weight and cap: max-min gives identical flows the same rate). Resource r offers
     rf[r, capcol]: its capacity (RCAP), or what the flows outside a region leave it (RESID). bots[i] gets the
@@ -153,10 +162,12 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots):
     m = 0
     for ii in range(nc):
         m += fn[comp[ii]]
-    # scratch: two buffers carved into the tables below, one after the other (sixteen arrays of their own cost more
-    # to allocate and free than a small region's whole solve); sizes are bounds, as nr and tot are at most m
-    ib = np.empty(8 * m + 4 * nc + 2, np.int64)
-    fb = np.empty(5 * m + nc)
+    # scratch: two buffers carved into the tables below, one after the other, from the caller's (`xi`, `xf`: at
+    # least `_fluidlayout.scratch_sizes` of its classes and route width; allocating them here cost more than a
+    # small region's whole solve, and the runtime's reference counting of them more again); sizes are bounds,
+    # as nr and tot are at most m
+    ib = xi[:8 * m + 4 * nc + 2]
+    fb = xf[:5 * m + nc]
     ent_j, o = ib[:m], m
     eoff, o = ib[o:o + nc + 1], o + nc + 1
     res_of, o = ib[o:o + m], o + m

@@ -174,8 +174,10 @@ def max_min_rates(flows: Sequence[Flow], capacity: Sequence[float],
     ri = np.zeros((len(capacity), L.NRI), np.int64)
     ri[:, L.BINDING] = 1 if binding is None else np.asarray(binding, dtype=np.int64)
     rates = np.zeros(n)
+    nxi, nxf = L.scratch_sizes(n, max(width, 1))
     core.max_min(np.arange(n, dtype=np.int64), n, fres, fcoef, fn, ff, rf, ri,
-                 np.full(len(capacity), -1, np.int64), rates, L.RCAP, np.empty(n, np.int64))
+                 np.full(len(capacity), -1, np.int64), rates, L.RCAP, np.empty(n, np.int64), np.empty(nxi, np.int64),
+                 np.empty(nxf))
     load: dict[int, float] = {}
     for f, rate in zip(flows, rates.tolist(), strict=True):
         for r, c in zip(f.res.tolist(), f.coef.tolist(), strict=True):
@@ -333,6 +335,8 @@ class FluidNetwork:
         self._comp = np.empty(slots, np.int64)
         self._finished = np.empty(slots, np.int64)
         self._fchanged = np.empty(slots, np.int64)
+        nxi, nxf = L.scratch_sizes(slots, width)  # what a solve carves its tables from (no solve allocates)
+        self._xi, self._xf = np.empty(nxi, np.int64), np.empty(nxf)
         self._flows.extend([None] * (slots - old_slots))
         self._width = width
         if width == old_width:
@@ -390,7 +394,8 @@ class FluidNetwork:
         nfch, nrch, t = self._c.arrive(
             closed, len(closed), seeds, len(seeds), self.env.now, self._fres, self._fcoef, self._fn, self._ff,
             self._fi, self._rf, self._ri, self._inc_next, self._rloc, self._fmark, self._rmark, self._rstack,
-            self._comp, self._hk, self._hi, self._ctr, self._fchanged, self._rchanged, self._rcmark, self._mf)
+            self._comp, self._hk, self._hi, self._ctr, self._fchanged, self._rchanged, self._rcmark, self._mf,
+            self._xi, self._xf)
         self._report(nfch, nrch)
         self._schedule(t)
 

@@ -277,7 +277,7 @@ def _lowered_run(loop, net, a: _ItemArrays, roff, rres, rcoef, nengines: int, *,
                           net._fres, net._fcoef, net._fn, net._ff, net._fi, net._rf, net._ri, net._inc_next,
                           net._inc_prev, net._rloc, net._fmark, net._rmark, net._rstack, net._comp, net._hk,
                           net._hi, net._ctr, net._finished, net._fchanged, net._rchanged, net._rcmark, net._mf,
-                          net._mi, rclass, net._cfree, net._touched)
+                          net._mi, rclass, net._cfree, net._touched, net._xi, net._xf)
         if status == loop.DONE:
             break
         if status == loop.YIELD:
