@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from fabricsim.hwmodels.endpoints import compress_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import SAMPLES, Interval, sample_count
+from fabricsim.hwmodels.intervals import SAMPLES, Interval, sample_count, say_calibration_note
 
 from .records import Result
 from .scenario import load_scenario
@@ -64,8 +64,7 @@ def _simulate(args: argparse.Namespace) -> int:
     result = scenario.build(topology=topo).run()
     calls = scenario.collective_calls(result)
     unfitted = scenario.unfitted_mechanisms(topo)
-    if topo.calibration_note:  # notes go to stderr in every mode: stdout holds the answer
-        print(f"note: {topo.calibration_note}", file=sys.stderr)
+    say_calibration_note(topo)
     if unfitted:
         print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
               "take the pinned copy engine's parameters (likely too fast), and their interval is widened",
