@@ -117,7 +117,7 @@ from ._maxmin import (  # the core's type aliases, the solve itself
 )
 
 # Helpers called once per event, flow, member or resource are inlined at Numba IR level (inline="always"): a
-# call hands over up to 21 arrays, each reference-counted on the way in and out.
+# call hands over up to 21 arrays (reference-counted on the way in and out, before `_maxmin.NO_REFCOUNT`).
 
 
 # ---- array heap: key hk[i] (float), then hi[i, 0] (int) breaks ties; hi[i, 1:] ride along ------------------

@@ -18,8 +18,8 @@ from ._fluidlayout import BINDING, CAP, W
 
 # Explicit signatures: one compilation per function (no per-literal or int/float `now` variants), made when
 # this module is imported, and cached on disk. Helpers called once per item are inlined at Numba IR level
-# (inline="always"): a call hands over its arrays, each reference-counted on the way in and out, which cost more
-# than the helper's own work (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s).
+# (inline="always"): a call hands over its arrays, each reference-counted on the way in and out (before
+# `NO_REFCOUNT` below), which cost more than the helper's own work (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s).
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 
