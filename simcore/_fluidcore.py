@@ -776,7 +776,7 @@ def _finish_resources(rf, ri, rchanged, nrch, rcmark):
             rf[r, LOAD] = 0.0  # no drift once a resource is idle
 
 
-@njit(F(F1, I2, I2, I1), cache=True, inline="always")
+@njit(F(F1, I2, I2, I1), cache=True, inline="always", **NO_REFCOUNT)
 def next_finish(hk, hi, fi, ctr):
     """The earliest valid finish time (stale heap entries are dropped); inf when nothing is running."""
     n = ctr[HSIZE]

@@ -23,13 +23,14 @@ from ._fluidlayout import BINDING, CAP, W
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 
-# Entry points (called from Python, or from the compiled event loop) and the solves they call are compiled without
-# numba's reference counting (`_nrt`, numba's own option): each array argument otherwise costs an atomic
-# increment and decrement per call and use (over half of the event loop's samples at 8 transfers in flight on a
-# 2-core VM), and an array from Python a runtime object made per argument per call. Such a function may not
-# allocate, nor take an array a callee allocated (nothing would free it): the solves carve their tables from
-# scratch arrays the caller owns (`_fluidlayout.scratch_sizes`), and tests/test_loop_no_refcounts.py checks
-# the runtime's allocation counters balance across a run.
+# The event loop, the solver's entry points (called from Python or from the loop) and the solves they call are
+# compiled without numba's reference counting (`_nrt`, numba's own option): each array argument otherwise costs
+# an atomic increment and decrement per call and use (over half of the event loop's samples at 8 transfers in
+# flight on a 2-core VM), and an array from Python a runtime object made per argument per call. Such a function
+# may not allocate, nor take an array a callee allocated (nothing would free it): the solves carve their tables
+# from scratch arrays the caller owns (`_fluidlayout.scratch_sizes`); tests/test_loop_no_refcounts.py checks
+# that no compiled function returns an array, that the runtime's allocation counters balance across a run, and
+# that no solve writes past its scratch. (`compact_heap`, called from Python now and then, still allocates.)
 NO_REFCOUNT = {"_nrt": False}
 
 
@@ -137,7 +138,9 @@ def max_min(comp, nc, fres, fcoef, fn, ff, rf, ri, rloc, rates, capcol, bots, xi
     """Weighted max-min fair rates of the flows comp[:nc] into rates[:nc] (a route class is one flow here, of
     its members' total weight and cap: max-min gives identical flows the same rate). Resource r offers
     rf[r, capcol]: its capacity (RCAP), or what the flows outside a region leave it (RESID). bots[i] gets the
-    resource that froze flow comp[i] (its bottleneck), or -1 when its cap did.
+    resource that froze flow comp[i] (its bottleneck), or -1 when its cap did. `xi`, `xf`: scratch the tables
+    below are carved from, at least 8 m + 4 nc + 2 and 5 m + nc long (m: the classes' route entries; the
+    caller's `_fluidlayout.scratch_sizes` bounds them).
 
     The filling level rises for all unfrozen flows (rate = weight x level); a resource saturates at level
     residual / (sum of coeff x weight of its unfrozen flows), a capped flow at cap / weight. The smallest such
