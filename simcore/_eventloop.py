@@ -49,19 +49,19 @@ EV_START, EV_LAT = 0, 1
 T_START, T_BEGIN, T_FINISH = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)
 def _push_timed(ek, ei, st, t, kind, item):
     st[S_SEQ] += 1
     st[S_EHN] = heap_push(ek, ei, st[S_EHN], t, st[S_SEQ], kind, item)
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)
 def _ready(item, rq, st):
     rq[st[S_RQT]] = item
     st[S_RQT] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)
 def _release(i, now, istart, ieng, ot, ek, ei, st, eqnext, eqprev, ehead, etail, egrant, gl):
     """Item i's dependencies are done at `now`: wait for its start time, then queue on its engine or begin."""
     if istart[i] > now:
@@ -235,7 +235,7 @@ def run(ikind, istart, ilat, ibytes, iw, icap, iroute, ieng, nleft, soff, succ, 
         return DONE
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)
 def _finish(i, now, ot, ieng, eholder, egrant, gl, st, soff, succ, nleft, rq):
     """Item i ends at `now`: free its engine (granted again at the end of the instant), release successors."""
     ot[i, T_FINISH] = now
@@ -254,7 +254,7 @@ def _finish(i, now, ot, ieng, eholder, egrant, gl, st, soff, succ, nleft, rq):
             _ready(j, rq, st)
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_REFCOUNT)
 def _log(now, nrch, rchanged, rf, lt, lr, lv, st):
     """Append the loads of the resources that changed (when loads are recorded)."""
     if st[S_RECORD] == 0:

@@ -405,7 +405,7 @@ def _visit_resources(s, fres, fn, ri, rmark, rstack, nvis):
     return nvis
 
 
-@njit(I(I1, I, I1, I, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
+@njit(I(I1, I, I1, I, I2, I1, I2, I2, I1, M1, M1, I1), cache=True, **NO_REFCOUNT)
 def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
     """`_component`, with comp[:nc] already found (and marked in fmark): those flows are not expanded again,
     except a seed among them: a class that gained members may have made a resource binding that no class
@@ -438,7 +438,7 @@ def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, 
     return nc
 
 
-@njit(I(I1, I, I1, I2, I1, I2, I2, I1, M1, M1, I1), cache=True)
+@njit(I(I1, I, I1, I2, I1, I2, I2, I1, M1, M1, I1), cache=True, **NO_REFCOUNT)
 def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rstack):
     """Active flows connected to seeds[:nseeds] through binding resources, into comp; returns the count.
 
