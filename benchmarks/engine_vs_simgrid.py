@@ -42,6 +42,7 @@ from _record import stamp, write_result
 from engine_loops import TOPOLOGIES, declare, plot_per_event
 
 from fabricsim.simcore import Simulation
+from fabricsim.simcore.lowering import Work
 
 RESULTS = Path(__file__).with_name("results")
 DRIVER = Path(__file__).with_name("simgrid") / "maxmin_bench.cpp"
@@ -68,14 +69,14 @@ def build_driver(prefix: Path, boost: Path | None, workdir: Path) -> Path:
 def export(sim, path: Path) -> int:
     """Write the simulation's declared transfers as the driver's input (see maxmin_bench.cpp); returns their
     number. Refuses what a SimGrid route cannot carry (a fractional coefficient, a rate cap, a copy engine)."""
-    work = sim._deferred  # the declared items, before the run lowers them (`simcore.simulation`: field order)
+    work = map(Work._make, sim._deferred)  # the declared items, before the run lowers them
     hosts: dict[str, int] = {}
     links: dict[int, int] = {}
     pairs: dict[tuple[str, str], tuple[int, int, float]] = {}  # -> (pair number, route number, latency)
     lines_routes, lines_items = [], []
     for n, w in enumerate(work):
         start, latency, route, nbytes, weight, cap, engine = w[:7]
-        kind, psrc, pdst, deps = w[9], w[10], w[11], w[-1]
+        kind, psrc, pdst, deps = w.kind, w.src, w.dst, w.deps
         if kind != "transfer" or cap is not None or engine is not None or weight != 1.0 or start != 0.0:
             raise ValueError(f"item {n}: only uncapped, unqueued transfers of weight 1 carry over to SimGrid")
         if len(deps) > 1:
@@ -118,7 +119,7 @@ def run_simgrid(exe: Path, inp: Path, out: Path, optim: str, repeat: int) -> tup
 def workload(topology: str, n: int, k: int, latency_s: float) -> Simulation:
     """The declared workload, every transfer's latency set to `latency_s` (see LATENCIES)."""
     sim, _ = declare(topology, n, k, kinds=("gpu",), distinct=True)
-    sim._deferred[:] = [(w[0], latency_s, *w[2:]) for w in sim._deferred]  # field 1: the latency
+    sim._deferred[:] = [tuple(Work._make(w)._replace(latency=latency_s)) for w in sim._deferred]
     return sim
 
 
@@ -140,8 +141,8 @@ def one_byte_more(topology: str, n: int, k: int, latency: float, finish: list[fl
     (an event a hair earlier re-rates others, whose successors start earlier, ...): two exact engines that round
     differently part as far as one engine does from itself on a byte's change, which is the yardstick here."""
     sim = workload(topology, n, k, latency)
-    w = sim._deferred[0]
-    sim._deferred[0] = (*w[:3], w[3] + 1.0, *w[4:])  # field 3: the bytes
+    w = Work._make(sim._deferred[0])
+    sim._deferred[0] = tuple(w._replace(nbytes=w.nbytes + 1.0))
     other = sim.run(loop="compiled").records.finish_times()
     return max(abs(a - b) / b for a, b in zip(other, finish, strict=True))
 

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterable
 
 from . import __version__
+from .errors import INTERRUPTED
 
 EPILOG = """examples:
   fabricsim simulate examples/h2d_fanout.yaml
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fabricsim: interrupted", file=sys.stderr)
         if handler is not None:
             signal.signal(signal.SIGINT, handler)
-        return 130
+        return INTERRUPTED
     finally:
         sys.unraisablehook = previous
 
@@ -244,7 +245,7 @@ def entry() -> int:
     """The `fabricsim` command: `main`, and a process it interrupted stays quiet to its end (`main` itself gives
     the hook back to its caller, who may go on)."""
     status = main()
-    if _interrupted or status == 130:  # 130: a command that turned Ctrl-C or SIGTERM into its own stop (sweep)
+    if _interrupted or status == INTERRUPTED:  # a command that turned Ctrl-C or SIGTERM into its own stop (sweep)
         sys.unraisablehook = _quiet_after_interrupt
     return status
 

@@ -8,6 +8,8 @@ of the stack.
 
 from __future__ import annotations
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+
 
 class FabricsimError(Exception):
     """A user mistake (bad input, impossible configuration): reported in one line, never as a traceback."""

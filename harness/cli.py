@@ -21,7 +21,7 @@ from types import FrameType
 
 import pandas as pd
 
-from fabricsim.errors import FabricsimError
+from fabricsim.errors import INTERRUPTED, FabricsimError
 
 from .store import REASON_COLUMN, CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
 from .study import StudyError, load_study, resolve_study_path, study_files
@@ -128,7 +128,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except SweepInterrupted as stop:
         print(f"fabricsim: interrupted: {stop.report.ran} finished points are saved; "
               f"`{_resume_command(args)}` runs the rest", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     store = ResultsStore(args.store)

@@ -66,6 +66,10 @@ INTERVAL_COLUMNS = ("lo", "hi", "level")
 REASON_COLUMN = "reason"
 # The columns every row has or may have that are not a point's parameters (its parameters are the rest)
 _NOT_PARAMETERS = frozenset((*CORE_COLUMNS, REASON_COLUMN))
+# Columns a point's parameters must not be named (they sit beside them in a row; `study` refuses such names)
+RESERVED_COLUMNS = (*CORE_COLUMNS, *INTERVAL_COLUMNS, REASON_COLUMN)
+# The columns after the parameters, in a stored row's order
+_TRAILING = (*CORE_COLUMNS[3:], REASON_COLUMN)
 ERROR_METRIC = "error"
 STORE_ENV = "FABRICSIM_STORE"
 _PART_RE = re.compile(r"^(?P<run>.+)\.part-(?P<seq>\d+)\.parquet$")
@@ -192,10 +196,9 @@ def _to_table(records: list[dict[str, Any]]) -> pa.Table:
     if missing:
         raise StoreError(f"rows lack results columns {missing}")
     params = [c for c in columns if c not in _NOT_PARAMETERS]
-    reason = [REASON_COLUMN] if REASON_COLUMN in columns else []
     arrays: dict[str, pa.Array] = {}
     try:
-        for col in ["study", "run_id", "point_id", *params, *CORE_COLUMNS[3:], *reason]:
+        for col in ["study", "run_id", "point_id", *params, *(c for c in _TRAILING if c in columns)]:
             vals = [r.get(col) for r in records]
             if col in params:
                 arrays[col] = _param_array(vals)
@@ -386,7 +389,7 @@ class ResultsStore:
                 df[col] = df[col].astype(object).where(df[col].notna(), None)
         params = [c for c in df.columns if c not in _NOT_PARAMETERS]
         ordered = [c for c in ("study", "run_id", "point_id") if c in df.columns] + params
-        ordered += [c for c in (*CORE_COLUMNS[3:], REASON_COLUMN) if c in df.columns]
+        ordered += [c for c in _TRAILING if c in df.columns]
         return df[ordered].reset_index(drop=True)
 
     def done_points(self, study: str, calibration_id: str, *, include_failed: bool = True) -> set[str]:
@@ -428,7 +431,7 @@ def glob_escape(text: str) -> str:
 def param_columns(df: pd.DataFrame) -> list[str]:
     """The flattened-parameter columns of a results frame (not the interval columns: a point's parameters must
     not vary with its metrics' intervals, or pivots split one point into many rows; nor `reason`)."""
-    return [c for c in df.columns if c not in _NOT_PARAMETERS and c not in INTERVAL_COLUMNS]
+    return [c for c in df.columns if c not in RESERVED_COLUMNS]
 
 
 def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:

@@ -59,16 +59,15 @@ from typing import Any, NamedTuple
 
 from fabricsim.errors import FabricsimError
 
-from .store import CORE_COLUMNS, INTERVAL_COLUMNS, NAME_RE, REASON_COLUMN
+from .store import NAME_RE, REASON_COLUMN, RESERVED_COLUMNS
 
 Scalar = bool | int | float | str | None
 Point = dict[str, Scalar]
 MetricValue = float | int | tuple[float, str]
 PointFn = Callable[..., Mapping[str, MetricValue]]
 
-# Columns of a results row (DESIGN.md); parameters become extra columns beside them, so they must not
-# collide. A parameter named `topology` is the exception: it fills the `topology` column.
-RESERVED_COLUMNS = (*CORE_COLUMNS, *INTERVAL_COLUMNS, REASON_COLUMN)
+# Parameters become extra columns beside a results row's own (DESIGN.md; `store.RESERVED_COLUMNS`), so they must
+# not collide. A parameter named `topology` is the exception: it fills the `topology` column.
 UNCALIBRATED = "uncalibrated"
 # The key of a point function's result that holds why the point has no result for some metrics (text, not a metric).
 REASON = REASON_COLUMN

@@ -177,25 +177,26 @@ def pcie_4gpu(model: str = "H100-PCIE") -> Topology:
 # this bound keeps `fabricsim topo show cluster-NxG` under about a second, and turns cluster-100000x8 into a
 # one-line error instead of minutes of graph building.
 MAX_CLUSTER_GPUS = 4096
-NIC_GBPS, NODES_PER_LEAF = 400.0, 4  # a cluster's defaults, which its name leaves unsaid (`_cluster_name`)
+# a cluster's defaults, which its name leaves unsaid (`_cluster_name`), in one place for both signatures
+FABRIC, GPU_MODEL, NIC_GBPS, NODES_PER_LEAF, OVERSUBSCRIPTION = "rail", "H100", 400.0, 4, 1.0
 
 
-def _cluster_name(nodes: int, gpus_per_node: int, fabric: str = "rail", model: str = "H100",
+def _cluster_name(nodes: int, gpus_per_node: int, fabric: str = FABRIC, model: str = GPU_MODEL,
                   nic_Gbps: float = NIC_GBPS, nodes_per_leaf: int = NODES_PER_LEAF,
-                  oversubscription: float = 1.0) -> str:
+                  oversubscription: float = OVERSUBSCRIPTION) -> str:
     """The name of a cluster built without one: the preset's shortest spelling (`cluster-4x8-h200`, as
     `presets.get` is usually asked: the rail fabric and H100 are the defaults and go unsaid) where the settings are a
     preset's, with what differs from it appended (`-nic200g`, `-leaf8`, `-os2`), so that results and traces of a
     cluster built in Python never carry the name of another machine. (`spines` changes nothing simulated: the
     spines are one switch with the summed uplinks.)"""
-    out = (f"cluster-{nodes}x{gpus_per_node}" + ("" if fabric == "rail" else f"-{fabric}")
-           + ("" if model.upper() == "H100" else f"-{model.lower()}"))
+    out = (f"cluster-{nodes}x{gpus_per_node}" + ("" if fabric == FABRIC else f"-{fabric}")
+           + ("" if model.upper() == GPU_MODEL else f"-{model.lower()}"))
     if nic_Gbps != NIC_GBPS:
         out += f"-nic{_spelt(nic_Gbps)}g"
     leaf = min(nodes_per_leaf, nodes)  # a leaf of more nodes than there are holds them all: the same machine
     if fabric == "leaf-spine" and leaf != min(NODES_PER_LEAF, nodes):
         out += f"-leaf{leaf}"
-    if oversubscription != 1.0:
+    if oversubscription != OVERSUBSCRIPTION:
         out += f"-os{_spelt(oversubscription)}"
     return out
 
@@ -208,9 +209,9 @@ def _spelt(x: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = "rail", model: str = "H100",
+def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = FABRIC, model: str = GPU_MODEL,
             nic_Gbps: float = NIC_GBPS, nodes_per_leaf: int = NODES_PER_LEAF, spines: int = 2,
-            oversubscription: float = 1.0,
+            oversubscription: float = OVERSUBSCRIPTION,
             name: str | None = None) -> Topology:
     """N HGX nodes with one RDMA NIC per GPU on a rail-optimised or leaf-spine network.
 
