@@ -219,12 +219,13 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         _say_why_there_are_no_rows(args, store)
     at = f" --store {args.store}" if args.store else ""
     failed = df[df["error"].notna()]
-    infeasible = _infeasible_points(df[df["error"].isna()])
+    good = df[df["error"].isna()]
     if args.infeasible:
-        _print_infeasible(infeasible, args.study, args.csv)
+        _print_infeasible(_infeasible_points(good), args.study, args.csv)
         return 0
     if args.failed:
         if failed.empty and not args.csv:
+            infeasible = _infeasible_points(good)
             also = (f" ({len(infeasible)} ran and are infeasible: fabricsim results show {args.study} --infeasible"
                     f"{at} says why)" if len(infeasible) else "")
             print(f"no failed points in study {args.study!r}{also}")
@@ -232,7 +233,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
         table = failed[["point_id", *param_columns(failed), "error"]].drop_duplicates()
         _print(table, args.csv)
         return 0
-    ok = df[df["error"].isna()]
+    ok = good
     if args.metric:
         unknown = sorted(set(args.metric) - set(df["metric"].dropna()))
         if unknown:
@@ -252,8 +253,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     ids = _identifying_columns(ok)
     params = [c for c in ids if c not in ("topology", "source")]
     index = ["point_id", *ids]
-    # A conditional axis leaves other points without the parameter; show "-" so pivoting keeps them.
-    ok = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "-") for c in params})
+    ok = _dash_missing(ok, params)
     bounds = {(f"{m} [{u}]" if u else m): tuple(f"{m} {end} [{u}]" if u else f"{m} {end}" for end in ("lo", "hi"))
               for m, u in zip(ok["metric"], ok["unit"], strict=True)}
     ok = ok.assign(metric=[f"{m} [{u}]" if u else m for m, u in zip(ok["metric"], ok["unit"], strict=True)])
@@ -270,8 +270,8 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
     else:
         _print_wrapped(table, keep=["point_id"], ids=ids, beside=bounds)
     if args.metric:
-        _say_what_is_missing(df, table, args.metric, f"fabricsim results show {args.study} --infeasible{at}")
-    elif len(infeasible) and not args.csv:
+        _say_what_is_missing(good, table, args.metric, f"fabricsim results show {args.study} --infeasible{at}")
+    elif not args.csv and len(infeasible := _infeasible_points(good)):
         print(f"\n{len(infeasible)} infeasible point(s) (feasible = 0, no times): fabricsim results show {args.study} "
               f"--infeasible{at} says why", file=sys.stderr)
     if not failed.empty and not args.csv:
@@ -339,19 +339,23 @@ def _with_interval_columns(table: pd.DataFrame, ok: pd.DataFrame, index: list[st
     return joined[[*order, "level"]]
 
 
-def _say_what_is_missing(df: pd.DataFrame, table: pd.DataFrame, metrics: list[str], why_command: str) -> None:
+def _say_what_is_missing(good: pd.DataFrame, table: pd.DataFrame, metrics: list[str], why_command: str) -> None:
     """Points that ran but have none of the asked metrics (an infeasible configuration reports `feasible = 0`
     and no times) would otherwise vanish from the table without a word; `why_command` lists the infeasible ones
-    with their reasons."""
-    good = df[df["error"].isna()]
+    with their reasons. `good`: the rows of points that ran without an error."""
     missing = set(good["point_id"]) - set(table["point_id"])
     if not missing:
         return
-    feasible = good[(good["metric"] == "feasible") & good["point_id"].isin(missing)]
-    infeasible = feasible.loc[feasible["value"] == 0, "point_id"].nunique()
+    infeasible = _infeasible_points(good)["point_id"].isin(missing).sum()  # as `--infeasible` counts them
     why = f": {infeasible} infeasible (feasible = 0; {why_command} says why)" if infeasible else ""
     print(f"\n{len(missing)} of {good['point_id'].nunique()} points have no {', '.join(metrics)}{why}",
           file=sys.stderr)
+
+
+def _dash_missing(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """`df` with "-" where a parameter is missing: a conditional axis leaves other points without the parameter,
+    and a pivot or a sort would drop or misplace them."""
+    return df.assign(**{c: df[c].astype(object).where(df[c].notna(), "-") for c in params})
 
 
 def _infeasible_points(good: pd.DataFrame) -> pd.DataFrame:
@@ -371,8 +375,7 @@ def _infeasible_points(good: pd.DataFrame) -> pd.DataFrame:
     table = flagged.drop_duplicates("point_id")[["point_id", *ids]].copy()
     why = table["point_id"].map(reason).astype(object)
     table[REASON_COLUMN] = why.where(why.notna(), "-")
-    params = [c for c in ids if c not in ("topology", "source")]
-    table = table.assign(**{c: table[c].astype(object).where(table[c].notna(), "-") for c in params})
+    table = _dash_missing(table, [c for c in ids if c not in ("topology", "source")])
     return table.sort_values([*ids, "point_id"], kind="stable").reset_index(drop=True)
 
 
