@@ -286,14 +286,15 @@ def _say_why_there_are_no_rows(args: argparse.Namespace, store: ResultsStore) ->
     where = Path(store.root).resolve()
     which = f"{args.source} " if args.source else ""
     at = f" --store {args.store}" if args.store else ""
-    if args.study in store.studies():  # stored, but not from this source (a study run from a file elsewhere too)
+    studies = store.studies()  # (a scan of the store's folders)
+    if args.study in studies:  # stored, but not from this source (a study run from a file elsewhere too)
         raise StoreError(f"no {which}results for study {args.study!r} in {where} (it has results of other sources: "
                          f"fabricsim results show {args.study}{at})")
     try:
         resolve_study_path(args.study)
     except StudyError:
         known = [path.stem for path, _ in study_files()]
-        stored = [s for s in store.studies() if s not in known]
+        stored = [s for s in studies if s not in known]
         also = f"; stored results: {', '.join(stored)}" if stored else ""
         raise StoreError(f"unknown study {args.study!r}: no results in {where} and no studies/{args.study}.py; the "
                          f"studies are {', '.join(known)} (fabricsim sweep --list says what each asks){also}") from None
