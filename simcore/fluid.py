@@ -30,6 +30,7 @@ import simpy
 
 from . import _fluidlayout as L
 from .clock import timeout_at
+from .errors import ScenarioError
 
 _core: ModuleType | None = None
 _NO_SLOTS = np.zeros(0, np.int64)
@@ -317,6 +318,9 @@ class FluidNetwork:
             b[tuple(slice(0, m) for m in a.shape)] = a
             return b
 
+        if slots * width >= L.MAX_INCIDENCES:
+            raise ScenarioError(f"{slots:,} flow classes in flight with routes of up to {width} resources: the engine "
+                                f"numbers their incidences in 31 bits (at most {L.MAX_INCIDENCES - 1:,})")
         old_slots, old_width = self._fn.shape[0], self._width
         self._fres = grown(self._fres, (slots, width))
         self._fcoef = grown(self._fcoef, (slots, width))
