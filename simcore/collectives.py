@@ -30,7 +30,7 @@ import simpy
 
 from fabricsim.errors import TopologyError
 from fabricsim.hwmodels.calibration import CollectiveParams
-from fabricsim.hwmodels.endpoints import expand_endpoints
+from fabricsim.hwmodels.endpoints import expand_endpoints, natural_key
 from fabricsim.hwmodels.topology import Topology, path_bandwidth_Bps
 from fabricsim.simcore.simulation import Simulation
 
@@ -132,14 +132,11 @@ def collective_time(topo: Topology, op: str, nbytes: float, gpus: Sequence[str])
 
 
 def ring_order(topo: Topology, gpus: Sequence[str], first: str | None = None) -> list[str]:
-    """A ring through `gpus` that crosses each node boundary once (sorted by node, then GPU index), starting at
-    `first` (the broadcast root) when given."""
-    def key(g: str) -> tuple:
-        node, _, local = g.rpartition(".")
-        digits = "".join(ch for ch in local if ch.isdigit())
-        return (node, int(digits) if digits else 0, g)
-
-    ring = sorted(dict.fromkeys(topo.resolve(g) for g in gpus), key=key)
+    """A ring through `gpus` that crosses each node boundary once, in node order and GPU order within a node
+    (numbers read as numbers: node2 before node10, so consecutive nodes, which share a leaf switch, are
+    neighbours on the ring as in NCCL's rings over ranks in node order), starting at `first` (the broadcast root)
+    when given."""
+    ring = sorted(dict.fromkeys(topo.resolve(g) for g in gpus), key=natural_key)
     if first is not None:
         root = topo.resolve(first)
         ring = [root] + [g for g in ring if g != root]

@@ -133,3 +133,17 @@ def test_serving_tp_allreduce_uses_the_fitted_all_reduce() -> None:
                             "all_reduce": CollectiveParams(fitted.bus_Bps, fitted.fixed_s + 1e-4,
                                                            fitted.size_efficiency)})
     assert tpot(slower) - tpot(base) == pytest.approx(2 * model.num_layers * 1e-4, rel=1e-6)
+
+
+def test_ring_order_reads_node_numbers_as_numbers():
+    """On 16 nodes the ring runs node0, node1, ..., node15 (text order put node10-15 between node1 and node2, so
+    most hops crossed leaf switches that a real ring over ranks in node order keeps inside a leaf), GPUs in order
+    within each node, and the root first when given."""
+    from fabricsim.simcore.collectives import ring_order
+
+    topo = presets.get("cluster-16x8", calibration=None)
+    gpus = [f"node{n}.gpu{g}" for n in range(15, -1, -1) for g in (7, 0, 3)]
+    ring = ring_order(topo, gpus)
+    assert ring == [f"node{n}.gpu{g}" for n in range(16) for g in (0, 3, 7)]
+    rooted = ring_order(topo, gpus, first="node9.gpu3")
+    assert rooted[0] == "node9.gpu3" and rooted[1:] == [g for g in ring if g != "node9.gpu3"]
