@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 from numba.types import Tuple, UniTuple, void
-from numba.types import boolean as b1
 
 from ._fluidlayout import (
     ACTIVE,
@@ -123,7 +122,7 @@ from ._maxmin import (  # the core's type aliases, the solve itself
 # ---- array heap: key hk[i] (float), then hi[i, 0] (int) breaks ties; hi[i, 1:] ride along ------------------
 # Sifts move a gap rather than swapping: the moving entry is held aside and written once at its final place,
 # so each level costs one copy instead of a three-way swap of every column.
-@njit(I(F1, I2, I, F, I, I, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def heap_push(hk, hi, n, key, i0, i1, i2):
     """Push onto a heap of size n (capacity must allow it); returns the new size."""
     i = n
@@ -144,7 +143,7 @@ def heap_push(hk, hi, n, key, i0, i1, i2):
     return n + 1
 
 
-@njit(I(F1, I2, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def heap_pop(hk, hi, n):
     """Remove the top of a heap of size n (its values must be read before); returns the new size."""
     n -= 1
@@ -179,7 +178,7 @@ def heap_pop(hk, hi, n):
 
 
 # ---- network state updates ---------------------------------------------------------------------------------
-@njit(UniTuple(I, 2)(I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def divider(k):
     """(m, p) such that e // k == (e * m) >> p for every 0 <= e < 2**31 (Granlund and Montgomery's division by
     an invariant integer: m = ceil(2**(31 + l) / k), l = ceil(log2 k), so e * m < 2**63). The walks of a
@@ -193,12 +192,12 @@ def divider(k):
     return ((1 << p) + k - 1) // k, p
 
 
-@njit(I(F2, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _binding_of(rf, r):
     return 1 if rf[r, SUMUB] >= rf[r, RCAP] * (1 - BIND_TOL) else 0
 
 
-@njit(void(I, I2, I1, I2, I1, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _link(s, fres, fn, ri, inc_next, inc_prev):
     """Put slot s at the head of the flow list of each resource on its route."""
     K = fres.shape[1]
@@ -225,7 +224,7 @@ def bad_route_entry(res, coef, nres):
     return -1
 
 
-@njit(F(I, I2, F2, I1, F2, F2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _class_ub(s, fres, fcoef, fn, ff, rf):
     """An upper bound on class s's total rate: its cap (n x a member's), or the least capacity / coefficient on
     its route (the class as a whole can draw no more than a lone flow could)."""
@@ -237,7 +236,7 @@ def _class_ub(s, fres, fcoef, fn, ff, rf):
     return ub
 
 
-@njit(void(I, F, I2, F2, I1, F2, F2, I2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _set_ub(s, ub, fres, fcoef, fn, ff, rf, ri):
     """Make ub class s's upper bound, keeping its resources' sums of upper bounds (and so BINDING) current."""
     d = ub - ff[s, UB]
@@ -248,7 +247,7 @@ def _set_ub(s, ub, fres, fcoef, fn, ff, rf, ri):
         ri[r, BINDING] = _binding_of(rf, r)
 
 
-@njit(void(I, F, F2, I2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _advance(s, now, ff, fi):
     """Bring class s's virtual clock (bytes served to each member) up to `now`, at its current rate and members.
     Called before anything changes either."""
@@ -258,13 +257,13 @@ def _advance(s, now, ff, fi):
     ff[s, TLAST] = now
 
 
-@njit(b1(I, I, F2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _before(a, b, mf):
     """Member a finishes before member b (ties by slot, so the order is deterministic)."""
     return mf[a, TARGET] < mf[b, TARGET] or (mf[a, TARGET] == mf[b, TARGET] and a < b)
 
 
-@njit(I(I, I, F2, I2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _meld(a, b, mf, mi):
     """Skew heap of members: the union of the heaps rooted at a and b (-1: empty); returns its root.
 
@@ -289,7 +288,7 @@ def _meld(a, b, mf, mi):
         a = r
 
 
-@njit(void(I, I1, F1, I, F, F, F, I2, F2, I1, F2, I2, I2, I1, I1, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _found(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, ri, inc_next, inc_prev, ctr):
     """Make slot s an active class with no member yet (see `join`), at rate 0 over route `res` (coefficients
     `coef`); cap is inf when none. `route` numbers the route (-1 if unknown): the same number must always mean
@@ -318,7 +317,7 @@ def _found(s, res, coef, route, weight, cap, now, fres, fcoef, fn, ff, fi, ri, i
     _link(s, fres, fn, ri, inc_next, inc_prev)
 
 
-@njit(void(I, I, F2, I2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _scale(s, n, ff, fi):
     """Class s now has n members: its weight and cap are n x a member's (its upper bound follows separately:
     at once when it grows, in `depart` after the neighbour search when it shrinks)."""
@@ -365,7 +364,7 @@ def join(m, res, coef, route, weight, cap, nbytes, now, fres, fcoef, fn, ff, fi,
     return s
 
 
-@njit(void(I, I, I2, I2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _set_bot(s, b, fi, ri):
     """Make b flow s's bottleneck, keeping the resources' counts of the flows they bottleneck."""
     old = fi[s, BOT]
@@ -378,7 +377,7 @@ def _set_bot(s, b, fi, ri):
     fi[s, BOT] = b
 
 
-@njit(void(I, I2, F2, I1, F2, I2, F2, I2, I1, I1, I1, I1, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rclass, cfree, ctr):
     """Take class s, with no members left, off its resources (its rate must already be 0) and free its slot."""
     K = fres.shape[1]
@@ -407,7 +406,7 @@ def _retire(s, fres, fcoef, fn, ff, fi, rf, ri, inc_next, inc_prev, rclass, cfre
     ctr[NCFREE] += 1
 
 
-@njit(I(I, I2, I1, I2, M1, I1, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _visit_resources(s, fres, fn, ri, rmark, rstack, nvis):
     """Queue the binding resources of flow s not seen yet; returns the new queue length."""
     for k in range(fn[s]):
@@ -462,7 +461,7 @@ def _component(seeds, nseeds, comp, fres, fn, fi, ri, inc_next, fmark, rmark, rs
     return _grow_component(seeds, nseeds, comp, 0, fres, fn, fi, ri, inc_next, fmark, rmark, rstack)
 
 
-@njit(I(I, F, F, I2, F2, I1, F2, I2, F2, I1, I, M1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark):
     delta = rate - ff[s, RATE]
     for k in range(fn[s]):
@@ -479,8 +478,7 @@ def _set_rate(s, rate, now, fres, fcoef, fn, ff, fi, rf, rchanged, nrch, rcmark)
     return nrch
 
 
-@njit(UniTuple(I, 2)(I1, I, F1, I1, F, I2, F2, I1, F2, I2, F2, I2, F1, I2, I1, I1, I, I1, I, M1, F2), cache=True,
-      inline="always")
+@njit(cache=True, inline="always")
 def _apply(comp, nc, rates, bots, now, fres, fcoef, fn, ff, fi, rf, ri, hk, hi, ctr, fchanged, nfch, rchanged,
            nrch, rcmark, mf):
     """Give classes comp[:nc] their new rates and bottlenecks: classes whose rate (or membership) changed get a
@@ -526,7 +524,7 @@ def _solve(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, rloc, hk, hi, ctr, fc
 # flow, 4 = joins the region next round (in `depart`: 1 = a neighbour, 2 = a class left empty, 5 = a class that
 # lost members). rmark: 1 = a resource of the region, 2 = a resource looked at as is.
 
-@njit(void(I, I2, F2, F2, F2, I2, I1, M1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
     """Load and highest level (rate / weight) on resource r under the proposed rates (TRATE for region flows,
     fmark 1; RATE for the rest), into rf[r, LOADP] and rf[r, MAXLEV]. The exact current load is summed on the
@@ -552,19 +550,19 @@ def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
     rf[r, LOAD] = cur
 
 
-@njit(b1(I, F2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _may_saturate(r, rf):
     """False when the load on r is surely below capacity (by more than the tracked load's drift)."""
     return rf[r, LOADP] >= rf[r, RCAP] * (1 - LOAD_MARGIN)
 
 
-@njit(b1(I, F2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _saturated(r, rf):
     """Whether r is full under the proposed rates (its LOADP, measured or estimated), to the check's tolerance."""
     return rf[r, LOADP] >= rf[r, RCAP] * (1 - CHECK_TOL)
 
 
-@njit(UniTuple(I, 2)(I, F, I, I2, F2, I1, F2, F2, I2, I1, M1, M1, I1, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rmark, rstack, nrs):
     """A bottleneck of flow s at `rate` under the proposed rates: (resource, or -1 for its cap, or -2 for none;
     the new length of rstack). `hint` (a resource, or < 0) is tried first: usually the flow's bottleneck
@@ -596,7 +594,7 @@ def _bottleneck(s, rate, hint, fres, fcoef, fn, ff, rf, ri, inc_next, fmark, rma
     return -2, nrs
 
 
-@njit(I(I1, I, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, scratch):
     """Check the proposed rates of region comp[:nc] (its binding resources are rstack[:ncr], rmark 1, with an
     estimate of their proposed load in LOADP). Flows that must join the region are appended to comp[nc:]
@@ -785,7 +783,7 @@ def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc,
     return -1 - nc, 0, 0
 
 
-@njit(void(F2, I2, I1, I, M1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _finish_resources(rf, ri, rchanged, nrch, rcmark):
     for q in range(nrch):
         r = rchanged[q]
@@ -825,7 +823,7 @@ def next_finish(hk, hi, fi, ctr):
 _EPS = 2.0 ** -52  # float64's machine epsilon
 
 
-@njit(void(F1, F1, F1, I, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sift3(key, a, b, i, n):
     """Sift entry i down the min-heap key[:n] (a and b move with it): `_saturation_floor` takes its lists in
     order of level from a heap built in place, as far as it needs them (argsort would allocate, and sort all)."""
@@ -896,7 +894,7 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, xf):
     return x
 
 
-@njit(F(I1, I, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1, F1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmark, rstack, ctr, xf):
     """The floor level of this instant (see above): the classes that lost members are on DLIST (with DLEV),
     those that gained some are seeds[:nseeds]."""
@@ -931,7 +929,7 @@ def _floor(seeds, nseeds, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark, rmar
     return low
 
 
-@njit(I(I1, I, I1, I, F, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
                  rmark, rstack, ctr):
     """The region a solve above `floor` re-rates, into comp; returns its size. It holds the changed classes
@@ -1079,7 +1077,7 @@ def arrive(closed, nclosed, seeds, nseeds, now, fres, fcoef, fn, ff, fi, rf, ri,
     return nfch, nrch, next_finish(hk, hi, fi, ctr)
 
 
-@njit(b1(I, F, F2, I2, F2), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _is_dust(g, now, ff, fi, mf):
     """Class g's first member has fewer than BYTE_TOL of its bytes left at `now`: it finishes with the flows due
     now."""
@@ -1088,7 +1086,7 @@ def _is_dust(g, now, ff, fi, mf):
     return mf[m, TARGET] - served <= BYTE_TOL * mf[m, MBYTES]
 
 
-@njit(void(I, I2, I1, F2, F2, I2, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _note_loss(s, fres, fn, ff, rf, ri, ctr):
     """Class s is about to lose members: put its resources on the instant's list (DLIST) with the lowest level a
     losing class had there (DLEV), for `_floor`."""
@@ -1104,7 +1102,7 @@ def _note_loss(s, fres, fn, ff, rf, ri, ctr):
             rf[r, DLEV] = lev
 
 
-@njit(I(I, F, F, I1, I, F2, I2, F2, I2, M1, I2, I1, F2, I2, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, fn, rf, ri, ctr):
     """Take class s's members that are done at `now` off it, appending them to finished[nfin:]; returns the new
     length. The first member goes whatever the clock says (the class's heap entry came due, or it has dust
@@ -1138,8 +1136,7 @@ def _pop_members(s, now, horizon, finished, nfin, ff, fi, mf, mi, fmark, fres, f
     return nfin + nf
 
 
-@njit(UniTuple(I, 3)(F, F, I, I, I1, I1, I1, I2, F2, I1, F2, I2, F2, I2, I1, M1, M1, I1, F2, I2, I1), cache=True,
-      inline="always")
+@njit(cache=True, inline="always")
 def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmark,
            rmark, rstack, mf, mi, ctr):
     """Incremental mode's part of `depart`: the neighbours of the classes touched[:nt] (which lost members) on
@@ -1277,7 +1274,8 @@ def compact_heap(hk, hi, fi, ctr):
     for q in range(n):
         if hi[q, 1] == fi[hi[q, 2], VER] and fi[hi[q, 2], ACTIVE] != 0:
             keep_k[m] = hk[q]
-            keep_i[m] = hi[q]
+            for c in range(3):  # element by element: a row assignment compiles numpy's broadcasting and its errors
+                keep_i[m, c] = hi[q, c]
             m += 1
     n = 0
     for q in range(m):

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.types import UniTuple, float64, int8, int64, void
+from numba.types import float64, int8, int64, void
 
 from ._fluidlayout import BINDING, CAP, W
 
-# Explicit signatures: one compilation per function (no per-literal or int/float `now` variants), made when
-# this module is imported, and cached on disk. Helpers called once per item are inlined at Numba IR level
-# (inline="always"): a call hands over its arrays, each reference-counted on the way in and out (before
-# `NO_REFCOUNT` below), which cost more than the helper's own work (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s).
+# Explicit signatures on the functions that are called (from Python or from compiled code): one compilation per
+# function (no per-literal or int/float `now` variants), made when this module is imported, and cached on disk.
+# Helpers called once per item are inlined at Numba IR level (inline="always"): a call hands over its arrays, each
+# reference-counted on the way in and out (before `NO_REFCOUNT` below), which cost more than the helper's own work
+# (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s). Those have no signature: one would compile each once more on its own,
+# for no caller (12 of the 39 s the first import took on the 2-core Xeon VM); inlined, each takes its caller's
+# types.
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 
@@ -35,7 +38,7 @@ NO_REFCOUNT = {"_nrt": False}
 
 
 # ---- the solver's own heap: one entry per item, key lv[i], ties broken by item number it[i] ------------------
-@njit(void(F1, I1, I, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sift_down(lv, it, n, i):
     """Move the entry at position i down to its place in the heap lv/it[:n] (a gap moves; one write)."""
     key = lv[i]
@@ -57,7 +60,7 @@ def _sift_down(lv, it, n, i):
     it[i] = j
 
 
-@njit(I(F1, I1, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _pop_top(lv, it, n):
     """Drop the top of the heap lv/it[:n]; returns the new size."""
     n -= 1
@@ -73,7 +76,7 @@ def _pop_top(lv, it, n):
 # small terms that remain carry the rounding error of the large ones ((1e11 + 0.1) - 1e11 is 0.100006...), so the
 # demand is kept as an unevaluated sum hi + lo, updated by TwoSum (exact: hi + lo gains x up to rounding of lo).
 # A term subtracted is the same float product that was added, so its own rounding cancels exactly.
-@njit(UniTuple(F, 2)(F, F, F), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def two_sum(hi, lo, x):
     """(hi, lo) with hi + lo increased by x, compensated (Knuth's TwoSum: exact up to the rounding of lo; needs
     strict IEEE evaluation, numba's default)."""
@@ -82,13 +85,13 @@ def two_sum(hi, lo, x):
     return s, lo + ((hi - (s - bb)) + (x - bb))
 
 
-@njit(void(F1, F1, I, F), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _add_comp(hi, lo, j, x):
     """hi[j] + lo[j] += x, compensated (`two_sum`)."""
     hi[j], lo[j] = two_sum(hi[j], lo[j], x)
 
 
-@njit(F(F1, F1, F1, I), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sat_level(rem, hi, lo, j):
     """The level at which local resource j saturates: residual / (compensated) demand, inf without demand."""
     d = hi[j] + lo[j]
@@ -96,7 +99,7 @@ def _sat_level(rem, hi, lo, j):
 
 
 # ---- max-min fair rates by progressive filling ---------------------------------------------------------------
-@njit(void(I, I2, F2, I1, F2, F2, I2, F1, I, I1), cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _lone(s, fres, fcoef, fn, ff, rf, ri, rates, capcol, bots):
     """`max_min` of class s alone: its level is the least of its binding resources' capacity / demand (coefficient
     x weight, summed over the entries that name the resource) and its cap / weight (ties go to the first on its
