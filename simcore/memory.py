@@ -15,8 +15,8 @@ class MemoryPool:
         self.device = device
         self.capacity_bytes = int(capacity_bytes)
         self._clock = clock
-        self._allocs: dict[str, int] = {}
-        self._since: dict[str, float] = {}  # when each allocation was made (a release is never dated before it)
+        # tag -> (bytes, when it was allocated: a release is never dated before it)
+        self._allocs: dict[str, tuple[int, float]] = {}
         self.used_bytes = 0
         self.peak_bytes = 0
         self.timeline: list[tuple[float, int]] = [(0.0, 0)]
@@ -40,8 +40,7 @@ class MemoryPool:
             raise ScenarioError(f"allocation '{tag}' on {self.device} already exists")
         if nbytes > self.free_bytes:
             raise OutOfMemory(self.device, nbytes, self.free_bytes, self.capacity_bytes, tag)
-        self._allocs[tag] = int(nbytes)
-        self._since[tag] = self._clock()
+        self._allocs[tag] = (int(nbytes), self._clock())
         self._set(self.used_bytes + int(nbytes))
 
     def free(self, tag: str, at: float | None = None) -> int:
@@ -50,11 +49,11 @@ class MemoryPool:
         `at` held the bytes no more, so they drop by them, and the peak is their maximum again."""
         if tag not in self._allocs:
             raise ScenarioError(f"free of unknown allocation '{tag}' on {self.device}")
-        if at is not None and not self._since[tag] <= at <= self._clock():
+        nbytes, since = self._allocs[tag]
+        if at is not None and not since <= at <= self._clock():
             raise ScenarioError(f"free of '{tag}' on {self.device} dated {at!r} s: not between its allocation "
-                                f"({self._since[tag]!r} s) and now ({self._clock()!r} s)")
-        nbytes = self._allocs.pop(tag)
-        del self._since[tag]
+                                f"({since!r} s) and now ({self._clock()!r} s)")
+        del self._allocs[tag]
         if at is None:
             self._set(self.used_bytes - nbytes)
             return nbytes
