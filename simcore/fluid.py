@@ -45,14 +45,14 @@ def load_core() -> ModuleType:
     """The compiled core (`simcore._fluidcore`), imported on first use rather than with `simcore`.
 
     Importing it costs about a second (numba, and loading the cached machine code); the first import on a
-    machine compiles it, about 35 s, announced on stderr when it takes that long. A process pool should call
+    machine compiles it, about 25-30 s on a 2-core VM (`benchmarks/compile_time.py`), announced on stderr when it takes that long. A process pool should call
     this before forking, so workers inherit the compiled code instead of each compiling it.
     """
     global _core
     if _core is None:
         _drop_stale_machine_code()
         notice = threading.Timer(COMPILE_NOTICE_S, lambda: print(
-            "fabricsim: compiling the fluid engine (once per install, about 35 s)...", file=sys.stderr, flush=True))
+            "fabricsim: compiling the fluid engine (once per install, about 30 s)...", file=sys.stderr, flush=True))
         notice.daemon = True
         notice.start()
         try:

@@ -67,11 +67,11 @@ STEPS_PER_CALL = 1 << 16  # work units (steps, classes re-rated) between hand-ba
 
 
 def load_loop():
-    """The compiled loop, compiled on first use (about 10 s once per install, then cached beside the source)."""
+    """The compiled loop, compiled on first use (about 6 s once per install, then cached beside the source)."""
     global _loop
     if _loop is None:
         notice = threading.Timer(COMPILE_NOTICE_S, lambda: print(
-            "fabricsim: compiling the event loop (once per install, about 10 s)...", file=sys.stderr, flush=True))
+            "fabricsim: compiling the event loop (once per install, about 6 s)...", file=sys.stderr, flush=True))
         notice.daemon = True
         notice.start()
         try:
