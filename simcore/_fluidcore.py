@@ -179,20 +179,6 @@ def heap_pop(hk, hi, n):
 
 # ---- network state updates ---------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def divider(k):
-    """(m, p) such that e // k == (e * m) >> p for every 0 <= e < 2**31 (Granlund and Montgomery's division by
-    an invariant integer: m = ceil(2**(31 + l) / k), l = ceil(log2 k), so e * m < 2**63). The walks of a
-    resource's incidence list split incidence e into slot e // K and entry e - slot * K at every step, and an
-    integer division there cost more than the rest of the step (~5-10% of the engine at 64-512 in flight);
-    incidence numbers stay below 2**31 (`_fluidlayout.MAX_INCIDENCES`)."""
-    lg = 0
-    while (1 << lg) < k:
-        lg += 1
-    p = 31 + lg
-    return ((1 << p) + k - 1) // k, p
-
-
-@njit(cache=True, inline="always")
 def _binding_of(rf, r):
     return 1 if rf[r, SUMUB] >= rf[r, RCAP] * (1 - BIND_TOL) else 0
 
@@ -424,7 +410,6 @@ def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, 
     except a seed among them: a class that gained members may have made a resource binding that no class
     found so far reached."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     nvis = 0
     for q in range(nseeds):
         s = seeds[q]
@@ -440,7 +425,7 @@ def _grow_component(seeds, nseeds, comp, nc, fres, fn, fi, ri, inc_next, fmark, 
         top += 1
         e = ri[r, HEAD]
         while e >= 0:
-            g = (e * KM) >> KS
+            g = e // K
             e = inc_next[e]
             if fmark[g] == 0 and fi[g, ACTIVE] != 0:
                 fmark[g] = 1
@@ -530,13 +515,12 @@ def _measure(r, fres, fcoef, ff, rf, ri, inc_next, fmark):
     fmark 1; RATE for the rest), into rf[r, LOADP] and rf[r, MAXLEV]. The exact current load is summed on the
     way and replaces the tracked one, so rounding drift in LOAD never builds up where it matters."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     load = 0.0
     cur = 0.0
     top = 0.0
     e = ri[r, HEAD]
     while e >= 0:
-        g = (e * KM) >> KS
+        g = e // K
         c = fcoef[g, e - g * K]
         rate = ff[g, TRATE] if fmark[g] == 1 else ff[g, RATE]
         load += c * rate
@@ -605,7 +589,6 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
     some outside flow's bottleneck (NBOT > 0): those flows must find another one. An outside flow on a region
     resource whose bottleneck is elsewhere is checked where its bottleneck is scanned, or holds unchanged."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     for q in range(ncr):
         r = rstack[q]
         if _may_saturate(r, rf):
@@ -643,7 +626,7 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
             top = 0.0
             e = ri[r, HEAD]
             while e >= 0:
-                g = (e * KM) >> KS
+                g = e // K
                 e = inc_next[e]
                 if fmark[g] == 1:
                     continue
@@ -667,7 +650,7 @@ def _check_region(comp, nc, ncr, fres, fcoef, fn, ff, fi, rf, ri, inc_next, fmar
             continue
         e = ri[r, HEAD]
         while e >= 0:
-            g = (e * KM) >> KS
+            g = e // K
             e = inc_next[e]
             if fmark[g] != 0:
                 continue
@@ -714,7 +697,6 @@ def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc,
     The capacity the flows outside the region leave a resource is its tracked load less the region's own
     (OUT), so a resource shared by thousands of flows costs nothing per round unless it may saturate."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     ctr[N_SOLVES] += 1
     for _round in range(MAX_ROUNDS):
         ctr[N_ROUNDS] += 1
@@ -741,7 +723,7 @@ def _incremental(comp, nc, now, fres, fcoef, fn, ff, fi, rf, ri, inc_next, rloc,
                 out = 0.0
                 e = ri[r, HEAD]
                 while e >= 0:
-                    g = (e * KM) >> KS
+                    g = e // K
                     if fmark[g] != 1:
                         out += fcoef[g, e - g * K] * ff[g, RATE]
                     e = inc_next[e]
@@ -850,7 +832,6 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, xf):
     classes frozen below the level draw plus the level times the rest's demand. xf: scratch for three lists of
     r's incidences (`_fluidlayout.scratch_sizes`)."""
     K = fcoef.shape[1]
-    KM, KS = divider(K)
     n = ri[r, NFL]
     lev = xf[:n]
     drawn = xf[n:2 * n]
@@ -860,7 +841,7 @@ def _saturation_floor(r, low, fcoef, ff, rf, ri, inc_next, fmark, xf):
     rlo = 0.0  # rest + rlo: the compensated demand (see `_maxmin.two_sum`)
     e = ri[r, HEAD]
     while e >= 0:
-        g = (e * KM) >> KS
+        g = e // K
         c = fcoef[g, e - g * K]
         e = inc_next[e]
         rest, rlo = two_sum(rest, rlo, c * ff[g, W])
@@ -937,7 +918,6 @@ def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, f
     them or from a resource on DLIST through binding resources and such classes; each resource it reaches gets
     in RESID its capacity less what the classes under the floor draw from it (summed exactly, on the walk)."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     nc = 0
     nv = 0
     for q in range(nseeds + nclosed):
@@ -966,7 +946,7 @@ def _above_floor(closed, nclosed, seeds, nseeds, floor, comp, fres, fcoef, fn, f
         under = 0.0
         e = ri[r, HEAD]
         while e >= 0:
-            g = (e * KM) >> KS
+            g = e // K
             c = fcoef[g, e - g * K]
             e = inc_next[e]
             if fmark[g] != 0:
@@ -1146,7 +1126,6 @@ def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff,
     them, the shrunk touched classes, and checks everyone else. Returns (nt, nfin, classes in comp); those in
     comp are left with fmark 1 (cleared by the caller)."""
     K = fres.shape[1]
-    KM, KS = divider(K)
     nn = 0
     nv = 0
     q = 0
@@ -1164,7 +1143,7 @@ def _freed(now, horizon, nt, nfin, touched, finished, comp, fres, fcoef, fn, ff,
                 continue
             e = ri[r, HEAD]
             while e >= 0:
-                g = (e * KM) >> KS
+                g = e // K
                 e = inc_next[e]
                 if fmark[g] != 0:
                     continue

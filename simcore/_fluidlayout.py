@@ -69,10 +69,6 @@ REBASE = 2.0 ** 20  # a flow joins a class only while the class's clock (bytes p
 MAX_SKIP = 63  # after n fallbacks in a row, the next min(2^n - 1, this) solves skip the incremental attempt:
 # where changes spread through the whole network (one NVSwitch) the attempt is wasted work; both give the same rates
 
-# Incidences (slot x route width + entry) stay below 2**31: the solver divides them by the width with a multiply
-# and a shift that is exact only there (`_fluidcore.divider`); `FluidNetwork._grow_flows` refuses beyond.
-MAX_INCIDENCES = 1 << 31
-
 
 def scratch_sizes(slots: int, width: int) -> tuple[int, int]:
     """(int64s, float64s) of solver scratch that a solve over up to `slots` classes of route width `width` carves

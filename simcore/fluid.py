@@ -30,7 +30,6 @@ import simpy
 
 from . import _fluidlayout as L
 from .clock import timeout_at
-from .errors import ScenarioError
 
 _core: ModuleType | None = None
 _NO_SLOTS = np.zeros(0, np.int64)
@@ -45,8 +44,9 @@ def load_core() -> ModuleType:
     """The compiled core (`simcore._fluidcore`), imported on first use rather than with `simcore`.
 
     Importing it costs about a second (numba, and loading the cached machine code); the first import on a
-    machine compiles it, about 25-30 s on a 2-core VM (`benchmarks/compile_time.py`), announced on stderr when it takes that long. A process pool should call
-    this before forking, so workers inherit the compiled code instead of each compiling it.
+    machine compiles it, about 25-30 s on a 2-core VM (`benchmarks/compile_time.py`), announced on stderr when it
+    takes that long. A process pool should call this before forking, so workers inherit the compiled code instead
+    of each compiling it.
     """
     global _core
     if _core is None:
@@ -318,9 +318,6 @@ class FluidNetwork:
             b[tuple(slice(0, m) for m in a.shape)] = a
             return b
 
-        if slots * width >= L.MAX_INCIDENCES:
-            raise ScenarioError(f"{slots:,} flow classes in flight with routes of up to {width} resources: the engine "
-                                f"numbers their incidences in 31 bits (at most {L.MAX_INCIDENCES - 1:,})")
         old_slots, old_width = self._fn.shape[0], self._width
         self._fres = grown(self._fres, (slots, width))
         self._fcoef = grown(self._fcoef, (slots, width))

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 import simpy
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from fabricsim.simcore._fluidcore import divider
-from fabricsim.simcore.errors import ScenarioError
 from fabricsim.simcore.fluid import Flow, FluidNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,23 +138,3 @@ def test_route_width_grows_while_flows_are_active():
     assert seen["a"] == pytest.approx(9.0, rel=1e-8)
     assert seen["b"] == pytest.approx(15.0, rel=1e-8)
     assert seen["wide"] == pytest.approx(18.0, rel=1e-8)
-
-
-@settings(max_examples=300, deadline=None)
-@given(k=st.integers(1, 1 << 16), e=st.integers(0, (1 << 31) - 1))
-def test_divider_splits_every_incidence_exactly(k, e):
-    """The multiply-and-shift that splits an incidence into slot and entry is floor division, wherever an
-    incidence number can fall (below 2**31), also at the edges: 0, the largest, and either side of a multiple."""
-    m, p = divider(k)
-    top = (1 << 31) - 1
-    for x in (e, 0, top, top - top % k, top - top % k - 1, (e // k) * k, (e // k) * k + k - 1):
-        if 0 <= x <= top:
-            assert (x * m) >> p == x // k
-            assert x * m < 1 << 63  # no int64 overflow in the compiled product
-
-
-def test_too_many_incidences_is_refused_before_allocating():
-    net = FluidNetwork(simpy.Environment(), [1e9])
-    with pytest.raises(ScenarioError, match="31 bits"):
-        net._grow_flows(1 << 27, 16)
-    assert net._fn.shape[0] == 64  # nothing changed
