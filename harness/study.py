@@ -518,11 +518,11 @@ def with_intervals(run: Callable[[Any], Mapping[str, MetricValue]], topo: Any, m
         raise StudyError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
     point = dict(run(topo))
 
-    def values(t: Any) -> dict[str, float]:
-        got = point if t is topo else run(t)
+    def values(got: dict) -> dict[str, float]:
         return {k: float(v[0] if isinstance(v, tuple) else v) for k, v in got.items() if k in metrics}
 
-    ivs = hi.intervals_over(values, topo, samples=hi.SAMPLES if samples is None else samples, level=level)
+    ivs = hi.intervals_over(lambda t: values(run(t)), topo, samples=hi.SAMPLES if samples is None else samples,
+                            level=level, point=values(point))
     return {k: hi.with_interval(v, ivs[k]) if k in ivs and math.isfinite(ivs[k].value) else v
             for k, v in point.items()}
 

@@ -127,10 +127,12 @@ class Scenario:
                  "start_s": first.get(cid, ends[cid].start_s), "finish_s": ends[cid].finish_s}
                 for cid, it in calls.items()]
 
-    def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES) -> Interval:
-        """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals)."""
+    def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES,
+                          makespan_s: float | None = None) -> Interval:
+        """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals);
+        `makespan_s`: the unperturbed run's, when the caller ran it (else it is run once more)."""
         return predict_interval(lambda t: self.build(topology=t, record_load=False).run().makespan_s,
-                                self.load_topology(calibration), samples=samples)
+                                self.load_topology(calibration), samples=samples, point=makespan_s)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -402,6 +402,7 @@ case("serve-trace-far-future", ["serve", "--request-trace", "far.csv"], ("far.cs
 case("sync-huge-range", ["sync", "Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-99999999999"], "at most")
 case("sync-samples-negative", [*SYNC, "--samples", "-1"], "--samples")
 case("sync-samples-huge", [*SYNC, "--samples", "100000000"], ("--samples", "10000"))
+case("sync-samples-one", [*SYNC, "--samples", "1"], ("--samples", "0 (no interval) or 2"))  # one has no spread
 case("serve-samples-negative", ["serve", "-n", "3", "--samples", "-4"], "--samples")
 case("serve-samples-word", ["serve", "-n", "3", "--samples", "few"], "--samples")
 case("simulate-samples-negative", ["simulate", "s.yaml", "--samples", "-1"], "--samples", scenario())

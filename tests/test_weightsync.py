@@ -682,3 +682,20 @@ def test_memory_ties_name_the_first_gpu_counting_node_numbers_as_numbers() -> No
     assert sorted(["node10.gpu0", "node2.gpu1", "node2.gpu0", "leaf10", "leaf2"], key=natural_key) == \
         ["leaf2", "leaf10", "node2.gpu0", "node2.gpu1", "node10.gpu0"]
     assert sorted(["x1²", "x1", "gpu1", "gpu01", "x٣"], key=natural_key) == ["gpu01", "gpu1", "x1", "x1²", "x٣"]
+
+
+def test_sync_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys):
+    """`--samples N` costs N re-runs: the unperturbed point is the answer already made (it once ran again, a whole
+    extra sync on a cluster), and the printed numbers are that answer's."""
+    import json
+
+    from fabricsim.workloads.weightsync import cli
+
+    runs = []
+    real = cli.simulate_sync
+    monkeypatch.setattr(cli, "simulate_sync", lambda *a, **kw: runs.append(a[0].topology) or real(*a, **kw))
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--samples", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(runs) == 4 and len({id(t) for t in runs[1:]} - {id(runs[0])}) == 3
+    iv = doc["intervals"]["sync_s"]
+    assert iv["lo"] <= doc["metrics"]["sync_s"] <= iv["hi"]

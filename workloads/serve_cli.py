@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
         if note := rerun_note(samples, first_run_s):
             print(note, file=sys.stderr, flush=True)
         intervals = intervals_over(lambda t: serve(t, reqs, args.policy, cfg, policy_params=params).metrics(), topo,
-                                   samples=samples)
+                                   samples=samples, point=res.metrics())
     say_calibration_note(topo)
     if args.json:
         out = metric_values(metrics)

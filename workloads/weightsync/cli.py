@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr, flush=True)
         # every metric's interval from re-running the sync on perturbed topologies (hwmodels.intervals)
         intervals = intervals_over(lambda t: simulate_sync(replace(setup, topology=t), strategy).metrics(), topo,
-                                   samples=samples)
+                                   samples=samples, point=res.metrics())
     if skipped and res.feasible:
         print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
     say_calibration_note(topo)
@@ -317,8 +317,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64, help="decode batch per engine (default 64)")
     p.add_argument("--context", type=int, default=4096, help="cached tokens per sequence (default 4096)")
     p.add_argument("--kv-reserve", type=_fraction, default=0.0, metavar="FRACTION",
-                   help="HBM fraction each rollout GPU keeps for KV cache during the sync (default 0: engines "
-                        "release it, as colocated sleep mode does; vLLM claims 0.9)")
+                   help="HBM fraction each rollout GPU keeps for KV cache during the sync, on top of its weights "
+                        "(default 0: engines release it, as colocated sleep mode does; an engine that keeps it "
+                        "holds vLLM's gpu_memory_utilization, 0.9 by default, less the share its weights and "
+                        "activations take, e.g. about 0.75 for an 8B bf16 model on an H200)")
     p.add_argument("--train-step", type=_step_seconds, default=60.0, metavar="SECONDS",
                    help="training step length, for the staleness of asynchronous modes (default 60 s)")
     p.add_argument("--trainer-bytes-per-param", type=_bytes_per_param, default=2.0, metavar="N",
