@@ -699,3 +699,24 @@ def test_sync_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys)
     assert len(runs) == 4 and len({id(t) for t in runs[1:]} - {id(runs[0])}) == 3
     iv = doc["intervals"]["sync_s"]
     assert iv["lo"] <= doc["metrics"]["sync_s"] <= iv["hi"]
+
+
+def test_delta_knob_is_listed_and_recorded(capsys):
+    """`delta:`'s own knob, changed_fraction, is named where an unknown knob is refused (the inner strategy's error
+    listed only its own), and an answer's inputs carry it (and say when it is not the default)."""
+    import json
+
+    from fabricsim.workloads.errors import WorkloadError
+    from fabricsim.workloads.weightsync.registry import get
+
+    with pytest.raises(WorkloadError, match=r"unknown knob foo for delta:rdma-p2p \(known: changed_fraction, "):
+        get("delta:rdma-p2p", foo=1)
+    assert get("delta:rdma-p2p", changed_fraction=0.25).changed_fraction == 0.25
+    assert get("rdma-p2p").changed_fraction is None
+    assert _sync_cli(["Llama-3-8B", "delta:rdma-p2p", "--knob", "changed_fraction=0.5", "--samples", "0",
+                      "--json"]) == 0
+    inputs = json.loads(capsys.readouterr().out)["inputs"]
+    assert inputs["knobs"]["changed_fraction"] == 0.5 and inputs["knobs_changed"] == ["changed_fraction"]
+    assert _sync_cli(["Llama-3-8B", "delta:rdma-p2p", "--samples", "0", "--json"]) == 0
+    inputs = json.loads(capsys.readouterr().out)["inputs"]
+    assert inputs["knobs"]["changed_fraction"] == 0.1 and inputs["knobs_changed"] == []

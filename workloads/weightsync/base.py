@@ -389,6 +389,7 @@ class Strategy:
     # that takes simulated time after it; the work then runs on the compiled loop when it is all declared items
     # (see `_run_procedure`)
     declarative: ClassVar[bool] = False
+    changed_fraction: float | None = None  # the `delta:` wrapper's knob, where it wraps this one (`delta.delta`)
 
     def __init__(self, knobs: Knobs | None = None, transforms: tuple[Transform, ...] = (), **kw: Any) -> None:
         self.knobs = (knobs or self.Knobs()).replace(**kw) if kw else (knobs or self.Knobs())

@@ -250,9 +250,12 @@ def _changed_knobs(strategy, name: str) -> dict[str, object]:
     """The strategy's knobs that differ from those its name gives (`shared-pool:relay` is mode=relay by name, not by
     a --knob): an answer made with a coarser simulation (`max_sim_tasks=1`) or another cost must say so wherever
     it is read later."""
-    default = get(name).knobs
-    return {f.name: getattr(strategy.knobs, f.name) for f in fields(strategy.knobs)
-            if getattr(strategy.knobs, f.name) != getattr(default, f.name)}
+    default = get(name)
+    changed = {f.name: getattr(strategy.knobs, f.name) for f in fields(strategy.knobs)
+               if getattr(strategy.knobs, f.name) != getattr(default.knobs, f.name)}
+    if strategy.changed_fraction != default.changed_fraction:  # `delta:`'s own knob
+        changed["changed_fraction"] = strategy.changed_fraction
+    return changed
 
 
 def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, object]:
@@ -267,7 +270,9 @@ def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, o
             "fp8": setup.wire_dtype == "fp8", "batch": setup.decode.batch, "context": setup.decode.context,
             "kv_reserve": setup.kv_reserve_fraction, "train_step_s": setup.train_step_s,
             "trainer_bytes_per_param": setup.trainer_bytes_per_param,
-            "knobs": {f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)},
+            "knobs": {**({"changed_fraction": strategy.changed_fraction} if strategy.changed_fraction is not None
+                         else {}),
+                      **{f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)}},
             "knobs_changed": sorted(_changed_knobs(strategy, args.strategy))}
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from .base import Strategy, delta_encoding
 
+CHANGED_FRACTION = 0.1  # the `changed_fraction` knob's default: a placeholder for the user's own measurement
 
-def delta(inner: Strategy, changed_fraction: float = 0.1) -> Strategy:
-    """`inner` with delta encoding added to its transforms (a new instance; `inner` is unchanged)."""
+
+def delta(inner: Strategy, changed_fraction: float = CHANGED_FRACTION) -> Strategy:
+    """`inner` with delta encoding added to its transforms (a new instance; `inner` is unchanged). The fraction is
+    kept on it (`changed_fraction`), so an answer can say which it was made with."""
     wrapped = type(inner)(inner.knobs, transforms=(*inner.transforms, delta_encoding(changed_fraction)))
+    wrapped.changed_fraction = changed_fraction
     return wrapped

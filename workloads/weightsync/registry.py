@@ -7,13 +7,14 @@ and adding its class here; strategy modules never import this one back.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from ..errors import UnknownStrategyError
+from ..errors import UnknownStrategyError, WorkloadError
 from ..keyvalue import coerce_all, settings_of
 from .base import Strategy
 from .cuda_ipc import CudaIpcBuckets
-from .delta import delta
+from .delta import CHANGED_FRACTION, delta
 from .host_staged import HostStaged
 from .nccl_broadcast import NcclBroadcast
 from .rdma_p2p import RdmaP2P
@@ -42,7 +43,13 @@ def get(spec: str, **knobs: Any) -> Strategy:
             raise UnknownStrategyError("delta needs an inner strategy: write 'delta:<strategy>'")
         if str(inner_name).partition(":")[0] == "delta":
             raise UnknownStrategyError(f"'{spec}': delta wraps a transport (delta:rdma-p2p), not another delta")
-        fraction = knobs.pop("changed_fraction", 0.1)
+        inner_cls = STRATEGIES.get(str(inner_name).partition(":")[0])
+        known = {f.name for f in fields(inner_cls.Knobs)} if inner_cls is not None else set(knobs)
+        if unknown := sorted(set(knobs) - known - {"changed_fraction"}):
+            # the inner strategy's own error would list its knobs only, not the wrapper's
+            raise WorkloadError(f"unknown knob {unknown[0]} for {spec} (known: changed_fraction, "
+                                f"{', '.join(sorted(known))})")
+        fraction = knobs.pop("changed_fraction", CHANGED_FRACTION)
         fraction = coerce_all({"changed_fraction": fraction}, settings_of(delta), "delta", noun="knob")
         return delta(get(inner_name, **knobs), **fraction)
     cls = STRATEGIES.get(name)
