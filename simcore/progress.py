@@ -25,6 +25,10 @@ from collections import deque
 DELAY_S = 2.0
 LOG_EVERY_S = 10.0
 PACE_WINDOW_S = 30.0  # the time left is estimated at the pace of about this much recent wall time
+# ... or of the last third of the run so far, while that is shorter: with the whole window the recent pace was the
+# pace since the start for the first 30 s, so a run that kept slowing was never called slowing before then (a
+# 256-GPU rdma-p2p sync said "about 16 s left" at 12 s, "about 28 s left" at 32 s, and took minutes)
+PACE_WINDOW_SHARE = 1 / 3
 # ... and not before this much wall time: the first seconds of a large all-to-all finish items several times faster
 # than the rest (the network fills up; each later event re-rates more flows), so an early estimate was far too low
 # (a 128-GPU rdma-p2p sync said "about 1 s left" at 2 s and took 12.8 s)
@@ -83,7 +87,8 @@ class Progress:
             self._bar.set_postfix_str(postfix, refresh=False)
 
     def _left(self, done: int, total: int) -> str:
-        """', about N min left' at the pace of the last `PACE_WINDOW_S` (empty until there is a pace to go by), or
+        """', about N min left' at the pace of the last `PACE_WINDOW_S` or third of the run (empty until there is a
+        pace to go by), or
         ', more than N min left' while the run is slowing down (`_pace`). Not the pace since the start: a large
         all-to-all finishes its first items fastest (the network fills up), so that estimate kept falling behind."""
         pace, slowing = self._pace(done)
@@ -94,7 +99,8 @@ class Progress:
         return f", {said} {left / 60:.0f} min left" if left >= 90 else f", {said} {left:.0f} s left"
 
     def _pace(self, done: int) -> tuple[float | None, bool]:
-        """(seconds per item over the last `PACE_WINDOW_S`, None before `ETA_AFTER_S` or without progress; whether
+        """(seconds per item over the last `PACE_WINDOW_S` (or third of the run), None before `ETA_AFTER_S` or without
+        progress; whether
         that is `SLOWING` times slower than the pace since the first count)."""
         t = time.monotonic()
         paces = self._paces
@@ -103,7 +109,8 @@ class Progress:
             self._first = (t, done)
         if t - self._t0 < ETA_AFTER_S:
             return None, False
-        while len(paces) > 2 and t - paces[1][0] >= PACE_WINDOW_S:
+        window = min(PACE_WINDOW_S, PACE_WINDOW_SHARE * (t - self._t0))
+        while len(paces) > 2 and t - paces[1][0] >= window:
             paces.popleft()
         t0, d0 = paces[0]
         if done <= d0 or t - t0 < 1.0:

@@ -91,7 +91,8 @@ def test_compiled_progress_counts_items_and_the_time_left(monkeypatch, capsys):
 
 
 def test_time_left_follows_the_recent_pace(monkeypatch):
-    """The estimate goes by the last ~30 s, not the whole run: a slowing run's estimate keeps up."""
+    """The estimate goes by the last ~30 s (or third of the run, while shorter), not the whole run: a slowing run's
+    estimate keeps up, and is called a floor as soon as the recent pace falls behind."""
     monkeypatch.setattr(progress, "PACE_WINDOW_S", 30.0)
     clock = iter([0.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
@@ -100,11 +101,12 @@ def test_time_left_follows_the_recent_pace(monkeypatch):
     assert p._left(1100, 100_000) == f", about {10 / 1000 * 98_900 / 60:.0f} min left"  # 100 items/s
     assert p._left(2100, 100_000) == f", about {20 / 2000 * 97_900 / 60:.0f} min left"
     assert p._left(3100, 100_000) == f", about {30 / 3000 * 96_900 / 60:.0f} min left"
-    # from here the run slows to 10 items/s; the counts older than the window drop out of the pace, and once the
-    # recent pace is 1.25x slower than the pace since the first count the estimate is a floor
-    assert p._left(3200, 100_000) == f", about {30 / 2100 * 96_800 / 60:.0f} min left"  # since t = 10 (1.11x)
-    assert p._left(3300, 100_000) == f", more than {30 / 1200 * 96_700 / 60:.0f} min left"  # since t = 20
-    assert p._left(3400, 100_000) == f", more than {30 / 300 * 96_600 / 60:.0f} min left"  # since t = 30
+    # from here the run slows to 10 items/s; the counts older than the window (a third of the run so far, up to
+    # 30 s) drop out of the pace, and once the recent pace is 1.25x slower than the pace since the first count the
+    # estimate is a floor: at once here (with the whole 30 s window the first slow count read 1.11x, "about")
+    assert p._left(3200, 100_000) == f", more than {20 / 1100 * 96_800 / 60:.0f} min left"  # since t = 20 (1.41x)
+    assert p._left(3300, 100_000) == f", more than {20 / 200 * 96_700 / 60:.0f} min left"  # since t = 30
+    assert p._left(3400, 100_000) == f", more than {20 / 200 * 96_600 / 60:.0f} min left"  # since t = 40
 
 
 def test_no_estimate_without_progress(monkeypatch):
@@ -192,7 +194,8 @@ def test_no_estimate_in_the_first_seconds(monkeypatch):
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     p = progress.Progress(delay_s=0.0)
     assert p._left(100, 1000) == "" and p._left(200, 1000) == "" and p._left(300, 1000) == ""
-    assert p._left(400, 1000) == f", about {(10.0 - 1.0) / 300 * 600:.0f} s left"  # from the first count on
+    # over the last third of the run (since t = 2), 1.33x slower than since the first count: a floor
+    assert p._left(400, 1000) == f", more than {(10.0 - 2.0) / 200 * 600:.0f} s left"
 
 
 def test_the_terminal_bar_shows_no_time_left_in_the_first_seconds(monkeypatch, capsys):
