@@ -228,6 +228,7 @@ for cid, extra, expected in [
     ("kv-reserve-x", ["--kv-reserve", "x"], "--kv-reserve"),
     ("kv-reserve-nan", ["--kv-reserve", "nan"], "--kv-reserve"),
     ("train-step-0", ["--train-step", "0"], ("--train-step", "more than 0 s")),
+    ("train-step-tiny", ["--train-step", "1e-300"], ("--train-step", "under 1 ms")),
     ("train-step-word", ["--train-step", "soon"], "--train-step"),
     ("train-step-inf", ["--train-step", "inf"], "--train-step"),
     ("bytes-per-param-nan", ["--trainer-bytes-per-param", "nan"], "--trainer-bytes-per-param"),

@@ -39,6 +39,7 @@ from .base import SyncResult, SyncSetup, simulate_sync
 from .registry import get, names
 
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
+MIN_TRAIN_STEP_S = 1e-3  # an RL training step takes seconds to minutes; below 1 ms a unit is wrong
 SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
 
 
@@ -145,13 +146,17 @@ def _fraction(text: str) -> float:
 
 
 def _step_seconds(text: str) -> float:
-    """--train-step: a duration ('60', '90s'), more than zero (staleness divides by it)."""
+    """--train-step: a duration ('60', '90s'), at least `MIN_TRAIN_STEP_S` (staleness divides by it: 1e-300 s
+    made a 300-digit staleness in --json)."""
     try:
         x = parse_seconds(text, "--train-step")
     except ScenarioError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--train-step: ")) from None
     if x <= 0:
         raise argparse.ArgumentTypeError(f"a training step takes more than 0 s, got {text!r}")
+    if x < MIN_TRAIN_STEP_S:
+        raise argparse.ArgumentTypeError(f"a training step of under 1 ms is a wrong unit, got {text!r} "
+                                         f"(60 and 90s are seconds, 500ms milliseconds)")
     return x
 
 
