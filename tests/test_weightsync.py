@@ -647,7 +647,7 @@ def test_an_answer_says_its_gpus_and_the_knobs_it_was_made_with(capsys) -> None:
             "node1.gpu0-7", "--tp", "8", "--samples", "0"]
     assert _sync_cli([*argv, "--knob", "max_sim_tasks=1"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
-    assert "on cluster-2x8 (H100)," in head and head.endswith("; knobs max_sim_tasks=1")
+    assert "on cluster-2x8 (H100, uncalibrated)," in head and head.endswith("; knobs max_sim_tasks=1")
     assert _sync_cli([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ins = out["inputs"]
