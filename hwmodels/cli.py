@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            epilog="examples:\n  fabricsim topo show hgx-h200-8\n  fabricsim topo show mybox.yaml\n"
                                   "  fabricsim topo show cluster-4x8-rail --yaml > cluster.yaml",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    show.add_argument("topology", help=f"preset name ({', '.join(preset_names())}; a cluster is H100 unless it "
-                                       "ends in -h200) or a topology file")
+    show.add_argument("topology", help=f"preset name ({', '.join(preset_names())}; a cluster is H100 unless its "
+                                       "name has -h200) or a topology file")
     show.add_argument("--calibration", help="calibration profile to apply")
     show.add_argument("--yaml", action="store_true", help="print as an editable topology file")
     show.set_defaults(func=_show)

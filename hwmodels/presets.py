@@ -287,8 +287,12 @@ _CLUSTER_RE = re.compile(r"^cluster-(\d+)x(\d+)(?:-(rail|leaf-spine))?(?:-(h100|
                          r"(?:-nic(\d+(?:\.\d+)?)g)?(?:-leaf(\d+))?(?:-os(\d+(?:\.\d+)?))?$")
 
 
+# how a cluster's name is spelt (what `_CLUSTER_RE` reads), for help texts and lists of names
+CLUSTER_PATTERN = "cluster-NxG[-rail|-leaf-spine][-h100|-h200][-nicRg][-leafL][-osX]"
+
+
 def names() -> list[str]:
-    return [*PRESETS, "cluster-NxG[-rail|-leaf-spine][-h100|-h200][-nicRg][-leafL][-osX]"]
+    return [*PRESETS, CLUSTER_PATTERN]
 
 
 def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:

@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
                     "inputs": _inputs(args, setup, strategy), "metrics": metric_values(metrics),
                     "memory_gpus": {"peak_extra_GiB": res.peak_extra_gpu, "headroom_GiB": res.headroom_gpu},
                     "intervals": interval_values(intervals),
-                    **({"intervals_skipped": skipped} if skipped and res.feasible else {})})
+                    **({"intervals_skipped": skipped.removeprefix("note: ")} if skipped and res.feasible else {})})
         return 0
     knobs = _changed_knobs(strategy, args.strategy)
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
@@ -318,8 +318,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("strategy", nargs="?", help="strategy name, e.g. rdma-p2p, shared-pool:zero-copy, delta:rdma-p2p")
     p.add_argument("--list", action="store_true", help="list models and strategies")
     p.add_argument("--topology", default="hgx-h200-8",
-                   help="topology preset or file (default hgx-h200-8; clusters: cluster-NxG[-rail|-leaf-spine]"
-                        "[-h100|-h200], H100 unless -h200)")
+                   help=f"topology preset or file (default hgx-h200-8; clusters: {presets.CLUSTER_PATTERN}, H100 "
+                        "unless the name has -h200)")
     p.add_argument("--calibration", metavar="PATH", help="calibration profile (default: the preset's bundled one)")
     p.add_argument("--trainer", help=f"trainer GPUs (default {DEFAULT_TRAINER})")
     p.add_argument("--megatron", metavar="tp=T,pp=P,ep=E", help="Megatron trainer layout instead of FSDP")
