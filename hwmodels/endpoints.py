@@ -81,7 +81,9 @@ def natural_key(name: str) -> tuple:
     """Sort key that reads the numbers in a name as numbers: node2.gpu1 before node10.gpu0, leaf2 before leaf10
     (plain string order puts node100 before node64, and a tie broken by it names an odd GPU)."""
     parts = _DIGITS.split(name)  # text, digits, text, ...: the runs of ASCII digits at the odd places
-    return (*(int(p) if i % 2 else p for i, p in enumerate(parts)), name)  # the name last: gpu01 and gpu1 differ
+    # the parts in a tuple of their own, the name after it (gpu01 and gpu1 differ): the name beside the parts
+    # compared a text with a number where one name was the other's prefix ('gpu' and 'gpu0'), a TypeError
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
 _DIGITS = re.compile(r"([0-9]+)")

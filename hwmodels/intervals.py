@@ -1,12 +1,12 @@
 """Prediction intervals: sample the calibration profile's parameters, re-run the prediction, read the spread.
 
-`predict_interval(run, topo)` calls `run(topology)` once on `topo` (the point prediction) and once on each of
-`samples` perturbed copies of it. A perturbed copy multiplies every parameter group of `hwmodels.uncertainty`
-by one log-normal factor drawn with that group's spread: path latencies, mid-size efficiencies, per-flow rates
-(with the link direction each class runs on, so a faster draw is not clipped by the link), calibrated shared
-caps, HBM, collectives. Uncalibrated topologies perturb link capacities and latencies per link kind with the
-wide a priori spread. Only topology objects change: any engine, workload or study that takes a topology gets
-an interval without knowing how it was made.
+`predict_interval(run, topo)` calls `run(topology)` once on `topo` (the point prediction, unless the caller hands
+it over as `point`) and once on each of `samples` perturbed copies of it. A perturbed copy multiplies every
+parameter group of `hwmodels.uncertainty` by one log-normal factor drawn with that group's spread: path
+latencies, mid-size efficiencies, per-flow rates (with the link direction each class runs on, so a faster draw is
+not clipped by the link), calibrated shared caps, HBM, collectives. Uncalibrated topologies perturb link
+capacities and latencies per link kind with the wide a priori spread. Only topology objects change: any engine,
+workload or study that takes a topology gets an interval without knowing how it was made.
 
 The interval is the point prediction times exp(mean ± z·sd) of the log ratios sample / point (z for the
 level), widened to contain the point itself: with a few dozen samples a log-normal summary is steadier than

@@ -4,8 +4,8 @@ on a one-off set of flows).
 
 Kept apart from the network's bookkeeping because it is a pure function of the arrays it is given (it reads
 routes, weights, caps and capacities and writes rates and bottlenecks, nothing else), and the part of the core
-the tests and notebooks call directly. The type aliases below are the whole core's: every compiled function
-has an explicit signature.
+the tests and notebooks call directly. The type aliases below are the whole core's: every compiled function that
+is called (rather than inlined) has an explicit signature.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from numba.types import float64, int8, int64, void
 
 from ._fluidlayout import BINDING, CAP, W
 
-# Explicit signatures on the functions that are called (from Python or from compiled code): one compilation per
-# function (no per-literal or int/float `now` variants), made when this module is imported, and cached on disk.
-# Helpers called once per item are inlined at Numba IR level (inline="always"): a call hands over its arrays, each
-# reference-counted on the way in and out (before `NO_REFCOUNT` below), which cost more than the helper's own work
-# (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s). Those have no signature: one would compile each once more on its own,
-# for no caller (12 of the 39 s the first import took on the 2-core Xeon VM); inlined, each takes its caller's
-# types.
+# Explicit signatures on the entry points (called from Python, or called, not inlined, from compiled code): one
+# compilation per function (no per-literal or int/float `now` variants), made when this module is imported, and
+# cached on disk. Helpers called once per item are inlined at Numba IR level (inline="always"): a call hands over
+# its arrays, each reference-counted on the way in and out (before `NO_REFCOUNT` below), which cost more than the
+# helper's own work (a 128-GPU rdma-p2p sync: 11.7 -> 9.4 s). The inline helpers have no signature: with one, each
+# was compiled once more on its own, for no caller; inlined, each takes its caller's types. (Without those standalone
+# compiles, and with `compact_heap` no longer assigning array rows, a machine's first import of the solver took
+# about 21 s instead of 33-34 s on the 2-core Xeon VM: `benchmarks/compile_time.py`, README.)
 I, F = int64, float64
 I1, I2, F1, F2, M1 = int64[::1], int64[:, ::1], float64[::1], float64[:, ::1], int8[::1]
 

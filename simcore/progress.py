@@ -100,8 +100,7 @@ class Progress:
 
     def _pace(self, done: int) -> tuple[float | None, bool]:
         """(seconds per item over the last `PACE_WINDOW_S` (or third of the run), None before `ETA_AFTER_S` or without
-        progress; whether
-        that is `SLOWING` times slower than the pace since the first count)."""
+        progress; whether that is `SLOWING` times slower than the pace since the first count)."""
         t = time.monotonic()
         paces = self._paces
         paces.append((t, done))

@@ -48,7 +48,8 @@ def run_point(point: dict, ctx: PointContext | None = None) -> dict:
     makespan = result.makespan_s
     total = point["size_bytes"] * point["fanout"]
     # the makespan's 90% interval: re-runs on topologies drawn from the profile's spreads (hwmodels.intervals)
-    interval = predict_interval(lambda t: _fanout(t, point, record_load=False).makespan_s, topo, samples=16)
+    interval = predict_interval(lambda t: _fanout(t, point, record_load=False).makespan_s, topo, samples=16,
+                                point=makespan)
     return {
         "makespan_s": (makespan, "s", interval),
         "aggregate_GBps": (total / makespan / 1e9, "GB/s"),

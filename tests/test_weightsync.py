@@ -682,6 +682,9 @@ def test_memory_ties_name_the_first_gpu_counting_node_numbers_as_numbers() -> No
     assert sorted(["node10.gpu0", "node2.gpu1", "node2.gpu0", "leaf10", "leaf2"], key=natural_key) == \
         ["leaf2", "leaf10", "node2.gpu0", "node2.gpu1", "node10.gpu0"]
     assert sorted(["x1²", "x1", "gpu1", "gpu01", "x٣"], key=natural_key) == ["gpu01", "gpu1", "x1", "x1²", "x٣"]
+    # a name that is another's prefix up to its number sorts first (the key once compared a text with a number)
+    assert sorted(["gpu0", "gpu", "gpu.x", "node1.gpu", "node1"], key=natural_key) == \
+        ["gpu", "gpu0", "gpu.x", "node1", "node1.gpu"]
 
 
 def test_sync_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys):
@@ -718,5 +721,10 @@ def test_delta_knob_is_listed_and_recorded(capsys):
     inputs = json.loads(capsys.readouterr().out)["inputs"]
     assert inputs["knobs"]["changed_fraction"] == 0.5 and inputs["knobs_changed"] == ["changed_fraction"]
     assert _sync_cli(["Llama-3-8B", "delta:rdma-p2p", "--samples", "0", "--json"]) == 0
+    inputs = json.loads(capsys.readouterr().out)["inputs"]
+    assert inputs["knobs"]["changed_fraction"] == 0.1 and inputs["knobs_changed"] == []
+    # the wrapped strategy given as a knob: its answer, not an error after the run (the defaults to compare with
+    # were looked up by the name alone, 'delta')
+    assert _sync_cli(["Llama-3-8B", "delta", "--knob", "inner=rdma-p2p", "--samples", "0", "--json"]) == 0
     inputs = json.loads(capsys.readouterr().out)["inputs"]
     assert inputs["knobs"]["changed_fraction"] == 0.1 and inputs["knobs_changed"] == []

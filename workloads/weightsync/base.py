@@ -360,7 +360,7 @@ class Knobs:
 
     def replace(self, **kw: Any) -> Knobs:
         """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`), then
-        range-checked: counts >= 1, costs >= 0, sizes > 0."""
+        range-checked: counts >= 1, costs (`*_s`) 0 to 10^9 s, sizes (`*bytes`) 1 B to 2^60 B, other numbers >= 0."""
         owner = type(self).__name__
         typed = coerce_all(kw, settings_of(type(self)), owner, noun="knob")
         for name, value in typed.items():

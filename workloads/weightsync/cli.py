@@ -197,14 +197,23 @@ def _run(args: argparse.Namespace) -> int:
                       decode=DecodeBatch(batch=args.batch, context=args.context),
                       kv_reserve_fraction=args.kv_reserve, train_step_s=args.train_step,
                       trainer_bytes_per_param=args.trainer_bytes_per_param)
-    strategy = get(args.strategy, **split_all(args.knob, what="knob", example="bucket_bytes=512MiB"))
+    given = split_all(args.knob, what="knob", example="bucket_bytes=512MiB")
+    strategy = get(args.strategy, **given)
+    changed = _changed_knobs(strategy, args.strategy, given)  # before the run: a mistake here must not wait for it
     for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_engine_note(topo, rollout),
                  strategy.scale_note(setup)):
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
     load_loop()  # compiled (the first time) before the run is timed: its cost must not count as the sync's
     started = time.perf_counter()
-    res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    try:
+        res = simulate_sync(setup, strategy, keep_result=bool(args.perfetto))
+    except ScenarioError as exc:
+        if not changed:
+            raise
+        # a cost or size from a knob, multiplied into some copy, is refused where the copy is declared: say which
+        # knobs were set, or the message names only the copy (per_tensor_s=1e8 made a 2.9e9 s setup)
+        raise WorkloadError(f"{exc} (knobs set: {', '.join(f'{k}={v}' for k, v in changed.items())})") from None
     # the re-runs copy and perturb the whole topology: its size decides their cost, not the GPUs the sync uses
     first_run_s = time.perf_counter() - started
     samples, skipped = default_samples(args.samples, SYNC_SAMPLES, gpus=len(topo.gpus()), first_run_s=first_run_s)
@@ -223,12 +232,12 @@ def _run(args: argparse.Namespace) -> int:
         res.sim_result.write_trace(args.perfetto)
     if args.json:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
-                    "inputs": _inputs(args, setup, strategy), "metrics": metric_values(metrics),
+                    "inputs": _inputs(args, setup, strategy, changed), "metrics": metric_values(metrics),
                     "memory_gpus": {"peak_extra_GiB": res.peak_extra_gpu, "headroom_GiB": res.headroom_gpu},
                     "intervals": interval_values(intervals),
                     **({"intervals_skipped": skipped.removeprefix("note: ")} if skipped and res.feasible else {})})
         return 0
-    knobs = _changed_knobs(strategy, args.strategy)
+    knobs = changed
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
     # interval that says so is skipped on clusters by default; a trial compared the two as if alike)
     print(f"{res.strategy}: {args.model} on {topo.name} ({_gpu_models(topo, setup)}, "
@@ -254,11 +263,11 @@ def _gpu_models(topo: Topology, setup: SyncSetup) -> str:
     return f"{'/'.join(trainer)} trainer, {'/'.join(rollout)} rollout"
 
 
-def _changed_knobs(strategy, name: str) -> dict[str, object]:
+def _changed_knobs(strategy, name: str, given: dict[str, object]) -> dict[str, object]:
     """The strategy's knobs that differ from those its name gives (`shared-pool:relay` is mode=relay by name, not by
-    a --knob): an answer made with a coarser simulation (`max_sim_tasks=1`) or another cost must say so wherever
-    it is read later."""
-    default = get(name)
+    a --knob, and `delta --knob inner=rdma-p2p` wraps rdma-p2p): an answer made with a coarser simulation
+    (`max_sim_tasks=1`) or another cost must say so wherever it is read later."""
+    default = get(name, **{k: v for k, v in given.items() if k == "inner"})
     changed = {f.name: getattr(strategy.knobs, f.name) for f in fields(strategy.knobs)
                if getattr(strategy.knobs, f.name) != getattr(default.knobs, f.name)}
     if strategy.changed_fraction != default.changed_fraction:  # `delta:`'s own knob
@@ -266,7 +275,7 @@ def _changed_knobs(strategy, name: str) -> dict[str, object]:
     return changed
 
 
-def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, object]:
+def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy, changed: dict[str, object]) -> dict[str, object]:
     """What `--json` says was asked, so that a stored answer carries its question: model, machine and GPU models,
     layouts, dtype, decode batch, the other settings, and every knob's value (`knobs_changed`: those not at their
     defaults)."""
@@ -281,7 +290,7 @@ def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy) -> dict[str, o
             "knobs": {**({"changed_fraction": strategy.changed_fraction} if strategy.changed_fraction is not None
                          else {}),
                       **{f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)}},
-            "knobs_changed": sorted(_changed_knobs(strategy, args.strategy))}
+            "knobs_changed": sorted(changed)}
 
 
 def _plain(value: object) -> object:

@@ -32,7 +32,7 @@ GiB = 1 << 30
 
 @dataclass(frozen=True)
 class HostStagedKnobs(Knobs):
-    bucket_bytes: float = 3 * GiB // 2  # a whole number of bytes, as every size knob (1.5 GiB)
+    bucket_bytes: int = 3 * GiB // 2  # 1.5 GiB, a whole number of bytes as every size knob
     chunk_bytes: float = 512 * 1024
     call_latency_s: float = 20e-6
     bucket_sync_s: float = 1e-3

@@ -57,8 +57,9 @@ def get(spec: str, **knobs: Any) -> Strategy:
         raise UnknownStrategyError(f"unknown weight-sync strategy '{spec}' (known: {', '.join(names())})")
     if arg:
         if "mode" not in {f.name for f in fields(cls.Knobs)}:  # else "unknown knob mode": not what was written
-            raise UnknownStrategyError(f"'{spec}': {name} has no modes (a ':' follows shared-pool, to name its mode, "
-                                       f"and delta, to name the strategy it wraps)")
+            moded = [n for n, c in STRATEGIES.items() if "mode" in {f.name for f in fields(c.Knobs)}]
+            raise UnknownStrategyError(f"'{spec}': {name} has no modes (a ':' follows {', '.join(moded)}, to name a "
+                                       f"mode, and delta, to name the strategy it wraps)")
         if "mode" in knobs and str(knobs["mode"]) != arg:  # two answers to one question: neither silently wins
             raise UnknownStrategyError(f"'{spec}' names mode '{arg}' and the knob mode={knobs['mode']} another: "
                                        f"give one")
