@@ -171,6 +171,7 @@ def predict_interval(run: Callable[[Topology], float], topo: Topology, *, sample
                      level: float = LEVEL, seed: int = 0, point: float | None = None) -> Interval:
     """`run(topo)` with its interval: `run` re-run on `samples` perturbed copies of `topo`. `point`: `run(topo)`,
     when the caller has it (see `intervals_over`)."""
+    _check_samples(samples)
     point = run(topo) if point is None else point
     rng = np.random.default_rng(seed)
     unc = uncertainty_of(topo)
@@ -179,11 +180,18 @@ def predict_interval(run: Callable[[Topology], float], topo: Topology, *, sample
                                  note=topo.calibration_note)
 
 
+def _check_samples(samples: int) -> None:
+    """An interval needs a spread: at least two re-runs (one gave the point itself, labelled 90%)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"an interval needs at least 2 perturbed re-runs, got samples={samples!r}")
+
+
 def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, *, samples: int = SAMPLES,
                    level: float = LEVEL, seed: int = 0, point: dict[str, float] | None = None) -> dict[str, Interval]:
     """Like `predict_interval` for several metrics of one run (one re-run per sample serves them all). `point`:
     `run(topo)`, when the caller has it already (a simulation is deterministic, so running it again gives the same
     numbers: on a 1,024-GPU sync that was one more whole sync per interval asked for)."""
+    _check_samples(samples)
     point = run(topo) if point is None else point
     rng = np.random.default_rng(seed)
     unc = uncertainty_of(topo)

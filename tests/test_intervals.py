@@ -172,3 +172,15 @@ def test_unknown_mechanism_is_a_one_line_error() -> None:
     d["mechanisms"] = {"dma-magic": {}}
     with pytest.raises(CalibrationError, match="p.json: mechanisms.dma-magic: unknown mechanism"):
         profile_from_dict(d, "p.json")
+
+
+@pytest.mark.parametrize("samples", [0, 1, True, 2.0])
+def test_an_interval_needs_two_reruns(samples):
+    """One re-run has no spread (its interval was the point itself, labelled 90%): the API refuses it as the CLIs do."""
+    from fabricsim.hwmodels.intervals import intervals_over
+
+    topo = presets.get("h200-2", calibration=None)
+    with pytest.raises(ValueError, match="at least 2"):
+        predict_interval(lambda t: 1.0, topo, samples=samples)
+    with pytest.raises(ValueError, match="at least 2"):
+        intervals_over(lambda t: {"x": 1.0}, topo, samples=samples)

@@ -279,3 +279,16 @@ def test_an_unknown_key_in_an_item_lists_the_allowed_ones(tmp_path, capsys):
     assert main(["simulate", str(p)]) == 2
     err = capsys.readouterr().err
     assert "transfers[0]: unknown key 'byte' (allowed: after, bytes, dst," in err and err.count("\n") == 1
+
+
+def test_simulate_interval_reruns_only_the_perturbed_topologies(tmp_path, capsys, monkeypatch):
+    """`simulate --samples N` builds N perturbed runs besides the answer (the interval once ran the point again)."""
+    from fabricsim.simcore.scenario import Scenario
+
+    builds = []
+    real = Scenario.build
+    monkeypatch.setattr(Scenario, "build", lambda self, *a, **kw: builds.append(kw.get("topology")) or
+                        real(self, *a, **kw))
+    assert main(["simulate", str(write(tmp_path, GOOD)), "--samples", "3", "--json"]) == 0
+    iv = json.loads(capsys.readouterr().out)["makespan_interval_s"]
+    assert len(builds) == 4 and iv["lo"] <= iv["value"] <= iv["hi"]

@@ -94,3 +94,16 @@ def test_the_calibration_note_goes_to_stderr_in_every_mode(capsys, json_mode):
     assert "fitted on 2x H200" in cap.err and "fitted on" not in cap.out
     if json_mode:
         json.loads(cap.out)
+
+
+def test_serve_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys):
+    """`--samples N` costs N serving re-runs besides the answer (the interval once ran the unperturbed point again),
+    and every interval says whether its spread is a calibrated one."""
+    runs = []
+    real = serve_cli.serve
+    monkeypatch.setattr(serve_cli, "serve", lambda *a, **kw: runs.append(a[0]) or real(*a, **kw))
+    assert _run(["--requests", "5", "--rate", "5", "--prompt-tokens", "100", "--output-tokens", "4", "--samples", "2",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(runs) == 3 and runs[1] is not runs[0] and runs[2] is not runs[0]
+    assert out["intervals"] and all(set(iv) == {"lo", "hi", "level", "calibrated"} for iv in out["intervals"].values())

@@ -701,7 +701,15 @@ def test_sync_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys)
     doc = json.loads(capsys.readouterr().out)
     assert len(runs) == 4 and len({id(t) for t in runs[1:]} - {id(runs[0])}) == 3
     iv = doc["intervals"]["sync_s"]
-    assert iv["lo"] <= doc["metrics"]["sync_s"] <= iv["hi"]
+    assert iv["lo"] <= doc["metrics"]["sync_s"] <= iv["hi"] and iv["calibrated"] is True  # hgx-h200-8's profile
+
+
+def test_sync_list_shows_every_strategys_knobs(capsys):
+    """`sync --list` names each strategy's knobs with their defaults (a trial found them only in errors)."""
+    assert _sync_cli(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "  rdma-p2p: task_bytes=1073741824, watermark_bytes=4294967296, " in out
+    assert "  host-staged: bucket_bytes=1610612736, " in out and "delta:<strategy>: changed_fraction=0.1" in out
 
 
 def test_delta_knob_is_listed_and_recorded(capsys):

@@ -76,9 +76,11 @@ def print_metrics(metrics: Mapping[str, tuple[float, str]], intervals: Mapping[s
         print(f"  {k:<{width}} {v:>14.6g} {unit}{band}")
 
 
-def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """The JSON form of metric intervals: metric -> {lo, hi, level}."""
-    return {k: {"lo": iv.lo, "hi": iv.hi, "level": iv.level} for k, iv in intervals.items()}
+def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float | bool]]:
+    """The JSON form of metric intervals: metric -> {lo, hi, level, calibrated} (the value is the metric's own;
+    `calibrated` false: the spread is the wide a priori one of datasheet parameters, as the text output says)."""
+    return {k: {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "calibrated": iv.calibrated}
+            for k, iv in intervals.items()}
 
 
 # Intervals by default only where they are cheap: each sample re-runs the whole simulation, so on a large setup

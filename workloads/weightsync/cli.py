@@ -36,7 +36,8 @@ from ..metrics_out import (
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import SyncResult, SyncSetup, simulate_sync
-from .registry import get, names
+from .delta import CHANGED_FRACTION
+from .registry import STRATEGIES, get, names
 
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
 MIN_TRAIN_STEP_S = 1e-3  # an RL training step takes seconds to minutes; below 1 ms a unit is wrong
@@ -184,6 +185,9 @@ def _run(args: argparse.Namespace) -> int:
         print("models:     " + ", ".join(models.names()))
         print("strategies: " + ", ".join(n if n != "shared-pool" else "shared-pool (= shared-pool:pull-on-publish)"
                                          for n in names()))
+        print("knobs (--knob KEY=VALUE), with their defaults:")
+        for line in _knob_lines():
+            print(f"  {line}")
         return 0
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
@@ -263,6 +267,14 @@ def _gpu_models(topo: Topology, setup: SyncSetup) -> str:
     return f"{'/'.join(trainer)} trainer, {'/'.join(rollout)} rollout"
 
 
+def _knob_lines() -> list[str]:
+    """Each strategy's knobs and their defaults, one line per strategy (a trial found them only in errors and the
+    source); what each costs is said where its default is defined (the strategy's module docstring)."""
+    lines = [f"{name}: " + ", ".join(f"{f.name}={_plain(getattr(cls.Knobs(), f.name))}" for f in fields(cls.Knobs))
+             for name, cls in STRATEGIES.items()]
+    return [*lines, f"delta:<strategy>: changed_fraction={CHANGED_FRACTION}, and the wrapped strategy's"]
+
+
 def _changed_knobs(strategy, name: str, given: dict[str, object]) -> dict[str, object]:
     """The strategy's knobs that differ from those its name gives (`shared-pool:relay` is mode=relay by name, not by
     a --knob, and `delta --knob inner=rdma-p2p` wraps rdma-p2p): an answer made with a coarser simulation
@@ -325,7 +337,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="model preset (see --list)")
     p.add_argument("strategy", nargs="?", help="strategy name, e.g. rdma-p2p, shared-pool:zero-copy, delta:rdma-p2p")
-    p.add_argument("--list", action="store_true", help="list models and strategies")
+    p.add_argument("--list", action="store_true", help="list models, strategies and their knobs")
     p.add_argument("--topology", default="hgx-h200-8",
                    help=f"topology preset or file (default hgx-h200-8; clusters: {presets.CLUSTER_PATTERN}, H100 "
                         "unless the name has -h200)")
