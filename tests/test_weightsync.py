@@ -736,3 +736,15 @@ def test_delta_knob_is_listed_and_recorded(capsys):
     assert _sync_cli(["Llama-3-8B", "delta", "--knob", "inner=rdma-p2p", "--samples", "0", "--json"]) == 0
     inputs = json.loads(capsys.readouterr().out)["inputs"]
     assert inputs["knobs"]["changed_fraction"] == 0.1 and inputs["knobs_changed"] == []
+
+
+def test_a_sync_beyond_the_benchmarked_size_is_announced(capsys):
+    """Past the 1,024 GPUs the scale benchmark measures, a note says so before the run (a 4,096-GPU sync once sat
+    silent while it declared for minutes); at 1,024 and below nothing is said."""
+    from fabricsim.workloads.weightsync.cli import _beyond_benchmark_note
+
+    assert _beyond_benchmark_note(1024) == ""
+    assert _beyond_benchmark_note(4096).startswith("4,096 GPUs: beyond the 1,024 the scale benchmark measures")
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-130x8", "--trainer", "node0-64.gpu0-7",
+                      "--rollout", "node65-129.gpu0-7", "--samples", "0"]) == 0
+    assert "note: 1,040 GPUs: beyond the 1,024" in capsys.readouterr().err

@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     strategy = get(args.strategy, **given)
     changed = _changed_knobs(strategy, args.strategy, given)  # before the run: a mistake here must not wait for it
     for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_engine_note(topo, rollout),
-                 strategy.scale_note(setup)):
+                 strategy.scale_note(setup) or _beyond_benchmark_note(len(trainer_gpus) + len(rollout_gpus))):
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
     load_loop()  # compiled (the first time) before the run is timed: its cost must not count as the sync's
@@ -265,6 +265,21 @@ def _gpu_models(topo: Topology, setup: SyncSetup) -> str:
     if trainer == rollout:
         return "/".join(trainer)
     return f"{'/'.join(trainer)} trainer, {'/'.join(rollout)} rollout"
+
+
+# the largest sync `benchmarks/sync_scale.py` times (README, "At cluster scale"): every strategy but the
+# point-to-point ones answers there in under 10 s and ~1 GB on the 2-core VM
+BENCHMARKED_GPUS = 1024
+
+
+def _beyond_benchmark_note(gpus: int) -> str:
+    """A note before a sync larger than any the scale benchmark measured (a trial's 4,096-GPU pull-on-publish sync
+    declared for ~100 s and took 12.7 GB, with nothing said before)."""
+    if gpus <= BENCHMARKED_GPUS:
+        return ""
+    return (f"{gpus:,} GPUs: beyond the {BENCHMARKED_GPUS:,} the scale benchmark measures (under 10 s and about 1 GB "
+            f"for most strategies there); a simulation's time and memory can grow faster than the GPUs: this one may "
+            f"take minutes and many GB")
 
 
 def _knob_lines() -> list[str]:
