@@ -69,7 +69,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"note: no fit for {', '.join(unfitted)} in {topo.calibration_id or 'this topology'}: those copies "
               "take the pinned copy engine's parameters (likely too fast), and their interval is widened",
               file=sys.stderr)
-    interval = (scenario.makespan_interval(args.calibration, args.samples, result.makespan_s) if args.samples
+    interval = (scenario.makespan_interval(args.calibration, args.samples, result.makespan_s, topo) if args.samples
                 else None)
     if args.perfetto:
         result.write_trace(args.perfetto)

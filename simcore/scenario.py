@@ -128,11 +128,13 @@ class Scenario:
                 for cid, it in calls.items()]
 
     def makespan_interval(self, calibration: str | None = None, samples: int = SAMPLES,
-                          makespan_s: float | None = None) -> Interval:
+                          makespan_s: float | None = None, topology: Topology | None = None) -> Interval:
         """The makespan with its prediction interval (re-runs on perturbed topologies: hwmodels.intervals);
-        `makespan_s`: the unperturbed run's, when the caller ran it (else it is run once more)."""
-        return predict_interval(lambda t: self.build(topology=t, record_load=False).run().makespan_s,
-                                self.load_topology(calibration), samples=samples, point=makespan_s)
+        `makespan_s` and `topology`: the unperturbed run's makespan and the topology it ran on (`load_topology` of
+        `calibration`), when the caller has them (else they are made once more)."""
+        topo = self.load_topology(calibration) if topology is None else topology
+        return predict_interval(lambda t: self.build(topology=t, record_load=False).run().makespan_s, topo,
+                                samples=samples, point=makespan_s)
 
 
 def load_scenario(path: str | Path) -> Scenario:

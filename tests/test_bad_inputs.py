@@ -405,6 +405,7 @@ case("sync-samples-negative", [*SYNC, "--samples", "-1"], "--samples")
 case("sync-samples-huge", [*SYNC, "--samples", "100000000"], ("--samples", "10000"))
 case("sync-samples-one", [*SYNC, "--samples", "1"], ("--samples", "0 (no interval) or 2"))  # one has no spread
 case("sync-mode-of-modeless", ["sync", "Llama-3-8B", "rdma-p2p:foo"], ("rdma-p2p:foo", "has no modes"))
+case("sync-empty-mode", ["sync", "Llama-3-8B", "rdma-p2p:"], ("rdma-p2p:", "nothing after"))
 case("sync-knob-cost-multiplied", ["sync", "Llama-3-8B", "host-staged", "--knob", "per_tensor_s=1e8"],
      ("beyond 10^9 s", "knobs set: per_tensor_s="))  # within its bounds, too large once multiplied
 case("sync-knob-cost-huge", ["sync", "Llama-3-8B", "nccl-broadcast", "--knob", "call_latency_s=1e300"],

@@ -36,7 +36,10 @@ def get(spec: str, **knobs: Any) -> Strategy:
 
     Unknown names raise `UnknownStrategyError` listing the known ones; unknown knobs raise `WorkloadError`.
     """
-    name, _, arg = spec.partition(":")
+    name, colon, arg = spec.partition(":")
+    if colon and not arg:  # 'rdma-p2p:' once ran rdma-p2p as if nothing followed the name
+        raise UnknownStrategyError(f"'{spec}': nothing after ':' (it names a mode of a strategy that has modes, or the "
+                                   f"strategy delta wraps)")
     if name == "delta":
         inner_name = arg or knobs.pop("inner", None)
         if not inner_name:
