@@ -748,3 +748,9 @@ def test_a_sync_beyond_the_benchmarked_size_is_announced(capsys):
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-130x8", "--trainer", "node0-64.gpu0-7",
                       "--rollout", "node65-129.gpu0-7", "--samples", "0"]) == 0
     assert "note: 1,040 GPUs: beyond the 1,024" in capsys.readouterr().err
+
+
+def test_sync_header_names_the_model_as_the_registry_does(capsys):
+    """The header spells the model as --json's inputs do (it echoed the user's own spelling: Qwen3-30b-a3b)."""
+    assert _sync_cli(["qwen3-30B-a3b", "rdma-p2p", "--samples", "0"]) == 0
+    assert capsys.readouterr().out.startswith("rdma-p2p: Qwen3-30B-A3B on hgx-h200-8 ")

@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     knobs = changed
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
     # interval that says so is skipped on clusters by default; a trial compared the two as if alike)
-    print(f"{res.strategy}: {args.model} on {topo.name} ({_gpu_models(topo, setup)}, "
+    print(f"{res.strategy}: {setup.model.name} on {topo.name} ({_gpu_models(topo, setup)}, "
           f"{topo.calibration_id or 'uncalibrated'}), trainer "
           f"{setup.trainer.describe()}, rollout {setup.rollout.describe()}"
           + (f"; knobs {', '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
