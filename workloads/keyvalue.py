@@ -18,7 +18,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError
 from fabricsim.simcore.errors import ScenarioError
-from fabricsim.simcore.units import MAX_BYTES, parse_bytes, real_number
+from fabricsim.simcore.units import MAX_BYTES, MAX_SECONDS, parse_bytes, real_number
 
 from .errors import WorkloadError
 
@@ -123,6 +123,9 @@ def _number(where: str, name: str, value: Any) -> float:
         raise WorkloadError(f"{where}: expected a finite number, got {value!r}")
     if name.endswith("bytes") and x > MAX_BYTES:  # the bound a size written with a unit has (parse_bytes)
         raise WorkloadError(f"{where}: size {value!r} is beyond 1 EiB, more than any machine holds (check the unit)")
+    if name.endswith("_s") and x > MAX_SECONDS:  # the bound a duration has (parse_seconds): a cost of 1e300 s
+        # surfaced as some copy's "time beyond 10^9 s", naming the copy, not the setting
+        raise WorkloadError(f"{where}: {value!r} s is beyond 10^9 s (31 years); check the unit")
     return x
 
 

@@ -24,7 +24,7 @@ from fabricsim.simcore.units import parse_seconds
 from .. import models
 from ..decode import DecodeBatch
 from ..errors import WorkloadError
-from ..keyvalue import Setting, parse_key_values, split_all
+from ..keyvalue import Setting, parse_key_values, settings_of, split_all
 from ..metrics_out import (
     add_output_args,
     default_samples,
@@ -241,13 +241,12 @@ def _run(args: argparse.Namespace) -> int:
                     "intervals": interval_values(intervals),
                     **({"intervals_skipped": skipped.removeprefix("note: ")} if skipped and res.feasible else {})})
         return 0
-    knobs = changed
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
     # interval that says so is skipped on clusters by default; a trial compared the two as if alike)
     print(f"{res.strategy}: {setup.model.name} on {topo.name} ({_gpu_models(topo, setup)}, "
           f"{topo.calibration_id or 'uncalibrated'}), trainer "
           f"{setup.trainer.describe()}, rollout {setup.rollout.describe()}"
-          + (f"; knobs {', '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
+          + (f"; knobs {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else ""))
     if not res.feasible:
         print(f"infeasible: {res.reason}")
     print_metrics(metrics, intervals)
@@ -285,7 +284,7 @@ def _beyond_benchmark_note(gpus: int) -> str:
 def _knob_lines() -> list[str]:
     """Each strategy's knobs and their defaults, one line per strategy (a trial found them only in errors and the
     source); what each costs is said where its default is defined (the strategy's module docstring)."""
-    lines = [f"{name}: " + ", ".join(f"{f.name}={_plain(getattr(cls.Knobs(), f.name))}" for f in fields(cls.Knobs))
+    lines = [f"{name}: " + ", ".join(f"{k}={_plain(s.default)}" for k, s in settings_of(cls.Knobs).items())
              for name, cls in STRATEGIES.items()]
     return [*lines, f"delta:<strategy>: changed_fraction={CHANGED_FRACTION}, and the wrapped strategy's"]
 
@@ -314,10 +313,14 @@ def _inputs(args: argparse.Namespace, setup: SyncSetup, strategy, changed: dict[
             "fp8": setup.wire_dtype == "fp8", "batch": setup.decode.batch, "context": setup.decode.context,
             "kv_reserve": setup.kv_reserve_fraction, "train_step_s": setup.train_step_s,
             "trainer_bytes_per_param": setup.trainer_bytes_per_param,
-            "knobs": {**({"changed_fraction": strategy.changed_fraction} if strategy.changed_fraction is not None
-                         else {}),
-                      **{f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)}},
+            "knobs": _knob_values(strategy),
             "knobs_changed": sorted(changed)}
+
+
+def _knob_values(strategy) -> dict[str, object]:
+    """Every knob's value, as --json holds it: `delta:`'s own first, where it wraps the strategy."""
+    values = {} if strategy.changed_fraction is None else {"changed_fraction": strategy.changed_fraction}
+    return values | {f.name: _plain(getattr(strategy.knobs, f.name)) for f in fields(strategy.knobs)}
 
 
 def _plain(value: object) -> object:

@@ -7,7 +7,6 @@ and adding its class here; strategy modules never import this one back.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from ..errors import UnknownStrategyError, WorkloadError
@@ -47,7 +46,7 @@ def get(spec: str, **knobs: Any) -> Strategy:
         if str(inner_name).partition(":")[0] == "delta":
             raise UnknownStrategyError(f"'{spec}': delta wraps a transport (delta:rdma-p2p), not another delta")
         inner_cls = STRATEGIES.get(str(inner_name).partition(":")[0])
-        known = {f.name for f in fields(inner_cls.Knobs)} if inner_cls is not None else set(knobs)
+        known = set(settings_of(inner_cls.Knobs)) if inner_cls is not None else set(knobs)
         if unknown := sorted(set(knobs) - known - {"changed_fraction"}):
             # the inner strategy's own error would list its knobs only, not the wrapper's
             raise WorkloadError(f"unknown knob {unknown[0]} for {spec} (known: changed_fraction, "
@@ -59,8 +58,8 @@ def get(spec: str, **knobs: Any) -> Strategy:
     if cls is None:
         raise UnknownStrategyError(f"unknown weight-sync strategy '{spec}' (known: {', '.join(names())})")
     if arg:
-        if "mode" not in {f.name for f in fields(cls.Knobs)}:  # else "unknown knob mode": not what was written
-            moded = [n for n, c in STRATEGIES.items() if "mode" in {f.name for f in fields(c.Knobs)}]
+        if "mode" not in settings_of(cls.Knobs):  # else "unknown knob mode": not what was written
+            moded = [n for n, c in STRATEGIES.items() if "mode" in settings_of(c.Knobs)]
             raise UnknownStrategyError(f"'{spec}': {name} has no modes (a ':' follows {', '.join(moded)}, to name a "
                                        f"mode, and delta, to name the strategy it wraps)")
         if "mode" in knobs and str(knobs["mode"]) != arg:  # two answers to one question: neither silently wins
