@@ -17,6 +17,13 @@ from .symmetry import machine_of
 MAX_SHOWN = 12  # switches listed one per line; the rest are counted
 
 
+def gb_per_s(Bps: float) -> str:
+    """A bandwidth in GB/s as `topo show` prints it: one decimal, or two significant digits below 1 GB/s (a
+    `-nic0.001g` cluster's links are 0.000125 GB/s, which one decimal showed as 0.0, a dead link)."""
+    x = Bps / 1e9
+    return f"{x:.1f}" if x >= 0.95 or x == 0 else f"{x:.2g}"
+
+
 def network_lines(graph: Any) -> list[str]:
     """One line per network switch (at most `MAX_SHOWN`): its NICs and their machines, the bandwidth they can send
     into it, its links to other switches that traffic crosses, and the ratio of the two (oversubscription) where it
@@ -40,9 +47,9 @@ def network_lines(graph: Any) -> list[str]:
         if nics:
             machines = sorted({machine_of(n) or n for n in nics}, key=natural_key)
             parts.append(f"{len(nics)} NIC{'' if len(nics) == 1 else 's'} of {compress_endpoints(machines)}, "
-                         f"{down / 1e9:.1f} in")
+                         f"{gb_per_s(down)} in")
         if peers:
-            parts.append(f"{up / 1e9:.1f} to {compress_endpoints(sorted(peers, key=natural_key))}")
+            parts.append(f"{gb_per_s(up)} to {compress_endpoints(sorted(peers, key=natural_key))}")
         if nics and peers and up > 0:
             parts.append(f"{down / up:.2f}:1")
         if idle:

@@ -234,10 +234,12 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = FABRIC, mod
         raise TopologyError(f"unknown cluster fabric '{fabric}' (known: rail, leaf-spine)")
     if not 1 <= oversubscription < math.inf:
         raise TopologyError(f"oversubscription must be a finite number >= 1, got {oversubscription}")
-    if fabric == "leaf-spine" and not (nodes_per_leaf >= 1 and 1 <= spines <= nodes_per_leaf * gpus_per_node):
+    if fabric == "leaf-spine" and not nodes_per_leaf >= 1:
+        raise TopologyError(f"a leaf-spine fabric needs at least 1 node per leaf, got {nodes_per_leaf}")
+    if fabric == "leaf-spine" and not 1 <= spines <= nodes_per_leaf * gpus_per_node:
         # A leaf has at most as many uplinks (one per spine) as GPU ports; none divides by zero.
-        raise TopologyError(f"a leaf-spine fabric needs nodes_per_leaf >= 1 and 1..nodes_per_leaf x gpus_per_node "
-                            f"spines, got {nodes_per_leaf} and {spines}")
+        raise TopologyError(f"a leaf-spine fabric of {nodes_per_leaf} x {gpus_per_node} GPUs per leaf needs 1 to "
+                            f"{nodes_per_leaf * gpus_per_node} spines, got {spines}")
     t = Topology(name or _cluster_name(nodes, gpus_per_node, fabric, model, nic_Gbps, nodes_per_leaf,
                                        oversubscription))
     nic = NICSpec(Gbps=nic_Gbps)

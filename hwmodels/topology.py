@@ -38,7 +38,7 @@ from .calibration import (
     SoftwareCost,
 )
 from .endpoints import spell_for_message
-from .fabric_summary import network_lines
+from .fabric_summary import gb_per_s, network_lines
 from .routing import RouteIndex
 from .specs import Derating, GPUSpec
 from .symmetry import Machines, RouteTemplate, machine_of
@@ -687,7 +687,7 @@ class Topology:
             if d is not None and c.Bps == d.Bps:
                 why += "; " + d.note(with_why=d.why not in explained)
                 explained.add(d.why)
-            lines.append(f"  {c.name:<24} {c.Bps / 1e9:.1f} GB/s  ({why})")
+            lines.append(f"  {c.name:<24} {gb_per_s(c.Bps)} GB/s  ({why})")
         return lines
 
     def describe(self) -> str:
@@ -710,13 +710,13 @@ class Topology:
         lines.append("links (GB/s per direction, latency):")
         for a, b, d in sorted(self.graph.edges(data=True), key=lambda e: (e[0], e[1])):
             fwd, rev = d["bw"][(a, b)], d["bw"][(b, a)]
-            bw = f"{fwd / 1e9:.1f}" if fwd == rev else f"{fwd / 1e9:.1f}/{rev / 1e9:.1f}"
+            bw = gb_per_s(fwd) if fwd == rev else f"{gb_per_s(fwd)}/{gb_per_s(rev)}"
             lines.append(f"  {a:>14} <-> {b:<14} {d['kind']:<7} {bw:>8} GB/s  {d['latency_s'] * 1e6:.2f} us")
         if self.caps:
             lines.append("shared caps:")
             lines += self._cap_lines()
         for cls, pp in sorted(self.path_params.items()):
-            bw = f"{pp.bandwidth_Bps / 1e9:.1f} GB/s" if pp.bandwidth_Bps else "links"
+            bw = f"{gb_per_s(pp.bandwidth_Bps)} GB/s" if pp.bandwidth_Bps else "links"
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
             lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
         return "\n".join(lines)

@@ -327,9 +327,9 @@ def test_a_local_copy_by_an_unfitted_mechanism_scales_its_memory_copy_rate(calib
     ({"nodes": float("nan")}, "nodes: expected a whole number"),
     ({"nodes": True}, "nodes: expected a whole number"),
     ({"oversubscription": float("inf")}, "oversubscription must be a finite number"),
-    ({"fabric": "leaf-spine", "nodes_per_leaf": 0}, "nodes_per_leaf >= 1"),
-    ({"fabric": "leaf-spine", "spines": 0}, "spines, got 4 and 0"),
-    ({"fabric": "leaf-spine", "spines": 10**9}, "spines, got 4 and 1000000000"),
+    ({"fabric": "leaf-spine", "nodes_per_leaf": 0}, "at least 1 node per leaf, got 0"),
+    ({"fabric": "leaf-spine", "spines": 0}, "needs 1 to 32 spines, got 0"),
+    ({"fabric": "leaf-spine", "spines": 10**9}, "needs 1 to 32 spines, got 1000000000"),
 ])
 def test_cluster_arguments_are_checked_before_building(kwargs, match):
     """The API takes what the preset names cannot spell: each once ended in TypeError or ZeroDivisionError, or
@@ -450,6 +450,18 @@ def test_topo_show_of_one_node_gives_its_rails_no_uplinks_or_ratio():
     assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
     two = _network_section(presets.get("cluster-2x8", calibration=None).describe())
     assert two["rail0"].endswith("to spine; 1.00:1")
+
+
+def test_topo_show_gives_a_slow_link_two_significant_digits_not_zero():
+    """A 0.001 Gb/s NIC moves 125 kB/s: one decimal of GB/s printed it, its leaf's sum and its link as 0.0, a
+    link that carries nothing; fast links keep one decimal."""
+    topo = presets.get("cluster-2x8-leaf-spine-nic0.001g", calibration=None)
+    text = topo.describe()
+    nic = topo.graph.edges["node0.nic0", "leaf0"]["bw"][("node0.nic0", "leaf0")]
+    assert 0 < nic / 1e9 < 0.001
+    assert f" {nic / 1e9:.2g} GB/s " in next(line for line in text.splitlines() if "node0.nic0 <-> leaf0" in line)
+    assert f"{16 * nic / 1e9:.2g} in" in _network_section(text)["leaf0"]
+    assert " 0.0 GB/s" not in text and " 46.0 GB/s " in presets.get("cluster-2x8", calibration=None).describe()
 
 
 def test_a_cluster_built_in_python_is_named_after_what_it_is():
