@@ -243,6 +243,7 @@ for cid, extra, expected in [
     ("knob-beyond-1-EiB", ["--knob", "task_bytes=1e300"], ("task_bytes", "beyond 1 EiB")),
     ("knob-word", ["--knob", "task_bytes=lots"], "task_bytes"),
     ("knob-twice", ["--knob", "task_bytes=1e6", "--knob", "task_bytes=2e6"], "given twice"),
+    ("task-beyond-watermark", ["--knob", "task_bytes=8GiB"], ("task_bytes (8 GiB)", "watermark_bytes (4 GiB)")),
     ("rollout-gpu-twice", ["--rollout", "gpu4,gpu5,gpu6,gpu4"], "rollout layout lists gpu4 twice"),
     ("mode-twice", ["--knob", "mode=zero-copy"], "names mode 'relay' and the knob mode=zero-copy"),
     ("trainer-gpu-twice", ["--trainer", "gpu0-3,gpu2"], "FSDP layout lists gpu2 twice"),

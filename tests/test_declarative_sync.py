@@ -300,3 +300,11 @@ def test_load_setup_time_is_the_copys_fixed_cost_only_off_engines(calibrated) ->
     kinds = {r.id.split(".")[0] for r in res.records}
     assert ("reload" in kinds) == calibrated  # a separate delay only where the copy queues on an engine
     assert folded.value.finish_s == pytest.approx(ref.value.finish_s, rel=1e-12)
+
+
+def test_a_task_larger_than_the_watermark_is_refused_not_raised_to_it():
+    """The pipeline silently took the larger of the two as its memory (and reported that peak): a task cannot be
+    in flight in less memory than it holds, so the knobs are refused, naming both, from the API as from the CLI."""
+    with pytest.raises(WorkloadError, match=r"task_bytes \(2 GiB\) is larger than watermark_bytes \(1 GiB\)"):
+        get("rdma-p2p", watermark_bytes=2**30, task_bytes=2 * 2**30)
+    assert get("rdma-p2p", watermark_bytes=2**30, task_bytes=2**30)._slots() == 1

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 
 import simpy
 
+from fabricsim.simcore.units import format_bytes
+
+from ..errors import WorkloadError
 from .base import Knobs, Strategy, SyncContext, SyncSetup
 
 GiB = 1 << 30
@@ -48,14 +51,21 @@ class RdmaP2PKnobs(Knobs):
     outstanding: int = 16
     max_sim_tasks: int = 4
 
+    def __post_init__(self) -> None:
+        """A task's tensors are held while it is in flight, so one task larger than the watermark cannot run at all
+        (the pipeline took the larger of the two as its memory instead, silently, and reported that peak)."""
+        if self.task_bytes > self.watermark_bytes:
+            raise WorkloadError(f"rdma-p2p: task_bytes ({format_bytes(self.task_bytes)}) is larger than "
+                                f"watermark_bytes ({format_bytes(self.watermark_bytes)}), the bytes a GPU may hold in "
+                                f"flight: no task would fit; lower task_bytes or raise watermark_bytes")
+
 
 class RdmaP2P(Strategy):
     name = "rdma-p2p"
     Knobs = RdmaP2PKnobs
 
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        k = self.knobs
-        return dict.fromkeys(setup.trainer.gpus, float(max(k.watermark_bytes, k.task_bytes)))
+        return dict.fromkeys(setup.trainer.gpus, float(self.knobs.watermark_bytes))
 
     @property
     def declarative(self) -> bool:  # type: ignore[override]
@@ -85,7 +95,7 @@ class RdmaP2P(Strategy):
 
     def _slots(self) -> int:
         k = self.knobs
-        return max(1, int(k.watermark_bytes // k.task_bytes))
+        return int(k.watermark_bytes // k.task_bytes)  # at least 1 (`RdmaP2PKnobs.__post_init__`)
 
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim = self.knobs, ctx.sim
@@ -98,7 +108,7 @@ class RdmaP2P(Strategy):
             unique = float(ap.unique[i])
             if unique <= 0:
                 continue
-            ctx.alloc(g, max(k.watermark_bytes, k.task_bytes), "rdma-watermark")
+            ctx.alloc(g, k.watermark_bytes, "rdma-watermark")
             real = max(1, math.ceil(unique / k.task_bytes))
             sims = min(real, k.max_sim_tasks)
             slices = n_tensors * (float(ap.send[i].sum()) / total_send if total_send else 0.0)
