@@ -254,6 +254,9 @@ for cid, extra, expected in [
     want = {"unknown-model": "unknown model 'Llama-9B'", "delta-of-delta": "not another delta"}.get(cid, expected)
     case(f"sync-{cid}", argv, want)
 case("sync-unknown-strategy", ["sync", "Llama-3-8B", "teleport"], "unknown weight-sync strategy 'teleport'")
+case("sync-label-as-name", ["sync", "Llama-3-8B", "rdma-p2p+delta0.5+fp8"],
+     "a result's label, not a strategy's name: ask for it as delta:rdma-p2p --knob changed_fraction=0.5 --fp8")
+case("sync-plus-unknown", ["sync", "Llama-3-8B", "rdma-p2p+x"], ("'rdma-p2p+x': unknown weight-sync strategy"))
 case("sync-bad-pool-mode", ["sync", "Llama-3-8B", "shared-pool:telepathy"], "telepathy")
 case("sync-knob-bool", ["sync", "Llama-3-8B", "host-staged", "--knob", "include_d2h=maybe"],
      ("include_d2h", "true or false"))

@@ -754,3 +754,18 @@ def test_sync_header_names_the_model_as_the_registry_does(capsys):
     """The header spells the model as --json's inputs do (it echoed the user's own spelling: Qwen3-30b-a3b)."""
     assert _sync_cli(["qwen3-30B-a3b", "rdma-p2p", "--samples", "0"]) == 0
     assert capsys.readouterr().out.startswith("rdma-p2p: Qwen3-30B-A3B on hgx-h200-8 ")
+
+
+@pytest.mark.parametrize(("label", "ask"), [("rdma-p2p+delta0.1", "delta:rdma-p2p"),
+                                            ("nccl-broadcast+fp8", "nccl-broadcast --fp8"),
+                                            ("shared-pool:relay+delta0.25+fp8",
+                                             "delta:shared-pool:relay --knob changed_fraction=0.25 --fp8")])
+def test_a_printed_label_given_as_a_strategy_says_how_to_ask_for_it(label, ask):
+    """sync prints and rows store labels (`rdma-p2p+delta0.5+fp8`); given back as a strategy, one ran into 'unknown
+    strategy' with the list of names. What it labels is asked for with a name, a knob and a flag: the error says
+    which (the default fraction needs no knob)."""
+    from fabricsim.workloads.errors import UnknownStrategyError
+
+    with pytest.raises(UnknownStrategyError, match=f"is a result's label, not a strategy's name: ask for it as {ask}$"):
+        get(label)
+    assert get(ask.split()[0]).label == label.removesuffix("+fp8").replace("0.25", "0.1")

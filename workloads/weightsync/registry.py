@@ -35,6 +35,8 @@ def get(spec: str, **knobs: Any) -> Strategy:
 
     Unknown names raise `UnknownStrategyError` listing the known ones; unknown knobs raise `WorkloadError`.
     """
+    if "+" in spec:
+        raise UnknownStrategyError(_label_not_name(spec))
     name, colon, arg = spec.partition(":")
     if colon and not arg:  # 'rdma-p2p:' once ran rdma-p2p as if nothing followed the name
         raise UnknownStrategyError(f"'{spec}': nothing after ':' (it names a mode of a strategy that has modes, or the "
@@ -67,3 +69,21 @@ def get(spec: str, **knobs: Any) -> Strategy:
                                        f"give one")
         knobs = {**knobs, "mode": arg}
     return cls(**knobs)
+
+
+def _label_not_name(spec: str) -> str:
+    """The error for a result's label given as a strategy (`rdma-p2p+delta0.5+fp8`, as sync prints it and rows
+    store it): how to ask for what it names. A label is not read as a name, because its '+fp8' is the engines'
+    dtype, a setting of the sync rather than of the strategy."""
+    base, *parts = spec.split("+")
+    fractions = [p[len("delta"):] for p in parts if p.startswith("delta")]
+    other = [p for p in parts if p != "fp8" and not p.startswith("delta")]
+    if other or len(fractions) > 1 or not base:
+        return f"'{spec}': unknown weight-sync strategy (a '+' joins a label's parts, not a name's; known: " \
+               f"{', '.join(names())})"
+    ask = f"delta:{base}" if fractions else base
+    if fractions and fractions[0] != f"{CHANGED_FRACTION:g}":
+        ask += f" --knob changed_fraction={fractions[0]}"
+    if "fp8" in parts:
+        ask += " --fp8"
+    return f"'{spec}' is a result's label, not a strategy's name: ask for it as {ask}"
