@@ -38,9 +38,13 @@ def expand_endpoints(spec: str | Iterable[str]) -> list[str]:
     """'node0-1.gpu0-1,host' -> ['node0.gpu0', 'node0.gpu1', 'node1.gpu0', 'node1.gpu1', 'host'].
 
     A list is expanded item by item (each item may itself hold ranges or commas). Raises `TopologyError` for a
-    backwards range or an empty list.
+    backwards range, an empty list or an empty item (`gpu0,,gpu2`, `gpu0-3,`: a name left out, as an unset shell
+    variable leaves it, which was skipped silently).
     """
     items = spec.split(",") if isinstance(spec, str) else [s for x in spec for s in str(x).split(",")]
+    shown = spec if isinstance(spec, str) else ",".join(map(str, spec))
+    if any(s.strip() for s in items) and not all(s.strip() for s in items):
+        raise TopologyError(f"endpoint list '{shown}' has an empty item (two commas in a row, or one at an end)")
     out: list[str] = []
     for item in filter(None, (s.strip() for s in items)):
         parts = [_expand_part(p, item) for p in item.split(".")]
@@ -48,7 +52,7 @@ def expand_endpoints(spec: str | Iterable[str]) -> list[str]:
             raise TopologyError(f"endpoint list item '{item}' names more than {MAX_ENDPOINTS} endpoints")
         out += [".".join(combo) for combo in itertools.product(*parts)]
     if not out:
-        raise TopologyError(f"empty endpoint list '{spec if isinstance(spec, str) else ','.join(spec)}'")
+        raise TopologyError(f"empty endpoint list '{shown}'")
     return out
 
 

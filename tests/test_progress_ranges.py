@@ -23,6 +23,14 @@ def test_bad_ranges_are_typed_errors(spec):
         expand_endpoints(spec)
 
 
+@pytest.mark.parametrize("spec", ["gpu0-3,", "gpu0,,gpu2", ",gpu1", "gpu0, ,gpu1"])
+def test_an_empty_item_is_refused_not_skipped(spec):
+    """A name left out (an unset shell variable between commas) was skipped: a layout of fewer GPUs than meant."""
+    with pytest.raises(TopologyError, match=f"endpoint list '{spec}' has an empty item"):
+        expand_endpoints(spec)
+    assert expand_endpoints(["gpu0-1", " gpu3 "]) == ["gpu0", "gpu1", "gpu3"]
+
+
 def test_layouts_take_range_strings():
     assert FSDPLayout("node0-1.gpu0-3").gpus == expand_endpoints("node0.gpu0-3,node1.gpu0-3")
     assert len(RolloutLayout("node2-3.gpu0-7", tp=8).gpus) == 16
