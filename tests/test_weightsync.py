@@ -572,6 +572,25 @@ def test_a_rollout_engine_split_across_machines_is_noted(monkeypatch, capsys):
     assert "spans" not in capsys.readouterr().err
 
 
+def test_a_trainer_tp_group_across_machines_gets_a_note(capsys, monkeypatch):
+    """`--megatron tp=16` on 8-GPU nodes puts every TP group on two machines, which trainers avoid: a new-user
+    trial ran it without a word. The note names the first group and how many more span machines; tp=8 has none."""
+    from fabricsim.cli import main
+    from fabricsim.workloads.weightsync import cli as sync_cli
+
+    monkeypatch.setattr(sync_cli, "simulate_sync", lambda setup, strategy, **kw: SyncResult(
+        strategy.label, feasible=False, reason="not run in this test"))
+    base = ["sync", "Llama-3-70B", "rdma-p2p", "--topology", "cluster-8x8", "--trainer", "node0-3.gpu0-7",
+            "--rollout", "node4-7.gpu0-7", "--tp", "8", "--samples", "0", "--json"]
+    assert main([*base, "--megatron", "tp=16"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "note: trainer TP group 0 (TP 16: node0-1.gpu0-7) spans node0 and node1 (1 more of the 2 TP groups does too): "
+        "training's TP all-reduces would cross the network")
+    assert main([*base, "--megatron", "tp=8,pp=2"]) == 0
+    assert "spans" not in capsys.readouterr().err
+
+
 def test_an_unknown_gpu_error_names_its_flag(capsys):
     """A sync has two GPU lists: an error about one of their names says which flag it came from."""
     from fabricsim.cli import main

@@ -219,6 +219,12 @@ class MegatronLayout(TrainerLayout):
     def _rank(self, stage: int, d: int, t: int) -> str:
         return self.gpus[stage * self.tp * self.dp + d * self.tp + t]
 
+    @property
+    def tp_groups(self) -> list[list[str]]:
+        """The GPUs of each tensor-parallel group, by stage then data-parallel rank (consecutive GPUs, as
+        Megatron's default rank order puts TP innermost)."""
+        return [[self._rank(s, d, t) for t in range(self.tp)] for s in range(self.pp) for d in range(self.dp)]
+
     def group_key(self, t: TensorSpec, model: ModelConfig) -> tuple:
         e = t.expert
         return (self._stage(t, model), None if e is None or self.ep == 1 else e // (model.num_experts // self.ep))

@@ -77,20 +77,38 @@ def _split_engine_note(topo: Topology, rollout: RolloutLayout) -> str:
     """What an engine whose TP group spans machines means (the first one, and how many more do): its every decode
     step's all-reduces would cross the network, which the decode-step model leaves out (it prices an engine as if
     its ranks shared one machine), so a layout that splits engines by mistake (a range off by a few GPUs) is seen."""
-    split = []
-    for i, engine in enumerate(rollout.engines):
-        machines = list(dict.fromkeys(machine_of(topo.resolve(g)) for g in engine))
-        if len(machines) > 1:
-            split.append((i, engine, machines))
-    if not split:
+    if not (split := _first_split(topo, rollout.engines, "engines")):
         return ""
-    i, engine, machines = split[0]
+    i, gpus, spans = split
+    return (f"rollout engine {i} (TP {rollout.tp}: {gpus}) {spans}: its TP all-reduces would cross the network, which "
+            f"the decode-step time leaves out (it is priced as if its ranks shared one machine)")
+
+
+def _split_trainer_note(topo: Topology, trainer: FSDPLayout | MegatronLayout) -> str:
+    """What a Megatron TP group across machines means: training's TP all-reduces, every layer's, would cross the
+    network, which trainers avoid (TP stays inside an NVLink domain); the sync, which does not run training, is
+    simulated as given, so a degree or a GPU list given by mistake (`--megatron tp=16` on 8-GPU nodes) is seen."""
+    if not isinstance(trainer, MegatronLayout) or not (split := _first_split(topo, trainer.tp_groups, "TP groups")):
+        return ""
+    i, gpus, spans = split
+    return (f"trainer TP group {i} (TP {trainer.tp}: {gpus}) {spans}: training's TP all-reduces would cross the "
+            f"network (trainers keep TP inside a machine); the sync only reads where the shards lie, as given")
+
+
+def _first_split(topo: Topology, groups: list[list[str]], plural: str) -> tuple[int, str, str] | None:
+    """The first group of GPUs that spans machines: (its index, its GPUs spelt short, 'spans M1 and M2 (N more of
+    the K PLURAL do too)'); None when none does."""
+    split = []
+    for i, group in enumerate(groups):
+        machines = list(dict.fromkeys(machine_of(topo.resolve(g)) for g in group))
+        if len(machines) > 1:
+            split.append((i, group, machines))
+    if not split:
+        return None
+    i, group, machines = split[0]
     n = len(split) - 1
-    more = f" ({n} more of the {len(rollout.engines)} engines {'does' if n == 1 else 'do'} too)" if n else ""
-    where = f"{', '.join(machines[:-1])} and {machines[-1]}"
-    return (f"rollout engine {i} (TP {rollout.tp}: {compress_endpoints(engine)}) spans {where}{more}: its TP "
-            f"all-reduces would cross the network, which the decode-step time leaves out (it is priced as if its "
-            f"ranks shared one machine)")
+    more = f" ({n} more of the {len(groups)} {plural} {'does' if n == 1 else 'do'} too)" if n else ""
+    return i, compress_endpoints(group), f"spans {', '.join(machines[:-1])} and {machines[-1]}{more}"
 
 
 def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], list[str]]:
@@ -204,7 +222,8 @@ def _run(args: argparse.Namespace) -> int:
     given = split_all(args.knob, what="knob", example="bucket_bytes=512MiB")
     strategy = get(args.strategy, **given)
     changed = _changed_knobs(strategy, args.strategy, given)  # before the run: a mistake here must not wait for it
-    for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_engine_note(topo, rollout),
+    for note in (_colocated_note(topo, trainer_gpus, rollout_gpus), _split_trainer_note(topo, setup.trainer),
+                 _split_engine_note(topo, rollout),
                  strategy.scale_note(setup) or _beyond_benchmark_note(len(trainer_gpus) + len(rollout_gpus))):
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
