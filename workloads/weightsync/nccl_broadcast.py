@@ -12,7 +12,10 @@ the root, ring broadcast of the bucket from the root through all rollout GPUs (s
 rollout GPU copies its slice into its live weights and pays `load_weights`' per-tensor Python cost. Without
 `overlap` the next bucket's gather waits for this bucket's loads (verl and OpenRLHF issue them in order).
 
-Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS);
+Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS).
+The ring's fluid form (`collectives.ring_broadcast`) charges a chunk only its pipeline fill, not NCCL's per-step
+handshake (flag polling and fences at every step), a mechanism it lacks: chunks much smaller than the
+default come out faster, where on GPUs they are slower (a new-user trial found `chunk_bytes=1` the fastest);
 `call_latency_s` 20 us per collective launch (nccl-tests small-message latency on NVLink is ~10-20 us);
 `per_tensor_s` 20 us of Python per tensor in the engine's load_weights (an estimate: one dict lookup,
 a narrow/copy_ dispatch and a weight-loader call, each a few us; calibration can replace it);
