@@ -698,12 +698,16 @@ class Topology:
             kinds.setdefault(k, []).append(n)
         lines.append("components:")
         for k in COMPONENT_KINDS:
-            if k in kinds:
-                names = kinds[k]
-                extra = ""
-                if k == "gpu":
-                    spec = self.graph.nodes[names[0]]["spec"]
-                    extra = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s peak]"
+            if k not in kinds:
+                continue
+            groups: dict[str, list[str]] = {"": kinds[k]}
+            if k == "gpu":  # one line per GPU model: a machine of H100s and H200s is not all H100s
+                groups = {}
+                for n in kinds[k]:
+                    spec = self.graph.nodes[n]["spec"]
+                    key = f"  [{spec.model}, {spec.hbm_bytes / 2**30:.0f} GiB HBM, {spec.hbm_GBps:.0f} GB/s peak]"
+                    groups.setdefault(key, []).append(n)
+            for extra, names in groups.items():
                 shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
                 lines.append(f"  {k:<12} {shown}{extra}")
         lines += network_lines(self.graph)

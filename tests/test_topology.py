@@ -452,6 +452,17 @@ def test_topo_show_of_one_node_gives_its_rails_no_uplinks_or_ratio():
     assert two["rail0"].endswith("to spine; 1.00:1")
 
 
+def test_topo_show_gives_each_gpu_model_its_own_line():
+    """A machine of H100s and H200s was listed as all H100s (the first GPU's model), while its caps said 4800 GB/s
+    of HBM for the H200: a user checking a hand-written machine was told the wrong GPU."""
+    d = topology_to_dict(presets.get("hgx-h200-8", calibration=None))
+    for g in ("gpu0", "gpu1"):
+        d["components"][g]["model"] = "H100"
+    lines = [line for line in topology_from_dict(d, "mixed").describe().splitlines() if line.startswith("  gpu ")]
+    assert lines == ["  gpu          gpu0, gpu1  [H100, 80 GiB HBM, 3350 GB/s peak]",
+                     "  gpu          gpu2, gpu3, gpu4, gpu5, gpu6, gpu7  [H200, 140 GiB HBM, 4800 GB/s peak]"]
+
+
 def test_topo_show_gives_a_slow_link_two_significant_digits_not_zero():
     """A 0.001 Gb/s NIC moves 125 kB/s: one decimal of GB/s printed it, its leaf's sum and its link as 0.0, a
     link that carries nothing; fast links keep one decimal."""
