@@ -53,6 +53,7 @@ from .specs import (
 from .topology import Topology
 
 CalibrationArg = str | Path | CalibrationProfile | None
+NO_CALIBRATION = "none"  # a calibration argument that asks for none: the datasheet figures (`apply_calibration`)
 
 # The machines validate measures: (GPU model, GPU count) -> preset name. The one table of which preset is which
 # machine; the GPU side (validate/gpu) reads it from here.
@@ -355,7 +356,10 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
 
 
 def apply_calibration(topo: Topology, calibration: CalibrationArg | str, preset: str | None = None) -> Topology:
-    if calibration is None:
+    """`topo` with a calibration: 'default' (the preset's bundled profile, where it has one), None or 'none' (the
+    datasheet figures: the word as every CLI's --calibration and a scenario's `calibration:` spell it), a profile, or
+    a profile's path."""
+    if calibration is None or calibration == NO_CALIBRATION:
         return topo
     if isinstance(calibration, CalibrationProfile):
         return topo.with_calibration(calibration)

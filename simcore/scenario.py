@@ -2,7 +2,7 @@
 
 ```yaml
 topology: hgx-h200-8        # preset name, or a topology file path (relative to this file)
-calibration: null           # optional calibration profile path (relative to this file)
+calibration: null           # optional: a profile's path (relative to this file); none: datasheet figures
 transfers:
   - {id: t1, src: host, dst: gpu0, bytes: 1GiB}
   - {id: t2, src: gpu0, dst: gpu1, bytes: 256MiB, start: 0.001, after: [t1]}
@@ -27,6 +27,7 @@ from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
+from fabricsim.hwmodels.presets import NO_CALIBRATION
 from fabricsim.hwmodels.topology import Topology
 
 from .collectives import OPS, ring_copy_id, ring_schedule, schedule_collective
@@ -58,8 +59,8 @@ class Scenario:
         # A --calibration given by the caller is relative to the working directory; the scenario's own
         # `calibration:` is relative to the scenario file.
         cal: Any = calibration
-        if cal is None and self.calibration is not None:
-            cal = str(self.base_dir / self.calibration)
+        if cal is None and self.calibration is not None:  # 'none' is no profile, not a file of that name
+            cal = self.calibration if self.calibration == NO_CALIBRATION else str(self.base_dir / self.calibration)
         try:
             return presets.load(self.topology, "default" if cal is None else cal, base_dir=self.base_dir)
         except FabricsimError as exc:

@@ -292,3 +292,20 @@ def test_simulate_interval_reruns_only_the_perturbed_topologies(tmp_path, capsys
     assert main(["simulate", str(write(tmp_path, GOOD)), "--samples", "3", "--json"]) == 0
     iv = json.loads(capsys.readouterr().out)["makespan_interval_s"]
     assert len(builds) == 4 and iv["lo"] <= iv["value"] <= iv["hi"]
+
+
+def test_none_asks_for_the_datasheet_figures_everywhere(tmp_path, capsys):
+    """`--calibration none` worked in serve only: simulate read it as a file name ('none: cannot read calibration
+    profile'), and a scenario had no way to ask for no profile (`null` means the bundled one). 'none' now means the
+    datasheet figures in a scenario, on the command line and in `presets.load`, and a calibrated hgx-h200-8 answers
+    differently from it."""
+    from fabricsim.hwmodels import presets
+
+    assert presets.load("hgx-h200-8", "none").calibration_id is None
+    assert presets.load("hgx-h200-8").calibration_id  # the default: its bundled profile
+    answers = {}
+    for cal, argv in (("scenario-none", []), ("cli-none", ["--calibration", "none"]), ("default", [])):
+        text = GOOD.replace("transfers:", "calibration: none\ntransfers:") if cal == "scenario-none" else GOOD
+        assert main(["simulate", str(write(tmp_path, text)), "--json", "--samples", "0", *argv]) == 0
+        answers[cal] = json.loads(capsys.readouterr().out)["makespan_s"]
+    assert answers["scenario-none"] == answers["cli-none"] != answers["default"]
