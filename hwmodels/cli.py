@@ -41,7 +41,7 @@ def _import(args: argparse.Namespace) -> int:
         raise TopologyError(f"{args.file}: {exc}") from None
     doc = dump_yaml(topology_to_dict(topo), sort_keys=False)
     if args.out:
-        refuse_overwrite(args.out, args.force, "topology")
+        refuse_overwrite(args.out, args.force, "topology", inputs=(args.file,))
         atomic_write_text(args.out, doc)
         print(f"wrote {args.out}: {len(topo.gpus())} GPUs, {topo.graph.number_of_edges()} links")
         host = sorted(n for n in topo.caps if not n.endswith((".hbm", ".dram")))

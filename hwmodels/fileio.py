@@ -12,25 +12,33 @@ import errno
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
 from fabricsim.errors import OutputExistsError
 
 
-def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output", *, file: bool = False) -> None:
+def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output", *, file: bool = False,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> None:
     """Raise `OutputExistsError` when `path` exists and `force` is not set: a command that writes a named output
     replaces an existing one only when told (`--force`), so a finished profile or report is never lost to a
     re-run with the same arguments.
 
     `file=True` (the output is one file): a folder at `path` is refused whatever `force` says, since no flag
-    lets a file replace it, and saying so before a long run beats failing after it."""
+    lets a file replace it, and saying so before a long run beats failing after it. `inputs`: files the command
+    reads; an output that is one of them is refused whatever `force` says (`simulate in.yaml --perfetto in.yaml
+    --force` replaced the scenario with its own trace)."""
     if file and Path(path).is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
+    for src in inputs:
+        if src is not None and os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
+            raise OutputExistsError(f"{path}: the {what} would replace the input {src}; give the {what} another name")
     if not force and os.path.lexists(path):
         kind = "folder" if Path(path).is_dir() else "file"
         raise OutputExistsError(f"{path}: the {what} {kind} exists; add --force to replace it")
@@ -65,11 +73,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             tmp.unlink()
 
 
-def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping. PyYAML keeps the last one silently, so a
+    component defined twice, or a second `links:` list, would replace the first without a word; the YAML spec
+    itself says keys are unique. Merge keys (`<<: *base`) are not duplicates: an explicit key overrides them."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeConstructor names it below
+                continue
+            if seen is not None:
+                raise ConstructorError("while constructing a mapping", node.start_mark,
+                                       f"duplicate key {key!r} (first on line {seen + 1})", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateJSONKey(Exception):
+    """Raised by `_unique_json_object` with the key and the keys of its object (JSON gives the hook no line)."""
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` refusing a key given twice in one JSON object (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateJSONKey(key, list(out))
+        out[key] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike, error: type[Exception], what: str, *, unique_keys: bool = False) -> Any:
     """Parse a YAML or JSON file; raise `error` naming the path (and line) when it cannot be read or parsed.
 
     `.json` files go through the JSON parser: a YAML 1.1 parser reads numbers such as `8e-06` (no decimal
-    point, as Python's json writes them) as strings.
+    point, as Python's json writes them) as strings. `unique_keys`: a key given twice in one mapping is an
+    error naming the key (and, in YAML, both lines) instead of the last one winning silently.
     """
     path = Path(path)
     try:
@@ -78,11 +123,15 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_json_object if unique_keys else None)
         except json.JSONDecodeError as exc:
             raise error(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+        except _DuplicateJSONKey as exc:
+            key, keys = exc.args
+            shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+            raise error(f"{path}: duplicate key '{key}' in one JSON object (its keys: {shown})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -201,6 +201,13 @@ case("topo-import-unknown-gpu", ["topo", "import", TOPO_M, "--gpu", "Z9000"], "Z
 case("topo-import-existing-out", ["topo", "import", TOPO_M, "--out", "box.yaml"], ("box.yaml", "--force"),
      {"box.yaml": "mine"})
 case("topo-import-out-folder", ["topo", "import", TOPO_M, "--out", "."], ".")
+case("topo-import-out-is-input", ["topo", "import", "t.txt", "--out", "t.txt", "--force"],
+     ("t.txt", "would replace the input t.txt"), {"t.txt": Path(TOPO_M).read_text()})
+case("simulate-perfetto-is-input", ["simulate", "s.yaml", "--perfetto", "s.yaml", "--force"],
+     ("s.yaml", "would replace the input s.yaml"), scenario())
+case("sync-perfetto-is-topology", ["sync", "Llama-3-8B", "rdma-p2p", "--topology", "box.yaml", "--perfetto", "box.yaml",
+                                   "--force"], ("box.yaml", "would replace the input box.yaml"),
+     {"box.yaml": "name: box\ncomponents: {}\n"})
 
 # ---------------------------------------------------------------------------------------- sync
 SYNC = ["sync", "Llama-3-8B", "rdma-p2p"]

@@ -103,7 +103,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     from fabricsim.validate.fit.calibrate import calibrate_file
 
-    refuse_overwrite(args.profile, args.force, "profile")
+    refuse_overwrite(args.profile, args.force, "profile", inputs=args.measured)
     profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base,
                              note=args.note)
     print(f"profile {profile.id} written to {args.profile}")

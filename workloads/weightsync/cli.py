@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.model or not args.strategy:
         raise WorkloadError("give MODEL and STRATEGY (or --list)")
     if args.perfetto:  # before the run: a long sync must not end in a refusal
-        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True, inputs=(args.topology, args.calibration))
     topo = presets.load(args.topology, calibration=args.calibration or "default")
     trainer_gpus, rollout_gpus = _gpu_lists(args, topo)
     rollout = RolloutLayout(rollout_gpus, tp=args.tp, expert_parallel=args.ep)
