@@ -34,10 +34,8 @@ def _table(result: Result, calls: Sequence[dict] = (), interval: Interval | None
             f"{'id':<14} {'src':>10} -> {'dst':<10} {'bytes':>11} {'class':<11} {'start':>11} {'finish':>11} "
             f"{'GB/s*':>8}"]
     for r in result.transfers:
-        busy = r.finish_s - r.begin_s
-        gbps = r.bytes / busy / 1e9 if busy > 0 else 0.0
         rows.append(f"{r.id:<14} {r.src:>10} -> {r.dst:<10} {format_bytes(r.bytes):>11} {r.path_class:<11} "
-                    f"{r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms {gbps:>8.1f}")
+                    f"{r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms {r.moving_GBps:>8.1f}")
     called = {c["id"] for c in calls}
     for r in result.tasks:
         if r.id not in called:
@@ -48,7 +46,8 @@ def _table(result: Result, calls: Sequence[dict] = (), interval: Interval | None
         rows.append(f"{c['id']:<14} {what:>24} {format_bytes(c['bytes']):>11} {'collective':<11} "
                     f"{c['start_s'] * 1e3:>9.4f}ms {c['finish_s'] * 1e3:>9.4f}ms")
     rows.append(f"makespan {_makespan(result.makespan_s, interval)}")
-    rows.append("(* GB/s while moving: from the end of any engine-queue wait to the finish)")
+    rows.append("(* GB/s while moving: from its first byte, after any engine-queue wait, latency and fixed cost, "
+                "to the finish)")
     busiest = sorted(result.mean_utilisation().items(), key=lambda kv: -kv[1])[:5]
     if busiest:
         rows.append("busiest resources (mean utilisation over the makespan): "

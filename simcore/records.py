@@ -37,6 +37,19 @@ class Record:
     flops: float = 0.0
     latency_s: float = 0.0
 
+    @property
+    def moving_from_s(self) -> float:
+        """When its first byte moved (after any engine-queue wait, its latency and fixed cost): where a trace draws
+        it on its links from, and where its rate while moving is measured from (a 1 GB copy behind a 0.25 s fixed
+        cost moved at 52.8 GB/s, not the 3.7 that counting the fixed cost shows). Tasks and delays: begin_s."""
+        return min(self.begin_s + self.latency_s, self.finish_s)
+
+    @property
+    def moving_GBps(self) -> float:
+        """Its bytes over its time moving (`moving_from_s` to finish_s), in GB/s; 0 for nothing moved."""
+        busy = self.finish_s - self.moving_from_s
+        return self.bytes / busy / 1e9 if busy > 0 and self.bytes else 0.0
+
 
 class RecordSource(Protocol):
     """What `LazyRecords` makes its records from (`lowering.RecordMaker`)."""

@@ -28,19 +28,15 @@ class Traced(Protocol):
 _US = 1e6
 
 
-def _shown_from(r: Any) -> float:
-    """Where a record's slice starts: a transfer's once its first byte moves (after its latency, fixed cost and
-    setup: a copy that waits for a pipeline's fill is not yet on its links), anything else at begin_s."""
-    return min(r.begin_s + r.latency_s, r.finish_s)
 
 
 def _lanes(records: list[Any]) -> list[tuple[Any, int]]:
     """Greedy interval partitioning: the first lane whose last slice has ended."""
     ends: list[float] = []
     out = []
-    for r in sorted(records, key=lambda r: (_shown_from(r), r.id)):
+    for r in sorted(records, key=lambda r: (r.moving_from_s, r.id)):
         for lane, end in enumerate(ends):
-            if end <= _shown_from(r):
+            if end <= r.moving_from_s:
                 ends[lane] = r.finish_s
                 break
         else:
@@ -67,7 +63,7 @@ def trace_events(result: Traced) -> list[dict[str, Any]]:
         pid = pids[name]
         events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
         for r, lane in _lanes(recs):
-            shown = _shown_from(r)
+            shown = r.moving_from_s
             events.append({
                 "ph": "X", "name": r.id, "cat": r.kind, "pid": pid, "tid": lane,
                 "ts": shown * _US, "dur": max(0.0, r.finish_s - shown) * _US,

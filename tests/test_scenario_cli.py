@@ -309,3 +309,23 @@ def test_none_asks_for_the_datasheet_figures_everywhere(tmp_path, capsys):
         assert main(["simulate", str(write(tmp_path, text)), "--json", "--samples", "0", *argv]) == 0
         answers[cal] = json.loads(capsys.readouterr().out)["makespan_s"]
     assert answers["scenario-none"] == answers["cli-none"] != answers["default"]
+
+
+def test_the_rate_while_moving_leaves_out_the_fixed_cost(tmp_path, capsys):
+    """The text table's GB/s* ('while moving') ran from the end of the engine wait, so a 1 GB copy behind a 0.25 s
+    fixed cost showed 3.7 GB/s; it runs from the first byte: a lone copy's bytes over (finish - start - latency -
+    fixed cost), its path's rate, with or without the fixed cost."""
+    from fabricsim.hwmodels import presets
+    from fabricsim.simcore import Simulation
+
+    rates = []
+    for fixed in (0.0, 0.25):
+        text = ("topology: h100-1\ncalibration: none\ntransfers:\n"
+                f"  - {{id: t1, src: gpu0, dst: host, bytes: 1GB, start: 0.5, fixed_cost_s: {fixed}}}\n")
+        assert main(["simulate", str(write(tmp_path, text)), "--samples", "0"]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("t1 "))
+        rates.append(float(row.split()[-1]))
+    sim = Simulation(presets.get("h100-1", calibration=None))
+    sim.transfer("t", "gpu0", "host", 1e9)
+    r = sim.run()["t"]
+    assert rates == [round(1e9 / (r.finish_s - r.latency_s) / 1e9, 1)] * 2
