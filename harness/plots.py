@@ -11,6 +11,8 @@ Only `matplotlib.figure.Figure` is used (no pyplot), so drawing never changes a 
 
 from __future__ import annotations
 
+import errno
+
 import math
 import os
 import uuid
@@ -188,7 +190,11 @@ def _label_coinciding(ax: Any, curves: dict[Any, pd.Series], hue: str, rel: floa
 
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
     """PNG + SVG, each written under a temporary name and renamed, so no half-written figure is seen."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where the folder goes ('plf: File exists' said too little)
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder: figures go into a folder",
+                                 exc.filename) from None
     written = []
     for ext in ("png", "svg"):
         final = out_dir / f"{name}.{ext}"

@@ -120,3 +120,13 @@ def test_log_axis_labels_do_not_collide() -> None:
     ax = fig.axes[0]
     assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
     assert list(ax.get_xticks()) == [4096, 16384, 65536]
+
+
+def test_an_out_folder_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """`plot --out plf` where plf is a file said only 'plf: File exists'; the error names the path and says the
+    figures need a folder, and the file is left as it was."""
+    out = tmp_path / "plf"
+    out.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
+        plot_study(STUDY, _store(tmp_path / "st"), out)
+    assert info.value.filename == str(out) and out.read_text() == "mine"
