@@ -12,7 +12,6 @@ Only `matplotlib.figure.Figure` is used (no pyplot), so drawing never changes a 
 from __future__ import annotations
 
 import errno
-
 import math
 import os
 import uuid
