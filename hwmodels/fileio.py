@@ -73,6 +73,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             tmp.unlink()
 
 
+class _DuplicateKey(ConstructorError):
+    """A key given twice in one YAML mapping (`_UniqueKeyLoader`): said as such, not as malformed YAML."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping. PyYAML keeps the last one silently, so a
     component defined twice, or a second `links:` list, would replace the first without a word; the YAML spec
@@ -89,8 +93,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeConstructor names it below
                 continue
             if seen is not None:
-                raise ConstructorError("while constructing a mapping", node.start_mark,
-                                       f"duplicate key {key!r} (first on line {seen + 1})", key_node.start_mark)
+                raise _DuplicateKey(None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                    f"(first on line {seen + 1})")
             first_line[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -132,6 +136,8 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str, *, uni
             raise error(f"{path}: duplicate key '{key}' in one JSON object (its keys: {shown})") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)
+    except _DuplicateKey as exc:
+        raise error(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -7,6 +7,7 @@ components:
   cpu0: {kind: cpu}
   gpu0: {kind: gpu, model: H100}
   gpu1: {kind: gpu, model: H100}
+  sw0: {kind: net-switch}
 links:
   - {between: [host0, cpu0], kind: dram, GBps: 230}
   - {between: [gpu0, cpu0], kind: pcie, gen: 5, lanes: 16}
@@ -16,7 +17,7 @@ links:
 caps:
   - {name: host-h2d, GBps: 100, classes: [h2d]}
 pinned:
-  - {src: gpu0, dst: gpu1, via: [host0]}
+  - {src: gpu0, dst: gpu1, via: [host0]}   # P2P staged through host memory
 aliases: {host: host0}
 ```
 A NIC may name the GPU whose RDMA traffic it carries (`{kind: nic, Gbps: 400, gpu: node0.gpu3}`, GPUDirect: no
@@ -24,6 +25,11 @@ other GPU of its machine sends through it), as the cluster presets pair them. A 
 (effective, per direction) or the spec fields of its kind (PCIe gen/lanes, NVLink gen/links); `latency_us`
 overrides the kind's default latency. HBM and DRAM caps are added automatically, as in the presets: a fraction of
 the GPU model's HBM peak and of `dram_GBps` (a peak; `specs.Derating` says how much and why).
+
+What would load wrong without a word is refused, naming where: a key given twice in one mapping, an alias that
+names no component or is itself a component's name, a pair pinned twice, and a pinned route that passes a CPU
+or switch twice other than on either side of a memory it is staged through (a GPU, host or NVMe in `via`). A
+number YAML 1.1 reads as a string (`1e3`, no decimal point) counts as the number, as in scenario files.
 """
 
 from __future__ import annotations
@@ -35,19 +41,29 @@ from typing import Any
 from fabricsim.errors import TopologyError
 
 from .calibration import LINK_KINDS
+from .endpoints import spell_for_message
 from .fileio import read_yaml
 from .memcaps import add_memory_caps
 from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
-from .topology import Topology
+from .topology import ENDPOINT_KINDS, Topology
 
 
 def _num(where: str, v: Any, *, allow_zero: bool = False, most: float = math.inf, unit: str = "") -> float:
     """A finite number > 0 (>= 0 with `allow_zero`) and at most `most`: beyond it a value is a typo or a wrong
-    unit (a 10^300 GB/s link would make every transfer instant)."""
+    unit (a 10^300 GB/s link would make every transfer instant).
+
+    A numeric string counts, as in scenario files: YAML 1.1 reads `1e3` (no decimal point) as the string '1e3',
+    and the writer meant the number; the range checks then apply to it like to any other number."""
+    shown = v
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise TopologyError(f"{where}: expected a number, got {shown!r}") from None
     if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-        raise TopologyError(f"{where}: expected a number, got {v!r}")
+        raise TopologyError(f"{where}: expected a number, got {shown!r}")
     if math.isinf(v):
-        raise TopologyError(f"{where}: expected a finite number, got {v!r}")
+        raise TopologyError(f"{where}: expected a finite number, got {shown!r}")
     if v < 0 or (v == 0 and not allow_zero):
         raise TopologyError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
     if v > most:
@@ -133,12 +149,13 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             elif kind == "nvme":
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
+        _check_aliases(t, source)
         for name, own in t.graph.nodes(data="gpu"):
             if own is not None and t.graph.nodes.get(own, {}).get("kind") != "gpu":
                 raise TopologyError(f"{source}: components.{name}.gpu: '{own}' is not a GPU of this file")
         for i, link in enumerate(links):
             _located(f"{source}: links[{i}]", _add_link, t, link, f"{source}: links[{i}]")
-        if "host" not in t.aliases and "host0" in t.graph:
+        if "host" not in t.aliases and "host" not in t.graph and "host0" in t.graph:
             t.aliases["host"] = "host0"
         add_memory_caps(t)
         for i, c in enumerate(_list(f"{source}: caps", d.get("caps"))):
@@ -148,17 +165,62 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             _keys(where, c, _CAP_KEYS)
             t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps"), **_GB_PER_S) * GB,
                       classes=tuple(c.get("classes") or ()), endpoints=tuple(c.get("endpoints") or ()))
+        pins: dict[tuple[str, str], tuple[str, list]] = {}  # (src, dst) -> (where it is pinned, via)
         for i, p in enumerate(_list(f"{source}: pinned", d.get("pinned"))):
             where = f"{source}: pinned[{i}]"
             if not isinstance(p, dict) or not {"src", "dst", "via"} <= set(p):
                 raise TopologyError(f"{where}: expected a mapping with src, dst and via")
             _keys(where, p, {"src", "dst", "via"})
-            t.pin_route(p["src"], p["dst"], _list(f"{where}.via", p["via"]))
+            for end in ("src", "dst"):
+                if not isinstance(p[end], str):
+                    raise TopologyError(f"{where}.{end}: expected an endpoint name, got {p[end]!r}")
+            ends = (_located(where, t.resolve, p["src"]), _located(where, t.resolve, p["dst"]))
+            if ends in pins:  # a second pin would replace the first silently
+                raise TopologyError(f"{where}: {ends[0]}->{ends[1]} is pinned already by "
+                                    f"{pins[ends][0].removeprefix(f'{source}: ')}")
+            pins[ends] = where, _list(f"{where}.via", p["via"])
+            _located(where, t.pin_route, *ends, pins[ends][1])
         t.validate()
+        for (src, dst), (where, via) in pins.items():  # routes are searched on a whole, connected graph only
+            _check_pinned_route(t, src, dst, via, where)
     except TopologyError as exc:
         msg = str(exc)
         raise TopologyError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     return t
+
+
+def _check_aliases(t: Topology, source: str) -> None:
+    """An alias must name a component of the file, and must not itself be a component's name: the first would
+    be blamed on whatever scenario uses it, the second silently sends copies meant for that component to
+    another one."""
+    for name, target in t.aliases.items():
+        where = f"{source}: aliases.{name}"
+        if name in t.graph:
+            raise TopologyError(f"{where}: '{name}' is a component of this file; an alias of that name would send "
+                                f"its copies to '{target}' (pick another alias name)")
+        if not isinstance(target, str) or target not in t.graph:
+            raise TopologyError(f"{where}: {target!r} is not a component of this file "
+                                f"(it has {spell_for_message(t.endpoints())})")
+
+
+def _check_pinned_route(t: Topology, src: str, dst: str, via: list[str], where: str) -> None:
+    """A pinned route must not loop: between two stops (its ends and the memories it is staged through, the
+    endpoints in `via`) no component may come twice, nor may a stop be listed twice. Staging through host memory goes
+    gpu0 > cpu0 > host0 > cpu0 > gpu1 and is no loop (the copy lands in host0's DRAM and is copied out again,
+    each link direction used once); a detour through a switch or CPU that comes back (gpu0 > cpu0 > cpu1 >
+    cpu0 > gpu1) only loads links the copy does not cross, and is refused."""
+    listed = [src, *via, dst]
+    twice = next((n for i, n in enumerate(listed) if n in listed[:i]), None)
+    if twice is not None:
+        raise TopologyError(f"{where} ({src}->{dst}): '{twice}' comes twice in {' > '.join(listed)}")
+    nodes = _located(where, t.path, src, dst).nodes
+    stops = {src, dst, *(n for n in via if t.kind(n) in ENDPOINT_KINDS)}
+    seen: set[str] = set()
+    for n in nodes:
+        if n in seen:
+            raise TopologyError(f"{where} ({src}->{dst}): the route visits '{n}' twice ({' > '.join(nodes)})")
+        # a memory the copy lands in: the way out may cross what the way in crossed (endpoints are never transit)
+        seen = set() if n in stops else seen | {n}
 
 
 def _add_link(t: Topology, link: Any, where: str) -> None:
@@ -193,7 +255,8 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
 
 
 def load_topology_file(path: str | Path) -> Topology:
-    return topology_from_dict(read_yaml(path, TopologyError, "topology file"), str(path))
+    """A topology file as a `Topology`; a key given twice is an error, like an unknown one (the last would win)."""
+    return topology_from_dict(read_yaml(path, TopologyError, "topology file", unique_keys=True), str(path))
 
 
 def topology_to_dict(t: Topology) -> dict[str, Any]:
