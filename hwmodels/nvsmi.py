@@ -20,6 +20,12 @@ from .topology import Topology
 
 _NV = re.compile(r"^NV(\d+)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The legend's PCIe relations (no direct link); SOC is what drivers before SYS existed printed for it.
+_PCIE_CODES = ("SYS", "NODE", "PHB", "PXB", "PIX", "SOC")
+_KNOWN_CODES = "X, SYS, NODE, PHB, PXB, PIX, NV#"
+# NVLinks per GPU: H100 and H200 have 18, A100 12; none has more. One peer gets at most all of them, and so do
+# all peers together where the links are direct (through an NVSwitch every pair shows the GPU's full count).
+MAX_NVLINKS = 18
 
 
 def parse_topo_matrix(text: str) -> tuple[list[str], dict[tuple[str, str], str], dict[str, int]]:
@@ -58,10 +64,52 @@ def parse_topo_matrix(text: str) -> tuple[list[str], dict[tuple[str, str], str],
     missing = [g for g in gpus if (g, g) not in labels]
     if missing:
         raise TopologyError(f"no matrix row for {missing[0]}")
+    _check_cells(labels)
     return devs, labels, numa
 
 
+def _check_cells(labels: dict[tuple[str, str], str]) -> None:
+    """Every cell a code of the legend, X on the diagonal only, at most `MAX_NVLINKS` to one peer, NVLink between
+    GPUs only, and the matrix symmetric: a typo or a damaged paste must not silently become "no direct link" (an
+    unknown code, which the builder would read as PCIe) or a link the hardware cannot have."""
+    for (row, col), cell in labels.items():
+        where = f"row {row}, column {col}"
+        if (row == col) != (cell == "X"):
+            raise TopologyError(f"{where}: " + (f"expected X (the device itself), got '{cell}'" if row == col
+                                                else "X (self) belongs on the diagonal only"))
+        m = _NV.match(cell)
+        if m and not 1 <= int(m[1]) <= MAX_NVLINKS:
+            raise TopologyError(f"{where}: {cell} says {int(m[1])} NVLinks; a GPU has 1 to {MAX_NVLINKS}")
+        if m and not (row.startswith("GPU") and col.startswith("GPU")):
+            raise TopologyError(f"{where}: {cell} joins a NIC by NVLink; NVLink joins GPUs only")
+        if not m and cell != "X" and cell not in _PCIE_CODES:
+            raise TopologyError(f"{where}: unknown link code '{cell}' (known: {_KNOWN_CODES})")
+    for (row, col), cell in labels.items():  # each cell read, so a typo is named as one, not as a mismatch
+        other = labels.get((col, row))
+        if other is not None and other != cell:
+            raise TopologyError(f"row {row}, column {col}: '{cell}', but row {col}, column {row}: '{other}' "
+                                "(the matrix is symmetric: each pair is connected one way)")
+
+
+def _check_nvlink_totals(nv: dict[tuple[str, str], int]) -> None:
+    """Direct NVLinks of each GPU, summed over its peers, within `MAX_NVLINKS`: more would build links the GPU
+    does not have (eight GPUs that all show NV18 but one pair are an NVSwitch box with a link down, not a mesh)."""
+    peers: dict[str, list[tuple[str, int]]] = {}
+    for (a, b), n in nv.items():
+        peers.setdefault(a, []).append((b, n))
+        peers.setdefault(b, []).append((a, n))
+    for g, links in peers.items():
+        count = sum(n for _, n in links)
+        if count > MAX_NVLINKS:
+            shown = ", ".join(f"NV{n} to {p}" for p, n in links)
+            raise TopologyError(f"row {g}: {count} NVLinks to its peers in all ({shown}), more than the "
+                                f"{MAX_NVLINKS} a GPU has; behind an NVSwitch every pair shows the same NV#")
+
+
 def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -> Topology:
+    """The machine `nvidia-smi topo -m` describes (see the module docstring), with GPUs of model `gpu`; a matrix
+    it cannot be (an unknown code, more NVLinks than a GPU has, two halves that disagree) is a `TopologyError`
+    naming the cell, since guessing would model another machine than the one in front of the user."""
     devs, labels, numa = parse_topo_matrix(text)
     gpus = [d for d in devs if d.startswith("GPU")]
     spec = gpu_model(gpu)
@@ -114,6 +162,7 @@ def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -
         for g in gpus:
             t.add_link(_node_name(g), "nvswitch", "nvlink", link.Bps, link.latency_s / 2)
     else:
+        _check_nvlink_totals(nv)
         for (a, b), n in nv.items():
             link = NVLinkSpec(4, n)
             t.add_link(_node_name(a), _node_name(b), "nvlink", link.Bps, link.latency_s)
