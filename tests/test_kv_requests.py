@@ -28,10 +28,24 @@ def test_poisson_rate_and_lengths():
 
 
 def test_offline_batch_and_prefixes():
-    reqs = poisson_requests(float("inf"), 8, prompt_tokens=10, output_tokens=5, prefix_tokens=100, prefixes=2)
+    reqs = poisson_requests(float("inf"), 40, prompt_tokens=150, output_tokens=5, prefix_tokens=100, prefixes=2,
+                            prompt_dist="uniform")
     assert {r.arrival_s for r in reqs} == {0.0}
-    assert all(r.prompt_tokens == 101 and r.prefix_tokens == 100 for r in reqs)
+    assert all(r.prompt_tokens >= 101 and r.prefix_tokens == 100 for r in reqs)
+    assert any(r.prompt_tokens == 101 for r in reqs)  # drawn shorter than the prefix and one token: raised
     assert {r.prefix_id for r in reqs} <= {"p0", "p1"}
+
+
+@pytest.mark.parametrize("prefix", [100, 10])
+def test_a_prefix_not_shorter_than_the_mean_prompt_is_refused(prefix):
+    """Every prompt was raised to prefix + 1 tokens without a word (a trial's 5000-token prefix on 1024-token
+    prompts made TTFT 10x)."""
+    with pytest.raises(RequestError, match=f"prefix_tokens {prefix} is not shorter than the mean prompt length "
+                                           f"\\(prompt_tokens 10\\).*raised to {prefix + 1} tokens"):
+        poisson_requests(float("inf"), 8, prompt_tokens=10, output_tokens=5, prefix_tokens=prefix)
+    assert poisson_requests(1.0, 2, prompt_tokens=10, output_tokens=5, prefix_tokens=9)[0].prompt_tokens == 10
+    with pytest.raises(RequestError, match="prompt_tokens: mean must be"):  # a bad mean: its own message
+        poisson_requests(1.0, 2, prompt_tokens=0, output_tokens=5, prefix_tokens=prefix)
 
 
 def test_trace_round_trip(tmp_path):
@@ -60,6 +74,12 @@ def test_trace_minimal_columns(tmp_path):
     ("arrival_s,prompt_tokens,output_tokens\n0,10,0\n", "line 2.*output_tokens must be >= 1"),
     ("arrival_s,prompt_tokens,output_tokens\n", "no requests"),
     ("arrival_s,prompt_tokens,output_tokens\n0,1e300,5\n", "line 2.*prompt_tokens is beyond 2\\^53"),
+    # a column the reader does not know was dropped without a word; a misspelt optional one lost every prefix
+    ("arrival_s,prompt_tokens,output_tokens,extra\n0,10,3,x\n", "unknown column\\(s\\) extra \\(need"),
+    ("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_token\n0,10,3,a,5\n", "unknown column.*prefix_token "),
+    ("arrival_s,prompt_tokens,output_tokens,\n0,10,3,\n", "unknown column.*unnamed one: a trailing comma"),
+    ("arrival_s,prompt_tokens,output_tokens,prompt_tokens\n0,10,3,4\n", "prompt_tokens given twice"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n1,10,3,x\n", "line 3: 4 fields, but the header names 3"),
 ])
 def test_bad_traces(tmp_path, text, match):
     path = tmp_path / "bad.csv"

@@ -3,7 +3,8 @@
 Two sources, one type (`Request`):
 - `poisson_requests`: a seeded Poisson process at a rate, with token counts fixed, uniform or geometric
   (geometric output lengths make per-request service time exponential, which queueing tests rely on);
-- `load_trace`: a CSV with columns `arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]`.
+- `load_trace`: a CSV with columns `arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]` and no
+  others (an unknown column is refused, not dropped).
 
 `prefix_id` names a shared prefix (a system prompt): requests with the same id share their first
 `prefix_tokens` prompt tokens, which KV policies may store and read once.
@@ -85,13 +86,28 @@ def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str
     raise RequestError(f"{what}: unknown length distribution '{dist}' (known: {', '.join(LENGTH_DISTRIBUTIONS)})")
 
 
+def check_shared_prefix(prefix_tokens: int, prompt_tokens: float, *,
+                        names: tuple[str, str] = ("prefix_tokens", "prompt_tokens")) -> None:
+    """Refuse a shared prefix not shorter than the mean prompt: every prompt holds the prefix and one token of its
+    own, so such a prefix would raise every prompt to `prefix_tokens + 1` tokens, a different workload from the one
+    asked for and almost surely a mistake (a trial's 5000-token prefix on 1024-token prompts made TTFT 10x, with
+    nothing said). `names` spell the two inputs in the message (the CLI passes its flags). A mean that is no valid
+    length (below 1, NaN) is left to the length check, whose message is the one that applies."""
+    if prefix_tokens > 0 and 1 <= prompt_tokens <= prefix_tokens:
+        prefix, prompt = names
+        raise RequestError(f"{prefix} {prefix_tokens} is not shorter than the mean prompt length ({prompt} "
+                           f"{prompt_tokens:g}): every prompt would be raised to {prefix_tokens + 1} tokens (the "
+                           f"shared prefix and one of its own); give a shorter prefix or longer prompts")
+
+
 def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_tokens: float, seed: int = 0,
                      prompt_dist: str = "fixed", output_dist: str = "fixed", prefix_tokens: int = 0,
                      prefixes: int = 1, start_s: float = 0.0) -> list[Request]:
     """`n` requests of a Poisson process at `rate_per_s` (exponential gaps), reproducible from `seed`.
 
     With `prefix_tokens > 0` every prompt starts with one of `prefixes` shared prefixes (chosen uniformly),
-    and prompts are at least `prefix_tokens + 1` long. `rate_per_s = inf` means everything arrives at `start_s`
+    and prompts are at least `prefix_tokens + 1` long; a prefix not shorter than the mean prompt is refused
+    (`check_shared_prefix`). `rate_per_s = inf` means everything arrives at `start_s`
     (an offline batch).
     """
     if not rate_per_s > 0:
@@ -109,6 +125,7 @@ def poisson_requests(rate_per_s: float, n: int, *, prompt_tokens: float, output_
         raise RequestError("prefix_tokens is beyond 2^53 tokens; check the unit")
     if prefixes > MAX_REQUESTS:
         raise RequestError(f"{prefixes:,} distinct prefixes is more than the {MAX_REQUESTS:,} requests a stream draws")
+    check_shared_prefix(prefix_tokens, prompt_tokens)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise RequestError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (math.isfinite(start_s) and start_s >= 0):
@@ -155,13 +172,25 @@ def load_trace(path: str | Path) -> list[Request]:
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
+    columns = f"need {', '.join(TRACE_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}]; found {header}"
     missing = [c for c in TRACE_COLUMNS if c not in header]
     if missing:
-        raise RequestError(f"trace {path}: missing column(s) {', '.join(missing)} "
-                           f"(need {', '.join(TRACE_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}]; found {header})")
+        raise RequestError(f"trace {path}: missing column(s) {', '.join(missing)} ({columns})")
+    # A column the reader does not know would be dropped without a word (a trial's `extra` column was), and a
+    # misspelt optional one (prefix_token) would leave every request without its prefix: refused, as is a column
+    # given twice (only its last copy would be read) or an unnamed one (a trailing comma).
+    unknown = [c for c in header if c not in (*TRACE_COLUMNS, *OPTIONAL_COLUMNS)]
+    if unknown:
+        shown = ", ".join(c or "'' (an unnamed one: a trailing comma?)" for c in unknown)
+        raise RequestError(f"trace {path}: unknown column(s) {shown} ({columns})")
+    if twice := sorted({c for c in header if header.count(c) > 1}):
+        raise RequestError(f"trace {path}: column(s) {', '.join(twice)} given twice")
     out = []
     for line, row in enumerate(reader, start=2):
         where = f"trace {path} line {line}"
+        if None in row:  # csv.DictReader's key for the fields past the header's
+            raise RequestError(f"{where}: {len(header) + len(row[None])} fields, but the header names "
+                               f"{len(header)} columns ({', '.join(header)})")
         arrival = _field(row, "arrival_s", where, float)
         if not (math.isfinite(arrival) and arrival >= 0):
             raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {arrival}")
