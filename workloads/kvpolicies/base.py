@@ -131,6 +131,9 @@ class KVPolicy:
     coalescible: ClassVar[bool] = True
     # Layer groups fetched ahead of compute (host fetches): 0 = fetch then compute, 1 = double buffering.
     prefetch_depth: int = 0
+    # Acts only on requests' shared prefixes (`Request.prefix_id`, `prefix_tokens`): without any it runs exactly as
+    # hbm-only, which `fabricsim serve` says in a note rather than print hbm-only's numbers under this name.
+    shares_prefixes: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:

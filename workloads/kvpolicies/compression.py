@@ -25,6 +25,7 @@ from .params import check_count, check_fraction, check_positive, check_ratio
 class SystemPromptCompression(KVPolicy):
     name = "system-prompt-compression"
     coalescible = True
+    shares_prefixes = True
 
     def __init__(self, ratio: float = 4.0, decompress_s: float = 50e-6, dynamic_fraction: float = 0.1) -> None:
         self.ratio = check_ratio(self.name, "ratio", ratio)

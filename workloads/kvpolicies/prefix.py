@@ -32,6 +32,7 @@ class _Entry:
 class PrefixSharing(KVPolicy):
     name = "prefix-sharing"
     coalescible = True
+    shares_prefixes = True
 
     def __init__(self, reads: str = "per-batch", cache_fraction: float = 0.5) -> None:
         if reads not in READ_MODES:
