@@ -113,12 +113,13 @@ def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | os.PathLike, error: type[Exception], what: str, *, unique_keys: bool = False) -> Any:
+def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
     """Parse a YAML or JSON file; raise `error` naming the path (and line) when it cannot be read or parsed.
 
     `.json` files go through the JSON parser: a YAML 1.1 parser reads numbers such as `8e-06` (no decimal
-    point, as Python's json writes them) as strings. `unique_keys`: a key given twice in one mapping is an
-    error naming the key (and, in YAML, both lines) instead of the last one winning silently.
+    point, as Python's json writes them) as strings. A key given twice in one mapping is an error naming the key
+    (and, in YAML, both lines) instead of the last one winning silently, in every file the project reads
+    (topologies, scenarios, profiles).
     """
     path = Path(path)
     try:
@@ -127,7 +128,7 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str, *, uni
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text, object_pairs_hook=_unique_json_object if unique_keys else None)
+            return json.loads(text, object_pairs_hook=_unique_json_object)
         except json.JSONDecodeError as exc:
             raise error(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
         except _DuplicateJSONKey as exc:
@@ -135,7 +136,7 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str, *, uni
             shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
             raise error(f"{path}: duplicate key '{key}' in one JSON object (its keys: {shown})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
         raise error(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:

@@ -256,7 +256,7 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
 
 def load_topology_file(path: str | Path) -> Topology:
     """A topology file as a `Topology`; a key given twice is an error, like an unknown one (the last would win)."""
-    return topology_from_dict(read_yaml(path, TopologyError, "topology file", unique_keys=True), str(path))
+    return topology_from_dict(read_yaml(path, TopologyError, "topology file"), str(path))
 
 
 def topology_to_dict(t: Topology) -> dict[str, Any]:

@@ -70,9 +70,13 @@ for key, value, why in [("rate_cap_GBps", "1e-12", "at least 1e-09 (1 B/s)"), ("
 for key, value, why in [("src", "gpu99", "gpu99"), ("dst", "nowhere", "nowhere"), ("src", "5", "endpoint name"),
                         ("dst", "null", "endpoint name"), ("src", "node0.gpu0", "node0.gpu0"),
                         ("dst", "cpu0", "cpu0"), ("src", "[host]", "endpoint name")]:
-    simulate(f"{key}={value}", scenario(f"{{id: t1, src: host, dst: gpu0, bytes: 1GiB, {key}: {value}}}"),
+    fields = {"id": "t1", "src": "host", "dst": "gpu0", "bytes": "1GiB", key: value}  # (a key given twice is refused)
+    simulate(f"{key}={value}", scenario("{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"),
              ("s.yaml", "transfers[0]", why))
 
+simulate("key-twice", {"s.yaml": "topology: hgx-h200-8\ntopology: h100-1\ntransfers:\n"
+                              "  - {id: t1, src: host, dst: gpu0, bytes: 1GiB}\n"},
+         ("s.yaml", "duplicate key 'topology' at line 2 (first on line 1)"))
 simulate("id-empty", scenario("{id: '', src: host, dst: gpu0, bytes: 1}"), ("transfers[0].id", "expected a name"))
 simulate("id-list", scenario("{id: [1], src: host, dst: gpu0, bytes: 1}"), ("transfers[0].id", "expected a name"))
 simulate("id-bool", scenario("{id: true, src: host, dst: gpu0, bytes: 1}"), ("transfers[0].id", "expected a name"))
@@ -136,8 +140,10 @@ for key, value, why in [("gpu", "gpu99", "gpu99"), ("gpu", "host", "host"), ("gp
                         ("flops", "-1", "flops"), ("flops", ".inf", "flops"), ("flops", ".nan", "flops"),
                         ("flops", "x", "flops"), ("bytes", "-1", "bytes"), ("bytes", ".inf", "bytes"),
                         ("dtype", "fp3", "fp3"), ("start", "-2", "start"), ("tile", "1", "unknown key 'tile'")]:
-    simulate(f"task-{key}={value}", {"s.yaml": f"topology: h100-1\ntasks:\n  - {{id: k, gpu: gpu0, flops: 1e9, "
-                                                f"{key}: {value}}}\n"}, ("s.yaml", "tasks[0]", why))
+    fields = {"id": "k", "gpu": "gpu0", "flops": "1e9", key: value}
+    simulate(f"task-{key}={value}", {"s.yaml": "topology: h100-1\ntasks:\n  - {"
+                                                + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}\n"},
+             ("s.yaml", "tasks[0]", why))
 
 # ---------------------------------------------------------------------------------------- topology files
 BOX = {"name": "box", "components": {"host0": {"kind": "host"}, "cpu0": {"kind": "cpu"},
