@@ -176,3 +176,22 @@ def test_hbm_timeline():
     assert tl["t_s"].is_monotonic_increasing
     assert tl["kv_bytes"].max() > 0 and tl["kv_bytes"].iloc[-1] == 0  # everything freed at the end
     assert (tl["used_bytes"] <= tl["capacity_bytes"]).all()
+
+
+def test_a_role_splitting_policy_refuses_an_instance_count_that_disagrees():
+    """ServingConfig(instances=3) with pd-disaggregation's 3 + 5 ran 8 instances without a word (the CLI refuses
+    it; the API did not); too few GPUs for the split names the split, not instances nobody asked for."""
+    from fabricsim.workloads.requests import poisson_requests
+    from fabricsim.workloads.serving import ServingConfig, ServingError, ServingSystem
+
+    reqs = poisson_requests(10.0, 4, prompt_tokens=256, output_tokens=8, seed=1)
+    params = {"prefill_instances": 3, "decode_instances": 5}
+    with pytest.raises(ServingError, match=r"instances=3 contradicts policy 'pd-disaggregation', whose parameters "
+                                           r"set 3 prefill \+ 5 decode = 8 instances"):
+        ServingSystem("hgx-h200-8", reqs, "pd-disaggregation", ServingConfig(instances=3), policy_params=params)
+    for n in (1, 8):  # the default, or the split's own count
+        assert len(ServingSystem("hgx-h200-8", reqs, "pd-disaggregation", ServingConfig(instances=n),
+                                 policy_params=params).instances) == 8
+    with pytest.raises(ServingError, match=r"policy 'pd-disaggregation' runs 1 prefill \+ 1 decode = 2 instance\(s\) "
+                                           r"x tp=1 need 2 GPUs; topology 'h100-1' offers 1"):
+        ServingSystem("h100-1", reqs, "pd-disaggregation")

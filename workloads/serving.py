@@ -73,6 +73,8 @@ class ServingConfig:
     kv_budget_bytes: KV memory per GPU; None = gpu_memory_utilization x HBM - weights - activation reserve.
     token_budget: tokens per step (decode tokens + prefill chunk), as in chunked prefill (Sarathi, vLLM).
     gpus: which GPUs the instances use, in order (default: the topology's first tp x instances GPUs).
+    instances: how many serve, each on its own tp GPUs; a policy that splits roles (pd-disaggregation) sets the
+    count from its own parameters, and another count than 1 (the default) or that one is refused.
     allreduce_latency_s: fixed cost of one tensor-parallel all-reduce call where the topology has no fitted
     `all_reduce` (a calibrated machine's fitted fixed cost and bus bandwidth replace it: simcore.collectives).
     """
@@ -697,8 +699,13 @@ class ServingSystem:
         # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
         # attempt to allocate them.
         wanted = sum(counts.values())
+        roles_said = " + ".join(f"{n} {role}" for role, n in counts.items())
+        if split and self.cfg.instances not in (1, wanted):  # 1, the default, says nothing; another count disagrees
+            raise ServingError(f"instances={self.cfg.instances} contradicts policy '{name}', whose parameters set "
+                               f"{roles_said} = {wanted} instances (leave instances at its default, or give {wanted})")
         if len(gpus) < tp * wanted:
-            raise ServingError(f"{wanted} instance(s) x tp={tp} need {tp * wanted} GPUs; "
+            said = f"policy '{name}' runs {roles_said} = {wanted} instance(s)" if split else f"{wanted} instance(s)"
+            raise ServingError(f"{said} x tp={tp} need {tp * wanted} GPUs; "
                                f"topology '{topo.name}' offers {len(gpus)}")
         roles = [role for role, n in counts.items() for _ in range(n)]
         self.instances: list[Instance] = []
