@@ -211,6 +211,8 @@ case("topo-import-out-is-input", ["topo", "import", "t.txt", "--out", "t.txt", "
      ("t.txt", "would replace the input t.txt"), {"t.txt": Path(TOPO_M).read_text()})
 case("simulate-perfetto-is-input", ["simulate", "s.yaml", "--perfetto", "s.yaml", "--force"],
      ("s.yaml", "would replace the input s.yaml"), scenario())
+case("serve-perfetto-is-request-trace", ["serve", "--request-trace", "r.csv", "--perfetto", "r.csv", "--force"],
+     ("r.csv", "would replace the input r.csv"), {"r.csv": "arrival_s,prompt_tokens,output_tokens\n0,300,8\n"})
 case("sync-perfetto-is-topology", ["sync", "Llama-3-8B", "rdma-p2p", "--topology", "box.yaml", "--perfetto", "box.yaml",
                                    "--force"], ("box.yaml", "would replace the input box.yaml"),
      {"box.yaml": "name: box\ncomponents: {}\n"})

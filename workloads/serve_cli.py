@@ -35,7 +35,7 @@ SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer sample
 
 def _serve(args: argparse.Namespace) -> int:
     if args.perfetto:  # before the run: a long trace replay must not end in a refusal
-        refuse_overwrite(args.perfetto, args.force, "trace", file=True)
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True, inputs=(args.request_trace,))
     params = split_all(args.param, what="parameter", example="prefetch_depth=2", error=PolicyError)
     policy = make_policy(args.policy, **params)  # its split and parameters are read before anything runs
     if args.request_trace:
