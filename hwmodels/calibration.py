@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,9 +341,33 @@ def _software_costs(value: Any, where: str, field_name: str) -> dict[str, dict[s
     return out
 
 
-def load_profile(path: str | Path) -> CalibrationProfile:
-    """Read a profile file (JSON or YAML) with errors that name the file."""
+def load_profile(path: str | os.PathLike[str]) -> CalibrationProfile:
+    """Read a profile file (JSON or YAML), or a bundled profile by name (`profile_file`), with errors that name the
+    file."""
+    path = profile_file(path)
     return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
+
+
+def profile_file(ref: str | os.PathLike[str]) -> Path:
+    """The file profile `ref` is read from: the file `ref` where there is one, else the bundled profile of that name
+    (`h200x2`). Why here: every way a profile is named (`calibrate --base`, `report --profile`, `--calibration`,
+    `presets.get(..., calibration=...)`) ends in `load_profile`, so a bundled name works in all of them, not only
+    where one command looked it up itself; a file of that name in the working folder still wins."""
+    if not isinstance(ref, str | os.PathLike):
+        raise CalibrationError(f"calibration: expected a profile file's path or a bundled profile's name "
+                               f"({', '.join(bundled_names())}), got {ref!r}")
+    path = Path(ref)
+    if path.exists():
+        return path
+    if isinstance(ref, str) and ref in bundled_names():
+        return bundled_profile_path(ref)
+    raise CalibrationError(f"{path}: cannot read calibration profile: not a file or a bundled profile name "
+                           f"(bundled: {', '.join(bundled_names())})")
+
+
+def bundled_names() -> list[str]:
+    """The names of the profiles shipped with the package (hwmodels/profiles/NAME.json), sorted."""
+    return sorted(p.stem for p in bundled_profile_path("").parent.glob("*.json"))
 
 
 def bundled_profile_path(name: str) -> Path:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from fabricsim.errors import CalibrationError
+
 from .calibration import MECHANISMS, CollectiveParams, PathParams
 from .topology import Topology
 from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, UNFITTED_MECHANISM_SIGMA, Uncertainty
@@ -38,6 +40,11 @@ from .uncertainty import LARGE_BYTES, SMALL_BYTES, UNCALIBRATED, UNFITTED_MECHAN
 LEVEL = 0.9
 SAMPLES = 32
 MAX_SAMPLES = 10_000  # each sample re-runs the whole simulation: beyond this a run looks like a hang
+
+
+class IntervalError(CalibrationError, ValueError):
+    """An interval asked for with a bad level, sample count or corner, or of a run that gave no number: a typed
+    error (one line, exit 2 in the CLI), and still the ValueError these checks raised before."""
 
 
 @dataclass(frozen=True)
@@ -158,10 +165,10 @@ def _perturb_collective(cp: CollectiveParams, op: str, f: Callable[[str], float]
 def interval_from_samples(point: float, samples: list[float], level: float = LEVEL, *, calibrated: bool = True,
                           note: str = "") -> Interval:
     """The interval around `point` that the sampled predictions give (see the module docstring)."""
+    z = z_of(level)
     xs = [math.log(s / point) for s in samples if s > 0 and point > 0]
     if len(xs) < 2:
         return Interval(point, point, point, level, calibrated, note)
-    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
     mu, sd = statistics.fmean(xs), statistics.stdev(xs)
     return Interval(point, point * math.exp(min(0.0, mu - z * sd)), point * math.exp(max(0.0, mu + z * sd)), level,
                     calibrated, note)
@@ -170,20 +177,30 @@ def interval_from_samples(point: float, samples: list[float], level: float = LEV
 def predict_interval(run: Callable[[Topology], float], topo: Topology, *, samples: int = SAMPLES,
                      level: float = LEVEL, seed: int = 0, point: float | None = None) -> Interval:
     """`run(topo)` with its interval: `run` re-run on `samples` perturbed copies of `topo`. `point`: `run(topo)`,
-    when the caller has it (see `intervals_over`)."""
+    when the caller has it (see `intervals_over`). `run` must return a finite number: a NaN made a NaN interval."""
     _check_samples(samples)
-    point = run(topo) if point is None else point
+    z_of(level)  # before the re-runs: a level outside (0, 1) once failed after them, or printed "0%"
+    point = _run_value(run(topo) if point is None else point, topo, "the point")
     rng = np.random.default_rng(seed)
     unc = uncertainty_of(topo)
-    draws = [run(perturbed(topo, rng, unc)) for _ in range(samples)]
+    draws = [_run_value(run(perturbed(topo, rng, unc)), topo, f"perturbed sample {i}") for i in range(samples)]
     return interval_from_samples(point, draws, level, calibrated=topo.calibration_id is not None,
                                  note=topo.calibration_note)
+
+
+def _run_value(value: Any, topo: Topology, which: str) -> float:
+    """What `predict_interval`'s (or `corner_interval`'s) run returned, as a float: a finite number, else an error
+    naming the value and the run (a NaN made a NaN interval, a string a TypeError deep in the arithmetic)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise IntervalError(f"interval on '{topo.name}': the run returned {value!r} for {which}; it must return a "
+                            "finite number (a time in seconds, a rate)")
+    return float(value)
 
 
 def _check_samples(samples: int) -> None:
     """An interval needs a spread: at least two re-runs (one gave the point itself, labelled 90%)."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"an interval needs at least 2 perturbed re-runs, got samples={samples!r}")
+        raise IntervalError(f"an interval needs at least 2 perturbed re-runs, got samples={samples!r}")
 
 
 def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, *, samples: int = SAMPLES,
@@ -192,6 +209,7 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
     `run(topo)`, when the caller has it already (a simulation is deterministic, so running it again gives the same
     numbers: on a 1,024-GPU sync that was one more whole sync per interval asked for)."""
     _check_samples(samples)
+    z_of(level)
     point = run(topo) if point is None else point
     rng = np.random.default_rng(seed)
     unc = uncertainty_of(topo)
@@ -207,9 +225,10 @@ CORNERS = ("slow", "fast")
 
 
 def z_of(level: float) -> float:
-    """The two-sided normal quantile of `level` (1.645 at 90%)."""
-    if not 0 < level < 1:
-        raise ValueError(f"interval level must lie in (0, 1), got {level!r}")
+    """The two-sided normal quantile of `level` (1.645 at 90%); a level outside (0, 1) has none (0 once made a
+    zero-width interval labelled 0%, 1.5 a StatisticsError)."""
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+        raise IntervalError(f"interval level must lie in (0, 1), got {level!r}")
     return statistics.NormalDist().inv_cdf(0.5 + level / 2)
 
 
@@ -226,7 +245,7 @@ def corner_topology(topo: Topology, corner: str = "slow", level: float = LEVEL,
     A mechanism without any fit (drawn one-sided by `perturbed`) is `UNFITTED_MECHANISM_SIGMA` slower at the
     slow corner and as fast as the copy engine at the fast one. Deterministic: no draws."""
     if corner not in CORNERS:
-        raise ValueError(f"corner must be one of {', '.join(CORNERS)}, got {corner!r}")
+        raise IntervalError(f"corner must be one of {', '.join(CORNERS)}, got {corner!r}")
     unc = unc or uncertainty_of(topo)
     z = z_of(level)
     toward = 1.0 if corner == "slow" else -1.0
@@ -326,6 +345,7 @@ def corner_intervals(run: Callable[[Topology], Mapping[str, float]], topo: Topol
     parameter (a longer latency that staggers copies and eases contention). The interval spans the point and
     both corners; when both corners land on one side of the point, the direction is unknown and it spans the
     larger deviation on both sides. `benchmarks/corner_vs_sampled.py` compares the two on study points."""
+    z_of(level)  # before the point run, which the corners' own check came after
     runs = corner_runs(run, topo, level=level, mirror=mirror)
     return intervals_from_corner_runs(runs, level=level, calibrated=topo.calibration_id is not None,
                                       note=topo.calibration_note)
@@ -333,8 +353,10 @@ def corner_intervals(run: Callable[[Topology], Mapping[str, float]], topo: Topol
 
 def corner_interval(run: Callable[[Topology], float], topo: Topology, *, level: float = LEVEL,
                     mirror: bool = False) -> Interval:
-    """`run(topo)` with its corner interval (`corner_intervals` for a single number)."""
-    return corner_intervals(lambda t: {"value": run(t)}, topo, level=level, mirror=mirror)["value"]
+    """`run(topo)` with its corner interval (`corner_intervals` for a single number); `run` must return a finite
+    number (a NaN point had no interval and gave a bare KeyError)."""
+    return corner_intervals(lambda t: {"value": _run_value(run(t), t, "a run (the point or a corner)")}, topo,
+                            level=level, mirror=mirror)["value"]
 
 
 def sample_count(text: str) -> int:

@@ -3,7 +3,8 @@
 Numbers are datasheet values scaled by the efficiencies in `specs.py` (public nvbandwidth /
 p2pBandwidthLatencyTest results on HGX H100: ~55 GB/s pinned H2D/D2H per GPU, ~390 GB/s NVLink P2P one way).
 A preset loads its bundled calibration profile (fitted by `validate` on the device machines) when one
-exists; pass `calibration=None` for datasheet-only behaviour or a path/profile to use another.
+exists; pass `calibration=None` for datasheet-only behaviour or a profile, its path or a bundled profile's name
+(`h200x2`) to use another.
 
 Layout assumptions, stated because they decide contention:
 - `hgx-h100-8`: two CPU sockets; four PCIe Gen5 switches, two GPUs and two RDMA NICs behind each, each switch
@@ -119,6 +120,7 @@ def hgx(model: str = "H200", gpus: int = 8, *, uplink_lanes: int = 16, name: str
         pcie_switches: bool = True) -> Topology:
     """One HGX baseboard: `gpus` SXM GPUs on NVSwitch; two sockets with PCIe switches shared by GPU pairs, or
     (`pcie_switches=False`) one socket with a PCIe link per GPU."""
+    _check_count("hgx gpus", gpus)
     if not 1 <= gpus <= 8:
         raise TopologyError(f"an HGX board holds 1..8 GPUs, not {gpus}")
     aliases = {"host": "host0"} if pcie_switches else {"host": "host0", "host1": "host0"}
@@ -130,11 +132,22 @@ def hgx(model: str = "H200", gpus: int = 8, *, uplink_lanes: int = 16, name: str
 
 
 def hgx_h100(gpus: int = 8) -> Topology:
+    """The `hgx-h100-8` preset (or fewer GPUs): two sockets, GPU pairs behind shared PCIe switches, as HGX H100
+    boards are usually built (see the module docstring for why that layout decides host-copy contention)."""
     return hgx("H100", gpus)
 
 
 def hgx_h200(gpus: int = 8) -> Topology:
+    """The `hgx-h200-8` preset (or fewer GPUs): the 8x H200 machines this project measures, one socket with a
+    PCIe link per GPU and NIC (what their `nvidia-smi topo -m` shows), not the H100 boards' shared switches."""
     return hgx("H200", gpus, pcie_switches=False)
+
+
+def _check_count(what: str, v: object) -> None:
+    """A count of GPUs, nodes, ... is a whole number: the comparisons and range() after it would raise a bare
+    TypeError for '8', and a bool is no count (cluster-Truex8)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TopologyError(f"{what}: expected a whole number, got {v!r}")
 
 
 def _pcie_box(name: str, model: str, n_gpus: int, nvlink_pairs: bool) -> Topology:
@@ -220,9 +233,7 @@ def cluster(nodes: int = 2, gpus_per_node: int = 8, *, fabric: str = FABRIC, mod
     """
     for what, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("nodes_per_leaf", nodes_per_leaf),
                     ("spines", spines)):
-        # range() below would raise a bare TypeError, and a bool is no count (cluster-Truex8)
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TopologyError(f"cluster {what}: expected a whole number, got {v!r}")
+        _check_count(f"cluster {what}", v)
     if nodes < 1:
         raise TopologyError(f"a cluster needs at least one node, not {nodes}")
     if not 1 <= gpus_per_node <= 8:  # each node is built as one HGX board, which `hgx` bounds the same way
@@ -295,12 +306,16 @@ CLUSTER_PATTERN = "cluster-NxG[-rail|-leaf-spine][-h100|-h200][-nicRg][-leafL][-
 
 
 def names() -> list[str]:
+    """Every preset name `get` accepts, clusters as their pattern: for help texts and 'known: ...' in errors."""
     return [*PRESETS, CLUSTER_PATTERN]
 
 
 def get(name: str, calibration: CalibrationArg | str = "default") -> Topology:
     """A preset by name, with its calibration: 'default' (the bundled profile, if any), None, a path or a profile.
     A cluster is named by its shortest spelling whichever was asked (`cluster-4x8-rail-h200` is `cluster-4x8-h200`)."""
+    if not isinstance(name, str):  # (the name pattern would raise a bare TypeError)
+        raise TopologyError(f"preset name: expected a string such as 'h200-2', got {name!r} (known: "
+                            f"{', '.join(names())})")
     if name in PRESETS:
         topo = PRESETS[name]()
     else:
@@ -343,6 +358,8 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
     """A preset name or a topology file path (relative to `base_dir`): the one way every entry point resolves a
     topology. 'default' calibration means the preset's bundled profile; a topology file gets none unless one
     is named, since the file describes a machine the bundled profiles were not measured on."""
+    if not isinstance(ref, str):  # (a bare TypeError or AttributeError below)
+        raise TopologyError(f"topology: expected a preset name or a topology file's path, got {ref!r}")
     path = Path(base_dir or ".") / ref
     if ref.endswith((".yaml", ".yml", ".json")) or path.exists():
         if path.is_dir():
@@ -357,8 +374,8 @@ def load(ref: str, calibration: CalibrationArg | str = "default", base_dir: str 
 
 def apply_calibration(topo: Topology, calibration: CalibrationArg | str, preset: str | None = None) -> Topology:
     """`topo` with a calibration: 'default' (the preset's bundled profile, where it has one), None or 'none' (the
-    datasheet figures: the word as every CLI's --calibration and a scenario's `calibration:` spell it), a profile, or
-    a profile's path."""
+    datasheet figures: the word as every CLI's --calibration and a scenario's `calibration:` spell it), a profile, a
+    profile's path, or a bundled profile's name (`h200x2`; `calibration.profile_file`)."""
     if calibration is None or calibration == NO_CALIBRATION:
         return topo
     if isinstance(calibration, CalibrationProfile):

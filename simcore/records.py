@@ -7,8 +7,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
+from .errors import ScenarioError
+
 if TYPE_CHECKING:  # pandas (and pyarrow under it) take ~0.2 s to import; a sync run from the CLI needs neither
     import pandas as pd
+
+
+class UnknownIdError(ScenarioError, KeyError):
+    """An id that names no item (`Result[id]`, `Simulation.rate_segments`): a `ScenarioError`, so one line that
+    names the id and what exists (exit 2 in the CLI), and a `KeyError`, as a lookup by key raised before, so
+    `except KeyError` still catches it. Shown as its message, not as a KeyError's quoted repr."""
+
+    __str__ = ScenarioError.__str__
+
+
+def unknown_id(problem: str, ids: Sequence[str]) -> UnknownIdError:
+    """The error for an id that is not among `ids`: `problem` (which names it), then what exists, compactly (the
+    first few and how many in all: a large run has 10^6)."""
+    shown = ", ".join(ids[:5]) + (f", ... ({len(ids):,} in all)" if len(ids) > 5 else "")
+    return UnknownIdError(f"{problem} (ids: {shown or 'none'})")
 
 
 @dataclass
@@ -122,23 +139,30 @@ class Result:
 
     @property
     def makespan_s(self) -> float:
+        """When the last item finished (0 for none): the run's length, from t = 0. A compiled run's comes from its
+        finish times without making the records."""
         if isinstance(self.records, LazyRecords):
             return max(self.records.finish_times(), default=0.0)
         return max((r.finish_s for r in self.records), default=0.0)
 
     @property
     def transfers(self) -> list[Record]:
+        """The transfers' records, in declaration order (what `to_dict` lists)."""
         return [r for r in self.records if r.kind == "transfer"]
 
     @property
     def tasks(self) -> list[Record]:
+        """The records of everything that is not a transfer (compute tasks and software delays), in declaration
+        order."""
         return [r for r in self.records if r.kind != "transfer"]
 
     def __getitem__(self, record_id: str) -> Record:
+        """The record of item `record_id` (a linear search: for many lookups build a dict from `records`). An id it
+        lacks raises `UnknownIdError` (a `KeyError`) naming the id and the ids there are."""
         for r in self.records:
             if r.id == record_id:
                 return r
-        raise KeyError(record_id)
+        raise unknown_id(f"no record '{record_id}' in this result", [r.id for r in self.records])
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON contract of `fabricsim simulate --json` (DESIGN.md), plus, only when the scenario has
@@ -158,6 +182,7 @@ class Result:
         return out
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON: the text `fabricsim simulate --json` prints."""
         return json.dumps(self.to_dict(), indent=2)
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -202,6 +227,8 @@ class Result:
         return out
 
     def write_trace(self, path: str) -> None:
+        """Write a Perfetto / chrome://tracing JSON trace of the run to `path` (`simcore.trace`), to see which copy
+        waited on which link."""
         from .trace import write_perfetto
 
         write_perfetto(self, path)

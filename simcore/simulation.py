@@ -31,6 +31,8 @@ import simpy
 from simpy.events import PENDING
 
 from fabricsim.errors import TopologyError
+from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import MECHANISMS as FITTED_MECHANISMS
 from fabricsim.hwmodels.topology import Path, PathShape, Topology, path_bandwidth_Bps
 
 from .clock import timeout_at
@@ -42,7 +44,7 @@ from .lowering import RecordMaker, record, run_compiled
 from .memory import MemoryPool
 from .progress import Progress
 from .progress import enabled as progress_enabled
-from .records import LazyRecords, Record, Result
+from .records import LazyRecords, Record, Result, unknown_id
 from .routes import RouteTable
 from .units import (
     MAX_BYTES,
@@ -59,6 +61,10 @@ from .units import (
 
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
+# how a copy is done: the copy engine on pinned memory, or a mechanism a profile fits (`Topology.path`); the same
+# rule as a scenario file's `mechanism` (`scenario.MECHANISMS`, which tests/test_api_typed_errors.py compares)
+MECHANISMS = ("ce", *FITTED_MECHANISMS)
+ENDPOINT_NAMES = "host, gpuN, nvmeN, nodeK.gpuN"  # what an endpoint looks like, for errors that want one
 _INF = float("inf")
 _NO_CALLBACKS: tuple = ()  # a declared item's event before anyone asked for its callback list
 _CALLBACK_LIST = operator.attrgetter("_callbacks")  # truthy where a callback was added (`_Declared.waited_on`)
@@ -69,9 +75,18 @@ PROGRESS_EVERY = (1 << 12) - 1  # declared items between looks at the progress l
 
 
 class Simulation:
-    """A run of transfers and tasks on one topology. Deterministic: same calls, same result."""
+    """A run of transfers and tasks on one topology. Deterministic: same calls, same result.
 
-    def __init__(self, topology: Topology, *, record_load: bool = True, record_rates: bool = False) -> None:
+    Ids name items (`after=`, `done`, `Result[id]`): any other value given as an id (`transfer(5, ...)`) is
+    converted with str(), as a scenario file's ids are, and found again either way (`after=[5]` or `["5"]`)."""
+
+    def __init__(self, topology: Topology | str | os.PathLike[str], *, record_load: bool = True,
+                 record_rates: bool = False) -> None:
+        """`topology`: a `Topology` (`presets.get(name)`, a topology file's `presets.load(path)`), or a preset name
+        or topology file path, loaded by `presets.load` as every entry point loads one (a preset with its bundled
+        calibration): `Simulation("h200-2")` is a natural first call."""
+        if not isinstance(topology, Topology):
+            topology = _topology_of(topology)
         self.topology = topology
         self.env = simpy.Environment()
         caps = topology.resources()
@@ -110,7 +125,10 @@ class Simulation:
                  fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None,
                  mechanism: str = "ce", setup_s: float = 0.0, setup_id: str | None = None) -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
-        (`ce`, or `pageable`/`sm` where the profile fitted them) picks how the copy is done (`Topology.path`).
+        (`ce`, `pageable` or `sm`) picks how the copy is done (`Topology.path`); one the profile did not fit for
+        the copy's path class takes the copy engine's parameters (`Topology.fits` says which: the CLI's "no fit"
+        note). `after`: ids and events to wait for, each declared before this call; a lone id or event is a list
+        of one, as a scenario file's `after: t1` is.
 
         `setup_s`: software work between `after` and the copy queueing on its engine (per-tensor handling, a
         pipeline's fill). Where the copy queues on no engine it is part of its latency, one item; where it does, a
@@ -132,7 +150,10 @@ class Simulation:
                 rid, nbytes, rate_cap_Bps, weight, fixed_cost_s, start)
         if self.topology._path_cache is not self._shapes_of:  # tested here: this runs once per transfer
             self._keep_current()
-        shape = self._shapes.get((src, dst, mechanism))
+        try:
+            shape = self._shapes.get((src, dst, mechanism))
+        except TypeError:  # an unhashable endpoint or mechanism: `_shape` names it
+            shape = None
         if shape is None:
             shape = self._shape(rid, src, dst, mechanism)
         psrc, pdst, cls, nodes, latency, cap, sized, path_engine, route = shape
@@ -180,7 +201,7 @@ class Simulation:
         tuple or list of 4 to 6 fields is refused before anything is declared."""
         copies = copies if type(copies) is list else list(copies)
         if type(after) is not list and type(after) is not tuple:
-            after = list(after)
+            after = _dep_list("transfers", after)
         if type(lanes) is not int or lanes < 0:
             raise ScenarioError(f"transfers: lanes must be a whole number >= 0, got {lanes!r}")
         _check_copies(copies)
@@ -205,7 +226,10 @@ class Simulation:
             else:
                 rid, src, dst, nbytes, setup_s = c[0], c[1], c[2], c[3], c[4]
             tb = type(nbytes)
-            shape = shapes.get((src, dst, mechanism))
+            try:
+                shape = shapes.get((src, dst, mechanism))
+            except TypeError:  # an unhashable endpoint: `transfer` names it
+                shape = None
             if (type(rid) is not str or rid in done_map or not ((tb is int or tb is float) and 0 < nbytes <= MAX_BYTES)
                     or (setup_s and not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS
                                          and shape is not None and shape[7] is None))):
@@ -364,7 +388,7 @@ class Simulation:
     def done(self, id: str) -> simpy.Event:
         """The completion event of an earlier transfer/task/delay."""
         try:
-            return self._done[id]
+            return self._done[id if type(id) is str else str(id)]  # (ids are kept as str(): the class docstring)
         except KeyError:
             raise ScenarioError(f"unknown transfer or task '{id}'") from None
 
@@ -426,7 +450,7 @@ class Simulation:
         else:  # a declared item that never ran as a simpy flow (it is still declared, or ran compiled)
             ev = self._done.get(id)
             if type(ev) is not _Declared or self._work[ev.item][2] < 0:
-                raise KeyError(id)  # no flow of that id
+                raise unknown_id(f"rate segments: '{id}' is no flow of this simulation", list(self._done))
             segs = None if self._deferred is None else [] if self._record_rates else None
         if segs is None:
             raise ScenarioError("rate segments were not recorded: create the Simulation with record_rates=True")
@@ -442,7 +466,15 @@ class Simulation:
 
     def _shape(self, rid: str, src: str, dst: str, mechanism: str) -> tuple:
         """What copies src -> dst by `mechanism` share, kept for the next such copy: (src, dst, path class, nodes,
-        latency, rate cap, the `PathShape` when the cap depends on the size, else None, engine, route number)."""
+        latency, rate cap, the `PathShape` when the cap depends on the size, else None, engine, route number).
+        `mechanism` and the endpoints' types are checked here, once per distinct (src, dst, mechanism), not per copy:
+        'dma' ran as a copy-engine copy, a None endpoint raised a TypeError."""
+        if mechanism not in MECHANISMS:
+            raise ScenarioError(f"transfer '{rid}': mechanism: {mechanism!r} is not one of {', '.join(MECHANISMS)}")
+        for what, end in (("src", src), ("dst", dst)):
+            if not isinstance(end, str):
+                raise ScenarioError(f"transfer '{rid}': {what}: expected an endpoint name ({ENDPOINT_NAMES}), "
+                                    f"got {end!r}")
         try:
             fields = self.topology.shape_fields(src, dst, mechanism)
         except TopologyError as exc:
@@ -477,9 +509,9 @@ class Simulation:
     def _add(self, item: tuple, after: Iterable[Dep]) -> simpy.Event:
         """Declare one item, given as a `Work` tuple less its dependencies (route -1: no flow): kept while
         everything is declarative, else launched as a simpy process."""
-        if type(after) is not list and type(after) is not tuple:
-            after = list(after)
         rid = item[8]
+        if type(after) is not list and type(after) is not tuple:
+            after = _dep_list(rid, after)
         if self._deferred is not None:
             deps = self._dep_indices(rid, after) if after else ()
             if deps is not None:
@@ -530,9 +562,9 @@ class Simulation:
             elif isinstance(a, simpy.Event):
                 return None
             else:
-                done = self._done.get(a)
+                done = self._done.get(a) if type(a) is str else None
                 if done is None:
-                    raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
+                    done = self._dependency(rid, a)
                 out.append(done.item)
         return tuple(out)
 
@@ -554,11 +586,29 @@ class Simulation:
         for a in after:
             if isinstance(a, simpy.Event):
                 deps.append(a)
-            elif a in self._done:
-                deps.append(self._done[a])
             else:
-                raise ScenarioError(f"'{rid}' waits for unknown id '{a}'")
+                done = self._done.get(a) if type(a) is str else None
+                deps.append(self._dependency(rid, a) if done is None else done)
         return deps
+
+    def _dependency(self, rid: str, a: Any) -> simpy.Event:
+        """The event of the item that dependency `a` of `rid` names, where a plain lookup of `a` found none: an id
+        given as a number (ids are kept as str()), else an error saying why there is none. Items are declared in
+        order and wait only for ones declared before them (unlike a scenario file's, which are sorted), so an id
+        not there yet is 'not declared (yet)', and `rid` itself is waiting for itself."""
+        if isinstance(a, str):
+            key = a
+        elif isinstance(a, int) and not isinstance(a, bool):
+            key = str(a)
+        else:
+            raise ScenarioError(f"'{rid}' after: expected ids and events, got {a!r}")
+        done = self._done.get(key)
+        if done is not None:
+            return done
+        if key == rid:
+            raise ScenarioError(f"'{rid}' waits for itself")
+        raise ScenarioError(f"'{rid}' waits for unknown id '{key}': not declared (yet); declare an item before the "
+                            "items that wait for it")
 
     def _engine(self, name: str) -> FifoEngine:
         queue = self._engines.get(name)
@@ -579,6 +629,27 @@ def _record_load(names: list[str], store: dict[str, list[tuple[float, float]]], 
                 series.pop()
         elif not series or series[-1][1] != v:
             series.append((now, v))
+
+
+def _topology_of(ref: Any) -> Topology:
+    """`Simulation`'s topology given by name or path, loaded by `presets.load`; anything else is refused in one line
+    (`Simulation(None)` was an AttributeError on `resources`)."""
+    if isinstance(ref, str | os.PathLike):
+        return presets.load(os.fspath(ref))
+    raise ScenarioError(f"Simulation: expected a Topology (presets.get(name)), a preset name or a topology file's "
+                        f"path, got {ref!r}")
+
+
+def _dep_list(rid: str, after: Any) -> list:
+    """`after` that is not a list or tuple, as a list: a lone id or event is a list of one (a scenario file reads
+    `after: t1` so; a string was read character by character, 'ab' as 'a' and 'b'), any other iterable its items,
+    anything else an error naming `rid`."""
+    if isinstance(after, str | simpy.Event) or (isinstance(after, int) and not isinstance(after, bool)):
+        return [after]
+    try:
+        return list(after)
+    except TypeError:
+        raise ScenarioError(f"'{rid}' after: expected a list of ids or events, got {after!r}") from None
 
 
 def _plain(x: Any) -> Any:

@@ -575,12 +575,18 @@ def _resume(gen: Generator, first: simpy.Event) -> Generator:
             return stop.value
 
 
-def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
-    """Plan, check feasibility, run the strategy's procedure and collect its metrics.
+def simulate_sync(setup: SyncSetup, strategy: Strategy | str, *, keep_result: bool = False) -> SyncResult:
+    """Plan, check feasibility, run the strategy's procedure and collect its metrics. `strategy`: a `Strategy`, or
+    a name the registry knows (`"rdma-p2p"`, `"delta:nccl-broadcast"`), taken with its default knobs as
+    `fabricsim sync NAME` takes it (`registry.get`).
 
     Infeasible configurations (see `InfeasibleError`) come back as `SyncResult(feasible=False, reason=...)`
     without running anything; malformed input (unknown names, degrees that don't divide) raises.
     """
+    if not isinstance(strategy, Strategy):
+        strategy = _strategy_of(strategy)
+    if not isinstance(setup, SyncSetup):  # (an AttributeError deep in the planning)
+        raise WorkloadError(f"simulate_sync: expected a SyncSetup, got {type(setup).__name__}")
     plan = reshard(setup.model, setup.trainer, setup.rollout)
     label = strategy.label + ("+fp8" if setup.wire_dtype != setup.model.dtype else "")
     local_step = local_decode_step(setup)
@@ -627,6 +633,16 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
 
     with gc_paused():
         return _simulate(setup, strategy, plan, label, base, resident, extra, keep, keep_result)
+
+
+def _strategy_of(spec: Any) -> Strategy:
+    """`simulate_sync`'s strategy given by name, through the registry as the CLI looks it up (imported here: the
+    registry imports every strategy module, and they import this one); anything else is refused in one line."""
+    if isinstance(spec, str):
+        from .registry import get
+
+        return get(spec)
+    raise WorkloadError(f"simulate_sync: expected a Strategy or a strategy's name (registry.names()), got {spec!r}")
 
 
 def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: str, base: SyncResult,
