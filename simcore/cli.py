@@ -99,8 +99,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     p.add_argument("--perfetto", metavar="PATH", help="write a Perfetto/Chrome trace JSON here")
     p.add_argument("--force", action="store_true", help="replace the --perfetto file if it exists")
-    p.add_argument("--calibration", metavar="PATH", help="calibration profile path, or 'none' for the datasheet "
-                   "figures (overrides the scenario's)")
+    p.add_argument("--calibration", metavar="PATH", help="calibration profile: a path, a bundled profile's name "
+                   "(h200x2), or 'none' for the datasheet figures (overrides the scenario's)")
     p.add_argument("--samples", type=sample_count, default=SAMPLES, metavar="N",
                    help="perturbed re-runs for the makespan's 90%% interval, 0 for none (default: %(default)s)")
     p.set_defaults(func=_simulate)

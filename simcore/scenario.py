@@ -24,6 +24,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError, TopologyError
 from fabricsim.hwmodels import presets
+from fabricsim.hwmodels.calibration import bundled_names
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
@@ -33,13 +34,12 @@ from fabricsim.hwmodels.topology import Topology
 from .collectives import OPS, ring_copy_id, ring_schedule, schedule_collective
 from .errors import ScenarioError
 from .records import Result
-from .simulation import Simulation
+from .simulation import MECHANISMS, Simulation
 from .units import check_rate, check_weight, parse_bytes, parse_seconds
 
 _TOP_KEYS = {"topology", "calibration", "transfers", "tasks", "collectives", "name", "description"}
 _TRANSFER_KEYS = {"id", "src", "dst", "bytes", "start", "after", "engine", "rate_cap_GBps", "weight",
                   "fixed_cost_s", "tag", "mechanism"}
-MECHANISMS = ("ce", "pageable", "sm")  # how a copy is done; a profile fits pageable and sm (Topology.path)
 _TASK_KEYS = {"id", "gpu", "flops", "bytes", "dtype", "start", "after", "tag"}
 _COLLECTIVE_KEYS = {"id", "op", "gpus", "bytes", "start", "after", "tag"}
 
@@ -59,8 +59,11 @@ class Scenario:
         # A --calibration given by the caller is relative to the working directory; the scenario's own
         # `calibration:` is relative to the scenario file.
         cal: Any = calibration
-        if cal is None and self.calibration is not None:  # 'none' is no profile, not a file of that name
-            cal = self.calibration if self.calibration == NO_CALIBRATION else str(self.base_dir / self.calibration)
+        if cal is None and self.calibration is not None:
+            # a file beside the scenario, else 'none' (no profile) or a bundled profile's name, as on the command line
+            beside = self.base_dir / self.calibration
+            cal = str(beside) if beside.exists() or self.calibration not in (NO_CALIBRATION, *bundled_names()) \
+                else self.calibration
         try:
             return presets.load(self.topology, "default" if cal is None else cal, base_dir=self.base_dir)
         except FabricsimError as exc:

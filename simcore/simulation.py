@@ -61,8 +61,8 @@ from .units import (
 
 Dep = str | simpy.Event
 LOOPS = ("auto", "compiled", "simpy")
-# how a copy is done: the copy engine on pinned memory, or a mechanism a profile fits (`Topology.path`); the same
-# rule as a scenario file's `mechanism` (`scenario.MECHANISMS`, which tests/test_api_typed_errors.py compares)
+# how a copy is done: the copy engine on pinned memory, or a mechanism a profile fits (`Topology.path`); a scenario
+# file's `mechanism` is checked against this list too
 MECHANISMS = ("ce", *FITTED_MECHANISMS)
 ENDPOINT_NAMES = "host, gpuN, nvmeN, nodeK.gpuN"  # what an endpoint looks like, for errors that want one
 _INF = float("inf")

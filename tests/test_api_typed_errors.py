@@ -18,8 +18,7 @@ from fabricsim.errors import CalibrationError, TopologyError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import bundled_names, load_profile
 from fabricsim.hwmodels.intervals import corner_interval, predict_interval
-from fabricsim.simcore import ScenarioError, Simulation, scenario
-from fabricsim.simcore import simulation as simulation_module
+from fabricsim.simcore import ScenarioError, Simulation
 from fabricsim.simcore.records import Result, UnknownIdError
 from fabricsim.workloads import models
 from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
@@ -49,10 +48,6 @@ def test_an_unknown_mechanism_is_refused_as_a_scenario_file_refuses_it(mechanism
                 sim.transfer("a", "host", "gpu1", 1 << 30, mechanism=mechanism)
         one_line(err, "transfer 'a': mechanism:", f"{mechanism!r} is not one of ce, pageable, sm")
         assert not sim._deferred
-
-
-def test_the_api_and_scenario_files_know_the_same_mechanisms() -> None:
-    assert simulation_module.MECHANISMS == scenario.MECHANISMS
 
 
 # ------------------------------------------------------------------------------------------------ after

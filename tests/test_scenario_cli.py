@@ -329,3 +329,24 @@ def test_the_rate_while_moving_leaves_out_the_fixed_cost(tmp_path, capsys):
     sim.transfer("t", "gpu0", "host", 1e9)
     r = sim.run()["t"]
     assert rates == [round(1e9 / (r.finish_s - r.latency_s) / 1e9, 1)] * 2
+
+
+def test_a_scenario_names_a_bundled_profile_from_any_folder(tmp_path, capsys, monkeypatch):
+    """`calibration: h200x2` in a scenario was read as a file beside the scenario, so it worked only when the
+    scenario sat in the working folder; a file of that name beside it still wins."""
+    sub = tmp_path / "rt"
+    sub.mkdir()
+    text = GOOD.replace("hgx-h200-8", "h200-2").replace("transfers:", "calibration: h200x2\ntransfers:")
+    p = write(sub, text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "rt/s.yaml", "--samples", "0", "--json"]) == 0
+    assert load_scenario(p).load_topology().calibration_id == presets_profile_id("h200x2")
+    (sub / "h200x2").write_text("not a profile")
+    assert main(["simulate", "rt/s.yaml", "--samples", "0"]) == 2
+    assert "rt/h200x2" in capsys.readouterr().err
+
+
+def presets_profile_id(name: str) -> str:
+    from fabricsim.hwmodels.calibration import load_profile
+
+    return load_profile(name).id
