@@ -434,14 +434,41 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in RESERVED_COLUMNS]
 
 
+# What one stored value is a value of: a run writing rows with the same key again re-states it (`newest_runs`)
+POINT_KEY = ("study", "point_id", "source", "metric", "calibration_id")
+
+
+def newest_runs(df: pd.DataFrame, key: Sequence[str] = POINT_KEY) -> pd.DataFrame:
+    """The rows of `df` from each (study, point, source, metric, calibration)'s newest run only (newest by
+    `created_at`, then run id), in their order.
+
+    Why: the store keeps every run (it never overwrites), so re-running a study, re-reporting a measurement
+    (`fabricsim report` stores its measured rows each time) or importing the same measurements again adds rows
+    that state the same values again; counted as more data, one measurement would be averaged with itself and
+    `n_measured` would grow with every run. It is the rule `results show` applies (a point run twice shows its
+    newest value), here per calibration so that predictions of several profiles stay side by side. A new
+    measurement of the same point replaces the older one; repeated measurements that should be averaged are
+    separate points (their own point ids), or rows of one run. Frames without `run_id` come back unchanged."""
+    keys = [c for c in key if c in df.columns]
+    if df.empty or "run_id" not in df.columns or "point_id" not in keys:
+        return df
+    order = ["created_at", "run_id"] if "created_at" in df.columns else ["run_id"]
+    ranked = df.sort_values(order, kind="stable", na_position="first")
+    newest = ranked.groupby(keys, dropna=False, sort=False)["run_id"].transform("last")
+    return ranked[ranked["run_id"] == newest].sort_index()
+
+
 def compare(df: pd.DataFrame, on: Iterable[str] | None = None) -> pd.DataFrame:
     """Join simulated and measured rows of the same scenario: one row per (study, topology, params, metric)
     with `predicted` (sim), `measured` (hw mean), `n_measured` and `rel_error` = predicted/measured - 1.
 
-    Scenario keys are the parameters measured rows carry (or `on`); repeated measurements are averaged,
-    predictions are kept per calibration (the column `calibration_id` says which one).
+    Scenario keys are the parameters measured rows carry (or `on`); measured points of one scenario are averaged
+    and counted in `n_measured`, predictions are kept per calibration (the column `calibration_id` says which
+    one). A point stored by several runs counts once, by its newest run (`newest_runs`): re-running a report or
+    a study, or importing the same measurements twice, leaves the table as it was.
     """
     ok = df[df["error"].isna()] if "error" in df.columns else df
+    ok = newest_runs(ok)
     sim = ok[ok["source"] == "sim"]
     hw = ok[ok["source"] == "hw"]
     if on is None:

@@ -212,6 +212,32 @@ def test_compare_joins_sim_and_hw_on_the_same_scenario(tmp_path: Path) -> None:
         compare(store.load("a"), on=["nope"])
 
 
+def test_compare_counts_a_point_stored_by_several_runs_once(tmp_path: Path) -> None:
+    """Re-storing the same measurement (a report run again, a file imported again under another run id) and
+    re-running the sweep leave compare as it was: each point counts by its newest run. Measured points of one
+    scenario within a run are still averaged; a newer measurement of a point replaces the older one."""
+    store = ResultsStore(tmp_path)
+    store.write(_rows("a", "r1", 4), study="a")
+
+    def hw(run: str, v: float, when: str) -> list[dict]:
+        return [make_row(study="a", run_id=run, point_id=f"m1{k}", params={"size": 1, "topology": "h100-1"},
+                         metric="t", value=v + k / 10, unit="s", source="hw", created_at=pd.Timestamp(when))
+                for k in range(2)]
+
+    store.write(hw("h1", 0.2, "2026-01-01T00:00Z"), study="a")
+    once = compare(store.load("a"))
+    assert once["n_measured"].tolist() == [2] and once["measured"].tolist() == [pytest.approx(0.25)]
+    store.write(hw("h2", 0.2, "2026-01-02T00:00Z"), study="a")  # the same measurement, stored again
+    store.write(_rows("a", "r2", 4), study="a")  # the sweep run again
+    pd.testing.assert_frame_equal(compare(store.load("a")), once)
+    store.write(hw("h3", 0.4, "2026-01-03T00:00Z"), study="a")  # a newer measurement of the same points
+    again = compare(store.load("a"))
+    assert again["n_measured"].tolist() == [2] and again["measured"].tolist() == [pytest.approx(0.45)]
+    other = [{**r, "calibration_id": "cal-b"} for r in _rows("a", "r3", 4)]
+    store.write(other, study="a")  # another profile's predictions stay beside the first's
+    assert sorted(compare(store.load("a"))["calibration_id"]) == ["cal-b", "uncalibrated"]
+
+
 def test_default_root_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("FABRICSIM_STORE", raising=False)
     assert default_store_root() == Path("results")
