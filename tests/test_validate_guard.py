@@ -19,10 +19,8 @@ import pytest
 
 from fabricsim.hwmodels.calibration import bundled_profile_path, load_profile
 from fabricsim.validate.cases import HELD_OUT
-from fabricsim.validate.fit.report import compare, load_summary, summarise
+from fabricsim.validate.fit.report import AIM_NCCL, compare, load_summary, summarise
 from fabricsim.validate.measurements import load_measurements, with_split
-
-AIM_NCCL = 0.10
 
 
 def no_regression(recorded: float, slack: float) -> float:

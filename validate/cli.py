@@ -48,8 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    "whose software_costs the fit updates")
     c.add_argument("--force", action="store_true", help="replace the profile file if it exists")
     c.add_argument("--id", default=None, help="profile id (default: derived from the machine and date)")
-    c.add_argument("--split", choices=("current", "file"), default="current",
-                   help="which calibration/held-out split: today's case list (default) or the one in the file")
+    c.add_argument("--split", choices=("current", "file"), default=None,
+                   help="which calibration/held-out split: today's case list (default) or the one in the file; "
+                        "recorded in the profile, and `report` judges with it (a workload measurement always uses "
+                        "its file's)")
     c.add_argument("--base", default=None, metavar="PROFILE",
                    help="derive from this profile (a bundled name such as h200x2, or a file): what MEASURED covers is "
                         "refitted, the rest kept (e.g. after `validate --suite quick` on a new machine)")
@@ -66,8 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--store", default=None, help="results store folder (default: $FABRICSIM_STORE or ./results)")
     r.add_argument("--no-store", action="store_true", help="do not write rows to the results store")
     r.add_argument("--force", action="store_true", help="replace the report folder if it exists")
-    r.add_argument("--split", choices=("current", "file"), default="current",
-                   help="which calibration/held-out split: today's case list (default) or the one in the file")
+    r.add_argument("--split", choices=("current", "file"), default=None,
+                   help="which calibration/held-out split: today's case list or the one in the file (default: the "
+                        "one the profile was fitted with; one that would count a case the profile was fitted on as "
+                        "held out is refused)")
     r.set_defaults(func=_cmd_report)
 
 
@@ -99,14 +103,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if len(args.measured) > 1:
             raise MeasurementError(f"{workload[0]}: a workload measurement is fitted alone (its software costs go "
                                    "into an existing profile); give it without other files")
+        if args.split is not None:  # said, not ignored: the fit would not follow it
+            raise MeasurementError(f"{workload[0]}: --split does not apply to a workload measurement (its calibration "
+                                   "cases are the ones its file records); leave it out")
         print(calibrate_workloads(args.measured[0], args.profile))
         return 0
     from fabricsim.validate.fit.calibrate import calibrate_file
 
     refuse_overwrite(args.profile, args.force, "profile", inputs=args.measured)
-    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split, base=args.base,
-                             note=args.note)
-    print(f"profile {profile.id} written to {args.profile}")
+    profile = calibrate_file(args.measured, args.profile, profile_id=args.id, split=args.split or "current",
+                             base=args.base, note=args.note)
+    moved = profile.provenance.get("split_changed_from_file") or []
+    print(f"profile {profile.id} written to {args.profile} (split {profile.provenance.get('split')}"
+          + (f": {len(moved)} cases judged by today's case list, not the file's" if moved else "") + ")")
     return 0
 
 

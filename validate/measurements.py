@@ -17,9 +17,10 @@ file fails with a one-line error rather than a traceback deep in a fit. Imports 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .errors import MeasurementError
 FORMAT = "fabricsim-measurements"
 FORMAT_VERSION = 1
 GROUPS = ("copies", "nccl", "ipc")
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository (or installed package) this module lives in
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> None:
@@ -103,6 +105,27 @@ def with_split(m: Measurements, which: str) -> tuple[Measurements, list[str]]:
             c = {**c, "split": split}
         doc["cases"].append(c)
     return Measurements(doc, m.source), changed
+
+
+def measurements_sha256(paths: Sequence[str | Path]) -> str:
+    """sha256 of the measurement files' bytes in order (a folder: its `measured.json`). A profile records it
+    (`provenance.measurements_sha256`) so that `report` can tell whether the profile was fitted on the very file
+    it judges, whatever the file is called or where it lies."""
+    return hashlib.sha256(b"".join((Path(p) / "measured.json" if Path(p).is_dir() else Path(p)).read_bytes()
+                                   for p in paths)).hexdigest()
+
+
+def recorded_path(path: str | Path) -> str:
+    """How a profile's provenance names an input it was fitted on: relative to the checkout where the input lies
+    inside it (the committed data, e.g. `validate/data/h200x1-workloads`, however the path was typed and whichever
+    folder the command ran from), else relative to the working folder, else its name alone, as `measurements`
+    names its file. Never one machine's absolute path: regenerating a committed profile from another folder must
+    reproduce it byte for byte (but for `fitted_at`)."""
+    p = Path(path).resolve()
+    for root in (CHECKOUT, Path.cwd().resolve()):
+        if p.is_relative_to(root) and p != root:
+            return p.relative_to(root).as_posix()
+    return p.name
 
 
 def _fail(where: str, what: str) -> MeasurementError:

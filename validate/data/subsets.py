@@ -2,8 +2,8 @@
 `summary.json` holds) and the copy-engine + NCCL subset (less the `*-pageable` and `sm-*` patterns), with the
 share inside the 90% interval; the same statistics as `fabricsim report` (`validate/fit/report.py` `_stats`).
 
-    python validate/data/subsets.py validate/data/*/report/errors.csv validate/data/h200x1/*/errors.csv \
-        validate/data/h200x1/*/report/errors.csv
+    python validate/data/subsets.py validate/data/*/report/errors.csv \
+        validate/data/h200x1/report-h200x2-profile/errors.csv validate/data/h200x1/*/report/errors.csv
 """
 
 from __future__ import annotations

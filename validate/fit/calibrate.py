@@ -28,7 +28,6 @@ profile records what it was fitted on, from which file, with which split, and th
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.validate.cases import CALIBRATION, NCCL_OPS, Case
 from fabricsim.validate.gpu.measure import IPC_CLOSE_TIMING
-from fabricsim.validate.measurements import Measurements, with_split
+from fabricsim.validate.measurements import Measurements, measurements_sha256, with_split
 
 from .imports import load_any, merge
 from .mechanisms import MECHANISM_MAX_EFFICIENCY, fit_collective, fit_path, linear_fit, lone_ce, lone_copies
@@ -458,8 +457,8 @@ def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, 
     profile atomically; returns it. `note` goes into the provenance as said."""
     paths = [Path(p) for p in (measured if isinstance(measured, list) else [measured])]
     m = merge([load_any(p) for p in paths])
-    sha = hashlib.sha256(b"".join((p / "measured.json" if p.is_dir() else p).read_bytes() for p in paths)).hexdigest()
-    profile = calibrate(m, profile_id=profile_id, source_sha256=sha, split=split, base=load_base(base))
+    profile = calibrate(m, profile_id=profile_id, source_sha256=measurements_sha256(paths), split=split,
+                        base=load_base(base))
     if note:
         profile = _profile(profile, provenance={**profile.provenance, "note": note})
     out = Path(out)

@@ -20,11 +20,11 @@ from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES, PRESET_FOR
-from fabricsim.validate.measurements import write_json_atomic
+from fabricsim.validate.measurements import recorded_path, write_json_atomic
 from fabricsim.validate.workload_cases import CALIBRATION, HELD_OUT, MODELS, MULTI_GPU_MECHS
 from fabricsim.validate.workloads_file import WorkloadMeasurements, load_workloads
 
-from .report import write_report_folder
+from .report import pct_beside, write_report_folder
 from .workloads_fit import costs_from_profile, fit_costs, profile_with_costs
 from .workloads_sim import WorkloadCosts, measured_observables, simulate_workload
 
@@ -85,11 +85,31 @@ def calibrate_workloads(measured: str | Path, profile_path: str | Path) -> str:
     base = load_profile(profile_path)
     topo, _ = topology_for(m, base)
     fit = fit_costs(m, topo)
-    profile_with_costs(base, fit, str(measured)).save(profile_path)
+    profile_with_costs(base, fit, recorded_path(measured)).save(profile_path)
     worst = max((abs(v) for v in fit.residuals.values()), default=0.0)
     return (f"software costs of {len(fit.costs.values)} code paths fitted on "
             f"{len({i for ids in fit.fitted_on.values() for i in ids})} calibration cases into {profile_path} "
             f"(worst calibration log ratio {worst:.3f})")
+
+
+def check_fit_split(m: WorkloadMeasurements, profile: CalibrationProfile) -> str | None:
+    """Refuse to judge a workload measurement with software costs fitted on some of its held-out cases; returns
+    a note where that cannot be checked. Why: a cost fitted on a case and then judged on it reads as a held-out
+    hit. The profile's `provenance.workload_fit` says which file (`source`, as `recorded_path` writes it) and
+    which cases (`fitted_on`) the costs came from; only cases of that same file can have been fitted on."""
+    fit = (profile.provenance or {}).get("workload_fit") or {}
+    fitted = {cid for ids in (fit.get("fitted_on") or {}).values() for cid in ids}
+    if not fit.get("source") or not fitted:
+        return (f"profile '{profile.id}' does not record which workload measurement and cases its software costs were "
+                "fitted on (provenance.workload_fit): it cannot be checked that no held-out case here was fitted on")
+    if fit["source"] not in (recorded_path(m.source), recorded_path(Path(m.source).parent)):
+        return None  # fitted on another measurement: every case here is new to the fit
+    leaked = sorted(c.id for c in m.cases if c.split == HELD_OUT and c.id in fitted)
+    if leaked:
+        raise CalibrationError(f"{m.source}: profile '{profile.id}' fitted its software costs on {len(leaked)} cases "
+                               f"this file calls held-out (e.g. {leaked[0]}; the file's split changed since the fit?): "
+                               f"refit with `fabricsim calibrate {fit['source']} PROFILE`")
+    return None
 
 
 def compare(m: WorkloadMeasurements, profile: CalibrationProfile) -> pd.DataFrame:
@@ -146,10 +166,12 @@ def render_markdown(m: WorkloadMeasurements, profile: CalibrationProfile, df: pd
                     summary: dict[str, Any]) -> str:
     main = df[df.primary]
     lines = [f"# Workloads measured and predicted: {m.machine.get('kind') or m.machine.get('gpu_model')}", "",
-             f"Measured: `{m.source}` ({m.doc.get('created_at', '')}, {m.machine.get('gpu_name', '')}, torch "
-             f"{m.machine.get('torch', '')}). Profile: `{profile.id}` (software costs fitted on the calibration "
-             "split). Error = predicted / measured - 1. Aim: |error| <= 10% per strategy, bucket size and KV case.",
-             ""]
+             f"Measured: `{recorded_path(m.source)}` ({m.doc.get('created_at', '')}, {m.machine.get('gpu_name', '')}, "
+             f"torch {m.machine.get('torch', '')}). Profile: `{profile.id}` (software costs fitted on the calibration "
+             f"split{_fit_source(profile)}). Error = predicted / measured - 1. Aim: |error| <= 10% per strategy, "
+             "bucket size and KV case.", ""]
+    if summary.get("fit_note"):
+        lines += [f"Note: {summary['fit_note']}.", ""]
     for split in (CALIBRATION, HELD_OUT):
         s = summary[split]
         lines.append(f"- {split}: {s['n']} cases, |error| median {s['median'] * 100:.1f}%, p90 "
@@ -169,15 +191,22 @@ def render_markdown(m: WorkloadMeasurements, profile: CalibrationProfile, df: pd
                          f"{r['predicted_s'] * 1e3:.3f} | {_pct(r['error'])} |")
     missed = sorted({r["mech"] for _, r in main.iterrows() if abs(r["error"]) > AIM})
     if missed:
-        lines += ["", "## Where the model misses (|error| > 10%), and the mechanism it lacks", ""]
+        lines += ["", f"## Where the model misses (|error| > {100 * AIM:g}%), and the mechanism it lacks", ""]
         for mech in missed:
             worst = main[main.mech == mech].error
-            lines.append(f"- **{mech}** (worst {_pct(worst.loc[worst.abs().idxmax()])}): {MISSING.get(mech, '')}")
+            w = worst.loc[worst.abs().idxmax()]
+            lines.append(f"- **{mech}** (worst {'+' if w > 0 else '-'}{pct_beside(abs(w), AIM)}): "
+                         f"{MISSING.get(mech, '')}")
     costs = costs_from_profile(profile).values
     if costs:
         lines += ["", "## Software costs fitted (profile `software_costs`)", "", "| cost | value |", "|---|---|"]
         lines += [f"| {k} | {v * 1e6:.1f} us |" for k, v in sorted(costs.items())]
     return "\n".join(lines) + "\n"
+
+
+def _fit_source(profile: CalibrationProfile) -> str:
+    fit = (profile.provenance or {}).get("workload_fit") or {}
+    return f" of `{fit['source']}`" if fit.get("source") else ""
 
 
 def plot_buckets(m: WorkloadMeasurements, profile: CalibrationProfile, path: Path) -> None:
@@ -245,9 +274,12 @@ def report_workloads(measured: str | Path, *, profile: str | Path | None = None,
     if not costs_from_profile(p).values:
         raise CalibrationError(f"profile '{p.id}' has no fitted workload software costs; run `fabricsim calibrate "
                                f"{measured} PROFILE` first")
+    note = check_fit_split(m, p)
     df = compare(m, p)
     summary = summarise(df)
     summary["profile"] = p.id
+    if note:
+        summary["fit_note"] = note
     out = Path(out) if out else Path(m.source).parent / "report"
 
     def fill(tmp: Path) -> None:
@@ -259,7 +291,8 @@ def report_workloads(measured: str | Path, *, profile: str | Path | None = None,
     write_report_folder(out, fill)
     stored = f"; rows in {store_rows(m, p, df, store)}" if store is not None else ""
     h = summary[HELD_OUT]
-    return (f"report written to {out}: held-out |error| median {h['median'] * 100:.1f}%, p90 {h['p90'] * 100:.1f}% "
+    return ((f"note: {note}\n" if note else "")
+            + f"report written to {out}: held-out |error| median {h['median'] * 100:.1f}%, p90 {h['p90'] * 100:.1f}% "
             f"over {h['n']} cases ({h['within_aim']} within 10%){stored}")
 
 
