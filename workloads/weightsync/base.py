@@ -575,16 +575,17 @@ def _resume(gen: Generator, first: simpy.Event) -> Generator:
             return stop.value
 
 
-def simulate_sync(setup: SyncSetup, strategy: Strategy | str, *, keep_result: bool = False) -> SyncResult:
-    """Plan, check feasibility, run the strategy's procedure and collect its metrics. `strategy`: a `Strategy`, or
-    a name the registry knows (`"rdma-p2p"`, `"delta:nccl-broadcast"`), taken with its default knobs as
-    `fabricsim sync NAME` takes it (`registry.get`).
+def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = False) -> SyncResult:
+    """Plan, check feasibility, run the strategy's procedure and collect its metrics. `strategy`: a `Strategy`, as
+    `weightsync.get("rdma-p2p", **knobs)` makes one (a name alone is refused, saying so: the registry imports every
+    strategy, and every strategy imports this module).
 
     Infeasible configurations (see `InfeasibleError`) come back as `SyncResult(feasible=False, reason=...)`
     without running anything; malformed input (unknown names, degrees that don't divide) raises.
     """
-    if not isinstance(strategy, Strategy):
-        strategy = _strategy_of(strategy)
+    if not isinstance(strategy, Strategy):  # (an AttributeError on `label` below)
+        hint = f": weightsync.get({strategy!r}) makes it" if isinstance(strategy, str) else ""
+        raise WorkloadError(f"simulate_sync: expected a Strategy, got {strategy!r}{hint}")
     if not isinstance(setup, SyncSetup):  # (an AttributeError deep in the planning)
         raise WorkloadError(f"simulate_sync: expected a SyncSetup, got {type(setup).__name__}")
     plan = reshard(setup.model, setup.trainer, setup.rollout)
@@ -633,16 +634,6 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy | str, *, keep_result: bo
 
     with gc_paused():
         return _simulate(setup, strategy, plan, label, base, resident, extra, keep, keep_result)
-
-
-def _strategy_of(spec: Any) -> Strategy:
-    """`simulate_sync`'s strategy given by name, through the registry as the CLI looks it up (imported here: the
-    registry imports every strategy module, and they import this one); anything else is refused in one line."""
-    if isinstance(spec, str):
-        from .registry import get
-
-        return get(spec)
-    raise WorkloadError(f"simulate_sync: expected a Strategy or a strategy's name (registry.names()), got {spec!r}")
 
 
 def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: str, base: SyncResult,
