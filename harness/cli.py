@@ -23,7 +23,7 @@ import pandas as pd
 
 from fabricsim.errors import INTERRUPTED, FabricsimError
 
-from .store import REASON_COLUMN, CorruptResultsWarning, ResultsStore, StoreError, compare, param_columns
+from .store import REASON_COLUMN, CorruptResultsWarning, ResultsStore, StoreError, compare, newest_runs, param_columns
 from .study import StudyError, load_study, resolve_study_path, study_files
 
 
@@ -258,8 +258,9 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
               for m, u in zip(ok["metric"], ok["unit"], strict=True)}
     ok = ok.assign(metric=[f"{m} [{u}]" if u else m for m, u in zip(ok["metric"], ok["unit"], strict=True)])
     metrics = _metric_order(ok)
-    # Latest value per point and metric: a point run twice (without --resume) shows its newest result.
-    ok = ok.sort_values("created_at").drop_duplicates([*index, "metric"], keep="last")
+    # Latest value per point and metric: a point run twice (without --resume) shows its newest result (the rule
+    # `compare` counts measurements by)
+    ok = newest_runs(ok, key=(*index, "metric"))
     table = ok.pivot_table(index=index, columns="metric", values="value", aggfunc="last", dropna=False)
     table = table[[m for m in metrics if m in table.columns]]  # the pivot sorts them by name
     table = _with_interval_columns(table.dropna(how="all"), ok, index, bounds).reset_index()
