@@ -3,6 +3,7 @@ metric counted (not silently dropped), tables that fit the terminal, outputs nev
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -289,3 +290,15 @@ def test_weight_sync_bars_mark_the_infeasible_configurations() -> None:
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [pytest.approx(0.8 / 7)]  # strategy 1 of model 0
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("--infeasible" in t for t in labels) and isinstance(fig.legends[0].legend_handles[-1], Line2D)
+
+
+def test_results_show_gives_a_point_run_twice_its_newest_value(tmp_path: Path, capsys) -> None:
+    """A point run again (without --resume) is stored again, not overwritten: `results show` shows the newest run's
+    value, by the rule `compare` counts measurements by (`store.newest_runs`)."""
+    store = ResultsStore(tmp_path)
+    for run_id, value in (("r1", 1.0), ("r2", 2.0)):
+        store.write([make_row(study="twice", run_id=run_id, point_id="p0", params={"n": 1}, metric="t", value=value,
+                              unit="s", topology="h100-1")], study="twice", run_id=run_id)
+    assert main(["results", "show", "twice", "--store", str(tmp_path), "--csv"]) == 0
+    out = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert out["t [s]"].tolist() == [2.0]
