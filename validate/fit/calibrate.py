@@ -43,7 +43,6 @@ from fabricsim.hwmodels.calibration import (
     CapSpec,
     PathParams,
     SoftwareCost,
-    bundled_profile_path,
     load_profile,
 )
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
@@ -443,11 +442,9 @@ def fit_links(topo: Topology, paths: dict[str, PathParams]) -> dict[str, float]:
 
 
 def load_base(ref: str | Path | None) -> CalibrationProfile | None:
-    """A base profile by bundled name (`h200x2`) or path."""
-    if ref is None:
-        return None
-    bundled = bundled_profile_path(str(ref))
-    return load_profile(bundled if bundled.exists() else ref)
+    """A base profile by path or bundled name (`h200x2`), as every calibration argument is read (`load_profile`:
+    a file of that name in the working folder wins)."""
+    return None if ref is None else load_profile(ref)
 
 
 def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, profile_id: str | None = None,
