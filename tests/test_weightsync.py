@@ -788,3 +788,20 @@ def test_a_printed_label_given_as_a_strategy_says_how_to_ask_for_it(label, ask):
     with pytest.raises(UnknownStrategyError, match=f"is a result's label, not a strategy's name: ask for it as {ask}$"):
         get(label)
     assert get(ask.split()[0]).label == label.removesuffix("+fp8").replace("0.25", "0.1")
+
+
+def test_a_delta_on_a_split_cuda_ipc_layout_moves_its_payload_to_the_rollout_gpus():
+    """With a decoding kernel, a load applied only the kernel on the rollout GPU and dropped the copy from its
+    CUDA-IPC partner's buffer: a delta of every value (changed_fraction=1) moved fewer bytes than the weights and
+    came out faster than sending them. Now each rollout GPU receives ratio x its need over the link before the
+    kernel applies it, so the NVLink bytes grow by exactly that and the delta of everything is the slower one."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1))
+    plain = simulate_sync(setup, get("cuda-ipc-buckets"))
+    need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes.sum())
+    nothing = simulate_sync(setup, get("delta:cuda-ipc-buckets", changed_fraction=0.0))
+    for f in (0.1, 1.0):
+        got = simulate_sync(setup, get("delta:cuda-ipc-buckets", changed_fraction=f))
+        moved = got.bytes_by_class["p2p-nvlink"] - nothing.bytes_by_class["p2p-nvlink"]
+        assert moved == pytest.approx(need * delta_encoding(f).ratio, rel=1e-9)
+    assert got.sync_s > plain.sync_s  # everything changed: the payload is the weights, plus the apply kernel

@@ -291,7 +291,8 @@ class SyncContext:
     def load(self, gpu: str, raw_bytes: float, after: Iterable = (), src: str | None = None,
              tag: str = "load", setup_s: float = 0.0, setup_name: str = "setup") -> simpy.Event:
         """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
-        the receive buffer (on `src`, default `gpu` itself) plus any decoding kernel, after `setup_s` of software
+        the receive buffer (on `src`, default `gpu` itself), or with a decoding kernel the payload's copy from `src`
+        (where that is another GPU) and then the kernel, after `setup_s` of software
         work (per-tensor handling: the copy's setup, see `Simulation.transfer`; one item where no engine queues,
         and a 1,024-GPU host-staged sync has 786,432 such loads)."""
         sim = self.sim
@@ -302,7 +303,12 @@ class SyncContext:
         if setup_s and (self.decode_hbm or not float(raw_bytes * self._wire_ratio) > 0):  # no copy to be its setup
             after = [sim.delay(setup_id, float(setup_s), after=tuple(after), tag="per-tensor")]
         dec = self.decode_hbm * raw_bytes
-        if dec:  # the decoding kernel writes the live weights (delta): no copy besides it
+        if dec:  # the decoding kernel writes the live weights (delta)
+            wire = float(raw_bytes * self._wire_ratio)
+            if src is not None and wire > 0 and sim.topology.resolve(src) != sim.topology.resolve(gpu):
+                # the payload sits in another GPU's buffer (a CUDA-IPC partner's): it crosses before it is applied
+                # (the copy was left out, so a delta of everything came out faster than sending the weights)
+                after = [sim.transfer(self.name(f"{tag}.{gpu}"), src, gpu, wire, after=tuple(after), tag=tag)]
             return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
