@@ -805,3 +805,19 @@ def test_a_delta_on_a_split_cuda_ipc_layout_moves_its_payload_to_the_rollout_gpu
         moved = got.bytes_by_class["p2p-nvlink"] - nothing.bytes_by_class["p2p-nvlink"]
         assert moved == pytest.approx(need * delta_encoding(f).ratio, rel=1e-9)
     assert got.sync_s > plain.sync_s  # everything changed: the payload is the weights, plus the apply kernel
+
+
+@pytest.mark.parametrize(("f", "per_value"), [(0.01, 0.01 * (1 + 4)),          # (fp8 value, int32 index) pairs
+                                              (0.1, 1 / 8 + 0.1 * 1),           # a bitmap (1 bit a value) + fp8 values
+                                              (1.0, 1.0)])                      # every value: the dense fp8 weights
+def test_a_delta_sent_as_fp8_sends_fp8_values_and_a_whole_bitmap(f, per_value):
+    """The wire ratio was the product of the delta's (built for bf16 values) and fp8's, which halved the bitmap
+    too: a 10% delta as fp8 sent 0.081 bytes per bf16 byte, not 0.1126. Per bf16 value (2 bytes) the payload is
+    the least of pairs, bitmap + values and dense fp8, each with the block scales (4 bytes per 128 x 128)."""
+    setup = SETUPS["split-fp8"]
+    scales = 4 / 128**2
+    want = (per_value + scales) / 2 if f < 1 else 0.5 + scales / 2
+    got = simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=f))
+    fetch = simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=0.0)).bytes_by_class["p2p-nvlink"]
+    need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes.sum())
+    assert (got.bytes_by_class["p2p-nvlink"] - fetch) / need == pytest.approx(want, rel=1e-9)
