@@ -134,8 +134,8 @@ def delta_of_converted(delta: Transform, conversion: Transform, value_bytes: flo
     """`delta` when the values it sends travel converted (`value_bytes` each: fp8's 1, not bf16's 2), its ratio
     such that it times the conversion's is what travels per trainer-side byte: the least of the converted dense
     weights, (value, index) pairs, and a bitmap (still one bit per value) plus values, the pairs and the bitmap
-    with every block's scale beside them (none when nothing changed). The plain product halved the bitmap too, 28% under the bytes of a
-    delta of 10% sent as fp8 (a physics check)."""
+    with every block's scale beside them (none when nothing changed). The plain product halved the bitmap too,
+    28% under the bytes of a delta of 10% sent as fp8 (a physics check)."""
     f = delta.changed_fraction
     assert f is not None, "not a delta"
     per_value = TRAINER_VALUE_BYTES
