@@ -821,3 +821,19 @@ def test_a_delta_sent_as_fp8_sends_fp8_values_and_a_whole_bitmap(f, per_value):
     fetch = simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=0.0)).bytes_by_class["p2p-nvlink"]
     need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes.sum())
     assert (got.bytes_by_class["p2p-nvlink"] - fetch) / need == pytest.approx(want, rel=1e-9)
+
+
+def test_a_delta_over_rdma_stalls_only_for_its_apply_and_books_its_receive_buffer():
+    """rdma-p2p writes straight into the live weights, but a delta's payload cannot be: it lands in a buffer and
+    the kernel applies it. The stall counted from the first write (15 ms of a 20 ms sync) and the buffer went
+    uncounted. Now the stall is the apply kernel (its HBM bytes over the HBM cap) plus the completion barrier, and
+    each rollout GPU's headroom is less by its payload."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1))
+    f = 0.1
+    plain, got = simulate_sync(setup, get("rdma-p2p")), simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=f))
+    enc = delta_encoding(f)
+    need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes[0])
+    hbm = setup.topology.caps["gpu4.hbm"].Bps
+    assert got.stall_s == pytest.approx(need * enc.decode_hbm / hbm + get("rdma-p2p").knobs.barrier_s, rel=1e-6)
+    assert plain.extra_headroom_bytes - got.extra_headroom_bytes == pytest.approx(need * enc.ratio, rel=1e-9)

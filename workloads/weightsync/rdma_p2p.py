@@ -37,7 +37,7 @@ import simpy
 from fabricsim.simcore.units import format_bytes
 
 from ..errors import WorkloadError
-from .base import Knobs, Strategy, SyncContext, SyncSetup
+from .base import Knobs, Strategy, SyncContext, SyncSetup, effective_transforms
 
 GiB = 1 << 30
 
@@ -65,7 +65,16 @@ class RdmaP2P(Strategy):
     Knobs = RdmaP2PKnobs
 
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        return dict.fromkeys(setup.trainer.gpus, float(self.knobs.watermark_bytes))
+        """The watermark on each trainer GPU; with a decoding kernel (delta), each rollout GPU's receive buffer too:
+        such a payload cannot be written into the live weights, it lands beside them and the kernel applies it (it
+        went uncounted, and a delta of everything fitted where the weights twice over would not)."""
+        out = dict.fromkeys(setup.trainer.gpus, float(self.knobs.watermark_bytes))
+        transforms = effective_transforms(setup, self)
+        if any(t.decode_hbm for t in transforms):
+            ratio = math.prod((t.ratio for t in transforms), start=1.0)
+            for g, need in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
+                out[g] = out.get(g, 0.0) + float(need) * ratio
+        return out
 
     @property
     def declarative(self) -> bool:  # type: ignore[override]
@@ -118,7 +127,8 @@ class RdmaP2P(Strategy):
                 slots = simpy.Resource(sim.env, capacity=self._slots())
                 ends.append(sim.process(self._queued(ctx, i, g, real, sims, slots, slices)))
         written = sim.all_of(ends, id=ctx.name("written"))
-        if ctx.decode_hbm:  # e.g. delta: apply the received payloads in place
+        if ctx.decode_hbm:  # e.g. delta: apply the received payloads in place; the live weights change from then
+            ctx.live_write_at(written)
             need = ctx.plan.need_bytes
             written = sim.all_of([ctx.load(r, float(need[j]), after=[written]) for j, r in enumerate(ap.rollout_gpus)],
                                  id=ctx.name("applied"))
@@ -166,7 +176,8 @@ class RdmaP2P(Strategy):
         enc_after = [fetched, *([prev_enc] if prev_enc else [])]
         enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
         post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
-        ctx.live_write_at(post)
+        if not ctx.decode_hbm:  # the writes land in the live weights (a delta's in a buffer: `procedure`)
+            ctx.live_write_at(post)
         done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
         return fetched, enc, done
 
