@@ -31,13 +31,16 @@ def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output",
     re-run with the same arguments.
 
     `file=True` (the output is one file): a folder at `path` is refused whatever `force` says, since no flag
-    lets a file replace it, and saying so before a long run beats failing after it. `inputs`: files the command
-    reads; an output that is one of them is refused whatever `force` says (`simulate in.yaml --perfetto in.yaml
-    --force` replaced the scenario with its own trace)."""
+    lets a file replace it, and saying so before a long run beats failing after it. `inputs`: files and folders
+    the command reads; an output that is one of them, or a folder that holds one, is refused whatever `force` says
+    (`simulate in.yaml --perfetto in.yaml --force` replaced the scenario with its own trace)."""
     if file and Path(path).is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
     for src in inputs:
-        if src is not None and os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
+        if src is None or not (os.path.exists(path) and os.path.exists(src)):
+            continue
+        if os.path.samefile(path, src) or Path(src).resolve().is_relative_to(Path(path).resolve()):
+            # (a folder replaced is deleted whole: `report --out` naming its measurements' folder deleted them)
             raise OutputExistsError(f"{path}: the {what} would replace the input {src}; give the {what} another name")
     if not force and os.path.lexists(path):
         kind = "folder" if Path(path).is_dir() else "file"

@@ -397,6 +397,12 @@ for cid, argv, files, expected in [
      "nope.json"),
     ("report-unwritable", ["report", MEASURED, "--out", "/proc/rep", "--no-store"], {}, "/proc/rep"),
     ("report-split", ["report", MEASURED, "--split", "later"], {}, "--split"),
+    # a report replacing the folder of its measurements deleted them (--force removes the old folder whole)
+    ("report-out-holds-measured", ["report", "m/measured.json", "--out", "m", "--force", "--no-store"],
+     {"m/measured.json": (Path(MEASURED) / "measured.json").read_text()},
+     ("m: the report would replace the input m/measured.json",)),
+    ("report-out-is-measured", ["report", "m", "--out", "m", "--force", "--no-store"],
+     {"m/measured.json": (Path(MEASURED) / "measured.json").read_text()}, ("m: the report would replace the input m",)),
 ]:
     case(cid, argv, expected, files)
 

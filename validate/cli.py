@@ -128,13 +128,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from fabricsim.validate.fit.workloads_report import report_workloads
 
         out = args.out or default_report_dir(args.measured)
-        refuse_overwrite(out, args.force, "report")
+        refuse_overwrite(out, args.force, "report", inputs=(args.measured, args.profile))
         print(report_workloads(args.measured, profile=args.profile, out=out,
                                store=None if args.no_store else (args.store or "")))
         return 0
 
     out = args.out or default_report_dir(args.measured)
-    refuse_overwrite(out, args.force, "report")
+    refuse_overwrite(out, args.force, "report", inputs=(args.measured, args.profile))
     summary = report_file(args.measured, profile=args.profile, out=out, store=None if args.no_store
                           else (args.store or ""), split=args.split)
     print(summary)
