@@ -348,16 +348,17 @@ def load_profile(path: str | os.PathLike[str]) -> CalibrationProfile:
     return profile_from_dict(read_yaml(path, CalibrationError, "calibration profile"), where=str(path))
 
 
-def profile_file(ref: str | os.PathLike[str]) -> Path:
-    """The file profile `ref` is read from: the file `ref` where there is one, else the bundled profile of that name
-    (`h200x2`). Why here: every way a profile is named (`calibrate --base`, `report --profile`, `--calibration`,
-    `presets.get(..., calibration=...)`) ends in `load_profile`, so a bundled name works in all of them, not only
-    where one command looked it up itself; a file of that name in the working folder still wins."""
+def profile_file(ref: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The file profile `ref` is read from: the file `ref` (relative to `base_dir`: a scenario's folder) where there
+    is one, else the bundled profile of that name (`h200x2`). Why here: every way a profile is named (`calibrate
+    --base`, `report --profile`, `--calibration`, a scenario's `calibration:`, `presets.get(..., calibration=...)`)
+    ends here, so a bundled name works in all of them, not only where one command looked it up itself; a file of
+    that name still wins (a file: `validate/data/h200x2` is a folder of measurements, not the profile)."""
     if not isinstance(ref, str | os.PathLike):
         raise CalibrationError(f"calibration: expected a profile file's path or a bundled profile's name "
                                f"({', '.join(bundled_names())}), got {ref!r}")
-    path = Path(ref)
-    if path.exists():
+    path = Path(base_dir or ".") / ref
+    if path.is_file():
         return path
     if isinstance(ref, str) and ref in bundled_names():
         return bundled_profile_path(ref)

@@ -56,9 +56,10 @@ def _table(result: Result, calls: Sequence[dict] = (), interval: Interval | None
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    if args.perfetto:  # before the run: a long simulation must not end in a refusal
-        refuse_overwrite(args.perfetto, args.force, "trace", file=True, inputs=(args.file, args.calibration))
     scenario = load_scenario(args.file)
+    if args.perfetto:  # before the run: a long simulation must not end in a refusal
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True,
+                         inputs=(args.file, args.calibration, *scenario.input_files()))
     topo = scenario.load_topology(args.calibration)
     result = scenario.build(topology=topo).run()
     calls = scenario.collective_calls(result)

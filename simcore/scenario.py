@@ -24,7 +24,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError, TopologyError
 from fabricsim.hwmodels import presets
-from fabricsim.hwmodels.calibration import bundled_names
+from fabricsim.hwmodels.calibration import profile_file
 from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, predict_interval
@@ -59,15 +59,19 @@ class Scenario:
         # A --calibration given by the caller is relative to the working directory; the scenario's own
         # `calibration:` is relative to the scenario file.
         cal: Any = calibration
-        if cal is None and self.calibration is not None:
-            # a file beside the scenario, else 'none' (no profile) or a bundled profile's name, as on the command line
-            beside = self.base_dir / self.calibration
-            cal = str(beside) if beside.exists() or self.calibration not in (NO_CALIBRATION, *bundled_names()) \
-                else self.calibration
         try:
+            if cal is None and self.calibration is not None:  # 'none', or a file beside the scenario or bundled
+                cal = self.calibration if self.calibration == NO_CALIBRATION else \
+                    profile_file(self.calibration, self.base_dir)
             return presets.load(self.topology, "default" if cal is None else cal, base_dir=self.base_dir)
         except FabricsimError as exc:
             raise ScenarioError(f"{self.source}: {exc}") from None
+
+    def input_files(self) -> list[Path]:
+        """The files this scenario reads besides its own (a topology file, a calibration profile beside it): what an
+        output of the run must not replace (`--perfetto box.yaml --force` replaced the topology it named)."""
+        named = [self.topology, *([self.calibration] if self.calibration not in (None, NO_CALIBRATION) else [])]
+        return [p for p in (self.base_dir / n for n in named) if p.is_file()]
 
     def build(self, calibration: str | None = None, *, topology: Topology | None = None,
               **sim_kwargs: Any) -> Simulation:

@@ -213,6 +213,11 @@ case("simulate-perfetto-is-input", ["simulate", "s.yaml", "--perfetto", "s.yaml"
      ("s.yaml", "would replace the input s.yaml"), scenario())
 case("serve-perfetto-is-request-trace", ["serve", "--request-trace", "r.csv", "--perfetto", "r.csv", "--force"],
      ("r.csv", "would replace the input r.csv"), {"r.csv": "arrival_s,prompt_tokens,output_tokens\n0,300,8\n"})
+case("simulate-perfetto-is-its-topology", ["simulate", "s.yaml", "--perfetto", "box.yaml", "--force"],
+     ("box.yaml", "would replace the input box.yaml"),
+     {**scenario(top="topology: box.yaml"), "box.yaml": "name: box\ncomponents: {}\n"})
+case("serve-perfetto-is-topology", ["serve", "--topology", "box.yaml", "--perfetto", "box.yaml", "--force"],
+     ("box.yaml", "would replace the input box.yaml"), {"box.yaml": "name: box\ncomponents: {}\n"})
 case("sync-perfetto-is-topology", ["sync", "Llama-3-8B", "rdma-p2p", "--topology", "box.yaml", "--perfetto", "box.yaml",
                                    "--force"], ("box.yaml", "would replace the input box.yaml"),
      {"box.yaml": "name: box\ncomponents: {}\n"})

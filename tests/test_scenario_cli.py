@@ -350,3 +350,14 @@ def presets_profile_id(name: str) -> str:
     from fabricsim.hwmodels.calibration import load_profile
 
     return load_profile(name).id
+
+
+def test_a_folder_named_like_a_bundled_profile_does_not_hide_it(tmp_path, monkeypatch):
+    """validate/data holds folders named h100x1, h200x1, h200x2 (measurements): from there the bundled profile of
+    that name was refused as 'Is a directory'; only a file of that name takes its place."""
+    from fabricsim.hwmodels import presets
+    from fabricsim.hwmodels.calibration import load_profile
+
+    (tmp_path / "h200x2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert presets.get("h200-2", calibration="h200x2").calibration_id == load_profile("h200x2").id

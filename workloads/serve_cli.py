@@ -35,7 +35,8 @@ SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer sample
 
 def _serve(args: argparse.Namespace) -> int:
     if args.perfetto:  # before the run: a long trace replay must not end in a refusal
-        refuse_overwrite(args.perfetto, args.force, "trace", file=True, inputs=(args.request_trace,))
+        refuse_overwrite(args.perfetto, args.force, "trace", file=True,
+                         inputs=(args.request_trace, args.topology, args.calibration))
     params = split_all(args.param, what="parameter", example="prefetch_depth=2", error=PolicyError)
     policy = make_policy(args.policy, **params)  # its split and parameters are read before anything runs
     if args.request_trace:
@@ -57,8 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 output_tokens=args.output_tokens, prompt_dist=args.prompt_dist,
                                 output_dist=args.output_dist, seed=args.seed, prefix_tokens=args.prefix_tokens,
                                 prefixes=args.prefixes)
-    calibration = None if args.calibration == "none" else args.calibration
-    topo = presets.load(args.topology, calibration=calibration)
+    topo = presets.load(args.topology, calibration=args.calibration)
     roles = _roles(policy, args, topo)
     cfg = ServingConfig(
         model=args.model, tp=args.tp, instances=sum(roles.values()), kv_dtype=args.kv_dtype,
