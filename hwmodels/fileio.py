@@ -83,23 +83,33 @@ class _DuplicateKey(ConstructorError):
 class _UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping. PyYAML keeps the last one silently, so a
     component defined twice, or a second `links:` list, would replace the first without a word; the YAML spec
-    itself says keys are unique. Merge keys (`<<: *base`) are not duplicates: an explicit key overrides them."""
+    itself says keys are unique. Merge keys (`<<: *base`) are not duplicates: an explicit key overrides them.
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                seen = first_line.get(key)
-            except TypeError:  # an unhashable key: SafeConstructor names it below
-                continue
-            if seen is not None:
-                raise _DuplicateKey(None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                                    f"(first on line {seen + 1})")
-            first_line[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+    Checked in `flatten_mapping`, once per mapping node and before its merges are spliced into it: PyYAML flattens
+    a merge source in place, so a node read after it was merged somewhere (an anchor that overrides a key of its
+    own merge) holds that key twice by then, and checking it there refused valid YAML."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:  # an unhashable key: SafeConstructor names it
+                    continue
+                if seen is not None:
+                    raise _DuplicateKey(None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                        f"(first on line {seen + 1})")
+                first_line[key] = key_node.start_mark.line
+        super().flatten_mapping(node)
 
 
 class _DuplicateJSONKey(Exception):

@@ -13,6 +13,7 @@ import yaml
 
 from fabricsim.cli import main
 from fabricsim.errors import TopologyError
+from fabricsim.hwmodels.fileio import read_yaml
 from fabricsim.hwmodels.topofile import load_topology_file, topology_from_dict
 
 BOX = """\
@@ -83,6 +84,19 @@ def test_merge_keys_are_not_duplicates(tmp_path):
     (tmp_path / "box.yaml").write_text(text)
     t = load_topology_file(tmp_path / "box.yaml")
     assert t.gpu("gpu1").model == "H200" and t.gpu("gpu0").model == "H100"
+
+
+@pytest.mark.parametrize("text", ["d: &d {b: 1}\na: {m: &m {<<: *d, b: 3}}\np: {<<: *m}\n",
+                                  "d: &d {b: 1}\nx: {<<: &m {<<: *d, b: 3}}\ny: {<<: *m}\n"])
+def test_a_mapping_merged_before_it_is_read_is_not_a_duplicate(tmp_path, text):
+    """PyYAML flattens a merge source in place: an anchored mapping that overrides a key of its own merge, merged
+    somewhere before it was read itself, then held that key twice and was refused as 'duplicate key b' (naming a
+    line of another mapping). It reads as PyYAML's own loader reads it."""
+    (tmp_path / "f.yaml").write_text(text)
+    assert read_yaml(tmp_path / "f.yaml", TopologyError, "file") == yaml.safe_load(text)
+    (tmp_path / "g.yaml").write_text(text + "d: 2\n")
+    with pytest.raises(TopologyError, match=r"duplicate key 'd' at line 4 \(first on line 1\)"):
+        read_yaml(tmp_path / "g.yaml", TopologyError, "file")
 
 
 # ---------------------------------------------------------------------------------------- 2. pinned routes
