@@ -161,3 +161,32 @@ def test_reporting_a_measurement_twice_leaves_the_store_comparison_as_once(
         store_rows(m, p, df, fdf, store.root)
     assert store.summary()["runs"].tolist() == [3, 3]  # the store keeps every run ...
     pd.testing.assert_frame_equal(compare(store.load(f"validate-{m.preset}")), once)  # ... counted once
+
+
+def test_the_newest_measurement_counts_whichever_was_reported_last(
+        tmp_path: Path, old_split: tuple[Path, list[str]]) -> None:
+    """Measured rows are dated by when they were measured: reporting an older measurement after a newer one of the
+    same cases must not make the older one the store's newest (its rows were dated by the report, so it did)."""
+    from fabricsim.harness.store import ResultsStore, compare
+    from fabricsim.validate.fit.report import compare as simulate_cases
+    from fabricsim.validate.fit.report import store_rows
+
+    path, _ = old_split
+    old = load_measurements(path)
+    doc = json.loads(path.read_text())
+    doc["created_at"] = "2099-01-01T00:00:00+00:00"  # measured later, every time twice the old one
+    for c in doc["cases"]:
+        if "makespan_s" in c["measured"]:
+            c["measured"]["makespan_s"] *= 2
+    (tmp_path / "new.json").write_text(json.dumps(doc))
+    new = load_measurements(tmp_path / "new.json")
+    p = calibrate_file(path, tmp_path / "p.json")
+    store = ResultsStore(tmp_path / "store")
+    for m in (new, old):  # the older one reported last
+        df, fdf = simulate_cases(m, p, samples=0)
+        store_rows(m, p, df, fdf, store.root)
+    got = compare(store.load(f"validate-{old.preset}"))
+    got = got[got["metric"] == "makespan_s"].set_index(["pattern", "split"])["measured"].sort_index()
+    df_new, _ = simulate_cases(new, p, samples=0)
+    want = df_new.groupby(["pattern", "split"])["measured_s"].mean().sort_index()  # compare averages a pattern
+    assert got.tolist() == pytest.approx(want.loc[got.index].tolist(), rel=1e-12)

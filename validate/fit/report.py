@@ -22,6 +22,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +456,10 @@ def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, f
     study = f"validate-{m.preset}"
     run_id = new_run_id()
     device = str(m.machine.get("kind") or m.preset)
+    # measured rows are dated when they were measured, not when this report stored them: the store's newest run of
+    # a point (`store.newest_runs`, what `compare` counts) is then the newest measurement, and re-reporting an
+    # older file does not make it replace a newer one
+    measured_at = _measured_at(m)
     rows = []
     for frame, metric_of in ((df, lambda r: "makespan_s"), (fdf, lambda r: f"finish_s.{r['transfer']}")):
         for _, r in frame.iterrows():
@@ -464,8 +469,18 @@ def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, f
                         else None)
                 rows.append(make_row(study=study, run_id=run_id, point_id=r["case"], params=params,
                                      metric=metric_of(r), value=r[col], unit="s", source=source,
-                                     calibration_id=cal, device=device, interval=band))
+                                     calibration_id=cal, device=device, interval=band,
+                                     created_at=measured_at if source == "hw" else None))
     return ResultsStore(store or None).write(rows, study=study, run_id=run_id)
+
+
+def _measured_at(m: Measurements) -> datetime | None:
+    """When the measurements were taken (the document's `created_at`), or None where it does not say."""
+    try:
+        at = datetime.fromisoformat(str(m.doc.get("created_at")))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def write_report_folder(out: Path, fill: Callable[[Path], None]) -> None:
