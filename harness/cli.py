@@ -366,8 +366,7 @@ def _infeasible_points(good: pd.DataFrame) -> pd.DataFrame:
     point id, the columns that say which point it is (as in the main table), `reason`."""
     if good.empty:
         return pd.DataFrame(columns=["point_id", REASON_COLUMN])
-    newest_run = good.sort_values("created_at").groupby("point_id")["run_id"].last()
-    newest = good[good["run_id"] == good["point_id"].map(newest_run)]
+    newest = newest_runs(good, key=("point_id",))
     reasons = newest[REASON_COLUMN] if REASON_COLUMN in newest.columns else pd.Series(None, index=newest.index)
     flagged = newest[reasons.notna() | ((newest["metric"] == "feasible") & (newest["value"] == 0))]
     if flagged.empty:
