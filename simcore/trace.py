@@ -25,9 +25,8 @@ class Traced(Protocol):
     calibration_id: str | None
     makespan_s: float
 
+
 _US = 1e6
-
-
 
 
 def _lanes(records: list[Any]) -> list[tuple[Any, int]]:

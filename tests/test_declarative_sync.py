@@ -308,3 +308,12 @@ def test_a_task_larger_than_the_watermark_is_refused_not_raised_to_it():
     with pytest.raises(WorkloadError, match=r"task_bytes \(2 GiB\) is larger than watermark_bytes \(1 GiB\)"):
         get("rdma-p2p", watermark_bytes=2**30, task_bytes=2 * 2**30)
     assert get("rdma-p2p", watermark_bytes=2**30, task_bytes=2**30)._slots() == 1
+
+
+def test_rdma_knobs_built_directly_with_a_size_as_text_say_where_text_is_read():
+    """`RdmaP2PKnobs(task_bytes="1GiB")` compared a string with a number in the watermark check: a raw TypeError."""
+    from fabricsim.workloads.weightsync.rdma_p2p import RdmaP2PKnobs
+
+    with pytest.raises(WorkloadError, match=r"task_bytes must be a number of bytes, got '1GiB'"):
+        RdmaP2PKnobs(task_bytes="1GiB")  # type: ignore[arg-type]
+    assert get("rdma-p2p", task_bytes="1GiB").knobs.task_bytes == 2**30
