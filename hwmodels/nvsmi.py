@@ -91,9 +91,17 @@ def _check_cells(labels: dict[tuple[str, str], str]) -> None:
                                 "(the matrix is symmetric: each pair is connected one way)")
 
 
+def _direct_totals_exceed(nv: dict[tuple[str, str], int]) -> bool:
+    """Whether some GPU's NVLinks, read as direct links to its peers, would add up to more than it has."""
+    total: dict[str, int] = {}
+    for (a, b), n in nv.items():
+        total[a], total[b] = total.get(a, 0) + n, total.get(b, 0) + n
+    return any(n > MAX_NVLINKS for n in total.values())
+
+
 def _check_nvlink_totals(nv: dict[tuple[str, str], int]) -> None:
     """Direct NVLinks of each GPU, summed over its peers, within `MAX_NVLINKS`: more would build links the GPU
-    does not have (eight GPUs that all show NV18 but one pair are an NVSwitch box with a link down, not a mesh)."""
+    does not have (a matrix where every pair has NVLink is an NVSwitch box instead, a link down or not)."""
     peers: dict[str, list[tuple[str, int]]] = {}
     for (a, b), n in nv.items():
         peers.setdefault(a, []).append((b, n))
@@ -155,11 +163,13 @@ def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -
     nv = {(a, b): int(m[1]) for (a, b), lab in labels.items()
           if a in gpus and b in gpus and a < b and (m := _NV.match(lab))}
     pairs = [(a, b) for i, a in enumerate(gpus) for b in gpus[i + 1:]]
-    if len(gpus) >= 3 and pairs and all(p in nv for p in pairs) and len(set(nv.values())) == 1:
+    if len(gpus) >= 3 and pairs and all(p in nv for p in pairs) and (len(set(nv.values())) == 1
+                                                                      or _direct_totals_exceed(nv)):
+        # Behind an NVSwitch every pair shows the GPUs' links to the switch; a pair that shows fewer (a link down)
+        # leaves that GPU its fewest, as it cannot be a direct mesh of more links than a GPU has
         t.add_component("nvswitch", "nvswitch", spec=NVSwitchSpec())
-        links = next(iter(nv.values()))
-        link = NVLinkSpec(4, links)
         for g in gpus:
+            link = NVLinkSpec(4, min(n for pair, n in nv.items() if g in pair))
             t.add_link(_node_name(g), "nvswitch", "nvlink", link.Bps, link.latency_s / 2)
     else:
         _check_nvlink_totals(nv)

@@ -62,12 +62,21 @@ def test_a_bad_cell_is_refused_naming_it(text, match):
 
 
 def test_direct_nvlinks_beyond_a_gpus_count_are_refused():
-    """Three GPUs with 12 direct links to each peer would be 24 per GPU (an NVSwitch box shows the same NV# for
-    every pair and is read as one: this one differs in one pair)."""
-    text = _matrix({"GPU0": [" X ", "NV12", "NV6"], "GPU1": ["NV12", " X ", "NV12"], "GPU2": ["NV6", "NV12", " X "]})
+    """GPU1 with 12 direct links to each of two peers would have 24 (not every pair has NVLink, so this is no
+    NVSwitch box)."""
+    text = _matrix({"GPU0": [" X ", "NV12", "SYS"], "GPU1": ["NV12", " X ", "NV12"], "GPU2": ["SYS", "NV12", " X "]})
     with pytest.raises(TopologyError, match=r"row GPU1: 24 NVLinks to its peers in all \(NV12 to GPU0, NV12 to "
                                             r"GPU2\), more than the 18 a GPU has"):
         topology_from_topo_m(text)
+
+
+def test_an_nvswitch_box_with_a_link_down_imports_as_one():
+    """Every pair shows NV18 but one pair NV17 (a link down): not a direct mesh (126 links a GPU), an NVSwitch box
+    whose two GPUs of that pair reach the switch over 17 links. The check that refuses impossible meshes refused
+    this real machine's matrix."""
+    t = topology_from_topo_m(_cell(_cell(HGX, "GPU0", 1, "NV17"), "GPU1", 0, "NV17"))
+    bw = {g: t.graph.edges[g, "nvswitch"]["bw"][(g, "nvswitch")] for g in ("gpu0", "gpu1", "gpu2", "gpu3")}
+    assert bw["gpu0"] == bw["gpu1"] == pytest.approx(bw["gpu2"] * 17 / 18) and bw["gpu2"] == bw["gpu3"]
 
 
 def test_direct_nvlinks_within_a_gpus_count_import():
