@@ -839,3 +839,18 @@ def test_a_delta_over_rdma_stalls_only_for_its_apply_and_books_its_receive_buffe
     hbm = setup.topology.caps["gpu4.hbm"].Bps
     assert got.stall_s == pytest.approx(need * enc.decode_hbm / hbm + get("rdma-p2p").knobs.barrier_s, rel=1e-6)
     assert plain.extra_headroom_bytes - got.extra_headroom_bytes == pytest.approx(need * enc.ratio, rel=1e-9)
+
+
+def test_a_relay_hop_pays_its_checks_per_real_chunk_not_per_simulated_one():
+    """Each hop checks its upstream's version words before and after every chunk it copies, one chunk after the
+    other; charged per simulated chunk (at most max_sim_chunks), 64 KiB chunks simulated as fast as 64 MiB ones.
+    A hop's checks alone are a floor: real chunks x 2 x check_s, and smaller chunks only cost more."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:1]),
+                      RolloutLayout(G[1:], tp=1))
+    need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes[0])
+    times = {}
+    for chunk in (64 << 10, 1 << 20, 64 << 20):
+        strategy = get("shared-pool:relay", chunk_bytes=chunk)
+        times[chunk] = simulate_sync(setup, strategy).sync_s
+        assert times[chunk] >= math.ceil(need / chunk) * 2 * strategy.knobs.check_s
+    assert times[64 << 10] > times[1 << 20] > times[64 << 20]

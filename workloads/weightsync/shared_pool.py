@@ -39,7 +39,8 @@ ends. Pull-on-publish's conversion is declared after the whole pull, which overs
 of all but the last chunk (a pipelined converter hides it behind the pull: 2.5 bytes of HBM traffic per bf16
 byte, short beside a pull over NVLink or the network). The relay's head converts per simulated chunk and reuses
 a staging chunk once its conversion ended; when `max_sim_chunks` makes a simulated chunk larger than
-`chunk_bytes`, that wait is the coarser chunk's (the memory counted stays two real chunks).
+`chunk_bytes`, that wait is the coarser chunk's (the memory counted stays two real chunks), while a later hop's
+version checks and copy latencies are still paid per real chunk (`SharedPool._checks`).
 
 Default costs: `publish_s` 5 us and `observe_s` 3 us, the hardware floor of the design (a 4-byte peer store with a
 system-scope fence, 2-3 us NVLink write latency; one read of the counter). This project's own Python-driven
@@ -322,11 +323,12 @@ class SharedPool(Strategy):
                                        else chain.tail[0])
                     else:
                         up = plan.rollout_gpus[members[h - 1]]
-                        chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=[*chain.tail, upstream[c]],
+                        before, after_copy = self._checks(ctx, up, r, need, n_chunks, c)
+                        chain.then(sim.delay(ctx.name(f"check.{r}"), before, after=[*chain.tail, upstream[c]],
                                              tag="observe"))
                         chain.then(sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac * ctx.wire_ratio,
                                                 after=chain.tail, tag="relay"))
-                        chain.then(sim.delay(ctx.name(f"check.{r}"), k.check_s, after=chain.tail, tag="observe"))
+                        chain.then(sim.delay(ctx.name(f"check.{r}"), after_copy, after=chain.tail, tag="observe"))
                         arrived.append(chain.tail[0])
                 upstream = arrived
                 if converts:
@@ -406,6 +408,20 @@ class SharedPool(Strategy):
         """Simulated chunks of a relay hop's `need` bytes."""
         return max(1, min(self.knobs.max_sim_chunks, math.ceil(need / self.knobs.chunk_bytes)))
 
+    def _checks(self, ctx: SyncContext, up: str, r: str, need: float, n_chunks: int, c: int) -> tuple[float, float]:
+        """The version checks around simulated chunk c of a relay hop up -> r, in seconds (before its copy, after
+        it): each real chunk it stands for (`chunk_bytes` of `need`, spread over `n_chunks` as `coarsen` spreads
+        buckets) is checked before and after its own copy, and the real chunks beyond the first pay their copy's
+        latency too. Charged once per simulated chunk, small chunks cost nothing (a physics check: 64 KiB chunks
+        simulated as fast as 64 MiB ones)."""
+        k = self.knobs
+        real = max(1, math.ceil(need / k.chunk_bytes))
+        m = real // n_chunks + (1 if c < real % n_chunks else 0)
+        if m <= 1:
+            return k.check_s, k.check_s
+        latency = ctx.sim.lone_copies([(up, r)])[0][1]
+        return m * k.check_s, m * k.check_s + (m - 1) * latency
+
     def _relay_hop(self, ctx: SyncContext, pool: SimPool, members: list[int], h: int, arrived: list[list],
                    need: float, half_step: float) -> Generator:
         """Hop `h` of a chain: chunk by chunk, from the trainer's pool (h = 0) or from hop h-1 once it holds the
@@ -443,9 +459,10 @@ class SharedPool(Strategy):
             else:
                 yield arrived[h - 1][c]
                 up = plan.rollout_gpus[members[h - 1]]
-                yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # upstream's version words
+                before, after_copy = self._checks(ctx, up, r, need, n_chunks, c)
+                yield sim.delay(ctx.name(f"check.{r}"), before, tag="observe")  # upstream's version words
                 yield sim.transfer(ctx.name(f"relay.{up}.{r}"), up, r, need * frac * ctx.wire_ratio, tag="relay")
-                yield sim.delay(ctx.name(f"check.{r}"), k.check_s, tag="observe")  # unchanged: the chunk is v
+                yield sim.delay(ctx.name(f"check.{r}"), after_copy, tag="observe")  # unchanged: the chunk is v
             arrived[h][c].succeed()
         if encoded:
             ctx.free_after(r, STAGING, encoded[-1])  # each conversion follows the one before it
