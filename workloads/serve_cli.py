@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
@@ -16,7 +17,7 @@ from fabricsim.simcore import fluid
 from fabricsim.simcore.units import parse_bytes
 
 from .keyvalue import coerce_all, settings_of, split_all
-from .kvpolicies import KVPolicy, PolicyError, SplitsRoles, make_policy
+from .kvpolicies import KVPolicy, PolicyError, make_policy
 from .kvpolicies import names as policy_names
 from .metrics_out import (
     add_output_args,
@@ -28,7 +29,7 @@ from .metrics_out import (
     rerun_note,
 )
 from .requests import Request, RequestError, check_shared_prefix, load_trace, poisson_requests
-from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, ServingError, serve
+from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, role_counts, serve
 
 SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer samples than `simulate` takes
 
@@ -59,12 +60,14 @@ def _serve(args: argparse.Namespace) -> int:
                                 output_dist=args.output_dist, seed=args.seed, prefix_tokens=args.prefix_tokens,
                                 prefixes=args.prefixes)
     topo = presets.load(args.topology, calibration=args.calibration)
-    roles = _roles(policy, args, topo)
-    cfg = ServingConfig(
-        model=args.model, tp=args.tp, instances=sum(roles.values()), kv_dtype=args.kv_dtype,
+    cfg = ServingConfig(  # the counts' own checks (whole numbers, tp x instances) first, in its words
+        model=args.model, tp=args.tp, instances=args.instances or 1, kv_dtype=args.kv_dtype,
         page_tokens=args.page_tokens, max_batch_seqs=args.max_batch, token_budget=args.token_budget,
         preemption=args.preemption, mechanism=args.mechanism,
         kv_budget_bytes=None if args.kv_budget is None else parse_bytes(args.kv_budget, "--kv-budget"))
+    roles = role_counts(policy, args.policy, args.instances, cfg.tp, len(topo.gpus()), topo.name,
+                        asked_as="--instances ")
+    cfg = replace(cfg, instances=sum(roles.values()))
     if note := _nothing_shared_note(policy, reqs, bool(args.request_trace)):
         print(f"note: {note}", file=sys.stderr, flush=True)
     fluid.load_core()  # loaded (or compiled) before the run is timed: its one-time cost is no run's, nor a re-run's
@@ -96,31 +99,6 @@ def _serve(args: argparse.Namespace) -> int:
               f"policy {args.policy} on {_layout(roles, cfg.tp)}")
         print_metrics(metrics, intervals)
     return 0
-
-
-def _roles(policy: KVPolicy, args: argparse.Namespace, topo: Topology) -> dict[str, int]:
-    """How many instances take each role ({'colocated': n}, or pd-disaggregation's {'prefill': p, 'decode': d}).
-
-    A policy that splits roles sets the instance count from its own parameters, so an explicit --instances that
-    disagrees is refused: it was ignored without a word (3 and 8 gave the same numbers for a 3 + 5 split). A split
-    that does not fit the topology says so in its own terms, not as instances the user never asked for."""
-    asked = args.instances
-    if not isinstance(policy, SplitsRoles):
-        return {"colocated": 1 if asked is None else asked}  # ServingConfig checks the count and the GPUs
-    roles = policy.role_counts(1 if asked is None else asked)
-    split = " + ".join(f"{n} {role}" for role, n in roles.items())
-    total = sum(roles.values())
-    if asked is not None and asked != total:
-        raise ServingError(f"--instances {asked} contradicts policy '{args.policy}', whose parameters set "
-                           f"{split} = {total} instances (leave --instances out, or give {total})")
-    have, tp = len(topo.gpus()), args.tp
-    if tp >= 1 and have < tp * total:  # a tp below 1 is ServingConfig's to refuse, in its words
-        if all(n == 1 for n in roles.values()):
-            raise ServingError(f"policy '{args.policy}' needs at least one {' and one '.join(roles)} instance, so "
-                               f"at least {tp * total} GPUs at tp={tp}; topology '{topo.name}' offers {have}")
-        raise ServingError(f"policy '{args.policy}' runs {split} = {total} instance(s) x tp={tp}, which need "
-                           f"{tp * total} GPUs; topology '{topo.name}' offers {have}")
-    return roles
 
 
 def _layout(roles: dict[str, int], tp: int) -> str:

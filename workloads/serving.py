@@ -660,6 +660,33 @@ def _run_sum(w0: StepWork, w1: StepWork, k: int) -> StepWork:
                     kv_read_bytes=f(w0.kv_read_bytes, w1.kv_read_bytes), extra_s=f(w0.extra_s, w1.extra_s), steps=k)
 
 
+def role_counts(policy: KVPolicy, name: str, asked: int | None, tp: int, offered: int, topology: str, *,
+                asked_as: str = "instances=") -> dict[str, int]:
+    """How many instances take each role ({'colocated': n}, or a role-splitting policy's {'prefill': p, 'decode':
+    d}), checked against the `offered` GPUs at `tp`: the one rule of the API and `fabricsim serve` (`asked_as`
+    spells the count as the caller took it: `instances=` or `--instances `). `asked`: the count given (None:
+    none). A policy that splits roles sets the count from its own parameters, so a count that disagrees is
+    refused (it was ignored: 3 and 8 gave the same numbers for a 3 + 5 split), and a split that does not fit says
+    so in its own terms, not as instances nobody asked for."""
+    split = isinstance(policy, SplitsRoles)
+    counts = policy.role_counts(asked or 1) if split else {"colocated": 1 if asked is None else asked}
+    total = sum(counts.values())
+    said = " + ".join(f"{n} {role}" for role, n in counts.items())
+    if split and asked is not None and asked != total:
+        raise ServingError(f"{asked_as}{asked} contradicts policy '{name}', whose parameters set {said} = {total} "
+                           f"instances (leave {asked_as.strip(' =')} out, or give {total})")
+    if tp >= 1 and offered < tp * total:  # (a tp below 1 is ServingConfig's to refuse, in its words)
+        if not split:
+            raise ServingError(f"{total} instance(s) x tp={tp} need {tp * total} GPUs; topology '{topology}' offers "
+                               f"{offered}")
+        if all(n == 1 for n in counts.values()):
+            raise ServingError(f"policy '{name}' needs at least one {' and one '.join(counts)} instance, so at least "
+                               f"{tp * total} GPUs at tp={tp}; topology '{topology}' offers {offered}")
+        raise ServingError(f"policy '{name}' runs {said} = {total} instance(s) x tp={tp}, which need {tp * total} "
+                           f"GPUs; topology '{topology}' offers {offered}")
+    return counts
+
+
 class ServingSystem:
     """Instances on one topology fed by one request stream; builds, runs and reports."""
 
@@ -695,18 +722,10 @@ class ServingSystem:
             # half of the contract is a mistake, not a colocated policy: say so rather than serve it colocated
             raise ServingError(f"policy '{name}' defines only one of role_counts and instance_policy; a policy that "
                                "splits roles needs both (see kvpolicies.SplitsRoles)")
-        counts = proto.role_counts(self.cfg.instances) if split else {"colocated": self.cfg.instances}
         # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
-        # attempt to allocate them.
-        wanted = sum(counts.values())
-        roles_said = " + ".join(f"{n} {role}" for role, n in counts.items())
-        if split and self.cfg.instances not in (1, wanted):  # 1, the default, says nothing; another count disagrees
-            raise ServingError(f"instances={self.cfg.instances} contradicts policy '{name}', whose parameters set "
-                               f"{roles_said} = {wanted} instances (leave instances at its default, or give {wanted})")
-        if len(gpus) < tp * wanted:
-            said = f"policy '{name}' runs {roles_said} = {wanted} instance(s)" if split else f"{wanted} instance(s)"
-            raise ServingError(f"{said} x tp={tp} need {tp * wanted} GPUs; "
-                               f"topology '{topo.name}' offers {len(gpus)}")
+        # attempt to allocate them. 1, the default count, says nothing against a split's own.
+        counts = role_counts(proto, name, None if self.cfg.instances == 1 else self.cfg.instances, tp, len(gpus),
+                             topo.name)
         roles = [role for role, n in counts.items() for _ in range(n)]
         self.instances: list[Instance] = []
         for i, role in enumerate(roles):
