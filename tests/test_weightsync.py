@@ -854,3 +854,25 @@ def test_a_relay_hop_pays_its_checks_per_real_chunk_not_per_simulated_one():
         times[chunk] = simulate_sync(setup, strategy).sync_s
         assert times[chunk] >= math.ceil(need / chunk) * 2 * strategy.knobs.check_s
     assert times[64 << 10] > times[1 << 20] > times[64 << 20]
+
+
+@pytest.mark.parametrize(("name", "where", "kept"), [
+    ("delta:nccl-broadcast", "gpu0", lambda m, n: m),          # the root diffs every gathered bucket
+    ("delta:host-staged", "gpu4", lambda m, n: m / n),         # each rank its own 1/R of the model
+    ("delta:cuda-ipc-buckets", "gpu0", lambda m, n: m)])       # every trainer GPU each whole bucket
+def test_a_delta_keeps_its_previous_version_where_it_encodes(name, where, kept):
+    """The previous version a delta diffs against was booked as each trainer GPU's own shards, whichever GPU ran
+    the diff: nccl-broadcast's root diffs the whole model and kept a quarter of it on this split. The extra memory
+    of the encoding GPU now holds what it encodes, beside the strategy's own buffers."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1))
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    strategy = get(name)
+    buffers = strategy.extra_memory(setup, plan).get(where, 0.0)
+    got = simulate_sync(setup, strategy)
+    assert got.feasible, got.reason
+    room = setup.hbm_bytes(where) - buffers - kept(float(setup.model.weight_bytes()), len(setup.rollout.gpus))
+    assert strategy.encoded_bytes(setup, plan)[where] == pytest.approx(
+        kept(float(setup.model.weight_bytes()), len(setup.rollout.gpus)))
+    assert got.peak_extra_bytes >= buffers + kept(float(setup.model.weight_bytes()), len(setup.rollout.gpus)) - 1
+    assert room > 0

@@ -436,6 +436,15 @@ class Strategy:
         """Peak extra bytes per GPU the procedure allocates (checked against free HBM before running)."""
         return {}
 
+    def encoded_bytes(self, setup: SyncSetup, plan: ReshardPlan) -> dict[str, float]:
+        """Trainer-side bytes each GPU's encoding kernels run over in a sync: where a delta keeps the previous version
+        it diffs against (`Transform.sender_state` per byte). Default: each trainer GPU its own shards (rdma-p2p's
+        trainers encode what they send); a strategy that encodes gathered tensors elsewhere says where."""
+        out: dict[str, float] = {}
+        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
+            out[g] = out.get(g, 0.0) + float(b)
+        return out
+
     def rollout_resident(self, setup: SyncSetup, plan: ReshardPlan) -> dict[str, float]:
         """Bytes of live weights on each rollout GPU (zero-copy keeps none)."""
         return {g: b * setup.rollout_ratio for g, b in zip(plan.rollout_gpus, plan.need_bytes, strict=True)}
@@ -631,9 +640,10 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
         resident[g] = resident.get(g, 0.0) + b + setup.kv_reserve_fraction * setup.hbm_bytes(g)
     extra = dict(strategy.extra_memory(setup, plan))
     keep = sum(t.sender_state for t in strategy.transforms)
-    if keep:  # the previous version each trainer GPU keeps to diff against
-        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
-            extra[g] = extra.get(g, 0.0) + keep * float(b)
+    # the previous version kept to diff against, where the encoding runs
+    previous = {g: keep * b for g, b in strategy.encoded_bytes(setup, plan).items()} if keep else {}
+    for g, b in previous.items():
+        extra[g] = extra.get(g, 0.0) + b
     decode_claim = _decode_claim(setup, plan, resident_roll)
     gpus = sorted(set(resident) | set(extra) | set(decode_claim), key=natural_key)  # node64 before node100
     room = {g: setup.hbm_bytes(g) - _held_bytes(g, setup, resident, resident_roll, extra, decode_claim) for g in gpus}
@@ -665,19 +675,19 @@ def simulate_sync(setup: SyncSetup, strategy: Strategy, *, keep_result: bool = F
         return base
 
     with gc_paused():
-        return _simulate(setup, strategy, plan, label, base, resident, extra, keep, keep_result)
+        return _simulate(setup, strategy, plan, label, base, resident, extra, previous, keep_result)
 
 
 def _simulate(setup: SyncSetup, strategy: Strategy, plan: ReshardPlan, label: str, base: SyncResult,
-              resident: dict[str, float], extra: dict[str, float], keep: int, keep_result: bool) -> SyncResult:
+              resident: dict[str, float], extra: dict[str, float], previous: dict[str, float],
+              keep_result: bool) -> SyncResult:
     """The simulated part of `simulate_sync`, once the configuration is known to be feasible (with Python's
     cyclic collector held off: see `simcore.gcpause`)."""
     sim = Simulation(setup.topology, record_load=False)
     for g, b in resident.items():
         sim.memory(g).alloc(int(b), "resident")
-    if keep:
-        for g, b in zip(plan.trainer_gpus, plan.held_bytes, strict=True):
-            sim.memory(g).alloc(int(keep * float(b)), "previous-version")
+    for g, b in previous.items():
+        sim.memory(g).alloc(int(b), "previous-version")
     ctx = SyncContext(sim, setup, plan, effective_transforms(setup, strategy))
 
     sync_s, res = _run_procedure(sim, strategy, ctx, label)

@@ -97,6 +97,10 @@ class CudaIpcBuckets(Strategy):
         b = self.knobs.bucket_bytes
         return dict.fromkeys(setup.trainer.gpus, 2.0 * b)  # all-gather buffer + flat bucket
 
+    def encoded_bytes(self, setup: SyncSetup, plan) -> dict[str, float]:
+        """Every trainer GPU encodes each all-gathered bucket whole (`procedure`): all of the model on each."""
+        return dict.fromkeys(setup.trainer.gpus, float(setup.model.weight_bytes()))
+
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim, setup = self.knobs, ctx.sim, ctx.setup
         model_bytes = setup.model.weight_bytes()

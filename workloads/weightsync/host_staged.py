@@ -56,6 +56,10 @@ class HostStaged(Strategy):
             raise InfeasibleError(f"host-staged: {setup.model.weight_bytes() / 2**30:.0f} GiB of weights exceed the "
                                   f"{room / 2**30:.0f} GiB of host memory next to the rollout GPUs")
 
+    def encoded_bytes(self, setup: SyncSetup, plan) -> dict[str, float]:
+        """Each rank encodes the buckets it owns: its 1/R of the model (`procedure`)."""
+        return dict.fromkeys(setup.rollout.gpus, float(setup.model.weight_bytes()) / len(setup.rollout.gpus))
+
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
         return dict.fromkeys(setup.rollout.gpus, 3.0 * self.knobs.bucket_bytes)  # H2D buffer + IPC double buffer
 

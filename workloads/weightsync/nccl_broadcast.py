@@ -54,6 +54,10 @@ class NcclBroadcast(Strategy):
     def root(self, setup: SyncSetup) -> str:
         return setup.trainer.gpus[0]
 
+    def encoded_bytes(self, setup: SyncSetup, plan) -> dict[str, float]:
+        """The root encodes every gathered bucket: all of the model (a delta keeps its previous version there)."""
+        return {self.root(setup): float(setup.model.weight_bytes())}
+
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
         k = self.knobs
         slots = 2 if k.overlap else 1
