@@ -875,3 +875,21 @@ def test_a_delta_keeps_its_previous_version_where_it_encodes(name, where, kept):
         kept(float(setup.model.weight_bytes()), len(setup.rollout.gpus)))
     assert got.peak_extra_bytes >= buffers + kept(float(setup.model.weight_bytes()), len(setup.rollout.gpus)) - 1
     assert room > 0
+
+
+@pytest.mark.parametrize(("name", "gpu", "buffers"), [("nccl-broadcast", "gpu0", 2),   # the root's gather + broadcast
+                                                      ("cuda-ipc-buckets", "gpu0", 2),  # all-gather + flat bucket
+                                                      ("host-staged", "gpu4", 3)])      # H2D + IPC double buffer
+def test_a_bucket_larger_than_what_it_holds_is_booked_at_that_size(name, gpu, buffers):
+    """bucket_bytes=64GiB for a 16 GB model booked and reported 64 GiB a buffer; a buffer never holds more than the
+    model (host-staged's: more than a rank's shard). nccl-broadcast's root also held one buffer in the run while
+    the precheck booked two; the run now allocates what the precheck books."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1))
+    model = float(setup.model.weight_bytes())
+    data = model / 4 if name == "host-staged" else model
+    strategy = get(name, bucket_bytes=64 * 2**30)
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    assert strategy.extra_memory(setup, plan)[gpu] == pytest.approx(buffers * data)
+    got = simulate_sync(setup, strategy)
+    assert got.feasible and got.peak_extra_gpu == gpu and got.peak_extra_bytes == pytest.approx(buffers * data, abs=1)

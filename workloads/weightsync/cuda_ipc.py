@@ -93,9 +93,12 @@ class CudaIpcBuckets(Strategy):
     def check(self, setup: SyncSetup, plan) -> None:
         self.partners(setup)
 
+    def buffer_bytes(self, setup: SyncSetup) -> float:
+        """One bucket buffer: `bucket_bytes`, or the whole model where that is less (it never holds more)."""
+        return float(min(self.knobs.bucket_bytes, setup.model.weight_bytes()))
+
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        b = self.knobs.bucket_bytes
-        return dict.fromkeys(setup.trainer.gpus, 2.0 * b)  # all-gather buffer + flat bucket
+        return dict.fromkeys(setup.trainer.gpus, 2.0 * self.buffer_bytes(setup))  # all-gather buffer + flat bucket
 
     def encoded_bytes(self, setup: SyncSetup, plan) -> dict[str, float]:
         """Every trainer GPU encodes each all-gathered bucket whole (`procedure`): all of the model on each."""
@@ -111,7 +114,7 @@ class CudaIpcBuckets(Strategy):
         need = dict(zip(ctx.plan.rollout_gpus, ctx.plan.need_bytes, strict=True))
         ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
         for g in trainer:
-            ctx.alloc(g, 2 * k.bucket_bytes, "ipc-buckets")
+            ctx.alloc(g, 2 * self.buffer_bytes(setup), "ipc-buckets")
         per_tensor_s = self.per_tensor_cost(sim.topology)
         prev = None
         for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):

@@ -60,8 +60,12 @@ class HostStaged(Strategy):
         """Each rank encodes the buckets it owns: its 1/R of the model (`procedure`)."""
         return dict.fromkeys(setup.rollout.gpus, float(setup.model.weight_bytes()) / len(setup.rollout.gpus))
 
+    def buffer_bytes(self, setup: SyncSetup) -> float:
+        """One bucket buffer: `bucket_bytes`, or a rank's whole shard (1/R of the model) where that is less."""
+        return float(min(self.knobs.bucket_bytes, setup.model.weight_bytes() / len(setup.rollout.gpus)))
+
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        return dict.fromkeys(setup.rollout.gpus, 3.0 * self.knobs.bucket_bytes)  # H2D buffer + IPC double buffer
+        return dict.fromkeys(setup.rollout.gpus, 3.0 * self.buffer_bytes(setup))  # H2D buffer + IPC double buffer
 
     def procedure(self, ctx: SyncContext) -> Generator:
         k, sim, setup = self.knobs, ctx.sim, ctx.setup
@@ -71,7 +75,7 @@ class HostStaged(Strategy):
         need = dict(zip(ctx.plan.rollout_gpus, ctx.plan.need_bytes, strict=True))
         ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
         for g in ranks:
-            ctx.alloc(g, 3 * k.bucket_bytes, "h2d-and-ipc-buffers")
+            ctx.alloc(g, 3 * self.buffer_bytes(setup), "h2d-and-ipc-buffers")
         staged = self._stage(ctx, ranks, model_bytes) if k.include_d2h else []
         # Each rank owns 1/R of the checkpoint, cut into buckets; round i moves every rank's i-th bucket.
         shard = model_bytes / len(ranks)

@@ -58,12 +58,16 @@ class NcclBroadcast(Strategy):
         """The root encodes every gathered bucket: all of the model (a delta keeps its previous version there)."""
         return {self.root(setup): float(setup.model.weight_bytes())}
 
+    def buffer_bytes(self, setup: SyncSetup) -> float:
+        """One bucket buffer: `bucket_bytes`, or the whole model where that is less (a 64 GiB bucket of a 16 GB model
+        holds 16 GB; it was booked and reported as 64)."""
+        return float(min(self.knobs.bucket_bytes, setup.model.weight_bytes()))
+
     def extra_memory(self, setup: SyncSetup, plan) -> dict[str, float]:
-        k = self.knobs
-        slots = 2 if k.overlap else 1
-        out = {g: slots * k.bucket_bytes for g in plan.rollout_gpus}
+        slots, buf = (2 if self.knobs.overlap else 1), self.buffer_bytes(setup)
+        out = {g: slots * buf for g in plan.rollout_gpus}
         root = self.root(setup)
-        out[root] = out.get(root, 0.0) + slots * k.bucket_bytes  # gather buffer beside the broadcast buffer
+        out[root] = 2 * slots * buf  # its gather buffer beside its broadcast buffer (a rollout GPU's too, colocated)
         return out
 
     def procedure(self, ctx: SyncContext) -> Generator:
@@ -77,9 +81,11 @@ class NcclBroadcast(Strategy):
         need = dict(zip(ctx.plan.rollout_gpus, ctx.plan.need_bytes, strict=True))
         ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
         slots = 2 if k.overlap else 1
+        buf = self.buffer_bytes(setup)
         for s in range(slots):
             for g in {root, *ring}:
-                ctx.alloc(g, k.bucket_bytes, f"bucket{s}")
+                ctx.alloc(g, buf, f"bucket{s}")
+            ctx.alloc(root, buf, f"gather{s}")  # (booked by `extra_memory`, and held: the run now says so too)
         loads_of: list = []
         prev_gather = None
         for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):
@@ -105,3 +111,4 @@ class NcclBroadcast(Strategy):
         for s in range(slots):
             for g in {root, *ring}:
                 ctx.free(g, f"bucket{s}")
+            ctx.free(root, f"gather{s}")
