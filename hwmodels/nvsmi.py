@@ -165,11 +165,11 @@ def topology_from_topo_m(text: str, gpu: str = "H100", name: str = "imported") -
     pairs = [(a, b) for i, a in enumerate(gpus) for b in gpus[i + 1:]]
     if len(gpus) >= 3 and pairs and all(p in nv for p in pairs) and (len(set(nv.values())) == 1
                                                                       or _direct_totals_exceed(nv)):
-        # Behind an NVSwitch every pair shows the GPUs' links to the switch; a pair that shows fewer (a link down)
-        # leaves that GPU its fewest, as it cannot be a direct mesh of more links than a GPU has
+        # Behind an NVSwitch a pair shows the fewer of its two GPUs' links to the switch: a GPU with a link down
+        # shows it in its whole row, the others keep their most (it cannot be a direct mesh of more than 18 a GPU)
         t.add_component("nvswitch", "nvswitch", spec=NVSwitchSpec())
         for g in gpus:
-            link = NVLinkSpec(4, min(n for pair, n in nv.items() if g in pair))
+            link = NVLinkSpec(4, max(n for pair, n in nv.items() if g in pair))
             t.add_link(_node_name(g), "nvswitch", "nvlink", link.Bps, link.latency_s / 2)
     else:
         _check_nvlink_totals(nv)

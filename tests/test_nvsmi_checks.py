@@ -71,12 +71,15 @@ def test_direct_nvlinks_beyond_a_gpus_count_are_refused():
 
 
 def test_an_nvswitch_box_with_a_link_down_imports_as_one():
-    """Every pair shows NV18 but one pair NV17 (a link down): not a direct mesh (126 links a GPU), an NVSwitch box
-    whose two GPUs of that pair reach the switch over 17 links. The check that refuses impossible meshes refused
-    this real machine's matrix."""
-    t = topology_from_topo_m(_cell(_cell(HGX, "GPU0", 1, "NV17"), "GPU1", 0, "NV17"))
+    """GPU0 has a link down: its whole row and column show NV17, every other pair NV18. Not a direct mesh (more links
+    than a GPU has): an NVSwitch box where GPU0 reaches the switch over 17 links and the others over 18 (a pair shows
+    the fewer of its two). The check that refuses impossible meshes refused this real machine's matrix."""
+    text = HGX
+    for col in (1, 2, 3):
+        text = _cell(_cell(text, "GPU0", col, "NV17"), f"GPU{col}", 0, "NV17")
+    t = topology_from_topo_m(text)
     bw = {g: t.graph.edges[g, "nvswitch"]["bw"][(g, "nvswitch")] for g in ("gpu0", "gpu1", "gpu2", "gpu3")}
-    assert bw["gpu0"] == bw["gpu1"] == pytest.approx(bw["gpu2"] * 17 / 18) and bw["gpu2"] == bw["gpu3"]
+    assert bw["gpu0"] == pytest.approx(bw["gpu1"] * 17 / 18) and bw["gpu1"] == bw["gpu2"] == bw["gpu3"]
 
 
 def test_direct_nvlinks_within_a_gpus_count_import():

@@ -824,20 +824,25 @@ def test_a_delta_sent_as_fp8_sends_fp8_values_and_a_whole_bitmap(f, per_value):
     assert (got.bytes_by_class["p2p-nvlink"] - fetch) / need == pytest.approx(want, rel=1e-9)
 
 
-def test_a_delta_over_rdma_stalls_only_for_its_apply_and_books_its_receive_buffer():
+@pytest.mark.parametrize("fp8", [False, True])
+def test_a_delta_over_rdma_stalls_only_for_its_apply_and_books_its_receive_buffer(fp8):
     """rdma-p2p writes straight into the live weights, but a delta's payload cannot be: it lands in a buffer and
     the kernel applies it. The stall counted from the first write (15 ms of a 20 ms sync) and the buffer went
     uncounted. Now the stall is the apply kernel (its HBM bytes over the HBM cap) plus the completion barrier, and
     each rollout GPU's headroom is less by its payload."""
     setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
-                      RolloutLayout(G[4:], tp=1))
+                      RolloutLayout(G[4:], tp=1), rollout_dtype="fp8" if fp8 else None)
     f = 0.1
     plain, got = simulate_sync(setup, get("rdma-p2p")), simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=f))
-    enc = delta_encoding(f)
+    # per bf16 byte (half a value): a bitmap (1 bit a value) + the changed values (+ fp8's block scales, 4 bytes a
+    # 128 x 128 block); the apply kernel reads that and reads and writes each changed value in the engines' dtype
+    value = 1 if fp8 else 2
+    sent = (1 / 8 + f * value) / 2 + (4 / 128**2 / 2 if fp8 else 0)
+    apply = sent + 2 * f * value / 2
     need = float(reshard(setup.model, setup.trainer, setup.rollout).need_bytes[0])
     hbm = setup.topology.caps["gpu4.hbm"].Bps
-    assert got.stall_s == pytest.approx(need * enc.decode_hbm / hbm + get("rdma-p2p").knobs.barrier_s, rel=1e-6)
-    assert plain.extra_headroom_bytes - got.extra_headroom_bytes == pytest.approx(need * enc.ratio, rel=1e-9)
+    assert got.stall_s == pytest.approx(need * apply / hbm + get("rdma-p2p").knobs.barrier_s, rel=1e-6)
+    assert plain.extra_headroom_bytes - got.extra_headroom_bytes == pytest.approx(need * sent, rel=1e-9)
 
 
 def test_a_relay_hop_pays_its_checks_per_real_chunk_not_per_simulated_one():
@@ -893,3 +898,22 @@ def test_a_bucket_larger_than_what_it_holds_is_booked_at_that_size(name, gpu, bu
     assert strategy.extra_memory(setup, plan)[gpu] == pytest.approx(buffers * data)
     got = simulate_sync(setup, strategy)
     assert got.feasible and got.peak_extra_gpu == gpu and got.peak_extra_bytes == pytest.approx(buffers * data, abs=1)
+
+
+def test_a_delta_over_rdma_holds_its_receive_buffer_and_keeps_what_it_assembles():
+    """Two review findings on the same sync: the receive buffer the precheck books was never allocated in the run (the
+    result's peak named a trainer GPU at half the booked bytes), and the previous version was booked on each trainer's
+    shards while it encodes the whole tensors it assembles (`assembled_plan`'s `unique`): 4x too much with 4 data-
+    parallel replicas of each shard."""
+    hgx = presets.get("hgx-h200-8", calibration=None)
+    model = models.get("Llama-3-8B")
+    setup = SyncSetup(hgx, model, FSDPLayout(G[:4]), RolloutLayout(G[4:], tp=1))
+    got = simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=1.0))
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    assert got.peak_extra_gpu in setup.rollout.gpus and got.peak_extra_bytes == pytest.approx(
+        float(plan.need_bytes[0]) * delta_encoding(1.0).ratio, abs=1)  # the payload: the weights, f = 1
+    replicas = SyncSetup(hgx, model, MegatronLayout(G[:4], tp=1), RolloutLayout(G[4:], tp=1))  # dp 4
+    held = reshard(model, replicas.trainer, replicas.rollout).held_bytes
+    kept = get("delta:rdma-p2p").encoded_bytes(replicas, reshard(model, replicas.trainer, replicas.rollout))
+    # every trainer holds the whole model (4 x 16 GB booked before); each encodes only the tensors it sends
+    assert sum(kept.values()) < 0.5 * float(held.sum())

@@ -125,25 +125,31 @@ def delta_encoding(changed_fraction: float, value_bytes: float = TRAINER_VALUE_B
     f = changed_fraction
     if not 0.0 <= f <= 1.0:
         raise WorkloadError(f"changed fraction must be in [0, 1], got {f}")
-    ratio = min(1.0, f * (value_bytes + index_bytes) / value_bytes, f + 1.0 / (8 * value_bytes))
-    return Transform(f"delta{f:g}", ratio, encode_hbm=2.0 + ratio + 2 * f, decode_hbm=ratio + 2.0 * f,
-                     sender_state=1.0, changed_fraction=f)
+    return _delta(f, value_bytes, index_bytes, dense=value_bytes / TRAINER_VALUE_BYTES, scales=0.0)
 
 
 def delta_of_converted(delta: Transform, conversion: Transform, value_bytes: float) -> Transform:
     """`delta` when the values it sends travel converted (`value_bytes` each: fp8's 1, not bf16's 2), its ratio
-    such that it times the conversion's is what travels per trainer-side byte: the least of the converted dense
-    weights, (value, index) pairs, and a bitmap (still one bit per value) plus values, the pairs and the bitmap
-    with every block's scale beside them (none when nothing changed). The plain product halved the bitmap too,
-    28% under the bytes of a delta of 10% sent as fp8 (a physics check)."""
+    such that it times the conversion's is what travels per trainer-side byte, and its kernels' HBM bytes those of
+    the converted payload and values. The plain product halved the bitmap too, 28% under the bytes of a delta of
+    10% sent as fp8, and kept the apply kernel of bf16 values (a physics check and a review)."""
     f = delta.changed_fraction
     assert f is not None, "not a delta"
-    per_value = TRAINER_VALUE_BYTES
     # the block scales, per trainer-side byte, where any value changed (a block of 128 x 128 holds one almost surely)
-    scales = conversion.ratio - value_bytes / per_value if f > 0 else 0.0
-    sent = min(conversion.ratio, f * (value_bytes + INDEX_BYTES) / per_value + scales,
-               (1.0 / 8 + f * value_bytes) / per_value + scales)
-    return dataclasses.replace(delta, ratio=sent / conversion.ratio)
+    scales = conversion.ratio - value_bytes / TRAINER_VALUE_BYTES if f > 0 else 0.0
+    converted = _delta(f, value_bytes, INDEX_BYTES, dense=conversion.ratio, scales=scales)
+    return dataclasses.replace(converted, ratio=converted.ratio / conversion.ratio)
+
+
+def _delta(f: float, value_bytes: float, index_bytes: float, *, dense: float, scales: float) -> Transform:
+    """A delta of fraction f of values of `value_bytes` each, per trainer-side byte: it sends the least of the dense
+    weights (`dense`), (value, index) pairs and a bitmap (one bit a value) plus values, the latter two with the
+    `scales` beside them; encoding reads the new and previous (trainer-side) versions, writes the payload and the
+    changed values of the new previous version; decoding reads the payload and rewrites the changed values."""
+    per = TRAINER_VALUE_BYTES
+    sent = min(dense, f * (value_bytes + index_bytes) / per + scales, (1.0 / 8 + f * value_bytes) / per + scales)
+    return Transform(f"delta{f:g}", sent, encode_hbm=2.0 + sent + 2 * f, decode_hbm=sent + f * value_bytes,
+                     sender_state=1.0, changed_fraction=f)
 
 
 # ---- results --------------------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ class SyncContext:
         self.first_live_write_s: float | None = None
         self._live_events: list[simpy.Event] = []  # declared items whose finish is a live write (`live_write_at`)
         # per trainer-side byte, for every transform together (asked once per copy: 10^6 times at 1,024 GPUs)
-        self._wire_ratio = math.prod((t.ratio for t in transforms), start=1.0)
+        self._wire_ratio = wire_ratio(transforms)
         # HBM bytes the receiver's decoding kernels move per trainer-side byte (0: received bytes are the weights)
         self.decode_hbm = sum(t.decode_hbm for t in transforms)
         self.concurrent_steps_s: list[float] = []  # decode steps that ran while the sync moved data
@@ -251,7 +257,7 @@ class SyncContext:
         """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event is only noted, as in
         `live_write_at` (a callback would make the item procedural): `settle_marks` releases it after the run,
         dated at the item's finish, so until the run ends the bytes still count against later `alloc`s on that GPU
-        (none in `shared_pool`, the only caller). Another event (a procedural run's items) frees when it fires,
+        (none in `shared_pool` and `rdma_p2p`, its callers). Another event (a procedural run's items) frees when it fires,
         or now if it has."""
         if self.sim.declared(event):
             self._frees.append((event, gpu, tag))
@@ -514,6 +520,11 @@ def dtype_conversion(setup: SyncSetup) -> Transform | None:
     if setup.wire_dtype != "fp8":
         raise WorkloadError(f"only conversion to fp8 is modelled, not {setup.model.dtype} -> {setup.wire_dtype}")
     return fp8_conversion()
+
+
+def wire_ratio(transforms: Iterable[Transform]) -> float:
+    """Bytes on the wire per trainer-side byte, every transform together."""
+    return math.prod((t.ratio for t in transforms), start=1.0)
 
 
 def effective_transforms(setup: SyncSetup, strategy: Strategy) -> tuple[Transform, ...]:

@@ -29,6 +29,7 @@ simulated 4-7x faster at 128 GPUs, 32-34x at 256 (`benchmarks/results/sync-scale
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -37,9 +38,11 @@ import simpy
 from fabricsim.simcore.units import format_bytes
 
 from ..errors import WorkloadError
-from .base import Knobs, Strategy, SyncContext, SyncSetup, effective_transforms
+from ..placement import assembled_plan
+from .base import Knobs, Strategy, SyncContext, SyncSetup, effective_transforms, wire_ratio
 
 GiB = 1 << 30
+RECEIVE = "delta-receive"  # a delta's payload buffer on each rollout GPU, its allocation's tag
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class RdmaP2PKnobs(Knobs):
         """A task's tensors are held while it is in flight, so one task larger than the watermark cannot run at all
         (the pipeline took the larger of the two as its memory instead, silently, and reported that peak)."""
         for name in ("task_bytes", "watermark_bytes"):  # (sizes as text are read by `Knobs.replace`, not here)
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int | float):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), numbers.Real):
                 raise WorkloadError(f"rdma-p2p: {name} must be a number of bytes, got {getattr(self, name)!r} (sizes "
                                     f"such as '1GiB' are read by get('rdma-p2p', {name}=...) and Knobs.replace)")
         if self.task_bytes > self.watermark_bytes:
@@ -75,10 +78,15 @@ class RdmaP2P(Strategy):
         out = dict.fromkeys(setup.trainer.gpus, float(self.knobs.watermark_bytes))
         transforms = effective_transforms(setup, self)
         if any(t.decode_hbm for t in transforms):
-            ratio = math.prod((t.ratio for t in transforms), start=1.0)
-            for g, need in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
-                out[g] = out.get(g, 0.0) + float(need) * ratio
+            for g, b in zip(plan.rollout_gpus, plan.need_bytes, strict=True):
+                out[g] = out.get(g, 0.0) + float(b) * wire_ratio(transforms)
         return out
+
+    def encoded_bytes(self, setup: SyncSetup, plan) -> dict[str, float]:
+        """Each trainer GPU encodes the whole tensors it assembles and sends (`assembled_plan`'s `unique`), not its
+        own shards: with data-parallel replicas fewer, with FSDP more (the embedding and LM head whole, once)."""
+        ap = assembled_plan(setup.model, setup.trainer, setup.rollout)
+        return {g: float(b) for g, b in zip(ap.trainer_gpus, ap.unique, strict=True) if b > 0}
 
     @property
     def declarative(self) -> bool:  # type: ignore[override]
@@ -117,6 +125,9 @@ class RdmaP2P(Strategy):
         total_send = float(ap.send.sum())
         declared = self.declarative
         ends = []
+        if ctx.decode_hbm:  # a delta's payload lands beside the live weights (`extra_memory`)
+            for j, r in enumerate(ap.rollout_gpus):
+                ctx.alloc(r, float(ctx.plan.need_bytes[j]) * ctx.wire_ratio, RECEIVE)
         for i, g in enumerate(ap.trainer_gpus):
             unique = float(ap.unique[i])
             if unique <= 0:
@@ -134,8 +145,10 @@ class RdmaP2P(Strategy):
         if ctx.decode_hbm:  # e.g. delta: apply the received payloads in place; the live weights change from then
             ctx.live_write_at(written)
             need = ctx.plan.need_bytes
-            written = sim.all_of([ctx.load(r, float(need[j]), after=[written]) for j, r in enumerate(ap.rollout_gpus)],
-                                 id=ctx.name("applied"))
+            applied = [ctx.load(r, float(need[j]), after=[written]) for j, r in enumerate(ap.rollout_gpus)]
+            for j, r in enumerate(ap.rollout_gpus):  # each payload's buffer, held until it is applied
+                ctx.free_after(r, RECEIVE, applied[j])
+            written = sim.all_of(applied, id=ctx.name("applied"))
         yield sim.delay(ctx.name("barrier"), k.barrier_s, after=[written], tag="barrier")
         for g in ap.trainer_gpus:
             ctx.free(g, "rdma-watermark")
