@@ -257,8 +257,8 @@ class SyncContext:
         """Release `tag` on `gpu` (as `free`) when `event` fires. A declared item's event is only noted, as in
         `live_write_at` (a callback would make the item procedural): `settle_marks` releases it after the run,
         dated at the item's finish, so until the run ends the bytes still count against later `alloc`s on that GPU
-        (none in `shared_pool` and `rdma_p2p`, its callers). Another event (a procedural run's items) frees when it fires,
-        or now if it has."""
+        (none in `shared_pool` and `rdma_p2p`, its callers). Another event (a procedural run's items) frees when it
+        fires, or now if it has."""
         if self.sim.declared(event):
             self._frees.append((event, gpu, tag))
         elif event.processed:
