@@ -142,12 +142,12 @@ GOLDEN = {
     ("split-fp8", "shared-pool:pull-on-publish", ()): (0.05519327692975734, 2e-05),
     ("cluster-32", "shared-pool:pull-on-publish", ()): (1.3206866117640679, 2e-05),
     # the relay's, since each simulated chunk pays the version checks and copy latencies of the real chunks it stands
-    # for (`SharedPool._checks`; split-calibrated's chunks are all simulated, its answer is as before; both paths)
-    ("c4cal", "shared-pool:relay", ()): (0.6737772154672105, 2e-05),
-    ("c4cal", "shared-pool:relay", (("chunk_bytes", 2.0**24), ("max_sim_chunks", 5))): (0.7585287243047647, 2e-05),
-    ("split-calibrated", "shared-pool:relay", ()): (0.11816855291766076, 2e-05),
-    ("cluster-32", "shared-pool:relay", ()): (1.2977399569679435, 2e-05),
-    ("split-fp8", "shared-pool:relay", (("flip_copy", True),)): (0.05093854982433753, 0.004756833561246815),
+    # for (`SharedPool._checks`, `_head_latency`: a chain's head and every later hop; the same on both paths)
+    ("c4cal", "shared-pool:relay", ()): (0.6737856154672095, 2e-05),
+    ("c4cal", "shared-pool:relay", (("chunk_bytes", 2.0**24), ("max_sim_chunks", 5))): (0.7644011095569384, 2e-05),
+    ("split-calibrated", "shared-pool:relay", ()): (0.11817909227068082, 2e-05),
+    ("cluster-32", "shared-pool:relay", ()): (1.304585956967944, 2e-05),
+    ("split-fp8", "shared-pool:relay", (("flip_copy", True),)): (0.051378549824337524, 0.004756833561246815),
 }
 # the decode step beside the pull, same commit
 GOLDEN_STEP = {("c4cal", (("flip_copy", True),)): 0.0032304030245645997,

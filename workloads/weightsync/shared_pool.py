@@ -317,6 +317,9 @@ class SharedPool(Strategy):
                         if converts and c >= 2:  # a staging chunk is free once its conversion ended
                             chain.tail = [*chain.tail, arrived[c - 2]]
                         version = self._read_declared(ctx, pool, j, r, frac, "relay-pull", chain)
+                        if extra := self._head_latency(ctx, j, r, need, n_chunks, c):
+                            chain.then(sim.delay(ctx.name(f"pull-latency.{r}"), extra, after=chain.tail,
+                                                 tag="relay-pull"))
                         if c == 0:
                             ctx.pool_accepted.append(version)
                         arrived.append(ctx.encode(r, need * frac, after=[*chain.tail, *arrived[-1:]]) if converts
@@ -408,6 +411,22 @@ class SharedPool(Strategy):
         """Simulated chunks of a relay hop's `need` bytes."""
         return max(1, min(self.knobs.max_sim_chunks, math.ceil(need / self.knobs.chunk_bytes)))
 
+    def _real_chunks(self, need: float, n_chunks: int, c: int) -> int:
+        """How many real chunks (`chunk_bytes` of `need`) simulated chunk c of `n_chunks` stands for, spread as
+        `coarsen` spreads buckets."""
+        real = max(1, math.ceil(need / self.knobs.chunk_bytes))
+        return real // n_chunks + (1 if c < real % n_chunks else 0)
+
+    def _head_latency(self, ctx: SyncContext, j: int, r: str, need: float, n_chunks: int, c: int) -> float:
+        """The copy latencies of the real chunks beyond the first that simulated chunk c of a chain's head stands
+        for: each is its own read of the pool, one after the other (the review found the head's reads, like the
+        later hops' checks, charged once per simulated chunk)."""
+        m = self._real_chunks(need, n_chunks, c)
+        if m <= 1:
+            return 0.0
+        sources = [(t, r) for i, t in enumerate(ctx.plan.trainer_gpus) if ctx.plan.matrix[i, j] > 0]
+        return (m - 1) * max((lat for _, lat in ctx.sim.lone_copies(sources)), default=0.0)
+
     def _checks(self, ctx: SyncContext, up: str, r: str, need: float, n_chunks: int, c: int) -> tuple[float, float]:
         """The version checks around simulated chunk c of a relay hop up -> r, in seconds (before its copy, after
         it): each real chunk it stands for (`chunk_bytes` of `need`, spread over `n_chunks` as `coarsen` spreads
@@ -415,8 +434,7 @@ class SharedPool(Strategy):
         latency too. Charged once per simulated chunk, small chunks cost nothing (a physics check: 64 KiB chunks
         simulated as fast as 64 MiB ones)."""
         k = self.knobs
-        real = max(1, math.ceil(need / k.chunk_bytes))
-        m = real // n_chunks + (1 if c < real % n_chunks else 0)
+        m = self._real_chunks(need, n_chunks, c)
         if m <= 1:
             return k.check_s, k.check_s
         latency = ctx.sim.lone_copies([(up, r)])[0][1]
@@ -450,6 +468,8 @@ class SharedPool(Strategy):
                     yield encoded[c - 2]  # its staging chunk is free once its conversion ended
                 version = yield from pool.read(cost, lambda: sim.delay(ctx.name(f"poll.{r}"), k.observe_s,
                                                                       tag="observe"))
+                if extra := self._head_latency(ctx, j, r, need, n_chunks, c):
+                    yield sim.delay(ctx.name(f"pull-latency.{r}"), extra, tag="relay-pull")
                 if c == 0:
                     ctx.pool_accepted.append(version)
                 if converts:  # converts while the next chunk lands; forwarded once converted
