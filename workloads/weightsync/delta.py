@@ -1,9 +1,11 @@
 """`delta`: send only the values that changed, on top of any transport (`delta:rdma-p2p`, `delta:nccl-broadcast`).
 
 RL fine-tuning with small learning rates changes few bf16 values per step (most updates round away), so a delta
-of (value, index) pairs or a bitmap plus values can be far smaller than the weights. The costs: the sender
-keeps the previous version (one more copy of its shards) and runs a diff kernel over old and new weights; the
-receiver runs a scatter kernel instead of a plain copy. The changed fraction is a parameter, not a claim: it
+of (value, index) pairs or a bitmap plus values can be far smaller than the weights. The costs: the GPU that
+encodes keeps the previous version of what it encodes (`Strategy.encoded_bytes`: a trainer's assembled tensors for
+rdma-p2p, the whole model on nccl-broadcast's root) and runs a diff kernel over old and new weights; the receiver
+holds the payload in a buffer and runs a scatter kernel instead of a plain copy (with fp8 engines the values
+travel, and are written, as fp8). The changed fraction is a parameter, not a claim: it
 depends on learning rate, optimizer and step, and must come from the user's own runs.
 """
 
