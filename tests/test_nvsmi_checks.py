@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_topology import HGX_TOPO_M
 
 from fabricsim.cli import main
 from fabricsim.errors import TopologyError
@@ -16,14 +17,7 @@ from fabricsim.hwmodels.nvsmi import topology_from_topo_m
 
 ROOT = Path(__file__).resolve().parent.parent
 
-HGX = """\
-\tGPU0\tGPU1\tGPU2\tGPU3\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
-GPU0\t X \tNV18\tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
-GPU1\tNV18\t X \tNV18\tNV18\tPIX\t0-47\t0\t\tN/A
-GPU2\tNV18\tNV18\t X \tNV18\tSYS\t48-95\t1\t\tN/A
-GPU3\tNV18\tNV18\tNV18\t X \tSYS\t48-95\t1\t\tN/A
-NIC0\tPIX\tPIX\tSYS\tSYS\t X
-"""
+HGX = HGX_TOPO_M  # a 4-GPU NVSwitch box with one NIC (tests/test_topology.py)
 
 
 def _matrix(rows: dict[str, list[str]]) -> str:
