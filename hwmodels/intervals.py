@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import numbers
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -191,7 +192,7 @@ def predict_interval(run: Callable[[Topology], float], topo: Topology, *, sample
 def _run_value(value: Any, topo: Topology, which: str) -> float:
     """What `predict_interval`'s (or `corner_interval`'s) run returned, as a float: a finite number, else an error
     naming the value and the run (a NaN made a NaN interval, a string a TypeError deep in the arithmetic)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise IntervalError(f"interval on '{topo.name}': the run returned {value!r} for {which}; it must return a "
                             "finite number (a time in seconds, a rate)")
     return float(value)

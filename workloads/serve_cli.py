@@ -29,7 +29,7 @@ from .metrics_out import (
     rerun_note,
 )
 from .requests import Request, RequestError, check_shared_prefix, load_trace, poisson_requests
-from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, role_counts, serve
+from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, role_counts, roles_said, serve
 
 SERVE_SAMPLES = 8  # a serving run re-runs the whole request trace: fewer samples than `simulate` takes
 
@@ -103,9 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _layout(roles: dict[str, int], tp: int) -> str:
     """'1 instance (tp=1)', '3 prefill + 5 decode instances (tp=2)': the header says what ran where."""
-    total = sum(roles.values())
-    counts = f"{total}" if set(roles) == {"colocated"} else " + ".join(f"{n} {role}" for role, n in roles.items())
-    return f"{counts} instance{'s' if total > 1 else ''} (tp={tp})"
+    return f"{roles_said(roles)} instance{'s' if sum(roles.values()) > 1 else ''} (tp={tp})"
 
 
 def _nothing_shared_note(policy: KVPolicy, reqs: list[Request], from_trace: bool) -> str:

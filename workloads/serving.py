@@ -660,6 +660,12 @@ def _run_sum(w0: StepWork, w1: StepWork, k: int) -> StepWork:
                     kv_read_bytes=f(w0.kv_read_bytes, w1.kv_read_bytes), extra_s=f(w0.extra_s, w1.extra_s), steps=k)
 
 
+def roles_said(counts: dict[str, int]) -> str:
+    """'3 prefill + 5 decode' for a split's counts, '2' for colocated instances: how messages and headers say them."""
+    return f"{sum(counts.values())}" if set(counts) == {"colocated"} else " + ".join(
+        f"{n} {role}" for role, n in counts.items())
+
+
 def role_counts(policy: KVPolicy, name: str, asked: int | None, tp: int, offered: int, topology: str, *,
                 asked_as: str = "instances=") -> dict[str, int]:
     """How many instances take each role ({'colocated': n}, or a role-splitting policy's {'prefill': p, 'decode':
@@ -671,7 +677,7 @@ def role_counts(policy: KVPolicy, name: str, asked: int | None, tp: int, offered
     split = isinstance(policy, SplitsRoles)
     counts = policy.role_counts(asked or 1) if split else {"colocated": 1 if asked is None else asked}
     total = sum(counts.values())
-    said = " + ".join(f"{n} {role}" for role, n in counts.items())
+    said = roles_said(counts)
     if split and asked is not None and asked != total:
         raise ServingError(f"{asked_as}{asked} contradicts policy '{name}', whose parameters set {said} = {total} "
                            f"instances (leave {asked_as.strip(' =')} out, or give {total})")

@@ -127,7 +127,7 @@ def fitted_on_these(profile: CalibrationProfile, m: Measurements) -> bool | None
     sha, at = prov.get("measurements_sha256"), prov.get("measured_at")
     if not sha and not at:
         return None
-    if sha and Path(m.source).is_file() and measurements_sha256([m.source]) == sha:
+    if sha and Path(m.source).exists() and measurements_sha256([m.source]) == sha:  # (a folder: its measured.json)
         return True
     return bool(at) and at == m.doc.get("created_at")
 
@@ -325,13 +325,14 @@ def _split_lines(summary: dict[str, Any], profile: CalibrationProfile) -> list[s
     theirs = f" Profile `{profile.id}` was fitted with this split." if fitted_split(profile) == summary["split"] else ""
     note = [f"Note: {summary['split_note']}.", ""] if summary.get("split_note") else []
     if summary.get("split") == "file":
-        return [f"Split: as recorded in the measurement file.{theirs}", "", *note]
-    if not moved:
-        return [f"Split: today's case list (`validate/cases.py`), the same as recorded in the measurement file."
-                f"{theirs}", "", *note]
-    return [f"Split: today's case list (`validate/cases.py`), applied after measuring: {len(moved)} cases differ "
-            f"from the split recorded in the file and were judged by today's: {', '.join(f'`{x}`' for x in moved)}."
-            f"{theirs}", "", *note]
+        said = "Split: as recorded in the measurement file."
+    elif not moved:
+        said = "Split: today's case list (`validate/cases.py`), the same as recorded in the measurement file."
+    else:
+        said = (f"Split: today's case list (`validate/cases.py`), applied after measuring: {len(moved)} cases differ "
+                f"from the split recorded in the file and were judged by today's: "
+                f"{', '.join(f'`{x}`' for x in moved)}.")
+    return [said + theirs, "", *note]
 
 
 def render_markdown(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, fdf: pd.DataFrame,

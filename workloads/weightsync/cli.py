@@ -378,8 +378,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topology", default="hgx-h200-8",
                    help=f"topology preset or file (default hgx-h200-8; clusters: {presets.CLUSTER_PATTERN}, H100 "
                         "unless the name has -h200)")
-    p.add_argument("--calibration", metavar="PATH", help="calibration profile path, or 'none' for the datasheet "
-                   "figures (default: the preset's bundled one)")
+    p.add_argument("--calibration", metavar="PATH", help="calibration profile: a path, a bundled profile's name "
+                   "(h200x8), or 'none' for the datasheet figures (default: the preset's bundled one)")
     p.add_argument("--trainer", help=f"trainer GPUs (default {DEFAULT_TRAINER})")
     p.add_argument("--megatron", metavar="tp=T,pp=P,ep=E", help="Megatron trainer layout instead of FSDP")
     p.add_argument("--rollout", help=f"rollout GPUs (default {DEFAULT_ROLLOUT})")
