@@ -25,7 +25,7 @@ from fabricsim.workloads.decode import DecodeBatch, decode_work
 from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
 from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
-from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding
+from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding, fp8_conversion
 
 HGX = presets.get("hgx-h200-8", calibration=None)
 CLUSTER = presets.get("cluster-4x8", calibration=None)
@@ -917,3 +917,21 @@ def test_a_delta_over_rdma_holds_its_receive_buffer_and_keeps_what_it_assembles(
     kept = get("delta:rdma-p2p").encoded_bytes(replicas, reshard(model, replicas.trainer, replicas.rollout))
     # every trainer holds the whole model (4 x 16 GB booked before); each encodes only the tensors it sends
     assert sum(kept.values()) < 0.5 * float(held.sum())
+
+
+def test_cuda_ipc_converts_each_bucket_before_packing_it_at_the_engines_size():
+    """slime quantizes the gathered tensors, then flattens them into the bucket: the pack copies converted bytes, so
+    it must come after the conversion (it ran first, copying fp8-sized bytes of tensors not yet converted). Every
+    trainer GPU's pack of a bucket starts once the conversions of that bucket have ended, and moves 2x the fp8
+    bytes (read + write)."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1), rollout_dtype="fp8")
+    strategy = get("cuda-ipc-buckets", bucket_bytes=2**30, max_sim_buckets=4)
+    recs = simulate_sync(setup, strategy, keep_result=True).sim_result.records
+    packs = sorted((r for r in recs if r.tag == "pack"), key=lambda r: r.start_s)
+    encodes = sorted((r for r in recs if r.tag == "encode"), key=lambda r: r.start_s)
+    assert packs and len(packs) == len(encodes)
+    for b in range(0, len(packs), 4):  # four trainer GPUs per bucket
+        assert min(p.start_s for p in packs[b:b + 4]) >= max(e.finish_s for e in encodes[b:b + 4]) - 1e-12
+    wire = fp8_conversion().ratio
+    assert sum(p.bytes for p in packs) == pytest.approx(4 * 2 * setup.model.weight_bytes() * wire, rel=1e-9)

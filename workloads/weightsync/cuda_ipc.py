@@ -6,10 +6,10 @@ bucket", the change behind its 60 s -> 7 s for Qwen3-30B-A3B), serialises one CU
 sends it to the engine worker on the same GPU (or a GPU of the same node); the engine opens the handle, rebuilds
 tensor views (a per-tensor cost), copies its TP slice into its live weights, and closes the handle.
 
-Modelled per bucket: ring all-gather over the trainer GPUs (bandwidth form), a pack copy (HBM read + write of
-the bucket), per-bucket handle costs, then each rollout GPU's copy of its slice from its partner's buffer (a
-local copy when colocated, NVLink/PCIe peer otherwise) and its per-tensor rebuild cost. Buckets run in order
-(one buffer), as slime does.
+Modelled per bucket: ring all-gather over the trainer GPUs (bandwidth form), the conversion kernels where the
+engines take another form (fp8, a delta), a pack copy (HBM read + write of the converted bucket), per-bucket
+handle costs, then each rollout GPU's copy of its slice from its partner's buffer (a local copy when colocated,
+NVLink/PCIe peer otherwise) and its per-tensor rebuild cost. Buckets run in order (one buffer), as slime does.
 
 Default costs: `ipc_handle_s` 1 ms per bucket (an estimate) for serialising the handle, sending it between
 processes (Ray / ZMQ round trip, ~0.5-1 ms) and `cudaIpcOpenMemHandle` plus close (tens to hundreds of us, more for
@@ -122,10 +122,11 @@ class CudaIpcBuckets(Strategy):
             after = [prev] if prev is not None else []
             missing = {g: nbytes * (1 - share[g]) for g in trainer}
             gathered = ring_allgather(sim, trainer, missing, after=after, name=f"allgather{b}")
-            packed = [sim.task(ctx.name(f"pack.{g}"), g, hbm_bytes=2 * nbytes * ctx.wire_ratio, after=[gathered],
+            # converted (fp8, delta) tensor by tensor as gathered, then flattened at the engines' size, as slime
+            # quantizes the named tensors before its flattened bucket (the pack ran first, at the converted size)
+            encoded = [ctx.encode(g, nbytes, after=[gathered]) for g in trainer] if ctx.transforms else [gathered]
+            packed = [sim.task(ctx.name(f"pack.{g}"), g, hbm_bytes=2 * nbytes * ctx.wire_ratio, after=encoded,
                                tag="pack") for g in trainer]
-            if ctx.transforms:
-                packed = [ctx.encode(g, nbytes, after=packed) for g in trainer]
             handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
                                 after=packed, tag="ipc-handle")
             ctx.live_write_at(handles)
