@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
+import numbers
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +37,7 @@ from fabricsim.simcore.records import Result
 
 from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
-from ..keyvalue import coerce_all, settings_of
+from ..keyvalue import coerce, coerce_all, settings_of
 from ..metrics_out import ReportsMetrics
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
@@ -389,26 +391,73 @@ def share_of_replica(ctx: SyncContext) -> dict[str, float]:
 # ---- strategies -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Knobs:
-    """Base of every strategy's cost knobs (frozen dataclass; defaults documented where they are defined)."""
+    """Base of every strategy's cost knobs (frozen dataclass; defaults documented where they are defined).
+
+    Every field is typed and range-checked when the knobs are made, however they are made: `replace` and
+    `weightsync.get` read text ('1GiB', '16') by the KEY=VALUE rules and then construct, and a subclass built
+    directly (`RdmaP2PKnobs(task_bytes=2**30)`) gets the same checks (`_type_knobs`). Only `replace` reads text:
+    the constructor takes values, so a size written as text is refused there, saying where text is read."""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """A subclass's own `__post_init__` (its cross-field checks: rdma-p2p's task within the watermark,
+        shared-pool's mode) runs after its fields are typed, as if it called super().__post_init__() first: one
+        that does not would skip the types, and compare '1GiB' with a number (a raw TypeError)."""
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("__post_init__")
+        if own is None:
+            return
+
+        @functools.wraps(own)
+        def post_init(self: Knobs) -> None:
+            _type_knobs(self)
+            own(self)
+
+        cls.__post_init__ = post_init  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        _type_knobs(self)
 
     def replace(self, **kw: Any) -> Knobs:
-        """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`), then
-        range-checked: counts >= 1, sizes (`*bytes`) at least a byte, other numbers >= 0 (the upper bounds of sizes
-        and costs are the KEY=VALUE rules')."""
-        owner = type(self).__name__
-        typed = coerce_all(kw, settings_of(type(self)), owner, noun="knob")
-        for name, value in typed.items():
-            _check_knob_range(f"{owner}: {name}", name, value)
-        return dataclasses.replace(self, **typed)
+        """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`: text such as
+        '1GiB' is read here), then range-checked as the constructor checks every knob (`_type_knobs`): counts
+        >= 1, sizes (`*bytes`) at least a byte, other numbers >= 0 (the upper bounds of sizes and costs are the
+        KEY=VALUE rules')."""
+        typed = coerce_all(kw, settings_of(type(self)), type(self).__name__, noun="knob")
+        return dataclasses.replace(self, **typed)  # (constructs: `__post_init__` range-checks)
+
+
+def _type_knobs(knobs: Knobs) -> None:
+    """Check every field of `knobs` against its default's type by the KEY=VALUE rules (`keyvalue.coerce`: a bool
+    for switches, a whole number for counts, a finite real number, not a bool, for the rest, a name for names),
+    then its range (`_check_knob_range`), and store the typed value (16.0 for a count as 16, NumPy scalars as
+    Python numbers), so that knobs built directly equal those `replace` makes. Text for a number or a switch is
+    refused: the constructor takes values, and `replace` is where text is read."""
+    owner = type(knobs).__name__
+    for name, setting in settings_of(type(knobs)).items():
+        value = getattr(knobs, name)
+        where = f"{owner}: {name}"
+        default = setting.default
+        if isinstance(value, str) and isinstance(default, int | float):
+            expected, text = (("True or False", "switches as text") if isinstance(default, bool) else
+                              ("a number of bytes", "sizes as text such as '1GiB'") if name.endswith("bytes") else
+                              ("a number", "numbers as text"))
+            raise WorkloadError(f"{where} must be {expected}, got {value!r} ({text} are read by get(name, {name}=...) "
+                                f"and Knobs.replace, not by the constructor)")
+        typed = coerce(where, setting, value)
+        if isinstance(typed, int) and not isinstance(typed, bool) and isinstance(value, numbers.Integral):
+            typed = int(value)  # exactly (`coerce` reads numbers through a float: 2**53 + 1 is not one)
+        _check_knob_range(where, name, typed)
+        if type(typed) is not type(value) or typed != value:
+            object.__setattr__(knobs, name, typed)  # (frozen: the dataclass's own way to set a field in post-init)
 
 
 def _check_knob_range(where: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
+    if name.endswith("bytes") and not value >= 1:  # (a size under a byte is a wrong unit; said as a size, whole or not)
+        raise WorkloadError(f"{where}: expected a size of at least 1 B, got {value!r}")
     if isinstance(value, int) and value < 1:
         raise WorkloadError(f"{where}: expected a whole number >= 1, got {value!r}")
-    if name.endswith("bytes") and not value >= 1:  # (a size under a byte is a wrong unit)
-        raise WorkloadError(f"{where}: expected a size of at least 1 B, got {value!r}")
     if not value >= 0:
         raise WorkloadError(f"{where}: expected a number >= 0, got {value!r}")
 

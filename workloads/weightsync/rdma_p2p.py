@@ -29,7 +29,6 @@ simulated 4-7x faster at 128 GPUs, 32-34x at 256 (`benchmarks/results/sync-scale
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -56,11 +55,9 @@ class RdmaP2PKnobs(Knobs):
 
     def __post_init__(self) -> None:
         """A task's tensors are held while it is in flight, so one task larger than the watermark cannot run at all
-        (the pipeline took the larger of the two as its memory instead, silently, and reported that peak)."""
-        for name in ("task_bytes", "watermark_bytes"):  # (sizes as text are read by `Knobs.replace`, not here)
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), numbers.Real):
-                raise WorkloadError(f"rdma-p2p: {name} must be a number of bytes, got {getattr(self, name)!r} (sizes "
-                                    f"such as '1GiB' are read by get('rdma-p2p', {name}=...) and Knobs.replace)")
+        (the pipeline took the larger of the two as its memory instead, silently, and reported that peak). The
+        sizes are numbers of at least a byte by then: `Knobs` types every field before a subclass's own
+        `__post_init__` runs (`Knobs.__init_subclass__`), which refuses '1GiB' given to the constructor."""
         if self.task_bytes > self.watermark_bytes:
             raise WorkloadError(f"rdma-p2p: task_bytes ({format_bytes(self.task_bytes)}) is larger than "
                                 f"watermark_bytes ({format_bytes(self.watermark_bytes)}), the bytes a GPU may hold in "
