@@ -6,7 +6,6 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from fabricsim.hwmodels import presets
@@ -61,20 +60,21 @@ def _serve(args: argparse.Namespace) -> int:
                                 prefixes=args.prefixes)
     topo = presets.load(args.topology, calibration=args.calibration)
     cfg = ServingConfig(  # the counts' own checks (whole numbers, tp x instances) first, in its words
-        model=args.model, tp=args.tp, instances=args.instances or 1, kv_dtype=args.kv_dtype,
+        model=args.model, tp=args.tp, instances=args.instances, kv_dtype=args.kv_dtype,  # (None: not given)
         page_tokens=args.page_tokens, max_batch_seqs=args.max_batch, token_budget=args.token_budget,
         preemption=args.preemption, mechanism=args.mechanism,
         kv_budget_bytes=None if args.kv_budget is None else parse_bytes(args.kv_budget, "--kv-budget"))
-    roles = role_counts(policy, args.policy, args.instances, cfg.tp, len(topo.gpus()), topo.name,
+    # `serve` applies this rule again to the same config (an --instances not given stays None, so nothing is
+    # rebuilt with the split's count); here first, to spell the count as the flag and name the roles in the header
+    roles = role_counts(policy, args.policy, cfg.instances, cfg.tp, len(topo.gpus()), topo.name,
                         asked_as="--instances ")
-    cfg = replace(cfg, instances=sum(roles.values()))
     if note := _nothing_shared_note(policy, reqs, bool(args.request_trace)):
         print(f"note: {note}", file=sys.stderr, flush=True)
     fluid.load_core()  # loaded (or compiled) before the run is timed: its one-time cost is no run's, nor a re-run's
     started = time.perf_counter()
     res = serve(topo, reqs, args.policy, cfg, policy_params=params)
     first_run_s = time.perf_counter() - started
-    samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * cfg.instances,
+    samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * sum(roles.values()),
                                        first_run_s=first_run_s)
     if skipped:
         print(skipped, file=sys.stderr)  # a note, on stderr in every mode like the others: stdout is the answer
@@ -127,7 +127,7 @@ def _inputs(args: argparse.Namespace, topo: Topology, cfg: ServingConfig, policy
     out: dict[str, object] = {
         "model": cfg.model_config().name, "topology": topo.name, "calibration": topo.calibration_id,
         "policy": policy.name, "policy_params": given | described, "params_given": sorted(params),
-        "tp": cfg.tp, "instances": cfg.instances, "roles": roles, "kv_dtype": cfg.kv_dtype,
+        "tp": cfg.tp, "instances": sum(roles.values()), "roles": roles, "kv_dtype": cfg.kv_dtype,
         "page_tokens": cfg.page_tokens, "kv_budget_bytes": cfg.kv_budget_bytes, "max_batch": cfg.max_batch_seqs,
         "token_budget": cfg.token_budget, "preemption": cfg.preemption, "mechanism": cfg.mechanism,
         "request_trace": args.request_trace, "requests": len(reqs)}

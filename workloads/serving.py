@@ -73,15 +73,17 @@ class ServingConfig:
     kv_budget_bytes: KV memory per GPU; None = gpu_memory_utilization x HBM - weights - activation reserve.
     token_budget: tokens per step (decode tokens + prefill chunk), as in chunked prefill (Sarathi, vLLM).
     gpus: which GPUs the instances use, in order (default: the topology's first tp x instances GPUs).
-    instances: how many serve, each on its own tp GPUs; a policy that splits roles (pd-disaggregation) sets the
-    count from its own parameters, and another count than 1 (the default) or that one is refused.
+    instances: how many serve, each on its own tp GPUs; None (the default) = not said: a policy that splits roles
+    (pd-disaggregation) sets the count from its own parameters, any other serves 1. A count that is said is
+    checked against a split's like any other: 1 with a 1 + 1 split is refused, as 3 with a 3 + 5 one is (the
+    default was 1, which could not be told from a 1 that was asked for, so a split took either silently).
     allreduce_latency_s: fixed cost of one tensor-parallel all-reduce call where the topology has no fitted
     `all_reduce` (a calibrated machine's fitted fixed cost and bus bandwidth replace it: simcore.collectives).
     """
 
     model: str | ModelConfig = "Llama-3-8B"
     tp: int = 1
-    instances: int = 1
+    instances: int | None = None
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     compute_dtype: str = "bf16"
@@ -112,8 +114,9 @@ class ServingConfig:
         object.__setattr__(self, "page_tokens",
                            check_count(self.page_tokens, "page_tokens (the KV page size)", error=KVConfigError))
         for what in ("tp", "instances", "max_batch_seqs", "token_budget", "layer_groups", "gather_sms"):
-            object.__setattr__(self, what, check_count(getattr(self, what), what, error=ServingError))
-        if self.tp * self.instances > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
+            if what != "instances" or self.instances is not None:  # (None: not said, see the docstring)
+                object.__setattr__(self, what, check_count(getattr(self, what), what, error=ServingError))
+        if self.tp * (self.instances or 1) > MAX_ENDPOINTS:  # one GPU each at least, and no GPU list names more
             raise ServingError(f"tp x instances is more than {MAX_ENDPOINTS:,} GPUs; check the numbers")
         _set_checked(self, "admission_watermark", real_number, ServingError)
         _set_checked(self, "gpu_memory_utilization", real_number, ServingError)
@@ -729,9 +732,8 @@ class ServingSystem:
             raise ServingError(f"policy '{name}' defines only one of role_counts and instance_policy; a policy that "
                                "splits roles needs both (see kvpolicies.SplitsRoles)")
         # Counted before any per-instance list is built: a typo such as 10^20 instances is one line, not an
-        # attempt to allocate them. 1, the default count, says nothing against a split's own.
-        counts = role_counts(proto, name, None if self.cfg.instances == 1 else self.cfg.instances, tp, len(gpus),
-                             topo.name)
+        # attempt to allocate them. None, the default count, says nothing against a split's own; any count said does.
+        counts = role_counts(proto, name, self.cfg.instances, tp, len(gpus), topo.name)
         roles = [role for role, n in counts.items() for _ in range(n)]
         self.instances: list[Instance] = []
         for i, role in enumerate(roles):
