@@ -1,0 +1,69 @@
+"""shared-pool:pull-on-publish says before a sync that will take long and much memory (a 4,096-GPU sync declared
+for ~100 s and 12.7 GB with no note), from the count of copies it declares, not from a timing."""
+
+from __future__ import annotations
+
+from fabricsim.cli import main
+from fabricsim.workloads import models
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
+from fabricsim.workloads.weightsync import SyncSetup, get, shared_pool
+from fabricsim.workloads.weightsync.cluster_layout import setup_of
+
+
+# ---------------------------------------------------------------------------------------- pull-on-publish's note
+def _copies(setup: SyncSetup) -> int:
+    """The pulls a pull-on-publish sync declares, counted from the plan here (not by the code under test)."""
+    plan = reshard(setup.model, setup.trainer, setup.rollout)
+    return int((plan.matrix > 0).sum())
+
+
+def test_pull_on_publish_speaks_from_two_to_the_twenty_copies():
+    """The cluster layout trains under FSDP: N/2 x N/2 copies. 2,048 GPUs (2^20 copies, ~26 s and 3.4 GB measured
+    on the 2-core VM) get the note, with the count, a time, a size and the alternative; 1,024 (2^18) do not."""
+    pool = get("shared-pool:pull-on-publish")
+    big, below = (setup_of({"model": "Qwen3-235B-A22B", "gpus": n}) for n in (2048, 1024))
+    assert pool.pull_copies(big) == _copies(big) == 1 << 20 == shared_pool.PULL_NOTE_COPIES
+    note = pool.scale_note(big)
+    assert note.startswith("shared-pool:pull-on-publish: 1,024 readers") and "1,048,576 copies" in note
+    assert "about 26 s and 3.5 GB" in note and "shared-pool:relay" in note
+    assert pool.scale_note(below) == ""
+    # the other modes declare other copies; a delta is refused before any run
+    assert get("shared-pool:relay").scale_note(big) == get("shared-pool:zero-copy").scale_note(big) == ""
+
+
+def test_the_note_counts_the_plans_pairs_not_trainers_times_readers(monkeypatch):
+    """At the threshold the note fires and one copy short of it not; a Megatron trainer's reader pulls from the few
+    GPUs that hold its slice, so the same GPUs under it stay quiet where FSDP's all-to-all speaks (the threshold is
+    moved to a small box's count: the rule, not the measured size, is under test)."""
+    topo = setup_of({"model": "Qwen3-235B-A22B", "gpus": 16}).topology
+    llama = models.get("Llama-3-8B")
+    tr, ro = [f"node0.gpu{i}" for i in range(8)], [f"node1.gpu{i}" for i in range(8)]
+    fsdp = SyncSetup(topo, llama, FSDPLayout(tr), RolloutLayout(ro, tp=8))
+    megatron = SyncSetup(topo, llama, MegatronLayout(tr, tp=8), RolloutLayout(ro, tp=8))
+    pool = get("shared-pool:pull-on-publish")
+    n = _copies(fsdp)
+    assert n == 64 and _copies(megatron) < n
+    monkeypatch.setattr(shared_pool, "PULL_NOTE_COPIES", n)
+    assert "64 copies" in pool.scale_note(fsdp) and pool.scale_note(megatron) == ""
+    monkeypatch.setattr(shared_pool, "PULL_NOTE_COPIES", n + 1)
+    assert pool.scale_note(fsdp) == ""
+
+
+def test_the_sync_cli_prints_the_note_before_the_run(monkeypatch, capsys):
+    """The CLI prints a strategy's scale note on stderr before it simulates (nothing else needed for this one)."""
+    import sys
+
+    from fabricsim.workloads.weightsync import cli as sync_cli
+    from fabricsim.workloads.weightsync.base import SyncResult
+
+    monkeypatch.setattr(shared_pool, "PULL_NOTE_COPIES", 1)
+
+    def no_run(setup, strategy, **kw):
+        print("SIMULATED", file=sys.stderr)
+        return SyncResult(strategy.label, feasible=False, reason="not run in this test")
+
+    monkeypatch.setattr(sync_cli, "simulate_sync", no_run)
+    main(["sync", "Llama-3-8B", "shared-pool:pull-on-publish", "--trainer", "gpu0-3", "--rollout", "gpu4-7",
+          "--samples", "0"])
+    err = capsys.readouterr().err
+    assert "note: shared-pool:pull-on-publish: 4 readers" in err and err.index("note: shared") < err.index("SIMULATED")
