@@ -27,9 +27,10 @@ overrides the kind's default latency. HBM and DRAM caps are added automatically,
 the GPU model's HBM peak and of `dram_GBps` (a peak; `specs.Derating` says how much and why).
 
 What would load wrong without a word is refused, naming where: a key given twice in one mapping, an alias that
-names no component or is itself a component's name, a pair pinned twice, and a pinned route that passes a CPU
-or switch twice other than on either side of a memory it is staged through (a GPU, host or NVMe in `via`). A
-number YAML 1.1 reads as a string (`1e3`, no decimal point) counts as the number, as in scenario files.
+names no component, names one that is no endpoint (a CPU, switch or NIC) or is itself a component's name, a pair
+pinned twice, and a pinned route that passes a CPU or switch twice other than on either side of a memory it is
+staged through (a GPU, host or NVMe in `via`). A number YAML 1.1 reads as a string (`1e3`, no decimal point)
+counts as the number, as in scenario files.
 """
 
 from __future__ import annotations
@@ -190,9 +191,13 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
 
 
 def _check_aliases(t: Topology, source: str) -> None:
-    """An alias must name a component of the file, and must not itself be a component's name: the first would
-    be blamed on whatever scenario uses it, the second silently sends copies meant for that component to
-    another one."""
+    """An alias must name an endpoint of the file (a GPU, host memory or NVMe) and must not itself be a
+    component's name: an alias to nothing would be blamed on whatever scenario uses it, one with a component's
+    name silently sends copies meant for that component to another one, and one to a CPU, switch or NIC loads
+    fine only to fail at the first copy that uses it ("'cpu0' is a cpu, not an endpoint"), far from the file.
+    Aliases are read only where an endpoint is named (a copy's ends, a memory pool, a task's GPU, a cap's
+    endpoints); a pinned route's `via` takes component names as they are, so no alias to a transit component
+    can be of use."""
     for name, target in t.aliases.items():
         where = f"{source}: aliases.{name}"
         if name in t.graph:
@@ -201,6 +206,9 @@ def _check_aliases(t: Topology, source: str) -> None:
         if not isinstance(target, str) or target not in t.graph:
             raise TopologyError(f"{where}: {target!r} is not a component of this file "
                                 f"(it has {spell_for_message(t.endpoints())})")
+        if t.kind(target) not in ENDPOINT_KINDS:
+            raise TopologyError(f"{where}: '{target}' is a {t.kind(target)}, not an endpoint a copy can start or "
+                                f"end at (a GPU, host memory or NVMe: it has {spell_for_message(t.endpoints())})")
 
 
 def _check_pinned_route(t: Topology, src: str, dst: str, via: list[str], where: str) -> None:

@@ -1,9 +1,17 @@
-"""shared-pool:pull-on-publish says before a sync that will take long and much memory (a 4,096-GPU sync declared
-for ~100 s and 12.7 GB with no note), from the count of copies it declares, not from a timing."""
+"""Two refusals to stay silent: shared-pool:pull-on-publish says before a sync that will take long and much memory
+(a 4,096-GPU sync declared for ~100 s and 12.7 GB with no note), from the count of copies it declares, not from a
+timing; and a topology file's alias must name an endpoint (a GPU, host memory or NVMe), not a CPU, switch or NIC,
+which loaded fine and failed only at the first copy that used it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from fabricsim.cli import main
+from fabricsim.errors import TopologyError
+from fabricsim.hwmodels.topofile import load_topology_file
 from fabricsim.workloads import models
 from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
 from fabricsim.workloads.weightsync import SyncSetup, get, shared_pool
@@ -67,3 +75,46 @@ def test_the_sync_cli_prints_the_note_before_the_run(monkeypatch, capsys):
           "--samples", "0"])
     err = capsys.readouterr().err
     assert "note: shared-pool:pull-on-publish: 4 readers" in err and err.index("note: shared") < err.index("SIMULATED")
+
+
+# ---------------------------------------------------------------------------------------- aliases to endpoints
+BOX = """\
+name: box
+components:
+  host0: {kind: host}
+  cpu0: {kind: cpu}
+  gpu0: {kind: gpu, model: H100}
+  gpu1: {kind: gpu, model: H100}
+  nvme0: {kind: nvme}
+  sw0: {kind: pcie-switch}
+  nic0: {kind: nic}
+links:
+  - {between: [host0, cpu0], kind: dram, GBps: 230}
+  - {between: [sw0, cpu0], kind: pcie, gen: 5, lanes: 16}
+  - {between: [gpu0, sw0], kind: pcie, gen: 5, lanes: 16}
+  - {between: [gpu1, sw0], kind: pcie, gen: 5, lanes: 16}
+  - {between: [nvme0, cpu0], kind: nvme, GBps: 7}
+  - {between: [nic0, sw0], kind: pcie, gen: 5, lanes: 16}
+"""
+
+
+@pytest.mark.parametrize("target, kind", [("cpu0", "cpu"), ("sw0", "pcie-switch"), ("nic0", "nic")])
+def test_an_alias_to_no_endpoint_is_refused_naming_it(tmp_path: Path, capsys, target: str, kind: str):
+    """One line, exit status 2, naming the file, the alias, its target and what that is."""
+    path = tmp_path / "box.yaml"
+    path.write_text(BOX + f"aliases: {{cpu: {target}}}\n")
+    assert main(["topo", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"box.yaml: aliases.cpu: '{target}' is a {kind}, not an endpoint" in err, err
+    with pytest.raises(TopologyError, match="aliases.cpu"):
+        load_topology_file(path)
+
+
+def test_aliases_to_gpus_host_memory_and_nvme_load(tmp_path: Path):
+    """Those are what copies start and end at, and what aliases are read for."""
+    path = tmp_path / "box.yaml"
+    path.write_text(BOX + "aliases: {host: host0, first: gpu0, disk: nvme0}\n")
+    t = load_topology_file(path)
+    assert [t.resolve(a) for a in ("host", "first", "disk")] == ["host0", "gpu0", "nvme0"]
+    assert t.path("first", "host").src == "gpu0"
