@@ -134,6 +134,9 @@ def test_serving_counts_take_whole_floats_as_ints(field: str, error: type[Worklo
 @pytest.mark.parametrize("value", [512.5, *NONFINITE, True, -1, -4.0, 0, "512", None], ids=repr)
 @pytest.mark.parametrize(("field", "error"), SERVING_COUNTS, ids=lambda x: getattr(x, "__name__", x))
 def test_serving_counts_refuse_what_is_not_a_count(field: str, error: type[WorkloadError], value: object) -> None:
+    if field == "instances" and value is None:  # not said: the policy's roles, or 1 (ServingConfig)
+        assert ServingConfig(instances=None).instances is None
+        return
     with pytest.raises(error) as exc:
         ServingConfig(**{field: value})
     _one_line(exc, field)

@@ -189,7 +189,7 @@ def test_a_role_splitting_policy_refuses_an_instance_count_that_disagrees():
     with pytest.raises(ServingError, match=r"^instances=3 contradicts policy 'pd-disaggregation', whose parameters "
                                            r"set 3 prefill \+ 5 decode = 8 instances \(leave instances out"):
         ServingSystem("hgx-h200-8", reqs, "pd-disaggregation", ServingConfig(instances=3), policy_params=params)
-    for n in (1, 8):  # the default, or the split's own count
+    for n in (None, 8):  # not said, or the split's own count
         assert len(ServingSystem("hgx-h200-8", reqs, "pd-disaggregation", ServingConfig(instances=n),
                                  policy_params=params).instances) == 8
     with pytest.raises(ServingError, match=r"policy 'pd-disaggregation' needs at least one prefill and one decode "

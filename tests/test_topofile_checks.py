@@ -158,8 +158,8 @@ def test_a_component_named_host_is_not_shadowed_by_the_default_alias():
 
 
 def test_aliases_to_components_still_load():
-    t = topology_from_dict({**TWO_SOCKETS, "aliases": {"host": "host1", "cpu": "cpu0"}}, "box.yaml")
-    assert t.resolve("host") == "host1"
+    t = topology_from_dict({**TWO_SOCKETS, "aliases": {"host": "host1", "first": "gpu0"}}, "box.yaml")
+    assert t.resolve("host") == "host1" and t.resolve("first") == "gpu0"
 
 
 # ---------------------------------------------------------------------------------------- 5. numbers as strings
