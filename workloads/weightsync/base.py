@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import numbers
 from collections.abc import Generator, Iterable
@@ -398,23 +397,8 @@ class Knobs:
     directly (`RdmaP2PKnobs(task_bytes=2**30)`) gets the same checks (`_type_knobs`). Only `replace` reads text:
     the constructor takes values, so a size written as text is refused there, saying where text is read."""
 
-    def __init_subclass__(cls, **kw: Any) -> None:
-        """A subclass's own `__post_init__` (its cross-field checks: rdma-p2p's task within the watermark,
-        shared-pool's mode) runs after its fields are typed, as if it called super().__post_init__() first: one
-        that does not would skip the types, and compare '1GiB' with a number (a raw TypeError)."""
-        super().__init_subclass__(**kw)
-        own = cls.__dict__.get("__post_init__")
-        if own is None:
-            return
-
-        @functools.wraps(own)
-        def post_init(self: Knobs) -> None:
-            _type_knobs(self)
-            own(self)
-
-        cls.__post_init__ = post_init  # type: ignore[method-assign]
-
     def __post_init__(self) -> None:
+        """A subclass with cross-field checks of its own calls this first (its fields are typed by then)."""
         _type_knobs(self)
 
     def replace(self, **kw: Any) -> Knobs:

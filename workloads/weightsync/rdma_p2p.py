@@ -56,8 +56,9 @@ class RdmaP2PKnobs(Knobs):
     def __post_init__(self) -> None:
         """A task's tensors are held while it is in flight, so one task larger than the watermark cannot run at all
         (the pipeline took the larger of the two as its memory instead, silently, and reported that peak). The
-        sizes are numbers of at least a byte by then: `Knobs` types every field before a subclass's own
-        `__post_init__` runs (`Knobs.__init_subclass__`), which refuses '1GiB' given to the constructor."""
+        sizes are numbers of at least a byte by then: `Knobs.__post_init__` types every field first, and refuses
+        '1GiB' given to the constructor."""
+        super().__post_init__()
         if self.task_bytes > self.watermark_bytes:
             raise WorkloadError(f"rdma-p2p: task_bytes ({format_bytes(self.task_bytes)}) is larger than "
                                 f"watermark_bytes ({format_bytes(self.watermark_bytes)}), the bytes a GPU may hold in "

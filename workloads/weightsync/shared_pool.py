@@ -101,6 +101,7 @@ class SharedPoolKnobs(Knobs):
     max_sim_chunks: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise WorkloadError(f"unknown shared-pool mode '{self.mode}' (known: {', '.join(MODES)})")
 
