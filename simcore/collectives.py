@@ -18,7 +18,15 @@ latencies: the last hop starts once the first chunk has crossed n-2 hops. Two wa
   bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is; latency paid per hop).
 `ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
 512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
+
+Either way a hop moves a bounded number of chunks per step latency: NCCL's Simple protocol hands each chunk over
+with a flag the receiver polls and a credit back, and each channel's connection holds `NCCL_STEPS` slots, so a hop
+carries at most channels x NCCL_STEPS x chunk per step (`step_cap_Bps`). At NCCL's own 512 KiB chunk that bound
+(~20 TB/s) is far above every link, and at 64 KiB still above NVLink; it binds only for smaller chunks, which
+without it came out the fastest (a 1-byte chunk made the pipeline fill vanish, where on GPUs the handshake per
+step makes it crawl).
 """
+
 
 from __future__ import annotations
 
@@ -37,6 +45,13 @@ from fabricsim.simcore.simulation import Simulation
 from .errors import ScenarioError
 
 OPS = ("broadcast", "all_gather", "all_reduce")
+# NCCL's Simple protocol: slots per connection (NCCL_STEPS), the latency of one step on an NVLink ring hop as NCCL's
+# own tuning model has it (src/graph/tuning.cc, hwLat[NVLINK][RING][SIMPLE], 3.4 us), and the channels a ring runs
+# on, each a connection of its own moving its own chunk per step (NCCL uses up to 32; 16 is a low count for NVLink
+# rings, so the bound below errs fast)
+NCCL_STEPS = 8
+NCCL_STEP_S = 3.4e-6
+NCCL_CHANNELS = 16
 
 
 def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str, Any]]:
@@ -147,13 +162,20 @@ def ring_bottleneck_Bps(topo: Topology, ring: Sequence[str]) -> float:
     return min(path_bandwidth_Bps(topo, a, b) for a, b in zip(ring, ring[1:], strict=False))
 
 
+def step_cap_Bps(chunk_bytes: float, step_s: float) -> float:
+    """The most a ring hop carries when each chunk takes a step of `step_s` and each of `NCCL_CHANNELS` channels may
+    have `NCCL_STEPS` chunks in flight (inf without a step cost)."""
+    return NCCL_CHANNELS * NCCL_STEPS * chunk_bytes / step_s if step_s > 0 else math.inf
+
+
 def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk_bytes: float, after: Iterable = (),
                    name: str, tag: str = "broadcast", repeats: int = 1, max_explicit_flows: int = 256,
-                   explicit: bool | None = None) -> simpy.Event:
+                   explicit: bool | None = None, step_s: float = NCCL_STEP_S) -> simpy.Event:
     """Broadcast `nbytes` from `ring[0]` along the ring; the event fires when the last GPU has it all.
 
     `repeats`: this call stands for that many back-to-back broadcasts of `nbytes / repeats` each (coarsened
     buckets); each extra one pays its own pipeline fill and latency as a delay after the data has moved.
+    `step_s`: the round trip of one NCCL step, which bounds each hop at `step_cap_Bps(chunk_bytes, step_s)`.
     """
     after = list(after)
     if len(ring) < 2 or nbytes <= 0:
@@ -166,10 +188,12 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
     hop_costs = sim.lone_copies(hops)
     B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps, from the run's kept per-hop answers
-    cap = None
+    steps = step_cap_Bps(min(chunk_bytes, per_call), step_s)
+    cap = steps if steps < B else None
+    B = min(B, steps)
     cal = fitted(topo, "broadcast")
     if cal is not None:
-        cap = cal.rate_cap(per_call)
+        cap = min(cal.rate_cap(per_call), cap or math.inf)
         B = min(B, cap)
         after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
     lat = [t for _, t in hop_costs]

@@ -15,10 +15,12 @@ from fabricsim.hwmodels.endpoints import expand_endpoints
 from fabricsim.hwmodels.topology import path_bandwidth_Bps
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.collectives import (
+    NCCL_STEP_S,
     ring_bottleneck_Bps,
     ring_broadcast,
     ring_broadcast_time,
     ring_order,
+    step_cap_Bps,
 )
 from fabricsim.workloads import models
 from fabricsim.workloads.decode import DecodeBatch, decode_work
@@ -101,6 +103,39 @@ def test_ring_broadcast_closed_form(n: int, chunks: int, explicit: bool) -> None
     expected = S / B * (1 + (n - 2) / chunks) + lat * ((chunks + n - 2) if explicit else (n - 1))
     assert sim.run().makespan_s == pytest.approx(expected, rel=1e-9)
     assert ring_broadcast_time(S, n, chunks, B, lat, explicit) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(("n", "chunk", "explicit"), [(2, 4096, False), (8, 4096, False), (3, 1 << 20, True)])
+def test_ring_broadcast_hops_carry_at_most_nccl_steps_chunks_per_step(n: int, chunk: int, explicit: bool) -> None:
+    """NCCL hands each chunk over with a flag and a credit, NCCL_STEPS slots a channel: a hop moves at most 16 x 8
+    chunks per step latency. The closed form holds with that bound as the ring's bandwidth when it is below the
+    links' (a 4 KiB chunk: 154 GB/s), and a chunk NCCL would use leaves the answer as it was (the bound is above
+    every link). Without the bound a 1-byte chunk was the fastest setting there is."""
+    ring = ring_order(HGX, G[:n])
+    S = 64 << 20
+    links = ring_bottleneck_Bps(HGX, ring)
+    lat = HGX.path("gpu0", "gpu1").latency_s
+    for step_s in (NCCL_STEP_S, 1e-3):
+        B = min(links, step_cap_Bps(chunk, step_s))
+        chunks = math.ceil(S / chunk)
+        sim = Simulation(HGX)
+        ring_broadcast(sim, ring, S, chunk_bytes=chunk, name="b", explicit=explicit, step_s=step_s)
+        expected = ring_broadcast_time(S, n, chunks, B, lat, explicit)
+        assert sim.run().makespan_s == pytest.approx(expected, rel=1e-9)
+        assert (links > B) == (chunk == 4096 or step_s == 1e-3)
+    assert step_cap_Bps(512 * 1024, NCCL_STEP_S) > 1e12 and step_cap_Bps(4096, 0.0) == math.inf
+
+
+def test_nccl_broadcast_tiny_chunks_are_slow_not_fast() -> None:
+    """The new-user trial's case: `chunk_bytes=1` was the fastest nccl-broadcast there is (no pipeline fill, nothing
+    charged per step). Each step's handshake now bounds a hop at 128 B per 3.4 us; NCCL's own 512 KiB chunk, and
+    64 KiB, give the answer without any step cost."""
+    setup = SETUPS["split"]
+    default = simulate_sync(setup, get("nccl-broadcast")).sync_s
+    assert simulate_sync(setup, get("nccl-broadcast", step_s=0.0)).sync_s == default
+    assert simulate_sync(setup, get("nccl-broadcast", chunk_bytes=64 * 1024, step_s=0.0)).sync_s == (
+        simulate_sync(setup, get("nccl-broadcast", chunk_bytes=64 * 1024)).sync_s)
+    assert simulate_sync(setup, get("nccl-broadcast", chunk_bytes=1)).sync_s > 100 * default
 
 
 def test_ring_broadcast_coarsened_repeats_pay_each_fill() -> None:

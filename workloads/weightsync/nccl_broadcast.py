@@ -12,10 +12,11 @@ the root, ring broadcast of the bucket from the root through all rollout GPUs (s
 rollout GPU copies its slice into its live weights and pays `load_weights`' per-tensor Python cost. Without
 `overlap` the next bucket's gather waits for this bucket's loads (verl and OpenRLHF issue them in order).
 
-Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS).
-The ring's fluid form (`collectives.ring_broadcast`) charges a chunk only its pipeline fill, not NCCL's per-step
-handshake (flag polling and fences at every step), a mechanism it lacks: chunks much smaller than the
-default come out faster, where on GPUs they are slower (a new-user trial found `chunk_bytes=1` the fastest);
+Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS);
+`step_s` 3.4 us, the latency of one NCCL step (flag, fence, credit back) on an NVLink ring hop in NCCL's own tuning
+model: with 8 steps in flight on each of 16 channels a hop carries at most 128 chunks per step
+(`collectives.step_cap_Bps`), which binds only for chunks far below the default (a new-user trial found
+`chunk_bytes=1` the fastest before it: the pipeline fill vanished and nothing else charged the handshakes);
 `call_latency_s` 20 us per collective launch (nccl-tests small-message latency on NVLink is ~10-20 us);
 `per_tensor_s` 20 us of Python per tensor in the engine's load_weights (an estimate: one dict lookup,
 a narrow/copy_ dispatch and a weight-loader call, each a few us; calibration can replace it);
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from fabricsim.simcore.collectives import gather, ring_broadcast, ring_order
+from fabricsim.simcore.collectives import NCCL_STEP_S, gather, ring_broadcast, ring_order
 
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
 
@@ -38,6 +39,7 @@ MiB = 1 << 20
 class NcclBroadcastKnobs(Knobs):
     bucket_bytes: float = 512 * MiB
     chunk_bytes: float = 512 * 1024
+    step_s: float = NCCL_STEP_S
     call_latency_s: float = 20e-6
     per_tensor_s: float = 20e-6
     overlap: bool = False
@@ -101,7 +103,7 @@ class NcclBroadcast(Strategy):
                               fixed_cost_s=m * k.call_latency_s)
             encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
-                                  name=f"bcast{b}", tag="broadcast", repeats=m)
+                                  name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.step_s)
             ctx.live_write_at(sent)
             loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
                                for g in setup.rollout.gpus], after=[sent], setup_name="load_weights")
