@@ -19,12 +19,13 @@ latencies: the last hop starts once the first chunk has crossed n-2 hops. Two wa
 `ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
 512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
 
-Either way a hop moves a bounded number of chunks per step latency: NCCL's Simple protocol hands each chunk over
-with a flag the receiver polls and a credit back, and each channel's connection holds `NCCL_STEPS` slots, so a hop
-carries at most channels x NCCL_STEPS x chunk per step (`step_cap_Bps`). At NCCL's own 512 KiB chunk that bound
-(~20 TB/s) is far above every link, and at 64 KiB still above NVLink; it binds only for smaller chunks, which
-without it came out the fastest (a 1-byte chunk made the pipeline fill vanish, where on GPUs the handshake per
-step makes it crawl).
+Either way a hop moves a bounded number of chunks per step: NCCL's Simple protocol hands each chunk over with a
+flag the receiver polls and a credit back, and each channel's connection holds `NCCL_STEPS` slots, so a hop
+carries at most channels x NCCL_STEPS x chunk per step time (`step_cap_Bps`), and where that bound binds the first
+chunk takes a whole step to cross each hop. At NCCL's own 512 KiB chunk the bound (~20 TB/s) is far above every
+link, and at 64 KiB still above NVLink: it binds only for smaller chunks, which without it came out the fastest (a
+1-byte chunk made the pipeline fill vanish, where on GPUs the handshake per step makes it crawl). Where it does not
+bind nothing changes: the route's latency stands for a step's, as before.
 """
 
 
@@ -45,10 +46,11 @@ from fabricsim.simcore.simulation import Simulation
 from .errors import ScenarioError
 
 OPS = ("broadcast", "all_gather", "all_reduce")
-# NCCL's Simple protocol: slots per connection (NCCL_STEPS), the latency of one step on an NVLink ring hop as NCCL's
-# own tuning model has it (src/graph/tuning.cc, hwLat[NVLINK][RING][SIMPLE], 3.4 us), and the channels a ring runs
-# on, each a connection of its own moving its own chunk per step (NCCL uses up to 32; 16 is a low count for NVLink
-# rings, so the bound below errs fast)
+# NCCL's Simple protocol: slots per connection (NCCL_STEPS), the time of one step on an NVLink ring hop, taken as
+# NCCL's own tuning model's per-step latency (src/graph/tuning.cc, hwLat[NVLINK][RING][SIMPLE], 3.4 us), and the
+# channels a ring runs on, each a connection of its own moving its own chunk per step. Both errs are named: a slot
+# comes back after the flag and the credit, up to twice the one-way latency (the bound errs fast, up to 2x), and
+# NCCL runs NVLink rings on up to 32 channels (16 errs slow, up to 2x)
 NCCL_STEPS = 8
 NCCL_STEP_S = 3.4e-6
 NCCL_CHANNELS = 16
@@ -163,8 +165,9 @@ def ring_bottleneck_Bps(topo: Topology, ring: Sequence[str]) -> float:
 
 
 def step_cap_Bps(chunk_bytes: float, step_s: float) -> float:
-    """The most a ring hop carries when each chunk takes a step of `step_s` and each of `NCCL_CHANNELS` channels may
-    have `NCCL_STEPS` chunks in flight (inf without a step cost)."""
+    """The most a ring hop carries when a slot comes back `step_s` after its chunk was handed over and each of
+    `NCCL_CHANNELS` channels has `NCCL_STEPS` slots (inf without a step cost). A property of the chunk size, not of
+    the message: a call smaller than a chunk is not held to it."""
     return NCCL_CHANNELS * NCCL_STEPS * chunk_bytes / step_s if step_s > 0 else math.inf
 
 
@@ -175,7 +178,8 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
 
     `repeats`: this call stands for that many back-to-back broadcasts of `nbytes / repeats` each (coarsened
     buckets); each extra one pays its own pipeline fill and latency as a delay after the data has moved.
-    `step_s`: the round trip of one NCCL step, which bounds each hop at `step_cap_Bps(chunk_bytes, step_s)`.
+    `step_s`: the time of one NCCL step, which bounds each hop at `step_cap_Bps(chunk_bytes, step_s)` and, where
+    that binds, is each hop's pipeline fill.
     """
     after = list(after)
     if len(ring) < 2 or nbytes <= 0:
@@ -188,8 +192,9 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
     hop_costs = sim.lone_copies(hops)
     B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps, from the run's kept per-hop answers
-    steps = step_cap_Bps(min(chunk_bytes, per_call), step_s)
-    cap = steps if steps < B else None
+    steps = step_cap_Bps(chunk_bytes, step_s)
+    stepped = steps < B  # the handshakes, not the links, set the pace (`step_cap_Bps`)
+    cap = steps if stepped else None
     B = min(B, steps)
     cal = fitted(topo, "broadcast")
     if cal is not None:
@@ -212,6 +217,8 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
             last = upstream
         return last
     fill = min(chunk_bytes, per_call) / B
+    if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
+        fill = max(fill, step_s)
     # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
     # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
     copies = []
@@ -226,12 +233,13 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
 
 
 def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,
-                        explicit: bool = True) -> float:
+                        explicit: bool = True, fill_s: float = 0.0) -> float:
     """Closed form of `ring_broadcast` on a uniform ring: (S/B)(1 + (n-2)/c) plus latencies (per chunk and hop
-    when explicit, per hop when fluid)."""
+    when explicit, per hop when fluid); `fill_s`: the least a fluid hop's fill takes (a step, where steps pace the
+    ring)."""
     if n < 2:
         return 0.0
-    t = nbytes / Bps * (1 + (n - 2) / chunks)
+    t = nbytes / Bps + (n - 2) * max(nbytes / Bps / chunks, 0.0 if explicit else fill_s)
     return t + latency_s * ((chunks + n - 2) if explicit else (n - 1))
 
 

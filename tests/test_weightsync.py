@@ -109,8 +109,10 @@ def test_ring_broadcast_closed_form(n: int, chunks: int, explicit: bool) -> None
 def test_ring_broadcast_hops_carry_at_most_nccl_steps_chunks_per_step(n: int, chunk: int, explicit: bool) -> None:
     """NCCL hands each chunk over with a flag and a credit, NCCL_STEPS slots a channel: a hop moves at most 16 x 8
     chunks per step latency. The closed form holds with that bound as the ring's bandwidth when it is below the
-    links' (a 4 KiB chunk: 154 GB/s), and a chunk NCCL would use leaves the answer as it was (the bound is above
-    every link). Without the bound a 1-byte chunk was the fastest setting there is."""
+    links' (a 4 KiB chunk: 154 GB/s), each fluid hop's fill then a whole step; a chunk NCCL would use leaves the
+    answer as it was (the bound is above every link), and so does a call smaller than a chunk (the bound is the
+    chunk's, not the message's: it held a 1 KiB call to 26 ns a hop). Without the bound a 1-byte chunk was the
+    fastest setting there is."""
     ring = ring_order(HGX, G[:n])
     S = 64 << 20
     links = ring_bottleneck_Bps(HGX, ring)
@@ -120,10 +122,17 @@ def test_ring_broadcast_hops_carry_at_most_nccl_steps_chunks_per_step(n: int, ch
         chunks = math.ceil(S / chunk)
         sim = Simulation(HGX)
         ring_broadcast(sim, ring, S, chunk_bytes=chunk, name="b", explicit=explicit, step_s=step_s)
-        expected = ring_broadcast_time(S, n, chunks, B, lat, explicit)
+        stepped = links > B
+        expected = ring_broadcast_time(S, n, chunks, B, lat, explicit, fill_s=step_s if stepped else 0.0)
         assert sim.run().makespan_s == pytest.approx(expected, rel=1e-9)
-        assert (links > B) == (chunk == 4096 or step_s == 1e-3)
+        assert stepped == (chunk == 4096 or step_s == 1e-3)
     assert step_cap_Bps(512 * 1024, NCCL_STEP_S) > 1e12 and step_cap_Bps(4096, 0.0) == math.inf
+    tiny = []
+    for step_s in (NCCL_STEP_S, 0.0):
+        sim = Simulation(HGX)
+        ring_broadcast(sim, ring, 1024.0, chunk_bytes=512 * 1024, name="b", step_s=step_s)
+        tiny.append(sim.run().makespan_s)
+    assert tiny[0] == tiny[1]
 
 
 def test_nccl_broadcast_tiny_chunks_are_slow_not_fast() -> None:
@@ -132,8 +141,8 @@ def test_nccl_broadcast_tiny_chunks_are_slow_not_fast() -> None:
     64 KiB, give the answer without any step cost."""
     setup = SETUPS["split"]
     default = simulate_sync(setup, get("nccl-broadcast")).sync_s
-    assert simulate_sync(setup, get("nccl-broadcast", step_s=0.0)).sync_s == default
-    assert simulate_sync(setup, get("nccl-broadcast", chunk_bytes=64 * 1024, step_s=0.0)).sync_s == (
+    assert simulate_sync(setup, get("nccl-broadcast", nccl_step_s=0.0)).sync_s == default
+    assert simulate_sync(setup, get("nccl-broadcast", chunk_bytes=64 * 1024, nccl_step_s=0.0)).sync_s == (
         simulate_sync(setup, get("nccl-broadcast", chunk_bytes=64 * 1024)).sync_s)
     assert simulate_sync(setup, get("nccl-broadcast", chunk_bytes=1)).sync_s > 100 * default
 

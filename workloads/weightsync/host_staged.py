@@ -11,7 +11,7 @@ buffer, broadcast from its owner to every rank (NCCL ring), and the engines relo
 next broadcast fills the other half (the engine's reload of bucket g must end before bucket g+2 overwrites it).
 
 Default costs: `bucket_bytes` 1.5 GiB (checkpoint-engine sizes buckets from free memory: 1.42 GiB in its
-GLM-4.5-Air run, 2.69 GiB for Qwen3-235B); `chunk_bytes`, `step_s`, `call_latency_s` as `nccl-broadcast`;
+GLM-4.5-Air run, 2.69 GiB for Qwen3-235B); `chunk_bytes`, `nccl_step_s`, `call_latency_s` as `nccl-broadcast`;
 `bucket_sync_s` 1 ms per bucket (a ZMQ round trip to the engine plus a `dist.barrier`, each a few hundred us);
 `per_tensor_s` 20 us per tensor reloaded.
 """
@@ -34,7 +34,7 @@ GiB = 1 << 30
 class HostStagedKnobs(Knobs):
     bucket_bytes: int = 3 * GiB // 2  # 1.5 GiB, a whole number of bytes as every size knob
     chunk_bytes: float = 512 * 1024
-    step_s: float = NCCL_STEP_S
+    nccl_step_s: float = NCCL_STEP_S
     call_latency_s: float = 20e-6
     bucket_sync_s: float = 1e-3
     per_tensor_s: float = 20e-6
@@ -97,7 +97,8 @@ class HostStaged(Strategy):
                 encoded = ctx.encode(owner, nbytes, after=[staged_b]) if ctx.transforms else staged_b
                 ring = [owner] + [g for g in ranks if g != owner]
                 sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
-                                      name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m, step_s=k.step_s)
+                                      name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m,
+                                      step_s=k.nccl_step_s)
                 ctx.live_write_at(sent)
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s) for g in ranks],

@@ -13,8 +13,8 @@ rollout GPU copies its slice into its live weights and pays `load_weights`' per-
 `overlap` the next bucket's gather waits for this bucket's loads (verl and OpenRLHF issue them in order).
 
 Default costs: `chunk_bytes` 512 KiB is NCCL's default per-step slice (4 MiB NCCL_BUFFSIZE over 8 NCCL_STEPS);
-`step_s` 3.4 us, the latency of one NCCL step (flag, fence, credit back) on an NVLink ring hop in NCCL's own tuning
-model: with 8 steps in flight on each of 16 channels a hop carries at most 128 chunks per step
+`nccl_step_s` 3.4 us, the time of one NCCL step (flag, fence, credit back) on an NVLink ring hop, taken from NCCL's
+own tuning model: with 8 steps in flight on each of 16 channels a hop carries at most 128 chunks per step
 (`collectives.step_cap_Bps`), which binds only for chunks far below the default (a new-user trial found
 `chunk_bytes=1` the fastest before it: the pipeline fill vanished and nothing else charged the handshakes);
 `call_latency_s` 20 us per collective launch (nccl-tests small-message latency on NVLink is ~10-20 us);
@@ -39,7 +39,7 @@ MiB = 1 << 20
 class NcclBroadcastKnobs(Knobs):
     bucket_bytes: float = 512 * MiB
     chunk_bytes: float = 512 * 1024
-    step_s: float = NCCL_STEP_S
+    nccl_step_s: float = NCCL_STEP_S
     call_latency_s: float = 20e-6
     per_tensor_s: float = 20e-6
     overlap: bool = False
@@ -103,7 +103,7 @@ class NcclBroadcast(Strategy):
                               fixed_cost_s=m * k.call_latency_s)
             encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
-                                  name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.step_s)
+                                  name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.nccl_step_s)
             ctx.live_write_at(sent)
             loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
                                for g in setup.rollout.gpus], after=[sent], setup_name="load_weights")
