@@ -965,17 +965,19 @@ def test_a_delta_over_rdma_holds_its_receive_buffer_and_keeps_what_it_assembles(
 
 def test_cuda_ipc_converts_each_bucket_before_packing_it_at_the_engines_size():
     """slime quantizes the gathered tensors, then flattens them into the bucket: the pack copies converted bytes, so
-    it must come after the conversion (it ran first, copying fp8-sized bytes of tensors not yet converted). Every
-    trainer GPU's pack of a bucket starts once the conversions of that bucket have ended, and moves 2x the fp8
-    bytes (read + write)."""
+    it must come after the conversion (it ran first, copying fp8-sized bytes of tensors not yet converted). Each
+    trainer GPU's pack of a bucket starts once its own conversion of that bucket has ended (not the others': a GPU
+    packs what it converted), and the packs move 2x the fp8 bytes (read + write)."""
     setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
                       RolloutLayout(G[4:], tp=1), rollout_dtype="fp8")
     strategy = get("cuda-ipc-buckets", bucket_bytes=2**30, max_sim_buckets=4)
     recs = simulate_sync(setup, strategy, keep_result=True).sim_result.records
-    packs = sorted((r for r in recs if r.tag == "pack"), key=lambda r: r.start_s)
-    encodes = sorted((r for r in recs if r.tag == "encode"), key=lambda r: r.start_s)
-    assert packs and len(packs) == len(encodes)
-    for b in range(0, len(packs), 4):  # four trainer GPUs per bucket
-        assert min(p.start_s for p in packs[b:b + 4]) >= max(e.finish_s for e in encodes[b:b + 4]) - 1e-12
+    packs = [r for r in recs if r.tag == "pack"]
+    encodes = [r for r in recs if r.tag == "encode"]
+    assert packs and len(packs) == len(encodes) == 4 * 4  # four trainer GPUs, four buckets
+    for g in G[:4]:
+        mine = sorted((r for r in packs if r.src == g), key=lambda r: r.start_s)
+        conv = sorted((r for r in encodes if r.src == g), key=lambda r: r.start_s)
+        assert all(p.start_s >= e.finish_s - 1e-12 for p, e in zip(mine, conv, strict=True))
     wire = fp8_conversion().ratio
     assert sum(p.bytes for p in packs) == pytest.approx(4 * 2 * setup.model.weight_bytes() * wire, rel=1e-9)

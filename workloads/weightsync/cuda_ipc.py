@@ -124,9 +124,9 @@ class CudaIpcBuckets(Strategy):
             gathered = ring_allgather(sim, trainer, missing, after=after, name=f"allgather{b}")
             # converted (fp8, delta) tensor by tensor as gathered, then flattened at the engines' size, as slime
             # quantizes the named tensors before its flattened bucket (the pack ran first, at the converted size)
-            encoded = [ctx.encode(g, nbytes, after=[gathered]) for g in trainer] if ctx.transforms else [gathered]
-            packed = [sim.task(ctx.name(f"pack.{g}"), g, hbm_bytes=2 * nbytes * ctx.wire_ratio, after=encoded,
-                               tag="pack") for g in trainer]
+            encoded = [ctx.encode(g, nbytes, after=[gathered]) if ctx.transforms else gathered for g in trainer]
+            packed = [sim.task(ctx.name(f"pack.{g}"), g, hbm_bytes=2 * nbytes * ctx.wire_ratio, after=[e],
+                               tag="pack") for g, e in zip(trainer, encoded, strict=True)]
             handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
                                 after=packed, tag="ipc-handle")
             ctx.live_write_at(handles)
