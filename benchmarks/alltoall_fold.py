@@ -41,7 +41,7 @@ from _record import stamp, write_result
 
 from fabricsim.workloads.weightsync import get, simulate_sync
 from fabricsim.workloads.weightsync.cluster_layout import setup_of
-from fabricsim.workloads.weightsync.rdma_p2p import RdmaP2P
+from fabricsim.workloads.weightsync.rdma_p2p import RdmaP2P, _rotated
 
 RESULTS = Path(__file__).with_name("results")
 EXACT = RESULTS / "sync-scale-rdma-p2p-1task-1024.json"
@@ -49,19 +49,16 @@ MODEL = "Qwen3-235B-A22B"
 
 
 def fold(row: np.ndarray, owner: int, groups: int, skip_self: bool) -> list[tuple[int, float]]:
-    """(peer, bytes) of one GPU's folded copies: its rotated peers (owner + t) grouped by t mod `groups`, each group
-    sent whole to its first peer with bytes; in offset order."""
-    n = len(row)
+    """(peer, bytes) of one GPU's folded copies: its peers in `rdma_p2p`'s rotated order (offset t: peer owner + t)
+    grouped by t mod `groups`, each group sent whole to its first peer with bytes; in offset order."""
     out: dict[int, list] = {}
-    for t in range(n):
-        peer = (owner + t) % n
-        b = float(row[peer])
+    for t, (peer, b) in enumerate(_rotated(row, owner)):
         if b <= 0 or (skip_self and peer == owner):
             continue
         if t % groups in out:
-            out[t % groups][1] += b
+            out[t % groups][1] += float(b)
         else:
-            out[t % groups] = [peer, b]
+            out[t % groups] = [peer, float(b)]
     return [(p, b) for _, (p, b) in sorted(out.items())]
 
 
@@ -89,6 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("FABRICSIM_PROGRESS", "0")
     exact = {r["gpus"]: r for r in json.loads(EXACT.read_text())["points"] if r["model"] == MODEL}
+    lanes = get("rdma-p2p").knobs.outstanding  # each GPU's copies in flight per stage
     rows = []
     for gpus in args.gpus:
         ref = exact[gpus]
@@ -99,8 +97,9 @@ def main() -> None:
             t0 = time.perf_counter()
             res = simulate_sync(setup_of({"model": MODEL, "gpus": gpus}), folded(groups))
             wall = time.perf_counter() - t0
-            row = {"gpus": gpus, "groups": groups, "copies_per_lane_exact": trainers / 16,
-                   "copies_per_lane_folded": min(groups, trainers) / 16, "sync_s": res.sync_s,
+            row = {"gpus": gpus, "groups": groups, "folded": groups < trainers,
+                   "copies_per_lane_exact": trainers / lanes, "copies_per_lane_folded": min(groups, trainers) / lanes,
+                   "sync_s": res.sync_s,
                    "exact_sync_s": ref["sync_s"], "error": res.sync_s / ref["sync_s"] - 1,
                    "sim_wall_s": wall, "exact_sim_wall_s": ref["sim_wall_s"],
                    "flow_events": res.metrics()["flow_events"], "exact_flow_events": ref["flow_events"]}
