@@ -13,6 +13,7 @@ strategy) are skipped.
     python benchmarks/sync_scale.py --quick    # one model, up to 64 GPUs
     python benchmarks/sync_scale.py --replot benchmarks/results/sync-scale.json   # plot a (partial) run
     python benchmarks/sync_scale.py --strategies rdma-p2p --knob max_sim_tasks=1 --out ...  # a knob on every point
+    python benchmarks/sync_scale.py --strategies shared-pool:pull-on-publish --nodes 64 128 256 --out ...  # 2,048 GPUs
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--strategies", nargs="*", default=None)
     ap.add_argument("--max-gpus", type=int, default=None, help="largest cluster size to run")
+    ap.add_argument("--nodes", type=int, nargs="*", default=None,
+                    help=f"cluster sizes in 8-GPU nodes (default {' '.join(map(str, NODES))}; larger too: 256)")
     ap.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
                     help="a strategy knob for every point (repeat), e.g. max_sim_tasks=1 for rdma-p2p")
     ap.add_argument("--out", default=None)
@@ -145,13 +148,15 @@ def main() -> None:
         ap.error("--knob takes KEY=VALUE")
     if args.max_gpus is not None and args.max_gpus < 8:
         ap.error(f"--max-gpus must be at least 8 (one node), got {args.max_gpus}")
+    if args.nodes is not None and (not args.nodes or min(args.nodes) < 1):
+        ap.error(f"--nodes takes node counts of at least 1, got {args.nodes}")
     knobs = dict(kv.split("=", 1) for kv in args.knob)
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
         return
     models = args.models or (MODELS[:1] if args.quick else MODELS)
     strategies = args.strategies or STRATEGIES
-    nodes_list = [n for n in NODES if n <= 8] if args.quick else NODES
+    nodes_list = sorted(args.nodes) if args.nodes else [n for n in NODES if n <= 8] if args.quick else NODES
     if args.max_gpus is not None:
         nodes_list = [n for n in nodes_list if 8 * n <= args.max_gpus]
     out = Path(args.out) if args.out else RESULTS / f"sync-scale{'-quick' if args.quick else ''}.json"

@@ -78,11 +78,12 @@ MODES = ("zero-copy", "pull-on-publish", "relay")
 PEER_CLASSES = ("d2d", "p2p-nvlink", "p2p-pcie")
 MiB = 1 << 20
 STAGING = "conversion-staging"  # a converting reader's bf16 staging (`staging_bytes`), its allocation's tag
-# pull-on-publish copies from which `SharedPool.scale_note` speaks up, and the per-copy cost it estimates from
-# (measured on the 2-core VM: `SharedPool.scale_note` says how)
+# pull-on-publish copies from which `SharedPool.scale_note` speaks up, and the cost it estimates from: time and
+# memory per copy from 1,024 to 2,048 GPUs, plus the memory before the first (the 2-core VM: `scale_note` says how)
 PULL_NOTE_COPIES = 1 << 20
-PULL_COPY_S = 25e-6
-PULL_COPY_BYTES = 3.3e3
+PULL_COPY_S = 26e-6
+PULL_COPY_BYTES = 2.9e3
+PULL_BASE_BYTES = 0.33e9
 
 
 @dataclass(frozen=True)
@@ -187,23 +188,18 @@ class SharedPool(Strategy):
         """Pull-on-publish declares one copy per (reader, source trainer GPU) pair (`pull_copies`), and its
         simulation's time and memory grow with that count, which grows with the square of the cluster: a trial's
         4,096-GPU sync declared for ~100 s and peaked at 12.7 GB, with nothing said before. Measured on the 2-core
-        VM (Intel Xeon, 23 GiB), 2026-12-07, one process per size under `/usr/bin/time -v` (its maximum resident
-        set), timing `simulate_sync(setup_of({"model": "Qwen3-235B-A22B", "gpus": N}),
-        get("shared-pool:pull-on-publish"))` with `time.perf_counter` (`cluster_layout.setup_of`: half trains under
-        FSDP, so N/2 x N/2 copies), one at a time, FABRICSIM_PROGRESS=0:
-
-            GPUs   copies      simulate_sync   peak RSS
-            512       65,536          2.3 s      0.46 GB
-            1,024    262,144          6.6 s      1.1 GB
-            2,048  1,048,576         25.8 s      3.4 GB
-            4,096  4,194,304       ~100 s       12.7 GB  (the trial's, not rerun)
-
-        about 25 us and 3.3 KB a copy at every size, so the note fires from 2^20 copies (`PULL_NOTE_COPIES`: 2,048
-        GPUs, half a minute and several GB) and scales those per-copy figures to say how long and how much. No knob
-        of this mode makes it cheaper: `measure_contention=False` drops only one decode step per reader (28.0 s,
-        3.3 GB at 2,048 GPUs: no faster). `shared-pool:relay` reads the pool once per chain and simulated 2,048 GPUs in
-        8.0 s and 0.84 GB, but it is another design whose sync time differs (2.59 s against 1.61 s), so the note
-        names it as an alternative, not as a coarser setting of this one."""
+        VM (Intel Xeon), one process per point, Qwen3-235B-A22B on `cluster_layout.setup_of` (half trains under
+        FSDP: N/2 x N/2 copies), `python benchmarks/sync_scale.py --strategies shared-pool:pull-on-publish
+        shared-pool:relay --models Qwen3-235B-A22B --nodes 64 128 256` (`benchmarks/results/sync-scale-pull-2048.json`,
+        2026-12-07): pull-on-publish simulated 512 / 1,024 / 2,048 GPUs in 2.6 / 7.5 / 28.0 s, peak 0.47 / 1.10 /
+        3.40 GB. From 1,024 to 2,048 GPUs that is 26 us and 2.9 KB a copy (`PULL_COPY_S`, `PULL_COPY_BYTES`, above
+        `PULL_BASE_BYTES`), which puts 4,096 GPUs at ~110 s and 12.6 GB, where the trial saw ~100 s and 12.7 GB. So
+        the note fires from 2^20 copies (`PULL_NOTE_COPIES`: 2,048 GPUs, half a minute and several GB) and says how
+        long and how much from those figures. No knob of this mode makes it cheaper (`measure_contention=False`
+        drops one decode step per reader, nothing the copies cost). `shared-pool:relay` reads the pool once per chain
+        and simulated 2,048 GPUs in 7.3 s and 0.83 GB (the same file), but it is another design whose sync time
+        differs (2.59 s against 1.61 s), so the note names it as an alternative, not as a coarser setting of this
+        one."""
         if self.knobs.mode != "pull-on-publish" or self.transforms:  # (transforms are refused before any run)
             return ""
         copies = self.pull_copies(setup)
@@ -211,12 +207,12 @@ class SharedPool(Strategy):
             return ""
         secs = copies * PULL_COPY_S
         took = f"{secs:.0f} s" if secs < 150 else f"{secs / 60:.0f} min"
-        gb = copies * PULL_COPY_BYTES / 1e9
+        gb = (PULL_BASE_BYTES + copies * PULL_COPY_BYTES) / 1e9
         gb_said = f"{gb:.1f}" if gb < 10 else f"{gb:.0f}"
         return (f"{self.label}: {len(setup.rollout.gpus):,} readers each pull their slice from every trainer GPU "
                 f"holding a part of it, {copies:,} copies to simulate: about {took} and {gb_said} GB of memory on a "
                 f"2-core machine; no knob of this mode makes it cheaper; the strategy shared-pool:relay reads the pool "
-                f"once per chain and simulates in about a third of the time and a quarter of the memory, but it is a "
+                f"once per chain and simulates in about a quarter of the time and memory, but it is a "
                 f"different design with its own sync time")
 
     def decode_step(self, setup: SyncSetup, plan) -> float:
