@@ -6,10 +6,11 @@ A controller computes once which trainer GPU sends which parameter slice to whic
 (`placement.assembled_plan`: every tensor assigned to one GPU holding a shard of it, round robin, so all
 trainer NICs work at once instead of one rank's). After each step every trainer GPU runs its tasks through a
 pipeline: (1) full-tensor assembly (`full_tensor()`: fetch the other shards of the tensor, over NVLink inside a
-node, RDMA across), (2) projection/quantisation kernels (fp8 with block scales, when the engines run fp8),
-(3) RDMA WRITEs of each rollout GPU's slice directly into its live weights. Stages of successive tasks overlap;
-a memory watermark bounds the bytes in flight per GPU (tasks wait for a slot, which any finished task frees).
-The engine does nothing; a final barrier tells the controller all writes landed.
+node, RDMA across; an NCCL all-gather, so SM kernels that queue on no copy engine, mechanism 'sm'), (2)
+projection/quantisation kernels (fp8 with block scales, when the engines run fp8), (3) RDMA WRITEs of each
+rollout GPU's slice directly into its live weights. Stages of successive tasks overlap; a memory watermark
+bounds the bytes in flight per GPU (tasks wait for a slot, which any finished task frees). The engine does
+nothing; a final barrier tells the controller all writes landed.
 
 Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
 GPU (Perplexity bounds temporary memory with a watermark; its value is not published); `write_overhead_s` 2 us
@@ -187,7 +188,7 @@ class RdmaP2P(Strategy):
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from, write_to = peers
         fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
-                               [prev_fetch] if prev_fetch else [], "assemble")
+                               [prev_fetch] if prev_fetch else [], "assemble", mechanism="sm")
         enc_after = [fetched, *([prev_enc] if prev_enc else [])]
         enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
         post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
@@ -208,12 +209,12 @@ class RdmaP2P(Strategy):
         return fetch_from, write_to
 
     def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
-                tag: str) -> simpy.Event:
+                tag: str, mechanism: str = "ce") -> simpy.Event:
         """Copies issued `outstanding` at a time, in the given (rotated) order: how a static schedule keeps every
         NIC busy without incast (at step t GPU i talks to peer i + t)."""
         sim = ctx.sim
         ends = sim.transfers([(ctx.name(stem), src, dst, b) for src, dst, b in copies], after=after,
-                             lanes=max(1, self.knobs.outstanding), tag=tag)
+                             lanes=max(1, self.knobs.outstanding), tag=tag, mechanism=mechanism)
         return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
                                                                                         after=after)
 
