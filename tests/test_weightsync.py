@@ -25,7 +25,7 @@ from fabricsim.simcore.collectives import (
 from fabricsim.workloads import models
 from fabricsim.workloads.decode import DecodeBatch, decode_work
 from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
-from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, reshard
+from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, assembled_plan, reshard
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
 from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding, fp8_conversion
 
@@ -994,3 +994,23 @@ def test_rdma_p2p_fetches_are_kernels_so_more_writes_in_flight_never_hold_them_b
     times = [simulate_sync(setup, get("rdma-p2p", outstanding=n)).sync_s for n in (1, 2, 4, 16)]
     assert max(times) < 1.01 * min(times), times
     assert simulate_sync(setup, get("delta:rdma-p2p", changed_fraction=1.0)).sync_s > times[-1]
+
+
+def test_rdma_p2p_tasks_cost_their_calls_and_coarse_tasks_their_real_copies_latencies():
+    """A pipeline task was free, so the smallest `task_bytes` was the fastest (a new-user trial: 1 byte as fast as
+    1 GiB), and `max_sim_tasks`, a fidelity knob, moved the answer 2.5x with 1 MiB tasks (0.052 s at 4 simulated
+    tasks, 0.133 s at 4,096: a simulated task paid its copies' latencies once for all the real tasks it stood
+    for). Each real task now pays its all-gather's call, and each copy its route's latency once per real task. One
+    simulated task per GPU puts the calls before everything else: the sync grows by exactly a GPU's tasks times
+    the call. And however many tasks simulate 1 MiB ones, the answers agree to 12%."""
+    setup = SyncSetup(presets.get("hgx-h200-8", calibration=None), models.get("Llama-3-8B"), FSDPLayout(G[:4]),
+                      RolloutLayout(G[4:], tp=1))
+    ap = assembled_plan(setup.model, setup.trainer, setup.rollout)
+    tasks = [math.ceil(u / 2**20) for u in ap.unique if u > 0]
+    one = {x: simulate_sync(setup, get("rdma-p2p", task_bytes=2**20, max_sim_tasks=1, task_overhead_s=x)).sync_s
+           for x in (0.0, 20e-6)}
+    assert min(tasks) * 20e-6 * (1 - 1e-9) <= one[20e-6] - one[0.0] <= max(tasks) * 20e-6 * (1 + 1e-9)
+    default = simulate_sync(setup, get("rdma-p2p")).sync_s
+    small = [simulate_sync(setup, get("rdma-p2p", task_bytes=2**20, max_sim_tasks=n)).sync_s for n in (4, 64, 1024)]
+    assert min(small) > 2 * default  # 4,096 calls a GPU against 4
+    assert max(small) < 1.12 * min(small), small

@@ -15,12 +15,16 @@ nothing; a final barrier tells the controller all writes landed.
 Default costs: `task_bytes` 1 GiB of assigned tensors per pipeline task; `watermark_bytes` 4 GiB in flight per
 GPU (Perplexity bounds temporary memory with a watermark; its value is not published); `write_overhead_s` 2 us
 per RDMA work request, posted per tensor slice (ibv_post_send plus completion handling, ~1-3 us);
-`barrier_s` 1 ms for the controller's completion round (one RPC); `outstanding` 16 copies in flight per GPU and
-stage, issued in a rotated order (GPU i starts with peer i), as all-to-all schedules do to avoid incast.
+`barrier_s` 1 ms for the controller's completion round (one RPC); `task_overhead_s` 20 us per pipeline task, its
+all-gather's NCCL call (as `nccl-broadcast`'s `call_latency_s`; without it a task of one byte cost nothing, and
+the smallest `task_bytes` was the fastest); `outstanding` 16 copies in flight per GPU and stage, issued in a
+rotated order (GPU i starts with peer i), as all-to-all schedules do to avoid incast.
 
 `max_sim_tasks` 4: a GPU's real pipeline tasks (its share of the tensors over `task_bytes`) are simulated as at
 most this many, each standing for an equal run of them, so that fetch, encode and writes of successive tasks
-overlap as they do. It is a fidelity knob, not a cost: every simulated task is another all-to-all of copies,
+overlap as they do; a simulated task pays the fixed costs of the real ones it stands for (their calls, and each
+copy the latency of each real task's copy on its route: a real task is an all-to-all of its own). It is a
+fidelity knob, not a cost: every simulated task is another all-to-all of copies,
 and on hundreds of GPUs the engine's time grows with them (docs/weight_sync.md, "At cluster scale"). 1 simulates
 each GPU's share as one task (no overlap between its stages): on 32-256 GPUs of the cluster-scale layout that
 moved the sync time by -2% to +5% (+17-19% on 8-16 GPUs, where overlapping the stages matters most) and
@@ -51,6 +55,7 @@ class RdmaP2PKnobs(Knobs):
     watermark_bytes: float = 4 * GiB
     write_overhead_s: float = 2e-6
     barrier_s: float = 1e-3
+    task_overhead_s: float = 20e-6
     outstanding: int = 16
     max_sim_tasks: int = 4
 
@@ -159,8 +164,8 @@ class RdmaP2P(Strategy):
         prev_fetch = prev_enc = None
         pending = []
         for t in range(sims):
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), slices, prev_fetch,
-                                                    prev_enc)
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), real, slices,
+                                                    prev_fetch, prev_enc)
             pending.append(done)
         return ctx.sim.all_of(pending, id=ctx.name(f"done.{g}"))
 
@@ -174,27 +179,31 @@ class RdmaP2P(Strategy):
         for t in range(sims):
             req = slots.request()
             yield req
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), slices, prev_fetch,
-                                                    prev_enc)
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), real, slices,
+                                                    prev_fetch, prev_enc)
             done.callbacks.append(lambda _ev, r=req: slots.release(r))
             pending.append(done)
         yield ctx.sim.env.all_of(pending)
 
-    def _task(self, ctx: SyncContext, i: int, g: str, peers: tuple[list, list], frac: float, slices: float,
-              prev_fetch: simpy.Event | None, prev_enc: simpy.Event | None
+    def _task(self, ctx: SyncContext, i: int, g: str, peers: tuple[list, list], frac: float, real: int,
+              slices: float, prev_fetch: simpy.Event | None, prev_enc: simpy.Event | None
               ) -> tuple[simpy.Event, simpy.Event, simpy.Event]:
-        """One pipeline task, `frac` of GPU i's work (`peers`: `_peers`): fetch (after the previous task's fetch) ->
-        encode (after the previous encode) -> post the writes -> write. Returns (fetched, encoded, written)."""
+        """One simulated pipeline task, `frac` of GPU i's `real` tasks (`peers`: `_peers`): the real tasks' calls
+        -> fetch (after the previous task's fetch) -> encode (after the previous encode) -> post the writes ->
+        write. Returns (fetched, encoded, written)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from, write_to = peers
-        fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from],
-                               [prev_fetch] if prev_fetch else [], "assemble", mechanism="sm")
+        m = round(frac * real)  # the real tasks this one stands for
+        call = sim.delay(ctx.name(f"call.{g}"), m * k.task_overhead_s, after=[prev_fetch] if prev_fetch else [],
+                         tag="rdma-call")
+        fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from], [call],
+                               "assemble", m, mechanism="sm")
         enc_after = [fetched, *([prev_enc] if prev_enc else [])]
         enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
         post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
         if not ctx.decode_hbm:  # the writes land in the live weights (a delta's in a buffer: `procedure`)
             ctx.live_write_at(post)
-        done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write")
+        done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write", m)
         return fetched, enc, done
 
     @staticmethod
@@ -209,12 +218,19 @@ class RdmaP2P(Strategy):
         return fetch_from, write_to
 
     def _stream(self, ctx: SyncContext, stem: str, copies: list[tuple[str, str, float]], after: list,
-                tag: str, mechanism: str = "ce") -> simpy.Event:
+                tag: str, tasks: int = 1, mechanism: str = "ce") -> simpy.Event:
         """Copies issued `outstanding` at a time, in the given (rotated) order: how a static schedule keeps every
-        NIC busy without incast (at step t GPU i talks to peer i + t)."""
+        NIC busy without incast (at step t GPU i talks to peer i + t). Standing for `tasks` real tasks, each copy
+        pays its route's latency once per real task (the others' as its setup: a lane runs their copies in turn)."""
         sim = ctx.sim
-        ends = sim.transfers([(ctx.name(stem), src, dst, b) for src, dst, b in copies], after=after,
-                             lanes=max(1, self.knobs.outstanding), tag=tag, mechanism=mechanism)
+        if tasks > 1 and copies:
+            lat = sim.lone_copies([(src, dst) for src, dst, _ in copies])
+            declared = [(ctx.name(stem), src, dst, b, (tasks - 1) * t)
+                        for (src, dst, b), (_, t) in zip(copies, lat, strict=True)]
+        else:
+            declared = [(ctx.name(stem), src, dst, b) for src, dst, b in copies]
+        ends = sim.transfers(declared, after=after, lanes=max(1, self.knobs.outstanding), tag=tag,
+                             mechanism=mechanism)
         return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
                                                                                         after=after)
 
