@@ -565,10 +565,17 @@ def test_a_large_rdma_p2p_sync_names_the_knob_that_answers_faster(monkeypatch, c
         note = get(name).scale_note(big)
         assert "128 trainer GPUs" in note and "about 131,072 copies" in note and "max_sim_tasks=1" in note
         assert "answers in seconds" in note
-        # one task per GPU on 1,024 GPUs is 524,288 copies: no longer seconds (more than a minute on the 2-core VM)
+        # 512 GPUs: a GPU's share is two tasks, 262,144 copies; one task is 131,072 (35 s on the 2-core VM)
+        mid = get(name).scale_note(setup_of({"model": "Qwen3-235B-A22B", "gpus": 512}))
+        assert "as 2 tasks, about 262,144 copies, which can take minutes" in mid and "in under a minute" in mid
+        # 1,024 GPUs: a GPU's share (0.9 GB) is one task already, 524,288 copies (276 s): said, nothing to offer
         huge = get(name).scale_note(setup_of({"model": "Qwen3-235B-A22B", "gpus": 1024}))
-        assert "about 2,097,152 copies" in huge and "still takes more than a minute" in huge
+        assert "as 1 task, about 524,288 copies, which takes more than minutes" in huge and "max_sim" not in huge
         assert get(name).scale_note(small) == "" and get(name, max_sim_tasks=1).scale_note(big) == ""
+    # the tasks simulated, not the knob: a GPU's share of the model over task_bytes is fewer than 100,000 tasks
+    few = get("rdma-p2p", max_sim_tasks=100_000).scale_note(big)
+    share = math.ceil(big.model.weight_bytes() / 128 / 2**30)
+    assert f"pipelines as {share} tasks, about {128 * 256 * share:,} copies" in few
     assert get("nccl-broadcast").scale_note(big) == ""
 
     def no_run(setup, strategy, **kw):

@@ -101,22 +101,29 @@ class RdmaP2P(Strategy):
 
     def scale_note(self, setup: SyncSetup) -> str:
         """From 2^17 copies on (256 GPUs of the cluster-scale layout at the default 4 tasks) the exact simulation
-        of every task's all-to-all takes minutes; one task per GPU simulates 1/max_sim_tasks as many copies, which
-        answers in seconds below 2^16 of them (2^15 on 256 GPUs), in under a minute below 2^18 (2^17 on 512) and
-        in more than one beyond (2^19 on 1,024), at a cost in fidelity that docs/weight_sync.md ("At cluster
-        scale") measures (the figures live there, not here)."""
+        of every task's all-to-all takes minutes (261 s on the 2-core VM), and its time grows faster than the
+        copies (each departure re-rates a few hundred flows: docs/weight_sync.md, "At cluster scale"), so from
+        2^19 on the note says so; one task per GPU simulates 1/tasks as many copies, which answers in seconds below
+        2^16 of them (2^15 on 256 GPUs), in under a minute below 2^18 (2^17 on 512) and in minutes beyond (2^19 on
+        1,024: 276 s), at a cost in fidelity that docs/weight_sync.md measures (the figures live there, not
+        here). The tasks counted are those simulated: `max_sim_tasks`, or fewer where a GPU's share of the model
+        makes fewer real tasks (a trial's 4 GPUs with max_sim_tasks=100000 were warned of 3.2 million copies)."""
         k = self.knobs
         n_train = len(setup.trainer.gpus)
         one_task = n_train * (n_train + len(setup.rollout.gpus))
-        copies = one_task * k.max_sim_tasks
-        if k.max_sim_tasks <= 1 or copies < 1 << 17:
+        tasks = min(k.max_sim_tasks, max(1, math.ceil(setup.model.weight_bytes() / n_train / k.task_bytes)))
+        copies = one_task * tasks
+        if copies < 1 << 17 or (tasks <= 1 and one_task < 1 << 18):
             return ""
+        takes = "can take minutes" if copies < 1 << 19 else "takes more than minutes, longer the more copies"
+        said = (f"{self.label} simulates each of {n_train} trainer GPUs' pipelines as {tasks} "
+                f"task{'s' if tasks > 1 else ''}, about {copies:,} copies, which {takes} to simulate")
+        if tasks <= 1:  # one task a GPU already: nothing coarser to offer
+            return f"{said} (docs/weight_sync.md, \"At cluster scale\")"
         faster = ("answers in seconds" if one_task < 1 << 16 else "answers in under a minute" if one_task < 1 << 18
-                  else "still takes more than a minute")
-        return (f"{self.label} simulates each of {n_train} trainer GPUs' pipelines as {k.max_sim_tasks} tasks, "
-                f"about {copies:,} copies, which can take minutes to simulate; --knob max_sim_tasks=1 (one task per "
-                f"GPU, a coarser pipeline) {faster}: docs/weight_sync.md, \"At cluster scale\", says how much its "
-                f"sync times differ")
+                  else "still takes minutes")
+        return (f"{said}; --knob max_sim_tasks=1 (one task per GPU, a coarser pipeline) {faster}: docs/weight_sync.md, "
+                f"\"At cluster scale\", says how much its sync times differ")
 
     def _slots(self) -> int:
         k = self.knobs
