@@ -28,7 +28,7 @@ fidelity knob, not a cost: every simulated task is another all-to-all of copies,
 and on hundreds of GPUs the engine's time grows with them (docs/weight_sync.md, "At cluster scale"). 1 simulates
 each GPU's share as one task (no overlap between its stages): on 32-256 GPUs of the cluster-scale layout that
 moved the sync time by -2% to +5% (+17-19% on 8-16 GPUs, where overlapping the stages matters most) and
-simulated 4-7x faster at 128 GPUs, 32-34x at 256 (`benchmarks/results/sync-scale-rdma-p2p-*.json`).
+simulated 3-5x faster at 128 GPUs, 25-28x at 256 (`benchmarks/results/sync-scale-rdma-p2p-*.json`).
 """
 
 from __future__ import annotations
@@ -101,11 +101,11 @@ class RdmaP2P(Strategy):
 
     def scale_note(self, setup: SyncSetup) -> str:
         """From 2^17 copies on (256 GPUs of the cluster-scale layout at the default 4 tasks) the exact simulation
-        of every task's all-to-all takes minutes (261 s on the 2-core VM), and its time grows faster than the
+        of every task's all-to-all takes minutes (181-190 s on the 2-core VM), and its time grows faster than the
         copies (each departure re-rates a few hundred flows: docs/weight_sync.md, "At cluster scale"), so from
         2^19 on the note says so; one task per GPU simulates 1/tasks as many copies, which answers in seconds below
         2^16 of them (2^15 on 256 GPUs), in under a minute below 2^18 (2^17 on 512) and in minutes beyond (2^19 on
-        1,024: 276 s), at a cost in fidelity that docs/weight_sync.md measures (the figures live there, not
+        1,024: 284 s), at a cost in fidelity that docs/weight_sync.md measures (the figures live there, not
         here). The tasks counted are those simulated: `max_sim_tasks`, or fewer where a GPU's share of the model
         makes fewer real tasks (a trial's 4 GPUs with max_sim_tasks=100000 were warned of 3.2 million copies)."""
         k = self.knobs
