@@ -792,6 +792,13 @@ def test_delta_knob_is_listed_and_recorded(capsys):
 
     with pytest.raises(WorkloadError, match=r"unknown knob foo for delta:rdma-p2p \(known: changed_fraction, "):
         get("delta:rdma-p2p", foo=1)
+    # a strategy's unknown knob is named as it was asked for (it said RdmaP2PKnobs), and delta's knob on the plain
+    # strategy says how to ask for the delta (a new-user trial)
+    with pytest.raises(WorkloadError, match=r"^unknown knob changed_fraction for rdma-p2p \(known: barrier_s, .*\); "
+                                           r"changed_fraction is delta's: ask for delta:rdma-p2p$"):
+        get("rdma-p2p", changed_fraction=0.1)
+    with pytest.raises(WorkloadError, match=r"^unknown knobs foo, zz for shared-pool:relay \(known: check_s, "):
+        get("shared-pool:relay", zz=1, foo=2)
     assert get("delta:rdma-p2p", changed_fraction=0.25).changed_fraction == 0.25
     assert get("rdma-p2p").changed_fraction is None
     assert _sync_cli(["Llama-3-8B", "delta:rdma-p2p", "--knob", "changed_fraction=0.5", "--samples", "0",
