@@ -772,6 +772,9 @@ def test_sync_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys)
     assert len(runs) == 4 and len({id(t) for t in runs[1:]} - {id(runs[0])}) == 3
     iv = doc["intervals"]["sync_s"]
     assert iv["lo"] <= doc["metrics"]["sync_s"] <= iv["hi"] and iv["calibrated"] is True  # hgx-h200-8's profile
+    # only intervals with a spread, as the text shows them: not `feasible`, bytes or flow events at [x, x]
+    assert all(v["hi"] > v["lo"] for v in doc["intervals"].values())
+    assert not {"feasible", "flow_events", "GB_d2d"} & set(doc["intervals"]) and "stall_s" in doc["intervals"]
 
 
 def test_sync_list_shows_every_strategys_knobs(capsys):

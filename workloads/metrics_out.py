@@ -78,9 +78,11 @@ def print_metrics(metrics: Mapping[str, tuple[float, str]], intervals: Mapping[s
 
 def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float | bool]]:
     """The JSON form of metric intervals: metric -> {lo, hi, level, calibrated} (the value is the metric's own;
-    `calibrated` false: the spread is the wide a priori one of datasheet parameters, as the text output says)."""
+    `calibrated` false: the spread is the wide a priori one of datasheet parameters, as the text output says).
+    Only those with a spread, as the text shows them: `feasible`, bytes and flow events came with [x, x] intervals
+    that a reader took for predictions (a new-user trial)."""
     return {k: {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "calibrated": iv.calibrated}
-            for k, iv in intervals.items()}
+            for k, iv in intervals.items() if iv.hi > iv.lo}
 
 
 # Intervals by default only where they are cheap: each sample re-runs the whole simulation, so on a large setup
