@@ -28,7 +28,6 @@ link, and at 64 KiB still above NVLink: it binds only for smaller chunks, which 
 bind nothing changes: the route's latency stands for a step's, as before.
 """
 
-
 from __future__ import annotations
 
 import math
