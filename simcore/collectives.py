@@ -243,12 +243,17 @@ def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_
 
 
 def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str,
-           tag: str = "gather", fixed_cost_s: float = 0.0) -> simpy.Event:
-    """Every source sends its bytes to `dst` at once (a local source's part is already there)."""
+           tag: str = "gather", fixed_cost_s: float = 0.0, repeats: int = 1) -> simpy.Event:
+    """Every source sends its bytes to `dst` at once (a local source's part is already there). `repeats`: this
+    call stands for that many back-to-back gathers (coarsened buckets), so each copy pays its route's latency
+    that many times."""
     after = list(after)
     here = sim.topology.resolve(dst)
-    events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s)
-              for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
+    remote = [(src, b) for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
+    extra = [(repeats - 1) * t for _, t in sim.lone_copies([(src, here) for src, _ in remote])] if repeats > 1 \
+        else [0.0] * len(remote)
+    events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s + x)
+              for (src, b), x in zip(remote, extra, strict=True)]
     return sim.all_of(events, id=f"{name}.end", tag=tag) if events else sim.delay(f"{name}.noop", 0.0, after=after,
                                                                                   tag=tag)
 
