@@ -249,11 +249,9 @@ def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Itera
     that many times."""
     after = list(after)
     here = sim.topology.resolve(dst)
-    remote = [(src, b) for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
-    extra = [(repeats - 1) * t for _, t in sim.lone_copies([(src, here) for src, _ in remote])] if repeats > 1 \
-        else [0.0] * len(remote)
-    events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s + x)
-              for (src, b), x in zip(remote, extra, strict=True)]
+    events = [sim.transfer(f"{name}.{src}", src, here, b, after=after, tag=tag, fixed_cost_s=fixed_cost_s,
+                           latencies=repeats)
+              for src, b in sources.items() if b > 0 and sim.topology.resolve(src) != here]
     return sim.all_of(events, id=f"{name}.end", tag=tag) if events else sim.delay(f"{name}.noop", 0.0, after=after,
                                                                                   tag=tag)
 

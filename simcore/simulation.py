@@ -123,7 +123,8 @@ class Simulation:
     def transfer(self, id: str | None, src: str, dst: str, nbytes: float | str, *, start: float = 0.0,
                  after: Iterable[Dep] = (), rate_cap_Bps: float | None = None, weight: float = 1.0,
                  fixed_cost_s: float = 0.0, engine: str | None = None, tag: str | None = None,
-                 mechanism: str = "ce", setup_s: float = 0.0, setup_id: str | None = None) -> simpy.Event:
+                 mechanism: str = "ce", setup_s: float = 0.0, setup_id: str | None = None,
+                 latencies: int = 1) -> simpy.Event:
         """Move `nbytes` from `src` to `dst`; returns the event that fires when the last byte lands. `mechanism`
         (`ce`, `pageable` or `sm`) picks how the copy is done (`Topology.path`); one the profile did not fit for
         the copy's path class takes the copy engine's parameters (`Topology.fits` says which: the CLI's "no fit"
@@ -132,7 +133,10 @@ class Simulation:
 
         `setup_s`: software work between `after` and the copy queueing on its engine (per-tensor handling, a
         pipeline's fill). Where the copy queues on no engine it is part of its latency, one item; where it does, a
-        delay (`setup_id`, default `<id>.setup`) the copy waits for: a fixed cost is paid holding the engine."""
+        delay (`setup_id`, default `<id>.setup`) the copy waits for: a fixed cost is paid holding the engine.
+
+        `latencies`: how many times the copy pays its route's latency (for its mechanism), where it stands for that
+        many real copies in a row (a coarsened bucket or pipeline task: each real one pays its own)."""
         self._seq += 1
         seq = self._seq
         rid = f"t{seq}" if id is None else str(id)
@@ -159,6 +163,8 @@ class Simulation:
         psrc, pdst, cls, nodes, latency, cap, sized, path_engine, route = shape
         cap = _copy_cap(cap, sized, nbytes, rate_cap_Bps)
         engine = engine or path_engine
+        if latencies != 1:
+            latency *= _check_latencies(f"transfer '{rid}'", latencies)
         latency += fixed_cost_s
         if setup_s:
             if not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS):
@@ -184,14 +190,14 @@ class Simulation:
                           psrc, pdst, cls, nodes, tag, 0.0), after)
 
     def transfers(self, copies: Iterable[tuple], *, after: Iterable[Dep] = (), lanes: int = 0,
-                  tag: str | None = None, rate_cap_Bps: float | None = None, mechanism: str = "ce"
-                  ) -> list[simpy.Event]:
+                  tag: str | None = None, rate_cap_Bps: float | None = None, mechanism: str = "ce",
+                  latencies: int = 1) -> list[simpy.Event]:
         """Many transfers at once, in order: each of `copies` is (id, src, dst, nbytes) or (id, src, dst, nbytes,
         setup_s, setup_id), declared exactly as `transfer(id, src, dst, nbytes, after=..., tag=tag,
         rate_cap_Bps=rate_cap_Bps, mechanism=mechanism, setup_s=setup_s, setup_id=setup_id)` would be, where
         every copy waits for `after`, or with `lanes` > 0 only the first `lanes` do and copy n waits for copy
         n - lanes (at most `lanes` in flight, each lane in order: how a static schedule issues its copies).
-        Returns their events.
+        `latencies`: as `transfer`'s, for every copy. Returns their events.
 
         Why: a 1,024-GPU sync declares millions of copies, and a call per copy (its keyword arguments, checks
         and dependency lookup) cost about as much as the rest of declaring it; here the shared arguments are
@@ -204,15 +210,16 @@ class Simulation:
             after = _dep_list("transfers", after)
         if type(lanes) is not int or lanes < 0:
             raise ScenarioError(f"transfers: lanes must be a whole number >= 0, got {lanes!r}")
+        _check_latencies("transfers", latencies)
         _check_copies(copies)
         if not copies:
             return []
         # copy 0 takes `transfer` itself: `after` is checked, and named in an error, as its own call would
-        out = self._transfers_one_by_one(copies[:1], after, lanes, tag, rate_cap_Bps, mechanism)
+        out = self._transfers_one_by_one(copies[:1], after, lanes, tag, rate_cap_Bps, mechanism, latencies=latencies)
         deferred = self._deferred
         if deferred is None or not _plain_cap(rate_cap_Bps):
             # procedural, or a rate cap that needs its checks: one call per copy
-            return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism, out)
+            return self._transfers_one_by_one(copies, after, lanes, tag, rate_cap_Bps, mechanism, out, latencies)
         deps = self._dep_indices("transfers", after) if after else ()  # (copy 0's call found every one)
         self._keep_current()
         shapes, done_map, env, progress = self._shapes, self._done, self.env, self._progress
@@ -234,12 +241,13 @@ class Simulation:
                     or (setup_s and not (type(setup_s) is float and 0.0 < setup_s <= MAX_SECONDS
                                          and shape is not None and shape[7] is None))):
                 # (a setup on a queued engine is a delay item of its own; an unseen pair's shape says if it queues)
-                put(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism))
+                put(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism, latencies))
                 continue
             self._seq += 1
             if shape is None:  # (a copy with a setup took `transfer` above: its shape says if it queues)
                 shape = self._shape(rid, src, dst, mechanism)
             psrc, pdst, cls, nodes, latency, cap, sized, engine, route = shape
+            latency *= latencies
             if sized is not None or capped:
                 cap = _copy_cap(cap, sized, nbytes, rate_cap_Bps)
             k = len(deferred)
@@ -256,22 +264,24 @@ class Simulation:
         return out
 
     def _transfers_one_by_one(self, copies: list[tuple], after: Sequence[Dep], lanes: int, tag: str | None,
-                              rate_cap_Bps: float | None, mechanism: str, out: list | None = None
-                              ) -> list[simpy.Event]:
+                              rate_cap_Bps: float | None, mechanism: str, out: list | None = None,
+                              latencies: int = 1) -> list[simpy.Event]:
         """`transfers` as one `transfer` call per copy (its definition); `out`: the events of the first copies,
         declared already (they are extended with the rest)."""
         out = [] if out is None else out
         for n in range(len(out), len(copies)):
-            out.append(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism))
+            out.append(self._transfer_copy(copies, n, out, after, lanes, tag, rate_cap_Bps, mechanism, latencies))
         return out
 
     def _transfer_copy(self, copies: list[tuple], n: int, out: list, after: Sequence[Dep], lanes: int,
-                       tag: str | None, rate_cap_Bps: float | None, mechanism: str) -> simpy.Event:
+                       tag: str | None, rate_cap_Bps: float | None, mechanism: str, latencies: int = 1
+                       ) -> simpy.Event:
         """Copy n of `transfers` by its own `transfer` call (`out`: the events of the copies before it)."""
         c = copies[n]
         return self.transfer(c[0], c[1], c[2], c[3], after=after if not lanes or n < lanes else [out[n - lanes]],
                              tag=tag, rate_cap_Bps=rate_cap_Bps, mechanism=mechanism,
-                             setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None)
+                             setup_s=c[4] if len(c) > 4 else 0.0, setup_id=c[5] if len(c) > 5 else None,
+                             latencies=latencies)
 
     def task(self, id: str | None, gpu: str, *, flops: float = 0.0, hbm_bytes: float = 0.0, dtype: str = "bf16",
              start: float = 0.0, after: Iterable[Dep] = (), tag: str | None = None) -> simpy.Event:
@@ -638,6 +648,13 @@ def _topology_of(ref: Any) -> Topology:
         return presets.load(os.fspath(ref))
     raise ScenarioError(f"Simulation: expected a Topology (presets.get(name)), a preset name or a topology file's "
                         f"path, got {ref!r}")
+
+
+def _check_latencies(where: str, latencies: object) -> int:
+    """A copy's `latencies`: a whole number >= 1 (a coarsened unit stands for at least itself)."""
+    if type(latencies) is not int or latencies < 1:
+        raise ScenarioError(f"{where}: latencies must be a whole number >= 1, got {latencies!r}")
+    return latencies
 
 
 def _dep_list(rid: str, after: Any) -> list:

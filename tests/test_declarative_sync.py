@@ -126,12 +126,13 @@ GOLDEN = {
     ("c4cal", "host-staged", ()): (2.017141184080392, 0.902997688569672),
     # rdma-p2p's since its full-tensor fetches are NCCL all-gathers, SM kernels that queue on no copy engine (they
     # waited behind the writes in the copy engine's FIFO), and each simulated task pays its real tasks' calls and
-    # copy latencies (`task_overhead_s`, `RdmaP2P._stream`), on both paths. hgx-pp4 came out 22% faster: its tasks
+    # copy latencies (`task_overhead_s`; each copy its own mechanism's latency per real task, held on its engine:
+    # `Simulation.transfers`' latencies), on both paths. hgx-pp4 came out 22% faster: its tasks
     # have nothing to fetch, so all of a GPU's tasks began writing at once, in lockstep on the same rotated peer
     # (one lane each); their calls now stagger them
-    ("c4cal", "rdma-p2p", ()): (0.5329269342752667, 0.5038771228731298),
+    ("c4cal", "rdma-p2p", ()): (0.5329282769244199, 0.5038771228731298),
     ("c4cal", "rdma-p2p", (("task_bytes", 3.0 * 2**27), ("watermark_bytes", 9.0 * 2**27), ("max_sim_tasks", 7),
-                           ("write_overhead_s", 1e-4))): (2.912406972252474, 2.134470303098958),
+                           ("write_overhead_s", 1e-4))): (2.9124109716064788, 2.134472288479233),
     ("hgx-pp4", "rdma-p2p", (("task_bytes", 2.0**27), ("watermark_bytes", 2.0**28), ("max_sim_tasks", 8),
                              ("outstanding", 1))): (0.013557858212033532, 0.013402916292414021),
     ("hgx-pp4", "host-staged", ()): (0.218233740770464, 0.10116353663151126),

@@ -343,15 +343,17 @@ class SyncContext:
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
 
     def loads(self, items: Iterable[tuple[str, float, float]], after: Iterable = (), tag: str = "load",
-              setup_name: str = "setup") -> list[simpy.Event]:
+              setup_name: str = "setup", latencies: int = 1) -> list[simpy.Event]:
         """`load(gpu, raw_bytes, after, tag=tag, setup_s=setup_s, setup_name=setup_name)` for each (gpu, raw_bytes,
         setup_s) of `items`, in order, declared in one `Simulation.transfers` call where every one is a plain copy
-        (a 1,024-GPU host-staged sync of Kimi-K2 reloads 512 ranks per owner's bucket: 786,432 loads)."""
+        (a 1,024-GPU host-staged sync of Kimi-K2 reloads 512 ranks per owner's bucket: 786,432 loads).
+        `latencies`: each plain load's copy stands for that many (a coarsened bucket's: `Simulation.transfers`)."""
         items, after = list(items), tuple(after)
         ratio, dec = self._wire_ratio, self.decode_hbm
         if not all(_plain_load(b, ratio, dec) for _, b, _ in items):
             return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
-        return self.sim.transfers(self._load_copies(items, tag, setup_name), after=after, tag=tag)
+        return self.sim.transfers(self._load_copies(items, tag, setup_name), after=after, tag=tag,
+                                  latencies=latencies)
 
     def _load_copies(self, items: list[tuple[str, float, float]], tag: str, setup_name: str,
                      src: str | None = None) -> list[tuple]:

@@ -105,10 +105,8 @@ class NcclBroadcast(Strategy):
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                   name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.nccl_step_s)
             ctx.live_write_at(sent)
-            local = sim.lone_copies([(g, g) for g in setup.rollout.gpus]) if m > 1 else None
-            loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s
-                                + ((m - 1) * local[q][1] if local else 0.0))
-                               for q, g in enumerate(setup.rollout.gpus)], after=[sent], setup_name="load_weights")
+            loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
+                               for g in setup.rollout.gpus], after=[sent], setup_name="load_weights", latencies=m)
             prev_gather = gathered
             loads_of.append(sim.all_of(loads, id=f"loaded{b}"))
         yield sim.all_of(loads_of, id="loaded")

@@ -228,16 +228,11 @@ class RdmaP2P(Strategy):
                 tag: str, tasks: int = 1, mechanism: str = "ce") -> simpy.Event:
         """Copies issued `outstanding` at a time, in the given (rotated) order: how a static schedule keeps every
         NIC busy without incast (at step t GPU i talks to peer i + t). Standing for `tasks` real tasks, each copy
-        pays its route's latency once per real task (the others' as its setup: a lane runs their copies in turn)."""
+        pays its route's latency once per real task (`Simulation.transfers`' latencies: a lane runs their copies in
+        turn)."""
         sim = ctx.sim
-        if tasks > 1 and copies:
-            lat = sim.lone_copies([(src, dst) for src, dst, _ in copies])
-            declared = [(ctx.name(stem), src, dst, b, (tasks - 1) * t)
-                        for (src, dst, b), (_, t) in zip(copies, lat, strict=True)]
-        else:
-            declared = [(ctx.name(stem), src, dst, b) for src, dst, b in copies]
-        ends = sim.transfers(declared, after=after, lanes=max(1, self.knobs.outstanding), tag=tag,
-                             mechanism=mechanism)
+        ends = sim.transfers([(ctx.name(stem), src, dst, b) for src, dst, b in copies], after=after,
+                             lanes=max(1, self.knobs.outstanding), tag=tag, mechanism=mechanism, latencies=tasks)
         return sim.all_of(ends, id=ctx.name(f"{stem}.all")) if ends else sim.delay(ctx.name(f"{stem}.none"), 0.0,
                                                                                         after=after)
 
