@@ -106,18 +106,26 @@ class RdmaP2P(Strategy):
         2^19 on the note says so; one task per GPU simulates 1/tasks as many copies, which answers in seconds below
         2^16 of them (2^15 on 256 GPUs), in under a minute below 2^18 (2^17 on 512) and in minutes beyond (2^19 on
         1,024: 284 s), at a cost in fidelity that docs/weight_sync.md measures (the figures live there, not
-        here). The tasks counted are those simulated: `max_sim_tasks`, or fewer where a GPU's share of the model
-        makes fewer real tasks (a trial's 4 GPUs with max_sim_tasks=100000 were warned of 3.2 million copies)."""
+        here). The tasks counted are those each GPU simulates: `max_sim_tasks`, or fewer where its share of the
+        tensors makes fewer real tasks (a trial's 4 GPUs with max_sim_tasks=100000 were warned of 3.2 million
+        copies); the plan that says so is built only where the note may speak (~5 s at 1,024 GPUs, of minutes)."""
         k = self.knobs
         n_train = len(setup.trainer.gpus)
         one_task = n_train * (n_train + len(setup.rollout.gpus))
-        tasks = min(k.max_sim_tasks, max(1, math.ceil(setup.model.weight_bytes() / n_train / k.task_bytes)))
-        copies = one_task * tasks
+        if one_task * k.max_sim_tasks < 1 << 17:  # small enough whatever each GPU's share: no plan needed
+            return ""
+        # each GPU's own count: whole tensors are dealt round robin, so shares differ (Qwen3-235B-A22B on 1,024
+        # GPUs: 0.95-5.4 GB, one to six tasks; the mean said one, where the run simulates 3x the copies of one)
+        ap = assembled_plan(setup.model, setup.trainer, setup.rollout)
+        per_gpu = [min(k.max_sim_tasks, max(1, math.ceil(u / k.task_bytes))) for u in ap.unique if u > 0]
+        tasks = max(per_gpu, default=1)
+        copies = round(one_task * sum(per_gpu) / max(1, len(per_gpu)))
         if copies < 1 << 17 or (tasks <= 1 and one_task < 1 << 18):
             return ""
-        takes = "can take minutes" if copies < 1 << 19 else "takes more than minutes, longer the more copies"
-        said = (f"{self.label} simulates each of {n_train} trainer GPUs' pipelines as {tasks} "
-                f"task{'s' if tasks > 1 else ''}, about {copies:,} copies, which {takes} to simulate")
+        takes = "can take minutes" if copies < 1 << 19 else "takes many minutes (more than in proportion to them)"
+        said = (f"{self.label} simulates each of {n_train} trainer GPUs' pipelines as "
+                f"{f'up to {tasks} tasks' if tasks > 1 else 'one task'}, about {copies:,} copies, which {takes} to "
+                f"simulate")
         if tasks <= 1:  # one task a GPU already: nothing coarser to offer
             return f"{said} (docs/weight_sync.md, \"At cluster scale\")"
         faster = ("answers in seconds" if one_task < 1 << 16 else "answers in under a minute" if one_task < 1 << 18
