@@ -10,15 +10,15 @@ own: the same on average over a near-uniform send matrix. So the fold keeps the 
 send matrix's spread and changes only how many copies each lane runs in a row: P / `outstanding` instead of
 peers / `outstanding`.
 
-What it loses is the lanes' drift. In the exact schedule each lane runs its copies in a row; one that ends early
-moves its lane on to a receiver that other senders' lanes also reach, while another receiver's NIC, which half the
-cluster must fill, waits for lanes still behind. The longer the rows, the further lanes drift, and the time of a
-rollout-ingress-bound sync grows: with one pipeline task per GPU (`max_sim_tasks=1`) the exact sync of
-Qwen3-235B-A22B takes 0.85 s on 128 GPUs and 1.00 s on 512 and 1,024, though each rollout GPU receives the same
-bytes at every size. The fold shortens the rows, so it comes out fast where rows are long (512 and 1,024 GPUs),
-by more the more copies it folds; where they are short (128, 256) it lands a few percent either way (the record
-says how much). This is why the docs call a coarser model of `rdma-p2p` unbuilt: one that keeps the bytes
-is not enough; it would have to model the drift.
+What it loses, as we read it (the benchmark records no NIC's busy time), is the lanes' drift. In the exact schedule
+each lane runs its copies in a row; one that ends early moves its lane on to a receiver that other senders' lanes
+also reach, while another receiver's NIC, which half the cluster must fill, waits for lanes still behind. The longer
+the rows, the further lanes drift, and the time of a rollout-ingress-bound sync grows: with one pipeline task per
+GPU (`max_sim_tasks=1`) the exact sync of Qwen3-235B-A22B takes 0.85 s on 128 GPUs, 0.97 s on 512 and 1.01 s on
+1,024, though each rollout GPU receives the same bytes at every size. The fold shortens the rows, so it comes out
+fast where rows are long (512 and 1,024 GPUs), by more the more copies it folds; where they are short (128, 256) it
+lands a few percent either way (the record says how much). This is why the docs call a coarser model of `rdma-p2p`
+unbuilt: one that keeps the bytes is not enough; it would have to model the drift.
 
 The exact sync times come from `benchmarks/results/sync-scale-rdma-p2p-1task-1024.json` (`sync_scale.py
 --strategies rdma-p2p --knob max_sim_tasks=1`, the same layout and knob): 1,024 GPUs take minutes exactly, and

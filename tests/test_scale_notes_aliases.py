@@ -26,14 +26,14 @@ def _copies(setup: SyncSetup) -> int:
 
 
 def test_pull_on_publish_speaks_from_two_to_the_twenty_copies():
-    """The cluster layout trains under FSDP: N/2 x N/2 copies. 2,048 GPUs (2^20 copies, 28 s and 3.4 GB measured
+    """The cluster layout trains under FSDP: N/2 x N/2 copies. 2,048 GPUs (2^20 copies, 28 s and 3.3 GiB measured
     on the 2-core VM) get the note, with the count, a time, a size and the alternative; 1,024 (2^18) do not."""
     pool = get("shared-pool:pull-on-publish")
     big, below = (setup_of({"model": "Qwen3-235B-A22B", "gpus": n}) for n in (2048, 1024))
     assert pool.pull_copies(big) == _copies(big) == 1 << 20 == shared_pool.PULL_NOTE_COPIES
     note = pool.scale_note(big)
     assert note.startswith("shared-pool:pull-on-publish: 1,024 readers") and "1,048,576 copies" in note
-    assert "about 27 s and 3.4 GB" in note and "shared-pool:relay" in note
+    assert "about 27 s and 3.3 GiB" in note and "shared-pool:relay" in note
     assert pool.scale_note(below) == ""
     # the other modes declare other copies; a delta is refused before any run
     assert get("shared-pool:relay").scale_note(big) == get("shared-pool:zero-copy").scale_note(big) == ""

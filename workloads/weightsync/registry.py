@@ -69,7 +69,8 @@ def get(spec: str, **knobs: Any) -> Strategy:
                                        f"give one")
         knobs = {**knobs, "mode": arg}
     if unknown := sorted(set(knobs) - set(settings_of(cls.Knobs))):  # named as asked for, not as its Knobs class
-        hint = f"; changed_fraction is delta's: ask for delta:{spec}" if "changed_fraction" in unknown else ""
+        wrapped = "changed_fraction" in unknown and name != "shared-pool"  # (readers of a pool pull raw weights)
+        hint = f"; changed_fraction is delta's: ask for delta:{spec}" if wrapped else ""
         raise WorkloadError(f"unknown knob{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {spec} (known: "
                             f"{', '.join(sorted(settings_of(cls.Knobs)))}){hint}")
     return cls(**knobs)

@@ -82,8 +82,8 @@ STAGING = "conversion-staging"  # a converting reader's bf16 staging (`staging_b
 # memory per copy from 1,024 to 2,048 GPUs, plus the memory before the first (the 2-core VM: `scale_note` says how)
 PULL_NOTE_COPIES = 1 << 20
 PULL_COPY_S = 26e-6
-PULL_COPY_BYTES = 2.9e3
-PULL_BASE_BYTES = 0.33e9
+PULL_COPY_BYTES = 3.07e3
+PULL_BASE_BYTES = 0.35e9
 
 
 @dataclass(frozen=True)
@@ -190,14 +190,15 @@ class SharedPool(Strategy):
         4,096-GPU sync declared for ~100 s and peaked at 12.7 GB, with nothing said before. Measured on the 2-core
         VM (Intel Xeon), one process per point, Qwen3-235B-A22B on `cluster_layout.setup_of` (half trains under
         FSDP: N/2 x N/2 copies), `python benchmarks/sync_scale.py --strategies shared-pool:pull-on-publish
-        shared-pool:relay --models Qwen3-235B-A22B --nodes 64 128 256` (`benchmarks/results/sync-scale-pull-2048.json`,
-        2026-12-07): pull-on-publish simulated 512 / 1,024 / 2,048 GPUs in 2.6 / 7.5 / 28.0 s, peak 0.47 / 1.10 /
-        3.40 GB. From 1,024 to 2,048 GPUs that is 26 us and 2.9 KB a copy (`PULL_COPY_S`, `PULL_COPY_BYTES`, above
-        `PULL_BASE_BYTES`), which puts 4,096 GPUs at ~110 s and 12.6 GB, where the trial saw ~100 s and 12.7 GB. So
+        shared-pool:relay --models Qwen3-235B-A22B --nodes 64 128 256 --timeout 180 --out
+        benchmarks/results/sync-scale-pull-2048.json` (2026-12-07): pull-on-publish simulated 512 / 1,024 / 2,048 GPUs
+        in 2.6 / 7.5 / 28.0 s, peak 469 / 1,098 / 3,402 MiB (`max_rss_mb` is MiB). From 1,024 to 2,048 GPUs that is
+        26 us and 3.07 kB a copy (`PULL_COPY_S`, `PULL_COPY_BYTES`, above `PULL_BASE_BYTES`), which puts 4,096 GPUs
+        at ~110 s and 13.2 GB (12.3 GiB), where a trial saw ~100 s and 12.7 G. So
         the note fires from 2^20 copies (`PULL_NOTE_COPIES`: 2,048 GPUs, half a minute and several GB) and says how
         long and how much from those figures. No knob of this mode makes it cheaper (`measure_contention=False`
         drops one decode step per reader, nothing the copies cost). `shared-pool:relay` reads the pool once per chain
-        and simulated 2,048 GPUs in 7.3 s and 0.83 GB (the same file), but it is another design whose sync time
+        and simulated 2,048 GPUs in 7.3 s and 828 MiB (the same file), but it is another design whose sync time
         differs (2.59 s against 1.61 s), so the note names it as an alternative, not as a coarser setting of this
         one."""
         if self.knobs.mode != "pull-on-publish" or self.transforms:  # (transforms are refused before any run)
@@ -207,10 +208,10 @@ class SharedPool(Strategy):
             return ""
         secs = copies * PULL_COPY_S
         took = f"{secs:.0f} s" if secs < 150 else f"{secs / 60:.0f} min"
-        gb = (PULL_BASE_BYTES + copies * PULL_COPY_BYTES) / 1e9
+        gb = (PULL_BASE_BYTES + copies * PULL_COPY_BYTES) / 2**30
         gb_said = f"{gb:.1f}" if gb < 10 else f"{gb:.0f}"
         return (f"{self.label}: {len(setup.rollout.gpus):,} readers each pull their slice from every trainer GPU "
-                f"holding a part of it, {copies:,} copies to simulate: about {took} and {gb_said} GB of memory on a "
+                f"holding a part of it, {copies:,} copies to simulate: about {took} and {gb_said} GiB of memory on a "
                 f"2-core machine; no knob of this mode makes it cheaper; the strategy shared-pool:relay reads the pool "
                 f"once per chain and simulates in about a quarter of the time and memory, but it is a "
                 f"different design with its own sync time")
