@@ -179,7 +179,7 @@ class RdmaP2P(Strategy):
         prev_fetch = prev_enc = None
         pending = []
         for t in range(sims):
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), real, slices,
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _tasks_of(real, sims, t), real, slices,
                                                     prev_fetch, prev_enc)
             pending.append(done)
         return ctx.sim.all_of(pending, id=ctx.name(f"done.{g}"))
@@ -194,21 +194,21 @@ class RdmaP2P(Strategy):
         for t in range(sims):
             req = slots.request()
             yield req
-            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _share(real, sims, t), real, slices,
+            prev_fetch, prev_enc, done = self._task(ctx, i, g, peers, _tasks_of(real, sims, t), real, slices,
                                                     prev_fetch, prev_enc)
             done.callbacks.append(lambda _ev, r=req: slots.release(r))
             pending.append(done)
         yield ctx.sim.env.all_of(pending)
 
-    def _task(self, ctx: SyncContext, i: int, g: str, peers: tuple[list, list], frac: float, real: int,
+    def _task(self, ctx: SyncContext, i: int, g: str, peers: tuple[list, list], m: int, real: int,
               slices: float, prev_fetch: simpy.Event | None, prev_enc: simpy.Event | None
               ) -> tuple[simpy.Event, simpy.Event, simpy.Event]:
-        """One simulated pipeline task, `frac` of GPU i's `real` tasks (`peers`: `_peers`): the real tasks' calls
+        """One simulated pipeline task standing for `m` of GPU i's `real` tasks (`peers`: `_peers`): their calls
         -> fetch (after the previous task's fetch) -> encode (after the previous encode) -> post the writes ->
         write. Returns (fetched, encoded, written)."""
         k, sim, ap = self.knobs, ctx.sim, ctx.assembled
         fetch_from, write_to = peers
-        m = round(frac * real)  # the real tasks this one stands for
+        frac = m / real  # of the GPU's whole work
         call = sim.delay(ctx.name(f"call.{g}"), m * k.task_overhead_s, after=[prev_fetch] if prev_fetch else [],
                          tag="rdma-call")
         fetched = self._stream(ctx, f"fetch.{g}", [(src, g, b * frac) for src, b in fetch_from], [call],
@@ -245,10 +245,10 @@ class RdmaP2P(Strategy):
                                                                                         after=after)
 
 
-def _share(real: int, sims: int, t: int) -> float:
-    """The fraction of a GPU's `real` tasks that simulated task t of `sims` stands for (the first ones take one
-    more when they do not divide)."""
-    return (real // sims + (1 if t < real % sims else 0)) / real
+def _tasks_of(real: int, sims: int, t: int) -> int:
+    """How many of a GPU's `real` tasks simulated task t of `sims` stands for (the first ones take one more when
+    they do not divide)."""
+    return real // sims + (1 if t < real % sims else 0)
 
 
 def _rotated(row, start: int) -> list[tuple[int, float]]:
