@@ -49,10 +49,8 @@ def get(spec: str, **knobs: Any) -> Strategy:
             raise UnknownStrategyError(f"'{spec}': delta wraps a transport (delta:rdma-p2p), not another delta")
         inner_cls = STRATEGIES.get(str(inner_name).partition(":")[0])
         known = set(settings_of(inner_cls.Knobs)) if inner_cls is not None else set(knobs)
-        if unknown := sorted(set(knobs) - known - {"changed_fraction"}):
-            # the inner strategy's own error would list its knobs only, not the wrapper's
-            raise WorkloadError(f"unknown knob {unknown[0]} for {spec} (known: changed_fraction, "
-                                f"{', '.join(sorted(known))})")
+        # the inner strategy's own error would list its knobs only, not the wrapper's
+        _refuse_unknown(spec, knobs, ["changed_fraction", *sorted(known)])
         fraction = knobs.pop("changed_fraction", CHANGED_FRACTION)
         fraction = coerce_all({"changed_fraction": fraction}, settings_of(delta), "delta", noun="knob")
         return delta(get(inner_name, **knobs), **fraction)
@@ -68,12 +66,21 @@ def get(spec: str, **knobs: Any) -> Strategy:
             raise UnknownStrategyError(f"'{spec}' names mode '{arg}' and the knob mode={knobs['mode']} another: "
                                        f"give one")
         knobs = {**knobs, "mode": arg}
-    if unknown := sorted(set(knobs) - set(settings_of(cls.Knobs))):  # named as asked for, not as its Knobs class
-        wrapped = "changed_fraction" in unknown and name != "shared-pool"  # (readers of a pool pull raw weights)
-        hint = f"; changed_fraction is delta's: ask for delta:{spec}" if wrapped else ""
-        raise WorkloadError(f"unknown knob{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {spec} (known: "
-                            f"{', '.join(sorted(settings_of(cls.Knobs)))}){hint}")
+    # named as asked for, not as its Knobs class; delta's knob says how to ask for it (a pool's readers pull raw
+    # weights: no delta there)
+    hint = f"; changed_fraction is delta's: ask for delta:{spec}" if name != "shared-pool" else ""
+    _refuse_unknown(spec, knobs, sorted(settings_of(cls.Knobs)), {"changed_fraction": hint})
     return cls(**knobs)
+
+
+def _refuse_unknown(spec: str, knobs: dict, known: list[str], hints: dict[str, str] | None = None) -> None:
+    """One line naming every knob of `knobs` that strategy `spec` does not have, with what it has (`known`, in the
+    order to name them), and the hint `hints` gives for one of them."""
+    unknown = sorted(set(knobs) - known)
+    if unknown:
+        hint = next((h for k, h in (hints or {}).items() if k in unknown), "")
+        raise WorkloadError(f"unknown knob{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {spec} (known: "
+                            f"{', '.join(known)}){hint}")
 
 
 def _label_not_name(spec: str) -> str:
