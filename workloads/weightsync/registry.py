@@ -76,7 +76,7 @@ def get(spec: str, **knobs: Any) -> Strategy:
 def _refuse_unknown(spec: str, knobs: dict, known: list[str], hints: dict[str, str] | None = None) -> None:
     """One line naming every knob of `knobs` that strategy `spec` does not have, with what it has (`known`, in the
     order to name them), and the hint `hints` gives for one of them."""
-    unknown = sorted(set(knobs) - known)
+    unknown = sorted(set(knobs) - set(known))
     if unknown:
         hint = next((h for k, h in (hints or {}).items() if k in unknown), "")
         raise WorkloadError(f"unknown knob{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {spec} (known: "
