@@ -13,9 +13,13 @@ Two levels:
 A ring broadcast of S bytes over n GPUs in c chunks on links of bandwidth B takes (S/B)(1 + (n-2)/c) plus
 latencies: the last hop starts once the first chunk has crossed n-2 hops. Two ways to simulate it:
 - explicit: one transfer per chunk per hop, chunk k on hop h after chunk k on hop h-1 and chunk k-1 on hop h
-  (exact, c(n-1) flows, latency paid per chunk and hop);
+  (exact, c(n-1) flows);
 - fluid: one flow of S bytes per hop, hop h released one chunk-time after hop h-1 and capped at the ring's
-  bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is; latency paid per hop).
+  bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is).
+Both pay each hop's latency once, on its first chunk: NCCL keeps NCCL_STEPS chunks in flight on each of its
+channels, so a chunk's latency overlaps the chunks before it (what a slot's round trip does cost is the step bound
+below). The explicit form once paid it per chunk, in series, which made a 2-GPU 128 MiB broadcast 4.5x the
+one-transfer model that fits NCCL-tests on the h200x2 to a few percent, and an answer depend on which form ran.
 `ring_broadcast` picks explicit when it needs few flows, fluid otherwise, so a trillion-parameter broadcast in
 512 KiB NCCL chunks costs n-1 flows per bucket instead of millions.
 
@@ -201,8 +205,13 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
         B = min(B, cap)
         after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
     lat = [t for _, t in hop_costs]
+    fill = min(chunk_bytes, per_call) / B
+    if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
+        fill = max(fill, step_s)
     if explicit:
         size = nbytes / chunks
+        # where a step paces the ring, the first chunk takes a whole step to cross each hop that feeds another
+        held = max(0.0, step_s - size / B) if stepped else 0.0
         prev_hop: list[simpy.Event | None] = [None] * len(hops)
         last = None
         for k in range(chunks):
@@ -211,13 +220,12 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
                 deps = [*after] if upstream is None else [upstream]
                 if prev_hop[h] is not None:
                     deps.append(prev_hop[h])
-                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=cap)
+                first = k == 0  # the hop's latency (and step) once: later chunks ride in slots behind it
+                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=cap,
+                                  latencies=int(first), fixed_cost_s=held if first and h < len(hops) - 1 else 0.0)
                 prev_hop[h] = upstream = ev
             last = upstream
         return last
-    fill = min(chunk_bytes, per_call) / B
-    if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
-        fill = max(fill, step_s)
     # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
     # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
     copies = []
@@ -232,14 +240,13 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
 
 
 def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,
-                        explicit: bool = True, fill_s: float = 0.0) -> float:
-    """Closed form of `ring_broadcast` on a uniform ring: (S/B)(1 + (n-2)/c) plus latencies (per chunk and hop
-    when explicit, per hop when fluid); `fill_s`: the least a fluid hop's fill takes (a step, where steps pace the
-    ring)."""
+                        fill_s: float = 0.0) -> float:
+    """Closed form of `ring_broadcast` on a uniform ring, either form: (S/B)(1 + (n-2)/c) plus each hop's latency
+    once; `fill_s`: the least a hop's fill takes (a step, where steps pace the ring)."""
     if n < 2:
         return 0.0
-    t = nbytes / Bps + (n - 2) * max(nbytes / Bps / chunks, 0.0 if explicit else fill_s)
-    return t + latency_s * ((chunks + n - 2) if explicit else (n - 1))
+    t = nbytes / Bps + (n - 2) * max(nbytes / Bps / chunks, fill_s)
+    return t + latency_s * (n - 1)
 
 
 def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str,
@@ -257,18 +264,20 @@ def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Itera
 
 
 def ring_allgather(sim: Simulation, ring: Sequence[str], missing: dict[str, float], *, after: Iterable = (), name: str,
-                   tag: str = "allgather") -> simpy.Event:
+                   tag: str = "allgather", repeats: int = 1) -> simpy.Event:
     """Ring all-gather in its bandwidth form: every GPU receives the bytes it lacks from its ring predecessor,
-    all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently)."""
+    all hops at once (each link of a ring all-gather carries (n-1)/n of the data, concurrently). `repeats`: this
+    call stands for that many back-to-back calls (coarsened buckets), each paying the fitted call cost and its
+    copies' latencies; the fitted cap is that of one call's size."""
     after = list(after)
     cal = fitted(sim.topology, "all_gather")
     if cal is not None and len(ring) > 1:
-        after = [sim.delay(f"{name}.nccl-call", cal.fixed_s, after=after, tag=tag)]
+        after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
     events = []
     for i, g in enumerate(ring):
         b = missing.get(g, 0.0)
         if b > 0 and len(ring) > 1:
-            events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag,
-                                       rate_cap_Bps=None if cal is None else cal.rate_cap(b)))
+            events.append(sim.transfer(f"{name}.{g}", ring[i - 1], g, b, after=after, tag=tag, latencies=repeats,
+                                       rate_cap_Bps=None if cal is None else cal.rate_cap(b / repeats)))
     return sim.all_of(events, id=f"{name}.end", tag=tag) if events else sim.delay(f"{name}.noop", 0.0, after=after,
                                                                                   tag=tag)

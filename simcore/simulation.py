@@ -136,7 +136,8 @@ class Simulation:
         delay (`setup_id`, default `<id>.setup`) the copy waits for: a fixed cost is paid holding the engine.
 
         `latencies`: how many times the copy pays its route's latency (for its mechanism), where it stands for that
-        many real copies in a row (a coarsened bucket or pipeline task: each real one pays its own)."""
+        many real copies in a row (a coarsened bucket or pipeline task: each real one pays its own), or 0 where it
+        rides behind an earlier copy on its route whose latency it overlaps (a ring's later chunks)."""
         self._seq += 1
         seq = self._seq
         rid = f"t{seq}" if id is None else str(id)
@@ -651,9 +652,10 @@ def _topology_of(ref: Any) -> Topology:
 
 
 def _check_latencies(where: str, latencies: object) -> int:
-    """A copy's `latencies`: a whole number >= 1 (a coarsened unit stands for at least itself)."""
-    if type(latencies) is not int or latencies < 1:
-        raise ScenarioError(f"{where}: latencies must be a whole number >= 1, got {latencies!r}")
+    """A copy's `latencies`: a whole number >= 0 (a coarsened unit stands for at least itself; 0 for a copy
+    pipelined behind an earlier one on its route, whose latency it overlaps: a ring's later chunks)."""
+    if type(latencies) is not int or latencies < 0:
+        raise ScenarioError(f"{where}: latencies must be a whole number >= 0, got {latencies!r}")
     return latencies
 
 

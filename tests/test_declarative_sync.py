@@ -136,7 +136,9 @@ GOLDEN = {
     ("hgx-pp4", "rdma-p2p", (("task_bytes", 2.0**27), ("watermark_bytes", 2.0**28), ("max_sim_tasks", 8),
                              ("outstanding", 1))): (0.013557858212033532, 0.013402916292414021),
     ("hgx-pp4", "host-staged", ()): (0.218233740770464, 0.10116353663151126),
-    ("cluster-32", "host-staged", ()): (9.197417516350242, 6.897009875747819),
+    # host-staged's cluster-32 since a simulated round's H2D, IPC and reload copies pay each real round's latency
+    # (+1.6e-6 relative; the others have one round a bucket), on both paths
+    ("cluster-32", "host-staged", ()): (9.197432216350244, 6.8970224757478205),
     ("cluster-32", "rdma-p2p", (("task_bytes", 2.0**30), ("watermark_bytes", 2.0**31), ("max_sim_tasks", 6))):
         (1.0174591340473063, 0.9550591517237305),
     # the shared pool's readers as processes (commit 46bb208), before its declared path; the relay's fp8 cases

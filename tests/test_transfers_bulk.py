@@ -250,11 +250,12 @@ def test_bulk_matches_one_by_one_property(seed: int, lanes: int, cap) -> None:
     assert got[0] == got[1]
 
 
-@pytest.mark.parametrize("latencies", [1, 3, 17])
+@pytest.mark.parametrize("latencies", [0, 1, 3, 17])
 def test_a_copy_standing_for_several_pays_its_latency_that_many_times(latencies):
     """A lone copy takes latency + bytes / bandwidth; one that stands for `latencies` real copies in a row (a
     coarsened bucket's or pipeline task's) pays its route's latency that many times and moves its bytes once, the
-    same declared in bulk (`transfers`) as one call at a time (`transfer`); a count below 1 is refused."""
+    same declared in bulk (`transfers`) as one call at a time (`transfer`); 0 (a copy riding behind an earlier one
+    on its route) pays none; a negative or fractional count is refused."""
     topo = presets.get("hgx-h200-8", calibration=None)
     lat = topo.path("gpu0", "gpu1").latency_s
     bw = path_bandwidth_Bps(topo, "gpu0", "gpu1")
@@ -265,6 +266,6 @@ def test_a_copy_standing_for_several_pays_its_latency_that_many_times(latencies)
         else:
             sim.transfer("a", "gpu0", "gpu1", 2**30, latencies=latencies)
         assert sim.run().makespan_s == pytest.approx(latencies * lat + 2**30 / bw, rel=1e-12)
-    for bad in (0, 1.5, True):
-        with pytest.raises(ScenarioError, match="latencies must be a whole number >= 1"):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ScenarioError, match="latencies must be a whole number >= 0"):
             Simulation(topo).transfers([("a", "gpu0", "gpu1", 1.0)], latencies=bad)

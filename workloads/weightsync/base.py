@@ -318,16 +318,17 @@ class SyncContext:
         return self.sim.task(self.name(f"encode.{gpu}"), gpu, hbm_bytes=hbm, after=tuple(after), tag="encode")
 
     def load(self, gpu: str, raw_bytes: float, after: Iterable = (), src: str | None = None,
-             tag: str = "load", setup_s: float = 0.0, setup_name: str = "setup") -> simpy.Event:
+             tag: str = "load", setup_s: float = 0.0, setup_name: str = "setup", latencies: int = 1) -> simpy.Event:
         """Write `raw_bytes` (trainer-side size) of received weights into the live weights of `gpu`: a copy from
         the receive buffer (on `src`, default `gpu` itself), or with a decoding kernel the payload's copy from `src`
         (where that is another GPU) and then the kernel, after `setup_s` of software
         work (per-tensor handling: the copy's setup, see `Simulation.transfer`; one item where no engine queues,
-        and a 1,024-GPU host-staged sync has 786,432 such loads)."""
+        and a 1,024-GPU host-staged sync has 786,432 such loads). `latencies`: the copy stands for that many
+        (a coarsened bucket's: `Simulation.transfers`)."""
         sim = self.sim
         if _plain_load(raw_bytes, self._wire_ratio, self.decode_hbm):
             return sim.transfers(self._load_copies([(gpu, raw_bytes, setup_s)], tag, setup_name, src), after=after,
-                                 tag=tag)[0]
+                                 tag=tag, latencies=latencies)[0]
         setup_id = self.name(f"{setup_name}.{gpu}") if setup_s else None
         if setup_s and (self.decode_hbm or not float(raw_bytes * self._wire_ratio) > 0):  # no copy to be its setup
             after = [sim.delay(setup_id, float(setup_s), after=tuple(after), tag="per-tensor")]
@@ -337,7 +338,8 @@ class SyncContext:
             if src is not None and wire > 0 and sim.topology.resolve(src) != sim.topology.resolve(gpu):
                 # the payload sits in another GPU's buffer (a CUDA-IPC partner's): it crosses before it is applied
                 # (the copy was left out, so a delta of everything came out faster than sending the weights)
-                after = [sim.transfer(self.name(f"{tag}.{gpu}"), src, gpu, wire, after=tuple(after), tag=tag)]
+                after = [sim.transfer(self.name(f"{tag}.{gpu}"), src, gpu, wire, after=tuple(after), tag=tag,
+                                      latencies=latencies)]
             return sim.task(self.name(f"decode.{gpu}"), gpu, hbm_bytes=dec, after=tuple(after), tag="decode")
         # An unchanged delta leaves nothing to copy: the sync still pays its fixed costs, but moves no bytes.
         return sim.delay(self.name(f"{tag}.{gpu}.none"), 0.0, after=tuple(after))  # still ordered after `after`
@@ -351,7 +353,8 @@ class SyncContext:
         items, after = list(items), tuple(after)
         ratio, dec = self._wire_ratio, self.decode_hbm
         if not all(_plain_load(b, ratio, dec) for _, b, _ in items):
-            return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name) for g, b, s in items]
+            return [self.load(g, b, after, tag=tag, setup_s=s, setup_name=setup_name, latencies=latencies)
+                    for g, b, s in items]
         return self.sim.transfers(self._load_copies(items, tag, setup_name), after=after, tag=tag,
                                   latencies=latencies)
 

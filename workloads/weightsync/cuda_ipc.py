@@ -121,7 +121,7 @@ class CudaIpcBuckets(Strategy):
             frac = nbytes / model_bytes
             after = [prev] if prev is not None else []
             missing = {g: nbytes * (1 - share[g]) for g in trainer}
-            gathered = ring_allgather(sim, trainer, missing, after=after, name=f"allgather{b}")
+            gathered = ring_allgather(sim, trainer, missing, after=after, name=f"allgather{b}", repeats=m)
             # converted (fp8, delta) tensor by tensor as gathered, then flattened at the engines' size, as slime
             # quantizes the named tensors before its flattened bucket (the pack ran first, at the converted size)
             encoded = [ctx.encode(g, nbytes, after=[gathered]) if ctx.transforms else gathered for g in trainer]
@@ -134,7 +134,7 @@ class CudaIpcBuckets(Strategy):
             for g, src in partners.items():
                 rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * per_tensor_s,
                                     after=[handles], tag="per-tensor")
-                loads.append(ctx.load(g, need[g] * frac, after=[rebuilt], src=src))
+                loads.append(ctx.load(g, need[g] * frac, after=[rebuilt], src=src, latencies=m))
             prev = sim.env.all_of(loads)
         if prev is not None:
             yield prev

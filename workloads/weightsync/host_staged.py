@@ -86,14 +86,16 @@ class HostStaged(Strategy):
         for rnd, (nbytes, m) in enumerate(rounds):
             # Synchronous H2D at the top of the round, all ranks at once, after the previous round's broadcasts.
             after = [h2d_round[-1]]
+            # a round standing for m real ones: each of its copies pays the route's latency m times
             h2d = sim.all_of([sim.transfer(ctx.name(f"h2d.{g}"), nearest_host(topo, g), g, nbytes, after=after,
-                                           tag="h2d") for g in ranks], id=ctx.name(f"h2d{rnd}"))
+                                           tag="h2d", latencies=m) for g in ranks], id=ctx.name(f"h2d{rnd}"))
             h2d_round.append(h2d)
             prev_bcast = h2d
             frac = nbytes / model_bytes
             for owner in ranks:
                 deps = [prev_bcast, *(reloads[-2:-1] if len(reloads) >= 2 else [])]
-                staged_b = sim.transfer(ctx.name(f"to-ipc.{owner}"), owner, owner, nbytes, after=deps, tag="ipc-copy")
+                staged_b = sim.transfer(ctx.name(f"to-ipc.{owner}"), owner, owner, nbytes, after=deps, tag="ipc-copy",
+                                        latencies=m)
                 encoded = ctx.encode(owner, nbytes, after=[staged_b]) if ctx.transforms else staged_b
                 ring = [owner] + [g for g in ranks if g != owner]
                 sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
@@ -102,7 +104,7 @@ class HostStaged(Strategy):
                 ctx.live_write_at(sent)
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s) for g in ranks],
-                                  after=[synced], setup_name="reload")
+                                  after=[synced], setup_name="reload", latencies=m)
                 reloads.append(sim.all_of(loads, id=ctx.name(f"reloaded.{owner}")))
                 prev_bcast = synced
             h2d_round[-1] = prev_bcast
