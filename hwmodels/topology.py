@@ -37,7 +37,7 @@ from .calibration import (
     PathParams,
     SoftwareCost,
 )
-from .endpoints import spell_for_message
+from .endpoints import compress_endpoints, natural_key, spell_for_message
 from .fabric_summary import gb_per_s, network_lines
 from .routing import RouteIndex
 from .specs import Derating, GPUSpec
@@ -710,6 +710,9 @@ class Topology:
             for extra, names in groups.items():
                 shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
                 lines.append(f"  {k:<12} {shown}{extra}")
+        if self.aliases:
+            lines.append("aliases (names a scenario may use for an endpoint):")
+            lines += [f"  {name} -> {target}" for name, target in _alias_rows(self.aliases)]
         lines += network_lines(self.graph)
         lines.append("links (GB/s per direction, latency):")
         for a, b, d in sorted(self.graph.edges(data=True), key=lambda e: (e[0], e[1])):
@@ -724,6 +727,26 @@ class Topology:
             lat = f"{pp.latency_s * 1e6:.2f} us" if pp.latency_s is not None else "links"
             lines.append(f"  path {cls:<11} latency {lat}, per-flow {bw}, {pp.discipline}")
         return "\n".join(lines)
+
+
+_NODE = re.compile(r"node\d+")
+
+
+def _alias_rows(aliases: dict[str, str]) -> list[tuple[str, str]]:
+    """The aliases as `describe` lists them: one row per alias, except that an alias each node of a cluster has
+    for its own endpoint (`node0.host` -> `node0.host0`, ...) is one row of node ranges, so a 512-node cluster's
+    aliases take one line rather than 512."""
+    rows: list[tuple[str, str]] = []
+    per_node: dict[tuple[str, str], list[str]] = {}  # (alias, target) below the node -> the nodes that have it
+    for name, target in sorted(aliases.items(), key=lambda a: natural_key(a[0])):
+        node, _, local = name.partition(".")
+        if local and _NODE.fullmatch(node) and target.startswith(f"{node}."):
+            per_node.setdefault((local, target[len(node) + 1:]), []).append(node)
+        else:
+            rows.append((name, target))
+    return rows + [(compress_endpoints([f"{n}.{local}" for n in nodes]),
+                    compress_endpoints([f"{n}.{to}" for n in nodes])) for (local, to), nodes in per_node.items()]
+
 
 def _crossings(hops: list[tuple]) -> dict[int, int]:
     """How many times a route's hops cross each cap (by the numbers its links name: `_Routing.hops`)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 
 from fabricsim.errors import CalibrationError, TopologyError
@@ -450,6 +453,31 @@ def test_topo_show_of_one_node_gives_its_rails_no_uplinks_or_ratio():
     assert net["spine"].split(None, 1)[1] == "carries nothing: every NIC reaches every other without it"
     two = _network_section(presets.get("cluster-2x8", calibration=None).describe())
     assert two["rail0"].endswith("to spine; 1.00:1")
+
+
+def _alias_section(text: str) -> list[str]:
+    """`describe`'s alias lines (the section is absent where the topology has none)."""
+    lines = text.splitlines()
+    if "aliases (names a scenario may use for an endpoint):" not in lines:
+        return []
+    start = lines.index("aliases (names a scenario may use for an endpoint):") + 1
+    return [line.strip() for line in itertools.takewhile(lambda line: line.startswith("  "), lines[start:])]
+
+
+def test_topo_show_lists_a_files_aliases_and_its_default_host(tmp_path, capsys):
+    """`topo show FILE` listed components and links but not the names a scenario may use instead (`host`, an
+    alias the file wrote): a user could not see what `host` stood for without reading the file or the code."""
+    from fabricsim.cli import main
+
+    d = topology_to_dict(presets.get("hgx-h200-8", calibration=None))
+    d["aliases"] = {"disk": "nvme0", "fast": "gpu0"}  # no `host`: the file's default one is host0
+    (tmp_path / "box.json").write_text(json.dumps(d))
+    assert main(["topo", "show", str(tmp_path / "box.json")]) == 0
+    assert _alias_section(capsys.readouterr().out) == ["disk -> nvme0", "fast -> gpu0", "host -> host0"]
+    # a cluster's per-node aliases are one line of node ranges, not one per node
+    assert _alias_section(presets.get("cluster-64x8", calibration=None).describe()) == \
+        ["node0-63.host -> node0-63.host0"]
+    assert _alias_section(presets.get("hgx-h200-8", calibration=None).describe()) == ["host -> host0", "host1 -> host0"]
 
 
 def test_topo_show_gives_each_gpu_model_its_own_line():
