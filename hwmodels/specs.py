@@ -10,6 +10,7 @@ Units: bytes, seconds, bytes per second unless the name says otherwise (`_GBps` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -216,6 +217,13 @@ class NICSpec:
     gpudirect: bool = True
     latency_s: float = 2.0e-6
     efficiency: float = 0.92
+
+    def __post_init__(self) -> None:
+        # Checked here, for every builder (a cluster's `-nic0g`, a file, nvidia-smi): a NIC of no rate carries
+        # nothing, and left to the first link built on it the error named that link ('node0.nic0<->rail0').
+        g = self.Gbps
+        if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf:
+            raise TopologyError(f"a NIC's rate must be a finite number of Gb/s > 0, got {g!r}")
 
     @property
     def Bps(self) -> float:

@@ -503,6 +503,19 @@ def test_topo_show_gives_a_slow_link_two_significant_digits_not_zero():
     assert " 0.0 GB/s" not in text and " 46.0 GB/s " in presets.get("cluster-2x8", calibration=None).describe()
 
 
+@pytest.mark.parametrize("rate", [0, -400.0, float("nan"), float("inf"), "400", True])
+def test_a_nic_of_no_usable_rate_is_refused_as_a_nic_not_as_a_link(rate):
+    """A cluster of 0 Gb/s NICs was refused by the first link built on one ('link node0.nic0<->rail0: bandwidth
+    must be > 0'), a name the user never wrote; an infinite rate built a fabric that took no time, and a string a
+    bare TypeError."""
+    from fabricsim.hwmodels.specs import NICSpec
+
+    for build in (lambda: presets.cluster(2, 8, nic_Gbps=rate), lambda: NICSpec(Gbps=rate)):
+        with pytest.raises(TopologyError, match=r"^a NIC's rate must be a finite number of Gb/s > 0, got ") as exc:
+            build()
+        assert "link" not in str(exc.value)
+
+
 def test_a_cluster_built_in_python_is_named_after_what_it_is():
     """Its name once ignored model, NIC rate, leaf size and oversubscription: an H200 cluster with 2:1 leaves was
     'cluster-6x8-leaf-spine', the name of another machine, in results and traces."""
