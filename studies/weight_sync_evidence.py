@@ -40,7 +40,7 @@ def _checkpoint_engine(model: str) -> Callable:
         # The checkpoint lives in host memory (shards per rank): no trainer state on the GPUs.
         setup = SyncSetup(topo, models.get(model), FSDPLayout(GPUS8), RolloutLayout(GPUS8, tp=8),
                           trainer_bytes_per_param=0.0)
-        bucket = round({"GLM-4.5-Air": 1.42, "Qwen3-235B-A22B": 2.69}[model] * GiB)  # the README's bucket sizes, in bytes
+        bucket = round({"GLM-4.5-Air": 1.42, "Qwen3-235B-A22B": 2.69}[model] * GiB)  # the README's, in bytes
         return setup, get("host-staged", include_d2h=False, bucket_bytes=bucket)
     return build
 
