@@ -20,6 +20,7 @@ pinned:
   - {src: gpu0, dst: gpu1, via: [host0]}   # P2P staged through host memory
 aliases: {host: host0}
 ```
+`host` stands for `host0` where host0 is host memory and the file names nothing else `host`, as in the presets.
 A NIC may name the GPU whose RDMA traffic it carries (`{kind: nic, Gbps: 400, gpu: node0.gpu3}`, GPUDirect: no
 other GPU of its machine sends through it), as the cluster presets pair them. A link gives either `GBps`
 (effective, per direction) or the spec fields of its kind (PCIe gen/lanes, NVLink gen/links); `latency_us`
@@ -150,14 +151,13 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             elif kind == "nvme":
                 attrs["spec"] = NVMeSpec()
             t.add_component(str(name), str(kind), **attrs)
+        _default_host_alias(t)
         _check_aliases(t, source)
         for name, own in t.graph.nodes(data="gpu"):
             if own is not None and t.graph.nodes.get(own, {}).get("kind") != "gpu":
                 raise TopologyError(f"{source}: components.{name}.gpu: '{own}' is not a GPU of this file")
         for i, link in enumerate(links):
             _located(f"{source}: links[{i}]", _add_link, t, link, f"{source}: links[{i}]")
-        if "host" not in t.aliases and "host" not in t.graph and "host0" in t.graph:
-            t.aliases["host"] = "host0"
         add_memory_caps(t)
         for i, c in enumerate(_list(f"{source}: caps", d.get("caps"))):
             where = f"{source}: caps[{i}]"
@@ -188,6 +188,17 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
         msg = str(exc)
         raise TopologyError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     return t
+
+
+def _default_host_alias(t: Topology) -> None:
+    """`host` stands for `host0`, as in every preset, where the file gives no alias and no component of that name
+    and `host0` is host memory. Added before the alias checks, which it then passes as any alias must; it was
+    added after them, so a `host0` that was a CPU, NVMe or GPU made `host` an alias no check had seen: a copy from
+    `host` failed at run time far from the file, or went to the disk or the GPU of that name without a word. A
+    `host0` of another kind gets no default (the user did not write one, so it must not refuse the file): a
+    scenario's `host` is then an unknown endpoint, named with the endpoints the file has."""
+    if "host" not in t.aliases and "host" not in t.graph and t.graph.nodes.get("host0", {}).get("kind") == "host":
+        t.aliases["host"] = "host0"
 
 
 def _check_aliases(t: Topology, source: str) -> None:

@@ -157,6 +157,25 @@ def test_a_component_named_host_is_not_shadowed_by_the_default_alias():
     assert t.resolve("host") == "host"
 
 
+@pytest.mark.parametrize("kind", ["cpu", "nvme", "gpu"])
+def test_the_default_host_alias_is_never_to_something_other_than_host_memory(kind):
+    """The default `host` -> `host0` was added after the alias checks: with a CPU named host0 a copy from `host`
+    failed at run time ("'host0' is a cpu, not an endpoint"), with an NVMe or a GPU of that name it went there
+    without a word. Now it is added only for host memory, before the checks; a scenario's `host` is then unknown,
+    and the message lists the endpoints the file has."""
+    doc = json.loads(json.dumps(TWO_SOCKETS))
+    comps = doc["components"]
+    comps["mem0"] = comps.pop("host0")
+    comps["host0"] = {"kind": kind} if kind != "gpu" else {"kind": "gpu", "model": "H100"}
+    doc["links"][0]["between"] = ["mem0", "cpu0"]
+    doc["links"].append({"between": ["host0", "cpu1"], "kind": "pcie" if kind != "nvme" else "nvme", "GBps": 7})
+    t = topology_from_dict(doc, "box.yaml")
+    assert "host" not in t.aliases
+    with pytest.raises(TopologyError, match=r"unknown endpoint 'host' in topology 'box' \(it has "):
+        t.path("host", "gpu0")
+    assert topology_from_dict(TWO_SOCKETS, "box.yaml").resolve("host") == "host0"  # host memory: the default
+
+
 def test_aliases_to_components_still_load():
     t = topology_from_dict({**TWO_SOCKETS, "aliases": {"host": "host1", "first": "gpu0"}}, "box.yaml")
     assert t.resolve("host") == "host1" and t.resolve("first") == "gpu0"
