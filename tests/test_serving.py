@@ -115,6 +115,32 @@ def test_pd_disaggregation_ships_every_prompt_token_over_nvlink():
     assert res.system.instances[0].gpus == ["gpu0"]
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_pd_handoff_is_simulated_at_any_tp_and_a_hidden_one_is_explained(tp):
+    """A trial read `kv_handoff_mean_s` 0 at tp=2 as a handoff left out. It is simulated: each prefill GPU pushes
+    its share of every prompt's KV to the same-rank GPU of the decode instance. At tp=1 the last layer group's
+    push comes after the step, so the handoff is at least that group's KV over the NVLink path (closed form);
+    at tp=2 it runs beside the group's all-reduce, which the first token waits for: 0, and a note says why."""
+    topo = presets.get("hgx-h200-8", calibration=None)
+    reqs = [Request(i, 0.05 * i, 1024, 4) for i in range(3)]
+    groups = 4
+    res = serve(topo, reqs, "pd-disaggregation", model=MODEL, tp=tp, layer_groups=groups)
+    prefill, decode = (inst.gpus for inst in res.system.instances)
+    pushes = [r for r in res.result.transfers if r.tag == "kv-push"]
+    assert {(r.src, r.dst) for r in pushes} == set(zip(prefill, decode, strict=True))
+    per_gpu = KVLayout(MODEL, tp=tp).bytes_per_token_per_gpu
+    assert sum(r.bytes for r in pushes) == pytest.approx(tp * per_gpu * sum(r.prompt_tokens for r in reqs))
+    handoff = res.metrics()["kv_handoff_mean_s"]
+    if tp == 1:
+        last_group_s = 1024 * per_gpu / groups / path_bandwidth_Bps(topo, prefill[0], decode[0])
+        assert handoff >= last_group_s > 0 and res.handoff_note() == ""
+    else:
+        assert handoff == 0
+        note = res.handoff_note()
+        assert note.startswith("kv_handoff_mean_s is 0: the KV handoff was simulated (0.403 GB pushed")
+        assert "at tp=2 each layer group's push runs beside that group's tensor-parallel all-reduce" in note
+
+
 def test_tensor_parallel_splits_weights_and_uses_nvlink():
     reqs = poisson_requests(5, 20, prompt_tokens=500, output_tokens=20, seed=0)
     res = serve("hgx-h200-8", reqs, "hbm-only", model="Llama-3-70B", tp=4)

@@ -139,6 +139,20 @@ def test_pd_split_sets_the_instance_count_and_a_contradicting_instances_is_refus
     assert code == 0 and "policy hbm-only on 2 instances (tp=1)" in out
 
 
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_zero_handoff_at_tp2_says_why_on_stderr(capsys, json_mode):
+    """`serve --policy pd-disaggregation --tp 2` printed kv_handoff_mean_s 0 without a word, read as a handoff
+    left out: a note says it was simulated and hidden behind the all-reduce; tp=1, whose handoff shows, has none."""
+    pd = [*ON_8, "--policy", "pd-disaggregation", *(["--json"] if json_mode else [])]
+    code, out, err = _main([*pd, "--tp", "2"], capsys)
+    assert code == 0 and "note: kv_handoff_mean_s is 0: the KV handoff was simulated" in err
+    assert "tensor-parallel all-reduce" in err and "note:" not in out
+    if json_mode:
+        assert json.loads(out)["kv_handoff_mean_s"] == 0
+    code, out, err = _main(pd, capsys)
+    assert code == 0 and "kv_handoff" not in err
+
+
 def test_pd_on_too_few_gpus_says_what_the_split_needs(capsys):
     """On h100-1 the error spoke of '2 instance(s)' the user never asked for."""
     code, _, err = _main(["-n", "2", "--samples", "0", "--policy", "pd-disaggregation"], capsys)

@@ -74,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     res = serve(topo, reqs, args.policy, cfg, policy_params=params)
     first_run_s = time.perf_counter() - started
+    if note := res.handoff_note():  # a 0 that says nothing of why was read as a handoff left out
+        print(f"note: {note}", file=sys.stderr, flush=True)
     samples, skipped = default_samples(args.samples, SERVE_SAMPLES, gpus=cfg.tp * sum(roles.values()),
                                        first_run_s=first_run_s)
     if skipped:

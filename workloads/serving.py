@@ -972,8 +972,28 @@ class ServingResult(ReportsMetrics):
 
     def kv_handoff_s(self) -> np.ndarray:
         """pd-disaggregation: per request, how long after its first token its KV had fully reached the decode
-        side (the part of the layer-by-layer transfer that prefill did not hide)."""
+        side (the part of the layer-by-layer transfer that prefill did not hide; 0 where all of it was hidden,
+        which `handoff_note` explains)."""
         return np.array([s.kv_ready_s - s.first_token_s for s in self.seqs if not math.isnan(s.kv_ready_s)])
+
+    def handoff_note(self) -> str:
+        """Why `kv_handoff_mean_s` is 0, when it is ("" otherwise): the handoff was simulated, not skipped.
+
+        A new-user trial read the 0 at tp >= 2 as a handoff left out. It is not: the KV is pushed from each
+        prefill GPU to its decode GPU (the `kv-push` bytes), but a prefill step ends, and its first token comes
+        out, only after the last layer group's tensor-parallel all-reduce, which starts with that group's KV
+        push and carries more bytes (for Llama-3-8B at tp=2, 8x: GQA keeps the KV small beside the activations),
+        so every push has landed by then. At tp=1 nothing follows the last group's compute and the push shows."""
+        h = self.kv_handoff_s()
+        if not len(h) or h.any():
+            return ""
+        pushed = self.bytes_moved().get("kv-push", 0.0)
+        tp = self.system.cfg.tp
+        why = (f"at tp={tp} each layer group's push runs beside that group's tensor-parallel all-reduce, which the "
+               "first token waits for, and ends before it" if tp > 1
+               else "each push ended by the step that made the first token")
+        return (f"kv_handoff_mean_s is 0: the KV handoff was simulated ({pushed / 1e9:.3g} GB pushed from the "
+                f"prefill GPUs to the decode GPUs) and none of it was exposed: {why}")
 
     def metrics_with_units(self) -> dict[str, tuple[float, str]]:
         """The standard metrics, as {name: (value, unit)} (what studies return); `metrics()` gives plain values."""
