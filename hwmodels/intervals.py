@@ -208,7 +208,9 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
                    level: float = LEVEL, seed: int = 0, point: dict[str, float] | None = None) -> dict[str, Interval]:
     """Like `predict_interval` for several metrics of one run (one re-run per sample serves them all). `point`:
     `run(topo)`, when the caller has it already (a simulation is deterministic, so running it again gives the same
-    numbers: on a 1,024-GPU sync that was one more whole sync per interval asked for)."""
+    numbers: on a 1,024-GPU sync that was one more whole sync per interval asked for). A metric that `run` gives as
+    an int at the point and in every draw (a count: `ReportsMetrics.metrics()` gives whole-unit metrics as ints)
+    gets whole-number ends (`whole_interval`): `serve` printed `steps 1163 [1160.9, 1165.36]`."""
     _check_samples(samples)
     z_of(level)
     point = run(topo) if point is None else point
@@ -216,8 +218,23 @@ def intervals_over(run: Callable[[Topology], dict[str, float]], topo: Topology, 
     unc = uncertainty_of(topo)
     draws = [run(perturbed(topo, rng, unc)) for _ in range(samples)]
     cal = topo.calibration_id is not None
-    return {k: interval_from_samples(v, [d[k] for d in draws if k in d], level, calibrated=cal,
-                                     note=topo.calibration_note) for k, v in point.items()}
+    out = {}
+    for k, v in point.items():
+        got = [d[k] for d in draws if k in d]
+        iv = interval_from_samples(v, got, level, calibrated=cal, note=topo.calibration_note)
+        out[k] = whole_interval(iv) if all(isinstance(x, numbers.Integral) for x in (v, *got)) else iv
+    return out
+
+
+def whole_interval(iv: Interval) -> Interval:
+    """The interval of a count: its low end floored and its high end ceiled (the point, a whole number, stays).
+
+    The log-normal summary of the draws is continuous, so its ends fall between whole numbers. Rounding outward
+    keeps every count the continuous interval reaches and so covers at least its level; rounding inward would
+    name the same counts when the ends are read strictly, but could hide a spread the draws had (draws of 1162,
+    1163 and 1164 summarised as [1162.6, 1163.4] would read [1163, 1163], no interval at all). The price is at
+    most one count of width at each end."""
+    return replace(iv, lo=math.floor(iv.lo), hi=math.ceil(iv.hi))
 
 
 # --------------------------------------------------------------------------------------------- corners

@@ -184,3 +184,36 @@ def test_an_interval_needs_two_reruns(samples):
         predict_interval(lambda t: 1.0, topo, samples=samples)
     with pytest.raises(ValueError, match="at least 2"):
         intervals_over(lambda t: {"x": 1.0}, topo, samples=samples)
+
+
+def test_a_count_gets_whole_number_ends_rounded_outward() -> None:
+    """`serve` printed `steps 1163 [1160.9, 1165.36]`: a count's interval has whole ends, floored and ceiled (never
+    narrower than the continuous one), while a time beside it keeps its own; a count that is the same in every
+    draw stays without spread."""
+    from fabricsim.hwmodels.intervals import intervals_over
+
+    topo = presets.get("h200-2", calibration=None)  # the wide a priori spread: the copy time moves a lot
+
+    def run(t) -> dict[str, float | int]:
+        s = lone_h2d(t)
+        return {"copies": round(s * 1e5), "time_s": s, "flows": 1}
+
+    got = intervals_over(run, topo, samples=16)
+    continuous = interval_from_samples(run(topo)["copies"], [float(run(t)["copies"]) for t in _draws(topo, 16)])
+    assert continuous.lo != int(continuous.lo) and continuous.hi != int(continuous.hi)  # the case being tested
+    iv = got["copies"]
+    assert (iv.lo, iv.hi) == (math.floor(continuous.lo), math.ceil(continuous.hi))
+    assert isinstance(iv.lo, int) and isinstance(iv.hi, int) and iv.value == run(topo)["copies"]
+    assert got["time_s"].lo != int(got["time_s"].lo)  # not a count: untouched
+    assert got["flows"].lo == got["flows"].hi == 1
+
+
+def _draws(topo, samples: int):
+    """The perturbed topologies `intervals_over` runs on with its default seed, in its order."""
+    import numpy as np
+
+    from fabricsim.hwmodels.intervals import perturbed, uncertainty_of
+
+    rng = np.random.default_rng(0)
+    unc = uncertainty_of(topo)
+    return [perturbed(topo, rng, unc) for _ in range(samples)]

@@ -109,6 +109,19 @@ def test_serve_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys
     assert out["intervals"] and all(set(iv) == {"lo", "hi", "level", "calibrated"} for iv in out["intervals"].values())
 
 
+def test_serve_count_intervals_are_whole_numbers(capsys):
+    """`steps 1163 [1160.9, 1165.36]`: a count's interval has whole ends, in the table and in --json, while a time's
+    keeps its own."""
+    argv = ["-n", "60", "--rate", "20", "--samples", "4"]
+    assert _run([*argv, "--json"]) == 0
+    ivs = json.loads(capsys.readouterr().out)["intervals"]
+    assert "steps" in ivs and type(ivs["steps"]["lo"]) is int and type(ivs["steps"]["hi"]) is int
+    assert ivs["ttft_p50_s"]["lo"] != int(ivs["ttft_p50_s"]["lo"])
+    assert _run(argv) == 0
+    steps = next(line for line in capsys.readouterr().out.splitlines() if line.split()[0] == "steps")
+    assert f"[{ivs['steps']['lo']}, {ivs['steps']['hi']}] (90%" in steps
+
+
 # ---------------------------------------------------------------------------------------- a new-user trial
 def _main(argv: list[str], capsys) -> tuple[int, str, str]:
     """The whole command (`fabricsim.cli.main`): exit status, stdout, stderr."""
