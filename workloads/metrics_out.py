@@ -111,15 +111,25 @@ RERUN_NOTE_AFTER_S = 2.0  # re-runs expected to take longer than this are announ
 
 
 def rerun_note(samples: int, first_run_s: float) -> str:
-    """A note for stderr before the interval's re-runs when they will take a while (each about as long as the first
-    run, plus copying and perturbing the topology, which a trial found doubled the estimate's 37 s on 512 GPUs): with
-    nothing printed, a command whose answer took a second sat silent for another fifteen."""
+    """A note for stderr before the interval's re-runs when they will take a while: with nothing printed, a command
+    whose answer took a second sat silent for another fifteen. `first_run_s` is the first run's measured time.
+
+    The note gives an estimate and what it is, `samples` x the first run, not a bound: it said "at least 3 s" and
+    the re-runs took 2.0 s. One timing on a shared machine moves by a third from run to run (the same serve run
+    took 0.33 s and 0.50 s, its re-runs 0.37 s and 0.43 s each), so it bounds nothing from below, and rounding
+    2.7 s up to "3" overshot further. It can fall short too: each re-run also copies and perturbs the topology,
+    which a trial found doubled the estimate's 37 s on 512 GPUs; the note says so."""
     expected = samples * first_run_s
     if expected < RERUN_NOTE_AFTER_S:
         return ""
-    return (f"note: {samples} perturbed re-runs for the 90% intervals, at least {expected:.0f} s (each as long as "
-            f"the first run, and a perturbed copy of the topology to make: more on a large cluster; --samples 0 skips "
-            f"them)")
+    return (f"note: {samples} perturbed re-runs for the 90% intervals, about {_seconds(expected)} s ({samples} x the "
+            f"first run's {first_run_s:.2g} s; more on a large cluster, where each also copies and perturbs the "
+            f"topology; --samples 0 skips them)")
+
+
+def _seconds(t: float) -> str:
+    """A duration of at least a second or two as people say it: '2.7', '14'."""
+    return f"{t:.1f}" if t < 10 else f"{t:.0f}"
 
 
 def add_output_args(p: argparse.ArgumentParser, default: int, run: str) -> None:
