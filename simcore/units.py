@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import re
@@ -25,8 +26,9 @@ _BYTE_UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_NUM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
+# a time unit's power of ten of a second; µs with the micro sign or the Greek mu, which look the same
+_TIME_UNITS = {"": 0, "s": 0, "ms": -3, "us": -6, "\u00b5s": -6, "\u03bcs": -6, "ns": -9}
+_NUM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z\u00b5\u03bc]*)\s*$")
 
 
 def real_number(value: object, where: str, expected: str = "a number", shown: object = None) -> int | float:
@@ -89,13 +91,22 @@ def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool =
 
 
 def parse_seconds(value: object, where: str = "time") -> float:
-    """Seconds as a number, or a string with s/ms/us/ns; must be >= 0."""
+    """Seconds as a number, or a string with s/ms/us (µs)/ns; must be >= 0. The one reader of a duration written
+    as text: scenario files, --train-step and every KEY=VALUE setting whose name ends in `_s` (`keyvalue`).
+
+    The unit scales the decimal number as written and the result is rounded once, so '20us' is the float 2e-05,
+    as `20e-6` is (20 * 1e-6 is 1.9999999999999998e-05: a cost written with a unit differed from the same cost
+    written as a number)."""
     t = value
     if isinstance(value, str):
         m = _NUM.match(value)
-        if not m or m[2].lower() not in _TIME_UNITS:
+        if not m:
             raise ScenarioError(f"{where}: cannot read time {value!r} (write e.g. 0.001, 1ms, 10us)")
-        t = float(m[1]) * _TIME_UNITS[m[2].lower()]
+        unit = m[2].lower()
+        if unit not in _TIME_UNITS:
+            raise ScenarioError(f"{where}: cannot read time {value!r}: unknown unit '{m[2]}' (use s, ms, us, µs, ns)")
+        sign, digits, exponent = decimal.Decimal(m[1]).as_tuple()  # exact, and no context to overflow (1e99999999s)
+        t = float(decimal.Decimal((sign, digits, int(exponent) + _TIME_UNITS[unit])))
     return check_seconds(t, where, shown=value)
 
 

@@ -11,7 +11,7 @@ import pytest
 from fabricsim import FabricsimError
 from fabricsim.hwmodels import presets
 from fabricsim.simcore import ScenarioError, Simulation
-from fabricsim.simcore.units import parse_bytes
+from fabricsim.simcore.units import parse_bytes, parse_seconds
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -56,6 +56,17 @@ def test_numpy_numbers_are_plain_numbers() -> None:
     sim.transfer("t", "host", "gpu0", np.int64(1 << 20), start=np.float64(0.0))
     assert math.isfinite(sim.run().makespan_s)
     assert parse_bytes("1GiB") == 1 << 30 and isinstance(parse_bytes(1e3), int)
+
+
+def test_a_time_with_a_unit_is_the_number_written_and_an_unknown_unit_is_named() -> None:
+    """'20us' was 20 * 1e-6 = 1.9999999999999998e-05, not the 2e-05 of `20e-6`: the same time written two ways
+    gave two start times. A unit the parser does not know is named, with the units it does."""
+    for text, seconds in [("20us", 2e-5), ("20µs", 2e-5), ("20μs", 2e-5), ("1.5ms", 1.5e-3), ("300ns", 3e-7),
+                          ("2s", 2.0), ("0.1us", 1e-7), ("7ns", 7e-9)]:
+        assert parse_seconds(text).hex() == seconds.hex(), text
+    with pytest.raises(ScenarioError, match=r"^start: cannot read time '5parsec': unknown unit 'parsec' "
+                                            r"\(use s, ms, us, µs, ns\)$"):
+        parse_seconds("5parsec", "start")
 
 
 def test_the_limits_of_rate_caps_and_weights_are_accepted_and_transfers_checks_them_too() -> None:

@@ -443,6 +443,10 @@ case("sync-knob-cost-multiplied", ["sync", "Llama-3-8B", "host-staged", "--knob"
      ("beyond 10^9 s", "knobs set: per_tensor_s="))  # within its bounds, too large once multiplied
 case("sync-knob-cost-huge", ["sync", "Llama-3-8B", "nccl-broadcast", "--knob", "call_latency_s=1e300"],
      ("call_latency_s", "10^9 s"))  # named the knob, not a copy whose fixed cost it became
+for value, why in [("20parsec", "unknown unit 'parsec'"), ("-20us", "time must be a finite number >= 0"),
+                   ("soon", "cannot read time 'soon'"), ("nan", "finite")]:  # a time knob takes 20us, 1.5ms, ...
+    case(f"sync-knob-time-{value}", ["sync", "Llama-3-8B", "nccl-broadcast", "--knob", f"call_latency_s={value}"],
+         ("NcclBroadcastKnobs: call_latency_s: ", why))
 case("sync-knob-bucket-fraction", ["sync", "Llama-3-8B", "host-staged", "--knob", "bucket_bytes=1.5"],
      ("bucket_bytes", "whole number"))  # as every other size knob
 case("serve-samples-negative", ["serve", "-n", "3", "--samples", "-4"], "--samples")

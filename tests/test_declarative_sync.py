@@ -326,6 +326,6 @@ def test_rdma_knobs_built_directly_with_a_size_as_text_say_where_text_is_read():
     """`RdmaP2PKnobs(task_bytes="1GiB")` compared a string with a number in the watermark check: a raw TypeError."""
     from fabricsim.workloads.weightsync.rdma_p2p import RdmaP2PKnobs
 
-    with pytest.raises(WorkloadError, match=r"task_bytes must be a number of bytes, got '1GiB'"):
+    with pytest.raises(WorkloadError, match=r"task_bytes: expected a number of bytes, got '1GiB'"):
         RdmaP2PKnobs(task_bytes="1GiB")  # type: ignore[arg-type]
     assert get("rdma-p2p", task_bytes="1GiB").knobs.task_bytes == 2**30

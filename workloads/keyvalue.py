@@ -3,9 +3,10 @@
 One parser, one set of rules, wherever a user writes KEY=VALUE: a key must be one the target takes (the fields
 of a strategy's `Knobs` dataclass, the parameters of a KV policy), a key given twice is an error, and a value
 is read as the type of the setting's default (or annotation): `true`/`false` for switches, a whole number for
-counts, a finite number for costs and fractions (a size such as `512MiB` too when the name ends in `bytes`),
-text for names. So `bucket_bytes=1e9` and `prefetch_depth=2` mean the same in every command, and a typo is an
-error naming the setting instead of a silently different run. Ranges (> 0, a fraction) stay with the owner.
+counts, a finite number for costs and fractions (a size such as `512MiB` too when the name ends in `bytes`, a
+time such as `20us` or `1.5ms` when it ends in `_s`), text for names. So `bucket_bytes=1e9` and
+`prefetch_depth=2` mean the same in every command, and a typo is an error naming the setting instead of a
+silently different run. Ranges (> 0, a fraction) stay with the owner.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from fabricsim.errors import FabricsimError
 from fabricsim.simcore.errors import ScenarioError
-from fabricsim.simcore.units import MAX_BYTES, MAX_SECONDS, parse_bytes, real_number
+from fabricsim.simcore.units import MAX_BYTES, MAX_SECONDS, parse_bytes, parse_seconds, real_number
 
 from .errors import WorkloadError
 
@@ -108,11 +109,13 @@ def _number(where: str, name: str, value: Any) -> float:
         try:
             x = float(text)
         except ValueError:
-            if not name.endswith("bytes"):
+            # a size or a duration with its unit ('512MiB', '20us'), read by the one parser of each
+            parse = parse_bytes if name.endswith("bytes") else parse_seconds if name.endswith("_s") else None
+            if parse is None:
                 raise WorkloadError(f"{where}: expected a number, got {value!r}") from None
             try:
-                x = float(parse_bytes(text, where))
-            except FabricsimError as exc:  # the size parser's own one-line message, as this layer's error
+                x = float(parse(text, where))
+            except FabricsimError as exc:  # the parser's own one-line message, as this layer's error
                 raise WorkloadError(str(exc)) from None
     else:  # a number by `simcore.units.real_number`'s rule (NumPy scalars yes, nothing past a float's range)
         try:

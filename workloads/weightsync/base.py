@@ -408,7 +408,7 @@ class Knobs:
 
     def replace(self, **kw: Any) -> Knobs:
         """A copy with `kw` changed; values are typed by the shared KEY=VALUE rules (`keyvalue`: text such as
-        '1GiB' is read here), then range-checked as the constructor checks every knob (`_type_knobs`): counts
+        '1GiB', '20us' is read here), then range-checked as the constructor checks every knob (`_type_knobs`): counts
         >= 1, sizes (`*bytes`) at least a byte, other numbers >= 0 (the upper bounds of sizes and costs are the
         KEY=VALUE rules')."""
         typed = coerce_all(kw, settings_of(type(self)), type(self).__name__, noun="knob")
@@ -429,9 +429,11 @@ def _type_knobs(knobs: Knobs) -> None:
         if isinstance(value, str) and isinstance(default, int | float):
             expected, text = (("True or False", "switches as text") if isinstance(default, bool) else
                               ("a number of bytes", "sizes as text such as '1GiB'") if name.endswith("bytes") else
+                              ("a number of seconds", "times as text such as '20us'") if name.endswith("_s") else
                               ("a number", "numbers as text"))
-            raise WorkloadError(f"{where} must be {expected}, got {value!r} ({text} are read by get(name, {name}=...) "
-                                f"and Knobs.replace, not by the constructor)")
+            # worded as `coerce` words a value of the wrong type ('expected ...'): one kind of mistake, one wording
+            raise WorkloadError(f"{where}: expected {expected}, got {value!r} ({text} are read by "
+                                f"get(name, {name}=...) and Knobs.replace, not by the constructor)")
         typed = coerce(where, setting, value)
         if isinstance(typed, int) and not isinstance(typed, bool) and isinstance(value, numbers.Integral):
             typed = int(value)  # exactly (`coerce` reads numbers through a float: 2**53 + 1 is not one)

@@ -398,7 +398,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trainer-bytes-per-param", type=_bytes_per_param, default=2.0, metavar="N",
                    help="bytes per parameter the trainer keeps on its GPUs during the sync (default 2: bf16 shards, "
                         "optimizer state offloaded; 14 keeps fp32 master weights and Adam moments on the GPU)")
-    p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="strategy cost knob (repeat)")
+    p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy cost knob (repeat); sizes (*_bytes) and times (*_s) take units: 512MiB, 20us")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     add_output_args(p, SYNC_SAMPLES, "sync")
     p.set_defaults(func=_run)
