@@ -40,6 +40,10 @@ def test_simulate_json_contract(tmp_path, capsys):
     assert set(t1) == {"id", "src", "dst", "bytes", "start_s", "finish_s"}
     assert t1["bytes"] == 2**30 and t2["start_s"] == pytest.approx(t1["finish_s"])
     assert out["makespan_s"] == pytest.approx(t2["finish_s"])
+    # no interval asked for: no key at all (DESIGN.md's object, as README documents it), never an empty one that
+    # could not be told from an interval without spread
+    assert main(["simulate", str(p), "--json", "--samples", "0"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"makespan_s", "transfers"}
 
 
 def test_json_scenarios_and_listing_order_do_not_matter(tmp_path):

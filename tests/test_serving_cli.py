@@ -38,7 +38,9 @@ def test_serve_skips_the_default_interval_when_a_run_is_long(capsys, monkeypatch
     assert "(90%" not in out and "interval skipped" not in out
     assert _run([*argv, "--json"]) == 0
     captured = capsys.readouterr()
-    assert "intervals" not in json.loads(captured.out) and "interval skipped" in captured.err
+    doc = json.loads(captured.out)
+    assert "intervals" not in doc and "interval skipped" in captured.err
+    assert doc["intervals_skipped"].startswith("interval skipped (one run took")  # the note's words, why
     assert _run([*argv, "--json", "--samples", "2"]) == 0
     captured = capsys.readouterr()
     assert "intervals" in json.loads(captured.out) and not captured.err
@@ -107,6 +109,22 @@ def test_serve_interval_reruns_only_the_perturbed_topologies(monkeypatch, capsys
     out = json.loads(capsys.readouterr().out)
     assert len(runs) == 3 and runs[1] is not runs[0] and runs[2] is not runs[0]
     assert out["intervals"] and all(set(iv) == {"lo", "hi", "level", "calibrated"} for iv in out["intervals"].values())
+
+
+def test_serve_json_tells_intervals_not_computed_from_intervals_without_spread(monkeypatch, capsys):
+    """`"intervals": {}` could mean "not computed" or "computed, nothing moved": not computed, the key is absent and
+    `intervals_skipped` says why; computed, `intervals` is there even when no metric spread, and nothing is skipped."""
+    from fabricsim.hwmodels.intervals import Interval
+
+    argv = ["-n", "5", "--rate", "5", "--prompt-tokens", "100", "--output-tokens", "4", "--json"]
+    assert _run([*argv, "--samples", "0"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "intervals" not in doc and doc["intervals_skipped"] == "--samples 0"
+    monkeypatch.setattr(serve_cli, "intervals_over", lambda run, topo, samples, point: {
+        k: Interval(v, v, v) for k, v in point.items()})  # re-runs that all gave the point: no spread
+    assert _run([*argv, "--samples", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["intervals"] == {} and "intervals_skipped" not in doc
 
 
 def test_serve_count_intervals_are_whole_numbers(capsys):

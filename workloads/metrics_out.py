@@ -85,6 +85,16 @@ def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float |
             for k, iv in intervals.items() if iv.hi > iv.lo}
 
 
+def interval_fields(intervals: Mapping[str, Any] | None, why_not: str) -> dict[str, Any]:
+    """The JSON fields that say what became of a command's intervals: `{"intervals": {...}}` (`interval_values`)
+    when the re-runs ran, so `{}` there means they ran and no metric moved; `{"intervals_skipped": why_not}` and no
+    `intervals` key when they did not (`--samples 0`, the default's skip on a costly setup). A review found
+    `"intervals": {}` said both, and a reader could not tell an answer without spread from one never checked."""
+    if intervals is not None:
+        return {"intervals": interval_values(intervals)}
+    return {"intervals_skipped": why_not}
+
+
 # Intervals by default only where they are cheap: each sample re-runs the whole simulation, so on a large setup
 # (nccl-broadcast on 1,024 GPUs: 6.9 s a run) the default would multiply the cost of the answer many times.
 AUTO_SAMPLES_MAX_GPUS = 64

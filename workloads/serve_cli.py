@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fabricsim.hwmodels import presets
 from fabricsim.hwmodels.fileio import refuse_overwrite
-from fabricsim.hwmodels.intervals import intervals_over, say_calibration_note
+from fabricsim.hwmodels.intervals import Interval, intervals_over, say_calibration_note
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import fluid
 from fabricsim.simcore.units import parse_bytes
@@ -21,7 +21,7 @@ from .kvpolicies import names as policy_names
 from .metrics_out import (
     add_output_args,
     default_samples,
-    interval_values,
+    interval_fields,
     metric_values,
     print_json,
     print_metrics,
@@ -83,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.perfetto:
         res.result.write_trace(args.perfetto)
     metrics = res.metrics_with_units()
-    intervals = {}
+    # None: not computed, which --json says apart from computed without any spread (`interval_fields`)
+    intervals: dict[str, Interval] | None = None
     if samples:
         if note := rerun_note(samples, first_run_s):
             print(note, file=sys.stderr, flush=True)
@@ -91,9 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
                                    samples=samples, point=res.metrics())
     say_calibration_note(topo)
     if args.json:
-        out = metric_values(metrics)
-        if intervals:
-            out["intervals"] = interval_values(intervals)
+        out = metric_values(metrics) | interval_fields(
+            intervals, skipped.removeprefix("note: ") if skipped else "--samples 0")
         out["inputs"] = _inputs(args, topo, cfg, policy, params, roles, reqs, samples)
         print_json(out)
     else:
