@@ -325,6 +325,24 @@ def _sync_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+def test_sync_json_tells_intervals_not_run_from_intervals_without_spread(capsys) -> None:
+    """`"intervals": {}` said both "not computed" and "computed, nothing spread" (a review): now the key is there only
+    where the re-runs ran, and `intervals_skipped` says why they did not (`--samples 0`, an infeasible configuration,
+    the default's note on a costly setup)."""
+    import json
+
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json", "--samples", "0"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "intervals" not in doc and doc["intervals_skipped"] == "--samples 0"
+    assert _sync_cli(["Llama-3-8B", "cuda-ipc-buckets", "--topology", "cluster-2x8", "--trainer", "node0.gpu0-7",
+                      "--rollout", "node1.gpu0-7", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert not doc["feasible"] and "intervals" not in doc and doc["intervals_skipped"] == "infeasible"
+    assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json", "--samples", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "intervals" in doc and "intervals_skipped" not in doc
+
+
 def test_cli_json_and_errors(capsys) -> None:
     import json
 
@@ -537,7 +555,7 @@ def test_sync_skips_the_default_interval_on_a_large_setup(capsys) -> None:
     assert json.loads(captured.out)["intervals"] and "skipped" not in captured.err
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--json"]) == 0  # 8 GPUs: cheap, intervals by default
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["intervals"] or "one run took" in captured.err  # a loaded machine may be slow
+    assert json.loads(captured.out).get("intervals") or "one run took" in captured.err  # a loaded machine may be slow
     # 16 GPUs of a 128-GPU cluster: each re-run perturbs a copy of the whole topology, whose size counts
     assert _sync_cli(["Llama-3-8B", "nccl-broadcast", "--topology", "cluster-16x8", "--trainer", "node0.gpu0-7",
                       "--rollout", "node1.gpu0-7"]) == 0

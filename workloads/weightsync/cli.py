@@ -28,7 +28,7 @@ from ..keyvalue import Setting, parse_key_values, settings_of, split_all
 from ..metrics_out import (
     add_output_args,
     default_samples,
-    interval_values,
+    interval_fields,
     metric_values,
     print_json,
     print_metrics,
@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
     first_run_s = time.perf_counter() - started
     samples, skipped = default_samples(args.samples, SYNC_SAMPLES, gpus=len(topo.gpus()), first_run_s=first_run_s)
     metrics = res.metrics_with_units()
-    intervals = {}
+    intervals = None
     if samples and res.feasible:
         if note := rerun_note(samples, first_run_s):
             print(note, file=sys.stderr, flush=True)
@@ -257,8 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "inputs": _inputs(args, setup, strategy, changed), "metrics": metric_values(metrics),
                     "memory_gpus": {"peak_extra_GiB": res.peak_extra_gpu, "headroom_GiB": res.headroom_gpu},
-                    "intervals": interval_values(intervals),
-                    **({"intervals_skipped": skipped.removeprefix("note: ")} if skipped and res.feasible else {})})
+                    **interval_fields(intervals, _why_no_intervals(res, samples, skipped))})
         return 0
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
     # interval that says so is skipped on clusters by default; a trial compared the two as if alike)
@@ -345,6 +344,14 @@ def _knob_values(strategy) -> dict[str, object]:
 def _plain(value: object) -> object:
     """A knob's value as JSON holds it (numbers, booleans, strings; anything else by its text)."""
     return value if isinstance(value, bool | int | float | str) or value is None else str(value)
+
+
+def _why_no_intervals(res: SyncResult, samples: int, skipped: str) -> str:
+    """Why `sync --json` carries no intervals (`metrics_out.interval_fields`): an infeasible configuration has no
+    times to spread, `--samples 0` asked for none, and the default skips them on a costly setup (its note)."""
+    if not res.feasible:
+        return "infeasible"
+    return skipped.removeprefix("note: ") if skipped else "--samples 0"
 
 
 def _memory_where(res: SyncResult, setup: SyncSetup) -> str:
