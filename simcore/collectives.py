@@ -57,6 +57,9 @@ OPS = ("broadcast", "all_gather", "all_reduce")
 NCCL_STEPS = 8
 NCCL_STEP_S = 3.4e-6
 NCCL_CHANNELS = 16
+# NCCL's Simple-protocol pipeline chunk on NVLink (NCCL_BUFFSIZE 4 MiB over its 8 steps): a scenario file's
+# broadcast pipelines in it, and weight sync's `chunk_bytes` knobs and validate's twins default to it
+NCCL_CHUNK_BYTES = 512 * 1024
 
 
 def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str, Any]]:
@@ -102,6 +105,15 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
     With fitted parameters the call pays their fixed cost once (on its first ring phase: one kernel launch per
     call) and each ring transfer is capped at the fitted bus bandwidth for its size. `gpus` is the ring order;
     items may be ranges (`node0-63.gpu0-7`, see `hwmodels.endpoints`).
+
+    A broadcast is pipelined as `ring_broadcast`'s fluid form (NCCL's 512 KiB chunks): hop h starts when the first
+    chunk has crossed the hops before it and no hop outruns the slowest, so the last rank cannot have the data
+    before it could have passed through the ring (all hops started at once, an 8-GPU 1 MiB broadcast took what one
+    2-GPU copy takes, 5.2 us, where weight sync's ring took 28.2). All-gather and all-reduce keep their bandwidth
+    form, every ring link's bytes at once, paying a hop's latency once per phase: NCCL's ring steps them n-1 times
+    a phase, but small calls run on its low-latency protocols, whose step costs far less than the copy latency a
+    route carries, and the fitted fixed cost takes up what a call pays beyond its bytes (measured on 2 GPUs only:
+    no 8-GPU NCCL measurement exists here to tell the two apart).
     """
     params = fitted(sim.topology, op)
     tag = tag or op
@@ -115,27 +127,43 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
         if kind != "gpu":
             raise ScenarioError(f"collective '{id}': '{g}' is a {kind}, not a GPU (a ring's ranks are GPUs)")
     done: dict[str, simpy.Event] = {}
-    for t in ring_schedule(op, nbytes, ranks):
-        fixed, cap = 0.0, None
+    schedule = ring_schedule(op, nbytes, ranks)
+    offsets, pace = [0.0] * len(schedule), None
+    if op == "broadcast":
+        try:
+            pace, _, fill, lat, _ = _ring_pace(sim.lone_copies([(t["src"], t["dst"]) for t in schedule]), nbytes,
+                                               NCCL_CHUNK_BYTES, NCCL_STEP_S, params)
+        except TopologyError as exc:
+            raise ScenarioError(f"collective '{id}': {exc}") from None
+        offsets = _hop_offsets(fill, lat)
+    for t, offset in zip(schedule, offsets, strict=True):
+        fixed, cap = 0.0, pace  # a broadcast's hops: the ring's pace, the fitted cap in it
         if params is not None:
             fixed = params.fixed_s if not t["after"] else 0.0
-            cap = params.rate_cap(t["bytes"])
+            cap = params.rate_cap(t["bytes"]) if pace is None else pace
         deps = [done[a] for a in t["after"]] if t["after"] else list(after)
-        done[t["id"]] = sim.transfer(ring_copy_id(id, t["id"]), t["src"], t["dst"], t["bytes"],
-                                     start=start if not t["after"] else 0.0, after=deps, rate_cap_Bps=cap,
-                                     fixed_cost_s=fixed, tag=tag)
+        tid = ring_copy_id(id, t["id"])
+        done[t["id"]] = sim.transfer(tid, t["src"], t["dst"], t["bytes"], start=start if not t["after"] else 0.0,
+                                     after=deps, rate_cap_Bps=cap, fixed_cost_s=fixed, tag=tag,
+                                     setup_s=offset, setup_id=f"{tid}.fill")
     return sim.delay(id, 0.0, after=list(done.values()), tag=tag)
 
 
 def collective_time(topo: Topology, op: str, nbytes: float, gpus: Sequence[str]) -> float:
     """Closed form of `schedule_collective` for one call alone on the machine: the fitted fixed cost plus, per
     ring phase (the hops of a phase run at once on distinct links), the slowest hop's latency + bytes /
-    min(link rate, fitted cap). Serving uses it for the
-    tensor-parallel all-reduce of every layer, where simulating each call as flows would cost millions."""
+    min(link rate, fitted cap); a broadcast's hop h from its pipeline offset, at the ring's pace."""
     gpus = list(gpus)
     if len(gpus) < 2 or nbytes <= 0:
         return 0.0
     params = fitted(topo, op)
+    if op == "broadcast":
+        hops = list(zip(gpus, gpus[1:], strict=False))
+        pace, _, fill, lat, _ = _ring_pace([(path_bandwidth_Bps(topo, a, b), topo.path(a, b).latency_s)
+                                            for a, b in hops], nbytes, NCCL_CHUNK_BYTES, NCCL_STEP_S, params)
+        return (params.fixed_s if params is not None else 0.0) + max(
+            offset + t + nbytes / min(pace, path_bandwidth_Bps(topo, a, b, nbytes))
+            for (a, b), offset, t in zip(hops, _hop_offsets(fill, lat), lat, strict=True))
     phases: dict[bool, list[dict[str, Any]]] = {}
     for t in ring_schedule(op, nbytes, gpus):
         phases.setdefault(bool(t["after"]), []).append(t)
@@ -193,21 +221,10 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     chunks = max(1, math.ceil(per_call / chunk_bytes))
     if explicit is None:
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
-    hop_costs = sim.lone_copies(hops)
-    B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps, from the run's kept per-hop answers
-    steps = step_cap_Bps(chunk_bytes, step_s)
-    stepped = steps < B  # the handshakes, not the links, set the pace (`step_cap_Bps`)
-    cap = steps if stepped else None
-    B = min(B, steps)
     cal = fitted(topo, "broadcast")
+    B, cap, fill, lat, stepped = _ring_pace(sim.lone_copies(hops), per_call, chunk_bytes, step_s, cal)
     if cal is not None:
-        cap = min(cal.rate_cap(per_call), cap or math.inf)
-        B = min(B, cap)
         after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
-    lat = [t for _, t in hop_costs]
-    fill = min(chunk_bytes, per_call) / B
-    if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
-        fill = max(fill, step_s)
     if explicit:
         size = nbytes / chunks
         # where a step paces the ring, the first chunk takes a whole step to cross each hop that feeds another
@@ -228,15 +245,43 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
         return last
     # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
     # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
-    copies = []
-    offset = 0.0
-    for h, (a, b) in enumerate(hops):
-        copies.append((f"{name}.h{h}", a, b, nbytes, offset, f"{name}.fill{h}"))
-        offset += fill + lat[h]
+    copies = [(f"{name}.h{h}", a, b, nbytes, offset, f"{name}.fill{h}")
+              for h, ((a, b), offset) in enumerate(zip(hops, _hop_offsets(fill, lat), strict=True))]
     events = sim.transfers(copies, after=after, rate_cap_Bps=B, tag=tag)
     if repeats > 1:  # the other calls' pipeline fills and latencies
         return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), after=events, tag=tag)
     return sim.all_of(events, id=f"{name}.end", tag=tag)
+
+
+def _ring_pace(hop_costs: list[tuple[float, float]], per_call: float, chunk_bytes: float, step_s: float,
+               cal: CollectiveParams | None) -> tuple[float, float | None, float, list[float], bool]:
+    """How a pipelined ring broadcast of `per_call` bytes moves, for both of its builders (`ring_broadcast`,
+    `schedule_collective`): (B, the rate every hop of the fluid form is held to: the ring's slowest link, the step
+    bound, the fitted cap for the call's size; the cap each chunk of the explicit form is held to, or None; a hop's
+    pipeline fill, one chunk at B or a whole step where steps pace the ring; each hop's latency; whether steps pace
+    it), from each hop's (bandwidth, latency) as a lone copy (`Simulation.lone_copies`)."""
+    B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps
+    steps = step_cap_Bps(chunk_bytes, step_s)
+    stepped = steps < B  # the handshakes, not the links, set the pace (`step_cap_Bps`)
+    cap = steps if stepped else None
+    B = min(B, steps)
+    if cal is not None:
+        cap = min(cal.rate_cap(per_call), cap or math.inf)
+        B = min(B, cap)
+    fill = min(chunk_bytes, per_call) / B
+    if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
+        fill = max(fill, step_s)
+    return B, cap, fill, [t for _, t in hop_costs], stepped
+
+
+def _hop_offsets(fill: float, lat: list[float]) -> list[float]:
+    """When each hop of a fluid ring starts after the call does: one fill and the hop's latency after the hop
+    before it, as the first chunk reaches it."""
+    out, offset = [], 0.0
+    for t in lat:
+        out.append(offset)
+        offset += fill + t
+    return out
 
 
 def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,

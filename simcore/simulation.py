@@ -173,7 +173,8 @@ class Simulation:
             if engine is None:
                 latency += setup_s
             else:
-                after = [self.delay(setup_id or f"{rid}.setup", setup_s, after=after, tag=tag)]
+                # from `start` too, as where no engine queues (then it is part of the latency)
+                after = [self.delay(setup_id or f"{rid}.setup", setup_s, start=start, after=after, tag=tag)]
         deferred = self._deferred
         if deferred is not None and (type(after) is list or type(after) is tuple):
             # declared work (the usual case), as `_add` keeps it, without the call

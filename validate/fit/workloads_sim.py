@@ -262,7 +262,6 @@ def _relay_twin(case: WorkloadCase, facts: dict[str, Any], tw: _Twin, sizes: lis
     tw.marks["readers_s"] = tw.sim.now - begin
 
 
-NCCL_CHUNK = 512 * 1024  # as the nccl-broadcast strategy: NCCL's pipeline chunk on NVLink
 
 
 def _nccl_twin(case: WorkloadCase, tw: _Twin, sizes: list[int]) -> Generator:
@@ -270,22 +269,22 @@ def _nccl_twin(case: WorkloadCase, tw: _Twin, sizes: list[int]) -> Generator:
     `collectives.broadcast` where it has one): one flat buffer, one call per tensor (each call issued from
     Python: the fitted `copy_per_tensor_s`, the nearest measured host cost), or packed buckets that every
     receiver unpacks."""
-    from fabricsim.simcore.collectives import ring_broadcast
+    from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, ring_broadcast
 
     ring = [GPU] + [f"gpu{k}" for k in range(1, int(case.params["readers"]) + 1)]
     c = tw.c
     if case.mech == "nccl-flat":
-        yield ring_broadcast(tw.sim, ring, float(sum(sizes)), chunk_bytes=NCCL_CHUNK, name=tw._id("bcast"))
+        yield ring_broadcast(tw.sim, ring, float(sum(sizes)), chunk_bytes=NCCL_CHUNK_BYTES, name=tw._id("bcast"))
     elif case.mech == "nccl-tensor":
         for k, part in _groups(sizes, SEGMENTS * 8):
             yield tw.delay(k * c.copy_per_tensor_s)
-            yield ring_broadcast(tw.sim, ring, float(sum(part)), chunk_bytes=NCCL_CHUNK, name=tw._id("bcast"),
+            yield ring_broadcast(tw.sim, ring, float(sum(part)), chunk_bytes=NCCL_CHUNK_BYTES, name=tw._id("bcast"),
                                  repeats=k)
     else:
         for b in plan_buckets(sizes, int(case.params["bucket_bytes"])):
             nbytes = float(sum(aligned(sizes[i]) for i in b))
             yield tw.kernel(2 * nbytes)
-            yield ring_broadcast(tw.sim, ring, nbytes, chunk_bytes=NCCL_CHUNK, name=tw._id("bcast"))
+            yield ring_broadcast(tw.sim, ring, nbytes, chunk_bytes=NCCL_CHUNK_BYTES, name=tw._id("bcast"))
             yield tw.both(*[tw.sim.task(tw._id("unpack"), g, hbm_bytes=2 * nbytes, tag="kernel") for g in ring[1:]])
 
 

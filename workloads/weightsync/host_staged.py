@@ -22,7 +22,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 from fabricsim.hwmodels.topology import nearest_host
-from fabricsim.simcore.collectives import NCCL_STEP_S, ring_broadcast, ring_order
+from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, NCCL_STEP_S, ring_broadcast, ring_order
 
 from ..errors import InfeasibleError
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
@@ -33,7 +33,7 @@ GiB = 1 << 30
 @dataclass(frozen=True)
 class HostStagedKnobs(Knobs):
     bucket_bytes: int = 3 * GiB // 2  # 1.5 GiB, a whole number of bytes as every size knob
-    chunk_bytes: float = 512 * 1024
+    chunk_bytes: float = NCCL_CHUNK_BYTES
     nccl_step_s: float = NCCL_STEP_S
     call_latency_s: float = 20e-6
     bucket_sync_s: float = 1e-3

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from fabricsim.simcore.collectives import NCCL_STEP_S, gather, ring_broadcast, ring_order
+from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, NCCL_STEP_S, gather, ring_broadcast, ring_order
 
 from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
 
@@ -38,7 +38,7 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class NcclBroadcastKnobs(Knobs):
     bucket_bytes: float = 512 * MiB
-    chunk_bytes: float = 512 * 1024
+    chunk_bytes: float = NCCL_CHUNK_BYTES
     nccl_step_s: float = NCCL_STEP_S
     call_latency_s: float = 20e-6
     per_tensor_s: float = 20e-6
