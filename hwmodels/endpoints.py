@@ -102,11 +102,12 @@ def spell_for_message(names: list[str], limit: int = 200) -> str:
     return shown
 
 
-def compress_endpoints(names: list[str]) -> str:
+def compress_endpoints(names: list[str], *, ordered: bool = False) -> str:
     """A short spelling of `names` in the notation `expand_endpoints` reads, for messages: a 4,096-GPU cluster's
     endpoints as 'node0-511.gpu0-7, node0-511.host0, node0-511.nvme0' rather than its first dozen names. Nodes that
     hold the same local endpoints share one node range; the result is checked to expand to exactly the set of
-    `names`, and they are listed instead where it would not."""
+    `names` (with `ordered`, to `names` in their order: a collective's ring, where gpu7, gpu3, gpu5 is not
+    gpu3, gpu5, gpu7), and they are listed instead where it would not."""
     by_local: dict[str, list[int]] = {}
     plain: list[str] = []
     for name in names:
@@ -122,4 +123,6 @@ def compress_endpoints(names: list[str]) -> str:
     parts = _spell(plain) + [f"{n}.{lp}" for nodes, locals_ in groups.items()
                              for n in _runs("node", list(nodes)) for lp in _spell(locals_)]
     short = ", ".join(parts)
-    return short if sorted(expand_endpoints(short)) == sorted(names) else ", ".join(names)
+    spelled = expand_endpoints(short)
+    same = spelled == list(names) if ordered else sorted(spelled) == sorted(names)
+    return short if same else ", ".join(names)

@@ -365,3 +365,16 @@ def test_a_folder_named_like_a_bundled_profile_does_not_hide_it(tmp_path, monkey
     (tmp_path / "h200x2").mkdir()
     monkeypatch.chdir(tmp_path)
     assert presets.get("h200-2", calibration="h200x2").calibration_id == load_profile("h200x2").id
+
+
+def test_a_collective_row_shows_its_ring_in_order_and_hides_its_pipeline_fills(tmp_path, capsys):
+    """A ring gpu7, gpu3, gpu5 printed as 'gpu3, gpu5, gpu7' (a trial): the order is the ring's, so the row keeps it
+    (a range only where it spells the same order); a broadcast's pipeline fills (delays where copy engines queue)
+    belong to its one row, not rows of their own."""
+    p = write(tmp_path, "topology: hgx-h200-8\ncollectives:\n"
+                        "  - {id: bc, op: broadcast, gpus: [gpu7, gpu3, gpu5, gpu0], bytes: 1MiB}\n"
+                        "  - {id: ar, op: all_reduce, gpus: gpu0-7, bytes: 1MiB, after: [bc]}\n")
+    assert main(["simulate", str(p), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "broadcast on gpu7, gpu3, gpu5, gpu0" in out and "all_reduce on gpu0-7" in out
+    assert ".fill" not in out
