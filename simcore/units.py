@@ -90,9 +90,10 @@ def check_bytes(n: float, where: str, *, allow_zero: bool = False, whole: bool =
     return int(n)
 
 
-def parse_seconds(value: object, where: str = "time") -> float:
-    """Seconds as a number, or a string with s/ms/us (µs)/ns; must be >= 0. The one reader of a duration written
-    as text: scenario files, --train-step and every KEY=VALUE setting whose name ends in `_s` (`keyvalue`).
+def parse_seconds(value: object, where: str = "time", *, positive: bool = False) -> float:
+    """Seconds as a number, or a string with s/ms/us (µs)/ns; must be >= 0 (> 0 with `positive`, as
+    `check_seconds`). The one reader of a duration written as text: scenario files, --train-step and every
+    KEY=VALUE setting whose name ends in `_s` (`keyvalue`).
 
     The unit scales the decimal number as written and the result is rounded once, so '20us' is the float 2e-05,
     as `20e-6` is (20 * 1e-6 is 1.9999999999999998e-05: a cost written with a unit differed from the same cost
@@ -107,15 +108,17 @@ def parse_seconds(value: object, where: str = "time") -> float:
             raise ScenarioError(f"{where}: cannot read time {value!r}: unknown unit '{m[2]}' (use s, ms, us, µs, ns)")
         sign, digits, exponent = decimal.Decimal(m[1]).as_tuple()  # exact, and no context to overflow (1e99999999s)
         t = float(decimal.Decimal((sign, digits, int(exponent) + _TIME_UNITS[unit])))
-    return check_seconds(t, where, shown=value)
+    return check_seconds(t, where, shown=value, positive=positive)
 
 
-def check_seconds(t: float, where: str, *, shown: object = None) -> float:
-    """A duration or start time: finite, >= 0 and at most `MAX_SECONDS`."""
+def check_seconds(t: float, where: str, *, shown: object = None, positive: bool = False) -> float:
+    """A duration or start time: finite, >= 0 and at most `MAX_SECONDS`; > 0 with `positive`, for a length that
+    something is divided by (a training step), so that its one message states the rule that holds, not a >= 0
+    that a 0 would then break."""
     shown = t if shown is None else shown
     t = real_number(t, where, "a time", shown)
-    if not math.isfinite(t) or t < 0:
-        raise ScenarioError(f"{where}: time must be a finite number >= 0, got {shown!r}")
+    if not math.isfinite(t) or (t <= 0 if positive else t < 0):
+        raise ScenarioError(f"{where}: time must be a finite number {'> 0' if positive else '>= 0'}, got {shown!r}")
     if t > MAX_SECONDS:
         raise ScenarioError(f"{where}: time {shown!r} is beyond 10^9 s (31 years); check the unit")
     return float(t)

@@ -250,7 +250,10 @@ for cid, extra, expected in [
     ("kv-reserve-1.5", ["--kv-reserve", "1.5"], "--kv-reserve"),
     ("kv-reserve-x", ["--kv-reserve", "x"], "--kv-reserve"),
     ("kv-reserve-nan", ["--kv-reserve", "nan"], "--kv-reserve"),
-    ("train-step-0", ["--train-step", "0"], ("--train-step", "more than 0 s")),
+    ("train-step-0", ["--train-step", "0"], ("--train-step", "time must be a finite number > 0, got '0'")),
+    # one rule and one message: a negative step was refused as not '>= 0', and then 0 as not '> 0'
+    ("train-step-negative", ["--train-step", "-1"], ("--train-step", "time must be a finite number > 0, got '-1'")),
+    ("train-step-negative-unit", ["--train-step", "-1s"], ("--train-step", "finite number > 0, got '-1s'")),
     ("train-step-tiny", ["--train-step", "1e-300"], ("--train-step", "under 1 ms")),
     ("train-step-word", ["--train-step", "soon"], "--train-step"),
     ("train-step-inf", ["--train-step", "inf"], "--train-step"),

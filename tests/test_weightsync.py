@@ -742,6 +742,19 @@ def test_the_memory_figures_say_which_gpu_they_are_of(capsys) -> None:
     assert last.startswith("memory: peak_extra_GiB on gpu") and "(a trainer GPU)" in last and "headroom_GiB on" in last
 
 
+@pytest.mark.parametrize("step, message", [
+    (-1, "time must be a finite number > 0, got -1"), (0, "time must be a finite number > 0, got 0"),
+    (math.nan, "time must be a finite number > 0, got nan"), (math.inf, "finite number > 0, got inf"),
+    (1e-300, "under 1 ms is a wrong unit"), (1e12, "beyond 10^9 s"), (True, "expected a time, got True"),
+    ("60", "expected a time, got '60'")])
+def test_the_training_step_is_checked_where_the_setup_is_made(step: object, message: str) -> None:
+    """train_step_s by the rule --train-step goes by (`check_train_step`), in its words: through the API -1 made a
+    stale fraction of -0.16, 0 a ZeroDivisionError and NaN a ValueError from the staleness."""
+    split = SETUPS["split"]
+    with pytest.raises(WorkloadError, match=f"^SyncSetup: train_step_s: .*{re.escape(message)}"):
+        SyncSetup(split.topology, split.model, split.trainer, split.rollout, train_step_s=step)  # type: ignore[arg-type]
+
+
 def test_the_training_step_and_the_trainers_memory_are_flags(capsys) -> None:
     """--train-step sets what staleness is measured against (stale_fraction = sync_s / step, closed form);
     --trainer-bytes-per-param counts optimizer state kept on the trainer GPUs (a 70B model's 14 bytes a parameter

@@ -31,8 +31,10 @@ import simpy
 from fabricsim.hwmodels.endpoints import natural_key
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import Simulation
+from fabricsim.simcore.errors import ScenarioError
 from fabricsim.simcore.gcpause import gc_paused
 from fabricsim.simcore.records import Result
+from fabricsim.simcore.units import check_seconds
 
 from ..decode import DecodeBatch, decode_work, step_cost
 from ..errors import InfeasibleError, WorkloadError
@@ -40,6 +42,24 @@ from ..keyvalue import coerce, coerce_all, settings_of
 from ..metrics_out import ReportsMetrics
 from ..models import ModelConfig, dtype_bytes
 from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout, assembled_plan, check_fits, reshard
+
+MIN_TRAIN_STEP_S = 1e-3  # an RL training step takes seconds to minutes; below 1 ms a unit is wrong
+
+
+def check_train_step(value: object, where: str, *, shown: object = None) -> float:
+    """A training step's length in seconds, the one rule of `SyncSetup.train_step_s` and `sync --train-step`: a
+    finite time > 0 and at most 10^9 s (`check_seconds`; staleness divides by it: 0 was a ZeroDivisionError, -1 a
+    negative stale fraction), and at least `MIN_TRAIN_STEP_S` (1e-300 s made a 300-digit staleness in --json).
+    `shown`: the value as the user wrote it (the CLI's text), for the message."""
+    shown = value if shown is None else shown
+    try:
+        t = check_seconds(value, where, shown=shown, positive=True)
+    except ScenarioError as exc:
+        raise WorkloadError(str(exc)) from None
+    if t < MIN_TRAIN_STEP_S:
+        raise WorkloadError(f"{where}: a training step of under 1 ms is a wrong unit, got {shown!r} (it is in "
+                            f"seconds: 60 is a minute, 0.5 half a second)")
+    return t
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,10 @@ class SyncSetup:
     trainer_bytes_per_param: float = 2.0
     kv_reserve_fraction: float = 0.0
     train_step_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        # checked where the setup is made, as the CLI's --train-step is (by the same rule): staleness divides by it
+        object.__setattr__(self, "train_step_s", check_train_step(self.train_step_s, "SyncSetup: train_step_s"))
 
     @property
     def wire_dtype(self) -> str:

@@ -35,12 +35,11 @@ from ..metrics_out import (
     rerun_note,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
-from .base import SyncResult, SyncSetup, simulate_sync
+from .base import SyncResult, SyncSetup, check_train_step, simulate_sync
 from .delta import CHANGED_FRACTION
 from .registry import STRATEGIES, get, names
 
 _MEGATRON = {k: Setting(k, 1) for k in ("tp", "pp", "ep")}
-MIN_TRAIN_STEP_S = 1e-3  # an RL training step takes seconds to minutes; below 1 ms a unit is wrong
 SYNC_SAMPLES = 16  # a sync re-run costs up to a second: fewer samples than `simulate` takes
 
 
@@ -165,18 +164,12 @@ def _fraction(text: str) -> float:
 
 
 def _step_seconds(text: str) -> float:
-    """--train-step: a duration ('60', '90s'), at least `MIN_TRAIN_STEP_S` (staleness divides by it: 1e-300 s
-    made a 300-digit staleness in --json)."""
+    """--train-step: a duration ('60', '90s') by `check_train_step`, the rule `SyncSetup` checks it by (read as
+    > 0 from the start: a -1 refused as not '>= 0' and then a 0 as not '> 0' were two rules)."""
     try:
-        x = parse_seconds(text, "--train-step")
-    except ScenarioError as exc:
+        return check_train_step(parse_seconds(text, "--train-step", positive=True), "--train-step", shown=text)
+    except (ScenarioError, WorkloadError) as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--train-step: ")) from None
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"a training step takes more than 0 s, got {text!r}")
-    if x < MIN_TRAIN_STEP_S:
-        raise argparse.ArgumentTypeError(f"a training step of under 1 ms is a wrong unit, got {text!r} "
-                                         f"(60 and 90s are seconds, 500ms milliseconds)")
-    return x
 
 
 def _bytes_per_param(text: str) -> float:
