@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels.fileio import read_text
 
 from .store import NAME_RE, REASON_COLUMN, RESERVED_COLUMNS
 
@@ -636,8 +637,5 @@ def load_study_source(source: str, path: str | Path) -> Study:
 def load_study(spec: str | Path) -> Study:
     """Load `studies/NAME.py` or a path to a study file; StudyError says what is missing."""
     path = resolve_study_path(spec)
-    try:
-        source = path.read_text()
-    except OSError as exc:
-        raise StudyError(f"study file {path}: {exc.strerror or exc}") from None
+    source = read_text(path, StudyError, "study file")
     return load_study_source(source, path)

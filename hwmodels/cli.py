@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fabricsim.errors import TopologyError
 
-from .fileio import atomic_write_text, dump_yaml, refuse_overwrite
+from .fileio import atomic_write_text, dump_yaml, read_text, refuse_overwrite
 from .presets import load
 from .presets import names as preset_names
 from .topofile import topology_to_dict
@@ -31,10 +31,7 @@ def _show(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from .nvsmi import topology_from_topo_m
 
-    try:
-        text = Path(args.file).read_text()
-    except OSError as exc:
-        raise TopologyError(f"{args.file}: cannot read ({exc.strerror})") from None
+    text = read_text(args.file, TopologyError, "nvidia-smi topo -m output")
     try:
         topo = topology_from_topo_m(text, gpu=args.gpu, name=args.name or Path(args.file).stem)
     except TopologyError as exc:

@@ -126,6 +126,37 @@ def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def read_text(path: str | os.PathLike, error: type[Exception], what: str, *, lenient: bool = False) -> str:
+    """The text of an input file, read as UTF-8; raise `error` naming the path when it cannot be read.
+
+    Every reader of a user's file (scenarios, topologies, profiles, measurements, request traces, study files)
+    comes through here, so each says the same two things the same way: an OS error ("cannot read topology file
+    (No such file or directory)"), and a file that is not UTF-8 (saved as Latin-1 or Windows-1252, say), named
+    with the line and column of its first bad byte. Left to Python, the second was a 27-line UnicodeDecodeError
+    traceback giving a byte offset only. UTF-8 always, not the locale's encoding: a file must read the same on
+    every machine. Newlines are read as `Path.read_text` reads them (\r\n and \r become \n), and a UTF-8
+    byte-order mark (Windows editors write one) is dropped.
+
+    `lenient`: a byte that is not UTF-8 becomes U+FFFD instead of an error, for a tool's log of which only some
+    lines are read (nccl-tests, nvbandwidth output).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8", errors="replace" if lenient else "strict")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        before = data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8")  # valid: before the first bad byte
+        raise error(f"{path}: cannot read {what}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
+                    f"column {len(before) + 1}); save it as UTF-8") from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.removeprefix("\ufeff")
+
+
 def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
     """Parse a YAML or JSON file; raise `error` naming the path (and line) when it cannot be read or parsed.
 
@@ -135,10 +166,7 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any
     (topologies, scenarios, profiles).
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    text = read_text(path, error, what)
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text, object_pairs_hook=_unique_json_object)

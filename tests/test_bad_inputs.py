@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 MEASURED = str(ROOT / "validate" / "data" / "h100x1")
 TOPO_M = str(ROOT / "validate" / "data" / "h100x1" / "topo_m.txt")
 
-Case = tuple[str, list[str], dict[str, str], tuple[str, ...]]
+Case = tuple[str, list[str], dict[str, str | bytes], tuple[str, ...]]
 CASES: list[Case] = []
 
 
-def case(cid: str, argv: list[str], expected: tuple[str, ...] | str, files: dict[str, str] | None = None) -> None:
+def case(cid: str, argv: list[str], expected: tuple[str, ...] | str,
+         files: dict[str, str | bytes] | None = None) -> None:
     CASES.append((cid, argv, files or {}, (expected,) if isinstance(expected, str) else expected))
 
 
@@ -469,6 +470,31 @@ case("serve-prefixes-absurd", ["serve", "-n", "3", "--prefix-tokens", "8", "--pr
      "distinct prefixes")
 
 
+# A file saved as Latin-1 (the é of '1é' is the byte 0xe9), given to every command that reads a file: each reads
+# it through `fileio.read_text`, which names the file and where the first bad byte is (a 27-line
+# UnicodeDecodeError traceback, exit status 1, before).
+LATIN = b"topology: hgx-h200-8\ntransfers:\n  - {id: a, src: gpu0, dst: gpu1, bytes: 1\xe9}\n"
+NOT_UTF8 = ("not UTF-8 text (byte 0xe9 at line 3, column 43)", "save it as UTF-8")
+for cid, argv, bad in [
+    ("simulate", ["simulate", "bad.yaml"], "bad.yaml"),
+    ("simulate-calibration", ["simulate", "s.yaml", "--calibration", "bad.json"], "bad.json"),
+    ("topo-show", ["topo", "show", "bad.yaml"], "bad.yaml"),
+    ("topo-import", ["topo", "import", "bad.txt"], "bad.txt"),
+    ("serve-topology", ["serve", "-n", "3", "--topology", "bad.yaml"], "bad.yaml"),
+    ("serve-calibration", ["serve", "-n", "3", "--calibration", "bad.json"], "bad.json"),
+    ("sync-topology", [*SYNC, "--topology", "bad.yaml"], "bad.yaml"),
+    ("calibrate", ["calibrate", "bad.json", "p.json"], "bad.json"),
+    ("calibrate-base", ["calibrate", MEASURED, "p.json", "--base", "bad.json"], "bad.json"),
+    ("calibrate-folder", ["calibrate", "m", "p.json"], "m/measured.json"),
+    ("calibrate-workloads", ["calibrate", "w/workloads.json", "p.json"], "w/workloads.json"),
+    ("report", ["report", "bad.json", "--no-store"], "bad.json"),
+    ("report-profile", ["report", MEASURED, "--profile", "bad.json", "--out", "rep", "--no-store"], "bad.json"),
+    ("sweep", ["sweep", "bad.py"], "bad.py"),
+    ("plot", ["plot", "bad.py"], "bad.py"),
+]:
+    case(f"not-utf8-{cid}", argv, (f"{bad}: cannot read", *NOT_UTF8), {**scenario(), bad: LATIN})
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(folder.rglob("*"))}
@@ -490,7 +516,10 @@ def test_bad_input_is_one_line_and_exit_2(cid: str, argv: list[str], files: dict
     monkeypatch.setenv("FABRICSIM_PROGRESS", "0")  # a slow machine must not add a progress line to stderr
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+        if isinstance(text, bytes):
+            (tmp_path / name).write_bytes(text)
+        else:
+            (tmp_path / name).write_text(text)
     before = _snapshot(tmp_path)
     try:
         code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
@@ -535,3 +564,18 @@ def test_force_replaces_a_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert trace.read_text() == "a trace I kept"
     assert main(["sweep", "traced.py", "--perfetto-point", pid[:8], "--force"]) == 0
     assert "traceEvents" in trace.read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="workloads/requests.py load_trace reads the CSV with Path.read_text(); "
+                                       "its owner's fix is to call fileio.read_text(path, RequestError, ...)")
+def test_request_trace_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture) -> None:
+    """`serve --request-trace` on a Latin-1 CSV: one line and exit status 2, as every other reader (above)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.csv").write_bytes(b"arrival_s,prompt_tokens,output_tokens\n0,1\xe9,2\n")
+    try:
+        code = main(["serve", "--request-trace", "r.csv"])
+    except UnicodeDecodeError:
+        code = 1
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "r.csv" in err and "not UTF-8" in err

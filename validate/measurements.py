@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fabricsim.hwmodels.fileio import atomic_write_text
+from fabricsim.hwmodels.fileio import atomic_write_text, read_text
 
 from .cases import CALIBRATION, HELD_OUT, SUITES, Case, Kernel, Xfer, build_cases
 from .errors import MeasurementError
@@ -214,10 +214,7 @@ def load_measurements(path: str | Path) -> Measurements:
     path = Path(path)
     if path.is_dir():
         path = path / "measured.json"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise MeasurementError(f"{path}: cannot read measurements ({exc.strerror})") from None
+    text = read_text(path, MeasurementError, "measurements")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -192,10 +192,12 @@ TENSORS_FILE = Path(__file__).resolve().parent / "workload_tensors.json"
 
 def tensor_list(model: str, path: Path | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every bf16 tensor the case's model moves, in checkpoint order."""
+    from fabricsim.hwmodels.fileio import read_text  # here: this module imports nothing heavy (the GPU side)
+
     path = path or TENSORS_FILE
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = json.loads(read_text(path, MeasurementError, "the workload tensor lists"))
+    except json.JSONDecodeError as exc:
         raise MeasurementError(f"{path}: cannot read the workload tensor lists ({exc})") from None
     if model not in doc.get("models", {}):
         known = ", ".join(doc.get("models", {}))

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fabricsim.hwmodels.fileio import read_text
+
 from .errors import MeasurementError
 from .measurements import check_header, checked_cases
 from .workload_cases import WorkloadCase
@@ -64,10 +66,7 @@ def load_workloads(path: str | Path) -> WorkloadMeasurements:
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise MeasurementError(f"{path}: cannot read workload measurements ({exc.strerror})") from None
+    text = read_text(path, MeasurementError, "workload measurements")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

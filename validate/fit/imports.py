@@ -30,6 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fabricsim.hwmodels.fileio import read_text
 from fabricsim.hwmodels.presets import PRESET_FOR
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT, NCCL_OPS, _label, _size_split
 from fabricsim.validate.errors import MeasurementError
@@ -48,16 +49,13 @@ def load_any(path: str | Path) -> Measurements:
     if path.is_dir() or path.suffix == ".json":
         target = path / "measured.json" if path.is_dir() else path
         try:
-            doc = json.loads(target.read_text())
-        except (OSError, json.JSONDecodeError):
-            return load_measurements(path)  # its errors name the problem
+            doc = json.loads(read_text(target, MeasurementError, "measurements"))
+        except json.JSONDecodeError:
+            return load_measurements(path)  # its errors name the problem (truncated or malformed)
         if isinstance(doc, dict) and isinstance(doc.get("cases"), dict):
             return from_concurrent_copies(doc, str(path))
         return load_measurements(path)
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise MeasurementError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_text(path, MeasurementError, "measurements", lenient=True)
     if "nvbandwidth" in text and "Running " in text:
         return from_nvbandwidth(text, str(path))
     if re.search(r"out-of-place", text) and re.search(r"busbw", text):

@@ -31,9 +31,11 @@ import pandas as pd
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
+from fabricsim.hwmodels.fileio import read_text
 from fabricsim.hwmodels.intervals import LEVEL, SAMPLES, predict_interval
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
+from fabricsim.validate.errors import MeasurementError
 from fabricsim.validate.measurements import (
     SPLITS,
     Measurements,
@@ -571,4 +573,4 @@ def report_file(measured: str | Path, *, profile: str | Path | None = None, out:
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path, MeasurementError, "report summary"))
