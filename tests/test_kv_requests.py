@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 
 from fabricsim.workloads.requests import Request, RequestError, load_trace, poisson_requests, write_trace
+from fabricsim.workloads.serving import ServingConfig, serve
 
 
 def test_same_seed_same_requests():
@@ -68,12 +72,12 @@ def test_trace_minimal_columns(tmp_path):
 @pytest.mark.parametrize("text, match", [
     ("arrival_s,prompt_tokens\n0,10\n", "missing column.*output_tokens"),
     ("prompt_tokens,output_tokens\n10,3\n", "missing column.*arrival_s"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n-1,10,3\n", "line 3.*arrival_s must be .*>= 0"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n-1,10,3\n", "line 3: arrival_s: time must be .* >= 0, got -1.0"),
     ("arrival_s,prompt_tokens,output_tokens\nsoon,10,3\n", "line 2.*arrival_s.*not a number"),
     ("arrival_s,prompt_tokens,output_tokens\n0,10.5,3\n", "line 2.*prompt_tokens.*whole number"),
     ("arrival_s,prompt_tokens,output_tokens\n0,10,0\n", "line 2.*output_tokens must be >= 1"),
     ("arrival_s,prompt_tokens,output_tokens\n", "no requests"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,1e300,5\n", "line 2.*prompt_tokens is beyond 2\\^53"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,1e300,5\n", "line 2: prompt_tokens is more than 2\\^53"),
     # a column the reader does not know was dropped without a word; a misspelt optional one lost every prefix
     ("arrival_s,prompt_tokens,output_tokens,extra\n0,10,3,x\n", "unknown column\\(s\\) extra \\(need"),
     ("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_token\n0,10,3,a,5\n", "unknown column.*prefix_token "),
@@ -86,6 +90,45 @@ def test_bad_traces(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(RequestError, match=match):
         load_trace(path)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ((0, 0.0, 5.5, 10), "request 0: prompt_tokens must be a whole number >= 1, got 5.5"),
+    ((0, 0.0, math.nan, 10), "request 0: prompt_tokens must be a whole number >= 1, got nan"),
+    ((0, 0.0, 10, math.inf), "request 0: output_tokens must be a whole number >= 1, got inf"),
+    ((1, 0.0, 10, 10, "a", 2.5), "request 1: prefix_tokens must be a whole number >= 0, got 2.5"),
+    ((1, 0.0, 10, 10, "a", -1), "request 1: prefix_tokens must be >= 0, got -1"),
+    ((2, math.nan, 10, 10), "request 2: arrival_s: time must be a finite number >= 0, got nan"),
+    ((2, -math.inf, 10, 10), "request 2: arrival_s: time must be a finite number >= 0, got -inf"),
+    ((2, "0", 10, 10), "request 2: arrival_s: expected a time, got '0'"),
+    ((3, 0.0, 10, 10, "", 0), "request 3: prefix_id must be a name (a non-empty string) or None, got ''"),
+    ((3, 0.0, 10, 10, 7, 4), "request 3: prefix_id must be a name (a non-empty string) or None, got 7"),
+    ((-1, 0.0, 10, 10), "request id must be >= 0, got -1"),
+    ((0.5, 0.0, 10, 10), "request id must be a whole number >= 0, got 0.5"),
+])
+def test_a_request_is_checked_where_it_is_made(fields, message):
+    """Each field of a request by the rule of its kind, naming the request and the field: a prompt of 5.5 tokens was
+    refused deep in the run as the decode batch's ('decode batch: batch must be a whole number'), and a NaN count
+    or arrival ran."""
+    with pytest.raises(RequestError, match=f"^{re.escape(message)}$"):
+        Request(*fields)
+
+
+def test_a_request_keeps_plain_numbers():
+    """Whole floats and NumPy numbers are the counts and times they name, kept as Python ints and floats."""
+    r = Request(np.int64(3), np.float32(0.5), 512.0, np.int32(8), "a", np.int64(2))
+    assert (r.id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_tokens) == (3, 0.5, 512, 8, 2)
+    assert [type(v) for v in (r.id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_tokens)] == [
+        int, float, int, int, int]
+
+
+def test_serve_refuses_a_request_id_given_twice_and_what_is_no_request():
+    """Two requests with one id were served silently (results name requests by id)."""
+    reqs = [Request(0, 0.0, 10, 2), Request(1, 0.0, 10, 2), Request(0, 0.1, 10, 2)]
+    with pytest.raises(RequestError, match=r"^request id 0 is given twice \(requests\[0\] and requests\[2\]\)"):
+        serve("h100-1", reqs, "hbm-only", ServingConfig())
+    with pytest.raises(RequestError, match=r"^requests\[1\] is not a Request, got \(1, 0.0, 10, 2\)"):
+        serve("h100-1", [reqs[0], (1, 0.0, 10, 2)], "hbm-only", ServingConfig())
 
 
 def test_bad_arguments(tmp_path):

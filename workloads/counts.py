@@ -9,7 +9,10 @@ from __future__ import annotations
 import numbers
 
 from .errors import WorkloadError
-from .requests import MAX_TOKENS
+
+# Past this a token count is a typo: counts past 2^53 stop being whole numbers as floats, and their draws overflow
+# numpy's int64 soon after (`requests` takes it from here, as every check of a count does).
+MAX_TOKENS = 2**53
 
 
 def check_count(value: object, where: str, *, lo: int = 1, most: int = MAX_TOKENS,

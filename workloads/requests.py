@@ -23,16 +23,17 @@ import numpy as np
 
 from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.fileio import atomic_write_text
-from fabricsim.simcore.units import MAX_SECONDS
+from fabricsim.simcore.errors import ScenarioError
+from fabricsim.simcore.units import MAX_SECONDS, check_seconds
+
+from .counts import MAX_TOKENS, check_count
 
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("prefix_id", "prefix_tokens")
 LENGTH_DISTRIBUTIONS = ("fixed", "uniform", "geometric")
-# Past these a number is a typo, refused before anything is drawn: a stream is drawn whole, and a million requests
-# already take hundreds of MiB before the first step (more is a trace's job); token counts past 2^53 stop being
-# whole numbers as floats, and their draws overflow numpy's int64 soon after.
+# Past this a number is a typo, refused before anything is drawn: a stream is drawn whole, and a million requests
+# already take hundreds of MiB before the first step (more is a trace's job); token counts stop at `MAX_TOKENS`.
 MAX_REQUESTS = 10**6
-MAX_TOKENS = 2**53
 
 
 class RequestError(FabricsimError):
@@ -51,23 +52,41 @@ class Request:
     prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
+        """Every field checked where a request is made, naming the request and the field: past here a prompt of 5.5
+        tokens was refused as the decode batch's ("batch must be a whole number"), and a NaN count ran. Token counts
+        are whole numbers by `check_count` (>= 1, the prefix >= 0), the arrival a time by `check_seconds` (finite,
+        >= 0, at most 10^9 s: beyond, float seconds lose the microseconds a step takes); each is kept as the plain
+        Python number it names (512.0 and NumPy integers as int)."""
+        object.__setattr__(self, "id", check_count(self.id, "request id", lo=0, error=RequestError))
         where = f"request {self.id}"
-        if not (math.isfinite(self.arrival_s) and self.arrival_s >= 0):
-            raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {self.arrival_s}")
-        if self.arrival_s > MAX_SECONDS:  # beyond, float seconds lose the microseconds a step takes
-            raise RequestError(f"{where}: arrival_s {self.arrival_s:g} is beyond 10^9 s (31 years); check the unit")
-        if self.prompt_tokens < 1:
-            raise RequestError(f"{where}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
-        if self.output_tokens < 1:
-            raise RequestError(f"{where}: output_tokens must be >= 1, got {self.output_tokens}")
-        for name in ("prompt_tokens", "output_tokens"):
-            if getattr(self, name) > MAX_TOKENS:
-                raise RequestError(f"{where}: {name} is beyond 2^53 tokens; check the unit")
-        if not 0 <= self.prefix_tokens <= self.prompt_tokens:
+        try:
+            object.__setattr__(self, "arrival_s", check_seconds(self.arrival_s, f"{where}: arrival_s"))
+        except ScenarioError as exc:
+            raise RequestError(str(exc)) from None
+        for name in ("prompt_tokens", "output_tokens", "prefix_tokens"):
+            object.__setattr__(self, name, check_count(getattr(self, name), f"{where}: {name}",
+                                                       lo=0 if name == "prefix_tokens" else 1, error=RequestError))
+        if self.prefix_tokens > self.prompt_tokens:
             raise RequestError(f"{where}: prefix_tokens must be in [0, prompt_tokens={self.prompt_tokens}], "
                                f"got {self.prefix_tokens}")
+        if self.prefix_id is not None and not (isinstance(self.prefix_id, str) and self.prefix_id):
+            raise RequestError(f"{where}: prefix_id must be a name (a non-empty string) or None, got "
+                               f"{self.prefix_id!r}")
         if self.prefix_tokens and self.prefix_id is None:
             raise RequestError(f"{where}: prefix_tokens given without a prefix_id")
+
+
+def check_requests(requests: Iterable[object]) -> None:
+    """Refuse a request list that is not one: an item that is not a `Request`, or two requests with one id (results,
+    traces and the serving loop's tie-break name requests by id; a repeated id was served silently, its metrics
+    then unattributable)."""
+    seen: dict[int, int] = {}
+    for k, r in enumerate(requests):
+        if not isinstance(r, Request):
+            raise RequestError(f"requests[{k}] is not a Request, got {r!r}")
+        if (first := seen.setdefault(r.id, k)) != k:
+            raise RequestError(f"request id {r.id} is given twice (requests[{first}] and requests[{k}]); "
+                               f"each request needs its own id")
 
 
 def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str) -> np.ndarray:
@@ -191,9 +210,7 @@ def load_trace(path: str | Path) -> list[Request]:
         if None in row:  # csv.DictReader's key for the fields past the header's
             raise RequestError(f"{where}: {len(header) + len(row[None])} fields, but the header names "
                                f"{len(header)} columns ({', '.join(header)})")
-        arrival = _field(row, "arrival_s", where, float)
-        if not (math.isfinite(arrival) and arrival >= 0):
-            raise RequestError(f"{where}: arrival_s must be a finite time >= 0, got {arrival}")
+        arrival = _field(row, "arrival_s", where, float)  # (a time by `Request`'s check, named with this line)
         pid = (row.get("prefix_id") or "").strip() or None
         ptoks = _field(row, "prefix_tokens", where, int) if (row.get("prefix_tokens") or "").strip() else 0
         try:

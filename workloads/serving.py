@@ -55,7 +55,7 @@ from .kvsize import KVConfigError, KVLayout
 from .metrics_out import ReportsMetrics
 from .models import ModelConfig, dtype_bytes
 from .models import get as get_model
-from .requests import Request
+from .requests import Request, check_requests
 
 MECHANISMS = ("ce-batched", "ce-per-page", "sm-gather")
 PREEMPTION_MODES = ("recompute", "swap")
@@ -714,6 +714,7 @@ class ServingSystem:
         self.model = self.cfg.model_config()
         if not requests:
             raise ServingError("no requests to serve")
+        check_requests(requests)  # Requests, each with its own id
         self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
         name = policy if isinstance(policy, str) else policy.name
         if policy_params and not isinstance(policy, str):
