@@ -84,6 +84,8 @@ def test_trace_minimal_columns(tmp_path):
     ("arrival_s,prompt_tokens,output_tokens,\n0,10,3,\n", "unknown column.*unnamed one: a trailing comma"),
     ("arrival_s,prompt_tokens,output_tokens,prompt_tokens\n0,10,3,4\n", "prompt_tokens given twice"),
     ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n1,10,3,x\n", "line 3: 4 fields, but the header names 3"),
+    # a blank line is skipped, and still counted: the line named is the one at fault, not the one before it
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n\n0,x,3\n", "line 4: column 'prompt_tokens' is not a number"),
 ])
 def test_bad_traces(tmp_path, text, match):
     path = tmp_path / "bad.csv"

@@ -205,8 +205,10 @@ def load_trace(path: str | Path) -> list[Request]:
     if twice := sorted({c for c in header if header.count(c) > 1}):
         raise RequestError(f"trace {path}: column(s) {', '.join(twice)} given twice")
     out = []
-    for line, row in enumerate(reader, start=2):
-        where = f"trace {path} line {line}"
+    for row in reader:
+        # the reader's own count of lines read, not the rows': it skips blank lines, and a count of rows then named
+        # the line before the one at fault
+        where = f"trace {path} line {reader.line_num}"
         if None in row:  # csv.DictReader's key for the fields past the header's
             raise RequestError(f"{where}: {len(header) + len(row[None])} fields, but the header names "
                                f"{len(header)} columns ({', '.join(header)})")
