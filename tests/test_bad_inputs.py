@@ -437,6 +437,14 @@ for cid, argv, expected in [
 case("serve-rate-tiny", ["serve", "-n", "3", "--rate", "1e-300"], ("arrival rate", "beyond 10^9 s"))
 case("serve-trace-far-future", ["serve", "--request-trace", "far.csv"], ("far.csv", "beyond 10^9 s"),
      {"far.csv": "arrival_s,prompt_tokens,output_tokens\n1e12,3,3\n"})
+# one prefix_id of two lengths was served as its first; a prefix_id column alone gave every prefix 0 tokens
+PREFIX_HEADER = "arrival_s,prompt_tokens,output_tokens,prefix_id"
+case("serve-trace-prefix-two-lengths", ["serve", "--request-trace", "tr.csv", "--policy", "prefix-sharing"],
+     ("tr.csv line 3: prefix_id 'a' has prefix_tokens 60 here but 50 at line 2", "one shared prefix, of one length"),
+     {"tr.csv": f"{PREFIX_HEADER},prefix_tokens\n0,100,10,a,50\n0.1,100,10,a,60\n"})
+case("serve-trace-prefix-id-alone", ["serve", "--request-trace", "tr.csv", "--policy", "prefix-sharing"],
+     ("tr.csv: column prefix_id without column prefix_tokens", "add prefix_tokens"),
+     {"tr.csv": f"{PREFIX_HEADER}\n0,100,10,a\n0.1,100,10,a\n"})
 case("sync-huge-range", ["sync", "Llama-3-8B", "rdma-p2p", "--trainer", "gpu0-99999999999"], "at most")
 case("sync-samples-negative", [*SYNC, "--samples", "-1"], "--samples")
 case("sync-samples-huge", [*SYNC, "--samples", "100000000"], ("--samples", "10000"))

@@ -84,6 +84,11 @@ def test_trace_minimal_columns(tmp_path):
     ("arrival_s,prompt_tokens,output_tokens,\n0,10,3,\n", "unknown column.*unnamed one: a trailing comma"),
     ("arrival_s,prompt_tokens,output_tokens,prompt_tokens\n0,10,3,4\n", "prompt_tokens given twice"),
     ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n1,10,3,x\n", "line 3: 4 fields, but the header names 3"),
+    # one prefix_id, one length (served as its first before); a prefix_id without its length shared nothing
+    ("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n0,100,10,a,50\n0.1,100,10,b,60\n"
+     "0.2,100,10,a,60\n", "line 4: prefix_id 'a' has prefix_tokens 60 here but 50 at line 2; one prefix_id names"),
+    ("arrival_s,prompt_tokens,output_tokens,prefix_id\n0,100,10,a\n",
+     ": column prefix_id without column prefix_tokens: a shared prefix needs its length"),
     # a blank line is skipped, and still counted: the line named is the one at fault, not the one before it
     ("arrival_s,prompt_tokens,output_tokens\n0,10,3\n\n0,x,3\n", "line 4: column 'prompt_tokens' is not a number"),
 ])
@@ -131,6 +136,15 @@ def test_serve_refuses_a_request_id_given_twice_and_what_is_no_request():
         serve("h100-1", reqs, "hbm-only", ServingConfig())
     with pytest.raises(RequestError, match=r"^requests\[1\] is not a Request, got \(1, 0.0, 10, 2\)"):
         serve("h100-1", [reqs[0], (1, 0.0, 10, 2)], "hbm-only", ServingConfig())
+
+
+def test_serve_refuses_one_prefix_id_of_two_lengths():
+    """The KV policies keep a shared prefix by its id at the first request's length: a second length was served as
+    the first without a word."""
+    reqs = [Request(0, 0.0, 100, 2, "a", 50), Request(1, 0.0, 100, 2, "b", 60), Request(2, 0.1, 100, 2, "a", 60)]
+    with pytest.raises(RequestError, match=r"^request 2: prefix_id 'a' has prefix_tokens 60 here but 50 at request "
+                                           r"0; one prefix_id names one shared prefix, of one length$"):
+        serve("h100-1", reqs, "prefix-sharing", ServingConfig())
 
 
 def test_bad_arguments(tmp_path):

@@ -264,7 +264,8 @@ def test_a_prefix_policy_without_prefixes_says_so(policy, tmp_path, capsys):
     assert code == 0 and f"note: policy {policy} has nothing to share" in err and "--prefix-tokens N" in err
     assert "nothing to share" not in _main([*stream, *argv, "--prefix-tokens", "32"], capsys)[2]
     trace = tmp_path / "r.csv"
-    trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_id\n0,300,5,a\n")  # an id, no shared tokens
+    # an id whose prefix is 0 tokens long (an id with no prefix_tokens column at all is refused: `load_trace`)
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n0,300,5,a,0\n")
     code, _, err = _main([*argv, "--request-trace", str(trace)], capsys)
     assert code == 0 and "nothing to share" in err and "prefix_tokens columns" in err
     assert "nothing to share" not in _main([*stream, "--samples", "0"], capsys)[2]  # hbm-only: by design

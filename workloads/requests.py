@@ -77,16 +77,31 @@ class Request:
 
 
 def check_requests(requests: Iterable[object]) -> None:
-    """Refuse a request list that is not one: an item that is not a `Request`, or two requests with one id (results,
+    """Refuse a request list that is not one: an item that is not a `Request`, two requests with one id (results,
     traces and the serving loop's tie-break name requests by id; a repeated id was served silently, its metrics
-    then unattributable)."""
+    then unattributable), or one prefix_id of two lengths (`check_prefix_length`)."""
     seen: dict[int, int] = {}
+    prefixes: dict[str, tuple[int, str]] = {}
     for k, r in enumerate(requests):
         if not isinstance(r, Request):
             raise RequestError(f"requests[{k}] is not a Request, got {r!r}")
         if (first := seen.setdefault(r.id, k)) != k:
             raise RequestError(f"request id {r.id} is given twice (requests[{first}] and requests[{k}]); "
                                f"each request needs its own id")
+        check_prefix_length(prefixes, r, f"request {r.id}", f"request {r.id}")
+
+
+def check_prefix_length(seen: dict[str, tuple[int, str]], request: Request, where: str, label: str) -> None:
+    """Refuse `request` when its prefix_id was seen (in `seen`: prefix_id -> (prefix_tokens, where it was first
+    given)) with another prefix_tokens: one prefix_id names one shared prefix, so one length. The KV policies keep a
+    prefix by its id, at the length of the first request that stored it, so a second length was served as the first
+    without a word. `where` starts the message; `label` says where this request is, for a later one's message."""
+    if request.prefix_id is None:
+        return
+    tokens, first = seen.setdefault(request.prefix_id, (request.prefix_tokens, label))
+    if tokens != request.prefix_tokens:
+        raise RequestError(f"{where}: prefix_id {request.prefix_id!r} has prefix_tokens {request.prefix_tokens} "
+                           f"here but {tokens} at {first}; one prefix_id names one shared prefix, of one length")
 
 
 def _lengths(rng: np.random.Generator, n: int, mean: float, dist: str, what: str) -> np.ndarray:
@@ -204,7 +219,11 @@ def load_trace(path: str | Path) -> list[Request]:
         raise RequestError(f"trace {path}: unknown column(s) {shown} ({columns})")
     if twice := sorted({c for c in header if header.count(c) > 1}):
         raise RequestError(f"trace {path}: column(s) {', '.join(twice)} given twice")
-    out = []
+    if "prefix_id" in header and "prefix_tokens" not in header:  # every request's prefix would be 0 tokens long
+        raise RequestError(f"trace {path}: column prefix_id without column prefix_tokens: a shared prefix needs its "
+                           f"length in tokens (add prefix_tokens, or drop prefix_id)")
+    out: list[Request] = []
+    prefixes: dict[str, tuple[int, str]] = {}
     for row in reader:
         # the reader's own count of lines read, not the rows': it skips blank lines, and a count of rows then named
         # the line before the one at fault
@@ -220,6 +239,7 @@ def load_trace(path: str | Path) -> list[Request]:
                                _field(row, "output_tokens", where, int), pid, ptoks))
         except RequestError as exc:
             raise RequestError(f"{where}: {str(exc).split(': ', 1)[1]}") from None
+        check_prefix_length(prefixes, out[-1], where, f"line {reader.line_num}")
     if not out:
         raise RequestError(f"trace {path}: no requests (only a header)")
     return sorted(out, key=lambda r: (r.arrival_s, r.id))
