@@ -194,6 +194,16 @@ def test_bad_configurations_raise_clear_errors():
         serve("h100-1", reqs, model="Llama-3-70B")
 
 
+@pytest.mark.parametrize("groups", [33, 1000])
+def test_more_layer_groups_than_layers_are_refused(groups: int) -> None:
+    """1000 layer groups of a 32-layer model were served as 32 without a word: refused where the model is known,
+    naming both numbers; as many groups as layers stay a valid config."""
+    with pytest.raises(ServingError, match=rf"^layer_groups {groups} is more than the 32 layers of Llama-3-8B: a "
+                                           r"layer group holds at least one layer$"):
+        serve("h100-1", _offline(1, 100), "host-offload", ServingConfig(model=MODEL, layer_groups=groups))
+    assert serve("h100-1", _offline(1, 100), "host-offload", ServingConfig(model=MODEL, layer_groups=32)).tpot_s.size
+
+
 def test_hbm_timeline():
     reqs = poisson_requests(20, 30, prompt_tokens=500, output_tokens=30, seed=0)
     res = serve("h100-1", reqs, model=MODEL)

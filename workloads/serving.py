@@ -77,6 +77,9 @@ class ServingConfig:
     (pd-disaggregation) sets the count from its own parameters, any other serves 1. A count that is said is
     checked against a split's like any other: 1 with a 1 + 1 split is refused, as 3 with a 3 + 5 one is (the
     default was 1, which could not be told from a 1 that was asked for, so a split took either silently).
+    layer_groups: the groups of layers a step's KV moves are issued in (one transfer per GPU and group), at most
+    the model's layers (checked when serving, where the model is known: 1000 groups of a 32-layer model were
+    served as 32 without a word).
     allreduce_latency_s: fixed cost of one tensor-parallel all-reduce call where the topology has no fitted
     `all_reduce` (a calibrated machine's fitted fixed cost and bus bandwidth replace it: simcore.collectives).
     """
@@ -532,7 +535,7 @@ class Instance:
         sim, cfg = self.sim, self.cfg
         tp, steps = cfg.tp, w.steps
         moving = w.fetch_bytes > 0 or w.writeback_bytes > 0 or bool(w.pushes)
-        G = min(cfg.layer_groups, self.model.num_layers) if moving else 1
+        G = cfg.layer_groups if moving else 1  # at most the model's layers (`ServingSystem` refuses more)
         depth = self.policy.prefetch_depth
         flops = w.flops
         if cfg.mechanism == "sm-gather" and w.fetch_bytes > 0:
@@ -712,6 +715,9 @@ class ServingSystem:
         topo = _topology(topology)
         self.sim = Simulation(topo, record_load=record_load)
         self.model = self.cfg.model_config()
+        if self.cfg.layer_groups > self.model.num_layers:  # checked here, where the model is known
+            raise ServingError(f"layer_groups {self.cfg.layer_groups} is more than the {self.model.num_layers} layers "
+                               f"of {self.model.name}: a layer group holds at least one layer")
         if not requests:
             raise ServingError("no requests to serve")
         check_requests(requests)  # Requests, each with its own id
