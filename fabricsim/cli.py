@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 
 from . import __version__
-from .errors import INTERRUPTED
+from .errors import INTERRUPTED, os_error_line
 
 EPILOG = """examples:
   fabricsim simulate examples/h2d_fanout.yaml
@@ -236,8 +236,7 @@ def _run(argv: list[str] | None) -> int:
         return 0
     except OSError as exc:
         # A path the user gave cannot be written or read (a folder that is a file, no permission, disk full).
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"fabricsim: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
 
 

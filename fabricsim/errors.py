@@ -11,6 +11,12 @@ from __future__ import annotations
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OS error as the CLI says it, in one line: the path the user gave, then why (no errno, no traceback)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
 class FabricsimError(Exception):
     """A user mistake (bad input, impossible configuration): reported in one line, never as a traceback."""
 

@@ -22,6 +22,7 @@ from types import FrameType
 import pandas as pd
 
 from fabricsim.errors import INTERRUPTED, FabricsimError
+from fabricsim.hwmodels.fileio import check_parent_folder
 
 from .store import REASON_COLUMN, CorruptResultsWarning, ResultsStore, StoreError, compare, newest_runs, param_columns
 from .study import StudyError, load_study, resolve_study_path, study_files
@@ -473,9 +474,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     store = ResultsStore(args.store)
-    out = Path(args.out) if args.out else Path("plots") / study.name
+    if args.out:
+        check_parent_folder(args.out)  # said now, before the figures are drawn; the folder itself is made
     with _report_corrupt_files():
-        written = plot_study(study, store, out)
+        written = plot_study(study, store, args.out or None)
     for path in written:
         print(path)
     return 0

@@ -11,7 +11,6 @@ Only `matplotlib.figure.Figure` is used (no pyplot), so drawing never changes a 
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import uuid
@@ -22,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
+
+from fabricsim.hwmodels.fileio import make_output_folder
 
 from .store import ResultsStore, StoreError
 from .study import Figure, Study, StudyError
@@ -188,12 +189,9 @@ def _label_coinciding(ax: Any, curves: dict[Any, pd.Series], hue: str, rel: floa
 
 
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
-    """PNG + SVG, each written under a temporary name and renamed, so no half-written figure is seen."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:  # a file where the folder goes ('plf: File exists' said too little)
-        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder: figures go into a folder",
-                                 exc.filename) from None
+    """PNG + SVG, each written under a temporary name and renamed, so no half-written figure is seen. `out_dir`
+    is made if missing, not the folders above it (`fileio.make_output_folder`)."""
+    make_output_folder(out_dir, "figures")
     written = []
     for ext in ("png", "svg"):
         final = out_dir / f"{name}.{ext}"
@@ -207,14 +205,18 @@ def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
-def plot_study(study: Study, store: ResultsStore, out_dir: str | Path) -> list[Path]:
-    """Draw every figure a study declares from the rows in `store`; return the files written."""
+PLOTS_DIR = Path("plots")  # the figures' folder when none is given: PLOTS_DIR/STUDY, both made if missing
+
+
+def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw every figure a study declares from the rows in `store` into `out_dir` (made if missing; the folder
+    above it must exist), or by default into ./plots/STUDY; return the files written."""
     if not study.figures:
         raise StudyError(f"study {study.name!r} declares no figures (Study(..., figures=[Figure(...)]))")
     df = store.load(study.name, include_failed=False)
     if df.empty:
         raise StoreError(f"no results for study {study.name!r} in {store.root}; run `fabricsim sweep` first")
-    out = Path(out_dir)
+    out = PLOTS_DIR / study.name if out_dir is None else Path(out_dir)
     written: list[Path] = []
     for spec in study.figures:
         if isinstance(spec, Figure):
@@ -231,6 +233,8 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path) -> list[P
                 raise StudyError(f"figure function {name!r} must return a matplotlib Figure")
         else:
             raise StudyError(f"study {study.name!r}: figures must be Figure(...) or functions, got {spec!r}")
+        if out_dir is None:
+            make_output_folder(PLOTS_DIR, "study figure folders")
         written += save_figure(fig, out, name)
     if not written:
         raise StoreError(f"study {study.name!r}: none of its figures has rows to draw")

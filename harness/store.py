@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fabricsim.errors import FabricsimError
+from fabricsim.hwmodels.fileio import check_parent_folder, make_output_folder
 
 CORE_COLUMNS = (
     "study",
@@ -246,6 +247,13 @@ class ResultsStore:
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
 
+    def check_writable(self) -> None:
+        """Raise now (a sweep calls this before its first point) rather than at the first write, when the store
+        could not be made: it is made if missing, but not the folders above it (`fileio.check_parent_folder`:
+        `--store` with a typo made a folder tree)."""
+        if not self.root.is_dir():
+            check_parent_folder(self.root)
+
     # ------------------------------------------------------------------ writing
 
     def _study_dir(self, study: str, create: bool = False) -> Path:
@@ -253,7 +261,8 @@ class ResultsStore:
             raise StoreError(f"study name {study!r} must be letters, digits, '_', '-', '.' only")
         folder = self.root / study
         if create:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_output_folder(self.root, "studies' results")
+            folder.mkdir(exist_ok=True)
         return folder
 
     def write(

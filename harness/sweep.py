@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from fabricsim.errors import FabricsimError
-from fabricsim.hwmodels.fileio import refuse_overwrite
+from fabricsim.hwmodels.fileio import make_output_folder, refuse_overwrite
 from fabricsim.simcore.fluid import COMPILE_NOTICE_S
 from fabricsim.simcore.lowering import load_loop
 
@@ -476,6 +476,7 @@ def run_sweep(
         study = load_study(study)
     if not isinstance(store, ResultsStore):
         store = ResultsStore(store)
+    store.check_writable()
     if workers is None:
         workers = os.cpu_count() or 1
     if workers < 1:
@@ -568,18 +569,20 @@ def trace_point(
     """Re-run one point in this process, asking its function to write a Perfetto trace; nothing is stored.
 
     An existing trace of the point is replaced only with `force` (`sweep --force`): a trace kept from an earlier
-    calibration would otherwise be lost to a re-run."""
+    calibration would otherwise be lost to a re-run. `trace_dir` is made if missing (`traces/` by default), but
+    not the folders above it (`fileio.make_output_folder`)."""
     if isinstance(study, str | Path):
         study = load_study(study)
     pid, params = find_point(study, point)
     trace_dir = Path(trace_dir)
     path = trace_dir / f"{study.name}-{pid}.json"
-    refuse_overwrite(path, force, "trace", file=True)
-    trace_dir.mkdir(parents=True, exist_ok=True)
+    if trace_dir.is_dir():  # (else there is no trace to keep)
+        refuse_overwrite(path, force, "trace", file=True)
     if not study.takes_context:
         raise SweepError(
             f"study {study.name!r}: its point function takes no context, so it cannot write traces"
         )
+    make_output_folder(trace_dir, "traces")
     outcome = evaluate_point(study, pid, params, trace_path=path, engine_progress=True)
     if outcome.error is not None:
         raise SweepError(f"point {pid} failed: {outcome.error}")

@@ -24,6 +24,33 @@ from yaml.resolver import Resolver
 from fabricsim.errors import OutputExistsError
 
 
+def check_parent_folder(path: str | os.PathLike) -> None:
+    """Raise an OS error naming `path` unless the folder it goes into exists: a named output (a trace, a
+    profile, a report folder, a figure folder) is never given folders nobody asked for. Creating the missing
+    ones made a typo (`--perfetto /nonexist/dir/x.json`) into a folder tree and a run that 'worked'; the user
+    makes a folder, the command makes only the file or the one folder it is told to write.
+    (FileNotFoundError or NotADirectoryError, as `open` raises them: the CLI says them in one line.)"""
+    parent = Path(path).parent
+    if parent.is_dir():
+        return
+    if parent.exists():
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder", str(path))
+    raise FileNotFoundError(errno.ENOENT, f"the folder {parent} does not exist (create it first)", str(path))
+
+
+def make_output_folder(path: str | os.PathLike, holds: str) -> Path:
+    """Make the one folder a command writes its files into (`traces/`, `plots/STUDY`, a results store), if missing,
+    and none above it (`check_parent_folder`); a file in its place is said as such. `holds`: what goes into it."""
+    path = Path(path)
+    check_parent_folder(path)
+    try:
+        path.mkdir(exist_ok=True)
+    except FileExistsError:  # a file where the folder goes ('File exists' said too little)
+        raise NotADirectoryError(errno.ENOTDIR, f"is a file, not a folder: {holds} go into a folder",
+                                 str(path)) from None
+    return path
+
+
 def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output", *, file: bool = False,
                      inputs: Iterable[str | os.PathLike | None] = ()) -> None:
     """Raise `OutputExistsError` when `path` exists and `force` is not set: a command that writes a named output
@@ -33,7 +60,9 @@ def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output",
     `file=True` (the output is one file): a folder at `path` is refused whatever `force` says, since no flag
     lets a file replace it, and saying so before a long run beats failing after it. `inputs`: files and folders
     the command reads; an output that is one of them, or a folder that holds one, is refused whatever `force` says
-    (`simulate in.yaml --perfetto in.yaml --force` replaced the scenario with its own trace)."""
+    (`simulate in.yaml --perfetto in.yaml --force` replaced the scenario with its own trace). An output whose
+    folder does not exist is refused too (`check_parent_folder`), before the run rather than after it."""
+    check_parent_folder(path)
     if file and Path(path).is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
     for src in inputs:
@@ -50,18 +79,16 @@ def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output",
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and an atomic rename.
 
-    An OS error names `path` as the user gave it (not the temporary file), with the folder at fault.
+    An OS error names `path` as the user gave it (not the temporary file), with the folder at fault. The folder
+    must exist (`check_parent_folder`).
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name", str(path))
+    check_parent_folder(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)  # `--trace out/t.json` in a fresh checkout just works
-        except FileExistsError as exc:
-            raise NotADirectoryError(errno.ENOTDIR, f"{exc.filename} is a file, not a folder", str(path)) from None
-        with open(tmp, "w") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:  # what `read_text` reads, whatever the locale
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not land before the bytes do

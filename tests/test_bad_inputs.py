@@ -36,8 +36,8 @@ def scenario(transfer: str = "{id: t1, src: host, dst: gpu0, bytes: 1GiB}", top:
 
 
 def simulate(cid: str, files: dict[str, str], expected: tuple[str, ...] | str) -> None:
-    # --perfetto too: a failed run must not leave a trace file behind
-    case(f"simulate-{cid}", ["simulate", "s.yaml", "--perfetto", "out/t.json"], expected, files)
+    # --perfetto too: a failed run must not leave a trace file behind (in a folder that exists: none is made)
+    case(f"simulate-{cid}", ["simulate", "s.yaml", "--perfetto", "out/t.json"], expected, {**files, "out/kept": ""})
 
 
 for value, why in [(".inf", "finite"), ("-.inf", "finite"), (".nan", "finite"), ("0", "> 0"), ("-1", "> 0"),
@@ -396,6 +396,36 @@ case("serve-perfetto-exists", ["serve", "-n", "3", "--samples", "0", "--perfetto
 case("sweep-perfetto-exists", ["sweep", "tiny.py", "--perfetto-point", _tiny_trace_name()[12:20]],
      (_tiny_trace_name(), "--force"), TRACE_FILES)
 
+# A named output goes into a folder that exists: none is made for it (`--perfetto /nonexist/dir/x.json` made
+# /nonexist/dir and exited 0), only the one folder a command is told to write (a report, traces/, a store).
+TRACED_STUDY = ("from pathlib import Path\nfrom fabricsim.harness.study import Grid, Study\n"
+                "def run(p, ctx):\n    Path(ctx.trace_path).write_text('{\"traceEvents\": []}')\n    return {'y': 1}\n"
+                "STUDY = Study(name='traced', grid=Grid.product(x=[1]), run=run)\n")
+
+
+def _traced_point() -> str:
+    from fabricsim.harness.study import load_study_source
+
+    return load_study_source(TRACED_STUDY, "traced.py").points()[0][0]
+
+
+NO_FOLDER = "the folder nodir does not exist (create it first)"
+for cid, argv in [
+    ("simulate-perfetto", ["simulate", "s.yaml", "--perfetto", "nodir/t.json"]),
+    ("sync-perfetto", [*SYNC, "--samples", "0", "--perfetto", "nodir/t.json"]),
+    ("serve-perfetto", ["serve", "-n", "3", "--samples", "0", "--perfetto", "nodir/t.json"]),
+    ("topo-import-out", ["topo", "import", TOPO_M, "--out", "nodir/t.json"]),
+    ("calibrate-profile", ["calibrate", MEASURED, "nodir/t.json"]),
+    ("report-out", ["report", MEASURED, "--out", "nodir/t.json", "--no-store"]),
+    ("report-store", ["report", MEASURED, "--out", "rep", "--store", "nodir/t.json"]),
+    ("plot-out", ["plot", "traced.py", "--out", "nodir/t.json"]),
+    ("sweep-store", ["sweep", "traced.py", "--store", "nodir/t.json"]),
+    ("sweep-perfetto-dir", ["sweep", "traced.py", "--perfetto-point", _traced_point()[:8],
+                            "--perfetto-dir", "nodir/t.json"]),
+    ("validate-out", ["validate", "--out", "nodir/t.json"]),
+]:
+    case(f"no-folder-{cid}", argv, ("nodir/t.json: ", NO_FOLDER), {**scenario(), "traced.py": TRACED_STUDY})
+
 # ---------------------------------------------------------------------------------------- calibrate, report
 for cid, argv, files, expected in [
     ("calibrate-missing", ["calibrate", "nope.json", "p.json"], {}, ("nope.json", "cannot read")),
@@ -559,19 +589,29 @@ def test_force_replaces_a_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         (tmp_path / "t.json").write_text("a trace I kept")
         assert main([*argv, "--force"]) == 0
         assert "traceEvents" in (tmp_path / "t.json").read_text()
-    traced = ("from pathlib import Path\nfrom fabricsim.harness.study import Grid, Study\n"
-              "def run(p, ctx):\n    Path(ctx.trace_path).write_text('{\"traceEvents\": []}')\n    return {'y': 1}\n"
-              "STUDY = Study(name='traced', grid=Grid.product(x=[1]), run=run)\n")
-    (tmp_path / "traced.py").write_text(traced)
-    from fabricsim.harness.study import load_study_source
-
-    pid, _ = load_study_source(traced, "traced.py").points()[0]
+    (tmp_path / "traced.py").write_text(TRACED_STUDY)
+    pid = _traced_point()
     trace = tmp_path / "traces" / f"traced-{pid}.json"
     trace.write_text("a trace I kept")
     assert main(["sweep", "traced.py", "--perfetto-point", pid[:8]]) == 2
     assert trace.read_text() == "a trace I kept"
     assert main(["sweep", "traced.py", "--perfetto-point", pid[:8], "--force"]) == 0
     assert "traceEvents" in trace.read_text()
+
+
+def test_the_one_folder_named_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal of a missing folder (NO_FOLDER above) stops at the folders above the output: a trace folder, a
+    report folder and a results store that do not exist yet are made, as the docs say (traces/, --out DIR)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FABRICSIM_PROGRESS", "0")
+    (tmp_path / "traced.py").write_text(TRACED_STUDY)
+    (tmp_path / "tiny.py").write_text(TINY_STUDY)
+    assert main(["sweep", "traced.py", "--perfetto-point", _traced_point()[:8], "--perfetto-dir", "tr"]) == 0
+    assert main(["sweep", "tiny.py", "--store", "st", "--quiet"]) == 0
+    assert main(["report", MEASURED, "--out", "rep", "--store", "st2"]) == 0
+    assert [p.name for p in (tmp_path / "tr").iterdir()] == [f"traced-{_traced_point()}.json"]
+    assert (tmp_path / "st" / "tiny").is_dir() and (tmp_path / "rep" / "report.md").is_file()
+    assert (tmp_path / "st2").is_dir()
 
 
 @pytest.mark.xfail(strict=True, reason="workloads/requests.py load_trace reads the CSV with Path.read_text(); "

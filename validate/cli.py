@@ -124,6 +124,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fabricsim.validate.fit.report import default_report_dir, report_file
     from fabricsim.validate.workloads_file import is_workload_file
 
+    if not args.no_store:  # said before the report is written, not after it
+        from fabricsim.harness.store import ResultsStore
+
+        ResultsStore(args.store or None).check_writable()
     if is_workload_file(args.measured):
         from fabricsim.validate.fit.workloads_report import report_workloads
 
@@ -143,7 +147,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point without the rest of the CLI (used on the GPU image: `python3 -m fabricsim.validate validate ...`)."""
-    from fabricsim.errors import FabricsimError
+    from fabricsim.errors import FabricsimError, os_error_line
 
     parser = argparse.ArgumentParser(prog="python -m fabricsim.validate")
     add_parser(parser.add_subparsers(dest="command", required=True))
@@ -152,4 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FabricsimError as exc:
         print(f"fabricsim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # `--out` in a folder that does not exist, no permission: as `fabricsim` says it
+        print(f"fabricsim: error: {os_error_line(exc)}", file=sys.stderr)
         return 2

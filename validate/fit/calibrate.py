@@ -459,6 +459,5 @@ def calibrate_file(measured: str | Path | list[str | Path], out: str | Path, *, 
     if note:
         profile = _profile(profile, provenance={**profile.provenance, "note": note})
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    profile.save(out)
+    profile.save(out)  # into a folder that exists (`fileio.check_parent_folder`): none is made for a typo
     return profile

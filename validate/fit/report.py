@@ -31,7 +31,7 @@ import pandas as pd
 
 from fabricsim.errors import CalibrationError
 from fabricsim.hwmodels.calibration import CalibrationProfile, bundled_profile_path, load_profile
-from fabricsim.hwmodels.fileio import read_text
+from fabricsim.hwmodels.fileio import check_parent_folder, read_text
 from fabricsim.hwmodels.intervals import LEVEL, SAMPLES, predict_interval
 from fabricsim.hwmodels.presets import DEFAULT_PROFILES
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT
@@ -488,8 +488,9 @@ def _measured_at(m: Measurements) -> datetime | None:
 
 def write_report_folder(out: Path, fill: Callable[[Path], None]) -> None:
     """Let `fill` write a report into a temporary folder beside `out`, then swap it into place: a crash leaves
-    the previous report whole (the copy suite's and the workload suite's reports both go through here)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    the previous report whole (the copy suite's and the workload suite's reports both go through here). The
+    report folder is made; the folder it goes into must exist (`check_parent_folder`)."""
+    check_parent_folder(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         try:

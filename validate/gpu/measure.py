@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from fabricsim.hwmodels.fileio import check_parent_folder
 from fabricsim.hwmodels.presets import PRESET_FOR
 from fabricsim.validate.cases import SUITES, Case, build_cases, to_scenario
 from fabricsim.validate.errors import ValidateRunError
@@ -203,7 +204,9 @@ def measure(device: DeviceLayer, suite: str = "full", *, kind: str = "", budget_
 
 
 def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that holds anything: a measurement never replaces another."""
+    """Refuse an output folder that holds anything: a measurement never replaces another; and one whose own
+    folder does not exist (`check_parent_folder`: the output folder is made, no tree for a typo)."""
+    check_parent_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValidateRunError(f"output folder {out} already exists and is not empty; pick another --out")
 
@@ -213,7 +216,6 @@ def publish_folder(out: str | Path, fill: Callable[[Path], None]) -> Path:
     survives a crash or a Ctrl-C (used by the copy suite and the workload suite)."""
     out = Path(out)
     check_output_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
