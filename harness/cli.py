@@ -76,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pl = subparsers.add_parser("plot")
     pl.add_argument("study", help="study name (studies/NAME.py) or path to a study file")
     pl.add_argument("--out", default=None, help="output directory (default: ./plots/STUDY)")
+    pl.add_argument("--force", action="store_true", help="replace figure files that exist")
     pl.add_argument("--store", default=None, help=store_help)
     pl.set_defaults(func=_cmd_plot)
 
@@ -477,7 +478,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if args.out:
         check_parent_folder(args.out)  # said now, before the figures are drawn; the folder itself is made
     with _report_corrupt_files():
-        written = plot_study(study, store, args.out or None)
+        written = plot_study(study, store, args.out or None, force=args.force)
     for path in written:
         print(path)
     return 0

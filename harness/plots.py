@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
-from fabricsim.hwmodels.fileio import make_output_folder
+from fabricsim.hwmodels.fileio import make_output_folder, refuse_overwrite
 
 from .store import ResultsStore, StoreError
 from .study import Figure, Study, StudyError
@@ -188,16 +188,27 @@ def _label_coinciding(ax: Any, curves: dict[Any, pd.Series], hue: str, rel: floa
                     textcoords="offset points", ha="right", fontsize=7, color="0.25")
 
 
+FORMATS = ("png", "svg")  # each figure is written in both
+
+
+def figure_paths(out_dir: Path, name: str) -> list[Path]:
+    """The files figure `name` is written to: the one list `save_figure` writes and `plot_study` checks."""
+    return [out_dir / f"{name}.{ext}" for ext in FORMATS]
+
+
 def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
-    """PNG + SVG, each written under a temporary name and renamed, so no half-written figure is seen. `out_dir`
-    is made if missing, not the folders above it (`fileio.make_output_folder`)."""
+    """PNG + SVG, each written under a temporary name, synced and renamed, so no half-written figure is seen,
+    even after a crash. `out_dir` is made if missing, not the folders above it (`fileio.make_output_folder`).
+    Replaces figures of the same name: `plot_study` asks first (`force`)."""
     make_output_folder(out_dir, "figures")
     written = []
-    for ext in ("png", "svg"):
-        final = out_dir / f"{name}.{ext}"
+    for ext, final in zip(FORMATS, figure_paths(out_dir, name), strict=True):
         tmp = out_dir / f".tmp-{uuid.uuid4().hex}.{ext}"
         try:
-            fig.savefig(tmp, format=ext, dpi=120)
+            with open(tmp, "wb") as fh:
+                fig.savefig(fh, format=ext, dpi=120)
+                fh.flush()
+                os.fsync(fh.fileno())  # the rename must not land before the bytes do
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -208,16 +219,21 @@ def save_figure(fig: MplFigure, out_dir: Path, name: str) -> list[Path]:
 PLOTS_DIR = Path("plots")  # the figures' folder when none is given: PLOTS_DIR/STUDY, both made if missing
 
 
-def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = None) -> list[Path]:
+def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = None, *,
+               force: bool = False) -> list[Path]:
     """Draw every figure a study declares from the rows in `store` into `out_dir` (made if missing; the folder
-    above it must exist), or by default into ./plots/STUDY; return the files written."""
+    above it must exist), or by default into ./plots/STUDY; return the files written.
+
+    A figure file already there is replaced only with `force` (`plot --force`), as every command's named output:
+    a re-run silently replaced figures kept from an earlier sweep. Every figure is drawn before any is written,
+    so a refusal (or a figure function that fails) leaves the folder as it was."""
     if not study.figures:
         raise StudyError(f"study {study.name!r} declares no figures (Study(..., figures=[Figure(...)]))")
     df = store.load(study.name, include_failed=False)
     if df.empty:
         raise StoreError(f"no results for study {study.name!r} in {store.root}; run `fabricsim sweep` first")
     out = PLOTS_DIR / study.name if out_dir is None else Path(out_dir)
-    written: list[Path] = []
+    drawn: list[tuple[MplFigure, str]] = []
     for spec in study.figures:
         if isinstance(spec, Figure):
             try:
@@ -233,9 +249,16 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = N
                 raise StudyError(f"figure function {name!r} must return a matplotlib Figure")
         else:
             raise StudyError(f"study {study.name!r}: figures must be Figure(...) or functions, got {spec!r}")
-        if out_dir is None:
-            make_output_folder(PLOTS_DIR, "study figure folders")
-        written += save_figure(fig, out, name)
-    if not written:
+        drawn.append((fig, name))
+    if not drawn:
         raise StoreError(f"study {study.name!r}: none of its figures has rows to draw")
+    if out.is_dir():  # (else there is nothing to replace)
+        for _, name in drawn:
+            for path in figure_paths(out, name):
+                refuse_overwrite(path, force, "figure", file=True)
+    if out_dir is None:
+        make_output_folder(PLOTS_DIR, "study figure folders")
+    written: list[Path] = []
+    for fig, name in drawn:
+        written += save_figure(fig, out, name)
     return written

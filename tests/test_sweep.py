@@ -248,6 +248,12 @@ def test_cli_sweep_results_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     assert (tmp_path / "plots" / "toy" / "y.png").stat().st_size > 0
     assert (tmp_path / "plots" / "toy" / "y.svg").read_text().lstrip().startswith("<?xml")
+    (tmp_path / "plots" / "toy" / "y.png").write_bytes(b"kept")  # a second plot: refused, then --force replaces
+    code, out, err = _cli(capsys, "plot", study)
+    assert code == 2 and err.strip().endswith("y.png: the figure file exists; add --force to replace it")
+    assert (tmp_path / "plots" / "toy" / "y.png").read_bytes() == b"kept"
+    code, out, _ = _cli(capsys, "plot", study, "--force")
+    assert code == 0 and (tmp_path / "plots" / "toy" / "y.png").read_bytes()[:4] == b"\x89PNG"
 
     pid = load_study(study).points()[0][0]
     code, out, _ = _cli(capsys, "sweep", study, "--perfetto-point", pid)

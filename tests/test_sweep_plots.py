@@ -57,6 +57,24 @@ def test_plot_study_writes_png_and_svg_and_skips_empty_figures(tmp_path: Path) -
     assert not list((tmp_path / "plots").glob(".tmp-*"))
 
 
+def test_existing_figures_are_replaced_only_with_force(tmp_path: Path) -> None:
+    """A second plot into the same folder replaced the figures without a word; now it is refused, before any file
+    is written, unless `force` (`plot --force`), as every other named output."""
+    from fabricsim.errors import OutputExistsError
+
+    store, out = _store(tmp_path / "store", measured=False), tmp_path / "plots"
+    out.mkdir()
+    (out / "t_vs_size.svg").write_text("kept")
+    with pytest.warns(FigureSkipped), pytest.raises(OutputExistsError, match=r"t_vs_size\.svg: the figure file "
+                                                                              r"exists; add --force to replace it"):
+        plot_study(STUDY, store, out)
+    assert sorted(p.name for p in out.iterdir()) == ["t_vs_size.svg"] and (out / "t_vs_size.svg").read_text() == "kept"
+    with pytest.warns(FigureSkipped):
+        written = plot_study(STUDY, store, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["t_vs_size.png", "t_vs_size.svg"] == [p.name for p in written]
+    assert (out / "t_vs_size.svg").read_text().lstrip().startswith("<?xml")
+
+
 def test_plot_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no results for study 'figs'"):
         plot_study(STUDY, ResultsStore(tmp_path / "empty"), tmp_path / "p")
