@@ -19,6 +19,7 @@ from fabricsim.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = str(ROOT / "validate" / "data" / "h100x1")
 TOPO_M = str(ROOT / "validate" / "data" / "h100x1" / "topo_m.txt")
+PROBE = str(ROOT / "validate" / "data" / "h200x8-probe")  # no measured.json: the concurrent-copies calibration.json
 
 Case = tuple[str, list[str], dict[str, str | bytes], tuple[str, ...]]
 CASES: list[Case] = []
@@ -445,6 +446,18 @@ for cid, argv, files, expected in [
      ("m: the report would replace the input m/measured.json",)),
     ("report-out-is-measured", ["report", "m", "--out", "m", "--force", "--no-store"],
      {"m/measured.json": (Path(MEASURED) / "measured.json").read_text()}, ("m: the report would replace the input m",)),
+    # a folder stands for its measured.json; one without it names the files it holds that can be given instead
+    # (it said 'PROBE/measured.json: cannot read measurements (No such file or directory)')
+    ("report-folder-without-measured", ["report", PROBE, "--out", "rep", "--no-store"], {},
+     (f"{PROBE}: no measured.json in this folder", f"give the file it holds that calibrate and report read: "
+                                                   f"{PROBE}/calibration.json")),
+    ("calibrate-folder-without-measured", ["calibrate", "m", "p.json"],
+     {"m/notes.txt": "hello", "m/a.json": "{}", "m/b.json": (Path(PROBE) / "calibration.json").read_text(),
+      "m/c.json": (Path(MEASURED) / "measured.json").read_text()},
+     ("m: no measured.json in this folder", "give by name the files it holds that calibrate and report read: "
+                                            "m/b.json, m/c.json")),
+    ("calibrate-folder-of-nothing", ["calibrate", "m", "p.json"], {"m/notes.txt": "hello"},
+     ("m: no measured.json in this folder", "none of its files is a format calibrate and report read")),
 ]:
     case(cid, argv, expected, files)
 

@@ -30,6 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fabricsim.errors import FabricsimError
 from fabricsim.hwmodels.fileio import read_text
 from fabricsim.hwmodels.presets import PRESET_FOR
 from fabricsim.validate.cases import CALIBRATION, HELD_OUT, NCCL_OPS, _label, _size_split
@@ -41,11 +42,16 @@ NVBANDWIDTH_BYTES = 512 << 20
 NCCL_MIN_BYTES = 1 << 20
 _OPS = {"allreduce": "all_reduce", "allgather": "all_gather", "broadcast": "broadcast",
         "reducescatter": "reduce_scatter", "alltoall": "all_to_all"}
+FORMATS_READ = "measured.json, the concurrent-copies JSON, nccl-tests or nvbandwidth output"
+_LISTED_MAX_BYTES = 64 << 20  # a folder's file larger than this is no measurement (`_folder_without_measured`)
 
 
 def load_any(path: str | Path) -> Measurements:
-    """A measurement document from any supported file (see the module docstring)."""
+    """A measurement document from any supported file (see the module docstring), or from a folder holding
+    measured.json (what `fabricsim validate` writes)."""
     path = Path(path)
+    if path.is_dir() and not (path / "measured.json").exists():
+        raise MeasurementError(_folder_without_measured(path))
     if path.is_dir() or path.suffix == ".json":
         target = path / "measured.json" if path.is_dir() else path
         try:
@@ -60,8 +66,30 @@ def load_any(path: str | Path) -> Measurements:
         return from_nvbandwidth(text, str(path))
     if re.search(r"out-of-place", text) and re.search(r"busbw", text):
         return from_nccl_tests(text, str(path))
-    raise MeasurementError(f"{path}: not a format calibrate reads (measured.json, the concurrent-copies JSON, "
-                           "nccl-tests or nvbandwidth output)")
+    raise MeasurementError(f"{path}: not a format calibrate reads ({FORMATS_READ})")
+
+
+def _folder_without_measured(folder: Path) -> str:
+    """What to say of a folder given to calibrate or report that holds no measured.json: the files in it that
+    they do read, to be given by name. A folder stands for its measured.json only (a validate output folder); it
+    said 'FOLDER/measured.json: cannot read measurements (No such file or directory)', although the folder held
+    the `calibration.json` docs/validation.md links, which works when given itself. Not read in its place: a
+    folder may hold several such files, and which of them the user meant is theirs to say."""
+    readable = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.name.startswith(".") or f.stat().st_size > _LISTED_MAX_BYTES:
+            continue
+        try:
+            load_any(f)
+        except FabricsimError:
+            continue
+        readable.append(f)
+    head = f"{folder}: no measured.json in this folder (what `fabricsim validate` writes)"
+    if not readable:
+        return f"{head}, and none of its files is a format calibrate and report read ({FORMATS_READ})"
+    if len(readable) == 1:
+        return f"{head}; give the file it holds that calibrate and report read: {readable[0]}"
+    return f"{head}; give by name the files it holds that calibrate and report read: {', '.join(map(str, readable))}"
 
 
 def _document(source: str, model: str, gpus: int, cases: list[dict[str, Any]], what: str,
