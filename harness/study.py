@@ -581,11 +581,16 @@ def study_files() -> list[tuple[Path, bool]]:
     return [(found[name], found[name].parent.resolve() in bundled_dirs) for name in sorted(found)]
 
 
+STUDY_ACCEPTED = "a study is a .py file or a study's name (`fabricsim sweep --list` lists them)"
+
+
 def resolve_study_path(spec: str | Path) -> Path:
     """A study argument is a path to a .py file, or a NAME looked up as studies/NAME.py (in the current
-    directory, then beside the installed package)."""
+    directory, then beside the installed package). Any other file is refused before it is run: a study file is
+    executed as Python, and `sweep requests.csv` said 'failed to load: NameError: name 'arrival_s' is not
+    defined'."""
     path = Path(spec)
-    if path.suffix == ".py" or path.exists():
+    if path.suffix == ".py":
         if not path.is_file():
             raise StudyError(f"study file {path} does not exist")
         return path
@@ -593,6 +598,10 @@ def resolve_study_path(spec: str | Path) -> Path:
         candidate = folder / f"{spec}.py"
         if candidate.is_file():
             return candidate
+    if path.is_dir():
+        raise StudyError(f"{path} is a folder: {STUDY_ACCEPTED}")
+    if path.exists():
+        raise StudyError(f"{path}: not a study file: {STUDY_ACCEPTED}")
     raise StudyError(
         f"no study named {str(spec)!r} (looked for studies/{spec}.py); pass a path to a study file"
     )

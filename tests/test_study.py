@@ -25,6 +25,7 @@ from fabricsim.harness.study import (
     load_study,
     normalise_metrics,
     point_id,
+    resolve_study_path,
 )
 
 
@@ -224,6 +225,26 @@ def test_unknown_study_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         load_study("nope")
     with pytest.raises(StudyError, match="does not exist"):
         load_study("nope.py")
+
+
+def test_only_python_files_are_run_as_studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study file is executed: a CSV given by mistake said 'failed to load: NameError: name 'arrival_s' is not
+    defined'. Any file not ending in .py is refused unread, saying what a study is; a bundled study's name still
+    finds the study when a file or folder of that name is in the way."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "requests.csv").write_text("arrival_s,prompt_tokens\n0,1\n")
+    (tmp_path / "study").write_text("from fabricsim.harness.study import Study\n")
+    for name in ("requests.csv", "study"):
+        with pytest.raises(StudyError, match=rf"^{name}: not a study file: a study is a \.py file or a study's name "
+                                             r"\(`fabricsim sweep --list` lists them\)$"):
+            resolve_study_path(name)
+    (tmp_path / "example_fanout").mkdir()
+    (tmp_path / "weight_sync").write_text("not a study")
+    assert resolve_study_path("example_fanout").name == "example_fanout.py"
+    assert resolve_study_path("weight_sync").name == "weight_sync.py"
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(StudyError, match="^sub is a folder: a study is a .py file"):
+        resolve_study_path("sub")
 
 
 def test_figure_is_a_plain_record() -> None:
