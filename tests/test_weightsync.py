@@ -427,6 +427,10 @@ def test_random_layouts_respect_the_bounds(n_train: int, rollout_start: int, n_r
                                            fp8: bool) -> None:
     rollout = [G[(rollout_start + i) % 8] for i in range(n_roll)]
     tp = min(tp, n_roll)
+    if set(rollout) & set(G[:n_train]) and set(rollout) != set(G[:n_train]):  # a partial overlap: refused
+        with pytest.raises(WorkloadError, match="^trainer and rollout share .* but not all their GPUs"):
+            SyncSetup(HGX, TINY, FSDPLayout(G[:n_train]), RolloutLayout(rollout, tp=tp))
+        return
     setup = SyncSetup(HGX, TINY, FSDPLayout(G[:n_train]), RolloutLayout(rollout, tp=tp),
                       rollout_dtype="fp8" if fp8 else None)
     strategy = get(name)
@@ -631,15 +635,34 @@ def test_a_large_rdma_p2p_sync_names_the_knob_that_answers_faster(monkeypatch, c
 
 
 def test_a_sync_whose_trainer_and_rollout_share_gpus_says_it_is_colocated(capsys):
-    """An overlap may be a colocated layout or a typo in a range: either way the CLI says which GPUs, once."""
+    """Trainer and rollout on the same GPUs are a colocated layout: the CLI says so, and which GPUs, once."""
     from fabricsim.cli import main
 
-    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--trainer", "gpu0-3", "--rollout", "gpu2-5",
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--trainer", "gpu2-5", "--rollout", "gpu5,gpu2-4",
                  "--samples", "0"]) == 0
     err = capsys.readouterr().err
-    assert err.count("note: 2 GPUs (gpu2-3) both train and serve (a colocated layout)") == 1
+    assert err.count("note: 4 GPUs (gpu2-5) both train and serve (a colocated layout)") == 1
     assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--samples", "0"]) == 0
     assert "colocated" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainer, rollout, shared", [
+    ("gpu0-3", "gpu3-6", "gpu3"), ("gpu0-3", "gpu2-5", "gpu2-3"),
+    ("gpu0-7", "gpu0-3", "gpu0-3"), ("gpu4-5", "gpu0-7", "gpu4-5")])
+def test_trainer_and_rollout_that_share_some_gpus_are_refused(trainer, rollout, shared, capsys):
+    """Colocated is the same GPUs, split is none in common; a partial overlap (`--rollout gpu3-6` for gpu4-7) ran as
+    a sync with local copies on the shared GPUs. Refused, naming them, by the CLI (its flags) and the API."""
+    from fabricsim.cli import main
+
+    assert main(["sync", "Llama-3-8B", "nccl-broadcast", "--trainer", trainer, "--rollout", rollout,
+                 "--samples", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert (f"--trainer and --rollout share {shared} but not all their GPUs (--trainer {trainer}, --rollout "
+            f"{rollout}): a colocated layout trains and serves on the same GPUs") in err
+    with pytest.raises(WorkloadError, match=f"^trainer and rollout share {shared} but not all their GPUs"):
+        SyncSetup(HGX, models.get("Llama-3-8B"), FSDPLayout(expand_endpoints(trainer)),
+                  RolloutLayout(expand_endpoints(rollout)))
 
 
 def test_a_rollout_engine_split_across_machines_is_noted(monkeypatch, capsys):

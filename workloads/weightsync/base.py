@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import simpy
 
-from fabricsim.hwmodels.endpoints import natural_key
+from fabricsim.hwmodels.endpoints import compress_endpoints, natural_key
 from fabricsim.hwmodels.topology import Topology
 from fabricsim.simcore import Simulation
 from fabricsim.simcore.errors import ScenarioError
@@ -62,6 +62,25 @@ def check_train_step(value: object, where: str, *, shown: object = None) -> floa
     return t
 
 
+def check_colocation(topology: Topology, trainer_gpus: Iterable[str], rollout_gpus: Iterable[str], *,
+                     names: tuple[str, str] = ("trainer", "rollout")) -> None:
+    """Refuse trainer and rollout GPUs that overlap in part: some GPUs both train and serve, others only one. A
+    colocated layout (verl's hybrid engine, slime, NeMo-RL colocated) trains and serves on the same GPUs, a split one
+    on GPUs apart; nothing in the project models the mix, and `--trainer gpu0-3 --rollout gpu3-6` (a range off by
+    one) ran as a sync with a local copy on gpu3. Names are compared as the topology resolves them (its aliases);
+    `names` spell the two lists in the message (the CLI passes its flags)."""
+    canonical = [[topology.aliases.get(g, g) for g in gpus] for gpus in (trainer_gpus, rollout_gpus)]
+    trainer, rollout = (set(gpus) for gpus in canonical)
+    shared = trainer & rollout
+    if shared and trainer != rollout:
+        a, b = names
+        raise WorkloadError(
+            f"{a} and {b} share {compress_endpoints(sorted(shared, key=natural_key))} but not all their GPUs ({a} "
+            f"{compress_endpoints(canonical[0])}, {b} {compress_endpoints(canonical[1])}): a colocated layout trains "
+            f"and serves on the same GPUs and a split one on GPUs apart; a partial overlap is most likely a typo in a "
+            f"range")
+
+
 @dataclass(frozen=True)
 class SyncSetup:
     """One weight-sync question: this model, trained on this layout, served by these engines, on this machine.
@@ -89,6 +108,7 @@ class SyncSetup:
     def __post_init__(self) -> None:
         # checked where the setup is made, as the CLI's --train-step is (by the same rule): staleness divides by it
         object.__setattr__(self, "train_step_s", check_train_step(self.train_step_s, "SyncSetup: train_step_s"))
+        check_colocation(self.topology, self.trainer.gpus, self.rollout.gpus)
 
     @property
     def wire_dtype(self) -> str:

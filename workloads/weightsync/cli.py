@@ -35,7 +35,7 @@ from ..metrics_out import (
     rerun_note,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
-from .base import SyncResult, SyncSetup, check_train_step, simulate_sync
+from .base import SyncResult, SyncSetup, check_colocation, check_train_step, simulate_sync
 from .delta import CHANGED_FRACTION
 from .registry import STRATEGIES, get, names
 
@@ -62,8 +62,9 @@ def _span(gpus: list[str]) -> str:
 
 
 def _colocated_note(topo: Topology, trainer: list[str], rollout: list[str]) -> str:
-    """What a sync whose trainer and rollout lists share GPUs means, said so that an overlap by mistake (a typo in
-    a range) is seen: a colocated layout, as RL frameworks that train and generate on the same GPUs run it."""
+    """What a sync whose trainer and rollout lists are the same GPUs means, said so that it is seen: a colocated
+    layout, as RL frameworks that train and generate on the same GPUs run it (lists that share only some GPUs are
+    refused before: `check_colocation`)."""
     both = sorted({topo.resolve(g) for g in trainer} & {topo.resolve(g) for g in rollout})
     if not both:
         return ""
@@ -129,6 +130,7 @@ def _gpu_lists(args: argparse.Namespace, topo: Topology) -> tuple[list[str], lis
             raise WorkloadError(f"the default {flag} {defaults[flag]} names {missing[0]}, which topology "
                                 f"'{topo.name}' lacks: give --trainer and --rollout{hint}")
         _check_gpus(flag, gpus, topo)
+    check_colocation(topo, lists["--trainer"], lists["--rollout"], names=("--trainer", "--rollout"))
     return lists["--trainer"], lists["--rollout"]
 
 
