@@ -3,11 +3,12 @@
 Two sources, one type (`Request`):
 - `poisson_requests`: a seeded Poisson process at a rate, with token counts fixed, uniform or geometric
   (geometric output lengths make per-request service time exponential, which queueing tests rely on);
-- `load_trace`: a CSV with columns `arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]` and no
+- `load_trace`: a CSV with columns `arrival_s, prompt_tokens, output_tokens[, prefix_id, prefix_tokens]` and no
   others (an unknown column is refused, not dropped).
 
 `prefix_id` names a shared prefix (a system prompt): requests with the same id share their first
-`prefix_tokens` prompt tokens, which KV policies may store and read once.
+`prefix_tokens` prompt tokens, which KV policies may store and read once. The two columns come together, and one
+id has one length (`check_prefix_length`).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the serving loop (continuous batching, chunked prefill, KV policies) on a topology.",
         epilog="examples:\n  fabricsim serve --topology h100-1 --policy host-offload --param prefetch_depth=2\n"
                "  fabricsim serve --request-trace requests.csv --policy prefix-sharing --json\n"
-               "trace CSV columns: arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]] "
+               "trace CSV columns: arrival_s, prompt_tokens, output_tokens[, prefix_id, prefix_tokens] "
                "(no others)",
         formatter_class=_HelpFormatter)
     p.add_argument("--topology", default="h100-1", help="preset name or topology file")
@@ -184,7 +184,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="policy parameter (repeat), typed like the policy's own (e.g. prefetch_depth=2)")
     p.add_argument("--request-trace", dest="request_trace", metavar="CSV",
-                   help="request trace CSV (arrival_s, prompt_tokens, output_tokens[, prefix_id[, prefix_tokens]]); "
+                   help="request trace CSV (arrival_s, prompt_tokens, output_tokens[, prefix_id, prefix_tokens]); "
                         "otherwise a Poisson stream")
     def poisson(*flags: str, **kw: object) -> None:  # a setting of the Poisson stream
         p.add_argument(*flags, action=_PoissonSetting, **kw)
