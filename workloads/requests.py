@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fabricsim.errors import FabricsimError
-from fabricsim.hwmodels.fileio import atomic_write_text
+from fabricsim.hwmodels.fileio import atomic_write_text, read_text
 from fabricsim.simcore.errors import ScenarioError
 from fabricsim.simcore.units import MAX_SECONDS, check_seconds
 
@@ -200,10 +200,7 @@ def _field(row: dict[str, str], col: str, where: str, kind: type) -> float | int
 def load_trace(path: str | Path) -> list[Request]:
     """Read a request trace CSV; every error names the file, the line and the column."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RequestError(f"trace {path}: {exc.strerror or exc}") from None
+    text = read_text(path, RequestError, "request trace")
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header

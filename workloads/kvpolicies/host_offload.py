@@ -24,8 +24,7 @@ class HostOffload(KVPolicy):
 
     def _buffer_fraction(self) -> float:
         """Share of a sequence's KV resident in HBM: the groups being computed and prefetched."""
-        groups = min(self.instance.layer_groups, self.layout.model.num_layers)
-        return min(1.0, (self.prefetch_depth + 1) / groups)
+        return min(1.0, (self.prefetch_depth + 1) / self.instance.layer_groups)  # at most the layers: ServingSystem
 
     def hbm_bytes(self, seq: Seq, kv_tokens: int) -> float:
         return self.layout.bytes_per_gpu(kv_tokens) * self._buffer_fraction()
