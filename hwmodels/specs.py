@@ -19,6 +19,24 @@ from fabricsim.errors import TopologyError
 GB = 1e9
 GiB = 1 << 30
 
+# The rates a link, a shared cap or a NIC may have, wherever it is given (a topology file, a cluster preset's
+# `-nicRg`, `NICSpec`): outside them a number is a typo or a wrong unit, not hardware. Above MAX_GBps every
+# transfer is instant (a 10^300 GB/s link); below MIN_GBps, 1 MB/s, slower than any link a GPU machine has (a
+# 1 Gb/s management port is 125 MB/s), 1 GiB takes a quarter of an hour and 1e-30 GB/s ages.
+MIN_GBps = 1e-3
+MAX_GBps = 1e5  # 100 TB/s: twenty times a 2026 GPU's HBM
+
+
+def check_rate(where: str, value: float, unit: str = " GB/s", per_GBps: float = 1.0) -> None:
+    """Refuse a rate (a finite number > 0, in `unit`, `per_GBps` of which make 1 GB/s) outside
+    [MIN_GBps, MAX_GBps], naming `where` and the bound in the user's unit."""
+    least, most = MIN_GBps * per_GBps, MAX_GBps * per_GBps
+    if value > most:
+        raise TopologyError(f"{where}: {value!r} is beyond {most:g}{unit}, more than any hardware has (check the unit)")
+    if value < least:
+        raise TopologyError(f"{where}: {value!r} is below {least:g}{unit} ({MIN_GBps * 1e3:g} MB/s), slower than "
+                            "any real link (check the unit)")
+
 
 class Derating(NamedTuple):
     """A bandwidth the model uses below the peak it was given: the fraction reached in practice and why. Kept as
@@ -224,6 +242,7 @@ class NICSpec:
         g = self.Gbps
         if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf:
             raise TopologyError(f"a NIC's rate must be a finite number of Gb/s > 0, got {g!r}")
+        check_rate("a NIC's rate", g, " Gb/s", per_GBps=8)  # the bounds of a topology file's NIC, too
 
     @property
     def Bps(self) -> float:

@@ -31,7 +31,9 @@ What would load wrong without a word is refused, naming where: a key given twice
 names no component, names one that is no endpoint (a CPU, switch or NIC) or is itself a component's name, a pair
 pinned twice, and a pinned route that passes a CPU or switch twice other than on either side of a memory it is
 staged through (a GPU, host or NVMe in `via`). A number YAML 1.1 reads as a string (`1e3`, no decimal point)
-counts as the number, as in scenario files.
+counts as the number, as in scenario files. A rate (`GBps`, `reverse_GBps`, `dram_GBps`, a cap's `GBps`, a NIC's
+`Gbps`) from 1 MB/s to 100 TB/s is taken, a number outside it refused as a typo or a wrong unit
+(`specs.check_rate`, the bounds of a cluster preset's NIC too).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from .calibration import LINK_KINDS
 from .endpoints import spell_for_message
 from .fileio import read_yaml
 from .memcaps import add_memory_caps
-from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, gpu_model
+from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, check_rate, gpu_model
 from .topology import ENDPOINT_KINDS, Topology
 
 
@@ -73,8 +75,11 @@ def _num(where: str, v: Any, *, allow_zero: bool = False, most: float = math.inf
     return float(v)
 
 
-_MAX_GBps = 1e5  # 100 TB/s: twenty times a 2026 GPU's HBM
-_GB_PER_S = dict(most=_MAX_GBps, unit=" GB/s")
+def _rate(where: str, v: Any, unit: str = " GB/s", per_GBps: float = 1.0) -> float:
+    """A link's, cap's, host memory's or NIC's rate: a number > 0 within `specs.check_rate`'s bounds."""
+    x = _num(where, v)
+    check_rate(where, x, unit, per_GBps)
+    return x
 
 
 _TOP_KEYS = {"name", "components", "links", "caps", "pinned", "aliases"}
@@ -141,10 +146,10 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             elif kind == "host":
                 # a field not given is the spec's default (its class attribute), written nowhere else
                 gib = _num(f"{where}.dram_GiB", c.get("dram_GiB", HostDRAMSpec.bytes / GiB), most=2**30, unit=" GiB")
-                peak = _num(f"{where}.dram_GBps", c.get("dram_GBps", HostDRAMSpec.GBps), **_GB_PER_S)
+                peak = _rate(f"{where}.dram_GBps", c.get("dram_GBps", HostDRAMSpec.GBps))
                 attrs["spec"] = HostDRAMSpec(bytes=int(gib * GiB), GBps=peak)
             elif kind == "nic":
-                gbits = _num(f"{where}.Gbps", c.get("Gbps", NICSpec.Gbps), most=8 * _MAX_GBps, unit=" Gb/s")
+                gbits = _rate(f"{where}.Gbps", c.get("Gbps", NICSpec.Gbps), " Gb/s", per_GBps=8)
                 attrs["spec"] = NICSpec(Gbps=gbits)
                 if "gpu" in c:  # the GPU whose RDMA traffic it carries (GPUDirect): routing keeps others off it
                     attrs["gpu"] = str(c["gpu"])
@@ -164,7 +169,7 @@ def topology_from_dict(d: Any, source: str = "topology") -> Topology:
             if not isinstance(c, dict) or "name" not in c:
                 raise TopologyError(f"{where}: expected a mapping with 'name' and 'GBps'")
             _keys(where, c, _CAP_KEYS)
-            t.add_cap(str(c["name"]), _num(f"{where}.GBps", c.get("GBps"), **_GB_PER_S) * GB,
+            t.add_cap(str(c["name"]), _rate(f"{where}.GBps", c.get("GBps")) * GB,
                       classes=tuple(c.get("classes") or ()), endpoints=tuple(c.get("endpoints") or ()))
         pins: dict[tuple[str, str], tuple[str, list]] = {}  # (src, dst) -> (where it is pinned, via)
         for i, p in enumerate(_list(f"{source}: pinned", d.get("pinned"))):
@@ -259,8 +264,8 @@ def _add_link(t: Topology, link: Any, where: str) -> None:
     if "latency_us" in link:
         latency = _num(f"{where}.latency_us", link["latency_us"], allow_zero=True, most=1e7, unit=" us") * 1e-6
     if "GBps" in link:
-        fwd = _num(f"{where}.GBps", link["GBps"], **_GB_PER_S) * GB
-        rev = _num(f"{where}.reverse_GBps", link.get("reverse_GBps", link["GBps"]), **_GB_PER_S) * GB
+        fwd = _rate(f"{where}.GBps", link["GBps"]) * GB
+        rev = _rate(f"{where}.reverse_GBps", link.get("reverse_GBps", link["GBps"])) * GB
         t.add_link(a, b, str(kind), fwd, latency if latency is not None else 1e-6, Bps_reverse=rev)
         return
     if kind == "pcie":

@@ -172,6 +172,22 @@ def _set(path: list, value):
 for value, why in [(float("inf"), "finite"), (0, "> 0"), (-1, "> 0"), (1e300, "beyond"), ("x", "expected a number"),
                    (True, "expected a number"), (float("nan"), "expected a number"), (None, "expected a number")]:
     topo_case(f"link-GBps={value}", _set(["links", 0, "GBps"], value), ("box.json", "links[0].GBps", why))
+# absurdly slow is refused as absurdly fast is: 1 MB/s, below any real link, is the floor (1e-30 GB/s was taken)
+for path, value, where in [(["links", 0, "GBps"], 1e-30, "links[0].GBps"),
+                           (["links", 0, "reverse_GBps"], 9e-4, "links[0].reverse_GBps"),
+                           (["components", "host0", "dram_GBps"], 1e-9, "host0.dram_GBps")]:
+    topo_case(f"slow-{where}={value}", _set(path, value), ("box.json", where, f"{value!r} is below 0.001 GB/s (1 MB/s)",
+                                                          "slower than any real link (check the unit)"))
+topo_case("slow-cap", _set(["caps"], [{"name": "c", "GBps": 1e-4, "classes": ["h2d"]}]),
+          ("box.json", "caps[0].GBps", "below 0.001 GB/s (1 MB/s)"))
+for value, why in [(1e-3, "0.001 is below 0.008 Gb/s (1 MB/s)"), (1e12, "1000000000000.0 is beyond 800000 Gb/s")]:
+    topo_case(f"nic-Gbps={value}", _set(["components", "nic0"], {"kind": "nic", "Gbps": value}),
+              ("box.json", "nic0.Gbps", why))
+for value, why in [("99999999999", "99999999999.0 is beyond 800000 Gb/s, more than any hardware has"),
+                   ("0.001", "0.001 is below 0.008 Gb/s (1 MB/s), slower than any real link")]:
+    # a cluster preset's NIC has a topology file's bounds (99999999999 Gb/s built; a file capped it at 800,000)
+    case(f"topo-show-cluster-nic{value}g", ["topo", "show", f"cluster-2x8-nic{value}g"],
+         (f"preset 'cluster-2x8-nic{value}g': a NIC's rate: ", why, "(check the unit)"))
 for key, value, why in [("reverse_GBps", float("inf"), "finite"), ("reverse_GBps", 0, "> 0"),
                         ("latency_us", -1, ">= 0"), ("latency_us", float("inf"), "finite"),
                         ("latency_us", 1e12, "beyond"), ("kind", "warp", "warp"), ("between", ["host0"], "between"),

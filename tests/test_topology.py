@@ -492,12 +492,13 @@ def test_topo_show_gives_each_gpu_model_its_own_line():
 
 
 def test_topo_show_gives_a_slow_link_two_significant_digits_not_zero():
-    """A 0.001 Gb/s NIC moves 125 kB/s: one decimal of GB/s printed it, its leaf's sum and its link as 0.0, a
-    link that carries nothing; fast links keep one decimal."""
-    topo = presets.get("cluster-2x8-leaf-spine-nic0.001g", calibration=None)
+    """A 0.01 Gb/s NIC moves 1.25 MB/s (0.001 Gb/s, 125 kB/s, is now refused: below any real link): one decimal
+    of GB/s printed it, its leaf's sum and its link as 0.0, a link that carries nothing; fast links keep one
+    decimal."""
+    topo = presets.get("cluster-2x8-leaf-spine-nic0.01g", calibration=None)
     text = topo.describe()
     nic = topo.graph.edges["node0.nic0", "leaf0"]["bw"][("node0.nic0", "leaf0")]
-    assert 0 < nic / 1e9 < 0.001
+    assert 0 < nic / 1e9 < 0.01
     assert f" {nic / 1e9:.2g} GB/s " in next(line for line in text.splitlines() if "node0.nic0 <-> leaf0" in line)
     assert f"{16 * nic / 1e9:.2g} in" in _network_section(text)["leaf0"]
     assert " 0.0 GB/s" not in text and " 46.0 GB/s " in presets.get("cluster-2x8", calibration=None).describe()
