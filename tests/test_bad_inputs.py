@@ -552,6 +552,7 @@ for cid, argv, bad in [
     ("topo-import", ["topo", "import", "bad.txt"], "bad.txt"),
     ("serve-topology", ["serve", "-n", "3", "--topology", "bad.yaml"], "bad.yaml"),
     ("serve-calibration", ["serve", "-n", "3", "--calibration", "bad.json"], "bad.json"),
+    ("serve-request-trace", ["serve", "--request-trace", "bad.csv"], "bad.csv"),
     ("sync-topology", [*SYNC, "--topology", "bad.yaml"], "bad.yaml"),
     ("calibrate", ["calibrate", "bad.json", "p.json"], "bad.json"),
     ("calibrate-base", ["calibrate", MEASURED, "p.json", "--base", "bad.json"], "bad.json"),
@@ -644,18 +645,3 @@ def test_the_one_folder_named_is_made(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [p.name for p in (tmp_path / "tr").iterdir()] == [f"traced-{_traced_point()}.json"]
     assert (tmp_path / "st" / "tiny").is_dir() and (tmp_path / "rep" / "report.md").is_file()
     assert (tmp_path / "st2").is_dir()
-
-
-@pytest.mark.xfail(strict=True, reason="workloads/requests.py load_trace reads the CSV with Path.read_text(); "
-                                       "its owner's fix is to call fileio.read_text(path, RequestError, ...)")
-def test_request_trace_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture) -> None:
-    """`serve --request-trace` on a Latin-1 CSV: one line and exit status 2, as every other reader (above)."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "r.csv").write_bytes(b"arrival_s,prompt_tokens,output_tokens\n0,1\xe9,2\n")
-    try:
-        code = main(["serve", "--request-trace", "r.csv"])
-    except UnicodeDecodeError:
-        code = 1
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.splitlines()) == 1 and "r.csv" in err and "not UTF-8" in err
