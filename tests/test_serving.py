@@ -141,6 +141,26 @@ def test_pd_handoff_is_simulated_at_any_tp_and_a_hidden_one_is_explained(tp):
         assert "at tp=2 each layer group's push runs beside that group's tensor-parallel all-reduce" in note
 
 
+def test_pd_handoff_waits_for_every_chunks_push():
+    """A prompt prefilled in chunks pushes each chunk's KV as it goes; the handoff waited only for the last step's
+    push, which on a slow link (every link 1 GB/s here) can land before a big earlier chunk's: a 16-token last
+    chunk beside two 4,096-token ones (0.15 s where the KV landed at 1.09 s). It now waits for them all: the KV
+    is ready no sooner than every push has landed, and no sooner than all of the prompt's KV could cross the
+    link after the first chunk's push began."""
+    topo = presets.get("hgx-h200-8", calibration=None)
+    for _a, _b, d in topo.graph.edges(data=True):
+        d["bw"] = dict.fromkeys(d["bw"], 1e9)
+    req = Request(0, 0.0, 2 * 4096 + 16, 2)
+    res = serve(topo, [req], "pd-disaggregation", model=MODEL, token_budget=4096, layer_groups=4,
+                mechanism="sm-gather")  # SM copies share the link (copy-engine ones queue: in order, last last)
+    pushes = [r for r in res.result.transfers if r.tag == "kv-push"]
+    seq = res.seqs[0]
+    assert len({r.start_s for r in pushes}) > 4  # pushed in chunks and layer groups
+    assert seq.kv_ready_s >= max(r.finish_s for r in pushes)
+    per_gpu = KVLayout(MODEL).bytes_per_token_per_gpu
+    assert seq.kv_ready_s - min(r.start_s for r in pushes) >= req.prompt_tokens * per_gpu / 1e9 * (1 - 1e-9)
+
+
 def test_tensor_parallel_splits_weights_and_uses_nvlink():
     reqs = poisson_requests(5, 20, prompt_tokens=500, output_tokens=20, seed=0)
     res = serve("hgx-h200-8", reqs, "hbm-only", model="Llama-3-70B", tp=4)

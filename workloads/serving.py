@@ -481,6 +481,9 @@ class Instance:
         self.steps += k
         self.kv_read_bytes += work.kv_read_bytes * self.cfg.tp
         done, pushed = self._issue(work, items)
+        if pushed is not None and self.role == "prefill":
+            for it in items:  # its KV has landed when every step's push it took part in has, not the last alone
+                it.seq.pushes.append(pushed)
         t0 = self.sim.now
         yield done
         now = self.sim.now
@@ -510,7 +513,7 @@ class Instance:
                 if s in self.running:
                     self.running.remove(s)
                     self.handoff.append(s)
-                    self.sim.process(self._hand_off(s, pushed))
+                    self.sim.process(self._hand_off(s))
         self.record_memory()
 
     def _finish(self, s: Seq) -> None:
@@ -520,9 +523,10 @@ class Instance:
         self.policy.release(s)
         self.system.departed(s)
 
-    def _hand_off(self, s: Seq, pushed: simpy.Event | None) -> Generator:
-        if pushed is not None:
-            yield pushed
+    def _hand_off(self, s: Seq) -> Generator:
+        if s.pushes:  # an earlier chunk's push may land after the last one's (it may have more bytes left)
+            yield self.sim.env.all_of(s.pushes)
+            s.pushes.clear()
         s.kv_ready_s = self.sim.now
         self.handoff.remove(s)
         self.record_memory()

@@ -50,6 +50,7 @@ class Seq:
     order: int = 0              # admission order (preemption victims are the latest admitted)
     instance: Any = None
     decode_instance: Any = None  # pd-disaggregation: where this sequence decodes
+    pushes: list = field(default_factory=list)  # pd-disaggregation: each prefill step's KV pushes it is part of
 
     @property
     def prefilling(self) -> bool:
