@@ -121,13 +121,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from fabricsim.hwmodels.fileio import refuse_overwrite
-    from fabricsim.validate.fit.report import default_report_dir, report_file
+    from fabricsim.validate.fit.report import check_store, default_report_dir, report_file
     from fabricsim.validate.workloads_file import is_workload_file
 
     if not args.no_store:  # said before the report is written, not after it
-        from fabricsim.harness.store import ResultsStore
-
-        ResultsStore(args.store or None).check_writable()
+        check_store(args.store)
     if is_workload_file(args.measured):
         from fabricsim.validate.fit.workloads_report import report_workloads
 

@@ -452,6 +452,14 @@ def ci_bound(summary: dict[str, Any]) -> dict[str, float]:
             "p90": max(AIM_P90, round(h["p90"] * 1.1 + 0.01, 4))}
 
 
+def check_store(store: str | Path | None) -> None:
+    """Refuse, before a report is written, a results store that could not be made (`ResultsStore.check_writable`;
+    here because validate's CLI may not import the harness itself: tests/test_layout.py)."""
+    from fabricsim.harness.store import ResultsStore
+
+    ResultsStore(store or None).check_writable()
+
+
 def store_rows(m: Measurements, profile: CalibrationProfile, df: pd.DataFrame, fdf: pd.DataFrame,
                store: str | Path | None) -> Path:
     from fabricsim.harness.store import ResultsStore, make_row, new_run_id
