@@ -88,3 +88,29 @@ def test_the_limits_of_rate_caps_and_weights_are_accepted_and_transfers_checks_t
     with pytest.raises(ScenarioError, match="transfer 'a': rate cap: expected a rate of at least 1 \\(1 B/s\\)"):
         sim.transfers([("a", "host", "gpu0", 1e6), ("b", "host", "gpu0", 1e6)], rate_cap_Bps=0.5)
     assert not sim._deferred
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kv_reserve_fraction": 1.0}, r"kv_reserve_fraction: expected a fraction in \[0, 1\), got 1.0"),
+    ({"kv_reserve_fraction": math.nan}, "kv_reserve_fraction: expected a fraction"),
+    ({"kv_reserve_fraction": True}, "kv_reserve_fraction: expected a fraction"),
+    ({"trainer_bytes_per_param": -1}, r"trainer_bytes_per_param: expected bytes per parameter in \[0, 64\]"),
+    ({"trainer_bytes_per_param": 65}, r"trainer_bytes_per_param: expected bytes per parameter in \[0, 64\]"),
+    ({"trainer_bytes_per_param": "2"}, "trainer_bytes_per_param: expected bytes per parameter"),
+    ({"topology": "hgx-h200-8"}, "topology must be a Topology, got 'hgx-h200-8'"),
+    ({"model": "Llama-3-8B"}, "model must be a ModelConfig"),
+    ({"rollout": ["gpu4"]}, "rollout must be a RolloutLayout"),
+])
+def test_a_sync_setup_is_checked_where_it_is_made(kwargs: dict, match: str) -> None:
+    """SyncSetup refuses what `sync`'s flags refuse, by the same checks (--kv-reserve 1.0 was refused while the API
+    took it; a preset's name for the topology was an AttributeError deep in the run)."""
+    from fabricsim.workloads import models
+    from fabricsim.workloads.errors import WorkloadError
+    from fabricsim.workloads.placement import FSDPLayout, RolloutLayout
+    from fabricsim.workloads.weightsync import SyncSetup
+
+    gpus = [f"gpu{i}" for i in range(8)]
+    args = {"topology": presets.get("hgx-h200-8"), "model": models.get("Llama-3-8B"),
+            "trainer": FSDPLayout(gpus[:4]), "rollout": RolloutLayout(gpus[4:]), **kwargs}
+    with pytest.raises(WorkloadError, match=match):
+        SyncSetup(**args)

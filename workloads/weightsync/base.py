@@ -46,6 +46,26 @@ from ..placement import AssembledPlan, ReshardPlan, RolloutLayout, TrainerLayout
 MIN_TRAIN_STEP_S = 1e-3  # an RL training step takes seconds to minutes; below 1 ms a unit is wrong
 
 
+def _finite(value: object, where: str, rule: str, ok) -> float:
+    """`value` as a float where it is a plain finite number that `ok` accepts; else one line: `where`, the rule."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+        raise WorkloadError(f"{where}: expected {rule}, got {value!r}")
+    return float(value)
+
+
+def check_kv_reserve(value: object, where: str) -> float:
+    """The HBM fraction engines keep for KV during a sync (`SyncSetup.kv_reserve_fraction`, `--kv-reserve`): in
+    [0, 1), as all of HBM would leave no room for the weights."""
+    return _finite(value, where, "a fraction in [0, 1)", lambda x: 0 <= x < 1)
+
+
+def check_bytes_per_param(value: object, where: str) -> float:
+    """Trainer-side bytes per parameter on its GPUs (`SyncSetup.trainer_bytes_per_param`,
+    `--trainer-bytes-per-param`): in [0, 64], Adam's full fp32 state with master weights and gradients being ~16,
+    and 0 where no trainer state is on the GPUs (a checkpoint already in host memory: the evidence study)."""
+    return _finite(value, where, "bytes per parameter in [0, 64]", lambda x: 0 <= x <= 64)
+
+
 def check_train_step(value: object, where: str, *, shown: object = None) -> float:
     """A training step's length in seconds, the one rule of `SyncSetup.train_step_s` and `sync --train-step`: a
     finite time > 0 and at most 10^9 s (`check_seconds`; staleness divides by it: 0 was a ZeroDivisionError, -1 a
@@ -106,8 +126,17 @@ class SyncSetup:
     train_step_s: float = 60.0
 
     def __post_init__(self) -> None:
-        # checked where the setup is made, as the CLI's --train-step is (by the same rule): staleness divides by it
+        # what each part is, so a wrong one is named here and not as an AttributeError deep in the run
+        for name, kind in (("topology", Topology), ("model", ModelConfig), ("trainer", TrainerLayout),
+                           ("rollout", RolloutLayout), ("decode", DecodeBatch)):
+            if not isinstance(getattr(self, name), kind):
+                raise WorkloadError(f"SyncSetup: {name} must be a {kind.__name__}, got {getattr(self, name)!r:.80}")
+        # checked where the setup is made, as the CLI's flags are (by the same rules): staleness divides by the step
         object.__setattr__(self, "train_step_s", check_train_step(self.train_step_s, "SyncSetup: train_step_s"))
+        object.__setattr__(self, "kv_reserve_fraction",
+                           check_kv_reserve(self.kv_reserve_fraction, "SyncSetup: kv_reserve_fraction"))
+        object.__setattr__(self, "trainer_bytes_per_param",
+                           check_bytes_per_param(self.trainer_bytes_per_param, "SyncSetup: trainer_bytes_per_param"))
         check_colocation(self.topology, self.trainer.gpus, self.rollout.gpus)
 
     @property

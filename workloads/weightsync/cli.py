@@ -35,7 +35,15 @@ from ..metrics_out import (
     rerun_note,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
-from .base import SyncResult, SyncSetup, check_colocation, check_train_step, simulate_sync
+from .base import (
+    SyncResult,
+    SyncSetup,
+    check_bytes_per_param,
+    check_colocation,
+    check_kv_reserve,
+    check_train_step,
+    simulate_sync,
+)
 from .delta import CHANGED_FRACTION
 from .registry import STRATEGIES, get, names
 
@@ -155,14 +163,21 @@ def _check_gpus(flag: str, gpus: list[str], topo: Topology) -> None:
         raise WorkloadError(f"{flag}: {what} (it has {has})")
 
 
-def _fraction(text: str) -> float:
+def _flag(check, text: str, flag: str) -> float:
+    """A number flag read by the check `SyncSetup` applies to it (one rule in one place), its message without the
+    flag (argparse names it)."""
     try:
-        x = float(text)
+        value: object = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= x < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return x
+        value = text  # not a number: the check says what it expects
+    try:
+        return check(value, flag)
+    except WorkloadError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
+
+
+def _fraction(text: str) -> float:
+    return _flag(check_kv_reserve, text, "--kv-reserve")
 
 
 def _step_seconds(text: str) -> float:
@@ -175,14 +190,7 @@ def _step_seconds(text: str) -> float:
 
 
 def _bytes_per_param(text: str) -> float:
-    """--trainer-bytes-per-param: a finite number in (0, 64]."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected bytes per parameter, got {text!r}") from None
-    if not 0 < x <= 64:
-        raise argparse.ArgumentTypeError(f"expected bytes per parameter in (0, 64], got {text!r}")
-    return x
+    return _flag(check_bytes_per_param, text, "--trainer-bytes-per-param")
 
 
 def _trainer(args: argparse.Namespace, gpus: list[str]):
