@@ -11,7 +11,7 @@ from fabricsim.hwmodels.endpoints import compress_endpoints
 from fabricsim.hwmodels.fileio import refuse_overwrite
 from fabricsim.hwmodels.intervals import SAMPLES, Interval, sample_count, say_calibration_note
 
-from .collectives import ring_copy_id, ring_schedule
+from .collectives import ring_copy_id, ring_fill_id, ring_schedule
 from .records import Result
 from .scenario import load_scenario
 from .units import format_bytes
@@ -38,7 +38,7 @@ def _table(result: Result, calls: Sequence[dict] = (), interval: Interval | None
         rows.append(f"{r.id:<14} {r.src:>10} -> {r.dst:<10} {format_bytes(r.bytes):>11} {r.path_class:<11} "
                     f"{r.start_s * 1e3:>9.4f}ms {r.finish_s * 1e3:>9.4f}ms {r.moving_GBps:>8.1f}")
     called = {c["id"] for c in calls}  # and a broadcast's pipeline fills, part of its one row
-    called |= {f"{ring_copy_id(c['id'], t['id'])}.fill" for c in calls if c["op"] == "broadcast"
+    called |= {ring_fill_id(ring_copy_id(c["id"], t["id"])) for c in calls if c["op"] == "broadcast"
                for t in ring_schedule(c["op"], c["bytes"], c["gpus"])}
     for r in result.tasks:
         if r.id not in called:

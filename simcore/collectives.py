@@ -10,10 +10,11 @@ Two levels:
 - `ring_broadcast` / `gather` / `ring_allgather`: the pipelined building blocks weight-sync strategies compose
   for whole models (buckets, chunks), with the same fitted parameters.
 
-A ring broadcast of S bytes over n GPUs in c chunks on links of bandwidth B takes (S/B)(1 + (n-2)/c) plus
-latencies: the last hop starts once the first chunk has crossed n-2 hops. Two ways to simulate it:
-- explicit: one transfer per chunk per hop, chunk k on hop h after chunk k on hop h-1 and chunk k-1 on hop h
-  (exact, c(n-1) flows);
+A ring broadcast of S bytes over n GPUs in chunks of C bytes on links of bandwidth B takes S/B + (n-2) C/B plus
+latencies: the last hop starts once the first chunk has crossed n-2 hops (B for the bytes is held to the fitted
+cap where there is one; the first chunk crosses at link speed). Two ways to simulate it:
+- explicit: one transfer per chunk per hop (whole chunks and a short last one, as NCCL cuts them), chunk k on
+  hop h after chunk k on hop h-1 and chunk k-1 on hop h (exact, c(n-1) flows for c chunks);
 - fluid: one flow of S bytes per hop, hop h released one chunk-time after hop h-1 and capped at the ring's
   bottleneck rate so no hop runs ahead of the one feeding it (n-1 flows whatever c is).
 Both pay each hop's latency once, on its first chunk: NCCL keeps NCCL_STEPS chunks in flight on each of its
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import simpy
 
@@ -71,6 +72,10 @@ def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str,
     a reduce-scatter then an all-gather, each (n-1)/n of the buffer per link.
     """
     n = len(gpus)
+    if op not in OPS:
+        raise ValueError(f"unknown collective {op!r} (known: {', '.join(OPS)})")
+    if n < 2:  # one rank has everything already (a 1-byte copy to itself was scheduled)
+        return []
     ring = list(zip(gpus, [*gpus[1:], *gpus[:1]], strict=True))
     if op == "broadcast":
         return [{"id": f"r{i}", "src": a, "dst": b, "bytes": nbytes, "after": []} for i, (a, b) in enumerate(ring[:-1])]
@@ -78,18 +83,22 @@ def ring_schedule(op: str, nbytes: float, gpus: Sequence[str]) -> list[dict[str,
     share = max(1, nbytes * (n - 1) // n) if isinstance(nbytes, int) else nbytes * (n - 1) / n
     if op == "all_gather":
         return [{"id": f"r{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
-    if op == "all_reduce":
-        rs = [{"id": f"rs{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
-        ag = [{"id": f"ag{i}", "src": a, "dst": b, "bytes": share, "after": [r["id"] for r in rs]}
-              for i, (a, b) in enumerate(ring)]
-        return rs + ag
-    raise ValueError(f"unknown collective {op!r} (known: {', '.join(OPS)})")
+    rs = [{"id": f"rs{i}", "src": a, "dst": b, "bytes": share, "after": []} for i, (a, b) in enumerate(ring)]
+    ag = [{"id": f"ag{i}", "src": a, "dst": b, "bytes": share, "after": [r["id"] for r in rs]}
+          for i, (a, b) in enumerate(ring)]
+    return rs + ag  # all_reduce
 
 
 def ring_copy_id(call: str, local: str) -> str:
     """The id of a call's ring transfer with `ring_schedule`'s local id `local` (`ar.rs0`): how the call's copies
     are named in records and found again (`Scenario.collective_calls`)."""
     return f"{call}.{local}"
+
+
+def ring_fill_id(copy_id: str) -> str:
+    """The id of the delay a scenario broadcast's ring copy waits its pipeline fill out in, where its copy queues on
+    an engine (`Simulation.transfer`'s setup): part of the call's one row, not a row of its own (`simcore.cli`)."""
+    return f"{copy_id}.fill"
 
 
 def fitted(topo: Topology, op: str) -> CollectiveParams | None:
@@ -110,10 +119,10 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
     chunk has crossed the hops before it and no hop outruns the slowest, so the last rank cannot have the data
     before it could have passed through the ring (all hops started at once, an 8-GPU 1 MiB broadcast took what one
     2-GPU copy takes, 5.2 us, where weight sync's ring took 28.2). All-gather and all-reduce keep their bandwidth
-    form, every ring link's bytes at once, paying a hop's latency once per phase: NCCL's ring steps them n-1 times
-    a phase, but small calls run on its low-latency protocols, whose step costs far less than the copy latency a
-    route carries, and the fitted fixed cost takes up what a call pays beyond its bytes (measured on 2 GPUs only:
-    no 8-GPU NCCL measurement exists here to tell the two apart).
+    form, every ring link's bytes at once, paying a hop's latency once per phase. That is a mechanism the model
+    lacks, not a claim: NCCL's ring steps each phase n-1 times, each step a step latency (its tuning model's
+    ~0.6 us on LL, 3.4 us on Simple over NVLink), which a small call on many GPUs pays and this form leaves out;
+    on 2 GPUs, the only NCCL calls measured here, there is one step, which the fitted fixed cost covers.
     """
     params = fitted(sim.topology, op)
     tag = tag or op
@@ -129,13 +138,13 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
     done: dict[str, simpy.Event] = {}
     schedule = ring_schedule(op, nbytes, ranks)
     offsets, pace = [0.0] * len(schedule), None
-    if op == "broadcast":
+    if op == "broadcast" and schedule:  # one GPU has nothing to send
         try:
-            pace, _, fill, lat, _ = _ring_pace(sim.lone_copies([(t["src"], t["dst"]) for t in schedule]), nbytes,
-                                               NCCL_CHUNK_BYTES, NCCL_STEP_S, params)
+            paced = _ring_pace(sim.lone_copies([(t["src"], t["dst"]) for t in schedule]), nbytes, NCCL_CHUNK_BYTES,
+                               NCCL_STEP_S, params)
         except TopologyError as exc:
             raise ScenarioError(f"collective '{id}': {exc}") from None
-        offsets = _hop_offsets(fill, lat)
+        offsets, pace = _hop_offsets(paced.fill, paced.lat), paced.rate
     for t, offset in zip(schedule, offsets, strict=True):
         fixed, cap = 0.0, pace  # a broadcast's hops: the ring's pace, the fitted cap in it
         if params is not None:
@@ -145,7 +154,7 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
         tid = ring_copy_id(id, t["id"])
         done[t["id"]] = sim.transfer(tid, t["src"], t["dst"], t["bytes"], start=start if not t["after"] else 0.0,
                                      after=deps, rate_cap_Bps=cap, fixed_cost_s=fixed, tag=tag,
-                                     setup_s=offset, setup_id=f"{tid}.fill")
+                                     setup_s=offset, setup_id=ring_fill_id(tid))
     return sim.delay(id, 0.0, after=list(done.values()), tag=tag)
 
 
@@ -159,11 +168,11 @@ def collective_time(topo: Topology, op: str, nbytes: float, gpus: Sequence[str])
     params = fitted(topo, op)
     if op == "broadcast":
         hops = list(zip(gpus, gpus[1:], strict=False))
-        pace, _, fill, lat, _ = _ring_pace([(path_bandwidth_Bps(topo, a, b), topo.path(a, b).latency_s)
-                                            for a, b in hops], nbytes, NCCL_CHUNK_BYTES, NCCL_STEP_S, params)
+        pace = _ring_pace([(path_bandwidth_Bps(topo, a, b), topo.path(a, b).latency_s) for a, b in hops], nbytes,
+                          NCCL_CHUNK_BYTES, NCCL_STEP_S, params)
         return (params.fixed_s if params is not None else 0.0) + max(
-            offset + t + nbytes / min(pace, path_bandwidth_Bps(topo, a, b, nbytes))
-            for (a, b), offset, t in zip(hops, _hop_offsets(fill, lat), lat, strict=True))
+            offset + t + nbytes / min(pace.rate, path_bandwidth_Bps(topo, a, b, nbytes))
+            for (a, b), offset, t in zip(hops, _hop_offsets(pace.fill, pace.lat), pace.lat, strict=True))
     phases: dict[bool, list[dict[str, Any]]] = {}
     for t in ring_schedule(op, nbytes, gpus):
         phases.setdefault(bool(t["after"]), []).append(t)
@@ -222,56 +231,77 @@ def ring_broadcast(sim: Simulation, ring: Sequence[str], nbytes: float, *, chunk
     if explicit is None:
         explicit = chunks * len(hops) <= max_explicit_flows and repeats == 1
     cal = fitted(topo, "broadcast")
-    B, cap, fill, lat, stepped = _ring_pace(sim.lone_copies(hops), per_call, chunk_bytes, step_s, cal)
+    pace = _ring_pace(sim.lone_copies(hops), per_call, chunk_bytes, step_s, cal)
     if cal is not None:
         after = [sim.delay(f"{name}.nccl-call", repeats * cal.fixed_s, after=after, tag=tag)]
     if explicit:
-        size = nbytes / chunks
-        # where a step paces the ring, the first chunk takes a whole step to cross each hop that feeds another
-        held = max(0.0, step_s - size / B) if stepped else 0.0
-        prev_hop: list[simpy.Event | None] = [None] * len(hops)
-        last = None
-        for k in range(chunks):
-            upstream = None
-            for h, (a, b) in enumerate(hops):
-                deps = [*after] if upstream is None else [upstream]
-                if prev_hop[h] is not None:
-                    deps.append(prev_hop[h])
-                first = k == 0  # the hop's latency (and step) once: later chunks ride in slots behind it
-                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=cap,
-                                  latencies=int(first), fixed_cost_s=held if first and h < len(hops) - 1 else 0.0)
-                prev_hop[h] = upstream = ev
-            last = upstream
-        return last
+        return _explicit_ring(sim, hops, nbytes, chunk_bytes, pace, after, name, tag)
     # The fluid form: hop h starts one chunk's fill (and the hop latencies) after hop h-1: that offset from `after` is
     # the hop's setup time. Declared, so the compiled loop can run it, not a process that sleeps between hops.
     copies = [(f"{name}.h{h}", a, b, nbytes, offset, f"{name}.fill{h}")
-              for h, ((a, b), offset) in enumerate(zip(hops, _hop_offsets(fill, lat), strict=True))]
-    events = sim.transfers(copies, after=after, rate_cap_Bps=B, tag=tag)
+              for h, ((a, b), offset) in enumerate(zip(hops, _hop_offsets(pace.fill, pace.lat), strict=True))]
+    events = sim.transfers(copies, after=after, rate_cap_Bps=pace.rate, tag=tag)
     if repeats > 1:  # the other calls' pipeline fills and latencies
-        return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * fill + sum(lat)), after=events, tag=tag)
+        return sim.delay(f"{name}.fills", (repeats - 1) * ((len(hops) - 1) * pace.fill + sum(pace.lat)),
+                         after=events, tag=tag)
     return sim.all_of(events, id=f"{name}.end", tag=tag)
 
 
+def _explicit_ring(sim: Simulation, hops: list[tuple[str, str]], nbytes: float, chunk_bytes: float, pace: _Pace,
+                   after: list, name: str, tag: str) -> simpy.Event:
+    """The explicit form: NCCL's whole chunks and a short last one, chunk k on hop h after chunk k on hop h-1 and
+    chunk k-1 on hop h. A hop pays its latency once, on its first chunk (later ones ride in slots behind it), and
+    the first chunk crosses each hop that feeds another in one fill, as the fluid form has it, so the two agree:
+    (n-2) fills, the latencies and the bytes at the ring's rate."""
+    chunks = max(1, math.ceil(nbytes / chunk_bytes))
+    prev_hop: list[simpy.Event | None] = [None] * len(hops)
+    last = None
+    for k in range(chunks):
+        size = min(chunk_bytes, nbytes - k * chunk_bytes)
+        upstream = None
+        for h, (a, b) in enumerate(hops):
+            deps = [*after] if upstream is None else [upstream]
+            if prev_hop[h] is not None:
+                deps.append(prev_hop[h])
+            if k == 0 and h < len(hops) - 1:  # the fill: at link speed, a whole step where steps pace the ring
+                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=pace.link_rate,
+                                  fixed_cost_s=max(0.0, pace.fill - size / pace.link_rate))
+            else:
+                ev = sim.transfer(f"{name}.c{k}.h{h}", a, b, size, after=deps, tag=tag, rate_cap_Bps=pace.cap,
+                                  latencies=int(k == 0))
+            prev_hop[h] = upstream = ev
+        last = upstream
+    return last
+
+
+class _Pace(NamedTuple):
+    """How a pipelined ring broadcast moves, for both of its builders (`ring_broadcast`, `schedule_collective`) and
+    both of its forms."""
+
+    rate: float          # the ring's streaming rate: its slowest link, the step bound, the fitted cap for the call
+    cap: float | None    # what a copy is held to beyond its links (the step bound, the fitted cap), None if nothing
+    link_rate: float     # the first chunk's speed across a hop: the slowest link and the step bound, not the fitted
+    #                      cap, a whole-call efficiency measured on 2 GPUs (taken at a small call's size, the fill of
+    #                      a 1 MiB broadcast on 8 GPUs outlasted a 2 MiB one's, so time fell as the size grew)
+    fill: float          # a hop's pipeline fill: the first chunk at `link_rate`, or a whole step where steps pace
+    lat: list[float]     # each hop's latency
+
+
 def _ring_pace(hop_costs: list[tuple[float, float]], per_call: float, chunk_bytes: float, step_s: float,
-               cal: CollectiveParams | None) -> tuple[float, float | None, float, list[float], bool]:
-    """How a pipelined ring broadcast of `per_call` bytes moves, for both of its builders (`ring_broadcast`,
-    `schedule_collective`): (B, the rate every hop of the fluid form is held to: the ring's slowest link, the step
-    bound, the fitted cap for the call's size; the cap each chunk of the explicit form is held to, or None; a hop's
-    pipeline fill, one chunk at B or a whole step where steps pace the ring; each hop's latency; whether steps pace
-    it), from each hop's (bandwidth, latency) as a lone copy (`Simulation.lone_copies`)."""
-    B = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps
+               cal: CollectiveParams | None) -> _Pace:
+    """`_Pace` of a broadcast of `per_call` bytes in `chunk_bytes` chunks, from each hop's (bandwidth, latency) as
+    a lone copy (`Simulation.lone_copies`)."""
+    links = min(bw for bw, _ in hop_costs)  # ring_bottleneck_Bps
     steps = step_cap_Bps(chunk_bytes, step_s)
-    stepped = steps < B  # the handshakes, not the links, set the pace (`step_cap_Bps`)
+    stepped = steps < links  # the handshakes, not the links, set the pace (`step_cap_Bps`)
+    link_rate = min(links, steps)
     cap = steps if stepped else None
-    B = min(B, steps)
     if cal is not None:
         cap = min(cal.rate_cap(per_call), cap or math.inf)
-        B = min(B, cap)
-    fill = min(chunk_bytes, per_call) / B
+    fill = min(chunk_bytes, per_call) / link_rate
     if stepped:  # a step paces the hop: the first chunk crosses it in one step, whatever its size
         fill = max(fill, step_s)
-    return B, cap, fill, [t for _, t in hop_costs], stepped
+    return _Pace(min(link_rate, cap or math.inf), cap, link_rate, fill, [t for _, t in hop_costs])
 
 
 def _hop_offsets(fill: float, lat: list[float]) -> list[float]:
@@ -284,14 +314,12 @@ def _hop_offsets(fill: float, lat: list[float]) -> list[float]:
     return out
 
 
-def ring_broadcast_time(nbytes: float, n: int, chunks: int, Bps: float, latency_s: float = 0.0,
-                        fill_s: float = 0.0) -> float:
-    """Closed form of `ring_broadcast` on a uniform ring, either form: (S/B)(1 + (n-2)/c) plus each hop's latency
-    once; `fill_s`: the least a hop's fill takes (a step, where steps pace the ring)."""
+def ring_broadcast_time(nbytes: float, n: int, Bps: float, latency_s: float = 0.0, *, fill_s: float) -> float:
+    """Closed form of `ring_broadcast` on a uniform ring, either form: the bytes at the ring's rate `Bps`, n-2 hop
+    fills of `fill_s` each (the first chunk crossing a hop: `_Pace.fill`) and each hop's latency once."""
     if n < 2:
         return 0.0
-    t = nbytes / Bps + (n - 2) * max(nbytes / Bps / chunks, fill_s)
-    return t + latency_s * (n - 1)
+    return nbytes / Bps + (n - 2) * fill_s + latency_s * (n - 1)
 
 
 def gather(sim: Simulation, sources: dict[str, float], dst: str, *, after: Iterable = (), name: str,
