@@ -27,7 +27,7 @@ MIN_GBps = 1e-3
 MAX_GBps = 1e5  # 100 TB/s: twenty times a 2026 GPU's HBM
 
 
-def check_rate(where: str, value: float, unit: str = " GB/s", per_GBps: float = 1.0) -> None:
+def check_link_rate(where: str, value: float, unit: str = " GB/s", per_GBps: float = 1.0) -> None:
     """Refuse a rate (a finite number > 0, in `unit`, `per_GBps` of which make 1 GB/s) outside
     [MIN_GBps, MAX_GBps], naming `where` and the bound in the user's unit."""
     least, most = MIN_GBps * per_GBps, MAX_GBps * per_GBps
@@ -242,7 +242,7 @@ class NICSpec:
         g = self.Gbps
         if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf:
             raise TopologyError(f"a NIC's rate must be a finite number of Gb/s > 0, got {g!r}")
-        check_rate("a NIC's rate", g, " Gb/s", per_GBps=8)  # the bounds of a topology file's NIC, too
+        check_link_rate("a NIC's rate", g, " Gb/s", per_GBps=8)  # the bounds of a topology file's NIC, too
 
     @property
     def Bps(self) -> float:

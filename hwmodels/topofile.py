@@ -33,7 +33,7 @@ pinned twice, and a pinned route that passes a CPU or switch twice other than on
 staged through (a GPU, host or NVMe in `via`). A number YAML 1.1 reads as a string (`1e3`, no decimal point)
 counts as the number, as in scenario files. A rate (`GBps`, `reverse_GBps`, `dram_GBps`, a cap's `GBps`, a NIC's
 `Gbps`) from 1 MB/s to 100 TB/s is taken, a number outside it refused as a typo or a wrong unit
-(`specs.check_rate`, the bounds of a cluster preset's NIC too).
+(`specs.check_link_rate`, the bounds of a cluster preset's NIC too).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .calibration import LINK_KINDS
 from .endpoints import spell_for_message
 from .fileio import read_yaml
 from .memcaps import add_memory_caps
-from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, check_rate, gpu_model
+from .specs import GB, GiB, HostDRAMSpec, NICSpec, NVLinkSpec, NVMeSpec, PCIeSpec, check_link_rate, gpu_model
 from .topology import ENDPOINT_KINDS, Topology
 
 
@@ -76,9 +76,9 @@ def _num(where: str, v: Any, *, allow_zero: bool = False, most: float = math.inf
 
 
 def _rate(where: str, v: Any, unit: str = " GB/s", per_GBps: float = 1.0) -> float:
-    """A link's, cap's, host memory's or NIC's rate: a number > 0 within `specs.check_rate`'s bounds."""
+    """A link's, cap's, host memory's or NIC's rate: a number > 0 within `specs.check_link_rate`'s bounds."""
     x = _num(where, v)
-    check_rate(where, x, unit, per_GBps)
+    check_link_rate(where, x, unit, per_GBps)
     return x
 
 

@@ -276,7 +276,7 @@ for cid, extra, expected in [
     ("train-step-word", ["--train-step", "soon"], "--train-step"),
     ("train-step-inf", ["--train-step", "inf"], "--train-step"),
     ("bytes-per-param-nan", ["--trainer-bytes-per-param", "nan"], "--trainer-bytes-per-param"),
-    ("bytes-per-param-0", ["--trainer-bytes-per-param", "0"], "--trainer-bytes-per-param"),
+    ("bytes-per-param-neg", ["--trainer-bytes-per-param", "-1"], "--trainer-bytes-per-param"),
     ("topology-unknown", ["--topology", "dgx-z"], "dgx-z"),
     ("calibration-missing", ["--calibration", "nope.json"], "nope.json"),
     ("knob-unknown", ["--knob", "speed=2"], ("speed", "unknown knob")),

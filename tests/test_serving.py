@@ -251,3 +251,12 @@ def test_a_role_splitting_policy_refuses_an_instance_count_that_disagrees():
     with pytest.raises(ServingError, match=r"policy 'pd-disaggregation' needs at least one prefill and one decode "
                                            r"instance, so at least 2 GPUs at tp=1; topology 'h100-1' offers 1"):
         ServingSystem("h100-1", reqs, "pd-disaggregation")
+
+
+def test_serve_takes_requests_from_any_iterable():
+    """A generator of requests was used up by the request checks, and serve then had nothing to serve (a review)."""
+    reqs = [Request(i, 0.01 * i, 128, 4) for i in range(5)]
+    served = serve("h100-1", (r for r in reqs), "hbm-only", model=MODEL)
+    assert len(served.seqs) == 5 and served.metrics()["throughput_tok_s"] > 0
+    with pytest.raises(ServingError, match="requests: expected Requests"):
+        serve("h100-1", 7, "hbm-only", model=MODEL)

@@ -269,3 +269,14 @@ def test_a_copy_standing_for_several_pays_its_latency_that_many_times(latencies)
     for bad in (-1, 1.5, True):
         with pytest.raises(ScenarioError, match="latencies must be a whole number >= 0"):
             Simulation(topo).transfers([("a", "gpu0", "gpu1", 1.0)], latencies=bad)
+
+
+def test_a_copys_setup_starts_no_earlier_than_its_start():
+    """`setup_s` is software work from `start` (or its `after`) on; where the copy queues on an engine the setup is
+    a delay of its own, which began at 0 whatever `start` said (a review): both kinds now begin it at `start`."""
+    for calibration in (None, "default"):  # no engine queue on the datasheet preset; the profile's copy engines
+        topo = presets.get("hgx-h200-8", calibration=calibration)
+        sim = Simulation(topo)
+        sim.transfer("a", "gpu0", "gpu1", 2**20, start=1e-3, setup_s=1e-4)
+        lat, bw = topo.path("gpu0", "gpu1", 2**20).latency_s, path_bandwidth_Bps(topo, "gpu0", "gpu1", 2**20)
+        assert sim.run().makespan_s == pytest.approx(1e-3 + 1e-4 + lat + 2**20 / bw, rel=1e-9)

@@ -85,6 +85,12 @@ def interval_values(intervals: Mapping[str, Any]) -> dict[str, dict[str, float |
             for k, iv in intervals.items() if iv.hi > iv.lo}
 
 
+def why_no_intervals(skipped: str) -> str:
+    """Why a command's re-runs did not run, for `interval_fields`: the default's skip note (`default_samples`), or
+    else `--samples 0` asked for none."""
+    return skipped.removeprefix("note: ") if skipped else "--samples 0"
+
+
 def interval_fields(intervals: Mapping[str, Any] | None, why_not: str) -> dict[str, Any]:
     """The JSON fields that say what became of a command's intervals: `{"intervals": {...}}` (`interval_values`)
     when the re-runs ran, so `{}` there means they ran and no metric moved; `{"intervals_skipped": why_not}` and no

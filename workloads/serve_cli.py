@@ -26,6 +26,7 @@ from .metrics_out import (
     print_json,
     print_metrics,
     rerun_note,
+    why_no_intervals,
 )
 from .requests import Request, RequestError, check_shared_prefix, load_trace, poisson_requests
 from .serving import MECHANISMS, PREEMPTION_MODES, ServingConfig, role_counts, roles_said, serve
@@ -92,8 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    samples=samples, point=res.metrics())
     say_calibration_note(topo)
     if args.json:
-        out = metric_values(metrics) | interval_fields(
-            intervals, skipped.removeprefix("note: ") if skipped else "--samples 0")
+        out = metric_values(metrics) | interval_fields(intervals, why_no_intervals(skipped))
         out["inputs"] = _inputs(args, topo, cfg, policy, params, roles, reqs, samples)
         print_json(out)
     else:

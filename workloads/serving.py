@@ -722,6 +722,10 @@ class ServingSystem:
         if self.cfg.layer_groups > self.model.num_layers:  # checked here, where the model is known
             raise ServingError(f"layer_groups {self.cfg.layer_groups} is more than the {self.model.num_layers} layers "
                                f"of {self.model.name}: a layer group holds at least one layer")
+        try:
+            requests = list(requests)  # read once: an iterator checked first would then serve nothing
+        except TypeError:
+            raise ServingError(f"requests: expected Requests (a list, or any iterable), got {requests!r:.80}") from None
         if not requests:
             raise ServingError("no requests to serve")
         check_requests(requests)  # Requests, each with its own id

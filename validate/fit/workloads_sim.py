@@ -262,8 +262,6 @@ def _relay_twin(case: WorkloadCase, facts: dict[str, Any], tw: _Twin, sizes: lis
     tw.marks["readers_s"] = tw.sim.now - begin
 
 
-
-
 def _nccl_twin(case: WorkloadCase, tw: _Twin, sizes: list[int]) -> Generator:
     """Rank 0 broadcasts to ranks 1..N along a ring (the engine's ring model, with the profile's fitted
     `collectives.broadcast` where it has one): one flat buffer, one call per tensor (each call issued from

@@ -77,8 +77,10 @@ def check_train_step(value: object, where: str, *, shown: object = None) -> floa
     except ScenarioError as exc:
         raise WorkloadError(str(exc)) from None
     if t < MIN_TRAIN_STEP_S:
-        raise WorkloadError(f"{where}: a training step of under 1 ms is a wrong unit, got {shown!r} (it is in "
-                            f"seconds: 60 is a minute, 0.5 half a second)")
+        # the hint about seconds only where no unit was written (0.5ms is what it says)
+        hint = " (it is in seconds: 60 is a minute, 0.5 half a second)" if not isinstance(shown, str) or not any(
+            c.isalpha() for c in shown.lower().replace("e", "")) else ""
+        raise WorkloadError(f"{where}: got {shown!r}, under 1 ms: no training step is that short{hint}")
     return t
 
 

@@ -33,6 +33,7 @@ from ..metrics_out import (
     print_json,
     print_metrics,
     rerun_note,
+    why_no_intervals,
 )
 from ..placement import FSDPLayout, MegatronLayout, RolloutLayout
 from .base import (
@@ -260,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
         print_json({"strategy": res.strategy, "feasible": res.feasible, "reason": res.reason,
                     "inputs": _inputs(args, setup, strategy, changed), "metrics": metric_values(metrics),
                     "memory_gpus": {"peak_extra_GiB": res.peak_extra_gpu, "headroom_GiB": res.headroom_gpu},
-                    **interval_fields(intervals, _why_no_intervals(res, samples, skipped))})
+                    **interval_fields(intervals, _why_no_intervals(res, skipped))})
         return 0
     # which parameters answered: a profile fitted on real GPUs, or datasheet numbers (said here too, since the
     # interval that says so is skipped on clusters by default; a trial compared the two as if alike)
@@ -349,12 +350,10 @@ def _plain(value: object) -> object:
     return value if isinstance(value, bool | int | float | str) or value is None else str(value)
 
 
-def _why_no_intervals(res: SyncResult, samples: int, skipped: str) -> str:
+def _why_no_intervals(res: SyncResult, skipped: str) -> str:
     """Why `sync --json` carries no intervals (`metrics_out.interval_fields`): an infeasible configuration has no
     times to spread, `--samples 0` asked for none, and the default skips them on a costly setup (its note)."""
-    if not res.feasible:
-        return "infeasible"
-    return skipped.removeprefix("note: ") if skipped else "--samples 0"
+    return "infeasible" if not res.feasible else why_no_intervals(skipped)
 
 
 def _memory_where(res: SyncResult, setup: SyncSetup) -> str:
