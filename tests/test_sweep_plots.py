@@ -145,6 +145,6 @@ def test_an_out_folder_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     figures need a folder, and the file is left as it was."""
     out = tmp_path / "plf"
     out.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
+    with pytest.warns(FigureSkipped), pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
         plot_study(STUDY, _store(tmp_path / "st"), out)
     assert info.value.filename == str(out) and out.read_text() == "mine"
