@@ -234,13 +234,14 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = N
         raise StoreError(f"no results for study {study.name!r} in {store.root}; run `fabricsim sweep` first")
     out = PLOTS_DIR / study.name if out_dir is None else Path(out_dir)
     drawn: list[tuple[MplFigure, str]] = []
+    skipped: list[str] = []  # said once the figures are sure to be written: a refusal stays one line
     for spec in study.figures:
         if isinstance(spec, Figure):
             try:
                 fig, name = draw_figure(spec, df, study.name), spec.name
             except StoreError as exc:
                 # A figure of metrics not run yet (say, measured only) must not hide the others.
-                warnings.warn(f"skipped: {exc}", FigureSkipped, stacklevel=2)
+                skipped.append(f"skipped: {exc}")
                 continue
         elif callable(spec):
             fn: Callable[..., Any] = spec
@@ -258,6 +259,8 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = N
                 refuse_overwrite(path, force, "figure", file=True)
     if out_dir is None:
         make_output_folder(PLOTS_DIR, "study figure folders")
+    for note in skipped:
+        warnings.warn(note, FigureSkipped, stacklevel=2)
     written: list[Path] = []
     for fig, name in drawn:
         written += save_figure(fig, out, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,17 @@ def test_plot_study_writes_png_and_svg_and_skips_empty_figures(tmp_path: Path) -
 
 def test_existing_figures_are_replaced_only_with_force(tmp_path: Path) -> None:
     """A second plot into the same folder replaced the figures without a word; now it is refused, before any file
-    is written, unless `force` (`plot --force`), as every other named output."""
+    is written, unless `force` (`plot --force`), as every other named output; the refusal is all it says (the
+    figures it would have skipped are said only when it writes)."""
     from fabricsim.errors import OutputExistsError
 
     store, out = _store(tmp_path / "store", measured=False), tmp_path / "plots"
     out.mkdir()
     (out / "t_vs_size.svg").write_text("kept")
-    with pytest.warns(FigureSkipped), pytest.raises(OutputExistsError, match=r"t_vs_size\.svg: the figure file "
-                                                                              r"exists; add --force to replace it"):
-        plot_study(STUDY, store, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning before the refusal: the CLI's stderr is its one line
+        with pytest.raises(OutputExistsError, match=r"t_vs_size\.svg: the figure file exists; add --force to replace"):
+            plot_study(STUDY, store, out)
     assert sorted(p.name for p in out.iterdir()) == ["t_vs_size.svg"] and (out / "t_vs_size.svg").read_text() == "kept"
     with pytest.warns(FigureSkipped):
         written = plot_study(STUDY, store, out, force=True)
