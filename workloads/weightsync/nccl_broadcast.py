@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, NCCL_STEP_S, gather, ring_broadcast, ring_order
 
-from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
+from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen
 
 MiB = 1 << 20
 
@@ -77,9 +77,13 @@ class NcclBroadcast(Strategy):
         model_bytes = setup.model.weight_bytes()
         root = self.root(setup)
         ring = ring_order(sim.topology, [root, *setup.rollout.gpus], first=root)
-        shares = share_of_replica(ctx)
-        own = shares.get(root, 0.0)
-        others = {g: s / (1 - own) for g, s in shares.items() if g != root} if own < 1 else {}
+        # the root gathers what it does not hold itself: under data parallelism it may hold a whole copy (a
+        # share of the replicas, as before, had a DP=4 root of a full copy gather 3/4 of the model); the rest comes
+        # from the other GPUs in proportion to what they hold
+        held = dict(zip(ctx.plan.trainer_gpus, (float(h) for h in ctx.plan.held_bytes), strict=True))
+        own = min(1.0, held.get(root, 0.0) / model_bytes)
+        rest = sum(h for g, h in held.items() if g != root)
+        others = {g: h / rest for g, h in held.items() if g != root} if own < 1 and rest > 0 else {}
         need = dict(zip(ctx.plan.rollout_gpus, ctx.plan.need_bytes, strict=True))
         ntens = dict(zip(ctx.plan.rollout_gpus, ctx.plan.tensors_per_rollout, strict=True))
         slots = 2 if k.overlap else 1
