@@ -15,7 +15,7 @@ import math
 import os
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,17 @@ def _band(ax: Any, sim_rows: pd.DataFrame, x: str, colour: str, at: Callable[[An
         ax.fill_between(b.index, b["lo"].to_numpy(), b["hi"].to_numpy(), color=colour, alpha=0.15, linewidth=0)
 
 
-def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "") -> MplFigure:
-    """Draw one declared figure from a results frame (as returned by `ResultsStore.load`)."""
+def draw_figure(spec: Figure, df: pd.DataFrame, study_name: str = "", params: Collection[str] = ()) -> MplFigure:
+    """Draw one declared figure from a results frame (as returned by `ResultsStore.load`). `params`: the study's
+    parameters, so a figure over one that no stored point has yet (`sweep --limit 5` ran none of them) is skipped
+    as a figure without rows, not refused as a figure naming a parameter that does not exist."""
     rows = df[(df["metric"] == spec.y)]
     if "error" in rows.columns:
         rows = rows[rows["error"].isna()]
     for col in (spec.x, spec.hue, spec.facet, *spec.where):
         if col is not None and col not in df.columns:
+            if col in params:
+                raise StoreError(f"figure {spec.name!r}: no stored point sets its parameter {col!r} yet")
             raise StudyError(f"figure {spec.name!r}: the results have no parameter {col!r}")
     for col, want in spec.where.items():
         rows = rows[rows[col] == want]
@@ -234,11 +238,12 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = N
         raise StoreError(f"no results for study {study.name!r} in {store.root}; run `fabricsim sweep` first")
     out = PLOTS_DIR / study.name if out_dir is None else Path(out_dir)
     drawn: list[tuple[MplFigure, str]] = []
+    params = {k for _, point in study.points() for k in point}
     skipped: list[str] = []  # said once the figures are sure to be written: a refusal stays one line
     for spec in study.figures:
         if isinstance(spec, Figure):
             try:
-                fig, name = draw_figure(spec, df, study.name), spec.name
+                fig, name = draw_figure(spec, df, study.name, params), spec.name
             except StoreError as exc:
                 # A figure of metrics not run yet (say, measured only) must not hide the others.
                 skipped.append(f"skipped: {exc}")

@@ -151,3 +151,18 @@ def test_an_out_folder_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     with pytest.warns(FigureSkipped), pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
         plot_study(STUDY, _store(tmp_path / "st"), out)
     assert info.value.filename == str(out) and out.read_text() == "mine"
+
+
+def test_a_figure_over_a_parameter_no_stored_point_sets_is_skipped(tmp_path: Path) -> None:
+    """`sweep weight_sync --limit 5` ran no point that sets `decode_steps`, and `plot` (as sweep suggests) refused
+    the whole study over the one figure that uses it: that figure is skipped, the others drawn; a parameter the
+    study does not have is still a mistake in the figure."""
+    study = Study(name="figs", grid=Grid.product(n=[1, 2], size=[1, 10, 100]) + Grid.points([{"n": 3, "k": 1}]),
+                  run=_run, figures=[Figure("t_vs_size", x="size", y="t", hue="n"),
+                                     Figure("by_k", x="k", y="t")])
+    store = _store(tmp_path / "st", measured=False)
+    with pytest.warns(FigureSkipped, match="no stored point sets its parameter 'k' yet"):
+        written = plot_study(study, store, tmp_path / "out")
+    assert [p.name for p in written] == ["t_vs_size.png", "t_vs_size.svg"]
+    with pytest.raises(StudyError, match="the results have no parameter 'kk'"):
+        draw_figure(Figure("by_kk", x="kk", y="t"), store.load("figs"), "figs", params={"n", "size", "k"})
