@@ -116,6 +116,11 @@ def test_bad_layouts_raise_typed_errors() -> None:
         reshard(models.get("Llama-3-8B"), FSDPLayout(gpus(2)), RolloutLayout(gpus(3), tp=3))
     with pytest.raises(PlacementError, match="experts"):
         reshard(TINY_MOE, MegatronLayout(gpus(6), tp=1, ep=3), RolloutLayout(gpus(2), tp=2))
+    # a dense model has no experts: said so, not "does not divide the 0 experts" (a new-user trial)
+    with pytest.raises(PlacementError, match="Megatron EP 2: Llama-3-8B is a dense model, with no experts"):
+        reshard(models.get("Llama-3-8B"), MegatronLayout(gpus(2), tp=1, ep=2), RolloutLayout(gpus(2), tp=2))
+    with pytest.raises(PlacementError, match="rollout expert parallelism: Llama-3-8B is a dense model"):
+        reshard(models.get("Llama-3-8B"), FSDPLayout(gpus(2)), RolloutLayout(gpus(2), tp=2, expert_parallel=True))
 
 
 def test_layout_that_does_not_fit_is_infeasible() -> None:

@@ -205,7 +205,9 @@ class MegatronLayout(TrainerLayout):
         _check_tp(model, self.tp, "Megatron TP")
         if self.pp > model.num_layers:
             raise PlacementError(f"Megatron PP {self.pp} exceeds the {model.num_layers} layers of {model.name}")
-        if self.ep > 1 and (not model.is_moe or model.num_experts % self.ep):
+        if self.ep > 1 and not model.is_moe:
+            raise PlacementError(f"Megatron EP {self.ep}: {model.name} is a dense model, with no experts to spread")
+        if self.ep > 1 and model.num_experts % self.ep:
             raise PlacementError(f"Megatron EP {self.ep} does not divide the {model.num_experts} experts of "
                                  f"{model.name}")
 
@@ -284,7 +286,10 @@ class RolloutLayout:
 
     def check(self, model: ModelConfig) -> None:
         _check_tp(model, self.tp, "rollout TP")
-        if self.expert_parallel and (not model.is_moe or model.num_experts % self.tp):
+        if self.expert_parallel and not model.is_moe:
+            raise PlacementError(f"rollout expert parallelism: {model.name} is a dense model, with no experts to "
+                                 f"spread")
+        if self.expert_parallel and model.num_experts % self.tp:
             raise PlacementError(f"rollout expert parallelism over {self.tp} ranks does not divide the "
                                  f"{model.num_experts} experts of {model.name}")
 
