@@ -1157,3 +1157,17 @@ def test_nccl_broadcast_root_gathers_only_what_it_does_not_hold():
     assert dp.metrics()["GB_p2p-nvlink"] * 1e9 == pytest.approx(ring_bytes, rel=1e-9)
     assert fsdp.metrics()["GB_p2p-nvlink"] * 1e9 == pytest.approx(ring_bytes + 0.75 * llama.weight_bytes(), rel=1e-9)
     assert dp.sync_s < fsdp.sync_s
+
+
+def test_a_bucket_holds_whole_tensors():
+    """verl, OpenRLHF and slime fill a bucket with whole tensors, one larger than the bucket alone: a Llama-3-8B
+    broadcast in 1-byte buckets took 984,977 s (a bucket a byte, a new-user trial); it is one bucket a tensor, the
+    same as any bucket smaller than every tensor, and bytes are conserved whatever the clamp."""
+    llama = models.get("Llama-3-8B")
+    n = len(llama.tensors())
+    units = coarsen(float(llama.weight_bytes()), 1, 10**9, most=n)
+    assert sum(m for _, m in units) == n and sum(b for b, _ in units) == pytest.approx(llama.weight_bytes())
+    assert coarsen(100.0, 10, 4, most=1000) == coarsen(100.0, 10, 4)  # more tensors than buckets: no change
+    setup = SETUPS["split-fp8"]  # Llama-3-8B
+    one_byte, tiny = (simulate_sync(setup, get("nccl-broadcast", bucket_bytes=b)).sync_s for b in (1, 1 << 10))
+    assert one_byte == tiny < 10 * simulate_sync(setup, get("nccl-broadcast")).sync_s

@@ -607,22 +607,28 @@ def local_decode_step(setup: SyncSetup) -> float:
     return step_cost(model, setup.decode, gpu, tp=setup.rollout.tp).step_s
 
 
-def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int) -> list[tuple[float, int]]:
+def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int,
+            most: int | None = None) -> list[tuple[float, int]]:
     """Buckets of `bucket_bytes` as at most `max_sim` simulated buckets: [(bytes, how many real buckets)].
 
     Real buckets past `max_sim` are merged (their fixed costs are still paid per real bucket by the strategy),
-    which keeps a 2 TB model at a few hundred flows.
+    which keeps a 2 TB model at a few hundred flows. `most`: the most real buckets there can be, the tensors they
+    hold: verl, OpenRLHF and slime fill a bucket with whole tensors (one larger than the bucket goes alone), so a
+    1-byte bucket is one bucket a tensor, not one a byte (which made a Llama-3-8B broadcast take 11 days).
     """
     if bucket_bytes <= 0:
         raise WorkloadError(f"bucket size must be > 0, got {bucket_bytes}")
     real = max(1, math.ceil(total_bytes / bucket_bytes))
+    if most is not None:
+        real = max(1, min(real, most))
+    size = max(bucket_bytes, total_bytes / real)  # a bucket's bytes: more than asked where tensors are larger
     sims = min(real, max_sim)
     base, extra = divmod(real, sims)
     out = []
     left = total_bytes
     for i in range(sims):
         m = base + (1 if i < extra else 0)
-        b = min(left, m * bucket_bytes) if i < sims - 1 else left
+        b = min(left, m * size) if i < sims - 1 else left
         out.append((b, m))
         left -= b
     return out

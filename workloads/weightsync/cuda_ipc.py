@@ -117,7 +117,8 @@ class CudaIpcBuckets(Strategy):
             ctx.alloc(g, 2 * self.buffer_bytes(setup), "ipc-buckets")
         per_tensor_s = self.per_tensor_cost(sim.topology)
         prev = None
-        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):
+        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets,
+                                                 most=len(setup.model.tensors()))):
             frac = nbytes / model_bytes
             after = [prev] if prev is not None else []
             missing = {g: nbytes * (1 - share[g]) for g in trainer}

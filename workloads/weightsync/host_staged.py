@@ -80,7 +80,7 @@ class HostStaged(Strategy):
         staged = self._stage(ctx, ranks, model_bytes) if k.include_d2h else []
         # Each rank owns 1/R of the checkpoint, cut into buckets; round i moves every rank's i-th bucket.
         shard = model_bytes / len(ranks)
-        rounds = coarsen(shard, k.bucket_bytes, k.max_sim_rounds)
+        rounds = coarsen(shard, k.bucket_bytes, k.max_sim_rounds, most=-(-len(setup.model.tensors()) // len(ranks)))
         reloads: list = []
         h2d_round: list = [sim.all_of(staged, id=ctx.name("staged"))]
         for rnd, (nbytes, m) in enumerate(rounds):

@@ -94,7 +94,8 @@ class NcclBroadcast(Strategy):
             ctx.alloc(root, buf, f"gather{s}")  # (booked by `extra_memory`, and held: the run now says so too)
         loads_of: list = []
         prev_gather = None
-        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets)):
+        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets,
+                                                 most=len(setup.model.tensors()))):
             frac = nbytes / model_bytes
             # In order: the previous bucket's loads. Overlapped: the previous gather, and the loads of the bucket
             # that last used this buffer slot.
