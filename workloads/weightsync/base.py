@@ -347,13 +347,26 @@ class SyncContext:
         if self.first_live_write_s is None:
             self.first_live_write_s = self.sim.now
 
-    def live_write_at(self, event: simpy.Event) -> None:
+    def live_write_at(self, event: simpy.Event, *, since: simpy.Event | None = None, of: int = 1) -> None:
         """Mark a live write when `event` fires. A declared item's event is only noted (its record tells the time
-        after the run): a callback on it would make the work procedural, off the compiled loop."""
-        if self.sim.declared(event):
-            self._live_events.append(event)
-        else:
-            event.callbacks.append(lambda _ev: self.mark_live_write())
+        after the run): a callback on it would make the work procedural, off the compiled loop.
+
+        `of`: `event` ends a coarsened unit of that many real ones, begun when `since` fired (None: at 0), so the
+        first real one's write lands 1/`of` of the way: stall is measured from it. Marked at the coarse unit's end,
+        a Llama-3-70B nccl-broadcast in one simulated bucket stalled 0.12 s against 1.86 s in every bucket."""
+        if self.sim.declared(event) and (since is None or self.sim.declared(since)):
+            self._live_events.append((event, since, of))
+            return
+        # a process's events: `since` fired by now (or fires later, then its time), the unit ends when `event` does
+        began = [0.0 if since is None else self.sim.now]
+        if since is not None and not since.processed:
+            since.callbacks.append(lambda _ev: began.__setitem__(0, self.sim.now))
+
+        def mark(_ev: simpy.Event) -> None:
+            at = _first_of(self.sim.now, began[0], of)
+            if self.first_live_write_s is None or at < self.first_live_write_s:
+                self.first_live_write_s = at
+        event.callbacks.append(mark)
 
     def time_step(self, parts: list[simpy.Event], began: simpy.Event | None = None) -> None:
         """Note a decode step that runs beside the sync (its items: `decode.decode_step_items`), from `began` (the
@@ -373,7 +386,8 @@ class SyncContext:
     def settle_marks(self) -> None:
         """After the run: fold the noted events' finish times into `first_live_write_s`, the noted decode
         steps' durations into `concurrent_steps_s`, and release the noted allocations (`free_after`)."""
-        times = [ev.value.finish_s for ev in self._live_events if ev.processed]
+        times = [_first_of(ev.value.finish_s, 0.0 if since is None else since.value.finish_s, of)
+                 for ev, since, of in self._live_events if ev.processed and (since is None or since.processed)]
         if self.first_live_write_s is not None:
             times.append(self.first_live_write_s)
         self.first_live_write_s = min(times) if times else None
@@ -605,6 +619,11 @@ def local_decode_step(setup: SyncSetup) -> float:
     model = setup.model.with_dtype(setup.wire_dtype)
     gpu = setup.topology.gpu(setup.rollout.gpus[0])
     return step_cost(model, setup.decode, gpu, tp=setup.rollout.tp).step_s
+
+
+def _first_of(end_s: float, start_s: float, of: int) -> float:
+    """When the first of `of` real units of a coarsened one (from `start_s` to `end_s`) would have ended."""
+    return start_s + (end_s - start_s) / of
 
 
 def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int,

@@ -130,7 +130,7 @@ class CudaIpcBuckets(Strategy):
                                tag="pack") for g, e in zip(trainer, encoded, strict=True)]
             handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
                                 after=packed, tag="ipc-handle")
-            ctx.live_write_at(handles)
+            ctx.live_write_at(handles, since=prev, of=m)  # the first of its m real buckets' handles
             loads = []
             for g, src in partners.items():
                 rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * per_tensor_s,

@@ -101,7 +101,7 @@ class HostStaged(Strategy):
                 sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                       name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m,
                                       step_s=k.nccl_step_s)
-                ctx.live_write_at(sent)
+                ctx.live_write_at(sent, since=after[0], of=m)  # the first of its m real rounds': 1/m from its start
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s) for g in ranks],
                                   after=[synced], setup_name="reload", latencies=m)

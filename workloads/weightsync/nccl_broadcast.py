@@ -109,7 +109,8 @@ class NcclBroadcast(Strategy):
             encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                   name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.nccl_step_s)
-            ctx.live_write_at(sent)
+            # the first of its m real buckets' writes: 1/m of the way from the simulated bucket's start
+            ctx.live_write_at(sent, since=after[0] if after else None, of=m)
             loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
                                for g in setup.rollout.gpus], after=[sent], setup_name="load_weights", latencies=m)
             prev_gather = gathered
