@@ -200,6 +200,8 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _cmd_results_ls(args: argparse.Namespace) -> int:
     store = ResultsStore(args.store)
+    if args.store and not store.root.is_dir():  # a store named on purpose that is not there: a typo, not "no results"
+        raise StoreError(f"{store.root}: no results store there (the folder `fabricsim sweep --store` writes)")
     with _report_corrupt_files():
         summary = store.summary()
     if summary.empty:

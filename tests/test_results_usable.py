@@ -313,3 +313,11 @@ def test_small_bundled_studies_run_every_point(tmp_path: Path, name: str) -> Non
     rows = ResultsStore(tmp_path).load(name)
     assert not rows["error"].notna().any(), rows[rows["error"].notna()]["error"].tolist()
     assert rows["point_id"].nunique() == len(list(load_study(name).points()))
+
+
+def test_results_ls_of_a_store_that_is_not_there_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`results ls --store /nonexistent` said 'no results' and exit 0 (a new-user trial): a store named on purpose
+    that does not exist is a typo. The default store not made yet still says there are no results."""
+    assert main(["results", "ls", "--store", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: no results store there" in err and len(err.splitlines()) == 1
