@@ -256,8 +256,9 @@ def plot_study(study: Study, store: ResultsStore, out_dir: str | Path | None = N
         else:
             raise StudyError(f"study {study.name!r}: figures must be Figure(...) or functions, got {spec!r}")
         drawn.append((fig, name))
-    if not drawn:
-        raise StoreError(f"study {study.name!r}: none of its figures has rows to draw")
+    if not drawn:  # each figure's reason, in the one line
+        raise StoreError(f"study {study.name!r}: none of its figures has rows to draw ("
+                         + "; ".join(note.removeprefix("skipped: ") for note in skipped) + ")")
     if out.is_dir():  # (else there is nothing to replace)
         for _, name in drawn:
             for path in figure_paths(out, name):

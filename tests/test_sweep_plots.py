@@ -166,3 +166,12 @@ def test_a_figure_over_a_parameter_no_stored_point_sets_is_skipped(tmp_path: Pat
     assert [p.name for p in written] == ["t_vs_size.png", "t_vs_size.svg"]
     with pytest.raises(StudyError, match="the results have no parameter 'kk'"):
         draw_figure(Figure("by_kk", x="kk", y="t"), store.load("figs"), "figs", params={"n", "size", "k"})
+
+
+def test_when_no_figure_can_be_drawn_the_error_says_why_for_each(tmp_path: Path) -> None:
+    """The reasons were warnings before the error; now they are held until figures are written (a refusal is one
+    line), so the error of a study none of whose figures can be drawn carries them (a review)."""
+    study = Study(name="figs", grid=STUDY.grid, run=_run, figures=[Figure("never", x="size", y="not_a_metric")])
+    with pytest.raises(StoreError, match=r"none of its figures has rows to draw \(figure 'never': no rows of metric "
+                                         r"'not_a_metric' to draw\)"):
+        plot_study(study, _store(tmp_path / "st", measured=False), tmp_path / "out")

@@ -28,7 +28,7 @@ from fabricsim.workloads.decode import DecodeBatch, decode_work
 from fabricsim.workloads.errors import UnknownStrategyError, WorkloadError
 from fabricsim.workloads.placement import FSDPLayout, MegatronLayout, RolloutLayout, assembled_plan, reshard
 from fabricsim.workloads.weightsync import SyncSetup, get, simulate_sync
-from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding, fp8_conversion
+from fabricsim.workloads.weightsync.base import SyncResult, coarsen, delta_encoding, first_share, fp8_conversion
 
 HGX = presets.get("hgx-h200-8", calibration=None)
 CLUSTER = presets.get("cluster-4x8", calibration=None)
@@ -1175,3 +1175,15 @@ def test_a_bucket_holds_whole_tensors():
     setup = SETUPS["split-fp8"]  # Llama-3-8B
     one_byte, tiny = (simulate_sync(setup, get("nccl-broadcast", bucket_bytes=b)).sync_s for b in (1, 1 << 10))
     assert one_byte == tiny < 10 * simulate_sync(setup, get("nccl-broadcast")).sync_s
+
+
+def test_a_single_simulated_bucket_stalls_as_its_real_buckets():
+    """A simulated bucket's first real bucket is a whole bucket of it, not 1/m: as one simulated bucket, real
+    buckets of 10 GB and 6 GB put the first write halfway and the stall 22% off (a review); and an rdma-p2p task
+    starts at its previous fetch's end, before its calls (m x 20 us late with ~1,000 tasks a GPU)."""
+    setup = SETUPS["split-fp8"]
+    nccl = [simulate_sync(setup, get("nccl-broadcast", bucket_bytes=1e10, max_sim_buckets=n)).stall_s for n in (1, 10)]
+    assert nccl[0] == pytest.approx(nccl[1], rel=1e-3)
+    assert first_share(16e9, 16e9, 1e10) == pytest.approx(1e10 / 16e9) and first_share(1.0, 1.0, 1e10) == 1.0
+    rdma = simulate_sync(setup, get("rdma-p2p", task_bytes=4 << 20, watermark_bytes=64 << 30, max_sim_tasks=1))
+    assert rdma.sync_s - rdma.stall_s < 1e-3  # the first real task's writes land within a millisecond

@@ -347,15 +347,16 @@ class SyncContext:
         if self.first_live_write_s is None:
             self.first_live_write_s = self.sim.now
 
-    def live_write_at(self, event: simpy.Event, *, since: simpy.Event | None = None, of: int = 1) -> None:
+    def live_write_at(self, event: simpy.Event, *, since: simpy.Event | None = None, first: float = 1.0) -> None:
         """Mark a live write when `event` fires. A declared item's event is only noted (its record tells the time
         after the run): a callback on it would make the work procedural, off the compiled loop.
 
-        `of`: `event` ends a coarsened unit of that many real ones, begun when `since` fired (None: at 0), so the
-        first real one's write lands 1/`of` of the way: stall is measured from it. Marked at the coarse unit's end,
-        a Llama-3-70B nccl-broadcast in one simulated bucket stalled 0.12 s against 1.86 s in every bucket."""
+        `first`: `event` ends a coarsened unit begun when `since` fired (None: at 0), whose first real unit takes that
+        share of it (1/m of m equal ones; `first_share` for buckets), so the first real write lands that far into it:
+        stall is measured from it. Marked at the coarse unit's end, a Llama-3-70B nccl-broadcast in one simulated
+        bucket stalled 0.12 s against 1.86 s in every bucket."""
         if self.sim.declared(event) and (since is None or self.sim.declared(since)):
-            self._live_events.append((event, since, of))
+            self._live_events.append((event, since, first))
             return
         # a process's events: `since` fired by now (or fires later, then its time), the unit ends when `event` does
         began = [0.0 if since is None else self.sim.now]
@@ -363,7 +364,7 @@ class SyncContext:
             since.callbacks.append(lambda _ev: began.__setitem__(0, self.sim.now))
 
         def mark(_ev: simpy.Event) -> None:
-            at = _first_of(self.sim.now, began[0], of)
+            at = began[0] + (self.sim.now - began[0]) * first
             if self.first_live_write_s is None or at < self.first_live_write_s:
                 self.first_live_write_s = at
         event.callbacks.append(mark)
@@ -386,8 +387,9 @@ class SyncContext:
     def settle_marks(self) -> None:
         """After the run: fold the noted events' finish times into `first_live_write_s`, the noted decode
         steps' durations into `concurrent_steps_s`, and release the noted allocations (`free_after`)."""
-        times = [_first_of(ev.value.finish_s, 0.0 if since is None else since.value.finish_s, of)
-                 for ev, since, of in self._live_events if ev.processed and (since is None or since.processed)]
+        times = [t0 + (ev.value.finish_s - t0) * first
+                 for ev, since, first in self._live_events if ev.processed and (since is None or since.processed)
+                 for t0 in (0.0 if since is None else since.value.finish_s,)]
         if self.first_live_write_s is not None:
             times.append(self.first_live_write_s)
         self.first_live_write_s = min(times) if times else None
@@ -621,9 +623,21 @@ def local_decode_step(setup: SyncSetup) -> float:
     return step_cost(model, setup.decode, gpu, tp=setup.rollout.tp).step_s
 
 
-def _first_of(end_s: float, start_s: float, of: int) -> float:
-    """When the first of `of` real units of a coarsened one (from `start_s` to `end_s`) would have ended."""
-    return start_s + (end_s - start_s) / of
+def _real_buckets(total_bytes: float, bucket_bytes: float, most: int | None) -> tuple[int, float]:
+    """(how many real buckets, the bytes of each but the last) of `coarsen`."""
+    if bucket_bytes <= 0:
+        raise WorkloadError(f"bucket size must be > 0, got {bucket_bytes}")
+    real = max(1, math.ceil(total_bytes / bucket_bytes))
+    if most is not None:
+        real = max(1, min(real, most))
+    return real, max(bucket_bytes, total_bytes / real)  # more than asked where tensors are larger
+
+
+def first_share(unit_bytes: float, total_bytes: float, bucket_bytes: float, most: int | None = None) -> float:
+    """The share of a simulated bucket of `unit_bytes` (from `coarsen`) its first real bucket takes: a whole real
+    bucket's bytes of it, not 1/m (the last real bucket is the remainder: as one simulated bucket, 10 GB and 6 GB
+    real ones made the first 1/2, and the stall 20% off)."""
+    return min(1.0, _real_buckets(total_bytes, bucket_bytes, most)[1] / unit_bytes) if unit_bytes > 0 else 1.0
 
 
 def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int,
@@ -635,12 +649,7 @@ def coarsen(total_bytes: float, bucket_bytes: float, max_sim: int,
     hold: verl, OpenRLHF and slime fill a bucket with whole tensors (one larger than the bucket goes alone), so a
     1-byte bucket is one bucket a tensor, not one a byte (which made a Llama-3-8B broadcast take 11 days).
     """
-    if bucket_bytes <= 0:
-        raise WorkloadError(f"bucket size must be > 0, got {bucket_bytes}")
-    real = max(1, math.ceil(total_bytes / bucket_bytes))
-    if most is not None:
-        real = max(1, min(real, most))
-    size = max(bucket_bytes, total_bytes / real)  # a bucket's bytes: more than asked where tensors are larger
+    real, size = _real_buckets(total_bytes, bucket_bytes, most)
     sims = min(real, max_sim)
     base, extra = divmod(real, sims)
     out = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fabricsim.simcore.collectives import ring_allgather, ring_order
 
 from ..errors import InfeasibleError
-from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen
+from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, first_share
 
 MiB = 1 << 20
 
@@ -117,8 +117,8 @@ class CudaIpcBuckets(Strategy):
             ctx.alloc(g, 2 * self.buffer_bytes(setup), "ipc-buckets")
         per_tensor_s = self.per_tensor_cost(sim.topology)
         prev = None
-        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets,
-                                                 most=len(setup.model.tensors()))):
+        tensors = len(setup.model.tensors())
+        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets, most=tensors)):
             frac = nbytes / model_bytes
             after = [prev] if prev is not None else []
             missing = {g: nbytes * (1 - share[g]) for g in trainer}
@@ -130,7 +130,8 @@ class CudaIpcBuckets(Strategy):
                                tag="pack") for g, e in zip(trainer, encoded, strict=True)]
             handles = sim.delay(ctx.name(f"ipc{b}"), m * self.handle_cost(sim.topology, nbytes / m),
                                 after=packed, tag="ipc-handle")
-            ctx.live_write_at(handles, since=prev, of=m)  # the first of its m real buckets' handles
+            ctx.live_write_at(handles, since=prev,  # the first of its real buckets' handles
+                              first=first_share(nbytes, model_bytes, k.bucket_bytes, tensors))
             loads = []
             for g, src in partners.items():
                 rebuilt = sim.delay(ctx.name(f"rebuild.{g}"), float(ntens[g]) * frac * per_tensor_s,

@@ -25,7 +25,7 @@ from fabricsim.hwmodels.topology import nearest_host
 from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, NCCL_STEP_S, ring_broadcast, ring_order
 
 from ..errors import InfeasibleError
-from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, share_of_replica
+from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, first_share, share_of_replica
 
 GiB = 1 << 30
 
@@ -80,7 +80,8 @@ class HostStaged(Strategy):
         staged = self._stage(ctx, ranks, model_bytes) if k.include_d2h else []
         # Each rank owns 1/R of the checkpoint, cut into buckets; round i moves every rank's i-th bucket.
         shard = model_bytes / len(ranks)
-        rounds = coarsen(shard, k.bucket_bytes, k.max_sim_rounds, most=-(-len(setup.model.tensors()) // len(ranks)))
+        tensors = -(-len(setup.model.tensors()) // len(ranks))  # a rank's share of them
+        rounds = coarsen(shard, k.bucket_bytes, k.max_sim_rounds, most=tensors)
         reloads: list = []
         h2d_round: list = [sim.all_of(staged, id=ctx.name("staged"))]
         for rnd, (nbytes, m) in enumerate(rounds):
@@ -101,7 +102,8 @@ class HostStaged(Strategy):
                 sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                       name=ctx.name(f"bcast{rnd}"), tag="broadcast", repeats=m,
                                       step_s=k.nccl_step_s)
-                ctx.live_write_at(sent, since=after[0], of=m)  # the first of its m real rounds': 1/m from its start
+                ctx.live_write_at(sent, since=after[0],  # the first of its real rounds': its share from the start
+                                  first=first_share(nbytes, shard, k.bucket_bytes, tensors))
                 synced = sim.delay(ctx.name("bucket-sync"), m * k.bucket_sync_s, after=[sent], tag="bucket-sync")
                 loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s) for g in ranks],
                                   after=[synced], setup_name="reload", latencies=m)

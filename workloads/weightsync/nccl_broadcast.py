@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from fabricsim.simcore.collectives import NCCL_CHUNK_BYTES, NCCL_STEP_S, gather, ring_broadcast, ring_order
 
-from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen
+from .base import Knobs, Strategy, SyncContext, SyncSetup, coarsen, first_share
 
 MiB = 1 << 20
 
@@ -94,8 +94,8 @@ class NcclBroadcast(Strategy):
             ctx.alloc(root, buf, f"gather{s}")  # (booked by `extra_memory`, and held: the run now says so too)
         loads_of: list = []
         prev_gather = None
-        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets,
-                                                 most=len(setup.model.tensors()))):
+        tensors = len(setup.model.tensors())
+        for b, (nbytes, m) in enumerate(coarsen(model_bytes, k.bucket_bytes, k.max_sim_buckets, most=tensors)):
             frac = nbytes / model_bytes
             # In order: the previous bucket's loads. Overlapped: the previous gather, and the loads of the bucket
             # that last used this buffer slot.
@@ -109,8 +109,9 @@ class NcclBroadcast(Strategy):
             encoded = ctx.encode(root, nbytes, after=[gathered]) if ctx.transforms else gathered
             sent = ring_broadcast(sim, ring, nbytes * ctx.wire_ratio, chunk_bytes=k.chunk_bytes, after=[encoded],
                                   name=f"bcast{b}", tag="broadcast", repeats=m, step_s=k.nccl_step_s)
-            # the first of its m real buckets' writes: 1/m of the way from the simulated bucket's start
-            ctx.live_write_at(sent, since=after[0] if after else None, of=m)
+            # the first of its real buckets' writes: its share of the way from the simulated bucket's start
+            ctx.live_write_at(sent, since=after[0] if after else None,
+                              first=first_share(nbytes, model_bytes, k.bucket_bytes, tensors))
             loads = ctx.loads([(g, need[g] * frac, float(ntens[g]) * frac * k.per_tensor_s)
                                for g in setup.rollout.gpus], after=[sent], setup_name="load_weights", latencies=m)
             prev_gather = gathered

@@ -217,7 +217,7 @@ class RdmaP2P(Strategy):
         enc = ctx.encode(g, float(ap.unique[i]) * frac, after=enc_after) if ctx.transforms else fetched
         post = sim.delay(ctx.name(f"post.{g}"), slices * frac * k.write_overhead_s, after=[enc], tag="rdma-post")
         if not ctx.decode_hbm:  # the writes land in the live weights (a delta's in a buffer: `procedure`)
-            ctx.live_write_at(post, since=call, of=m)  # the first of its m real tasks' posts
+            ctx.live_write_at(post, since=prev_fetch, first=1 / m)  # the first of its m equal real tasks' posts
         done = self._stream(ctx, f"write.{g}", [(g, dst, b * frac) for dst, b in write_to], [post], "rdma-write", m)
         return fetched, enc, done
 
