@@ -146,10 +146,9 @@ def schedule_collective(sim: Simulation, id: str, op: str, gpus: Sequence[str] |
             raise ScenarioError(f"collective '{id}': {exc}") from None
         offsets, pace = _hop_offsets(paced.fill, paced.lat), paced.rate
     for t, offset in zip(schedule, offsets, strict=True):
-        fixed, cap = 0.0, pace  # a broadcast's hops: the ring's pace, the fitted cap in it
-        if params is not None:
-            fixed = params.fixed_s if not t["after"] else 0.0
-            cap = params.rate_cap(t["bytes"]) if pace is None else pace
+        fixed = params.fixed_s if params is not None and not t["after"] else 0.0  # once a call, on its first phase
+        # a broadcast's hops at the ring's pace (the fitted cap in it), other rings' at the fitted cap for their size
+        cap = pace if pace is not None else params.rate_cap(t["bytes"]) if params is not None else None
         deps = [done[a] for a in t["after"]] if t["after"] else list(after)
         tid = ring_copy_id(id, t["id"])
         done[t["id"]] = sim.transfer(tid, t["src"], t["dst"], t["bytes"], start=start if not t["after"] else 0.0,

@@ -78,10 +78,20 @@ def check_train_step(value: object, where: str, *, shown: object = None) -> floa
         raise WorkloadError(str(exc)) from None
     if t < MIN_TRAIN_STEP_S:
         # the hint about seconds only where no unit was written (0.5ms is what it says)
-        hint = " (it is in seconds: 60 is a minute, 0.5 half a second)" if not isinstance(shown, str) or not any(
-            c.isalpha() for c in shown.lower().replace("e", "")) else ""
+        hint = "" if _has_unit(shown) else " (it is in seconds: 60 is a minute, 0.5 half a second)"
         raise WorkloadError(f"{where}: got {shown!r}, under 1 ms: no training step is that short{hint}")
     return t
+
+
+def _has_unit(shown: object) -> bool:
+    """Whether a value as the user wrote it carries a unit ('0.5ms'), not a plain number ('1e-4', 0.0001)."""
+    if not isinstance(shown, str):
+        return False
+    try:
+        float(shown)
+    except ValueError:
+        return True
+    return False
 
 
 def check_colocation(topology: Topology, trainer_gpus: Iterable[str], rollout_gpus: Iterable[str], *,
@@ -387,9 +397,11 @@ class SyncContext:
     def settle_marks(self) -> None:
         """After the run: fold the noted events' finish times into `first_live_write_s`, the noted decode
         steps' durations into `concurrent_steps_s`, and release the noted allocations (`free_after`)."""
-        times = [t0 + (ev.value.finish_s - t0) * first
-                 for ev, since, first in self._live_events if ev.processed and (since is None or since.processed)
-                 for t0 in (0.0 if since is None else since.value.finish_s,)]
+        times = []
+        for ev, since, first in self._live_events:
+            if ev.processed and (since is None or since.processed):
+                t0 = 0.0 if since is None else since.value.finish_s
+                times.append(t0 + (ev.value.finish_s - t0) * first)
         if self.first_live_write_s is not None:
             times.append(self.first_live_write_s)
         self.first_live_write_s = min(times) if times else None
